@@ -1,0 +1,111 @@
+//! Framing: a length prefix, then the frame.
+//!
+//! ```text
+//!  0               4       5               9
+//! +---------------+-------+---------------+--------------------------+
+//! |  len (u32 BE) | type  | request id    | body (len - 5 bytes)     |
+//! |               | (u8)  | (u32 BE)      |                          |
+//! +---------------+-------+---------------+--------------------------+
+//! ```
+//!
+//! `len` counts the bytes after itself. It is checked against the limit before any of the body
+//! is buffered; decode returns `Ok(None)` until a whole frame is there.
+
+use bytes::{Buf, BufMut, BytesMut};
+
+use crate::{Error, Frame};
+
+/// Bytes of the length prefix.
+pub const LEN_BYTES: usize = 4;
+/// Bytes of type code and request id, counted in `len`.
+pub const HEADER_BYTES: usize = 5;
+/// The largest `len` any peer may send or accept; a server may set a lower limit.
+pub const MAX_FRAME_LEN: u32 = 1 << 20;
+/// The default limit, and the one a server announces in `WELCOME` unless configured.
+pub const DEFAULT_MAX_FRAME_LEN: u32 = 64 * 1024;
+
+/// A frame with its request id: the request's own id, its response's, or 0 for a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub request_id: u32,
+    pub frame: Frame,
+}
+
+impl Envelope {
+    pub fn new(request_id: u32, frame: impl Into<Frame>) -> Self {
+        Self { request_id, frame: frame.into() }
+    }
+
+    /// A server push (request id 0).
+    pub fn push(frame: impl Into<Frame>) -> Self {
+        Self::new(0, frame)
+    }
+}
+
+/// Appends one frame to `buf`, reserving once.
+pub fn encode(request_id: u32, frame: &Frame, buf: &mut BytesMut) {
+    let body = frame.body_size();
+    buf.reserve(LEN_BYTES + HEADER_BYTES + body);
+    buf.put_u32((HEADER_BYTES + body) as u32);
+    buf.put_u8(frame.code());
+    buf.put_u32(request_id);
+    frame.put_body(buf);
+}
+
+/// The length of the frame at the front of `buf` if its header is there; checks the limit.
+/// Exposed so a server can drop an oversize frame before reading its body.
+pub fn peek_len(buf: &[u8], max: u32) -> Result<Option<u32>, Error> {
+    if buf.len() < LEN_BYTES {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if len > max {
+        return Err(Error::FrameTooLarge { len, max });
+    }
+    if (len as usize) < HEADER_BYTES {
+        return Err(Error::FrameTooShort { len });
+    }
+    Ok(Some(len))
+}
+
+/// Decodes frames from a growing buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Decoder {
+    max_frame_len: u32,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_FRAME_LEN)
+    }
+}
+
+impl Decoder {
+    /// `max_frame_len` is clamped to [`MAX_FRAME_LEN`].
+    pub fn new(max_frame_len: u32) -> Self {
+        Self { max_frame_len: max_frame_len.min(MAX_FRAME_LEN) }
+    }
+
+    pub fn max_frame_len(&self) -> u32 {
+        self.max_frame_len
+    }
+
+    /// Takes one whole frame off the front of `buf`, or returns `Ok(None)` (reserving room for
+    /// the rest of a frame whose header has arrived) when more bytes are needed.
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Envelope>, Error> {
+        let Some(len) = peek_len(buf, self.max_frame_len)? else {
+            return Ok(None);
+        };
+        let total = LEN_BYTES + len as usize;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        buf.advance(LEN_BYTES);
+        let mut frame = buf.split_to(len as usize);
+        let code = frame.get_u8();
+        let request_id = frame.get_u32();
+        let frame = Frame::decode_body(code, frame.freeze())?;
+        Ok(Some(Envelope { request_id, frame }))
+    }
+}

@@ -1,0 +1,333 @@
+//! Every frame of protocol version 1, with its type code and body layout.
+//!
+//! A body is its fields in the order written here, each in the encoding of
+//! [`wire`](crate::wire). Codes `0x01..=0x7F` are client requests, `0x80..=0xBF` server
+//! responses, `0xC0..=0xFF` server pushes (sent with request id 0).
+
+use bytes::{Bytes, BytesMut};
+
+use crate::wire::{wire_enum, wire_struct, Reader, Wire};
+use crate::Error;
+
+wire_enum! {
+    /// What a message body holds. The server stores the body opaque; only `System` bodies are
+    /// written by the server itself (see [`SystemEvent`]).
+    #[derive(Default)]
+    pub enum MessageKind {
+        #[default]
+        Text = 0,
+        /// A media reference: the id returned by `MEDIA_COMMIT`, plus whatever the client adds.
+        Media = 1,
+        /// Written by the server: membership changes, renames, recalls.
+        System = 2,
+    }
+}
+
+wire_enum! {
+    #[derive(Default)]
+    pub enum ThreadKind {
+        #[default]
+        Direct = 1,
+        Group = 2,
+    }
+}
+
+wire_enum! {
+    #[derive(Default)]
+    pub enum Role {
+        #[default]
+        Member = 0,
+        Admin = 1,
+    }
+}
+
+wire_enum! {
+    /// The second and third tick.
+    #[derive(Default)]
+    pub enum ReceiptKind {
+        #[default]
+        Delivered = 1,
+        Read = 2,
+    }
+}
+
+wire_enum! {
+    #[derive(Default)]
+    pub enum Direction {
+        /// Older than the anchor, newest first.
+        #[default]
+        Backward = 0,
+        /// Newer than the anchor, oldest first.
+        Forward = 1,
+    }
+}
+
+wire_enum! {
+    /// The event a `System` message records; its body is a [`SystemEvent`].
+    #[derive(Default)]
+    pub enum SystemEventKind {
+        #[default]
+        Created = 1,
+        MemberAdded = 2,
+        MemberRemoved = 3,
+        MemberLeft = 4,
+        Renamed = 5,
+        /// `subject` is the id of the recalled message, which history now shows as a tombstone.
+        Recalled = 6,
+    }
+}
+
+wire_struct! {
+    /// The body of a `System` message.
+    pub struct SystemEvent {
+        pub event: SystemEventKind,
+        /// Who did it.
+        pub actor: u64,
+        /// The user added, removed or who left; the recalled message id; 0 otherwise.
+        pub subject: u64,
+        /// The group's name for `Created` and `Renamed`, empty otherwise.
+        pub text: String,
+    }
+}
+
+wire_struct! {
+    /// One stored message, as pushed, returned by history and by sync.
+    pub struct Message {
+        pub thread: u64,
+        /// Unique and strictly increasing within the thread: microseconds since the Unix epoch
+        /// from the server's monotonic clock, so it is also the time the server accepted it.
+        pub id: u64,
+        pub sender: u64,
+        /// The sender's own id for this message, echoed so its devices can match it.
+        pub client_msg_id: u64,
+        pub kind: MessageKind,
+        /// Set when the sender recalled the message; the body is then empty (a tombstone).
+        pub recalled: bool,
+        pub body: Bytes,
+    }
+}
+
+wire_struct! {
+    pub struct Member {
+        pub user: u64,
+        pub role: Role,
+        /// Everything up to this message id has reached one of the member's devices.
+        pub delivered: u64,
+        /// Everything up to this message id has been read by the member.
+        pub read: u64,
+    }
+}
+
+wire_struct! {
+    /// A thread in full: shared state, members with their receipt cursors, and the asking
+    /// user's private state.
+    pub struct Thread {
+        pub id: u64,
+        pub kind: ThreadKind,
+        /// The group's name; empty for a direct thread.
+        pub name: String,
+        pub members: Vec<Member>,
+        /// Id of the newest message, 0 when there is none.
+        pub last_msg_id: u64,
+        pub muted: bool,
+        pub hidden: bool,
+        /// The asking user's private label (nickname) for the thread.
+        pub label: String,
+    }
+}
+
+wire_struct! {
+    /// One row of the thread list.
+    pub struct ThreadSummary {
+        pub id: u64,
+        pub kind: ThreadKind,
+        pub name: String,
+        /// For a direct thread, the other member; 0 for a group.
+        pub peer: u64,
+        pub member_count: u16,
+        pub last_msg_id: u64,
+        /// Messages from others newer than the asking user's read cursor.
+        pub unread: u32,
+        pub muted: bool,
+        pub hidden: bool,
+        pub label: String,
+        pub last_message: Option<Message>,
+    }
+}
+
+wire_struct! {
+    pub struct UserInfo {
+        pub id: u64,
+        pub handle: String,
+    }
+}
+
+wire_struct! {
+    pub struct Presence {
+        pub user: u64,
+        pub online: bool,
+        /// Microseconds since the Unix epoch; while online, the last heartbeat.
+        pub last_seen: u64,
+    }
+}
+
+wire_struct! {
+    pub struct Stat {
+        pub name: String,
+        pub value: u64,
+    }
+}
+
+/// Declares every frame: a body struct per frame, the [`Frame`] enum, and its codec glue.
+macro_rules! frames {
+    ($( $(#[$meta:meta])* $name:ident = $code:literal { $($(#[$fmeta:meta])* $field:ident : $ty:ty),* $(,)? } )*) => {
+        $(
+            wire_struct! { $(#[$meta])* pub struct $name { $($(#[$fmeta])* pub $field: $ty),* } }
+        )*
+
+        /// One frame of any type.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Frame { $($name($name)),* }
+
+        $(
+            impl From<$name> for Frame {
+                fn from(f: $name) -> Self { Frame::$name(f) }
+            }
+        )*
+
+        impl Frame {
+            /// The type code of every frame, in code order.
+            pub const CODES: &'static [(u8, &'static str)] = &[$(($code, stringify!($name))),*];
+
+            /// This frame's type code.
+            pub fn code(&self) -> u8 {
+                match self { $(Frame::$name(_) => $code),* }
+            }
+
+            /// This frame's name, as in PROTOCOL.md.
+            pub fn name(&self) -> &'static str {
+                match self { $(Frame::$name(_) => stringify!($name)),* }
+            }
+
+            pub(crate) fn body_size(&self) -> usize {
+                match self { $(Frame::$name(f) => f.size()),* }
+            }
+
+            pub(crate) fn put_body(&self, buf: &mut BytesMut) {
+                match self { $(Frame::$name(f) => f.put(buf)),* }
+            }
+
+            /// Decodes a body of type `code`. Trailing bytes after the known fields are ignored:
+            /// a later protocol version may append fields to a body.
+            pub(crate) fn decode_body(code: u8, body: Bytes) -> Result<Frame, Error> {
+                let mut r = Reader::new(body);
+                match code {
+                    $($code => Ok(Frame::$name(<$name as Wire>::get(&mut r, stringify!($name))?)),)*
+                    other => Err(Error::UnknownFrameType(other)),
+                }
+            }
+        }
+    };
+}
+
+frames! {
+    // ---- Session: handshake, accounts, liveness (client → server) ----
+    /// First frame on every connection.
+    Hello = 0x01 { version: u16, client: String }
+    /// Creates an account and logs this device in.
+    Register = 0x02 { handle: String, password: String, device: String }
+    Login = 0x03 { handle: String, password: String, device: String }
+    /// Logs in again with the token from `AuthOk`: no password, no hashing.
+    Resume = 0x04 { token: Bytes }
+    /// Revokes this device's token and closes the connection.
+    Logout = 0x05 {}
+    /// Revokes every token of the user; every device is disconnected.
+    LogoutAll = 0x06 {}
+    /// Heartbeat.
+    Ping = 0x07 { nonce: u64 }
+
+    // ---- Threads and groups ----
+    /// Returns the one direct thread between the caller and `peer`, creating it on first use.
+    OpenDirect = 0x10 { peer: u64 }
+    CreateGroup = 0x11 { name: String, members: Vec<u64> }
+    AddMembers = 0x12 { thread: u64, members: Vec<u64> }
+    RemoveMember = 0x13 { thread: u64, user: u64 }
+    LeaveGroup = 0x14 { thread: u64 }
+    RenameGroup = 0x15 { thread: u64, name: String }
+    /// Threads by last message, newest first. The page starts after the cursor
+    /// (`before_msg_id`, `before_thread`); both 0 for the first page.
+    ListThreads = 0x16 { before_msg_id: u64, before_thread: u64, limit: u16 }
+    GetThread = 0x17 { thread: u64 }
+    /// Sets the caller's private state of a thread.
+    SetThreadState = 0x18 { thread: u64, muted: bool, hidden: bool, label: String }
+
+    // ---- Messages, receipts, sync ----
+    Send = 0x20 { thread: u64, client_msg_id: u64, kind: MessageKind, body: Bytes }
+    /// Messages strictly older (backward) or newer (forward) than `anchor`. Anchor 0 means
+    /// "from the newest" backward and "from the oldest" forward.
+    History = 0x21 { thread: u64, anchor: u64, direction: Direction, limit: u16 }
+    /// "Everything up to `up_to` reached a device of mine / was read by me." Cumulative.
+    Receipt = 0x22 { thread: u64, kind: ReceiptKind, up_to: u64 }
+    Recall = 0x23 { thread: u64, message: u64 }
+    /// Hides one message from the caller's own history on all their devices.
+    DeleteForMe = 0x24 { thread: u64, message: u64 }
+    /// Which members have received and read a message.
+    Readers = 0x25 { thread: u64, message: u64 }
+    /// Everything that changed since `since` (a `watermark` from an earlier `SyncBatch`, 0 the
+    /// first time). Continue a page with the `next_thread`/`next_message` of the last batch.
+    Sync = 0x26 { since: u64, after_thread: u64, after_message: u64, limit: u16 }
+    /// Typing indicator; never answered, never stored.
+    Typing = 0x27 { thread: u64, active: bool }
+
+    // ---- Contacts and presence ----
+    ContactAdd = 0x30 { user: u64 }
+    ContactRemove = 0x31 { user: u64 }
+    ContactList = 0x32 {}
+    LookupUser = 0x33 { handle: String }
+    /// Pushes presence changes of these users (contacts only) for the life of the connection.
+    PresenceSubscribe = 0x34 { users: Vec<u64> }
+    PresenceQuery = 0x35 { users: Vec<u64> }
+
+    // ---- Media, in chunks ----
+    MediaBegin = 0x40 { total_len: u64, mime: String }
+    MediaChunk = 0x41 { upload: u64, offset: u64, data: Bytes }
+    MediaCommit = 0x42 { upload: u64 }
+    MediaGet = 0x43 { media: Bytes, offset: u64, max_len: u32 }
+
+    // ---- Administration ----
+    /// Server counters; allowed for admin accounts only.
+    AdminStats = 0x50 {}
+
+    // ---- Responses (server → client, same request id as the request) ----
+    Done = 0x80 {}
+    /// A request failed (`request_id` = the request's), or the connection is being closed
+    /// (`request_id` = 0). `code` is one of [`ErrorCode`](crate::ErrorCode).
+    ErrorReply = 0x81 { code: u16, message: String }
+    Welcome = 0x82 { version: u16, max_frame: u32, heartbeat_secs: u16, node: String }
+    AuthOk = 0x83 { user: u64, device: u32, token: Bytes, handle: String }
+    ThreadInfo = 0x84 { thread: Thread }
+    ThreadList = 0x85 { threads: Vec<ThreadSummary>, more: bool }
+    /// The first tick: the message is durable.
+    Sent = 0x86 { thread: u64, message: u64, client_msg_id: u64 }
+    Messages = 0x87 { thread: u64, messages: Vec<Message>, more: bool }
+    /// One page of sync. While `more`, ask again with `next_thread`/`next_message`; when done,
+    /// keep `watermark` as the next `since`.
+    SyncBatch = 0x88 { threads: Vec<Thread>, messages: Vec<Message>, more: bool, next_thread: u64, next_message: u64, watermark: u64 }
+    ReadersList = 0x89 { thread: u64, message: u64, delivered: Vec<u64>, read: Vec<u64> }
+    Contacts = 0x8A { users: Vec<UserInfo> }
+    User = 0x8B { user: UserInfo }
+    PresenceList = 0x8C { entries: Vec<Presence> }
+    Pong = 0x8D { nonce: u64 }
+    MediaUpload = 0x8E { upload: u64, chunk_max: u32 }
+    MediaRef = 0x8F { media: Bytes, total_len: u64 }
+    MediaData = 0x90 { media: Bytes, total_len: u64, offset: u64, data: Bytes }
+    Stats = 0x91 { entries: Vec<Stat> }
+
+    // ---- Pushes (server → client, request id 0) ----
+    MessagePush = 0xC0 { message: Message }
+    ReceiptPush = 0xC1 { thread: u64, user: u64, kind: ReceiptKind, up_to: u64 }
+    PresencePush = 0xC2 { presence: Presence }
+    TypingPush = 0xC3 { thread: u64, user: u64, active: bool }
+    /// The user lives on another node: reconnect to `addr` and resume. The server closes.
+    Redirect = 0xC4 { node: String, addr: String }
+}

@@ -1,0 +1,27 @@
+//! Courier's wire protocol, version 1: frames and a sans-IO codec.
+//!
+//! This crate does no I/O and reads no clock. [`encode`] appends a frame to a caller-owned
+//! buffer; [`Decoder::decode`] takes whole frames off the front of one. `protocol/PROTOCOL.md`
+//! is the specification; `protocol/vectors.json` holds the exact bytes of every frame type.
+//!
+//! ```text
+//!  0               4       5               9
+//! +---------------+-------+---------------+--------------------------+
+//! |  len (u32 BE) | type  | request id    | body (len - 5 bytes)     |
+//! +---------------+-------+---------------+--------------------------+
+//! ```
+
+mod codec;
+mod error;
+mod frame;
+pub mod wire;
+
+pub use codec::{
+    encode, peek_len, Decoder, Envelope, DEFAULT_MAX_FRAME_LEN, HEADER_BYTES, LEN_BYTES,
+    MAX_FRAME_LEN,
+};
+pub use error::{Error, ErrorCode};
+pub use frame::*;
+
+/// The protocol version this crate speaks, sent in `HELLO` and `WELCOME`.
+pub const VERSION: u16 = 1;

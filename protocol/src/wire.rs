@@ -1,0 +1,240 @@
+//! Primitive field encodings: how each field type is laid out on the wire.
+//!
+//! | type      | layout                                              |
+//! |-----------|-----------------------------------------------------|
+//! | `u8` … `u64` | big-endian, fixed width                          |
+//! | `bool`    | one byte, `0` or `1`; anything else is malformed    |
+//! | `str`     | `u16` byte length, then that many bytes of UTF-8    |
+//! | `bytes`   | `u32` byte length, then the bytes                   |
+//! | `list<T>` | `u16` element count, then the elements              |
+//! | `opt<T>`  | one byte `0` (absent) or `1` followed by a `T`      |
+//!
+//! Decoding never allocates more than the frame already holds: a length or count is checked
+//! against the bytes that remain before anything is reserved.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::Error;
+
+/// A cursor over one frame body. Bodies are handed out as [`Bytes`] slices of the frame, so a
+/// message body is never copied on decode.
+pub struct Reader {
+    buf: Bytes,
+    pos: usize,
+}
+
+impl Reader {
+    pub fn new(buf: Bytes) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize, field: &'static str) -> Result<Bytes, Error> {
+        if self.remaining() < n {
+            return Err(Error::Truncated { field });
+        }
+        let out = self.buf.slice(self.pos..self.pos + n);
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], Error> {
+        if self.remaining() < N {
+            return Err(Error::Truncated { field });
+        }
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.buf[self.pos..self.pos + N]);
+        self.pos += N;
+        Ok(out)
+    }
+}
+
+/// A type with a wire encoding. `field` names the field in errors.
+pub trait Wire: Sized {
+    fn put(&self, buf: &mut BytesMut);
+    fn get(r: &mut Reader, field: &'static str) -> Result<Self, Error>;
+    /// Encoded size in bytes, used to reserve once per frame.
+    fn size(&self) -> usize;
+}
+
+macro_rules! wire_int {
+    ($($t:ty => $put:ident),*) => {$(
+        impl Wire for $t {
+            fn put(&self, buf: &mut BytesMut) {
+                buf.$put(*self);
+            }
+            fn get(r: &mut Reader, field: &'static str) -> Result<Self, Error> {
+                Ok(<$t>::from_be_bytes(r.array(field)?))
+            }
+            fn size(&self) -> usize {
+                std::mem::size_of::<$t>()
+            }
+        }
+    )*};
+}
+wire_int!(u8 => put_u8, u16 => put_u16, u32 => put_u32, u64 => put_u64);
+
+impl Wire for bool {
+    fn put(&self, buf: &mut BytesMut) {
+        buf.put_u8(u8::from(*self));
+    }
+    fn get(r: &mut Reader, field: &'static str) -> Result<Self, Error> {
+        match u8::get(r, field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            value => Err(Error::InvalidValue { field, value: value.into() }),
+        }
+    }
+    fn size(&self) -> usize {
+        1
+    }
+}
+
+impl Wire for String {
+    fn put(&self, buf: &mut BytesMut) {
+        // Strings longer than u16::MAX cannot be framed; constructors of frames keep them short
+        // and the encoder truncates at a character boundary rather than emit a lying length.
+        let s = truncate_utf8(self, u16::MAX as usize);
+        buf.put_u16(s.len() as u16);
+        buf.put_slice(s.as_bytes());
+    }
+    fn get(r: &mut Reader, field: &'static str) -> Result<Self, Error> {
+        let len = u16::get(r, field)? as usize;
+        let raw = r.take(len, field)?;
+        String::from_utf8(raw.to_vec()).map_err(|_| Error::InvalidUtf8 { field })
+    }
+    fn size(&self) -> usize {
+        2 + self.len().min(u16::MAX as usize)
+    }
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl Wire for Bytes {
+    fn put(&self, buf: &mut BytesMut) {
+        buf.put_u32(self.len() as u32);
+        buf.put_slice(self);
+    }
+    fn get(r: &mut Reader, field: &'static str) -> Result<Self, Error> {
+        let len = u32::get(r, field)? as usize;
+        r.take(len, field)
+    }
+    fn size(&self) -> usize {
+        4 + self.len()
+    }
+}
+
+impl<T: Wire> Wire for Vec<T> {
+    fn put(&self, buf: &mut BytesMut) {
+        let n = self.len().min(u16::MAX as usize);
+        buf.put_u16(n as u16);
+        for item in &self[..n] {
+            item.put(buf);
+        }
+    }
+    fn get(r: &mut Reader, field: &'static str) -> Result<Self, Error> {
+        let count = u16::get(r, field)? as usize;
+        // Every element takes at least one byte, so a count above what remains is a lie; refuse
+        // it before reserving memory for it.
+        if count > r.remaining() {
+            return Err(Error::Truncated { field });
+        }
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            out.push(T::get(r, field)?);
+        }
+        Ok(out)
+    }
+    fn size(&self) -> usize {
+        2 + self.iter().take(u16::MAX as usize).map(Wire::size).sum::<usize>()
+    }
+}
+
+impl<T: Wire> Wire for Option<T> {
+    fn put(&self, buf: &mut BytesMut) {
+        match self {
+            None => buf.put_u8(0),
+            Some(v) => {
+                buf.put_u8(1);
+                v.put(buf);
+            }
+        }
+    }
+    fn get(r: &mut Reader, field: &'static str) -> Result<Self, Error> {
+        match u8::get(r, field)? {
+            0 => Ok(None),
+            1 => Ok(Some(T::get(r, field)?)),
+            value => Err(Error::InvalidValue { field, value: value.into() }),
+        }
+    }
+    fn size(&self) -> usize {
+        1 + self.as_ref().map_or(0, Wire::size)
+    }
+}
+
+/// Declares a `u8`-coded enum with its wire encoding; an unknown code is a typed error.
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $code:literal),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum $name { $($(#[$vmeta])* $variant = $code),* }
+
+        impl $name {
+            /// Every variant, in code order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            pub fn from_code(code: u8) -> Option<Self> {
+                match code { $($code => Some($name::$variant),)* _ => None }
+            }
+        }
+
+        impl $crate::wire::Wire for $name {
+            fn put(&self, buf: &mut bytes::BytesMut) {
+                bytes::BufMut::put_u8(buf, *self as u8);
+            }
+            fn get(r: &mut $crate::wire::Reader, field: &'static str) -> Result<Self, $crate::Error> {
+                let code = <u8 as $crate::wire::Wire>::get(r, field)?;
+                Self::from_code(code).ok_or($crate::Error::InvalidValue { field, value: code.into() })
+            }
+            fn size(&self) -> usize { 1 }
+        }
+    };
+}
+pub(crate) use wire_enum;
+
+/// Declares a struct whose wire encoding is its fields in order.
+macro_rules! wire_struct {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Default)]
+        pub struct $name { $($(#[$fmeta])* pub $field: $ty),* }
+
+        impl $crate::wire::Wire for $name {
+            #[allow(unused_variables)]
+            fn put(&self, buf: &mut bytes::BytesMut) {
+                $($crate::wire::Wire::put(&self.$field, buf);)*
+            }
+            #[allow(unused_variables)]
+            fn get(r: &mut $crate::wire::Reader, field: &'static str) -> Result<Self, $crate::Error> {
+                Ok(Self { $($field: $crate::wire::Wire::get(r, concat!(stringify!($name), ".", stringify!($field)))?),* })
+            }
+            fn size(&self) -> usize {
+                0 $(+ $crate::wire::Wire::size(&self.$field))*
+            }
+        }
+    };
+}
+pub(crate) use wire_struct;
