@@ -1,0 +1,331 @@
+//! Accounts: handles, argon2id password hashes, session tokens bound to devices.
+//!
+//! A session token is 32 random bytes, given to the client once. The store keeps only its
+//! digest (BLAKE2b, 16 bytes), so a copy of the data directory cannot be used to log in.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use blake2::digest::consts::U16;
+use blake2::{Blake2b, Digest};
+
+use super::throttle::Throttle;
+use super::AuthError;
+use crate::clock::wall_us;
+use crate::store::keys::TOKEN_DIGEST;
+use crate::store::{Store, TokenRecord, UserRecord};
+
+/// The stored form of a session token.
+pub type TokenDigest = [u8; TOKEN_DIGEST];
+
+/// Bytes of a session token.
+pub const TOKEN_LEN: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// argon2id memory cost in KiB (OWASP's minimum, 19 MiB, by default).
+    pub argon2_m_kib: u32,
+    pub argon2_t: u32,
+    /// Failed logins allowed per account, and per source address, per minute.
+    pub max_failures_per_account: u32,
+    pub max_failures_per_address: u32,
+    /// Handles of accounts allowed to use administration frames.
+    pub admins: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            argon2_m_kib: 19 * 1024,
+            argon2_t: 2,
+            max_failures_per_account: 5,
+            max_failures_per_address: 20,
+            admins: Vec::new(),
+        }
+    }
+}
+
+/// A logged-in device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authed {
+    pub user: u64,
+    pub device: u32,
+    pub handle: String,
+    /// The token to give the client (all zero after [`Accounts::resume`]: the client has it).
+    pub token: [u8; TOKEN_LEN],
+    pub digest: TokenDigest,
+    pub admin: bool,
+}
+
+pub struct Accounts {
+    store: Store,
+    argon: Argon2<'static>,
+    config: AuthConfig,
+    by_account: Throttle<u64>,
+    by_address: Throttle<IpAddr>,
+}
+
+pub fn digest(token: &[u8]) -> TokenDigest {
+    Blake2b::<U16>::digest(token).into()
+}
+
+fn valid_handle(handle: &str) -> bool {
+    (3..=32).contains(&handle.len())
+        && handle.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+}
+
+impl Accounts {
+    pub fn new(store: Store, config: AuthConfig) -> Result<Self, AuthError> {
+        let params = Params::new(config.argon2_m_kib, config.argon2_t, 1, None)
+            .map_err(|e| AuthError::Hash(e.to_string()))?;
+        let window = Duration::from_secs(60);
+        Ok(Self {
+            store,
+            argon: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
+            by_account: Throttle::new(config.max_failures_per_account, window),
+            by_address: Throttle::new(config.max_failures_per_address, window),
+            config,
+        })
+    }
+
+    fn hash(&self, password: &str) -> Result<String, AuthError> {
+        let salt = SaltString::generate(&mut OsRng);
+        self.argon
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| AuthError::Hash(e.to_string()))
+    }
+
+    fn check_password(password: &str) -> Result<(), AuthError> {
+        if (8..=256).contains(&password.len()) {
+            Ok(())
+        } else {
+            Err(AuthError::WeakPassword)
+        }
+    }
+
+    /// Creates an account and logs `device` in. Slow (argon2id): call off the event loop.
+    pub fn register(&self, handle: &str, password: &str, device: &str) -> Result<Authed, AuthError> {
+        if !valid_handle(handle) {
+            return Err(AuthError::InvalidHandle);
+        }
+        Self::check_password(password)?;
+        let hash = self.hash(password)?;
+        let user = self.store.create_user(handle, &hash, wall_us()).map_err(|e| match e {
+            crate::store::Error::HandleTaken => AuthError::HandleTaken,
+            other => AuthError::Store(other),
+        })?;
+        self.issue(user, handle, device)
+    }
+
+    /// Checks a password and logs `device` in. Slow (argon2id): call off the event loop.
+    pub fn login(&self, handle: &str, password: &str, device: &str, from: IpAddr) -> Result<Authed, AuthError> {
+        let now = Instant::now();
+        if !self.by_address.allowed(&from, now) {
+            return Err(AuthError::Throttled);
+        }
+        let user = self.store.user_id_by_handle(handle)?;
+        if let Some(user) = user {
+            if !self.by_account.allowed(&user, now) {
+                return Err(AuthError::Throttled);
+            }
+        }
+        let record = match user {
+            Some(user) => self.store.user(user)?.map(|r| (user, r)),
+            None => None,
+        };
+        let ok = match &record {
+            Some((_, rec)) => PasswordHash::new(&rec.password_hash)
+                .map(|parsed| self.argon.verify_password(password.as_bytes(), &parsed).is_ok())
+                .unwrap_or(false),
+            None => {
+                // Spend the same time on an unknown handle, so timing does not reveal which
+                // handles exist.
+                let _ = self.hash(password);
+                false
+            }
+        };
+        match record {
+            Some((user, rec)) if ok => {
+                self.by_account.succeed(&user);
+                self.issue(user, &rec.handle, device)
+            }
+            _ => {
+                self.by_address.fail(from, now);
+                if let Some(user) = user {
+                    self.by_account.fail(user, now);
+                }
+                Err(AuthError::BadCredentials)
+            }
+        }
+    }
+
+    fn issue(&self, user: u64, handle: &str, device_name: &str) -> Result<Authed, AuthError> {
+        let device = self.store.device_id(user, device_name)?;
+        let token: [u8; TOKEN_LEN] = rand::random();
+        let digest = digest(&token);
+        let mut batch = self.store.batch();
+        batch.put_token(
+            &digest,
+            &TokenRecord { user, device, device_name: device_name.into(), created_at: wall_us() },
+        );
+        self.store.commit(batch)?;
+        Ok(Authed {
+            user,
+            device,
+            handle: handle.into(),
+            token,
+            digest,
+            admin: self.config.admins.iter().any(|a| a == handle),
+        })
+    }
+
+    /// Logs in with a session token: one digest and two point reads, no password hashing.
+    pub fn resume(&self, token: &[u8]) -> Result<Authed, AuthError> {
+        if token.len() != TOKEN_LEN {
+            return Err(AuthError::InvalidToken);
+        }
+        let digest = digest(token);
+        let rec = self.store.token(&digest)?.ok_or(AuthError::InvalidToken)?;
+        let user = self.store.user(rec.user)?.ok_or(AuthError::InvalidToken)?;
+        let mut t = [0u8; TOKEN_LEN];
+        t.copy_from_slice(token);
+        Ok(Authed {
+            user: rec.user,
+            device: rec.device,
+            admin: self.config.admins.iter().any(|a| *a == user.handle),
+            handle: user.handle,
+            token: t,
+            digest,
+        })
+    }
+
+    /// Revokes one token.
+    pub fn logout(&self, user: u64, digest: &TokenDigest) -> Result<(), AuthError> {
+        let mut batch = self.store.batch();
+        batch.delete_token(user, digest);
+        self.store.commit(batch)?;
+        Ok(())
+    }
+
+    /// Revokes every token of `user`; returns their digests so live sessions can be closed.
+    pub fn logout_all(&self, user: u64) -> Result<Vec<TokenDigest>, AuthError> {
+        let digests = self.store.user_tokens(user)?;
+        let mut batch = self.store.batch();
+        for d in &digests {
+            batch.delete_token(user, d);
+        }
+        self.store.commit(batch)?;
+        Ok(digests)
+    }
+
+    /// Creates `count` users named `{prefix}{i}` sharing one password, each with a token for
+    /// device "load": one argon2 hash in all, so millions of load-test users take seconds.
+    /// Returns (user id, handle, token) per user. Existing handles are skipped.
+    pub fn provision(
+        &self,
+        prefix: &str,
+        count: u64,
+        password: &str,
+        mut out: impl FnMut(u64, &str, &[u8; TOKEN_LEN]),
+    ) -> Result<u64, AuthError> {
+        Self::check_password(password)?;
+        let hash = self.hash(password)?;
+        let now = wall_us();
+        let mut made = 0;
+        let mut batch = self.store.batch();
+        for i in 0..count {
+            let handle = format!("{prefix}{i}");
+            if !valid_handle(&handle) {
+                return Err(AuthError::InvalidHandle);
+            }
+            if self.store.user_id_by_handle(&handle)?.is_some() {
+                continue;
+            }
+            let user = self.store.next_user_id()?;
+            batch.put_user(user, &UserRecord { handle: handle.clone(), password_hash: hash.clone(), created_at: now });
+            batch.put_device(user, "load", 1);
+            let token: [u8; TOKEN_LEN] = rand::random();
+            batch.put_token(&digest(&token), &TokenRecord { user, device: 1, device_name: "load".into(), created_at: now });
+            out(user, &handle, &token);
+            made += 1;
+            if batch.len() >= 10_000 {
+                self.store.commit(std::mem::replace(&mut batch, self.store.batch()))?;
+            }
+        }
+        self.store.commit(batch)?;
+        Ok(made)
+    }
+
+    pub fn is_admin(&self, handle: &str) -> bool {
+        self.config.admins.iter().any(|a| a == handle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FsyncMode;
+
+    fn fast() -> AuthConfig {
+        AuthConfig { argon2_m_kib: 256, argon2_t: 1, ..AuthConfig::default() }
+    }
+
+    fn accounts() -> (tempfile::TempDir, Accounts) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        (dir, Accounts::new(store, fast()).unwrap())
+    }
+
+    #[test]
+    fn register_login_resume_logout() {
+        let (_d, a) = accounts();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let reg = a.register("alice", "password1", "phone").unwrap();
+        assert!(matches!(a.register("alice", "password1", "x"), Err(AuthError::HandleTaken)));
+        assert!(matches!(a.login("alice", "wrong-pass", "laptop", ip), Err(AuthError::BadCredentials)));
+        let laptop = a.login("alice", "password1", "laptop", ip).unwrap();
+        assert_eq!(laptop.user, reg.user);
+        assert_ne!(laptop.device, reg.device);
+        assert_eq!(a.login("alice", "password1", "phone", ip).unwrap().device, reg.device);
+        let resumed = a.resume(&laptop.token).unwrap();
+        assert_eq!((resumed.user, resumed.device), (laptop.user, laptop.device));
+        a.logout(laptop.user, &laptop.digest).unwrap();
+        assert!(matches!(a.resume(&laptop.token), Err(AuthError::InvalidToken)));
+        assert_eq!(a.logout_all(reg.user).unwrap().len(), 2);
+        assert!(matches!(a.resume(&reg.token), Err(AuthError::InvalidToken)));
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let (_d, a) = accounts();
+        assert!(matches!(a.register("A!", "password1", "d"), Err(AuthError::InvalidHandle)));
+        assert!(matches!(a.register("bob", "short", "d"), Err(AuthError::WeakPassword)));
+        assert!(matches!(a.resume(b"short"), Err(AuthError::InvalidToken)));
+    }
+
+    #[test]
+    fn repeated_failures_are_throttled() {
+        let (_d, a) = accounts();
+        let ip: IpAddr = "127.0.0.2".parse().unwrap();
+        a.register("carol", "password1", "d").unwrap();
+        for _ in 0..5 {
+            assert!(matches!(a.login("carol", "nope-nope", "d", ip), Err(AuthError::BadCredentials)));
+        }
+        assert!(matches!(a.login("carol", "password1", "d", ip), Err(AuthError::Throttled)));
+    }
+
+    #[test]
+    fn provision_creates_resumable_users() {
+        let (_d, a) = accounts();
+        let mut tokens = Vec::new();
+        let made = a.provision("load", 50, "password1", |u, h, t| tokens.push((u, h.to_string(), *t))).unwrap();
+        assert_eq!(made, 50);
+        for (u, h, t) in &tokens {
+            let r = a.resume(t).unwrap();
+            assert_eq!((&r.user, &r.handle), (u, h));
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Accounts and sessions: registration, password login, token resume, logout.
+//!
+//! Password hashing (argon2id) takes tens of milliseconds, so [`Accounts::register`] and
+//! [`Accounts::login`] must run on the auth worker pool, never on a shard's event loop.
+//! [`Accounts::resume`] is one hash of a 32-byte token and one point read: microseconds.
+
+mod accounts;
+mod throttle;
+
+pub use accounts::{Accounts, AuthConfig, Authed, TokenDigest};
+
+use courier_protocol::ErrorCode;
+
+/// Why an account operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("the handle is taken")]
+    HandleTaken,
+    #[error("wrong handle or password")]
+    BadCredentials,
+    #[error("the session token is unknown or revoked; log in with the password")]
+    InvalidToken,
+    #[error("too many failed logins; wait a minute and try again")]
+    Throttled,
+    #[error("a handle is 3 to 32 characters of a-z, 0-9, '_', '.' or '-'")]
+    InvalidHandle,
+    #[error("a password is 8 to 256 bytes")]
+    WeakPassword,
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+}
+
+impl AuthError {
+    /// The code sent to the client.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AuthError::HandleTaken => ErrorCode::HandleTaken,
+            AuthError::BadCredentials => ErrorCode::BadCredentials,
+            AuthError::InvalidToken => ErrorCode::InvalidToken,
+            AuthError::Throttled => ErrorCode::LoginThrottled,
+            AuthError::InvalidHandle => ErrorCode::InvalidHandle,
+            AuthError::WeakPassword => ErrorCode::WeakPassword,
+            AuthError::Hash(_) | AuthError::Store(_) => ErrorCode::Internal,
+        }
+    }
+}

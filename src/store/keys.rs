@@ -1,0 +1,252 @@
+//! Every storage key, built and parsed in one place.
+//!
+//! Keys are fixed-width big-endian byte arrays, so RocksDB's bytewise order is numeric order:
+//! a thread's messages sort by (thread, message id), a user's memberships by (user, thread).
+//! Each column family holds one kind of key; the decoders check the width and reject anything
+//! else, so a key of the wrong family can never be misread.
+//!
+//! | column family | key                         | value (see `records.rs`)          |
+//! |---------------|-----------------------------|-----------------------------------|
+//! | `messages`    | thread u64 ++ message u64   | `MessageRecord`                   |
+//! | `threads`     | thread u64                  | `ThreadRecord`                    |
+//! | `members`     | thread u64 ++ user u64      | `MemberRecord` (role, cursors)    |
+//! | `memberships` | user u64 ++ thread u64      | `PrivateState` (muted, label…)    |
+//! | `direct`      | low user u64 ++ high user u64 | thread u64                      |
+//! | `dedupe`      | thread u64 ++ sender u64 ++ client id u64 | message u64         |
+//! | `hidden`      | user u64 ++ thread u64 ++ message u64 | empty (delete-for-me)   |
+//! | `users`       | user u64                    | `UserRecord`                      |
+//! | `handles`     | handle bytes                | user u64                          |
+//! | `tokens`      | token digest (16 bytes)     | `TokenRecord`                     |
+//! | `user_tokens` | user u64 ++ token digest    | empty (for logout-all)            |
+//! | `devices`     | user u64 ++ device name     | device u32                        |
+//! | `contacts`    | user u64 ++ contact u64     | empty                             |
+//! | `last_seen`   | user u64                    | microseconds u64                  |
+//! | `media`       | media id (16) ++ offset u64 | chunk bytes                       |
+//! | `meta`        | name bytes                  | counters (ids, clock floor)       |
+
+use crate::store::Error;
+
+pub const CF_MESSAGES: &str = "messages";
+pub const CF_THREADS: &str = "threads";
+pub const CF_MEMBERS: &str = "members";
+pub const CF_MEMBERSHIPS: &str = "memberships";
+pub const CF_DIRECT: &str = "direct";
+pub const CF_DEDUPE: &str = "dedupe";
+pub const CF_HIDDEN: &str = "hidden";
+pub const CF_USERS: &str = "users";
+pub const CF_HANDLES: &str = "handles";
+pub const CF_TOKENS: &str = "tokens";
+pub const CF_USER_TOKENS: &str = "user_tokens";
+pub const CF_DEVICES: &str = "devices";
+pub const CF_CONTACTS: &str = "contacts";
+pub const CF_LAST_SEEN: &str = "last_seen";
+pub const CF_MEDIA: &str = "media";
+pub const CF_META: &str = "meta";
+
+/// Every column family, in creation order.
+pub const ALL_CFS: &[&str] = &[
+    CF_MESSAGES,
+    CF_THREADS,
+    CF_MEMBERS,
+    CF_MEMBERSHIPS,
+    CF_DIRECT,
+    CF_DEDUPE,
+    CF_HIDDEN,
+    CF_USERS,
+    CF_HANDLES,
+    CF_TOKENS,
+    CF_USER_TOKENS,
+    CF_DEVICES,
+    CF_CONTACTS,
+    CF_LAST_SEEN,
+    CF_MEDIA,
+    CF_META,
+];
+
+/// Bytes of a token digest (the stored form of a session token).
+pub const TOKEN_DIGEST: usize = 16;
+/// Bytes of a media id.
+pub const MEDIA_ID: usize = 16;
+
+/// Meta keys.
+pub const META_NEXT_USER: &[u8] = b"next_user_id";
+pub const META_NEXT_THREAD: &[u8] = b"next_thread_id";
+pub const META_CLOCK_FLOOR: &[u8] = b"clock_floor";
+
+fn cat<const N: usize>(parts: &[&[u8]]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut at = 0;
+    for p in parts {
+        out[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    debug_assert_eq!(at, N);
+    out
+}
+
+fn u64_at(key: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[at..at + 8]);
+    u64::from_be_bytes(b)
+}
+
+fn check(cf: &'static str, key: &[u8], len: usize) -> Result<(), Error> {
+    if key.len() == len {
+        Ok(())
+    } else {
+        Err(Error::CorruptKey { cf, len: key.len() })
+    }
+}
+
+/// One u64 id: `threads`, `users`, `last_seen`.
+pub fn id(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+pub fn parse_id(cf: &'static str, key: &[u8]) -> Result<u64, Error> {
+    check(cf, key, 8)?;
+    Ok(u64_at(key, 0))
+}
+
+/// Two u64 ids: `messages` (thread, message), `members` (thread, user), `memberships`
+/// (user, thread), `direct` (low, high), `contacts` (user, contact).
+pub fn pair(a: u64, b: u64) -> [u8; 16] {
+    cat(&[&a.to_be_bytes(), &b.to_be_bytes()])
+}
+
+pub fn parse_pair(cf: &'static str, key: &[u8]) -> Result<(u64, u64), Error> {
+    check(cf, key, 16)?;
+    Ok((u64_at(key, 0), u64_at(key, 8)))
+}
+
+/// A message: `thread ++ message id`. Byte order equals (thread, time) order.
+pub fn message(thread: u64, msg: u64) -> [u8; 16] {
+    pair(thread, msg)
+}
+
+/// The direct thread of two users, whichever asks.
+pub fn direct(a: u64, b: u64) -> [u8; 16] {
+    pair(a.min(b), a.max(b))
+}
+
+/// Three u64 ids: `dedupe` (thread, sender, client id), `hidden` (user, thread, message).
+pub fn triple(a: u64, b: u64, c: u64) -> [u8; 24] {
+    cat(&[&a.to_be_bytes(), &b.to_be_bytes(), &c.to_be_bytes()])
+}
+
+pub fn parse_triple(cf: &'static str, key: &[u8]) -> Result<(u64, u64, u64), Error> {
+    check(cf, key, 24)?;
+    Ok((u64_at(key, 0), u64_at(key, 8), u64_at(key, 16)))
+}
+
+/// `user_tokens`: user ++ token digest.
+pub fn user_token(user: u64, digest: &[u8; TOKEN_DIGEST]) -> [u8; 8 + TOKEN_DIGEST] {
+    cat(&[&user.to_be_bytes(), digest])
+}
+
+pub fn parse_user_token(key: &[u8]) -> Result<(u64, [u8; TOKEN_DIGEST]), Error> {
+    check(CF_USER_TOKENS, key, 8 + TOKEN_DIGEST)?;
+    let mut d = [0u8; TOKEN_DIGEST];
+    d.copy_from_slice(&key[8..]);
+    Ok((u64_at(key, 0), d))
+}
+
+/// `devices`: user ++ the device name the client chose.
+pub fn device(user: u64, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + name.len());
+    k.extend_from_slice(&user.to_be_bytes());
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// `media`: media id ++ chunk offset.
+pub fn media_chunk(media: &[u8; MEDIA_ID], offset: u64) -> [u8; MEDIA_ID + 8] {
+    cat(&[media, &offset.to_be_bytes()])
+}
+
+pub fn parse_media_chunk(key: &[u8]) -> Result<([u8; MEDIA_ID], u64), Error> {
+    check(CF_MEDIA, key, MEDIA_ID + 8)?;
+    let mut m = [0u8; MEDIA_ID];
+    m.copy_from_slice(&key[..MEDIA_ID]);
+    Ok((m, u64_at(key, MEDIA_ID)))
+}
+
+/// The exclusive upper bound of every key that starts with `prefix` (for range scans).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xFF: no upper bound exists; an empty vector means "to the end".
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn message_key_order_is_thread_then_time(a in any::<(u64, u64)>(), b in any::<(u64, u64)>()) {
+            let ka = message(a.0, a.1);
+            let kb = message(b.0, b.1);
+            prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+        }
+
+        #[test]
+        fn triple_order_is_lexicographic(a in any::<(u64, u64, u64)>(), b in any::<(u64, u64, u64)>()) {
+            prop_assert_eq!(triple(a.0, a.1, a.2).cmp(&triple(b.0, b.1, b.2)), a.cmp(&b));
+        }
+
+        #[test]
+        fn pair_round_trips(a: u64, b: u64) {
+            prop_assert_eq!(parse_pair(CF_MESSAGES, &pair(a, b)).unwrap(), (a, b));
+        }
+
+        #[test]
+        fn triple_round_trips(a: u64, b: u64, c: u64) {
+            prop_assert_eq!(parse_triple(CF_DEDUPE, &triple(a, b, c)).unwrap(), (a, b, c));
+        }
+
+        #[test]
+        fn prefix_end_bounds_every_extension(p in proptest::collection::vec(any::<u8>(), 1..12), tail in proptest::collection::vec(any::<u8>(), 0..8)) {
+            let end = prefix_end(&p);
+            let mut k = p.clone();
+            k.extend_from_slice(&tail);
+            prop_assert!(end.is_empty() || k < end);
+        }
+    }
+
+    #[test]
+    fn direct_key_ignores_who_asks() {
+        assert_eq!(direct(7, 3), direct(3, 7));
+        assert_eq!(parse_pair(CF_DIRECT, &direct(7, 3)).unwrap(), (3, 7));
+    }
+
+    #[test]
+    fn decoders_reject_wrong_widths() {
+        assert!(parse_id(CF_USERS, &[0; 7]).is_err());
+        assert!(parse_pair(CF_MESSAGES, &[0; 17]).is_err());
+        assert!(parse_triple(CF_DEDUPE, &[0; 16]).is_err());
+        assert!(parse_user_token(&[0; 8]).is_err());
+        assert!(parse_media_chunk(&[0; 3]).is_err());
+    }
+
+    #[test]
+    fn user_token_and_media_round_trip() {
+        let d = [9u8; TOKEN_DIGEST];
+        assert_eq!(parse_user_token(&user_token(5, &d)).unwrap(), (5, d));
+        let m = [3u8; MEDIA_ID];
+        assert_eq!(parse_media_chunk(&media_chunk(&m, 77)).unwrap(), (m, 77));
+    }
+
+    #[test]
+    fn prefix_end_of_all_ff_is_unbounded() {
+        assert!(prefix_end(&[0xFF, 0xFF]).is_empty());
+        assert_eq!(prefix_end(&[1, 0xFF]), vec![2]);
+    }
+}

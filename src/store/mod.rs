@@ -1,0 +1,37 @@
+//! Persistence in one local RocksDB: column families and keys in [`keys`], stored values in
+//! [`records`], typed reads and writes in [`db`].
+
+pub mod db;
+pub mod keys;
+pub mod records;
+
+pub use db::{Batch, Store};
+pub use records::*;
+
+/// How a commit is made durable before its acknowledgements go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// Every request's writes are one WAL write and one fsync, before its ack.
+    Always,
+    /// Group commit: all writes of one event-loop round are one WAL write and one fsync,
+    /// before any of that round's acks.
+    #[default]
+    Batch,
+    /// The WAL is written (so a process crash loses nothing) but not synced (a power loss may).
+    Never,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("RocksDB failed: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("cannot open the data directory {path}: {source}. Check that it exists and is writable, and that no other courier process uses it")]
+    Open { path: String, source: rocksdb::Error },
+    #[error("a key of column family {cf} has {len} bytes, which no key of that family has: the data directory is corrupt")]
+    CorruptKey { cf: &'static str, len: usize },
+    #[error("a stored {record} cannot be decoded: the data directory is corrupt or from a newer version")]
+    CorruptValue { record: &'static str },
+    #[error("the handle is taken")]
+    HandleTaken,
+}
