@@ -1,1 +1,48 @@
+//! A blocking client for the Courier chat server, protocol v1.
+//!
+//! ```no_run
+//! use courier_client::{Client, ClientConfig, Event};
+//!
+//! # fn main() -> Result<(), courier_client::Error> {
+//! let client = Client::connect("127.0.0.1:7878", ClientConfig::reconnecting())?;
+//! client.login("alice", "correct horse")?;
+//! let bob = client.lookup_user("bob")?;
+//! let thread = client.open_direct(bob.id)?;
+//! client.send_text(thread.id, "hello")?;
+//! for event in client.events() {
+//!     if let Event::Message(m) = event {
+//!         println!("{}: {}", m.sender, String::from_utf8_lossy(&m.body));
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Threads: the caller's threads do requests (blocking until the reply with the same request
+//! id arrives); one reader thread per connection decodes frames and routes replies and pushes;
+//! one heartbeat thread per connection sends `PING` every `heartbeat_secs` from `WELCOME`.
+//! Reconnecting runs on the reader thread of the connection that dropped.
 
+mod api;
+mod backoff;
+mod client;
+mod config;
+mod connection;
+mod dedupe;
+mod error;
+mod event;
+mod sync;
+mod ticks;
+
+pub use api::new_client_msg_id;
+pub use backoff::{Backoff, BackoffPolicy};
+pub use client::Client;
+pub use config::ClientConfig;
+pub use dedupe::Dedupe;
+pub use error::{Error, Result};
+pub use event::{Event, Events};
+pub use sync::SyncResult;
+pub use ticks::{apply_receipt, tick, Tick};
+
+/// The wire protocol this client speaks, re-exported so users need not depend on it.
+pub use courier_protocol as protocol;
+pub use courier_protocol::{ErrorCode, Message, MessageKind, ReceiptKind, Thread};
