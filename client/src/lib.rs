@@ -46,3 +46,8 @@ pub use ticks::{apply_receipt, tick, Tick};
 /// The wire protocol this client speaks, re-exported so users need not depend on it.
 pub use courier_protocol as protocol;
 pub use courier_protocol::{ErrorCode, Message, MessageKind, ReceiptKind, Thread};
+
+#[cfg(test)]
+mod client_tests;
+#[cfg(test)]
+mod fake_server;
