@@ -1,0 +1,445 @@
+//! `protocol/vectors.json`: the exact bytes of at least one frame of every type, for people
+//! writing a client in another language.
+//!
+//! The file is generated from [`samples`]. Normally this test checks that the file, the samples
+//! and the codec agree; with `COURIER_WRITE_VECTORS=1` it rewrites the file instead.
+
+use std::path::PathBuf;
+
+use bytes::{Bytes, BytesMut};
+use courier_protocol::*;
+use serde_json::{json, Value};
+
+const ALICE: u64 = 17;
+const BOB: u64 = 42;
+const CAROL: u64 = 50;
+const THREAD: u64 = 5;
+const GROUP: u64 = 9;
+/// A message id: microseconds since the epoch (2023-11-14T22:13:20Z).
+const MSG: u64 = 1_700_000_000_000_001;
+const TOKEN: [u8; 32] = [0xA5; 32];
+const MEDIA: [u8; 16] = [
+    0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54, 0x32, 0x10,
+];
+
+fn message(id: u64, body: &'static str) -> Message {
+    Message {
+        thread: THREAD,
+        id,
+        sender: ALICE,
+        client_msg_id: 901,
+        kind: MessageKind::Text,
+        recalled: false,
+        body: Bytes::from_static(body.as_bytes()),
+    }
+}
+
+fn system_message(event: SystemEvent) -> Message {
+    let mut body = BytesMut::new();
+    wire::Wire::put(&event, &mut body);
+    Message {
+        thread: GROUP,
+        id: MSG + 10,
+        sender: event.actor,
+        client_msg_id: 0,
+        kind: MessageKind::System,
+        recalled: false,
+        body: body.freeze(),
+    }
+}
+
+fn member(user: u64, role: Role, delivered: u64, read: u64) -> Member {
+    Member {
+        user,
+        role,
+        delivered,
+        read,
+    }
+}
+
+fn direct_thread() -> Thread {
+    Thread {
+        id: THREAD,
+        kind: ThreadKind::Direct,
+        name: String::new(),
+        members: vec![
+            member(ALICE, Role::Member, MSG, MSG),
+            member(BOB, Role::Member, MSG, 0),
+        ],
+        last_msg_id: MSG,
+        muted: false,
+        hidden: false,
+        label: "bob".into(),
+    }
+}
+
+fn group_thread() -> Thread {
+    Thread {
+        id: GROUP,
+        kind: ThreadKind::Group,
+        name: "climbing".into(),
+        members: vec![
+            member(ALICE, Role::Admin, 0, 0),
+            member(BOB, Role::Member, 0, 0),
+        ],
+        last_msg_id: MSG + 10,
+        muted: true,
+        hidden: false,
+        label: String::new(),
+    }
+}
+
+/// Every sample frame: request id, frame, what it shows. At least one per frame type.
+pub fn samples() -> Vec<(u32, Frame, &'static str)> {
+    let b = Bytes::from_static;
+    vec![
+        (1, Hello { version: 1, client: "cli/0.1".into() }.into(), "Handshake: protocol version 1, client name \"cli/0.1\". The worked example in PROTOCOL.md section 11."),
+        (2, Register { handle: "alice".into(), password: "correct horse".into(), device: "laptop".into() }.into(), "Create account \"alice\" and log in the device named \"laptop\"."),
+        (2, Login { handle: "alice".into(), password: "correct horse".into(), device: "phone".into() }.into(), "Log in as \"alice\" from the device named \"phone\"."),
+        (2, Resume { token: Bytes::copy_from_slice(&TOKEN) }.into(), "Resume with a 32-byte token from AUTH_OK."),
+        (3, Logout {}.into(), "Log out this device: empty body, len = 5."),
+        (3, LogoutAll {}.into(), "Log out every device of the user: empty body."),
+        (4, Ping { nonce: 7 }.into(), "Heartbeat with nonce 7."),
+        (5, OpenDirect { peer: BOB }.into(), "Open the direct thread with user 42."),
+        (6, CreateGroup { name: "climbing".into(), members: vec![BOB, CAROL] }.into(), "Create group \"climbing\" with users 42 and 50 (the creator is added implicitly)."),
+        (7, AddMembers { thread: GROUP, members: vec![CAROL] }.into(), "Add user 50 to group thread 9."),
+        (8, RemoveMember { thread: GROUP, user: CAROL }.into(), "Remove user 50 from group thread 9."),
+        (9, LeaveGroup { thread: GROUP }.into(), "Leave group thread 9."),
+        (10, RenameGroup { thread: GROUP, name: "bouldering 🧗".into() }.into(), "Rename group thread 9; the name is UTF-8 (the emoji is 4 bytes)."),
+        (11, ListThreads { before_msg_id: 0, before_thread: 0, limit: 50 }.into(), "First page of the thread list, 50 rows."),
+        (12, ListThreads { before_msg_id: MSG, before_thread: THREAD, limit: 50 }.into(), "Next page of the thread list, after the row (last_msg_id, thread 5)."),
+        (13, GetThread { thread: THREAD }.into(), "Get thread 5 in full."),
+        (14, SetThreadState { thread: THREAD, muted: true, hidden: false, label: "bob".into() }.into(), "Mute thread 5 and label it \"bob\"."),
+        (15, Send { thread: THREAD, client_msg_id: 901, kind: MessageKind::Text, body: b(b"hi") }.into(), "Send the text \"hi\" to thread 5 with client message id 901."),
+        (16, Send { thread: THREAD, client_msg_id: 902, kind: MessageKind::Media, body: Bytes::copy_from_slice(&MEDIA) }.into(), "Send a MEDIA message whose body is the 16-byte media id."),
+        (17, History { thread: THREAD, anchor: 0, direction: Direction::Backward, limit: 100 }.into(), "The 100 newest messages of thread 5, newest first."),
+        (18, History { thread: THREAD, anchor: MSG, direction: Direction::Forward, limit: 500 }.into(), "Up to 500 messages newer than MSG, oldest first."),
+        (19, Receipt { thread: THREAD, kind: ReceiptKind::Delivered, up_to: MSG }.into(), "Everything in thread 5 up to MSG reached this device."),
+        (20, Receipt { thread: THREAD, kind: ReceiptKind::Read, up_to: MSG }.into(), "Everything in thread 5 up to MSG was read."),
+        (21, Recall { thread: THREAD, message: MSG }.into(), "Recall message MSG of thread 5."),
+        (22, DeleteForMe { thread: THREAD, message: MSG }.into(), "Hide message MSG of thread 5 from the caller's own history."),
+        (23, Readers { thread: GROUP, message: MSG }.into(), "Who has received and read message MSG of group thread 9."),
+        (24, Sync { since: 0, after_thread: 0, after_message: 0, limit: 200 }.into(), "First sync of a new device: since = 0, first page."),
+        (25, Sync { since: MSG - 1_000_000, after_thread: THREAD, after_message: MSG, limit: 200 }.into(), "Second page of a sync: same since, cursor from the previous batch."),
+        (26, Typing { thread: THREAD, active: true }.into(), "Typing in thread 5. Never answered, but still carries a non-zero request id."),
+        (27, ContactAdd { user: BOB }.into(), "Add user 42 to contacts."),
+        (28, ContactRemove { user: CAROL }.into(), "Remove user 50 from contacts."),
+        (29, ContactList {}.into(), "List contacts: empty body."),
+        (30, LookupUser { handle: "bob".into() }.into(), "Find the user with handle \"bob\"."),
+        (31, PresenceSubscribe { users: vec![BOB] }.into(), "Push presence changes of user 42."),
+        (32, PresenceQuery { users: vec![BOB, CAROL] }.into(), "Current presence of users 42 and 50."),
+        (33, MediaBegin { total_len: 1_048_576, mime: "image/jpeg".into() }.into(), "Begin uploading a 1 MiB JPEG."),
+        (34, MediaChunk { upload: 3, offset: 0, data: b(b"\xff\xd8\xff\xe0") }.into(), "First chunk of upload 3 (4 bytes shown; real chunks are up to chunk_max)."),
+        (35, MediaCommit { upload: 3 }.into(), "Finish upload 3."),
+        (36, MediaGet { media: Bytes::copy_from_slice(&MEDIA), offset: 0, max_len: 32_768 }.into(), "Read the first 32 KiB of a media object."),
+        (37, AdminStats {}.into(), "Server counters (admin accounts only): empty body."),
+        (5, Done {}.into(), "Success of request 5 without a specific reply: empty body."),
+        (8, ErrorReply { code: ErrorCode::NotAdmin as u16, message: "only group admins may remove members".into() }.into(), "Request 8 failed with NOT_ADMIN (42); the connection stays open."),
+        (0, ErrorReply { code: ErrorCode::HeartbeatTimeout as u16, message: "no frame for 90 s".into() }.into(), "Request id 0: the server is closing the connection because of HEARTBEAT_TIMEOUT (8)."),
+        (1, Welcome { version: 1, max_frame: DEFAULT_MAX_FRAME_LEN, heartbeat_secs: 30, node: "n1".into() }.into(), "Answer to HELLO#1: version 1, max frame 65536, heartbeat 30 s, node \"n1\"."),
+        (2, AuthOk { user: ALICE, device: 1, token: Bytes::copy_from_slice(&TOKEN), handle: "alice".into() }.into(), "Authenticated as user 17, device 1, with a 32-byte token."),
+        (13, ThreadInfo { thread: direct_thread() }.into(), "Direct thread 5 of users 17 and 42, with receipt cursors; the asker labelled it \"bob\"."),
+        (6, ThreadInfo { thread: group_thread() }.into(), "Group thread 9 \"climbing\", user 17 is admin, muted by the asker."),
+        (11, ThreadList {
+            threads: vec![ThreadSummary {
+                id: THREAD,
+                kind: ThreadKind::Direct,
+                name: String::new(),
+                peer: BOB,
+                member_count: 2,
+                last_msg_id: MSG,
+                unread: 1,
+                muted: false,
+                hidden: false,
+                label: String::new(),
+                last_message: Some(message(MSG, "hi")),
+            }, ThreadSummary {
+                id: GROUP,
+                kind: ThreadKind::Group,
+                name: "climbing".into(),
+                peer: 0,
+                member_count: 3,
+                last_msg_id: 0,
+                unread: 0,
+                muted: true,
+                hidden: false,
+                label: String::new(),
+                last_message: None,
+            }],
+            more: false,
+        }.into(), "Two rows: a direct thread with its last message, and an empty group (last_message absent)."),
+        (15, Sent { thread: THREAD, message: MSG, client_msg_id: 901 }.into(), "SEND#15 is durable as message MSG."),
+        (17, Messages { thread: THREAD, messages: vec![message(MSG + 1, "how are you?"), message(MSG, "hi")], more: true }.into(), "Two messages, newest first (a BACKWARD page), more exist."),
+        (24, SyncBatch {
+            threads: vec![direct_thread()],
+            messages: vec![message(MSG, "hi")],
+            more: true,
+            next_thread: THREAD,
+            next_message: MSG,
+            watermark: MSG,
+        }.into(), "A sync page with one thread and one message; more pages follow."),
+        (25, SyncBatch { threads: vec![], messages: vec![], more: false, next_thread: 0, next_message: 0, watermark: MSG + 10 }.into(), "The last (here empty) sync page: store the watermark."),
+        (23, ReadersList { thread: GROUP, message: MSG, delivered: vec![ALICE, BOB], read: vec![ALICE] }.into(), "Message MSG reached users 17 and 42; user 17 read it."),
+        (29, Contacts { users: vec![UserInfo { id: BOB, handle: "bob".into() }, UserInfo { id: CAROL, handle: "carol".into() }] }.into(), "Two contacts."),
+        (30, User { user: UserInfo { id: BOB, handle: "bob".into() } }.into(), "The user with handle \"bob\" is 42."),
+        (32, PresenceList { entries: vec![Presence { user: BOB, online: true, last_seen: MSG }, Presence { user: CAROL, online: false, last_seen: MSG - 3_600_000_000 }] }.into(), "User 42 is online; user 50 was last seen an hour earlier."),
+        (4, Pong { nonce: 7 }.into(), "Answer to PING#4 with its nonce."),
+        (33, MediaUpload { upload: 3, chunk_max: 60_000 }.into(), "Upload id 3; chunks of at most 60000 bytes."),
+        (35, MediaRef { media: Bytes::copy_from_slice(&MEDIA), total_len: 1_048_576 }.into(), "Upload committed: the 16-byte media id and its size."),
+        (36, MediaData { media: Bytes::copy_from_slice(&MEDIA), total_len: 1_048_576, offset: 0, data: b(b"\xff\xd8\xff\xe0") }.into(), "The first bytes of a media object."),
+        (37, Stats { entries: vec![Stat { name: "connections.current".into(), value: 1234 }, Stat { name: "messages.stored".into(), value: 5_000_000 }] }.into(), "Two server counters."),
+        (0, MessagePush { message: message(MSG, "hi") }.into(), "New text message \"hi\" from user 17 in thread 5."),
+        (0, MessagePush {
+            message: system_message(SystemEvent { event: SystemEventKind::MemberAdded, actor: ALICE, subject: CAROL, text: String::new() }),
+        }.into(), "A SYSTEM message: user 17 added user 50 to group 9; its body is an encoded SystemEvent."),
+        (0, MessagePush {
+            message: Message { recalled: true, body: Bytes::new(), ..message(MSG, "") },
+        }.into(), "A recalled message (tombstone): recalled = 1, empty body."),
+        (0, ReceiptPush { thread: THREAD, user: BOB, kind: ReceiptKind::Read, up_to: MSG }.into(), "User 42 read thread 5 up to MSG."),
+        (0, PresencePush { presence: Presence { user: BOB, online: false, last_seen: MSG } }.into(), "User 42 went offline."),
+        (0, TypingPush { thread: THREAD, user: BOB, active: true }.into(), "User 42 is typing in thread 5."),
+        (0, Redirect { node: "n2".into(), addr: "10.0.0.2:7000".into() }.into(), "The user lives on node n2: reconnect to 10.0.0.2:7000. The server closes."),
+    ]
+}
+
+/// Encodings that decode but are not what an encoder writes.
+fn decode_only() -> Vec<(String, u32, Frame, &'static str)> {
+    vec![
+        (
+            // PING#4{nonce 7} with three bytes a later version might append.
+            "0000001007000000040000000000000007aabbcc".into(),
+            4,
+            Ping { nonce: 7 }.into(),
+            "PING with 3 trailing body bytes: a decoder ignores bytes after the known fields.",
+        ),
+        (
+            "000000060500000003ff".into(),
+            3,
+            Logout {}.into(),
+            "LOGOUT with a 1-byte body: trailing bytes after an empty body are ignored too.",
+        ),
+    ]
+}
+
+/// Encodings a decoder must reject, with the error (and so the error code) it must give.
+fn invalid() -> Vec<(&'static str, Error, &'static str)> {
+    vec![
+        (
+            "80000000",
+            Error::FrameTooLarge {
+                len: 0x8000_0000,
+                max: DEFAULT_MAX_FRAME_LEN,
+            },
+            "len = 2 GiB: rejected from the 4-byte prefix alone (FRAME_TOO_LARGE).",
+        ),
+        (
+            "00010001",
+            Error::FrameTooLarge {
+                len: 65_537,
+                max: DEFAULT_MAX_FRAME_LEN,
+            },
+            "len = 65537, one over the default limit (FRAME_TOO_LARGE).",
+        ),
+        (
+            "00000004",
+            Error::FrameTooShort { len: 4 },
+            "len = 4 cannot hold type and request id (MALFORMED).",
+        ),
+        (
+            "000000057f00000001",
+            Error::UnknownFrameType(0x7f),
+            "Unassigned type code 0x7f (UNKNOWN_FRAME).",
+        ),
+        (
+            "00000009070000000100000000",
+            Error::Truncated {
+                field: "Ping.nonce",
+            },
+            "PING whose body ends inside the u64 nonce (MALFORMED).",
+        ),
+        (
+            "0000000e2700000001000000000000000502",
+            Error::InvalidValue {
+                field: "Typing.active",
+                value: 2,
+            },
+            "TYPING with bool byte 2 (MALFORMED).",
+        ),
+        (
+            "0000000933000000010100ffff",
+            Error::Truncated {
+                field: "LookupUser.handle",
+            },
+            "LOOKUP_USER whose str length 0x0100 points past the body (MALFORMED).",
+        ),
+        (
+            "00000008330000000100018f",
+            Error::InvalidUtf8 {
+                field: "LookupUser.handle",
+            },
+            "LOOKUP_USER whose handle is the lone byte 0x8f (MALFORMED).",
+        ),
+        (
+            "0000000e2200000001000000000000000503",
+            Error::InvalidValue {
+                field: "Receipt.kind",
+                value: 3,
+            },
+            "RECEIPT with unknown ReceiptKind 3 (MALFORMED).",
+        ),
+    ]
+}
+
+fn hex_of(request_id: u32, frame: &Frame) -> String {
+    let mut buf = BytesMut::new();
+    encode(request_id, frame, &mut buf);
+    hex::encode(&buf)
+}
+
+fn decode_all(hex: &str) -> Result<Option<Envelope>, Error> {
+    let mut buf = BytesMut::from(&hex::decode(hex).expect("valid hex")[..]);
+    let out = Decoder::default().decode(&mut buf);
+    if let Ok(Some(_)) = out {
+        assert!(buf.is_empty(), "{hex}: bytes left after one frame");
+    }
+    out
+}
+
+fn vectors_json() -> Value {
+    let frames: Vec<Value> = samples()
+        .iter()
+        .map(|(request_id, frame, description)| {
+            json!({
+                "code": format!("0x{:02x}", frame.code()),
+                "name": frame.name(),
+                "request_id": request_id,
+                "description": description,
+                "debug": format!("{frame:?}"),
+                "hex": hex_of(*request_id, frame),
+            })
+        })
+        .collect();
+    let decode_only: Vec<Value> = decode_only()
+        .iter()
+        .map(|(hex, request_id, frame, description)| {
+            json!({
+                "name": frame.name(),
+                "request_id": request_id,
+                "description": description,
+                "debug": format!("{frame:?}"),
+                "hex": hex,
+            })
+        })
+        .collect();
+    let invalid: Vec<Value> = invalid()
+        .iter()
+        .map(|(hex, error, description)| {
+            json!({
+                "description": description,
+                "error": error.to_string(),
+                "error_code": error.code().name(),
+                "hex": hex,
+            })
+        })
+        .collect();
+    json!({
+        "protocol_version": VERSION,
+        "about": "Courier protocol v1 test vectors, generated by protocol/tests/vectors.rs. \
+                  `frames`: encode(request_id, frame) must equal hex, and hex must decode to the \
+                  frame. `decode_only`: hex decodes to the frame but is not canonical. `invalid`: \
+                  a decoder with the default 65536-byte limit must reject hex with error_code. \
+                  MSG = 1700000000000001.",
+        "frames": frames,
+        "decode_only": decode_only,
+        "invalid": invalid,
+    })
+}
+
+fn vectors_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vectors.json")
+}
+
+#[test]
+fn vectors_file_matches_codec() {
+    let generated = vectors_json();
+    let path = vectors_path();
+    if std::env::var_os("COURIER_WRITE_VECTORS").is_some_and(|v| v == "1") {
+        let text = serde_json::to_string_pretty(&generated).unwrap() + "\n";
+        std::fs::write(&path, text).unwrap();
+    }
+    let text = std::fs::read_to_string(&path)
+        .expect("protocol/vectors.json is missing: run with COURIER_WRITE_VECTORS=1");
+    let on_disk: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        on_disk, generated,
+        "protocol/vectors.json is stale: rerun with COURIER_WRITE_VECTORS=1 and review the diff"
+    );
+}
+
+#[test]
+fn every_sample_encodes_to_its_hex_and_decodes_back() {
+    for (request_id, frame, _) in samples() {
+        let hex = hex_of(request_id, &frame);
+        let env = decode_all(&hex).unwrap().expect("one whole frame");
+        assert_eq!(env, Envelope { request_id, frame }, "{hex}");
+    }
+}
+
+#[test]
+fn every_frame_code_has_a_vector() {
+    let samples = samples();
+    for (code, name) in Frame::CODES {
+        assert!(
+            samples.iter().any(|(_, f, _)| f.code() == *code),
+            "no vector for frame 0x{code:02x} {name}"
+        );
+    }
+}
+
+#[test]
+fn pushes_use_request_id_zero_and_requests_do_not() {
+    for (request_id, frame, _) in samples() {
+        match frame.code() {
+            0x01..=0x7f => assert_ne!(request_id, 0, "{}", frame.name()),
+            0xc0..=0xff => assert_eq!(request_id, 0, "{}", frame.name()),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn decode_only_vectors_decode() {
+    for (hex, request_id, frame, _) in decode_only() {
+        assert_eq!(
+            decode_all(&hex),
+            Ok(Some(Envelope { request_id, frame })),
+            "{hex}"
+        );
+    }
+}
+
+#[test]
+fn invalid_vectors_are_rejected() {
+    for (hex, error, description) in invalid() {
+        assert_eq!(decode_all(hex), Err(error), "{hex}: {description}");
+    }
+}
+
+#[test]
+fn hello_is_the_worked_example() {
+    let hello = samples().into_iter().next().unwrap();
+    assert_eq!(
+        hex_of(hello.0, &hello.1),
+        "0000001001000000010001000763 6c692f302e31".replace(' ', "")
+    );
+    let welcome = Welcome {
+        version: 1,
+        max_frame: 65_536,
+        heartbeat_secs: 30,
+        node: "n1".into(),
+    };
+    assert_eq!(
+        hex_of(1, &welcome.into()),
+        "0000001182000000010001000100 00001e00026e31".replace(' ', "")
+    );
+}
