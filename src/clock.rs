@@ -11,14 +11,18 @@ pub struct Clock {
 
 /// Wall-clock microseconds since the Unix epoch.
 pub fn wall_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl Clock {
     /// A clock that never hands out a value at or below `floor` (the highest value recorded
     /// before a restart), even if the wall clock moved back.
     pub fn new(floor: u64) -> Self {
-        Self { last: AtomicU64::new(floor) }
+        Self {
+            last: AtomicU64::new(floor),
+        }
     }
 
     /// The next value: `max(wall clock, last + 1)`.
@@ -27,7 +31,10 @@ impl Clock {
         let mut prev = self.last.load(Ordering::SeqCst);
         loop {
             let next = now.max(prev + 1);
-            match self.last.compare_exchange_weak(prev, next, Ordering::SeqCst, Ordering::SeqCst) {
+            match self
+                .last
+                .compare_exchange_weak(prev, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
                 Ok(_) => return next,
                 Err(actual) => prev = actual,
             }
@@ -54,7 +61,10 @@ mod tests {
                 std::thread::spawn(move || (0..10_000).map(|_| c.tick()).collect::<Vec<_>>())
             })
             .collect();
-        let mut all: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        let mut all: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
         let n = all.len();
         all.sort_unstable();
         all.dedup();

@@ -1,46 +1,243 @@
-//! One shard's chat engine. (Body being written by the lead; this is the contract.)
+//! One shard's chat engine: routing, the round's staged writes, group commit.
+//!
+//! A request runs to completion inside [`Engine::handle`]: it validates, reads what it needs,
+//! stages writes in the round's [`Batch`] and its answers in `pending`. Nothing leaves before
+//! [`Engine::commit`] has made the batch durable, so a SENT ack always means "on disk" (per
+//! the fsync mode) and a push never announces a message that a crash could lose.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use courier_protocol::Frame;
+use courier_protocol::{ErrorCode, ErrorReply, Frame};
 
+use super::media::Uploads;
+use super::threads::ThreadCache;
 use super::{Caller, Effect, Shared};
+use crate::store::{Batch, FsyncMode};
+
+/// A request's failure: the code and a sentence for the person behind the client.
+pub(super) type Reject = (ErrorCode, &'static str);
 
 pub struct Engine {
-    shared: Arc<Shared>,
-    shard: u16,
+    pub(super) shared: Arc<Shared>,
+    pub(super) shard: u16,
+    pub(super) batch: Batch,
+    /// Answers waiting for this round's commit.
+    pending: Vec<Effect>,
+    /// Answers whose writes are committed (filled by `flush`, drained by `commit`).
+    ready: Vec<Effect>,
+    /// Threads this shard owns, authoritative while cached.
+    pub(super) threads: ThreadCache,
+    pub(super) uploads: Uploads,
+    /// Sends staged this round, by (thread, sender, client id): a retry inside one round must
+    /// not store twice, and the store cannot see uncommitted writes.
+    pub(super) round_sends: HashMap<(u64, u64, u64), u64>,
+    /// Direct threads created this round, by user pair.
+    pub(super) round_directs: HashMap<(u64, u64), u64>,
+    /// Highest clock value staged this round (recorded as the clock floor on commit).
+    round_max: u64,
 }
 
 impl Engine {
     pub fn new(shared: Arc<Shared>, shard: u16) -> Self {
-        Self { shared, shard }
+        let batch = shared.store.batch();
+        let cache = shared.config.thread_cache;
+        Self {
+            shared,
+            shard,
+            batch,
+            pending: Vec::new(),
+            ready: Vec::new(),
+            threads: ThreadCache::new(cache),
+            uploads: Uploads::default(),
+            round_sends: HashMap::new(),
+            round_directs: HashMap::new(),
+            round_max: 0,
+        }
     }
 
     /// The shard that must run `frame` for `caller`, or `None` when `frame` is not a chat
     /// request (session, presence and admin frames are the shard's own business).
+    ///
+    /// Thread-scoped requests run on the thread's owner shard; opening a direct thread runs
+    /// on the pair's shard; everything else (creating groups, lists, sync, contacts, media)
+    /// runs where the caller is connected.
     pub fn shard_for(shared: &Shared, caller: &Caller, frame: &Frame) -> Option<u16> {
-        let _ = (shared, caller, frame);
-        None
+        let here = caller.conn.shard;
+        let shard = match frame {
+            Frame::OpenDirect(f) => shared.pair_shard(caller.user, f.peer),
+            Frame::AddMembers(f) => shared.thread_shard(f.thread),
+            Frame::RemoveMember(f) => shared.thread_shard(f.thread),
+            Frame::LeaveGroup(f) => shared.thread_shard(f.thread),
+            Frame::RenameGroup(f) => shared.thread_shard(f.thread),
+            Frame::GetThread(f) => shared.thread_shard(f.thread),
+            Frame::SetThreadState(f) => shared.thread_shard(f.thread),
+            Frame::Send(f) => shared.thread_shard(f.thread),
+            Frame::History(f) => shared.thread_shard(f.thread),
+            Frame::Receipt(f) => shared.thread_shard(f.thread),
+            Frame::Recall(f) => shared.thread_shard(f.thread),
+            Frame::DeleteForMe(f) => shared.thread_shard(f.thread),
+            Frame::Readers(f) => shared.thread_shard(f.thread),
+            Frame::Typing(f) => shared.thread_shard(f.thread),
+            Frame::CreateGroup(_)
+            | Frame::ListThreads(_)
+            | Frame::Sync(_)
+            | Frame::ContactAdd(_)
+            | Frame::ContactRemove(_)
+            | Frame::ContactList(_)
+            | Frame::LookupUser(_)
+            | Frame::MediaBegin(_)
+            | Frame::MediaChunk(_)
+            | Frame::MediaCommit(_)
+            | Frame::MediaGet(_) => here,
+            _ => return None,
+        };
+        Some(shard)
     }
 
     /// Runs one chat request. Its answers come out of [`commit`](Self::commit).
     pub fn handle(&mut self, caller: Caller, request_id: u32, frame: Frame) {
-        let _ = (caller, request_id, frame, self.shard, &self.shared);
+        let typing = matches!(frame, Frame::Typing(_));
+        let result = match frame {
+            Frame::OpenDirect(f) => self.open_direct(&caller, f.peer),
+            Frame::CreateGroup(f) => self.create_group(&caller, f.name, f.members),
+            Frame::AddMembers(f) => self.add_members(&caller, f.thread, f.members),
+            Frame::RemoveMember(f) => self.remove_member(&caller, f.thread, f.user),
+            Frame::LeaveGroup(f) => self.leave_group(&caller, f.thread),
+            Frame::RenameGroup(f) => self.rename_group(&caller, f.thread, f.name),
+            Frame::ListThreads(f) => self.list_threads(&caller, f),
+            Frame::GetThread(f) => self.get_thread(&caller, f.thread),
+            Frame::SetThreadState(f) => self.set_thread_state(&caller, f),
+            Frame::Send(f) => self.send(&caller, f),
+            Frame::History(f) => self.history(&caller, f),
+            Frame::Receipt(f) => self.receipt(&caller, f),
+            Frame::Recall(f) => self.recall(&caller, f.thread, f.message),
+            Frame::DeleteForMe(f) => self.delete_for_me(&caller, f.thread, f.message),
+            Frame::Readers(f) => self.readers(&caller, f.thread, f.message),
+            Frame::Sync(f) => self.sync(&caller, f),
+            Frame::Typing(f) => self.typing(&caller, f.thread, f.active),
+            Frame::ContactAdd(f) => self.contact_add(&caller, f.user),
+            Frame::ContactRemove(f) => self.contact_remove(&caller, f.user),
+            Frame::ContactList(_) => self.contact_list(&caller),
+            Frame::LookupUser(f) => self.lookup_user(&f.handle),
+            Frame::MediaBegin(f) => self.media_begin(&caller, f),
+            Frame::MediaChunk(f) => self.media_chunk(&caller, f),
+            Frame::MediaCommit(f) => self.media_commit(&caller, f.upload),
+            Frame::MediaGet(f) => self.media_get(f),
+            other => Err((ErrorCode::UnknownFrame, frame_not_chat(&other))),
+        };
+        match result {
+            // TYPING is never answered, not even with an error.
+            _ if typing => {}
+            Ok(Some(frame)) => self.reply(&caller, request_id, frame),
+            Ok(None) => {}
+            Err((code, message)) => self.reply(
+                &caller,
+                request_id,
+                ErrorReply {
+                    code: code as u16,
+                    message: message.into(),
+                }
+                .into(),
+            ),
+        }
+        if self.shared.store.fsync_mode() == FsyncMode::Always {
+            self.flush();
+        }
     }
 
     /// Whether requests are waiting for [`commit`](Self::commit).
     pub fn has_pending(&self) -> bool {
-        false
+        !self.pending.is_empty() || !self.ready.is_empty() || !self.batch.is_empty()
     }
 
     /// Makes this round's writes durable (one WAL write and, per fsync mode, one sync) and
     /// appends the answers and pushes they release to `out`. Call once per event-loop round.
     pub fn commit(&mut self, out: &mut Vec<Effect>) {
-        let _ = out;
+        self.flush();
+        out.append(&mut self.ready);
     }
 
     /// A user's last device went offline at `at` (µs): persisted as their last seen.
     pub fn record_last_seen(&mut self, user: u64, at: u64) {
-        let _ = (user, at);
+        self.batch.put_last_seen(user, at);
+    }
+
+    /// Commits the batch and moves the pending answers to `ready`. On a storage failure the
+    /// answers become INTERNAL errors, pushes are dropped (nothing was stored), and the thread
+    /// cache is emptied, since it may hold changes that never reached the disk.
+    fn flush(&mut self) {
+        if !self.batch.is_empty() {
+            if self.round_max != 0 {
+                self.batch.clock_floor(self.shard, self.round_max);
+            }
+            let batch = std::mem::replace(&mut self.batch, self.shared.store.batch());
+            if let Err(e) = self.shared.store.commit(batch) {
+                tracing::error!(shard = self.shard, error = %e, "commit failed; answering INTERNAL");
+                self.threads.clear();
+                for effect in self.pending.drain(..) {
+                    if let Effect::Reply { to, request_id, .. } = effect {
+                        self.ready.push(Effect::Reply {
+                            to,
+                            request_id,
+                            frame: ErrorReply {
+                                code: ErrorCode::Internal as u16,
+                                message: "the server could not store this; retry".into(),
+                            }
+                            .into(),
+                        });
+                    }
+                }
+            }
+        }
+        self.ready.append(&mut self.pending);
+        self.round_sends.clear();
+        self.round_directs.clear();
+        self.round_max = 0;
+        self.shared.in_flight[self.shard as usize]
+            .0
+            .store(u64::MAX, Ordering::SeqCst);
+        self.threads.trim();
+    }
+
+    /// A clock value for a change staged this round. The first of a round publishes the
+    /// in-flight bound first (see [`Shared::watermark`]).
+    pub(super) fn tick(&mut self) -> u64 {
+        if self.round_max == 0 {
+            let bound = self.shared.clock.last() + 1;
+            self.shared.in_flight[self.shard as usize]
+                .0
+                .store(bound, Ordering::SeqCst);
+        }
+        let t = self.shared.clock.tick();
+        self.round_max = t;
+        t
+    }
+
+    pub(super) fn reply(&mut self, caller: &Caller, request_id: u32, frame: Frame) {
+        self.pending.push(Effect::Reply {
+            to: caller.conn,
+            request_id,
+            frame,
+        });
+    }
+
+    /// Pushes `frame` to every online device of `users` except the caller's connection.
+    pub(super) fn push(&mut self, users: Arc<[u64]>, except: Option<&Caller>, frame: Frame) {
+        self.pending.push(Effect::Push {
+            users,
+            except: except.map(|c| c.conn),
+            frame,
+        });
+    }
+}
+
+fn frame_not_chat(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Hello(_) | Frame::Register(_) | Frame::Login(_) | Frame::Resume(_) => {
+            "session frames are not chat requests"
+        }
+        _ => "this frame is not a request the chat engine serves",
     }
 }

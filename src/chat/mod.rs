@@ -5,9 +5,11 @@
 //! stages its writes in the round's batch and its answers in a pending list; [`Engine::commit`]
 //! makes the round durable (group commit) and only then releases the answers as [`Effect`]s.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use courier_protocol::Frame;
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::clock::Clock;
 use crate::store::Store;
@@ -33,9 +35,17 @@ pub struct Caller {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// The answer to request `request_id` of connection `to`.
-    Reply { to: ConnRef, request_id: u32, frame: Frame },
+    Reply {
+        to: ConnRef,
+        request_id: u32,
+        frame: Frame,
+    },
     /// `frame` for every online device of every user in `users`, except connection `except`.
-    Push { users: Arc<[u64]>, except: Option<ConnRef>, frame: Frame },
+    Push {
+        users: Arc<[u64]>,
+        except: Option<ConnRef>,
+        frame: Frame,
+    },
 }
 
 /// Chat limits and policies.
@@ -47,6 +57,10 @@ pub struct ChatConfig {
     pub max_media: u64,
     pub media_chunk: u32,
     pub history_limit: u16,
+    /// The largest reply body the engine builds (kept under the frame limit clients accept).
+    pub max_reply_bytes: usize,
+    /// Threads kept in memory per shard before the cache is emptied.
+    pub thread_cache: usize,
 }
 
 impl Default for ChatConfig {
@@ -58,6 +72,8 @@ impl Default for ChatConfig {
             max_media: 16 * 1024 * 1024,
             media_chunk: 32 * 1024,
             history_limit: 500,
+            max_reply_bytes: 60 * 1024,
+            thread_cache: 100_000,
         }
     }
 }
@@ -68,13 +84,68 @@ pub struct Shared {
     pub clock: Arc<Clock>,
     pub config: ChatConfig,
     pub shards: usize,
+    /// Per shard: a lower bound of every clock value the shard has handed out but not yet
+    /// committed (`u64::MAX` when nothing is in flight). See [`Shared::watermark`].
+    in_flight: Box<[Padded]>,
 }
 
+/// One atomic on its own cache line, so shards do not slow each other down.
+#[repr(align(64))]
+struct Padded(AtomicU64);
+
+mod contacts;
 mod engine;
+mod media;
+mod messages;
+mod sync;
+mod threads;
+
 pub use engine::Engine;
 
 impl Shared {
     pub fn new(store: Store, clock: Arc<Clock>, config: ChatConfig, shards: usize) -> Arc<Self> {
-        Arc::new(Self { store, clock, config, shards })
+        let shards = shards.max(1);
+        let in_flight = (0..shards)
+            .map(|_| Padded(AtomicU64::new(u64::MAX)))
+            .collect();
+        Arc::new(Self {
+            store,
+            clock,
+            config,
+            shards,
+            in_flight,
+        })
+    }
+
+    /// The sync watermark: every change with a clock value at or below it is committed and
+    /// visible to readers. Sync hands it out as the next `since`, so nothing committed later
+    /// can hide below it.
+    ///
+    /// Why it holds: a shard publishes `clock.last() + 1` in `in_flight` *before* it ticks
+    /// the clock for its first change of a round, and clears it only after the commit. If
+    /// this read of `in_flight` comes first, the clock read before it saw a value below any
+    /// tick that shard makes later; otherwise the published bound is below that tick.
+    pub fn watermark(&self) -> u64 {
+        let now = self.clock.last();
+        let low = self
+            .in_flight
+            .iter()
+            .map(|p| p.0.load(Ordering::SeqCst))
+            .min()
+            .unwrap_or(u64::MAX);
+        now.min(low.saturating_sub(1))
+    }
+
+    /// The shard that owns `thread`: all of the thread's changes run there, in order.
+    pub fn thread_shard(&self, thread: u64) -> u16 {
+        (xxh3_64(&thread.to_be_bytes()) % self.shards as u64) as u16
+    }
+
+    /// The shard that creates the direct thread of two users (so it is created once).
+    pub fn pair_shard(&self, a: u64, b: u64) -> u16 {
+        (xxh3_64(&crate::store::keys::direct(a, b)) % self.shards as u64) as u16
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use blake2::digest::consts::U16;
 use blake2::{Blake2b, Digest};
@@ -73,7 +73,9 @@ pub fn digest(token: &[u8]) -> TokenDigest {
 
 fn valid_handle(handle: &str) -> bool {
     (3..=32).contains(&handle.len())
-        && handle.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+        && handle
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
 }
 
 impl Accounts {
@@ -91,7 +93,8 @@ impl Accounts {
     }
 
     fn hash(&self, password: &str) -> Result<String, AuthError> {
-        let salt = SaltString::generate(&mut OsRng);
+        let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+            .map_err(|e| AuthError::Hash(e.to_string()))?;
         self.argon
             .hash_password(password.as_bytes(), &salt)
             .map(|h| h.to_string())
@@ -107,21 +110,35 @@ impl Accounts {
     }
 
     /// Creates an account and logs `device` in. Slow (argon2id): call off the event loop.
-    pub fn register(&self, handle: &str, password: &str, device: &str) -> Result<Authed, AuthError> {
+    pub fn register(
+        &self,
+        handle: &str,
+        password: &str,
+        device: &str,
+    ) -> Result<Authed, AuthError> {
         if !valid_handle(handle) {
             return Err(AuthError::InvalidHandle);
         }
         Self::check_password(password)?;
         let hash = self.hash(password)?;
-        let user = self.store.create_user(handle, &hash, wall_us()).map_err(|e| match e {
-            crate::store::Error::HandleTaken => AuthError::HandleTaken,
-            other => AuthError::Store(other),
-        })?;
+        let user = self
+            .store
+            .create_user(handle, &hash, wall_us())
+            .map_err(|e| match e {
+                crate::store::Error::HandleTaken => AuthError::HandleTaken,
+                other => AuthError::Store(other),
+            })?;
         self.issue(user, handle, device)
     }
 
     /// Checks a password and logs `device` in. Slow (argon2id): call off the event loop.
-    pub fn login(&self, handle: &str, password: &str, device: &str, from: IpAddr) -> Result<Authed, AuthError> {
+    pub fn login(
+        &self,
+        handle: &str,
+        password: &str,
+        device: &str,
+        from: IpAddr,
+    ) -> Result<Authed, AuthError> {
         let now = Instant::now();
         if !self.by_address.allowed(&from, now) {
             return Err(AuthError::Throttled);
@@ -138,7 +155,11 @@ impl Accounts {
         };
         let ok = match &record {
             Some((_, rec)) => PasswordHash::new(&rec.password_hash)
-                .map(|parsed| self.argon.verify_password(password.as_bytes(), &parsed).is_ok())
+                .map(|parsed| {
+                    self.argon
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
                 .unwrap_or(false),
             None => {
                 // Spend the same time on an unknown handle, so timing does not reveal which
@@ -169,7 +190,12 @@ impl Accounts {
         let mut batch = self.store.batch();
         batch.put_token(
             &digest,
-            &TokenRecord { user, device, device_name: device_name.into(), created_at: wall_us() },
+            &TokenRecord {
+                user,
+                device,
+                device_name: device_name.into(),
+                created_at: wall_us(),
+            },
         );
         self.store.commit(batch)?;
         Ok(Authed {
@@ -195,7 +221,7 @@ impl Accounts {
         Ok(Authed {
             user: rec.user,
             device: rec.device,
-            admin: self.config.admins.iter().any(|a| *a == user.handle),
+            admin: self.config.admins.contains(&user.handle),
             handle: user.handle,
             token: t,
             digest,
@@ -245,14 +271,30 @@ impl Accounts {
                 continue;
             }
             let user = self.store.next_user_id()?;
-            batch.put_user(user, &UserRecord { handle: handle.clone(), password_hash: hash.clone(), created_at: now });
+            batch.put_user(
+                user,
+                &UserRecord {
+                    handle: handle.clone(),
+                    password_hash: hash.clone(),
+                    created_at: now,
+                },
+            );
             batch.put_device(user, "load", 1);
             let token: [u8; TOKEN_LEN] = rand::random();
-            batch.put_token(&digest(&token), &TokenRecord { user, device: 1, device_name: "load".into(), created_at: now });
+            batch.put_token(
+                &digest(&token),
+                &TokenRecord {
+                    user,
+                    device: 1,
+                    device_name: "load".into(),
+                    created_at: now,
+                },
+            );
             out(user, &handle, &token);
             made += 1;
             if batch.len() >= 10_000 {
-                self.store.commit(std::mem::replace(&mut batch, self.store.batch()))?;
+                self.store
+                    .commit(std::mem::replace(&mut batch, self.store.batch()))?;
             }
         }
         self.store.commit(batch)?;
@@ -270,7 +312,11 @@ mod tests {
     use crate::store::FsyncMode;
 
     fn fast() -> AuthConfig {
-        AuthConfig { argon2_m_kib: 256, argon2_t: 1, ..AuthConfig::default() }
+        AuthConfig {
+            argon2_m_kib: 256,
+            argon2_t: 1,
+            ..AuthConfig::default()
+        }
     }
 
     fn accounts() -> (tempfile::TempDir, Accounts) {
@@ -284,16 +330,28 @@ mod tests {
         let (_d, a) = accounts();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let reg = a.register("alice", "password1", "phone").unwrap();
-        assert!(matches!(a.register("alice", "password1", "x"), Err(AuthError::HandleTaken)));
-        assert!(matches!(a.login("alice", "wrong-pass", "laptop", ip), Err(AuthError::BadCredentials)));
+        assert!(matches!(
+            a.register("alice", "password1", "x"),
+            Err(AuthError::HandleTaken)
+        ));
+        assert!(matches!(
+            a.login("alice", "wrong-pass", "laptop", ip),
+            Err(AuthError::BadCredentials)
+        ));
         let laptop = a.login("alice", "password1", "laptop", ip).unwrap();
         assert_eq!(laptop.user, reg.user);
         assert_ne!(laptop.device, reg.device);
-        assert_eq!(a.login("alice", "password1", "phone", ip).unwrap().device, reg.device);
+        assert_eq!(
+            a.login("alice", "password1", "phone", ip).unwrap().device,
+            reg.device
+        );
         let resumed = a.resume(&laptop.token).unwrap();
         assert_eq!((resumed.user, resumed.device), (laptop.user, laptop.device));
         a.logout(laptop.user, &laptop.digest).unwrap();
-        assert!(matches!(a.resume(&laptop.token), Err(AuthError::InvalidToken)));
+        assert!(matches!(
+            a.resume(&laptop.token),
+            Err(AuthError::InvalidToken)
+        ));
         assert_eq!(a.logout_all(reg.user).unwrap().len(), 2);
         assert!(matches!(a.resume(&reg.token), Err(AuthError::InvalidToken)));
     }
@@ -301,8 +359,14 @@ mod tests {
     #[test]
     fn bad_input_is_refused() {
         let (_d, a) = accounts();
-        assert!(matches!(a.register("A!", "password1", "d"), Err(AuthError::InvalidHandle)));
-        assert!(matches!(a.register("bob", "short", "d"), Err(AuthError::WeakPassword)));
+        assert!(matches!(
+            a.register("A!", "password1", "d"),
+            Err(AuthError::InvalidHandle)
+        ));
+        assert!(matches!(
+            a.register("bob", "short", "d"),
+            Err(AuthError::WeakPassword)
+        ));
         assert!(matches!(a.resume(b"short"), Err(AuthError::InvalidToken)));
     }
 
@@ -312,16 +376,26 @@ mod tests {
         let ip: IpAddr = "127.0.0.2".parse().unwrap();
         a.register("carol", "password1", "d").unwrap();
         for _ in 0..5 {
-            assert!(matches!(a.login("carol", "nope-nope", "d", ip), Err(AuthError::BadCredentials)));
+            assert!(matches!(
+                a.login("carol", "nope-nope", "d", ip),
+                Err(AuthError::BadCredentials)
+            ));
         }
-        assert!(matches!(a.login("carol", "password1", "d", ip), Err(AuthError::Throttled)));
+        assert!(matches!(
+            a.login("carol", "password1", "d", ip),
+            Err(AuthError::Throttled)
+        ));
     }
 
     #[test]
     fn provision_creates_resumable_users() {
         let (_d, a) = accounts();
         let mut tokens = Vec::new();
-        let made = a.provision("load", 50, "password1", |u, h, t| tokens.push((u, h.to_string(), *t))).unwrap();
+        let made = a
+            .provision("load", 50, "password1", |u, h, t| {
+                tokens.push((u, h.to_string(), *t))
+            })
+            .unwrap();
         assert_eq!(made, 50);
         for (u, h, t) in &tokens {
             let r = a.resume(t).unwrap();

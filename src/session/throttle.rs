@@ -19,7 +19,11 @@ impl<K: Hash + Eq> Throttle<K> {
     /// At most `limit` failures per `window`; beyond that, [`allowed`](Self::allowed) is false
     /// until the window ends.
     pub fn new(limit: u32, window: Duration) -> Self {
-        Self { limit, window, failures: Mutex::new(HashMap::new()) }
+        Self {
+            limit,
+            window,
+            failures: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn allowed(&self, key: &K, now: Instant) -> bool {

@@ -60,11 +60,20 @@ impl Store {
             }
             ColumnFamilyDescriptor::new(*name, cf)
         });
-        let db = DB::open_cf_descriptors(&opts, dir, cfs)
-            .map_err(|source| Error::Open { path: dir.display().to_string(), source })?;
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| Error::Open {
+            path: dir.display().to_string(),
+            source,
+        })?;
         let users = IdAllocator::load(&db, META_NEXT_USER, 1)?;
         let threads = IdAllocator::load(&db, META_NEXT_THREAD, 1)?;
-        Ok(Store { inner: Arc::new(Inner { db, fsync, users, threads }) })
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                fsync,
+                users,
+                threads,
+            }),
+        })
     }
 
     pub fn fsync_mode(&self) -> FsyncMode {
@@ -73,7 +82,10 @@ impl Store {
 
     fn cf(&self, name: &str) -> &ColumnFamily {
         // Every family in ALL_CFS is created at open, so this cannot fail.
-        self.inner.db.cf_handle(name).expect("column family created at open")
+        self.inner
+            .db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     fn get(&self, cf: &str, key: &[u8]) -> Result<Option<rocksdb::DBPinnableSlice<'_>>, Error> {
@@ -87,7 +99,9 @@ impl Store {
     fn get_u64(&self, cf: &str, key: &[u8]) -> Result<Option<u64>, Error> {
         match self.get(cf, key)? {
             None => Ok(None),
-            Some(v) if v.len() == 8 => Ok(Some(u64::from_be_bytes(v[..8].try_into().unwrap_or_default()))),
+            Some(v) if v.len() == 8 => Ok(Some(u64::from_be_bytes(
+                v[..8].try_into().unwrap_or_default(),
+            ))),
             Some(_) => Err(Error::CorruptValue { record: "u64" }),
         }
     }
@@ -114,7 +128,9 @@ impl Store {
             it.seek_to_first();
         }
         while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
             if !f(k, v)? {
                 return Ok(());
             }
@@ -195,7 +211,14 @@ impl Store {
         }
         let id = self.next_user_id()?;
         let mut b = self.batch();
-        b.put_user(id, &UserRecord { handle: handle.into(), password_hash: password_hash.into(), created_at: now });
+        b.put_user(
+            id,
+            &UserRecord {
+                handle: handle.into(),
+                password_hash: password_hash.into(),
+                created_at: now,
+            },
+        );
         self.commit(b)?;
         Ok(id)
     }
@@ -219,7 +242,10 @@ impl Store {
         let key = keys::device(user, name);
         let _guard = ASSIGN.lock();
         if let Some(v) = self.get(CF_DEVICES, &key)? {
-            return v[..].try_into().map(u32::from_be_bytes).map_err(|_| Error::CorruptValue { record: "device" });
+            return v[..]
+                .try_into()
+                .map(u32::from_be_bytes)
+                .map_err(|_| Error::CorruptValue { record: "device" });
         }
         let mut count = 0u32;
         self.scan_prefix(CF_DEVICES, &keys::id(user), |_, _| {
@@ -282,7 +308,10 @@ impl Store {
     pub fn memberships(&self, user: u64) -> Result<Vec<(u64, PrivateState)>, Error> {
         let mut out = Vec::new();
         self.scan_prefix(CF_MEMBERSHIPS, &keys::id(user), |k, v| {
-            out.push((keys::parse_pair(CF_MEMBERSHIPS, k)?.1, PrivateState::decode(v)?));
+            out.push((
+                keys::parse_pair(CF_MEMBERSHIPS, k)?.1,
+                PrivateState::decode(v)?,
+            ));
             Ok(true)
         })?;
         Ok(out)
@@ -338,7 +367,13 @@ impl Store {
     }
 
     /// Counts messages of `thread` newer than `after` not sent by `reader`, stopping at `cap`.
-    pub fn count_unread(&self, thread: u64, after: u64, reader: u64, cap: u32) -> Result<u32, Error> {
+    pub fn count_unread(
+        &self,
+        thread: u64,
+        after: u64,
+        reader: u64,
+        cap: u32,
+    ) -> Result<u32, Error> {
         let mut n = 0u32;
         let lower = keys::message(thread, after.saturating_add(1));
         let upper = keys::prefix_end(&keys::id(thread));
@@ -352,7 +387,12 @@ impl Store {
         Ok(n)
     }
 
-    pub fn dedupe(&self, thread: u64, sender: u64, client_msg_id: u64) -> Result<Option<u64>, Error> {
+    pub fn dedupe(
+        &self,
+        thread: u64,
+        sender: u64,
+        client_msg_id: u64,
+    ) -> Result<Option<u64>, Error> {
         self.get_u64(CF_DEDUPE, &keys::triple(thread, sender, client_msg_id))
     }
 
@@ -380,12 +420,17 @@ impl Store {
     ) -> Result<(), Error> {
         let lower = keys::media_chunk(media, 0);
         let upper = keys::media_chunk(media, u64::MAX);
-        self.scan(CF_MEDIA, &lower, &upper, false, |k, v| f(keys::parse_media_chunk(k)?.1, v))
+        self.scan(CF_MEDIA, &lower, &upper, false, |k, v| {
+            f(keys::parse_media_chunk(k)?.1, v)
+        })
     }
 
     /// An empty batch of staged writes.
     pub fn batch(&self) -> Batch {
-        Batch { store: self.clone(), batch: WriteBatch::default() }
+        Batch {
+            store: self.clone(),
+            batch: WriteBatch::default(),
+        }
     }
 }
 
@@ -464,7 +509,11 @@ impl Batch {
     }
 
     pub fn put_dedupe(&mut self, thread: u64, sender: u64, client_msg_id: u64, msg: u64) {
-        self.put(CF_DEDUPE, &keys::triple(thread, sender, client_msg_id), &msg.to_be_bytes());
+        self.put(
+            CF_DEDUPE,
+            &keys::triple(thread, sender, client_msg_id),
+            &msg.to_be_bytes(),
+        );
     }
 
     pub fn put_hidden(&mut self, user: u64, thread: u64, msg: u64) {
@@ -497,14 +546,24 @@ struct IdAllocator {
 
 impl IdAllocator {
     fn load(db: &DB, key: &'static [u8], first: u64) -> Result<Self, Error> {
-        let cf = db.cf_handle(CF_META).expect("column family created at open");
+        let cf = db
+            .cf_handle(CF_META)
+            .expect("column family created at open");
         let start = match db.get_cf(cf, key)? {
             Some(v) if v.len() == 8 => u64::from_be_bytes(v[..].try_into().unwrap_or_default()),
-            Some(_) => return Err(Error::CorruptValue { record: "id counter" }),
+            Some(_) => {
+                return Err(Error::CorruptValue {
+                    record: "id counter",
+                })
+            }
             None => first,
         };
         // Everything below the persisted lease end may have been handed out: start after it.
-        Ok(Self { key, next: AtomicU64::new(start), leased_to: Mutex::new(start) })
+        Ok(Self {
+            key,
+            next: AtomicU64::new(start),
+            leased_to: Mutex::new(start),
+        })
     }
 
     fn next(&self, db: &DB) -> Result<u64, Error> {
@@ -512,7 +571,9 @@ impl IdAllocator {
         let mut leased = self.leased_to.lock();
         if id >= *leased {
             let end = id + ID_LEASE;
-            let cf = db.cf_handle(CF_META).expect("column family created at open");
+            let cf = db
+                .cf_handle(CF_META)
+                .expect("column family created at open");
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
             db.put_cf_opt(cf, self.key, end.to_be_bytes(), &wo)?;
@@ -521,4 +582,3 @@ impl IdAllocator {
         Ok(id)
     }
 }
-

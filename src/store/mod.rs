@@ -27,7 +27,10 @@ pub enum Error {
     #[error("RocksDB failed: {0}")]
     Rocks(#[from] rocksdb::Error),
     #[error("cannot open the data directory {path}: {source}. Check that it exists and is writable, and that no other courier process uses it")]
-    Open { path: String, source: rocksdb::Error },
+    Open {
+        path: String,
+        source: rocksdb::Error,
+    },
     #[error("a key of column family {cf} has {len} bytes, which no key of that family has: the data directory is corrupt")]
     CorruptKey { cf: &'static str, len: usize },
     #[error("a stored {record} cannot be decoded: the data directory is corrupt or from a newer version")]

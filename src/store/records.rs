@@ -89,7 +89,10 @@ record! {
     /// `memberships`: a user's private state of a thread.
     pub struct PrivateState {
         pub muted: bool,
+        /// Deleted-for-me conversation: messages up to `hidden_upto` are gone from this user's
+        /// view, and the thread stays out of their list until a newer message arrives.
         pub hidden: bool,
+        pub hidden_upto: u64,
         pub label: String,
     }
 }
@@ -137,14 +140,27 @@ mod tests {
             body: Bytes::from_static(b"hi"),
         };
         assert_eq!(MessageRecord::decode(&m.encode()).unwrap(), m);
-        let t = ThreadRecord { name: "g".into(), member_count: 3, ..Default::default() };
+        let t = ThreadRecord {
+            name: "g".into(),
+            member_count: 3,
+            ..Default::default()
+        };
         assert_eq!(ThreadRecord::decode(&t.encode()).unwrap(), t);
     }
 
     #[test]
     fn corrupt_values_are_typed_errors() {
-        assert!(matches!(MessageRecord::decode(&[]), Err(Error::CorruptValue { .. })));
-        assert!(matches!(MessageRecord::decode(&[2, 0]), Err(Error::CorruptValue { .. })));
-        assert!(matches!(UserRecord::decode(&[1, 0, 9]), Err(Error::CorruptValue { .. })));
+        assert!(matches!(
+            MessageRecord::decode(&[]),
+            Err(Error::CorruptValue { .. })
+        ));
+        assert!(matches!(
+            MessageRecord::decode(&[2, 0]),
+            Err(Error::CorruptValue { .. })
+        ));
+        assert!(matches!(
+            UserRecord::decode(&[1, 0, 9]),
+            Err(Error::CorruptValue { .. })
+        ));
     }
 }

@@ -1,0 +1,177 @@
+//! Media in chunks. An upload gets a random 16-byte media id at MEDIA_BEGIN; chunks are
+//! stored under it as they arrive (in order), and MEDIA_COMMIT writes the header that makes it
+//! readable. The id is unguessable and serves as the capability to download: whoever was sent
+//! the id in a message can fetch the media, as in the seed design's "hash with the location".
+
+use std::collections::HashMap;
+
+use courier_protocol::{
+    Done, ErrorCode, Frame, MediaBegin, MediaChunk, MediaData, MediaGet, MediaRef, MediaUpload,
+};
+
+use super::engine::{Engine, Reject};
+use super::threads::internal;
+use super::Caller;
+use crate::store::keys::MEDIA_ID;
+use crate::store::MediaHeader;
+
+/// Uploads in progress on one shard, with a cap so abandoned ones cannot pile up.
+#[derive(Default)]
+pub(super) struct Uploads {
+    map: HashMap<u64, Upload>,
+}
+
+/// Uploads in progress per shard before the oldest are forgotten.
+const MAX_UPLOADS: usize = 4096;
+
+struct Upload {
+    user: u64,
+    media: [u8; MEDIA_ID],
+    total: u64,
+    received: u64,
+    mime: String,
+}
+
+impl Engine {
+    pub(super) fn media_begin(
+        &mut self,
+        caller: &Caller,
+        f: MediaBegin,
+    ) -> Result<Option<Frame>, Reject> {
+        if f.total_len == 0 || f.total_len > self.shared.config.max_media {
+            return Err((
+                ErrorCode::MediaTooLarge,
+                "media must be 1 byte to the media size limit",
+            ));
+        }
+        if self.uploads.map.len() >= MAX_UPLOADS {
+            // Forget the oldest upload (lowest id: ids are clock values).
+            if let Some(&oldest) = self.uploads.map.keys().min() {
+                self.uploads.map.remove(&oldest);
+            }
+        }
+        let upload = self.shared.clock.tick();
+        let media: [u8; MEDIA_ID] = rand::random();
+        self.uploads.map.insert(
+            upload,
+            Upload {
+                user: caller.user,
+                media,
+                total: f.total_len,
+                received: 0,
+                mime: f.mime,
+            },
+        );
+        Ok(Some(
+            MediaUpload {
+                upload,
+                chunk_max: self.shared.config.media_chunk,
+            }
+            .into(),
+        ))
+    }
+
+    fn upload(&mut self, caller: &Caller, upload: u64) -> Result<&mut Upload, Reject> {
+        match self.uploads.map.get_mut(&upload) {
+            Some(u) if u.user == caller.user => Ok(u),
+            _ => Err((
+                ErrorCode::UnknownMedia,
+                "no such upload in progress on this connection",
+            )),
+        }
+    }
+
+    pub(super) fn media_chunk(
+        &mut self,
+        caller: &Caller,
+        f: MediaChunk,
+    ) -> Result<Option<Frame>, Reject> {
+        let chunk_max = self.shared.config.media_chunk as usize;
+        let up = self.upload(caller, f.upload)?;
+        if f.offset != up.received {
+            return Err((
+                ErrorCode::BadOffset,
+                "chunks must arrive in order: offset must equal the bytes sent so far",
+            ));
+        }
+        if f.data.is_empty()
+            || f.data.len() > chunk_max
+            || up.received + f.data.len() as u64 > up.total
+        {
+            return Err((
+                ErrorCode::MediaTooLarge,
+                "the chunk is empty, over chunk_max, or past the announced length",
+            ));
+        }
+        up.received += f.data.len() as u64;
+        let media = up.media;
+        self.batch.put_media_chunk(&media, f.offset, &f.data);
+        Ok(Some(Done {}.into()))
+    }
+
+    pub(super) fn media_commit(
+        &mut self,
+        caller: &Caller,
+        upload: u64,
+    ) -> Result<Option<Frame>, Reject> {
+        let up = self.upload(caller, upload)?;
+        if up.received != up.total {
+            return Err((ErrorCode::BadOffset, "the upload is incomplete"));
+        }
+        let (media, total) = (up.media, up.total);
+        let header = MediaHeader {
+            total_len: total,
+            mime: std::mem::take(&mut up.mime),
+            uploader: caller.user,
+        };
+        self.uploads.map.remove(&upload);
+        self.batch.put_media_header(&media, &header);
+        Ok(Some(
+            MediaRef {
+                media: media.to_vec().into(),
+                total_len: total,
+            }
+            .into(),
+        ))
+    }
+
+    pub(super) fn media_get(&mut self, f: MediaGet) -> Result<Option<Frame>, Reject> {
+        let unknown = (ErrorCode::UnknownMedia, "no such media");
+        let media: [u8; MEDIA_ID] = f.media.as_ref().try_into().map_err(|_| unknown)?;
+        let store = &self.shared.store;
+        let header = store
+            .media_header(&media)
+            .map_err(internal)?
+            .ok_or(unknown)?;
+        if f.offset > header.total_len {
+            return Err((ErrorCode::BadOffset, "offset is past the end of the media"));
+        }
+        let want = (f.max_len as u64).min(self.shared.config.max_reply_bytes as u64 - 256);
+        let end = (f.offset + want).min(header.total_len);
+        let mut data = Vec::with_capacity((end - f.offset) as usize);
+        store
+            .media_chunks(&media, |off, bytes| {
+                let chunk_end = off + bytes.len() as u64;
+                if chunk_end <= f.offset {
+                    return Ok(true);
+                }
+                if off >= end {
+                    return Ok(false);
+                }
+                let from = f.offset.max(off) - off;
+                let to = end.min(chunk_end) - off;
+                data.extend_from_slice(&bytes[from as usize..to as usize]);
+                Ok(chunk_end < end)
+            })
+            .map_err(internal)?;
+        Ok(Some(
+            MediaData {
+                media: f.media,
+                total_len: header.total_len,
+                offset: f.offset,
+                data: data.into(),
+            }
+            .into(),
+        ))
+    }
+}

@@ -1,0 +1,835 @@
+//! Engine tests against a real RocksDB in a temp dir, with two shards and routing honoured.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use courier_protocol::wire::Wire;
+use courier_protocol::*;
+
+use super::{Caller, ChatConfig, ConnRef, Effect, Engine, Shared};
+use crate::clock::Clock;
+use crate::session::{Accounts, AuthConfig};
+use crate::store::{FsyncMode, Store};
+
+struct World {
+    _dir: tempfile::TempDir,
+    shared: Arc<Shared>,
+    engines: Vec<Engine>,
+    accounts: Accounts,
+    next_conn: u32,
+}
+
+impl World {
+    fn new(config: ChatConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), FsyncMode::Batch).unwrap();
+        let clock = Arc::new(Clock::new(store.clock_floor().unwrap()));
+        let shared = Shared::new(store.clone(), clock, config, 2);
+        let engines = (0..2).map(|s| Engine::new(shared.clone(), s)).collect();
+        let accounts = Accounts::new(
+            store,
+            AuthConfig {
+                argon2_m_kib: 64,
+                argon2_t: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        Self {
+            _dir: dir,
+            shared,
+            engines,
+            accounts,
+            next_conn: 0,
+        }
+    }
+
+    fn user(&mut self, handle: &str) -> Caller {
+        let a = self
+            .accounts
+            .register(handle, "password1", "phone")
+            .unwrap();
+        self.device(a.user)
+    }
+
+    /// Another connection of `user`, alternating shards.
+    fn device(&mut self, user: u64) -> Caller {
+        self.next_conn += 1;
+        Caller {
+            user,
+            device: self.next_conn,
+            conn: ConnRef {
+                shard: (self.next_conn % 2) as u16,
+                slot: self.next_conn,
+                gen: 1,
+            },
+        }
+    }
+
+    /// Runs `frame` on the shard that owns it, commits, and returns every effect.
+    fn run(&mut self, caller: &Caller, frame: impl Into<Frame>) -> Vec<Effect> {
+        let frame = frame.into();
+        let shard = Engine::shard_for(&self.shared, caller, &frame).expect("a chat frame");
+        let engine = &mut self.engines[shard as usize];
+        engine.handle(*caller, 7, frame);
+        let mut out = Vec::new();
+        engine.commit(&mut out);
+        out
+    }
+
+    fn ask(&mut self, caller: &Caller, frame: impl Into<Frame>) -> Frame {
+        let effects = self.run(caller, frame);
+        effects
+            .into_iter()
+            .find_map(|e| match e {
+                Effect::Reply {
+                    to,
+                    request_id: 7,
+                    frame,
+                } if to == caller.conn => Some(frame),
+                _ => None,
+            })
+            .expect("a reply")
+    }
+
+    fn error(&mut self, caller: &Caller, frame: impl Into<Frame>) -> ErrorCode {
+        match self.ask(caller, frame) {
+            Frame::ErrorReply(e) => ErrorCode::from_u16(e.code).unwrap(),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    fn direct(&mut self, a: &Caller, b: &Caller) -> u64 {
+        match self.ask(a, OpenDirect { peer: b.user }) {
+            Frame::ThreadInfo(t) => t.thread.id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn send(
+        &mut self,
+        caller: &Caller,
+        thread: u64,
+        client_msg_id: u64,
+        body: &'static str,
+    ) -> u64 {
+        match self.ask(
+            caller,
+            Send {
+                thread,
+                client_msg_id,
+                kind: MessageKind::Text,
+                body: Bytes::from_static(body.as_bytes()),
+            },
+        ) {
+            Frame::Sent(s) => s.message,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn history(&mut self, caller: &Caller, thread: u64) -> Vec<Message> {
+        match self.ask(
+            caller,
+            History {
+                thread,
+                anchor: 0,
+                direction: Direction::Forward,
+                limit: 500,
+            },
+        ) {
+            Frame::Messages(m) => m.messages,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn sync_all(
+        &mut self,
+        caller: &Caller,
+        since: u64,
+        limit: u16,
+    ) -> (Vec<Thread>, Vec<Message>, u64, usize) {
+        let (mut threads, mut messages, mut pages) = (Vec::new(), Vec::new(), 0);
+        let (mut after_thread, mut after_message) = (0, 0);
+        loop {
+            pages += 1;
+            let Frame::SyncBatch(b) = self.ask(
+                caller,
+                Sync {
+                    since,
+                    after_thread,
+                    after_message,
+                    limit,
+                },
+            ) else {
+                panic!()
+            };
+            threads.extend(b.threads);
+            messages.extend(b.messages);
+            if !b.more {
+                return (threads, messages, b.watermark, pages);
+            }
+            (after_thread, after_message) = (b.next_thread, b.next_message);
+        }
+    }
+}
+
+fn pushes_to(effects: &[Effect], user: u64) -> Vec<Frame> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Push { users, frame, .. } if users.contains(&user) => Some(frame.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_direct_thread_is_unique_whoever_opens_it() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t1 = w.direct(&a, &b);
+    let t2 = w.direct(&b, &a);
+    let a2 = w.device(a.user);
+    assert_eq!(t1, t2);
+    assert_eq!(w.direct(&a2, &b), t1);
+    assert_eq!(
+        w.error(&a, OpenDirect { peer: a.user }),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        w.error(&a, OpenDirect { peer: 999_999 }),
+        ErrorCode::UnknownUser
+    );
+}
+
+#[test]
+fn send_acks_pushes_and_dedupes_retries() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let effects = w.run(
+        &a,
+        Send {
+            thread: t,
+            client_msg_id: 1,
+            kind: MessageKind::Text,
+            body: Bytes::from_static(b"hi"),
+        },
+    );
+    let pushed = pushes_to(&effects, b.user);
+    assert_eq!(pushed.len(), 1);
+    let Frame::MessagePush(p) = &pushed[0] else {
+        panic!()
+    };
+    assert_eq!(&p.message.body[..], b"hi");
+    // The push excludes the sending connection but reaches the sender's other devices.
+    assert!(effects.iter().any(|e| matches!(e, Effect::Push { users, except: Some(c), .. } if users.contains(&a.user) && *c == a.conn)));
+    let id = p.message.id;
+    assert_eq!(
+        w.send(&a, t, 1, "hi"),
+        id,
+        "a retry returns the original id"
+    );
+    assert_eq!(w.history(&b, t).len(), 1, "a retry stores nothing");
+    let second = w.send(&a, t, 2, "again");
+    assert!(second > id);
+}
+
+#[test]
+fn bad_sends_are_refused_and_store_nothing() {
+    let mut w = World::new(ChatConfig {
+        max_body: 8,
+        ..ChatConfig::default()
+    });
+    let (a, b, c) = (w.user("alice"), w.user("bob"), w.user("carol"));
+    let t = w.direct(&a, &b);
+    let big = Send {
+        thread: t,
+        client_msg_id: 1,
+        kind: MessageKind::Text,
+        body: Bytes::from_static(b"123456789"),
+    };
+    assert_eq!(w.error(&a, big), ErrorCode::BodyTooLarge);
+    let intruder = Send {
+        thread: t,
+        client_msg_id: 1,
+        kind: MessageKind::Text,
+        body: Bytes::from_static(b"x"),
+    };
+    assert_eq!(w.error(&c, intruder.clone()), ErrorCode::NotMember);
+    assert_eq!(
+        w.error(
+            &c,
+            History {
+                thread: t,
+                anchor: 0,
+                direction: Direction::Backward,
+                limit: 5
+            }
+        ),
+        ErrorCode::NotMember
+    );
+    let nowhere = Send {
+        thread: 424_242,
+        ..intruder
+    };
+    assert_eq!(w.error(&a, nowhere), ErrorCode::UnknownThread);
+    let system = Send {
+        thread: t,
+        client_msg_id: 3,
+        kind: MessageKind::System,
+        body: Bytes::new(),
+    };
+    assert_eq!(w.error(&a, system), ErrorCode::InvalidArgument);
+    assert!(w.history(&a, t).is_empty());
+}
+
+#[test]
+fn groups_enforce_admins_caps_and_record_changes() {
+    let mut w = World::new(ChatConfig {
+        max_group: 3,
+        ..ChatConfig::default()
+    });
+    let (a, b, c, d) = (
+        w.user("alice"),
+        w.user("bob"),
+        w.user("carol"),
+        w.user("dave"),
+    );
+    let Frame::ThreadInfo(info) = w.ask(
+        &a,
+        CreateGroup {
+            name: "team".into(),
+            members: vec![b.user],
+        },
+    ) else {
+        panic!()
+    };
+    let g = info.thread.id;
+    assert_eq!(info.thread.members.len(), 2);
+    assert_eq!(
+        info.thread
+            .members
+            .iter()
+            .find(|m| m.user == a.user)
+            .unwrap()
+            .role,
+        Role::Admin
+    );
+    assert_eq!(
+        w.error(
+            &b,
+            AddMembers {
+                thread: g,
+                members: vec![c.user]
+            }
+        ),
+        ErrorCode::NotAdmin
+    );
+    assert_eq!(
+        w.error(
+            &a,
+            AddMembers {
+                thread: g,
+                members: vec![123_456]
+            }
+        ),
+        ErrorCode::UnknownUser
+    );
+    assert_eq!(
+        w.ask(
+            &a,
+            AddMembers {
+                thread: g,
+                members: vec![c.user]
+            }
+        ),
+        Done {}.into()
+    );
+    assert_eq!(
+        w.error(
+            &a,
+            AddMembers {
+                thread: g,
+                members: vec![d.user]
+            }
+        ),
+        ErrorCode::GroupFull
+    );
+    assert_eq!(
+        w.ask(
+            &a,
+            RemoveMember {
+                thread: g,
+                user: b.user
+            }
+        ),
+        Done {}.into()
+    );
+    assert_eq!(
+        w.error(
+            &b,
+            Send {
+                thread: g,
+                client_msg_id: 1,
+                kind: MessageKind::Text,
+                body: Bytes::new()
+            }
+        ),
+        ErrorCode::NotMember
+    );
+    assert_eq!(
+        w.ask(
+            &c,
+            RenameGroup {
+                thread: g,
+                name: "crew".into()
+            }
+        ),
+        Done {}.into()
+    );
+    assert_eq!(w.ask(&a, LeaveGroup { thread: g }), Done {}.into());
+    let Frame::ThreadInfo(info) = w.ask(&c, GetThread { thread: g }) else {
+        panic!()
+    };
+    assert_eq!(info.thread.name, "crew");
+    assert_eq!(info.thread.members.len(), 1);
+    assert_eq!(
+        info.thread.members[0].role,
+        Role::Admin,
+        "the last admin leaving promotes someone"
+    );
+    let events: Vec<SystemEventKind> = w
+        .history(&c, g)
+        .iter()
+        .filter(|m| m.kind == MessageKind::System)
+        .map(|m| {
+            SystemEvent::get(&mut wire::Reader::new(m.body.clone()), "e")
+                .unwrap()
+                .event
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            SystemEventKind::Created,
+            SystemEventKind::MemberAdded,
+            SystemEventKind::MemberRemoved,
+            SystemEventKind::Renamed,
+            SystemEventKind::MemberLeft
+        ]
+    );
+    let t = w.direct(&a, &b);
+    assert_eq!(w.error(&a, LeaveGroup { thread: t }), ErrorCode::NotAGroup);
+}
+
+#[test]
+fn receipts_move_forward_only_and_are_pushed() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let m1 = w.send(&a, t, 1, "one");
+    let m2 = w.send(&a, t, 2, "two");
+    let effects = w.run(
+        &b,
+        Receipt {
+            thread: t,
+            kind: ReceiptKind::Delivered,
+            up_to: m2,
+        },
+    );
+    let p = pushes_to(&effects, a.user);
+    assert_eq!(
+        p,
+        vec![Frame::from(ReceiptPush {
+            thread: t,
+            user: b.user,
+            kind: ReceiptKind::Delivered,
+            up_to: m2
+        })]
+    );
+    let stale = w.run(
+        &b,
+        Receipt {
+            thread: t,
+            kind: ReceiptKind::Delivered,
+            up_to: m1,
+        },
+    );
+    assert!(
+        pushes_to(&stale, a.user).is_empty(),
+        "a stale receipt is ignored"
+    );
+    w.run(
+        &b,
+        Receipt {
+            thread: t,
+            kind: ReceiptKind::Read,
+            up_to: m1,
+        },
+    );
+    let Frame::ReadersList(r) = w.ask(
+        &a,
+        Readers {
+            thread: t,
+            message: m2,
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!((r.delivered, r.read), (vec![b.user], vec![]));
+    let Frame::ReadersList(r) = w.ask(
+        &a,
+        Readers {
+            thread: t,
+            message: m1,
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!((r.delivered, r.read), (vec![b.user], vec![b.user]));
+}
+
+#[test]
+fn recall_leaves_a_tombstone_and_a_system_message() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let m = w.send(&a, t, 1, "oops");
+    assert_eq!(
+        w.error(
+            &b,
+            Recall {
+                thread: t,
+                message: m
+            }
+        ),
+        ErrorCode::NotSender
+    );
+    let effects = w.run(
+        &a,
+        Recall {
+            thread: t,
+            message: m,
+        },
+    );
+    assert_eq!(pushes_to(&effects, b.user).len(), 1);
+    let h = w.history(&b, t);
+    assert!(h[0].recalled && h[0].body.is_empty());
+    assert_eq!(h[1].kind, MessageKind::System);
+    assert_eq!(
+        w.error(
+            &a,
+            Recall {
+                thread: t,
+                message: 5
+            }
+        ),
+        ErrorCode::UnknownMessage
+    );
+
+    let mut w = World::new(ChatConfig {
+        recall_window_us: 0,
+        ..ChatConfig::default()
+    });
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let m = w.send(&a, t, 1, "late");
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    assert_eq!(
+        w.error(
+            &a,
+            Recall {
+                thread: t,
+                message: m
+            }
+        ),
+        ErrorCode::RecallWindowExpired
+    );
+}
+
+#[test]
+fn delete_for_me_hides_only_for_me() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let m = w.send(&a, t, 1, "x");
+    w.send(&a, t, 2, "y");
+    assert_eq!(
+        w.ask(
+            &b,
+            DeleteForMe {
+                thread: t,
+                message: m
+            }
+        ),
+        Done {}.into()
+    );
+    assert_eq!(w.history(&b, t).len(), 1);
+    assert_eq!(w.history(&a, t).len(), 2);
+}
+
+#[test]
+fn sync_pages_return_every_message_once_in_order() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b, c) = (w.user("alice"), w.user("bob"), w.user("carol"));
+    let t1 = w.direct(&a, &b);
+    let t2 = w.direct(&c, &b);
+    let mut sent = HashSet::new();
+    for i in 0..25 {
+        sent.insert(w.send(&a, t1, i, "a"));
+        sent.insert(w.send(&c, t2, i, "c"));
+    }
+    let (threads, messages, watermark, pages) = w.sync_all(&b, 0, 7);
+    assert!(pages > 5, "small pages: {pages}");
+    assert_eq!(messages.len(), 50);
+    let got: HashSet<u64> = messages.iter().map(|m| m.id).collect();
+    assert_eq!(got, sent, "nothing lost, nothing duplicated");
+    for pair in messages.windows(2) {
+        assert!(
+            (pair[0].thread, pair[0].id) < (pair[1].thread, pair[1].id),
+            "thread order"
+        );
+    }
+    assert!(threads.iter().any(|t| t.id == t1) && threads.iter().any(|t| t.id == t2));
+
+    let later = w.send(&a, t1, 100, "new");
+    let (_, messages, _, _) = w.sync_all(&b, watermark, 0);
+    assert_eq!(
+        messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![later]
+    );
+    // A receipt changes the thread, which sync reports with the new cursor.
+    let Frame::Done(_) = w.ask(
+        &b,
+        Receipt {
+            thread: t1,
+            kind: ReceiptKind::Read,
+            up_to: later,
+        },
+    ) else {
+        panic!()
+    };
+    let (threads, messages, _, _) = w.sync_all(&a, watermark, 0);
+    let t = threads.iter().find(|t| t.id == t1).unwrap();
+    assert_eq!(
+        t.members.iter().find(|m| m.user == b.user).unwrap().read,
+        later
+    );
+    assert_eq!(messages.len(), 1);
+}
+
+#[test]
+fn watermark_stays_below_uncommitted_changes() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let shard = w.shared.thread_shard(t) as usize;
+    let frame: Frame = Send {
+        thread: t,
+        client_msg_id: 1,
+        kind: MessageKind::Text,
+        body: Bytes::new(),
+    }
+    .into();
+    w.engines[shard].handle(a, 1, frame);
+    let before_commit = w.shared.watermark();
+    let mut out = Vec::new();
+    w.engines[shard].commit(&mut out);
+    let Some(Effect::Reply {
+        frame: Frame::Sent(s),
+        ..
+    }) = out.iter().find(|e| matches!(e, Effect::Reply { .. }))
+    else {
+        panic!()
+    };
+    assert!(before_commit < s.message);
+    assert!(w.shared.watermark() >= s.message);
+}
+
+#[test]
+fn thread_list_is_newest_first_with_unread_and_pages() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b, c) = (w.user("alice"), w.user("bob"), w.user("carol"));
+    let ab = w.direct(&a, &b);
+    let ac = w.direct(&a, &c);
+    w.send(&b, ab, 1, "1");
+    w.send(&c, ac, 1, "2");
+    w.send(&c, ac, 2, "3");
+    let Frame::ThreadList(l) = w.ask(
+        &a,
+        ListThreads {
+            before_msg_id: 0,
+            before_thread: 0,
+            limit: 1,
+        },
+    ) else {
+        panic!()
+    };
+    assert!(l.more);
+    assert_eq!(l.threads[0].id, ac);
+    assert_eq!(l.threads[0].unread, 2);
+    assert_eq!(l.threads[0].name, "carol");
+    assert_eq!(l.threads[0].peer, c.user);
+    let first = &l.threads[0];
+    let Frame::ThreadList(l2) = w.ask(
+        &a,
+        ListThreads {
+            before_msg_id: first.last_msg_id,
+            before_thread: first.id,
+            limit: 10,
+        },
+    ) else {
+        panic!()
+    };
+    assert!(!l2.more);
+    assert_eq!(
+        l2.threads.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![ab]
+    );
+    // Hiding a conversation removes it until a newer message arrives.
+    w.ask(
+        &a,
+        SetThreadState {
+            thread: ab,
+            muted: true,
+            hidden: true,
+            label: String::new(),
+        },
+    );
+    let Frame::ThreadList(l3) = w.ask(
+        &a,
+        ListThreads {
+            before_msg_id: 0,
+            before_thread: 0,
+            limit: 10,
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(l3.threads.len(), 1);
+    w.send(&b, ab, 2, "back");
+    let Frame::ThreadList(l4) = w.ask(
+        &a,
+        ListThreads {
+            before_msg_id: 0,
+            before_thread: 0,
+            limit: 10,
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(l4.threads[0].id, ab);
+    assert!(l4.threads[0].muted);
+    assert_eq!(
+        w.history(&a, ab).len(),
+        1,
+        "history before hiding is gone for the hider"
+    );
+}
+
+#[test]
+fn contacts_and_lookup() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let Frame::User(u) = w.ask(
+        &a,
+        LookupUser {
+            handle: "bob".into(),
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(u.user.id, b.user);
+    assert_eq!(
+        w.error(
+            &a,
+            LookupUser {
+                handle: "nobody".into()
+            }
+        ),
+        ErrorCode::UnknownUser
+    );
+    assert_eq!(w.ask(&a, ContactAdd { user: b.user }), Done {}.into());
+    assert!(w.shared.store.is_contact(a.user, b.user).unwrap());
+    let Frame::Contacts(c) = w.ask(&a, ContactList {}) else {
+        panic!()
+    };
+    assert_eq!(
+        c.users,
+        vec![UserInfo {
+            id: b.user,
+            handle: "bob".into()
+        }]
+    );
+    w.ask(&a, ContactRemove { user: b.user });
+    assert!(!w.shared.store.is_contact(a.user, b.user).unwrap());
+}
+
+#[test]
+fn media_round_trips_in_chunks() {
+    let mut w = World::new(ChatConfig {
+        media_chunk: 4,
+        ..ChatConfig::default()
+    });
+    let a = w.user("alice");
+    let Frame::MediaUpload(up) = w.ask(
+        &a,
+        MediaBegin {
+            total_len: 10,
+            mime: "text/plain".into(),
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        w.error(
+            &a,
+            MediaChunk {
+                upload: up.upload,
+                offset: 4,
+                data: Bytes::from_static(b"abcd")
+            }
+        ),
+        ErrorCode::BadOffset
+    );
+    for (off, part) in [(0, &b"0123"[..]), (4, b"4567"), (8, b"89")] {
+        assert_eq!(
+            w.ask(
+                &a,
+                MediaChunk {
+                    upload: up.upload,
+                    offset: off,
+                    data: Bytes::from_static(part)
+                }
+            ),
+            Done {}.into()
+        );
+    }
+    let Frame::MediaRef(r) = w.ask(&a, MediaCommit { upload: up.upload }) else {
+        panic!()
+    };
+    let Frame::MediaData(d) = w.ask(
+        &a,
+        MediaGet {
+            media: r.media.clone(),
+            offset: 3,
+            max_len: 5,
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!((&d.data[..], d.total_len), (&b"34567"[..], 10));
+    assert_eq!(
+        w.error(
+            &a,
+            MediaGet {
+                media: Bytes::from_static(b"nope"),
+                offset: 0,
+                max_len: 1
+            }
+        ),
+        ErrorCode::UnknownMedia
+    );
+}

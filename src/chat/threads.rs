@@ -1,0 +1,706 @@
+//! Threads and groups: the owner shard's cache, the views members see, and membership changes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use courier_protocol::wire::Wire;
+use courier_protocol::{
+    ErrorCode, Frame, ListThreads, Member, MessageKind, MessagePush, Role, SetThreadState,
+    SystemEvent, SystemEventKind, Thread, ThreadInfo, ThreadKind, ThreadList, ThreadSummary,
+};
+
+use super::engine::{Engine, Reject};
+use super::messages::to_wire;
+use super::Caller;
+use crate::store::{MemberRecord, MessageRecord, PrivateState, Store, ThreadRecord};
+
+/// Longest group name or private label, in bytes.
+const MAX_NAME: usize = 64;
+/// Most thread summaries in one THREAD_LIST.
+const MAX_LIST: usize = 100;
+/// Unread counts stop at this (clients show "999+").
+const UNREAD_CAP: u32 = 999;
+
+/// A thread as its owner shard holds it: authoritative while cached.
+pub(super) struct ThreadState {
+    pub rec: ThreadRecord,
+    pub members: HashMap<u64, MemberRecord>,
+    /// Member ids, shared by every push of the thread until membership changes.
+    pub member_ids: Arc<[u64]>,
+}
+
+impl ThreadState {
+    pub fn new_from(rec: ThreadRecord, members: HashMap<u64, MemberRecord>) -> Self {
+        Self::new(rec, members)
+    }
+
+    fn new(rec: ThreadRecord, members: HashMap<u64, MemberRecord>) -> Self {
+        let mut s = Self {
+            rec,
+            members,
+            member_ids: Arc::from(Vec::new()),
+        };
+        s.refresh_ids();
+        s
+    }
+
+    pub fn refresh_ids(&mut self) {
+        let mut ids: Vec<u64> = self.members.keys().copied().collect();
+        ids.sort_unstable();
+        self.rec.member_count = ids.len() as u32;
+        self.member_ids = ids.into();
+    }
+}
+
+/// Threads owned by one shard. Bounded: past the limit it is emptied after a commit (a
+/// reload is two reads), which keeps the bound without bookkeeping per access.
+pub(super) struct ThreadCache {
+    map: HashMap<u64, ThreadState>,
+    limit: usize,
+}
+
+impl ThreadCache {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            limit: limit.max(16),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
+    /// Called after a commit only: the cache then holds nothing that is not on disk.
+    pub fn trim(&mut self) {
+        if self.map.len() > self.limit {
+            self.map.clear();
+        }
+    }
+}
+
+/// A thread's view for `viewer`: shared state, members with cursors, private state.
+pub(super) fn view(
+    store: &Store,
+    id: u64,
+    state: &ThreadState,
+    viewer: u64,
+) -> Result<Thread, Reject> {
+    let private = store
+        .private_state(viewer, id)
+        .map_err(internal)?
+        .unwrap_or_default();
+    let mut members: Vec<Member> = state
+        .members
+        .iter()
+        .map(|(&user, m)| Member {
+            user,
+            role: if m.admin { Role::Admin } else { Role::Member },
+            delivered: m.delivered,
+            read: m.read,
+        })
+        .collect();
+    members.sort_unstable_by_key(|m| m.user);
+    Ok(Thread {
+        id,
+        kind: state.rec.kind,
+        name: display_name(store, &state.rec, state.members.keys().copied(), viewer),
+        members,
+        last_msg_id: state.rec.last_msg_id,
+        muted: private.muted,
+        hidden: private.hidden && state.rec.last_msg_id <= private.hidden_upto,
+        label: private.label,
+    })
+}
+
+/// A group's name, or for a direct thread the other member's handle.
+fn display_name(
+    store: &Store,
+    rec: &ThreadRecord,
+    mut members: impl Iterator<Item = u64>,
+    viewer: u64,
+) -> String {
+    if rec.kind == ThreadKind::Group {
+        return rec.name.clone();
+    }
+    members
+        .find(|&u| u != viewer)
+        .and_then(|peer| store.user(peer).ok().flatten())
+        .map(|u| u.handle)
+        .unwrap_or_default()
+}
+
+pub(super) fn internal(e: crate::store::Error) -> Reject {
+    tracing::error!(error = %e, "store read failed");
+    (
+        ErrorCode::Internal,
+        "the server could not read its store; retry",
+    )
+}
+
+fn valid_name(name: &str) -> Result<(), Reject> {
+    if name.trim().is_empty() || name.len() > MAX_NAME {
+        Err((ErrorCode::InvalidArgument, "a name is 1 to 64 bytes"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Encodes a system event as a message body.
+fn system_body(event: SystemEventKind, actor: u64, subject: u64, text: &str) -> Bytes {
+    let ev = SystemEvent {
+        event,
+        actor,
+        subject,
+        text: text.into(),
+    };
+    let mut buf = BytesMut::with_capacity(ev.size());
+    ev.put(&mut buf);
+    buf.freeze()
+}
+
+impl Engine {
+    /// The cached state of a thread this shard owns, loading it on a miss.
+    pub(super) fn thread_state(&mut self, thread: u64) -> Result<&mut ThreadState, Reject> {
+        if !self.threads.map.contains_key(&thread) {
+            let store = &self.shared.store;
+            let rec = store
+                .thread(thread)
+                .map_err(internal)?
+                .ok_or((ErrorCode::UnknownThread, "no such thread"))?;
+            let members = store
+                .members(thread)
+                .map_err(internal)?
+                .into_iter()
+                .collect();
+            self.threads
+                .map
+                .insert(thread, ThreadState::new(rec, members));
+        }
+        Ok(self.threads.map.get_mut(&thread).expect("inserted above"))
+    }
+
+    /// The thread's state, if `caller` is a member.
+    pub(super) fn member_state(
+        &mut self,
+        caller: &Caller,
+        thread: u64,
+    ) -> Result<&mut ThreadState, Reject> {
+        let state = self.thread_state(thread)?;
+        if !state.members.contains_key(&caller.user) {
+            return Err((ErrorCode::NotMember, "you are not a member of this thread"));
+        }
+        Ok(state)
+    }
+
+    /// Stages the thread record of a thread this shard owns.
+    pub(super) fn save_thread(&mut self, thread: u64) {
+        if let Some(state) = self.threads.map.get(&thread) {
+            self.batch.put_thread(thread, &state.rec);
+        }
+    }
+
+    /// Appends a message to a thread this shard owns and pushes it to every member's devices
+    /// (and to `extra` users, e.g. a member just removed). Returns the message id.
+    pub(super) fn append(
+        &mut self,
+        thread: u64,
+        rec: MessageRecord,
+        except: Option<&Caller>,
+        extra: &[u64],
+    ) -> Result<u64, Reject> {
+        let id = self.tick();
+        let state = self.thread_state(thread)?;
+        state.rec.last_msg_id = id;
+        state.rec.changed_at = id;
+        let mut users = state.member_ids.clone();
+        if !extra.is_empty() {
+            let mut all = users.to_vec();
+            all.extend_from_slice(extra);
+            users = all.into();
+        }
+        self.batch.put_message(thread, id, &rec);
+        self.save_thread(thread);
+        let push = MessagePush {
+            message: to_wire(thread, id, rec),
+        };
+        self.push(users, except, push.into());
+        Ok(id)
+    }
+
+    /// Appends a system event to a thread this shard owns, for every member (and `extra`).
+    pub(super) fn system(
+        &mut self,
+        thread: u64,
+        caller: &Caller,
+        event: SystemEventKind,
+        subject: u64,
+        text: &str,
+        extra: &[u64],
+    ) -> Result<u64, Reject> {
+        let body = system_body(event, caller.user, subject, text);
+        let rec = MessageRecord {
+            sender: caller.user,
+            client_msg_id: 0,
+            kind: MessageKind::System,
+            recalled: false,
+            body,
+        };
+        self.append(thread, rec, None, extra)
+    }
+
+    fn user_exists(&self, user: u64) -> Result<(), Reject> {
+        match self.shared.store.user(user).map_err(internal)? {
+            Some(_) => Ok(()),
+            None => Err((ErrorCode::UnknownUser, "no such user")),
+        }
+    }
+
+    /// Creates a thread record and its members in this round's batch. The new id is known
+    /// to nobody until the reply leaves after the commit, so no other shard can race it.
+    fn create_thread(
+        &mut self,
+        kind: ThreadKind,
+        name: &str,
+        creator: u64,
+        members: &[u64],
+    ) -> Result<u64, Reject> {
+        let id = self.shared.store.next_thread_id().map_err(internal)?;
+        let now = self.tick();
+        let rec = ThreadRecord {
+            kind,
+            name: name.into(),
+            created_by: creator,
+            last_msg_id: 0,
+            changed_at: now,
+            member_count: members.len() as u32,
+        };
+        self.batch.put_thread(id, &rec);
+        let mut map = HashMap::new();
+        for &user in members {
+            let m = MemberRecord {
+                admin: kind == ThreadKind::Group && user == creator,
+                delivered: 0,
+                read: 0,
+            };
+            self.batch.put_member(id, user, &m);
+            self.batch
+                .put_private_state(user, id, &PrivateState::default());
+            map.insert(user, m);
+        }
+        if self.shared.thread_shard(id) == self.shard {
+            self.threads.map.insert(id, ThreadState::new(rec, map));
+        }
+        Ok(id)
+    }
+
+    pub(super) fn open_direct(
+        &mut self,
+        caller: &Caller,
+        peer: u64,
+    ) -> Result<Option<Frame>, Reject> {
+        if peer == caller.user {
+            return Err((
+                ErrorCode::InvalidArgument,
+                "a direct thread needs another user",
+            ));
+        }
+        self.user_exists(peer)?;
+        let pair = (caller.user.min(peer), caller.user.max(peer));
+        let existing = match self.round_directs.get(&pair) {
+            Some(&t) => Some(t),
+            None => self
+                .shared
+                .store
+                .direct_thread(caller.user, peer)
+                .map_err(internal)?,
+        };
+        let store = self.shared.store.clone();
+        let thread = match existing {
+            Some(t) => t,
+            None => {
+                let t =
+                    self.create_thread(ThreadKind::Direct, "", caller.user, &[pair.0, pair.1])?;
+                self.batch.put_direct(pair.0, pair.1, t);
+                self.round_directs.insert(pair, t);
+                // The owner shard loads it from the store after this round's commit.
+                let rec = ThreadRecord {
+                    kind: ThreadKind::Direct,
+                    member_count: 2,
+                    created_by: caller.user,
+                    ..Default::default()
+                };
+                let members = [
+                    (pair.0, MemberRecord::default()),
+                    (pair.1, MemberRecord::default()),
+                ]
+                .into_iter()
+                .collect();
+                return Ok(Some(
+                    ThreadInfo {
+                        thread: view(&store, t, &ThreadState::new(rec, members), caller.user)?,
+                    }
+                    .into(),
+                ));
+            }
+        };
+        // The pair's shard may not own the thread: read the committed state.
+        let state = self.read_state(thread)?;
+        Ok(Some(
+            ThreadInfo {
+                thread: view(&store, thread, &state, caller.user)?,
+            }
+            .into(),
+        ))
+    }
+
+    /// A thread's state for reading on any shard: the cache when this shard owns it, else
+    /// the store (committed state).
+    fn read_state(&mut self, thread: u64) -> Result<ThreadState, Reject> {
+        if let Some(s) = self.threads.map.get(&thread) {
+            return Ok(ThreadState::new(s.rec.clone(), s.members.clone()));
+        }
+        let store = &self.shared.store;
+        let rec = store
+            .thread(thread)
+            .map_err(internal)?
+            .ok_or((ErrorCode::UnknownThread, "no such thread"))?;
+        Ok(ThreadState::new(
+            rec,
+            store
+                .members(thread)
+                .map_err(internal)?
+                .into_iter()
+                .collect(),
+        ))
+    }
+
+    pub(super) fn create_group(
+        &mut self,
+        caller: &Caller,
+        name: String,
+        members: Vec<u64>,
+    ) -> Result<Option<Frame>, Reject> {
+        valid_name(&name)?;
+        let mut all = members;
+        all.push(caller.user);
+        all.sort_unstable();
+        all.dedup();
+        if all.len() > self.shared.config.max_group {
+            return Err((ErrorCode::GroupFull, "more members than a group may have"));
+        }
+        for &u in &all {
+            self.user_exists(u)?;
+        }
+        let thread = self.create_thread(ThreadKind::Group, &name, caller.user, &all)?;
+        let store = self.shared.store.clone();
+        let rec = ThreadRecord {
+            kind: ThreadKind::Group,
+            name: name.clone(),
+            created_by: caller.user,
+            ..Default::default()
+        };
+        let map = all
+            .iter()
+            .map(|&u| {
+                (
+                    u,
+                    MemberRecord {
+                        admin: u == caller.user,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        let mut state = ThreadState::new(rec, map);
+        // The creation notice goes to every member's devices; the creator's asking device
+        // also gets THREAD_INFO. Staged directly: this shard may not own the new thread.
+        let id = self.tick();
+        let body = system_body(SystemEventKind::Created, caller.user, 0, &name);
+        let msg = MessageRecord {
+            sender: caller.user,
+            client_msg_id: 0,
+            kind: MessageKind::System,
+            recalled: false,
+            body,
+        };
+        self.batch.put_message(thread, id, &msg);
+        state.rec.last_msg_id = id;
+        state.rec.changed_at = id;
+        self.batch.put_thread(thread, &state.rec);
+        if let Some(cached) = self.threads.map.get_mut(&thread) {
+            cached.rec = state.rec.clone();
+        }
+        self.push(
+            state.member_ids.clone(),
+            None,
+            MessagePush {
+                message: to_wire(thread, id, msg),
+            }
+            .into(),
+        );
+        Ok(Some(
+            ThreadInfo {
+                thread: view(&store, thread, &state, caller.user)?,
+            }
+            .into(),
+        ))
+    }
+
+    fn admin_state(&mut self, caller: &Caller, thread: u64) -> Result<&mut ThreadState, Reject> {
+        let state = self.member_state(caller, thread)?;
+        if state.rec.kind != ThreadKind::Group {
+            return Err((ErrorCode::NotAGroup, "only groups have members to manage"));
+        }
+        if !state.members.get(&caller.user).is_some_and(|m| m.admin) {
+            return Err((ErrorCode::NotAdmin, "only a group admin may do this"));
+        }
+        Ok(state)
+    }
+
+    pub(super) fn add_members(
+        &mut self,
+        caller: &Caller,
+        thread: u64,
+        users: Vec<u64>,
+    ) -> Result<Option<Frame>, Reject> {
+        let max = self.shared.config.max_group;
+        let state = self.admin_state(caller, thread)?;
+        let mut new: Vec<u64> = users
+            .into_iter()
+            .filter(|u| !state.members.contains_key(u))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        if state.members.len() + new.len() > max {
+            return Err((
+                ErrorCode::GroupFull,
+                "the group would exceed its member limit",
+            ));
+        }
+        for &u in &new {
+            self.user_exists(u)?;
+        }
+        for &u in &new {
+            let state = self.thread_state(thread)?;
+            state.members.insert(u, MemberRecord::default());
+            state.refresh_ids();
+            self.batch.put_member(thread, u, &MemberRecord::default());
+            self.batch
+                .put_private_state(u, thread, &PrivateState::default());
+            self.system(thread, caller, SystemEventKind::MemberAdded, u, "", &[])?;
+        }
+        Ok(Some(courier_protocol::Done {}.into()))
+    }
+
+    pub(super) fn remove_member(
+        &mut self,
+        caller: &Caller,
+        thread: u64,
+        user: u64,
+    ) -> Result<Option<Frame>, Reject> {
+        if user == caller.user {
+            return self.leave_group(caller, thread);
+        }
+        let state = self.admin_state(caller, thread)?;
+        if state.members.remove(&user).is_none() {
+            return Err((
+                ErrorCode::NotMember,
+                "that user is not a member of this group",
+            ));
+        }
+        state.refresh_ids();
+        self.batch.delete_member(thread, user);
+        self.system(
+            thread,
+            caller,
+            SystemEventKind::MemberRemoved,
+            user,
+            "",
+            &[user],
+        )?;
+        Ok(Some(courier_protocol::Done {}.into()))
+    }
+
+    /// Leaving hands admin to the lowest remaining member id when the last admin leaves, so a
+    /// group is never left without one.
+    pub(super) fn leave_group(
+        &mut self,
+        caller: &Caller,
+        thread: u64,
+    ) -> Result<Option<Frame>, Reject> {
+        let state = self.member_state(caller, thread)?;
+        if state.rec.kind != ThreadKind::Group {
+            return Err((ErrorCode::NotAGroup, "a direct thread cannot be left"));
+        }
+        state.members.remove(&caller.user);
+        state.refresh_ids();
+        let promote = if state.members.values().any(|m| m.admin) {
+            None
+        } else {
+            state.members.keys().min().copied()
+        };
+        if let Some(u) = promote {
+            let m = state.members.get_mut(&u).expect("chosen from members");
+            m.admin = true;
+            let m = m.clone();
+            self.batch.put_member(thread, u, &m);
+        }
+        self.batch.delete_member(thread, caller.user);
+        self.system(
+            thread,
+            caller,
+            SystemEventKind::MemberLeft,
+            caller.user,
+            "",
+            &[caller.user],
+        )?;
+        Ok(Some(courier_protocol::Done {}.into()))
+    }
+
+    pub(super) fn rename_group(
+        &mut self,
+        caller: &Caller,
+        thread: u64,
+        name: String,
+    ) -> Result<Option<Frame>, Reject> {
+        valid_name(&name)?;
+        let state = self.member_state(caller, thread)?;
+        if state.rec.kind != ThreadKind::Group {
+            return Err((
+                ErrorCode::NotAGroup,
+                "a direct thread has no name to change",
+            ));
+        }
+        state.rec.name = name.clone();
+        self.system(thread, caller, SystemEventKind::Renamed, 0, &name, &[])?;
+        Ok(Some(courier_protocol::Done {}.into()))
+    }
+
+    pub(super) fn get_thread(
+        &mut self,
+        caller: &Caller,
+        thread: u64,
+    ) -> Result<Option<Frame>, Reject> {
+        let store = self.shared.store.clone();
+        let state = self.member_state(caller, thread)?;
+        Ok(Some(
+            ThreadInfo {
+                thread: view(&store, thread, state, caller.user)?,
+            }
+            .into(),
+        ))
+    }
+
+    pub(super) fn set_thread_state(
+        &mut self,
+        caller: &Caller,
+        f: SetThreadState,
+    ) -> Result<Option<Frame>, Reject> {
+        if f.label.len() > MAX_NAME {
+            return Err((ErrorCode::InvalidArgument, "a label is at most 64 bytes"));
+        }
+        let last = self.member_state(caller, f.thread)?.rec.last_msg_id;
+        let state = PrivateState {
+            muted: f.muted,
+            hidden: f.hidden,
+            hidden_upto: if f.hidden { last } else { 0 },
+            label: f.label,
+        };
+        self.batch.put_private_state(caller.user, f.thread, &state);
+        Ok(Some(courier_protocol::Done {}.into()))
+    }
+
+    /// The caller's threads by last message, newest first, from the committed state. Runs on
+    /// the caller's shard: one prefix scan of memberships and one batched read of records.
+    pub(super) fn list_threads(
+        &mut self,
+        caller: &Caller,
+        f: ListThreads,
+    ) -> Result<Option<Frame>, Reject> {
+        let store = self.shared.store.clone();
+        let memberships = store.memberships(caller.user).map_err(internal)?;
+        let ids: Vec<u64> = memberships.iter().map(|(t, _)| *t).collect();
+        let records = store.threads(&ids).map_err(internal)?;
+        let mut rows: Vec<(u64, u64, &PrivateState, ThreadRecord)> = memberships
+            .iter()
+            .zip(records)
+            .filter_map(|((t, p), r)| r.map(|r| (r.last_msg_id, *t, p, r)))
+            .filter(|(last, _, p, _)| !(p.hidden && *last <= p.hidden_upto))
+            .filter(|(last, t, _, _)| {
+                (f.before_msg_id, f.before_thread) == (0, 0)
+                    || (*last, *t) < (f.before_msg_id, f.before_thread)
+            })
+            .collect();
+        rows.sort_unstable_by_key(|r| std::cmp::Reverse((r.0, r.1)));
+        let limit = (f.limit as usize).clamp(1, MAX_LIST);
+        let mut threads = Vec::new();
+        let mut size = 0;
+        let mut more = false;
+        for (i, (last, id, private, rec)) in rows.iter().enumerate() {
+            if i == limit || size > self.shared.config.max_reply_bytes / 2 {
+                more = true;
+                break;
+            }
+            let summary = self.summary(&store, caller.user, *id, *last, private, rec)?;
+            size += summary.size();
+            threads.push(summary);
+        }
+        Ok(Some(ThreadList { threads, more }.into()))
+    }
+
+    fn summary(
+        &self,
+        store: &Store,
+        viewer: u64,
+        id: u64,
+        last: u64,
+        private: &PrivateState,
+        rec: &ThreadRecord,
+    ) -> Result<ThreadSummary, Reject> {
+        let me = store
+            .member(id, viewer)
+            .map_err(internal)?
+            .unwrap_or_default();
+        let unread = store
+            .count_unread(id, me.read.max(private.hidden_upto), viewer, UNREAD_CAP)
+            .map_err(internal)?;
+        let mut last_message = None;
+        if last != 0 && last > private.hidden_upto {
+            store
+                .messages(id, 0, u64::MAX, true, 1, |mid, m| {
+                    last_message = Some(to_wire(id, mid, m));
+                    Ok(())
+                })
+                .map_err(internal)?;
+        }
+        let (peer, name) = if rec.kind == ThreadKind::Direct {
+            let members = store.members(id).map_err(internal)?;
+            let peer = members
+                .iter()
+                .map(|(u, _)| *u)
+                .find(|&u| u != viewer)
+                .unwrap_or(0);
+            (
+                peer,
+                display_name(store, rec, std::iter::once(peer), viewer),
+            )
+        } else {
+            (0, rec.name.clone())
+        };
+        Ok(ThreadSummary {
+            id,
+            kind: rec.kind,
+            name,
+            peer,
+            member_count: rec.member_count.min(u16::MAX as u32) as u16,
+            last_msg_id: last,
+            unread,
+            muted: private.muted,
+            hidden: private.hidden,
+            label: private.label.clone(),
+            last_message,
+        })
+    }
+}
