@@ -39,13 +39,18 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at `policy.initial`.
     pub fn new(policy: BackoffPolicy) -> Self {
-        Self { policy, current: policy.initial }
+        Self {
+            policy,
+            current: policy.initial,
+        }
     }
 
     /// The delay before the next attempt; grows the base delay for the one after.
     pub fn next_delay(&mut self) -> Duration {
         let base = self.current;
-        self.current = base.mul_f64(self.policy.factor.max(1.0)).min(self.policy.max);
+        self.current = base
+            .mul_f64(self.policy.factor.max(1.0))
+            .min(self.policy.max);
         let jitter = self.policy.jitter.clamp(0.0, 0.99);
         if jitter == 0.0 {
             return base;
@@ -71,7 +76,10 @@ mod tests {
         for base in bases {
             let d = b.next_delay().as_secs_f64() * 1000.0;
             let base = base as f64;
-            assert!(d >= base * 0.8 - 0.001 && d <= base * 1.2 + 0.001, "{d} vs {base}");
+            assert!(
+                d >= base * 0.8 - 0.001 && d <= base * 1.2 + 0.001,
+                "{d} vs {base}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(120));
@@ -79,7 +87,10 @@ mod tests {
 
     #[test]
     fn no_jitter_is_exact() {
-        let policy = BackoffPolicy { jitter: 0.0, ..BackoffPolicy::default() };
+        let policy = BackoffPolicy {
+            jitter: 0.0,
+            ..BackoffPolicy::default()
+        };
         let mut b = Backoff::new(policy);
         assert_eq!(b.next_delay(), Duration::from_millis(100));
         assert_eq!(b.next_delay(), Duration::from_millis(200));

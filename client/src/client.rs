@@ -28,7 +28,10 @@ macro_rules! expect_reply {
     ($result:expr, $request:literal, $variant:ident) => {
         match $result? {
             courier_protocol::Frame::$variant(reply) => Ok(reply),
-            other => Err($crate::Error::UnexpectedReply { request: $request, reply: other.name() }),
+            other => Err($crate::Error::UnexpectedReply {
+                request: $request,
+                reply: other.name(),
+            }),
         }
     };
 }
@@ -108,18 +111,37 @@ impl Client {
     /// Creates an account and logs this device in.
     pub fn register(&self, handle: &str, password: &str) -> Result<AuthOk> {
         let device = self.inner.config.device.clone();
-        self.authenticate(Register { handle: handle.into(), password: password.into(), device }.into())
+        self.authenticate(
+            Register {
+                handle: handle.into(),
+                password: password.into(),
+                device,
+            }
+            .into(),
+        )
     }
 
     /// Logs in with a password.
     pub fn login(&self, handle: &str, password: &str) -> Result<AuthOk> {
         let device = self.inner.config.device.clone();
-        self.authenticate(Login { handle: handle.into(), password: password.into(), device }.into())
+        self.authenticate(
+            Login {
+                handle: handle.into(),
+                password: password.into(),
+                device,
+            }
+            .into(),
+        )
     }
 
     /// Logs in with the token of an earlier [`AuthOk`]; no password needed.
     pub fn resume(&self, token: &[u8]) -> Result<AuthOk> {
-        self.authenticate(Resume { token: token.to_vec().into() }.into())
+        self.authenticate(
+            Resume {
+                token: token.to_vec().into(),
+            }
+            .into(),
+        )
     }
 
     fn authenticate(&self, frame: Frame) -> Result<AuthOk> {
@@ -132,9 +154,16 @@ impl Client {
                     self.after_auth(&conn)?;
                     return Ok(auth);
                 }
-                Ok(other) => return Err(Error::UnexpectedReply { request, reply: other.name() }),
+                Ok(other) => {
+                    return Err(Error::UnexpectedReply {
+                        request,
+                        reply: other.name(),
+                    })
+                }
                 Err(e) => {
-                    let Some((_node, addr)) = conn.redirect() else { return Err(e) };
+                    let Some((_node, addr)) = conn.redirect() else {
+                        return Err(e);
+                    };
                     conn.close();
                     let next = Connection::open(&addr, &self.inner.config, self.inner.sink())?;
                     self.inner.state.lock().addr = addr;
@@ -173,7 +202,9 @@ impl Client {
     /// A blocking iterator over pushes and connection events; it ends after
     /// [`Event::SessionEnded`].
     pub fn events(&self) -> Events<'_> {
-        Events { rx: &self.inner.events_rx }
+        Events {
+            rx: &self.inner.events_rx,
+        }
     }
 
     /// The next event, waiting at most `timeout`; `None` on timeout or after the session ended.
@@ -204,7 +235,12 @@ impl Client {
 
     /// The session token, to save for [`resume`](Self::resume).
     pub fn token(&self) -> Option<Vec<u8>> {
-        self.inner.state.lock().auth.as_ref().map(|a| a.token.to_vec())
+        self.inner
+            .state
+            .lock()
+            .auth
+            .as_ref()
+            .map(|a| a.token.to_vec())
     }
 
     /// The sync watermark: everything up to it has been synced.
@@ -241,7 +277,12 @@ impl Client {
             if self.inner.state.lock().ended {
                 return false;
             }
-            if self.inner.conn_changed.wait_until(&mut conn, deadline).timed_out() {
+            if self
+                .inner
+                .conn_changed
+                .wait_until(&mut conn, deadline)
+                .timed_out()
+            {
                 return conn.is_some();
             }
         }
@@ -291,7 +332,9 @@ impl Inner {
         if let Some(conn) = self.conn.lock().clone() {
             return Ok(conn);
         }
-        Err(Error::Disconnected { reason: self.state.lock().last_reason })
+        Err(Error::Disconnected {
+            reason: self.state.lock().last_reason,
+        })
     }
 
     /// Makes `conn` current unless it already closed; false if it did.
@@ -357,7 +400,12 @@ impl Inner {
             state.resyncing = true;
             state.watermark
         };
-        let result = sync_pages(conn, since.unwrap_or(0), self.config.sync_page, self.config.request_timeout);
+        let result = sync_pages(
+            conn,
+            since.unwrap_or(0),
+            self.config.sync_page,
+            self.config.request_timeout,
+        );
         let mut state = self.state.lock();
         let mut out = Vec::new();
         if let Ok(synced) = &result {
@@ -380,7 +428,8 @@ impl Inner {
         let Some(token) = self.state.lock().auth.as_ref().map(|a| a.token.clone()) else {
             return Err(ResumeFailure::Fatal(None));
         };
-        let conn = Connection::open(addr, &self.config, self.sink()).map_err(|_| ResumeFailure::Retry)?;
+        let conn =
+            Connection::open(addr, &self.config, self.sink()).map_err(|_| ResumeFailure::Retry)?;
         let redirected = |conn: &Connection| match conn.redirect() {
             Some((_, to)) => ResumeFailure::Redirect(to),
             None => ResumeFailure::Retry,
@@ -391,7 +440,10 @@ impl Inner {
                 conn.close();
                 return Err(ResumeFailure::Retry);
             }
-            Err(Error::Server { code: code @ (ErrorCode::InvalidToken | ErrorCode::SessionRevoked), .. }) => {
+            Err(Error::Server {
+                code: code @ (ErrorCode::InvalidToken | ErrorCode::SessionRevoked),
+                ..
+            }) => {
                 conn.close();
                 return Err(ResumeFailure::Fatal(Some(code)));
             }
@@ -413,7 +465,12 @@ impl Inner {
 }
 
 /// Records a completed sync: dedupe, floors, watermark; queues the events to emit.
-pub(crate) fn record_sync(state: &mut State, synced: &SyncResult, deliver: bool, out: &mut Vec<Event>) {
+pub(crate) fn record_sync(
+    state: &mut State,
+    synced: &SyncResult,
+    deliver: bool,
+    out: &mut Vec<Event>,
+) {
     if deliver {
         out.extend(synced.threads.iter().cloned().map(Event::ThreadUpdated));
     }
@@ -432,22 +489,36 @@ pub(crate) fn record_sync(state: &mut State, synced: &SyncResult, deliver: bool,
 
 impl Sink for InnerSink {
     fn on_push(&self, _conn: &Arc<Connection>, frame: Frame) {
-        let Some(inner) = self.0.upgrade() else { return };
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
         match frame {
             Frame::MessagePush(p) => inner.deliver_message(p.message),
-            Frame::ReceiptPush(p) => {
-                inner.emit(Event::Receipt { thread: p.thread, user: p.user, kind: p.kind, up_to: p.up_to })
-            }
+            Frame::ReceiptPush(p) => inner.emit(Event::Receipt {
+                thread: p.thread,
+                user: p.user,
+                kind: p.kind,
+                up_to: p.up_to,
+            }),
             Frame::PresencePush(p) => inner.emit(Event::Presence(p.presence)),
-            Frame::TypingPush(p) => inner.emit(Event::Typing { thread: p.thread, user: p.user, active: p.active }),
-            Frame::Redirect(r) => inner.emit(Event::Redirected { node: r.node, addr: r.addr }),
+            Frame::TypingPush(p) => inner.emit(Event::Typing {
+                thread: p.thread,
+                user: p.user,
+                active: p.active,
+            }),
+            Frame::Redirect(r) => inner.emit(Event::Redirected {
+                node: r.node,
+                addr: r.addr,
+            }),
             // A closing ERROR_REPLY is recorded by the connection and reported on close.
             _ => {}
         }
     }
 
     fn on_close(&self, conn: &Arc<Connection>) {
-        let Some(inner) = self.0.upgrade() else { return };
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
         {
             let mut cur = inner.conn.lock();
             if !cur.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
@@ -501,7 +572,9 @@ fn reconnect_loop(weak: &Weak<Inner>, redirect: Option<String>) {
         if inner.is_ended() {
             return;
         }
-        let addr = target.clone().unwrap_or_else(|| inner.state.lock().addr.clone());
+        let addr = target
+            .clone()
+            .unwrap_or_else(|| inner.state.lock().addr.clone());
         match inner.resume_on(&addr) {
             Ok(()) => {
                 inner.emit(Event::Reconnected { addr });

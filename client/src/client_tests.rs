@@ -13,7 +13,11 @@ const WAIT: Duration = Duration::from_secs(5);
 
 fn fast_reconnect() -> ClientConfig {
     ClientConfig {
-        backoff: BackoffPolicy { initial: Duration::from_millis(10), max: Duration::from_millis(100), ..BackoffPolicy::default() },
+        backoff: BackoffPolicy {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+            ..BackoffPolicy::default()
+        },
         ..ClientConfig::reconnecting()
     }
 }
@@ -21,7 +25,9 @@ fn fast_reconnect() -> ClientConfig {
 /// The next event that is not about the connection itself.
 fn next_message(client: &Client) -> Option<courier_protocol::Message> {
     let deadline = Instant::now() + WAIT;
-    while let Some(event) = client.recv_event_timeout(deadline.saturating_duration_since(Instant::now())) {
+    while let Some(event) =
+        client.recv_event_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
         if let Event::Message(m) = event {
             return Some(m);
         }
@@ -32,7 +38,9 @@ fn next_message(client: &Client) -> Option<courier_protocol::Message> {
 fn wait_for(client: &Client, want: impl Fn(&Event) -> bool) -> Vec<Event> {
     let deadline = Instant::now() + WAIT;
     let mut seen = Vec::new();
-    while let Some(event) = client.recv_event_timeout(deadline.saturating_duration_since(Instant::now())) {
+    while let Some(event) =
+        client.recv_event_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
         let done = want(&event);
         seen.push(event);
         if done {
@@ -53,19 +61,31 @@ fn register_login_and_bad_password() {
     let again = Client::connect(server.addr, ClientConfig::default()).unwrap();
     let err = again.login("alice", "wrong-password").unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::BadCredentials), "{err}");
-    assert!(again.login("alice", "password1").is_ok(), "the connection survives a refused login");
+    assert!(
+        again.login("alice", "password1").is_ok(),
+        "the connection survives a refused login"
+    );
     let taken = again.register("alice", "password1").unwrap_err();
     assert_eq!(taken.code(), Some(ErrorCode::HandleTaken));
 }
 
 #[test]
 fn unreachable_names_the_address() {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
-    let err = Client::connect(&addr, ClientConfig::default()).err().expect("nothing listens there");
+    let err = Client::connect(&addr, ClientConfig::default())
+        .err()
+        .expect("nothing listens there");
     assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains(&addr) && text.contains("courier serve"), "{text}");
+    assert!(
+        text.contains(&addr) && text.contains("courier serve"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -96,12 +116,39 @@ fn pushes_become_events_and_unanswered_requests_time_out() {
     let me = client.register("alice", "password1").unwrap().user;
     let pushed = server.inject(1, 99, "hi");
     assert_eq!(next_message(&client), Some(pushed));
-    server.push_all(ReceiptPush { thread: 1, user: 99, kind: ReceiptKind::Read, up_to: 5 }.into());
-    wait_for(&client, |e| matches!(e, Event::Receipt { user: 99, kind: ReceiptKind::Read, up_to: 5, .. }));
+    server.push_all(
+        ReceiptPush {
+            thread: 1,
+            user: 99,
+            kind: ReceiptKind::Read,
+            up_to: 5,
+        }
+        .into(),
+    );
+    wait_for(&client, |e| {
+        matches!(
+            e,
+            Event::Receipt {
+                user: 99,
+                kind: ReceiptKind::Read,
+                up_to: 5,
+                ..
+            }
+        )
+    });
 
     server.behave(|b| b.ignore_contact_list = true);
     let err = client.contacts().unwrap_err();
-    assert!(matches!(err, Error::Timeout { request: "ContactList", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                request: "ContactList",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // A late reply to the abandoned request must not confuse the next one.
     assert_eq!(client.lookup_user("alice").unwrap().id, me);
     let unknown = client.lookup_user("nobody").unwrap_err();
@@ -131,20 +178,42 @@ fn reconnect_resumes_and_syncs_without_loss_or_duplicates() {
     assert_eq!(next_message(&client), Some(live.clone()));
 
     server.drop_connections();
-    let missed: Vec<_> = (0..5).map(|i| server.store_only(1 + i % 2, 99, &format!("missed {i}"))).collect();
+    let missed: Vec<_> = (0..5)
+        .map(|i| server.store_only(1 + i % 2, 99, &format!("missed {i}")))
+        .collect();
 
     let events = wait_for(&client, |e| matches!(e, Event::Reconnected { .. }));
-    assert!(matches!(events[0], Event::Disconnected { reason: None }), "{events:?}");
-    let mut got: Vec<_> = events.into_iter().filter_map(|e| if let Event::Message(m) = e { Some(m) } else { None }).collect();
+    assert!(
+        matches!(events[0], Event::Disconnected { reason: None }),
+        "{events:?}"
+    );
+    let mut got: Vec<_> = events
+        .into_iter()
+        .filter_map(|e| {
+            if let Event::Message(m) = e {
+                Some(m)
+            } else {
+                None
+            }
+        })
+        .collect();
     got.sort_by_key(|m| m.id);
-    assert_eq!(got, missed, "every missed message once; the pushed one not again");
+    assert_eq!(
+        got, missed,
+        "every missed message once; the pushed one not again"
+    );
     assert!(server.resumes() >= 1);
     assert_eq!(client.watermark(), Some(missed.last().unwrap().id));
 
     // And the connection works afterwards.
     let after = server.inject(2, 99, "after");
     assert_eq!(next_message(&client), Some(after));
-    assert!(client.recv_event_timeout(Duration::from_millis(200)).is_none(), "nothing extra");
+    assert!(
+        client
+            .recv_event_timeout(Duration::from_millis(200))
+            .is_none(),
+        "nothing extra"
+    );
 }
 
 #[test]
@@ -153,7 +222,9 @@ fn send_with_retry_uses_the_same_client_msg_id() {
     let client = Client::connect(server.addr, fast_reconnect()).unwrap();
     client.register("alice", "password1").unwrap();
     server.behave(|b| b.drop_on_next_send = true);
-    let sent = client.send_with_retry(7, MessageKind::Text, &b"once"[..], WAIT).unwrap();
+    let sent = client
+        .send_with_retry(7, MessageKind::Text, &b"once"[..], WAIT)
+        .unwrap();
     let stored = server.messages();
     assert_eq!(stored.len(), 1, "stored once: {stored:?}");
     assert_eq!(stored[0].id, sent.message);
@@ -175,7 +246,10 @@ fn login_follows_a_redirect() {
     let home = FakeServer::start();
     let front = FakeServer::start();
     // The account exists on its home node only.
-    Client::connect(home.addr, ClientConfig::default()).unwrap().register("alice", "password1").unwrap();
+    Client::connect(home.addr, ClientConfig::default())
+        .unwrap()
+        .register("alice", "password1")
+        .unwrap();
     front.behave(|b| b.redirect_to = Some(home.addr.to_string()));
     let client = Client::connect(front.addr, ClientConfig::default()).unwrap();
     client.login("alice", "password1").unwrap();
@@ -191,11 +265,17 @@ fn reconnect_follows_a_redirect() {
     let auth = client.register("alice", "password1").unwrap();
     // Make the home node accept the token (it is derived from the user id in the fake).
     let home_client = Client::connect(home.addr, ClientConfig::default()).unwrap();
-    assert_eq!(home_client.register("alice", "password1").unwrap().token, auth.token);
+    assert_eq!(
+        home_client.register("alice", "password1").unwrap().token,
+        auth.token
+    );
 
     front.behave(|b| b.redirect_to = Some(home.addr.to_string()));
     front.drop_connections();
-    wait_for(&client, |e| matches!(e, Event::Reconnected { addr } if *addr == home.addr.to_string()));
+    wait_for(
+        &client,
+        |e| matches!(e, Event::Reconnected { addr } if *addr == home.addr.to_string()),
+    );
     assert_eq!(client.server_addr(), home.addr.to_string());
 }
 
@@ -204,9 +284,19 @@ fn revoked_session_ends_without_reconnect() {
     let server = FakeServer::start();
     let client = Client::connect(server.addr, fast_reconnect()).unwrap();
     client.register("alice", "password1").unwrap();
-    server.push_all(Frame::ErrorReply(ErrorReply { code: ErrorCode::SessionRevoked as u16, message: "revoked".into() }));
+    server.push_all(Frame::ErrorReply(ErrorReply {
+        code: ErrorCode::SessionRevoked as u16,
+        message: "revoked".into(),
+    }));
     server.drop_connections();
-    wait_for(&client, |e| matches!(e, Event::SessionEnded { reason: Some(ErrorCode::SessionRevoked) }));
+    wait_for(&client, |e| {
+        matches!(
+            e,
+            Event::SessionEnded {
+                reason: Some(ErrorCode::SessionRevoked)
+            }
+        )
+    });
     assert!(client.events().next().is_none(), "the stream ends");
     let err = client.send_text(1, "x").unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::SessionRevoked), "{err}");
@@ -219,15 +309,26 @@ fn without_reconnect_a_drop_ends_the_event_stream() {
     client.register("alice", "password1").unwrap();
     server.drop_connections();
     let events: Vec<_> = client.events().collect();
-    assert_eq!(events, vec![Event::Disconnected { reason: None }, Event::SessionEnded { reason: None }]);
-    assert!(matches!(client.send_text(1, "x"), Err(Error::Disconnected { .. })));
+    assert_eq!(
+        events,
+        vec![
+            Event::Disconnected { reason: None },
+            Event::SessionEnded { reason: None }
+        ]
+    );
+    assert!(matches!(
+        client.send_text(1, "x"),
+        Err(Error::Disconnected { .. })
+    ));
 }
 
 #[test]
 fn manual_sync_drains_pages() {
     let server = FakeServer::start();
     server.behave(|b| b.sync_page = Some(2));
-    let stored: Vec<_> = (0..5).map(|i| server.store_only(1 + i % 3, 99, "m")).collect();
+    let stored: Vec<_> = (0..5)
+        .map(|i| server.store_only(1 + i % 3, 99, "m"))
+        .collect();
     let client = Client::connect(server.addr, ClientConfig::default()).unwrap();
     client.register("alice", "password1").unwrap();
     let result = client.sync().unwrap();

@@ -44,7 +44,10 @@ impl Default for ClientConfig {
 impl ClientConfig {
     /// The defaults with automatic reconnect switched on.
     pub fn reconnecting() -> Self {
-        Self { auto_reconnect: true, ..Self::default() }
+        Self {
+            auto_reconnect: true,
+            ..Self::default()
+        }
     }
 
     /// Sets the device name.

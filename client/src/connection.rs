@@ -58,7 +58,11 @@ pub(crate) struct Connection {
 impl Connection {
     /// Connects to `addr`, starts the reader, says `HELLO`, waits for `WELCOME`, then starts
     /// the heartbeat.
-    pub(crate) fn open(addr: &str, config: &ClientConfig, sink: Arc<dyn Sink>) -> Result<Arc<Self>> {
+    pub(crate) fn open(
+        addr: &str,
+        config: &ClientConfig,
+        sink: Arc<dyn Sink>,
+    ) -> Result<Arc<Self>> {
         let stream = connect(addr, config.connect_timeout)?;
         stream.set_nodelay(true)?;
         // A write blocked longer than a request may wait means the server is gone.
@@ -66,7 +70,10 @@ impl Connection {
         let read_half = stream.try_clone()?;
         let conn = Arc::new(Connection {
             welcome: OnceLock::new(),
-            writer: Mutex::new(Writer { stream, buf: BytesMut::with_capacity(4096) }),
+            writer: Mutex::new(Writer {
+                stream,
+                buf: BytesMut::with_capacity(4096),
+            }),
             shared: Mutex::new(Shared::default()),
             next_id: AtomicU32::new(1),
         });
@@ -77,12 +84,18 @@ impl Connection {
             .name("courier-reader".into())
             .spawn(move || read_loop(reader_conn, read_half, decoder, sink))?;
 
-        let hello = Hello { version: VERSION, client: config.client_name.clone() };
+        let hello = Hello {
+            version: VERSION,
+            client: config.client_name.clone(),
+        };
         let welcome = match conn.request(hello.into(), config.request_timeout) {
             Ok(Frame::Welcome(w)) => w,
             Ok(other) => {
                 conn.close();
-                return Err(Error::UnexpectedReply { request: "Hello", reply: other.name() });
+                return Err(Error::UnexpectedReply {
+                    request: "Hello",
+                    reply: other.name(),
+                });
             }
             Err(e) => {
                 conn.close();
@@ -91,7 +104,10 @@ impl Connection {
         };
         if welcome.version != VERSION {
             conn.close();
-            return Err(Error::VersionMismatch { server: welcome.version, client: VERSION });
+            return Err(Error::VersionMismatch {
+                server: welcome.version,
+                client: VERSION,
+            });
         }
         let heartbeat = Duration::from_secs(welcome.heartbeat_secs.into());
         let _ = conn.welcome.set(welcome);
@@ -150,7 +166,9 @@ impl Connection {
         {
             let mut shared = self.shared.lock();
             if shared.closed {
-                return Err(Error::Disconnected { reason: shared.reason });
+                return Err(Error::Disconnected {
+                    reason: shared.reason,
+                });
             }
             shared.pending.insert(id, tx);
         }
@@ -162,16 +180,23 @@ impl Connection {
             Ok(reply) => reply,
             Err(RecvTimeoutError::Timeout) => {
                 self.shared.lock().pending.remove(&id);
-                Err(Error::Timeout { request, after: timeout })
+                Err(Error::Timeout {
+                    request,
+                    after: timeout,
+                })
             }
-            Err(RecvTimeoutError::Disconnected) => Err(Error::Disconnected { reason: self.close_reason() }),
+            Err(RecvTimeoutError::Disconnected) => Err(Error::Disconnected {
+                reason: self.close_reason(),
+            }),
         }
     }
 
     /// Sends a frame that gets no reply (`TYPING`, `PING`).
     pub(crate) fn send_only(&self, frame: Frame) -> Result<()> {
         if self.is_closed() {
-            return Err(Error::Disconnected { reason: self.close_reason() });
+            return Err(Error::Disconnected {
+                reason: self.close_reason(),
+            });
         }
         let id = self.next_request_id();
         self.write(id, &frame)
@@ -215,18 +240,20 @@ impl Connection {
             shared.heartbeat_stop = Some(stop_tx);
         }
         let conn: Weak<Connection> = Arc::downgrade(self);
-        let spawned = thread::Builder::new().name("courier-heartbeat".into()).spawn(move || {
-            let mut nonce = 0u64;
-            // Ends when the sender is dropped: on close.
-            while let Err(RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
-                let Some(conn) = conn.upgrade() else { return };
-                nonce += 1;
-                // PONG is answered with this id, which no request waits on: the reader drops it.
-                if conn.send_only(Ping { nonce }.into()).is_err() {
-                    return;
+        let spawned = thread::Builder::new()
+            .name("courier-heartbeat".into())
+            .spawn(move || {
+                let mut nonce = 0u64;
+                // Ends when the sender is dropped: on close.
+                while let Err(RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
+                    let Some(conn) = conn.upgrade() else { return };
+                    nonce += 1;
+                    // PONG is answered with this id, which no request waits on: the reader drops it.
+                    if conn.send_only(Ping { nonce }.into()).is_err() {
+                        return;
+                    }
                 }
-            }
-        });
+            });
         if spawned.is_err() {
             // Without a heartbeat the server will time us out; better to say so now.
             self.close();
@@ -292,7 +319,10 @@ fn read_loop(conn: Arc<Connection>, mut stream: TcpStream, decoder: Decoder, sin
 }
 
 fn connect(addr: &str, timeout: Duration) -> Result<TcpStream> {
-    let addrs: Vec<_> = addr.to_socket_addrs().map_err(|e| Error::unreachable(addr, e))?.collect();
+    let addrs: Vec<_> = addr
+        .to_socket_addrs()
+        .map_err(|e| Error::unreachable(addr, e))?
+        .collect();
     let mut last = std::io::Error::new(ErrorKind::NotFound, "the address resolved to nothing");
     for sock in addrs {
         match TcpStream::connect_timeout(&sock, timeout) {

@@ -48,7 +48,9 @@ impl Dedupe {
 
     /// Whether the message was seen.
     pub fn contains(&self, thread: u64, id: u64) -> bool {
-        self.threads.get(&thread).is_some_and(|s| id <= s.floor || s.recent.contains(&id))
+        self.threads
+            .get(&thread)
+            .is_some_and(|s| id <= s.floor || s.recent.contains(&id))
     }
 
     /// Counts every id up to `id` in `thread` as seen.

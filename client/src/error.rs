@@ -105,7 +105,10 @@ impl Error {
     pub fn is_connection_error(&self) -> bool {
         matches!(
             self,
-            Error::Io(_) | Error::Disconnected { .. } | Error::Timeout { .. } | Error::Unreachable { .. }
+            Error::Io(_)
+                | Error::Disconnected { .. }
+                | Error::Timeout { .. }
+                | Error::Unreachable { .. }
         )
     }
 
@@ -117,10 +120,12 @@ impl Error {
     }
 
     pub(crate) fn unreachable(addr: impl ToString, source: std::io::Error) -> Error {
-        Error::Unreachable { addr: addr.to_string(), source }
+        Error::Unreachable {
+            addr: addr.to_string(),
+            source,
+        }
     }
 }
 
 /// The result type of every client call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use courier_protocol::{ErrorCode, Message, Presence, ReceiptKind, Thread};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 
 /// One item of the event stream ([`Client::events`](crate::Client::events)).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,8 +76,5 @@ impl Iterator for Events<'_> {
 }
 
 pub(crate) fn recv_timeout(rx: &Receiver<Event>, timeout: Duration) -> Option<Event> {
-    match rx.recv_timeout(timeout) {
-        Ok(event) => Some(event),
-        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-    }
+    rx.recv_timeout(timeout).ok()
 }

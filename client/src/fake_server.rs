@@ -57,8 +57,15 @@ impl FakeServer {
     pub fn with_heartbeat(heartbeat_secs: u16) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(State { next_id: 1000, ..State::default() }));
-        let server = FakeServer { addr, state, heartbeat_secs };
+        let state = Arc::new(Mutex::new(State {
+            next_id: 1000,
+            ..State::default()
+        }));
+        let server = FakeServer {
+            addr,
+            state,
+            heartbeat_secs,
+        };
         let accepting = server.clone();
         thread::spawn(move || {
             for stream in listener.incoming() {
@@ -77,8 +84,17 @@ impl FakeServer {
     /// Stores a message from `sender` and pushes it to every authenticated connection.
     pub fn inject(&self, thread: u64, sender: u64, text: &str) -> Message {
         let mut st = self.state.lock();
-        let message = store(&mut st, thread, sender, 0, MessageKind::Text, Bytes::copy_from_slice(text.as_bytes()));
-        let frame = Frame::MessagePush(MessagePush { message: message.clone() });
+        let message = store(
+            &mut st,
+            thread,
+            sender,
+            0,
+            MessageKind::Text,
+            Bytes::copy_from_slice(text.as_bytes()),
+        );
+        let frame = Frame::MessagePush(MessagePush {
+            message: message.clone(),
+        });
         for (_, conn) in &mut st.conns {
             let _ = write_frame(conn, 0, &frame);
         }
@@ -88,7 +104,14 @@ impl FakeServer {
     /// Stores a message without pushing it (it was sent while the client was away).
     pub fn store_only(&self, thread: u64, sender: u64, text: &str) -> Message {
         let mut st = self.state.lock();
-        store(&mut st, thread, sender, 0, MessageKind::Text, Bytes::copy_from_slice(text.as_bytes()))
+        store(
+            &mut st,
+            thread,
+            sender,
+            0,
+            MessageKind::Text,
+            Bytes::copy_from_slice(text.as_bytes()),
+        )
     }
 
     /// Pushes any frame to every connection.
@@ -141,14 +164,23 @@ impl FakeServer {
     }
 
     /// Answers one request; false to close the connection.
-    fn handle(&self, conn_id: u64, stream: &mut TcpStream, user: &mut Option<u64>, env: Envelope) -> bool {
+    fn handle(
+        &self,
+        conn_id: u64,
+        stream: &mut TcpStream,
+        user: &mut Option<u64>,
+        env: Envelope,
+    ) -> bool {
         let rid = env.request_id;
         let mut st = self.state.lock();
         let reply: Frame = match env.frame {
-            Frame::Hello(_) => {
-                Welcome { version: VERSION, max_frame: 65536, heartbeat_secs: self.heartbeat_secs, node: "fake".into() }
-                    .into()
+            Frame::Hello(_) => Welcome {
+                version: VERSION,
+                max_frame: 65536,
+                heartbeat_secs: self.heartbeat_secs,
+                node: "fake".into(),
             }
+            .into(),
             Frame::Ping(p) => {
                 st.pings += 1;
                 Pong { nonce: p.nonce }.into()
@@ -167,7 +199,9 @@ impl FakeServer {
                     return redirect(stream, &to);
                 }
                 match st.users.get(&l.handle).cloned() {
-                    Some((id, pw)) if pw == l.password => auth(&mut st, conn_id, stream, user, id, &l.handle),
+                    Some((id, pw)) if pw == l.password => {
+                        auth(&mut st, conn_id, stream, user, id, &l.handle)
+                    }
                     _ => error(ErrorCode::BadCredentials),
                 }
             }
@@ -187,8 +221,9 @@ impl FakeServer {
             }
             Frame::Send(s) => {
                 let me = user.unwrap();
-                let existing =
-                    st.messages.iter().find(|m| m.thread == s.thread && m.sender == me && m.client_msg_id == s.client_msg_id);
+                let existing = st.messages.iter().find(|m| {
+                    m.thread == s.thread && m.sender == me && m.client_msg_id == s.client_msg_id
+                });
                 let message = match existing {
                     Some(m) => m.clone(),
                     None => store(&mut st, s.thread, me, s.client_msg_id, s.kind, s.body),
@@ -196,7 +231,12 @@ impl FakeServer {
                 if std::mem::take(&mut st.behaviour.drop_on_next_send) {
                     return false;
                 }
-                Sent { thread: message.thread, message: message.id, client_msg_id: message.client_msg_id }.into()
+                Sent {
+                    thread: message.thread,
+                    message: message.id,
+                    client_msg_id: message.client_msg_id,
+                }
+                .into()
             }
             Frame::Sync(s) => {
                 let page = st.behaviour.sync_page.unwrap_or(s.limit as usize).max(1);
@@ -210,26 +250,70 @@ impl FakeServer {
                 pending.sort_by_key(|m| (m.thread, m.id));
                 let more = pending.len() > page;
                 pending.truncate(page);
-                let (next_thread, next_message) = pending.last().map_or((0, 0), |m| (m.thread, m.id));
+                let (next_thread, next_message) =
+                    pending.last().map_or((0, 0), |m| (m.thread, m.id));
                 let watermark = st.messages.iter().map(|m| m.id).max().unwrap_or(0);
                 let mut threads: Vec<u64> = pending.iter().map(|m| m.thread).collect();
                 threads.dedup();
-                let threads = threads.into_iter().map(|id| Thread { id, ..Thread::default() }).collect();
-                SyncBatch { threads, messages: pending, more, next_thread, next_message, watermark }.into()
+                let threads = threads
+                    .into_iter()
+                    .map(|id| Thread {
+                        id,
+                        ..Thread::default()
+                    })
+                    .collect();
+                SyncBatch {
+                    threads,
+                    messages: pending,
+                    more,
+                    next_thread,
+                    next_message,
+                    watermark,
+                }
+                .into()
             }
             Frame::History(h) => {
-                let mut messages: Vec<Message> = st.messages.iter().filter(|m| m.thread == h.thread).cloned().collect();
+                let mut messages: Vec<Message> = st
+                    .messages
+                    .iter()
+                    .filter(|m| m.thread == h.thread)
+                    .cloned()
+                    .collect();
                 messages.reverse();
                 messages.truncate(h.limit as usize);
-                Messages { thread: h.thread, messages, more: false }.into()
+                Messages {
+                    thread: h.thread,
+                    messages,
+                    more: false,
+                }
+                .into()
             }
             Frame::OpenDirect(o) => {
                 let me = user.unwrap();
-                let members = [me, o.peer].map(|u| Member { user: u, ..Member::default() }).to_vec();
-                ThreadInfo { thread: Thread { id: 1, kind: ThreadKind::Direct, members, ..Thread::default() } }.into()
+                let members = [me, o.peer]
+                    .map(|u| Member {
+                        user: u,
+                        ..Member::default()
+                    })
+                    .to_vec();
+                ThreadInfo {
+                    thread: Thread {
+                        id: 1,
+                        kind: ThreadKind::Direct,
+                        members,
+                        ..Thread::default()
+                    },
+                }
+                .into()
             }
             Frame::LookupUser(l) => match st.users.get(&l.handle) {
-                Some((id, _)) => User { user: UserInfo { id: *id, handle: l.handle } }.into(),
+                Some((id, _)) => User {
+                    user: UserInfo {
+                        id: *id,
+                        handle: l.handle,
+                    },
+                }
+                .into(),
                 None => error(ErrorCode::UnknownUser),
             },
             Frame::ContactList(_) if st.behaviour.ignore_contact_list => return true,
@@ -243,29 +327,69 @@ impl FakeServer {
     }
 }
 
-fn auth(st: &mut State, conn_id: u64, stream: &TcpStream, user: &mut Option<u64>, id: u64, handle: &str) -> Frame {
+fn auth(
+    st: &mut State,
+    conn_id: u64,
+    stream: &TcpStream,
+    user: &mut Option<u64>,
+    id: u64,
+    handle: &str,
+) -> Frame {
     let token = format!("token-{id}").into_bytes();
     st.tokens.insert(token.clone(), (id, handle.to_string()));
     *user = Some(id);
     st.conns.push((conn_id, stream.try_clone().unwrap()));
-    AuthOk { user: id, device: 1, token: token.into(), handle: handle.into() }.into()
+    AuthOk {
+        user: id,
+        device: 1,
+        token: token.into(),
+        handle: handle.into(),
+    }
+    .into()
 }
 
 fn redirect(stream: &mut TcpStream, to: &str) -> bool {
-    let _ = write_frame(stream, 0, &Redirect { node: "other".into(), addr: to.into() }.into());
+    let _ = write_frame(
+        stream,
+        0,
+        &Redirect {
+            node: "other".into(),
+            addr: to.into(),
+        }
+        .into(),
+    );
     thread::sleep(Duration::from_millis(20));
     false
 }
 
-fn store(st: &mut State, thread: u64, sender: u64, client_msg_id: u64, kind: MessageKind, body: Bytes) -> Message {
+fn store(
+    st: &mut State,
+    thread: u64,
+    sender: u64,
+    client_msg_id: u64,
+    kind: MessageKind,
+    body: Bytes,
+) -> Message {
     st.next_id += 1;
-    let message = Message { thread, id: st.next_id, sender, client_msg_id, kind, recalled: false, body };
+    let message = Message {
+        thread,
+        id: st.next_id,
+        sender,
+        client_msg_id,
+        kind,
+        recalled: false,
+        body,
+    };
     st.messages.push(message.clone());
     message
 }
 
 fn error(code: ErrorCode) -> Frame {
-    ErrorReply { code: code as u16, message: code.name().to_lowercase() }.into()
+    ErrorReply {
+        code: code as u16,
+        message: code.name().to_lowercase(),
+    }
+    .into()
 }
 
 fn write_frame(stream: &mut TcpStream, rid: u32, frame: &Frame) -> std::io::Result<()> {

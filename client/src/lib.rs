@@ -45,7 +45,10 @@ pub use ticks::{apply_receipt, tick, Tick};
 
 /// The wire protocol this client speaks, re-exported so users need not depend on it.
 pub use courier_protocol as protocol;
-pub use courier_protocol::{ErrorCode, Message, MessageKind, ReceiptKind, Thread};
+pub use courier_protocol::{
+    AuthOk, Direction, ErrorCode, Message, MessageKind, Presence, ReceiptKind, Sent, Thread,
+    ThreadSummary, UserInfo,
+};
 
 #[cfg(test)]
 mod client_tests;

@@ -22,12 +22,26 @@ pub struct SyncResult {
 }
 
 /// Asks for pages until the server says there are no more.
-pub(crate) fn sync_pages(conn: &Connection, since: u64, limit: u16, timeout: Duration) -> Result<SyncResult> {
+pub(crate) fn sync_pages(
+    conn: &Connection,
+    since: u64,
+    limit: u16,
+    timeout: Duration,
+) -> Result<SyncResult> {
     let mut out = SyncResult::default();
     let (mut after_thread, mut after_message) = (0, 0);
     loop {
-        let request = Sync { since, after_thread, after_message, limit };
-        let batch = expect_reply!(conn.request(Frame::Sync(request), timeout), "Sync", SyncBatch)?;
+        let request = Sync {
+            since,
+            after_thread,
+            after_message,
+            limit,
+        };
+        let batch = expect_reply!(
+            conn.request(Frame::Sync(request), timeout),
+            "Sync",
+            SyncBatch
+        )?;
         out.threads.extend(batch.threads);
         out.messages.extend(batch.messages);
         if !batch.more {
@@ -52,7 +66,12 @@ impl Client {
     pub fn sync_since(&self, since: u64) -> Result<SyncResult> {
         let inner = self.inner();
         let conn = inner.current()?;
-        let result = sync_pages(&conn, since, inner.config.sync_page, inner.config.request_timeout)?;
+        let result = sync_pages(
+            &conn,
+            since,
+            inner.config.sync_page,
+            inner.config.request_timeout,
+        )?;
         let mut state = inner.state.lock();
         record_sync(&mut state, &result, false, &mut Vec::new());
         Ok(result)

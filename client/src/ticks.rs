@@ -39,7 +39,9 @@ pub fn tick(members: &[Member], me: u64, message: u64) -> Tick {
 /// Applies a `RECEIPT_PUSH` to the members' cursors; cursors only move forward and read
 /// implies delivered. Returns whether anything moved.
 pub fn apply_receipt(members: &mut [Member], user: u64, kind: ReceiptKind, up_to: u64) -> bool {
-    let Some(m) = members.iter_mut().find(|m| m.user == user) else { return false };
+    let Some(m) = members.iter_mut().find(|m| m.user == user) else {
+        return false;
+    };
     let before = (m.delivered, m.read);
     if kind == ReceiptKind::Read {
         m.read = m.read.max(up_to);
@@ -53,7 +55,12 @@ mod tests {
     use super::*;
 
     fn member(user: u64, delivered: u64, read: u64) -> Member {
-        Member { user, delivered, read, ..Member::default() }
+        Member {
+            user,
+            delivered,
+            read,
+            ..Member::default()
+        }
     }
 
     #[test]
@@ -64,7 +71,10 @@ mod tests {
         assert_eq!(tick(&members, 1, 100), Tick::Delivered);
         assert!(apply_receipt(&mut members, 2, ReceiptKind::Read, 150));
         assert_eq!(tick(&members, 1, 100), Tick::Read);
-        assert!(!apply_receipt(&mut members, 2, ReceiptKind::Delivered, 120), "stale cursor");
+        assert!(
+            !apply_receipt(&mut members, 2, ReceiptKind::Delivered, 120),
+            "stale cursor"
+        );
     }
 
     #[test]

@@ -21,10 +21,12 @@ impl Client {
         self.begin_end();
         let result = match self.call(frame)? {
             Frame::Done(_) => Ok(()),
-            other => Err(crate::Error::UnexpectedReply { request, reply: other.name() }),
+            other => Err(crate::Error::UnexpectedReply {
+                request,
+                reply: other.name(),
+            }),
         };
         self.close();
         result
     }
 }
-

@@ -1,7 +1,8 @@
 //! Contacts, user lookup and presence.
 
 use courier_protocol::{
-    ContactAdd, ContactList, ContactRemove, LookupUser, Presence, PresenceQuery, PresenceSubscribe, UserInfo,
+    ContactAdd, ContactList, ContactRemove, LookupUser, Presence, PresenceQuery, PresenceSubscribe,
+    UserInfo,
 };
 
 use crate::client::expect_reply;
@@ -25,17 +26,38 @@ impl Client {
 
     /// Finds a user by handle (`UNKNOWN_USER` if there is none).
     pub fn lookup_user(&self, handle: &str) -> Result<UserInfo> {
-        Ok(expect_reply!(self.call(LookupUser { handle: handle.into() }), "LookupUser", User)?.user)
+        Ok(expect_reply!(
+            self.call(LookupUser {
+                handle: handle.into()
+            }),
+            "LookupUser",
+            User
+        )?
+        .user)
     }
 
     /// Asks for presence pushes ([`Event::Presence`](crate::Event::Presence)) of these
     /// contacts for the life of the connection. Re-subscribe after a reconnect.
     pub fn presence_subscribe(&self, users: &[u64]) -> Result<()> {
-        expect_reply!(self.call(PresenceSubscribe { users: users.to_vec() }), "PresenceSubscribe", Done).map(drop)
+        expect_reply!(
+            self.call(PresenceSubscribe {
+                users: users.to_vec()
+            }),
+            "PresenceSubscribe",
+            Done
+        )
+        .map(drop)
     }
 
     /// Online state and last-seen time of these contacts.
     pub fn presence_query(&self, users: &[u64]) -> Result<Vec<Presence>> {
-        Ok(expect_reply!(self.call(PresenceQuery { users: users.to_vec() }), "PresenceQuery", PresenceList)?.entries)
+        Ok(expect_reply!(
+            self.call(PresenceQuery {
+                users: users.to_vec()
+            }),
+            "PresenceQuery",
+            PresenceList
+        )?
+        .entries)
     }
 }

@@ -1,7 +1,9 @@
 //! Media upload in chunks and download in ranges.
 
 use bytes::Bytes;
-use courier_protocol::{MediaBegin, MediaChunk, MediaCommit, MediaData, MediaGet, MediaRef, MediaUpload};
+use courier_protocol::{
+    MediaBegin, MediaChunk, MediaCommit, MediaData, MediaGet, MediaRef, MediaUpload,
+};
 
 use crate::client::expect_reply;
 use crate::{Client, Result};
@@ -12,12 +14,28 @@ const FRAME_OVERHEAD: u32 = 128;
 impl Client {
     /// Starts an upload of `total_len` bytes.
     pub fn media_begin(&self, total_len: u64, mime: &str) -> Result<MediaUpload> {
-        expect_reply!(self.call(MediaBegin { total_len, mime: mime.into() }), "MediaBegin", MediaUpload)
+        expect_reply!(
+            self.call(MediaBegin {
+                total_len,
+                mime: mime.into()
+            }),
+            "MediaBegin",
+            MediaUpload
+        )
     }
 
     /// Sends one chunk; `offset` must be the number of bytes sent so far.
     pub fn media_chunk(&self, upload: u64, offset: u64, data: impl Into<Bytes>) -> Result<()> {
-        expect_reply!(self.call(MediaChunk { upload, offset, data: data.into() }), "MediaChunk", Done).map(drop)
+        expect_reply!(
+            self.call(MediaChunk {
+                upload,
+                offset,
+                data: data.into()
+            }),
+            "MediaChunk",
+            Done
+        )
+        .map(drop)
     }
 
     /// Finishes an upload; the returned media id goes into a `Media`-kind message.
@@ -27,7 +45,11 @@ impl Client {
 
     /// Reads up to `max_len` bytes of a media object from `offset`.
     pub fn media_get(&self, media: &[u8], offset: u64, max_len: u32) -> Result<MediaData> {
-        let request = MediaGet { media: Bytes::copy_from_slice(media), offset, max_len };
+        let request = MediaGet {
+            media: Bytes::copy_from_slice(media),
+            offset,
+            max_len,
+        };
         expect_reply!(self.call(request), "MediaGet", MediaData)
     }
 

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_protocol::{
-    DeleteForMe, Direction, History, MessageKind, Messages, Readers, ReadersList, Receipt, ReceiptKind, Recall, Send,
-    Sent, Typing,
+    DeleteForMe, Direction, History, MessageKind, Messages, Readers, ReadersList, Recall, Receipt,
+    ReceiptKind, Send, Sent, Typing,
 };
 
 use crate::client::expect_reply;
@@ -29,20 +29,41 @@ impl Client {
 
     /// Sends a text message.
     pub fn send_text(&self, thread: u64, text: &str) -> Result<Sent> {
-        self.send(thread, MessageKind::Text, Bytes::copy_from_slice(text.as_bytes()))
+        self.send(
+            thread,
+            MessageKind::Text,
+            Bytes::copy_from_slice(text.as_bytes()),
+        )
     }
 
     /// Sends with a caller-chosen `client_msg_id`. Sending the same id again in the same
     /// thread returns the original `SENT` and stores nothing.
-    pub fn send_with_id(&self, thread: u64, client_msg_id: u64, kind: MessageKind, body: impl Into<Bytes>) -> Result<Sent> {
-        let request = Send { thread, client_msg_id, kind, body: body.into() };
+    pub fn send_with_id(
+        &self,
+        thread: u64,
+        client_msg_id: u64,
+        kind: MessageKind,
+        body: impl Into<Bytes>,
+    ) -> Result<Sent> {
+        let request = Send {
+            thread,
+            client_msg_id,
+            kind,
+            body: body.into(),
+        };
         expect_reply!(self.call(request), "Send", Sent)
     }
 
     /// Sends, and when the connection fails before `SENT` arrives, waits for the reconnect and
     /// retries with the same `client_msg_id` until `give_up_after` has passed. The server
     /// deduplicates, so the message is stored once however many attempts reached it.
-    pub fn send_with_retry(&self, thread: u64, kind: MessageKind, body: impl Into<Bytes>, give_up_after: Duration) -> Result<Sent> {
+    pub fn send_with_retry(
+        &self,
+        thread: u64,
+        kind: MessageKind,
+        body: impl Into<Bytes>,
+        give_up_after: Duration,
+    ) -> Result<Sent> {
         let deadline = Instant::now() + give_up_after;
         let client_msg_id = new_client_msg_id();
         let body = body.into();
@@ -63,13 +84,37 @@ impl Client {
 
     /// Messages older (`Backward`, newest first) or newer (`Forward`, oldest first) than
     /// `anchor`; anchor 0 means from the newest (backward) or the oldest (forward).
-    pub fn history(&self, thread: u64, anchor: u64, direction: Direction, limit: u16) -> Result<Messages> {
-        expect_reply!(self.call(History { thread, anchor, direction, limit }), "History", Messages)
+    pub fn history(
+        &self,
+        thread: u64,
+        anchor: u64,
+        direction: Direction,
+        limit: u16,
+    ) -> Result<Messages> {
+        expect_reply!(
+            self.call(History {
+                thread,
+                anchor,
+                direction,
+                limit
+            }),
+            "History",
+            Messages
+        )
     }
 
     /// Moves the caller's delivered or read cursor in a thread up to `up_to` (cumulative).
     pub fn receipt(&self, thread: u64, kind: ReceiptKind, up_to: u64) -> Result<()> {
-        expect_reply!(self.call(Receipt { thread, kind, up_to }), "Receipt", Done).map(drop)
+        expect_reply!(
+            self.call(Receipt {
+                thread,
+                kind,
+                up_to
+            }),
+            "Receipt",
+            Done
+        )
+        .map(drop)
     }
 
     /// Recalls one of the caller's messages (within the recall window).
@@ -79,12 +124,21 @@ impl Client {
 
     /// Hides a message from the caller's own history on all their devices.
     pub fn delete_for_me(&self, thread: u64, message: u64) -> Result<()> {
-        expect_reply!(self.call(DeleteForMe { thread, message }), "DeleteForMe", Done).map(drop)
+        expect_reply!(
+            self.call(DeleteForMe { thread, message }),
+            "DeleteForMe",
+            Done
+        )
+        .map(drop)
     }
 
     /// Which members have received and read a message.
     pub fn readers(&self, thread: u64, message: u64) -> Result<ReadersList> {
-        expect_reply!(self.call(Readers { thread, message }), "Readers", ReadersList)
+        expect_reply!(
+            self.call(Readers { thread, message }),
+            "Readers",
+            ReadersList
+        )
     }
 
     /// Tells the other members the caller is (or stopped) typing. Never answered.
@@ -92,4 +146,3 @@ impl Client {
         self.send_frame(Typing { thread, active })
     }
 }
-

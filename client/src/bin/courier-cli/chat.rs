@@ -1,0 +1,477 @@
+//! The interactive chat: a line-oriented terminal UI.
+//!
+//! The main thread reads commands and messages from stdin; an event thread prints what the
+//! server pushes. Both share [`Ui`] behind a mutex. Incoming messages are acknowledged with a
+//! DELIVERED receipt, and with READ when they show up in the open thread.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_client::protocol::{Direction, ThreadKind};
+use courier_client::{
+    apply_receipt, tick, Client, ClientConfig, ErrorCode, Event, Message, MessageKind, ReceiptKind,
+    Thread, Tick,
+};
+use parking_lot::Mutex;
+
+use crate::config::CliConfig;
+use crate::error::CliError;
+use crate::oneshot::{lookup, DEVICE};
+use crate::output::{body_text, clock, presence_text, summary_name, thread_name};
+use crate::{prompt, server_addr, Cli, CliResult};
+
+const BLUE: &str = "\x1b[34m";
+const DIM: &str = "\x1b[2m";
+const BOLD: &str = "\x1b[1m";
+const RESET: &str = "\x1b[0m";
+
+/// How long a typed message may wait for a reconnect before it is reported as not sent.
+const SEND_PATIENCE: Duration = Duration::from_secs(30);
+
+const HELP: &str = "\
+commands:
+  /threads              list threads with unread counts
+  /open HANDLE          open the direct thread with a user
+  /open #THREAD         open a thread by id
+  /group NAME a,b,...   create a group and open it
+  /add HANDLE           add a member to the open group
+  /recall               recall your last message in the open thread
+  /help                 this help
+  /quit                 leave
+anything else is sent to the open thread";
+
+/// The thread on screen.
+struct Open {
+    thread: Thread,
+    /// Your own messages shown in this thread: id → (text, tick last printed).
+    own: BTreeMap<u64, (String, Tick)>,
+    /// For a direct thread, the other member.
+    peer: Option<u64>,
+}
+
+struct Ui {
+    me: u64,
+    cfg: CliConfig,
+    open: Option<Open>,
+}
+
+/// Runs the interactive chat until `/quit` or end of input.
+pub fn run(cli: &Cli) -> CliResult {
+    let mut cfg = CliConfig::load()?;
+    let server = server_addr(cli, &cfg);
+    let client = Client::connect(&server, ClientConfig::reconnecting().with_device(DEVICE))?;
+    if let Some(w) = cfg.watermark.filter(|_| cfg.token_for(&server).is_some()) {
+        // Messages missed since the last run come out of the event stream.
+        client.set_watermark(w);
+    }
+    let auth = authenticate(&client, &server, &mut cfg)?;
+    cfg.remember_auth(&client.server_addr(), &auth);
+    cfg.watermark = client.watermark().or(cfg.watermark);
+    if let Ok(users) = client.contacts() {
+        for u in users {
+            cfg.learn(u.id, &u.handle);
+        }
+    }
+    cfg.save()?;
+    println!(
+        "{BOLD}logged in as {} on {}{RESET} — /help for commands",
+        auth.handle,
+        client.server_addr()
+    );
+
+    let client = Arc::new(client);
+    let ui = Arc::new(Mutex::new(Ui {
+        me: auth.user,
+        cfg,
+        open: None,
+    }));
+    list_threads(&client, &ui);
+    {
+        let (client, ui) = (Arc::clone(&client), Arc::clone(&ui));
+        std::thread::spawn(move || event_loop(&client, &ui));
+    }
+
+    while let Some(line) = prompt::line("")? {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line == "/quit" || line == "/exit" {
+            break;
+        }
+        if let Err(e) = command(&client, &ui, line) {
+            println!("{DIM}! {e}{RESET}");
+        }
+    }
+    let mut ui = ui.lock();
+    ui.cfg.watermark = client.watermark().or(ui.cfg.watermark);
+    ui.cfg.save()?;
+    client.close();
+    Ok(())
+}
+
+/// Resumes the saved session, or asks whether to log in or register.
+fn authenticate(
+    client: &Client,
+    server: &str,
+    cfg: &mut CliConfig,
+) -> CliResult<courier_client::AuthOk> {
+    if let Some(token) = cfg.token_for(server) {
+        match client.resume(&token) {
+            Ok(auth) => return Ok(auth),
+            Err(e) if e.code() == Some(ErrorCode::InvalidToken) => {
+                println!("your saved session has expired; please log in again");
+                cfg.forget_auth();
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    loop {
+        let answer = ask("no saved session on this server. (l)ogin or (r)egister? ")?;
+        let register = match answer.trim() {
+            "l" | "login" => false,
+            "r" | "register" => true,
+            _ => continue,
+        };
+        let handle = ask("handle: ")?.trim().to_string();
+        let password = prompt::password("password: ")?
+            .ok_or_else(|| CliError::Usage("no password given".into()))?;
+        let result = if register {
+            client.register(&handle, &password)
+        } else {
+            client.login(&handle, &password)
+        };
+        match result {
+            Ok(auth) => return Ok(auth),
+            Err(e) if e.code().is_some_and(|c| !c.closes_connection()) => {
+                println!("{}", CliError::for_account(e, &handle));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn ask(question: &str) -> CliResult<String> {
+    prompt::line(question)?.ok_or_else(|| CliError::Usage("input ended".into()))
+}
+
+fn command(client: &Client, ui: &Mutex<Ui>, line: &str) -> CliResult {
+    let (cmd, rest) = line
+        .split_once(' ')
+        .map_or((line, ""), |(c, r)| (c, r.trim()));
+    match cmd {
+        "/help" => println!("{HELP}"),
+        "/threads" => list_threads(client, ui),
+        "/open" if rest.starts_with('#') => {
+            let id = rest[1..]
+                .parse()
+                .map_err(|_| CliError::Usage(format!("not a thread id: {rest}")))?;
+            let thread = client.get_thread(id)?;
+            open(client, ui, thread)?;
+        }
+        "/open" if !rest.is_empty() => {
+            let user = lookup(client, &mut ui.lock().cfg, rest)?;
+            let thread = client.open_direct(user.id)?;
+            open(client, ui, thread)?;
+        }
+        "/group" => {
+            let (name, members) = rest
+                .split_once(' ')
+                .ok_or_else(|| CliError::Usage("usage: /group NAME a,b".into()))?;
+            let mut ids = Vec::new();
+            for handle in members.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+                ids.push(lookup(client, &mut ui.lock().cfg, handle)?.id);
+            }
+            let thread = client.create_group(name, &ids)?;
+            println!("{DIM}created group \"{name}\" (#{}){RESET}", thread.id);
+            open(client, ui, thread)?;
+        }
+        "/add" if !rest.is_empty() => {
+            let thread = open_thread(ui)?;
+            let user = lookup(client, &mut ui.lock().cfg, rest)?;
+            client.add_members(thread, &[user.id])?;
+            println!("{DIM}added {rest}{RESET}");
+        }
+        "/recall" => {
+            let thread = open_thread(ui)?;
+            let last = ui
+                .lock()
+                .open
+                .as_ref()
+                .and_then(|o| o.own.keys().next_back().copied());
+            let message =
+                last.ok_or_else(|| CliError::Usage("you have sent nothing here".into()))?;
+            client.recall(thread, message)?;
+            if let Some(o) = ui.lock().open.as_mut() {
+                o.own.remove(&message);
+            }
+            println!("{DIM}recalled your last message{RESET}");
+        }
+        c if c.starts_with('/') => {
+            return Err(CliError::Usage(format!(
+                "unknown command {c}; /help lists them"
+            )))
+        }
+        _ => {
+            let thread = open_thread(ui)?;
+            let sent = client.send_with_retry(
+                thread,
+                MessageKind::Text,
+                line.as_bytes().to_vec(),
+                SEND_PATIENCE,
+            )?;
+            let mut ui = ui.lock();
+            let me = ui.me;
+            if let Some(o) = ui.open.as_mut().filter(|o| o.thread.id == thread) {
+                let t = tick(&o.thread.members, me, sent.message);
+                o.own.insert(sent.message, (line.to_string(), t));
+                println!(
+                    "[{}] {BOLD}you{RESET}: {line} {}",
+                    clock(sent.message),
+                    tick_text(t)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open_thread(ui: &Mutex<Ui>) -> CliResult<u64> {
+    ui.lock()
+        .open
+        .as_ref()
+        .map(|o| o.thread.id)
+        .ok_or_else(|| CliError::Usage("open a thread first: /open HANDLE".into()))
+}
+
+fn list_threads(client: &Client, ui: &Mutex<Ui>) {
+    match client.list_all_threads() {
+        Ok(threads) if threads.is_empty() => {
+            println!("{DIM}no threads yet: /open HANDLE to start one{RESET}")
+        }
+        Ok(threads) => {
+            let ui = ui.lock();
+            for t in threads {
+                let unread = if t.unread > 0 {
+                    format!(" {BOLD}({} unread){RESET}", t.unread)
+                } else {
+                    String::new()
+                };
+                println!("  #{:<6} {}{unread}", t.id, summary_name(&t, &ui.cfg));
+            }
+        }
+        Err(e) => println!("{DIM}! cannot list threads: {e}{RESET}"),
+    }
+}
+
+/// Shows the thread: presence of the peer, the latest messages with ticks; marks them read.
+fn open(client: &Client, ui: &Mutex<Ui>, thread: Thread) -> CliResult {
+    let me = ui.lock().me;
+    let peer = (thread.kind == ThreadKind::Direct)
+        .then(|| thread.members.iter().find(|m| m.user != me).map(|m| m.user))
+        .flatten();
+    let mut page = client.history(thread.id, 0, Direction::Backward, 20)?;
+    page.messages.reverse();
+    let mut own = BTreeMap::new();
+    {
+        let ui = ui.lock();
+        println!(
+            "{BOLD}── {} (#{}) ──{RESET}",
+            thread_name(&thread, me, &ui.cfg),
+            thread.id
+        );
+        for m in &page.messages {
+            let text = body_text(m, &ui.cfg);
+            if m.sender == me && m.kind != MessageKind::System {
+                let t = tick(&thread.members, me, m.id);
+                if !m.recalled {
+                    own.insert(m.id, (text.clone(), t));
+                }
+                println!(
+                    "[{}] {BOLD}you{RESET}: {text} {}",
+                    clock(m.id),
+                    tick_text(t)
+                );
+            } else {
+                print_incoming(m, &ui.cfg);
+            }
+        }
+    }
+    if let Some(last) = page.messages.last() {
+        let _ = client.receipt(thread.id, ReceiptKind::Read, last.id);
+    }
+    if let Some(peer) = peer {
+        show_presence(client, ui, peer);
+    }
+    ui.lock().open = Some(Open { thread, own, peer });
+    Ok(())
+}
+
+/// Prints the peer's presence and subscribes to changes; adds them as a contact if needed,
+/// since presence is only shared between contacts.
+fn show_presence(client: &Client, ui: &Mutex<Ui>, peer: u64) {
+    let mut entries = client.presence_query(&[peer]);
+    if entries.as_ref().err().and_then(|e| e.code()) == Some(ErrorCode::NotContact)
+        && client.contact_add(peer).is_ok()
+    {
+        entries = client.presence_query(&[peer]);
+    }
+    let _ = client.presence_subscribe(&[peer]);
+    if let Ok(entries) = entries {
+        let ui = ui.lock();
+        for p in entries.iter().filter(|p| p.user == peer) {
+            println!("{DIM}{}{RESET}", presence_text(p, &ui.cfg.name(peer)));
+        }
+    }
+}
+
+fn tick_text(t: Tick) -> String {
+    match t {
+        Tick::Read => format!("{BLUE}{}{RESET}", t.symbol()),
+        _ => t.symbol().to_string(),
+    }
+}
+
+fn print_incoming(m: &Message, cfg: &CliConfig) {
+    let text = body_text(m, cfg);
+    if m.kind == MessageKind::System {
+        println!("{DIM}[{}] {text}{RESET}", clock(m.id));
+    } else {
+        println!(
+            "[{}] {BOLD}{}{RESET}: {text}",
+            clock(m.id),
+            cfg.name(m.sender)
+        );
+    }
+}
+
+fn event_loop(client: &Client, ui: &Mutex<Ui>) {
+    for event in client.events() {
+        match event {
+            Event::Message(m) => on_message(client, ui, &m),
+            Event::Receipt {
+                thread,
+                user,
+                kind,
+                up_to,
+            } => on_receipt(ui, thread, user, kind, up_to),
+            Event::Presence(p) => {
+                let ui = ui.lock();
+                if ui.open.as_ref().and_then(|o| o.peer) == Some(p.user) {
+                    println!("{DIM}{}{RESET}", presence_text(&p, &ui.cfg.name(p.user)));
+                }
+            }
+            Event::Typing {
+                thread,
+                user,
+                active: true,
+            } => {
+                let ui = ui.lock();
+                if ui.open.as_ref().is_some_and(|o| o.thread.id == thread) && user != ui.me {
+                    println!("{DIM}… {} is typing{RESET}", ui.cfg.name(user));
+                }
+            }
+            Event::ThreadUpdated(thread) => {
+                let mut ui = ui.lock();
+                let me = ui.me;
+                if let Some(o) = ui.open.as_mut().filter(|o| o.thread.id == thread.id) {
+                    o.thread.members = thread.members;
+                    print_tick_changes(o, me);
+                }
+            }
+            Event::Disconnected { .. } => println!("{DIM}! connection lost, reconnecting…{RESET}"),
+            Event::Reconnected { addr } => {
+                println!("{DIM}reconnected to {addr}{RESET}");
+                let peer = ui.lock().open.as_ref().and_then(|o| o.peer);
+                if let Some(peer) = peer {
+                    let _ = client.presence_subscribe(&[peer]);
+                }
+            }
+            Event::Redirected { addr, .. } => println!("{DIM}moving to {addr}{RESET}"),
+            Event::SessionEnded { reason } => {
+                let why = reason.map_or("connection closed".to_string(), |c| c.to_string());
+                println!("{DIM}! session ended: {why}{RESET}");
+                let mut ui = ui.lock();
+                ui.cfg.watermark = client.watermark().or(ui.cfg.watermark);
+                if reason == Some(ErrorCode::SessionRevoked) {
+                    ui.cfg.forget_auth();
+                }
+                let _ = ui.cfg.save();
+                std::process::exit(1);
+            }
+            Event::Typing { .. } => {}
+        }
+    }
+}
+
+fn on_message(client: &Client, ui: &Mutex<Ui>, m: &Message) {
+    let (me, in_open) = {
+        let ui = ui.lock();
+        (
+            ui.me,
+            ui.open.as_ref().is_some_and(|o| o.thread.id == m.thread),
+        )
+    };
+    if m.sender != me {
+        let _ = client.receipt(m.thread, ReceiptKind::Delivered, m.id);
+    }
+    let mut ui = ui.lock();
+    if in_open {
+        if m.sender == me && m.kind != MessageKind::System {
+            // Sent from another device of ours.
+            let text = body_text(m, &ui.cfg);
+            let me = ui.me;
+            if let Some(o) = ui.open.as_mut() {
+                let t = tick(&o.thread.members, me, m.id);
+                o.own.insert(m.id, (text.clone(), t));
+                println!(
+                    "[{}] {BOLD}you{RESET}: {text} {}",
+                    clock(m.id),
+                    tick_text(t)
+                );
+            }
+        } else {
+            print_incoming(m, &ui.cfg);
+            drop(ui);
+            let _ = client.receipt(m.thread, ReceiptKind::Read, m.id);
+        }
+    } else if m.sender != me {
+        let text = body_text(m, &ui.cfg);
+        println!(
+            "{DIM}[#{} {}]{RESET} {BOLD}{}{RESET}: {text}",
+            m.thread,
+            clock(m.id),
+            ui.cfg.name(m.sender)
+        );
+    }
+}
+
+fn on_receipt(ui: &Mutex<Ui>, thread: u64, user: u64, kind: ReceiptKind, up_to: u64) {
+    let mut ui = ui.lock();
+    let me = ui.me;
+    if user == me {
+        return;
+    }
+    if let Some(o) = ui.open.as_mut().filter(|o| o.thread.id == thread) {
+        if apply_receipt(&mut o.thread.members, user, kind, up_to) {
+            print_tick_changes(o, me);
+        }
+    }
+}
+
+/// One status line per own message whose tick moved.
+fn print_tick_changes(o: &mut Open, me: u64) {
+    for (id, (text, shown)) in o.own.iter_mut() {
+        let now = tick(&o.thread.members, me, *id);
+        if now > *shown {
+            *shown = now;
+            let what = if now == Tick::Read {
+                "read"
+            } else {
+                "delivered"
+            };
+            println!("{DIM}  {}{DIM} {what}: {text}{RESET}", tick_text(now));
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The per-user CLI file: server, handle, token, sync watermark and known user names.
+//!
+//! Found at `$COURIER_CONFIG`, else `$XDG_CONFIG_HOME/courier/cli.toml`, else
+//! `~/.config/courier/cli.toml`. Written with mode 0600: the token logs in without a password.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::CliError;
+
+/// What the CLI remembers between runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CliConfig {
+    /// The server the token belongs to.
+    pub server: Option<String>,
+    pub handle: Option<String>,
+    pub user: Option<u64>,
+    /// The session token, hex.
+    pub token: Option<String>,
+    /// The last sync watermark.
+    pub watermark: Option<u64>,
+    /// User id → handle, learned from lookups and contacts (the protocol has no id → handle
+    /// query).
+    #[serde(default)]
+    pub users: BTreeMap<String, String>,
+}
+
+impl CliConfig {
+    /// Where the file lives.
+    pub fn path() -> Result<PathBuf, CliError> {
+        if let Some(p) = std::env::var_os("COURIER_CONFIG") {
+            return Ok(PathBuf::from(p));
+        }
+        if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
+            return Ok(PathBuf::from(x).join("courier/cli.toml"));
+        }
+        match std::env::var_os("HOME") {
+            Some(home) => Ok(PathBuf::from(home).join(".config/courier/cli.toml")),
+            None => Err(CliError::NoConfigDir),
+        }
+    }
+
+    /// Reads the file; a missing file is an empty config.
+    pub fn load() -> Result<CliConfig, CliError> {
+        let path = Self::path()?;
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| CliError::Config {
+                path,
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CliConfig::default()),
+            Err(e) => Err(CliError::Config {
+                path,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Writes the file atomically (temp file, then rename).
+    pub fn save(&self) -> Result<(), CliError> {
+        let path = Self::path()?;
+        let text = toml::to_string_pretty(self).map_err(|e| CliError::Config {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_private(&path, &text).map_err(|e| CliError::Config {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// The saved token if it belongs to `server`.
+    pub fn token_for(&self, server: &str) -> Option<Vec<u8>> {
+        if self.server.as_deref() != Some(server) {
+            return None;
+        }
+        self.token.as_deref().and_then(|t| hex::decode(t).ok())
+    }
+
+    /// Remembers a login.
+    pub fn remember_auth(&mut self, server: &str, auth: &courier_client::protocol::AuthOk) {
+        if self.server.as_deref() != Some(server) || self.user != Some(auth.user) {
+            // Another account or server: the old watermark means nothing there.
+            self.watermark = None;
+        }
+        self.server = Some(server.to_string());
+        self.handle = Some(auth.handle.clone());
+        self.user = Some(auth.user);
+        self.token = Some(hex::encode(&auth.token));
+        self.users
+            .insert(auth.user.to_string(), auth.handle.clone());
+    }
+
+    /// Forgets the session.
+    pub fn forget_auth(&mut self) {
+        self.token = None;
+        self.watermark = None;
+    }
+
+    /// A user's handle if known, else `user#ID`.
+    pub fn name(&self, user: u64) -> String {
+        self.users
+            .get(&user.to_string())
+            .cloned()
+            .unwrap_or_else(|| format!("user#{user}"))
+    }
+
+    /// Remembers a user's handle.
+    pub fn learn(&mut self, user: u64, handle: &str) {
+        self.users.insert(user.to_string(), handle.to_string());
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("toml.tmp");
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp)?;
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(tmp, path)
+}

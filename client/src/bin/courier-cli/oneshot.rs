@@ -1,0 +1,322 @@
+//! One-shot subcommands: connect, resume the saved session, do one thing, print, exit.
+
+use courier_client::protocol::Direction;
+use courier_client::{Client, ClientConfig, ErrorCode, UserInfo};
+use serde_json::{json, Value};
+
+use crate::config::CliConfig;
+use crate::error::CliError;
+use crate::output::*;
+use crate::{prompt, server_addr, Cli, CliResult, Command, ContactsCommand, GroupCommand};
+
+/// The device name the CLI logs in with, so its token is the CLI's own.
+pub const DEVICE: &str = "courier-cli";
+
+/// Runs one subcommand.
+pub fn run(cli: &Cli, command: &Command) -> CliResult {
+    let mut cfg = CliConfig::load()?;
+    let server = server_addr(cli, &cfg);
+    match command {
+        Command::Register { handle, password } | Command::Login { handle, password } => {
+            let register = matches!(command, Command::Register { .. });
+            let password = match password {
+                Some(p) => p.clone(),
+                None => prompt::password(&format!("password for {handle}: "))?
+                    .ok_or_else(|| CliError::Usage("no password given".into()))?,
+            };
+            let client = connect(&server)?;
+            let auth = if register {
+                client.register(handle, &password)
+            } else {
+                client.login(handle, &password)
+            }
+            .map_err(|e| CliError::for_account(e, handle))?;
+            cfg.remember_auth(&client.server_addr(), &auth);
+            cfg.save()?;
+            let verb = if register {
+                "registered and logged in"
+            } else {
+                "logged in"
+            };
+            print(
+                cli,
+                json!({ "user": auth.user, "handle": auth.handle, "device": auth.device, "server": client.server_addr() }),
+                || {
+                    format!(
+                        "{verb} as {} (user {}) on {}",
+                        auth.handle,
+                        auth.user,
+                        client.server_addr()
+                    )
+                },
+            );
+        }
+        Command::Logout => {
+            let client = session(&server, &cfg)?;
+            client.logout()?;
+            cfg.forget_auth();
+            cfg.save()?;
+            print(cli, json!({ "logged_out": true }), || "logged out".into());
+        }
+        Command::Send { to, thread, text } => {
+            let client = session(&server, &cfg)?;
+            let thread = match (to, thread) {
+                (_, Some(t)) => *t,
+                (Some(handle), None) => {
+                    let peer = lookup(&client, &mut cfg, handle)?;
+                    client.open_direct(peer.id)?.id
+                }
+                (None, None) => {
+                    return Err(CliError::Usage("give --to HANDLE or --thread N".into()))
+                }
+            };
+            let sent = client.send_text(thread, &text.join(" "))?;
+            cfg.save()?;
+            print(
+                cli,
+                json!({ "thread": sent.thread, "message": sent.message, "client_msg_id": sent.client_msg_id }),
+                || format!("sent ✓ (thread #{}, message {})", sent.thread, sent.message),
+            );
+        }
+        Command::Threads => {
+            let client = session(&server, &cfg)?;
+            let threads = client.list_all_threads()?;
+            learn_contacts(&client, &mut cfg);
+            print(
+                cli,
+                Value::Array(threads.iter().map(|t| summary_json(t, &cfg)).collect()),
+                || {
+                    if threads.is_empty() {
+                        return "no threads yet".into();
+                    }
+                    threads
+                        .iter()
+                        .map(|t| {
+                            let last = t
+                                .last_message
+                                .as_ref()
+                                .map(|m| body_text(m, &cfg))
+                                .unwrap_or_default();
+                            let unread = if t.unread > 0 {
+                                format!(" ({} unread)", t.unread)
+                            } else {
+                                String::new()
+                            };
+                            format!(
+                                "#{:<6} {}{unread}  {}",
+                                t.id,
+                                summary_name(t, &cfg),
+                                preview(&last)
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
+        }
+        Command::History { thread, limit } => {
+            let client = session(&server, &cfg)?;
+            let mut page = client.history(*thread, 0, Direction::Backward, *limit)?;
+            page.messages.reverse();
+            print(
+                cli,
+                Value::Array(
+                    page.messages
+                        .iter()
+                        .map(|m| message_json(m, &cfg))
+                        .collect(),
+                ),
+                || {
+                    if page.messages.is_empty() {
+                        return format!("no messages in thread #{thread}");
+                    }
+                    page.messages
+                        .iter()
+                        .map(|m| message_line(m, &cfg))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
+        }
+        Command::Group(GroupCommand::Create { name, members }) => {
+            let client = session(&server, &cfg)?;
+            let ids = members
+                .iter()
+                .map(|h| lookup(&client, &mut cfg, h).map(|u| u.id))
+                .collect::<Result<Vec<_>, _>>()?;
+            let thread = client.create_group(name, &ids)?;
+            cfg.save()?;
+            print(cli, thread_json(&thread), || {
+                format!("created group \"{name}\" as thread #{}", thread.id)
+            });
+        }
+        Command::Group(GroupCommand::Add { thread, handles }) => {
+            let client = session(&server, &cfg)?;
+            let ids = handles
+                .iter()
+                .map(|h| lookup(&client, &mut cfg, h).map(|u| u.id))
+                .collect::<Result<Vec<_>, _>>()?;
+            client.add_members(*thread, &ids)?;
+            cfg.save()?;
+            print(cli, json!({ "thread": thread, "added": ids }), || {
+                format!("added {} to #{thread}", handles.join(", "))
+            });
+        }
+        Command::Recall { thread, message } => {
+            let client = session(&server, &cfg)?;
+            client.recall(*thread, *message)?;
+            print(
+                cli,
+                json!({ "thread": thread, "recalled": message }),
+                || format!("recalled message {message}"),
+            );
+        }
+        Command::Contacts(ContactsCommand::Add { handle }) => {
+            let client = session(&server, &cfg)?;
+            let user = lookup(&client, &mut cfg, handle)?;
+            client.contact_add(user.id)?;
+            cfg.save()?;
+            print(cli, user_json(&user), || {
+                format!("added {handle} to your contacts")
+            });
+        }
+        Command::Contacts(ContactsCommand::Remove { handle }) => {
+            let client = session(&server, &cfg)?;
+            let user = lookup(&client, &mut cfg, handle)?;
+            client.contact_remove(user.id)?;
+            print(cli, user_json(&user), || {
+                format!("removed {handle} from your contacts")
+            });
+        }
+        Command::Contacts(ContactsCommand::List) => {
+            let client = session(&server, &cfg)?;
+            let users = client.contacts()?;
+            for u in &users {
+                cfg.learn(u.id, &u.handle);
+            }
+            cfg.save()?;
+            print(
+                cli,
+                Value::Array(users.iter().map(user_json).collect()),
+                || {
+                    if users.is_empty() {
+                        "no contacts yet".into()
+                    } else {
+                        users
+                            .iter()
+                            .map(|u| u.handle.clone())
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    }
+                },
+            );
+        }
+        Command::Presence { handle } => {
+            let client = session(&server, &cfg)?;
+            let user = lookup(&client, &mut cfg, handle)?;
+            let entries = client.presence_query(&[user.id]).map_err(|e| match e.code() {
+                Some(ErrorCode::NotContact) => {
+                    CliError::Usage(format!("{handle} is not in your contacts: `courier-cli contacts add {handle}` first"))
+                }
+                _ => CliError::Client(e),
+            })?;
+            let p = entries
+                .into_iter()
+                .find(|p| p.user == user.id)
+                .unwrap_or_default();
+            print(cli, presence_json(&p, handle), || presence_text(&p, handle));
+        }
+        Command::Sync => {
+            let client = session(&server, &cfg)?;
+            if let Some(w) = cfg.watermark {
+                client.set_watermark(w);
+            }
+            let result = client.sync()?;
+            cfg.watermark = Some(result.watermark);
+            cfg.save()?;
+            let messages: Vec<Value> = result
+                .messages
+                .iter()
+                .map(|m| message_json(m, &cfg))
+                .collect();
+            print(
+                cli,
+                json!({ "watermark": result.watermark, "threads": result.threads.iter().map(thread_json).collect::<Vec<_>>(), "messages": messages }),
+                || {
+                    let mut lines: Vec<String> = result
+                        .messages
+                        .iter()
+                        .map(|m| format!("#{} {}", m.thread, message_line(m, &cfg)))
+                        .collect();
+                    lines.push(format!(
+                        "{} new messages in {} threads",
+                        result.messages.len(),
+                        result.threads.len()
+                    ));
+                    lines.join("\n")
+                },
+            );
+        }
+        Command::Chat => unreachable!("handled by main"),
+    }
+    Ok(())
+}
+
+/// Prints JSON with `--json`, the readable text otherwise.
+fn print(cli: &Cli, json: Value, text: impl FnOnce() -> String) {
+    if cli.json {
+        println!("{json}");
+    } else {
+        println!("{}", text());
+    }
+}
+
+fn preview(text: &str) -> String {
+    let mut out: String = text.chars().take(50).collect();
+    if text.chars().count() > 50 {
+        out.push('…');
+    }
+    out
+}
+
+/// Connects without reconnecting: a one-shot command fails rather than waits.
+pub fn connect(server: &str) -> CliResult<Client> {
+    Ok(Client::connect(
+        server,
+        ClientConfig::default().with_device(DEVICE),
+    )?)
+}
+
+/// Connects and resumes the saved session.
+pub fn session(server: &str, cfg: &CliConfig) -> CliResult<Client> {
+    let token = cfg
+        .token_for(server)
+        .ok_or_else(|| CliError::NotLoggedIn(server.to_string()))?;
+    let client = connect(server)?;
+    client.resume(&token).map_err(|e| match e.code() {
+        Some(ErrorCode::InvalidToken | ErrorCode::SessionRevoked) => {
+            CliError::SessionExpired(server.to_string())
+        }
+        _ => CliError::Client(e),
+    })?;
+    Ok(client)
+}
+
+/// Finds a user by handle and remembers the name.
+pub fn lookup(client: &Client, cfg: &mut CliConfig, handle: &str) -> CliResult<UserInfo> {
+    let user = client
+        .lookup_user(handle)
+        .map_err(|e| CliError::for_account(e, handle))?;
+    cfg.learn(user.id, &user.handle);
+    Ok(user)
+}
+
+/// Learns the contacts' names, best effort.
+pub fn learn_contacts(client: &Client, cfg: &mut CliConfig) {
+    if let Ok(users) = client.contacts() {
+        for u in users {
+            cfg.learn(u.id, &u.handle);
+        }
+        let _ = cfg.save();
+    }
+}
