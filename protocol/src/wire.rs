@@ -85,7 +85,10 @@ impl Wire for bool {
         match u8::get(r, field)? {
             0 => Ok(false),
             1 => Ok(true),
-            value => Err(Error::InvalidValue { field, value: value.into() }),
+            value => Err(Error::InvalidValue {
+                field,
+                value: value.into(),
+            }),
         }
     }
     fn size(&self) -> usize {
@@ -107,7 +110,8 @@ impl Wire for String {
         String::from_utf8(raw.to_vec()).map_err(|_| Error::InvalidUtf8 { field })
     }
     fn size(&self) -> usize {
-        2 + self.len().min(u16::MAX as usize)
+        // Must agree with `put` byte for byte: `encode` writes this into the length prefix.
+        2 + truncate_utf8(self, u16::MAX as usize).len()
     }
 }
 
@@ -136,6 +140,9 @@ impl Wire for Bytes {
     }
 }
 
+/// The most memory a list reserves up front, before any of its elements has decoded.
+const PREALLOC_BYTES: usize = 16 * 1024;
+
 impl<T: Wire> Wire for Vec<T> {
     fn put(&self, buf: &mut BytesMut) {
         let n = self.len().min(u16::MAX as usize);
@@ -151,14 +158,20 @@ impl<T: Wire> Wire for Vec<T> {
         if count > r.remaining() {
             return Err(Error::Truncated { field });
         }
-        let mut out = Vec::with_capacity(count);
+        // A count is bounded by the bytes that remain, not by the size of `T` in memory, which
+        // can be a hundred times larger; grow past this only as elements actually decode.
+        let mut out = Vec::with_capacity(count.min(PREALLOC_BYTES / size_of::<T>().max(1)));
         for _ in 0..count {
             out.push(T::get(r, field)?);
         }
         Ok(out)
     }
     fn size(&self) -> usize {
-        2 + self.iter().take(u16::MAX as usize).map(Wire::size).sum::<usize>()
+        2 + self
+            .iter()
+            .take(u16::MAX as usize)
+            .map(Wire::size)
+            .sum::<usize>()
     }
 }
 
@@ -176,7 +189,10 @@ impl<T: Wire> Wire for Option<T> {
         match u8::get(r, field)? {
             0 => Ok(None),
             1 => Ok(Some(T::get(r, field)?)),
-            value => Err(Error::InvalidValue { field, value: value.into() }),
+            value => Err(Error::InvalidValue {
+                field,
+                value: value.into(),
+            }),
         }
     }
     fn size(&self) -> usize {
@@ -238,3 +254,99 @@ macro_rules! wire_struct {
     };
 }
 pub(crate) use wire_struct;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T: Wire>(v: &T) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        v.put(&mut buf);
+        assert_eq!(
+            buf.len(),
+            v.size(),
+            "size() must match put() for {:?}",
+            &buf[..]
+        );
+        buf.to_vec()
+    }
+
+    fn get<T: Wire>(raw: &[u8]) -> Result<T, Error> {
+        T::get(&mut Reader::new(Bytes::copy_from_slice(raw)), "f")
+    }
+
+    #[test]
+    fn primitives_have_the_documented_layout() {
+        assert_eq!(bytes_of(&1u16), [0, 1]);
+        assert_eq!(bytes_of(&300u64), [0, 0, 0, 0, 0, 0, 1, 0x2c]);
+        assert_eq!(bytes_of(&true), [1]);
+        assert_eq!(bytes_of(&String::from("hi")), [0, 2, b'h', b'i']);
+        assert_eq!(
+            bytes_of(&Bytes::from_static(&[0xab, 0xcd])),
+            [0, 0, 0, 2, 0xab, 0xcd]
+        );
+        assert_eq!(bytes_of(&vec![7u64]), [0, 1, 0, 0, 0, 0, 0, 0, 0, 7]);
+        assert_eq!(bytes_of(&None::<u64>), [0]);
+        assert_eq!(bytes_of(&Some(5u64)), [1, 0, 0, 0, 0, 0, 0, 0, 5]);
+    }
+
+    #[test]
+    fn bool_and_option_tags_other_than_0_and_1_are_invalid() {
+        assert_eq!(
+            get::<bool>(&[2]),
+            Err(Error::InvalidValue {
+                field: "f",
+                value: 2
+            })
+        );
+        assert_eq!(
+            get::<Option<u8>>(&[7, 0]),
+            Err(Error::InvalidValue {
+                field: "f",
+                value: 7
+            })
+        );
+    }
+
+    #[test]
+    fn lengths_past_the_end_are_truncated_errors() {
+        assert_eq!(
+            get::<String>(&[0, 3, b'a']),
+            Err(Error::Truncated { field: "f" })
+        );
+        assert_eq!(
+            get::<Bytes>(&[0xff, 0xff, 0xff, 0xff]),
+            Err(Error::Truncated { field: "f" })
+        );
+        assert_eq!(get::<u32>(&[1, 2, 3]), Err(Error::Truncated { field: "f" }));
+    }
+
+    #[test]
+    fn list_count_above_remaining_bytes_is_refused_before_allocating() {
+        assert_eq!(
+            get::<Vec<u64>>(&[0xff, 0xff, 0, 0]),
+            Err(Error::Truncated { field: "f" })
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_rejected() {
+        assert_eq!(
+            get::<String>(&[0, 1, 0x8f]),
+            Err(Error::InvalidUtf8 { field: "f" })
+        );
+    }
+
+    /// `size()` once counted 65,535 bytes for any longer string, while `put()` truncated at a
+    /// character boundary below that: the frame's length prefix then overstated its body and
+    /// the peer lost frame alignment.
+    #[test]
+    fn oversized_string_size_matches_its_truncated_encoding() {
+        let s = "é".repeat(40_000); // 80,000 bytes; byte 65,535 is mid-character
+        assert!(!s.is_char_boundary(u16::MAX as usize));
+        let raw = bytes_of(&s);
+        assert_eq!(raw.len(), 2 + 65_534);
+        let back = get::<String>(&raw).unwrap();
+        assert!(s.starts_with(&back));
+    }
+}
