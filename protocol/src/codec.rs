@@ -33,7 +33,10 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn new(request_id: u32, frame: impl Into<Frame>) -> Self {
-        Self { request_id, frame: frame.into() }
+        Self {
+            request_id,
+            frame: frame.into(),
+        }
     }
 
     /// A server push (request id 0).
@@ -83,7 +86,9 @@ impl Default for Decoder {
 impl Decoder {
     /// `max_frame_len` is clamped to [`MAX_FRAME_LEN`].
     pub fn new(max_frame_len: u32) -> Self {
-        Self { max_frame_len: max_frame_len.min(MAX_FRAME_LEN) }
+        Self {
+            max_frame_len: max_frame_len.min(MAX_FRAME_LEN),
+        }
     }
 
     pub fn max_frame_len(&self) -> u32 {
@@ -107,5 +112,106 @@ impl Decoder {
         let request_id = frame.get_u32();
         let frame = Frame::decode_body(code, frame.freeze())?;
         Ok(Some(Envelope { request_id, frame }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Hello, Logout, Ping};
+
+    #[test]
+    fn encode_writes_the_length_type_and_request_id() {
+        let mut buf = BytesMut::new();
+        encode(7, &Ping { nonce: 1 }.into(), &mut buf);
+        assert_eq!(
+            &buf[..],
+            [0, 0, 0, 13, 0x07, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 1]
+        );
+        buf.clear();
+        encode(1, &Logout {}.into(), &mut buf);
+        assert_eq!(&buf[..], [0, 0, 0, 5, 0x05, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn peek_len_checks_both_bounds() {
+        assert_eq!(peek_len(&[0, 0, 0], 100), Ok(None));
+        assert_eq!(peek_len(&[0, 0, 0, 5], 100), Ok(Some(5)));
+        assert_eq!(peek_len(&[0, 0, 0, 100], 100), Ok(Some(100)));
+        assert_eq!(
+            peek_len(&[0, 0, 0, 101], 100),
+            Err(Error::FrameTooLarge { len: 101, max: 100 })
+        );
+        assert_eq!(
+            peek_len(&[0, 0, 0, 4], 100),
+            Err(Error::FrameTooShort { len: 4 })
+        );
+    }
+
+    #[test]
+    fn limit_is_clamped_to_the_ceiling() {
+        assert_eq!(Decoder::new(u32::MAX).max_frame_len(), MAX_FRAME_LEN);
+        assert_eq!(Decoder::default().max_frame_len(), DEFAULT_MAX_FRAME_LEN);
+    }
+
+    #[test]
+    fn a_frame_at_the_limit_is_accepted_and_reserved_for() {
+        let mut buf = BytesMut::from(&DEFAULT_MAX_FRAME_LEN.to_be_bytes()[..]);
+        assert_eq!(Decoder::default().decode(&mut buf), Ok(None));
+        assert!(buf.capacity() >= LEN_BYTES + DEFAULT_MAX_FRAME_LEN as usize);
+    }
+
+    #[test]
+    fn header_of_two_gib_is_rejected_without_buffering() {
+        let mut buf = BytesMut::from(&[0x80, 0, 0, 0][..]);
+        let before = buf.capacity();
+        assert_eq!(
+            Decoder::default().decode(&mut buf),
+            Err(Error::FrameTooLarge {
+                len: 1 << 31,
+                max: DEFAULT_MAX_FRAME_LEN
+            })
+        );
+        assert_eq!(buf.capacity(), before);
+    }
+
+    #[test]
+    fn byte_by_byte_then_two_frames_at_once() {
+        let mut wire = BytesMut::new();
+        encode(
+            1,
+            &Hello {
+                version: 1,
+                client: "c".into(),
+            }
+            .into(),
+            &mut wire,
+        );
+        encode(2, &Ping { nonce: 9 }.into(), &mut wire);
+        let decoder = Decoder::default();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for &b in &wire[..] {
+            buf.extend_from_slice(&[b]);
+            if let Some(e) = decoder.decode(&mut buf).unwrap() {
+                got.push(e);
+            }
+        }
+        let mut whole = wire.clone();
+        let first = decoder.decode(&mut whole).unwrap().unwrap();
+        let second = decoder.decode(&mut whole).unwrap().unwrap();
+        assert_eq!(decoder.decode(&mut whole), Ok(None));
+        assert_eq!(got, [first.clone(), second.clone()]);
+        assert_eq!(
+            first,
+            Envelope::new(
+                1,
+                Hello {
+                    version: 1,
+                    client: "c".into()
+                }
+            )
+        );
+        assert_eq!(second, Envelope::new(2, Ping { nonce: 9 }));
     }
 }

@@ -51,7 +51,7 @@ macro_rules! error_codes {
                 match self { $(ErrorCode::$name => $closes),* }
             }
 
-            /// The code's name as in PROTOCOL.md, e.g. `NOT_MEMBER`.
+            /// The code's Rust name, e.g. `NotMember`; PROTOCOL.md spells it `NOT_MEMBER`.
             pub fn name(self) -> &'static str {
                 match self { $(ErrorCode::$name => stringify!($name)),* }
             }
@@ -120,5 +120,121 @@ error_codes! {
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", self.name(), *self as u16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::{Decoder, DEFAULT_MAX_FRAME_LEN};
+
+    fn decode_hex(hex: &str) -> Result<Option<crate::Envelope>, Error> {
+        let raw: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        Decoder::default().decode(&mut BytesMut::from(&raw[..]))
+    }
+
+    #[test]
+    fn frame_too_large() {
+        let err = decode_hex("00010001").unwrap_err();
+        assert_eq!(
+            err,
+            Error::FrameTooLarge {
+                len: 65_537,
+                max: DEFAULT_MAX_FRAME_LEN
+            }
+        );
+        assert_eq!(err.code(), ErrorCode::FrameTooLarge);
+        assert_eq!(
+            err.to_string(),
+            "frame length 65537 exceeds the limit of 65536 bytes"
+        );
+    }
+
+    #[test]
+    fn frame_too_short() {
+        let err = decode_hex("00000004").unwrap_err();
+        assert_eq!(err, Error::FrameTooShort { len: 4 });
+        assert_eq!(err.code(), ErrorCode::Malformed);
+    }
+
+    #[test]
+    fn unknown_frame_type() {
+        let err = decode_hex("00000005ff00000001").unwrap_err();
+        assert_eq!(err, Error::UnknownFrameType(0xff));
+        assert_eq!(err.code(), ErrorCode::UnknownFrame);
+        assert_eq!(err.to_string(), "unknown frame type 0xff");
+    }
+
+    #[test]
+    fn truncated() {
+        // PING with a 4-byte body: the u64 nonce does not fit.
+        let err = decode_hex("00000009070000000100000000").unwrap_err();
+        assert_eq!(
+            err,
+            Error::Truncated {
+                field: "Ping.nonce"
+            }
+        );
+        assert_eq!(err.code(), ErrorCode::Malformed);
+    }
+
+    #[test]
+    fn invalid_utf8() {
+        let err = decode_hex("00000008330000000100018f").unwrap_err();
+        assert_eq!(
+            err,
+            Error::InvalidUtf8 {
+                field: "LookupUser.handle"
+            }
+        );
+        assert_eq!(err.code(), ErrorCode::Malformed);
+    }
+
+    #[test]
+    fn invalid_value() {
+        let err = decode_hex("0000000e2700000001000000000000000502").unwrap_err();
+        assert_eq!(
+            err,
+            Error::InvalidValue {
+                field: "Typing.active",
+                value: 2
+            }
+        );
+        assert_eq!(err.code(), ErrorCode::Malformed);
+        assert!(err.code().closes_connection());
+    }
+
+    #[test]
+    fn error_codes_round_trip_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for &code in ErrorCode::ALL {
+            assert!(seen.insert(code as u16), "duplicate code {code}");
+            assert_eq!(ErrorCode::from_u16(code as u16), Some(code));
+        }
+        let unknown = (0..=u16::MAX)
+            .filter(|c| ErrorCode::from_u16(*c).is_none())
+            .count();
+        assert_eq!(unknown, 65_536 - ErrorCode::ALL.len());
+    }
+
+    #[test]
+    fn exactly_the_documented_codes_close_the_connection() {
+        let closing: Vec<u16> = ErrorCode::ALL
+            .iter()
+            .filter(|c| c.closes_connection())
+            .map(|&c| c as u16)
+            .collect();
+        assert_eq!(closing, [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 14, 71]);
+    }
+
+    #[test]
+    fn display_names_the_code() {
+        assert_eq!(ErrorCode::NotMember.to_string(), "NotMember (41)");
+        assert_eq!(ErrorCode::NotMember.name(), "NotMember");
     }
 }

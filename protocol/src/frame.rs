@@ -204,7 +204,7 @@ macro_rules! frames {
                 match self { $(Frame::$name(_) => $code),* }
             }
 
-            /// This frame's name, as in PROTOCOL.md.
+            /// This frame's Rust name, e.g. `MessagePush`; PROTOCOL.md spells it `MESSAGE_PUSH`.
             pub fn name(&self) -> &'static str {
                 match self { $(Frame::$name(_) => stringify!($name)),* }
             }
@@ -330,4 +330,55 @@ frames! {
     TypingPush = 0xC3 { thread: u64, user: u64, active: bool }
     /// The user lives on another node: reconnect to `addr` and resume. The server closes.
     Redirect = 0xC4 { node: String, addr: String }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_ascending_and_in_their_direction_range() {
+        for pair in Frame::CODES.windows(2) {
+            assert!(pair[0].0 < pair[1].0, "{:?} then {:?}", pair[0], pair[1]);
+        }
+        let requests = Frame::CODES
+            .iter()
+            .filter(|(c, _)| (0x01..=0x7f).contains(c))
+            .count();
+        let responses = Frame::CODES
+            .iter()
+            .filter(|(c, _)| (0x80..=0xbf).contains(c))
+            .count();
+        let pushes = Frame::CODES.iter().filter(|(c, _)| *c >= 0xc0).count();
+        assert_eq!((requests, responses, pushes), (35, 18, 5));
+        assert!(
+            !Frame::CODES.iter().any(|(c, _)| *c == 0),
+            "code 0 is never assigned"
+        );
+    }
+
+    #[test]
+    fn unknown_code_is_an_error_and_known_ones_decode_their_body() {
+        for code in 0..=u8::MAX {
+            let known = Frame::CODES.iter().any(|(c, _)| *c == code);
+            match Frame::decode_body(code, Bytes::new()) {
+                Err(Error::UnknownFrameType(c)) => assert!(!known && c == code),
+                // An empty body decodes for field-less frames and is truncated for the rest.
+                Ok(f) => assert!(known && f.code() == code && f.body_size() == 0),
+                Err(e) => assert!(known && matches!(e, Error::Truncated { .. }), "{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn enum_codes_round_trip() {
+        for &k in MessageKind::ALL {
+            assert_eq!(MessageKind::from_code(k as u8), Some(k));
+        }
+        for &k in SystemEventKind::ALL {
+            assert_eq!(SystemEventKind::from_code(k as u8), Some(k));
+        }
+        assert_eq!(ReceiptKind::from_code(0), None);
+        assert_eq!(ThreadKind::from_code(0), None);
+    }
 }
