@@ -1,0 +1,197 @@
+//! The users a run connects as: read from a provisioned file, or registered on the spot.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use courier_protocol::{self as proto, encode, Decoder, Envelope, Frame};
+
+use crate::{Error, Result};
+
+/// One account the loadgen can RESUME as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: u64,
+    pub handle: String,
+    pub token: Vec<u8>,
+}
+
+/// Parses the output of `courier admin provision`: one `user_id handle token_hex` per line;
+/// blank lines and lines starting with `#` are skipped.
+pub fn parse_users(text: &str, path: &Path) -> Result<Vec<UserRecord>> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = || Error::UsersLine {
+            path: path.to_path_buf(),
+            line: n + 1,
+        };
+        let mut f = line.split_whitespace();
+        let id = f.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        let handle = f.next().ok_or_else(bad)?.to_string();
+        let token = f.next().and_then(|v| hex::decode(v).ok()).ok_or_else(bad)?;
+        out.push(UserRecord { id, handle, token });
+    }
+    Ok(out)
+}
+
+pub fn read_users_file(path: &Path) -> Result<Vec<UserRecord>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::UsersFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_users(&text, path)
+}
+
+/// The users file line of a user, as `courier admin provision` writes it.
+pub fn format_user(u: &UserRecord) -> String {
+    format!("{} {} {}", u.id, u.handle, hex::encode(&u.token))
+}
+
+/// The password every registered loadgen user gets.
+pub const PASSWORD: &str = "loadgen-password";
+
+/// Registers `n` users named `{prefix}{i}` with REGISTER, on `threads` connections at a time.
+pub fn register_users(
+    n: usize,
+    server: SocketAddr,
+    prefix: &str,
+    threads: usize,
+) -> Result<Vec<UserRecord>> {
+    let threads = threads.clamp(1, n.max(1));
+    let results: Vec<Result<Vec<(usize, UserRecord)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t..n)
+                        .step_by(threads)
+                        .map(|i| register_one(server, &format!("{prefix}{i}")).map(|u| (i, u)))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("register thread panicked"))
+            .collect()
+    });
+    let mut all = Vec::with_capacity(n);
+    for r in results {
+        all.extend(r?);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, u)| u).collect())
+}
+
+fn register_one(server: SocketAddr, handle: &str) -> Result<UserRecord> {
+    let fail = |reason: String| Error::Register {
+        handle: handle.to_string(),
+        server: server.to_string(),
+        reason,
+    };
+    let mut sock = TcpStream::connect_timeout(&server, Duration::from_secs(10))
+        .map_err(|e| fail(e.to_string()))?;
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| fail(e.to_string()))?;
+    let _ = sock.set_nodelay(true);
+    let mut rbuf = BytesMut::new();
+    let hello = proto::Hello {
+        version: proto::VERSION,
+        client: "courier-loadgen".into(),
+    };
+    match request(&mut sock, &mut rbuf, 1, hello.into()).map_err(|e| fail(e.to_string()))? {
+        Frame::Welcome(_) => {}
+        other => return Err(fail(describe(&other))),
+    }
+    let register = proto::Register {
+        handle: handle.into(),
+        password: PASSWORD.into(),
+        device: "loadgen".into(),
+    };
+    match request(&mut sock, &mut rbuf, 2, register.into()).map_err(|e| fail(e.to_string()))? {
+        Frame::AuthOk(ok) => Ok(UserRecord {
+            id: ok.user,
+            handle: ok.handle,
+            token: ok.token.to_vec(),
+        }),
+        other => Err(fail(describe(&other))),
+    }
+}
+
+fn describe(frame: &Frame) -> String {
+    match frame {
+        Frame::ErrorReply(e) => match proto::ErrorCode::from_u16(e.code) {
+            Some(code) => format!("server answered {code}: {}", e.message),
+            None => format!("server answered error {}: {}", e.code, e.message),
+        },
+        other => format!("unexpected {}", other.name()),
+    }
+}
+
+/// Writes one request and reads until its response (pushes are skipped).
+pub(crate) fn request(
+    sock: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    request_id: u32,
+    frame: Frame,
+) -> std::io::Result<Frame> {
+    let mut out = BytesMut::new();
+    encode(request_id, &frame, &mut out);
+    sock.write_all(&out)?;
+    let decoder = Decoder::new(proto::MAX_FRAME_LEN);
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        while let Some(Envelope {
+            request_id: rid,
+            frame,
+        }) = decoder
+            .decode(rbuf)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+        {
+            if rid == request_id {
+                return Ok(frame);
+            }
+        }
+        let n = sock.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        rbuf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A token's bytes for a RESUME frame.
+pub fn token_bytes(u: &UserRecord) -> Bytes {
+    Bytes::copy_from_slice(&u.token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_provisioned_lines_and_reports_the_bad_one() {
+        let p = Path::new("users.txt");
+        let users = parse_users("# comment\n\n1 load0 00ff\n2 load1 abcd\n", p).unwrap();
+        assert_eq!(users.len(), 2);
+        assert_eq!(
+            users[0],
+            UserRecord {
+                id: 1,
+                handle: "load0".into(),
+                token: vec![0, 255]
+            }
+        );
+        assert_eq!(format_user(&users[1]), "2 load1 abcd");
+        match parse_users("1 a 00\nx b 00\n", p) {
+            Err(Error::UsersLine { line: 2, .. }) => {}
+            other => panic!("expected a line-2 error, got {other:?}"),
+        }
+        assert!(parse_users("1 a zz\n", p).is_err());
+    }
+}

@@ -1,0 +1,724 @@
+//! One client connection as a small state machine: connect → HELLO → RESUME → (SYNC) → ready,
+//! then setup requests, traffic, receipts and heartbeats.
+//!
+//! A [`Conn`] never touches its socket: frames come in through [`Conn::on_frame`], and every
+//! output is appended to `wbuf`, which the worker's event loop writes. Buffers are empty (no
+//! allocation) whenever nothing is in flight, so an idle connection costs only this struct.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+use courier_protocol::{self as proto, encode, ErrorCode, Frame, Message, MessageKind};
+use rand::Rng;
+
+use super::Cx;
+use crate::ipc::{ConnSpec, ThreadSetup};
+use crate::ledger::{BodyHeader, RangeSet, SeenLedger, SentLedger};
+use crate::sys::monotonic_ns;
+
+/// Messages per SYNC page.
+const SYNC_LIMIT: u16 = 500;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not opened yet.
+    Idle,
+    /// TCP connect in progress.
+    Connecting,
+    AwaitWelcome,
+    AwaitAuth,
+    /// Authenticated; the SYNC after RESUME is in progress.
+    InitialSync,
+    /// Authenticated and synced.
+    Ready,
+    /// Closed; waiting for a retry or a planned reconnect.
+    Down,
+    /// Given up on.
+    Failed,
+}
+
+impl State {
+    /// States that count against the worker's limit on concurrent handshakes.
+    pub fn is_handshaking(self) -> bool {
+        matches!(
+            self,
+            State::Connecting | State::AwaitWelcome | State::AwaitAuth | State::InitialSync
+        )
+    }
+}
+
+/// A thread the connection takes part in, at run time.
+#[derive(Debug)]
+pub struct Slot {
+    pub key: u32,
+    pub send: bool,
+    /// Server thread id; 0 until known.
+    pub thread_id: u64,
+    /// Next sequence number (= client_msg_id) to send.
+    pub next_seq: u64,
+    pub acked: RangeSet,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    request_id: u32,
+    slot: u16,
+    seq: u64,
+    sent_ns: u64,
+}
+
+#[derive(Debug)]
+enum SetupOp {
+    OpenDirect {
+        slot: usize,
+        peer: u64,
+    },
+    CreateGroup {
+        slot: usize,
+        name: String,
+        members: Vec<u64>,
+    },
+    AddMembers {
+        slot: usize,
+        members: Vec<u64>,
+    },
+    ContactAdd {
+        user: u64,
+    },
+    PresenceSubscribe {
+        users: Vec<u64>,
+    },
+}
+
+/// A request whose answer moves the state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaiting {
+    Nothing,
+    Welcome(u32),
+    Auth(u32),
+    Sync(u32),
+    Setup(u32),
+}
+
+/// What the event loop must do after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Continue,
+    /// Close the connection; `retry` = try to connect again later.
+    Close {
+        retry: bool,
+    },
+}
+
+pub struct Conn {
+    pub user: u32,
+    token: Bytes,
+    pub spec_server: std::net::SocketAddr,
+    pub source: std::net::Ipv4Addr,
+    contacts: Vec<u64>,
+    setups: Vec<Option<ThreadSetup>>,
+    pub slots: Vec<Slot>,
+
+    pub state: State,
+    pub sock: Option<mio::net::TcpStream>,
+    pub rbuf: BytesMut,
+    pub wbuf: BytesMut,
+    /// Queued in the worker's dirty list.
+    pub dirty: bool,
+    next_request: u32,
+    awaiting: Awaiting,
+    /// The SYNC watermark; starts at the run's start.
+    since: u64,
+    /// The `since` of the running SYNC.
+    sync_from: u64,
+    /// Whether the running SYNC is a final one the parent asked for.
+    pub final_sync_wanted: bool,
+    setup_queue: Option<Box<VecDeque<SetupOp>>>,
+    /// Whether the presence subscription must be renewed after a reconnect.
+    subscribed: bool,
+    pub heartbeat_ns: u64,
+    pub last_write_ns: u64,
+    pub started_ns: u64,
+    /// Failed attempts since the last success.
+    pub attempts: u32,
+    inflight: Vec<InFlight>,
+    /// (logical thread, sender) → sequence numbers seen. Persists across reconnects.
+    seen: Option<Box<HashMap<(u32, u32), RangeSet>>>,
+    /// (server thread, last pushed message id) in this connection lifetime.
+    last_push: Vec<(u64, u64)>,
+    /// (server thread, newest message) to acknowledge with a receipt.
+    pending_receipts: Vec<(u64, u64)>,
+}
+
+impl Conn {
+    pub fn new(spec: ConnSpec, run_since: u64) -> Self {
+        let token = Bytes::from(hex::decode(&spec.token).unwrap_or_default());
+        let slots = spec
+            .threads
+            .iter()
+            .map(|t| Slot {
+                key: t.key,
+                send: t.send,
+                thread_id: 0,
+                next_seq: 1,
+                acked: RangeSet::new(),
+            })
+            .collect();
+        let setups = spec.threads.into_iter().map(|t| t.setup).collect();
+        Self {
+            user: spec.user,
+            token,
+            spec_server: spec.server,
+            source: spec.source,
+            contacts: spec.contacts,
+            setups,
+            slots,
+            state: State::Idle,
+            sock: None,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            dirty: false,
+            next_request: 0,
+            awaiting: Awaiting::Nothing,
+            since: run_since,
+            sync_from: run_since,
+            final_sync_wanted: false,
+            setup_queue: None,
+            subscribed: false,
+            heartbeat_ns: 30_000_000_000,
+            last_write_ns: 0,
+            started_ns: 0,
+            attempts: 0,
+            inflight: Vec::new(),
+            seen: None,
+            last_push: Vec::new(),
+            pending_receipts: Vec::new(),
+        }
+    }
+
+    fn request_id(&mut self) -> u32 {
+        self.next_request = self.next_request.wrapping_add(1).max(1);
+        self.next_request
+    }
+
+    fn send_frame(&mut self, frame: impl Into<Frame>, now_ns: u64) -> u32 {
+        let id = self.request_id();
+        encode(id, &frame.into(), &mut self.wbuf);
+        self.last_write_ns = now_ns;
+        id
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    /// The TCP connection is established: say HELLO.
+    pub fn on_connected(&mut self, now_ns: u64) {
+        let id = self.send_frame(
+            proto::Hello {
+                version: proto::VERSION,
+                client: "courier-loadgen".into(),
+            },
+            now_ns,
+        );
+        self.awaiting = Awaiting::Welcome(id);
+        self.state = State::AwaitWelcome;
+    }
+
+    /// Forgets everything that lives only as long as one connection.
+    pub fn reset_connection(&mut self) {
+        self.sock = None;
+        self.rbuf = BytesMut::new();
+        self.wbuf = BytesMut::new();
+        self.awaiting = Awaiting::Nothing;
+        self.inflight = Vec::new();
+        self.last_push = Vec::new();
+        self.pending_receipts = Vec::new();
+        self.setup_queue = None;
+    }
+
+    /// Handles one frame from the server.
+    pub fn on_frame(&mut self, env: proto::Envelope, cx: &mut Cx) -> Outcome {
+        let now = cx.now_ns;
+        let rid = env.request_id;
+        match env.frame {
+            Frame::Welcome(w) if self.awaiting == Awaiting::Welcome(rid) => {
+                self.heartbeat_ns = u64::from(w.heartbeat_secs.max(1)) * 1_000_000_000;
+                let id = self.send_frame(
+                    proto::Resume {
+                        token: self.token.clone(),
+                    },
+                    now,
+                );
+                self.awaiting = Awaiting::Auth(id);
+                self.state = State::AwaitAuth;
+            }
+            Frame::AuthOk(_) if self.awaiting == Awaiting::Auth(rid) => {
+                cx.counters.auth_ok += 1;
+                crate::hist::record_ns(&mut cx.lat.connect, now.saturating_sub(self.started_ns));
+                self.last_push.clear();
+                if cx.sync_on_connect {
+                    self.state = State::InitialSync;
+                    self.start_sync(now);
+                } else {
+                    self.become_ready(cx);
+                }
+            }
+            Frame::SyncBatch(b) if self.awaiting == Awaiting::Sync(rid) => {
+                for m in &b.messages {
+                    self.on_message(m, false, cx);
+                }
+                if b.more {
+                    let id = self.send_frame(
+                        proto::Sync {
+                            since: self.since,
+                            after_thread: b.next_thread,
+                            after_message: b.next_message,
+                            limit: SYNC_LIMIT,
+                        },
+                        now,
+                    );
+                    self.awaiting = Awaiting::Sync(id);
+                } else {
+                    self.since = b.watermark;
+                    self.awaiting = Awaiting::Nothing;
+                    if self.final_sync_wanted {
+                        if self.sync_from <= cx.run_since {
+                            self.final_sync_wanted = false;
+                            cx.final_sync_pending = cx.final_sync_pending.saturating_sub(1);
+                        } else {
+                            // The final sync was asked for while a later one ran: go again.
+                            self.since = cx.run_since;
+                            self.start_sync(now);
+                            return Outcome::Continue;
+                        }
+                    }
+                    if self.state == State::InitialSync {
+                        self.become_ready(cx);
+                    }
+                }
+            }
+            Frame::ThreadInfo(t) if self.awaiting == Awaiting::Setup(rid) => {
+                if let Some(SetupOp::OpenDirect { slot, .. } | SetupOp::CreateGroup { slot, .. }) =
+                    self.setup_queue.as_mut().and_then(|q| q.pop_front())
+                {
+                    self.slots[slot].thread_id = t.thread.id;
+                    cx.threads_out.push((self.slots[slot].key, t.thread.id));
+                }
+                self.next_setup(cx);
+            }
+            Frame::Done(_) if self.awaiting == Awaiting::Setup(rid) => {
+                if let Some(q) = self.setup_queue.as_mut() {
+                    q.pop_front();
+                }
+                self.next_setup(cx);
+            }
+            Frame::Sent(s) => {
+                if let Some(i) = self.inflight.iter().position(|f| f.request_id == rid) {
+                    let f = self.inflight.swap_remove(i);
+                    crate::hist::record_ns(&mut cx.lat.ack, now.saturating_sub(f.sent_ns));
+                    let slot = &mut self.slots[f.slot as usize];
+                    debug_assert_eq!(s.client_msg_id, f.seq);
+                    slot.acked.insert(f.seq);
+                    cx.counters.acked += 1;
+                }
+            }
+            Frame::MessagePush(p) => self.on_message(&p.message, true, cx),
+            Frame::ErrorReply(e) => return self.on_error(rid, e.code, cx),
+            Frame::Redirect(r) => {
+                if let Ok(addr) = r.addr.parse() {
+                    self.spec_server = addr;
+                }
+                *cx.counters.errors.entry("REDIRECT".into()).or_default() += 1;
+                return Outcome::Close { retry: true };
+            }
+            // PONG, DONE of receipts and subscriptions, receipt/presence/typing pushes: nothing
+            // to do beyond having read them.
+            _ => {}
+        }
+        Outcome::Continue
+    }
+
+    fn on_error(&mut self, rid: u32, code: u16, cx: &mut Cx) -> Outcome {
+        let known = ErrorCode::from_u16(code);
+        let name = known.map_or_else(|| format!("CODE_{code}"), |c| c.name().to_string());
+        *cx.counters.errors.entry(name).or_default() += 1;
+        if rid == 0 {
+            // The server announces a close; the EOF follows.
+            return Outcome::Close {
+                retry: !matches!(known, Some(ErrorCode::SessionRevoked)),
+            };
+        }
+        if let Some(i) = self.inflight.iter().position(|f| f.request_id == rid) {
+            self.inflight.swap_remove(i);
+            cx.counters.send_errors += 1;
+            return Outcome::Continue;
+        }
+        match self.awaiting {
+            Awaiting::Welcome(id) | Awaiting::Auth(id) if id == rid => {
+                // A bad token or version will not get better by retrying.
+                let retry = matches!(
+                    known,
+                    Some(
+                        ErrorCode::ServerFull | ErrorCode::ShuttingDown | ErrorCode::LoginThrottled
+                    )
+                );
+                Outcome::Close { retry }
+            }
+            Awaiting::Sync(id) if id == rid => Outcome::Close { retry: true },
+            Awaiting::Setup(id) if id == rid => {
+                cx.counters.setup_errors += 1;
+                if let Some(q) = self.setup_queue.as_mut() {
+                    if let Some(
+                        SetupOp::CreateGroup { slot, .. } | SetupOp::OpenDirect { slot, .. },
+                    ) = q.pop_front()
+                    {
+                        // Without the thread the chunks that follow cannot be added.
+                        q.retain(
+                            |op| !matches!(op, SetupOp::AddMembers { slot: s, .. } if *s == slot),
+                        );
+                    }
+                }
+                self.next_setup(cx);
+                Outcome::Continue
+            }
+            _ => Outcome::Continue,
+        }
+    }
+
+    fn start_sync(&mut self, now: u64) {
+        self.sync_from = self.since;
+        let id = self.send_frame(
+            proto::Sync {
+                since: self.since,
+                after_thread: 0,
+                after_message: 0,
+                limit: SYNC_LIMIT,
+            },
+            now,
+        );
+        self.awaiting = Awaiting::Sync(id);
+    }
+
+    /// A SYNC from the start of the run, asked for by the parent.
+    pub fn start_final_sync(&mut self, run_since: u64, now: u64) {
+        self.since = run_since;
+        self.final_sync_wanted = true;
+        if self.state == State::Ready && self.awaiting == Awaiting::Nothing {
+            self.start_sync(now);
+        }
+        // Otherwise the SYNC after the next RESUME covers it, or the running one is redone
+        // from `run_since` when it ends.
+    }
+
+    fn become_ready(&mut self, cx: &mut Cx) {
+        self.state = State::Ready;
+        self.attempts = 0;
+        cx.counters.ready += 1;
+        if self.subscribed && !self.contacts.is_empty() {
+            let q = VecDeque::from([SetupOp::PresenceSubscribe {
+                users: self.contacts.clone(),
+            }]);
+            self.setup_queue = Some(Box::new(q));
+            cx.setup_pending += 1;
+            self.next_setup(cx);
+        }
+        if self.final_sync_wanted && self.awaiting == Awaiting::Nothing {
+            self.start_sync(cx.now_ns);
+        }
+    }
+
+    /// Leaves the ready state (the connection closed).
+    pub fn on_closed(&mut self, cx: &mut Cx) {
+        if self.state == State::Ready {
+            cx.counters.ready -= 1;
+        }
+        if self.setup_queue.is_some() {
+            // An interrupted setup is not resumed: the parent sees it as a setup error.
+            cx.counters.setup_errors += 1;
+            cx.setup_pending = cx.setup_pending.saturating_sub(1);
+        }
+        self.reset_connection();
+    }
+
+    /// Starts the setup requests: threads this connection creates, contacts, presence.
+    pub fn start_setup(&mut self, cx: &mut Cx) {
+        let mut q = VecDeque::new();
+        for (slot, setup) in self.setups.iter().enumerate() {
+            match setup {
+                Some(ThreadSetup::OpenDirect { peer }) => {
+                    q.push_back(SetupOp::OpenDirect { slot, peer: *peer })
+                }
+                Some(ThreadSetup::CreateGroup {
+                    name,
+                    members,
+                    chunk,
+                }) => {
+                    let chunk = (*chunk).max(1);
+                    let mut parts = members.chunks(chunk);
+                    let first = parts.next().unwrap_or_default().to_vec();
+                    q.push_back(SetupOp::CreateGroup {
+                        slot,
+                        name: name.clone(),
+                        members: first,
+                    });
+                    for part in parts {
+                        q.push_back(SetupOp::AddMembers {
+                            slot,
+                            members: part.to_vec(),
+                        });
+                    }
+                }
+                None => {}
+            }
+        }
+        for &user in &self.contacts {
+            q.push_back(SetupOp::ContactAdd { user });
+        }
+        if !self.contacts.is_empty() {
+            q.push_back(SetupOp::PresenceSubscribe {
+                users: self.contacts.clone(),
+            });
+            self.subscribed = true;
+        }
+        if q.is_empty() {
+            return;
+        }
+        self.setup_queue = Some(Box::new(q));
+        cx.setup_pending += 1;
+        self.next_setup(cx);
+    }
+
+    fn next_setup(&mut self, cx: &mut Cx) {
+        let now = cx.now_ns;
+        let Some(q) = self.setup_queue.as_ref() else {
+            return;
+        };
+        let frame: Frame = match q.front() {
+            None => {
+                self.setup_queue = None;
+                self.awaiting = Awaiting::Nothing;
+                cx.setup_pending = cx.setup_pending.saturating_sub(1);
+                if self.final_sync_wanted {
+                    self.start_sync(now);
+                }
+                return;
+            }
+            Some(SetupOp::OpenDirect { peer, .. }) => proto::OpenDirect { peer: *peer }.into(),
+            Some(SetupOp::CreateGroup { name, members, .. }) => proto::CreateGroup {
+                name: name.clone(),
+                members: members.clone(),
+            }
+            .into(),
+            Some(SetupOp::AddMembers { slot, members }) => proto::AddMembers {
+                thread: self.slots[*slot].thread_id,
+                members: members.clone(),
+            }
+            .into(),
+            Some(SetupOp::ContactAdd { user }) => proto::ContactAdd { user: *user }.into(),
+            Some(SetupOp::PresenceSubscribe { users }) => proto::PresenceSubscribe {
+                users: users.clone(),
+            }
+            .into(),
+        };
+        let id = self.send_frame(frame, now);
+        self.awaiting = Awaiting::Setup(id);
+    }
+
+    /// Learns the server ids of the threads this connection sends in.
+    pub fn learn_threads(&mut self, ids: &HashMap<u32, u64>) {
+        for s in &mut self.slots {
+            if let Some(&id) = ids.get(&s.key) {
+                s.thread_id = id;
+            }
+        }
+    }
+
+    /// Indices of slots this connection sends in.
+    pub fn sending_slots(&self) -> impl Iterator<Item = usize> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.send)
+            .map(|(i, _)| i)
+    }
+
+    /// Sends one message in `slot` if the connection is ready and its window has room.
+    pub fn try_send(&mut self, slot: usize, window: u32, cx: &mut Cx) -> bool {
+        if self.state != State::Ready
+            || self.inflight.len() >= window as usize
+            || self.awaiting != Awaiting::Nothing
+        {
+            return false;
+        }
+        let s = &mut self.slots[slot];
+        if s.thread_id == 0 {
+            return false;
+        }
+        let (thread, key, seq) = (s.thread_id, s.key, s.next_seq);
+        s.next_seq += 1;
+        let now = monotonic_ns();
+        if cx.typing && cx.rng.random_ratio(1, 10) {
+            self.send_frame(
+                proto::Typing {
+                    thread,
+                    active: true,
+                },
+                now,
+            );
+        }
+        let header = BodyHeader {
+            sent_ns: now,
+            run_id: cx.run_id,
+            thread: key,
+            sender: self.user,
+            seq,
+        };
+        header.write(cx.body_size, &mut cx.body);
+        let body = cx.body.split().freeze();
+        let request_id = self.send_frame(
+            proto::Send {
+                thread,
+                client_msg_id: seq,
+                kind: MessageKind::Text,
+                body,
+            },
+            now,
+        );
+        self.inflight.push(InFlight {
+            request_id,
+            slot: slot as u16,
+            seq,
+            sent_ns: now,
+        });
+        cx.counters.sent += 1;
+        true
+    }
+
+    /// A message arrived by push (`push`) or in a sync batch.
+    fn on_message(&mut self, m: &Message, push: bool, cx: &mut Cx) {
+        if m.kind != MessageKind::Text {
+            return;
+        }
+        let Some(h) = BodyHeader::parse(&m.body).filter(|h| h.run_id == cx.run_id) else {
+            cx.counters.foreign += 1;
+            return;
+        };
+        if h.sender == self.user {
+            return;
+        }
+        let seen = self.seen.get_or_insert_with(Default::default);
+        let new = seen.entry((h.thread, h.sender)).or_default().insert(h.seq);
+        if !push {
+            if new {
+                cx.counters.delivered += 1;
+                cx.counters.recovered_by_sync += 1;
+            }
+            return;
+        }
+        cx.counters.pushes += 1;
+        let last = match self.last_push.iter_mut().find(|(t, _)| *t == m.thread) {
+            Some(entry) => entry,
+            None => {
+                self.last_push.push((m.thread, 0));
+                self.last_push.last_mut().expect("just pushed")
+            }
+        };
+        if m.id == last.1 || (m.id < last.1 && !new) {
+            cx.counters.duplicates += 1;
+        } else if m.id < last.1 {
+            cx.counters.out_of_order += 1;
+        }
+        last.1 = last.1.max(m.id);
+        if new {
+            cx.counters.delivered += 1;
+            if cx.in_window {
+                cx.counters.delivered_in_window += 1;
+            }
+            crate::hist::record_ns(
+                &mut cx.lat.delivery,
+                monotonic_ns().saturating_sub(h.sent_ns),
+            );
+        }
+        if cx.receipts {
+            match self
+                .pending_receipts
+                .iter_mut()
+                .find(|(t, _)| *t == m.thread)
+            {
+                Some(r) => r.1 = r.1.max(m.id),
+                None => self.pending_receipts.push((m.thread, m.id)),
+            }
+        }
+    }
+
+    /// Sends the receipts owed for what arrived in the last read.
+    pub fn flush_receipts(&mut self, cx: &mut Cx) {
+        if self.pending_receipts.is_empty() || self.state != State::Ready {
+            return;
+        }
+        let now = cx.now_ns;
+        for (thread, up_to) in std::mem::take(&mut self.pending_receipts) {
+            self.send_frame(
+                proto::Receipt {
+                    thread,
+                    kind: proto::ReceiptKind::Delivered,
+                    up_to,
+                },
+                now,
+            );
+            cx.counters.receipts_sent += 1;
+            if cx.read_receipts && cx.rng.random_bool(0.5) {
+                self.send_frame(
+                    proto::Receipt {
+                        thread,
+                        kind: proto::ReceiptKind::Read,
+                        up_to,
+                    },
+                    now,
+                );
+                cx.counters.receipts_sent += 1;
+            }
+        }
+    }
+
+    /// Sends a PING if nothing was written for a heartbeat interval.
+    pub fn heartbeat(&mut self, cx: &mut Cx) -> bool {
+        if self.state != State::Ready
+            || cx.now_ns.saturating_sub(self.last_write_ns) < self.heartbeat_ns
+        {
+            return false;
+        }
+        let nonce = cx.now_ns;
+        self.send_frame(proto::Ping { nonce }, cx.now_ns);
+        cx.counters.pings += 1;
+        true
+    }
+
+    /// This connection's part of the run's ledgers.
+    pub fn ledgers(&self, sent: &mut Vec<SentLedger>, seen: &mut Vec<SeenLedger>) {
+        for s in &self.slots {
+            if s.send && !s.acked.is_empty() {
+                sent.push(SentLedger {
+                    thread: s.key,
+                    sender: self.user,
+                    acked: s.acked.clone(),
+                });
+            }
+        }
+        if let Some(map) = &self.seen {
+            for (&(thread, sender), set) in map.iter() {
+                seen.push(SeenLedger {
+                    user: self.user,
+                    thread,
+                    sender,
+                    seen: set.clone(),
+                });
+            }
+        }
+    }
+}
