@@ -1,6 +1,13 @@
 //! Courier: a chat push server. See ARCHITECTURE.md for the one-page picture.
 
+pub mod admin;
 pub mod chat;
 pub mod clock;
+pub mod cluster;
+pub mod config;
+pub mod directory;
+pub mod metrics;
+pub mod server;
 pub mod session;
+pub mod shard;
 pub mod store;

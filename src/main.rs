@@ -1,1 +1,55 @@
-fn main() {}
+//! The `courier` command: `serve` runs the server, `admin` works on a stopped one.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use courier::admin::{self, ProvisionArgs};
+use courier::config::{Config, ServeArgs};
+use courier::server;
+
+#[derive(Parser)]
+#[command(name = "courier", version, about = "A chat push server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Offline administration (the server must be stopped).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create load-test accounts and write `user_id handle token_hex` lines for the load generator.
+    Provision(ProvisionArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match Cli::parse().command {
+        Command::Serve(args) => Config::load(args)
+            .map_err(|e| e.to_string())
+            .and_then(|config| server::serve(config).map_err(|e| e.to_string())),
+        Command::Admin(AdminCommand::Provision(args)) => admin::provision(&args)
+            .map(|made| println!("provisioned {made} users into {}", args.out.display()))
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("courier: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

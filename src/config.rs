@@ -1,0 +1,367 @@
+//! `courier serve` options: command line, optional TOML file, defaults.
+//!
+//! Every option has the same name in both places (`--max-output` on the command line is
+//! `max_output` in the file). A value given on the command line wins over the file, which wins
+//! over the default. The file is strict: an unknown key or a value of the wrong type is an
+//! error that names the key, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use courier_protocol::MAX_FRAME_LEN;
+
+use crate::store::FsyncMode;
+
+/// A configuration that cannot be used, with what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("the config file {path} has a bad `{key}`: {message}")]
+    Key {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("`{key}` = {value} is not allowed: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+/// The options as given on the command line; `None`/empty means "not given".
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with the same options (underscores instead of dashes); the command line wins.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where RocksDB keeps its files [default: ./data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address to accept clients on; repeatable. Port 0 picks a free port [default: 127.0.0.1:7878].
+    #[arg(long)]
+    pub listen: Vec<SocketAddr>,
+    /// Event-loop threads [default: one per core].
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Serve Prometheus metrics over HTTP on this address.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
+    /// When a commit reaches the disk [default: batch].
+    #[arg(long, value_enum)]
+    pub fsync: Option<FsyncMode>,
+    /// Heartbeat period announced to clients; 3 missed periods close the connection [default: 30].
+    #[arg(long)]
+    pub heartbeat_secs: Option<u16>,
+    /// Seconds a new connection has to say HELLO and authenticate [default: 10].
+    #[arg(long)]
+    pub handshake_timeout_secs: Option<u64>,
+    /// Connections accepted at once [default: the open files limit minus a reserve].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Largest frame accepted, in bytes [default: 65536].
+    #[arg(long)]
+    pub max_frame: Option<u32>,
+    /// Unsent bytes a connection may queue before it is cut off as a slow consumer [default: 4 MiB].
+    #[arg(long)]
+    pub max_output: Option<usize>,
+    /// Requests per second per connection, with bursts of twice that [default: 500].
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
+    /// Handle of an account allowed to use ADMIN_STATS; repeatable.
+    #[arg(long)]
+    pub admin: Vec<String>,
+    /// argon2id memory cost in KiB [default: 19456].
+    #[arg(long)]
+    pub argon2_m_kib: Option<u32>,
+    /// This node's id on the cluster ring, announced in WELCOME [default: node1].
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Another node of the cluster as ID=HOST:PORT; repeatable.
+    #[arg(long)]
+    pub peer: Vec<String>,
+}
+
+/// The config file: the same options, all optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<Vec<SocketAddr>>,
+    shards: Option<usize>,
+    metrics: Option<SocketAddr>,
+    fsync: Option<FsyncMode>,
+    heartbeat_secs: Option<u16>,
+    handshake_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    max_frame: Option<u32>,
+    max_output: Option<usize>,
+    rate_limit: Option<u32>,
+    admin: Option<Vec<String>>,
+    argon2_m_kib: Option<u32>,
+    node_id: Option<String>,
+    peer: Option<Vec<String>>,
+}
+
+/// The resolved configuration of a server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub shards: usize,
+    pub metrics: Option<SocketAddr>,
+    pub fsync: FsyncMode,
+    pub heartbeat_secs: u16,
+    pub handshake_timeout_secs: u64,
+    /// `None`: derived from the open files limit at start.
+    pub max_connections: Option<usize>,
+    pub max_frame: u32,
+    pub max_output: usize,
+    pub rate_limit: u32,
+    pub admins: Vec<String>,
+    pub argon2_m_kib: u32,
+    pub node_id: String,
+    /// (id, address) of the other nodes.
+    pub peers: Vec<(String, String)>,
+}
+
+impl Config {
+    /// Merges the command line over the file named by `--config` (if any) over the defaults,
+    /// and checks the result.
+    pub fn load(args: ServeArgs) -> Result<Config, Error> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let listen = pick_list(args.listen, file.listen);
+        let config = Config {
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./data")),
+            listen: if listen.is_empty() {
+                vec![SocketAddr::from(([127, 0, 0, 1], 7878))]
+            } else {
+                listen
+            },
+            shards: args.shards.or(file.shards).unwrap_or(cores),
+            metrics: args.metrics.or(file.metrics),
+            fsync: args.fsync.or(file.fsync).unwrap_or_default(),
+            heartbeat_secs: args.heartbeat_secs.or(file.heartbeat_secs).unwrap_or(30),
+            handshake_timeout_secs: args
+                .handshake_timeout_secs
+                .or(file.handshake_timeout_secs)
+                .unwrap_or(10),
+            max_connections: args.max_connections.or(file.max_connections),
+            max_frame: args.max_frame.or(file.max_frame).unwrap_or(64 * 1024),
+            max_output: args.max_output.or(file.max_output).unwrap_or(4 << 20),
+            rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(500),
+            admins: pick_list(args.admin, file.admin),
+            argon2_m_kib: args.argon2_m_kib.or(file.argon2_m_kib).unwrap_or(19 * 1024),
+            node_id: args
+                .node_id
+                .or(file.node_id)
+                .unwrap_or_else(|| "node1".to_owned()),
+            peers: pick_list(args.peer, file.peer)
+                .iter()
+                .map(|p| parse_peer(p))
+                .collect::<Result<_, _>>()?,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        let invalid = |key, value: &dyn std::fmt::Display, reason| {
+            Err(Error::Invalid {
+                key,
+                value: value.to_string(),
+                reason,
+            })
+        };
+        if !(1..=1024).contains(&self.shards) {
+            return invalid(
+                "shards",
+                &self.shards,
+                "use 1 to 1024 shards (one per core is best)",
+            );
+        }
+        if !(64..=MAX_FRAME_LEN).contains(&self.max_frame) {
+            return invalid("max_frame", &self.max_frame, "use 64 to 1048576 bytes");
+        }
+        if self.heartbeat_secs == 0 {
+            return invalid("heartbeat_secs", &0, "use at least 1 second");
+        }
+        if self.handshake_timeout_secs == 0 {
+            return invalid("handshake_timeout_secs", &0, "use at least 1 second");
+        }
+        if self.max_output < self.max_frame as usize {
+            return invalid(
+                "max_output",
+                &self.max_output,
+                "must be at least max_frame, or no reply could be queued",
+            );
+        }
+        if self.rate_limit == 0 {
+            return invalid("rate_limit", &0, "use at least 1 request per second");
+        }
+        if self.max_connections == Some(0) {
+            return invalid(
+                "max_connections",
+                &0,
+                "use at least 1, or leave it out to derive it from the open files limit",
+            );
+        }
+        if self.node_id.is_empty() {
+            return invalid("node_id", &"\"\"", "a node id must not be empty");
+        }
+        Ok(())
+    }
+}
+
+/// The command line's list if it has any entries, else the file's.
+fn pick_list<T>(cli: Vec<T>, file: Option<Vec<T>>) -> Vec<T> {
+    if cli.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        cli
+    }
+}
+
+fn parse_peer(spec: &str) -> Result<(String, String), Error> {
+    match spec.split_once('=') {
+        Some((id, addr)) if !id.is_empty() && addr.contains(':') => {
+            Ok((id.to_owned(), addr.to_owned()))
+        }
+        _ => Err(Error::Invalid {
+            key: "peer",
+            value: spec.to_owned(),
+            reason: "write a peer as ID=HOST:PORT, e.g. node2=10.0.0.2:7878",
+        }),
+    }
+}
+
+/// Reads the file key by key, so an error names the key it is about.
+fn read_file(path: &Path) -> Result<FileConfig, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_file(path, &text)
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<FileConfig, Error> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Syntax {
+        path: path.to_owned(),
+        message: e.message().to_owned(),
+    })?;
+    for (key, value) in &table {
+        let mut one = toml::Table::new();
+        one.insert(key.clone(), value.clone());
+        toml::Value::Table(one)
+            .try_into::<FileConfig>()
+            .map_err(|e| Error::Key {
+                path: path.to_owned(),
+                key: key.clone(),
+                message: e.message().to_owned(),
+            })?;
+    }
+    toml::Value::Table(table)
+        .try_into::<FileConfig>()
+        .map_err(|e| Error::Syntax {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> Result<FileConfig, Error> {
+        parse_file(Path::new("courier.toml"), text)
+    }
+
+    #[test]
+    fn file_values_are_read_and_the_command_line_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "max_output = 1048576\nfsync = \"never\"\nlisten = [\"127.0.0.1:9000\"]\nshards = 3\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            shards: Some(2),
+            ..ServeArgs::default()
+        };
+        let c = Config::load(args).unwrap();
+        assert_eq!(
+            (c.max_output, c.fsync, c.shards),
+            (1 << 20, FsyncMode::Never, 2)
+        );
+        assert_eq!(c.listen, vec!["127.0.0.1:9000".parse().unwrap()]);
+        assert_eq!(c.heartbeat_secs, 30);
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        match file("max_outptu = 5\n") {
+            Err(Error::Key { key, .. }) => assert_eq!(key, "max_outptu"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        match file("data_dir = \"d\"\nheartbeat_secs = \"often\"\n") {
+            Err(e @ Error::Key { .. }) => {
+                assert!(e.to_string().contains("`heartbeat_secs`"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(file("fsync = \"sometimes\""), Err(Error::Key { key, .. }) if key == "fsync")
+        );
+    }
+
+    #[test]
+    fn peers_and_limits_are_checked() {
+        let args = ServeArgs {
+            peer: vec!["node2".into()],
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Config::load(args),
+            Err(Error::Invalid { key: "peer", .. })
+        ));
+        let args = ServeArgs {
+            max_frame: Some(10),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Config::load(args),
+            Err(Error::Invalid {
+                key: "max_frame",
+                ..
+            })
+        ));
+        let args = ServeArgs {
+            peer: vec!["n2=10.0.0.2:7878".into()],
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            Config::load(args).unwrap().peers,
+            vec![("n2".to_owned(), "10.0.0.2:7878".to_owned())]
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! The directory: which connections (devices) each online user has, across all shards.
+//!
+//! Shards register a connection when it authenticates and unregister it when it closes; pushes
+//! look up every device of a recipient here. A user is *online* while they have at least one
+//! registered connection.
+//!
+//! # Lock order
+//!
+//! The map is split into [`STRIPES`] stripes, each behind its own `RwLock`, chosen by user id.
+//! A caller holds **one stripe at a time**, only inside a method of this type, and never across
+//! another lock, a channel send or any I/O: every method copies what it needs out and releases
+//! the stripe before returning. There is therefore no lock order to get wrong.
+//!
+//! # Memory
+//!
+//! One entry per online user: the key, and [`Devices`] (one `ConnRef` inline, a `Vec` only for
+//! users with several devices online). See `size_of_entry_is_small` below.
+
+use std::collections::HashMap;
+
+use parking_lot::RwLock;
+
+use crate::chat::ConnRef;
+
+/// Stripes of the map: enough that 2–64 shards rarely contend on one.
+pub const STRIPES: usize = 64;
+
+/// The online devices of one user: the common single-device case needs no allocation.
+#[derive(Debug, Clone)]
+enum Devices {
+    One(ConnRef),
+    Many(Vec<ConnRef>),
+}
+
+impl Devices {
+    fn iter(&self) -> impl Iterator<Item = &ConnRef> {
+        match self {
+            Devices::One(c) => std::slice::from_ref(c).iter(),
+            Devices::Many(v) => v.iter(),
+        }
+    }
+}
+
+/// Online connections by user, shared by every shard.
+pub struct Directory {
+    stripes: Box<[RwLock<HashMap<u64, Devices>>]>,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Directory {
+    pub fn new() -> Directory {
+        Directory {
+            stripes: (0..STRIPES).map(|_| RwLock::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn stripe(&self, user: u64) -> &RwLock<HashMap<u64, Devices>> {
+        // Multiplicative hash: consecutive user ids spread over all stripes.
+        let h = user.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58;
+        &self.stripes[h as usize % STRIPES]
+    }
+
+    /// Adds `conn` as an online device of `user`; true when it is the user's first (the user
+    /// just came online).
+    pub fn register(&self, user: u64, conn: ConnRef) -> bool {
+        let mut map = self.stripe(user).write();
+        match map.get_mut(&user) {
+            None => {
+                map.insert(user, Devices::One(conn));
+                true
+            }
+            Some(Devices::One(existing)) => {
+                let first = *existing;
+                map.insert(user, Devices::Many(vec![first, conn]));
+                false
+            }
+            Some(Devices::Many(v)) => {
+                v.push(conn);
+                false
+            }
+        }
+    }
+
+    /// Removes `conn`; true when it was the user's last device (the user just went offline).
+    /// Removing a connection that is not registered changes nothing and returns false.
+    pub fn unregister(&self, user: u64, conn: ConnRef) -> bool {
+        let mut map = self.stripe(user).write();
+        let Some(devices) = map.get_mut(&user) else {
+            return false;
+        };
+        match devices {
+            Devices::One(c) if *c == conn => {
+                map.remove(&user);
+                true
+            }
+            Devices::One(_) => false,
+            Devices::Many(v) => {
+                v.retain(|c| *c != conn);
+                match v.len() {
+                    0 => {
+                        map.remove(&user);
+                        true
+                    }
+                    1 => {
+                        let only = v[0];
+                        *devices = Devices::One(only);
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    /// Appends every online connection of `user` to `out`.
+    pub fn devices_into(&self, user: u64, out: &mut Vec<ConnRef>) {
+        if let Some(d) = self.stripe(user).read().get(&user) {
+            out.extend(d.iter().copied());
+        }
+    }
+
+    pub fn is_online(&self, user: u64) -> bool {
+        self.stripe(user).read().contains_key(&user)
+    }
+
+    /// Users with at least one device online (sums the stripes one by one: a moment's view).
+    pub fn online_users(&self) -> usize {
+        self.stripes.iter().map(|s| s.read().len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(slot: u32) -> ConnRef {
+        ConnRef {
+            shard: 0,
+            slot,
+            gen: 1,
+        }
+    }
+
+    #[test]
+    fn first_and_last_device_are_reported() {
+        let d = Directory::new();
+        assert!(d.register(7, conn(1)));
+        assert!(!d.register(7, conn(2)));
+        assert!(!d.register(7, conn(3)));
+        let mut out = Vec::new();
+        d.devices_into(7, &mut out);
+        assert_eq!(out, vec![conn(1), conn(2), conn(3)]);
+        assert!(!d.unregister(7, conn(2)));
+        assert!(
+            !d.unregister(7, conn(9)),
+            "an unknown connection is not the last one"
+        );
+        assert!(!d.unregister(7, conn(1)));
+        assert!(d.is_online(7));
+        assert!(d.unregister(7, conn(3)));
+        assert!(!d.is_online(7));
+        assert!(!d.unregister(7, conn(3)));
+        assert_eq!(d.online_users(), 0);
+    }
+
+    #[test]
+    fn size_of_entry_is_small() {
+        // Key + value of the per-user entry, before the hash table's own control byte.
+        assert!(
+            size_of::<(u64, Devices)>() <= 40,
+            "{}",
+            size_of::<(u64, Devices)>()
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! Counters and a tiny Prometheus endpoint.
+//!
+//! Each shard owns one [`ShardMetrics`], aligned to its own cache lines, and is its only
+//! writer: the hot path is a relaxed `fetch_add` on a line no other core writes, never a lock.
+//! Readers (the HTTP responder, `ADMIN_STATS`) sum the shards with relaxed loads; a snapshot is
+//! therefore a moment's view, not a consistent cut, which is what a scrape needs.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a connection ended: one counter each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The peer closed, or the socket failed.
+    PeerClosed,
+    /// A frame that did not decode, of an unknown type or over the size limit.
+    ProtocolError,
+    HandshakeTimeout,
+    HeartbeatTimeout,
+    SlowConsumer,
+    ServerFull,
+    Logout,
+    SessionRevoked,
+    Redirected,
+    ShuttingDown,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 10] = [
+        Reason::PeerClosed,
+        Reason::ProtocolError,
+        Reason::HandshakeTimeout,
+        Reason::HeartbeatTimeout,
+        Reason::SlowConsumer,
+        Reason::ServerFull,
+        Reason::Logout,
+        Reason::SessionRevoked,
+        Reason::Redirected,
+        Reason::ShuttingDown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::PeerClosed => "peer_closed",
+            Reason::ProtocolError => "protocol_error",
+            Reason::HandshakeTimeout => "handshake_timeout",
+            Reason::HeartbeatTimeout => "heartbeat_timeout",
+            Reason::SlowConsumer => "slow_consumer",
+            Reason::ServerFull => "server_full",
+            Reason::Logout => "logout",
+            Reason::SessionRevoked => "session_revoked",
+            Reason::Redirected => "redirected",
+            Reason::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Upper bounds (µs) of the commit latency histogram buckets; the last bucket is +Inf.
+pub const COMMIT_BUCKETS_US: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+];
+
+/// One shard's counters. Only that shard writes them.
+#[derive(Default)]
+#[repr(align(128))]
+pub struct ShardMetrics {
+    pub connections: AtomicU64,
+    pub authenticated: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub rate_limited: AtomicU64,
+    /// Messages waiting in this shard's mailbox at the end of its last round.
+    pub mailbox_depth: AtomicU64,
+    /// Messages this shard could not hand to a full mailbox at once (retried later).
+    pub mailbox_overflows: AtomicU64,
+    pub overflow_pending: AtomicU64,
+    disconnects: [AtomicU64; Reason::ALL.len()],
+    commit_buckets: [AtomicU64; COMMIT_BUCKETS_US.len() + 1],
+    commit_sum_us: AtomicU64,
+}
+
+impl ShardMetrics {
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    pub fn disconnected(&self, reason: Reason) {
+        Self::add(&self.disconnects[reason as usize], 1);
+    }
+
+    /// Records one `engine.commit` that took `us` microseconds.
+    pub fn commit_took(&self, us: u64) {
+        let bucket = COMMIT_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(COMMIT_BUCKETS_US.len());
+        Self::add(&self.commit_buckets[bucket], 1);
+        Self::add(&self.commit_sum_us, us);
+    }
+}
+
+/// Picks one counter out of a shard's counters.
+type Field = fn(&ShardMetrics) -> &AtomicU64;
+
+/// Every shard's counters.
+pub struct Metrics {
+    pub shards: Box<[ShardMetrics]>,
+}
+
+fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+impl Metrics {
+    pub fn new(shards: usize) -> Arc<Metrics> {
+        Arc::new(Metrics {
+            shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
+        })
+    }
+
+    fn sum(&self, f: impl Fn(&ShardMetrics) -> &AtomicU64) -> u64 {
+        self.shards.iter().map(|s| load(f(s))).sum()
+    }
+
+    /// Process-wide totals as (name, value), for `ADMIN_STATS`.
+    pub fn totals(&self) -> Vec<(String, u64)> {
+        let mut out = vec![
+            ("connections".to_owned(), self.sum(|s| &s.connections)),
+            ("authenticated".to_owned(), self.sum(|s| &s.authenticated)),
+            ("frames_in".to_owned(), self.sum(|s| &s.frames_in)),
+            ("frames_out".to_owned(), self.sum(|s| &s.frames_out)),
+            ("bytes_in".to_owned(), self.sum(|s| &s.bytes_in)),
+            ("bytes_out".to_owned(), self.sum(|s| &s.bytes_out)),
+            ("rate_limited".to_owned(), self.sum(|s| &s.rate_limited)),
+            (
+                "mailbox_overflows".to_owned(),
+                self.sum(|s| &s.mailbox_overflows),
+            ),
+            ("shards".to_owned(), self.shards.len() as u64),
+        ];
+        for r in Reason::ALL {
+            out.push((
+                format!("disconnects_{}", r.name()),
+                self.sum(|s| &s.disconnects[r as usize]),
+            ));
+        }
+        out
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let per_shard: [(&str, &str, Field); 6] = [
+            ("courier_connections", "gauge", |s| &s.connections),
+            ("courier_authenticated_sessions", "gauge", |s| {
+                &s.authenticated
+            }),
+            ("courier_mailbox_depth", "gauge", |s| &s.mailbox_depth),
+            ("courier_mailbox_overflow_pending", "gauge", |s| {
+                &s.overflow_pending
+            }),
+            ("courier_mailbox_overflows_total", "counter", |s| {
+                &s.mailbox_overflows
+            }),
+            ("courier_rate_limited_total", "counter", |s| &s.rate_limited),
+        ];
+        for (name, kind, f) in per_shard {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (i, s) in self.shards.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", load(f(s)));
+            }
+        }
+        let totals: [(&str, Field); 4] = [
+            ("courier_frames_in_total", |s| &s.frames_in),
+            ("courier_frames_out_total", |s| &s.frames_out),
+            ("courier_bytes_in_total", |s| &s.bytes_in),
+            ("courier_bytes_out_total", |s| &s.bytes_out),
+        ];
+        for (name, f) in totals {
+            let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", self.sum(f));
+        }
+        let _ = writeln!(out, "# TYPE courier_disconnects_total counter");
+        for r in Reason::ALL {
+            let _ = writeln!(
+                out,
+                "courier_disconnects_total{{reason=\"{}\"}} {}",
+                r.name(),
+                self.sum(|s| &s.disconnects[r as usize])
+            );
+        }
+        let _ = writeln!(out, "# TYPE courier_commit_seconds histogram");
+        let mut cumulative = 0;
+        for (i, bound) in COMMIT_BUCKETS_US.iter().enumerate() {
+            cumulative += self.sum(|s| &s.commit_buckets[i]);
+            let _ = writeln!(
+                out,
+                "courier_commit_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        cumulative += self.sum(|s| &s.commit_buckets[COMMIT_BUCKETS_US.len()]);
+        let _ = writeln!(
+            out,
+            "courier_commit_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "courier_commit_seconds_sum {}",
+            self.sum(|s| &s.commit_sum_us) as f64 / 1e6
+        );
+        let _ = writeln!(out, "courier_commit_seconds_count {cumulative}");
+        out
+    }
+}
+
+/// Serves `GET /metrics` (any path, in fact) over HTTP/1.0 on `addr`, one request at a time,
+/// on its own thread. Returns the bound address.
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+            // The request itself does not matter; read what arrived so the close is clean.
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let body = metrics.render();
+            let head = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body.as_bytes()));
+        }
+    })?;
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_sums_shards_and_buckets() {
+        let m = Metrics::new(2);
+        ShardMetrics::add(&m.shards[0].frames_in, 3);
+        ShardMetrics::add(&m.shards[1].frames_in, 4);
+        m.shards[1].disconnected(Reason::SlowConsumer);
+        m.shards[0].commit_took(75);
+        m.shards[1].commit_took(1_000_000);
+        let text = m.render();
+        assert!(text.contains("courier_frames_in_total 7"), "{text}");
+        assert!(text.contains("courier_disconnects_total{reason=\"slow_consumer\"} 1"));
+        assert!(text.contains("courier_commit_seconds_bucket{le=\"0.0001\"} 1"));
+        assert!(text.contains("courier_commit_seconds_bucket{le=\"+Inf\"} 2"));
+    }
+
+    #[test]
+    fn shard_counters_do_not_share_cache_lines() {
+        assert_eq!(std::mem::align_of::<ShardMetrics>(), 128);
+    }
+}

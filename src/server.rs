@@ -1,0 +1,252 @@
+//! Start-up and shutdown of `courier serve`.
+//!
+//! Start-up opens the store, builds the shared state, binds one `SO_REUSEPORT` listener per
+//! shard and listen address, starts the auth workers, the shards and the metrics responder,
+//! and prints `courier listening on IP:PORT` once per address (scripts and tests wait for it).
+//! A SIGTERM or SIGINT sets the shutdown flag and wakes every shard; each finishes its round,
+//! says `SHUTTING_DOWN` to its connections (bounded) and exits; then the WAL is synced.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+use mio::net::TcpListener;
+use mio::{Poll, Waker};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::chat::{self, ChatConfig};
+use crate::clock::Clock;
+use crate::cluster::Router;
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::metrics::{self, Metrics};
+use crate::session::{Accounts, AuthConfig, AuthError};
+use crate::shard::mailbox::{Mailbox, ShardMsg, MAILBOX_CAPACITY};
+use crate::shard::{self, auth_pool, Core, ShardParts, WAKER};
+use crate::store::{self, Store};
+
+/// File descriptors kept back from the connection capacity: RocksDB's files, listeners,
+/// pollers, wakers, the metrics socket.
+const FD_RESERVE: u64 = 1024;
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("cannot set up accounts: {0}")]
+    Accounts(#[from] AuthError),
+    #[error("cannot listen on {addr}: {source}. Is another process using the port?")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the event loops: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs a server until SIGTERM or SIGINT.
+pub fn serve(config: Config) -> Result<(), Error> {
+    let limit = raise_open_files_limit();
+    let max_connections = config.max_connections.unwrap_or_else(|| {
+        limit
+            .saturating_sub(FD_RESERVE)
+            .max(64)
+            .min(usize::MAX as u64) as usize
+    });
+    tracing::info!("capacity: {max_connections} connections (open files limit {limit})");
+
+    let store = Store::open(&config.data_dir, config.fsync)?;
+    let clock = Arc::new(Clock::new(store.clock_floor()?));
+    let chat = chat::Shared::new(store.clone(), clock, ChatConfig::default(), config.shards);
+    let auth_config = AuthConfig {
+        argon2_m_kib: config.argon2_m_kib,
+        admins: config.admins.clone(),
+        ..AuthConfig::default()
+    };
+    let accounts = Arc::new(Accounts::new(store.clone(), auth_config)?);
+
+    let mut polls = Vec::with_capacity(config.shards);
+    let mut mailboxes = Vec::with_capacity(config.shards);
+    let mut receivers: Vec<Receiver<ShardMsg>> = Vec::with_capacity(config.shards);
+    for _ in 0..config.shards {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = crossbeam_channel::bounded(MAILBOX_CAPACITY);
+        polls.push(poll);
+        mailboxes.push(Mailbox { tx, waker });
+        receivers.push(rx);
+    }
+    let mailboxes: Arc<[Mailbox]> = mailboxes.into();
+    let (mut listeners, bound) = bind_all(&config.listen, config.shards)?;
+
+    let metrics = Metrics::new(config.shards);
+    if let Some(addr) = config.metrics {
+        let at = metrics::serve(addr, metrics.clone())
+            .map_err(|source| Error::Metrics { addr, source })?;
+        tracing::info!("metrics on http://{at}/metrics");
+    }
+    let auth = auth_pool::spawn(accounts.clone(), mailboxes.clone())?;
+    let core = Arc::new(Core {
+        router: Router::new(&config.node_id, &config.peers),
+        config,
+        chat,
+        accounts,
+        directory: Directory::new(),
+        metrics,
+        mailboxes,
+        auth,
+        shutdown: AtomicBool::new(false),
+        connections: AtomicUsize::new(0),
+        max_connections,
+        presence_subscriptions: AtomicUsize::new(0),
+    });
+    let parts = polls
+        .into_iter()
+        .zip(receivers)
+        .enumerate()
+        .map(|(id, (poll, mailbox))| ShardParts {
+            id: id as u16,
+            poll,
+            listeners: std::mem::take(&mut listeners[id]),
+            mailbox,
+        })
+        .collect();
+    let shards = shard::spawn(core.clone(), parts)?;
+    watch_signals(core.clone())?;
+
+    let mut stdout = std::io::stdout().lock();
+    for addr in &bound {
+        let _ = writeln!(stdout, "courier listening on {addr}");
+    }
+    let _ = stdout.flush();
+    drop(stdout);
+
+    for handle in shards {
+        let _ = handle.join();
+    }
+    store.sync()?;
+    tracing::info!("stopped; the write-ahead log is synced");
+    Ok(())
+}
+
+/// Binds every listen address once per shard. Port 0 is resolved by the first bind and reused
+/// for the others, so all shards share the port. Returns the listeners per shard and the bound
+/// addresses.
+fn bind_all(
+    addrs: &[SocketAddr],
+    shards: usize,
+) -> Result<(Vec<Vec<TcpListener>>, Vec<SocketAddr>), Error> {
+    let mut per_shard: Vec<Vec<TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
+    let mut bound = Vec::with_capacity(addrs.len());
+    for &addr in addrs {
+        let first = bind_reuseport(addr).map_err(|source| Error::Bind { addr, source })?;
+        let real = first
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
+        per_shard[0].push(first);
+        for listeners in per_shard.iter_mut().skip(1) {
+            listeners
+                .push(bind_reuseport(real).map_err(|source| Error::Bind { addr: real, source })?);
+        }
+        bound.push(real);
+    }
+    Ok((per_shard, bound))
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Raises the soft open-files limit to the hard one; returns the soft limit in force.
+fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass, which lives on our stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
+    let soft = lim.rlim_cur as u64;
+    soft
+}
+
+/// On the first SIGTERM or SIGINT, sets the shutdown flag and wakes every shard. A second
+/// signal exits at once (status 130), for an operator who does not want to wait.
+fn watch_signals(core: Arc<Core>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = false;
+            for signal in signals.forever() {
+                if seen {
+                    std::process::exit(130);
+                }
+                seen = true;
+                tracing::info!(
+                    signal,
+                    "shutting down: finishing the round and closing connections"
+                );
+                core.shutdown.store(true, Ordering::Release);
+                for m in core.mailboxes.iter() {
+                    m.wake();
+                }
+            }
+        })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_is_shared_by_every_shard() {
+        let (listeners, bound) = bind_all(&["127.0.0.1:0".parse().unwrap()], 3).unwrap();
+        let port = bound[0].port();
+        assert_ne!(port, 0);
+        for l in listeners.iter().flatten() {
+            assert_eq!(l.local_addr().unwrap().port(), port);
+        }
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        let soft = raise_open_files_limit();
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: as in raise_open_files_limit.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!(soft, lim.rlim_cur);
+        assert_eq!(lim.rlim_cur, lim.rlim_max);
+    }
+}

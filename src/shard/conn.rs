@@ -1,0 +1,244 @@
+//! One client connection as a shard holds it, sized for millions of idle ones.
+//!
+//! An idle authenticated connection holds its socket, its identity, a deadline and a rate
+//! bucket: no read buffer (frames are read into the shard's scratch buffer and only a partial
+//! frame is kept, see [`Conn::input`]) and no write buffer ([`Conn::output`] exists only while
+//! bytes wait for the socket). `size_of::<Conn>()` is checked by a test below.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::Bytes;
+use mio::net::TcpStream;
+
+use crate::metrics::Reason;
+use crate::session::TokenDigest;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Accepted; the first frame must be `HELLO`.
+    AwaitHello,
+    /// Said hello; may register, log in, resume or ping.
+    AwaitAuth,
+    /// A `REGISTER` or `LOGIN` is with the auth workers.
+    Authenticating,
+    Authed,
+}
+
+/// Flag bits of [`Conn::flags`].
+pub mod flag {
+    /// The handler decided to close; the loop closes after this round's writes.
+    pub const CLOSING: u8 = 1;
+    /// Registered for WRITABLE because the socket refused bytes.
+    pub const WRITABLE: u8 = 2;
+    /// Queued in the shard's pending-write list this round.
+    pub const PENDING_WRITE: u8 = 4;
+    /// Has presence subscriptions to drop on close.
+    pub const SUBSCRIBED: u8 = 8;
+    pub const ADMIN: u8 = 16;
+}
+
+pub struct Conn {
+    pub stream: TcpStream,
+    /// Distinguishes this connection from earlier ones in the same slab slot.
+    pub gen: u32,
+    pub state: State,
+    pub flags: u8,
+    /// Why the connection is closing, once [`flag::CLOSING`] is set.
+    pub close_reason: Reason,
+    pub device: u32,
+    /// Shard seconds of the last frame once authenticated; of the accept before.
+    pub last_frame: u32,
+    pub user: u64,
+    pub rate: TokenBucket,
+    /// Digest of the session token, for `LOGOUT`.
+    pub digest: TokenDigest,
+    /// The start of a frame whose end has not arrived; empty (unallocated) between frames.
+    pub input: Vec<u8>,
+    /// Bytes the socket has not taken yet; `None` whenever everything was written.
+    pub output: Option<Box<Output>>,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, gen: u32, now_secs: u32, rate: TokenBucket) -> Conn {
+        Conn {
+            stream,
+            gen,
+            state: State::AwaitHello,
+            flags: 0,
+            close_reason: Reason::PeerClosed,
+            device: 0,
+            last_frame: now_secs,
+            user: 0,
+            rate,
+            digest: TokenDigest::default(),
+            input: Vec::new(),
+            output: None,
+        }
+    }
+
+    pub fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    pub fn closing(&self) -> bool {
+        self.has(flag::CLOSING)
+    }
+
+    /// Marks the connection for closing at the end of the round; the first reason sticks.
+    pub fn close(&mut self, reason: Reason) {
+        if !self.closing() {
+            self.flags |= flag::CLOSING;
+            self.close_reason = reason;
+        }
+    }
+
+    /// The second at which this connection times out, given the configured limits.
+    pub fn deadline(&self, handshake_secs: u32, idle_secs: u32) -> u32 {
+        match self.state {
+            State::Authed => self.last_frame.saturating_add(idle_secs),
+            _ => self.last_frame.saturating_add(handshake_secs),
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.output.as_ref().map_or(0, |o| o.queued)
+    }
+}
+
+/// Encoded frames waiting for the socket. Frames are shared [`Bytes`]: a push to a thousand
+/// connections is encoded once and queued a thousand times by reference.
+#[derive(Default)]
+pub struct Output {
+    frames: VecDeque<Bytes>,
+    /// Bytes of the front frame already written.
+    head_written: usize,
+    queued: usize,
+}
+
+impl Output {
+    pub fn push(&mut self, frame: Bytes) {
+        self.queued += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    /// Fills `slices` with the unwritten bytes, front first; returns how many it filled.
+    pub fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (i, frame) in self.frames.iter().enumerate().take(slices.len()) {
+            let from = if i == 0 { self.head_written } else { 0 };
+            slices[i] = IoSlice::new(&frame[from..]);
+            n += 1;
+        }
+        n
+    }
+
+    /// Drops `n` written bytes from the front.
+    pub fn advance(&mut self, mut n: usize) {
+        self.queued -= n.min(self.queued);
+        while n > 0 {
+            let Some(front) = self.frames.front() else {
+                break;
+            };
+            let left = front.len() - self.head_written;
+            if n < left {
+                self.head_written += n;
+                return;
+            }
+            n -= left;
+            self.head_written = 0;
+            self.frames.pop_front();
+        }
+    }
+}
+
+/// Requests per second with bursts: `rate` tokens a second up to `burst`, one per request.
+/// Kept in whole tokens and milliseconds so it fits in 8 bytes of [`Conn`].
+#[derive(Debug, Clone, Copy)]
+pub struct TokenBucket {
+    tokens: u32,
+    /// Shard milliseconds (wrapping) of the last refill.
+    at_ms: u32,
+}
+
+impl TokenBucket {
+    pub fn full(burst: u32, now_ms: u32) -> TokenBucket {
+        TokenBucket {
+            tokens: burst,
+            at_ms: now_ms,
+        }
+    }
+
+    /// Takes one token; false when the bucket is empty.
+    pub fn take(&mut self, rate: u32, burst: u32, now_ms: u32) -> bool {
+        let elapsed = now_ms.wrapping_sub(self.at_ms) as u64;
+        let earned = elapsed * rate as u64 / 1000;
+        if earned > 0 {
+            self.tokens = (self.tokens as u64 + earned).min(burst as u64) as u32;
+            // Keep the remainder: advance the clock only by the time the tokens took.
+            self.at_ms = self
+                .at_ms
+                .wrapping_add((earned * 1000 / rate as u64) as u32);
+            if self.tokens == burst {
+                self.at_ms = now_ms;
+            }
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_connection_is_small() {
+        let size = size_of::<Conn>();
+        assert!(
+            size <= 128,
+            "Conn is {size} bytes; every idle connection pays for each one"
+        );
+    }
+
+    #[test]
+    fn output_advances_across_frames() {
+        let mut out = Output::default();
+        out.push(Bytes::from_static(b"abc"));
+        out.push(Bytes::from_static(b"defg"));
+        out.advance(2);
+        let unwritten = |out: &Output| {
+            let mut s = [IoSlice::new(&[]); 4];
+            let n = out.slices(&mut s);
+            s[..n].iter().map(|s| s.to_vec()).collect::<Vec<_>>()
+        };
+        assert_eq!(unwritten(&out), vec![b"c".to_vec(), b"defg".to_vec()]);
+        out.advance(3);
+        assert_eq!(unwritten(&out), vec![b"fg".to_vec()]);
+        out.advance(2);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let mut b = TokenBucket::full(10, 0);
+        assert_eq!((0..20).filter(|_| b.take(5, 10, 0)).count(), 10);
+        assert!(!b.take(5, 10, 100), "half a token is not a token");
+        assert!(b.take(5, 10, 200));
+        assert!(!b.take(5, 10, 200));
+        assert_eq!(
+            (0..20).filter(|_| b.take(5, 10, 60_000)).count(),
+            10,
+            "refill is capped at the burst"
+        );
+    }
+}

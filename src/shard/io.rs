@@ -1,0 +1,373 @@
+//! Socket work of a shard: accept, read and frame, queue and write, close.
+//!
+//! Edge-triggered, as in mio's examples: accepts and reads are drained until `WouldBlock`,
+//! `Interrupted` is retried, a read of 0 bytes is the peer closing. Handlers never close a
+//! socket themselves; they mark the connection and the loop closes it after the round's writes
+//! (so an `ERROR_REPLY` before a close is written first).
+//!
+//! Writes follow redis: replies and pushes are queued during the round and written directly at
+//! its end; only if the socket refuses bytes is WRITABLE interest registered, and it is dropped
+//! again once the queue is empty.
+
+use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use courier_protocol::{encode, peek_len, ErrorCode, ErrorReply, Frame, LEN_BYTES};
+use mio::{Interest, Token};
+
+use super::conn::{flag, Conn, State, TokenBucket};
+use super::Shard;
+use crate::chat::ConnRef;
+use crate::metrics::{Reason, ShardMetrics};
+
+/// Slices handed to one `writev`.
+const WRITE_SLICES: usize = 64;
+
+impl Shard {
+    pub(super) fn conn_ref(&self, slot: usize) -> Option<ConnRef> {
+        self.conns.get(slot).map(|c| ConnRef {
+            shard: self.id,
+            slot: slot as u32,
+            gen: c.gen,
+        })
+    }
+
+    /// The connection `r` names, if it is still the same connection.
+    pub(super) fn local_slot(&self, r: ConnRef) -> Option<usize> {
+        let slot = r.slot as usize;
+        match self.conns.get(slot) {
+            Some(c) if r.shard == self.id && c.gen == r.gen => Some(slot),
+            _ => None,
+        }
+    }
+
+    pub(super) fn accept(&mut self, listener: usize) {
+        loop {
+            let Some(l) = self.listeners.get(listener) else {
+                return;
+            };
+            let (mut stream, _) = match l.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Typically EMFILE: keep serving the connections we have.
+                    tracing::warn!(shard = self.id, error = %e, "accept failed");
+                    return;
+                }
+            };
+            if self.core.connections.fetch_add(1, Ordering::Relaxed) >= self.core.max_connections {
+                self.core.connections.fetch_sub(1, Ordering::Relaxed);
+                let mut goodbye = bytes::BytesMut::new();
+                let frame = Frame::ErrorReply(ErrorReply {
+                    code: ErrorCode::ServerFull as u16,
+                    message: "the server is full; try another node or later".into(),
+                });
+                encode(0, &frame, &mut goodbye);
+                // Best effort: a fresh socket's buffer has room for one small frame.
+                let _ = stream.write(&goodbye);
+                self.metrics().disconnected(Reason::ServerFull);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let gen = self.next_gen;
+            self.next_gen = self.next_gen.wrapping_add(1).max(1);
+            let now = self.epoch.elapsed();
+            let bucket = TokenBucket::full(self.burst(), now.as_millis() as u32);
+            let entry = self.conns.vacant_entry();
+            let slot = entry.key();
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut stream, Token(slot), Interest::READABLE)
+            {
+                tracing::warn!(shard = self.id, error = %e, "cannot register a connection");
+                self.core.connections.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            entry.insert(Conn::new(stream, gen, now.as_secs() as u32, bucket));
+            ShardMetrics::add(&self.metrics().connections, 1);
+            let deadline = now.as_secs() as u32
+                + self.core.config.handshake_timeout_secs.min(u32::MAX as u64) as u32;
+            self.wheel.schedule(slot as u32, gen, deadline);
+        }
+    }
+
+    pub(super) fn burst(&self) -> u32 {
+        self.core.config.rate_limit.saturating_mul(2)
+    }
+
+    pub(super) fn on_conn_event(&mut self, slot: usize, readable: bool, writable: bool) {
+        if writable {
+            self.flush_conn(slot);
+        }
+        if readable {
+            self.read(slot);
+        }
+    }
+
+    /// Reads until `WouldBlock`, handling every whole frame as it arrives.
+    fn read(&mut self, slot: usize) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        while let Some(conn) = self.conns.get_mut(slot).filter(|c| !c.closing()) {
+            match conn.stream.read(&mut scratch) {
+                Ok(0) => {
+                    self.close_soon(slot, Reason::PeerClosed);
+                    break;
+                }
+                Ok(n) => {
+                    ShardMetrics::add(&self.metrics().bytes_in, n as u64);
+                    self.on_bytes(slot, &scratch[..n]);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close_soon(slot, Reason::PeerClosed);
+                    break;
+                }
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    /// Frames `data` (appended to any partial frame the connection held) and handles each
+    /// whole frame; keeps only an incomplete tail, and only after its length passed the limit.
+    fn on_bytes(&mut self, slot: usize, data: &[u8]) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let mut held = std::mem::take(&mut conn.input);
+        let buf: &[u8] = if held.is_empty() {
+            data
+        } else {
+            held.extend_from_slice(data);
+            &held
+        };
+        let max = self.decoder.max_frame_len();
+        let mut pos = 0;
+        while pos < buf.len() {
+            let len = match peek_len(&buf[pos..], max) {
+                Ok(Some(len)) => len as usize,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(shard = self.id, error = %e, "closing a connection: bad frame");
+                    self.fail(slot, 0, e.code(), Reason::ProtocolError);
+                    return;
+                }
+            };
+            let total = LEN_BYTES + len;
+            if buf.len() - pos < total {
+                break;
+            }
+            self.frame_buf.clear();
+            self.frame_buf.extend_from_slice(&buf[pos..pos + total]);
+            pos += total;
+            match self.decoder.decode(&mut self.frame_buf) {
+                Ok(Some(env)) => {
+                    ShardMetrics::add(&self.metrics().frames_in, 1);
+                    self.on_frame(slot, env.request_id, env.frame);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(shard = self.id, error = %e, "closing a connection: bad frame");
+                    self.fail(slot, 0, e.code(), Reason::ProtocolError);
+                    return;
+                }
+            }
+            if self.conns.get(slot).is_none_or(|c| c.closing()) {
+                return;
+            }
+        }
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if pos < buf.len() {
+            let tail = &buf[pos..];
+            // Reserve the whole frame once when its length is known: no regrowth per read.
+            let want = peek_len(tail, max)
+                .ok()
+                .flatten()
+                .map_or(LEN_BYTES, |l| LEN_BYTES + l as usize);
+            let mut input = Vec::with_capacity(want.max(tail.len()));
+            input.extend_from_slice(tail);
+            conn.input = input;
+        }
+    }
+
+    /// Queues `frame` for the connection in `slot`.
+    pub(super) fn send(&mut self, slot: usize, request_id: u32, frame: &Frame) {
+        let bytes = self.encode(request_id, frame);
+        self.queue(slot, bytes);
+    }
+
+    /// Queues encoded bytes; cuts the connection off as a slow consumer past `max_output`.
+    pub(super) fn queue(&mut self, slot: usize, bytes: Bytes) {
+        let max = self.core.config.max_output;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.closing() && conn.close_reason == Reason::SlowConsumer {
+            return;
+        }
+        let out = conn.output.get_or_insert_with(Box::default);
+        out.push(bytes);
+        let queued = conn.queued();
+        if !conn.has(flag::PENDING_WRITE) {
+            conn.flags |= flag::PENDING_WRITE;
+            self.pending_writes.push(slot);
+        }
+        ShardMetrics::add(&self.metrics().frames_out, 1);
+        if queued > max {
+            self.slow_consumer(slot, queued);
+        }
+    }
+
+    fn slow_consumer(&mut self, slot: usize, queued: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        tracing::warn!(
+            shard = self.id,
+            user = conn.user,
+            queued,
+            limit = self.core.config.max_output,
+            "slow consumer: output queue over the limit, closing the connection"
+        );
+        // Best effort: the goodbye goes after what is queued, which the peer is not reading.
+        let frame = Frame::ErrorReply(ErrorReply {
+            code: ErrorCode::SlowConsumer as u16,
+            message: "output queue over the limit: read faster".into(),
+        });
+        let mut goodbye = bytes::BytesMut::new();
+        encode(0, &frame, &mut goodbye);
+        if let Some(out) = conn.output.as_mut() {
+            out.push(goodbye.freeze());
+        }
+        self.close_soon(slot, Reason::SlowConsumer);
+    }
+
+    /// Marks a connection to be closed at the end of the round.
+    pub(super) fn close_soon(&mut self, slot: usize, reason: Reason) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            if !conn.closing() {
+                conn.close(reason);
+                self.closing.push(slot);
+            }
+        }
+    }
+
+    /// Writes every connection that queued bytes this round.
+    pub(super) fn flush_writes(&mut self) {
+        let pending = std::mem::take(&mut self.pending_writes);
+        for &slot in &pending {
+            if let Some(conn) = self.conns.get_mut(slot) {
+                conn.flags &= !flag::PENDING_WRITE;
+            }
+            self.flush_conn(slot);
+        }
+        let mut pending = pending;
+        pending.clear();
+        if self.pending_writes.is_empty() {
+            self.pending_writes = pending;
+        }
+    }
+
+    /// Writes as much of the connection's queue as the socket takes.
+    pub(super) fn flush_conn(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let mut written = 0u64;
+        let mut failed = false;
+        while let Some(out) = conn.output.as_mut() {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            let n = out.slices(&mut slices);
+            match conn.stream.write_vectored(&slices[..n]) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(k) => {
+                    written += k as u64;
+                    out.advance(k);
+                    if out.is_empty() {
+                        conn.output = None;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        let want_writable = conn.output.is_some() && !failed;
+        if want_writable != conn.has(flag::WRITABLE) {
+            let interest = if want_writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, Token(slot), interest)
+                .is_ok()
+            {
+                conn.flags ^= flag::WRITABLE;
+            }
+        }
+        if failed {
+            conn.output = None;
+            self.close_soon(slot, Reason::PeerClosed);
+        }
+        ShardMetrics::add(&self.metrics().bytes_out, written);
+    }
+
+    /// Closes every connection marked this round.
+    pub(super) fn close_pending(&mut self) {
+        let closing = std::mem::take(&mut self.closing);
+        for &slot in &closing {
+            self.close_now(slot);
+        }
+        let mut closing = closing;
+        closing.clear();
+        if self.closing.is_empty() {
+            self.closing = closing;
+        }
+    }
+
+    /// Deregisters and drops a connection, and undoes everything it registered elsewhere:
+    /// directory entry (recording last seen if it was the user's last device), presence
+    /// subscriptions, counters.
+    fn close_now(&mut self, slot: usize) {
+        if !self.conns.contains(slot) {
+            return;
+        }
+        let conn_ref = self.conn_ref(slot);
+        let mut conn = self.conns.remove(slot);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let m = &self.core.metrics.shards[self.id as usize];
+        ShardMetrics::sub(&m.connections, 1);
+        m.disconnected(conn.close_reason);
+        self.core.connections.fetch_sub(1, Ordering::Relaxed);
+        if conn.has(flag::SUBSCRIBED) {
+            let n = self.subs.drop_conn(slot as u32);
+            self.core
+                .presence_subscriptions
+                .fetch_sub(n, Ordering::Relaxed);
+        }
+        if conn.state == State::Authed {
+            ShardMetrics::sub(&m.authenticated, 1);
+            if let Some(r) = conn_ref {
+                if self.core.directory.unregister(conn.user, r) {
+                    let now = crate::clock::wall_us();
+                    self.engine.record_last_seen(conn.user, now);
+                    self.presence_changed(conn.user, false, now);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Cross-shard traffic: one bounded mailbox and one waker per shard.
+//!
+//! Shards share no connection state. Anything for a connection on another shard, or for a
+//! thread another shard owns, travels as a [`ShardMsg`] through the target's mailbox (a bounded
+//! crossbeam channel), after which the target's mio [`Waker`] is poked **once per round**, not
+//! once per message. Nothing is dropped silently: a message a full mailbox refuses waits in the
+//! sender's [`Outbox`] overflow and is retried next round (and counted).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use courier_protocol::{ErrorCode, Frame, Presence};
+use crossbeam_channel::{Sender, TrySendError};
+use mio::Waker;
+
+use crate::chat::{Caller, ConnRef};
+use crate::session::{AuthError, Authed};
+
+/// Messages a mailbox holds before senders overflow.
+pub const MAILBOX_CAPACITY: usize = 64 * 1024;
+
+/// What one shard asks of another.
+pub enum ShardMsg {
+    /// A chat request for a thread this shard owns; the answer goes back as [`Deliver`].
+    ///
+    /// [`Deliver`]: ShardMsg::Deliver
+    Request {
+        caller: Caller,
+        request_id: u32,
+        frame: Frame,
+    },
+    /// One encoded frame for each of these local connections (a reply, or one push for every
+    /// recipient on this shard).
+    Deliver { to: Vec<ConnRef>, bytes: Bytes },
+    /// Send `ERROR_REPLY(0, code)` to the connection and close it (e.g. `SESSION_REVOKED`).
+    Kick { to: ConnRef, code: ErrorCode },
+    /// A `REGISTER`/`LOGIN` finished on the auth workers.
+    AuthDone {
+        to: ConnRef,
+        request_id: u32,
+        result: Result<Authed, AuthError>,
+    },
+    /// Users came online or went offline (for this shard's presence subscribers).
+    Presence(Arc<[Presence]>),
+}
+
+/// The sending side of one shard's mailbox.
+#[derive(Clone)]
+pub struct Mailbox {
+    pub tx: Sender<ShardMsg>,
+    pub waker: Arc<Waker>,
+}
+
+impl Mailbox {
+    /// Sends and wakes at once, blocking while the mailbox is full: for threads that are not
+    /// shards (auth workers), which may wait.
+    pub fn send_blocking(&self, msg: ShardMsg) -> bool {
+        let sent = self.tx.send(msg).is_ok();
+        if sent {
+            let _ = self.waker.wake();
+        }
+        sent
+    }
+
+    pub fn wake(&self) {
+        let _ = self.waker.wake();
+    }
+}
+
+/// A shard's outgoing messages for one round, per target shard, plus what full mailboxes
+/// refused earlier.
+pub struct Outbox {
+    queues: Vec<VecDeque<ShardMsg>>,
+}
+
+/// What a [`Outbox::flush`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    /// Messages left waiting because a mailbox was full.
+    pub waiting: usize,
+    /// Times a full mailbox refused a message this flush.
+    pub refusals: usize,
+}
+
+impl Outbox {
+    pub fn new(shards: usize) -> Outbox {
+        Outbox {
+            queues: (0..shards).map(|_| VecDeque::new()).collect(),
+        }
+    }
+
+    pub fn push(&mut self, shard: u16, msg: ShardMsg) {
+        if let Some(q) = self.queues.get_mut(shard as usize) {
+            q.push_back(msg);
+        }
+    }
+
+    /// Hands every queued message to its mailbox, in order per target, waking each target that
+    /// received anything once. A full mailbox keeps the rest of its queue for the next flush; a
+    /// closed one (its shard has exited during shutdown) drops it.
+    pub fn flush(&mut self, mailboxes: &[Mailbox]) -> Flushed {
+        let mut out = Flushed::default();
+        for (queue, mailbox) in self.queues.iter_mut().zip(mailboxes) {
+            let mut sent = false;
+            while let Some(msg) = queue.pop_front() {
+                match mailbox.tx.try_send(msg) {
+                    Ok(()) => sent = true,
+                    Err(TrySendError::Full(msg)) => {
+                        queue.push_front(msg);
+                        out.refusals += 1;
+                        break;
+                    }
+                    Err(TrySendError::Disconnected(_)) => {
+                        queue.clear();
+                        break;
+                    }
+                }
+            }
+            if sent {
+                mailbox.wake();
+            }
+            out.waiting += queue.len();
+        }
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queues.iter().all(VecDeque::is_empty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_mailbox_keeps_messages_in_order_for_the_next_flush() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (tx, rx) = crossbeam_channel::bounded(2);
+        let boxes = [Mailbox { tx, waker }];
+        let mut out = Outbox::new(1);
+        let kick = |slot| ShardMsg::Kick {
+            to: ConnRef {
+                shard: 0,
+                slot,
+                gen: 0,
+            },
+            code: ErrorCode::SessionRevoked,
+        };
+        for slot in 0..5 {
+            out.push(0, kick(slot));
+        }
+        assert_eq!(
+            out.flush(&boxes),
+            Flushed {
+                waiting: 3,
+                refusals: 1
+            }
+        );
+        let mut got = Vec::new();
+        let drain = |got: &mut Vec<u32>| {
+            while let Ok(ShardMsg::Kick { to, .. }) = rx.try_recv() {
+                got.push(to.slot);
+            }
+        };
+        drain(&mut got);
+        assert_eq!(out.flush(&boxes).waiting, 1);
+        drain(&mut got);
+        assert_eq!(out.flush(&boxes).waiting, 0);
+        drain(&mut got);
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,366 @@
+//! A shard: one thread, one mio `Poll`, its own share of the connections.
+//!
+//! Every shard has its own `SO_REUSEPORT` listener per listen address (the kernel spreads new
+//! connections over them), its own slab of [`Conn`]s, its own chat [`Engine`], timer wheel and
+//! presence subscriptions. Shards share only read-mostly state ([`Core`]): the store, accounts,
+//! the directory and the router. Everything else crosses shards as messages (see [`mailbox`]).
+//!
+//! One round of the loop:
+//!
+//! 1. poll, with a timeout up to the next one-second tick (zero if work is waiting);
+//! 2. handle events: accept, read and handle frames, write where the socket became writable;
+//! 3. drain the mailbox (requests for threads we own, deliveries, kicks, auth results);
+//! 4. on a tick: time out connections, flush coalesced presence pushes;
+//! 5. `engine.commit` — one durable write for the round — and route its effects;
+//! 6. hand messages to other shards' mailboxes (waking each once);
+//! 7. write queued bytes directly, asking for WRITABLE only where bytes remain; close the
+//!    connections that asked to close.
+
+pub mod auth_pool;
+pub mod conn;
+mod io;
+pub mod mailbox;
+mod presence;
+mod route;
+mod session;
+pub mod timer;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use courier_protocol::{encode, Decoder, ErrorCode, ErrorReply, Frame, Presence};
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::TcpListener;
+use mio::{Events, Poll, Token};
+use slab::Slab;
+
+use crate::chat::{ConnRef, Effect, Engine, Shared};
+use crate::cluster::Router;
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::metrics::{Metrics, Reason, ShardMetrics};
+use crate::session::Accounts;
+use auth_pool::AuthRequest;
+use conn::Conn;
+use mailbox::{Mailbox, Outbox, ShardMsg};
+use presence::Subscriptions;
+use timer::Wheel;
+
+/// The waker's token; listeners take the tokens just below it. Connections use their slab
+/// index, which never gets near these.
+pub const WAKER: Token = Token(usize::MAX - 1);
+
+fn listener_token(i: usize) -> Token {
+    Token(usize::MAX - 2 - i)
+}
+
+fn listener_index(t: Token) -> Option<usize> {
+    (usize::MAX - 2).checked_sub(t.0).filter(|&i| i < 64)
+}
+
+/// Bytes read from a socket per `read` call, into the shard's scratch buffer.
+const SCRATCH: usize = 64 * 1024;
+/// Mailbox messages handled per round before polling again (fairness with sockets).
+const MAILBOX_BUDGET: usize = 16 * 1024;
+/// How long a shard keeps writing goodbyes after a shutdown signal.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+
+/// State every shard shares, immutable or internally synchronised.
+pub struct Core {
+    pub config: Config,
+    pub chat: Arc<Shared>,
+    pub accounts: Arc<Accounts>,
+    pub directory: Directory,
+    pub router: Router,
+    pub metrics: Arc<Metrics>,
+    pub mailboxes: Arc<[Mailbox]>,
+    pub auth: Sender<AuthRequest>,
+    /// Set by the signal handler; each shard then finishes its round and exits.
+    pub shutdown: AtomicBool,
+    /// Open connections in the whole process, against `max_connections`.
+    pub connections: AtomicUsize,
+    pub max_connections: usize,
+    /// Presence subscriptions in the whole process: changes are broadcast only when nonzero.
+    pub presence_subscriptions: AtomicUsize,
+}
+
+/// What a shard thread is started with.
+pub struct ShardParts {
+    pub id: u16,
+    pub poll: Poll,
+    pub listeners: Vec<TcpListener>,
+    pub mailbox: Receiver<ShardMsg>,
+}
+
+pub struct Shard {
+    id: u16,
+    core: Arc<Core>,
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    mailbox: Receiver<ShardMsg>,
+    conns: Slab<Conn>,
+    engine: Engine,
+    decoder: Decoder,
+    /// Next connection generation (see [`ConnRef::gen`]).
+    next_gen: u32,
+    epoch: Instant,
+    /// The shard second of the last tick.
+    last_tick: u32,
+    wheel: Wheel,
+    subs: Subscriptions,
+    outbox: Outbox,
+    /// Socket reads land here; only a partial frame is copied into its connection.
+    scratch: Vec<u8>,
+    /// Frames are encoded here and split off as shared `Bytes`.
+    enc: BytesMut,
+    /// One frame's bytes on their way into the decoder.
+    frame_buf: BytesMut,
+    /// Connections with bytes queued this round.
+    pending_writes: Vec<usize>,
+    /// Connections to close at the end of this round.
+    closing: Vec<usize>,
+    effects: Vec<Effect>,
+    /// Presence changes of users on this shard, to broadcast at the end of the round.
+    presence_out: Vec<Presence>,
+    /// A reusable list of connections (directory lookups).
+    refs: Vec<ConnRef>,
+    more_mail: bool,
+}
+
+impl Shard {
+    pub fn new(core: Arc<Core>, parts: ShardParts) -> Shard {
+        let shards = core.mailboxes.len();
+        let engine = Engine::new(core.chat.clone(), parts.id);
+        Shard {
+            id: parts.id,
+            decoder: Decoder::new(core.config.max_frame),
+            poll: parts.poll,
+            listeners: parts.listeners,
+            mailbox: parts.mailbox,
+            conns: Slab::new(),
+            engine,
+            next_gen: 1,
+            epoch: Instant::now(),
+            last_tick: 0,
+            wheel: Wheel::new(0),
+            subs: Subscriptions::default(),
+            outbox: Outbox::new(shards),
+            scratch: vec![0; SCRATCH],
+            enc: BytesMut::with_capacity(16 * 1024),
+            frame_buf: BytesMut::new(),
+            pending_writes: Vec::new(),
+            closing: Vec::new(),
+            effects: Vec::new(),
+            presence_out: Vec::new(),
+            refs: Vec::new(),
+            more_mail: false,
+            core,
+        }
+    }
+
+    fn metrics(&self) -> &ShardMetrics {
+        &self.core.metrics.shards[self.id as usize]
+    }
+
+    /// Seconds since this shard started: the unit of deadlines.
+    fn now_secs(&self) -> u32 {
+        self.epoch.elapsed().as_secs() as u32
+    }
+
+    /// Milliseconds since this shard started, wrapping: the unit of rate buckets.
+    fn now_ms(&self) -> u32 {
+        self.epoch.elapsed().as_millis() as u32
+    }
+
+    /// Runs rounds until shutdown; returns after the goodbyes are written (bounded).
+    pub fn run(mut self) -> std::io::Result<()> {
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            self.poll
+                .registry()
+                .register(l, listener_token(i), mio::Interest::READABLE)?;
+        }
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    t => match listener_index(t) {
+                        Some(i) => self.accept(i),
+                        None => self.on_conn_event(
+                            t.0,
+                            event.is_readable() || event.is_read_closed() || event.is_error(),
+                            event.is_writable(),
+                        ),
+                    },
+                }
+            }
+            self.drain_mailbox();
+            self.on_tick();
+            self.end_round();
+            if self.core.shutdown.load(Ordering::Acquire) {
+                self.shut_down();
+                return Ok(());
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        if self.more_mail || !self.outbox.is_empty() || self.engine.has_pending() {
+            return Duration::ZERO;
+        }
+        let elapsed = self.epoch.elapsed();
+        let next_tick = Duration::from_secs(elapsed.as_secs() + 1);
+        next_tick.saturating_sub(elapsed)
+    }
+
+    /// Commit, route, hand over, write, close: steps 5–7 of a round.
+    fn end_round(&mut self) {
+        self.commit();
+        self.broadcast_presence();
+        let flushed = self.outbox.flush(&self.core.mailboxes);
+        ShardMetrics::add(&self.metrics().mailbox_overflows, flushed.refusals as u64);
+        self.metrics()
+            .overflow_pending
+            .store(flushed.waiting as u64, Ordering::Relaxed);
+        self.metrics()
+            .mailbox_depth
+            .store(self.mailbox.len() as u64, Ordering::Relaxed);
+        self.flush_writes();
+        self.close_pending();
+    }
+
+    /// Makes the round durable and routes what it released.
+    fn commit(&mut self) {
+        let started = Instant::now();
+        let mut effects = std::mem::take(&mut self.effects);
+        self.engine.commit(&mut effects);
+        if !effects.is_empty() {
+            self.metrics()
+                .commit_took(started.elapsed().as_micros() as u64);
+        }
+        for effect in effects.drain(..) {
+            self.route(effect);
+        }
+        self.effects = effects;
+    }
+
+    /// Once a second: deadlines and coalesced presence.
+    fn on_tick(&mut self) {
+        let now = self.now_secs();
+        if now == self.last_tick {
+            return;
+        }
+        self.last_tick = now;
+        let mut due = Vec::new();
+        self.wheel.advance(now, &mut due);
+        let handshake = self.core.config.handshake_timeout_secs.min(u32::MAX as u64) as u32;
+        let idle = 3 * self.core.config.heartbeat_secs as u32;
+        for (slot, gen) in due {
+            let Some(conn) = self.conns.get(slot as usize) else {
+                continue;
+            };
+            if conn.gen != gen || conn.closing() {
+                continue;
+            }
+            let deadline = conn.deadline(handshake, idle);
+            if deadline > now {
+                self.wheel.schedule(slot, gen, deadline);
+                continue;
+            }
+            let (code, reason) = match conn.state {
+                conn::State::Authed => (ErrorCode::HeartbeatTimeout, Reason::HeartbeatTimeout),
+                _ => (ErrorCode::HandshakeTimeout, Reason::HandshakeTimeout),
+            };
+            self.fail(slot as usize, 0, code, reason);
+        }
+        self.flush_presence();
+    }
+
+    /// Encodes one frame into shared bytes.
+    fn encode(&mut self, request_id: u32, frame: &Frame) -> bytes::Bytes {
+        encode(request_id, frame, &mut self.enc);
+        self.enc.split().freeze()
+    }
+
+    /// Sends `ERROR_REPLY(request_id, code)` and closes the connection after this round.
+    fn fail(&mut self, slot: usize, request_id: u32, code: ErrorCode, reason: Reason) {
+        let frame = Frame::ErrorReply(ErrorReply {
+            code: code as u16,
+            message: code.name().to_owned(),
+        });
+        self.send(slot, request_id, &frame);
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.close(reason);
+            self.closing.push(slot);
+        }
+    }
+
+    /// Stops accepting, says goodbye to every connection, writes for up to [`SHUTDOWN_FLUSH`],
+    /// then closes everything (recording last-seen times) and commits once more.
+    fn shut_down(&mut self) {
+        for l in &mut self.listeners {
+            let _ = self.poll.registry().deregister(l);
+        }
+        self.listeners.clear();
+        let slots: Vec<usize> = self.conns.iter().map(|(s, _)| s).collect();
+        for slot in slots {
+            self.fail(slot, 0, ErrorCode::ShuttingDown, Reason::ShuttingDown);
+        }
+        let deadline = Instant::now() + SHUTDOWN_FLUSH;
+        let mut events = Events::with_capacity(1024);
+        loop {
+            self.flush_writes();
+            let waiting: Vec<usize> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.queued() > 0)
+                .map(|(s, _)| s)
+                .collect();
+            let now = Instant::now();
+            if waiting.is_empty() || now >= deadline {
+                break;
+            }
+            let _ = self.poll.poll(
+                &mut events,
+                Some((deadline - now).min(Duration::from_millis(50))),
+            );
+            for slot in waiting {
+                self.pending_writes.push(slot);
+            }
+        }
+        self.close_pending();
+        let mut effects = Vec::new();
+        self.engine.commit(&mut effects);
+    }
+}
+
+/// Starts one thread per shard; returns their handles.
+pub fn spawn(
+    core: Arc<Core>,
+    parts: Vec<ShardParts>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    parts
+        .into_iter()
+        .map(|p| {
+            let core = core.clone();
+            std::thread::Builder::new().name(format!("shard-{}", p.id)).spawn(move || {
+                let id = p.id;
+                if let Err(e) = Shard::new(core.clone(), p).run() {
+                    tracing::error!(shard = id, error = %e, "shard stopped: its event loop failed");
+                    core.shutdown.store(true, Ordering::Release);
+                    for m in core.mailboxes.iter() {
+                        m.wake();
+                    }
+                }
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,449 @@
+//! What a shard does with each frame: the session state machine (hello, authentication,
+//! logout), presence and administration, and handing chat requests to the right engine.
+//!
+//! ```text
+//!  AwaitHello --HELLO--> AwaitAuth --RESUME ok-----------------> Authed
+//!                            |  \--REGISTER/LOGIN--> Authenticating --ok--^
+//!                            |                             \--error--> AwaitAuth
+//!  anything else before auth: HANDSHAKE_REQUIRED / NOT_AUTHENTICATED, then close
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use courier_protocol::{
+    AuthOk, Done, ErrorCode, ErrorReply, Frame, Pong, Presence, PresenceList, Redirect, Stat,
+    Stats, Welcome, VERSION,
+};
+use crossbeam_channel::TrySendError;
+
+use super::auth_pool::{AuthRequest, Job};
+use super::conn::{flag, State};
+use super::mailbox::ShardMsg;
+use super::Shard;
+use crate::chat::{Caller, ConnRef, Engine};
+use crate::cluster::Home;
+use crate::metrics::{Reason, ShardMetrics};
+use crate::session::{AuthError, Authed};
+
+/// The first code of server-to-client frames: a client sending one is speaking nonsense.
+const FIRST_SERVER_CODE: u8 = 0x80;
+
+impl Shard {
+    /// Handles one decoded frame from the connection in `slot`.
+    pub(super) fn on_frame(&mut self, slot: usize, request_id: u32, frame: Frame) {
+        let (now_ms, now_secs) = (self.now_ms(), self.now_secs());
+        let (rate, burst) = (self.core.config.rate_limit, self.burst());
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let state = conn.state;
+        if state == State::Authed {
+            conn.last_frame = now_secs;
+        }
+        if state != State::AwaitHello && !conn.rate.take(rate, burst, now_ms) {
+            ShardMetrics::add(&self.metrics().rate_limited, 1);
+            // TYPING is never answered, so a dropped one needs no answer either.
+            if !matches!(frame, Frame::Typing(_)) {
+                self.reply_error(
+                    slot,
+                    request_id,
+                    ErrorCode::RateLimited,
+                    "too many requests: slow down",
+                );
+            }
+            return;
+        }
+        match (state, frame) {
+            (State::AwaitHello, Frame::Hello(hello)) => {
+                self.on_hello(slot, request_id, hello.version)
+            }
+            (_, Frame::Hello(_)) | (State::AwaitHello, _) => self.fail(
+                slot,
+                request_id,
+                ErrorCode::HandshakeRequired,
+                Reason::ProtocolError,
+            ),
+            (_, Frame::Ping(p)) => {
+                self.send(slot, request_id, &Frame::Pong(Pong { nonce: p.nonce }))
+            }
+            (State::AwaitAuth, Frame::Register(r)) => self.start_auth(
+                slot,
+                request_id,
+                Job::Register {
+                    handle: r.handle,
+                    password: r.password,
+                    device: r.device,
+                },
+            ),
+            (State::AwaitAuth, Frame::Login(l)) => {
+                let from = self.conns.get(slot).and_then(|c| c.stream.peer_addr().ok());
+                let from = from.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+                self.start_auth(
+                    slot,
+                    request_id,
+                    Job::Login {
+                        handle: l.handle,
+                        password: l.password,
+                        device: l.device,
+                        from,
+                    },
+                )
+            }
+            (State::AwaitAuth, Frame::Resume(r)) => match self.core.accounts.resume(&r.token) {
+                Ok(authed) => self.finish_auth(slot, request_id, authed),
+                Err(e) => self.auth_failed(slot, request_id, e),
+            },
+            (State::Authenticating, Frame::Register(_) | Frame::Login(_) | Frame::Resume(_)) => {
+                self.reply_error(
+                    slot,
+                    request_id,
+                    ErrorCode::InvalidArgument,
+                    "an authentication is already in progress",
+                )
+            }
+            (State::Authed, Frame::Register(_) | Frame::Login(_) | Frame::Resume(_)) => self
+                .reply_error(
+                    slot,
+                    request_id,
+                    ErrorCode::AlreadyAuthenticated,
+                    "this connection is already logged in",
+                ),
+            (State::AwaitAuth | State::Authenticating, _) => self.fail(
+                slot,
+                request_id,
+                ErrorCode::NotAuthenticated,
+                Reason::ProtocolError,
+            ),
+            (State::Authed, frame) => self.on_authed_frame(slot, request_id, frame),
+        }
+    }
+
+    /// Queues `ERROR_REPLY(request_id, code)` without closing.
+    pub(super) fn reply_error(
+        &mut self,
+        slot: usize,
+        request_id: u32,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        let frame = Frame::ErrorReply(ErrorReply {
+            code: code as u16,
+            message: message.to_owned(),
+        });
+        self.send(slot, request_id, &frame);
+    }
+
+    fn on_hello(&mut self, slot: usize, request_id: u32, version: u16) {
+        if version != VERSION {
+            self.fail(
+                slot,
+                request_id,
+                ErrorCode::UnsupportedVersion,
+                Reason::ProtocolError,
+            );
+            return;
+        }
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.state = State::AwaitAuth;
+        }
+        let welcome = Frame::Welcome(Welcome {
+            version: VERSION,
+            max_frame: self.core.config.max_frame,
+            heartbeat_secs: self.core.config.heartbeat_secs,
+            node: self.core.router.local().to_owned(),
+        });
+        self.send(slot, request_id, &welcome);
+    }
+
+    /// Hands a password job to the auth workers; the answer comes back as `AuthDone`.
+    fn start_auth(&mut self, slot: usize, request_id: u32, job: Job) {
+        let Some(to) = self.conn_ref(slot) else {
+            return;
+        };
+        match self.core.auth.try_send(AuthRequest {
+            to,
+            request_id,
+            job,
+        }) {
+            Ok(()) => {
+                if let Some(conn) = self.conns.get_mut(slot) {
+                    conn.state = State::Authenticating;
+                }
+            }
+            Err(TrySendError::Full(_)) => self.reply_error(
+                slot,
+                request_id,
+                ErrorCode::LoginThrottled,
+                "the server is busy checking passwords; retry in a moment",
+            ),
+            Err(TrySendError::Disconnected(_)) => self.reply_error(
+                slot,
+                request_id,
+                ErrorCode::Internal,
+                "the server is shutting down",
+            ),
+        }
+    }
+
+    /// The auth workers answered for `to`.
+    pub(super) fn on_auth_done(
+        &mut self,
+        to: ConnRef,
+        request_id: u32,
+        result: Result<Authed, AuthError>,
+    ) {
+        let Some(slot) = self.local_slot(to) else {
+            return;
+        };
+        if self
+            .conns
+            .get(slot)
+            .is_none_or(|c| c.state != State::Authenticating)
+        {
+            return;
+        }
+        match result {
+            Ok(authed) => self.finish_auth(slot, request_id, authed),
+            Err(e) => self.auth_failed(slot, request_id, e),
+        }
+    }
+
+    fn auth_failed(&mut self, slot: usize, request_id: u32, e: AuthError) {
+        if matches!(e, AuthError::Store(_) | AuthError::Hash(_)) {
+            tracing::error!(shard = self.id, error = %e, "authentication failed on the server side");
+        }
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.state = State::AwaitAuth;
+        }
+        self.reply_error(slot, request_id, e.code(), &e.to_string());
+    }
+
+    /// A device proved who it is: redirect it to its home node, or register it as online here.
+    fn finish_auth(&mut self, slot: usize, request_id: u32, authed: Authed) {
+        let redirect = match self.core.router.user_home(authed.user) {
+            Home::Remote { node, addr } => Some(Redirect {
+                node: node.to_owned(),
+                addr: addr.to_owned(),
+            }),
+            Home::Local => None,
+        };
+        if let Some(redirect) = redirect {
+            self.send(slot, 0, &Frame::Redirect(redirect));
+            self.close_soon(slot, Reason::Redirected);
+            return;
+        }
+        let now = self.now_secs();
+        let Some(me) = self.conn_ref(slot) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.state = State::Authed;
+        conn.user = authed.user;
+        conn.device = authed.device;
+        conn.digest = authed.digest;
+        conn.last_frame = now;
+        if authed.admin {
+            conn.flags |= flag::ADMIN;
+        }
+        ShardMetrics::add(&self.metrics().authenticated, 1);
+        if self.core.directory.register(authed.user, me) {
+            self.presence_changed(authed.user, true, crate::clock::wall_us());
+        }
+        let ok = AuthOk {
+            user: authed.user,
+            device: authed.device,
+            token: Bytes::copy_from_slice(&authed.token),
+            handle: authed.handle,
+        };
+        self.send(slot, request_id, &Frame::AuthOk(ok));
+    }
+
+    fn on_authed_frame(&mut self, slot: usize, request_id: u32, frame: Frame) {
+        let Some(conn) = self.conns.get(slot) else {
+            return;
+        };
+        let (user, device, digest, admin) =
+            (conn.user, conn.device, conn.digest, conn.has(flag::ADMIN));
+        let Some(me) = self.conn_ref(slot) else {
+            return;
+        };
+        match frame {
+            Frame::Logout(_) => match self.core.accounts.logout(user, &digest) {
+                Ok(()) => {
+                    self.send(slot, request_id, &Frame::Done(Done {}));
+                    self.close_soon(slot, Reason::Logout);
+                }
+                Err(e) => self.internal(slot, request_id, &e),
+            },
+            Frame::LogoutAll(_) => match self.core.accounts.logout_all(user) {
+                Ok(_) => {
+                    self.send(slot, request_id, &Frame::Done(Done {}));
+                    self.close_soon(slot, Reason::Logout);
+                    let mut others = std::mem::take(&mut self.refs);
+                    others.clear();
+                    self.core.directory.devices_into(user, &mut others);
+                    for &other in others.iter().filter(|&&r| r != me) {
+                        self.kick(other, ErrorCode::SessionRevoked);
+                    }
+                    self.refs = others;
+                }
+                Err(e) => self.internal(slot, request_id, &e),
+            },
+            Frame::AdminStats(_) if admin => {
+                let mut entries: Vec<Stat> = self
+                    .core
+                    .metrics
+                    .totals()
+                    .into_iter()
+                    .map(|(name, value)| Stat { name, value })
+                    .collect();
+                entries.push(Stat {
+                    name: "online_users".into(),
+                    value: self.core.directory.online_users() as u64,
+                });
+                self.send(slot, request_id, &Frame::Stats(Stats { entries }));
+            }
+            Frame::AdminStats(_) => self.reply_error(
+                slot,
+                request_id,
+                ErrorCode::Forbidden,
+                "administration is for admin accounts only",
+            ),
+            Frame::PresenceQuery(q) => self.presence_query(slot, request_id, &q.users),
+            Frame::PresenceSubscribe(s) => {
+                self.presence_subscribe(slot, request_id, user, &s.users)
+            }
+            frame if frame.code() >= FIRST_SERVER_CODE => {
+                self.fail(slot, 0, ErrorCode::UnknownFrame, Reason::ProtocolError)
+            }
+            frame => {
+                let caller = Caller {
+                    user,
+                    device,
+                    conn: me,
+                };
+                match Engine::shard_for(&self.core.chat, &caller, &frame) {
+                    Some(s) if s == self.id => self.engine.handle(caller, request_id, frame),
+                    Some(s) if (s as usize) < self.core.mailboxes.len() => self.outbox.push(
+                        s,
+                        ShardMsg::Request {
+                            caller,
+                            request_id,
+                            frame,
+                        },
+                    ),
+                    _ => self.reply_error(
+                        slot,
+                        request_id,
+                        ErrorCode::InvalidArgument,
+                        "this request is not supported by this server",
+                    ),
+                }
+            }
+        }
+    }
+
+    fn internal(&mut self, slot: usize, request_id: u32, e: &dyn std::fmt::Display) {
+        tracing::error!(shard = self.id, error = %e, "request failed on the server side");
+        self.reply_error(
+            slot,
+            request_id,
+            ErrorCode::Internal,
+            "the server failed; nothing was changed, retry",
+        );
+    }
+
+    /// `ERROR_REPLY(0, code)` and close, for a connection on any shard.
+    pub(super) fn kick(&mut self, to: ConnRef, code: ErrorCode) {
+        if to.shard != self.id {
+            self.outbox.push(to.shard, ShardMsg::Kick { to, code });
+        } else if let Some(slot) = self.local_slot(to) {
+            self.fail(slot, 0, code, reason_for(code));
+        }
+    }
+
+    fn presence_query(&mut self, slot: usize, request_id: u32, users: &[u64]) {
+        let now = crate::clock::wall_us();
+        let mut entries = Vec::with_capacity(users.len());
+        for &user in users {
+            let online = self.core.directory.is_online(user);
+            let last_seen = if online {
+                now
+            } else {
+                match self.core.chat.store.last_seen(user) {
+                    Ok(at) => at.unwrap_or(0),
+                    Err(e) => return self.internal(slot, request_id, &e),
+                }
+            };
+            entries.push(Presence {
+                user,
+                online,
+                last_seen,
+            });
+        }
+        self.send(
+            slot,
+            request_id,
+            &Frame::PresenceList(PresenceList { entries }),
+        );
+    }
+
+    fn presence_subscribe(&mut self, slot: usize, request_id: u32, caller: u64, users: &[u64]) {
+        for &user in users {
+            match self.core.chat.store.is_contact(caller, user) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let message = format!("user {user} is not in your contacts; add them first");
+                    return self.reply_error(slot, request_id, ErrorCode::NotContact, &message);
+                }
+                Err(e) => return self.internal(slot, request_id, &e),
+            }
+        }
+        let Some(me) = self.conn_ref(slot) else {
+            return;
+        };
+        match self.subs.subscribe(me, users) {
+            Ok(added) => {
+                self.core
+                    .presence_subscriptions
+                    .fetch_add(added, Ordering::Relaxed);
+                if let Some(conn) = self.conns.get_mut(slot) {
+                    conn.flags |= flag::SUBSCRIBED;
+                }
+                self.send(slot, request_id, &Frame::Done(Done {}));
+            }
+            Err(()) => self.reply_error(
+                slot,
+                request_id,
+                ErrorCode::InvalidArgument,
+                "too many presence subscriptions on one connection",
+            ),
+        }
+    }
+
+    /// Notes that `user` came online or went offline, for the end-of-round broadcast.
+    pub(super) fn presence_changed(&mut self, user: u64, online: bool, at_us: u64) {
+        self.presence_out.push(Presence {
+            user,
+            online,
+            last_seen: at_us,
+        });
+    }
+}
+
+/// The disconnect counter for a close announced with `code`.
+pub(super) fn reason_for(code: ErrorCode) -> Reason {
+    match code {
+        ErrorCode::SessionRevoked => Reason::SessionRevoked,
+        ErrorCode::ShuttingDown => Reason::ShuttingDown,
+        ErrorCode::SlowConsumer => Reason::SlowConsumer,
+        ErrorCode::HeartbeatTimeout => Reason::HeartbeatTimeout,
+        ErrorCode::HandshakeTimeout => Reason::HandshakeTimeout,
+        ErrorCode::ServerFull => Reason::ServerFull,
+        _ => Reason::ProtocolError,
+    }
+}
