@@ -33,6 +33,9 @@ struct Thread {
     messages: Vec<Message>,
 }
 
+/// One online connection: (connection id, its writer).
+type Online = (u64, Arc<Mutex<TcpStream>>);
+
 #[derive(Default)]
 struct State {
     next_user: u64,
@@ -43,7 +46,7 @@ struct State {
     last_msg_id: u64,
     sends: u64,
     /// user → (connection id, writer) of every online connection.
-    online: HashMap<u64, Vec<(u64, Arc<Mutex<TcpStream>>)>>,
+    online: HashMap<u64, Vec<Online>>,
     next_conn: u64,
 }
 

@@ -319,7 +319,7 @@ mod tests {
 
     #[test]
     fn verify_counts_lost_per_recipient_and_ignores_the_sender() {
-        let members = vec![vec![0u32, 1, 2]];
+        let members = [vec![0u32, 1, 2]];
         let mut acked = RangeSet::new();
         for v in 1..=5 {
             acked.insert(v);

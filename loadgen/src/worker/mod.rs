@@ -584,15 +584,20 @@ impl Worker {
                 }
             }
             let ready_before = c.is_ready();
-            let was_handshaking = c.state.is_handshaking();
+            let mut handshaking = c.state.is_handshaking();
             loop {
                 match self.decoder.decode(&mut c.rbuf) {
-                    Ok(Some(env)) => match c.on_frame(env, &mut self.cx) {
-                        Outcome::Continue => {}
-                        Outcome::Close { retry } => {
+                    Ok(Some(env)) => {
+                        let outcome = c.on_frame(env, &mut self.cx);
+                        // Keep the handshake count true before any close looks at it.
+                        if handshaking && !c.state.is_handshaking() {
+                            handshaking = false;
+                            self.handshaking -= 1;
+                        }
+                        if let Outcome::Close { retry } = outcome {
                             return self.close(i, if retry { Close::Retry } else { Close::Fatal });
                         }
-                    },
+                    }
                     Ok(None) => break,
                     Err(_) => {
                         *self
@@ -608,9 +613,6 @@ impl Worker {
             if c.rbuf.is_empty() {
                 // Free the read buffer of an idle connection.
                 c.rbuf = BytesMut::new();
-            }
-            if was_handshaking && !c.state.is_handshaking() {
-                self.handshaking -= 1;
             }
             c.flush_receipts(&mut self.cx);
             if eof {
