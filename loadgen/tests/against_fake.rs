@@ -376,3 +376,24 @@ fn binary_with_worker_processes_prints_json_and_exits_by_verdict() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A few thousand connections over worker processes and several source addresses. Ignored by
+/// default (the fake server spends a thread per connection); run with `--ignored`.
+#[test]
+#[ignore]
+fn thousands_of_connections_over_processes_and_sources() {
+    let exe = env!("CARGO_BIN_EXE_courier-loadgen");
+    let f = fixture(Faults::default(), 4000);
+    let out = Process::new(exe)
+        .args(["--server", &f.server.addr.to_string(), "--users"])
+        .arg(&f.users)
+        .args(["--conns-per-worker", "1500", "--source-ips", "4"])
+        .args(["chat", "--pairs", "2000", "--rate", "4000", "--duration", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    let r: Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((r.connected, r.workers, r.source_ips), (4000, 3, 4));
+    assert_clean(&r);
+}
