@@ -388,10 +388,22 @@ fn thousands_of_connections_over_processes_and_sources() {
         .args(["--server", &f.server.addr.to_string(), "--users"])
         .arg(&f.users)
         .args(["--conns-per-worker", "1500", "--source-ips", "4"])
-        .args(["chat", "--pairs", "2000", "--rate", "4000", "--duration", "2"])
+        .args([
+            "chat",
+            "--pairs",
+            "2000",
+            "--rate",
+            "4000",
+            "--duration",
+            "2",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
     let r: Report = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((r.connected, r.workers, r.source_ips), (4000, 3, 4));

@@ -261,8 +261,12 @@ impl Conn {
                 self.awaiting = Awaiting::Auth(id);
                 self.state = State::AwaitAuth;
             }
-            Frame::AuthOk(_) if self.awaiting == Awaiting::Auth(rid) => {
+            Frame::AuthOk(ok) if self.awaiting == Awaiting::Auth(rid) => {
                 cx.counters.auth_ok += 1;
+                if !ok.token.is_empty() && ok.token != self.token {
+                    // Copied: a slice would pin the whole read buffer it came from.
+                    self.token = Bytes::copy_from_slice(&ok.token);
+                }
                 crate::hist::record_ns(&mut cx.lat.connect, now.saturating_sub(self.started_ns));
                 self.last_push.clear();
                 if cx.sync_on_connect {
