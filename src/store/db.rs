@@ -378,8 +378,8 @@ impl Store {
         let lower = keys::message(thread, after.saturating_add(1));
         let upper = keys::prefix_end(&keys::id(thread));
         self.scan(CF_MESSAGES, &lower, &upper, false, |_, v| {
-            let m = MessageRecord::decode(v)?;
-            if m.sender != reader && m.kind != courier_protocol::MessageKind::System {
+            let (sender, kind) = MessageRecord::peek_sender_kind(v)?;
+            if sender != reader && kind != courier_protocol::MessageKind::System {
                 n += 1;
             }
             Ok(n < cap)

@@ -61,6 +61,24 @@ record! {
     }
 }
 
+impl MessageRecord {
+    /// Sender and kind of a stored message without decoding (or copying) its body: the unread
+    /// count reads only these.
+    pub fn peek_sender_kind(raw: &[u8]) -> Result<(u64, MessageKind), Error> {
+        let corrupt = Error::CorruptValue { record: Self::NAME };
+        if raw.len() < 18 || raw[0] != V1 {
+            return Err(corrupt);
+        }
+        let sender = u64::from_be_bytes(
+            raw[1..9]
+                .try_into()
+                .map_err(|_| Error::CorruptValue { record: Self::NAME })?,
+        );
+        let kind = MessageKind::from_code(raw[17]).ok_or(corrupt)?;
+        Ok((sender, kind))
+    }
+}
+
 record! {
     /// `threads`: what every member shares, except the member list (in `members`).
     pub struct ThreadRecord {
@@ -140,6 +158,10 @@ mod tests {
             body: Bytes::from_static(b"hi"),
         };
         assert_eq!(MessageRecord::decode(&m.encode()).unwrap(), m);
+        assert_eq!(
+            MessageRecord::peek_sender_kind(&m.encode()).unwrap(),
+            (7, MessageKind::Media)
+        );
         let t = ThreadRecord {
             name: "g".into(),
             member_count: 3,
