@@ -88,8 +88,11 @@ impl Shard {
             }
             entry.insert(Conn::new(stream, gen, now.as_secs() as u32, bucket));
             ShardMetrics::add(&self.metrics().connections, 1);
-            let deadline = now.as_secs() as u32
-                + self.core.config.handshake_timeout_secs.min(u32::MAX as u64) as u32;
+            // The first look comes at the earliest deadline this connection can have: the
+            // handshake's, or the idle limit's if it authenticates at once (see timer.rs).
+            let handshake = self.core.config.handshake_timeout_secs.min(u32::MAX as u64) as u32;
+            let first_look = handshake.min(3 * self.core.config.heartbeat_secs as u32);
+            let deadline = now.as_secs() as u32 + first_look;
             self.wheel.schedule(slot as u32, gen, deadline);
         }
     }

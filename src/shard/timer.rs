@@ -5,6 +5,11 @@
 //! at the connection's *real* deadline (which frames keep pushing forward) and either times it
 //! out or files the entry again at that deadline. An idle connection therefore costs one entry
 //! of 8 bytes and is looked at once per deadline, not once per frame.
+//!
+//! Invariant: an entry is never filed later than its connection's real deadline, since
+//! deadlines only move later. The one exception would be the move from handshake to
+//! authenticated (idle limit shorter than the handshake limit), so the first entry is filed at
+//! the earlier of the two.
 
 /// Seconds the wheel spans; later deadlines are filed in the last slot and re-filed from there.
 const SLOTS: u32 = 64;

@@ -1,0 +1,439 @@
+//! Shared harness for black-box tests: a real `courier serve` child on an ephemeral loopback
+//! port with its own temporary data directory, and a small blocking raw-protocol client.
+//!
+//! Everything is bounded in time: starting waits at most [`START_TIMEOUT`], every read takes a
+//! timeout, and a [`Server`] kills its child when dropped, so a failing test leaves no process
+//! behind. Only the child each `Server` started is ever signalled.
+
+// Each test binary uses a different part of the harness.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use courier_protocol::{
+    encode, AuthOk, Decoder, Envelope, ErrorCode, Frame, Hello, Login, Ping, Register, Resume,
+    Welcome, MAX_FRAME_LEN, VERSION,
+};
+
+/// How long a server may take to print its listening line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long `stop` waits for a clean exit before killing.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default wait for one reply.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A password every test account can use.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// A running `courier serve`.
+pub struct Server {
+    /// The client address (one listen address, port chosen by the OS).
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The server's stderr (its log), kept next to the data directory.
+    pub log_path: PathBuf,
+    args: Vec<String>,
+    child: Mutex<Option<Child>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts a server with `extra` arguments. The harness adds `--shards 2` and
+    /// `--argon2-m-kib 64` (fast password hashing) unless `extra` sets them.
+    pub fn start_with(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let data_dir = dir.path().join("data");
+        let log_path = dir.path().join("server.log");
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, addr) = spawn(&data_dir, &log_path, "127.0.0.1:0", &args);
+        Server {
+            addr,
+            data_dir,
+            log_path,
+            args,
+            child: Mutex::new(Some(child)),
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().ok()?.as_ref().map(Child::id)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGKILL: a crash, with no chance to flush anything.
+    pub fn kill(&self) {
+        if let Some(mut child) = self.child.lock().ok().and_then(|mut c| c.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits (at most [`STOP_TIMEOUT`], then SIGKILL) and returns the exit
+    /// status, or `None` if the server was not running or had to be killed.
+    pub fn stop(&self) -> Option<ExitStatus> {
+        let mut child = self.child.lock().ok()?.take()?;
+        // SAFETY: kill(2) with our own child's pid, which we have not waited for yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Stops the server (SIGTERM) if running and starts it again on the same data directory
+    /// and the same address.
+    pub fn restart(&mut self) {
+        self.stop();
+        let (child, addr) = spawn(
+            &self.data_dir,
+            &self.log_path,
+            &self.addr.to_string(),
+            &self.args,
+        );
+        self.addr = addr;
+        if let Ok(mut c) = self.child.lock() {
+            *c = Some(child);
+        }
+    }
+
+    /// A new raw connection to this server.
+    pub fn connect(&self) -> TestConn {
+        TestConn::connect(self.addr)
+    }
+
+    /// A connection that said hello and registered `handle` (device "test").
+    pub fn user(&self, handle: &str) -> (TestConn, AuthOk) {
+        let mut c = self.connect();
+        c.hello();
+        let ok = c.register(handle, PASSWORD, "test");
+        (c, ok)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(
+    data_dir: &std::path::Path,
+    log_path: &std::path::Path,
+    listen: &str,
+    extra: &[String],
+) -> (Child, SocketAddr) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("open the server log");
+    let mut defaults = Vec::new();
+    for (flag, value) in [("--shards", "2"), ("--argon2-m-kib", "64")] {
+        if !extra.iter().any(|a| a == flag) {
+            defaults.extend([flag, value]);
+        }
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .arg("serve")
+        .args(["--listen", listen])
+        .args(&defaults)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("start the courier binary");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Keeps draining stdout for the life of the child so it never blocks on a full pipe.
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.strip_prefix("courier listening on ") {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        }
+    });
+    match rx.recv_timeout(START_TIMEOUT) {
+        Ok(addr) => (
+            child,
+            addr.parse().expect("the listening line holds an address"),
+        ),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(log_path).unwrap_or_default();
+            panic!("courier did not start within {START_TIMEOUT:?}; its log:\n{log}");
+        }
+    }
+}
+
+/// What one read from a [`TestConn`] produced.
+#[derive(Debug)]
+pub enum Recv {
+    Frame(Envelope),
+    /// The server closed the connection (EOF or reset).
+    Closed,
+    Timeout,
+}
+
+/// A blocking raw-protocol client for tests: sends frames, matches replies by request id and
+/// buffers everything else (pushes, replies to other requests).
+pub struct TestConn {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    decoder: Decoder,
+    next_id: u32,
+    /// Frames received while waiting for something else, in arrival order.
+    pending: VecDeque<Envelope>,
+    closed: bool,
+}
+
+impl TestConn {
+    pub fn connect(addr: SocketAddr) -> TestConn {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .expect("connect to the server");
+        let _ = stream.set_nodelay(true);
+        TestConn {
+            stream,
+            buf: BytesMut::with_capacity(64 * 1024),
+            decoder: Decoder::new(MAX_FRAME_LEN),
+            next_id: 1,
+            pending: VecDeque::new(),
+            closed: false,
+        }
+    }
+
+    /// A fresh request id.
+    pub fn id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Sends one frame with `request_id`, without waiting.
+    pub fn send(&mut self, request_id: u32, frame: impl Into<Frame>) {
+        let mut out = BytesMut::new();
+        encode(request_id, &frame.into(), &mut out);
+        self.send_raw(&out);
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to the server");
+    }
+
+    /// Sends `frame` with a fresh id and returns the reply with that id (an `ErrorReply` is a
+    /// reply too). Panics if none comes within [`REPLY_TIMEOUT`] or the connection closes.
+    pub fn request(&mut self, frame: impl Into<Frame>) -> Frame {
+        let id = self.id();
+        self.send(id, frame);
+        self.reply(id, REPLY_TIMEOUT)
+    }
+
+    /// Waits for the reply to `request_id`, buffering other frames.
+    pub fn reply(&mut self, request_id: u32, timeout: Duration) -> Frame {
+        if let Some(i) = self.pending.iter().position(|e| e.request_id == request_id) {
+            return self
+                .pending
+                .remove(i)
+                .map(|e| e.frame)
+                .unwrap_or_else(|| unreachable!());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.recv_until(deadline) {
+                Recv::Frame(e) if e.request_id == request_id => return e.frame,
+                Recv::Frame(e) => self.pending.push_back(e),
+                Recv::Closed => panic!(
+                    "connection closed while waiting for reply {request_id}; got {:?}",
+                    self.pending
+                ),
+                Recv::Timeout => panic!(
+                    "no reply to request {request_id} within {timeout:?}; got {:?}",
+                    self.pending
+                ),
+            }
+        }
+    }
+
+    /// The next push (request id 0), skipping nothing else: other frames stay buffered.
+    pub fn next_push(&mut self, timeout: Duration) -> Option<Frame> {
+        if let Some(i) = self.pending.iter().position(|e| e.request_id == 0) {
+            return self.pending.remove(i).map(|e| e.frame);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.recv_until(deadline) {
+                Recv::Frame(e) if e.request_id == 0 => return Some(e.frame),
+                Recv::Frame(e) => self.pending.push_back(e),
+                Recv::Closed | Recv::Timeout => return None,
+            }
+        }
+    }
+
+    /// The next push matching `pred`, dropping other pushes.
+    pub fn push_where(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Frame) -> bool,
+    ) -> Option<Frame> {
+        let deadline = Instant::now() + timeout;
+        while let Some(f) = self.next_push(deadline.saturating_duration_since(Instant::now())) {
+            if pred(&f) {
+                return Some(f);
+            }
+        }
+        None
+    }
+
+    /// Waits for the server to close the connection; returns every frame that came before the
+    /// close (including buffered ones). Panics if it stays open for `timeout`.
+    pub fn expect_closed(&mut self, timeout: Duration) -> Vec<Frame> {
+        let mut frames: Vec<Frame> = self.pending.drain(..).map(|e| e.frame).collect();
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.recv_until(deadline) {
+                Recv::Frame(e) => frames.push(e.frame),
+                Recv::Closed => return frames,
+                Recv::Timeout => panic!(
+                    "the server did not close the connection within {timeout:?}; got {frames:?}"
+                ),
+            }
+        }
+    }
+
+    /// Reads one frame, or reports a close or the deadline passing.
+    pub fn recv_until(&mut self, deadline: Instant) -> Recv {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(e)) => return Recv::Frame(e),
+                Ok(None) => {}
+                Err(e) => panic!("the server sent bytes that do not decode: {e}"),
+            }
+            if self.closed {
+                return Recv::Closed;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Recv::Timeout;
+            }
+            let _ = self
+                .stream
+                .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))));
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => self.closed = true,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Recv::Timeout
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => self.closed = true,
+            }
+        }
+    }
+
+    pub fn hello(&mut self) -> Welcome {
+        match self.request(Hello {
+            version: VERSION,
+            client: "courier-tests".into(),
+        }) {
+            Frame::Welcome(w) => w,
+            other => panic!("expected WELCOME, got {other:?}"),
+        }
+    }
+
+    pub fn try_register(&mut self, handle: &str, password: &str, device: &str) -> Frame {
+        self.request(Register {
+            handle: handle.into(),
+            password: password.into(),
+            device: device.into(),
+        })
+    }
+
+    pub fn register(&mut self, handle: &str, password: &str, device: &str) -> AuthOk {
+        expect_auth(self.try_register(handle, password, device))
+    }
+
+    pub fn try_login(&mut self, handle: &str, password: &str, device: &str) -> Frame {
+        self.request(Login {
+            handle: handle.into(),
+            password: password.into(),
+            device: device.into(),
+        })
+    }
+
+    pub fn login(&mut self, handle: &str, password: &str, device: &str) -> AuthOk {
+        expect_auth(self.try_login(handle, password, device))
+    }
+
+    pub fn try_resume(&mut self, token: &Bytes) -> Frame {
+        self.request(Resume {
+            token: token.clone(),
+        })
+    }
+
+    pub fn resume(&mut self, token: &Bytes) -> AuthOk {
+        expect_auth(self.try_resume(token))
+    }
+
+    /// PING, expecting PONG.
+    pub fn ping(&mut self) {
+        match self.request(Ping { nonce: 42 }) {
+            Frame::Pong(p) => assert_eq!(p.nonce, 42),
+            other => panic!("expected PONG, got {other:?}"),
+        }
+    }
+}
+
+fn expect_auth(frame: Frame) -> AuthOk {
+    match frame {
+        Frame::AuthOk(ok) => ok,
+        other => panic!("expected AUTH_OK, got {other:?}"),
+    }
+}
+
+/// The error code of an `ERROR_REPLY`, or a panic naming what came instead.
+pub fn error_code(frame: &Frame) -> ErrorCode {
+    match frame {
+        Frame::ErrorReply(e) => {
+            ErrorCode::from_u16(e.code).unwrap_or_else(|| panic!("unknown error code {}", e.code))
+        }
+        other => panic!("expected ERROR_REPLY, got {other:?}"),
+    }
+}
+
+/// Whether `frames` holds an `ERROR_REPLY` with `code`.
+pub fn has_error(frames: &[Frame], code: ErrorCode) -> bool {
+    frames
+        .iter()
+        .any(|f| matches!(f, Frame::ErrorReply(e) if e.code == code as u16))
+}
