@@ -12,6 +12,9 @@ use courier_protocol::MAX_FRAME_LEN;
 
 use crate::store::FsyncMode;
 
+/// Listen addresses a server accepts (each shard reserves a token per address).
+pub const MAX_LISTEN: usize = 64;
+
 /// A configuration that cannot be used, with what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -81,6 +84,12 @@ pub struct ServeArgs {
     /// argon2id memory cost in KiB [default: 19456].
     #[arg(long)]
     pub argon2_m_kib: Option<u32>,
+    /// Members a group may have [default: 1024].
+    #[arg(long)]
+    pub max_group: Option<usize>,
+    /// Largest message body in bytes [default: 16384].
+    #[arg(long)]
+    pub max_body: Option<usize>,
     /// This node's id on the cluster ring, announced in WELCOME [default: node1].
     #[arg(long)]
     pub node_id: Option<String>,
@@ -106,6 +115,8 @@ struct FileConfig {
     rate_limit: Option<u32>,
     admin: Option<Vec<String>>,
     argon2_m_kib: Option<u32>,
+    max_group: Option<usize>,
+    max_body: Option<usize>,
     node_id: Option<String>,
     peer: Option<Vec<String>>,
 }
@@ -127,6 +138,8 @@ pub struct Config {
     pub rate_limit: u32,
     pub admins: Vec<String>,
     pub argon2_m_kib: u32,
+    pub max_group: usize,
+    pub max_body: usize,
     pub node_id: String,
     /// (id, address) of the other nodes.
     pub peers: Vec<(String, String)>,
@@ -166,6 +179,8 @@ impl Config {
             rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(500),
             admins: pick_list(args.admin, file.admin),
             argon2_m_kib: args.argon2_m_kib.or(file.argon2_m_kib).unwrap_or(19 * 1024),
+            max_group: args.max_group.or(file.max_group).unwrap_or(1024),
+            max_body: args.max_body.or(file.max_body).unwrap_or(16 * 1024),
             node_id: args
                 .node_id
                 .or(file.node_id)
@@ -194,6 +209,13 @@ impl Config {
                 "use 1 to 1024 shards (one per core is best)",
             );
         }
+        if self.listen.len() > MAX_LISTEN {
+            return invalid(
+                "listen",
+                &self.listen.len(),
+                "use at most 64 listen addresses",
+            );
+        }
         if !(64..=MAX_FRAME_LEN).contains(&self.max_frame) {
             return invalid("max_frame", &self.max_frame, "use 64 to 1048576 bytes");
         }
@@ -208,6 +230,20 @@ impl Config {
                 "max_output",
                 &self.max_output,
                 "must be at least max_frame, or no reply could be queued",
+            );
+        }
+        if self.max_group < 2 {
+            return invalid(
+                "max_group",
+                &self.max_group,
+                "a group needs room for at least 2 members",
+            );
+        }
+        if self.max_body + 1024 > self.max_frame as usize {
+            return invalid(
+                "max_body",
+                &self.max_body,
+                "must leave 1024 bytes of max_frame for the rest of a SEND",
             );
         }
         if self.rate_limit == 0 {

@@ -65,7 +65,14 @@ pub fn serve(config: Config) -> Result<(), Error> {
 
     let store = Store::open(&config.data_dir, config.fsync)?;
     let clock = Arc::new(Clock::new(store.clock_floor()?));
-    let chat = chat::Shared::new(store.clone(), clock, ChatConfig::default(), config.shards);
+    let chat_config = ChatConfig {
+        max_group: config.max_group,
+        max_body: config.max_body,
+        // Replies must fit the frame limit clients were told in WELCOME, headers included.
+        max_reply_bytes: config.max_frame as usize / 16 * 15,
+        ..ChatConfig::default()
+    };
+    let chat = chat::Shared::new(store.clone(), clock, chat_config, config.shards);
     let auth_config = AuthConfig {
         argon2_m_kib: config.argon2_m_kib,
         admins: config.admins.clone(),

@@ -57,7 +57,9 @@ fn listener_token(i: usize) -> Token {
 }
 
 fn listener_index(t: Token) -> Option<usize> {
-    (usize::MAX - 2).checked_sub(t.0).filter(|&i| i < 64)
+    (usize::MAX - 2)
+        .checked_sub(t.0)
+        .filter(|&i| i < crate::config::MAX_LISTEN)
 }
 
 /// Bytes read from a socket per `read` call, into the shard's scratch buffer.
@@ -297,10 +299,7 @@ impl Shard {
             message: code.name().to_owned(),
         });
         self.send(slot, request_id, &frame);
-        if let Some(conn) = self.conns.get_mut(slot) {
-            conn.close(reason);
-            self.closing.push(slot);
-        }
+        self.close_soon(slot, reason);
     }
 
     /// Stops accepting, says goodbye to every connection, writes for up to [`SHUTDOWN_FLUSH`],
