@@ -90,6 +90,12 @@ pub struct ServeArgs {
     /// Largest message body in bytes [default: 16384].
     #[arg(long)]
     pub max_body: Option<usize>,
+    /// How long after sending a message its sender may recall it, in seconds [default: 3600].
+    #[arg(long)]
+    pub recall_window_secs: Option<u64>,
+    /// Largest media upload in bytes [default: 16777216].
+    #[arg(long)]
+    pub max_media: Option<u64>,
     /// This node's id on the cluster ring, announced in WELCOME [default: node1].
     #[arg(long)]
     pub node_id: Option<String>,
@@ -117,6 +123,8 @@ struct FileConfig {
     argon2_m_kib: Option<u32>,
     max_group: Option<usize>,
     max_body: Option<usize>,
+    recall_window_secs: Option<u64>,
+    max_media: Option<u64>,
     node_id: Option<String>,
     peer: Option<Vec<String>>,
 }
@@ -140,6 +148,8 @@ pub struct Config {
     pub argon2_m_kib: u32,
     pub max_group: usize,
     pub max_body: usize,
+    pub recall_window_secs: u64,
+    pub max_media: u64,
     pub node_id: String,
     /// (id, address) of the other nodes.
     pub peers: Vec<(String, String)>,
@@ -181,6 +191,11 @@ impl Config {
             argon2_m_kib: args.argon2_m_kib.or(file.argon2_m_kib).unwrap_or(19 * 1024),
             max_group: args.max_group.or(file.max_group).unwrap_or(1024),
             max_body: args.max_body.or(file.max_body).unwrap_or(16 * 1024),
+            recall_window_secs: args
+                .recall_window_secs
+                .or(file.recall_window_secs)
+                .unwrap_or(3600),
+            max_media: args.max_media.or(file.max_media).unwrap_or(16 << 20),
             node_id: args
                 .node_id
                 .or(file.node_id)
@@ -245,6 +260,9 @@ impl Config {
                 &self.max_body,
                 "must leave 1024 bytes of max_frame for the rest of a SEND",
             );
+        }
+        if self.max_media == 0 {
+            return invalid("max_media", &0, "use at least 1 byte");
         }
         if self.rate_limit == 0 {
             return invalid("rate_limit", &0, "use at least 1 request per second");

@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server until SIGTERM or SIGINT.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Offline administration (the server must be stopped).
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         )
         .init();
     let result = match Cli::parse().command {
-        Command::Serve(args) => Config::load(args)
+        Command::Serve(args) => Config::load(*args)
             .map_err(|e| e.to_string())
             .and_then(|config| server::serve(config).map_err(|e| e.to_string())),
         Command::Admin(AdminCommand::Provision(args)) => admin::provision(&args)

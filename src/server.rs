@@ -68,6 +68,8 @@ pub fn serve(config: Config) -> Result<(), Error> {
     let chat_config = ChatConfig {
         max_group: config.max_group,
         max_body: config.max_body,
+        recall_window_us: config.recall_window_secs.saturating_mul(1_000_000),
+        max_media: config.max_media,
         // Replies must fit the frame limit clients were told in WELCOME, headers included.
         max_reply_bytes: config.max_frame as usize / 16 * 15,
         ..ChatConfig::default()

@@ -770,3 +770,19 @@ fn messages_and_receipts_survive_a_restart() {
     alice.resume(&a.token);
     assert!(send(&mut alice, t, 99, "after").message > ids[4]);
 }
+
+#[test]
+fn recall_after_the_configured_window_is_refused() {
+    let server = Server::start_with(&["--recall-window-secs", "0"]);
+    let (mut alice, _) = server.user("alice");
+    let (_bob, b) = server.user("bob");
+    let t = direct(&mut alice, b.user);
+    let sent = send(&mut alice, t, 1, "too late to take back");
+    std::thread::sleep(Duration::from_millis(5));
+    let reply = alice.request(Recall {
+        thread: t,
+        message: sent.message,
+    });
+    assert_eq!(error_code(&reply), ErrorCode::RecallWindowExpired);
+    assert!(!history(&mut alice, t)[0].recalled);
+}
