@@ -1,0 +1,32 @@
+#!/bin/bash
+# One BENCHMARKS.md run: run-one.sh NAME "SERVER FLAGS" LOADGEN ARGS…
+#
+# Starts `courier serve` on a fresh copy of the provisioned template ($B/tpl/d19k, see
+# BENCHMARKS.md), runs `courier-loadgen` against it as a separate process, writes
+# $B/runs/NAME.json, stops the server it started (by pid) and removes the copy. Waits (at most
+# 120 s) until no compiler runs, since the benchmark machine is shared, and logs the load average
+# in $B/runs/index.tsv.
+#
+# B (default /var/tmp/lgbench) holds bin/courier, bin/courier-loadgen, tpl/ and runs/.
+set -u
+B=${B:-/var/tmp/lgbench}
+name=$1; sargs=$2; shift 2
+d=$B/runs/$name.d
+waited=0
+while [ $waited -lt 120 ] && pgrep -x 'rustc|cc1plus|cargo' >/dev/null; do sleep 2; waited=$((waited+2)); done
+rm -rf "$d"; mkdir -p "$d"; cp -a "$B/tpl/d19k" "$d/data"
+# shellcheck disable=SC2086 # server flags are words
+"$B/bin/courier" serve --data-dir "$d/data" --listen 127.0.0.1:0 $sargs >"$d/stdout" 2>"$B/runs/$name.server.log" &
+spid=$!
+for _ in $(seq 100); do grep -q "listening on" "$d/stdout" 2>/dev/null && break; sleep 0.1; done
+addr=$(sed -n 's/^courier listening on //p' "$d/stdout" | head -1)
+"$B/bin/courier-loadgen" --server "$addr" --users "$B/tpl/users19k.txt" --json "$B/runs/$name.json" \
+    --quiet --server-pid "$spid" "$@" >/dev/null 2>"$B/runs/$name.lg.log"
+rc=$?
+kill -TERM "$spid"
+for _ in $(seq 100); do kill -0 "$spid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$spid" 2>/dev/null && kill -KILL "$spid"
+wait "$spid" 2>/dev/null
+rm -rf "$d"
+echo -e "$name\t$(date +%T)\tload=$(cut -d' ' -f1-3 /proc/loadavg)\twaited=${waited}s\trc=$rc" >> "$B/runs/index.tsv"
+exit $rc
