@@ -5,7 +5,7 @@
 //! [`Engine::commit`] has made the batch durable, so a SENT ack always means "on disk" (per
 //! the fsync mode) and a push never announces a message that a crash could lose.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -37,6 +37,11 @@ pub struct Engine {
     pub(super) round_directs: HashMap<(u64, u64), u64>,
     /// Highest clock value staged this round (recorded as the clock floor on commit).
     round_max: u64,
+    /// Owned threads whose record changed this round: written once, at commit, however many
+    /// messages the round added.
+    pub(super) dirty_threads: HashSet<u64>,
+    /// (thread, user) cursors and roles that changed this round, written once at commit.
+    pub(super) dirty_members: HashSet<(u64, u64)>,
 }
 
 impl Engine {
@@ -54,6 +59,8 @@ impl Engine {
             round_sends: HashMap::new(),
             round_directs: HashMap::new(),
             round_max: 0,
+            dirty_threads: HashSet::new(),
+            dirty_members: HashSet::new(),
         }
     }
 
@@ -168,6 +175,7 @@ impl Engine {
     /// answers become INTERNAL errors, pushes are dropped (nothing was stored), and the thread
     /// cache is emptied, since it may hold changes that never reached the disk.
     fn flush(&mut self) {
+        self.stage_dirty();
         if !self.batch.is_empty() {
             if self.round_max != 0 {
                 self.batch.clock_floor(self.shard, self.round_max);
@@ -199,6 +207,22 @@ impl Engine {
             .0
             .store(u64::MAX, Ordering::SeqCst);
         self.threads.trim();
+    }
+
+    /// Stages the final state of every thread record and member changed this round. A member
+    /// no longer in the cache was removed this round (its delete is already staged) and must
+    /// not be written back.
+    fn stage_dirty(&mut self) {
+        for thread in self.dirty_threads.drain() {
+            if let Some(state) = self.threads.get(thread) {
+                self.batch.put_thread(thread, &state.rec);
+            }
+        }
+        for (thread, user) in self.dirty_members.drain() {
+            if let Some(m) = self.threads.get(thread).and_then(|s| s.members.get(&user)) {
+                self.batch.put_member(thread, user, m);
+            }
+        }
     }
 
     /// A clock value for a change staged this round. The first of a round publishes the

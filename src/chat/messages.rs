@@ -82,8 +82,7 @@ impl Engine {
         if let Some(me) = state.members.get_mut(&caller.user) {
             me.delivered = me.delivered.max(id);
             me.read = me.read.max(id);
-            let me = me.clone();
-            self.batch.put_member(f.thread, caller.user, &me);
+            self.save_member(f.thread, caller.user);
         }
         Ok(Some(
             Sent {
@@ -180,9 +179,8 @@ impl Engine {
             _ => false,
         };
         if advanced {
-            let me = me.clone();
             let users = state.member_ids.clone();
-            self.batch.put_member(f.thread, caller.user, &me);
+            self.save_member(f.thread, caller.user);
             let changed = self.tick();
             self.thread_state(f.thread)?.rec.changed_at = changed;
             self.save_thread(f.thread);

@@ -833,3 +833,46 @@ fn media_round_trips_in_chunks() {
         ErrorCode::UnknownMedia
     );
 }
+
+#[test]
+fn a_member_removed_in_the_round_they_sent_is_not_written_back() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let Frame::ThreadInfo(info) = w.ask(
+        &a,
+        CreateGroup {
+            name: "g".into(),
+            members: vec![b.user],
+        },
+    ) else {
+        panic!()
+    };
+    let g = info.thread.id;
+    let shard = w.shared.thread_shard(g) as usize;
+    let send: Frame = Send {
+        thread: g,
+        client_msg_id: 1,
+        kind: MessageKind::Text,
+        body: Bytes::new(),
+    }
+    .into();
+    w.engines[shard].handle(b, 1, send);
+    w.engines[shard].handle(
+        a,
+        2,
+        RemoveMember {
+            thread: g,
+            user: b.user,
+        }
+        .into(),
+    );
+    let mut out = Vec::new();
+    w.engines[shard].commit(&mut out);
+    assert!(
+        w.shared.store.member(g, b.user).unwrap().is_none(),
+        "the removal stands"
+    );
+    let me = w.shared.store.member(g, a.user).unwrap().unwrap();
+    assert!(me.admin);
+    assert_eq!(w.shared.store.thread(g).unwrap().unwrap().member_count, 1);
+}

@@ -72,6 +72,10 @@ impl ThreadCache {
         self.map.clear();
     }
 
+    pub fn get(&self, thread: u64) -> Option<&ThreadState> {
+        self.map.get(&thread)
+    }
+
     /// Called after a commit only: the cache then holds nothing that is not on disk.
     pub fn trim(&mut self) {
         if self.map.len() > self.limit {
@@ -194,11 +198,14 @@ impl Engine {
         Ok(state)
     }
 
-    /// Stages the thread record of a thread this shard owns.
+    /// Marks the record of a thread this shard owns as changed; it is written at commit.
     pub(super) fn save_thread(&mut self, thread: u64) {
-        if let Some(state) = self.threads.map.get(&thread) {
-            self.batch.put_thread(thread, &state.rec);
-        }
+        self.dirty_threads.insert(thread);
+    }
+
+    /// Marks a member of a thread this shard owns as changed; it is written at commit.
+    pub(super) fn save_member(&mut self, thread: u64, user: u64) {
+        self.dirty_members.insert((thread, user));
     }
 
     /// Appends a message to a thread this shard owns and pushes it to every member's devices
@@ -542,10 +549,10 @@ impl Engine {
             state.members.keys().min().copied()
         };
         if let Some(u) = promote {
-            let m = state.members.get_mut(&u).expect("chosen from members");
-            m.admin = true;
-            let m = m.clone();
-            self.batch.put_member(thread, u, &m);
+            if let Some(m) = state.members.get_mut(&u) {
+                m.admin = true;
+            }
+            self.save_member(thread, u);
         }
         self.batch.delete_member(thread, caller.user);
         self.system(
