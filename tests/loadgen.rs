@@ -9,8 +9,7 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
-use std::process::Command as Process;
+use std::path::Path;
 
 use clap::Parser;
 use courier_loadgen::{run, Cli, Report};
@@ -73,37 +72,6 @@ fn assert_keys(r: &Report) {
             assert!(v[lat][q].is_u64(), "{lat}.{q} in {v}");
         }
     }
-}
-
-/// Stops `server`, provisions `n` users into its data dir with `courier admin provision`, and
-/// starts it again on the same data dir. Returns the users file (inside the server's temp dir,
-/// so it goes away with it).
-// TODO(tests/util): a `Server::with_stopped(|data_dir| ..)` or `Server::start_in(dir)` would
-// make this one call; tests/util has another owner at the moment.
-fn provision(server: &mut Server, n: usize) -> PathBuf {
-    server.stop();
-    let out = server.data_dir.with_file_name("users.txt");
-    let output = Process::new(env!("CARGO_BIN_EXE_courier"))
-        .args(["admin", "provision", "--data-dir"])
-        .arg(&server.data_dir)
-        .args(["--users", &n.to_string(), "--prefix", "load"])
-        .args([
-            "--password",
-            util::PASSWORD,
-            "--argon2-m-kib",
-            "64",
-            "--out",
-        ])
-        .arg(&out)
-        .output()
-        .expect("run courier admin provision");
-    assert!(
-        output.status.success(),
-        "courier admin provision failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    server.restart();
-    out
 }
 
 #[test]
@@ -203,7 +171,7 @@ fn loadgen_mixed_profile_loses_nothing() {
 #[test]
 fn loadgen_connect_provisioned_measures_memory_per_connection() {
     let mut server = Server::start_with(SERVER_ARGS);
-    let users = provision(&mut server, 2_000);
+    let users = server.provision(2_000);
     let pid = server.pid().expect("server running").to_string();
     let r = loadgen(
         server.addr,
@@ -234,7 +202,7 @@ fn loadgen_connect_provisioned_measures_memory_per_connection() {
 #[test]
 fn loadgen_chat_provisioned_with_resume() {
     let mut server = Server::start_with(SERVER_ARGS);
-    let users = provision(&mut server, 200);
+    let users = server.provision(200);
     let r = loadgen(
         server.addr,
         Some(&users),

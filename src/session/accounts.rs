@@ -258,15 +258,17 @@ impl Accounts {
         mut out: impl FnMut(u64, &str, &[u8; TOKEN_LEN]),
     ) -> Result<u64, AuthError> {
         Self::check_password(password)?;
+        // Every handle is the prefix plus a number: check the shortest and the longest.
+        let last = count.saturating_sub(1);
+        if !valid_handle(&format!("{prefix}0")) || !valid_handle(&format!("{prefix}{last}")) {
+            return Err(AuthError::InvalidPrefix);
+        }
         let hash = self.hash(password)?;
         let now = wall_us();
         let mut made = 0;
         let mut batch = self.store.batch();
         for i in 0..count {
             let handle = format!("{prefix}{i}");
-            if !valid_handle(&handle) {
-                return Err(AuthError::InvalidHandle);
-            }
             if self.store.user_id_by_handle(&handle)?.is_some() {
                 continue;
             }
@@ -385,6 +387,14 @@ mod tests {
             a.login("carol", "password1", "d", ip),
             Err(AuthError::Throttled)
         ));
+    }
+
+    #[test]
+    fn provision_refuses_a_prefix_that_makes_bad_handles() {
+        let (_d, a) = accounts();
+        let err = a.provision("u", 5, "password1", |_, _, _| {}).unwrap_err();
+        assert!(matches!(err, AuthError::InvalidPrefix), "{err}");
+        assert!(err.to_string().contains("prefix"));
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum AuthError {
     InvalidHandle,
     #[error("a password is 8 to 256 bytes")]
     WeakPassword,
+    #[error("the prefix plus a number must make a valid handle: 3 to 32 characters of a-z, 0-9, '_', '.' or '-' (e.g. --prefix load)")]
+    InvalidPrefix,
     #[error("password hashing failed: {0}")]
     Hash(String),
     #[error(transparent)]
@@ -40,7 +42,7 @@ impl AuthError {
             AuthError::BadCredentials => ErrorCode::BadCredentials,
             AuthError::InvalidToken => ErrorCode::InvalidToken,
             AuthError::Throttled => ErrorCode::LoginThrottled,
-            AuthError::InvalidHandle => ErrorCode::InvalidHandle,
+            AuthError::InvalidHandle | AuthError::InvalidPrefix => ErrorCode::InvalidHandle,
             AuthError::WeakPassword => ErrorCode::WeakPassword,
             AuthError::Hash(_) | AuthError::Store(_) => ErrorCode::Internal,
         }

@@ -106,20 +106,46 @@ impl Server {
         }
     }
 
-    /// Stops the server (SIGTERM) if running and starts it again on the same data directory
-    /// and the same address.
+    /// Stops the server (SIGTERM) if running and starts it again on the same data directory.
+    /// It listens on a fresh ephemeral port (read `addr` again): reusing the old one could race
+    /// with another process taking it meanwhile.
     pub fn restart(&mut self) {
         self.stop();
-        let (child, addr) = spawn(
-            &self.data_dir,
-            &self.log_path,
-            &self.addr.to_string(),
-            &self.args,
-        );
+        let (child, addr) = spawn(&self.data_dir, &self.log_path, "127.0.0.1:0", &self.args);
         self.addr = addr;
         if let Ok(mut c) = self.child.lock() {
             *c = Some(child);
         }
+    }
+
+    /// Stops the server, provisions `n` load-test users (`load0`, `load1`, …, password
+    /// [`PASSWORD`]) into its data directory with `courier admin provision`, restarts it, and
+    /// returns the users file (`user_id handle token_hex` lines) the load generator reads.
+    pub fn provision(&mut self, n: usize) -> PathBuf {
+        self.stop();
+        let out = self.data_dir.with_file_name("users.txt");
+        let output = Command::new(env!("CARGO_BIN_EXE_courier"))
+            .args(["admin", "provision", "--data-dir"])
+            .arg(&self.data_dir)
+            .args([
+                "--users",
+                &n.to_string(),
+                "--prefix",
+                "load",
+                "--password",
+                PASSWORD,
+            ])
+            .args(["--argon2-m-kib", "64", "--out"])
+            .arg(&out)
+            .output()
+            .expect("run courier admin provision");
+        assert!(
+            output.status.success(),
+            "courier admin provision failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.restart();
+        out
     }
 
     /// A new raw connection to this server.
