@@ -104,10 +104,14 @@ pub fn run(cli: &Cli) -> CliResult {
             println!("{DIM}! {e}{RESET}");
         }
     }
+    // Everything shown this run counts as seen: the next run's backlog starts here. Unread
+    // messages that arrived unseen still show in the thread list's unread counts.
+    let _ = client.sync();
     let mut ui = ui.lock();
     ui.cfg.watermark = client.watermark().or(ui.cfg.watermark);
     ui.cfg.save()?;
-    client.close();
+    // The client is not closed here: the event thread would report the end of the session as
+    // a failure. The process exits and the token stays valid for the next run.
     Ok(())
 }
 
