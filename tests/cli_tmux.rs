@@ -2,59 +2,88 @@
 
 mod util;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// How long a line may take to appear on the screen.
+const SCREEN_WAIT: Duration = Duration::from_secs(10);
+
+/// One tmux session on a tmux server of its own (`-L`, a socket named after the session), so a
+/// test never touches anyone else's tmux; dropping it kills that session and that server only.
 struct Tmux {
+    socket: String,
     session: String,
 }
 
 impl Tmux {
-    fn start(session: &str, command: &str) -> Tmux {
-        let status = Command::new("tmux")
-            .args([
-                "new-session",
-                "-d",
-                "-s",
-                session,
-                "-x",
-                "200",
-                "-y",
-                "50",
-                command,
-            ])
-            .status()
-            .expect("tmux");
-        assert!(status.success());
-        Tmux {
-            session: session.into(),
-        }
+    /// Runs `command` in a new 200x50 session named `courier-cli-test-PID-N-LABEL`. When the
+    /// command exits, the pane says so and stays, so a failure shows the last screen.
+    fn start(label: &str, command: &str) -> Tmux {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let session = format!(
+            "courier-cli-test-{}-{}-{label}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let tmux = Tmux {
+            socket: session.clone(),
+            session,
+        };
+        let wrapped = format!("{command}; echo \"[courier-cli exited: $?]\"; sleep 600");
+        let out = tmux
+            .cmd()
+            .args(["-f", "/dev/null", "new-session", "-d", "-s", &tmux.session])
+            .args(["-x", "200", "-y", "50", &wrapped])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run tmux ({e}): install it with scripts/install-deps.sh")
+            });
+        assert!(
+            out.status.success(),
+            "tmux new-session failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tmux
     }
 
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new("tmux");
+        cmd.args(["-L", &self.socket]);
+        cmd
+    }
+
+    /// Types `text` literally, then Enter.
     fn keys(&self, text: &str) {
-        let status = Command::new("tmux")
+        let status = self
+            .cmd()
             .args(["send-keys", "-t", &self.session, "-l", text])
             .status()
             .unwrap();
         assert!(status.success());
-        Command::new("tmux")
+        let status = self
+            .cmd()
             .args(["send-keys", "-t", &self.session, "Enter"])
             .status()
             .unwrap();
+        assert!(status.success());
     }
 
+    /// The pane with its scrollback, as plain text.
     fn screen(&self) -> String {
-        let out = Command::new("tmux")
-            .args(["capture-pane", "-p", "-t", &self.session, "-S", "-200"])
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", &self.session, "-S", "-500"])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Waits until `needle` is on the screen; panics with the screen after [`SCREEN_WAIT`].
     fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + SCREEN_WAIT;
         loop {
             let screen = self.screen();
             if screen.contains(needle) {
@@ -62,23 +91,38 @@ impl Tmux {
             }
             assert!(
                 Instant::now() < deadline,
-                "{needle:?} never appeared; screen:\n{screen}"
+                "{needle:?} never appeared on {}; screen:\n{screen}",
+                self.session
             );
-            thread::sleep(Duration::from_millis(100));
+            thread::sleep(Duration::from_millis(50));
         }
     }
 }
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux")
+        let _ = self
+            .cmd()
             .args(["kill-session", "-t", &self.session])
-            .status();
+            .output();
+        let _ = self.cmd().arg("kill-server").output();
     }
 }
 
+/// The `courier-cli` binary, built next to `courier` by `cargo build --workspace` (this package
+/// cannot name another package's binary with `CARGO_BIN_EXE_*`).
+fn cli_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_courier")).with_file_name("courier-cli");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace` first (`cargo test -p courier` alone does not build courier-cli)",
+        bin.display()
+    );
+    bin
+}
+
 fn cli(config: &Path, server: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_courier-cli"))
+    let out = Command::new(cli_bin())
         .env("COURIER_CONFIG", config)
         .env("COURIER_SERVER", server)
         .args(args)
@@ -94,10 +138,6 @@ fn cli(config: &Path, server: &str, args: &[&str]) -> String {
 
 #[test]
 fn interactive_login_send_receive_and_ticks() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("tmux not installed; skipping");
-        return;
-    }
     let server = util::Server::start();
     let addr = server.addr.to_string();
     let dir = tempfile::tempdir().unwrap();
@@ -112,10 +152,9 @@ fn interactive_login_send_receive_and_ticks() {
         "COURIER_CONFIG={} COURIER_SERVER={} {}",
         alice_cfg.display(),
         addr,
-        env!("CARGO_BIN_EXE_courier-cli")
+        cli_bin().display()
     );
-    let session = format!("courier-cli-test-{}", std::process::id());
-    let tui = Tmux::start(&session, &command);
+    let tui = Tmux::start("alice", &command);
 
     tui.wait_for("(l)ogin or (r)egister?");
     tui.keys("r");
