@@ -786,3 +786,35 @@ fn recall_after_the_configured_window_is_refused() {
     assert_eq!(error_code(&reply), ErrorCode::RecallWindowExpired);
     assert!(!history(&mut alice, t)[0].recalled);
 }
+
+#[test]
+fn a_new_device_syncs_from_its_login_watermark_and_names_users_by_id() {
+    let server = Server::start();
+    let (mut alice, a) = server.user("alice");
+    let (_bob, b) = server.user("bob");
+    let t = direct(&mut alice, b.user);
+    let old = send(&mut alice, t, 1, "before the new device");
+    let (mut tablet, auth) = login(&server, "bob", "tablet");
+    assert!(
+        auth.watermark >= old.message,
+        "the login watermark covers what was committed"
+    );
+    let new = send(&mut alice, t, 2, "after");
+    let (_, messages, _) = sync_all(&mut tablet, auth.watermark, 0);
+    assert_eq!(
+        messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![new.message]
+    );
+    let Frame::Users(users) = tablet.request(GetUsers {
+        users: vec![a.user, 424_242],
+    }) else {
+        panic!()
+    };
+    assert_eq!(
+        users.users,
+        vec![UserInfo {
+            id: a.user,
+            handle: "alice".into()
+        }]
+    );
+}

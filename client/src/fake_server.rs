@@ -344,6 +344,7 @@ fn auth(
         device: 1,
         token: token.into(),
         handle: handle.into(),
+        watermark: 0,
     }
     .into()
 }

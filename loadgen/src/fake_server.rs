@@ -209,6 +209,7 @@ fn serve(sock: TcpStream, state: Arc<Mutex<State>>, faults: Faults) {
                                 device: 1,
                                 token: r.token.clone(),
                                 handle: format!("load{user}"),
+                                watermark: 0,
                             }
                             .into(),
                         )
@@ -234,6 +235,7 @@ fn serve(sock: TcpStream, state: Arc<Mutex<State>>, faults: Faults) {
                                 device: 1,
                                 token: Bytes::from(token_for(user)),
                                 handle: r.handle,
+                                watermark: 0,
                             }
                             .into(),
                         )

@@ -287,6 +287,8 @@ frames! {
     /// Pushes presence changes of these users (contacts only) for the life of the connection.
     PresenceSubscribe = 0x34 { users: Vec<u64> }
     PresenceQuery = 0x35 { users: Vec<u64> }
+    /// Handles of users by id (at most 1,000; unknown ids are left out of the answer).
+    GetUsers = 0x36 { users: Vec<u64> }
 
     // ---- Media, in chunks ----
     MediaBegin = 0x40 { total_len: u64, mime: String }
@@ -304,7 +306,9 @@ frames! {
     /// (`request_id` = 0). `code` is one of [`ErrorCode`](crate::ErrorCode).
     ErrorReply = 0x81 { code: u16, message: String }
     Welcome = 0x82 { version: u16, max_frame: u32, heartbeat_secs: u16, node: String }
-    AuthOk = 0x83 { user: u64, device: u32, token: Bytes, handle: String }
+    /// `watermark`: the server's sync watermark at login; a device with nothing saved can
+    /// sync from it instead of from 0 (and fetch older history per thread on demand).
+    AuthOk = 0x83 { user: u64, device: u32, token: Bytes, handle: String, watermark: u64 }
     ThreadInfo = 0x84 { thread: Thread }
     ThreadList = 0x85 { threads: Vec<ThreadSummary>, more: bool }
     /// The first tick: the message is durable.
@@ -322,6 +326,7 @@ frames! {
     MediaRef = 0x8F { media: Bytes, total_len: u64 }
     MediaData = 0x90 { media: Bytes, total_len: u64, offset: u64, data: Bytes }
     Stats = 0x91 { entries: Vec<Stat> }
+    Users = 0x92 { users: Vec<UserInfo> }
 
     // ---- Pushes (server → client, request id 0) ----
     MessagePush = 0xC0 { message: Message }
@@ -350,7 +355,7 @@ mod tests {
             .filter(|(c, _)| (0x80..=0xbf).contains(c))
             .count();
         let pushes = Frame::CODES.iter().filter(|(c, _)| *c >= 0xc0).count();
-        assert_eq!((requests, responses, pushes), (35, 18, 5));
+        assert_eq!((requests, responses, pushes), (36, 19, 5));
         assert!(
             !Frame::CODES.iter().any(|(c, _)| *c == 0),
             "code 0 is never assigned"

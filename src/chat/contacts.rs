@@ -1,11 +1,14 @@
 //! The contact book and user lookup. Contacts gate presence: only a contact's presence is
 //! disclosed.
 
-use courier_protocol::{Contacts, Done, ErrorCode, Frame, User, UserInfo};
+use courier_protocol::{Contacts, Done, ErrorCode, Frame, User, UserInfo, Users};
 
 use super::engine::{Engine, Reject};
 use super::threads::internal;
 use super::Caller;
+
+/// Most ids one GET_USERS may ask for (the answer stays under the reply budget).
+const MAX_GET_USERS: usize = 1000;
 
 impl Engine {
     pub(super) fn contact_add(
@@ -67,5 +70,26 @@ impl Engine {
             )),
             None => Err((ErrorCode::UnknownUser, "no user has that handle")),
         }
+    }
+
+    /// Handles by id, so clients can name senders they have no contact entry for. Handles are
+    /// public (LOOKUP_USER maps them the other way), so any user may ask.
+    pub(super) fn get_users(&mut self, ids: &[u64]) -> Result<Option<Frame>, Reject> {
+        if ids.len() > MAX_GET_USERS {
+            return Err((
+                ErrorCode::InvalidArgument,
+                "ask for at most 1,000 users at once",
+            ));
+        }
+        let mut users = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if let Some(u) = self.shared.store.user(id).map_err(internal)? {
+                users.push(UserInfo {
+                    id,
+                    handle: u.handle,
+                });
+            }
+        }
+        Ok(Some(Users { users }.into()))
     }
 }

@@ -94,6 +94,7 @@ impl Engine {
             | Frame::ContactRemove(_)
             | Frame::ContactList(_)
             | Frame::LookupUser(_)
+            | Frame::GetUsers(_)
             | Frame::MediaBegin(_)
             | Frame::MediaChunk(_)
             | Frame::MediaCommit(_)
@@ -128,6 +129,7 @@ impl Engine {
             Frame::ContactRemove(f) => self.contact_remove(&caller, f.user),
             Frame::ContactList(_) => self.contact_list(&caller),
             Frame::LookupUser(f) => self.lookup_user(&f.handle),
+            Frame::GetUsers(f) => self.get_users(&f.users),
             Frame::MediaBegin(f) => self.media_begin(&caller, f),
             Frame::MediaChunk(f) => self.media_chunk(&caller, f),
             Frame::MediaCommit(f) => self.media_commit(&caller, f.upload),

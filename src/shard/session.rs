@@ -258,6 +258,7 @@ impl Shard {
             device: authed.device,
             token: Bytes::copy_from_slice(&authed.token),
             handle: authed.handle,
+            watermark: self.core.chat.watermark(),
         };
         self.send(slot, request_id, &Frame::AuthOk(ok));
     }

@@ -154,6 +154,7 @@ arb_frames! {
     LookupUser { handle }
     PresenceSubscribe { users }
     PresenceQuery { users }
+    GetUsers { users }
     MediaBegin { total_len, mime }
     MediaChunk { upload, offset, data }
     MediaCommit { upload }
@@ -162,7 +163,7 @@ arb_frames! {
     Done {}
     ErrorReply { code, message }
     Welcome { version, max_frame, heartbeat_secs, node }
-    AuthOk { user, device, token, handle }
+    AuthOk { user, device, token, handle, watermark }
     ThreadInfo { thread }
     ThreadList { threads, more }
     Sent { thread, message, client_msg_id }
@@ -177,6 +178,7 @@ arb_frames! {
     MediaRef { media, total_len }
     MediaData { media, total_len, offset, data }
     Stats { entries }
+    Users { users }
     MessagePush { message }
     ReceiptPush { thread, user, kind, up_to }
     PresencePush { presence }
