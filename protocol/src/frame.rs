@@ -166,7 +166,8 @@ wire_struct! {
     pub struct Presence {
         pub user: u64,
         pub online: bool,
-        /// Microseconds since the Unix epoch; while online, the last heartbeat.
+        /// Microseconds since the Unix epoch: when the user was last online; while online, the
+        /// time of the answer or push.
         pub last_seen: u64,
     }
 }
