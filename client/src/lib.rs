@@ -41,7 +41,7 @@ pub use dedupe::Dedupe;
 pub use error::{Error, Result};
 pub use event::{Event, Events};
 pub use sync::SyncResult;
-pub use ticks::{apply_receipt, tick, Tick};
+pub use ticks::{apply_receipt, apply_sent, tick, Tick};
 
 /// The wire protocol this client speaks, re-exported so users need not depend on it.
 pub use courier_protocol as protocol;

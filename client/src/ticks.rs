@@ -1,6 +1,6 @@
 //! The ticks next to a sender's own message, computed from the members' receipt cursors.
 
-use courier_protocol::{Member, ReceiptKind};
+use courier_protocol::{Member, Message, MessageKind, ReceiptKind};
 
 /// How far one of the user's own messages has got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,6 +50,16 @@ pub fn apply_receipt(members: &mut [Member], user: u64, kind: ReceiptKind, up_to
     before != (m.delivered, m.read)
 }
 
+/// Applies what a new message says about its sender: sending moves the sender's own delivered
+/// and read cursors to the message, and the server pushes no `RECEIPT_PUSH` for that move. So a
+/// reply from the peer marks everything before it read. Returns whether anything moved.
+pub fn apply_sent(members: &mut [Member], message: &Message) -> bool {
+    if message.kind == MessageKind::System {
+        return false;
+    }
+    apply_receipt(members, message.sender, ReceiptKind::Read, message.id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +85,26 @@ mod tests {
             !apply_receipt(&mut members, 2, ReceiptKind::Delivered, 120),
             "stale cursor"
         );
+    }
+
+    #[test]
+    fn a_reply_reads_what_came_before_it() {
+        let mut members = vec![member(1, 100, 100), member(2, 0, 0)];
+        let reply = Message {
+            thread: 7,
+            id: 150,
+            sender: 2,
+            kind: MessageKind::Text,
+            ..Message::default()
+        };
+        assert!(apply_sent(&mut members, &reply));
+        assert_eq!(tick(&members, 1, 100), Tick::Read);
+        let system = Message {
+            kind: MessageKind::System,
+            id: 200,
+            ..reply
+        };
+        assert!(!apply_sent(&mut members, &system));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use courier_client::protocol::{Direction, ThreadKind};
 use courier_client::{
-    apply_receipt, tick, Client, ClientConfig, ErrorCode, Event, Message, MessageKind, ReceiptKind,
+    apply_receipt, apply_sent, tick, Client, ClientConfig, ErrorCode, Event, Message, MessageKind, ReceiptKind,
     Thread, Tick,
 };
 use parking_lot::Mutex;
@@ -312,17 +312,16 @@ fn open(client: &Client, ui: &Mutex<Ui>, thread: Thread) -> CliResult {
     Ok(())
 }
 
-/// Prints the peer's presence and subscribes to changes; adds them as a contact if needed,
+/// Subscribes to the peer's presence and prints it; adds them as a contact first if needed,
 /// since presence is only shared between contacts.
 fn show_presence(client: &Client, ui: &Mutex<Ui>, peer: u64) {
-    let mut entries = client.presence_query(&[peer]);
-    if entries.as_ref().err().and_then(|e| e.code()) == Some(ErrorCode::NotContact)
+    let subscribed = client.presence_subscribe(&[peer]);
+    if subscribed.err().and_then(|e| e.code()) == Some(ErrorCode::NotContact)
         && client.contact_add(peer).is_ok()
     {
-        entries = client.presence_query(&[peer]);
+        let _ = client.presence_subscribe(&[peer]);
     }
-    let _ = client.presence_subscribe(&[peer]);
-    if let Ok(entries) = entries {
+    if let Ok(entries) = client.presence_query(&[peer]) {
         let ui = ui.lock();
         for p in entries.iter().filter(|p| p.user == peer) {
             println!("{DIM}{}{RESET}", presence_text(p, &ui.cfg.name(peer)));
@@ -437,6 +436,13 @@ fn on_message(client: &Client, ui: &Mutex<Ui>, m: &Message) {
             }
         } else {
             print_incoming(m, &ui.cfg);
+            let me = ui.me;
+            if let Some(o) = ui.open.as_mut() {
+                // The sender has read everything before their own message.
+                if apply_sent(&mut o.thread.members, m) {
+                    print_tick_changes(o, me);
+                }
+            }
             drop(ui);
             let _ = client.receipt(m.thread, ReceiptKind::Read, m.id);
         }
