@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use courier_client::protocol::{Direction, ThreadKind};
 use courier_client::{
-    apply_receipt, apply_sent, tick, Client, ClientConfig, ErrorCode, Event, Message, MessageKind, ReceiptKind,
-    Thread, Tick,
+    apply_receipt, apply_sent, tick, Client, ClientConfig, ErrorCode, Event, Message, MessageKind,
+    ReceiptKind, Thread, Tick,
 };
 use parking_lot::Mutex;
 
