@@ -298,6 +298,50 @@ fn contacts_presence_and_media() {
     server.stop();
 }
 
+#[test]
+fn a_new_device_starts_at_its_login_and_names_users_by_id() {
+    let server = util::Server::start();
+    let alice = user(server.addr, "alice");
+    let bob = user(server.addr, "bob");
+    let (alice_id, bob_id) = (alice.user_id().unwrap(), bob.user_id().unwrap());
+    let thread = alice.open_direct(bob_id).unwrap();
+    let old = alice.send_text(thread.id, "before the new device").unwrap();
+
+    // A second device of bob's with nothing saved: its first sync starts at the login, not at 0.
+    let tablet = Client::connect(server.addr, ClientConfig::default().with_device("tablet"))
+        .expect("connect");
+    let auth = tablet.login("bob", "correct-horse-battery").unwrap();
+    assert!(auth.watermark >= old.message, "{auth:?} {old:?}");
+    assert_eq!(tablet.watermark(), Some(auth.watermark));
+    assert!(tablet.sync().unwrap().messages.is_empty(), "no backlog");
+    let new = alice.send_text(thread.id, "after the login").unwrap();
+    let synced = tablet.sync().unwrap();
+    let ids: Vec<u64> = synced.messages.iter().map(|m| m.id).collect();
+    assert_eq!(ids, [new.message]);
+    // What came before is history.
+    let page = tablet
+        .history(thread.id, 0, Direction::Backward, 10)
+        .unwrap();
+    assert!(page.messages.iter().any(|m| m.id == old.message));
+
+    let users = tablet.users(&[bob_id, 999_999, alice_id]).unwrap();
+    let names: Vec<(u64, &str)> = users.iter().map(|u| (u.id, u.handle.as_str())).collect();
+    assert_eq!(
+        names,
+        [(bob_id, "bob"), (alice_id, "alice")],
+        "unknown ids skipped"
+    );
+    let many: Vec<u64> = (0..2500)
+        .map(|i| if i == 1234 { alice_id } else { 1_000_000 + i })
+        .collect();
+    assert_eq!(
+        tablet.users(&many).unwrap().len(),
+        1,
+        "split into requests of 1,000"
+    );
+    server.stop();
+}
+
 /// PROTOCOL.md 7.4: `PRESENCE_QUERY` is for contacts only (`NOT_CONTACT` otherwise), but the
 /// server answers it for anyone, disclosing a stranger's online state and last-seen time.
 /// Reported to the server's owner; run with `--ignored` to reproduce.

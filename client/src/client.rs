@@ -150,7 +150,16 @@ impl Client {
             let conn = self.inner.current()?;
             match conn.request(frame.clone(), self.inner.config.request_timeout) {
                 Ok(Frame::AuthOk(auth)) => {
-                    self.inner.state.lock().auth = Some(auth.clone());
+                    {
+                        let mut state = self.inner.state.lock();
+                        state.auth = Some(auth.clone());
+                        // A device with nothing saved starts at the login: what came before is
+                        // history (`HISTORY`), not backlog. 0 means the server has no watermark
+                        // yet, the same as syncing from the beginning.
+                        if state.watermark.is_none() && auth.watermark > 0 {
+                            state.watermark = Some(auth.watermark);
+                        }
+                    }
                     self.after_auth(&conn)?;
                     return Ok(auth);
                 }
@@ -249,7 +258,8 @@ impl Client {
     }
 
     /// Sets the watermark saved from an earlier run. A reconnecting client that logs in with a
-    /// watermark set delivers what it missed since then as events.
+    /// watermark set delivers what it missed since then as events. Without one, a login starts
+    /// from the watermark in `AUTH_OK`: messages from before the login are in `history`.
     pub fn set_watermark(&self, watermark: u64) {
         self.inner.state.lock().watermark = Some(watermark);
     }

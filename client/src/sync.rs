@@ -54,8 +54,8 @@ pub(crate) fn sync_pages(
 }
 
 impl Client {
-    /// Everything that changed since the saved watermark (or since the beginning), over all
-    /// pages. Saves the new watermark and counts the messages as seen, so the event stream
+    /// Everything that changed since the saved watermark (else the login's, else the
+    /// beginning), over all pages. Saves the new watermark and counts the messages as seen, so the event stream
     /// will not repeat them.
     pub fn sync(&self) -> Result<SyncResult> {
         let since = self.watermark().unwrap_or(0);

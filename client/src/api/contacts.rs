@@ -1,12 +1,15 @@
 //! Contacts, user lookup and presence.
 
 use courier_protocol::{
-    ContactAdd, ContactList, ContactRemove, LookupUser, Presence, PresenceQuery, PresenceSubscribe,
-    UserInfo,
+    ContactAdd, ContactList, ContactRemove, GetUsers, LookupUser, Presence, PresenceQuery,
+    PresenceSubscribe, UserInfo,
 };
 
 use crate::client::expect_reply;
 use crate::{Client, Result};
+
+/// Most ids one `GET_USERS` may carry; [`Client::users`] splits longer lists.
+const GET_USERS_MAX: usize = 1000;
 
 impl Client {
     /// Adds a user to the caller's contacts.
@@ -34,6 +37,19 @@ impl Client {
             User
         )?
         .user)
+    }
+
+    /// The handles of these users, in the order asked; unknown ids are left out. Any number
+    /// of ids: they go out in requests of at most 1,000.
+    pub fn users(&self, ids: &[u64]) -> Result<Vec<UserInfo>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(GET_USERS_MAX) {
+            let request = GetUsers {
+                users: chunk.to_vec(),
+            };
+            out.extend(expect_reply!(self.call(request), "GetUsers", Users)?.users);
+        }
+        Ok(out)
     }
 
     /// Asks for presence pushes ([`Event::Presence`](crate::Event::Presence)) of these

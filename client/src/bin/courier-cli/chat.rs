@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use crate::config::CliConfig;
 use crate::error::CliError;
 use crate::oneshot::{lookup, DEVICE};
-use crate::output::{body_text, clock, presence_text, summary_name, thread_name};
+use crate::output::{body_text, clock, mentioned, presence_text, summary_name, thread_name};
 use crate::{prompt, server_addr, Cli, CliResult};
 
 const BLUE: &str = "\x1b[34m";
@@ -68,11 +68,6 @@ pub fn run(cli: &Cli) -> CliResult {
     let auth = authenticate(&client, &server, &mut cfg)?;
     cfg.remember_auth(&client.server_addr(), &auth);
     cfg.watermark = client.watermark().or(cfg.watermark);
-    if let Ok(users) = client.contacts() {
-        for u in users {
-            cfg.learn(u.id, &u.handle);
-        }
-    }
     cfg.save()?;
     println!(
         "{BOLD}logged in as {} on {}{RESET} — /help for commands",
@@ -255,6 +250,7 @@ fn list_threads(client: &Client, ui: &Mutex<Ui>) {
             println!("{DIM}no threads yet: /open HANDLE to start one{RESET}")
         }
         Ok(threads) => {
+            learn_users(client, ui, threads.iter().map(|t| t.peer));
             let ui = ui.lock();
             for t in threads {
                 let unread = if t.unread > 0 {
@@ -277,6 +273,12 @@ fn open(client: &Client, ui: &Mutex<Ui>, thread: Thread) -> CliResult {
         .flatten();
     let mut page = client.history(thread.id, 0, Direction::Backward, 20)?;
     page.messages.reverse();
+    let members = thread.members.iter().map(|m| m.user);
+    learn_users(
+        client,
+        ui,
+        members.chain(page.messages.iter().flat_map(mentioned)),
+    );
     let mut own = BTreeMap::new();
     {
         let ui = ui.lock();
@@ -408,7 +410,24 @@ fn event_loop(client: &Client, ui: &Mutex<Ui>) {
     }
 }
 
+/// Learns the handles of the users among `ids` not known yet, without holding the UI lock
+/// during the request; best effort.
+fn learn_users(client: &Client, ui: &Mutex<Ui>, ids: impl IntoIterator<Item = u64>) {
+    let unknown = ui.lock().cfg.unknown(ids);
+    if unknown.is_empty() {
+        return;
+    }
+    if let Ok(users) = client.users(&unknown) {
+        let mut ui = ui.lock();
+        for u in &users {
+            ui.cfg.learn(u.id, &u.handle);
+        }
+        let _ = ui.cfg.save();
+    }
+}
+
 fn on_message(client: &Client, ui: &Mutex<Ui>, m: &Message) {
+    learn_users(client, ui, mentioned(m));
     let (me, in_open) = {
         let ui = ui.lock();
         (

@@ -21,8 +21,7 @@ pub struct CliConfig {
     pub token: Option<String>,
     /// The last sync watermark.
     pub watermark: Option<u64>,
-    /// User id → handle, learned from lookups and contacts (the protocol has no id → handle
-    /// query).
+    /// User id → handle, learned from lookups and `GET_USERS`, so each id is asked once.
     #[serde(default)]
     pub users: BTreeMap<String, String>,
 }
@@ -105,6 +104,17 @@ impl CliConfig {
             .get(&user.to_string())
             .cloned()
             .unwrap_or_else(|| format!("user#{user}"))
+    }
+
+    /// The ids among `ids` whose handle is not known yet, each once.
+    pub fn unknown(&self, ids: impl IntoIterator<Item = u64>) -> Vec<u64> {
+        let mut out: Vec<u64> = ids
+            .into_iter()
+            .filter(|id| *id != 0 && !self.users.contains_key(&id.to_string()))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Remembers a user's handle.

@@ -32,6 +32,8 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             }
             .map_err(|e| CliError::for_account(e, handle))?;
             cfg.remember_auth(&client.server_addr(), &auth);
+            // A `sync` from here on shows what is new since this login.
+            cfg.watermark = cfg.watermark.or(client.watermark());
             cfg.save()?;
             let verb = if register {
                 "registered and logged in"
@@ -81,7 +83,11 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
         Command::Threads => {
             let client = session(&server, &cfg)?;
             let threads = client.list_all_threads()?;
-            learn_contacts(&client, &mut cfg);
+            let people = threads.iter().flat_map(|t| {
+                let last = t.last_message.as_ref().map(mentioned).unwrap_or_default();
+                last.into_iter().chain([t.peer])
+            });
+            learn_users(&client, &mut cfg, people);
             print(
                 cli,
                 Value::Array(threads.iter().map(|t| summary_json(t, &cfg)).collect()),
@@ -118,6 +124,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             let client = session(&server, &cfg)?;
             let mut page = client.history(*thread, 0, Direction::Backward, *limit)?;
             page.messages.reverse();
+            learn_users(&client, &mut cfg, page.messages.iter().flat_map(mentioned));
             print(
                 cli,
                 Value::Array(
@@ -234,6 +241,11 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             let result = client.sync()?;
             cfg.watermark = Some(result.watermark);
             cfg.save()?;
+            learn_users(
+                &client,
+                &mut cfg,
+                result.messages.iter().flat_map(mentioned),
+            );
             let messages: Vec<Value> = result
                 .messages
                 .iter()
@@ -311,10 +323,15 @@ pub fn lookup(client: &Client, cfg: &mut CliConfig, handle: &str) -> CliResult<U
     Ok(user)
 }
 
-/// Learns the contacts' names, best effort.
-pub fn learn_contacts(client: &Client, cfg: &mut CliConfig) {
-    if let Ok(users) = client.contacts() {
-        for u in users {
+/// Learns the handles of the users among `ids` not known yet (`GET_USERS`) and saves them;
+/// best effort: an unknown name shows as `user#ID`.
+pub fn learn_users(client: &Client, cfg: &mut CliConfig, ids: impl IntoIterator<Item = u64>) {
+    let unknown = cfg.unknown(ids);
+    if unknown.is_empty() {
+        return;
+    }
+    if let Ok(users) = client.users(&unknown) {
+        for u in &users {
             cfg.learn(u.id, &u.handle);
         }
         let _ = cfg.save();

@@ -68,11 +68,26 @@ fn system_text(m: &Message, cfg: &CliConfig) -> String {
     }
 }
 
-/// A thread's display name: the group name, the label, or the peer's handle.
+/// The users a message names: its sender and, for a system message, who did what to whom.
+pub fn mentioned(m: &Message) -> Vec<u64> {
+    let mut ids = vec![m.sender];
+    if m.kind == MessageKind::System {
+        if let Ok(ev) = SystemEvent::get(&mut Reader::new(m.body.clone()), "SystemEvent") {
+            ids.push(ev.actor);
+            if ev.event != SystemEventKind::Recalled {
+                ids.push(ev.subject);
+            }
+        }
+    }
+    ids
+}
+
+/// A thread's display name: the label, else the server's name (the group's, or for a direct
+/// thread the peer's handle), else the peer's handle as known here.
 pub fn summary_name(t: &ThreadSummary, cfg: &CliConfig) -> String {
     if !t.label.is_empty() {
         t.label.clone()
-    } else if t.kind == ThreadKind::Group {
+    } else if !t.name.is_empty() || t.kind == ThreadKind::Group {
         t.name.clone()
     } else {
         cfg.name(t.peer)
@@ -83,6 +98,10 @@ pub fn summary_name(t: &ThreadSummary, cfg: &CliConfig) -> String {
 pub fn thread_name(t: &Thread, me: u64, cfg: &CliConfig) -> String {
     if !t.label.is_empty() {
         return t.label.clone();
+    }
+    if !t.name.is_empty() {
+        // A group's name, or for a direct thread the other member's handle.
+        return t.name.clone();
     }
     match t.kind {
         ThreadKind::Group => t.name.clone(),
