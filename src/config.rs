@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// Largest message body in bytes [default: 16384].
     #[arg(long)]
     pub max_body: Option<usize>,
+    /// Bytes read from one connection per event-loop round before others get their turn
+    /// [default: 262144].
+    #[arg(long)]
+    pub read_budget: Option<usize>,
     /// How long after sending a message its sender may recall it, in seconds [default: 3600].
     #[arg(long)]
     pub recall_window_secs: Option<u64>,
@@ -125,6 +129,7 @@ struct FileConfig {
     max_body: Option<usize>,
     recall_window_secs: Option<u64>,
     max_media: Option<u64>,
+    read_budget: Option<usize>,
     node_id: Option<String>,
     peer: Option<Vec<String>>,
 }
@@ -150,6 +155,7 @@ pub struct Config {
     pub max_body: usize,
     pub recall_window_secs: u64,
     pub max_media: u64,
+    pub read_budget: usize,
     pub node_id: String,
     /// (id, address) of the other nodes.
     pub peers: Vec<(String, String)>,
@@ -196,6 +202,7 @@ impl Config {
                 .or(file.recall_window_secs)
                 .unwrap_or(3600),
             max_media: args.max_media.or(file.max_media).unwrap_or(16 << 20),
+            read_budget: args.read_budget.or(file.read_budget).unwrap_or(256 * 1024),
             node_id: args
                 .node_id
                 .or(file.node_id)
@@ -260,6 +267,9 @@ impl Config {
                 &self.max_body,
                 "must leave 1024 bytes of max_frame for the rest of a SEND",
             );
+        }
+        if self.read_budget == 0 {
+            return invalid("read_budget", &0, "use at least 1 byte per round");
         }
         if self.max_media == 0 {
             return invalid("max_media", &0, "use at least 1 byte");

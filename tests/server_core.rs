@@ -576,3 +576,44 @@ fn sigterm_says_goodbye_exits_zero_and_data_survives_restart() {
         (ok.user, "persistent")
     );
 }
+
+/// Regression: a client that sends far more than one round's read budget in one burst is read
+/// over several rounds, and every frame is still answered, in order; another client is
+/// served meanwhile.
+#[test]
+fn a_burst_larger_than_the_read_budget_is_answered_completely() {
+    const PINGS: u64 = 60_000; // 17 bytes each: about 1 MiB, four read budgets
+                               // A tiny budget: without the carry-over, bytes left in the socket after the last write
+                               // would never be read (no new edge), and the test would stop short.
+    let server = Server::start_with(&["--rate-limit", "1000000", "--read-budget", "4096"]);
+    let (flooder, _) = server.user("flood");
+    let (mut other, _) = server.user("other");
+    let mut burst = BytesMut::new();
+    for nonce in 1..=PINGS {
+        courier_protocol::encode(1, &Ping { nonce }.into(), &mut burst);
+    }
+    let mut writer = flooder.stream.try_clone().expect("clone the socket");
+    let sending = std::thread::spawn(move || std::io::Write::write_all(&mut writer, &burst));
+    let mut flooder = flooder;
+    let mut expected = 1;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while expected <= PINGS {
+        match flooder.recv_until(deadline) {
+            util::Recv::Frame(e) => match e.frame {
+                Frame::Pong(p) => {
+                    assert_eq!(p.nonce, expected, "pongs come back in order, none missing");
+                    expected += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            },
+            util::Recv::Closed | util::Recv::Timeout => panic!("stopped at pong {expected}"),
+        }
+        if expected % 20_000 == 0 {
+            assert!(matches!(other.request(Ping { nonce: 7 }), Frame::Pong(_)));
+        }
+    }
+    sending
+        .join()
+        .expect("writer thread")
+        .expect("the burst was written");
+}

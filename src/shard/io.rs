@@ -110,16 +110,26 @@ impl Shard {
         }
     }
 
-    /// Reads until `WouldBlock`, handling every whole frame as it arrives.
-    fn read(&mut self, slot: usize) {
+    /// Reads until `WouldBlock` or `--read-budget` bytes, handling every whole frame as it
+    /// arrives. A client that keeps its socket full is carried over to the next round instead
+    /// of holding the shard while everyone else waits (edge-triggered polling would not
+    /// report the bytes it left again).
+    pub(super) fn read(&mut self, slot: usize) {
         let mut scratch = std::mem::take(&mut self.scratch);
+        let mut budget = self.core.config.read_budget;
         while let Some(conn) = self.conns.get_mut(slot).filter(|c| !c.closing()) {
-            match conn.stream.read(&mut scratch) {
+            if budget == 0 {
+                self.carry_reads.push((slot, conn.gen));
+                break;
+            }
+            let want = scratch.len().min(budget);
+            match conn.stream.read(&mut scratch[..want]) {
                 Ok(0) => {
                     self.close_soon(slot, Reason::PeerClosed);
                     break;
                 }
                 Ok(n) => {
+                    budget = budget.saturating_sub(n);
                     ShardMetrics::add(&self.metrics().bytes_in, n as u64);
                     self.on_bytes(slot, &scratch[..n]);
                 }

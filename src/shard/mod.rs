@@ -121,6 +121,9 @@ pub struct Shard {
     frame_buf: BytesMut,
     /// Connections with bytes queued this round.
     pending_writes: Vec<usize>,
+    /// Connections whose read budget ran out with bytes left (slot, generation): read again
+    /// next round.
+    carry_reads: Vec<(usize, u32)>,
     /// Connections to close at the end of this round.
     closing: Vec<usize>,
     effects: Vec<Effect>,
@@ -153,6 +156,7 @@ impl Shard {
             enc: BytesMut::with_capacity(16 * 1024),
             frame_buf: BytesMut::new(),
             pending_writes: Vec::new(),
+            carry_reads: Vec::new(),
             closing: Vec::new(),
             effects: Vec::new(),
             presence_out: Vec::new(),
@@ -184,8 +188,10 @@ impl Shard {
                 .register(l, listener_token(i), mio::Interest::READABLE)?;
         }
         let mut events = Events::with_capacity(1024);
+        let mut carried = Vec::new();
         loop {
             let timeout = self.poll_timeout();
+            std::mem::swap(&mut carried, &mut self.carry_reads);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     return Err(e);
@@ -204,6 +210,7 @@ impl Shard {
                     },
                 }
             }
+            self.read_carried(&mut carried);
             self.drain_mailbox();
             self.on_tick();
             self.end_round();
@@ -215,12 +222,27 @@ impl Shard {
     }
 
     fn poll_timeout(&self) -> Duration {
-        if self.more_mail || !self.outbox.is_empty() || self.engine.has_pending() {
+        if self.more_mail
+            || !self.outbox.is_empty()
+            || self.engine.has_pending()
+            || !self.carry_reads.is_empty()
+        {
             return Duration::ZERO;
         }
         let elapsed = self.epoch.elapsed();
         let next_tick = Duration::from_secs(elapsed.as_secs() + 1);
         next_tick.saturating_sub(elapsed)
+    }
+
+    /// Reads the connections carried over from the last round, after this round's events,
+    /// unless an event already read one of them and carried it again.
+    fn read_carried(&mut self, carried: &mut Vec<(usize, u32)>) {
+        for (slot, gen) in carried.drain(..) {
+            let same = self.conns.get(slot).is_some_and(|c| c.gen == gen);
+            if same && !self.carry_reads.contains(&(slot, gen)) {
+                self.read(slot);
+            }
+        }
     }
 
     /// Commit, route, hand over, write, close: steps 5–7 of a round.
