@@ -554,13 +554,17 @@ fn contacts_presence_and_typing() {
         })),
         ErrorCode::UnknownUser
     );
-    // Presence of a non-contact is not disclosed.
+    // Presence of a non-contact is not disclosed, neither by subscription nor by query.
     assert_eq!(
         error_code(&alice.request(PresenceSubscribe {
             users: vec![b.user]
         })),
         ErrorCode::NotContact
     );
+    let query = alice.request(PresenceQuery {
+        users: vec![b.user],
+    });
+    assert_eq!(error_code(&query), ErrorCode::NotContact);
     assert_eq!(alice.request(ContactAdd { user: b.user }), Done {}.into());
     let Frame::Contacts(list) = alice.request(ContactList {}) else {
         panic!()

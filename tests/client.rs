@@ -344,9 +344,8 @@ fn a_new_device_starts_at_its_login_and_names_users_by_id() {
 
 /// PROTOCOL.md 7.4: `PRESENCE_QUERY` is for contacts only (`NOT_CONTACT` otherwise), but the
 /// server answers it for anyone, disclosing a stranger's online state and last-seen time.
-/// Reported to the server's owner; run with `--ignored` to reproduce.
+/// Regression: PRESENCE_QUERY used to answer for non-contacts.
 #[test]
-#[ignore = "server bug: PRESENCE_QUERY answers for non-contacts"]
 fn presence_query_of_a_non_contact_is_refused() {
     let server = util::Server::start();
     let alice = user(server.addr, "alice");

@@ -314,7 +314,7 @@ impl Shard {
                 ErrorCode::Forbidden,
                 "administration is for admin accounts only",
             ),
-            Frame::PresenceQuery(q) => self.presence_query(slot, request_id, &q.users),
+            Frame::PresenceQuery(q) => self.presence_query(slot, request_id, user, &q.users),
             Frame::PresenceSubscribe(s) => {
                 self.presence_subscribe(slot, request_id, user, &s.users)
             }
@@ -367,7 +367,10 @@ impl Shard {
         }
     }
 
-    fn presence_query(&mut self, slot: usize, request_id: u32, users: &[u64]) {
+    fn presence_query(&mut self, slot: usize, request_id: u32, caller: u64, users: &[u64]) {
+        if !self.all_contacts(slot, request_id, caller, users) {
+            return;
+        }
         let now = crate::clock::wall_us();
         let mut entries = Vec::with_capacity(users.len());
         for &user in users {
@@ -393,16 +396,29 @@ impl Shard {
         );
     }
 
-    fn presence_subscribe(&mut self, slot: usize, request_id: u32, caller: u64, users: &[u64]) {
+    /// Presence is disclosed to contacts only: answers NOT_CONTACT (or INTERNAL) and returns
+    /// false unless every one of `users` is in the caller's contacts.
+    fn all_contacts(&mut self, slot: usize, request_id: u32, caller: u64, users: &[u64]) -> bool {
         for &user in users {
             match self.core.chat.store.is_contact(caller, user) {
                 Ok(true) => {}
                 Ok(false) => {
                     let message = format!("user {user} is not in your contacts; add them first");
-                    return self.reply_error(slot, request_id, ErrorCode::NotContact, &message);
+                    self.reply_error(slot, request_id, ErrorCode::NotContact, &message);
+                    return false;
                 }
-                Err(e) => return self.internal(slot, request_id, &e),
+                Err(e) => {
+                    self.internal(slot, request_id, &e);
+                    return false;
+                }
             }
+        }
+        true
+    }
+
+    fn presence_subscribe(&mut self, slot: usize, request_id: u32, caller: u64, users: &[u64]) {
+        if !self.all_contacts(slot, request_id, caller, users) {
+            return;
         }
         let Some(me) = self.conn_ref(slot) else {
             return;
