@@ -108,6 +108,17 @@ fn register_send_history_json() {
     let synced: serde_json::Value =
         serde_json::from_str(&ok(&cli(&bob, &addr, &["--json", "sync"]))).unwrap();
     assert!(synced["watermark"].as_u64().unwrap() > 0);
+    let texts: Vec<&str> = synced["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert_eq!(
+        texts,
+        ["hello bob", "second"],
+        "everything since bob registered, even on a server that had no messages yet"
+    );
     let again: serde_json::Value =
         serde_json::from_str(&ok(&cli(&bob, &addr, &["--json", "sync"]))).unwrap();
     assert_eq!(

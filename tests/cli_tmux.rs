@@ -2,6 +2,7 @@
 
 mod util;
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +17,8 @@ const SCREEN_WAIT: Duration = Duration::from_secs(10);
 struct Tmux {
     socket: String,
     session: String,
+    /// Where [`wait_for`](Self::wait_for) starts looking: the screen's end at the last mark.
+    mark: Cell<usize>,
 }
 
 impl Tmux {
@@ -31,6 +34,7 @@ impl Tmux {
         let tmux = Tmux {
             socket: session.clone(),
             session,
+            mark: Cell::new(0),
         };
         let wrapped = format!("{command}; echo \"[courier-cli exited: $?]\"; sleep 600");
         let out = tmux
@@ -55,8 +59,15 @@ impl Tmux {
         cmd
     }
 
-    /// Types `text` literally, then Enter.
+    /// From now on, [`wait_for`](Self::wait_for) looks only at what appears after this point.
+    fn mark(&self) {
+        self.mark.set(self.screen().trim_end().len());
+    }
+
+    /// Marks the screen, then types `text` literally and Enter: what the keys cause comes after
+    /// the mark.
     fn keys(&self, text: &str) {
+        self.mark();
         let status = self
             .cmd()
             .args(["send-keys", "-t", &self.session, "-l", text])
@@ -75,18 +86,22 @@ impl Tmux {
     fn screen(&self) -> String {
         let out = self
             .cmd()
-            .args(["capture-pane", "-p", "-t", &self.session, "-S", "-500"])
+            .args(["capture-pane", "-p", "-t", &self.session, "-S", "-"])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Waits until `needle` is on the screen; panics with the screen after [`SCREEN_WAIT`].
+    /// Waits until `needle` appears after the mark; panics with the screen after
+    /// [`SCREEN_WAIT`].
     fn wait_for(&self, needle: &str) -> String {
         let deadline = Instant::now() + SCREEN_WAIT;
         loop {
             let screen = self.screen();
-            if screen.contains(needle) {
+            if screen
+                .get(self.mark.get()..)
+                .is_some_and(|s| s.contains(needle))
+            {
                 return screen;
             }
             assert!(
@@ -136,6 +151,18 @@ fn cli(config: &Path, server: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The shell command that runs the interactive chat for one person.
+fn chat_command(config: &Path, server: &str) -> String {
+    format!(
+        "COURIER_CONFIG={} COURIER_SERVER={server} {}",
+        config.display(),
+        cli_bin().display()
+    )
+}
+
+/// The README's two-terminal walkthrough, one step at a time: alice logs in interactively, bob
+/// writes while she has no thread open, she opens it and answers while he is offline, he comes
+/// back and sees it (her ✓✓ delivered), opens it (her ✓✓ read) and answers.
 #[test]
 fn interactive_login_send_receive_and_ticks() {
     let server = util::Server::start();
@@ -148,49 +175,67 @@ fn interactive_login_send_receive_and_ticks() {
         &["register", "bob", "--password", "bob-password"],
     );
 
-    let command = format!(
-        "COURIER_CONFIG={} COURIER_SERVER={} {}",
-        alice_cfg.display(),
-        addr,
-        cli_bin().display()
-    );
-    let tui = Tmux::start("alice", &command);
-
-    tui.wait_for("(l)ogin or (r)egister?");
-    tui.keys("r");
-    tui.wait_for("handle:");
-    tui.keys("alice");
-    tui.wait_for("password:");
-    tui.keys("alice-password");
-    let screen = tui.wait_for("logged in as alice");
+    let alice = Tmux::start("alice", &chat_command(&alice_cfg, &addr));
+    alice.wait_for("(l)ogin or (r)egister?");
+    alice.keys("r");
+    alice.wait_for("handle:");
+    alice.keys("alice");
+    alice.wait_for("password:");
+    alice.keys("alice-password");
+    let screen = alice.wait_for("logged in as alice");
     assert!(
         !screen.contains("alice-password"),
         "the password is not echoed"
     );
+    alice.wait_for("no threads yet");
 
-    tui.keys("/open bob");
-    tui.wait_for("── bob");
-    tui.keys("hello from the terminal");
-    tui.wait_for("you: hello from the terminal ✓");
-
-    // Bob replies with the one-shot CLI. Sending moves his own cursors to his message, which
-    // is past alice's: her message turns read (blue ✓✓) on her screen.
+    // A message in a thread that is not open shows with its thread number.
+    alice.mark();
     cli(&bob_cfg, &addr, &["send", "--to", "alice", "hi alice"]);
-    tui.wait_for("bob: hi alice");
-    tui.wait_for("read: hello from the terminal");
+    alice.wait_for("bob: hi alice");
 
-    tui.keys("/threads");
-    tui.wait_for("#");
-    tui.keys("/help");
-    tui.wait_for("/recall");
-    tui.keys("/recall");
-    tui.wait_for("recalled your last message");
-    tui.keys("/quit");
-    thread::sleep(Duration::from_millis(300));
+    alice.keys("/open bob");
+    alice.wait_for("── bob (#");
+    alice.wait_for("bob is offline");
+    alice.keys("hello bob");
+    alice.wait_for("you: hello bob ✓");
+
+    // Bob comes back: what he missed arrives, which is alice's second tick.
+    alice.mark();
+    let bob = Tmux::start("bob", &chat_command(&bob_cfg, &addr));
+    bob.wait_for("logged in as bob");
+    bob.wait_for("alice: hello bob");
+    alice.wait_for("✓✓ delivered: hello bob");
+    alice.wait_for("bob is online");
+
+    alice.mark();
+    bob.keys("/open alice");
+    bob.wait_for("── alice (#");
+    alice.wait_for("✓✓ read: hello bob");
+
+    alice.mark();
+    bob.keys("hi again");
+    bob.wait_for("you: hi again ✓");
+    alice.wait_for("bob: hi again");
+    // Alice has the thread open: she reads it at once.
+    bob.wait_for("✓✓ read: hi again");
+
+    alice.keys("/threads");
+    alice.wait_for("bob");
+    alice.keys("/help");
+    alice.wait_for("/recall");
+    bob.mark();
+    alice.keys("/recall");
+    alice.wait_for("recalled your last message");
+    bob.wait_for("alice recalled a message");
+    alice.keys("/quit");
+    alice.wait_for("[courier-cli exited: 0]");
     let saved = std::fs::read_to_string(&alice_cfg).unwrap();
     assert!(
         saved.contains("watermark"),
         "watermark saved on quit: {saved}"
     );
+    bob.keys("/quit");
+    bob.wait_for("[courier-cli exited: 0]");
     server.stop();
 }

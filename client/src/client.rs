@@ -154,9 +154,8 @@ impl Client {
                         let mut state = self.inner.state.lock();
                         state.auth = Some(auth.clone());
                         // A device with nothing saved starts at the login: what came before is
-                        // history (`HISTORY`), not backlog. 0 means the server has no watermark
-                        // yet, the same as syncing from the beginning.
-                        if state.watermark.is_none() && auth.watermark > 0 {
+                        // history (`HISTORY`), not backlog.
+                        if state.watermark.is_none() {
                             state.watermark = Some(auth.watermark);
                         }
                     }

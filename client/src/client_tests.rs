@@ -171,7 +171,7 @@ fn reconnect_resumes_and_syncs_without_loss_or_duplicates() {
     let before = server.store_only(1, 99, "before login");
     let client = Client::connect(server.addr, fast_reconnect()).unwrap();
     client.register("alice", "password1").unwrap();
-    // The first sync only sets the watermark: history is not replayed as events.
+    // Sync starts at the login's watermark: history is not replayed as events.
     assert_eq!(client.watermark(), Some(before.id));
 
     let live = server.inject(1, 99, "pushed while connected");
@@ -331,7 +331,9 @@ fn manual_sync_drains_pages() {
         .collect();
     let client = Client::connect(server.addr, ClientConfig::default()).unwrap();
     client.register("alice", "password1").unwrap();
-    let result = client.sync().unwrap();
+    // Sync starts at the login: nothing new yet. From 0 it is everything, in pages.
+    assert!(client.sync().unwrap().messages.is_empty());
+    let result = client.sync_since(0).unwrap();
     assert_eq!(result.messages.len(), 5);
     assert_eq!(result.watermark, stored.last().unwrap().id);
     assert_eq!(client.watermark(), Some(result.watermark));

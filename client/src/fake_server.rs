@@ -344,7 +344,8 @@ fn auth(
         device: 1,
         token: token.into(),
         handle: handle.into(),
-        watermark: 0,
+        // Like the real server: everything stored so far is below the login's watermark.
+        watermark: st.messages.iter().map(|m| m.id).max().unwrap_or(0),
     }
     .into()
 }
