@@ -342,9 +342,9 @@ fn a_new_device_starts_at_its_login_and_names_users_by_id() {
     server.stop();
 }
 
-/// PROTOCOL.md 7.4: `PRESENCE_QUERY` is for contacts only (`NOT_CONTACT` otherwise), but the
-/// server answers it for anyone, disclosing a stranger's online state and last-seen time.
-/// Regression: PRESENCE_QUERY used to answer for non-contacts.
+/// PROTOCOL.md 7.4: `PRESENCE_QUERY` is for contacts only (`NOT_CONTACT` otherwise).
+/// Regression: the server used to answer it for anyone, disclosing a stranger's online state
+/// and last-seen time.
 #[test]
 fn presence_query_of_a_non_contact_is_refused() {
     let server = util::Server::start();
