@@ -12,13 +12,15 @@ use std::time::{Duration, Instant};
 /// How long a line may take to appear on the screen.
 const SCREEN_WAIT: Duration = Duration::from_secs(10);
 
-/// One tmux session on a tmux server of its own (`-L`, a socket named after the session), so a
-/// test never touches anyone else's tmux; dropping it kills that session and that server only.
+/// One tmux session on a tmux server of its own (`-S`, a socket in a temporary directory), so
+/// a test never touches anyone else's tmux; dropping it kills that session and that server and
+/// removes the socket.
 struct Tmux {
-    socket: String,
+    socket: PathBuf,
     session: String,
     /// Where [`wait_for`](Self::wait_for) starts looking: the screen's end at the last mark.
     mark: Cell<usize>,
+    _dir: tempfile::TempDir,
 }
 
 impl Tmux {
@@ -31,10 +33,12 @@ impl Tmux {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        let dir = tempfile::tempdir().unwrap();
         let tmux = Tmux {
-            socket: session.clone(),
+            socket: dir.path().join("tmux.sock"),
             session,
             mark: Cell::new(0),
+            _dir: dir,
         };
         let wrapped = format!("{command}; echo \"[courier-cli exited: $?]\"; sleep 600");
         let out = tmux
@@ -55,7 +59,7 @@ impl Tmux {
 
     fn cmd(&self) -> Command {
         let mut cmd = Command::new("tmux");
-        cmd.args(["-L", &self.socket]);
+        cmd.arg("-S").arg(&self.socket);
         cmd
     }
 

@@ -342,6 +342,52 @@ fn a_new_device_starts_at_its_login_and_names_users_by_id() {
     server.stop();
 }
 
+#[test]
+fn other_devices_get_pushes_and_logout_all_ends_every_device() {
+    let server = util::Server::start();
+    let phone = user(server.addr, "alice");
+    let laptop = Client::connect(server.addr, config().with_device("laptop")).unwrap();
+    laptop.login("alice", "correct-horse-battery").unwrap();
+    let bob = user(server.addr, "bob");
+    let bob_id = bob.user_id().unwrap();
+    let thread = phone.open_direct(bob_id).unwrap();
+
+    // The sender's other device gets its message; only the sending connection does not.
+    let sent = phone.send_text(thread.id, "from the phone").unwrap();
+    let on_laptop = next_message(&laptop);
+    assert_eq!(
+        (on_laptop.id, on_laptop.sender),
+        (sent.message, phone.user_id().unwrap())
+    );
+    assert_eq!(next_message(&bob).id, sent.message);
+    bob.receipt(thread.id, ReceiptKind::Read, sent.message)
+        .unwrap();
+    for device in [&phone, &laptop] {
+        wait_event(
+            device,
+            |e| matches!(e, Event::Receipt { user, kind: ReceiptKind::Read, up_to, .. } if *user == bob_id && *up_to == sent.message),
+        );
+    }
+
+    let token = laptop.token().unwrap();
+    phone.logout_all().unwrap();
+    let events = wait_event(&laptop, |e| matches!(e, Event::SessionEnded { .. }));
+    assert_eq!(
+        events.last(),
+        Some(&Event::SessionEnded {
+            reason: Some(ErrorCode::SessionRevoked)
+        }),
+        "{events:?}"
+    );
+    assert!(!phone.is_connected() && !laptop.is_connected());
+    let again = Client::connect(server.addr, config()).unwrap();
+    assert_eq!(
+        again.resume(&token).unwrap_err().code(),
+        Some(ErrorCode::InvalidToken)
+    );
+    server.stop();
+}
+
 /// PROTOCOL.md 7.4: `PRESENCE_QUERY` is for contacts only (`NOT_CONTACT` otherwise).
 /// Regression: the server used to answer it for anyone, disclosing a stranger's online state
 /// and last-seen time.
