@@ -13,7 +13,7 @@ B=${B:-/var/tmp/lgbench}
 name=$1; sargs=$2; shift 2
 d=$B/runs/$name.d
 waited=0
-while [ $waited -lt 120 ] && pgrep -x 'rustc|cc1plus|cargo' >/dev/null; do sleep 2; waited=$((waited+2)); done
+while [ $waited -lt 120 ] && { pgrep -x rustc || pgrep -x cc1plus || pgrep -x cargo; } >/dev/null; do sleep 2; waited=$((waited+2)); done
 rm -rf "$d"; mkdir -p "$d"; cp -a "$B/tpl/d19k" "$d/data"
 # shellcheck disable=SC2086 # server flags are words
 "$B/bin/courier" serve --data-dir "$d/data" --listen 127.0.0.1:0 $sargs >"$d/stdout" 2>"$B/runs/$name.server.log" &
