@@ -2,23 +2,11 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-/// The `courier-cli` binary, built next to `courier` by `cargo build --workspace` (this package
-/// cannot name another package's binary with `CARGO_BIN_EXE_*`).
-fn cli_bin() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_courier")).with_file_name("courier-cli");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build --workspace` first (`cargo test -p courier` alone does not build courier-cli)",
-        bin.display()
-    );
-    bin
-}
-
 fn cli(config: &Path, server: &str, args: &[&str]) -> Output {
-    Command::new(cli_bin())
+    Command::new(util::cli_bin())
         .env("COURIER_CONFIG", config)
         .env("COURIER_SERVER", server)
         .env_remove("COURIER_PASSWORD")

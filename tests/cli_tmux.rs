@@ -128,20 +128,8 @@ impl Drop for Tmux {
     }
 }
 
-/// The `courier-cli` binary, built next to `courier` by `cargo build --workspace` (this package
-/// cannot name another package's binary with `CARGO_BIN_EXE_*`).
-fn cli_bin() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_courier")).with_file_name("courier-cli");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build --workspace` first (`cargo test -p courier` alone does not build courier-cli)",
-        bin.display()
-    );
-    bin
-}
-
 fn cli(config: &Path, server: &str, args: &[&str]) -> String {
-    let out = Command::new(cli_bin())
+    let out = Command::new(util::cli_bin())
         .env("COURIER_CONFIG", config)
         .env("COURIER_SERVER", server)
         .args(args)
@@ -160,7 +148,7 @@ fn chat_command(config: &Path, server: &str) -> String {
     format!(
         "COURIER_CONFIG={} COURIER_SERVER={server} {}",
         config.display(),
-        cli_bin().display()
+        util::cli_bin().display()
     )
 }
 

@@ -51,27 +51,8 @@ fn assert_clean(r: &Report) {
 /// The keys issue 5 promises in the JSON report, with the four latency quantiles.
 fn assert_keys(r: &Report) {
     let v: serde_json::Value = serde_json::from_str(&r.to_json()).expect("the report is JSON");
-    for key in [
-        "scenario",
-        "connections",
-        "sent",
-        "acked",
-        "delivered",
-        "lost",
-        "duplicates",
-        "delivered_per_sec",
-        "ack_latency_us",
-        "delivery_latency_us",
-        "server_rss_bytes_per_conn",
-        "kernel_bytes_per_socket",
-    ] {
-        assert!(v.get(key).is_some(), "missing key {key} in {v}");
-    }
-    for lat in ["ack_latency_us", "delivery_latency_us"] {
-        for q in ["p50", "p99", "p999", "max"] {
-            assert!(v[lat][q].is_u64(), "{lat}.{q} in {v}");
-        }
-    }
+    let missing = courier_loadgen::missing_keys(&v);
+    assert!(missing.is_empty(), "missing {missing:?} in {v}");
 }
 
 #[test]

@@ -35,7 +35,7 @@ mod worker;
 
 pub use cli::{Cli, Command, Common};
 pub use error::{Error, Result};
-pub use report::{Report, StormReport};
+pub use report::{missing_keys, Report, StormReport, LATENCY_QUANTILES, REQUIRED_KEYS};
 pub use runner::run;
 
 /// The hidden `worker` subcommand: serve the parent over stdin/stdout until told to exit.

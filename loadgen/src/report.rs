@@ -79,6 +79,45 @@ impl Report {
     }
 }
 
+/// Keys every JSON report has (issue 5's list, plus run facts); latency objects have
+/// [`LATENCY_QUANTILES`].
+pub const REQUIRED_KEYS: &[&str] = &[
+    "scenario",
+    "connections",
+    "sent",
+    "acked",
+    "delivered",
+    "lost",
+    "duplicates",
+    "delivered_per_sec",
+    "ack_latency_us",
+    "delivery_latency_us",
+    "server_rss_bytes_per_conn",
+    "kernel_bytes_per_socket",
+    "duration_secs",
+    "workers",
+];
+
+/// The quantiles of `ack_latency_us` and `delivery_latency_us`, in microseconds.
+pub const LATENCY_QUANTILES: &[&str] = &["p50", "p99", "p999", "max"];
+
+/// What a JSON report lacks of [`REQUIRED_KEYS`] and the latency quantiles (empty when whole).
+pub fn missing_keys(v: &serde_json::Value) -> Vec<String> {
+    let mut missing: Vec<String> = REQUIRED_KEYS
+        .iter()
+        .filter(|k| v.get(**k).is_none())
+        .map(|k| k.to_string())
+        .collect();
+    for lat in ["ack_latency_us", "delivery_latency_us"] {
+        for q in LATENCY_QUANTILES {
+            if !v[lat][q].is_u64() {
+                missing.push(format!("{lat}.{q}"));
+            }
+        }
+    }
+    missing
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,29 +130,7 @@ mod tests {
             ..Default::default()
         };
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
-        for key in [
-            "scenario",
-            "connections",
-            "sent",
-            "acked",
-            "delivered",
-            "lost",
-            "duplicates",
-            "delivered_per_sec",
-            "ack_latency_us",
-            "delivery_latency_us",
-            "server_rss_bytes_per_conn",
-            "kernel_bytes_per_socket",
-            "duration_secs",
-            "workers",
-        ] {
-            assert!(v.get(key).is_some(), "missing key {key}");
-        }
-        for lat in ["ack_latency_us", "delivery_latency_us"] {
-            for q in ["p50", "p99", "p999", "max"] {
-                assert!(v[lat][q].is_u64(), "{lat}.{q}");
-            }
-        }
+        assert_eq!(missing_keys(&v), Vec::<String>::new());
         assert!(v["server_rss_bytes_per_conn"].is_null());
         assert!(v["kernel_bytes_per_socket"].is_null());
         let back: Report = serde_json::from_str(&r.to_json()).unwrap();

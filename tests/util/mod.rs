@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -31,6 +31,18 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A password every test account can use.
 pub const PASSWORD: &str = "correct horse battery";
+
+/// The `courier-cli` binary, built next to `courier` by `cargo build --workspace` (this package
+/// cannot name another package's binary with `CARGO_BIN_EXE_*`).
+pub fn cli_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_courier")).with_file_name("courier-cli");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace` first (`cargo test -p courier` alone does not build courier-cli)",
+        bin.display()
+    );
+    bin
+}
 
 /// A running `courier serve`.
 pub struct Server {
