@@ -63,6 +63,15 @@ impl Plan {
         (self.members.len() - 1) as u32
     }
 
+    /// A direct thread of users `a` and `b`: `a` opens it and sends; `b` sends too when
+    /// `both_send`.
+    fn direct_pair(&mut self, users: &[UserRecord], a: u32, b: u32, both_send: bool) {
+        let key = self.thread(vec![a, b]);
+        let peer = users[b as usize].id;
+        self.role(a, key, true, Some(ThreadSetup::OpenDirect { peer }));
+        self.role(b, key, both_send, None);
+    }
+
     fn role(&mut self, user: u32, key: u32, send: bool, setup: Option<ThreadSetup>) {
         self.conns[user as usize]
             .threads
@@ -79,16 +88,7 @@ impl Plan {
         let mut plan = Self::with_users(users, pairs * 2, at);
         for p in 0..pairs as u32 {
             let (a, b) = (2 * p, 2 * p + 1);
-            let key = plan.thread(vec![a, b]);
-            plan.role(
-                a,
-                key,
-                true,
-                Some(ThreadSetup::OpenDirect {
-                    peer: users[b as usize].id,
-                }),
-            );
-            plan.role(b, key, false, None);
+            plan.direct_pair(users, a, b, false);
         }
         plan
     }
@@ -151,16 +151,7 @@ impl Plan {
             let ring = if idx.len() == 2 { 1 } else { idx.len() };
             for k in 0..ring {
                 let (a, b) = (idx[k], idx[(k + 1) % idx.len()]);
-                let key = plan.thread(vec![a, b]);
-                plan.role(
-                    a,
-                    key,
-                    true,
-                    Some(ThreadSetup::OpenDirect {
-                        peer: users[b as usize].id,
-                    }),
-                );
-                plan.role(b, key, true, None);
+                plan.direct_pair(users, a, b, true);
                 let (ida, idb) = (users[a as usize].id, users[b as usize].id);
                 plan.conns[a as usize].contacts.push(idb);
                 plan.conns[b as usize].contacts.push(ida);

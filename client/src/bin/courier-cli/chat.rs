@@ -294,11 +294,7 @@ fn open(client: &Client, ui: &Mutex<Ui>, thread: Thread) -> CliResult {
                 if !m.recalled {
                     own.insert(m.id, (text.clone(), t));
                 }
-                println!(
-                    "[{}] {BOLD}you{RESET}: {text} {}",
-                    clock(m.id),
-                    tick_text(t)
-                );
+                print_own(m.id, &text, t);
             } else {
                 print_incoming(m, &ui.cfg);
             }
@@ -336,6 +332,11 @@ fn tick_text(t: Tick) -> String {
         Tick::Read => format!("{BLUE}{}{RESET}", t.symbol()),
         _ => t.symbol().to_string(),
     }
+}
+
+/// One of the user's own messages, with its tick.
+fn print_own(id: u64, text: &str, t: Tick) {
+    println!("[{}] {BOLD}you{RESET}: {text} {}", clock(id), tick_text(t));
 }
 
 fn print_incoming(m: &Message, cfg: &CliConfig) {
@@ -447,11 +448,7 @@ fn on_message(client: &Client, ui: &Mutex<Ui>, m: &Message) {
             if let Some(o) = ui.open.as_mut() {
                 let t = tick(&o.thread.members, me, m.id);
                 o.own.insert(m.id, (text.clone(), t));
-                println!(
-                    "[{}] {BOLD}you{RESET}: {text} {}",
-                    clock(m.id),
-                    tick_text(t)
-                );
+                print_own(m.id, &text, t);
             }
         } else {
             print_incoming(m, &ui.cfg);
