@@ -8,6 +8,8 @@
 CARGO ?= cargo
 DATA ?= ./data
 LISTEN ?= 127.0.0.1:7878
+# Where cargo puts binaries (.cargo/config.toml, or CARGO_TARGET_DIR), asked of cargo itself.
+TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 
 .PHONY: run test deps lint bench build
 
@@ -17,10 +19,14 @@ deps:
 build: deps
 	$(CARGO) build --workspace --bins
 
+# Runs the binary `build` made: `cargo run --bin courier` would unify features differently
+# from `cargo build --workspace --bins` and compile the server a second time.
 run: build
-	$(CARGO) run --bin courier -- serve --data-dir $(DATA) --listen $(LISTEN)
+	$(TARGET_DIR)/debug/courier serve --data-dir $(DATA) --listen $(LISTEN)
 
-test: deps
+# The tests run binaries of other packages (courier-cli, courier-loadgen), which
+# `cargo test --workspace` does not build for them: build every binary first.
+test: build
 	$(CARGO) test --workspace
 
 lint: deps
