@@ -192,3 +192,21 @@ fn loadgen_chat_provisioned_with_resume() {
     assert_clean(&r);
     assert_eq!(r.connected, 200);
 }
+
+/// Regression: a second `chat` run against the same server and users reported `lost` for every
+/// message. Its client message ids restarted at 1, so the server (rightly) took each SEND for a
+/// retry of the first run's, answered with the old message and pushed nothing.
+#[test]
+fn loadgen_chat_twice_with_the_same_users_loses_nothing() {
+    let mut server = Server::start_with(SERVER_ARGS);
+    let users = server.provision(20);
+    for run in 1..=2 {
+        let r = loadgen(
+            server.addr,
+            Some(&users),
+            &["chat", "--pairs", "10", "--window", "4", "--duration", "2"],
+        );
+        assert_clean(&r);
+        assert_eq!(r.stale_acks, 0, "run {run}: {r:#?}");
+    }
+}

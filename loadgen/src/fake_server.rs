@@ -26,6 +26,9 @@ pub struct Faults {
     pub duplicate_push_every: u64,
     /// Answer SENT for every n-th message but never store or push it.
     pub forget_every: u64,
+    /// Answer every n-th SEND with a message from long ago (as a server does for a retry of
+    /// an old client id), storing and pushing nothing.
+    pub stale_ack_every: u64,
 }
 
 struct Thread {
@@ -313,7 +316,14 @@ fn serve(sock: TcpStream, state: Arc<Mutex<State>>, faults: Faults) {
                         Some(_) => {
                             st.sends += 1;
                             let n = st.sends;
-                            if faults.forget_every > 0 && n % faults.forget_every == 0 {
+                            if faults.stale_ack_every > 0 && n % faults.stale_ack_every == 0 {
+                                let sent = proto::Sent {
+                                    thread: s.thread,
+                                    message: 1,
+                                    client_msg_id: s.client_msg_id,
+                                };
+                                Some(sent.into())
+                            } else if faults.forget_every > 0 && n % faults.forget_every == 0 {
                                 st.last_msg_id += 1;
                                 let sent = proto::Sent {
                                     thread: s.thread,

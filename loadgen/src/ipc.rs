@@ -174,6 +174,8 @@ pub struct Counters {
     pub reconnects: u64,
     pub sent: u64,
     pub acked: u64,
+    /// SENTs naming a message from before the run (see `ledger`): not counted as acked.
+    pub stale_acks: u64,
     /// SENDs answered with ERROR_REPLY.
     pub send_errors: u64,
     /// MESSAGE_PUSH frames carrying loadgen messages of this run.
@@ -209,6 +211,7 @@ impl Counters {
             (&mut self.reconnects, o.reconnects),
             (&mut self.sent, o.sent),
             (&mut self.acked, o.acked),
+            (&mut self.stale_acks, o.stale_acks),
             (&mut self.send_errors, o.send_errors),
             (&mut self.pushes, o.pushes),
             (&mut self.delivered, o.delivered),

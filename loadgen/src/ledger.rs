@@ -5,9 +5,13 @@
 //!
 //! - A message is identified by its logical thread (`thread`, an index chosen by the parent's
 //!   plan), its sender (a user index) and the sender's sequence number in that thread (`seq`,
-//!   1, 2, 3, … and also the `client_msg_id`). These travel in the message body
-//!   ([`BodyHeader`]), so a receiver needs no coordination to attribute a message.
-//! - **acked**: the sender read `SENT` for it.
+//!   1, 2, 3, …). These travel in the message body ([`BodyHeader`]), so a receiver needs no
+//!   coordination to attribute a message. The `client_msg_id` is [`client_msg_id`]: unique per
+//!   run, so a second run against the same users never repeats a first run's ids.
+//! - **acked**: the sender read `SENT` for it, naming a message of this run.
+//! - **stale ack**: a `SENT` naming a message from before the run: the server took the SEND
+//!   for a retry of an earlier one with the same client id, stored nothing and pushed nothing.
+//!   Never expected (client ids carry the run id); reported on its own, and it fails the run.
 //! - **delivered**: a recipient device (every member but the sender; the loadgen runs one device
 //!   per user) saw it, by `MESSAGE_PUSH` or in a `SYNC_BATCH`. Counted once per device.
 //! - **lost**: acked but not seen by some recipient at the end of the run, after a final `SYNC`
@@ -43,6 +47,15 @@ pub struct BodyHeader {
     pub thread: u32,
     pub sender: u32,
     pub seq: u64,
+}
+
+/// The `client_msg_id` of a sender's `seq`-th message of a run: the random run id above the
+/// sequence number. With ids restarting at 1 in every run, a second run against the same
+/// users and threads had every SEND taken for a retry of the first run's (answered with the
+/// old message, nothing stored or pushed). A run would need 2^32 messages from one sender in
+/// one thread before its ids repeated.
+pub fn client_msg_id(run_id: u32, seq: u64) -> u64 {
+    (u64::from(run_id) << 32) | (seq & 0xFFFF_FFFF)
 }
 
 impl BodyHeader {

@@ -43,8 +43,8 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         eprintln!(
-            "courier-loadgen: FAILED verification: lost {}, duplicates {}, out of order {}",
-            report.lost, report.duplicates, report.out_of_order
+            "courier-loadgen: FAILED verification: lost {}, duplicates {}, out of order {}, stale acks {}",
+            report.lost, report.duplicates, report.out_of_order, report.stale_acks
         );
         ExitCode::from(1)
     }

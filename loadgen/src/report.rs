@@ -22,6 +22,9 @@ pub struct Report {
     pub connect_rate_per_sec: f64,
     pub sent: u64,
     pub acked: u64,
+    /// SENDs answered with a message from before the run: the server took them for retries
+    /// of an earlier run's sends and stored nothing. Never expected; fails the run.
+    pub stale_acks: u64,
     pub send_errors: u64,
     /// Distinct (message, recipient device) deliveries, by push or sync.
     pub delivered: u64,
@@ -59,7 +62,7 @@ pub struct Report {
     pub source_ips: u32,
     pub servers: Vec<String>,
     pub run_id: u32,
-    /// Lost, duplicates and out of order are all zero.
+    /// Lost, duplicates, out of order and stale acks are all zero.
     pub passed: bool,
 }
 

@@ -126,7 +126,10 @@ pub fn run(cli: &Cli) -> Result<Report> {
     fleet.shutdown();
     result?;
     report.duration_secs = started.elapsed().as_secs_f64();
-    report.passed = report.lost == 0 && report.duplicates == 0 && report.out_of_order == 0;
+    report.passed = report.lost == 0
+        && report.duplicates == 0
+        && report.out_of_order == 0
+        && report.stale_acks == 0;
     Ok(report)
 }
 
@@ -395,6 +398,7 @@ fn fill_report(
     }
     report.sent = totals.sent;
     report.acked = totals.acked;
+    report.stale_acks = totals.stale_acks;
     report.send_errors = totals.send_errors;
     report.delivered = totals.delivered;
     report.lost = verdict.lost;

@@ -278,6 +278,37 @@ fn acked_but_never_stored_messages_are_lost() {
     assert!(!r.passed);
 }
 
+/// A SENT naming a message from before the run is the server taking a SEND for a retry of an
+/// older one: reported as a stale ack, which fails the run, and not as a loss.
+#[test]
+fn sends_answered_with_old_messages_are_stale_acks_not_losses() {
+    let f = fixture(
+        Faults {
+            stale_ack_every: 10,
+            ..Default::default()
+        },
+        4,
+    );
+    let r = run(&cli(
+        &f,
+        &[
+            "chat",
+            "--pairs",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "1",
+            "--settle-secs",
+            "0.5",
+        ],
+    ))
+    .unwrap();
+    assert!(r.stale_acks > 0, "{r:#?}");
+    assert_eq!(r.lost, 0, "{r:#?}");
+    assert!(!r.passed);
+}
+
 #[test]
 fn register_mode_creates_its_own_users() {
     let f = fixture(Faults::default(), 0);

@@ -54,7 +54,7 @@ pub struct Slot {
     pub send: bool,
     /// Server thread id; 0 until known.
     pub thread_id: u64,
-    /// Next sequence number (= client_msg_id) to send.
+    /// Next sequence number to send (its client id is `ledger::client_msg_id`).
     pub next_seq: u64,
     pub acked: RangeSet,
 }
@@ -329,10 +329,18 @@ impl Conn {
                 if let Some(i) = self.inflight.iter().position(|f| f.request_id == rid) {
                     let f = self.inflight.swap_remove(i);
                     crate::hist::record_ns(&mut cx.lat.ack, now.saturating_sub(f.sent_ns));
-                    let slot = &mut self.slots[f.slot as usize];
-                    debug_assert_eq!(s.client_msg_id, f.seq);
-                    slot.acked.insert(f.seq);
-                    cx.counters.acked += 1;
+                    debug_assert_eq!(
+                        s.client_msg_id,
+                        crate::ledger::client_msg_id(cx.run_id, f.seq)
+                    );
+                    if s.message < cx.run_since {
+                        // An earlier message with this client id: nothing of this run was
+                        // stored, so no recipient will see it. Not an ack, not a loss.
+                        cx.counters.stale_acks += 1;
+                    } else {
+                        self.slots[f.slot as usize].acked.insert(f.seq);
+                        cx.counters.acked += 1;
+                    }
                 }
             }
             Frame::MessagePush(p) => self.on_message(&p.message, true, cx),
@@ -591,7 +599,7 @@ impl Conn {
         let request_id = self.send_frame(
             proto::Send {
                 thread,
-                client_msg_id: seq,
+                client_msg_id: crate::ledger::client_msg_id(cx.run_id, seq),
                 kind: MessageKind::Text,
                 body,
             },
