@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::Store;
+
 /// Why a connection ended: one counter each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -225,9 +227,33 @@ impl Metrics {
     }
 }
 
+/// Appends RocksDB's memory by its own accounting (bounded by the store's budgets, not by
+/// connections), or a comment saying why it could not be read.
+fn render_store(out: &mut String, store: &Store) {
+    match store.memory() {
+        Ok(m) => {
+            let _ = writeln!(out, "# TYPE courier_rocksdb_memory_bytes gauge");
+            for (part, bytes) in [
+                ("memtables", m.memtables),
+                ("table_readers", m.table_readers),
+                ("block_cache", m.block_cache),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "courier_rocksdb_memory_bytes{{part=\"{part}\"}} {bytes}"
+                );
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "# courier_rocksdb_memory_bytes unavailable: {e}");
+        }
+    }
+}
+
 /// Serves `GET /metrics` (any path, in fact) over HTTP/1.0 on `addr`, one request at a time,
-/// on its own thread. Returns the bound address.
-pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+/// on its own thread: the counters of `metrics` and the memory of `store`. Returns the bound
+/// address.
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>, store: Store) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
@@ -238,7 +264,8 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketA
             // The request itself does not matter; read what arrived so the close is clean.
             let mut request = [0u8; 1024];
             let _ = stream.read(&mut request);
-            let body = metrics.render();
+            let mut body = metrics.render();
+            render_store(&mut body, &store);
             let head = format!(
                 "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
                 body.len()

@@ -98,7 +98,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
 
     let metrics = Metrics::new(config.shards);
     if let Some(addr) = config.metrics {
-        let at = metrics::serve(addr, metrics.clone())
+        let at = metrics::serve(addr, metrics.clone(), store.clone())
             .map_err(|source| Error::Metrics { addr, source })?;
         tracing::info!("metrics on http://{at}/metrics");
     }

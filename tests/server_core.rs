@@ -550,6 +550,10 @@ fn metrics_are_served_over_http() {
         "{text}"
     );
     assert!(text.contains("courier_commit_seconds_count"), "{text}");
+    assert!(
+        text.contains("courier_rocksdb_memory_bytes{part=\"memtables\"}"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Options, ReadOptions,
-    WriteBatch, WriteOptions, DB,
+    WriteBatch, WriteBufferManager, WriteOptions, DB,
 };
 
 use super::keys::{self, *};
@@ -20,6 +20,22 @@ use super::{Error, FsyncMode};
 /// How many ids an allocator reserves per durable write of its counter.
 const ID_LEASE: u64 = 1024;
 
+/// The block cache shared by every column family.
+pub const BLOCK_CACHE_BYTES: usize = 128 << 20;
+/// The most all memtables together may hold before RocksDB flushes the largest. Without it the
+/// bound is per column family (64 MiB, two of them each, for every family): gigabytes.
+pub const MEMTABLE_BUDGET_BYTES: usize = 128 << 20;
+
+/// What RocksDB holds in memory, by its own accounting (`rocksdb::perf`): the part of the
+/// server's memory that is bounded by [`MEMTABLE_BUDGET_BYTES`] and [`BLOCK_CACHE_BYTES`]
+/// rather than by the number of connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreMemory {
+    pub memtables: u64,
+    pub table_readers: u64,
+    pub block_cache: u64,
+}
+
 /// The one RocksDB of a server. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -28,6 +44,7 @@ pub struct Store {
 
 struct Inner {
     db: DB,
+    cache: Cache,
     fsync: FsyncMode,
     users: IdAllocator,
     threads: IdAllocator,
@@ -48,7 +65,11 @@ impl Store {
         opts.increase_parallelism(2);
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(1 << 20);
-        let cache = Cache::new_lru_cache(128 << 20);
+        opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(
+            MEMTABLE_BUDGET_BYTES,
+            false,
+        ));
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = ALL_CFS.iter().map(|name| {
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
@@ -69,10 +90,24 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
+                cache,
                 fsync,
                 users,
                 threads,
             }),
+        })
+    }
+
+    /// RocksDB's memory by its own accounting (memtables, table readers, block cache).
+    pub fn memory(&self) -> Result<StoreMemory, Error> {
+        let stats = rocksdb::perf::get_memory_usage_stats(
+            Some(&[&self.inner.db]),
+            Some(&[&self.inner.cache]),
+        )?;
+        Ok(StoreMemory {
+            memtables: stats.mem_table_total,
+            table_readers: stats.mem_table_readers_total,
+            block_cache: stats.cache_total,
         })
     }
 

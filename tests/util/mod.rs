@@ -130,6 +130,85 @@ impl Server {
         }
     }
 
+    /// SIGKILL, then a start on the same data directory **and the same address**, for clients
+    /// that must find the server where they left it (the soak test's load generator). The
+    /// port was ours until the kill; if another process takes it meanwhile, the start fails
+    /// with the server's log.
+    pub fn crash_and_restart_in_place(&mut self) {
+        self.kill();
+        let (child, addr) = spawn(
+            &self.data_dir,
+            &self.log_path,
+            &self.addr.to_string(),
+            &self.args,
+        );
+        assert_eq!(addr, self.addr, "restarted on another address");
+        if let Ok(mut c) = self.child.lock() {
+            *c = Some(child);
+        }
+    }
+
+    /// Resident memory of the server process, from `/proc/PID/status` (`VmRSS`).
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
+    /// The Prometheus text of `GET /metrics`, from the address the running server logged last
+    /// (started with `--metrics 127.0.0.1:0`; a restart logs a new one).
+    pub fn metrics(&self) -> String {
+        let log = self.log();
+        let addr = log
+            .rsplit("metrics on http://")
+            .next()
+            .filter(|_| log.contains("metrics on http://"))
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| {
+                panic!("no metrics address in the log (start with --metrics 127.0.0.1:0):\n{log}")
+            })
+            .to_owned();
+        let mut http = TcpStream::connect(&addr).expect("connect to the metrics address");
+        http.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        http.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        let _ = http.read_to_string(&mut text);
+        assert!(text.starts_with("HTTP/1.0 200"), "metrics answered: {text}");
+        text
+    }
+
+    /// The sum of every sample of metric `name` (all label sets) in `metrics` text.
+    pub fn metric_sum(metrics: &str, name: &str) -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Sockets the server process holds open (connections, listeners, the metrics socket),
+    /// from `/proc/PID/fd`; 0 when it is not running.
+    pub fn open_sockets(&self) -> u64 {
+        let Some(pid) = self.pid() else { return 0 };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return 0;
+        };
+        fds.filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("socket:"))
+            .count() as u64
+    }
+
     /// Stops the server, provisions `n` load-test users (`load0`, `load1`, …, password
     /// [`PASSWORD`]) into its data directory with `courier admin provision`, restarts it, and
     /// returns the users file (`user_id handle token_hex` lines) the load generator reads.
