@@ -47,8 +47,11 @@ impl Engine {
             ));
         }
         self.member_state(caller, f.thread)?;
+        // `client_msg_id` 0 means "no idempotency": every such SEND is a new message.
+        let idempotent = f.client_msg_id != 0;
         let key = (f.thread, caller.user, f.client_msg_id);
         let earlier = match self.round_sends.get(&key) {
+            _ if !idempotent => None,
             Some(&id) => Some(id),
             None => self
                 .shared
@@ -74,9 +77,11 @@ impl Engine {
             body: f.body,
         };
         let id = self.append(f.thread, rec, Some(caller), &[])?;
-        self.round_sends.insert(key, id);
-        self.batch
-            .put_dedupe(f.thread, caller.user, f.client_msg_id, id);
+        if idempotent {
+            self.round_sends.insert(key, id);
+            self.batch
+                .put_dedupe(f.thread, caller.user, f.client_msg_id, id);
+        }
         // A sender has obviously received and read their own message.
         let state = self.thread_state(f.thread)?;
         if let Some(me) = state.members.get_mut(&caller.user) {
