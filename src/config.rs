@@ -15,6 +15,9 @@ use crate::store::FsyncMode;
 /// Listen addresses a server accepts (each shard reserves a token per address).
 pub const MAX_LISTEN: usize = 64;
 
+/// The longest dedupe window: 30 days.
+pub const MAX_DEDUPE_WINDOW_SECS: u64 = 30 * 86_400;
+
 /// A configuration that cannot be used, with what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -100,6 +103,10 @@ pub struct ServeArgs {
     /// Largest media upload in bytes [default: 16777216].
     #[arg(long)]
     pub max_media: Option<u64>,
+    /// How long a retried SEND (same client_msg_id) answers the original SENT, in seconds
+    /// [default: 86400].
+    #[arg(long)]
+    pub dedupe_window_secs: Option<u64>,
     /// This node's id on the cluster ring, announced in WELCOME [default: node1].
     #[arg(long)]
     pub node_id: Option<String>,
@@ -130,6 +137,7 @@ struct FileConfig {
     recall_window_secs: Option<u64>,
     max_media: Option<u64>,
     read_budget: Option<usize>,
+    dedupe_window_secs: Option<u64>,
     node_id: Option<String>,
     peer: Option<Vec<String>>,
 }
@@ -156,6 +164,7 @@ pub struct Config {
     pub recall_window_secs: u64,
     pub max_media: u64,
     pub read_budget: usize,
+    pub dedupe_window_secs: u64,
     pub node_id: String,
     /// (id, address) of the other nodes.
     pub peers: Vec<(String, String)>,
@@ -203,6 +212,10 @@ impl Config {
                 .unwrap_or(3600),
             max_media: args.max_media.or(file.max_media).unwrap_or(16 << 20),
             read_budget: args.read_budget.or(file.read_budget).unwrap_or(256 * 1024),
+            dedupe_window_secs: args
+                .dedupe_window_secs
+                .or(file.dedupe_window_secs)
+                .unwrap_or(86_400),
             node_id: args
                 .node_id
                 .or(file.node_id)
@@ -273,6 +286,13 @@ impl Config {
         }
         if self.max_media == 0 {
             return invalid("max_media", &0, "use at least 1 byte");
+        }
+        if !(1..=MAX_DEDUPE_WINDOW_SECS).contains(&self.dedupe_window_secs) {
+            return invalid(
+                "dedupe_window_secs",
+                &self.dedupe_window_secs,
+                "use 1 second to 30 days (86400, one day, covers any sane retry)",
+            );
         }
         if self.rate_limit == 0 {
             return invalid("rate_limit", &0, "use at least 1 request per second");

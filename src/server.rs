@@ -25,7 +25,7 @@ use crate::metrics::{self, Metrics};
 use crate::session::{Accounts, AuthConfig, AuthError};
 use crate::shard::mailbox::{Mailbox, ShardMsg, MAILBOX_CAPACITY};
 use crate::shard::{self, auth_pool, Core, ShardParts, WAKER};
-use crate::store::{self, Store};
+use crate::store::{self, Store, StoreOptions};
 
 /// File descriptors kept back from the connection capacity: RocksDB's files, listeners,
 /// pollers, wakers, the metrics socket.
@@ -63,13 +63,19 @@ pub fn serve(config: Config) -> Result<(), Error> {
     });
     tracing::info!("capacity: {max_connections} connections (open files limit {limit})");
 
-    let store = Store::open(&config.data_dir, config.fsync)?;
+    let dedupe_window_us = config.dedupe_window_secs.saturating_mul(1_000_000);
+    let store = Store::open_with(
+        &config.data_dir,
+        config.fsync,
+        StoreOptions { dedupe_window_us },
+    )?;
     let clock = Arc::new(Clock::new(store.clock_floor()?));
     let chat_config = ChatConfig {
         max_group: config.max_group,
         max_body: config.max_body,
         recall_window_us: config.recall_window_secs.saturating_mul(1_000_000),
         max_media: config.max_media,
+        dedupe_window_us,
         // Replies must fit the frame limit clients were told in WELCOME, headers included.
         max_reply_bytes: config.max_frame as usize / 16 * 15,
         ..ChatConfig::default()

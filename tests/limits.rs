@@ -89,3 +89,36 @@ fn client_msg_id_zero_stores_every_send() {
     assert_eq!(a.message, b.message);
     assert_eq!(bodies(&mut alice, thread).len(), 5);
 }
+
+#[test]
+fn a_retry_inside_the_dedupe_window_returns_the_original_id_also_after_a_restart() {
+    let mut server = Server::start();
+    let (mut alice, ok) = server.user("alice");
+    let (_bob, bob_ok) = server.user("bob");
+    let thread = direct(&mut alice, bob_ok.user);
+    let first = send(&mut alice, thread, 77, "once");
+    assert_eq!(send(&mut alice, thread, 77, "once").message, first.message);
+    drop(alice);
+    server.restart();
+    let mut alice = server.connect();
+    alice.hello();
+    alice.resume(&ok.token);
+    assert_eq!(send(&mut alice, thread, 77, "once").message, first.message);
+    assert_eq!(bodies(&mut alice, thread).len(), 1);
+}
+
+#[test]
+fn a_retry_after_the_dedupe_window_is_a_new_message() {
+    let server = Server::start_with(&["--dedupe-window-secs", "1"]);
+    let (mut alice, _) = server.user("alice");
+    let (_bob, bob_ok) = server.user("bob");
+    let thread = direct(&mut alice, bob_ok.user);
+    let first = send(&mut alice, thread, 5, "early");
+    assert_eq!(send(&mut alice, thread, 5, "early").message, first.message);
+    // Message ids are microsecond times: once the window has passed, the entry is expired
+    // whether or not a compaction has removed it yet.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let late = send(&mut alice, thread, 5, "late");
+    assert_ne!(late.message, first.message);
+    assert_eq!(bodies(&mut alice, thread).len(), 2);
+}

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use courier_protocol::{ErrorCode, ErrorReply, Frame};
 
+use super::dedupe::RecentSends;
 use super::media::Uploads;
 use super::threads::ThreadCache;
 use super::{Caller, Effect, Shared};
@@ -30,9 +31,9 @@ pub struct Engine {
     /// Threads this shard owns, authoritative while cached.
     pub(super) threads: ThreadCache,
     pub(super) uploads: Uploads,
-    /// Sends staged this round, by (thread, sender, client id): a retry inside one round must
-    /// not store twice, and the store cannot see uncommitted writes.
-    pub(super) round_sends: HashMap<(u64, u64, u64), u64>,
+    /// Recent sends by (thread, sender, client id), this round's included: a retry inside one
+    /// round must not store twice, and the store cannot see uncommitted writes.
+    pub(super) recent_sends: RecentSends,
     /// Direct threads created this round, by user pair.
     pub(super) round_directs: HashMap<(u64, u64), u64>,
     /// Highest clock value staged this round (recorded as the clock floor on commit).
@@ -48,6 +49,7 @@ impl Engine {
     pub fn new(shared: Arc<Shared>, shard: u16) -> Self {
         let batch = shared.store.batch();
         let cache = shared.config.thread_cache;
+        let recent = shared.config.recent_sends;
         Self {
             shared,
             shard,
@@ -56,7 +58,7 @@ impl Engine {
             ready: Vec::new(),
             threads: ThreadCache::new(cache),
             uploads: Uploads::default(),
-            round_sends: HashMap::new(),
+            recent_sends: RecentSends::new(recent),
             round_directs: HashMap::new(),
             round_max: 0,
             dirty_threads: HashSet::new(),
@@ -186,6 +188,7 @@ impl Engine {
             if let Err(e) = self.shared.store.commit(batch) {
                 tracing::error!(shard = self.shard, error = %e, "commit failed; answering INTERNAL");
                 self.threads.clear();
+                self.recent_sends.forget_round();
                 for effect in self.pending.drain(..) {
                     if let Effect::Reply { to, request_id, .. } = effect {
                         self.ready.push(Effect::Reply {
@@ -202,7 +205,7 @@ impl Engine {
             }
         }
         self.ready.append(&mut self.pending);
-        self.round_sends.clear();
+        self.recent_sends.commit_round();
         self.round_directs.clear();
         self.round_max = 0;
         self.shared.in_flight[self.shard as usize]

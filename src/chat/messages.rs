@@ -50,14 +50,16 @@ impl Engine {
         // `client_msg_id` 0 means "no idempotency": every such SEND is a new message.
         let idempotent = f.client_msg_id != 0;
         let key = (f.thread, caller.user, f.client_msg_id);
-        let earlier = match self.round_sends.get(&key) {
+        let (now, window) = (wall_us(), self.shared.config.dedupe_window_us);
+        let earlier = match self.recent_sends.get(&key, now, window) {
             _ if !idempotent => None,
-            Some(&id) => Some(id),
+            Some(id) => Some(id),
             None => self
                 .shared
                 .store
                 .dedupe(f.thread, caller.user, f.client_msg_id)
-                .map_err(internal)?,
+                .map_err(internal)?
+                .filter(|&id| now.saturating_sub(id) <= window),
         };
         if let Some(id) = earlier {
             return Ok(Some(
@@ -78,7 +80,7 @@ impl Engine {
         };
         let id = self.append(f.thread, rec, Some(caller), &[])?;
         if idempotent {
-            self.round_sends.insert(key, id);
+            self.recent_sends.insert(key, id);
             self.batch
                 .put_dedupe(f.thread, caller.user, f.client_msg_id, id);
         }

@@ -61,6 +61,10 @@ pub struct ChatConfig {
     pub max_reply_bytes: usize,
     /// Threads kept in memory per shard before the cache is emptied.
     pub thread_cache: usize,
+    /// How long a retried SEND answers the original SENT (see `dedupe`).
+    pub dedupe_window_us: u64,
+    /// Recent sends each shard remembers in memory (older ones are read from the store).
+    pub recent_sends: usize,
 }
 
 impl Default for ChatConfig {
@@ -74,6 +78,8 @@ impl Default for ChatConfig {
             history_limit: 500,
             max_reply_bytes: 60 * 1024,
             thread_cache: 100_000,
+            dedupe_window_us: 86_400_000_000,
+            recent_sends: 65_536,
         }
     }
 }
@@ -94,6 +100,7 @@ pub struct Shared {
 struct Padded(AtomicU64);
 
 mod contacts;
+mod dedupe;
 mod engine;
 mod media;
 mod messages;

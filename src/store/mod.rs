@@ -5,7 +5,7 @@ pub mod db;
 pub mod keys;
 pub mod records;
 
-pub use db::{Batch, Store};
+pub use db::{Batch, Store, StoreOptions};
 pub use records::*;
 
 /// How a commit is made durable before its acknowledgements go out.
