@@ -76,14 +76,17 @@ pub fn serve(config: Config) -> Result<(), Error> {
         recall_window_us: config.recall_window_secs.saturating_mul(1_000_000),
         max_media: config.max_media,
         dedupe_window_us,
-        // Replies must fit the frame limit clients were told in WELCOME, headers included.
-        max_reply_bytes: config.max_frame as usize / 16 * 15,
+        max_reply_bytes: crate::config::reply_budget(config.max_frame),
+        max_contacts: config.max_contacts,
+        max_deleted_per_thread: config.max_deleted_per_thread,
+        max_uploads_per_user: config.max_uploads_per_user,
         ..ChatConfig::default()
     };
     let chat = chat::Shared::new(store.clone(), clock, chat_config, config.shards);
     let auth_config = AuthConfig {
         argon2_m_kib: config.argon2_m_kib,
         admins: config.admins.clone(),
+        max_devices: config.max_devices,
         ..AuthConfig::default()
     };
     let accounts = Arc::new(Accounts::new(store.clone(), auth_config)?);

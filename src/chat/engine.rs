@@ -12,6 +12,7 @@ use std::sync::Arc;
 use courier_protocol::{ErrorCode, ErrorReply, Frame};
 
 use super::dedupe::RecentSends;
+use super::limits::Staged;
 use super::media::Uploads;
 use super::threads::ThreadCache;
 use super::{Caller, Effect, Shared};
@@ -34,6 +35,8 @@ pub struct Engine {
     /// Recent sends by (thread, sender, client id), this round's included: a retry inside one
     /// round must not store twice, and the store cannot see uncommitted writes.
     pub(super) recent_sends: RecentSends,
+    /// Contacts and delete-for-me entries staged this round, for the per-user caps.
+    pub(super) staged: Staged,
     /// Direct threads created this round, by user pair.
     pub(super) round_directs: HashMap<(u64, u64), u64>,
     /// Highest clock value staged this round (recorded as the clock floor on commit).
@@ -59,6 +62,7 @@ impl Engine {
             threads: ThreadCache::new(cache),
             uploads: Uploads::default(),
             recent_sends: RecentSends::new(recent),
+            staged: Staged::default(),
             round_directs: HashMap::new(),
             round_max: 0,
             dirty_threads: HashSet::new(),
@@ -71,7 +75,8 @@ impl Engine {
     ///
     /// Thread-scoped requests run on the thread's owner shard; opening a direct thread runs
     /// on the pair's shard; everything else (creating groups, lists, sync, contacts, media)
-    /// runs where the caller is connected.
+    /// runs where the caller is connected, except the caller's own capped sets (contacts,
+    /// uploads), which run on the user's shard so one thread of execution counts them.
     pub fn shard_for(shared: &Shared, caller: &Caller, frame: &Frame) -> Option<u16> {
         let here = caller.conn.shard;
         let shard = match frame {
@@ -89,17 +94,17 @@ impl Engine {
             Frame::DeleteForMe(f) => shared.thread_shard(f.thread),
             Frame::Readers(f) => shared.thread_shard(f.thread),
             Frame::Typing(f) => shared.thread_shard(f.thread),
+            Frame::ContactAdd(_)
+            | Frame::ContactRemove(_)
+            | Frame::ContactList(_)
+            | Frame::MediaBegin(_)
+            | Frame::MediaChunk(_)
+            | Frame::MediaCommit(_) => shared.user_shard(caller.user),
             Frame::CreateGroup(_)
             | Frame::ListThreads(_)
             | Frame::Sync(_)
-            | Frame::ContactAdd(_)
-            | Frame::ContactRemove(_)
-            | Frame::ContactList(_)
             | Frame::LookupUser(_)
             | Frame::GetUsers(_)
-            | Frame::MediaBegin(_)
-            | Frame::MediaChunk(_)
-            | Frame::MediaCommit(_)
             | Frame::MediaGet(_) => here,
             _ => return None,
         };
@@ -206,6 +211,7 @@ impl Engine {
         }
         self.ready.append(&mut self.pending);
         self.recent_sends.commit_round();
+        self.staged.clear();
         self.round_directs.clear();
         self.round_max = 0;
         self.shared.in_flight[self.shard as usize]

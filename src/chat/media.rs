@@ -12,6 +12,7 @@ use courier_protocol::{
 use super::engine::{Engine, Reject};
 use super::threads::internal;
 use super::Caller;
+use crate::clock::wall_us;
 use crate::store::keys::MEDIA_ID;
 use crate::store::MediaHeader;
 
@@ -23,9 +24,14 @@ pub(super) struct Uploads {
 
 /// Uploads in progress per shard before the oldest are forgotten.
 const MAX_UPLOADS: usize = 4096;
+/// An upload with no chunk for this long (µs) is forgotten, so an abandoned one does not hold
+/// a place under its user's cap for good.
+const UPLOAD_IDLE_US: u64 = 600_000_000;
 
 struct Upload {
     user: u64,
+    /// When the upload began or last took a chunk (µs).
+    touched: u64,
     media: [u8; MEDIA_ID],
     total: u64,
     received: u64,
@@ -44,6 +50,22 @@ impl Engine {
                 "media must be 1 byte to the media size limit",
             ));
         }
+        let now = wall_us();
+        self.uploads
+            .map
+            .retain(|_, u| now.saturating_sub(u.touched) <= UPLOAD_IDLE_US);
+        let mine = self
+            .uploads
+            .map
+            .values()
+            .filter(|u| u.user == caller.user)
+            .count();
+        if mine >= self.shared.config.max_uploads_per_user {
+            return Err((
+                ErrorCode::TooManyUploads,
+                "you have as many uploads in progress as you may; commit them first (an upload with no chunk for 10 minutes is forgotten)",
+            ));
+        }
         if self.uploads.map.len() >= MAX_UPLOADS {
             // Forget the oldest upload (lowest id: ids are clock values).
             if let Some(&oldest) = self.uploads.map.keys().min() {
@@ -56,6 +78,7 @@ impl Engine {
             upload,
             Upload {
                 user: caller.user,
+                touched: now,
                 media,
                 total: f.total_len,
                 received: 0,
@@ -104,6 +127,7 @@ impl Engine {
             ));
         }
         up.received += f.data.len() as u64;
+        up.touched = wall_us();
         let media = up.media;
         self.batch.put_media_chunk(&media, f.offset, &f.data);
         Ok(Some(Done {}.into()))

@@ -252,6 +252,25 @@ impl Engine {
         {
             return Err((ErrorCode::UnknownMessage, "no such message"));
         }
+        let store = &self.shared.store;
+        if self.staged.is_hidden(caller.user, thread, message)
+            || store
+                .is_hidden(caller.user, thread, message)
+                .map_err(internal)?
+        {
+            return Ok(Some(Done {}.into()));
+        }
+        let max = self.shared.config.max_deleted_per_thread;
+        let committed = store
+            .count_hidden(caller.user, thread, max + 1)
+            .map_err(internal)?;
+        if committed + self.staged.hidden_in(caller.user, thread) >= max {
+            return Err((
+                ErrorCode::TooManyDeleted,
+                "you deleted as many messages of this thread as you may; hide the whole thread (SET_THREAD_STATE) instead",
+            ));
+        }
+        self.staged.hide(caller.user, thread, message);
         self.batch.put_hidden(caller.user, thread, message);
         Ok(Some(Done {}.into()))
     }

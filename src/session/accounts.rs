@@ -33,6 +33,8 @@ pub struct AuthConfig {
     pub max_failures_per_address: u32,
     /// Handles of accounts allowed to use administration frames.
     pub admins: Vec<String>,
+    /// Device names one account may use (each keeps its device number for good).
+    pub max_devices: u32,
 }
 
 impl Default for AuthConfig {
@@ -43,6 +45,7 @@ impl Default for AuthConfig {
             max_failures_per_account: 5,
             max_failures_per_address: 20,
             admins: Vec::new(),
+            max_devices: 100,
         }
     }
 }
@@ -184,7 +187,13 @@ impl Accounts {
     }
 
     fn issue(&self, user: u64, handle: &str, device_name: &str) -> Result<Authed, AuthError> {
-        let device = self.store.device_id(user, device_name)?;
+        let device = self
+            .store
+            .device_id(user, device_name, self.config.max_devices)
+            .map_err(|e| match e {
+                crate::store::Error::TooManyDevices { max } => AuthError::TooManyDevices { max },
+                other => AuthError::Store(other),
+            })?;
         let token: [u8; TOKEN_LEN] = rand::random();
         let digest = digest(&token);
         let mut batch = self.store.batch();

@@ -368,6 +368,14 @@ impl Shard {
     }
 
     fn presence_query(&mut self, slot: usize, request_id: u32, caller: u64, users: &[u64]) {
+        // Only contacts may be asked about, so this many always fit in one PRESENCE_LIST
+        // (a contact takes more bytes in CONTACTS than an entry here).
+        let max = self.core.config.max_contacts;
+        if users.len() > max {
+            let message =
+                format!("ask about at most {max} users at once (the most contacts a user may have)");
+            return self.reply_error(slot, request_id, ErrorCode::InvalidArgument, &message);
+        }
         if !self.all_contacts(slot, request_id, caller, users) {
             return;
         }

@@ -286,8 +286,9 @@ impl Store {
         Ok(out)
     }
 
-    /// The stable device number of `name` for `user`, assigning the next one on first use.
-    pub fn device_id(&self, user: u64, name: &str) -> Result<u32, Error> {
+    /// The stable device number of `name` for `user`, assigning the next one on first use;
+    /// [`Error::TooManyDevices`] when `user` already has `max` device names.
+    pub fn device_id(&self, user: u64, name: &str, max: u32) -> Result<u32, Error> {
         static ASSIGN: Mutex<()> = Mutex::new(());
         let key = keys::device(user, name);
         let _guard = ASSIGN.lock();
@@ -302,6 +303,9 @@ impl Store {
             count += 1;
             Ok(true)
         })?;
+        if count >= max {
+            return Err(Error::TooManyDevices { max });
+        }
         let id = count + 1;
         let mut b = self.batch();
         b.put(CF_DEVICES, &key, &id.to_be_bytes());
@@ -315,6 +319,34 @@ impl Store {
 
     pub fn is_contact(&self, user: u64, other: u64) -> Result<bool, Error> {
         Ok(self.get(CF_CONTACTS, &keys::pair(user, other))?.is_some())
+    }
+
+    /// How many contacts `user` has, counting no further than `stop_at`.
+    pub fn count_contacts(&self, user: u64, stop_at: usize) -> Result<usize, Error> {
+        self.count_prefix(CF_CONTACTS, &keys::id(user), stop_at)
+    }
+
+    /// How many messages of `thread` `user` deleted for themselves, counting no further than
+    /// `stop_at`.
+    pub fn count_hidden(&self, user: u64, thread: u64, stop_at: usize) -> Result<usize, Error> {
+        self.count_prefix(CF_HIDDEN, &keys::pair(user, thread), stop_at)
+    }
+
+    pub fn is_hidden(&self, user: u64, thread: u64, msg: u64) -> Result<bool, Error> {
+        Ok(self
+            .get(CF_HIDDEN, &keys::triple(user, thread, msg))?
+            .is_some())
+    }
+
+    fn count_prefix(&self, cf: &str, prefix: &[u8], stop_at: usize) -> Result<usize, Error> {
+        let mut n = 0;
+        if stop_at > 0 {
+            self.scan_prefix(cf, prefix, |_, _| {
+                n += 1;
+                Ok(n < stop_at)
+            })?;
+        }
+        Ok(n)
     }
 
     pub fn contacts(&self, user: u64) -> Result<Vec<u64>, Error> {

@@ -37,4 +37,6 @@ pub enum Error {
     CorruptValue { record: &'static str },
     #[error("the handle is taken")]
     HandleTaken,
+    #[error("the account already has {max} device names, the most it may have; log in with the name of a device it already uses")]
+    TooManyDevices { max: u32 },
 }
