@@ -217,7 +217,7 @@ impl Engine {
         self.shared.in_flight[self.shard as usize]
             .0
             .store(u64::MAX, Ordering::SeqCst);
-        self.threads.trim();
+        self.threads.end_round();
     }
 
     /// Stages the final state of every thread record and member changed this round. A member

@@ -876,3 +876,47 @@ fn a_member_removed_in_the_round_they_sent_is_not_written_back() {
     assert!(me.admin);
     assert_eq!(w.shared.store.thread(g).unwrap().unwrap().member_count, 1);
 }
+
+#[test]
+fn the_thread_cache_past_its_size_evicts_only_the_excess() {
+    let limit = 16;
+    let mut w = World::new(ChatConfig {
+        thread_cache: limit,
+        ..ChatConfig::default()
+    });
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let mut threads = Vec::new();
+    for i in 0..60 {
+        let name = format!("group {i}");
+        let Frame::ThreadInfo(t) = w.ask(
+            &a,
+            CreateGroup {
+                name,
+                members: vec![b.user],
+            },
+        ) else {
+            panic!("CREATE_GROUP")
+        };
+        threads.push(t.thread.id);
+    }
+    // Each send loads its thread on the owner shard and commits its own round.
+    for &t in &threads {
+        w.send(&a, t, 0, "hi");
+    }
+    for shard in 0..2u16 {
+        let owned: Vec<u64> = threads
+            .iter()
+            .copied()
+            .filter(|&t| w.shared.thread_shard(t) == shard)
+            .collect();
+        assert!(owned.len() > limit, "the test needs more threads per shard");
+        let engine = &w.engines[shard as usize];
+        let cached = owned
+            .iter()
+            .filter(|&&t| engine.threads.get(t).is_some())
+            .count();
+        assert_eq!(cached, limit, "shard {shard} keeps a full cache");
+        let newest = owned[owned.len() - 1];
+        assert!(engine.threads.get(newest).is_some());
+    }
+}
