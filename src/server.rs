@@ -75,6 +75,10 @@ pub fn serve(config: Config) -> Result<(), Error> {
         max_body: config.max_body,
         recall_window_us: config.recall_window_secs.saturating_mul(1_000_000),
         max_media: config.max_media,
+        // A MEDIA_CHUNK of chunk_max bytes must fit in the max_frame announced in WELCOME.
+        media_chunk: ChatConfig::default()
+            .media_chunk
+            .min(config.max_frame - chat::MEDIA_CHUNK_OVERHEAD),
         dedupe_window_us,
         max_reply_bytes: crate::config::reply_budget(config.max_frame),
         max_contacts: config.max_contacts,

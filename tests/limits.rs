@@ -132,7 +132,13 @@ fn provision(server: &mut Server, prefix: &str, n: usize) -> Vec<u64> {
         .args(["admin", "provision", "--data-dir"])
         .arg(&server.data_dir)
         .args(["--users", &n.to_string(), "--prefix", prefix])
-        .args(["--password", util::PASSWORD, "--argon2-m-kib", "64", "--out"])
+        .args([
+            "--password",
+            util::PASSWORD,
+            "--argon2-m-kib",
+            "64",
+            "--out",
+        ])
         .arg(&out)
         .status()
         .expect("run courier admin provision");
@@ -381,4 +387,230 @@ fn uploads_in_progress_per_user_are_capped() {
     // Another user is not affected.
     let (mut bob, _) = server.user("bob");
     assert!(matches!(bob.request(begin()), Frame::MediaUpload(_)));
+}
+
+#[test]
+fn chunk_max_fits_a_configured_max_frame() {
+    let server = Server::start_with(&["--max-frame", "20000"]);
+    let (mut alice, _) = server.user("alice");
+    let Frame::MediaUpload(up) = alice.request(MediaBegin {
+        total_len: 50_000,
+        mime: "application/octet-stream".into(),
+    }) else {
+        panic!("MEDIA_BEGIN")
+    };
+    let chunk = Frame::from(MediaChunk {
+        upload: up.upload,
+        offset: 0,
+        data: vec![7u8; up.chunk_max as usize].into(),
+    });
+    assert!(
+        frame_len(&chunk) <= 20_000,
+        "a MEDIA_CHUNK of chunk_max {} bytes is {} bytes, over max_frame 20000",
+        up.chunk_max,
+        frame_len(&chunk)
+    );
+    assert!(is_done(&alice.request(chunk)));
+}
+
+#[test]
+fn list_threads_with_limit_0_returns_a_default_page() {
+    let server = Server::start();
+    let (mut alice, _) = server.user("alice");
+    let (_bob, bob_ok) = server.user("bob");
+    let creates = (0..60)
+        .map(|i| {
+            CreateGroup {
+                name: format!("group {i}"),
+                members: vec![bob_ok.user],
+            }
+            .into()
+        })
+        .collect();
+    assert!(pipeline(&mut alice, creates)
+        .iter()
+        .all(|f| matches!(f, Frame::ThreadInfo(_))));
+    let Frame::ThreadList(page) = alice.request(ListThreads {
+        before_msg_id: 0,
+        before_thread: 0,
+        limit: 0,
+    }) else {
+        panic!("LIST_THREADS")
+    };
+    assert_eq!(
+        page.threads.len(),
+        50,
+        "limit 0 means the default page of 50"
+    );
+    assert!(page.more);
+}
+
+/// Every limit of PROTOCOL.md section 9 that a request can break, each with its error.
+#[test]
+fn every_documented_limit_is_enforced_with_its_error() {
+    let server = Server::start();
+    let (mut alice, _) = server.user("alice");
+    let (_bob, bob_ok) = server.user("bob");
+    let group = match alice.request(CreateGroup {
+        name: "ok".into(),
+        members: vec![bob_ok.user],
+    }) {
+        Frame::ThreadInfo(t) => t.thread.id,
+        other => panic!("CREATE_GROUP: {other:?}"),
+    };
+    let name = |n: usize| "n".repeat(n);
+    let media = |total_len: u64, mime: &str| MediaBegin {
+        total_len,
+        mime: mime.into(),
+    };
+    let state = |label: String| SetThreadState {
+        thread: group,
+        muted: false,
+        hidden: false,
+        label,
+    };
+    let cases: Vec<(&str, Frame, Option<ErrorCode>)> = vec![
+        (
+            "group name of 64 bytes",
+            CreateGroup {
+                name: name(64),
+                members: vec![],
+            }
+            .into(),
+            None,
+        ),
+        (
+            "group name of 65 bytes",
+            CreateGroup {
+                name: name(65),
+                members: vec![],
+            }
+            .into(),
+            Some(ErrorCode::InvalidArgument),
+        ),
+        (
+            "empty group name",
+            CreateGroup {
+                name: String::new(),
+                members: vec![],
+            }
+            .into(),
+            Some(ErrorCode::InvalidArgument),
+        ),
+        (
+            "blank group name",
+            CreateGroup {
+                name: "   ".into(),
+                members: vec![],
+            }
+            .into(),
+            Some(ErrorCode::InvalidArgument),
+        ),
+        (
+            "rename to 65 bytes",
+            RenameGroup {
+                thread: group,
+                name: name(65),
+            }
+            .into(),
+            Some(ErrorCode::InvalidArgument),
+        ),
+        ("label of 64 bytes", state(name(64)).into(), None),
+        (
+            "label of 65 bytes",
+            state(name(65)).into(),
+            Some(ErrorCode::InvalidArgument),
+        ),
+        ("MIME type of 255 bytes", media(10, &name(255)).into(), None),
+        (
+            "MIME type of 256 bytes",
+            media(10, &name(256)).into(),
+            Some(ErrorCode::InvalidArgument),
+        ),
+        (
+            "empty MIME type",
+            media(10, "").into(),
+            Some(ErrorCode::InvalidArgument),
+        ),
+        (
+            "zero-length media",
+            media(0, "image/png").into(),
+            Some(ErrorCode::InvalidArgument),
+        ),
+        (
+            "media over 16 MiB",
+            media((16 << 20) + 1, "image/png").into(),
+            Some(ErrorCode::MediaTooLarge),
+        ),
+        (
+            "body over 16 KiB",
+            Send {
+                thread: group,
+                client_msg_id: 1,
+                kind: MessageKind::Text,
+                body: vec![0u8; 16_385].into(),
+            }
+            .into(),
+            Some(ErrorCode::BodyTooLarge),
+        ),
+    ];
+    for (what, frame, expected) in cases {
+        let reply = alice.request(frame);
+        match expected {
+            Some(code) => assert_eq!(error_code(&reply), code, "{what}: {reply:?}"),
+            None => assert!(!matches!(reply, Frame::ErrorReply(_)), "{what}: {reply:?}"),
+        }
+    }
+
+    // Device names: 1 to 64 bytes, at REGISTER and LOGIN, checked before anything is created.
+    for (device, ok) in [(name(64), true), (name(65), false), (String::new(), false)] {
+        for register in [true, false] {
+            let mut c = server.connect();
+            c.hello();
+            let reply = if register {
+                c.try_register(
+                    &format!("carol{}{}", device.len(), register as u8),
+                    util::PASSWORD,
+                    &device,
+                )
+            } else {
+                c.try_login("alice", util::PASSWORD, &device)
+            };
+            if ok {
+                assert!(
+                    matches!(reply, Frame::AuthOk(_)),
+                    "device of {} bytes: {reply:?}",
+                    device.len()
+                );
+            } else {
+                assert_eq!(
+                    error_code(&reply),
+                    ErrorCode::InvalidArgument,
+                    "device of {} bytes",
+                    device.len()
+                );
+            }
+        }
+    }
+    let mut c = server.connect();
+    c.hello();
+    assert_eq!(
+        error_code(&c.try_register("carol650", util::PASSWORD, "")),
+        ErrorCode::InvalidArgument
+    );
+    // The refused REGISTER created no account: the handle is still free.
+    c.register("carol650", util::PASSWORD, "phone");
+
+    // HELLO.client: at most 64 bytes; a longer one is refused and HELLO may be said again.
+    let mut c = server.connect();
+    let long = c.request(Hello {
+        version: VERSION,
+        client: name(65),
+    });
+    assert_eq!(error_code(&long), ErrorCode::InvalidArgument);
+    let ok = c.request(Hello {
+        version: VERSION,
+        client: name(64),
+    });
+    assert!(matches!(ok, Frame::Welcome(_)), "{ok:?}");
 }

@@ -22,6 +22,12 @@ pub(super) struct Uploads {
     map: HashMap<u64, Upload>,
 }
 
+/// Longest MIME type, in bytes (RFC 6838: a 127-byte type, `/`, a 127-byte subtype).
+const MAX_MIME: usize = 255;
+/// The bytes of a MEDIA_CHUNK frame besides its data (counted in `len`): type, request id,
+/// upload, offset, the data's length.
+pub const MEDIA_CHUNK_OVERHEAD: u32 = 1 + 4 + 8 + 8 + 4;
+
 /// Uploads in progress per shard before the oldest are forgotten.
 const MAX_UPLOADS: usize = 4096;
 /// An upload with no chunk for this long (µs) is forgotten, so an abandoned one does not hold
@@ -44,10 +50,22 @@ impl Engine {
         caller: &Caller,
         f: MediaBegin,
     ) -> Result<Option<Frame>, Reject> {
-        if f.total_len == 0 || f.total_len > self.shared.config.max_media {
+        if f.total_len == 0 {
+            return Err((
+                ErrorCode::InvalidArgument,
+                "empty media cannot be uploaded: total_len must be at least 1 byte",
+            ));
+        }
+        if f.total_len > self.shared.config.max_media {
             return Err((
                 ErrorCode::MediaTooLarge,
-                "media must be 1 byte to the media size limit",
+                "the media is over the server's size limit (16 MiB by default)",
+            ));
+        }
+        if f.mime.is_empty() || f.mime.len() > MAX_MIME {
+            return Err((
+                ErrorCode::InvalidArgument,
+                "a MIME type is 1 to 255 bytes (application/octet-stream when unknown)",
             ));
         }
         let now = wall_us();

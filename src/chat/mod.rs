@@ -55,6 +55,7 @@ pub struct ChatConfig {
     pub max_group: usize,
     pub recall_window_us: u64,
     pub max_media: u64,
+    /// `MEDIA_UPLOAD.chunk_max`: a MEDIA_CHUNK carrying this much must fit `max_frame`.
     pub media_chunk: u32,
     pub history_limit: u16,
     /// The largest reply body the engine builds (kept under the frame limit clients accept).
@@ -118,6 +119,7 @@ mod sync;
 mod threads;
 
 pub use engine::Engine;
+pub use media::MEDIA_CHUNK_OVERHEAD;
 
 impl Shared {
     pub fn new(store: Store, clock: Arc<Clock>, config: ChatConfig, shards: usize) -> Arc<Self> {

@@ -19,6 +19,8 @@ use crate::store::{MemberRecord, MessageRecord, PrivateState, Store, ThreadRecor
 const MAX_NAME: usize = 64;
 /// Most thread summaries in one THREAD_LIST.
 const MAX_LIST: usize = 100;
+/// Thread summaries when LIST_THREADS asks for 0 (as HISTORY's 0 means 50 messages).
+const DEFAULT_LIST: usize = 50;
 /// Unread counts stop at this (clients show "999+").
 const UNREAD_CAP: u32 = 999;
 
@@ -235,7 +237,10 @@ pub(super) fn internal(e: crate::store::Error) -> Reject {
 
 fn valid_name(name: &str) -> Result<(), Reject> {
     if name.trim().is_empty() || name.len() > MAX_NAME {
-        Err((ErrorCode::InvalidArgument, "a name is 1 to 64 bytes"))
+        Err((
+            ErrorCode::InvalidArgument,
+            "a group name is 1 to 64 bytes and not only spaces",
+        ))
     } else {
         Ok(())
     }
@@ -729,7 +734,10 @@ impl Engine {
             })
             .collect();
         rows.sort_unstable_by_key(|r| std::cmp::Reverse((r.0, r.1)));
-        let limit = (f.limit as usize).clamp(1, MAX_LIST);
+        let limit = match f.limit {
+            0 => DEFAULT_LIST,
+            n => (n as usize).min(MAX_LIST),
+        };
         let mut threads = Vec::new();
         let mut size = 0;
         let mut more = false;
@@ -846,12 +854,20 @@ mod tests {
         }
         cache.insert(16, state());
         cache.insert(17, state());
-        assert_eq!(cache.len(), 18, "nothing unpinned to evict: over the limit for now");
+        assert_eq!(
+            cache.len(),
+            18,
+            "nothing unpinned to evict: over the limit for now"
+        );
         for t in 0..16 {
             assert_eq!(cache.get(t).map(|s| s.rec.last_msg_id), Some(t + 1));
         }
         cache.end_round();
-        assert_eq!(cache.len(), 16, "back under the limit once the round committed");
+        assert_eq!(
+            cache.len(),
+            16,
+            "back under the limit once the round committed"
+        );
     }
 
     #[test]

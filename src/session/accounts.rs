@@ -22,6 +22,16 @@ pub type TokenDigest = [u8; TOKEN_DIGEST];
 
 /// Bytes of a session token.
 pub const TOKEN_LEN: usize = 32;
+/// Longest device name, in bytes.
+pub const MAX_DEVICE_NAME: usize = 64;
+
+fn check_device(name: &str) -> Result<(), AuthError> {
+    if name.is_empty() || name.len() > MAX_DEVICE_NAME {
+        Err(AuthError::InvalidDevice)
+    } else {
+        Ok(())
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -123,6 +133,7 @@ impl Accounts {
             return Err(AuthError::InvalidHandle);
         }
         Self::check_password(password)?;
+        check_device(device)?;
         let hash = self.hash(password)?;
         let user = self
             .store
@@ -142,6 +153,7 @@ impl Accounts {
         device: &str,
         from: IpAddr,
     ) -> Result<Authed, AuthError> {
+        check_device(device)?;
         let now = Instant::now();
         if !self.by_address.allowed(&from, now) {
             return Err(AuthError::Throttled);

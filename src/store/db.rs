@@ -93,9 +93,12 @@ impl Store {
             }
             if *name == CF_DEDUPE && options.dedupe_window_us != u64::MAX {
                 let window = options.dedupe_window_us;
-                cf.set_compaction_filter("courier-dedupe-window", move |_level: u32, _key: &[u8], value: &[u8]| {
-                    expire_dedupe(window, crate::clock::wall_us, value)
-                });
+                cf.set_compaction_filter(
+                    "courier-dedupe-window",
+                    move |_level: u32, _key: &[u8], value: &[u8]| {
+                        expire_dedupe(window, crate::clock::wall_us, value)
+                    },
+                );
                 // Files nothing else compacts (a quiet server) are still compacted, and so
                 // expired, about once a window (at least every 10 minutes, at most daily).
                 cf.set_periodic_compaction_seconds((window / 1_000_000).clamp(600, 86_400));
@@ -712,7 +715,13 @@ mod tests {
         let at = |now: u64| move || now;
         let id = 1_000u64.to_be_bytes();
         assert!(matches!(expire_dedupe(10, at(1_010), &id), Decision::Keep));
-        assert!(matches!(expire_dedupe(10, at(1_011), &id), Decision::Remove));
-        assert!(matches!(expire_dedupe(10, at(5_000), &[1, 2]), Decision::Keep));
+        assert!(matches!(
+            expire_dedupe(10, at(1_011), &id),
+            Decision::Remove
+        ));
+        assert!(matches!(
+            expire_dedupe(10, at(5_000), &[1, 2]),
+            Decision::Keep
+        ));
     }
 }
