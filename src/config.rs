@@ -15,6 +15,36 @@ use crate::store::FsyncMode;
 /// Listen addresses a server accepts (each shard reserves a token per address).
 pub const MAX_LISTEN: usize = 64;
 
+/// Members a group may have by default (fewer when `max_frame` cannot carry that many).
+pub const DEFAULT_MAX_GROUP: usize = 1024;
+/// Contacts a user may have by default (fewer when `max_frame` cannot carry that many).
+pub const DEFAULT_MAX_CONTACTS: usize = 1000;
+/// The most bytes one contact takes in CONTACTS: id, handle length, a 32-byte handle.
+const CONTACT_BYTES: usize = 8 + 2 + 32;
+/// The bytes one member takes in a `Thread` (THREAD_INFO, SYNC_BATCH).
+const MEMBER_BYTES: usize = 25;
+/// A `Thread` without its members, name and label at their longest, plus the frame header.
+const THREAD_BYTES: usize = 8 + 1 + 66 + 2 + 8 + 1 + 1 + 66 + 9;
+
+/// The largest reply body the server builds for a `max_frame`: replies must fit the frame
+/// limit clients were told in WELCOME, headers included, with room to spare.
+pub fn reply_budget(max_frame: u32) -> usize {
+    max_frame as usize / 16 * 15
+}
+
+/// How many members one THREAD_INFO frame can carry under `max_frame`.
+pub fn members_that_fit(max_frame: u32) -> usize {
+    reply_budget(max_frame).saturating_sub(THREAD_BYTES) / MEMBER_BYTES
+}
+
+/// How many contacts one CONTACTS frame can carry under `max_frame`.
+pub fn contacts_that_fit(max_frame: u32) -> usize {
+    reply_budget(max_frame).saturating_sub(16) / CONTACT_BYTES
+}
+
+/// The longest dedupe window: 30 days.
+pub const MAX_DEDUPE_WINDOW_SECS: u64 = 30 * 86_400;
+
 /// A configuration that cannot be used, with what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -84,7 +114,8 @@ pub struct ServeArgs {
     /// argon2id memory cost in KiB [default: 19456].
     #[arg(long)]
     pub argon2_m_kib: Option<u32>,
-    /// Members a group may have [default: 1024].
+    /// Members a group may have; THREAD_INFO must fit in max_frame [default: 1024, or fewer
+    /// when max_frame is small].
     #[arg(long)]
     pub max_group: Option<usize>,
     /// Largest message body in bytes [default: 16384].
@@ -100,6 +131,23 @@ pub struct ServeArgs {
     /// Largest media upload in bytes [default: 16777216].
     #[arg(long)]
     pub max_media: Option<u64>,
+    /// How long a retried SEND (same client_msg_id) answers the original SENT, in seconds
+    /// [default: 86400].
+    #[arg(long)]
+    pub dedupe_window_secs: Option<u64>,
+    /// Device names one account may use [default: 100].
+    #[arg(long)]
+    pub max_devices: Option<u32>,
+    /// Contacts one user may have; CONTACTS must fit in max_frame [default: 1000, or fewer
+    /// when max_frame is small].
+    #[arg(long)]
+    pub max_contacts: Option<usize>,
+    /// Messages one user may delete for themselves in one thread [default: 1000].
+    #[arg(long)]
+    pub max_deleted_per_thread: Option<usize>,
+    /// Media uploads one user may have in progress [default: 8].
+    #[arg(long)]
+    pub max_uploads_per_user: Option<usize>,
     /// This node's id on the cluster ring, announced in WELCOME [default: node1].
     #[arg(long)]
     pub node_id: Option<String>,
@@ -130,6 +178,11 @@ struct FileConfig {
     recall_window_secs: Option<u64>,
     max_media: Option<u64>,
     read_budget: Option<usize>,
+    dedupe_window_secs: Option<u64>,
+    max_devices: Option<u32>,
+    max_contacts: Option<usize>,
+    max_deleted_per_thread: Option<usize>,
+    max_uploads_per_user: Option<usize>,
     node_id: Option<String>,
     peer: Option<Vec<String>>,
 }
@@ -156,6 +209,11 @@ pub struct Config {
     pub recall_window_secs: u64,
     pub max_media: u64,
     pub read_budget: usize,
+    pub dedupe_window_secs: u64,
+    pub max_devices: u32,
+    pub max_contacts: usize,
+    pub max_deleted_per_thread: usize,
+    pub max_uploads_per_user: usize,
     pub node_id: String,
     /// (id, address) of the other nodes.
     pub peers: Vec<(String, String)>,
@@ -195,7 +253,7 @@ impl Config {
             rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(500),
             admins: pick_list(args.admin, file.admin),
             argon2_m_kib: args.argon2_m_kib.or(file.argon2_m_kib).unwrap_or(19 * 1024),
-            max_group: args.max_group.or(file.max_group).unwrap_or(1024),
+            max_group: 0,
             max_body: args.max_body.or(file.max_body).unwrap_or(16 * 1024),
             recall_window_secs: args
                 .recall_window_secs
@@ -203,6 +261,20 @@ impl Config {
                 .unwrap_or(3600),
             max_media: args.max_media.or(file.max_media).unwrap_or(16 << 20),
             read_budget: args.read_budget.or(file.read_budget).unwrap_or(256 * 1024),
+            dedupe_window_secs: args
+                .dedupe_window_secs
+                .or(file.dedupe_window_secs)
+                .unwrap_or(86_400),
+            max_devices: args.max_devices.or(file.max_devices).unwrap_or(100),
+            max_contacts: 0,
+            max_deleted_per_thread: args
+                .max_deleted_per_thread
+                .or(file.max_deleted_per_thread)
+                .unwrap_or(1000),
+            max_uploads_per_user: args
+                .max_uploads_per_user
+                .or(file.max_uploads_per_user)
+                .unwrap_or(8),
             node_id: args
                 .node_id
                 .or(file.node_id)
@@ -212,6 +284,16 @@ impl Config {
                 .map(|p| parse_peer(p))
                 .collect::<Result<_, _>>()?,
         };
+        // Defaults that a small max_frame could not carry shrink to what it can.
+        let mut config = config;
+        config.max_contacts = args
+            .max_contacts
+            .or(file.max_contacts)
+            .unwrap_or(DEFAULT_MAX_CONTACTS.min(contacts_that_fit(config.max_frame)));
+        config.max_group = args
+            .max_group
+            .or(file.max_group)
+            .unwrap_or(DEFAULT_MAX_GROUP.min(members_that_fit(config.max_frame)));
         config.check()?;
         Ok(config)
     }
@@ -273,6 +355,36 @@ impl Config {
         }
         if self.max_media == 0 {
             return invalid("max_media", &0, "use at least 1 byte");
+        }
+        if !(1..=MAX_DEDUPE_WINDOW_SECS).contains(&self.dedupe_window_secs) {
+            return invalid(
+                "dedupe_window_secs",
+                &self.dedupe_window_secs,
+                "use 1 second to 30 days (86400, one day, covers any sane retry)",
+            );
+        }
+        if self.max_devices == 0 {
+            return invalid("max_devices", &0, "use at least 1 device per account");
+        }
+        if self.max_contacts > contacts_that_fit(self.max_frame) {
+            return invalid(
+                "max_contacts",
+                &self.max_contacts,
+                "CONTACTS lists every contact in one frame: raise max_frame (each contact takes up to 42 bytes) or lower max_contacts",
+            );
+        }
+        if self.max_deleted_per_thread == 0 {
+            return invalid("max_deleted_per_thread", &0, "use at least 1");
+        }
+        if self.max_uploads_per_user == 0 {
+            return invalid("max_uploads_per_user", &0, "use at least 1");
+        }
+        if self.max_group > members_that_fit(self.max_frame) {
+            return invalid(
+                "max_group",
+                &self.max_group,
+                "THREAD_INFO lists every member in one frame: raise max_frame (each member takes 25 bytes) or lower max_group",
+            );
         }
         if self.rate_limit == 0 {
             return invalid("rate_limit", &0, "use at least 1 request per second");
@@ -396,6 +508,42 @@ mod tests {
         assert!(
             matches!(file("fsync = \"sometimes\""), Err(Error::Key { key, .. }) if key == "fsync")
         );
+    }
+
+    #[test]
+    fn caps_that_a_reply_lists_shrink_to_fit_a_small_max_frame() {
+        let c = Config::load(ServeArgs::default()).unwrap();
+        assert_eq!((c.max_contacts, c.max_group), (1000, 1024));
+        let small = ServeArgs {
+            max_frame: Some(20_000),
+            ..ServeArgs::default()
+        };
+        let c = Config::load(small).unwrap();
+        assert_eq!(c.max_contacts, contacts_that_fit(20_000));
+        assert!(c.max_contacts < 1000 && c.max_group < 1024);
+        let too_many = ServeArgs {
+            max_frame: Some(20_000),
+            max_contacts: Some(1000),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Config::load(too_many),
+            Err(Error::Invalid {
+                key: "max_contacts",
+                ..
+            })
+        ));
+        let too_big = ServeArgs {
+            max_group: Some(5000),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Config::load(too_big),
+            Err(Error::Invalid {
+                key: "max_group",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::metrics::{self, Metrics};
 use crate::session::{Accounts, AuthConfig, AuthError};
 use crate::shard::mailbox::{Mailbox, ShardMsg, MAILBOX_CAPACITY};
 use crate::shard::{self, auth_pool, Core, ShardParts, WAKER};
-use crate::store::{self, Store};
+use crate::store::{self, Store, StoreOptions};
 
 /// File descriptors kept back from the connection capacity: RocksDB's files, listeners,
 /// pollers, wakers, the metrics socket.
@@ -63,21 +63,34 @@ pub fn serve(config: Config) -> Result<(), Error> {
     });
     tracing::info!("capacity: {max_connections} connections (open files limit {limit})");
 
-    let store = Store::open(&config.data_dir, config.fsync)?;
+    let dedupe_window_us = config.dedupe_window_secs.saturating_mul(1_000_000);
+    let store = Store::open_with(
+        &config.data_dir,
+        config.fsync,
+        StoreOptions { dedupe_window_us },
+    )?;
     let clock = Arc::new(Clock::new(store.clock_floor()?));
     let chat_config = ChatConfig {
         max_group: config.max_group,
         max_body: config.max_body,
         recall_window_us: config.recall_window_secs.saturating_mul(1_000_000),
         max_media: config.max_media,
-        // Replies must fit the frame limit clients were told in WELCOME, headers included.
-        max_reply_bytes: config.max_frame as usize / 16 * 15,
+        // A MEDIA_CHUNK of chunk_max bytes must fit in the max_frame announced in WELCOME.
+        media_chunk: ChatConfig::default()
+            .media_chunk
+            .min(config.max_frame - chat::MEDIA_CHUNK_OVERHEAD),
+        dedupe_window_us,
+        max_reply_bytes: crate::config::reply_budget(config.max_frame),
+        max_contacts: config.max_contacts,
+        max_deleted_per_thread: config.max_deleted_per_thread,
+        max_uploads_per_user: config.max_uploads_per_user,
         ..ChatConfig::default()
     };
     let chat = chat::Shared::new(store.clone(), clock, chat_config, config.shards);
     let auth_config = AuthConfig {
         argon2_m_kib: config.argon2_m_kib,
         admins: config.admins.clone(),
+        max_devices: config.max_devices,
         ..AuthConfig::default()
     };
     let accounts = Arc::new(Accounts::new(store.clone(), auth_config)?);

@@ -92,6 +92,8 @@ error_codes! {
     InvalidHandle = 24, false;
     /// A password is 8 to 256 bytes.
     WeakPassword = 25, false;
+    /// The account has as many device names as it may have; log in with one it already uses.
+    TooManyDevices = 26, false;
     // Chat.
     UnknownThread = 40, false;
     NotMember = 41, false;
@@ -105,10 +107,16 @@ error_codes! {
     UnknownMessage = 49, false;
     InvalidArgument = 50, false;
     NotAGroup = 51, false;
+    /// The caller has as many contacts as they may have; remove one first.
+    TooManyContacts = 52, false;
+    /// The caller deleted as many messages of this thread for themselves as they may.
+    TooManyDeleted = 53, false;
     // Media.
     UnknownMedia = 60, false;
     MediaTooLarge = 61, false;
     BadOffset = 62, false;
+    /// The caller has as many uploads in progress as they may; commit or abandon one first.
+    TooManyUploads = 63, false;
     // Cluster and administration.
     Forbidden = 70, false;
     WrongNode = 71, true;

@@ -1,14 +1,17 @@
 //! The contact book and user lookup. Contacts gate presence: only a contact's presence is
 //! disclosed.
 
+use courier_protocol::wire::Wire;
 use courier_protocol::{Contacts, Done, ErrorCode, Frame, User, UserInfo, Users};
 
 use super::engine::{Engine, Reject};
 use super::threads::internal;
 use super::Caller;
 
-/// Most ids one GET_USERS may ask for (the answer stays under the reply budget).
+/// Most ids one GET_USERS may ask for, unless the reply budget carries fewer.
 const MAX_GET_USERS: usize = 1000;
+/// The most bytes one `UserInfo` takes: id, handle length, a 32-byte handle.
+const USER_INFO_BYTES: usize = 8 + 2 + 32;
 
 impl Engine {
     pub(super) fn contact_add(
@@ -22,11 +25,34 @@ impl Engine {
                 "you cannot add yourself as a contact",
             ));
         }
-        if self.shared.store.user(user).map_err(internal)?.is_none() {
+        let store = &self.shared.store;
+        if store.user(user).map_err(internal)?.is_none() {
             return Err((ErrorCode::UnknownUser, "no such user"));
         }
+        if self.is_contact(caller.user, user)? {
+            return Ok(Some(Done {}.into()));
+        }
+        let max = self.shared.config.max_contacts;
+        let committed = store
+            .count_contacts(caller.user, max + 1)
+            .map_err(internal)?;
+        if self.staged.contacts_of(caller.user, committed) >= max {
+            return Err((
+                ErrorCode::TooManyContacts,
+                "you have as many contacts as you may have; remove one first",
+            ));
+        }
+        self.staged.set_contact(caller.user, user, true);
         self.batch.put_contact(caller.user, user);
         Ok(Some(Done {}.into()))
+    }
+
+    /// Whether `other` is a contact of `user`, counting this round's changes.
+    fn is_contact(&self, user: u64, other: u64) -> Result<bool, Reject> {
+        match self.staged.contact(user, other) {
+            Some(present) => Ok(present),
+            None => self.shared.store.is_contact(user, other).map_err(internal),
+        }
     }
 
     pub(super) fn contact_remove(
@@ -34,19 +60,36 @@ impl Engine {
         caller: &Caller,
         user: u64,
     ) -> Result<Option<Frame>, Reject> {
-        self.batch.delete_contact(caller.user, user);
+        if self.is_contact(caller.user, user)? {
+            self.staged.set_contact(caller.user, user, false);
+            self.batch.delete_contact(caller.user, user);
+        }
         Ok(Some(Done {}.into()))
     }
 
+    /// Every contact, in one frame: the cap keeps the list under the reply budget. Should the
+    /// store hold more (the cap was lowered after they were added), the list stops at the
+    /// budget rather than send a frame clients were told they would never get.
     pub(super) fn contact_list(&mut self, caller: &Caller) -> Result<Option<Frame>, Reject> {
         let store = &self.shared.store;
+        let budget = self.shared.config.max_reply_bytes.saturating_sub(16);
         let mut users = Vec::new();
+        let mut size = 0;
         for id in store.contacts(caller.user).map_err(internal)? {
             if let Some(u) = store.user(id).map_err(internal)? {
-                users.push(UserInfo {
+                let info = UserInfo {
                     id,
                     handle: u.handle,
-                });
+                };
+                size += info.size();
+                if size > budget || users.len() == u16::MAX as usize {
+                    tracing::warn!(
+                        user = caller.user,
+                        "CONTACTS cut at the reply budget: the user has more contacts than the cap"
+                    );
+                    break;
+                }
+                users.push(info);
             }
         }
         Ok(Some(Contacts { users }.into()))
@@ -75,10 +118,12 @@ impl Engine {
     /// Handles by id, so clients can name senders they have no contact entry for. Handles are
     /// public (LOOKUP_USER maps them the other way), so any user may ask.
     pub(super) fn get_users(&mut self, ids: &[u64]) -> Result<Option<Frame>, Reject> {
-        if ids.len() > MAX_GET_USERS {
+        let max = MAX_GET_USERS
+            .min(self.shared.config.max_reply_bytes.saturating_sub(16) / USER_INFO_BYTES);
+        if ids.len() > max {
             return Err((
                 ErrorCode::InvalidArgument,
-                "ask for at most 1,000 users at once",
+                "too many users at once: ask for at most 1,000 (fewer when the server's max_frame is under 48 KiB: max_frame / 45)",
             ));
         }
         let mut users = Vec::with_capacity(ids.len());

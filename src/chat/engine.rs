@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use courier_protocol::{ErrorCode, ErrorReply, Frame};
 
+use super::dedupe::RecentSends;
+use super::limits::Staged;
 use super::media::Uploads;
 use super::threads::ThreadCache;
 use super::{Caller, Effect, Shared};
@@ -30,9 +32,11 @@ pub struct Engine {
     /// Threads this shard owns, authoritative while cached.
     pub(super) threads: ThreadCache,
     pub(super) uploads: Uploads,
-    /// Sends staged this round, by (thread, sender, client id): a retry inside one round must
-    /// not store twice, and the store cannot see uncommitted writes.
-    pub(super) round_sends: HashMap<(u64, u64, u64), u64>,
+    /// Recent sends by (thread, sender, client id), this round's included: a retry inside one
+    /// round must not store twice, and the store cannot see uncommitted writes.
+    pub(super) recent_sends: RecentSends,
+    /// Contacts and delete-for-me entries staged this round, for the per-user caps.
+    pub(super) staged: Staged,
     /// Direct threads created this round, by user pair.
     pub(super) round_directs: HashMap<(u64, u64), u64>,
     /// Highest clock value staged this round (recorded as the clock floor on commit).
@@ -48,6 +52,7 @@ impl Engine {
     pub fn new(shared: Arc<Shared>, shard: u16) -> Self {
         let batch = shared.store.batch();
         let cache = shared.config.thread_cache;
+        let recent = shared.config.recent_sends;
         Self {
             shared,
             shard,
@@ -56,7 +61,8 @@ impl Engine {
             ready: Vec::new(),
             threads: ThreadCache::new(cache),
             uploads: Uploads::default(),
-            round_sends: HashMap::new(),
+            recent_sends: RecentSends::new(recent),
+            staged: Staged::default(),
             round_directs: HashMap::new(),
             round_max: 0,
             dirty_threads: HashSet::new(),
@@ -69,7 +75,8 @@ impl Engine {
     ///
     /// Thread-scoped requests run on the thread's owner shard; opening a direct thread runs
     /// on the pair's shard; everything else (creating groups, lists, sync, contacts, media)
-    /// runs where the caller is connected.
+    /// runs where the caller is connected, except the caller's own capped sets (contacts,
+    /// uploads), which run on the user's shard so one thread of execution counts them.
     pub fn shard_for(shared: &Shared, caller: &Caller, frame: &Frame) -> Option<u16> {
         let here = caller.conn.shard;
         let shard = match frame {
@@ -87,17 +94,17 @@ impl Engine {
             Frame::DeleteForMe(f) => shared.thread_shard(f.thread),
             Frame::Readers(f) => shared.thread_shard(f.thread),
             Frame::Typing(f) => shared.thread_shard(f.thread),
+            Frame::ContactAdd(_)
+            | Frame::ContactRemove(_)
+            | Frame::ContactList(_)
+            | Frame::MediaBegin(_)
+            | Frame::MediaChunk(_)
+            | Frame::MediaCommit(_) => shared.user_shard(caller.user),
             Frame::CreateGroup(_)
             | Frame::ListThreads(_)
             | Frame::Sync(_)
-            | Frame::ContactAdd(_)
-            | Frame::ContactRemove(_)
-            | Frame::ContactList(_)
             | Frame::LookupUser(_)
             | Frame::GetUsers(_)
-            | Frame::MediaBegin(_)
-            | Frame::MediaChunk(_)
-            | Frame::MediaCommit(_)
             | Frame::MediaGet(_) => here,
             _ => return None,
         };
@@ -186,6 +193,7 @@ impl Engine {
             if let Err(e) = self.shared.store.commit(batch) {
                 tracing::error!(shard = self.shard, error = %e, "commit failed; answering INTERNAL");
                 self.threads.clear();
+                self.recent_sends.forget_round();
                 for effect in self.pending.drain(..) {
                     if let Effect::Reply { to, request_id, .. } = effect {
                         self.ready.push(Effect::Reply {
@@ -202,13 +210,14 @@ impl Engine {
             }
         }
         self.ready.append(&mut self.pending);
-        self.round_sends.clear();
+        self.recent_sends.commit_round();
+        self.staged.clear();
         self.round_directs.clear();
         self.round_max = 0;
         self.shared.in_flight[self.shard as usize]
             .0
             .store(u64::MAX, Ordering::SeqCst);
-        self.threads.trim();
+        self.threads.end_round();
     }
 
     /// Stages the final state of every thread record and member changed this round. A member

@@ -12,6 +12,7 @@ use courier_protocol::{
 use super::engine::{Engine, Reject};
 use super::threads::internal;
 use super::Caller;
+use crate::clock::wall_us;
 use crate::store::keys::MEDIA_ID;
 use crate::store::MediaHeader;
 
@@ -21,11 +22,22 @@ pub(super) struct Uploads {
     map: HashMap<u64, Upload>,
 }
 
+/// Longest MIME type, in bytes (RFC 6838: a 127-byte type, `/`, a 127-byte subtype).
+const MAX_MIME: usize = 255;
+/// The bytes of a MEDIA_CHUNK frame besides its data (counted in `len`): type, request id,
+/// upload, offset, the data's length.
+pub const MEDIA_CHUNK_OVERHEAD: u32 = 1 + 4 + 8 + 8 + 4;
+
 /// Uploads in progress per shard before the oldest are forgotten.
 const MAX_UPLOADS: usize = 4096;
+/// An upload with no chunk for this long (µs) is forgotten, so an abandoned one does not hold
+/// a place under its user's cap for good.
+const UPLOAD_IDLE_US: u64 = 600_000_000;
 
 struct Upload {
     user: u64,
+    /// When the upload began or last took a chunk (µs).
+    touched: u64,
     media: [u8; MEDIA_ID],
     total: u64,
     received: u64,
@@ -38,10 +50,38 @@ impl Engine {
         caller: &Caller,
         f: MediaBegin,
     ) -> Result<Option<Frame>, Reject> {
-        if f.total_len == 0 || f.total_len > self.shared.config.max_media {
+        if f.total_len == 0 {
+            return Err((
+                ErrorCode::InvalidArgument,
+                "empty media cannot be uploaded: total_len must be at least 1 byte",
+            ));
+        }
+        if f.total_len > self.shared.config.max_media {
             return Err((
                 ErrorCode::MediaTooLarge,
-                "media must be 1 byte to the media size limit",
+                "the media is over the server's size limit (16 MiB by default)",
+            ));
+        }
+        if f.mime.is_empty() || f.mime.len() > MAX_MIME {
+            return Err((
+                ErrorCode::InvalidArgument,
+                "a MIME type is 1 to 255 bytes (application/octet-stream when unknown)",
+            ));
+        }
+        let now = wall_us();
+        self.uploads
+            .map
+            .retain(|_, u| now.saturating_sub(u.touched) <= UPLOAD_IDLE_US);
+        let mine = self
+            .uploads
+            .map
+            .values()
+            .filter(|u| u.user == caller.user)
+            .count();
+        if mine >= self.shared.config.max_uploads_per_user {
+            return Err((
+                ErrorCode::TooManyUploads,
+                "you have as many uploads in progress as you may; commit them first (an upload with no chunk for 10 minutes is forgotten)",
             ));
         }
         if self.uploads.map.len() >= MAX_UPLOADS {
@@ -56,6 +96,7 @@ impl Engine {
             upload,
             Upload {
                 user: caller.user,
+                touched: now,
                 media,
                 total: f.total_len,
                 received: 0,
@@ -104,6 +145,7 @@ impl Engine {
             ));
         }
         up.received += f.data.len() as u64;
+        up.touched = wall_us();
         let media = up.media;
         self.batch.put_media_chunk(&media, f.offset, &f.data);
         Ok(Some(Done {}.into()))

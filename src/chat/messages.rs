@@ -47,14 +47,19 @@ impl Engine {
             ));
         }
         self.member_state(caller, f.thread)?;
+        // `client_msg_id` 0 means "no idempotency": every such SEND is a new message.
+        let idempotent = f.client_msg_id != 0;
         let key = (f.thread, caller.user, f.client_msg_id);
-        let earlier = match self.round_sends.get(&key) {
-            Some(&id) => Some(id),
+        let (now, window) = (wall_us(), self.shared.config.dedupe_window_us);
+        let earlier = match self.recent_sends.get(&key, now, window) {
+            _ if !idempotent => None,
+            Some(id) => Some(id),
             None => self
                 .shared
                 .store
                 .dedupe(f.thread, caller.user, f.client_msg_id)
-                .map_err(internal)?,
+                .map_err(internal)?
+                .filter(|&id| now.saturating_sub(id) <= window),
         };
         if let Some(id) = earlier {
             return Ok(Some(
@@ -74,9 +79,11 @@ impl Engine {
             body: f.body,
         };
         let id = self.append(f.thread, rec, Some(caller), &[])?;
-        self.round_sends.insert(key, id);
-        self.batch
-            .put_dedupe(f.thread, caller.user, f.client_msg_id, id);
+        if idempotent {
+            self.recent_sends.insert(key, id);
+            self.batch
+                .put_dedupe(f.thread, caller.user, f.client_msg_id, id);
+        }
         // A sender has obviously received and read their own message.
         let state = self.thread_state(f.thread)?;
         if let Some(me) = state.members.get_mut(&caller.user) {
@@ -245,6 +252,25 @@ impl Engine {
         {
             return Err((ErrorCode::UnknownMessage, "no such message"));
         }
+        let store = &self.shared.store;
+        if self.staged.is_hidden(caller.user, thread, message)
+            || store
+                .is_hidden(caller.user, thread, message)
+                .map_err(internal)?
+        {
+            return Ok(Some(Done {}.into()));
+        }
+        let max = self.shared.config.max_deleted_per_thread;
+        let committed = store
+            .count_hidden(caller.user, thread, max + 1)
+            .map_err(internal)?;
+        if committed + self.staged.hidden_in(caller.user, thread) >= max {
+            return Err((
+                ErrorCode::TooManyDeleted,
+                "you deleted as many messages of this thread as you may; hide the whole thread (SET_THREAD_STATE) instead",
+            ));
+        }
+        self.staged.hide(caller.user, thread, message);
         self.batch.put_hidden(caller.user, thread, message);
         Ok(Some(Done {}.into()))
     }

@@ -55,12 +55,23 @@ pub struct ChatConfig {
     pub max_group: usize,
     pub recall_window_us: u64,
     pub max_media: u64,
+    /// `MEDIA_UPLOAD.chunk_max`: a MEDIA_CHUNK carrying this much must fit `max_frame`.
     pub media_chunk: u32,
     pub history_limit: u16,
     /// The largest reply body the engine builds (kept under the frame limit clients accept).
     pub max_reply_bytes: usize,
     /// Threads kept in memory per shard before the cache is emptied.
     pub thread_cache: usize,
+    /// How long a retried SEND answers the original SENT (see `dedupe`).
+    pub dedupe_window_us: u64,
+    /// Recent sends each shard remembers in memory (older ones are read from the store).
+    pub recent_sends: usize,
+    /// Contacts per user (CONTACTS carries them all, so it must fit the frame limit).
+    pub max_contacts: usize,
+    /// Delete-for-me entries per user and thread.
+    pub max_deleted_per_thread: usize,
+    /// Uploads in progress per user.
+    pub max_uploads_per_user: usize,
 }
 
 impl Default for ChatConfig {
@@ -74,6 +85,11 @@ impl Default for ChatConfig {
             history_limit: 500,
             max_reply_bytes: 60 * 1024,
             thread_cache: 100_000,
+            dedupe_window_us: 86_400_000_000,
+            recent_sends: 65_536,
+            max_contacts: 1000,
+            max_deleted_per_thread: 1000,
+            max_uploads_per_user: 8,
         }
     }
 }
@@ -94,13 +110,16 @@ pub struct Shared {
 struct Padded(AtomicU64);
 
 mod contacts;
+mod dedupe;
 mod engine;
+mod limits;
 mod media;
 mod messages;
 mod sync;
 mod threads;
 
 pub use engine::Engine;
+pub use media::MEDIA_CHUNK_OVERHEAD;
 
 impl Shared {
     pub fn new(store: Store, clock: Arc<Clock>, config: ChatConfig, shards: usize) -> Arc<Self> {
@@ -139,6 +158,12 @@ impl Shared {
     /// The shard that owns `thread`: all of the thread's changes run there, in order.
     pub fn thread_shard(&self, thread: u64) -> u16 {
         (xxh3_64(&thread.to_be_bytes()) % self.shards as u64) as u16
+    }
+
+    /// The shard that runs a user's own sets (contacts, uploads), so their caps are checked
+    /// by one thread of execution.
+    pub fn user_shard(&self, user: u64) -> u16 {
+        (xxh3_64(&user.to_le_bytes()) % self.shards as u64) as u16
     }
 
     /// The shard that creates the direct thread of two users (so it is created once).

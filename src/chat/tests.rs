@@ -876,3 +876,135 @@ fn a_member_removed_in_the_round_they_sent_is_not_written_back() {
     assert!(me.admin);
     assert_eq!(w.shared.store.thread(g).unwrap().unwrap().member_count, 1);
 }
+
+#[test]
+fn the_thread_cache_past_its_size_evicts_only_the_excess() {
+    let limit = 16;
+    let mut w = World::new(ChatConfig {
+        thread_cache: limit,
+        ..ChatConfig::default()
+    });
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let mut threads = Vec::new();
+    for i in 0..60 {
+        let name = format!("group {i}");
+        let Frame::ThreadInfo(t) = w.ask(
+            &a,
+            CreateGroup {
+                name,
+                members: vec![b.user],
+            },
+        ) else {
+            panic!("CREATE_GROUP")
+        };
+        threads.push(t.thread.id);
+    }
+    // Each send loads its thread on the owner shard and commits its own round.
+    for &t in &threads {
+        w.send(&a, t, 0, "hi");
+    }
+    for shard in 0..2u16 {
+        let owned: Vec<u64> = threads
+            .iter()
+            .copied()
+            .filter(|&t| w.shared.thread_shard(t) == shard)
+            .collect();
+        assert!(owned.len() > limit, "the test needs more threads per shard");
+        let engine = &w.engines[shard as usize];
+        let cached = owned
+            .iter()
+            .filter(|&&t| engine.threads.get(t).is_some())
+            .count();
+        assert_eq!(cached, limit, "shard {shard} keeps a full cache");
+        let newest = owned[owned.len() - 1];
+        assert!(engine.threads.get(newest).is_some());
+    }
+}
+
+/// Runs every frame on its shard in one round (no commit in between) and returns the replies
+/// by request id (1, 2, …), in order.
+fn one_round(w: &mut World, caller: &Caller, frames: Vec<Frame>) -> Vec<Frame> {
+    let mut shards = HashSet::new();
+    let n = frames.len();
+    for (i, frame) in frames.into_iter().enumerate() {
+        let shard = Engine::shard_for(&w.shared, caller, &frame).expect("a chat frame");
+        shards.insert(shard);
+        w.engines[shard as usize].handle(*caller, i as u32 + 1, frame);
+    }
+    let mut out = Vec::new();
+    for s in shards {
+        w.engines[s as usize].commit(&mut out);
+    }
+    (1..=n as u32)
+        .map(|id| {
+            out.iter()
+                .find_map(|e| match e {
+                    Effect::Reply {
+                        request_id, frame, ..
+                    } if *request_id == id => Some(frame.clone()),
+                    _ => None,
+                })
+                .expect("a reply")
+        })
+        .collect()
+}
+
+fn code_of(f: &Frame) -> Option<ErrorCode> {
+    match f {
+        Frame::ErrorReply(e) => ErrorCode::from_u16(e.code),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_caps_count_what_the_same_round_staged() {
+    let mut w = World::new(ChatConfig {
+        max_contacts: 2,
+        max_deleted_per_thread: 2,
+        ..ChatConfig::default()
+    });
+    let a = w.user("alice");
+    let others: Vec<u64> = ["bob", "carol", "dave"]
+        .iter()
+        .map(|h| w.user(h).user)
+        .collect();
+    let add = |user| Frame::from(ContactAdd { user });
+    let replies = one_round(
+        &mut w,
+        &a,
+        vec![
+            add(others[0]),
+            add(others[0]),
+            add(others[1]),
+            add(others[2]),
+        ],
+    );
+    let codes: Vec<_> = replies.iter().map(code_of).collect();
+    assert_eq!(codes, [None, None, None, Some(ErrorCode::TooManyContacts)]);
+    // Removing and adding in one round: the removal makes room.
+    let remove = Frame::from(ContactRemove { user: others[0] });
+    let replies = one_round(&mut w, &a, vec![remove, add(others[2]), add(others[0])]);
+    let codes: Vec<_> = replies.iter().map(code_of).collect();
+    assert_eq!(codes, [None, None, Some(ErrorCode::TooManyContacts)]);
+    let mut contacts = w.shared.store.contacts(a.user).unwrap();
+    contacts.sort_unstable();
+    assert_eq!(contacts, [others[1], others[2]]);
+
+    let b = w.device(others[0]);
+    let thread = w.direct(&a, &b);
+    let ids: Vec<u64> = (1..=3).map(|i| w.send(&a, thread, i, "x")).collect();
+    let delete = |message| Frame::from(DeleteForMe { thread, message });
+    let replies = one_round(
+        &mut w,
+        &a,
+        vec![
+            delete(ids[0]),
+            delete(ids[0]),
+            delete(ids[1]),
+            delete(ids[2]),
+        ],
+    );
+    let codes: Vec<_> = replies.iter().map(code_of).collect();
+    assert_eq!(codes, [None, None, None, Some(ErrorCode::TooManyDeleted)]);
+    assert_eq!(w.shared.store.count_hidden(a.user, thread, 10).unwrap(), 2);
+}

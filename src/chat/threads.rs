@@ -1,6 +1,6 @@
 //! Threads and groups: the owner shard's cache, the views members see, and membership changes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -19,6 +19,8 @@ use crate::store::{MemberRecord, MessageRecord, PrivateState, Store, ThreadRecor
 const MAX_NAME: usize = 64;
 /// Most thread summaries in one THREAD_LIST.
 const MAX_LIST: usize = 100;
+/// Thread summaries when LIST_THREADS asks for 0 (as HISTORY's 0 means 50 messages).
+const DEFAULT_LIST: usize = 50;
 /// Unread counts stop at this (clients show "999+").
 const UNREAD_CAP: u32 = 999;
 
@@ -53,34 +55,124 @@ impl ThreadState {
     }
 }
 
-/// Threads owned by one shard. Bounded: past the limit it is emptied after a commit (a
-/// reload is two reads), which keeps the bound without bookkeeping per access.
+/// Threads owned by one shard, at most `limit` between rounds. Past the limit, CLOCK (second
+/// chance) evicts only as many as needed: a thread used since the hand last passed gets its
+/// bit cleared and one more turn. A thread used this round is never evicted before the round
+/// commits: its cached state may be newer than the store (staged writes, dirty records), and
+/// a reload would lose that. So within a round the cache may exceed its limit by the threads
+/// the round touched; `end_round` trims it back.
 pub(super) struct ThreadCache {
-    map: HashMap<u64, ThreadState>,
+    map: HashMap<u64, Slot>,
+    /// Every cached thread once, in the order the hand visits them (front first).
+    ring: VecDeque<u64>,
     limit: usize,
+    /// The current round; a slot whose `round` equals it is pinned.
+    round: u64,
+    /// A sweep this round found nothing to evict: do not sweep again until the next round.
+    stuck: bool,
+}
+
+struct Slot {
+    state: ThreadState,
+    /// Used since the hand last passed.
+    referenced: bool,
+    /// The last round that used it.
+    round: u64,
 }
 
 impl ThreadCache {
     pub fn new(limit: usize) -> Self {
         Self {
             map: HashMap::new(),
+            ring: VecDeque::new(),
             limit: limit.max(16),
+            round: 0,
+            stuck: false,
         }
     }
 
     pub fn clear(&mut self) {
         self.map.clear();
+        self.ring.clear();
     }
 
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// A cached thread, for reading; does not count as a use.
     pub fn get(&self, thread: u64) -> Option<&ThreadState> {
-        self.map.get(&thread)
+        self.map.get(&thread).map(|s| &s.state)
     }
 
-    /// Called after a commit only: the cache then holds nothing that is not on disk.
-    pub fn trim(&mut self) {
-        if self.map.len() > self.limit {
-            self.map.clear();
+    /// A cached thread, for a request of this round: marks it used and pins it until the
+    /// round commits.
+    pub fn get_mut(&mut self, thread: u64) -> Option<&mut ThreadState> {
+        let round = self.round;
+        self.map.get_mut(&thread).map(|s| {
+            s.referenced = true;
+            s.round = round;
+            &mut s.state
+        })
+    }
+
+    /// Caches a thread for this round (pinned until it commits), evicting unpinned threads
+    /// while over the limit.
+    pub fn insert(&mut self, thread: u64, state: ThreadState) -> &mut ThreadState {
+        let slot = Slot {
+            state,
+            referenced: true,
+            round: self.round,
+        };
+        if self.map.insert(thread, slot).is_none() {
+            self.ring.push_back(thread);
         }
+        self.evict_to_limit();
+        &mut self
+            .map
+            .get_mut(&thread)
+            .expect("a thread pinned this round is never evicted")
+            .state
+    }
+
+    /// The round committed (or failed and the cache was cleared): nothing is pinned any
+    /// more, so the cache goes back under its limit.
+    pub fn end_round(&mut self) {
+        self.round += 1;
+        self.stuck = false;
+        self.evict_to_limit();
+    }
+
+    fn evict_to_limit(&mut self) {
+        while self.map.len() > self.limit && !self.stuck {
+            if !self.evict_one() {
+                self.stuck = true;
+            }
+        }
+    }
+
+    /// Moves the hand until it evicts one thread: false if every thread is pinned.
+    fn evict_one(&mut self) -> bool {
+        // Two passes: the first may only clear reference bits.
+        for _ in 0..2 * self.ring.len() {
+            let Some(thread) = self.ring.pop_front() else {
+                return false;
+            };
+            let Some(slot) = self.map.get_mut(&thread) else {
+                continue;
+            };
+            if slot.round == self.round {
+                self.ring.push_back(thread);
+            } else if slot.referenced {
+                slot.referenced = false;
+                self.ring.push_back(thread);
+            } else {
+                self.map.remove(&thread);
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -145,7 +237,10 @@ pub(super) fn internal(e: crate::store::Error) -> Reject {
 
 fn valid_name(name: &str) -> Result<(), Reject> {
     if name.trim().is_empty() || name.len() > MAX_NAME {
-        Err((ErrorCode::InvalidArgument, "a name is 1 to 64 bytes"))
+        Err((
+            ErrorCode::InvalidArgument,
+            "a group name is 1 to 64 bytes and not only spaces",
+        ))
     } else {
         Ok(())
     }
@@ -167,7 +262,7 @@ fn system_body(event: SystemEventKind, actor: u64, subject: u64, text: &str) -> 
 impl Engine {
     /// The cached state of a thread this shard owns, loading it on a miss.
     pub(super) fn thread_state(&mut self, thread: u64) -> Result<&mut ThreadState, Reject> {
-        if !self.threads.map.contains_key(&thread) {
+        if self.threads.get(thread).is_none() {
             let store = &self.shared.store;
             let rec = store
                 .thread(thread)
@@ -178,11 +273,9 @@ impl Engine {
                 .map_err(internal)?
                 .into_iter()
                 .collect();
-            self.threads
-                .map
-                .insert(thread, ThreadState::new(rec, members));
+            return Ok(self.threads.insert(thread, ThreadState::new(rec, members)));
         }
-        Ok(self.threads.map.get_mut(&thread).expect("inserted above"))
+        Ok(self.threads.get_mut(thread).expect("cached: checked above"))
     }
 
     /// The thread's state, if `caller` is a member.
@@ -297,7 +390,7 @@ impl Engine {
             map.insert(user, m);
         }
         if self.shared.thread_shard(id) == self.shard {
-            self.threads.map.insert(id, ThreadState::new(rec, map));
+            self.threads.insert(id, ThreadState::new(rec, map));
         }
         Ok(id)
     }
@@ -365,7 +458,7 @@ impl Engine {
     /// A thread's state for reading on any shard: the cache when this shard owns it, else
     /// the store (committed state).
     fn read_state(&mut self, thread: u64) -> Result<ThreadState, Reject> {
-        if let Some(s) = self.threads.map.get(&thread) {
+        if let Some(s) = self.threads.get(thread) {
             return Ok(ThreadState::new(s.rec.clone(), s.members.clone()));
         }
         let store = &self.shared.store;
@@ -436,7 +529,7 @@ impl Engine {
         state.rec.last_msg_id = id;
         state.rec.changed_at = id;
         self.batch.put_thread(thread, &state.rec);
-        if let Some(cached) = self.threads.map.get_mut(&thread) {
+        if let Some(cached) = self.threads.get_mut(thread) {
             cached.rec = state.rec.clone();
         }
         self.push(
@@ -641,7 +734,10 @@ impl Engine {
             })
             .collect();
         rows.sort_unstable_by_key(|r| std::cmp::Reverse((r.0, r.1)));
-        let limit = (f.limit as usize).clamp(1, MAX_LIST);
+        let limit = match f.limit {
+            0 => DEFAULT_LIST,
+            n => (n as usize).min(MAX_LIST),
+        };
         let mut threads = Vec::new();
         let mut size = 0;
         let mut more = false;
@@ -709,5 +805,84 @@ impl Engine {
             label: private.label.clone(),
             last_message,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> ThreadState {
+        ThreadState::new(ThreadRecord::default(), HashMap::new())
+    }
+
+    #[test]
+    fn past_its_limit_the_cache_evicts_one_thread_per_new_one_and_keeps_the_used_ones() {
+        let mut cache = ThreadCache::new(16);
+        for t in 0..16 {
+            cache.insert(t, state());
+        }
+        cache.end_round();
+        assert_eq!(cache.len(), 16);
+        // Round 2 uses threads 0..8 and brings in 4 new ones: 4 of the unused go.
+        for t in 0..8 {
+            assert!(cache.get_mut(t).is_some());
+        }
+        for t in 100..104 {
+            cache.insert(t, state());
+        }
+        assert_eq!(cache.len(), 16);
+        for t in (0..8).chain(100..104) {
+            assert!(cache.get(t).is_some(), "thread {t} was used this round");
+        }
+        let unused_left = (8..16).filter(|&t| cache.get(t).is_some()).count();
+        assert_eq!(unused_left, 4);
+        cache.end_round();
+        assert_eq!(cache.len(), 16);
+    }
+
+    #[test]
+    fn a_thread_used_this_round_is_never_evicted_before_the_round_ends() {
+        let mut cache = ThreadCache::new(16);
+        for t in 0..16 {
+            cache.insert(t, state());
+        }
+        cache.end_round();
+        // Every thread is used (may hold staged state) this round; two more come in.
+        for t in 0..16 {
+            cache.get_mut(t).expect("cached").rec.last_msg_id = t + 1;
+        }
+        cache.insert(16, state());
+        cache.insert(17, state());
+        assert_eq!(
+            cache.len(),
+            18,
+            "nothing unpinned to evict: over the limit for now"
+        );
+        for t in 0..16 {
+            assert_eq!(cache.get(t).map(|s| s.rec.last_msg_id), Some(t + 1));
+        }
+        cache.end_round();
+        assert_eq!(
+            cache.len(),
+            16,
+            "back under the limit once the round committed"
+        );
+    }
+
+    #[test]
+    fn a_cleared_cache_starts_over() {
+        let mut cache = ThreadCache::new(16);
+        for t in 0..20 {
+            cache.insert(t, state());
+        }
+        cache.clear();
+        cache.end_round();
+        assert_eq!(cache.len(), 0);
+        for t in 0..17 {
+            cache.insert(t, state());
+        }
+        cache.end_round();
+        assert_eq!(cache.len(), 16);
     }
 }

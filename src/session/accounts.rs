@@ -22,6 +22,16 @@ pub type TokenDigest = [u8; TOKEN_DIGEST];
 
 /// Bytes of a session token.
 pub const TOKEN_LEN: usize = 32;
+/// Longest device name, in bytes.
+pub const MAX_DEVICE_NAME: usize = 64;
+
+fn check_device(name: &str) -> Result<(), AuthError> {
+    if name.is_empty() || name.len() > MAX_DEVICE_NAME {
+        Err(AuthError::InvalidDevice)
+    } else {
+        Ok(())
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -33,6 +43,8 @@ pub struct AuthConfig {
     pub max_failures_per_address: u32,
     /// Handles of accounts allowed to use administration frames.
     pub admins: Vec<String>,
+    /// Device names one account may use (each keeps its device number for good).
+    pub max_devices: u32,
 }
 
 impl Default for AuthConfig {
@@ -43,6 +55,7 @@ impl Default for AuthConfig {
             max_failures_per_account: 5,
             max_failures_per_address: 20,
             admins: Vec::new(),
+            max_devices: 100,
         }
     }
 }
@@ -120,6 +133,7 @@ impl Accounts {
             return Err(AuthError::InvalidHandle);
         }
         Self::check_password(password)?;
+        check_device(device)?;
         let hash = self.hash(password)?;
         let user = self
             .store
@@ -139,6 +153,7 @@ impl Accounts {
         device: &str,
         from: IpAddr,
     ) -> Result<Authed, AuthError> {
+        check_device(device)?;
         let now = Instant::now();
         if !self.by_address.allowed(&from, now) {
             return Err(AuthError::Throttled);
@@ -184,7 +199,13 @@ impl Accounts {
     }
 
     fn issue(&self, user: u64, handle: &str, device_name: &str) -> Result<Authed, AuthError> {
-        let device = self.store.device_id(user, device_name)?;
+        let device = self
+            .store
+            .device_id(user, device_name, self.config.max_devices)
+            .map_err(|e| match e {
+                crate::store::Error::TooManyDevices { max } => AuthError::TooManyDevices { max },
+                other => AuthError::Store(other),
+            })?;
         let token: [u8; TOKEN_LEN] = rand::random();
         let digest = digest(&token);
         let mut batch = self.store.batch();

@@ -26,6 +26,10 @@ pub enum AuthError {
     InvalidHandle,
     #[error("a password is 8 to 256 bytes")]
     WeakPassword,
+    #[error("this account already uses {max} device names, the most it may; log in with the name of a device it already uses")]
+    TooManyDevices { max: u32 },
+    #[error("a device name is 1 to 64 bytes")]
+    InvalidDevice,
     #[error("the prefix plus a number must make a valid handle: 3 to 32 characters of a-z, 0-9, '_', '.' or '-' (e.g. --prefix load)")]
     InvalidPrefix,
     #[error("password hashing failed: {0}")]
@@ -44,6 +48,8 @@ impl AuthError {
             AuthError::Throttled => ErrorCode::LoginThrottled,
             AuthError::InvalidHandle | AuthError::InvalidPrefix => ErrorCode::InvalidHandle,
             AuthError::WeakPassword => ErrorCode::WeakPassword,
+            AuthError::TooManyDevices { .. } => ErrorCode::TooManyDevices,
+            AuthError::InvalidDevice => ErrorCode::InvalidArgument,
             AuthError::Hash(_) | AuthError::Store(_) => ErrorCode::Internal,
         }
     }

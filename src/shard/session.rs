@@ -27,6 +27,9 @@ use crate::cluster::Home;
 use crate::metrics::{Reason, ShardMetrics};
 use crate::session::{AuthError, Authed};
 
+/// Longest `HELLO.client`, in bytes.
+const MAX_CLIENT_NAME: usize = 64;
+
 /// The first code of server-to-client frames: a client sending one is speaking nonsense.
 const FIRST_SERVER_CODE: u8 = 0x80;
 
@@ -56,6 +59,14 @@ impl Shard {
             return;
         }
         match (state, frame) {
+            (State::AwaitHello, Frame::Hello(hello)) if hello.client.len() > MAX_CLIENT_NAME => {
+                self.reply_error(
+                    slot,
+                    request_id,
+                    ErrorCode::InvalidArgument,
+                    "HELLO.client is at most 64 bytes; say HELLO again with a shorter one",
+                )
+            }
             (State::AwaitHello, Frame::Hello(hello)) => {
                 self.on_hello(slot, request_id, hello.version)
             }
@@ -368,6 +379,15 @@ impl Shard {
     }
 
     fn presence_query(&mut self, slot: usize, request_id: u32, caller: u64, users: &[u64]) {
+        // Only contacts may be asked about, so this many always fit in one PRESENCE_LIST
+        // (a contact takes more bytes in CONTACTS than an entry here).
+        let max = self.core.config.max_contacts;
+        if users.len() > max {
+            let message = format!(
+                "ask about at most {max} users at once (the most contacts a user may have)"
+            );
+            return self.reply_error(slot, request_id, ErrorCode::InvalidArgument, &message);
+        }
         if !self.all_contacts(slot, request_id, caller, users) {
             return;
         }

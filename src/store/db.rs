@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use rocksdb::compaction_filter::Decision;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Options, ReadOptions,
     WriteBatch, WriteBufferManager, WriteOptions, DB,
@@ -56,9 +57,41 @@ pub struct Batch {
     batch: WriteBatch,
 }
 
+/// How the store treats what it keeps only for a while.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// Dedupe entries (idempotent SEND) older than this are removed by compaction.
+    /// `u64::MAX`: kept forever (tools that open the store offline must not expire what the
+    /// server, with its own window, still needs).
+    pub dedupe_window_us: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            dedupe_window_us: u64::MAX,
+        }
+    }
+}
+
+/// The compaction filter of the `dedupe` family: an entry's value is the message id, a clock
+/// value in microseconds, i.e. the time the send was accepted. Entries older than the window
+/// are removed; anything unreadable is kept (it is not ours to judge here).
+fn expire_dedupe(window_us: u64, now_us: impl Fn() -> u64, value: &[u8]) -> Decision {
+    match <[u8; 8]>::try_from(value) {
+        Ok(v) if now_us().saturating_sub(u64::from_be_bytes(v)) > window_us => Decision::Remove,
+        _ => Decision::Keep,
+    }
+}
+
 impl Store {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir`, keeping dedupe entries forever.
     pub fn open(dir: &Path, fsync: FsyncMode) -> Result<Store, Error> {
+        Self::open_with(dir, fsync, StoreOptions::default())
+    }
+
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open_with(dir: &Path, fsync: FsyncMode, options: StoreOptions) -> Result<Store, Error> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -78,6 +111,18 @@ impl Store {
             cf.set_block_based_table_factory(&table);
             if *name == CF_MESSAGES || *name == CF_MEDIA {
                 cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            }
+            if *name == CF_DEDUPE && options.dedupe_window_us != u64::MAX {
+                let window = options.dedupe_window_us;
+                cf.set_compaction_filter(
+                    "courier-dedupe-window",
+                    move |_level: u32, _key: &[u8], value: &[u8]| {
+                        expire_dedupe(window, crate::clock::wall_us, value)
+                    },
+                );
+                // Files nothing else compacts (a quiet server) are still compacted, and so
+                // expired, about once a window (at least every 10 minutes, at most daily).
+                cf.set_periodic_compaction_seconds((window / 1_000_000).clamp(600, 86_400));
             }
             ColumnFamilyDescriptor::new(*name, cf)
         });
@@ -198,6 +243,14 @@ impl Store {
         Ok(())
     }
 
+    /// Compacts every dedupe entry now (the compaction filter then expires old ones).
+    #[cfg(test)]
+    pub(crate) fn compact_dedupe(&self) {
+        self.inner
+            .db
+            .compact_range_cf(self.cf(CF_DEDUPE), None::<&[u8]>, None::<&[u8]>);
+    }
+
     /// Flushes and syncs the WAL: used at shutdown.
     pub fn sync(&self) -> Result<(), Error> {
         self.inner.db.flush_wal(true)?;
@@ -271,8 +324,9 @@ impl Store {
         Ok(out)
     }
 
-    /// The stable device number of `name` for `user`, assigning the next one on first use.
-    pub fn device_id(&self, user: u64, name: &str) -> Result<u32, Error> {
+    /// The stable device number of `name` for `user`, assigning the next one on first use;
+    /// [`Error::TooManyDevices`] when `user` already has `max` device names.
+    pub fn device_id(&self, user: u64, name: &str, max: u32) -> Result<u32, Error> {
         static ASSIGN: Mutex<()> = Mutex::new(());
         let key = keys::device(user, name);
         let _guard = ASSIGN.lock();
@@ -287,6 +341,9 @@ impl Store {
             count += 1;
             Ok(true)
         })?;
+        if count >= max {
+            return Err(Error::TooManyDevices { max });
+        }
         let id = count + 1;
         let mut b = self.batch();
         b.put(CF_DEVICES, &key, &id.to_be_bytes());
@@ -300,6 +357,34 @@ impl Store {
 
     pub fn is_contact(&self, user: u64, other: u64) -> Result<bool, Error> {
         Ok(self.get(CF_CONTACTS, &keys::pair(user, other))?.is_some())
+    }
+
+    /// How many contacts `user` has, counting no further than `stop_at`.
+    pub fn count_contacts(&self, user: u64, stop_at: usize) -> Result<usize, Error> {
+        self.count_prefix(CF_CONTACTS, &keys::id(user), stop_at)
+    }
+
+    /// How many messages of `thread` `user` deleted for themselves, counting no further than
+    /// `stop_at`.
+    pub fn count_hidden(&self, user: u64, thread: u64, stop_at: usize) -> Result<usize, Error> {
+        self.count_prefix(CF_HIDDEN, &keys::pair(user, thread), stop_at)
+    }
+
+    pub fn is_hidden(&self, user: u64, thread: u64, msg: u64) -> Result<bool, Error> {
+        Ok(self
+            .get(CF_HIDDEN, &keys::triple(user, thread, msg))?
+            .is_some())
+    }
+
+    fn count_prefix(&self, cf: &str, prefix: &[u8], stop_at: usize) -> Result<usize, Error> {
+        let mut n = 0;
+        if stop_at > 0 {
+            self.scan_prefix(cf, prefix, |_, _| {
+                n += 1;
+                Ok(n < stop_at)
+            })?;
+        }
+        Ok(n)
     }
 
     pub fn contacts(&self, user: u64) -> Result<Vec<u64>, Error> {
@@ -615,5 +700,63 @@ impl IdAllocator {
             *leased = end;
         }
         Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::wall_us;
+
+    const MINUTE: u64 = 60_000_000;
+
+    #[test]
+    fn compaction_removes_dedupe_entries_older_than_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            dedupe_window_us: MINUTE,
+        };
+        let store = Store::open_with(dir.path(), FsyncMode::Never, options).unwrap();
+        let now = wall_us();
+        let mut b = store.batch();
+        b.put_dedupe(1, 2, 3, now - 2 * MINUTE);
+        b.put_dedupe(1, 2, 4, now - MINUTE / 2);
+        b.put_dedupe(1, 2, 5, now);
+        store.commit(b).unwrap();
+        assert_eq!(store.dedupe(1, 2, 3).unwrap(), Some(now - 2 * MINUTE));
+        store.compact_dedupe();
+        assert_eq!(store.dedupe(1, 2, 3).unwrap(), None);
+        assert_eq!(store.dedupe(1, 2, 4).unwrap(), Some(now - MINUTE / 2));
+        assert_eq!(store.dedupe(1, 2, 5).unwrap(), Some(now));
+        // After a reopen with the same window, the survivors are still there.
+        drop(store);
+        let store = Store::open_with(dir.path(), FsyncMode::Never, options).unwrap();
+        assert_eq!(store.dedupe(1, 2, 4).unwrap(), Some(now - MINUTE / 2));
+    }
+
+    #[test]
+    fn a_store_opened_without_a_window_keeps_every_dedupe_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        let mut b = store.batch();
+        b.put_dedupe(1, 2, 3, 1);
+        store.commit(b).unwrap();
+        store.compact_dedupe();
+        assert_eq!(store.dedupe(1, 2, 3).unwrap(), Some(1));
+    }
+
+    #[test]
+    fn the_filter_judges_by_the_message_id_and_keeps_what_it_cannot_read() {
+        let at = |now: u64| move || now;
+        let id = 1_000u64.to_be_bytes();
+        assert!(matches!(expire_dedupe(10, at(1_010), &id), Decision::Keep));
+        assert!(matches!(
+            expire_dedupe(10, at(1_011), &id),
+            Decision::Remove
+        ));
+        assert!(matches!(
+            expire_dedupe(10, at(5_000), &[1, 2]),
+            Decision::Keep
+        ));
     }
 }

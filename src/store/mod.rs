@@ -5,7 +5,7 @@ pub mod db;
 pub mod keys;
 pub mod records;
 
-pub use db::{Batch, Store, StoreMemory, BLOCK_CACHE_BYTES, MEMTABLE_BUDGET_BYTES};
+pub use db::{Batch, Store, StoreMemory, StoreOptions, BLOCK_CACHE_BYTES, MEMTABLE_BUDGET_BYTES};
 pub use records::*;
 
 /// How a commit is made durable before its acknowledgements go out.
@@ -37,4 +37,6 @@ pub enum Error {
     CorruptValue { record: &'static str },
     #[error("the handle is taken")]
     HandleTaken,
+    #[error("the account already has {max} device names, the most it may have; log in with the name of a device it already uses")]
+    TooManyDevices { max: u32 },
 }

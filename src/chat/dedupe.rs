@@ -1,0 +1,155 @@
+//! Idempotent SEND: the recent sends a shard remembers in memory.
+//!
+//! A retried SEND (same thread, sender and non-zero `client_msg_id`) must answer the original
+//! `SENT` for as long as the dedupe window lasts (`--dedupe-window-secs`). Two layers keep that
+//! promise with bounded space:
+//!
+//! * [`RecentSends`] here: the newest sends of this shard's threads, so a quick retry (the
+//!   usual one, after a dropped connection) needs no store read, and a retry inside the same
+//!   round finds a send the store cannot see before the commit. Bounded: past its capacity the
+//!   oldest entry is forgotten, never one of the current round.
+//! * The `dedupe` column family: one entry per send, whose value (the message id) is the time
+//!   it was accepted; a compaction filter removes entries older than the window
+//!   (`store::db`), so the family holds about one window of sends, not every send ever made.
+//!
+//! Both layers treat an entry older than the window as absent, so the answer does not depend
+//! on whether compaction has run yet.
+
+use std::collections::{HashMap, VecDeque};
+
+/// (thread, sender, client message id).
+pub(super) type SendKey = (u64, u64, u64);
+
+pub(super) struct RecentSends {
+    ids: HashMap<SendKey, u64>,
+    /// Entries in insertion order, oldest first; the last `round` were added this round. A key
+    /// sent again after its entry expired appears twice: only the copy whose id is still in
+    /// `ids` owns the entry.
+    order: VecDeque<(SendKey, u64)>,
+    capacity: usize,
+    round: usize,
+}
+
+impl RecentSends {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            ids: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+            round: 0,
+        }
+    }
+
+    /// The message id of an earlier send with `key` accepted at most `window_us` before `now`.
+    /// Message ids are clock values in microseconds, so the id is also the send's time.
+    pub fn get(&self, key: &SendKey, now: u64, window_us: u64) -> Option<u64> {
+        self.ids
+            .get(key)
+            .copied()
+            .filter(|&id| now.saturating_sub(id) <= window_us)
+    }
+
+    /// Remembers a send staged this round. Forgets the oldest entries of earlier rounds while
+    /// over capacity; this round's entries stay (a retry in the same round must find them), so
+    /// the map exceeds its capacity by at most one round's sends.
+    pub fn insert(&mut self, key: SendKey, id: u64) {
+        self.ids.insert(key, id);
+        self.order.push_back((key, id));
+        self.round += 1;
+        while self.order.len() > self.capacity && self.order.len() > self.round {
+            if let Some((old, old_id)) = self.order.pop_front() {
+                self.remove(old, old_id);
+            }
+        }
+    }
+
+    /// The round committed: its sends are durable and become ordinary entries.
+    pub fn commit_round(&mut self) {
+        self.round = 0;
+    }
+
+    /// The round's commit failed: its sends were never stored, so a retry must store them.
+    pub fn forget_round(&mut self) {
+        for _ in 0..self.round {
+            if let Some((key, id)) = self.order.pop_back() {
+                self.remove(key, id);
+            }
+        }
+        self.round = 0;
+    }
+
+    fn remove(&mut self, key: SendKey, id: u64) {
+        if self.ids.get(&key) == Some(&id) {
+            self.ids.remove(&key);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: u64 = 3_600_000_000;
+
+    #[test]
+    fn the_oldest_committed_entries_go_first_and_the_round_stays() {
+        let mut r = RecentSends::new(2);
+        r.insert((1, 1, 1), 10);
+        r.insert((1, 1, 2), 20);
+        r.commit_round();
+        r.insert((1, 1, 3), 30);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.get(&(1, 1, 1), 30, HOUR), None);
+        assert_eq!(r.get(&(1, 1, 2), 30, HOUR), Some(20));
+        // A round larger than the capacity keeps every one of its sends.
+        r.insert((1, 1, 4), 40);
+        r.insert((1, 1, 5), 50);
+        assert_eq!(r.len(), 3);
+        for (c, id) in [(3, 30), (4, 40), (5, 50)] {
+            assert_eq!(r.get(&(1, 1, c), 50, HOUR), Some(id));
+        }
+        r.commit_round();
+        r.insert((1, 1, 6), 60);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.get(&(1, 1, 5), 60, HOUR), Some(50));
+    }
+
+    #[test]
+    fn a_failed_round_is_forgotten() {
+        let mut r = RecentSends::new(8);
+        r.insert((1, 1, 1), 10);
+        r.commit_round();
+        r.insert((1, 1, 2), 20);
+        r.insert((2, 1, 2), 21);
+        r.forget_round();
+        assert_eq!(r.get(&(1, 1, 1), 30, HOUR), Some(10));
+        assert_eq!(r.get(&(1, 1, 2), 30, HOUR), None);
+        assert_eq!(r.get(&(2, 1, 2), 30, HOUR), None);
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn a_resend_after_expiry_that_fails_to_commit_leaves_nothing_behind() {
+        let mut r = RecentSends::new(8);
+        r.insert((1, 1, 1), 10);
+        r.commit_round();
+        // Expired at 11 with a window of 0: the send is stored again under a new id.
+        assert_eq!(r.get(&(1, 1, 1), 11, 0), None);
+        r.insert((1, 1, 1), 11);
+        r.forget_round();
+        assert_eq!(r.get(&(1, 1, 1), 11, HOUR), None);
+    }
+
+    #[test]
+    fn an_entry_older_than_the_window_is_absent() {
+        let mut r = RecentSends::new(8);
+        r.insert((1, 1, 1), 1_000);
+        assert_eq!(r.get(&(1, 1, 1), 1_000 + HOUR, HOUR), Some(1_000));
+        assert_eq!(r.get(&(1, 1, 1), 1_001 + HOUR, HOUR), None);
+    }
+}
