@@ -55,13 +55,14 @@ fn history(c: &mut TestConn, thread: u64) -> Vec<Message> {
 /// Every page of a sync from `since`; returns threads, messages and the new watermark.
 fn sync_all(c: &mut TestConn, since: u64, limit: u16) -> (Vec<Thread>, Vec<Message>, u64) {
     let (mut threads, mut messages) = (Vec::new(), Vec::new());
-    let (mut after_thread, mut after_message) = (0, 0);
+    let (mut after_thread, mut after_message, mut watermark) = (0, 0, 0);
     loop {
         let Frame::SyncBatch(b) = c.request(Sync {
             since,
             after_thread,
             after_message,
             limit,
+            watermark,
         }) else {
             panic!("SYNC did not answer SYNC_BATCH")
         };
@@ -70,7 +71,7 @@ fn sync_all(c: &mut TestConn, since: u64, limit: u16) -> (Vec<Thread>, Vec<Messa
         if !b.more {
             return (threads, messages, b.watermark);
         }
-        (after_thread, after_message) = (b.next_thread, b.next_message);
+        (after_thread, after_message, watermark) = (b.next_thread, b.next_message, b.watermark);
     }
 }
 

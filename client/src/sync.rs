@@ -29,13 +29,16 @@ pub(crate) fn sync_pages(
     timeout: Duration,
 ) -> Result<SyncResult> {
     let mut out = SyncResult::default();
-    let (mut after_thread, mut after_message) = (0, 0);
+    // The cursor and the walk's watermark: 0s ask for a new walk; every later page carries
+    // the first batch's watermark back, so nothing committed mid-walk can hide below it.
+    let (mut after_thread, mut after_message, mut watermark) = (0, 0, 0);
     loop {
         let request = Sync {
             since,
             after_thread,
             after_message,
             limit,
+            watermark,
         };
         let batch = expect_reply!(
             conn.request(Frame::Sync(request), timeout),
@@ -50,6 +53,7 @@ pub(crate) fn sync_pages(
         }
         after_thread = batch.next_thread;
         after_message = batch.next_message;
+        watermark = batch.watermark;
     }
 }
 

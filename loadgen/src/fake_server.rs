@@ -366,6 +366,7 @@ fn serve(sock: TcpStream, state: Arc<Mutex<State>>, faults: Faults) {
                             more: false,
                             next_thread: 0,
                             next_message: 0,
+                            // One page per walk here, so the walk's watermark is this one.
                             watermark: st.last_msg_id,
                         }
                         .into(),

@@ -275,8 +275,9 @@ frames! {
     /// Which members have received and read a message.
     Readers = 0x25 { thread: u64, message: u64 }
     /// Everything that changed since `since` (a `watermark` from an earlier `SyncBatch`, 0 the
-    /// first time). Continue a page with the `next_thread`/`next_message` of the last batch.
-    Sync = 0x26 { since: u64, after_thread: u64, after_message: u64, limit: u16 }
+    /// first time). Continue a page with the `next_thread`/`next_message` of the last batch and
+    /// its `watermark` (0 on the first page): one walk keeps one watermark.
+    Sync = 0x26 { since: u64, after_thread: u64, after_message: u64, limit: u16, watermark: u64 }
     /// Typing indicator; never answered, never stored.
     Typing = 0x27 { thread: u64, active: bool }
 
@@ -315,8 +316,9 @@ frames! {
     /// The first tick: the message is durable.
     Sent = 0x86 { thread: u64, message: u64, client_msg_id: u64 }
     Messages = 0x87 { thread: u64, messages: Vec<Message>, more: bool }
-    /// One page of sync. While `more`, ask again with `next_thread`/`next_message`; when done,
-    /// keep `watermark` as the next `since`.
+    /// One page of sync. While `more`, ask again with `next_thread`/`next_message` and this
+    /// `watermark` (the same on every page of a walk); when done, keep `watermark` as the next
+    /// `since`.
     SyncBatch = 0x88 { threads: Vec<Thread>, messages: Vec<Message>, more: bool, next_thread: u64, next_message: u64, watermark: u64 }
     ReadersList = 0x89 { thread: u64, message: u64, delivered: Vec<u64>, read: Vec<u64> }
     Contacts = 0x8A { users: Vec<UserInfo> }

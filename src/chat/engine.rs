@@ -123,7 +123,7 @@ impl Engine {
             Frame::Recall(f) => self.recall(&caller, f.thread, f.message),
             Frame::DeleteForMe(f) => self.delete_for_me(&caller, f.thread, f.message),
             Frame::Readers(f) => self.readers(&caller, f.thread, f.message),
-            Frame::Sync(f) => self.sync(&caller, f),
+            Frame::Sync(f) => super::sync::sync(&self.shared, &caller, f),
             Frame::Typing(f) => self.typing(&caller, f.thread, f.active),
             Frame::ContactAdd(f) => self.contact_add(&caller, f.user),
             Frame::ContactRemove(f) => self.contact_remove(&caller, f.user),

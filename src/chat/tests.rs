@@ -150,7 +150,7 @@ impl World {
         limit: u16,
     ) -> (Vec<Thread>, Vec<Message>, u64, usize) {
         let (mut threads, mut messages, mut pages) = (Vec::new(), Vec::new(), 0);
-        let (mut after_thread, mut after_message) = (0, 0);
+        let (mut after_thread, mut after_message, mut watermark) = (0, 0, 0);
         loop {
             pages += 1;
             let Frame::SyncBatch(b) = self.ask(
@@ -160,6 +160,7 @@ impl World {
                     after_thread,
                     after_message,
                     limit,
+                    watermark,
                 },
             ) else {
                 panic!()
@@ -169,7 +170,7 @@ impl World {
             if !b.more {
                 return (threads, messages, b.watermark, pages);
             }
-            (after_thread, after_message) = (b.next_thread, b.next_message);
+            (after_thread, after_message, watermark) = (b.next_thread, b.next_message, b.watermark);
         }
     }
 }
@@ -618,6 +619,92 @@ fn sync_pages_return_every_message_once_in_order() {
         later
     );
     assert_eq!(messages.len(), 1);
+}
+
+/// One page of a sync walk.
+fn sync_page(w: &mut World, caller: &Caller, f: Sync) -> SyncBatch {
+    match w.ask(caller, f) {
+        Frame::SyncBatch(b) => b,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_message_committed_between_sync_pages_into_a_walked_thread_is_not_skipped() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b, c) = (w.user("alice"), w.user("bob"), w.user("carol"));
+    let first = w.direct(&a, &b);
+    let second = w.direct(&c, &b);
+    assert!(first < second, "the walk visits `first` before `second`");
+    w.send(&a, first, 1, "a1");
+    w.send(&a, first, 2, "a2");
+    for i in 0..5 {
+        w.send(&c, second, i, "c");
+    }
+    // Page 1 walks `first` completely and stops inside `second`.
+    let page1 = sync_page(
+        &mut w,
+        &b,
+        Sync {
+            since: 0,
+            after_thread: 0,
+            after_message: 0,
+            limit: 4,
+            watermark: 0,
+        },
+    );
+    assert!(page1.more);
+    assert_eq!(page1.next_thread, second);
+    // Now a message is committed into `first`, behind the walk.
+    let late = w.send(&a, first, 3, "late");
+    let page2 = sync_page(
+        &mut w,
+        &b,
+        Sync {
+            since: 0,
+            after_thread: page1.next_thread,
+            after_message: page1.next_message,
+            limit: 4,
+            watermark: page1.watermark,
+        },
+    );
+    assert!(!page2.more);
+    assert!(page2.messages.iter().all(|m| m.id != late));
+    // The next sync, from the walk's watermark, returns the late message.
+    let (_, messages, _, _) = w.sync_all(&b, page2.watermark, 0);
+    assert!(
+        messages.iter().any(|m| m.id == late),
+        "the message committed mid-walk was skipped for good"
+    );
+    assert_eq!(page2.watermark, page1.watermark, "one walk, one watermark");
+}
+
+#[test]
+fn a_sync_continuation_needs_the_walks_watermark_and_cannot_claim_a_future_one() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    w.send(&a, t, 1, "x");
+    let continuation = Sync {
+        since: 0,
+        after_thread: t,
+        after_message: 0,
+        limit: 0,
+        watermark: 0,
+    };
+    assert_eq!(w.error(&b, continuation), ErrorCode::InvalidArgument);
+    let future = sync_page(
+        &mut w,
+        &b,
+        Sync {
+            since: 0,
+            after_thread: 0,
+            after_message: 0,
+            limit: 0,
+            watermark: u64::MAX,
+        },
+    );
+    assert!(future.watermark <= w.shared.watermark());
 }
 
 #[test]

@@ -317,6 +317,30 @@ impl Store {
         Ok(out)
     }
 
+    /// At most `max` of `user`'s memberships from thread `from` on (inclusive), by thread id:
+    /// a sync page starts where the previous one stopped instead of rescanning them all.
+    pub fn memberships_from(
+        &self,
+        user: u64,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, PrivateState)>, Error> {
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        let lower = keys::pair(user, from);
+        let upper = keys::prefix_end(&keys::id(user));
+        self.scan(CF_MEMBERSHIPS, &lower, &upper, false, |k, v| {
+            out.push((
+                keys::parse_pair(CF_MEMBERSHIPS, k)?.1,
+                PrivateState::decode(v)?,
+            ));
+            Ok(out.len() < max)
+        })?;
+        Ok(out)
+    }
+
     /// Thread records for many ids at once (one batched lookup).
     pub fn threads(&self, ids: &[u64]) -> Result<Vec<Option<ThreadRecord>>, Error> {
         let cf = self.cf(CF_THREADS);

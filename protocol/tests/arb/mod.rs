@@ -146,7 +146,7 @@ arb_frames! {
     Recall { thread, message }
     DeleteForMe { thread, message }
     Readers { thread, message }
-    Sync { since, after_thread, after_message, limit }
+    Sync { since, after_thread, after_message, limit, watermark }
     Typing { thread, active }
     ContactAdd { user }
     ContactRemove { user }
