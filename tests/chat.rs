@@ -52,9 +52,9 @@ fn history(c: &mut TestConn, thread: u64) -> Vec<Message> {
     }
 }
 
-/// Every page of a sync from `since`; returns threads, messages and the new watermark.
-fn sync_all(c: &mut TestConn, since: u64, limit: u16) -> (Vec<Thread>, Vec<Message>, u64) {
-    let (mut threads, mut messages) = (Vec::new(), Vec::new());
+/// Every batch of one sync walk from `since`.
+fn sync_walk(c: &mut TestConn, since: u64, limit: u16) -> Vec<SyncBatch> {
+    let mut batches = Vec::new();
     let (mut after_thread, mut after_message, mut watermark) = (0, 0, 0);
     loop {
         let Frame::SyncBatch(b) = c.request(Sync {
@@ -66,13 +66,29 @@ fn sync_all(c: &mut TestConn, since: u64, limit: u16) -> (Vec<Thread>, Vec<Messa
         }) else {
             panic!("SYNC did not answer SYNC_BATCH")
         };
+        (after_thread, after_message, watermark) = (b.next_thread, b.next_message, b.watermark);
+        let more = b.more;
+        batches.push(b);
+        if !more {
+            return batches;
+        }
+    }
+}
+
+/// Every page of a sync from `since`; returns threads, messages and the new watermark.
+fn sync_all(c: &mut TestConn, since: u64, limit: u16) -> (Vec<Thread>, Vec<Message>, u64) {
+    let (mut threads, mut messages, mut watermark) = (Vec::new(), Vec::new(), 0);
+    for b in sync_walk(c, since, limit) {
         threads.extend(b.threads);
         messages.extend(b.messages);
-        if !b.more {
-            return (threads, messages, b.watermark);
-        }
-        (after_thread, after_message, watermark) = (b.next_thread, b.next_message, b.watermark);
+        watermark = b.watermark;
     }
+    (threads, messages, watermark)
+}
+
+/// The last state of `thread` a sync returned.
+fn synced_thread(threads: &[Thread], thread: u64) -> Option<&Thread> {
+    threads.iter().rev().find(|t| t.id == thread)
 }
 
 fn login(server: &Server, handle: &str, device: &str) -> (TestConn, AuthOk) {
@@ -822,4 +838,135 @@ fn a_new_device_syncs_from_its_login_watermark_and_names_users_by_id() {
             handle: "alice".into()
         }]
     );
+}
+
+#[test]
+fn a_member_removed_while_offline_learns_it_from_sync() {
+    let server = Server::start();
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    let (_carol, c) = server.user("carol");
+    let Frame::ThreadInfo(info) = alice.request(CreateGroup {
+        name: "team".into(),
+        members: vec![b.user, c.user],
+    }) else {
+        panic!("CREATE_GROUP")
+    };
+    let g = info.thread.id;
+    send(&mut alice, g, 1, "hello team");
+    let (_, _, watermark) = sync_all(&mut bob, 0, 0);
+    drop(bob);
+    assert_eq!(
+        alice.request(RemoveMember {
+            thread: g,
+            user: b.user
+        }),
+        Done {}.into()
+    );
+    send(&mut alice, g, 2, "bob is gone");
+
+    let (mut bob, _) = login(&server, "bob", "test");
+    let (threads, messages, _) = sync_all(&mut bob, watermark, 0);
+    let t = synced_thread(&threads, g).expect("the group bob was removed from is in his sync");
+    assert!(
+        t.members.iter().all(|m| m.user != b.user),
+        "shown without bob among its members"
+    );
+    let notices: Vec<&Message> = messages.iter().filter(|m| m.thread == g).collect();
+    assert_eq!(notices.len(), 1, "the removal notice, nothing after it");
+    let notice = system_event(notices[0]);
+    assert_eq!(
+        (notice.event, notice.subject),
+        (SystemEventKind::MemberRemoved, b.user)
+    );
+    assert_eq!(t.last_msg_id, notices[0].id);
+    let Frame::ThreadList(list) = bob.request(ListThreads {
+        before_msg_id: 0,
+        before_thread: 0,
+        limit: 100,
+    }) else {
+        panic!("LIST_THREADS")
+    };
+    assert!(list.threads.iter().all(|t| t.id != g));
+
+    // Added back: the tombstone is replaced by a membership again.
+    assert_eq!(
+        alice.request(AddMembers {
+            thread: g,
+            members: vec![b.user]
+        }),
+        Done {}.into()
+    );
+    let (threads, _, _) = sync_all(&mut bob, watermark, 0);
+    let t = synced_thread(&threads, g).unwrap();
+    assert!(t.members.iter().any(|m| m.user == b.user));
+}
+
+#[test]
+fn thread_state_set_on_one_device_reaches_another_through_sync() {
+    let server = Server::start();
+    let (mut alice, _) = server.user("alice");
+    let (mut phone, b) = server.user("bob");
+    let t = direct(&mut alice, b.user);
+    send(&mut alice, t, 1, "hi");
+    let (mut laptop, _) = login(&server, "bob", "laptop");
+    let (_, _, watermark) = sync_all(&mut laptop, 0, 0);
+
+    let state = SetThreadState {
+        thread: t,
+        muted: true,
+        hidden: false,
+        label: "alice (work)".into(),
+    };
+    assert_eq!(phone.request(state), Done {}.into());
+    let (threads, messages, watermark) = sync_all(&mut laptop, watermark, 0);
+    let seen = synced_thread(&threads, t).expect("the muted and labelled thread is in the sync");
+    assert_eq!((seen.muted, seen.label.as_str()), (true, "alice (work)"));
+    assert!(messages.is_empty());
+
+    let hide = SetThreadState {
+        thread: t,
+        muted: true,
+        hidden: true,
+        label: "alice (work)".into(),
+    };
+    assert_eq!(phone.request(hide), Done {}.into());
+    let (threads, _, _) = sync_all(&mut laptop, watermark, 0);
+    let seen = synced_thread(&threads, t).expect("the hidden thread is in the sync");
+    assert!(seen.hidden);
+}
+
+#[test]
+fn a_message_deleted_for_me_on_one_device_is_deleted_on_another_through_sync() {
+    let server = Server::start();
+    let (mut alice, _) = server.user("alice");
+    let (mut phone, b) = server.user("bob");
+    let t = direct(&mut alice, b.user);
+    let gone = send(&mut alice, t, 1, "delete me");
+    send(&mut alice, t, 2, "keep me");
+    let (mut laptop, _) = login(&server, "bob", "laptop");
+    let (_, _, watermark) = sync_all(&mut laptop, 0, 0);
+
+    assert_eq!(
+        phone.request(DeleteForMe {
+            thread: t,
+            message: gone.message
+        }),
+        Done {}.into()
+    );
+    let batches = sync_walk(&mut laptop, watermark, 0);
+    let deleted: Vec<MessageRef> = batches.iter().flat_map(|b| b.deleted.clone()).collect();
+    assert_eq!(
+        deleted,
+        vec![MessageRef {
+            thread: t,
+            id: gone.message
+        }]
+    );
+    let watermark = batches.last().unwrap().watermark;
+    let again: usize = sync_walk(&mut laptop, watermark, 0)
+        .iter()
+        .map(|b| b.deleted.len())
+        .sum();
+    assert_eq!(again, 0, "reported once");
 }

@@ -274,6 +274,7 @@ impl FakeServer {
                     next_thread,
                     next_message,
                     watermark,
+                    deleted: Vec::new(),
                 }
                 .into()
             }

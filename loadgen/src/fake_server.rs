@@ -368,6 +368,7 @@ fn serve(sock: TcpStream, state: Arc<Mutex<State>>, faults: Faults) {
                             next_message: 0,
                             // One page per walk here, so the walk's watermark is this one.
                             watermark: st.last_msg_id,
+                            deleted: Vec::new(),
                         }
                         .into(),
                     )

@@ -173,6 +173,14 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// Names one message: its thread and id.
+    pub struct MessageRef {
+        pub thread: u64,
+        pub id: u64,
+    }
+}
+
+wire_struct! {
     pub struct Stat {
         pub name: String,
         pub value: u64,
@@ -318,8 +326,9 @@ frames! {
     Messages = 0x87 { thread: u64, messages: Vec<Message>, more: bool }
     /// One page of sync. While `more`, ask again with `next_thread`/`next_message` and this
     /// `watermark` (the same on every page of a walk); when done, keep `watermark` as the next
-    /// `since`.
-    SyncBatch = 0x88 { threads: Vec<Thread>, messages: Vec<Message>, more: bool, next_thread: u64, next_message: u64, watermark: u64 }
+    /// `since`. `deleted`: messages of these threads the caller deleted for themselves (on any
+    /// device) since `since`.
+    SyncBatch = 0x88 { threads: Vec<Thread>, messages: Vec<Message>, more: bool, next_thread: u64, next_message: u64, watermark: u64, deleted: Vec<MessageRef> }
     ReadersList = 0x89 { thread: u64, message: u64, delivered: Vec<u64>, read: Vec<u64> }
     Contacts = 0x8A { users: Vec<UserInfo> }
     User = 0x8B { user: UserInfo }

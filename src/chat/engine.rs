@@ -14,7 +14,7 @@ use courier_protocol::{ErrorCode, ErrorReply, Frame};
 use super::media::Uploads;
 use super::threads::ThreadCache;
 use super::{Caller, Effect, Shared};
-use crate::store::{Batch, FsyncMode};
+use crate::store::{Batch, FsyncMode, PrivateState};
 
 /// A request's failure: the code and a sentence for the person behind the client.
 pub(super) type Reject = (ErrorCode, &'static str);
@@ -35,6 +35,9 @@ pub struct Engine {
     pub(super) round_sends: HashMap<(u64, u64, u64), u64>,
     /// Direct threads created this round, by user pair.
     pub(super) round_directs: HashMap<(u64, u64), u64>,
+    /// Memberships (user, thread) staged this round: a later request of the round reads these,
+    /// since the store cannot see uncommitted writes.
+    pub(super) round_private: HashMap<(u64, u64), PrivateState>,
     /// Highest clock value staged this round (recorded as the clock floor on commit).
     round_max: u64,
     /// Owned threads whose record changed this round: written once, at commit, however many
@@ -58,6 +61,7 @@ impl Engine {
             uploads: Uploads::default(),
             round_sends: HashMap::new(),
             round_directs: HashMap::new(),
+            round_private: HashMap::new(),
             round_max: 0,
             dirty_threads: HashSet::new(),
             dirty_members: HashSet::new(),
@@ -204,6 +208,7 @@ impl Engine {
         self.ready.append(&mut self.pending);
         self.round_sends.clear();
         self.round_directs.clear();
+        self.round_private.clear();
         self.round_max = 0;
         self.shared.in_flight[self.shard as usize]
             .0

@@ -245,7 +245,13 @@ impl Engine {
         {
             return Err((ErrorCode::UnknownMessage, "no such message"));
         }
-        self.batch.put_hidden(caller.user, thread, message);
+        // Stamped, and the membership's change marker moved, so the caller's other devices
+        // get the deletion from SYNC.
+        let at = self.tick();
+        self.batch.put_hidden(caller.user, thread, message, at);
+        let mut state = self.private(caller.user, thread)?;
+        state.changed_at = at;
+        self.put_private(caller.user, thread, state);
         Ok(Some(Done {}.into()))
     }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use rocksdb::compaction_filter::Decision as CompactionDecision;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Options, ReadOptions,
     WriteBatch, WriteOptions, DB,
@@ -16,6 +17,7 @@ use rocksdb::{
 use super::keys::{self, *};
 use super::records::*;
 use super::{Error, FsyncMode};
+use crate::clock::wall_us;
 
 /// How many ids an allocator reserves per durable write of its counter.
 const ID_LEASE: u64 = 1024;
@@ -57,6 +59,9 @@ impl Store {
             cf.set_block_based_table_factory(&table);
             if *name == CF_MESSAGES || *name == CF_MEDIA {
                 cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            }
+            if *name == CF_MEMBERSHIPS {
+                cf.set_compaction_filter("expired_membership_tombstones", drop_expired_tombstone);
             }
             ColumnFamilyDescriptor::new(*name, cf)
         });
@@ -304,21 +309,23 @@ impl Store {
         self.get_record(CF_MEMBERSHIPS, &keys::pair(user, thread))
     }
 
-    /// Every thread `user` belongs to, with the user's private state, by thread id.
+    /// Every thread `user` belongs to, with the user's private state, by thread id
+    /// (tombstones of threads they left are not memberships).
     pub fn memberships(&self, user: u64) -> Result<Vec<(u64, PrivateState)>, Error> {
         let mut out = Vec::new();
         self.scan_prefix(CF_MEMBERSHIPS, &keys::id(user), |k, v| {
-            out.push((
-                keys::parse_pair(CF_MEMBERSHIPS, k)?.1,
-                PrivateState::decode(v)?,
-            ));
+            let state = PrivateState::decode(v)?;
+            if !state.left {
+                out.push((keys::parse_pair(CF_MEMBERSHIPS, k)?.1, state));
+            }
             Ok(true)
         })?;
         Ok(out)
     }
 
-    /// At most `max` of `user`'s memberships from thread `from` on (inclusive), by thread id:
-    /// a sync page starts where the previous one stopped instead of rescanning them all.
+    /// At most `max` of `user`'s memberships from thread `from` on (inclusive), by thread id,
+    /// tombstones included (expired ones are not): a sync page starts where the previous one
+    /// stopped instead of rescanning them all.
     pub fn memberships_from(
         &self,
         user: u64,
@@ -331,11 +338,12 @@ impl Store {
         }
         let lower = keys::pair(user, from);
         let upper = keys::prefix_end(&keys::id(user));
+        let now = wall_us();
         self.scan(CF_MEMBERSHIPS, &lower, &upper, false, |k, v| {
-            out.push((
-                keys::parse_pair(CF_MEMBERSHIPS, k)?.1,
-                PrivateState::decode(v)?,
-            ));
+            let state = PrivateState::decode(v)?;
+            if !state.expired(now) {
+                out.push((keys::parse_pair(CF_MEMBERSHIPS, k)?.1, state));
+            }
             Ok(out.len() < max)
         })?;
         Ok(out)
@@ -418,6 +426,22 @@ impl Store {
         client_msg_id: u64,
     ) -> Result<Option<u64>, Error> {
         self.get_u64(CF_DEDUPE, &keys::triple(thread, sender, client_msg_id))
+    }
+
+    /// (message id, when) of each message of `thread` that `user` deleted for themselves;
+    /// `when` is the clock value of the DELETE_FOR_ME, 0 for deletions stored without one.
+    pub fn hidden_messages_at(&self, user: u64, thread: u64) -> Result<Vec<(u64, u64)>, Error> {
+        let mut out = Vec::new();
+        self.scan_prefix(CF_HIDDEN, &keys::pair(user, thread), |k, v| {
+            let at = match v.len() {
+                0 => 0,
+                8 => u64::from_be_bytes(v.try_into().unwrap_or_default()),
+                _ => return Err(Error::CorruptValue { record: "hidden" }),
+            };
+            out.push((keys::parse_triple(CF_HIDDEN, k)?.2, at));
+            Ok(true)
+        })?;
+        Ok(out)
     }
 
     /// Message ids of `thread` that `user` deleted for themselves.
@@ -519,9 +543,10 @@ impl Batch {
         self.put(CF_MEMBERS, &keys::pair(thread, user), &rec.encode());
     }
 
+    /// Removes `user` from the members of `thread`. Their `memberships` row stays, as the
+    /// tombstone the caller writes with [`put_private_state`](Self::put_private_state).
     pub fn delete_member(&mut self, thread: u64, user: u64) {
         self.delete(CF_MEMBERS, &keys::pair(thread, user));
-        self.delete(CF_MEMBERSHIPS, &keys::pair(user, thread));
     }
 
     pub fn put_private_state(&mut self, user: u64, thread: u64, rec: &PrivateState) {
@@ -540,8 +565,13 @@ impl Batch {
         );
     }
 
-    pub fn put_hidden(&mut self, user: u64, thread: u64, msg: u64) {
-        self.put(CF_HIDDEN, &keys::triple(user, thread, msg), &[]);
+    /// `msg` deleted for `user` at clock value `at`.
+    pub fn put_hidden(&mut self, user: u64, thread: u64, msg: u64, at: u64) {
+        self.put(
+            CF_HIDDEN,
+            &keys::triple(user, thread, msg),
+            &at.to_be_bytes(),
+        );
     }
 
     pub fn put_media_chunk(&mut self, media: &[u8; MEDIA_ID], offset: u64, data: &[u8]) {
@@ -558,6 +588,15 @@ impl Batch {
         let mut key = META_CLOCK_FLOOR.to_vec();
         key.extend_from_slice(&shard.to_be_bytes());
         self.put(CF_META, &key, &at.to_be_bytes());
+    }
+}
+
+/// Compaction filter of `memberships`: drops tombstones past their retention, so the rows of
+/// threads a user left do not pile up forever. Anything it cannot decode is kept.
+fn drop_expired_tombstone(_level: u32, _key: &[u8], value: &[u8]) -> CompactionDecision {
+    match PrivateState::decode(value) {
+        Ok(state) if state.expired(wall_us()) => CompactionDecision::Remove,
+        _ => CompactionDecision::Keep,
     }
 }
 
@@ -604,5 +643,45 @@ impl IdAllocator {
             *leased = end;
         }
         Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compaction_drops_only_expired_membership_tombstones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        let now = wall_us();
+        let state = |left, changed_at| PrivateState {
+            left,
+            changed_at,
+            ..Default::default()
+        };
+        let mut b = store.batch();
+        b.put_private_state(1, 10, &state(true, 1)); // left long ago: expired
+        b.put_private_state(1, 11, &state(true, now)); // left just now
+        b.put_private_state(1, 12, &state(false, 1)); // a member, unchanged for long
+        store.commit(b).unwrap();
+        let threads =
+            |v: Vec<(u64, PrivateState)>| v.into_iter().map(|(t, _)| t).collect::<Vec<_>>();
+        assert_eq!(threads(store.memberships_from(1, 0, 10).unwrap()), [11, 12]);
+        assert_eq!(threads(store.memberships(1).unwrap()), [12]);
+        assert!(
+            store.private_state(1, 10).unwrap().is_some(),
+            "still on disk"
+        );
+        store
+            .inner
+            .db
+            .compact_range_cf(store.cf(CF_MEMBERSHIPS), None::<&[u8]>, None::<&[u8]>);
+        assert!(
+            store.private_state(1, 10).unwrap().is_none(),
+            "compacted away"
+        );
+        assert!(store.private_state(1, 11).unwrap().is_some());
+        assert!(store.private_state(1, 12).unwrap().is_some());
     }
 }

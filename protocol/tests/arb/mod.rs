@@ -109,6 +109,7 @@ arb_structs! {
     UserInfo { id, handle }
     Presence { user, online, last_seen }
     Stat { name, value }
+    MessageRef { thread, id }
 }
 
 /// Implements [`Arb`] for every frame body and lists a `Frame` strategy per frame type.
@@ -168,7 +169,7 @@ arb_frames! {
     ThreadList { threads, more }
     Sent { thread, message, client_msg_id }
     Messages { thread, messages, more }
-    SyncBatch { threads, messages, more, next_thread, next_message, watermark }
+    SyncBatch { threads, messages, more, next_thread, next_message, watermark, deleted }
     ReadersList { thread, message, delivered, read }
     Contacts { users }
     User { user }
