@@ -970,3 +970,49 @@ fn a_message_deleted_for_me_on_one_device_is_deleted_on_another_through_sync() {
         .sum();
     assert_eq!(again, 0, "reported once");
 }
+
+#[test]
+fn readers_leave_out_the_sender_whose_cursors_are_at_the_message() {
+    let server = Server::start();
+    let (mut alice, a) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    let (_carol, c) = server.user("carol");
+    let Frame::ThreadInfo(info) = alice.request(CreateGroup {
+        name: "team".into(),
+        members: vec![b.user, c.user],
+    }) else {
+        panic!("CREATE_GROUP")
+    };
+    let g = info.thread.id;
+    let m = send(&mut alice, g, 1, "who read this?").message;
+    assert_eq!(
+        bob.request(Receipt {
+            thread: g,
+            kind: ReceiptKind::Read,
+            up_to: m
+        }),
+        Done {}.into()
+    );
+    let Frame::ThreadInfo(info) = alice.request(GetThread { thread: g }) else {
+        panic!("GET_THREAD")
+    };
+    let me = info
+        .thread
+        .members
+        .iter()
+        .find(|x| x.user == a.user)
+        .unwrap();
+    assert!(
+        me.delivered >= m && me.read >= m,
+        "the sender's cursors are at it"
+    );
+    for asker in [&mut alice, &mut bob] {
+        let Frame::ReadersList(r) = asker.request(Readers {
+            thread: g,
+            message: m,
+        }) else {
+            panic!("READERS")
+        };
+        assert_eq!((r.delivered, r.read), (vec![b.user], vec![b.user]));
+    }
+}
