@@ -281,6 +281,7 @@ fn serve(sock: TcpStream, state: Arc<Mutex<State>>, faults: Faults) {
                         actor: user,
                         subject: 0,
                         text: g.name.clone(),
+                        users: Vec::new(),
                     };
                     let mut body = BytesMut::new();
                     proto::wire::Wire::put(&event, &mut body);

@@ -77,16 +77,52 @@ wire_enum! {
     }
 }
 
-wire_struct! {
-    /// The body of a `System` message.
-    pub struct SystemEvent {
-        pub event: SystemEventKind,
-        /// Who did it.
-        pub actor: u64,
-        /// The user added, removed or who left; the recalled message id; 0 otherwise.
-        pub subject: u64,
-        /// The group's name for `Created` and `Renamed`, empty otherwise.
-        pub text: String,
+/// The body of a `System` message.
+///
+/// `users` was appended to the layout: a body that ends before it (written by an earlier
+/// server) decodes with `users` empty, so the body of every stored system message still reads.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SystemEvent {
+    pub event: SystemEventKind,
+    /// Who did it.
+    pub actor: u64,
+    /// The user added (the first one, for `MemberAdded`), removed or who left; the recalled
+    /// message id; 0 otherwise.
+    pub subject: u64,
+    /// The group's name for `Created` and `Renamed`, empty otherwise.
+    pub text: String,
+    /// For `MemberAdded`, every user added by the one request (`subject` is the first);
+    /// empty otherwise.
+    pub users: Vec<u64>,
+}
+
+impl Wire for SystemEvent {
+    fn put(&self, buf: &mut BytesMut) {
+        self.event.put(buf);
+        self.actor.put(buf);
+        self.subject.put(buf);
+        self.text.put(buf);
+        self.users.put(buf);
+    }
+    fn get(r: &mut Reader, _field: &'static str) -> Result<Self, Error> {
+        let mut ev = Self {
+            event: Wire::get(r, "SystemEvent.event")?,
+            actor: Wire::get(r, "SystemEvent.actor")?,
+            subject: Wire::get(r, "SystemEvent.subject")?,
+            text: Wire::get(r, "SystemEvent.text")?,
+            users: Vec::new(),
+        };
+        if r.remaining() > 0 {
+            ev.users = Wire::get(r, "SystemEvent.users")?;
+        }
+        Ok(ev)
+    }
+    fn size(&self) -> usize {
+        self.event.size()
+            + self.actor.size()
+            + self.subject.size()
+            + self.text.size()
+            + self.users.size()
     }
 }
 
@@ -352,6 +388,28 @@ frames! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_system_event_without_the_appended_users_decodes_with_none() {
+        // MEMBER_ADDED, actor 7, subject 9, empty text: the layout before `users`.
+        let mut old = vec![SystemEventKind::MemberAdded as u8];
+        old.extend_from_slice(&7u64.to_be_bytes());
+        old.extend_from_slice(&9u64.to_be_bytes());
+        old.extend_from_slice(&[0, 0]);
+        let ev = SystemEvent::get(&mut Reader::new(Bytes::from(old)), "body").unwrap();
+        assert_eq!((ev.actor, ev.subject, ev.users.len()), (7, 9, 0));
+        let new = SystemEvent {
+            users: vec![9, 11],
+            ..ev
+        };
+        let mut buf = BytesMut::new();
+        new.put(&mut buf);
+        assert_eq!(buf.len(), new.size());
+        assert_eq!(
+            SystemEvent::get(&mut Reader::new(buf.freeze()), "body").unwrap(),
+            new
+        );
+    }
 
     #[test]
     fn codes_are_unique_ascending_and_in_their_direction_range() {

@@ -193,8 +193,8 @@ pub fn samples() -> Vec<(u32, Frame, &'static str)> {
         (37, Stats { entries: vec![Stat { name: "connections.current".into(), value: 1234 }, Stat { name: "messages.stored".into(), value: 5_000_000 }] }.into(), "Two server counters."),
         (0, MessagePush { message: message(MSG, "hi") }.into(), "New text message \"hi\" from user 17 in thread 5."),
         (0, MessagePush {
-            message: system_message(SystemEvent { event: SystemEventKind::MemberAdded, actor: ALICE, subject: CAROL, text: String::new() }),
-        }.into(), "A SYSTEM message: user 17 added user 50 to group 9; its body is an encoded SystemEvent."),
+            message: system_message(SystemEvent { event: SystemEventKind::MemberAdded, actor: ALICE, subject: BOB, text: String::new(), users: vec![BOB, CAROL] }),
+        }.into(), "A SYSTEM message: user 17 added users 42 and 50 to group 9 in one ADD_MEMBERS (subject = the first); its body is an encoded SystemEvent."),
         (0, MessagePush {
             message: Message { recalled: true, body: Bytes::new(), ..message(MSG, "") },
         }.into(), "A recalled message (tombstone): recalled = 1, empty body."),

@@ -963,3 +963,159 @@ fn a_member_removed_in_the_round_they_sent_is_not_written_back() {
     assert!(me.admin);
     assert_eq!(w.shared.store.thread(g).unwrap().unwrap().member_count, 1);
 }
+
+/// The RECEIPT_PUSHes among `effects` that reach anyone, with their recipients.
+fn receipt_pushes(effects: &[Effect]) -> Vec<(Vec<u64>, ReceiptPush)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Push {
+                users,
+                frame: Frame::ReceiptPush(p),
+                ..
+            } if !users.is_empty() => Some((users.to_vec(), p.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn group(w: &mut World, creator: &Caller, members: Vec<u64>) -> u64 {
+    match w.ask(
+        creator,
+        CreateGroup {
+            name: "g".into(),
+            members,
+        },
+    ) {
+        Frame::ThreadInfo(t) => t.thread.id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn sorted(mut users: Vec<u64>) -> Vec<u64> {
+    users.sort_unstable();
+    users.dedup();
+    users
+}
+
+#[test]
+fn a_receipt_is_pushed_to_the_senders_it_covers_and_the_readers_devices_not_to_everyone() {
+    let mut w = World::new(ChatConfig::default());
+    let people: Vec<Caller> = (0..6).map(|i| w.user(&format!("user{i}"))).collect();
+    let (a, c) = (people[0], people[2]);
+    let g = group(&mut w, &a, people[1..].iter().map(|p| p.user).collect());
+    let m1 = w.send(&a, g, 1, "from a");
+    let m2 = w.send(&c, g, 1, "from c");
+
+    // Two advances of one cursor in one round make one push, with the later cursor.
+    let r = people[5];
+    let shard = w.shared.thread_shard(g) as usize;
+    for (id, up_to) in [(1, m1), (2, m2)] {
+        let receipt = Receipt {
+            thread: g,
+            kind: ReceiptKind::Delivered,
+            up_to,
+        };
+        w.engines[shard].handle(r, id, receipt.into());
+    }
+    let mut effects = Vec::new();
+    w.engines[shard].commit(&mut effects);
+    let pushes = receipt_pushes(&effects);
+    assert_eq!(pushes.len(), 1, "aggregated per round: {pushes:?}");
+    assert_eq!(pushes[0].1.up_to, m2);
+    assert_eq!(pushes[0].0, sorted(vec![a.user, c.user, r.user]));
+
+    // A read up to m1 concerns a only; then up to m2, c only (and the reader's devices).
+    let b = people[1];
+    let read = |up_to| Receipt {
+        thread: g,
+        kind: ReceiptKind::Read,
+        up_to,
+    };
+    let pushes = receipt_pushes(&w.run(&b, read(m1)));
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].0, sorted(vec![a.user, b.user]));
+    let pushes = receipt_pushes(&w.run(&b, read(m2)));
+    assert_eq!(pushes[0].0, sorted(vec![c.user, b.user]));
+
+    // Everyone else reads: 3 recipients each, not the 6 members.
+    for r in &people[3..] {
+        let pushes = receipt_pushes(&w.run(r, read(m2)));
+        assert_eq!(pushes.len(), 1);
+        assert_eq!(pushes[0].0, sorted(vec![a.user, c.user, r.user]));
+    }
+    // READERS still tells who has read.
+    let Frame::ReadersList(list) = w.ask(
+        &a,
+        Readers {
+            thread: g,
+            message: m1,
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        list.read,
+        sorted(people[1..].iter().map(|p| p.user).collect())
+    );
+}
+
+#[test]
+fn typing_is_pushed_once_per_interval_and_the_stop_still_goes_out() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b, c) = (w.user("alice"), w.user("bob"), w.user("carol"));
+    let g = group(&mut w, &a, vec![b.user, c.user]);
+    let typing = |w: &mut World, active| {
+        w.run(&a, Typing { thread: g, active })
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::Push {
+                        frame: Frame::TypingPush(_),
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    let starts: usize = (0..10).map(|_| typing(&mut w, true)).sum();
+    assert_eq!(starts, 1, "ten TYPINGs within the interval make one push");
+    assert_eq!(typing(&mut w, false), 1, "the stop goes out");
+    assert_eq!(typing(&mut w, false), 0);
+}
+
+#[test]
+fn adding_several_members_writes_one_system_message_naming_them_all() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b, c, d) = (
+        w.user("alice"),
+        w.user("bob"),
+        w.user("carol"),
+        w.user("dave"),
+    );
+    let g = group(&mut w, &a, vec![]);
+    let effects = w.run(
+        &a,
+        AddMembers {
+            thread: g,
+            members: vec![d.user, b.user, c.user, b.user],
+        },
+    );
+    let added: Vec<Message> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Push {
+                frame: Frame::MessagePush(p),
+                ..
+            } => Some(p.message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(added.len(), 1, "one message for the whole request");
+    let ev = SystemEvent::get(&mut wire::Reader::new(added[0].body.clone()), "e").unwrap();
+    assert_eq!(ev.event, SystemEventKind::MemberAdded);
+    assert_eq!(ev.users, sorted(vec![b.user, c.user, d.user]));
+    assert_eq!(ev.subject, ev.users[0]);
+    assert_eq!(w.history(&d, g).len(), 2, "CREATED and one MEMBER_ADDED");
+}

@@ -176,13 +176,20 @@ fn tombstone(at: u64) -> PrivateState {
     }
 }
 
-/// Encodes a system event as a message body.
-fn system_body(event: SystemEventKind, actor: u64, subject: u64, text: &str) -> Bytes {
+/// Encodes a system event as a message body; `users` is for MEMBER_ADDED only.
+fn system_body(
+    event: SystemEventKind,
+    actor: u64,
+    subject: u64,
+    text: &str,
+    users: Vec<u64>,
+) -> Bytes {
     let ev = SystemEvent {
         event,
         actor,
         subject,
         text: text.into(),
+        users,
     };
     let mut buf = BytesMut::with_capacity(ev.size());
     ev.put(&mut buf);
@@ -291,7 +298,18 @@ impl Engine {
         text: &str,
         extra: &[u64],
     ) -> Result<u64, Reject> {
-        let body = system_body(event, caller.user, subject, text);
+        let body = system_body(event, caller.user, subject, text, Vec::new());
+        self.append_system(thread, caller, body, extra)
+    }
+
+    /// Appends a SYSTEM message with an encoded event `body`, for every member (and `extra`).
+    fn append_system(
+        &mut self,
+        thread: u64,
+        caller: &Caller,
+        body: Bytes,
+        extra: &[u64],
+    ) -> Result<u64, Reject> {
         let rec = MessageRecord {
             sender: caller.user,
             client_msg_id: 0,
@@ -472,7 +490,7 @@ impl Engine {
         // The creation notice goes to every member's devices; the creator's asking device
         // also gets THREAD_INFO. Staged directly: this shard may not own the new thread.
         let id = self.tick();
-        let body = system_body(SystemEventKind::Created, caller.user, 0, &name);
+        let body = system_body(SystemEventKind::Created, caller.user, 0, &name, Vec::new());
         let msg = MessageRecord {
             sender: caller.user,
             client_msg_id: 0,
@@ -537,12 +555,27 @@ impl Engine {
         for &u in &new {
             self.user_exists(u)?;
         }
+        let Some(&first) = new.first() else {
+            return Ok(Some(courier_protocol::Done {}.into()));
+        };
+        let state = self.thread_state(thread)?;
         for &u in &new {
-            let state = self.thread_state(thread)?;
             state.members.insert(u, MemberRecord::default());
-            state.refresh_ids();
+        }
+        state.refresh_ids();
+        for &u in &new {
             self.batch.put_member(thread, u, &MemberRecord::default());
-            let at = self.system(thread, caller, SystemEventKind::MemberAdded, u, "", &[])?;
+        }
+        // One MEMBER_ADDED message names every user added, however many.
+        let body = system_body(
+            SystemEventKind::MemberAdded,
+            caller.user,
+            first,
+            "",
+            new.clone(),
+        );
+        let at = self.append_system(thread, caller, body, &[])?;
+        for u in new {
             // A fresh membership; it replaces the tombstone of an earlier stay, if any.
             let joined = PrivateState {
                 changed_at: at,

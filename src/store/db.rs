@@ -398,6 +398,38 @@ impl Store {
         Ok(more)
     }
 
+    /// Adds to `out` (once each) the senders of the non-system messages of `thread` with
+    /// `after < id <= up_to`, reading no message body. Returns false, with `out` incomplete,
+    /// when the range holds more than `cap` messages or does not end at a stored `up_to`.
+    pub fn message_senders(
+        &self,
+        thread: u64,
+        after: u64,
+        up_to: u64,
+        cap: usize,
+        out: &mut Vec<u64>,
+    ) -> Result<bool, Error> {
+        if up_to <= after {
+            return Ok(true);
+        }
+        let lower = keys::message(thread, after + 1);
+        let upper = keys::prefix_end(&keys::message(thread, up_to));
+        let (mut seen, mut last) = (0usize, 0u64);
+        self.scan(CF_MESSAGES, &lower, &upper, false, |k, v| {
+            seen += 1;
+            if seen > cap {
+                return Ok(false);
+            }
+            last = keys::parse_pair(CF_MESSAGES, k)?.1;
+            let (sender, kind) = MessageRecord::peek_sender_kind(v)?;
+            if kind != courier_protocol::MessageKind::System && !out.contains(&sender) {
+                out.push(sender);
+            }
+            Ok(true)
+        })?;
+        Ok(seen <= cap && last == up_to)
+    }
+
     /// Counts messages of `thread` newer than `after` not sent by `reader`, stopping at `cap`.
     pub fn count_unread(
         &self,

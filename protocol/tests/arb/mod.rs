@@ -101,7 +101,7 @@ macro_rules! arb_struct {
 }
 
 arb_structs! {
-    SystemEvent { event, actor, subject, text }
+    SystemEvent { event, actor, subject, text, users }
     Message { thread, id, sender, client_msg_id, kind, recalled, body }
     Member { user, role, delivered, read }
     Thread { id, kind, name, members, last_msg_id, muted, hidden, label }
