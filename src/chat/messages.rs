@@ -278,7 +278,8 @@ impl Engine {
 
     /// Who hears that `reader`'s cursor moved from `from` to `up_to`: the reader's devices and
     /// the senders of the messages in between, if still members. Every member when the range
-    /// is too long to read cheaply or reaches messages not committed yet.
+    /// is too long to read cheaply or reaches messages not committed yet, and in a thread of
+    /// two, where the other member is the only other sender (nothing is read then).
     fn receipt_audience(
         &mut self,
         thread: u64,
@@ -287,6 +288,9 @@ impl Engine {
         up_to: u64,
         members: Arc<[u64]>,
     ) -> Result<Arc<[u64]>, Reject> {
+        if members.len() <= 2 {
+            return Ok(members);
+        }
         let mut users = std::mem::take(&mut self.audience);
         users.clear();
         users.push(reader);
