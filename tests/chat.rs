@@ -1016,3 +1016,55 @@ fn readers_leave_out_the_sender_whose_cursors_are_at_the_message() {
         assert_eq!((r.delivered, r.read), (vec![b.user], vec![b.user]));
     }
 }
+
+#[test]
+fn a_receipt_in_a_group_reaches_the_sender_and_not_every_member() {
+    let server = Server::start();
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    let (mut carol, c) = server.user("carol");
+    let Frame::ThreadInfo(info) = alice.request(CreateGroup {
+        name: "team".into(),
+        members: vec![b.user, c.user],
+    }) else {
+        panic!("CREATE_GROUP")
+    };
+    let g = info.thread.id;
+    let m = send(&mut alice, g, 1, "hi all").message;
+    let read = Receipt {
+        thread: g,
+        kind: ReceiptKind::Read,
+        up_to: m,
+    };
+    assert_eq!(bob.request(read), Done {}.into());
+    assert_eq!(
+        alice.push_where(WAIT, |f| matches!(f, Frame::ReceiptPush(_))),
+        Some(
+            ReceiptPush {
+                thread: g,
+                user: b.user,
+                kind: ReceiptKind::Read,
+                up_to: m
+            }
+            .into()
+        ),
+        "the sender gets the tick"
+    );
+    // Carol's request on the thread runs on its owner after the receipt, so its answer comes
+    // after anything that receipt pushed to her.
+    let Frame::ThreadInfo(_) = carol.request(GetThread { thread: g }) else {
+        panic!("GET_THREAD")
+    };
+    assert_eq!(
+        carol.push_where(Duration::ZERO, |f| matches!(f, Frame::ReceiptPush(_))),
+        None,
+        "a member who sent nothing is not told"
+    );
+    let Frame::ReadersList(r) = carol.request(Readers {
+        thread: g,
+        message: m,
+    }) else {
+        panic!("READERS")
+    };
+    assert_eq!(r.read, vec![b.user], "READERS still says who read");
+}
