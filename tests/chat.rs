@@ -52,26 +52,43 @@ fn history(c: &mut TestConn, thread: u64) -> Vec<Message> {
     }
 }
 
-/// Every page of a sync from `since`; returns threads, messages and the new watermark.
-fn sync_all(c: &mut TestConn, since: u64, limit: u16) -> (Vec<Thread>, Vec<Message>, u64) {
-    let (mut threads, mut messages) = (Vec::new(), Vec::new());
-    let (mut after_thread, mut after_message) = (0, 0);
+/// Every batch of one sync walk from `since`.
+fn sync_walk(c: &mut TestConn, since: u64, limit: u16) -> Vec<SyncBatch> {
+    let mut batches = Vec::new();
+    let (mut after_thread, mut after_message, mut watermark) = (0, 0, 0);
     loop {
         let Frame::SyncBatch(b) = c.request(Sync {
             since,
             after_thread,
             after_message,
             limit,
+            watermark,
         }) else {
             panic!("SYNC did not answer SYNC_BATCH")
         };
+        (after_thread, after_message, watermark) = (b.next_thread, b.next_message, b.watermark);
+        let more = b.more;
+        batches.push(b);
+        if !more {
+            return batches;
+        }
+    }
+}
+
+/// Every page of a sync from `since`; returns threads, messages and the new watermark.
+fn sync_all(c: &mut TestConn, since: u64, limit: u16) -> (Vec<Thread>, Vec<Message>, u64) {
+    let (mut threads, mut messages, mut watermark) = (Vec::new(), Vec::new(), 0);
+    for b in sync_walk(c, since, limit) {
         threads.extend(b.threads);
         messages.extend(b.messages);
-        if !b.more {
-            return (threads, messages, b.watermark);
-        }
-        (after_thread, after_message) = (b.next_thread, b.next_message);
+        watermark = b.watermark;
     }
+    (threads, messages, watermark)
+}
+
+/// The last state of `thread` a sync returned.
+fn synced_thread(threads: &[Thread], thread: u64) -> Option<&Thread> {
+    threads.iter().rev().find(|t| t.id == thread)
 }
 
 fn login(server: &Server, handle: &str, device: &str) -> (TestConn, AuthOk) {
@@ -821,4 +838,233 @@ fn a_new_device_syncs_from_its_login_watermark_and_names_users_by_id() {
             handle: "alice".into()
         }]
     );
+}
+
+#[test]
+fn a_member_removed_while_offline_learns_it_from_sync() {
+    let server = Server::start();
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    let (_carol, c) = server.user("carol");
+    let Frame::ThreadInfo(info) = alice.request(CreateGroup {
+        name: "team".into(),
+        members: vec![b.user, c.user],
+    }) else {
+        panic!("CREATE_GROUP")
+    };
+    let g = info.thread.id;
+    send(&mut alice, g, 1, "hello team");
+    let (_, _, watermark) = sync_all(&mut bob, 0, 0);
+    drop(bob);
+    assert_eq!(
+        alice.request(RemoveMember {
+            thread: g,
+            user: b.user
+        }),
+        Done {}.into()
+    );
+    send(&mut alice, g, 2, "bob is gone");
+
+    let (mut bob, _) = login(&server, "bob", "test");
+    let (threads, messages, _) = sync_all(&mut bob, watermark, 0);
+    let t = synced_thread(&threads, g).expect("the group bob was removed from is in his sync");
+    assert!(
+        t.members.iter().all(|m| m.user != b.user),
+        "shown without bob among its members"
+    );
+    let notices: Vec<&Message> = messages.iter().filter(|m| m.thread == g).collect();
+    assert_eq!(notices.len(), 1, "the removal notice, nothing after it");
+    let notice = system_event(notices[0]);
+    assert_eq!(
+        (notice.event, notice.subject),
+        (SystemEventKind::MemberRemoved, b.user)
+    );
+    assert_eq!(t.last_msg_id, notices[0].id);
+    let Frame::ThreadList(list) = bob.request(ListThreads {
+        before_msg_id: 0,
+        before_thread: 0,
+        limit: 100,
+    }) else {
+        panic!("LIST_THREADS")
+    };
+    assert!(list.threads.iter().all(|t| t.id != g));
+
+    // Added back: the tombstone is replaced by a membership again.
+    assert_eq!(
+        alice.request(AddMembers {
+            thread: g,
+            members: vec![b.user]
+        }),
+        Done {}.into()
+    );
+    let (threads, _, _) = sync_all(&mut bob, watermark, 0);
+    let t = synced_thread(&threads, g).unwrap();
+    assert!(t.members.iter().any(|m| m.user == b.user));
+}
+
+#[test]
+fn thread_state_set_on_one_device_reaches_another_through_sync() {
+    let server = Server::start();
+    let (mut alice, _) = server.user("alice");
+    let (mut phone, b) = server.user("bob");
+    let t = direct(&mut alice, b.user);
+    send(&mut alice, t, 1, "hi");
+    let (mut laptop, _) = login(&server, "bob", "laptop");
+    let (_, _, watermark) = sync_all(&mut laptop, 0, 0);
+
+    let state = SetThreadState {
+        thread: t,
+        muted: true,
+        hidden: false,
+        label: "alice (work)".into(),
+    };
+    assert_eq!(phone.request(state), Done {}.into());
+    let (threads, messages, watermark) = sync_all(&mut laptop, watermark, 0);
+    let seen = synced_thread(&threads, t).expect("the muted and labelled thread is in the sync");
+    assert_eq!((seen.muted, seen.label.as_str()), (true, "alice (work)"));
+    assert!(messages.is_empty());
+
+    let hide = SetThreadState {
+        thread: t,
+        muted: true,
+        hidden: true,
+        label: "alice (work)".into(),
+    };
+    assert_eq!(phone.request(hide), Done {}.into());
+    let (threads, _, _) = sync_all(&mut laptop, watermark, 0);
+    let seen = synced_thread(&threads, t).expect("the hidden thread is in the sync");
+    assert!(seen.hidden);
+}
+
+#[test]
+fn a_message_deleted_for_me_on_one_device_is_deleted_on_another_through_sync() {
+    let server = Server::start();
+    let (mut alice, _) = server.user("alice");
+    let (mut phone, b) = server.user("bob");
+    let t = direct(&mut alice, b.user);
+    let gone = send(&mut alice, t, 1, "delete me");
+    send(&mut alice, t, 2, "keep me");
+    let (mut laptop, _) = login(&server, "bob", "laptop");
+    let (_, _, watermark) = sync_all(&mut laptop, 0, 0);
+
+    assert_eq!(
+        phone.request(DeleteForMe {
+            thread: t,
+            message: gone.message
+        }),
+        Done {}.into()
+    );
+    let batches = sync_walk(&mut laptop, watermark, 0);
+    let deleted: Vec<MessageRef> = batches.iter().flat_map(|b| b.deleted.clone()).collect();
+    assert_eq!(
+        deleted,
+        vec![MessageRef {
+            thread: t,
+            id: gone.message
+        }]
+    );
+    let watermark = batches.last().unwrap().watermark;
+    let again: usize = sync_walk(&mut laptop, watermark, 0)
+        .iter()
+        .map(|b| b.deleted.len())
+        .sum();
+    assert_eq!(again, 0, "reported once");
+}
+
+#[test]
+fn readers_leave_out_the_sender_whose_cursors_are_at_the_message() {
+    let server = Server::start();
+    let (mut alice, a) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    let (_carol, c) = server.user("carol");
+    let Frame::ThreadInfo(info) = alice.request(CreateGroup {
+        name: "team".into(),
+        members: vec![b.user, c.user],
+    }) else {
+        panic!("CREATE_GROUP")
+    };
+    let g = info.thread.id;
+    let m = send(&mut alice, g, 1, "who read this?").message;
+    assert_eq!(
+        bob.request(Receipt {
+            thread: g,
+            kind: ReceiptKind::Read,
+            up_to: m
+        }),
+        Done {}.into()
+    );
+    let Frame::ThreadInfo(info) = alice.request(GetThread { thread: g }) else {
+        panic!("GET_THREAD")
+    };
+    let me = info
+        .thread
+        .members
+        .iter()
+        .find(|x| x.user == a.user)
+        .unwrap();
+    assert!(
+        me.delivered >= m && me.read >= m,
+        "the sender's cursors are at it"
+    );
+    for asker in [&mut alice, &mut bob] {
+        let Frame::ReadersList(r) = asker.request(Readers {
+            thread: g,
+            message: m,
+        }) else {
+            panic!("READERS")
+        };
+        assert_eq!((r.delivered, r.read), (vec![b.user], vec![b.user]));
+    }
+}
+
+#[test]
+fn a_receipt_in_a_group_reaches_the_sender_and_not_every_member() {
+    let server = Server::start();
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    let (mut carol, c) = server.user("carol");
+    let Frame::ThreadInfo(info) = alice.request(CreateGroup {
+        name: "team".into(),
+        members: vec![b.user, c.user],
+    }) else {
+        panic!("CREATE_GROUP")
+    };
+    let g = info.thread.id;
+    let m = send(&mut alice, g, 1, "hi all").message;
+    let read = Receipt {
+        thread: g,
+        kind: ReceiptKind::Read,
+        up_to: m,
+    };
+    assert_eq!(bob.request(read), Done {}.into());
+    assert_eq!(
+        alice.push_where(WAIT, |f| matches!(f, Frame::ReceiptPush(_))),
+        Some(
+            ReceiptPush {
+                thread: g,
+                user: b.user,
+                kind: ReceiptKind::Read,
+                up_to: m
+            }
+            .into()
+        ),
+        "the sender gets the tick"
+    );
+    // Carol's request on the thread runs on its owner after the receipt, so its answer comes
+    // after anything that receipt pushed to her.
+    let Frame::ThreadInfo(_) = carol.request(GetThread { thread: g }) else {
+        panic!("GET_THREAD")
+    };
+    assert_eq!(
+        carol.push_where(Duration::ZERO, |f| matches!(f, Frame::ReceiptPush(_))),
+        None,
+        "a member who sent nothing is not told"
+    );
+    let Frame::ReadersList(r) = carol.request(Readers {
+        thread: g,
+        message: m,
+    }) else {
+        panic!("READERS")
+    };
+    assert_eq!(r.read, vec![b.user], "READERS still says who read");
 }

@@ -252,7 +252,12 @@ impl FakeServer {
                 pending.truncate(page);
                 let (next_thread, next_message) =
                     pending.last().map_or((0, 0), |m| (m.thread, m.id));
-                let watermark = st.messages.iter().map(|m| m.id).max().unwrap_or(0);
+                // Like the real server: one walk keeps the watermark of its first page.
+                let now = st.messages.iter().map(|m| m.id).max().unwrap_or(0);
+                let watermark = match s.watermark {
+                    0 => now,
+                    given => given.min(now),
+                };
                 let mut threads: Vec<u64> = pending.iter().map(|m| m.thread).collect();
                 threads.dedup();
                 let threads = threads
@@ -269,6 +274,7 @@ impl FakeServer {
                     next_thread,
                     next_message,
                     watermark,
+                    deleted: Vec::new(),
                 }
                 .into()
             }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use courier_protocol::{Frame, Message, Sync, Thread};
+use courier_protocol::{Frame, Message, MessageRef, Sync, Thread};
 
 use crate::client::{expect_reply, record_sync};
 use crate::connection::Connection;
@@ -12,13 +12,17 @@ use crate::{Client, Result};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncResult {
     /// Every thread that changed since the watermark, in full (members with their receipt
-    /// cursors, the caller's private state).
+    /// cursors, the caller's private state). A thread whose members do not include the user
+    /// is one they left or were removed from.
     pub threads: Vec<Thread>,
     /// Every new message in those threads: thread by thread in ascending thread id, each
     /// thread's messages in id order.
     pub messages: Vec<Message>,
     /// Pass this as `since` next time.
     pub watermark: u64,
+    /// Messages the user deleted for themselves (on any device) since the watermark: drop
+    /// them from what is shown.
+    pub deleted: Vec<MessageRef>,
 }
 
 /// Asks for pages until the server says there are no more.
@@ -29,13 +33,16 @@ pub(crate) fn sync_pages(
     timeout: Duration,
 ) -> Result<SyncResult> {
     let mut out = SyncResult::default();
-    let (mut after_thread, mut after_message) = (0, 0);
+    // The cursor and the walk's watermark: 0s ask for a new walk; every later page carries
+    // the first batch's watermark back, so nothing committed mid-walk can hide below it.
+    let (mut after_thread, mut after_message, mut watermark) = (0, 0, 0);
     loop {
         let request = Sync {
             since,
             after_thread,
             after_message,
             limit,
+            watermark,
         };
         let batch = expect_reply!(
             conn.request(Frame::Sync(request), timeout),
@@ -44,12 +51,14 @@ pub(crate) fn sync_pages(
         )?;
         out.threads.extend(batch.threads);
         out.messages.extend(batch.messages);
+        out.deleted.extend(batch.deleted);
         if !batch.more {
             out.watermark = batch.watermark;
             return Ok(out);
         }
         after_thread = batch.next_thread;
         after_message = batch.next_message;
+        watermark = batch.watermark;
     }
 }
 

@@ -284,6 +284,7 @@ fn serve(sock: TcpStream, state: Arc<Mutex<State>>, faults: Faults) {
                         actor: user,
                         subject: 0,
                         text: g.name.clone(),
+                        users: Vec::new(),
                     };
                     let mut body = BytesMut::new();
                     proto::wire::Wire::put(&event, &mut body);
@@ -376,7 +377,9 @@ fn serve(sock: TcpStream, state: Arc<Mutex<State>>, faults: Faults) {
                             more: false,
                             next_thread: 0,
                             next_message: 0,
+                            // One page per walk here, so the walk's watermark is this one.
                             watermark: st.last_msg_id,
+                            deleted: Vec::new(),
                         }
                         .into(),
                     )

@@ -77,16 +77,52 @@ wire_enum! {
     }
 }
 
-wire_struct! {
-    /// The body of a `System` message.
-    pub struct SystemEvent {
-        pub event: SystemEventKind,
-        /// Who did it.
-        pub actor: u64,
-        /// The user added, removed or who left; the recalled message id; 0 otherwise.
-        pub subject: u64,
-        /// The group's name for `Created` and `Renamed`, empty otherwise.
-        pub text: String,
+/// The body of a `System` message.
+///
+/// `users` was appended to the layout: a body that ends before it (written by an earlier
+/// server) decodes with `users` empty, so the body of every stored system message still reads.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SystemEvent {
+    pub event: SystemEventKind,
+    /// Who did it.
+    pub actor: u64,
+    /// The user added (the first one, for `MemberAdded`), removed or who left; the recalled
+    /// message id; 0 otherwise.
+    pub subject: u64,
+    /// The group's name for `Created` and `Renamed`, empty otherwise.
+    pub text: String,
+    /// For `MemberAdded`, every user added by the one request (`subject` is the first);
+    /// empty otherwise.
+    pub users: Vec<u64>,
+}
+
+impl Wire for SystemEvent {
+    fn put(&self, buf: &mut BytesMut) {
+        self.event.put(buf);
+        self.actor.put(buf);
+        self.subject.put(buf);
+        self.text.put(buf);
+        self.users.put(buf);
+    }
+    fn get(r: &mut Reader, _field: &'static str) -> Result<Self, Error> {
+        let mut ev = Self {
+            event: Wire::get(r, "SystemEvent.event")?,
+            actor: Wire::get(r, "SystemEvent.actor")?,
+            subject: Wire::get(r, "SystemEvent.subject")?,
+            text: Wire::get(r, "SystemEvent.text")?,
+            users: Vec::new(),
+        };
+        if r.remaining() > 0 {
+            ev.users = Wire::get(r, "SystemEvent.users")?;
+        }
+        Ok(ev)
+    }
+    fn size(&self) -> usize {
+        self.event.size()
+            + self.actor.size()
+            + self.subject.size()
+            + self.text.size()
+            + self.users.size()
     }
 }
 
@@ -169,6 +205,14 @@ wire_struct! {
         /// Microseconds since the Unix epoch: when the user was last online; while online, the
         /// time of the answer or push.
         pub last_seen: u64,
+    }
+}
+
+wire_struct! {
+    /// Names one message: its thread and id.
+    pub struct MessageRef {
+        pub thread: u64,
+        pub id: u64,
     }
 }
 
@@ -275,8 +319,9 @@ frames! {
     /// Which members have received and read a message.
     Readers = 0x25 { thread: u64, message: u64 }
     /// Everything that changed since `since` (a `watermark` from an earlier `SyncBatch`, 0 the
-    /// first time). Continue a page with the `next_thread`/`next_message` of the last batch.
-    Sync = 0x26 { since: u64, after_thread: u64, after_message: u64, limit: u16 }
+    /// first time). Continue a page with the `next_thread`/`next_message` of the last batch and
+    /// its `watermark` (0 on the first page): one walk keeps one watermark.
+    Sync = 0x26 { since: u64, after_thread: u64, after_message: u64, limit: u16, watermark: u64 }
     /// Typing indicator; never answered, never stored.
     Typing = 0x27 { thread: u64, active: bool }
 
@@ -315,9 +360,11 @@ frames! {
     /// The first tick: the message is durable.
     Sent = 0x86 { thread: u64, message: u64, client_msg_id: u64 }
     Messages = 0x87 { thread: u64, messages: Vec<Message>, more: bool }
-    /// One page of sync. While `more`, ask again with `next_thread`/`next_message`; when done,
-    /// keep `watermark` as the next `since`.
-    SyncBatch = 0x88 { threads: Vec<Thread>, messages: Vec<Message>, more: bool, next_thread: u64, next_message: u64, watermark: u64 }
+    /// One page of sync. While `more`, ask again with `next_thread`/`next_message` and this
+    /// `watermark` (the same on every page of a walk); when done, keep `watermark` as the next
+    /// `since`. `deleted`: messages of these threads the caller deleted for themselves (on any
+    /// device) since `since`.
+    SyncBatch = 0x88 { threads: Vec<Thread>, messages: Vec<Message>, more: bool, next_thread: u64, next_message: u64, watermark: u64, deleted: Vec<MessageRef> }
     ReadersList = 0x89 { thread: u64, message: u64, delivered: Vec<u64>, read: Vec<u64> }
     Contacts = 0x8A { users: Vec<UserInfo> }
     User = 0x8B { user: UserInfo }
@@ -341,6 +388,28 @@ frames! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_system_event_without_the_appended_users_decodes_with_none() {
+        // MEMBER_ADDED, actor 7, subject 9, empty text: the layout before `users`.
+        let mut old = vec![SystemEventKind::MemberAdded as u8];
+        old.extend_from_slice(&7u64.to_be_bytes());
+        old.extend_from_slice(&9u64.to_be_bytes());
+        old.extend_from_slice(&[0, 0]);
+        let ev = SystemEvent::get(&mut Reader::new(Bytes::from(old)), "body").unwrap();
+        assert_eq!((ev.actor, ev.subject, ev.users.len()), (7, 9, 0));
+        let new = SystemEvent {
+            users: vec![9, 11],
+            ..ev
+        };
+        let mut buf = BytesMut::new();
+        new.put(&mut buf);
+        assert_eq!(buf.len(), new.size());
+        assert_eq!(
+            SystemEvent::get(&mut Reader::new(buf.freeze()), "body").unwrap(),
+            new
+        );
+    }
 
     #[test]
     fn codes_are_unique_ascending_and_in_their_direction_range() {

@@ -9,14 +9,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use courier_protocol::{ErrorCode, ErrorReply, Frame};
+use courier_protocol::{ErrorCode, ErrorReply, Frame, ReceiptKind};
 
 use super::dedupe::RecentSends;
 use super::limits::Staged;
 use super::media::Uploads;
+use super::messages::TypingGate;
 use super::threads::ThreadCache;
 use super::{Caller, Effect, Shared};
-use crate::store::{Batch, FsyncMode};
+use crate::store::{Batch, FsyncMode, PrivateState};
 
 /// A request's failure: the code and a sentence for the person behind the client.
 pub(super) type Reject = (ErrorCode, &'static str);
@@ -39,6 +40,16 @@ pub struct Engine {
     pub(super) staged: Staged,
     /// Direct threads created this round, by user pair.
     pub(super) round_directs: HashMap<(u64, u64), u64>,
+    /// Memberships (user, thread) staged this round: a later request of the round reads these,
+    /// since the store cannot see uncommitted writes.
+    pub(super) round_private: HashMap<(u64, u64), PrivateState>,
+    /// This round's receipt pushes by (thread, reader, kind): their index in `pending`, so a
+    /// later advance of the same cursor replaces the push instead of adding one.
+    pub(super) round_receipts: HashMap<(u64, u64, ReceiptKind), usize>,
+    /// Scratch list of a receipt's recipients (kept to avoid an allocation per receipt).
+    pub(super) audience: Vec<u64>,
+    /// Rate limit of TYPING_PUSH per (thread, user).
+    pub(super) typing: TypingGate,
     /// Highest clock value staged this round (recorded as the clock floor on commit).
     round_max: u64,
     /// Owned threads whose record changed this round: written once, at commit, however many
@@ -64,6 +75,10 @@ impl Engine {
             recent_sends: RecentSends::new(recent),
             staged: Staged::default(),
             round_directs: HashMap::new(),
+            round_private: HashMap::new(),
+            round_receipts: HashMap::new(),
+            audience: Vec::new(),
+            typing: TypingGate::default(),
             round_max: 0,
             dirty_threads: HashSet::new(),
             dirty_members: HashSet::new(),
@@ -130,7 +145,7 @@ impl Engine {
             Frame::Recall(f) => self.recall(&caller, f.thread, f.message),
             Frame::DeleteForMe(f) => self.delete_for_me(&caller, f.thread, f.message),
             Frame::Readers(f) => self.readers(&caller, f.thread, f.message),
-            Frame::Sync(f) => self.sync(&caller, f),
+            Frame::Sync(f) => super::sync::sync(&self.shared, &caller, f),
             Frame::Typing(f) => self.typing(&caller, f.thread, f.active),
             Frame::ContactAdd(f) => self.contact_add(&caller, f.user),
             Frame::ContactRemove(f) => self.contact_remove(&caller, f.user),
@@ -213,6 +228,8 @@ impl Engine {
         self.recent_sends.commit_round();
         self.staged.clear();
         self.round_directs.clear();
+        self.round_private.clear();
+        self.round_receipts.clear();
         self.round_max = 0;
         self.shared.in_flight[self.shard as usize]
             .0
@@ -265,6 +282,29 @@ impl Engine {
             except: except.map(|c| c.conn),
             frame,
         });
+    }
+
+    /// Like [`push`](Self::push); returns the push's place in this round's answers, valid
+    /// until the round is committed, for [`retract`](Self::retract).
+    pub(super) fn push_indexed(
+        &mut self,
+        users: Arc<[u64]>,
+        except: Option<&Caller>,
+        frame: Frame,
+    ) -> usize {
+        self.push(users, except, frame);
+        self.pending.len() - 1
+    }
+
+    /// Takes back the push at `index` of this round (it stays in the list, addressed to
+    /// nobody, so later indices hold) and returns whom it was for.
+    pub(super) fn retract(&mut self, index: usize) -> Option<Arc<[u64]>> {
+        match self.pending.get_mut(index) {
+            Some(Effect::Push { users, .. }) => {
+                Some(std::mem::replace(users, Arc::from(Vec::new())))
+            }
+            _ => None,
+        }
     }
 }
 

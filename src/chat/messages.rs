@@ -1,8 +1,9 @@
 //! Messages: send with idempotent retries, history, receipts (the three ticks), recall,
 //! delete-for-me, readers, typing. All run on the thread's owner shard.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_protocol::wire::Wire;
@@ -19,6 +20,72 @@ use crate::store::MessageRecord;
 
 /// Messages returned when a request asks for 0.
 const DEFAULT_PAGE: usize = 50;
+/// The most messages a receipt reads (their senders only) to find whom to tell; past this,
+/// every member is told.
+const RECEIPT_SCAN: usize = 256;
+/// Least time between two TYPING_PUSHes of one user in one thread; a stop after a start goes
+/// out at once all the same.
+pub(super) const TYPING_INTERVAL: Duration = Duration::from_secs(3);
+/// Size of the typing table below which it is not swept.
+const TYPING_SWEEP_MIN: usize = 1024;
+
+/// Both sorted recipient lists, merged.
+fn union(a: &[u64], b: &[u64]) -> Arc<[u64]> {
+    let mut all: Vec<u64> = a.iter().chain(b).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    all.into()
+}
+
+/// Coalesces TYPING per (thread, user): at most one push per [`TYPING_INTERVAL`], except
+/// that a stop right after a pushed start still goes out (receivers would otherwise show
+/// "typing" until their own timeout). Bounded: entries older than the interval mean the same
+/// as none and are swept once the table doubles.
+pub(crate) struct TypingGate {
+    origin: Instant,
+    /// (thread, user) → when the last push went out (µs since `origin`), and whether it said
+    /// "typing".
+    last: HashMap<(u64, u64), (u64, bool)>,
+    sweep_at: usize,
+}
+
+impl Default for TypingGate {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            last: HashMap::new(),
+            sweep_at: TYPING_SWEEP_MIN,
+        }
+    }
+}
+
+impl TypingGate {
+    /// Whether a TYPING from `user` in `thread` is pushed now.
+    pub fn admit_now(&mut self, thread: u64, user: u64, active: bool) -> bool {
+        let now = self.origin.elapsed().as_micros() as u64;
+        self.admit(thread, user, active, now)
+    }
+
+    /// Whether a TYPING from `user` in `thread` at `now` (µs, monotonic) is pushed.
+    pub fn admit(&mut self, thread: u64, user: u64, active: bool, now: u64) -> bool {
+        let interval = TYPING_INTERVAL.as_micros() as u64;
+        let pass = match self.last.get(&(thread, user)) {
+            None => true,
+            Some(&(at, was_active)) => {
+                now.saturating_sub(at) >= interval || (was_active && !active)
+            }
+        };
+        if pass {
+            if self.last.len() >= self.sweep_at {
+                self.last
+                    .retain(|_, &mut (at, _)| now.saturating_sub(at) < interval);
+                self.sweep_at = (self.last.len() * 2).max(TYPING_SWEEP_MIN);
+            }
+            self.last.insert((thread, user), (now, active));
+        }
+        pass
+    }
+}
 
 pub(super) fn to_wire(thread: u64, id: u64, m: MessageRecord) -> Message {
     Message {
@@ -165,7 +232,10 @@ impl Engine {
     }
 
     /// Cumulative cursors that only move forward; read implies delivered. An advance is
-    /// pushed to every member's devices (the sender's ticks; the reader's other devices).
+    /// pushed to the senders of the messages it covers (their ticks) and to the reader's other
+    /// devices, not to every member: in a group where everyone reads, that would be members²
+    /// pushes. Several advances of one cursor in a round make one push. READERS tells anyone
+    /// else who has read what.
     pub(super) fn receipt(&mut self, caller: &Caller, f: Receipt) -> Result<Option<Frame>, Reject> {
         let state = self.member_state(caller, f.thread)?;
         let up_to = f.up_to.min(state.rec.last_msg_id);
@@ -173,6 +243,10 @@ impl Engine {
             .members
             .get_mut(&caller.user)
             .expect("member_state checked membership");
+        let from = match f.kind {
+            ReceiptKind::Delivered => me.delivered,
+            ReceiptKind::Read => me.read,
+        };
         let advanced = match f.kind {
             ReceiptKind::Delivered if up_to > me.delivered => {
                 me.delivered = up_to;
@@ -186,20 +260,68 @@ impl Engine {
             _ => false,
         };
         if advanced {
-            let users = state.member_ids.clone();
+            let members = state.member_ids.clone();
             self.save_member(f.thread, caller.user);
             let changed = self.tick();
             self.thread_state(f.thread)?.rec.changed_at = changed;
             self.save_thread(f.thread);
+            let mut users = self.receipt_audience(f.thread, caller.user, from, up_to, members)?;
+            let key = (f.thread, caller.user, f.kind);
+            let earlier = self.round_receipts.get(&key).copied();
+            if let Some(earlier) = earlier.and_then(|index| self.retract(index)) {
+                users = union(&earlier, &users);
+            }
             let push = ReceiptPush {
                 thread: f.thread,
                 user: caller.user,
                 kind: f.kind,
                 up_to,
             };
-            self.push(users, Some(caller), push.into());
+            let index = self.push_indexed(users, Some(caller), push.into());
+            self.round_receipts.insert(key, index);
         }
         Ok(Some(Done {}.into()))
+    }
+
+    /// Who hears that `reader`'s cursor moved from `from` to `up_to`: the reader's devices and
+    /// the senders of the messages in between, if still members. Every member when the range
+    /// is too long to read cheaply or reaches messages not committed yet, and in a thread of
+    /// two, where the other member is the only other sender (nothing is read then).
+    fn receipt_audience(
+        &mut self,
+        thread: u64,
+        reader: u64,
+        from: u64,
+        up_to: u64,
+        members: Arc<[u64]>,
+    ) -> Result<Arc<[u64]>, Reject> {
+        if members.len() <= 2 {
+            return Ok(members);
+        }
+        let mut users = std::mem::take(&mut self.audience);
+        users.clear();
+        users.push(reader);
+        let complete = self
+            .shared
+            .store
+            .message_senders(thread, from, up_to, RECEIPT_SCAN, &mut users)
+            .map_err(internal);
+        let out = match complete {
+            Ok(true) => {
+                users.retain(|u| members.binary_search(u).is_ok());
+                users.sort_unstable();
+                users.dedup();
+                Ok(if users.len() == members.len() {
+                    members
+                } else {
+                    Arc::from(&users[..])
+                })
+            }
+            Ok(false) => Ok(members),
+            Err(e) => Err(e),
+        };
+        self.audience = users;
+        out
     }
 
     /// The sender recalls a message within the window: it becomes a tombstone, and a
@@ -271,7 +393,13 @@ impl Engine {
             ));
         }
         self.staged.hide(caller.user, thread, message);
-        self.batch.put_hidden(caller.user, thread, message);
+        // Stamped, and the membership's change marker moved, so the caller's other devices
+        // get the deletion from SYNC.
+        let at = self.tick();
+        self.batch.put_hidden(caller.user, thread, message, at);
+        let mut state = self.private(caller.user, thread)?;
+        state.changed_at = at;
+        self.put_private(caller.user, thread, state);
         Ok(Some(Done {}.into()))
     }
 
@@ -317,13 +445,18 @@ impl Engine {
         ))
     }
 
-    /// Ephemeral: pushed to the other members' devices, never stored, never answered.
+    /// Ephemeral: pushed to the other members' devices, never stored, never answered;
+    /// coalesced per (thread, user) by the [`TypingGate`].
     pub(super) fn typing(
         &mut self,
         caller: &Caller,
         thread: u64,
         active: bool,
     ) -> Result<Option<Frame>, Reject> {
+        self.member_state(caller, thread)?;
+        if !self.typing.admit_now(thread, caller.user, active) {
+            return Ok(None);
+        }
         let state = self.member_state(caller, thread)?;
         let others: Arc<[u64]> = state
             .member_ids
@@ -342,5 +475,54 @@ impl Engine {
             .into(),
         );
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000;
+
+    #[test]
+    fn typing_is_pushed_at_most_once_per_interval_but_a_stop_after_a_start_goes_out() {
+        let mut gate = TypingGate::default();
+        assert!(gate.admit(1, 7, true, 10 * SEC));
+        for ms in 1..50 {
+            assert!(
+                !gate.admit(1, 7, true, 10 * SEC + ms * 1000),
+                "a refresh at {ms} ms"
+            );
+        }
+        assert!(
+            gate.admit(1, 7, false, 10 * SEC + 60_000),
+            "stop after start"
+        );
+        assert!(!gate.admit(1, 7, false, 10 * SEC + 70_000), "a second stop");
+        assert!(
+            !gate.admit(1, 7, true, 10 * SEC + 80_000),
+            "a start right after a stop"
+        );
+        assert!(
+            gate.admit(1, 7, true, 13 * SEC + 60_000),
+            "a start after the interval"
+        );
+        assert!(gate.admit(2, 7, true, 13 * SEC + 60_001), "another thread");
+        assert!(gate.admit(1, 8, true, 13 * SEC + 60_002), "another user");
+    }
+
+    #[test]
+    fn the_typing_table_sweeps_what_has_expired() {
+        let mut gate = TypingGate::default();
+        for user in 0..TYPING_SWEEP_MIN as u64 {
+            assert!(gate.admit(1, user, true, 0));
+        }
+        assert_eq!(gate.last.len(), TYPING_SWEEP_MIN);
+        assert!(gate.admit(1, u64::MAX, true, 10 * SEC));
+        assert_eq!(gate.last.len(), 1, "the expired entries were swept");
+        assert!(
+            gate.admit(1, 0, true, 10 * SEC),
+            "a swept entry admits again"
+        );
     }
 }

@@ -150,7 +150,7 @@ impl World {
         limit: u16,
     ) -> (Vec<Thread>, Vec<Message>, u64, usize) {
         let (mut threads, mut messages, mut pages) = (Vec::new(), Vec::new(), 0);
-        let (mut after_thread, mut after_message) = (0, 0);
+        let (mut after_thread, mut after_message, mut watermark) = (0, 0, 0);
         loop {
             pages += 1;
             let Frame::SyncBatch(b) = self.ask(
@@ -160,6 +160,7 @@ impl World {
                     after_thread,
                     after_message,
                     limit,
+                    watermark,
                 },
             ) else {
                 panic!()
@@ -169,7 +170,7 @@ impl World {
             if !b.more {
                 return (threads, messages, b.watermark, pages);
             }
-            (after_thread, after_message) = (b.next_thread, b.next_message);
+            (after_thread, after_message, watermark) = (b.next_thread, b.next_message, b.watermark);
         }
     }
 }
@@ -620,6 +621,92 @@ fn sync_pages_return_every_message_once_in_order() {
     assert_eq!(messages.len(), 1);
 }
 
+/// One page of a sync walk.
+fn sync_page(w: &mut World, caller: &Caller, f: Sync) -> SyncBatch {
+    match w.ask(caller, f) {
+        Frame::SyncBatch(b) => b,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_message_committed_between_sync_pages_into_a_walked_thread_is_not_skipped() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b, c) = (w.user("alice"), w.user("bob"), w.user("carol"));
+    let first = w.direct(&a, &b);
+    let second = w.direct(&c, &b);
+    assert!(first < second, "the walk visits `first` before `second`");
+    w.send(&a, first, 1, "a1");
+    w.send(&a, first, 2, "a2");
+    for i in 0..5 {
+        w.send(&c, second, i, "c");
+    }
+    // Page 1 walks `first` completely and stops inside `second`.
+    let page1 = sync_page(
+        &mut w,
+        &b,
+        Sync {
+            since: 0,
+            after_thread: 0,
+            after_message: 0,
+            limit: 4,
+            watermark: 0,
+        },
+    );
+    assert!(page1.more);
+    assert_eq!(page1.next_thread, second);
+    // Now a message is committed into `first`, behind the walk.
+    let late = w.send(&a, first, 3, "late");
+    let page2 = sync_page(
+        &mut w,
+        &b,
+        Sync {
+            since: 0,
+            after_thread: page1.next_thread,
+            after_message: page1.next_message,
+            limit: 4,
+            watermark: page1.watermark,
+        },
+    );
+    assert!(!page2.more);
+    assert!(page2.messages.iter().all(|m| m.id != late));
+    // The next sync, from the walk's watermark, returns the late message.
+    let (_, messages, _, _) = w.sync_all(&b, page2.watermark, 0);
+    assert!(
+        messages.iter().any(|m| m.id == late),
+        "the message committed mid-walk was skipped for good"
+    );
+    assert_eq!(page2.watermark, page1.watermark, "one walk, one watermark");
+}
+
+#[test]
+fn a_sync_continuation_needs_the_walks_watermark_and_cannot_claim_a_future_one() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    w.send(&a, t, 1, "x");
+    let continuation = Sync {
+        since: 0,
+        after_thread: t,
+        after_message: 0,
+        limit: 0,
+        watermark: 0,
+    };
+    assert_eq!(w.error(&b, continuation), ErrorCode::InvalidArgument);
+    let future = sync_page(
+        &mut w,
+        &b,
+        Sync {
+            since: 0,
+            after_thread: 0,
+            after_message: 0,
+            limit: 0,
+            watermark: u64::MAX,
+        },
+    );
+    assert!(future.watermark <= w.shared.watermark());
+}
+
 #[test]
 fn watermark_stays_below_uncommitted_changes() {
     let mut w = World::new(ChatConfig::default());
@@ -1007,4 +1094,160 @@ fn the_caps_count_what_the_same_round_staged() {
     let codes: Vec<_> = replies.iter().map(code_of).collect();
     assert_eq!(codes, [None, None, None, Some(ErrorCode::TooManyDeleted)]);
     assert_eq!(w.shared.store.count_hidden(a.user, thread, 10).unwrap(), 2);
+}
+
+/// The RECEIPT_PUSHes among `effects` that reach anyone, with their recipients.
+fn receipt_pushes(effects: &[Effect]) -> Vec<(Vec<u64>, ReceiptPush)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Push {
+                users,
+                frame: Frame::ReceiptPush(p),
+                ..
+            } if !users.is_empty() => Some((users.to_vec(), p.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn group(w: &mut World, creator: &Caller, members: Vec<u64>) -> u64 {
+    match w.ask(
+        creator,
+        CreateGroup {
+            name: "g".into(),
+            members,
+        },
+    ) {
+        Frame::ThreadInfo(t) => t.thread.id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn sorted(mut users: Vec<u64>) -> Vec<u64> {
+    users.sort_unstable();
+    users.dedup();
+    users
+}
+
+#[test]
+fn a_receipt_is_pushed_to_the_senders_it_covers_and_the_readers_devices_not_to_everyone() {
+    let mut w = World::new(ChatConfig::default());
+    let people: Vec<Caller> = (0..6).map(|i| w.user(&format!("user{i}"))).collect();
+    let (a, c) = (people[0], people[2]);
+    let g = group(&mut w, &a, people[1..].iter().map(|p| p.user).collect());
+    let m1 = w.send(&a, g, 1, "from a");
+    let m2 = w.send(&c, g, 1, "from c");
+
+    // Two advances of one cursor in one round make one push, with the later cursor.
+    let r = people[5];
+    let shard = w.shared.thread_shard(g) as usize;
+    for (id, up_to) in [(1, m1), (2, m2)] {
+        let receipt = Receipt {
+            thread: g,
+            kind: ReceiptKind::Delivered,
+            up_to,
+        };
+        w.engines[shard].handle(r, id, receipt.into());
+    }
+    let mut effects = Vec::new();
+    w.engines[shard].commit(&mut effects);
+    let pushes = receipt_pushes(&effects);
+    assert_eq!(pushes.len(), 1, "aggregated per round: {pushes:?}");
+    assert_eq!(pushes[0].1.up_to, m2);
+    assert_eq!(pushes[0].0, sorted(vec![a.user, c.user, r.user]));
+
+    // A read up to m1 concerns a only; then up to m2, c only (and the reader's devices).
+    let b = people[1];
+    let read = |up_to| Receipt {
+        thread: g,
+        kind: ReceiptKind::Read,
+        up_to,
+    };
+    let pushes = receipt_pushes(&w.run(&b, read(m1)));
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].0, sorted(vec![a.user, b.user]));
+    let pushes = receipt_pushes(&w.run(&b, read(m2)));
+    assert_eq!(pushes[0].0, sorted(vec![c.user, b.user]));
+
+    // Everyone else reads: 3 recipients each, not the 6 members.
+    for r in &people[3..] {
+        let pushes = receipt_pushes(&w.run(r, read(m2)));
+        assert_eq!(pushes.len(), 1);
+        assert_eq!(pushes[0].0, sorted(vec![a.user, c.user, r.user]));
+    }
+    // READERS still tells who has read.
+    let Frame::ReadersList(list) = w.ask(
+        &a,
+        Readers {
+            thread: g,
+            message: m1,
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        list.read,
+        sorted(people[1..].iter().map(|p| p.user).collect())
+    );
+}
+
+#[test]
+fn typing_is_pushed_once_per_interval_and_the_stop_still_goes_out() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b, c) = (w.user("alice"), w.user("bob"), w.user("carol"));
+    let g = group(&mut w, &a, vec![b.user, c.user]);
+    let typing = |w: &mut World, active| {
+        w.run(&a, Typing { thread: g, active })
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::Push {
+                        frame: Frame::TypingPush(_),
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    let starts: usize = (0..10).map(|_| typing(&mut w, true)).sum();
+    assert_eq!(starts, 1, "ten TYPINGs within the interval make one push");
+    assert_eq!(typing(&mut w, false), 1, "the stop goes out");
+    assert_eq!(typing(&mut w, false), 0);
+}
+
+#[test]
+fn adding_several_members_writes_one_system_message_naming_them_all() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b, c, d) = (
+        w.user("alice"),
+        w.user("bob"),
+        w.user("carol"),
+        w.user("dave"),
+    );
+    let g = group(&mut w, &a, vec![]);
+    let effects = w.run(
+        &a,
+        AddMembers {
+            thread: g,
+            members: vec![d.user, b.user, c.user, b.user],
+        },
+    );
+    let added: Vec<Message> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Push {
+                frame: Frame::MessagePush(p),
+                ..
+            } => Some(p.message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(added.len(), 1, "one message for the whole request");
+    let ev = SystemEvent::get(&mut wire::Reader::new(added[0].body.clone()), "e").unwrap();
+    assert_eq!(ev.event, SystemEventKind::MemberAdded);
+    assert_eq!(ev.users, sorted(vec![b.user, c.user, d.user]));
+    assert_eq!(ev.subject, ev.users[0]);
+    assert_eq!(w.history(&d, g).len(), 2, "CREATED and one MEMBER_ADDED");
 }

@@ -210,6 +210,22 @@ pub(super) fn view(
     })
 }
 
+/// What sync shows `viewer` of a thread they left or were removed from (`left` is their
+/// tombstone): no members (the viewer among them least of all), nothing private, and as last
+/// message the MEMBER_LEFT/MEMBER_REMOVED notice, the last message they may see.
+pub(super) fn left_view(id: u64, rec: &ThreadRecord, left: &PrivateState) -> Thread {
+    Thread {
+        id,
+        kind: rec.kind,
+        name: rec.name.clone(),
+        members: Vec::new(),
+        last_msg_id: left.changed_at,
+        muted: false,
+        hidden: false,
+        label: String::new(),
+    }
+}
+
 /// A group's name, or for a direct thread the other member's handle.
 fn display_name(
     store: &Store,
@@ -246,13 +262,29 @@ fn valid_name(name: &str) -> Result<(), Reject> {
     }
 }
 
-/// Encodes a system event as a message body.
-fn system_body(event: SystemEventKind, actor: u64, subject: u64, text: &str) -> Bytes {
+/// The membership row of a user who left or was removed at `at` (the system message's id).
+fn tombstone(at: u64) -> PrivateState {
+    PrivateState {
+        changed_at: at,
+        left: true,
+        ..PrivateState::default()
+    }
+}
+
+/// Encodes a system event as a message body; `users` is for MEMBER_ADDED only.
+fn system_body(
+    event: SystemEventKind,
+    actor: u64,
+    subject: u64,
+    text: &str,
+    users: Vec<u64>,
+) -> Bytes {
     let ev = SystemEvent {
         event,
         actor,
         subject,
         text: text.into(),
+        users,
     };
     let mut buf = BytesMut::with_capacity(ev.size());
     ev.put(&mut buf);
@@ -289,6 +321,26 @@ impl Engine {
             return Err((ErrorCode::NotMember, "you are not a member of this thread"));
         }
         Ok(state)
+    }
+
+    /// Stages `state` as `user`'s membership of `thread`; later requests of this round read it
+    /// back through [`private`](Self::private).
+    pub(super) fn put_private(&mut self, user: u64, thread: u64, state: PrivateState) {
+        self.batch.put_private_state(user, thread, &state);
+        self.round_private.insert((user, thread), state);
+    }
+
+    /// `user`'s membership of `thread`, this round's staged change included.
+    pub(super) fn private(&self, user: u64, thread: u64) -> Result<PrivateState, Reject> {
+        if let Some(state) = self.round_private.get(&(user, thread)) {
+            return Ok(state.clone());
+        }
+        Ok(self
+            .shared
+            .store
+            .private_state(user, thread)
+            .map_err(internal)?
+            .unwrap_or_default())
     }
 
     /// Marks the record of a thread this shard owns as changed; it is written at commit.
@@ -339,7 +391,18 @@ impl Engine {
         text: &str,
         extra: &[u64],
     ) -> Result<u64, Reject> {
-        let body = system_body(event, caller.user, subject, text);
+        let body = system_body(event, caller.user, subject, text, Vec::new());
+        self.append_system(thread, caller, body, extra)
+    }
+
+    /// Appends a SYSTEM message with an encoded event `body`, for every member (and `extra`).
+    fn append_system(
+        &mut self,
+        thread: u64,
+        caller: &Caller,
+        body: Bytes,
+        extra: &[u64],
+    ) -> Result<u64, Reject> {
         let rec = MessageRecord {
             sender: caller.user,
             client_msg_id: 0,
@@ -385,8 +448,11 @@ impl Engine {
                 read: 0,
             };
             self.batch.put_member(id, user, &m);
-            self.batch
-                .put_private_state(user, id, &PrivateState::default());
+            let joined = PrivateState {
+                changed_at: now,
+                ..PrivateState::default()
+            };
+            self.batch.put_private_state(user, id, &joined);
             map.insert(user, m);
         }
         if self.shared.thread_shard(id) == self.shard {
@@ -517,7 +583,7 @@ impl Engine {
         // The creation notice goes to every member's devices; the creator's asking device
         // also gets THREAD_INFO. Staged directly: this shard may not own the new thread.
         let id = self.tick();
-        let body = system_body(SystemEventKind::Created, caller.user, 0, &name);
+        let body = system_body(SystemEventKind::Created, caller.user, 0, &name, Vec::new());
         let msg = MessageRecord {
             sender: caller.user,
             client_msg_id: 0,
@@ -582,14 +648,33 @@ impl Engine {
         for &u in &new {
             self.user_exists(u)?;
         }
+        let Some(&first) = new.first() else {
+            return Ok(Some(courier_protocol::Done {}.into()));
+        };
+        let state = self.thread_state(thread)?;
         for &u in &new {
-            let state = self.thread_state(thread)?;
             state.members.insert(u, MemberRecord::default());
-            state.refresh_ids();
+        }
+        state.refresh_ids();
+        for &u in &new {
             self.batch.put_member(thread, u, &MemberRecord::default());
-            self.batch
-                .put_private_state(u, thread, &PrivateState::default());
-            self.system(thread, caller, SystemEventKind::MemberAdded, u, "", &[])?;
+        }
+        // One MEMBER_ADDED message names every user added, however many.
+        let body = system_body(
+            SystemEventKind::MemberAdded,
+            caller.user,
+            first,
+            "",
+            new.clone(),
+        );
+        let at = self.append_system(thread, caller, body, &[])?;
+        for u in new {
+            // A fresh membership; it replaces the tombstone of an earlier stay, if any.
+            let joined = PrivateState {
+                changed_at: at,
+                ..PrivateState::default()
+            };
+            self.put_private(u, thread, joined);
         }
         Ok(Some(courier_protocol::Done {}.into()))
     }
@@ -612,7 +697,7 @@ impl Engine {
         }
         state.refresh_ids();
         self.batch.delete_member(thread, user);
-        self.system(
+        let at = self.system(
             thread,
             caller,
             SystemEventKind::MemberRemoved,
@@ -620,6 +705,7 @@ impl Engine {
             "",
             &[user],
         )?;
+        self.put_private(user, thread, tombstone(at));
         Ok(Some(courier_protocol::Done {}.into()))
     }
 
@@ -648,7 +734,7 @@ impl Engine {
             self.save_member(thread, u);
         }
         self.batch.delete_member(thread, caller.user);
-        self.system(
+        let at = self.system(
             thread,
             caller,
             SystemEventKind::MemberLeft,
@@ -656,6 +742,7 @@ impl Engine {
             "",
             &[caller.user],
         )?;
+        self.put_private(caller.user, thread, tombstone(at));
         Ok(Some(courier_protocol::Done {}.into()))
     }
 
@@ -702,13 +789,16 @@ impl Engine {
             return Err((ErrorCode::InvalidArgument, "a label is at most 64 bytes"));
         }
         let last = self.member_state(caller, f.thread)?.rec.last_msg_id;
+        // A new change marker, so the caller's other devices get the state from SYNC.
         let state = PrivateState {
             muted: f.muted,
             hidden: f.hidden,
             hidden_upto: if f.hidden { last } else { 0 },
             label: f.label,
+            changed_at: self.tick(),
+            left: false,
         };
-        self.batch.put_private_state(caller.user, f.thread, &state);
+        self.put_private(caller.user, f.thread, state);
         Ok(Some(courier_protocol::Done {}.into()))
     }
 

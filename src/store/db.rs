@@ -17,6 +17,7 @@ use rocksdb::{
 use super::keys::{self, *};
 use super::records::*;
 use super::{Error, FsyncMode};
+use crate::clock::wall_us;
 
 /// How many ids an allocator reserves per durable write of its counter.
 const ID_LEASE: u64 = 1024;
@@ -117,12 +118,15 @@ impl Store {
                 cf.set_compaction_filter(
                     "courier-dedupe-window",
                     move |_level: u32, _key: &[u8], value: &[u8]| {
-                        expire_dedupe(window, crate::clock::wall_us, value)
+                        expire_dedupe(window, wall_us, value)
                     },
                 );
                 // Files nothing else compacts (a quiet server) are still compacted, and so
                 // expired, about once a window (at least every 10 minutes, at most daily).
                 cf.set_periodic_compaction_seconds((window / 1_000_000).clamp(600, 86_400));
+            }
+            if *name == CF_MEMBERSHIPS {
+                cf.set_compaction_filter("expired_membership_tombstones", drop_expired_tombstone);
             }
             ColumnFamilyDescriptor::new(*name, cf)
         });
@@ -424,15 +428,42 @@ impl Store {
         self.get_record(CF_MEMBERSHIPS, &keys::pair(user, thread))
     }
 
-    /// Every thread `user` belongs to, with the user's private state, by thread id.
+    /// Every thread `user` belongs to, with the user's private state, by thread id
+    /// (tombstones of threads they left are not memberships).
     pub fn memberships(&self, user: u64) -> Result<Vec<(u64, PrivateState)>, Error> {
         let mut out = Vec::new();
         self.scan_prefix(CF_MEMBERSHIPS, &keys::id(user), |k, v| {
-            out.push((
-                keys::parse_pair(CF_MEMBERSHIPS, k)?.1,
-                PrivateState::decode(v)?,
-            ));
+            let state = PrivateState::decode(v)?;
+            if !state.left {
+                out.push((keys::parse_pair(CF_MEMBERSHIPS, k)?.1, state));
+            }
             Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// At most `max` of `user`'s memberships from thread `from` on (inclusive), by thread id,
+    /// tombstones included (expired ones are not): a sync page starts where the previous one
+    /// stopped instead of rescanning them all.
+    pub fn memberships_from(
+        &self,
+        user: u64,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, PrivateState)>, Error> {
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        let lower = keys::pair(user, from);
+        let upper = keys::prefix_end(&keys::id(user));
+        let now = wall_us();
+        self.scan(CF_MEMBERSHIPS, &lower, &upper, false, |k, v| {
+            let state = PrivateState::decode(v)?;
+            if !state.expired(now) {
+                out.push((keys::parse_pair(CF_MEMBERSHIPS, k)?.1, state));
+            }
+            Ok(out.len() < max)
         })?;
         Ok(out)
     }
@@ -486,6 +517,38 @@ impl Store {
         Ok(more)
     }
 
+    /// Adds to `out` (once each) the senders of the non-system messages of `thread` with
+    /// `after < id <= up_to`, reading no message body. Returns false, with `out` incomplete,
+    /// when the range holds more than `cap` messages or does not end at a stored `up_to`.
+    pub fn message_senders(
+        &self,
+        thread: u64,
+        after: u64,
+        up_to: u64,
+        cap: usize,
+        out: &mut Vec<u64>,
+    ) -> Result<bool, Error> {
+        if up_to <= after {
+            return Ok(true);
+        }
+        let lower = keys::message(thread, after + 1);
+        let upper = keys::prefix_end(&keys::message(thread, up_to));
+        let (mut seen, mut last) = (0usize, 0u64);
+        self.scan(CF_MESSAGES, &lower, &upper, false, |k, v| {
+            seen += 1;
+            if seen > cap {
+                return Ok(false);
+            }
+            last = keys::parse_pair(CF_MESSAGES, k)?.1;
+            let (sender, kind) = MessageRecord::peek_sender_kind(v)?;
+            if kind != courier_protocol::MessageKind::System && !out.contains(&sender) {
+                out.push(sender);
+            }
+            Ok(true)
+        })?;
+        Ok(seen <= cap && last == up_to)
+    }
+
     /// Counts messages of `thread` newer than `after` not sent by `reader`, stopping at `cap`.
     pub fn count_unread(
         &self,
@@ -514,6 +577,22 @@ impl Store {
         client_msg_id: u64,
     ) -> Result<Option<u64>, Error> {
         self.get_u64(CF_DEDUPE, &keys::triple(thread, sender, client_msg_id))
+    }
+
+    /// (message id, when) of each message of `thread` that `user` deleted for themselves;
+    /// `when` is the clock value of the DELETE_FOR_ME, 0 for deletions stored without one.
+    pub fn hidden_messages_at(&self, user: u64, thread: u64) -> Result<Vec<(u64, u64)>, Error> {
+        let mut out = Vec::new();
+        self.scan_prefix(CF_HIDDEN, &keys::pair(user, thread), |k, v| {
+            let at = match v.len() {
+                0 => 0,
+                8 => u64::from_be_bytes(v.try_into().unwrap_or_default()),
+                _ => return Err(Error::CorruptValue { record: "hidden" }),
+            };
+            out.push((keys::parse_triple(CF_HIDDEN, k)?.2, at));
+            Ok(true)
+        })?;
+        Ok(out)
     }
 
     /// Message ids of `thread` that `user` deleted for themselves.
@@ -615,9 +694,10 @@ impl Batch {
         self.put(CF_MEMBERS, &keys::pair(thread, user), &rec.encode());
     }
 
+    /// Removes `user` from the members of `thread`. Their `memberships` row stays, as the
+    /// tombstone the caller writes with [`put_private_state`](Self::put_private_state).
     pub fn delete_member(&mut self, thread: u64, user: u64) {
         self.delete(CF_MEMBERS, &keys::pair(thread, user));
-        self.delete(CF_MEMBERSHIPS, &keys::pair(user, thread));
     }
 
     pub fn put_private_state(&mut self, user: u64, thread: u64, rec: &PrivateState) {
@@ -636,8 +716,13 @@ impl Batch {
         );
     }
 
-    pub fn put_hidden(&mut self, user: u64, thread: u64, msg: u64) {
-        self.put(CF_HIDDEN, &keys::triple(user, thread, msg), &[]);
+    /// `msg` deleted for `user` at clock value `at`.
+    pub fn put_hidden(&mut self, user: u64, thread: u64, msg: u64, at: u64) {
+        self.put(
+            CF_HIDDEN,
+            &keys::triple(user, thread, msg),
+            &at.to_be_bytes(),
+        );
     }
 
     pub fn put_media_chunk(&mut self, media: &[u8; MEDIA_ID], offset: u64, data: &[u8]) {
@@ -654,6 +739,15 @@ impl Batch {
         let mut key = META_CLOCK_FLOOR.to_vec();
         key.extend_from_slice(&shard.to_be_bytes());
         self.put(CF_META, &key, &at.to_be_bytes());
+    }
+}
+
+/// Compaction filter of `memberships`: drops tombstones past their retention, so the rows of
+/// threads a user left do not pile up forever. Anything it cannot decode is kept.
+fn drop_expired_tombstone(_level: u32, _key: &[u8], value: &[u8]) -> Decision {
+    match PrivateState::decode(value) {
+        Ok(state) if state.expired(wall_us()) => Decision::Remove,
+        _ => Decision::Keep,
     }
 }
 
@@ -706,7 +800,6 @@ impl IdAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::wall_us;
 
     const MINUTE: u64 = 60_000_000;
 
@@ -758,5 +851,40 @@ mod tests {
             expire_dedupe(10, at(5_000), &[1, 2]),
             Decision::Keep
         ));
+    }
+
+    #[test]
+    fn compaction_drops_only_expired_membership_tombstones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        let now = wall_us();
+        let state = |left, changed_at| PrivateState {
+            left,
+            changed_at,
+            ..Default::default()
+        };
+        let mut b = store.batch();
+        b.put_private_state(1, 10, &state(true, 1)); // left long ago: expired
+        b.put_private_state(1, 11, &state(true, now)); // left just now
+        b.put_private_state(1, 12, &state(false, 1)); // a member, unchanged for long
+        store.commit(b).unwrap();
+        let threads =
+            |v: Vec<(u64, PrivateState)>| v.into_iter().map(|(t, _)| t).collect::<Vec<_>>();
+        assert_eq!(threads(store.memberships_from(1, 0, 10).unwrap()), [11, 12]);
+        assert_eq!(threads(store.memberships(1).unwrap()), [12]);
+        assert!(
+            store.private_state(1, 10).unwrap().is_some(),
+            "still on disk"
+        );
+        store
+            .inner
+            .db
+            .compact_range_cf(store.cf(CF_MEMBERSHIPS), None::<&[u8]>, None::<&[u8]>);
+        assert!(
+            store.private_state(1, 10).unwrap().is_none(),
+            "compacted away"
+        );
+        assert!(store.private_state(1, 11).unwrap().is_some());
+        assert!(store.private_state(1, 12).unwrap().is_some());
     }
 }

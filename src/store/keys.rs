@@ -10,10 +10,10 @@
 //! | `messages`    | thread u64 ++ message u64   | `MessageRecord`                   |
 //! | `threads`     | thread u64                  | `ThreadRecord`                    |
 //! | `members`     | thread u64 ++ user u64      | `MemberRecord` (role, cursors)    |
-//! | `memberships` | user u64 ++ thread u64      | `PrivateState` (muted, label…)    |
+//! | `memberships` | user u64 ++ thread u64      | `PrivateState` (muted, label…, change marker, tombstone) |
 //! | `direct`      | low user u64 ++ high user u64 | thread u64                      |
 //! | `dedupe`      | thread u64 ++ sender u64 ++ client id u64 | message u64         |
-//! | `hidden`      | user u64 ++ thread u64 ++ message u64 | empty (delete-for-me)   |
+//! | `hidden`      | user u64 ++ thread u64 ++ message u64 | clock u64 of the delete-for-me (empty before it was stamped) |
 //! | `users`       | user u64                    | `UserRecord`                      |
 //! | `handles`     | handle bytes                | user u64                          |
 //! | `tokens`      | token digest (16 bytes)     | `TokenRecord`                     |

@@ -103,15 +103,62 @@ record! {
     }
 }
 
-record! {
-    /// `memberships`: a user's private state of a thread.
-    pub struct PrivateState {
-        pub muted: bool,
-        /// Deleted-for-me conversation: messages up to `hidden_upto` are gone from this user's
-        /// view, and the thread stays out of their list until a newer message arrives.
-        pub hidden: bool,
-        pub hidden_upto: u64,
-        pub label: String,
+/// How long a membership tombstone ([`PrivateState::left`]) is kept: a device whose sync
+/// watermark is older than this does not learn of the removal from `SYNC` and syncs from 0.
+pub const TOMBSTONE_RETENTION_US: u64 = 30 * 24 * 3600 * 1_000_000;
+
+/// `memberships`: a user's membership of a thread and their private state of it; after the
+/// user left or was removed, a tombstone (`left`) so their other devices learn it from sync.
+///
+/// `changed_at` and `left` were appended to the layout; a value written without them reads as
+/// 0 and false.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PrivateState {
+    pub muted: bool,
+    /// Deleted-for-me conversation: messages up to `hidden_upto` are gone from this user's
+    /// view, and the thread stays out of their list until a newer message arrives.
+    pub hidden: bool,
+    pub hidden_upto: u64,
+    pub label: String,
+    /// Clock value of the last change of this membership (joined, private state set,
+    /// delete-for-me, left): sync's "changed since" for what only this user sees.
+    pub changed_at: u64,
+    /// Tombstone: the user left or was removed at `changed_at` (the id of that system
+    /// message). Dropped when the user rejoins, or after [`TOMBSTONE_RETENTION_US`].
+    pub left: bool,
+}
+
+impl PrivateState {
+    /// A tombstone past its retention at wall-clock time `now` (µs): treated as absent, and
+    /// dropped by compaction.
+    pub fn expired(&self, now: u64) -> bool {
+        self.left && self.changed_at.saturating_add(TOMBSTONE_RETENTION_US) < now
+    }
+}
+
+impl Record for PrivateState {
+    const NAME: &'static str = "PrivateState";
+    fn put(&self, buf: &mut BytesMut) {
+        self.muted.put(buf);
+        self.hidden.put(buf);
+        self.hidden_upto.put(buf);
+        self.label.put(buf);
+        self.changed_at.put(buf);
+        self.left.put(buf);
+    }
+    fn get(r: &mut Reader) -> Result<Self, courier_protocol::Error> {
+        let mut p = Self {
+            muted: Wire::get(r, "muted")?,
+            hidden: Wire::get(r, "hidden")?,
+            hidden_upto: Wire::get(r, "hidden_upto")?,
+            label: Wire::get(r, "label")?,
+            ..Self::default()
+        };
+        if r.remaining() > 0 {
+            p.changed_at = Wire::get(r, "changed_at")?;
+            p.left = Wire::get(r, "left")?;
+        }
+        Ok(p)
     }
 }
 
@@ -168,6 +215,44 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ThreadRecord::decode(&t.encode()).unwrap(), t);
+        let p = PrivateState {
+            muted: true,
+            label: "l".into(),
+            changed_at: 5,
+            left: true,
+            ..Default::default()
+        };
+        assert_eq!(PrivateState::decode(&p.encode()).unwrap(), p);
+    }
+
+    #[test]
+    fn a_membership_written_before_tombstones_reads_as_live_and_unchanged() {
+        // Version byte, muted, hidden, hidden_upto, label "ab": the layout without the
+        // appended `changed_at` and `left`.
+        let mut old = vec![V1, 1, 0];
+        old.extend_from_slice(&7u64.to_be_bytes());
+        old.extend_from_slice(&[0, 2, b'a', b'b']);
+        let p = PrivateState::decode(&old).unwrap();
+        assert_eq!((p.muted, p.hidden_upto, p.label.as_str()), (true, 7, "ab"));
+        assert_eq!((p.changed_at, p.left), (0, false));
+    }
+
+    #[test]
+    fn only_tombstones_past_the_retention_expire() {
+        let now = 100 * TOMBSTONE_RETENTION_US;
+        let old = now - TOMBSTONE_RETENTION_US - 1;
+        let tomb = |changed_at| PrivateState {
+            left: true,
+            changed_at,
+            ..Default::default()
+        };
+        assert!(tomb(old).expired(now));
+        assert!(!tomb(now - 1).expired(now));
+        let live = PrivateState {
+            changed_at: old,
+            ..Default::default()
+        };
+        assert!(!live.expired(now));
     }
 
     #[test]

@@ -287,6 +287,7 @@ impl Conn {
                             after_thread: b.next_thread,
                             after_message: b.next_message,
                             limit: SYNC_LIMIT,
+                            watermark: b.watermark,
                         },
                         now,
                     );
@@ -414,6 +415,7 @@ impl Conn {
                 after_thread: 0,
                 after_message: 0,
                 limit: SYNC_LIMIT,
+                watermark: 0,
             },
             now,
         );

@@ -101,7 +101,7 @@ macro_rules! arb_struct {
 }
 
 arb_structs! {
-    SystemEvent { event, actor, subject, text }
+    SystemEvent { event, actor, subject, text, users }
     Message { thread, id, sender, client_msg_id, kind, recalled, body }
     Member { user, role, delivered, read }
     Thread { id, kind, name, members, last_msg_id, muted, hidden, label }
@@ -109,6 +109,7 @@ arb_structs! {
     UserInfo { id, handle }
     Presence { user, online, last_seen }
     Stat { name, value }
+    MessageRef { thread, id }
 }
 
 /// Implements [`Arb`] for every frame body and lists a `Frame` strategy per frame type.
@@ -146,7 +147,7 @@ arb_frames! {
     Recall { thread, message }
     DeleteForMe { thread, message }
     Readers { thread, message }
-    Sync { since, after_thread, after_message, limit }
+    Sync { since, after_thread, after_message, limit, watermark }
     Typing { thread, active }
     ContactAdd { user }
     ContactRemove { user }
@@ -168,7 +169,7 @@ arb_frames! {
     ThreadList { threads, more }
     Sent { thread, message, client_msg_id }
     Messages { thread, messages, more }
-    SyncBatch { threads, messages, more, next_thread, next_message, watermark }
+    SyncBatch { threads, messages, more, next_thread, next_message, watermark, deleted }
     ReadersList { thread, message, delivered, read }
     Contacts { users }
     User { user }

@@ -381,7 +381,14 @@ fn event_loop(client: &Client, ui: &Mutex<Ui>) {
             Event::ThreadUpdated(thread) => {
                 let mut ui = ui.lock();
                 let me = ui.me;
-                if let Some(o) = ui.open.as_mut().filter(|o| o.thread.id == thread.id) {
+                // A thread without me among its members is one I left or was removed from:
+                // its (empty) member list says nothing about ticks.
+                let member = thread.members.iter().any(|m| m.user == me);
+                if let Some(o) = ui
+                    .open
+                    .as_mut()
+                    .filter(|o| member && o.thread.id == thread.id)
+                {
                     o.thread.members = thread.members;
                     print_tick_changes(o, me);
                 }

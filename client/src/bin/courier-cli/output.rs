@@ -60,6 +60,10 @@ fn system_text(m: &Message, cfg: &CliConfig) -> String {
     let actor = cfg.name(ev.actor);
     match ev.event {
         SystemEventKind::Created => format!("* {actor} created the group \"{}\"", ev.text),
+        SystemEventKind::MemberAdded if ev.users.len() > 1 => {
+            let names: Vec<String> = ev.users.iter().map(|&u| cfg.name(u)).collect();
+            format!("* {actor} added {}", names.join(", "))
+        }
         SystemEventKind::MemberAdded => format!("* {actor} added {}", cfg.name(ev.subject)),
         SystemEventKind::MemberRemoved => format!("* {actor} removed {}", cfg.name(ev.subject)),
         SystemEventKind::MemberLeft => format!("* {} left", cfg.name(ev.subject.max(ev.actor))),
@@ -77,6 +81,7 @@ pub fn mentioned(m: &Message) -> Vec<u64> {
             if ev.event != SystemEventKind::Recalled {
                 ids.push(ev.subject);
             }
+            ids.extend(&ev.users);
         }
     }
     ids
