@@ -515,12 +515,14 @@ impl Sink for InnerSink {
                 user: p.user,
                 active: p.active,
             }),
-            Frame::Redirect(r) => inner.emit(Event::Redirected {
-                node: r.node,
-                addr: r.addr,
-            }),
-            // A closing ERROR_REPLY is recorded by the connection and reported on close.
+            // A push type this client does not know yet (a later server's) is no event.
             _ => {}
+        }
+    }
+
+    fn on_redirect(&self, _conn: &Arc<Connection>, node: String, addr: String) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.emit(Event::Redirected { node, addr });
         }
     }
 

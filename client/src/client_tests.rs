@@ -165,6 +165,33 @@ fn heartbeat_pings_at_the_announced_interval() {
 }
 
 #[test]
+fn a_server_silent_for_three_heartbeats_is_given_up() {
+    let server = FakeServer::with_heartbeat(1);
+    let client = Client::connect(server.addr, ClientConfig::default()).unwrap();
+    client.register("alice", "password1").unwrap();
+    let silent_from = Instant::now();
+    server.behave(|b| b.ignore_pings = true);
+    let events = wait_for(&client, |e| matches!(e, Event::SessionEnded { .. }));
+    let after = silent_from.elapsed();
+    assert_eq!(
+        events,
+        [
+            Event::Disconnected { reason: None },
+            Event::SessionEnded { reason: None }
+        ]
+    );
+    // The AUTH_OK was the last thing heard; dead three one-second intervals later.
+    assert!(
+        after >= Duration::from_millis(2500) && after < Duration::from_millis(4500),
+        "given up after {after:?}"
+    );
+    assert!(matches!(
+        client.send_text(1, "x"),
+        Err(Error::Disconnected { reason: None })
+    ));
+}
+
+#[test]
 fn reconnect_resumes_and_syncs_without_loss_or_duplicates() {
     let server = FakeServer::start();
     server.behave(|b| b.sync_page = Some(2));

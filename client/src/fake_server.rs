@@ -23,6 +23,8 @@ pub struct Behaviour {
     pub drop_on_next_send: bool,
     /// Never answer CONTACT_LIST.
     pub ignore_contact_list: bool,
+    /// Never answer PING: a server that hangs with the connection open.
+    pub ignore_pings: bool,
     /// Page size the server imposes on SYNC.
     pub sync_page: Option<usize>,
 }
@@ -181,6 +183,7 @@ impl FakeServer {
                 node: "fake".into(),
             }
             .into(),
+            Frame::Ping(_) if st.behaviour.ignore_pings => return true,
             Frame::Ping(p) => {
                 st.pings += 1;
                 Pong { nonce: p.nonce }.into()
