@@ -244,6 +244,31 @@ fn reconnect_resumes_and_syncs_without_loss_or_duplicates() {
 }
 
 #[test]
+fn a_push_right_behind_auth_ok_waits_for_the_backlog_of_the_resume() {
+    let server = FakeServer::start();
+    let client = Client::connect(server.addr, fast_reconnect()).unwrap();
+    client.register("alice", "password1").unwrap();
+    // Stored, not pushed: the backlog the resume's SYNC brings.
+    let missed = server.store_only(1, 99, "missed");
+    server.behave(|b| b.push_on_resume = Some("live".into()));
+    server.drop_connections();
+    let events = wait_for(&client, |e| matches!(e, Event::Reconnected { .. }));
+    let texts: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(String::from_utf8_lossy(&m.body).into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        ["missed", "live"],
+        "backlog first, once each: {events:?}"
+    );
+    assert_eq!(client.watermark(), Some(missed.id + 1));
+}
+
+#[test]
 fn send_with_retry_uses_the_same_client_msg_id() {
     let server = FakeServer::start();
     let client = Client::connect(server.addr, fast_reconnect()).unwrap();

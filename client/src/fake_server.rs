@@ -25,6 +25,9 @@ pub struct Behaviour {
     pub ignore_contact_list: bool,
     /// Never answer PING: a server that hangs with the connection open.
     pub ignore_pings: bool,
+    /// On RESUME, store a message with this text and push it right behind AUTH_OK, in the
+    /// same write, as a message sent during the resume would be.
+    pub push_on_resume: Option<String>,
     /// Page size the server imposes on SYNC.
     pub sync_page: Option<usize>,
 }
@@ -214,7 +217,18 @@ impl FakeServer {
                     return redirect(stream, &to);
                 }
                 match st.tokens.get(r.token.as_ref()).cloned() {
-                    Some((id, handle)) => auth(&mut st, conn_id, stream, user, id, &handle),
+                    Some((id, handle)) => {
+                        let ok = auth(&mut st, conn_id, stream, user, id, &handle);
+                        if let Some(text) = st.behaviour.push_on_resume.clone() {
+                            let body = Bytes::copy_from_slice(text.as_bytes());
+                            let message = store(&mut st, 1, 99, 0, MessageKind::Text, body);
+                            let mut buf = BytesMut::new();
+                            encode(rid, &ok, &mut buf);
+                            encode(0, &MessagePush { message }.into(), &mut buf);
+                            return stream.write_all(&buf).is_ok();
+                        }
+                        ok
+                    }
                     None => error(ErrorCode::InvalidToken),
                 }
             }
