@@ -357,6 +357,18 @@ impl Session {
         n
     }
 
+    /// Frees the input buffer when it holds no partial frame and the outbox when it is empty,
+    /// so that an idle session costs only its struct. For drivers that hold many idle
+    /// sessions; the next input or request allocates again.
+    pub fn shrink_idle(&mut self) {
+        if self.inbuf.is_empty() {
+            self.inbuf = BytesMut::new();
+        }
+        if self.outbox.is_empty() {
+            self.outbox = BytesMut::new();
+        }
+    }
+
     /// The next thing to act on, in order; `None` when there is nothing now.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()

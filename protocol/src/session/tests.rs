@@ -717,3 +717,23 @@ fn poll_transmit_appends_to_what_the_caller_holds() {
     s.send_request(&ContactList {}.into()).unwrap();
     assert_eq!(s.poll_transmit(&mut empty), 9);
 }
+
+#[test]
+fn shrink_idle_frees_buffers_but_keeps_a_partial_frame() {
+    let t0 = Instant::now();
+    let mut s = welcomed(t0, 30);
+    let bytes = wire(&[(0, push(1)), (0, push(2))]);
+    let cut = bytes.len() - 3;
+    s.handle_input(&bytes[..cut], t0);
+    s.shrink_idle();
+    assert!(s.inbuf.capacity() > 0, "a partial frame stays");
+    s.handle_input(&bytes[cut..], t0);
+    assert_eq!(events(&mut s), [Event::Push(push(1)), Event::Push(push(2))]);
+    s.send_request(&ContactList {}.into()).unwrap();
+    s.shrink_idle();
+    assert_eq!(s.inbuf.capacity(), 0);
+    assert!(s.outbox.capacity() > 0, "unsent bytes stay");
+    sent(&mut s);
+    s.shrink_idle();
+    assert_eq!((s.inbuf.capacity(), s.outbox.capacity()), (0, 0));
+}
