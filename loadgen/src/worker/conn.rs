@@ -801,22 +801,137 @@ fn retryable(code: u16) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    /// An idle connection costs this struct and nothing else; keep it small at 18k a worker.
-    #[test]
-    fn an_idle_connection_is_small() {
-        let size = std::mem::size_of::<Conn>();
-        assert!(size <= 384, "Conn is {size} bytes");
-        let spec = ConnSpec {
+    use courier_protocol::{encode, AuthOk, Decoder, Envelope, Welcome};
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::hist::Latencies;
+    use crate::ipc::Counters;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn spec() -> ConnSpec {
+        ConnSpec {
             user: 0,
             token: "00".repeat(32),
             server: "127.0.0.1:1".parse().unwrap(),
             source: std::net::Ipv4Addr::LOCALHOST,
             threads: Vec::new(),
             contacts: Vec::new(),
+        }
+    }
+
+    fn cx(now_ns: u64) -> Cx {
+        Cx {
+            now_ns,
+            epoch: (Instant::now(), now_ns),
+            run_id: 1,
+            run_since: 0,
+            body_size: 64,
+            body: BytesMut::new(),
+            counters: Counters::default(),
+            lat: Latencies::default(),
+            sync_on_connect: false,
+            receipts: false,
+            read_receipts: false,
+            typing: false,
+            in_window: false,
+            setup_pending: 0,
+            final_sync_pending: 0,
+            threads_out: Vec::new(),
+            rng: SmallRng::seed_from_u64(1),
+        }
+    }
+
+    /// What the connection wrote, decoded; the buffer is left empty.
+    fn written(c: &mut Conn) -> Vec<Envelope> {
+        let decoder = Decoder::default();
+        std::iter::from_fn(|| decoder.decode(&mut c.wbuf).unwrap()).collect()
+    }
+
+    fn bytes(request_id: u32, frame: Frame) -> BytesMut {
+        let mut buf = BytesMut::new();
+        encode(request_id, &frame, &mut buf);
+        buf
+    }
+
+    /// Driven by hand through the session: HELLO, RESUME, ready; PING each heartbeat; after
+    /// three heartbeats with nothing from the server, closed and counted, to be retried.
+    #[test]
+    fn a_ready_connection_pings_on_schedule_and_gives_up_a_silent_server() {
+        let mut c = Conn::new(spec(), 0);
+        let mut cx = cx(SECOND);
+        c.on_connected(cx.now());
+        let hello = written(&mut c);
+        assert!(matches!(
+            hello[..],
+            [Envelope {
+                frame: Frame::Hello(_),
+                ..
+            }]
+        ));
+        let welcome = Welcome {
+            version: proto::VERSION,
+            max_frame: 65536,
+            heartbeat_secs: 1,
+            node: "n1".into(),
         };
-        let c = Conn::new(spec, 0);
+        let input = bytes(hello[0].request_id, welcome.into());
+        assert_eq!(c.on_input(&input, &mut cx), Outcome::Continue);
+        assert_eq!(c.state, State::AwaitAuth);
+        let resume = written(&mut c);
+        assert!(matches!(
+            resume[..],
+            [Envelope {
+                frame: Frame::Resume(_),
+                ..
+            }]
+        ));
+        let auth = AuthOk {
+            token: c.token.clone(),
+            ..AuthOk::default()
+        };
+        let input = bytes(resume[0].request_id, auth.into());
+        assert_eq!(c.on_input(&input, &mut cx), Outcome::Continue);
+        assert!(c.is_ready());
+
+        for ping in 1..=2 {
+            cx.now_ns += SECOND;
+            assert_eq!(c.heartbeat(&mut cx), Outcome::Continue);
+            let sent = written(&mut c);
+            assert!(
+                matches!(
+                    sent[..],
+                    [Envelope {
+                        frame: Frame::Ping(_),
+                        ..
+                    }]
+                ),
+                "{sent:?}"
+            );
+            assert_eq!(cx.counters.pings, ping);
+        }
+        cx.now_ns += SECOND - 1;
+        assert_eq!(c.heartbeat(&mut cx), Outcome::Continue, "not yet");
+        cx.now_ns += 1;
+        assert_eq!(c.heartbeat(&mut cx), Outcome::Close { retry: true });
+        assert_eq!(cx.counters.errors.get("SERVER_SILENT"), Some(&1));
+        assert_eq!(
+            cx.now().duration_since(cx.epoch.0),
+            Duration::from_secs(3),
+            "three heartbeats after the AUTH_OK"
+        );
+    }
+
+    /// An idle connection costs this struct and nothing else; keep it small at 18k a worker.
+    #[test]
+    fn an_idle_connection_is_small() {
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= 384, "Conn is {size} bytes");
+        let c = Conn::new(spec(), 0);
         assert_eq!((c.wbuf.capacity(), c.inflight.capacity()), (0, 0));
         assert!(c.session.is_none() && c.seen.is_none() && c.setup_queue.is_none());
     }
