@@ -70,6 +70,44 @@ fn register_login_and_bad_password() {
 }
 
 #[test]
+fn a_refused_handshake_and_another_version_fail_connect() {
+    let server = FakeServer::start();
+    server.behave(|b| b.refuse_hello = Some(ErrorCode::ServerFull));
+    let err = Client::connect(server.addr, ClientConfig::default())
+        .err()
+        .expect("HELLO refused");
+    assert!(
+        matches!(
+            err,
+            Error::Server {
+                code: ErrorCode::ServerFull,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    server.behave(|b| {
+        b.refuse_hello = None;
+        b.welcome_version = Some(2);
+    });
+    let err = Client::connect(server.addr, ClientConfig::default())
+        .err()
+        .expect("version 2 refused");
+    assert!(
+        matches!(
+            err,
+            Error::VersionMismatch {
+                server: 2,
+                client: 1
+            }
+        ),
+        "{err:?}"
+    );
+    server.behave(|b| b.welcome_version = None);
+    assert!(Client::connect(server.addr, ClientConfig::default()).is_ok());
+}
+
+#[test]
 fn unreachable_names_the_address() {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()

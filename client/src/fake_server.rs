@@ -23,6 +23,10 @@ pub struct Behaviour {
     pub drop_on_next_send: bool,
     /// Never answer CONTACT_LIST.
     pub ignore_contact_list: bool,
+    /// Answer HELLO with this error, then close.
+    pub refuse_hello: Option<ErrorCode>,
+    /// The version WELCOME announces instead of [`VERSION`].
+    pub welcome_version: Option<u16>,
     /// Never answer PING: a server that hangs with the connection open.
     pub ignore_pings: bool,
     /// On RESUME, store a message with this text and push it right behind AUTH_OK, in the
@@ -179,8 +183,13 @@ impl FakeServer {
         let rid = env.request_id;
         let mut st = self.state.lock();
         let reply: Frame = match env.frame {
+            Frame::Hello(_) if st.behaviour.refuse_hello.is_some() => {
+                let code = st.behaviour.refuse_hello.unwrap_or(ErrorCode::Internal);
+                let _ = write_frame(stream, rid, &error(code));
+                return false;
+            }
             Frame::Hello(_) => Welcome {
-                version: VERSION,
+                version: st.behaviour.welcome_version.unwrap_or(VERSION),
                 max_frame: 65536,
                 heartbeat_secs: self.heartbeat_secs,
                 node: "fake".into(),
