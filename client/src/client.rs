@@ -148,7 +148,17 @@ impl Client {
         let request = frame.name();
         for _ in 0..=MAX_REDIRECTS {
             let conn = self.inner.current()?;
-            match conn.request(frame.clone(), self.inner.config.request_timeout) {
+            // A reconnecting client catches up after AUTH_OK (`after_auth`).
+            let catch_up = self.inner.config.auto_reconnect;
+            if catch_up {
+                self.inner.begin_resync();
+            }
+            let result = conn.request(frame.clone(), self.inner.config.request_timeout);
+            if catch_up && !matches!(result, Ok(Frame::AuthOk(_))) {
+                // What the connection pushed meanwhile (it may be logged in already) comes out.
+                self.inner.end_resync(Vec::new());
+            }
+            match result {
                 Ok(Frame::AuthOk(auth)) => {
                     {
                         let mut state = self.inner.state.lock();
@@ -415,22 +425,33 @@ impl Inner {
             self.config.sync_page,
             self.config.request_timeout,
         );
-        let mut state = self.state.lock();
         let mut out = Vec::new();
         if let Ok(synced) = &result {
-            record_sync(&mut state, synced, since.is_some(), &mut out);
+            record_sync(&mut self.state.lock(), synced, since.is_some(), &mut out);
         }
+        self.end_resync(out);
+        result.map(|_| ())
+    }
+
+    /// Holds pushes back from now on: a catch-up follows the authentication about to be sent,
+    /// and a push may come right behind its AUTH_OK.
+    fn begin_resync(&self) {
+        self.state.lock().resyncing = true;
+    }
+
+    /// Emits `backlog`, then the pushes held meanwhile that are new, and stops holding.
+    fn end_resync(&self, mut backlog: Vec<Event>) {
+        let mut state = self.state.lock();
         for message in std::mem::take(&mut state.held) {
             if state.dedupe.insert(message.thread, message.id) {
-                out.push(Event::Message(message));
+                backlog.push(Event::Message(message));
             }
         }
         state.resyncing = false;
         // Emitted under the state lock so that a push cannot overtake the backlog.
-        for event in out {
+        for event in backlog {
             self.emit(event);
         }
-        result.map(|_| ())
     }
 
     fn resume_on(self: &Arc<Self>, addr: &str) -> Result<(), ResumeFailure> {
@@ -443,7 +464,12 @@ impl Inner {
             Some((_, to)) => ResumeFailure::Redirect(to),
             None => ResumeFailure::Retry,
         };
-        match conn.request(Resume { token }.into(), self.config.request_timeout) {
+        self.begin_resync();
+        let resumed = conn.request(Resume { token }.into(), self.config.request_timeout);
+        if !matches!(resumed, Ok(Frame::AuthOk(_))) {
+            self.end_resync(Vec::new());
+        }
+        match resumed {
             Ok(Frame::AuthOk(auth)) => self.state.lock().auth = Some(auth),
             Ok(_) => {
                 conn.close();
@@ -515,12 +541,14 @@ impl Sink for InnerSink {
                 user: p.user,
                 active: p.active,
             }),
-            Frame::Redirect(r) => inner.emit(Event::Redirected {
-                node: r.node,
-                addr: r.addr,
-            }),
-            // A closing ERROR_REPLY is recorded by the connection and reported on close.
+            // A push type this client does not know yet (a later server's) is no event.
             _ => {}
+        }
+    }
+
+    fn on_redirect(&self, _conn: &Arc<Connection>, node: String, addr: String) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.emit(Event::Redirected { node, addr });
         }
     }
 

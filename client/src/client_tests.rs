@@ -70,6 +70,44 @@ fn register_login_and_bad_password() {
 }
 
 #[test]
+fn a_refused_handshake_and_another_version_fail_connect() {
+    let server = FakeServer::start();
+    server.behave(|b| b.refuse_hello = Some(ErrorCode::ServerFull));
+    let err = Client::connect(server.addr, ClientConfig::default())
+        .err()
+        .expect("HELLO refused");
+    assert!(
+        matches!(
+            err,
+            Error::Server {
+                code: ErrorCode::ServerFull,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    server.behave(|b| {
+        b.refuse_hello = None;
+        b.welcome_version = Some(2);
+    });
+    let err = Client::connect(server.addr, ClientConfig::default())
+        .err()
+        .expect("version 2 refused");
+    assert!(
+        matches!(
+            err,
+            Error::VersionMismatch {
+                server: 2,
+                client: 1
+            }
+        ),
+        "{err:?}"
+    );
+    server.behave(|b| b.welcome_version = None);
+    assert!(Client::connect(server.addr, ClientConfig::default()).is_ok());
+}
+
+#[test]
 fn unreachable_names_the_address() {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -165,6 +203,33 @@ fn heartbeat_pings_at_the_announced_interval() {
 }
 
 #[test]
+fn a_server_silent_for_three_heartbeats_is_given_up() {
+    let server = FakeServer::with_heartbeat(1);
+    let client = Client::connect(server.addr, ClientConfig::default()).unwrap();
+    client.register("alice", "password1").unwrap();
+    let silent_from = Instant::now();
+    server.behave(|b| b.ignore_pings = true);
+    let events = wait_for(&client, |e| matches!(e, Event::SessionEnded { .. }));
+    let after = silent_from.elapsed();
+    assert_eq!(
+        events,
+        [
+            Event::Disconnected { reason: None },
+            Event::SessionEnded { reason: None }
+        ]
+    );
+    // The AUTH_OK was the last thing heard; dead three one-second intervals later.
+    assert!(
+        after >= Duration::from_millis(2500) && after < Duration::from_millis(4500),
+        "given up after {after:?}"
+    );
+    assert!(matches!(
+        client.send_text(1, "x"),
+        Err(Error::Disconnected { reason: None })
+    ));
+}
+
+#[test]
 fn reconnect_resumes_and_syncs_without_loss_or_duplicates() {
     let server = FakeServer::start();
     server.behave(|b| b.sync_page = Some(2));
@@ -214,6 +279,31 @@ fn reconnect_resumes_and_syncs_without_loss_or_duplicates() {
             .is_none(),
         "nothing extra"
     );
+}
+
+#[test]
+fn a_push_right_behind_auth_ok_waits_for_the_backlog_of_the_resume() {
+    let server = FakeServer::start();
+    let client = Client::connect(server.addr, fast_reconnect()).unwrap();
+    client.register("alice", "password1").unwrap();
+    // Stored, not pushed: the backlog the resume's SYNC brings.
+    let missed = server.store_only(1, 99, "missed");
+    server.behave(|b| b.push_on_resume = Some("live".into()));
+    server.drop_connections();
+    let events = wait_for(&client, |e| matches!(e, Event::Reconnected { .. }));
+    let texts: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(String::from_utf8_lossy(&m.body).into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        ["missed", "live"],
+        "backlog first, once each: {events:?}"
+    );
+    assert_eq!(client.watermark(), Some(missed.id + 1));
 }
 
 #[test]

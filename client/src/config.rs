@@ -24,6 +24,9 @@ pub struct ClientConfig {
     pub max_frame_len: u32,
     /// Page size used by [`Client::sync`](crate::Client::sync).
     pub sync_page: u16,
+    /// Requests that may wait for replies at once on one connection; one more fails with
+    /// [`Error::Session`](crate::Error::Session) until a reply comes.
+    pub max_outstanding: usize,
 }
 
 impl Default for ClientConfig {
@@ -37,6 +40,7 @@ impl Default for ClientConfig {
             backoff: BackoffPolicy::default(),
             max_frame_len: courier_protocol::MAX_FRAME_LEN,
             sync_page: 500,
+            max_outstanding: courier_protocol::session::DEFAULT_MAX_OUTSTANDING,
         }
     }
 }

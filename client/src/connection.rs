@@ -1,36 +1,48 @@
-//! One TCP connection: a writer shared by callers, a reader thread that routes replies to
-//! waiting requests by request id, and a heartbeat thread.
+//! One TCP connection driven by a [`Session`] (the protocol: handshake, request ids, reply
+//! matching, heartbeat, close). Callers send requests through it and wait on a channel for
+//! their reply; a reader thread feeds the session what arrives and routes its events (replies
+//! to the waiting callers, pushes, the redirect and the close to the [`Sink`]); a heartbeat
+//! thread sleeps until the session's `poll_timeout` and calls `handle_timeout`.
 //!
-//! Lock order: `Connection::shared` before `Connection::writer`. Neither is held while calling
-//! into the [`Sink`].
+//! Lock order: `Connection::writer` before `Connection::core`. `core` is never held while
+//! writing to the socket (the reader must always be able to route replies), and neither is
+//! held while calling into the [`Sink`].
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use courier_protocol::{encode, Decoder, ErrorCode, Frame, Hello, Ping, Welcome, VERSION};
+use courier_protocol::session::{CloseReason, Event};
+use courier_protocol::{ErrorCode, Frame, Session, SessionConfig, SessionError, Welcome, VERSION};
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use crate::{ClientConfig, Error, Result};
 
-/// Where a connection hands what is not a reply to one of its requests.
+/// Where a connection hands what is not a reply to one of its requests. Called on the reader
+/// thread, in arrival order.
 pub(crate) trait Sink: Send + Sync {
-    /// A push (request id 0), in arrival order. Called on the reader thread.
+    /// A push (`MESSAGE_PUSH`, `RECEIPT_PUSH`, `PRESENCE_PUSH`, `TYPING_PUSH`).
     fn on_push(&self, conn: &Arc<Connection>, frame: Frame);
-    /// The connection is closed; called once, last, on the reader thread.
+    /// The server sent this user to `addr`; the close follows.
+    fn on_redirect(&self, conn: &Arc<Connection>, node: String, addr: String);
+    /// The connection is closed; called once, last.
     fn on_close(&self, conn: &Arc<Connection>);
 }
 
 type Reply = Result<Frame>;
 
-#[derive(Default)]
-struct Shared {
+/// The session and what routes its events; behind `Connection::core`.
+struct Core {
+    session: Session,
+    /// Callers waiting for the reply to a request id.
+    waiters: HashMap<u32, Sender<Reply>>,
+    /// [`Connection::open`] waits here for `WELCOME`, or the close that came instead.
+    handshake: Option<Sender<Result<()>>>,
     closed: bool,
     /// We closed it (logout, close, drop): no reconnect.
     closed_locally: bool,
@@ -38,21 +50,31 @@ struct Shared {
     reason: Option<ErrorCode>,
     /// A `REDIRECT` push: (node, addr).
     redirect: Option<(String, String)>,
-    pending: HashMap<u32, Sender<Reply>>,
+    /// Dropped to wake and end the heartbeat thread.
     heartbeat_stop: Option<Sender<()>>,
 }
 
 struct Writer {
     stream: TcpStream,
+    /// What the session gave to write; swapped with the session's own buffer, so steady
+    /// state allocates nothing.
     buf: BytesMut,
+}
+
+/// An event routed under `core` and handed over, in arrival order, once it is unlocked.
+enum Routed {
+    Reply(Sender<Reply>, Reply),
+    Push(Frame),
+    Redirect(String, String),
 }
 
 /// A live connection after the `HELLO`/`WELCOME` handshake.
 pub(crate) struct Connection {
-    welcome: OnceLock<Welcome>,
+    core: Mutex<Core>,
     writer: Mutex<Writer>,
-    shared: Mutex<Shared>,
-    next_id: AtomicU32,
+    /// A handle on the socket to shut it down without waiting for a blocked write.
+    control: TcpStream,
+    sink: Arc<dyn Sink>,
 }
 
 impl Connection {
@@ -68,120 +90,112 @@ impl Connection {
         // A write blocked longer than a request may wait means the server is gone.
         stream.set_write_timeout(Some(config.request_timeout))?;
         let read_half = stream.try_clone()?;
+        let control = stream.try_clone()?;
+        let session = Session::new(
+            SessionConfig {
+                client_name: config.client_name.clone(),
+                max_frame_len: config.max_frame_len,
+                max_outstanding: config.max_outstanding,
+            },
+            Instant::now(),
+        );
+        let (handshake_tx, handshake_rx) = bounded(1);
         let conn = Arc::new(Connection {
-            welcome: OnceLock::new(),
+            core: Mutex::new(Core {
+                session,
+                waiters: HashMap::new(),
+                handshake: Some(handshake_tx),
+                closed: false,
+                closed_locally: false,
+                reason: None,
+                redirect: None,
+                heartbeat_stop: None,
+            }),
             writer: Mutex::new(Writer {
                 stream,
                 buf: BytesMut::with_capacity(4096),
             }),
-            shared: Mutex::new(Shared::default()),
-            next_id: AtomicU32::new(1),
+            control,
+            sink,
         });
-        // The reader runs before HELLO is sent so that WELCOME can be routed.
-        let decoder = Decoder::new(config.max_frame_len);
+        // The reader runs before HELLO is written so that WELCOME can be routed.
         let reader_conn = Arc::clone(&conn);
         thread::Builder::new()
             .name("courier-reader".into())
-            .spawn(move || read_loop(reader_conn, read_half, decoder, sink))?;
+            .spawn(move || read_loop(reader_conn, read_half))?;
 
-        let hello = Hello {
-            version: VERSION,
-            client: config.client_name.clone(),
+        let handshake = match conn.flush() {
+            Ok(()) => handshake_rx.recv_timeout(config.request_timeout),
+            Err(e) => Ok(Err(e)),
         };
-        let welcome = match conn.request(hello.into(), config.request_timeout) {
-            Ok(Frame::Welcome(w)) => w,
-            Ok(other) => {
-                conn.close();
-                return Err(Error::UnexpectedReply {
-                    request: "Hello",
-                    reply: other.name(),
-                });
-            }
-            Err(e) => {
-                conn.close();
-                return Err(e);
-            }
+        let failed = match handshake {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(RecvTimeoutError::Timeout) => Some(Error::Timeout {
+                request: "Hello",
+                after: config.request_timeout,
+            }),
+            Err(RecvTimeoutError::Disconnected) => Some(Error::Disconnected {
+                reason: conn.close_reason(),
+            }),
         };
-        if welcome.version != VERSION {
+        if let Some(e) = failed {
             conn.close();
-            return Err(Error::VersionMismatch {
-                server: welcome.version,
-                client: VERSION,
-            });
+            return Err(e);
         }
-        let heartbeat = Duration::from_secs(welcome.heartbeat_secs.into());
-        let _ = conn.welcome.set(welcome);
-        conn.start_heartbeat(heartbeat);
+        conn.start_heartbeat();
         Ok(conn)
     }
 
     /// The server's `WELCOME`.
     pub(crate) fn welcome(&self) -> Welcome {
-        self.welcome.get().cloned().unwrap_or_default()
+        self.core
+            .lock()
+            .session
+            .welcome()
+            .cloned()
+            .unwrap_or_default()
     }
 
-    /// The server's frame limit, or the protocol default before `WELCOME`.
+    /// The largest frame the server accepts.
     pub(crate) fn max_frame(&self) -> u32 {
-        match self.welcome.get() {
-            Some(w) if w.max_frame > 0 => w.max_frame,
-            _ => courier_protocol::DEFAULT_MAX_FRAME_LEN,
-        }
+        self.core.lock().session.max_send_frame()
     }
 
     /// Whether this side closed the connection on purpose.
     pub(crate) fn closed_locally(&self) -> bool {
-        self.shared.lock().closed_locally
+        self.core.lock().closed_locally
     }
 
     /// The code the server gave when it closed, if any.
     pub(crate) fn close_reason(&self) -> Option<ErrorCode> {
-        self.shared.lock().reason
+        self.core.lock().reason
     }
 
     /// The `REDIRECT` the server sent on this connection, as (node, addr).
     pub(crate) fn redirect(&self) -> Option<(String, String)> {
-        self.shared.lock().redirect.clone()
+        self.core.lock().redirect.clone()
     }
 
     /// Whether the connection is closed.
     pub(crate) fn is_closed(&self) -> bool {
-        self.shared.lock().closed
-    }
-
-    fn next_request_id(&self) -> u32 {
-        loop {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            if id != 0 {
-                return id;
-            }
-        }
+        self.core.lock().closed
     }
 
     /// Sends a request and waits for the reply with the same request id. `ERROR_REPLY` becomes
     /// [`Error::Server`].
     pub(crate) fn request(&self, frame: Frame, timeout: Duration) -> Result<Frame> {
-        let request = frame.name();
-        let id = self.next_request_id();
         let (tx, rx) = bounded(1);
-        {
-            let mut shared = self.shared.lock();
-            if shared.closed {
-                return Err(Error::Disconnected {
-                    reason: shared.reason,
-                });
-            }
-            shared.pending.insert(id, tx);
-        }
-        if let Err(e) = self.write(id, &frame) {
-            self.shared.lock().pending.remove(&id);
-            return Err(e);
-        }
+        let id = self.send(&frame, Some(tx))?;
         match rx.recv_timeout(timeout) {
             Ok(reply) => reply,
             Err(RecvTimeoutError::Timeout) => {
-                self.shared.lock().pending.remove(&id);
+                let mut core = self.core.lock();
+                core.waiters.remove(&id);
+                // The id stays taken until the late reply comes, which the session drops.
+                core.session.cancel(id);
                 Err(Error::Timeout {
-                    request,
+                    request: frame.name(),
                     after: timeout,
                 })
             }
@@ -191,67 +205,151 @@ impl Connection {
         }
     }
 
-    /// Sends a frame that gets no reply (`TYPING`, `PING`).
+    /// Sends a frame and does not wait for a reply (`TYPING`; any reply is dropped).
     pub(crate) fn send_only(&self, frame: Frame) -> Result<()> {
-        if self.is_closed() {
-            return Err(Error::Disconnected {
-                reason: self.close_reason(),
-            });
-        }
-        let id = self.next_request_id();
-        self.write(id, &frame)
+        self.send(&frame, None).map(drop)
     }
 
-    fn write(&self, request_id: u32, frame: &Frame) -> Result<()> {
+    /// Hands `frame` to the session and writes what it encodes; `waiter` gets the reply.
+    fn send(&self, frame: &Frame, waiter: Option<Sender<Reply>>) -> Result<u32> {
         let mut writer = self.writer.lock();
-        let Writer { stream, buf } = &mut *writer;
-        buf.clear();
-        encode(request_id, frame, buf);
-        if let Err(e) = stream.write_all(buf) {
-            // Half a frame may be out: the stream is no longer aligned, so it is done for.
-            let _ = stream.shutdown(Shutdown::Both);
-            return Err(Error::Io(e));
+        let id = {
+            let mut core = self.core.lock();
+            if core.closed {
+                return Err(Error::Disconnected {
+                    reason: core.reason,
+                });
+            }
+            let id = match core.session.send_request(frame) {
+                Ok(id) => id,
+                Err(SessionError::Closed) => {
+                    return Err(Error::Disconnected {
+                        reason: core.reason,
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(waiter) = waiter {
+                core.waiters.insert(id, waiter);
+            }
+            writer.buf.clear();
+            core.session.poll_transmit(&mut writer.buf);
+            id
+        };
+        if let Err(e) = write_out(&mut writer) {
+            drop(writer);
+            let mut core = self.core.lock();
+            core.waiters.remove(&id);
+            core.session.cancel(id);
+            return Err(e);
         }
-        Ok(())
+        Ok(id)
+    }
+
+    /// Writes whatever the session has queued (the `HELLO`).
+    fn flush(&self) -> Result<()> {
+        let mut writer = self.writer.lock();
+        writer.buf.clear();
+        self.core.lock().session.poll_transmit(&mut writer.buf);
+        write_out(&mut writer)
     }
 
     /// Closes the connection on purpose; the reader sees the close and ends.
     pub(crate) fn close(&self) {
-        self.shared.lock().closed_locally = true;
-        let _ = self.writer.lock().stream.shutdown(Shutdown::Both);
+        let mut routed = Vec::new();
+        {
+            let mut core = self.core.lock();
+            core.closed_locally = true;
+            core.session.close();
+            self.route(&mut core, &mut routed);
+        }
+        // The reader drains every event it causes while it holds `core`: only the close is
+        // left, and routing it needs no hand-over.
+        debug_assert!(routed.is_empty());
+        let _ = self.control.shutdown(Shutdown::Both);
     }
 
     /// Drops the socket without marking the close as ours, as a network failure would (tests).
     #[cfg(test)]
     pub(crate) fn break_for_test(&self) {
-        let _ = self.writer.lock().stream.shutdown(Shutdown::Both);
+        let _ = self.control.shutdown(Shutdown::Both);
     }
 
-    fn start_heartbeat(self: &Arc<Self>, every: Duration) {
-        if every.is_zero() {
-            return;
+    /// Routes every event the session has: the handshake's end to `open`, the close to
+    /// everyone; replies (with their waiter), pushes and the redirect into `routed`, to be
+    /// handed over in order once `core` is unlocked, as they arrived.
+    fn route(&self, core: &mut Core, routed: &mut Vec<Routed>) {
+        while let Some(event) = core.session.poll_event() {
+            match event {
+                Event::Welcomed(_) => {
+                    if let Some(tx) = core.handshake.take() {
+                        let _ = tx.try_send(Ok(()));
+                    }
+                }
+                Event::Authenticated { request_id, auth } => {
+                    if let Some(waiter) = core.waiters.remove(&request_id) {
+                        routed.push(Routed::Reply(waiter, Ok(Frame::AuthOk(auth))));
+                    }
+                }
+                Event::Reply { request_id, frame } => {
+                    if let Some(waiter) = core.waiters.remove(&request_id) {
+                        let reply = match frame {
+                            Frame::ErrorReply(e) => Err(Error::from_reply(e.code, e.message)),
+                            other => Ok(other),
+                        };
+                        routed.push(Routed::Reply(waiter, reply));
+                    }
+                }
+                Event::Push(frame) => routed.push(Routed::Push(frame)),
+                Event::Redirect { node, addr } => {
+                    core.redirect = Some((node.clone(), addr.clone()));
+                    routed.push(Routed::Redirect(node, addr));
+                }
+                Event::Closed { reason } => {
+                    if let CloseReason::Server { code, .. } = reason {
+                        core.reason = ErrorCode::from_u16(code);
+                    }
+                    core.closed = true;
+                    if let Some(tx) = core.handshake.take() {
+                        let _ = tx.try_send(Err(handshake_error(reason, core.reason)));
+                    }
+                    // Dropping the senders wakes every waiting request with `Disconnected`.
+                    core.waiters.clear();
+                    core.heartbeat_stop = None;
+                    let _ = self.control.shutdown(Shutdown::Both);
+                }
+            }
         }
+    }
+
+    fn start_heartbeat(self: &Arc<Self>) {
         let (stop_tx, stop_rx) = bounded::<()>(0);
         {
-            let mut shared = self.shared.lock();
-            if shared.closed {
+            let mut core = self.core.lock();
+            if core.closed || core.session.poll_timeout().is_none() {
                 return;
             }
-            shared.heartbeat_stop = Some(stop_tx);
+            core.heartbeat_stop = Some(stop_tx);
         }
         let conn: Weak<Connection> = Arc::downgrade(self);
         let spawned = thread::Builder::new()
             .name("courier-heartbeat".into())
-            .spawn(move || {
-                let mut nonce = 0u64;
-                // Ends when the sender is dropped: on close.
-                while let Err(RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
+            .spawn(move || loop {
+                let deadline = {
                     let Some(conn) = conn.upgrade() else { return };
-                    nonce += 1;
-                    // PONG is answered with this id, which no request waits on: the reader drops it.
-                    if conn.send_only(Ping { nonce }.into()).is_err() {
+                    let Some(deadline) = conn.core.lock().session.poll_timeout() else {
                         return;
-                    }
+                    };
+                    deadline
+                };
+                // Ends when the sender is dropped: on close.
+                let wait = deadline.saturating_duration_since(Instant::now());
+                if stop_rx.recv_timeout(wait) != Err(RecvTimeoutError::Timeout) {
+                    return;
+                }
+                let Some(conn) = conn.upgrade() else { return };
+                if conn.on_timer().is_err() {
+                    return;
                 }
             });
         if spawned.is_err() {
@@ -260,62 +358,91 @@ impl Connection {
         }
     }
 
-    fn dispatch(self: &Arc<Self>, request_id: u32, frame: Frame, sink: &dyn Sink) {
-        if request_id == 0 {
-            match &frame {
-                Frame::ErrorReply(e) => {
-                    self.shared.lock().reason = ErrorCode::from_u16(e.code);
-                }
-                Frame::Redirect(r) => {
-                    self.shared.lock().redirect = Some((r.node.clone(), r.addr.clone()));
-                }
-                _ => {}
-            }
-            sink.on_push(self, frame);
-            return;
+    /// The heartbeat's deadline passed: the session pings, or gives the server up for dead.
+    fn on_timer(&self) -> Result<()> {
+        let mut writer = self.writer.lock();
+        let mut routed = Vec::new();
+        {
+            let mut core = self.core.lock();
+            core.session.handle_timeout(Instant::now());
+            writer.buf.clear();
+            core.session.poll_transmit(&mut writer.buf);
+            self.route(&mut core, &mut routed);
         }
-        let waiter = self.shared.lock().pending.remove(&request_id);
-        if let Some(waiter) = waiter {
-            let reply = match frame {
-                Frame::ErrorReply(e) => Err(Error::from_reply(e.code, e.message)),
-                other => Ok(other),
-            };
-            let _ = waiter.try_send(reply);
-        }
-    }
-
-    fn finish(&self) {
-        let mut shared = self.shared.lock();
-        shared.closed = true;
-        // Dropping the senders wakes every waiting request with `Disconnected`.
-        shared.pending.clear();
-        shared.heartbeat_stop = None;
-        drop(shared);
-        let _ = self.writer.lock().stream.shutdown(Shutdown::Both);
+        // A timeout yields a PING or the close, nothing to hand over.
+        debug_assert!(routed.is_empty());
+        write_out(&mut writer)
     }
 }
 
-fn read_loop(conn: Arc<Connection>, mut stream: TcpStream, decoder: Decoder, sink: Arc<dyn Sink>) {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+/// What [`Connection::open`] returns when the session closed before `WELCOME`.
+fn handshake_error(reason: CloseReason, code: Option<ErrorCode>) -> Error {
+    match reason {
+        CloseReason::HandshakeRefused { code, message } => Error::from_reply(code, message),
+        CloseReason::VersionMismatch { server } => Error::VersionMismatch {
+            server,
+            client: VERSION,
+        },
+        _ => Error::Disconnected { reason: code },
+    }
+}
+
+/// Writes the writer's buffer whole.
+fn write_out(writer: &mut Writer) -> Result<()> {
+    let Writer { stream, buf } = writer;
+    if buf.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = stream.write_all(buf) {
+        // Half a frame may be out: the stream is no longer aligned, so it is done for.
+        let _ = stream.shutdown(Shutdown::Both);
+        return Err(Error::Io(e));
+    }
+    buf.clear();
+    Ok(())
+}
+
+fn read_loop(conn: Arc<Connection>, mut stream: TcpStream) {
     let mut chunk = vec![0u8; 16 * 1024];
-    'read: loop {
-        match stream.read(&mut chunk) {
+    let mut routed = Vec::new();
+    loop {
+        let n = match stream.read(&mut chunk) {
             Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => break,
-        }
-        loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(env)) => conn.dispatch(env.request_id, env.frame, &*sink),
-                Ok(None) => break,
-                // The byte stream can no longer be trusted to be aligned on frames.
-                Err(_) => break 'read,
-            }
+        };
+        let closed = {
+            let mut core = conn.core.lock();
+            core.session.handle_input(&chunk[..n], Instant::now());
+            conn.route(&mut core, &mut routed);
+            core.closed
+        };
+        hand_over(&conn, &mut routed);
+        if closed {
+            break;
         }
     }
-    conn.finish();
-    sink.on_close(&conn);
+    {
+        let mut core = conn.core.lock();
+        core.session.handle_transport_closed();
+        conn.route(&mut core, &mut routed);
+    }
+    hand_over(&conn, &mut routed);
+    conn.sink.on_close(&conn);
+}
+
+/// Wakes the waiting callers and calls the sink, in the order the frames arrived.
+fn hand_over(conn: &Arc<Connection>, routed: &mut Vec<Routed>) {
+    for item in routed.drain(..) {
+        match item {
+            Routed::Reply(waiter, reply) => {
+                let _ = waiter.try_send(reply);
+            }
+            Routed::Push(frame) => conn.sink.on_push(conn, frame),
+            Routed::Redirect(node, addr) => conn.sink.on_redirect(conn, node, addr),
+        }
+    }
 }
 
 fn connect(addr: &str, timeout: Duration) -> Result<TcpStream> {

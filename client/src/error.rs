@@ -41,6 +41,10 @@ pub enum Error {
     /// The server's bytes did not decode into frames.
     #[error("protocol error: {0}")]
     Protocol(#[from] courier_protocol::Error),
+    /// The request was refused before it was sent: too many requests outstanding, a frame over
+    /// the server's limit.
+    #[error("request not sent: {0}")]
+    Session(#[from] courier_protocol::SessionError),
     /// The server answered with a frame that does not fit the request.
     #[error("unexpected reply to {request}: got {reply}")]
     UnexpectedReply {

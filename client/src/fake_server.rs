@@ -23,6 +23,15 @@ pub struct Behaviour {
     pub drop_on_next_send: bool,
     /// Never answer CONTACT_LIST.
     pub ignore_contact_list: bool,
+    /// Answer HELLO with this error, then close.
+    pub refuse_hello: Option<ErrorCode>,
+    /// The version WELCOME announces instead of [`VERSION`].
+    pub welcome_version: Option<u16>,
+    /// Never answer PING: a server that hangs with the connection open.
+    pub ignore_pings: bool,
+    /// On RESUME, store a message with this text and push it right behind AUTH_OK, in the
+    /// same write, as a message sent during the resume would be.
+    pub push_on_resume: Option<String>,
     /// Page size the server imposes on SYNC.
     pub sync_page: Option<usize>,
 }
@@ -174,13 +183,19 @@ impl FakeServer {
         let rid = env.request_id;
         let mut st = self.state.lock();
         let reply: Frame = match env.frame {
+            Frame::Hello(_) if st.behaviour.refuse_hello.is_some() => {
+                let code = st.behaviour.refuse_hello.unwrap_or(ErrorCode::Internal);
+                let _ = write_frame(stream, rid, &error(code));
+                return false;
+            }
             Frame::Hello(_) => Welcome {
-                version: VERSION,
+                version: st.behaviour.welcome_version.unwrap_or(VERSION),
                 max_frame: 65536,
                 heartbeat_secs: self.heartbeat_secs,
                 node: "fake".into(),
             }
             .into(),
+            Frame::Ping(_) if st.behaviour.ignore_pings => return true,
             Frame::Ping(p) => {
                 st.pings += 1;
                 Pong { nonce: p.nonce }.into()
@@ -211,7 +226,18 @@ impl FakeServer {
                     return redirect(stream, &to);
                 }
                 match st.tokens.get(r.token.as_ref()).cloned() {
-                    Some((id, handle)) => auth(&mut st, conn_id, stream, user, id, &handle),
+                    Some((id, handle)) => {
+                        let ok = auth(&mut st, conn_id, stream, user, id, &handle);
+                        if let Some(text) = st.behaviour.push_on_resume.clone() {
+                            let body = Bytes::copy_from_slice(text.as_bytes());
+                            let message = store(&mut st, 1, 99, 0, MessageKind::Text, body);
+                            let mut buf = BytesMut::new();
+                            encode(rid, &ok, &mut buf);
+                            encode(0, &MessagePush { message }.into(), &mut buf);
+                            return stream.write_all(&buf).is_ok();
+                        }
+                        ok
+                    }
                     None => error(ErrorCode::InvalidToken),
                 }
             }

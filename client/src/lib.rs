@@ -18,8 +18,10 @@
 //! ```
 //!
 //! Threads: the caller's threads do requests (blocking until the reply with the same request
-//! id arrives); one reader thread per connection decodes frames and routes replies and pushes;
-//! one heartbeat thread per connection sends `PING` every `heartbeat_secs` from `WELCOME`.
+//! id arrives); one reader thread per connection feeds the bytes to the connection's
+//! [`protocol::Session`] and routes the replies and pushes it gives back; one heartbeat thread
+//! per connection sleeps until the session's `poll_timeout`, then lets it send `PING` (every
+//! `heartbeat_secs` from `WELCOME`) or give up on a server silent for three intervals.
 //! Reconnecting runs on the reader thread of the connection that dropped.
 
 mod api;

@@ -1,8 +1,11 @@
-//! Courier's wire protocol, version 1: frames and a sans-IO codec.
+//! Courier's wire protocol, version 1: frames, a sans-IO codec and a sans-IO client session.
 //!
 //! This crate does no I/O and reads no clock. [`encode`] appends a frame to a caller-owned
 //! buffer; [`Decoder::decode`] takes whole frames off the front of one. `protocol/PROTOCOL.md`
 //! is the specification; `protocol/vectors.json` holds the exact bytes of every frame type.
+//! [`session::Session`] is the client side of a connection (handshake, request ids, reply
+//! matching, heartbeat, close) for every client to drive, in the shape of quinn-proto:
+//! `handle_*` inputs with the time passed in, `poll_*` outputs.
 //!
 //! ```text
 //!  0               4       5               9
@@ -14,6 +17,7 @@
 mod codec;
 mod error;
 mod frame;
+pub mod session;
 pub mod wire;
 
 pub use codec::{
@@ -22,6 +26,7 @@ pub use codec::{
 };
 pub use error::{Error, ErrorCode};
 pub use frame::*;
+pub use session::{Session, SessionConfig, SessionError};
 
 /// The protocol version this crate speaks, sent in `HELLO` and `WELCOME`.
 pub const VERSION: u16 = 1;

@@ -1,14 +1,21 @@
 //! One client connection as a small state machine: connect → HELLO → RESUME → (SYNC) → ready,
 //! then setup requests, traffic, receipts and heartbeats.
 //!
-//! A [`Conn`] never touches its socket: frames come in through [`Conn::on_frame`], and every
-//! output is appended to `wbuf`, which the worker's event loop writes. Buffers are empty (no
-//! allocation) whenever nothing is in flight, so an idle connection costs only this struct.
+//! The protocol (HELLO/WELCOME, request ids, reply matching, heartbeat, close reasons) is the
+//! connection's [`Session`], boxed and present only while connected. A [`Conn`] never touches
+//! its socket: bytes come in through [`Conn::on_input`], the session's events move this state
+//! machine, and every output is moved to `wbuf`, which the worker's event loop writes. Buffers
+//! are freed whenever nothing is in flight, so an idle connection costs this struct and its
+//! session.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use courier_protocol::{self as proto, encode, ErrorCode, Frame, Message, MessageKind};
+use courier_protocol::session::{CloseReason, Event};
+use courier_protocol::{
+    self as proto, ErrorCode, Frame, Message, MessageKind, Session, SessionConfig,
+};
 use rand::Rng;
 
 use super::Cx;
@@ -18,6 +25,8 @@ use crate::sys::monotonic_ns;
 
 /// Messages per SYNC page.
 const SYNC_LIMIT: u16 = 500;
+/// Requests in flight per connection: far above any send window plus a read's receipts.
+const MAX_OUTSTANDING: usize = 1 << 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -94,13 +103,12 @@ enum SetupOp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Awaiting {
     Nothing,
-    Welcome(u32),
     Auth(u32),
     Sync(u32),
     Setup(u32),
 }
 
-/// What the event loop must do after a frame.
+/// What the event loop must do after input or a timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Continue,
@@ -121,11 +129,11 @@ pub struct Conn {
 
     pub state: State,
     pub sock: Option<mio::net::TcpStream>,
-    pub rbuf: BytesMut,
+    /// The protocol state of the current connection; `None` while not connected.
+    session: Option<Box<Session>>,
     pub wbuf: BytesMut,
     /// Queued in the worker's dirty list.
     pub dirty: bool,
-    next_request: u32,
     awaiting: Awaiting,
     /// The SYNC watermark; starts at the run's start.
     since: u64,
@@ -139,8 +147,6 @@ pub struct Conn {
     setup_queue: Option<Box<VecDeque<SetupOp>>>,
     /// Whether the presence subscription must be renewed after a reconnect.
     subscribed: bool,
-    pub heartbeat_ns: u64,
-    pub last_write_ns: u64,
     pub started_ns: u64,
     /// Failed attempts since the last success.
     pub attempts: u32,
@@ -179,18 +185,15 @@ impl Conn {
             slots,
             state: State::Idle,
             sock: None,
-            rbuf: BytesMut::new(),
+            session: None,
             wbuf: BytesMut::new(),
             dirty: false,
-            next_request: 0,
             awaiting: Awaiting::Nothing,
             since: run_since,
             sync_from: run_since,
             final_sync_wanted: false,
             setup_queue: None,
             subscribed: false,
-            heartbeat_ns: 30_000_000_000,
-            last_write_ns: 0,
             started_ns: 0,
             attempts: 0,
             inflight: Vec::new(),
@@ -200,16 +203,23 @@ impl Conn {
         }
     }
 
-    fn request_id(&mut self) -> u32 {
-        self.next_request = self.next_request.wrapping_add(1).max(1);
-        self.next_request
-    }
-
-    fn send_frame(&mut self, frame: impl Into<Frame>, now_ns: u64) -> u32 {
-        let id = self.request_id();
-        encode(id, &frame.into(), &mut self.wbuf);
-        self.last_write_ns = now_ns;
-        id
+    /// Sends through the session; the request id, or 0 if it refused (closed, or
+    /// [`MAX_OUTSTANDING`] reached). A refusal closes the session, so that the connection is
+    /// closed at its next read and counted (`SEND_REFUSED`).
+    fn send_frame(&mut self, frame: impl Into<Frame>, _now_ns: u64) -> u32 {
+        let Some(session) = self.session.as_mut() else {
+            return 0;
+        };
+        match session.send_request(&frame.into()) {
+            Ok(id) => {
+                session.poll_transmit(&mut self.wbuf);
+                id
+            }
+            Err(_) => {
+                session.close();
+                0
+            }
+        }
     }
 
     pub fn inflight(&self) -> usize {
@@ -220,23 +230,23 @@ impl Conn {
         self.state == State::Ready
     }
 
-    /// The TCP connection is established: say HELLO.
-    pub fn on_connected(&mut self, now_ns: u64) {
-        let id = self.send_frame(
-            proto::Hello {
-                version: proto::VERSION,
-                client: "courier-loadgen".into(),
-            },
-            now_ns,
-        );
-        self.awaiting = Awaiting::Welcome(id);
+    /// The TCP connection is established: a new session, which says HELLO.
+    pub fn on_connected(&mut self, now: Instant) {
+        let config = SessionConfig {
+            client_name: "courier-loadgen".into(),
+            max_frame_len: proto::MAX_FRAME_LEN,
+            max_outstanding: MAX_OUTSTANDING,
+        };
+        let mut session = Box::new(Session::new(config, now));
+        session.poll_transmit(&mut self.wbuf);
+        self.session = Some(session);
         self.state = State::AwaitWelcome;
     }
 
     /// Forgets everything that lives only as long as one connection.
     pub fn reset_connection(&mut self) {
         self.sock = None;
-        self.rbuf = BytesMut::new();
+        self.session = None;
         self.wbuf = BytesMut::new();
         self.awaiting = Awaiting::Nothing;
         self.inflight = Vec::new();
@@ -245,13 +255,34 @@ impl Conn {
         self.setup_queue = None;
     }
 
-    /// Handles one frame from the server.
-    pub fn on_frame(&mut self, env: proto::Envelope, cx: &mut Cx) -> Outcome {
+    /// Bytes from the server, split anywhere.
+    pub fn on_input(&mut self, bytes: &[u8], cx: &mut Cx) -> Outcome {
+        let Some(session) = self.session.as_mut() else {
+            return Outcome::Continue;
+        };
+        session.handle_input(bytes, cx.now());
+        self.drain_events(cx)
+    }
+
+    /// Acts on every event the session has; stops at the first that closes.
+    fn drain_events(&mut self, cx: &mut Cx) -> Outcome {
+        while let Some(event) = self.session.as_mut().and_then(|s| s.poll_event()) {
+            if let Outcome::Close { retry } = self.on_event(event, cx) {
+                return Outcome::Close { retry };
+            }
+        }
+        if let Some(session) = self.session.as_mut() {
+            // Free the read buffer of an idle connection.
+            session.shrink_idle();
+        }
+        Outcome::Continue
+    }
+
+    /// Handles one event of the session.
+    fn on_event(&mut self, event: Event, cx: &mut Cx) -> Outcome {
         let now = cx.now_ns;
-        let rid = env.request_id;
-        match env.frame {
-            Frame::Welcome(w) if self.awaiting == Awaiting::Welcome(rid) => {
-                self.heartbeat_ns = u64::from(w.heartbeat_secs.max(1)) * 1_000_000_000;
+        let (rid, frame) = match event {
+            Event::Welcomed(_) => {
                 let id = self.send_frame(
                     proto::Resume {
                         token: self.token.clone(),
@@ -260,8 +291,12 @@ impl Conn {
                 );
                 self.awaiting = Awaiting::Auth(id);
                 self.state = State::AwaitAuth;
+                return Outcome::Continue;
             }
-            Frame::AuthOk(ok) if self.awaiting == Awaiting::Auth(rid) => {
+            Event::Authenticated {
+                request_id,
+                auth: ok,
+            } if self.awaiting == Awaiting::Auth(request_id) => {
                 cx.counters.auth_ok += 1;
                 if !ok.token.is_empty() && ok.token != self.token {
                     // Copied: a slice would pin the whole read buffer it came from.
@@ -275,7 +310,22 @@ impl Conn {
                 } else {
                     self.become_ready(cx);
                 }
+                return Outcome::Continue;
             }
+            // Logged in again on a logged-in connection: the loadgen never asks for that.
+            Event::Authenticated { .. } => return Outcome::Continue,
+            Event::Reply { request_id, frame } => (request_id, frame),
+            Event::Push(frame) => (0, frame),
+            Event::Redirect { addr, .. } => {
+                if let Ok(addr) = addr.parse() {
+                    self.spec_server = addr;
+                }
+                *cx.counters.errors.entry("REDIRECT".into()).or_default() += 1;
+                return Outcome::Close { retry: true };
+            }
+            Event::Closed { reason } => return self.on_session_closed(reason, cx),
+        };
+        match frame {
             Frame::SyncBatch(b) if self.awaiting == Awaiting::Sync(rid) => {
                 for m in &b.messages {
                     self.on_message(m, false, cx);
@@ -346,46 +396,48 @@ impl Conn {
             }
             Frame::MessagePush(p) => self.on_message(&p.message, true, cx),
             Frame::ErrorReply(e) => return self.on_error(rid, e.code, cx),
-            Frame::Redirect(r) => {
-                if let Ok(addr) = r.addr.parse() {
-                    self.spec_server = addr;
-                }
-                *cx.counters.errors.entry("REDIRECT".into()).or_default() += 1;
-                return Outcome::Close { retry: true };
-            }
-            // PONG, DONE of receipts and subscriptions, receipt/presence/typing pushes: nothing
-            // to do beyond having read them.
+            // DONE of receipts and subscriptions, receipt/presence/typing pushes: nothing to do
+            // beyond having read them. The session consumes PONG.
             _ => {}
         }
         Outcome::Continue
     }
 
-    fn on_error(&mut self, rid: u32, code: u16, cx: &mut Cx) -> Outcome {
-        let known = ErrorCode::from_u16(code);
-        let name = known.map_or_else(|| format!("CODE_{code}"), |c| c.name().to_string());
-        *cx.counters.errors.entry(name).or_default() += 1;
-        if rid == 0 {
+    /// The session closed: count why, and say whether to try again.
+    fn on_session_closed(&mut self, reason: CloseReason, cx: &mut Cx) -> Outcome {
+        let (name, retry) = match reason {
             // The server announces a close; the EOF follows.
-            return Outcome::Close {
-                retry: !matches!(known, Some(ErrorCode::SessionRevoked)),
-            };
-        }
+            CloseReason::Server { code, .. } => {
+                let known = ErrorCode::from_u16(code);
+                let retry = !matches!(known, Some(ErrorCode::SessionRevoked));
+                (error_name(code), retry)
+            }
+            CloseReason::HandshakeRefused { code, .. } => (error_name(code), retryable(code)),
+            CloseReason::VersionMismatch { .. } => ("VERSION_MISMATCH".to_string(), false),
+            CloseReason::Malformed(_) => ("DECODE_ERROR".to_string(), true),
+            CloseReason::UnexpectedFrame { .. } => ("UNEXPECTED_FRAME".to_string(), true),
+            CloseReason::TimedOut { .. } => ("SERVER_SILENT".to_string(), true),
+            CloseReason::Local => ("SEND_REFUSED".to_string(), true),
+            // Counted where the redirect came; the EOF is the worker's to see.
+            CloseReason::Redirected | CloseReason::TransportClosed => {
+                return Outcome::Close { retry: true }
+            }
+        };
+        *cx.counters.errors.entry(name).or_default() += 1;
+        Outcome::Close { retry }
+    }
+
+    fn on_error(&mut self, rid: u32, code: u16, cx: &mut Cx) -> Outcome {
+        *cx.counters.errors.entry(error_name(code)).or_default() += 1;
         if let Some(i) = self.inflight.iter().position(|f| f.request_id == rid) {
             self.inflight.swap_remove(i);
             cx.counters.send_errors += 1;
             return Outcome::Continue;
         }
         match self.awaiting {
-            Awaiting::Welcome(id) | Awaiting::Auth(id) if id == rid => {
-                // A bad token or version will not get better by retrying.
-                let retry = matches!(
-                    known,
-                    Some(
-                        ErrorCode::ServerFull | ErrorCode::ShuttingDown | ErrorCode::LoginThrottled
-                    )
-                );
-                Outcome::Close { retry }
-            }
+            Awaiting::Auth(id) if id == rid => Outcome::Close {
+                retry: retryable(code),
+            },
             Awaiting::Sync(id) if id == rid => Outcome::Close { retry: true },
             Awaiting::Setup(id) if id == rid => {
                 cx.counters.setup_errors += 1;
@@ -704,17 +756,20 @@ impl Conn {
         }
     }
 
-    /// Sends a PING if nothing was written for a heartbeat interval.
-    pub fn heartbeat(&mut self, cx: &mut Cx) -> bool {
-        if self.state != State::Ready
-            || cx.now_ns.saturating_sub(self.last_write_ns) < self.heartbeat_ns
-        {
-            return false;
+    /// Lets a ready connection's session send its PING when due, or give up on a server
+    /// silent for three heartbeats.
+    pub fn heartbeat(&mut self, cx: &mut Cx) -> Outcome {
+        if self.state != State::Ready {
+            return Outcome::Continue;
         }
-        let nonce = cx.now_ns;
-        self.send_frame(proto::Ping { nonce }, cx.now_ns);
-        cx.counters.pings += 1;
-        true
+        let Some(session) = self.session.as_mut() else {
+            return Outcome::Continue;
+        };
+        session.handle_timeout(cx.now());
+        if session.poll_transmit(&mut self.wbuf) > 0 {
+            cx.counters.pings += 1;
+        }
+        self.drain_events(cx)
     }
 
     /// This connection's part of the run's ledgers.
@@ -741,28 +796,153 @@ impl Conn {
     }
 }
 
+/// The name an error code is counted under.
+fn error_name(code: u16) -> String {
+    ErrorCode::from_u16(code).map_or_else(|| format!("CODE_{code}"), |c| c.name().to_string())
+}
+
+/// Whether a refused handshake or login may work later; a bad token or version will not.
+fn retryable(code: u16) -> bool {
+    matches!(
+        ErrorCode::from_u16(code),
+        Some(ErrorCode::ServerFull | ErrorCode::ShuttingDown | ErrorCode::LoginThrottled)
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    /// An idle connection costs this struct and nothing else; keep it small at 18k a worker.
-    #[test]
-    fn an_idle_connection_is_small() {
-        let size = std::mem::size_of::<Conn>();
-        assert!(size <= 384, "Conn is {size} bytes");
-        let spec = ConnSpec {
+    use courier_protocol::{encode, AuthOk, Decoder, Envelope, Welcome};
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::hist::Latencies;
+    use crate::ipc::Counters;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn spec() -> ConnSpec {
+        ConnSpec {
             user: 0,
             token: "00".repeat(32),
             server: "127.0.0.1:1".parse().unwrap(),
             source: std::net::Ipv4Addr::LOCALHOST,
             threads: Vec::new(),
             contacts: Vec::new(),
+        }
+    }
+
+    fn cx(now_ns: u64) -> Cx {
+        Cx {
+            now_ns,
+            epoch: (Instant::now(), now_ns),
+            run_id: 1,
+            run_since: 0,
+            body_size: 64,
+            body: BytesMut::new(),
+            counters: Counters::default(),
+            lat: Latencies::default(),
+            sync_on_connect: false,
+            receipts: false,
+            read_receipts: false,
+            typing: false,
+            in_window: false,
+            setup_pending: 0,
+            final_sync_pending: 0,
+            threads_out: Vec::new(),
+            rng: SmallRng::seed_from_u64(1),
+        }
+    }
+
+    /// What the connection wrote, decoded; the buffer is left empty.
+    fn written(c: &mut Conn) -> Vec<Envelope> {
+        let decoder = Decoder::default();
+        std::iter::from_fn(|| decoder.decode(&mut c.wbuf).unwrap()).collect()
+    }
+
+    fn bytes(request_id: u32, frame: Frame) -> BytesMut {
+        let mut buf = BytesMut::new();
+        encode(request_id, &frame, &mut buf);
+        buf
+    }
+
+    /// Driven by hand through the session: HELLO, RESUME, ready; PING each heartbeat; after
+    /// three heartbeats with nothing from the server, closed and counted, to be retried.
+    #[test]
+    fn a_ready_connection_pings_on_schedule_and_gives_up_a_silent_server() {
+        let mut c = Conn::new(spec(), 0);
+        let mut cx = cx(SECOND);
+        c.on_connected(cx.now());
+        let hello = written(&mut c);
+        assert!(matches!(
+            hello[..],
+            [Envelope {
+                frame: Frame::Hello(_),
+                ..
+            }]
+        ));
+        let welcome = Welcome {
+            version: proto::VERSION,
+            max_frame: 65536,
+            heartbeat_secs: 1,
+            node: "n1".into(),
         };
-        let c = Conn::new(spec, 0);
+        let input = bytes(hello[0].request_id, welcome.into());
+        assert_eq!(c.on_input(&input, &mut cx), Outcome::Continue);
+        assert_eq!(c.state, State::AwaitAuth);
+        let resume = written(&mut c);
+        assert!(matches!(
+            resume[..],
+            [Envelope {
+                frame: Frame::Resume(_),
+                ..
+            }]
+        ));
+        let auth = AuthOk {
+            token: c.token.clone(),
+            ..AuthOk::default()
+        };
+        let input = bytes(resume[0].request_id, auth.into());
+        assert_eq!(c.on_input(&input, &mut cx), Outcome::Continue);
+        assert!(c.is_ready());
+
+        for ping in 1..=2 {
+            cx.now_ns += SECOND;
+            assert_eq!(c.heartbeat(&mut cx), Outcome::Continue);
+            let sent = written(&mut c);
+            assert!(
+                matches!(
+                    sent[..],
+                    [Envelope {
+                        frame: Frame::Ping(_),
+                        ..
+                    }]
+                ),
+                "{sent:?}"
+            );
+            assert_eq!(cx.counters.pings, ping);
+        }
+        cx.now_ns += SECOND - 1;
+        assert_eq!(c.heartbeat(&mut cx), Outcome::Continue, "not yet");
+        cx.now_ns += 1;
+        assert_eq!(c.heartbeat(&mut cx), Outcome::Close { retry: true });
+        assert_eq!(cx.counters.errors.get("SERVER_SILENT"), Some(&1));
         assert_eq!(
-            (c.rbuf.capacity(), c.wbuf.capacity(), c.inflight.capacity()),
-            (0, 0, 0)
+            cx.now().duration_since(cx.epoch.0),
+            Duration::from_secs(3),
+            "three heartbeats after the AUTH_OK"
         );
-        assert!(c.seen.is_none() && c.setup_queue.is_none());
+    }
+
+    /// An idle connection costs this struct and nothing else; keep it small at 18k a worker.
+    #[test]
+    fn an_idle_connection_is_small() {
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= 384, "Conn is {size} bytes");
+        let c = Conn::new(spec(), 0);
+        assert_eq!((c.wbuf.capacity(), c.inflight.capacity()), (0, 0));
+        assert!(c.session.is_none() && c.seen.is_none() && c.setup_queue.is_none());
     }
 }

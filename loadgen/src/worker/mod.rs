@@ -13,10 +13,9 @@ use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, BufRead, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use courier_protocol::{Decoder, MAX_FRAME_LEN};
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 use rand::rngs::SmallRng;
@@ -38,6 +37,9 @@ const PROGRESS_NS: u64 = 1_000_000_000;
 /// State shared by every connection of a worker: run constants, counters and histograms.
 pub struct Cx {
     pub now_ns: u64,
+    /// An `Instant` and the `now_ns` of the same moment, to give sessions `now_ns` as an
+    /// `Instant` (both are CLOCK_MONOTONIC).
+    pub epoch: (Instant, u64),
     pub run_id: u32,
     pub run_since: u64,
     pub body_size: usize,
@@ -58,6 +60,13 @@ pub struct Cx {
     /// Threads created by this worker's connections since the last report.
     pub threads_out: Vec<(u32, u64)>,
     pub rng: SmallRng,
+}
+
+impl Cx {
+    /// `now_ns` as an `Instant`, for the connections' sessions.
+    pub fn now(&self) -> Instant {
+        self.epoch.0 + Duration::from_nanos(self.now_ns.saturating_sub(self.epoch.1))
+    }
 }
 
 /// Spreads events evenly over time: `take` says how many are due.
@@ -124,7 +133,6 @@ pub struct Worker {
     cx: Cx,
     rx: Receiver<ToWorker>,
     out: Sender<(usize, FromWorker)>,
-    decoder: Decoder,
     scratch: Box<[u8]>,
     dirty: Vec<usize>,
     ramp: Option<Pacer>,
@@ -291,6 +299,7 @@ impl Worker {
             by_user: HashMap::new(),
             cx: Cx {
                 now_ns: now,
+                epoch: (Instant::now(), now),
                 run_id: 0,
                 run_since: 0,
                 body_size: 64,
@@ -309,7 +318,6 @@ impl Worker {
             },
             rx,
             out,
-            decoder: Decoder::new(MAX_FRAME_LEN),
             scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
             dirty: Vec::new(),
             ramp: None,
@@ -549,7 +557,6 @@ impl Worker {
     }
 
     fn on_event(&mut self, i: usize, readable: bool, writable: bool) {
-        let now = self.cx.now_ns;
         let Some(c) = self.conns.get_mut(i) else {
             return;
         };
@@ -560,21 +567,28 @@ impl Worker {
                 Ok(Some(_)) | Err(_) => return self.close(i, Close::Retry),
             }
             match sock.peer_addr() {
-                Ok(_) => c.on_connected(now),
+                Ok(_) => c.on_connected(self.cx.now()),
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(_) => return self.close(i, Close::Retry),
             }
         }
-        let Some(sock) = c.sock.as_mut() else { return };
         if readable {
             let mut eof = false;
-            loop {
+            let ready_before = c.is_ready();
+            let handshaking = c.state.is_handshaking();
+            let mut outcome = Outcome::Continue;
+            while let Some(sock) = c.sock.as_mut() {
                 match sock.read(&mut self.scratch) {
                     Ok(0) => {
                         eof = true;
                         break;
                     }
-                    Ok(n) => c.rbuf.extend_from_slice(&self.scratch[..n]),
+                    Ok(n) => {
+                        outcome = c.on_input(&self.scratch[..n], &mut self.cx);
+                        if outcome != Outcome::Continue {
+                            break;
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => {
@@ -583,36 +597,12 @@ impl Worker {
                     }
                 }
             }
-            let ready_before = c.is_ready();
-            let mut handshaking = c.state.is_handshaking();
-            loop {
-                match self.decoder.decode(&mut c.rbuf) {
-                    Ok(Some(env)) => {
-                        let outcome = c.on_frame(env, &mut self.cx);
-                        // Keep the handshake count true before any close looks at it.
-                        if handshaking && !c.state.is_handshaking() {
-                            handshaking = false;
-                            self.handshaking -= 1;
-                        }
-                        if let Outcome::Close { retry } = outcome {
-                            return self.close(i, if retry { Close::Retry } else { Close::Fatal });
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(_) => {
-                        *self
-                            .cx
-                            .counters
-                            .errors
-                            .entry("DECODE_ERROR".into())
-                            .or_default() += 1;
-                        return self.close(i, Close::Retry);
-                    }
-                }
+            // Keep the handshake count true before any close looks at it.
+            if handshaking && !c.state.is_handshaking() {
+                self.handshaking -= 1;
             }
-            if c.rbuf.is_empty() {
-                // Free the read buffer of an idle connection.
-                c.rbuf = BytesMut::new();
+            if let Outcome::Close { retry } = outcome {
+                return self.close(i, if retry { Close::Retry } else { Close::Fatal });
             }
             c.flush_receipts(&mut self.cx);
             if eof {
@@ -858,8 +848,11 @@ impl Worker {
         if now.saturating_sub(self.last_progress_ns) >= PROGRESS_NS {
             self.last_progress_ns = now;
             for i in 0..self.conns.len() {
-                if self.conns[i].heartbeat(&mut self.cx) {
-                    self.mark_dirty(i);
+                match self.conns[i].heartbeat(&mut self.cx) {
+                    Outcome::Continue => self.mark_dirty(i),
+                    Outcome::Close { retry } => {
+                        self.close(i, if retry { Close::Retry } else { Close::Fatal })
+                    }
                 }
             }
             self.emit(FromWorker::Progress(self.cx.counters.clone()));

@@ -1,0 +1,739 @@
+//! The session driven by hand: bytes in (whole, one at a time, in random splits), a fake
+//! clock, and what comes out.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::{
+    ContactList, Contacts, Done, Envelope, ErrorReply, Login, MessagePush, Pong, Redirect,
+    Register, Resume, Send, Sent, Typing,
+};
+
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        client_name: "test/1".into(),
+        ..SessionConfig::default()
+    }
+}
+
+fn welcome(heartbeat_secs: u16) -> Welcome {
+    Welcome {
+        version: VERSION,
+        max_frame: 65536,
+        heartbeat_secs,
+        node: "n1".into(),
+    }
+}
+
+fn auth_ok() -> AuthOk {
+    AuthOk {
+        user: 7,
+        device: 1,
+        token: Bytes::from_static(&[9; 32]),
+        handle: "alice".into(),
+        watermark: 42,
+    }
+}
+
+fn error(code: ErrorCode) -> Frame {
+    ErrorReply {
+        code: code as u16,
+        message: "no".into(),
+    }
+    .into()
+}
+
+fn push(id: u64) -> Frame {
+    MessagePush {
+        message: crate::Message {
+            thread: 1,
+            id,
+            ..crate::Message::default()
+        },
+    }
+    .into()
+}
+
+/// The server's side of the wire: frames encoded back to back.
+fn wire(frames: &[(u32, Frame)]) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    for (id, frame) in frames {
+        encode(*id, frame, &mut buf);
+    }
+    buf.to_vec()
+}
+
+/// Everything the session wants written, decoded.
+fn sent(s: &mut Session) -> Vec<Envelope> {
+    let mut buf = BytesMut::new();
+    let n = s.poll_transmit(&mut buf);
+    assert_eq!(n, buf.len());
+    let decoder = Decoder::new(MAX_FRAME_LEN);
+    let mut out = Vec::new();
+    while let Some(env) = decoder.decode(&mut buf).unwrap() {
+        out.push(env);
+    }
+    assert!(buf.is_empty(), "whole frames only");
+    out
+}
+
+fn events(s: &mut Session) -> Vec<Event> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+/// A session that has said HELLO and got WELCOME at `t0`.
+fn welcomed(t0: Instant, heartbeat_secs: u16) -> Session {
+    let mut s = Session::new(config(), t0);
+    let hello = sent(&mut s);
+    s.handle_input(
+        &wire(&[(hello[0].request_id, welcome(heartbeat_secs).into())]),
+        t0,
+    );
+    assert_eq!(events(&mut s), [Event::Welcomed(welcome(heartbeat_secs))]);
+    s
+}
+
+fn login() -> Frame {
+    Login {
+        handle: "alice".into(),
+        password: "password1".into(),
+        device: "laptop".into(),
+    }
+    .into()
+}
+
+fn closed(reason: CloseReason) -> Event {
+    Event::Closed { reason }
+}
+
+#[test]
+fn hello_is_the_first_frame_and_nothing_times_out_before_welcome() {
+    let t0 = Instant::now();
+    let mut s = Session::new(config(), t0);
+    assert_eq!(s.state(), State::AwaitWelcome);
+    assert_eq!(
+        sent(&mut s),
+        [Envelope::new(
+            1,
+            Hello {
+                version: VERSION,
+                client: "test/1".into()
+            }
+        )]
+    );
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(t0 + Duration::from_secs(3600));
+    assert!(sent(&mut s).is_empty() && events(&mut s).is_empty());
+    assert_eq!(
+        s.send_request(
+            &Hello {
+                version: 1,
+                client: "again".into()
+            }
+            .into()
+        ),
+        Err(SessionError::HelloIsAutomatic)
+    );
+}
+
+#[test]
+fn welcome_fed_one_byte_at_a_time_completes_on_the_last_byte() {
+    let t0 = Instant::now();
+    let mut s = Session::new(config(), t0);
+    sent(&mut s);
+    let bytes = wire(&[(1, welcome(30).into())]);
+    for (i, b) in bytes.iter().enumerate() {
+        s.handle_input(std::slice::from_ref(b), t0);
+        let got = events(&mut s);
+        if i + 1 < bytes.len() {
+            assert!(got.is_empty(), "event after {} bytes: {got:?}", i + 1);
+            assert_eq!(s.state(), State::AwaitWelcome);
+        } else {
+            assert_eq!(got, [Event::Welcomed(welcome(30))]);
+        }
+    }
+    assert_eq!(s.state(), State::Welcomed);
+    assert_eq!(s.welcome(), Some(&welcome(30)));
+    assert_eq!(s.max_send_frame(), 65536);
+}
+
+/// WELCOME, AUTH_OK, pushes and replies out of order, then the server's close, as one byte
+/// stream; every way of cutting it gives the same events.
+#[test]
+fn any_split_of_the_input_gives_the_same_events() {
+    let script = |s: &mut Session| -> (Vec<u8>, [u32; 3]) {
+        sent(s);
+        let auth = s.send_request(&login()).unwrap();
+        let a = s.send_request(&ContactList {}.into()).unwrap();
+        let b = s.send_request(&ContactList {}.into()).unwrap();
+        let bytes = wire(&[
+            (1, welcome(30).into()),
+            (auth, auth_ok().into()),
+            (0, push(1)),
+            (b, Contacts { users: vec![] }.into()),
+            (0, push(2)),
+            (a, error(ErrorCode::RateLimited)),
+            (0, error(ErrorCode::ShuttingDown)),
+        ]);
+        (bytes, [auth, a, b])
+    };
+    let t0 = Instant::now();
+    let mut whole = Session::new(config(), t0);
+    let (bytes, [auth, a, b]) = script(&mut whole);
+    whole.handle_input(&bytes, t0);
+    let expected = events(&mut whole);
+    assert_eq!(
+        expected,
+        [
+            Event::Welcomed(welcome(30)),
+            Event::Authenticated {
+                request_id: auth,
+                auth: auth_ok()
+            },
+            Event::Push(push(1)),
+            Event::Reply {
+                request_id: b,
+                frame: Contacts { users: vec![] }.into()
+            },
+            Event::Push(push(2)),
+            Event::Reply {
+                request_id: a,
+                frame: error(ErrorCode::RateLimited)
+            },
+            closed(CloseReason::Server {
+                code: ErrorCode::ShuttingDown as u16,
+                message: "no".into()
+            }),
+        ]
+    );
+
+    let mut one_by_one = Session::new(config(), t0);
+    script(&mut one_by_one);
+    for b in &bytes {
+        one_by_one.handle_input(std::slice::from_ref(b), t0);
+    }
+    assert_eq!(events(&mut one_by_one), expected);
+
+    for seed in 0..200 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut s = Session::new(config(), t0);
+        script(&mut s);
+        let mut rest = &bytes[..];
+        let mut got = Vec::new();
+        while !rest.is_empty() {
+            let n = rng.random_range(1..=rest.len().min(40));
+            s.handle_input(&rest[..n], t0);
+            rest = &rest[n..];
+            got.extend(events(&mut s));
+        }
+        assert_eq!(got, expected, "seed {seed}");
+    }
+}
+
+#[test]
+fn register_login_and_resume_each_authenticate() {
+    let t0 = Instant::now();
+    let frames: [Frame; 3] = [
+        Register {
+            handle: "alice".into(),
+            password: "password1".into(),
+            device: "laptop".into(),
+        }
+        .into(),
+        login(),
+        Resume {
+            token: Bytes::from_static(&[9; 32]),
+        }
+        .into(),
+    ];
+    for frame in frames {
+        let mut s = welcomed(t0, 30);
+        let id = s.send_request(&frame).unwrap();
+        assert_eq!(sent(&mut s), [Envelope::new(id, frame.clone())]);
+        s.handle_input(&wire(&[(id, auth_ok().into())]), t0);
+        assert_eq!(
+            events(&mut s),
+            [Event::Authenticated {
+                request_id: id,
+                auth: auth_ok()
+            }],
+            "{}",
+            frame.name()
+        );
+        assert_eq!(s.state(), State::Authenticated);
+        assert_eq!(s.outstanding(), 0);
+    }
+}
+
+#[test]
+fn a_refused_login_is_a_reply_and_the_session_stays_open_for_another_try() {
+    let t0 = Instant::now();
+    let mut s = welcomed(t0, 30);
+    let first = s.send_request(&login()).unwrap();
+    s.handle_input(&wire(&[(first, error(ErrorCode::BadCredentials))]), t0);
+    assert_eq!(
+        events(&mut s),
+        [Event::Reply {
+            request_id: first,
+            frame: error(ErrorCode::BadCredentials)
+        }]
+    );
+    assert_eq!(s.state(), State::Welcomed);
+    let second = s.send_request(&login()).unwrap();
+    assert_ne!(second, first);
+    s.handle_input(&wire(&[(second, auth_ok().into())]), t0);
+    assert!(matches!(
+        events(&mut s)[..],
+        [Event::Authenticated { request_id, .. }] if request_id == second
+    ));
+    // A second attempt on a logged-in connection is the server's to refuse.
+    let third = s.send_request(&login()).unwrap();
+    s.handle_input(
+        &wire(&[(third, error(ErrorCode::AlreadyAuthenticated))]),
+        t0,
+    );
+    assert_eq!(s.state(), State::Authenticated);
+    assert_eq!(events(&mut s).len(), 1);
+}
+
+#[test]
+fn a_redirect_instead_of_auth_ok_names_the_node_then_closes() {
+    let t0 = Instant::now();
+    let mut s = welcomed(t0, 30);
+    let id = s.send_request(&login()).unwrap();
+    s.handle_input(
+        &wire(&[(
+            0,
+            Redirect {
+                node: "n2".into(),
+                addr: "10.0.0.2:7878".into(),
+            }
+            .into(),
+        )]),
+        t0,
+    );
+    assert_eq!(
+        events(&mut s),
+        [
+            Event::Redirect {
+                node: "n2".into(),
+                addr: "10.0.0.2:7878".into()
+            },
+            closed(CloseReason::Redirected)
+        ]
+    );
+    assert_eq!(s.outstanding(), 0, "the login gets no answer of its own");
+    // What the server still sends is not read; nothing can be sent.
+    s.handle_input(&wire(&[(id, auth_ok().into())]), t0);
+    assert!(events(&mut s).is_empty());
+    assert_eq!(
+        s.send_request(&login()),
+        Err(SessionError::Closed),
+        "a closed session sends nothing"
+    );
+}
+
+#[test]
+fn a_handshake_refusal_and_a_wrong_version_close_with_their_reason() {
+    let t0 = Instant::now();
+    let mut s = Session::new(config(), t0);
+    sent(&mut s);
+    s.handle_input(&wire(&[(1, error(ErrorCode::UnsupportedVersion))]), t0);
+    let reason = CloseReason::HandshakeRefused {
+        code: ErrorCode::UnsupportedVersion as u16,
+        message: "no".into(),
+    };
+    assert_eq!(reason.code(), Some(ErrorCode::UnsupportedVersion));
+    assert_eq!(events(&mut s), [closed(reason)]);
+
+    let mut s = Session::new(config(), t0);
+    sent(&mut s);
+    let mut w = welcome(30);
+    w.version = 2;
+    s.handle_input(&wire(&[(1, w.into())]), t0);
+    assert_eq!(
+        events(&mut s),
+        [closed(CloseReason::VersionMismatch { server: 2 })]
+    );
+    assert_eq!(s.state(), State::Closed);
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn error_reply_with_request_id_0_is_the_close_reason_known_code_or_not() {
+    let t0 = Instant::now();
+    for code in [
+        ErrorCode::SessionRevoked as u16,
+        ErrorCode::SlowConsumer as u16,
+        999,
+    ] {
+        let mut s = welcomed(t0, 30);
+        let waiting = s.send_request(&ContactList {}.into()).unwrap();
+        s.handle_input(
+            &wire(&[(
+                0,
+                ErrorReply {
+                    code,
+                    message: "bye".into(),
+                }
+                .into(),
+            )]),
+            t0,
+        );
+        let reason = CloseReason::Server {
+            code,
+            message: "bye".into(),
+        };
+        assert_eq!(reason.code(), ErrorCode::from_u16(code));
+        assert_eq!(events(&mut s), [closed(reason)]);
+        // The outstanding request is dropped: no reply event, and none later.
+        s.handle_input(&wire(&[(waiting, Contacts { users: vec![] }.into())]), t0);
+        s.handle_transport_closed();
+        s.close();
+        assert!(events(&mut s).is_empty(), "Closed comes once");
+    }
+}
+
+#[test]
+fn bytes_that_do_not_decode_and_frames_a_server_must_not_send_close_the_session() {
+    let t0 = Instant::now();
+    let mut s = welcomed(t0, 30);
+    s.handle_input(&[0, 0, 0, 5, 0x7e, 0, 0, 0, 1], t0);
+    assert_eq!(
+        events(&mut s),
+        [closed(CloseReason::Malformed(
+            crate::Error::UnknownFrameType(0x7e)
+        ))]
+    );
+
+    let mut s = welcomed(t0, 30);
+    s.handle_input(&[0x7f, 0, 0, 0], t0);
+    assert!(matches!(
+        events(&mut s)[..],
+        [Event::Closed {
+            reason: CloseReason::Malformed(crate::Error::FrameTooLarge { .. })
+        }]
+    ));
+
+    // A request from the server, a response with id 0 that is not ERROR_REPLY, and a WELCOME
+    // that answers something other than HELLO. Pushes before them were delivered.
+    let cases = [
+        (false, Frame::from(ContactList {}), "ContactList"),
+        (false, Done {}.into(), "Done"),
+        (true, welcome(30).into(), "Welcome"),
+    ];
+    for (to_request, frame, name) in cases {
+        let mut s = welcomed(t0, 30);
+        let id = s.send_request(&ContactList {}.into()).unwrap();
+        let rid = if to_request { id } else { 0 };
+        s.handle_input(&wire(&[(0, push(1)), (rid, frame), (0, push(2))]), t0);
+        assert_eq!(
+            events(&mut s),
+            [
+                Event::Push(push(1)),
+                closed(CloseReason::UnexpectedFrame {
+                    name,
+                    request_id: rid
+                })
+            ]
+        );
+    }
+}
+
+#[test]
+fn replies_out_of_order_reach_their_requests_and_strays_are_dropped() {
+    let t0 = Instant::now();
+    let mut s = welcomed(t0, 30);
+    let ids: Vec<u32> = (0..3)
+        .map(|i| {
+            s.send_request(
+                &Send {
+                    thread: 1,
+                    client_msg_id: i,
+                    ..Send::default()
+                }
+                .into(),
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(ids, [2, 3, 4], "HELLO had 1");
+    let typing = s
+        .send_request(
+            &Typing {
+                thread: 1,
+                active: true,
+            }
+            .into(),
+        )
+        .unwrap();
+    assert_eq!(
+        s.outstanding(),
+        3,
+        "TYPING is never answered and holds no id"
+    );
+    let sent_frame = |i: u64| Sent {
+        thread: 1,
+        message: 100 + i,
+        client_msg_id: i,
+    };
+    s.handle_input(
+        &wire(&[
+            (ids[2], sent_frame(2).into()),
+            (typing, Done {}.into()),
+            (77, Done {}.into()),
+            (ids[0], sent_frame(0).into()),
+            (ids[0], sent_frame(9).into()),
+            (ids[1], sent_frame(1).into()),
+        ]),
+        t0,
+    );
+    let expect = |i: usize| Event::Reply {
+        request_id: ids[i],
+        frame: sent_frame(i as u64).into(),
+    };
+    assert_eq!(events(&mut s), [expect(2), expect(0), expect(1)]);
+    assert_eq!(s.outstanding(), 0);
+}
+
+#[test]
+fn a_cancelled_request_keeps_its_id_until_its_late_reply_which_is_dropped() {
+    let t0 = Instant::now();
+    let mut s = welcomed(t0, 30);
+    let gave_up = s.send_request(&ContactList {}.into()).unwrap();
+    assert!(s.cancel(gave_up));
+    assert!(!s.cancel(gave_up), "already cancelled");
+    assert!(!s.cancel(12345), "never sent");
+    // Wrap the counter onto the cancelled id: it is skipped while the reply may still come.
+    s.next_id = gave_up;
+    let next = s.send_request(&ContactList {}.into()).unwrap();
+    assert_eq!(next, gave_up + 1);
+    s.handle_input(&wire(&[(gave_up, Contacts { users: vec![] }.into())]), t0);
+    assert!(events(&mut s).is_empty(), "the late reply is dropped");
+    s.next_id = gave_up;
+    assert_eq!(s.send_request(&ContactList {}.into()).unwrap(), gave_up);
+}
+
+#[test]
+fn request_ids_wrap_past_u32_max_to_1_and_skip_outstanding_ids() {
+    let t0 = Instant::now();
+    let mut s = welcomed(t0, 30);
+    let low = s.send_request(&ContactList {}.into()).unwrap();
+    assert_eq!(low, 2);
+    s.next_id = u32::MAX - 1;
+    let ids: Vec<u32> = (0..4)
+        .map(|_| s.send_request(&ContactList {}.into()).unwrap())
+        .collect();
+    // 0 is never used; 2 is still outstanding.
+    assert_eq!(ids, [u32::MAX - 1, u32::MAX, 1, 3]);
+    let on_wire: Vec<u32> = sent(&mut s).iter().map(|e| e.request_id).collect();
+    assert_eq!(on_wire, [2, u32::MAX - 1, u32::MAX, 1, 3]);
+    s.handle_input(&wire(&[(u32::MAX, Done {}.into())]), t0);
+    assert_eq!(
+        events(&mut s),
+        [Event::Reply {
+            request_id: u32::MAX,
+            frame: Done {}.into()
+        }]
+    );
+}
+
+#[test]
+fn outstanding_requests_are_bounded_and_a_reply_frees_a_place() {
+    let t0 = Instant::now();
+    let mut s = Session::new(
+        SessionConfig {
+            max_outstanding: 3,
+            ..config()
+        },
+        t0,
+    );
+    sent(&mut s);
+    s.handle_input(&wire(&[(1, welcome(1).into())]), t0);
+    let a = s.send_request(&ContactList {}.into()).unwrap();
+    s.send_request(&ContactList {}.into()).unwrap();
+    let c = s.send_request(&ContactList {}.into()).unwrap();
+    assert!(s.cancel(c), "a cancelled request still counts");
+    assert_eq!(
+        s.send_request(&ContactList {}.into()),
+        Err(SessionError::TooManyOutstanding { limit: 3 })
+    );
+    // TYPING holds no id; the heartbeat's own PING is not refused.
+    let typing = Typing {
+        thread: 1,
+        active: false,
+    };
+    assert!(s.send_request(&typing.into()).is_ok());
+    s.handle_timeout(t0 + Duration::from_secs(1));
+    assert_eq!(sent(&mut s).last().unwrap().frame, Ping { nonce: 1 }.into());
+    assert_eq!(s.outstanding(), 4);
+    let refused = s.send_request(&ContactList {}.into()).unwrap_err();
+    assert!(
+        refused.to_string().contains("wait for replies"),
+        "{refused}"
+    );
+
+    s.handle_input(&wire(&[(a, Done {}.into())]), t0);
+    assert_eq!(s.outstanding(), 3);
+    assert_eq!(
+        s.send_request(&ContactList {}.into()),
+        Err(SessionError::TooManyOutstanding { limit: 3 }),
+        "the PING's place is taken until its PONG"
+    );
+    s.handle_input(&wire(&[(c, Done {}.into())]), t0);
+    assert!(s.send_request(&ContactList {}.into()).is_ok());
+}
+
+#[test]
+fn heartbeat_pings_on_schedule_and_pong_is_consumed() {
+    let t0 = Instant::now();
+    let mut s = welcomed(t0, 10);
+    assert_eq!(s.poll_timeout(), Some(t0 + HEARTBEAT));
+    s.handle_timeout(t0 + HEARTBEAT - Duration::from_millis(1));
+    assert!(sent(&mut s).is_empty(), "not due yet");
+
+    // Other traffic does not move the schedule: the server's timer wants PING regardless.
+    s.send_request(&ContactList {}.into()).unwrap();
+    sent(&mut s);
+    s.handle_timeout(t0 + HEARTBEAT);
+    let ping = sent(&mut s);
+    assert_eq!(ping.len(), 1);
+    assert_eq!(ping[0].frame, Ping { nonce: 1 }.into());
+    assert_eq!(s.poll_timeout(), Some(t0 + 2 * HEARTBEAT));
+
+    let t1 = t0 + HEARTBEAT + Duration::from_millis(5);
+    s.handle_input(&wire(&[(ping[0].request_id, Pong { nonce: 1 }.into())]), t1);
+    assert!(events(&mut s).is_empty(), "PONG is the session's own");
+    s.handle_timeout(t0 + 2 * HEARTBEAT);
+    assert_eq!(sent(&mut s)[0].frame, Ping { nonce: 2 }.into());
+}
+
+#[test]
+fn three_heartbeats_of_silence_close_the_session_and_any_input_defers_it() {
+    let t0 = Instant::now();
+    let mut s = welcomed(t0, 10);
+    for i in 1..=2 {
+        let now = t0 + HEARTBEAT * i;
+        assert_eq!(s.poll_timeout(), Some(now));
+        s.handle_timeout(now);
+        assert_eq!(sent(&mut s).len(), 1);
+    }
+    // A push at 25 s: the server is alive; dead only 30 s after it.
+    let t25 = t0 + Duration::from_secs(25);
+    s.handle_input(&wire(&[(0, push(1))]), t25);
+    events(&mut s);
+    s.handle_timeout(t0 + 3 * HEARTBEAT);
+    assert_eq!(sent(&mut s).len(), 1, "third ping");
+    assert!(events(&mut s).is_empty());
+    let dead = t25 + 3 * HEARTBEAT;
+    let mut now = t0 + 3 * HEARTBEAT;
+    while let Some(deadline) = s.poll_timeout() {
+        assert!(deadline > now, "time moves on");
+        now = deadline;
+        s.handle_timeout(now);
+        sent(&mut s);
+    }
+    assert_eq!(now, dead);
+    assert_eq!(
+        events(&mut s),
+        [closed(CloseReason::TimedOut {
+            silent_for: 3 * HEARTBEAT
+        })]
+    );
+    assert!(s.is_closed());
+}
+
+#[test]
+fn no_heartbeat_when_the_server_announces_0() {
+    let t0 = Instant::now();
+    let mut s = welcomed(t0, 0);
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(t0 + Duration::from_secs(86400));
+    assert!(sent(&mut s).is_empty() && events(&mut s).is_empty());
+}
+
+#[test]
+fn the_caller_errors_say_what_is_wrong() {
+    let t0 = Instant::now();
+    let mut s = welcomed(t0, 30);
+    assert_eq!(
+        s.send_request(&Done {}.into()),
+        Err(SessionError::NotARequest { name: "Done" })
+    );
+    assert_eq!(
+        s.send_request(&push(1)),
+        Err(SessionError::NotARequest {
+            name: "MessagePush"
+        })
+    );
+    let big = Send {
+        thread: 1,
+        body: vec![0u8; 70_000].into(),
+        ..Send::default()
+    };
+    let err = s.send_request(&big.into()).unwrap_err();
+    assert!(
+        matches!(err, SessionError::FrameTooLarge { name: "Send", max: 65536, len } if len > 70_000),
+        "{err:?}"
+    );
+    assert!(sent(&mut s).is_empty(), "nothing refused is queued");
+    s.close();
+    assert_eq!(events(&mut s), [closed(CloseReason::Local)]);
+    assert_eq!(
+        s.send_request(&ContactList {}.into()),
+        Err(SessionError::Closed)
+    );
+}
+
+#[test]
+fn the_transport_closing_ends_the_session_once_and_drops_what_was_unsent() {
+    let t0 = Instant::now();
+    let mut s = Session::new(config(), t0);
+    s.handle_transport_closed();
+    s.handle_transport_closed();
+    assert_eq!(events(&mut s), [closed(CloseReason::TransportClosed)]);
+    assert!(
+        sent(&mut s).is_empty(),
+        "HELLO is not written to a closed transport"
+    );
+}
+
+#[test]
+fn poll_transmit_appends_to_what_the_caller_holds() {
+    let t0 = Instant::now();
+    let mut s = Session::new(config(), t0);
+    let mut buf = BytesMut::from(&b"xy"[..]);
+    let n = s.poll_transmit(&mut buf);
+    assert_eq!(buf.len(), 2 + n);
+    assert_eq!(&buf[..2], b"xy");
+    assert_eq!(s.poll_transmit(&mut buf), 0, "taken once");
+    let mut empty = BytesMut::new();
+    s.send_request(&ContactList {}.into()).unwrap();
+    assert_eq!(s.poll_transmit(&mut empty), 9);
+}
+
+#[test]
+fn shrink_idle_frees_buffers_but_keeps_a_partial_frame() {
+    let t0 = Instant::now();
+    let mut s = welcomed(t0, 30);
+    let bytes = wire(&[(0, push(1)), (0, push(2))]);
+    let cut = bytes.len() - 3;
+    s.handle_input(&bytes[..cut], t0);
+    s.shrink_idle();
+    assert!(s.inbuf.capacity() > 0, "a partial frame stays");
+    s.handle_input(&bytes[cut..], t0);
+    assert_eq!(events(&mut s), [Event::Push(push(1)), Event::Push(push(2))]);
+    s.send_request(&ContactList {}.into()).unwrap();
+    s.shrink_idle();
+    assert_eq!(s.inbuf.capacity(), 0);
+    assert!(s.outbox.capacity() > 0, "unsent bytes stay");
+    sent(&mut s);
+    s.shrink_idle();
+    assert_eq!((s.inbuf.capacity(), s.outbox.capacity()), (0, 0));
+}
