@@ -50,6 +50,8 @@ pub enum Error {
     },
     #[error("cannot start the event loops: {0}")]
     Io(#[from] std::io::Error),
+    #[error("shard {} failed ({}); the server stopped after syncing what was committed. A service manager restarts it; if it keeps failing, report this message and the log above it", .0.shard, .0.what)]
+    ShardFailed(shard::Failure),
 }
 
 /// Runs a server until SIGTERM or SIGINT.
@@ -113,6 +115,8 @@ pub fn serve(config: Config) -> Result<(), Error> {
         mailboxes,
         auth,
         shutdown: AtomicBool::new(false),
+        failure: std::sync::Mutex::new(None),
+        faults: shard::Faults::from_env(),
         connections: AtomicUsize::new(0),
         max_connections,
         presence_subscriptions: AtomicUsize::new(0),
@@ -142,6 +146,10 @@ pub fn serve(config: Config) -> Result<(), Error> {
         let _ = handle.join();
     }
     store.sync()?;
+    if let Some(failure) = core.failed() {
+        tracing::error!("stopped after a failure; the write-ahead log is synced");
+        return Err(Error::ShardFailed(failure));
+    }
     tracing::info!("stopped; the write-ahead log is synced");
     Ok(())
 }

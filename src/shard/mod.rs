@@ -26,7 +26,7 @@ mod session;
 pub mod timer;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -79,13 +79,72 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     pub mailboxes: Arc<[Mailbox]>,
     pub auth: Sender<AuthRequest>,
-    /// Set by the signal handler; each shard then finishes its round and exits.
+    /// Set by the signal handler (or a failed shard); each shard then finishes its round and
+    /// exits.
     pub shutdown: AtomicBool,
+    /// The first part that failed (a shard that panicked or whose event loop broke): the
+    /// process stops and exits non-zero instead of serving half alive.
+    pub failure: Mutex<Option<Failure>>,
+    /// Test-only fault injection (see [`Faults`]); all off in production.
+    pub faults: Faults,
     /// Open connections in the whole process, against `max_connections`.
     pub connections: AtomicUsize,
     pub max_connections: usize,
     /// Presence subscriptions in the whole process: changes are broadcast only when nonzero.
     pub presence_subscriptions: AtomicUsize,
+}
+
+/// Why the process stops with a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub shard: u16,
+    /// The panic message, or the event loop's I/O error.
+    pub what: String,
+}
+
+/// Environment variable naming a `PING` nonce that makes the shard reading it panic. Tests
+/// set it on their own server to prove that a panicking shard stops the process; it is never
+/// set in production, so no client can trigger it.
+pub const FAULT_PANIC_ON_PING: &str = "COURIER_FAULT_PANIC_ON_PING";
+
+/// Test-only faults, read once from the environment at start.
+#[derive(Debug, Default, Clone)]
+pub struct Faults {
+    /// A `PING` with this nonce panics the shard that reads it.
+    pub panic_on_ping: Option<u64>,
+}
+
+impl Faults {
+    pub fn from_env() -> Faults {
+        let panic_on_ping = std::env::var(FAULT_PANIC_ON_PING)
+            .ok()
+            .and_then(|v| v.parse().ok());
+        if panic_on_ping.is_some() {
+            tracing::warn!(
+                "fault injection is on ({FAULT_PANIC_ON_PING}): a client can crash this server"
+            );
+        }
+        Faults { panic_on_ping }
+    }
+}
+
+impl Core {
+    /// Records the first failure and stops every shard: the process then exits non-zero
+    /// after the other shards finished their rounds and the WAL is synced.
+    pub fn fail(&self, failure: Failure) {
+        if let Ok(mut first) = self.failure.lock() {
+            first.get_or_insert(failure);
+        }
+        self.shutdown.store(true, Ordering::Release);
+        for m in self.mailboxes.iter() {
+            m.wake();
+        }
+    }
+
+    /// The failure that stopped the process, if any.
+    pub fn failed(&self) -> Option<Failure> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
 }
 
 /// What a shard thread is started with.
@@ -364,6 +423,13 @@ impl Shard {
 }
 
 /// Starts one thread per shard; returns their handles.
+///
+/// Failure policy: a shard that panics (or whose poller fails) cannot go on, and the process
+/// must not go on without it (its users would look online forever, requests for its threads
+/// would vanish). The panic is caught at the top of the thread, logged with the shard and the
+/// message, and turned into [`Core::fail`]: the other shards finish their round and close
+/// their connections, the WAL is synced, and `serve` returns an error (exit status 1) so a
+/// service manager restarts the process.
 pub fn spawn(
     core: Arc<Core>,
     parts: Vec<ShardParts>,
@@ -374,14 +440,32 @@ pub fn spawn(
             let core = core.clone();
             std::thread::Builder::new().name(format!("shard-{}", p.id)).spawn(move || {
                 let id = p.id;
-                if let Err(e) = Shard::new(core.clone(), p).run() {
-                    tracing::error!(shard = id, error = %e, "shard stopped: its event loop failed");
-                    core.shutdown.store(true, Ordering::Release);
-                    for m in core.mailboxes.iter() {
-                        m.wake();
-                    }
-                }
+                let shard_core = core.clone();
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    Shard::new(shard_core, p).run()
+                }));
+                let what = match ran {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => format!("its event loop failed: {e}"),
+                    Err(panic) => format!("it panicked: {}", panic_message(&*panic)),
+                };
+                tracing::error!(
+                    shard = id,
+                    "shard {id} stopped: {what}; stopping the server (exit status 1) so that it is restarted"
+                );
+                core.fail(Failure { shard: id, what });
             })
         })
         .collect()
+}
+
+/// The text of a panic payload (`panic!` with a literal or with a format string).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
 }

@@ -66,6 +66,13 @@ impl Shard {
                 Reason::ProtocolError,
             ),
             (_, Frame::Ping(p)) => {
+                if self.core.faults.panic_on_ping == Some(p.nonce) {
+                    panic!(
+                        "fault injection: PING {} ({})",
+                        p.nonce,
+                        super::FAULT_PANIC_ON_PING
+                    );
+                }
                 self.send(slot, request_id, &Frame::Pong(Pong { nonce: p.nonce }))
             }
             (State::AwaitAuth, Frame::Register(r)) => self.start_auth(
