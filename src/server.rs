@@ -98,7 +98,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
     let mailboxes: Arc<[Mailbox]> = mailboxes.into();
     let (mut listeners, bound) = bind_all(&config.listen, config.shards)?;
 
-    let metrics = Metrics::new(config.shards);
+    let metrics = Metrics::new(config.shards, store.health());
     if let Some(addr) = config.metrics {
         let at = metrics::serve(addr, metrics.clone())
             .map_err(|source| Error::Metrics { addr, source })?;

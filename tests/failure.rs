@@ -100,3 +100,190 @@ fn a_panicking_shard_stops_the_process_and_keeps_acked_data() {
     let stored: Vec<u64> = history(&mut again, thread).iter().map(|m| m.id).collect();
     assert_eq!(stored, acked, "every acked message survives the failure");
 }
+
+/// `GET path` on the metrics port: (status code, body).
+fn http_get(server: &Server, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let log = server.log();
+    let addr = log
+        .rsplit("metrics on http://")
+        .next()
+        .and_then(|rest| rest.split('/').next())
+        .filter(|_| log.contains("metrics on http://"))
+        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"));
+    let mut http = std::net::TcpStream::connect(addr).expect("connect to the metrics port");
+    http.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    let _ = http.set_read_timeout(Some(WAIT));
+    let mut text = String::new();
+    let _ = http.read_to_string(&mut text);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
+    (status, text)
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("create a mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a {size} tmpfs to fill a disk and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills the file system with one file; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut f = std::fs::File::create(&path).expect("create the filler");
+        let chunk = vec![0xa5u8; 64 * 1024];
+        loop {
+            if f.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        // The last bytes, down to one.
+        for size in [4096, 512, 1] {
+            while f.write_all(&chunk[..size]).is_ok() {}
+        }
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn body(i: u64) -> String {
+    format!("{i:08} {}", "x".repeat(8 * 1024))
+}
+
+/// Regression: after the disk filled up and was freed, every SEND kept failing with INTERNAL
+/// ("Writer has previous error") until a restart, and SIGTERM then exited 1. Now the failure
+/// is visible (`/health` 503, `courier_commit_failures_total`), nothing is acked that is not
+/// stored, and writes resume by themselves once space returns.
+#[test]
+fn a_full_disk_fails_requests_then_recovers_without_a_restart() {
+    let disk = SmallDisk::mount("24m");
+    let logs = tempfile::tempdir().expect("a log directory");
+    let server = Server::start_in(
+        logs,
+        disk.path().join("data"),
+        &["--metrics", "127.0.0.1:0"],
+        None,
+    );
+    let (mut alice, _) = server.user("alice");
+    let (_bob, b) = server.user("bob");
+    let thread = direct(&mut alice, b.user);
+    let mut acked = Vec::new();
+    let mut next = 1;
+    assert!(matches!(
+        send(&mut alice, thread, next, &body(next)),
+        Frame::Sent(_)
+    ));
+    acked.push(next);
+    assert_eq!(http_get(&server, "/health").0, 200);
+
+    let filler = disk.fill();
+    // The WAL may still have room in blocks it reserved; keep sending until a commit fails.
+    let mut failed = None;
+    for _ in 0..5_000 {
+        next += 1;
+        match send(&mut alice, thread, next, &body(next)) {
+            Frame::Sent(_) => acked.push(next),
+            Frame::ErrorReply(e) => {
+                failed = Some(e);
+                break;
+            }
+            other => panic!("SEND: {other:?}"),
+        }
+    }
+    let failed = failed.expect("a send fails once the disk is full");
+    assert_eq!(
+        ErrorCode::from_u16(failed.code),
+        Some(ErrorCode::Internal),
+        "{failed:?}"
+    );
+    let (status, text) = http_get(&server, "/health");
+    assert_eq!(status, 503, "{text}");
+    let (_, metrics) = http_get(&server, "/metrics");
+    assert!(
+        !metrics.contains("courier_commit_failures_total 0\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("courier_ready 0"), "{metrics}");
+    alice.ping();
+
+    std::fs::remove_file(&filler).expect("free the space");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        next += 1;
+        match send(&mut alice, thread, next, &body(next)) {
+            Frame::Sent(_) => {
+                acked.push(next);
+                break;
+            }
+            Frame::ErrorReply(e) if Instant::now() < deadline => {
+                assert_eq!(ErrorCode::from_u16(e.code), Some(ErrorCode::Internal));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => panic!(
+                "SEND still fails 30 s after space returned: {other:?}; log:\n{}\nRocksDB:\n{}",
+                server.log(),
+                std::fs::read_to_string(server.data_dir.join("LOG"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("rror") || l.contains("ecover") || l.contains("esum"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        }
+    }
+    for _ in 0..10 {
+        next += 1;
+        assert!(matches!(
+            send(&mut alice, thread, next, &body(next)),
+            Frame::Sent(_)
+        ));
+        acked.push(next);
+    }
+    let (status, text) = http_get(&server, "/health");
+    assert_eq!(status, 200, "{text}");
+    let stored: Vec<u64> = history(&mut alice, thread)
+        .iter()
+        .map(|m| m.client_msg_id)
+        .collect();
+    for id in &acked {
+        assert!(stored.contains(id), "acked message {id} is stored");
+    }
+    let status = server.stop().expect("the server exits by itself");
+    assert!(
+        status.success(),
+        "SIGTERM after recovery exits 0: {status:?}\n{}",
+        server.log()
+    );
+}

@@ -184,7 +184,7 @@ impl Engine {
             }
             let batch = std::mem::replace(&mut self.batch, self.shared.store.batch());
             if let Err(e) = self.shared.store.commit(batch) {
-                tracing::error!(shard = self.shard, error = %e, "commit failed; answering INTERNAL");
+                tracing::debug!(shard = self.shard, error = %e, "commit failed; answering INTERNAL");
                 self.threads.clear();
                 for effect in self.pending.drain(..) {
                     if let Effect::Reply { to, request_id, .. } = effect {

@@ -4,8 +4,9 @@
 //! [`Batch`] and applied with [`Store::commit`], one WAL write per batch.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rocksdb::{
@@ -28,9 +29,95 @@ pub struct Store {
 
 struct Inner {
     db: DB,
+    /// The data directory, for the free-space check.
+    dir: std::path::PathBuf,
     fsync: FsyncMode,
     users: IdAllocator,
     threads: IdAllocator,
+    health: Arc<Health>,
+}
+
+/// Whether writes reach the disk: every write reports here, `/health` and the metrics read it.
+///
+/// A failed write (disk full, I/O error) marks the store failing until a write succeeds
+/// again. The log gets the first failure at once and then one line per [`LOG_EVERY`] with
+/// the count in between, not one line per event-loop round.
+#[derive(Debug, Default)]
+pub struct Health {
+    failing: AtomicBool,
+    /// Failed writes since start (`courier_commit_failures_total`).
+    failures: AtomicU64,
+    log: Mutex<FailureLog>,
+}
+
+/// Free space below which writes are refused (see [`Store::write`]), capped at 5 % of the
+/// file system so that small ones stay usable.
+pub const MIN_FREE: u64 = 64 << 20;
+
+/// How often a persisting write failure is logged again.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+struct FailureLog {
+    /// When the last line was logged.
+    last: Option<Instant>,
+    /// Failures since that line.
+    unlogged: u64,
+    /// Failures since writes last succeeded.
+    streak: u64,
+    /// The latest error, for `/health`.
+    error: String,
+}
+
+impl Health {
+    /// Whether the last write failed.
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// The latest write error while writes fail.
+    pub fn last_error(&self) -> Option<String> {
+        self.failing().then(|| self.log.lock().error.clone())
+    }
+
+    fn failed(&self, e: &dyn std::fmt::Display, now: Instant) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.failing.store(true, Ordering::Release);
+        let mut log = self.log.lock();
+        log.streak += 1;
+        log.unlogged += 1;
+        log.error = e.to_string();
+        if log
+            .last
+            .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
+        {
+            tracing::error!(
+                error = %e,
+                failed_writes = log.unlogged,
+                "writes to the data directory fail: requests are answered INTERNAL and nothing \
+                 is acknowledged until they succeed again. Free disk space or fix the device; \
+                 the server recovers by itself (logged at most every {}s)",
+                LOG_EVERY.as_secs()
+            );
+            log.last = Some(now);
+            log.unlogged = 0;
+        }
+    }
+
+    fn succeeded(&self) {
+        if self.failing.swap(false, Ordering::AcqRel) {
+            let mut log = self.log.lock();
+            tracing::warn!(
+                failed_writes = log.streak,
+                "writes to the data directory succeed again; the server is ready"
+            );
+            *log = FailureLog::default();
+        }
+    }
 }
 
 /// Staged writes, applied atomically by [`Store::commit`].
@@ -69,9 +156,11 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
+                dir: dir.to_owned(),
                 fsync,
                 users,
                 threads,
+                health: Arc::default(),
             }),
         })
     }
@@ -159,8 +248,55 @@ impl Store {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.inner.fsync != FsyncMode::Never);
-        self.inner.db.write_opt(batch.batch, &wo)?;
-        Ok(())
+        self.write(|| self.inner.db.write_opt(batch.batch, &wo))
+    }
+
+    /// Runs one write, unless the disk is nearly full, and records the outcome in [`Health`].
+    ///
+    /// The free-space check keeps RocksDB from ever meeting a full disk in the common case (the
+    /// disk fills up gradually): RocksDB turns a failed write into a hard background error that
+    /// it clears only once as much space as its write buffer (64 MiB) is free, and it cannot be
+    /// resumed through its C API. Refused here, the write fails cleanly and the next one
+    /// succeeds as soon as space returns.
+    fn write(&self, write: impl FnOnce() -> Result<(), rocksdb::Error>) -> Result<(), Error> {
+        if let Some((free, need)) = self.low_on_space() {
+            let e = Error::DiskFull { free, need };
+            self.inner.health.failed(&e, Instant::now());
+            return Err(e);
+        }
+        match write() {
+            Ok(()) => {
+                self.inner.health.succeeded();
+                Ok(())
+            }
+            Err(e) => {
+                self.inner.health.failed(&e, Instant::now());
+                Err(e.into())
+            }
+        }
+    }
+
+    /// `(free, needed)` bytes when the data directory's file system has less free than
+    /// [`MIN_FREE`] (or 5 % of its size, if smaller); `None` when there is room or the file
+    /// system cannot tell.
+    fn low_on_space(&self) -> Option<(u64, u64)> {
+        let path = std::ffi::CString::new(self.inner.dir.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: statvfs writes one struct into `st`, which lives on our stack; `path` is a
+        // NUL-terminated string that outlives the call.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+        let (block, avail, blocks) = (st.f_frsize as u64, st.f_bavail as u64, st.f_blocks as u64);
+        let free = avail.saturating_mul(block);
+        let need = MIN_FREE.min(blocks.saturating_mul(block) / 20);
+        (free < need).then_some((free, need))
+    }
+
+    /// Whether writes currently reach the disk (shared with the metrics responder).
+    pub fn health(&self) -> Arc<Health> {
+        self.inner.health.clone()
     }
 
     /// Flushes and syncs the WAL: used at shutdown.
@@ -172,11 +308,11 @@ impl Store {
     // ---- ids ----
 
     pub fn next_user_id(&self) -> Result<u64, Error> {
-        self.inner.users.next(&self.inner.db)
+        self.inner.users.next(self)
     }
 
     pub fn next_thread_id(&self) -> Result<u64, Error> {
-        self.inner.threads.next(&self.inner.db)
+        self.inner.threads.next(self)
     }
 
     /// The highest clock value any shard recorded as durable (see [`Batch::clock_floor`]).
@@ -566,17 +702,19 @@ impl IdAllocator {
         })
     }
 
-    fn next(&self, db: &DB) -> Result<u64, Error> {
+    fn next(&self, store: &Store) -> Result<u64, Error> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut leased = self.leased_to.lock();
         if id >= *leased {
             let end = id + ID_LEASE;
-            let cf = db
-                .cf_handle(CF_META)
-                .expect("column family created at open");
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
-            db.put_cf_opt(cf, self.key, end.to_be_bytes(), &wo)?;
+            store.write(|| {
+                store
+                    .inner
+                    .db
+                    .put_cf_opt(store.cf(CF_META), self.key, end.to_be_bytes(), &wo)
+            })?;
             *leased = end;
         }
         Ok(id)

@@ -37,4 +37,6 @@ pub enum Error {
     CorruptValue { record: &'static str },
     #[error("the handle is taken")]
     HandleTaken,
+    #[error("the data directory's disk is nearly full ({free} bytes free, {need} needed): writes are refused until space is freed")]
+    DiskFull { free: u64, need: u64 },
 }
