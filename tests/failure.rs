@@ -287,3 +287,43 @@ fn a_full_disk_fails_requests_then_recovers_without_a_restart() {
         server.log()
     );
 }
+
+/// Regression: with `--heartbeat-secs 2`, a server stopped for 8 s closed every client with
+/// HEARTBEAT_TIMEOUT after SIGCONT, although their PINGs sat unread in the socket buffers.
+#[test]
+fn a_stalled_server_does_not_time_out_clients_that_kept_pinging() {
+    const CLIENTS: usize = 20;
+    let server = Server::start_with(&["--heartbeat-secs", "2"]);
+    let mut clients: Vec<TestConn> = (0..CLIENTS)
+        .map(|i| server.user(&format!("pinger{i}")).0)
+        .collect();
+    server.signal(libc::SIGSTOP);
+    // Eight seconds stopped (more than 3 × 2 s), every client pinging each second meanwhile.
+    let mut sent = vec![Vec::new(); CLIENTS];
+    for round in 0..8 {
+        for (c, ids) in clients.iter_mut().zip(&mut sent) {
+            let id = c.id();
+            c.send(id, Ping { nonce: round });
+            ids.push(id);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    server.signal(libc::SIGCONT);
+    for (i, (c, ids)) in clients.iter_mut().zip(&sent).enumerate() {
+        for &id in ids {
+            // Replies come in order on one connection: the next frame must be this PONG.
+            match c.recv_until(Instant::now() + WAIT) {
+                util::Recv::Frame(e) if e.request_id == id => assert!(
+                    matches!(e.frame, Frame::Pong(_)),
+                    "client {i}: {:?}",
+                    e.frame
+                ),
+                util::Recv::Frame(e) => {
+                    panic!("client {i} got {:?} instead of PONG {id}", e.frame)
+                }
+                other => panic!("client {i}: {other:?} instead of PONG {id}"),
+            }
+        }
+        c.ping();
+    }
+}

@@ -353,11 +353,26 @@ impl Shard {
             if conn.gen != gen || conn.closing() {
                 continue;
             }
-            let deadline = conn.deadline(handshake, idle);
+            let mut deadline = conn.deadline(handshake, idle);
+            if deadline <= now {
+                // A stall of the server (SIGSTOP, a swapped-out process, a long round) is not
+                // the client's silence: its PINGs may be waiting unread in the socket. Read
+                // them before judging.
+                self.read(slot as usize);
+                match self.conns.get(slot as usize) {
+                    Some(c) if c.gen == gen && !c.closing() => {
+                        deadline = c.deadline(handshake, idle)
+                    }
+                    _ => continue,
+                }
+            }
             if deadline > now {
                 self.wheel.schedule(slot, gen, deadline);
                 continue;
             }
+            let Some(conn) = self.conns.get(slot as usize) else {
+                continue;
+            };
             let (code, reason) = match conn.state {
                 conn::State::Authed => (ErrorCode::HeartbeatTimeout, Reason::HeartbeatTimeout),
                 _ => (ErrorCode::HandshakeTimeout, Reason::HandshakeTimeout),

@@ -138,6 +138,14 @@ impl Server {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Sends `signal` (e.g. `libc::SIGSTOP`) to the running child, if any.
+    pub fn signal(&self, signal: libc::c_int) {
+        if let Some(child) = self.child.lock().ok().as_ref().and_then(|c| c.as_ref()) {
+            // SAFETY: kill(2) with our own child's pid, which we have not waited for yet.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        }
+    }
+
     /// SIGKILL: a crash, with no chance to flush anything.
     pub fn kill(&self) {
         if let Some(mut child) = self.child.lock().ok().and_then(|mut c| c.take()) {
