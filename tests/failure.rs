@@ -327,3 +327,74 @@ fn a_stalled_server_does_not_time_out_clients_that_kept_pinging() {
         c.ping();
     }
 }
+
+/// Regression: after an accept failed (EMFILE), connections waiting in the backlog were never
+/// accepted, since an edge-triggered listener reports no new edge for them.
+#[test]
+fn after_running_out_of_descriptors_waiting_connections_are_accepted() {
+    use std::os::unix::process::CommandExt;
+    const NOFILE: libc::rlim_t = 96;
+    let server = Server::start_configured(
+        &[
+            "--shards",
+            "1",
+            "--max-connections",
+            "100000",
+            "--handshake-timeout-secs",
+            "120",
+        ],
+        Box::new(|c| {
+            // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+            unsafe {
+                c.pre_exec(|| {
+                    let lim = libc::rlimit {
+                        rlim_cur: NOFILE,
+                        rlim_max: NOFILE,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }),
+    );
+    let hello = || Hello {
+        version: VERSION,
+        client: "failure-tests".into(),
+    };
+    // Open connections until the server cannot accept one: its HELLO stays unanswered.
+    let mut open = Vec::new();
+    let mut waiting = loop {
+        assert!(
+            open.len() < NOFILE as usize,
+            "the server never ran out of descriptors"
+        );
+        let mut c = server.connect();
+        c.send(1, hello());
+        match c.recv_until(Instant::now() + Duration::from_millis(500)) {
+            util::Recv::Frame(e) => {
+                assert!(matches!(e.frame, Frame::Welcome(_)), "{:?}", e.frame);
+                open.push(c);
+            }
+            util::Recv::Timeout => break c,
+            util::Recv::Closed => panic!("the server closed a new connection"),
+        }
+    };
+    assert!(
+        server.log().contains("accept failed"),
+        "the server ran out of descriptors:\n{}",
+        server.log()
+    );
+    // Free descriptors; the waiting connection must be accepted without any new connection.
+    open.truncate(open.len() - 8);
+    match waiting.recv_until(Instant::now() + WAIT) {
+        util::Recv::Frame(e) => assert!(matches!(e.frame, Frame::Welcome(_)), "{:?}", e.frame),
+        other => panic!("the waiting connection was never accepted: {other:?}"),
+    }
+    waiting.ping();
+    server.connect().hello();
+    for c in &mut open {
+        c.ping();
+    }
+}

@@ -52,11 +52,26 @@ impl Shard {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Typically EMFILE: keep serving the connections we have.
-                    tracing::warn!(shard = self.id, error = %e, "accept failed");
+                    // Typically EMFILE: keep serving the connections we have. The connection
+                    // stays in the backlog, and an edge-triggered listener reports no new
+                    // edge for it: `retry_accepts` tries again on the next tick and whenever
+                    // this shard closes a connection.
+                    if !self.accept_stalled {
+                        tracing::warn!(
+                            shard = self.id,
+                            error = %e,
+                            "accept failed; retrying every second and after each close. \
+                             Raise the open files limit or lower --max-connections"
+                        );
+                        self.accept_stalled = true;
+                    }
                     return;
                 }
             };
+            if self.accept_stalled {
+                self.accept_stalled = false;
+                tracing::info!(shard = self.id, "accepting connections again");
+            }
             if self.core.connections.fetch_add(1, Ordering::Relaxed) >= self.core.max_connections {
                 self.core.connections.fetch_sub(1, Ordering::Relaxed);
                 let mut goodbye = bytes::BytesMut::new();
@@ -94,6 +109,15 @@ impl Shard {
             let first_look = handshake.min(3 * self.core.config.heartbeat_secs as u32);
             let deadline = now.as_secs() as u32 + first_look;
             self.wheel.schedule(slot as u32, gen, deadline);
+        }
+    }
+
+    /// Accepts again on every listener after an accept failed (see `accept`).
+    pub(super) fn retry_accepts(&mut self) {
+        if self.accept_stalled {
+            for i in 0..self.listeners.len() {
+                self.accept(i);
+            }
         }
     }
 
@@ -339,16 +363,21 @@ impl Shard {
         ShardMetrics::add(&self.metrics().bytes_out, written);
     }
 
-    /// Closes every connection marked this round.
+    /// Closes every connection marked this round; each close frees a descriptor, so a stalled
+    /// accept is retried.
     pub(super) fn close_pending(&mut self) {
         let closing = std::mem::take(&mut self.closing);
         for &slot in &closing {
             self.close_now(slot);
         }
+        let closed = !closing.is_empty();
         let mut closing = closing;
         closing.clear();
         if self.closing.is_empty() {
             self.closing = closing;
+        }
+        if closed {
+            self.retry_accepts();
         }
     }
 

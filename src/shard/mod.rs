@@ -191,6 +191,8 @@ pub struct Shard {
     /// A reusable list of connections (directory lookups).
     refs: Vec<ConnRef>,
     more_mail: bool,
+    /// An accept failed (e.g. EMFILE) and connections may wait in the backlog.
+    accept_stalled: bool,
 }
 
 impl Shard {
@@ -221,6 +223,7 @@ impl Shard {
             presence_out: Vec::new(),
             refs: Vec::new(),
             more_mail: false,
+            accept_stalled: false,
             core,
         }
     }
@@ -342,6 +345,7 @@ impl Shard {
             return;
         }
         self.last_tick = now;
+        self.retry_accepts();
         let mut due = Vec::new();
         self.wheel.advance(now, &mut due);
         let handshake = self.core.config.handshake_timeout_secs.min(u32::MAX as u64) as u32;
