@@ -82,6 +82,10 @@ pub struct ShardMetrics {
     /// Messages this shard could not hand to a full mailbox at once (retried later).
     pub mailbox_overflows: AtomicU64,
     pub overflow_pending: AtomicU64,
+    /// Times a connection stopped being read because its requests' shard was congested.
+    pub paused_reads: AtomicU64,
+    /// Connections not read right now for that reason.
+    pub paused_now: AtomicU64,
     disconnects: [AtomicU64; Reason::ALL.len()],
     commit_buckets: [AtomicU64; COMMIT_BUCKETS_US.len() + 1],
     commit_sum_us: AtomicU64,
@@ -187,7 +191,7 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let per_shard: [(&str, &str, Field); 6] = [
+        let per_shard: [(&str, &str, Field); 8] = [
             ("courier_connections", "gauge", |s| &s.connections),
             ("courier_authenticated_sessions", "gauge", |s| {
                 &s.authenticated
@@ -200,6 +204,8 @@ impl Metrics {
                 &s.mailbox_overflows
             }),
             ("courier_rate_limited_total", "counter", |s| &s.rate_limited),
+            ("courier_paused_reads_total", "counter", |s| &s.paused_reads),
+            ("courier_paused_connections", "gauge", |s| &s.paused_now),
         ];
         for (name, kind, f) in per_shard {
             let _ = writeln!(out, "# TYPE {name} {kind}");

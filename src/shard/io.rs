@@ -139,9 +139,20 @@ impl Shard {
     /// of holding the shard while everyone else waits (edge-triggered polling would not
     /// report the bytes it left again).
     pub(super) fn read(&mut self, slot: usize) {
+        if self.conns.get(slot).is_none_or(|c| c.has(flag::PAUSED)) {
+            return;
+        }
+        if self.has_held_frame(slot) {
+            // Frames read before a pause (see `pause_reads`) come before the socket's.
+            self.on_bytes(slot, &[]);
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut budget = self.core.config.read_budget;
-        while let Some(conn) = self.conns.get_mut(slot).filter(|c| !c.closing()) {
+        while let Some(conn) = self
+            .conns
+            .get_mut(slot)
+            .filter(|c| !c.closing() && !c.has(flag::PAUSED))
+        {
             if budget == 0 {
                 self.carry_reads.push((slot, conn.gen));
                 break;
@@ -212,8 +223,12 @@ impl Shard {
                     return;
                 }
             }
-            if self.conns.get(slot).is_none_or(|c| c.closing()) {
-                return;
+            match self.conns.get(slot) {
+                None => return,
+                Some(c) if c.closing() => return,
+                // Keep the rest, frames included, for when reading resumes.
+                Some(c) if c.has(flag::PAUSED) => break,
+                Some(_) => {}
             }
         }
         let Some(conn) = self.conns.get_mut(slot) else {
@@ -230,6 +245,56 @@ impl Shard {
             input.extend_from_slice(tail);
             conn.input = input;
         }
+    }
+
+    /// Whether the connection holds a whole frame it has not handled (kept when it paused).
+    fn has_held_frame(&self, slot: usize) -> bool {
+        let Some(conn) = self.conns.get(slot) else {
+            return false;
+        };
+        match peek_len(&conn.input, self.decoder.max_frame_len()) {
+            Ok(Some(len)) => conn.input.len() >= LEN_BYTES + len as usize,
+            _ => false,
+        }
+    }
+
+    /// Stops reading the connection in `slot`: its last request went to `target`, which is
+    /// congested. Its unread bytes stay in the socket, so TCP slows the client down.
+    pub(super) fn pause_reads(&mut self, slot: usize, target: u16) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if !conn.has(flag::PAUSED) {
+            conn.flags |= flag::PAUSED;
+            self.paused.push((slot, conn.gen, target));
+            let m = &self.core.metrics.shards[self.id as usize];
+            ShardMetrics::add(&m.paused_reads, 1);
+            m.paused_now
+                .store(self.paused.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads again (next round) the paused connections whose target is relieved.
+    pub(super) fn resume_reads(&mut self) {
+        if self.paused.is_empty() {
+            return;
+        }
+        let mut paused = std::mem::take(&mut self.paused);
+        paused.retain(|&(slot, gen, target)| {
+            let Some(conn) = self.conns.get_mut(slot).filter(|c| c.gen == gen) else {
+                return false;
+            };
+            if !self.outbox.relieved(target) {
+                return true;
+            }
+            conn.flags &= !flag::PAUSED;
+            self.carry_reads.push((slot, gen));
+            false
+        });
+        self.paused = paused;
+        self.metrics()
+            .paused_now
+            .store(self.paused.len() as u64, Ordering::Relaxed);
     }
 
     /// Queues `frame` for the connection in `slot`.

@@ -23,6 +23,8 @@ pub mod mailbox;
 mod presence;
 mod route;
 mod session;
+#[cfg(test)]
+mod tests;
 pub mod timer;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -193,6 +195,9 @@ pub struct Shard {
     more_mail: bool,
     /// An accept failed (e.g. EMFILE) and connections may wait in the backlog.
     accept_stalled: bool,
+    /// Connections not read because the target shard of their last request is congested
+    /// (slot, generation, target shard); see [`Outbox::congested`].
+    paused: Vec<(usize, u32, u16)>,
 }
 
 impl Shard {
@@ -212,7 +217,7 @@ impl Shard {
             last_tick: 0,
             wheel: Wheel::new(0),
             subs: Subscriptions::default(),
-            outbox: Outbox::new(shards),
+            outbox: Outbox::new(shards, mailbox::OUTBOX_CAP),
             scratch: vec![0; SCRATCH],
             enc: BytesMut::with_capacity(16 * 1024),
             frame_buf: BytesMut::new(),
@@ -224,6 +229,7 @@ impl Shard {
             refs: Vec::new(),
             more_mail: false,
             accept_stalled: false,
+            paused: Vec::new(),
             core,
         }
     }
@@ -244,43 +250,59 @@ impl Shard {
 
     /// Runs rounds until shutdown; returns after the goodbyes are written (bounded).
     pub fn run(mut self) -> std::io::Result<()> {
-        for (i, l) in self.listeners.iter_mut().enumerate() {
-            self.poll
-                .registry()
-                .register(l, listener_token(i), mio::Interest::READABLE)?;
-        }
+        self.register_listeners()?;
         let mut events = Events::with_capacity(1024);
         let mut carried = Vec::new();
         loop {
-            let timeout = self.poll_timeout();
-            std::mem::swap(&mut carried, &mut self.carry_reads);
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-            for event in events.iter() {
-                match event.token() {
-                    WAKER => {}
-                    t => match listener_index(t) {
-                        Some(i) => self.accept(i),
-                        None => self.on_conn_event(
-                            t.0,
-                            event.is_readable() || event.is_read_closed() || event.is_error(),
-                            event.is_writable(),
-                        ),
-                    },
-                }
-            }
-            self.read_carried(&mut carried);
-            self.drain_mailbox();
-            self.on_tick();
-            self.end_round();
+            self.round(&mut events, &mut carried)?;
             if self.core.shutdown.load(Ordering::Acquire) {
                 self.shut_down();
                 return Ok(());
             }
         }
+    }
+
+    fn register_listeners(&mut self) -> std::io::Result<()> {
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            self.poll
+                .registry()
+                .register(l, listener_token(i), mio::Interest::READABLE)?;
+        }
+        Ok(())
+    }
+
+    /// One round of the loop (steps 1–7 in the module docs). `carried` is scratch space for
+    /// the connections carried over from the last round.
+    fn round(
+        &mut self,
+        events: &mut Events,
+        carried: &mut Vec<(usize, u32)>,
+    ) -> std::io::Result<()> {
+        let timeout = self.poll_timeout();
+        std::mem::swap(carried, &mut self.carry_reads);
+        if let Err(e) = self.poll.poll(events, Some(timeout)) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        for event in events.iter() {
+            match event.token() {
+                WAKER => {}
+                t => match listener_index(t) {
+                    Some(i) => self.accept(i),
+                    None => self.on_conn_event(
+                        t.0,
+                        event.is_readable() || event.is_read_closed() || event.is_error(),
+                        event.is_writable(),
+                    ),
+                },
+            }
+        }
+        self.read_carried(carried);
+        self.drain_mailbox();
+        self.on_tick();
+        self.end_round();
+        Ok(())
     }
 
     fn poll_timeout(&self) -> Duration {
@@ -316,6 +338,7 @@ impl Shard {
         self.metrics()
             .overflow_pending
             .store(flushed.waiting as u64, Ordering::Relaxed);
+        self.resume_reads();
         self.metrics()
             .mailbox_depth
             .store(self.mailbox.len() as u64, Ordering::Relaxed);
@@ -358,6 +381,11 @@ impl Shard {
                 continue;
             }
             let mut deadline = conn.deadline(handshake, idle);
+            if conn.has(conn::flag::PAUSED) {
+                // Not read because another shard is slow: the silence is the server's.
+                self.wheel.schedule(slot, gen, now.saturating_add(idle));
+                continue;
+            }
             if deadline <= now {
                 // A stall of the server (SIGSTOP, a swapped-out process, a long round) is not
                 // the client's silence: its PINGs may be waiting unread in the socket. Read

@@ -336,14 +336,19 @@ impl Shard {
                 };
                 match Engine::shard_for(&self.core.chat, &caller, &frame) {
                     Some(s) if s == self.id => self.engine.handle(caller, request_id, frame),
-                    Some(s) if (s as usize) < self.core.mailboxes.len() => self.outbox.push(
-                        s,
-                        ShardMsg::Request {
-                            caller,
-                            request_id,
-                            frame,
-                        },
-                    ),
+                    Some(s) if (s as usize) < self.core.mailboxes.len() => {
+                        self.outbox.push(
+                            s,
+                            ShardMsg::Request {
+                                caller,
+                                request_id,
+                                frame,
+                            },
+                        );
+                        if self.outbox.congested(s) {
+                            self.pause_reads(slot, s);
+                        }
+                    }
                     _ => self.reply_error(
                         slot,
                         request_id,
