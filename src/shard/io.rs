@@ -469,10 +469,10 @@ impl Shard {
         if conn.state == State::Authed {
             ShardMetrics::sub(&m.authenticated, 1);
             if let Some(r) = conn_ref {
-                if self.core.directory.unregister(conn.user, r) {
+                if let Some(seq) = self.core.directory.unregister(conn.user, r) {
                     let now = crate::clock::wall_us();
                     self.engine.record_last_seen(conn.user, now);
-                    self.presence_changed(conn.user, false, now);
+                    self.presence_changed(seq, conn.user, false, now);
                 }
             }
         }

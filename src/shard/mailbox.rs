@@ -10,10 +10,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use courier_protocol::{ErrorCode, Frame, Presence};
+use courier_protocol::{ErrorCode, Frame};
 use crossbeam_channel::{Sender, TrySendError};
 use mio::Waker;
 
+use super::presence::Change;
 use crate::chat::{Caller, ConnRef};
 use crate::session::{AuthError, Authed};
 
@@ -47,7 +48,7 @@ pub enum ShardMsg {
         result: Result<Authed, AuthError>,
     },
     /// Users came online or went offline (for this shard's presence subscribers).
-    Presence(Arc<[Presence]>),
+    Presence(Arc<[Change]>),
 }
 
 /// The sending side of one shard's mailbox.

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use courier_protocol::{encode, Decoder, ErrorCode, ErrorReply, Frame, Presence};
+use courier_protocol::{encode, Decoder, ErrorCode, ErrorReply, Frame};
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpListener;
 use mio::{Events, Poll, Token};
@@ -189,7 +189,7 @@ pub struct Shard {
     closing: Vec<usize>,
     effects: Vec<Effect>,
     /// Presence changes of users on this shard, to broadcast at the end of the round.
-    presence_out: Vec<Presence>,
+    presence_out: Vec<presence::Change>,
     /// A reusable list of connections (directory lookups).
     refs: Vec<ConnRef>,
     more_mail: bool,

@@ -21,6 +21,7 @@ use crossbeam_channel::TrySendError;
 use super::auth_pool::{AuthRequest, Job};
 use super::conn::{flag, State};
 use super::mailbox::ShardMsg;
+use super::presence::Change;
 use super::Shard;
 use crate::chat::{Caller, ConnRef, Engine};
 use crate::cluster::Home;
@@ -257,8 +258,8 @@ impl Shard {
             conn.flags |= flag::ADMIN;
         }
         ShardMetrics::add(&self.metrics().authenticated, 1);
-        if self.core.directory.register(authed.user, me) {
-            self.presence_changed(authed.user, true, crate::clock::wall_us());
+        if let Some(seq) = self.core.directory.register(authed.user, me) {
+            self.presence_changed(seq, authed.user, true, crate::clock::wall_us());
         }
         let ok = AuthOk {
             user: authed.user,
@@ -454,12 +455,16 @@ impl Shard {
         }
     }
 
-    /// Notes that `user` came online or went offline, for the end-of-round broadcast.
-    pub(super) fn presence_changed(&mut self, user: u64, online: bool, at_us: u64) {
-        self.presence_out.push(Presence {
-            user,
-            online,
-            last_seen: at_us,
+    /// Notes that `user` came online or went offline (change `seq` of the directory), for the
+    /// end-of-round broadcast.
+    pub(super) fn presence_changed(&mut self, seq: u64, user: u64, online: bool, at_us: u64) {
+        self.presence_out.push(Change {
+            seq,
+            presence: Presence {
+                user,
+                online,
+                last_seen: at_us,
+            },
         });
     }
 }
