@@ -80,6 +80,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
     let auth_config = AuthConfig {
         argon2_m_kib: config.argon2_m_kib,
         admins: config.admins.clone(),
+        router: Some(Router::new(&config.node_id, &config.peers)),
         ..AuthConfig::default()
     };
     let accounts = Arc::new(Accounts::new(store.clone(), auth_config)?);

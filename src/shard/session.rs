@@ -34,6 +34,18 @@ const FIRST_SERVER_CODE: u8 = 0x80;
 impl Shard {
     /// Handles one decoded frame from the connection in `slot`.
     pub(super) fn on_frame(&mut self, slot: usize, request_id: u32, frame: Frame) {
+        if request_id == 0 {
+            // Id 0 marks pushes and close announcements (PROTOCOL.md section 4): any answer
+            // to it would look like one. A client that sends it is broken; say so and close.
+            self.reply_error(
+                slot,
+                0,
+                ErrorCode::Malformed,
+                "request id 0 is reserved for pushes: number requests from 1",
+            );
+            self.close_soon(slot, Reason::ProtocolError);
+            return;
+        }
         let (now_ms, now_secs) = (self.now_ms(), self.now_secs());
         let (rate, burst) = (self.core.config.rate_limit, self.burst());
         let Some(conn) = self.conns.get_mut(slot) else {

@@ -20,6 +20,9 @@ use super::{Error, FsyncMode};
 
 /// How many ids an allocator reserves per durable write of its counter.
 const ID_LEASE: u64 = 1024;
+/// Ids [`Store::create_user`] skips before giving up: with `n` nodes on the ring about one id
+/// in `n` is homed here, so this is only reached if this node owns (almost) nothing.
+const MAX_ID_TRIES: u32 = 100_000;
 
 /// The one RocksDB of a server. Cheap to clone.
 #[derive(Clone)]
@@ -337,15 +340,32 @@ impl Store {
         self.get_u64(CF_HANDLES, handle.as_bytes())
     }
 
-    /// Creates a user; [`Error::HandleTaken`] when the handle exists. Serialised by a lock so
-    /// two shards cannot both claim one handle.
-    pub fn create_user(&self, handle: &str, password_hash: &str, now: u64) -> Result<u64, Error> {
+    /// Creates a user with the first free id that `accept` takes (in a cluster: an id homed on
+    /// this node, so the new account never needs a redirect); [`Error::HandleTaken`] when the
+    /// handle exists. Serialised by a lock so two shards cannot both claim one handle.
+    pub fn create_user(
+        &self,
+        handle: &str,
+        password_hash: &str,
+        now: u64,
+        accept: impl Fn(u64) -> bool,
+    ) -> Result<u64, Error> {
         static CREATE: Mutex<()> = Mutex::new(());
         let _guard = CREATE.lock();
         if self.user_id_by_handle(handle)?.is_some() {
             return Err(Error::HandleTaken);
         }
-        let id = self.next_user_id()?;
+        let mut tries = 0;
+        let id = loop {
+            let id = self.next_user_id()?;
+            if accept(id) {
+                break id;
+            }
+            tries += 1;
+            if tries == MAX_ID_TRIES {
+                return Err(Error::NoAcceptableId { tries });
+            }
+        };
         let mut b = self.batch();
         b.put_user(
             id,
