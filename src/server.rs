@@ -66,6 +66,10 @@ pub fn serve(config: Config) -> Result<(), Error> {
     tracing::info!("capacity: {max_connections} connections (open files limit {limit})");
 
     let store = Store::open(&config.data_dir, config.fsync)?;
+    let faults = shard::Faults::from_env();
+    if faults.skip_space_check {
+        store.skip_space_check();
+    }
     let clock = Arc::new(Clock::new(store.clock_floor()?));
     let chat_config = ChatConfig {
         max_group: config.max_group,
@@ -117,7 +121,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         auth,
         shutdown: AtomicBool::new(false),
         failure: std::sync::Mutex::new(None),
-        faults: shard::Faults::from_env(),
+        faults,
         connections: AtomicUsize::new(0),
         max_connections,
         presence_subscriptions: AtomicUsize::new(0),
@@ -146,11 +150,17 @@ pub fn serve(config: Config) -> Result<(), Error> {
     for handle in shards {
         let _ = handle.join();
     }
-    store.sync()?;
+    let synced = store.sync();
     if let Some(failure) = core.failed() {
-        tracing::error!("stopped after a failure; the write-ahead log is synced");
+        match synced {
+            Ok(()) => tracing::error!("stopped after a failure; the write-ahead log is synced"),
+            Err(e) => {
+                tracing::error!(error = %e, "stopped after a failure; cannot sync the write-ahead log")
+            }
+        }
         return Err(Error::ShardFailed(failure));
     }
+    synced?;
     tracing::info!("stopped; the write-ahead log is synced");
     Ok(())
 }

@@ -398,3 +398,91 @@ fn after_running_out_of_descriptors_waiting_connections_are_accepted() {
         c.ping();
     }
 }
+
+/// If RocksDB itself meets the full disk (here: the free-space check is switched off, as when a
+/// write races another process filling the disk), it stays in a hard error on a small disk
+/// even after space returns. The server must not stay half alive: it stops with status 1, and
+/// a restart recovers with every acked message.
+#[test]
+fn a_store_stuck_after_a_full_disk_stops_the_process_and_a_restart_recovers() {
+    let disk = SmallDisk::mount("24m");
+    let logs = tempfile::tempdir().expect("a log directory");
+    let mut server = Server::start_in(
+        logs,
+        disk.path().join("data"),
+        &[],
+        Some(Box::new(|c| {
+            c.env("COURIER_FAULT_SKIP_SPACE_CHECK", "1");
+        })),
+    );
+    let (mut alice, a) = server.user("alice");
+    let (_bob, b) = server.user("bob");
+    let thread = direct(&mut alice, b.user);
+    let mut acked = Vec::new();
+    let mut next = 0;
+    let filler = disk.fill();
+    let mut failed = false;
+    for _ in 0..5_000 {
+        next += 1;
+        match send(&mut alice, thread, next, &body(next)) {
+            Frame::Sent(_) => acked.push(next),
+            Frame::ErrorReply(_) => {
+                failed = true;
+                break;
+            }
+            other => panic!("SEND: {other:?}"),
+        }
+    }
+    assert!(failed, "a send fails once the disk is full");
+    std::fs::remove_file(&filler).expect("free the space");
+    // Writes keep failing with room on the disk; the server stops itself.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.wait_exit(Duration::from_millis(500)) {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the server stayed up with a stuck store; log:\n{}",
+            server.log()
+        );
+        next += 1;
+        let id = alice.id();
+        let frame = Send {
+            thread,
+            client_msg_id: next,
+            kind: MessageKind::Text,
+            body: Bytes::from(body(next)),
+        };
+        let mut bytes = bytes::BytesMut::new();
+        encode(id, &frame.into(), &mut bytes);
+        // The server may be gone already: a failed write is fine here.
+        let _ = std::io::Write::write_all(&mut alice.stream, &bytes);
+    };
+    assert!(!status.success(), "{status:?}");
+    assert!(
+        server
+            .log()
+            .contains("the store has failed every write for"),
+        "{}",
+        server.log()
+    );
+
+    server.restart();
+    let mut again = server.connect();
+    again.hello();
+    again.resume(&a.token);
+    next += 1;
+    assert!(matches!(
+        send(&mut again, thread, next, &body(next)),
+        Frame::Sent(_)
+    ));
+    acked.push(next);
+    let stored: Vec<u64> = history(&mut again, thread)
+        .iter()
+        .map(|m| m.client_msg_id)
+        .collect();
+    for id in &acked {
+        assert!(stored.contains(id), "acked message {id} is stored");
+    }
+}

@@ -109,11 +109,21 @@ pub struct Failure {
 /// set in production, so no client can trigger it.
 pub const FAULT_PANIC_ON_PING: &str = "COURIER_FAULT_PANIC_ON_PING";
 
+/// Environment variable that, set to `1`, turns the store's free-space check off so that
+/// RocksDB itself meets a full disk (see `Store::write`). Tests only.
+pub const FAULT_SKIP_SPACE_CHECK: &str = "COURIER_FAULT_SKIP_SPACE_CHECK";
+
+/// How long the store may fail every write although the disk has room before the process
+/// stops so that a restart reopens it (failure policy).
+pub const STORE_STUCK_LIMIT: Duration = Duration::from_secs(30);
+
 /// Test-only faults, read once from the environment at start.
 #[derive(Debug, Default, Clone)]
 pub struct Faults {
     /// A `PING` with this nonce panics the shard that reads it.
     pub panic_on_ping: Option<u64>,
+    /// The store's free-space check is off.
+    pub skip_space_check: bool,
 }
 
 impl Faults {
@@ -126,7 +136,16 @@ impl Faults {
                 "fault injection is on ({FAULT_PANIC_ON_PING}): a client can crash this server"
             );
         }
-        Faults { panic_on_ping }
+        let skip_space_check = std::env::var(FAULT_SKIP_SPACE_CHECK).is_ok_and(|v| v == "1");
+        if skip_space_check {
+            tracing::warn!(
+                "fault injection is on ({FAULT_SKIP_SPACE_CHECK}): a full disk stops the store"
+            );
+        }
+        Faults {
+            panic_on_ping,
+            skip_space_check,
+        }
     }
 }
 
@@ -361,13 +380,14 @@ impl Shard {
         self.effects = effects;
     }
 
-    /// Once a second: deadlines and coalesced presence.
+    /// Once a second: deadlines, coalesced presence, the store's health.
     fn on_tick(&mut self) {
         let now = self.now_secs();
         if now == self.last_tick {
             return;
         }
         self.last_tick = now;
+        self.check_store();
         self.retry_accepts();
         let mut due = Vec::new();
         self.wheel.advance(now, &mut due);
@@ -412,6 +432,30 @@ impl Shard {
             self.fail(slot as usize, 0, code, reason);
         }
         self.flush_presence();
+    }
+
+    /// Stops the process when the store has failed every write for [`STORE_STUCK_LIMIT`]
+    /// although the disk has room: RocksDB cannot leave that state by itself on a small disk,
+    /// and a restart reopens it (failure policy).
+    fn check_store(&mut self) {
+        let Some(stuck) = self.core.chat.store.stuck_for(Instant::now()) else {
+            return;
+        };
+        if stuck < STORE_STUCK_LIMIT || self.core.failed().is_some() {
+            return;
+        }
+        let what = format!(
+            "the store has failed every write for {}s although the disk has room",
+            stuck.as_secs()
+        );
+        tracing::error!(
+            shard = self.id,
+            "{what}; stopping the server (exit status 1) so that a restart reopens the store"
+        );
+        self.core.fail(Failure {
+            shard: self.id,
+            what,
+        });
     }
 
     /// Encodes one frame into shared bytes.

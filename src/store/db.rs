@@ -34,6 +34,8 @@ struct Inner {
     db: DB,
     /// The data directory, for the free-space check.
     dir: std::path::PathBuf,
+    /// The free-space check is on (always, except in fault-injection tests).
+    space_check: AtomicBool,
     fsync: FsyncMode,
     users: IdAllocator,
     threads: IdAllocator,
@@ -70,6 +72,9 @@ struct FailureLog {
     streak: u64,
     /// The latest error, for `/health`.
     error: String,
+    /// Since when RocksDB has failed writes although the disk has room (see
+    /// [`Health::stuck_for`]).
+    stuck_since: Option<Instant>,
 }
 
 impl Health {
@@ -87,10 +92,29 @@ impl Health {
         self.failing().then(|| self.log.lock().error.clone())
     }
 
-    fn failed(&self, e: &dyn std::fmt::Display, now: Instant) {
+    /// How long RocksDB has failed every write although the disk has room: the state it
+    /// cannot leave by itself on a small disk (see [`Store::write`]). `None` while writes
+    /// succeed, or fail for lack of space.
+    pub fn stuck_for(&self, now: Instant) -> Option<Duration> {
+        if !self.failing() {
+            return None;
+        }
+        self.log
+            .lock()
+            .stuck_since
+            .map(|since| now.saturating_duration_since(since))
+    }
+
+    /// Records a failed write; `with_room` when the disk had space for it.
+    fn failed(&self, e: &dyn std::fmt::Display, with_room: bool, now: Instant) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.failing.store(true, Ordering::Release);
         let mut log = self.log.lock();
+        if !with_room {
+            log.stuck_since = None;
+        } else if log.stuck_since.is_none() {
+            log.stuck_since = Some(now);
+        }
         log.streak += 1;
         log.unlogged += 1;
         log.error = e.to_string();
@@ -160,6 +184,7 @@ impl Store {
             inner: Arc::new(Inner {
                 db,
                 dir: dir.to_owned(),
+                space_check: AtomicBool::new(true),
                 fsync,
                 users,
                 threads,
@@ -261,10 +286,15 @@ impl Store {
     /// it clears only once as much space as its write buffer (64 MiB) is free, and it cannot be
     /// resumed through its C API. Refused here, the write fails cleanly and the next one
     /// succeeds as soon as space returns.
+    ///
+    /// If RocksDB gets into that state anyway (a write raced another process filling the disk)
+    /// and stays there with room on the disk, [`Health::stuck_for`] says so; the shards then
+    /// stop the process, so that a restart reopens the store (failure policy).
     fn write(&self, write: impl FnOnce() -> Result<(), rocksdb::Error>) -> Result<(), Error> {
-        if let Some((free, need)) = self.low_on_space() {
+        let low = self.low_on_space();
+        if let Some((free, need)) = low.filter(|_| self.inner.space_check.load(Ordering::Relaxed)) {
             let e = Error::DiskFull { free, need };
-            self.inner.health.failed(&e, Instant::now());
+            self.inner.health.failed(&e, false, Instant::now());
             return Err(e);
         }
         match write() {
@@ -273,10 +303,21 @@ impl Store {
                 Ok(())
             }
             Err(e) => {
-                self.inner.health.failed(&e, Instant::now());
+                self.inner.health.failed(&e, low.is_none(), Instant::now());
                 Err(e.into())
             }
         }
+    }
+
+    /// Turns the free-space check of [`Store::write`] off, so that RocksDB itself meets a full
+    /// disk. Fault injection for tests only.
+    pub fn skip_space_check(&self) {
+        self.inner.space_check.store(false, Ordering::Relaxed);
+    }
+
+    /// See [`Health::stuck_for`].
+    pub fn stuck_for(&self, now: Instant) -> Option<Duration> {
+        self.inner.health.stuck_for(now)
     }
 
     /// `(free, needed)` bytes when the data directory's file system has less free than
