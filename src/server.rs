@@ -70,6 +70,9 @@ pub fn serve(config: Config) -> Result<(), Error> {
     if faults.skip_space_check {
         store.skip_space_check();
     }
+    if let Some(flag) = &faults.full_disk_flag {
+        store.fake_full_disk(flag.clone());
+    }
     let clock = Arc::new(Clock::new(store.clock_floor()?));
     let chat_config = ChatConfig {
         max_group: config.max_group,

@@ -125,34 +125,59 @@ fn http_get(server: &Server, path: &str) -> (u16, String) {
     (status, text)
 }
 
-/// A small tmpfs mounted for one test, unmounted when dropped.
+/// A small tmpfs mounted for one test, unmounted when dropped; or, where mounting is not
+/// permitted, a plain directory and a flag file that makes the server's free-space check see a
+/// full disk (`COURIER_FAULT_FULL_DISK_FLAG`).
 struct SmallDisk {
     dir: tempfile::TempDir,
+    mounted: bool,
 }
 
 impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
+    /// Mounts a tmpfs of `size`, or falls back to the flag file.
+    fn mount_or_simulate(size: &str) -> SmallDisk {
         let dir = tempfile::tempdir().expect("create a mount point");
         let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir.path())
-            .output()
-            .expect("run mount");
+            .output();
+        let mounted = out.as_ref().is_ok_and(|o| o.status.success());
+        if !mounted {
+            eprintln!(
+                "cannot mount a tmpfs ({out:?}): simulating a full disk with \
+                 COURIER_FAULT_FULL_DISK_FLAG"
+            );
+        }
+        SmallDisk { dir, mounted }
+    }
+
+    /// Mounts a tmpfs of `size`; panics where that is not permitted.
+    fn mount(size: &str) -> SmallDisk {
+        let disk = SmallDisk::mount_or_simulate(size);
         assert!(
-            out.status.success(),
-            "this test mounts a {size} tmpfs to fill a disk and needs root: {}",
-            String::from_utf8_lossy(&out.stderr)
+            disk.mounted,
+            "this test mounts a {size} tmpfs to fill a disk and needs root"
         );
-        SmallDisk { dir }
+        disk
     }
 
     fn path(&self) -> &std::path::Path {
         self.dir.path()
     }
 
-    /// Fills the file system with one file; returns its path.
+    /// The flag file of the simulation (see [`SmallDisk`]).
+    fn flag(&self) -> std::path::PathBuf {
+        self.path().join("disk-is-full")
+    }
+
+    /// Fills the file system with one file (or creates the flag); returns what to delete to
+    /// free the space.
     fn fill(&self) -> std::path::PathBuf {
         use std::io::Write;
+        if !self.mounted {
+            std::fs::write(self.flag(), b"").expect("create the flag");
+            return self.flag();
+        }
         let path = self.path().join("filler");
         let mut f = std::fs::File::create(&path).expect("create the filler");
         let chunk = vec![0xa5u8; 64 * 1024];
@@ -171,10 +196,12 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
+        if self.mounted {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
     }
 }
 
@@ -188,13 +215,16 @@ fn body(i: u64) -> String {
 /// stored, and writes resume by themselves once space returns.
 #[test]
 fn a_full_disk_fails_requests_then_recovers_without_a_restart() {
-    let disk = SmallDisk::mount("24m");
+    let disk = SmallDisk::mount_or_simulate("24m");
     let logs = tempfile::tempdir().expect("a log directory");
+    let flag = disk.flag();
     let server = Server::start_in(
         logs,
         disk.path().join("data"),
         &["--metrics", "127.0.0.1:0"],
-        None,
+        Some(Box::new(move |c| {
+            c.env("COURIER_FAULT_FULL_DISK_FLAG", &flag);
+        })),
     );
     let (mut alice, _) = server.user("alice");
     let (_bob, b) = server.user("bob");

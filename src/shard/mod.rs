@@ -113,6 +113,10 @@ pub const FAULT_PANIC_ON_PING: &str = "COURIER_FAULT_PANIC_ON_PING";
 /// RocksDB itself meets a full disk (see `Store::write`). Tests only.
 pub const FAULT_SKIP_SPACE_CHECK: &str = "COURIER_FAULT_SKIP_SPACE_CHECK";
 
+/// Environment variable naming a file: while it exists, the store's free-space check reports
+/// a full disk (for tests that cannot mount a small file system). Tests only.
+pub const FAULT_FULL_DISK_FLAG: &str = "COURIER_FAULT_FULL_DISK_FLAG";
+
 /// How long the store may fail every write although the disk has room before the process
 /// stops so that a restart reopens it (failure policy).
 pub const STORE_STUCK_LIMIT: Duration = Duration::from_secs(30);
@@ -124,6 +128,8 @@ pub struct Faults {
     pub panic_on_ping: Option<u64>,
     /// The store's free-space check is off.
     pub skip_space_check: bool,
+    /// The disk counts as full while this file exists.
+    pub full_disk_flag: Option<std::path::PathBuf>,
 }
 
 impl Faults {
@@ -142,9 +148,16 @@ impl Faults {
                 "fault injection is on ({FAULT_SKIP_SPACE_CHECK}): a full disk stops the store"
             );
         }
+        let full_disk_flag = std::env::var_os(FAULT_FULL_DISK_FLAG).map(std::path::PathBuf::from);
+        if full_disk_flag.is_some() {
+            tracing::warn!(
+                "fault injection is on ({FAULT_FULL_DISK_FLAG}): a file can make the disk look full"
+            );
+        }
         Faults {
             panic_on_ping,
             skip_space_check,
+            full_disk_flag,
         }
     }
 }

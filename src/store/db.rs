@@ -36,6 +36,8 @@ struct Inner {
     dir: std::path::PathBuf,
     /// The free-space check is on (always, except in fault-injection tests).
     space_check: AtomicBool,
+    /// Fault injection: the disk counts as full while this file exists.
+    full_flag: std::sync::OnceLock<std::path::PathBuf>,
     fsync: FsyncMode,
     users: IdAllocator,
     threads: IdAllocator,
@@ -185,6 +187,7 @@ impl Store {
                 db,
                 dir: dir.to_owned(),
                 space_check: AtomicBool::new(true),
+                full_flag: std::sync::OnceLock::new(),
                 fsync,
                 users,
                 threads,
@@ -315,6 +318,12 @@ impl Store {
         self.inner.space_check.store(false, Ordering::Relaxed);
     }
 
+    /// Makes the free-space check report a full disk while a file exists at `flag`, for tests
+    /// that cannot mount a small file system. Fault injection for tests only.
+    pub fn fake_full_disk(&self, flag: std::path::PathBuf) {
+        let _ = self.inner.full_flag.set(flag);
+    }
+
     /// See [`Health::stuck_for`].
     pub fn stuck_for(&self, now: Instant) -> Option<Duration> {
         self.inner.health.stuck_for(now)
@@ -324,6 +333,9 @@ impl Store {
     /// [`MIN_FREE`] (or 5 % of its size, if smaller); `None` when there is room or the file
     /// system cannot tell.
     fn low_on_space(&self) -> Option<(u64, u64)> {
+        if self.inner.full_flag.get().is_some_and(|flag| flag.exists()) {
+            return Some((0, MIN_FREE));
+        }
         let path = std::ffi::CString::new(self.inner.dir.as_os_str().as_encoded_bytes()).ok()?;
         // SAFETY: statvfs writes one struct into `st`, which lives on our stack; `path` is a
         // NUL-terminated string that outlives the call.
