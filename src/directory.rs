@@ -17,6 +17,7 @@
 //! users with several devices online). See `size_of_entry_is_small` below.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
@@ -44,6 +45,9 @@ impl Devices {
 /// Online connections by user, shared by every shard.
 pub struct Directory {
     stripes: Box<[RwLock<HashMap<u64, Devices>>]>,
+    /// Orders presence changes: taken while the user's stripe is held, so a user's changes get
+    /// increasing numbers in the order they happened, whichever shards they happened on.
+    change_seq: AtomicU64,
 }
 
 impl Default for Directory {
@@ -56,6 +60,7 @@ impl Directory {
     pub fn new() -> Directory {
         Directory {
             stripes: (0..STRIPES).map(|_| RwLock::new(HashMap::new())).collect(),
+            change_seq: AtomicU64::new(0),
         }
     }
 
@@ -65,53 +70,57 @@ impl Directory {
         &self.stripes[h as usize % STRIPES]
     }
 
-    /// Adds `conn` as an online device of `user`; true when it is the user's first (the user
-    /// just came online).
-    pub fn register(&self, user: u64, conn: ConnRef) -> bool {
+    /// The next presence change number; call with the user's stripe held.
+    fn next_change(&self) -> Option<u64> {
+        Some(self.change_seq.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// Adds `conn` as an online device of `user`. When it is the user's first (the user just
+    /// came online), returns the change's sequence number (see [`Directory::change_seq`]).
+    pub fn register(&self, user: u64, conn: ConnRef) -> Option<u64> {
         let mut map = self.stripe(user).write();
         match map.get_mut(&user) {
             None => {
                 map.insert(user, Devices::One(conn));
-                true
+                self.next_change()
             }
             Some(Devices::One(existing)) => {
                 let first = *existing;
                 map.insert(user, Devices::Many(vec![first, conn]));
-                false
+                None
             }
             Some(Devices::Many(v)) => {
                 v.push(conn);
-                false
+                None
             }
         }
     }
 
-    /// Removes `conn`; true when it was the user's last device (the user just went offline).
-    /// Removing a connection that is not registered changes nothing and returns false.
-    pub fn unregister(&self, user: u64, conn: ConnRef) -> bool {
+    /// Removes `conn`. When it was the user's last device (the user just went offline),
+    /// returns the change's sequence number. Removing a connection that is not registered
+    /// changes nothing and returns `None`.
+    pub fn unregister(&self, user: u64, conn: ConnRef) -> Option<u64> {
         let mut map = self.stripe(user).write();
-        let Some(devices) = map.get_mut(&user) else {
-            return false;
-        };
+        let devices = map.get_mut(&user)?;
         match devices {
             Devices::One(c) if *c == conn => {
                 map.remove(&user);
-                true
+                self.next_change()
             }
-            Devices::One(_) => false,
+            Devices::One(_) => None,
             Devices::Many(v) => {
                 v.retain(|c| *c != conn);
                 match v.len() {
                     0 => {
                         map.remove(&user);
-                        true
+                        self.next_change()
                     }
                     1 => {
                         let only = v[0];
                         *devices = Devices::One(only);
-                        false
+                        None
                     }
-                    _ => false,
+                    _ => None,
                 }
             }
         }
@@ -149,22 +158,27 @@ mod tests {
     #[test]
     fn first_and_last_device_are_reported() {
         let d = Directory::new();
-        assert!(d.register(7, conn(1)));
-        assert!(!d.register(7, conn(2)));
-        assert!(!d.register(7, conn(3)));
+        let online = d.register(7, conn(1)).expect("first device");
+        assert_eq!(d.register(7, conn(2)), None);
+        assert_eq!(d.register(7, conn(3)), None);
         let mut out = Vec::new();
         d.devices_into(7, &mut out);
         assert_eq!(out, vec![conn(1), conn(2), conn(3)]);
-        assert!(!d.unregister(7, conn(2)));
-        assert!(
-            !d.unregister(7, conn(9)),
+        assert_eq!(d.unregister(7, conn(2)), None);
+        assert_eq!(
+            d.unregister(7, conn(9)),
+            None,
             "an unknown connection is not the last one"
         );
-        assert!(!d.unregister(7, conn(1)));
+        assert_eq!(d.unregister(7, conn(1)), None);
         assert!(d.is_online(7));
-        assert!(d.unregister(7, conn(3)));
+        let offline = d.unregister(7, conn(3)).expect("last device");
+        assert!(
+            offline > online,
+            "changes are numbered in the order they happen"
+        );
         assert!(!d.is_online(7));
-        assert!(!d.unregister(7, conn(3)));
+        assert_eq!(d.unregister(7, conn(3)), None);
         assert_eq!(d.online_users(), 0);
     }
 

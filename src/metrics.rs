@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::db::Health;
 use crate::store::Store;
 
 /// Why a connection ended: one counter each.
@@ -82,6 +83,10 @@ pub struct ShardMetrics {
     /// Messages this shard could not hand to a full mailbox at once (retried later).
     pub mailbox_overflows: AtomicU64,
     pub overflow_pending: AtomicU64,
+    /// Times a connection stopped being read because its requests' shard was congested.
+    pub paused_reads: AtomicU64,
+    /// Connections not read right now for that reason.
+    pub paused_now: AtomicU64,
     disconnects: [AtomicU64; Reason::ALL.len()],
     commit_buckets: [AtomicU64; COMMIT_BUCKETS_US.len() + 1],
     commit_sum_us: AtomicU64,
@@ -116,9 +121,11 @@ impl ShardMetrics {
 /// Picks one counter out of a shard's counters.
 type Field = fn(&ShardMetrics) -> &AtomicU64;
 
-/// Every shard's counters.
+/// Every shard's counters, and the store's health.
 pub struct Metrics {
     pub shards: Box<[ShardMetrics]>,
+    /// Whether commits reach the disk: `courier_commit_failures_total`, `courier_ready`, `/health`.
+    pub store: Arc<Health>,
 }
 
 fn load(c: &AtomicU64) -> u64 {
@@ -126,10 +133,30 @@ fn load(c: &AtomicU64) -> u64 {
 }
 
 impl Metrics {
-    pub fn new(shards: usize) -> Arc<Metrics> {
+    pub fn new(shards: usize, store: Arc<Health>) -> Arc<Metrics> {
         Arc::new(Metrics {
             shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
+            store,
         })
+    }
+
+    /// Whether the server can serve writes: `/health` answers 200 when true, 503 when not.
+    pub fn ready(&self) -> bool {
+        !self.store.failing()
+    }
+
+    /// `(status line, body)` of `GET /health`.
+    pub fn health(&self) -> (&'static str, String) {
+        match self.store.last_error() {
+            None => ("200 OK", "ready\n".to_owned()),
+            Some(error) => (
+                "503 Service Unavailable",
+                format!(
+                    "not ready: writes to the data directory fail ({} failed so far): {error}\n",
+                    self.store.failures()
+                ),
+            ),
+        }
     }
 
     fn sum(&self, f: impl Fn(&ShardMetrics) -> &AtomicU64) -> u64 {
@@ -151,6 +178,7 @@ impl Metrics {
                 self.sum(|s| &s.mailbox_overflows),
             ),
             ("shards".to_owned(), self.shards.len() as u64),
+            ("commit_failures".to_owned(), self.store.failures()),
         ];
         for r in Reason::ALL {
             out.push((
@@ -164,7 +192,7 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let per_shard: [(&str, &str, Field); 6] = [
+        let per_shard: [(&str, &str, Field); 8] = [
             ("courier_connections", "gauge", |s| &s.connections),
             ("courier_authenticated_sessions", "gauge", |s| {
                 &s.authenticated
@@ -177,6 +205,8 @@ impl Metrics {
                 &s.mailbox_overflows
             }),
             ("courier_rate_limited_total", "counter", |s| &s.rate_limited),
+            ("courier_paused_reads_total", "counter", |s| &s.paused_reads),
+            ("courier_paused_connections", "gauge", |s| &s.paused_now),
         ];
         for (name, kind, f) in per_shard {
             let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -223,6 +253,16 @@ impl Metrics {
             self.sum(|s| &s.commit_sum_us) as f64 / 1e6
         );
         let _ = writeln!(out, "courier_commit_seconds_count {cumulative}");
+        let _ = writeln!(
+            out,
+            "# TYPE courier_commit_failures_total counter\ncourier_commit_failures_total {}",
+            self.store.failures()
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE courier_ready gauge\ncourier_ready {}",
+            u8::from(self.ready())
+        );
         out
     }
 }
@@ -250,9 +290,10 @@ fn render_store(out: &mut String, store: &Store) {
     }
 }
 
-/// Serves `GET /metrics` (any path, in fact) over HTTP/1.0 on `addr`, one request at a time,
-/// on its own thread: the counters of `metrics` and the memory of `store`. Returns the bound
-/// address.
+/// Serves HTTP/1.0 on `addr`, one request at a time, on its own thread: `GET /health` is 200
+/// while the server is ready and 503 while writes fail (for load balancers and service
+/// managers); any other path is the Prometheus text: the counters of `metrics` and the memory
+/// of `store`. Returns the bound address.
 pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>, store: Store) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
@@ -262,12 +303,25 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>, store: Store) -> std::io::
             let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
             let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
             // The request itself does not matter; read what arrived so the close is clean.
+            // The request line decides the answer: read until it is complete (bounded by the
+            // buffer and the read timeout).
             let mut request = [0u8; 1024];
-            let _ = stream.read(&mut request);
-            let mut body = metrics.render();
-            render_store(&mut body, &store);
+            let mut n = 0;
+            while n < request.len() && !request[..n].contains(&b'\n') {
+                match stream.read(&mut request[n..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => n += k,
+                }
+            }
+            let (status, body) = if is_health(&request[..n]) {
+                metrics.health()
+            } else {
+                let mut body = metrics.render();
+                render_store(&mut body, &store);
+                ("200 OK", body)
+            };
             let head = format!(
-                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
                 body.len()
             );
             let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body.as_bytes()));
@@ -276,13 +330,29 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>, store: Store) -> std::io::
     Ok(bound)
 }
 
+/// Whether an HTTP request asks for `/health`.
+fn is_health(request: &[u8]) -> bool {
+    let line = request.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut words = line.split(|&b| b == b' ');
+    let _method = words.next();
+    matches!(words.next(), Some(b"/health"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn only_the_health_path_is_health() {
+        assert!(is_health(b"GET /health HTTP/1.0\r\n\r\n"));
+        assert!(!is_health(b"GET /metrics HTTP/1.0\r\n\r\n"));
+        assert!(!is_health(b"GET /healthz HTTP/1.0\r\n"));
+        assert!(!is_health(b""));
+    }
+
+    #[test]
     fn render_sums_shards_and_buckets() {
-        let m = Metrics::new(2);
+        let m = Metrics::new(2, Arc::default());
         ShardMetrics::add(&m.shards[0].frames_in, 3);
         ShardMetrics::add(&m.shards[1].frames_in, 4);
         m.shards[1].disconnected(Reason::SlowConsumer);

@@ -50,6 +50,8 @@ pub enum Error {
     },
     #[error("cannot start the event loops: {0}")]
     Io(#[from] std::io::Error),
+    #[error("shard {} failed ({}); the server stopped after syncing what was committed. A service manager restarts it; if it keeps failing, report this message and the log above it", .0.shard, .0.what)]
+    ShardFailed(shard::Failure),
 }
 
 /// Runs a server until SIGTERM or SIGINT.
@@ -69,6 +71,13 @@ pub fn serve(config: Config) -> Result<(), Error> {
         config.fsync,
         StoreOptions { dedupe_window_us },
     )?;
+    let faults = shard::Faults::from_env();
+    if faults.skip_space_check {
+        store.skip_space_check();
+    }
+    if let Some(flag) = &faults.full_disk_flag {
+        store.fake_full_disk(flag.clone());
+    }
     let clock = Arc::new(Clock::new(store.clock_floor()?));
     let chat_config = ChatConfig {
         max_group: config.max_group,
@@ -91,6 +100,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         argon2_m_kib: config.argon2_m_kib,
         admins: config.admins.clone(),
         max_devices: config.max_devices,
+        router: Some(Router::new(&config.node_id, &config.peers)),
         ..AuthConfig::default()
     };
     let accounts = Arc::new(Accounts::new(store.clone(), auth_config)?);
@@ -109,7 +119,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
     let mailboxes: Arc<[Mailbox]> = mailboxes.into();
     let (mut listeners, bound) = bind_all(&config.listen, config.shards)?;
 
-    let metrics = Metrics::new(config.shards);
+    let metrics = Metrics::new(config.shards, store.health());
     if let Some(addr) = config.metrics {
         let at = metrics::serve(addr, metrics.clone(), store.clone())
             .map_err(|source| Error::Metrics { addr, source })?;
@@ -126,6 +136,8 @@ pub fn serve(config: Config) -> Result<(), Error> {
         mailboxes,
         auth,
         shutdown: AtomicBool::new(false),
+        failure: std::sync::Mutex::new(None),
+        faults,
         connections: AtomicUsize::new(0),
         max_connections,
         presence_subscriptions: AtomicUsize::new(0),
@@ -154,7 +166,17 @@ pub fn serve(config: Config) -> Result<(), Error> {
     for handle in shards {
         let _ = handle.join();
     }
-    store.sync()?;
+    let synced = store.sync();
+    if let Some(failure) = core.failed() {
+        match synced {
+            Ok(()) => tracing::error!("stopped after a failure; the write-ahead log is synced"),
+            Err(e) => {
+                tracing::error!(error = %e, "stopped after a failure; cannot sync the write-ahead log")
+            }
+        }
+        return Err(Error::ShardFailed(failure));
+    }
+    synced?;
     tracing::info!("stopped; the write-ahead log is synced");
     Ok(())
 }

@@ -608,7 +608,7 @@ fn contacts_presence_and_typing() {
 
     let t = direct(&mut alice, b.user);
     bob.send(
-        0,
+        99, // never answered, but requests carry non-zero ids (PROTOCOL.md section 4)
         Typing {
             thread: t,
             active: true,

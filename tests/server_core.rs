@@ -476,7 +476,9 @@ fn admin_stats_are_for_admins_only() {
 
 #[test]
 fn users_homed_on_another_node_are_redirected() {
-    let server = Server::start_with(&["--node-id", "a", "--peer", "b=127.0.0.1:9"]);
+    let mut server = Server::start_with(&["--node-id", "a", "--peer", "b=127.0.0.1:9"]);
+    // Offline provisioning knows no ring, so some of these accounts live on node b.
+    server.provision(16);
     let (mut local, mut redirected) = (0, 0);
     for i in 0..16 {
         let mut c = server.connect();
@@ -484,8 +486,8 @@ fn users_homed_on_another_node_are_redirected() {
         let id = c.id();
         c.send(
             id,
-            courier_protocol::Register {
-                handle: format!("roamer{i}"),
+            courier_protocol::Login {
+                handle: format!("load{i}"),
                 password: PASSWORD.into(),
                 device: "d".into(),
             },
@@ -503,13 +505,63 @@ fn users_homed_on_another_node_are_redirected() {
                 }
                 other => panic!("unexpected {other:?}"),
             },
-            other => panic!("no answer to REGISTER: {other:?}"),
+            other => panic!("no answer to LOGIN: {other:?}"),
         };
         assert!(frames.iter().all(|f| !matches!(f, Frame::AuthOk(_))));
     }
     assert!(
         local > 0 && redirected > 0,
         "local {local}, redirected {redirected}"
+    );
+}
+
+/// Regression: REGISTER used to create the account first and then redirect it when its new
+/// id was homed on another node, leaving an account on the wrong node. Now a node gives new
+/// accounts ids it is home to, and REGISTER always answers AUTH_OK.
+#[test]
+fn register_in_a_cluster_is_never_redirected() {
+    let server = Server::start_with(&["--node-id", "a", "--peer", "b=127.0.0.1:9"]);
+    for i in 0..16 {
+        let mut c = server.connect();
+        c.hello();
+        let handle = format!("newcomer{i}");
+        match c.try_register(&handle, PASSWORD, "d") {
+            Frame::AuthOk(ok) => assert_eq!(ok.handle, handle),
+            other => panic!("REGISTER {handle} answered {other:?}"),
+        }
+        let mut again = server.connect();
+        again.hello();
+        again.login(&handle, PASSWORD, "other");
+    }
+}
+
+/// Regression: a request with id 0 was answered with id 0, which a client takes for a push
+/// or a close announcement. It is refused: `ERROR_REPLY(0, MALFORMED)` and a close.
+#[test]
+fn a_request_with_id_zero_is_refused() {
+    let server = Server::start();
+    let mut c = server.connect();
+    c.send(
+        0,
+        Hello {
+            version: courier_protocol::VERSION,
+            client: "zero".into(),
+        },
+    );
+    let frames = c.expect_closed(SHORT);
+    assert!(has_error(&frames, ErrorCode::Malformed), "{frames:?}");
+    assert!(
+        frames.iter().all(|f| !matches!(f, Frame::Welcome(_))),
+        "{frames:?}"
+    );
+
+    let (mut authed, _) = server.user("zero");
+    authed.send(0, Ping { nonce: 1 });
+    let frames = authed.expect_closed(SHORT);
+    assert!(has_error(&frames, ErrorCode::Malformed), "{frames:?}");
+    assert!(
+        frames.iter().all(|f| !matches!(f, Frame::Pong(_))),
+        "{frames:?}"
     );
 }
 

@@ -206,7 +206,7 @@ impl Engine {
             }
             let batch = std::mem::replace(&mut self.batch, self.shared.store.batch());
             if let Err(e) = self.shared.store.commit(batch) {
-                tracing::error!(shard = self.shard, error = %e, "commit failed; answering INTERNAL");
+                tracing::debug!(shard = self.shard, error = %e, "commit failed; answering INTERNAL");
                 self.threads.clear();
                 self.recent_sends.forget_round();
                 for effect in self.pending.drain(..) {

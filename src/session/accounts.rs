@@ -14,6 +14,7 @@ use blake2::{Blake2b, Digest};
 use super::throttle::Throttle;
 use super::AuthError;
 use crate::clock::wall_us;
+use crate::cluster::{Home, Router};
 use crate::store::keys::TOKEN_DIGEST;
 use crate::store::{Store, TokenRecord, UserRecord};
 
@@ -45,6 +46,8 @@ pub struct AuthConfig {
     pub admins: Vec<String>,
     /// Device names one account may use (each keeps its device number for good).
     pub max_devices: u32,
+    /// In a cluster, new accounts get ids homed on this node (so `REGISTER` never redirects).
+    pub router: Option<Router>,
 }
 
 impl Default for AuthConfig {
@@ -56,6 +59,7 @@ impl Default for AuthConfig {
             max_failures_per_address: 20,
             admins: Vec::new(),
             max_devices: 100,
+            router: None,
         }
     }
 }
@@ -135,9 +139,11 @@ impl Accounts {
         Self::check_password(password)?;
         check_device(device)?;
         let hash = self.hash(password)?;
+        let router = self.config.router.as_ref();
+        let local = |id| router.is_none_or(|r| r.user_home(id) == Home::Local);
         let user = self
             .store
-            .create_user(handle, &hash, wall_us())
+            .create_user(handle, &hash, wall_us(), local)
             .map_err(|e| match e {
                 crate::store::Error::HandleTaken => AuthError::HandleTaken,
                 other => AuthError::Store(other),

@@ -37,6 +37,8 @@ pub mod flag {
     /// Has presence subscriptions to drop on close.
     pub const SUBSCRIBED: u8 = 8;
     pub const ADMIN: u8 = 16;
+    /// Not read while the shard its requests go to is congested (backpressure).
+    pub const PAUSED: u8 = 32;
 }
 
 pub struct Conn {

@@ -52,11 +52,26 @@ impl Shard {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Typically EMFILE: keep serving the connections we have.
-                    tracing::warn!(shard = self.id, error = %e, "accept failed");
+                    // Typically EMFILE: keep serving the connections we have. The connection
+                    // stays in the backlog, and an edge-triggered listener reports no new
+                    // edge for it: `retry_accepts` tries again on the next tick and whenever
+                    // this shard closes a connection.
+                    if !self.accept_stalled {
+                        tracing::warn!(
+                            shard = self.id,
+                            error = %e,
+                            "accept failed; retrying every second and after each close. \
+                             Raise the open files limit or lower --max-connections"
+                        );
+                        self.accept_stalled = true;
+                    }
                     return;
                 }
             };
+            if self.accept_stalled {
+                self.accept_stalled = false;
+                tracing::info!(shard = self.id, "accepting connections again");
+            }
             if self.core.connections.fetch_add(1, Ordering::Relaxed) >= self.core.max_connections {
                 self.core.connections.fetch_sub(1, Ordering::Relaxed);
                 let mut goodbye = bytes::BytesMut::new();
@@ -97,6 +112,15 @@ impl Shard {
         }
     }
 
+    /// Accepts again on every listener after an accept failed (see `accept`).
+    pub(super) fn retry_accepts(&mut self) {
+        if self.accept_stalled {
+            for i in 0..self.listeners.len() {
+                self.accept(i);
+            }
+        }
+    }
+
     pub(super) fn burst(&self) -> u32 {
         self.core.config.rate_limit.saturating_mul(2)
     }
@@ -115,9 +139,20 @@ impl Shard {
     /// of holding the shard while everyone else waits (edge-triggered polling would not
     /// report the bytes it left again).
     pub(super) fn read(&mut self, slot: usize) {
+        if self.conns.get(slot).is_none_or(|c| c.has(flag::PAUSED)) {
+            return;
+        }
+        if self.has_held_frame(slot) {
+            // Frames read before a pause (see `pause_reads`) come before the socket's.
+            self.on_bytes(slot, &[]);
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut budget = self.core.config.read_budget;
-        while let Some(conn) = self.conns.get_mut(slot).filter(|c| !c.closing()) {
+        while let Some(conn) = self
+            .conns
+            .get_mut(slot)
+            .filter(|c| !c.closing() && !c.has(flag::PAUSED))
+        {
             if budget == 0 {
                 self.carry_reads.push((slot, conn.gen));
                 break;
@@ -188,8 +223,12 @@ impl Shard {
                     return;
                 }
             }
-            if self.conns.get(slot).is_none_or(|c| c.closing()) {
-                return;
+            match self.conns.get(slot) {
+                None => return,
+                Some(c) if c.closing() => return,
+                // Keep the rest, frames included, for when reading resumes.
+                Some(c) if c.has(flag::PAUSED) => break,
+                Some(_) => {}
             }
         }
         let Some(conn) = self.conns.get_mut(slot) else {
@@ -206,6 +245,56 @@ impl Shard {
             input.extend_from_slice(tail);
             conn.input = input;
         }
+    }
+
+    /// Whether the connection holds a whole frame it has not handled (kept when it paused).
+    fn has_held_frame(&self, slot: usize) -> bool {
+        let Some(conn) = self.conns.get(slot) else {
+            return false;
+        };
+        match peek_len(&conn.input, self.decoder.max_frame_len()) {
+            Ok(Some(len)) => conn.input.len() >= LEN_BYTES + len as usize,
+            _ => false,
+        }
+    }
+
+    /// Stops reading the connection in `slot`: its last request went to `target`, which is
+    /// congested. Its unread bytes stay in the socket, so TCP slows the client down.
+    pub(super) fn pause_reads(&mut self, slot: usize, target: u16) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if !conn.has(flag::PAUSED) {
+            conn.flags |= flag::PAUSED;
+            self.paused.push((slot, conn.gen, target));
+            let m = &self.core.metrics.shards[self.id as usize];
+            ShardMetrics::add(&m.paused_reads, 1);
+            m.paused_now
+                .store(self.paused.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads again (next round) the paused connections whose target is relieved.
+    pub(super) fn resume_reads(&mut self) {
+        if self.paused.is_empty() {
+            return;
+        }
+        let mut paused = std::mem::take(&mut self.paused);
+        paused.retain(|&(slot, gen, target)| {
+            let Some(conn) = self.conns.get_mut(slot).filter(|c| c.gen == gen) else {
+                return false;
+            };
+            if !self.outbox.relieved(target) {
+                return true;
+            }
+            conn.flags &= !flag::PAUSED;
+            self.carry_reads.push((slot, gen));
+            false
+        });
+        self.paused = paused;
+        self.metrics()
+            .paused_now
+            .store(self.paused.len() as u64, Ordering::Relaxed);
     }
 
     /// Queues `frame` for the connection in `slot`.
@@ -339,16 +428,21 @@ impl Shard {
         ShardMetrics::add(&self.metrics().bytes_out, written);
     }
 
-    /// Closes every connection marked this round.
+    /// Closes every connection marked this round; each close frees a descriptor, so a stalled
+    /// accept is retried.
     pub(super) fn close_pending(&mut self) {
         let closing = std::mem::take(&mut self.closing);
         for &slot in &closing {
             self.close_now(slot);
         }
+        let closed = !closing.is_empty();
         let mut closing = closing;
         closing.clear();
         if self.closing.is_empty() {
             self.closing = closing;
+        }
+        if closed {
+            self.retry_accepts();
         }
     }
 
@@ -375,10 +469,10 @@ impl Shard {
         if conn.state == State::Authed {
             ShardMetrics::sub(&m.authenticated, 1);
             if let Some(r) = conn_ref {
-                if self.core.directory.unregister(conn.user, r) {
+                if let Some(seq) = self.core.directory.unregister(conn.user, r) {
                     let now = crate::clock::wall_us();
                     self.engine.record_last_seen(conn.user, now);
-                    self.presence_changed(conn.user, false, now);
+                    self.presence_changed(seq, conn.user, false, now);
                 }
             }
         }

@@ -10,15 +10,21 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use courier_protocol::{ErrorCode, Frame, Presence};
+use courier_protocol::{ErrorCode, Frame};
 use crossbeam_channel::{Sender, TrySendError};
 use mio::Waker;
 
+use super::presence::Change;
 use crate::chat::{Caller, ConnRef};
 use crate::session::{AuthError, Authed};
 
 /// Messages a mailbox holds before senders overflow.
 pub const MAILBOX_CAPACITY: usize = 64 * 1024;
+
+/// Messages an [`Outbox`] keeps waiting for one target shard before that target counts as
+/// congested: the sending shard then stops reading the connections whose requests go there,
+/// until the backlog is down to half of this.
+pub const OUTBOX_CAP: usize = 16 * 1024;
 
 /// What one shard asks of another.
 pub enum ShardMsg {
@@ -42,7 +48,7 @@ pub enum ShardMsg {
         result: Result<Authed, AuthError>,
     },
     /// Users came online or went offline (for this shard's presence subscribers).
-    Presence(Arc<[Presence]>),
+    Presence(Arc<[Change]>),
 }
 
 /// The sending side of one shard's mailbox.
@@ -70,8 +76,16 @@ impl Mailbox {
 
 /// A shard's outgoing messages for one round, per target shard, plus what full mailboxes
 /// refused earlier.
+///
+/// Bounded by backpressure, not by dropping: past `cap` messages for one target the target is
+/// [`congested`](Outbox::congested) and the shard stops reading the connections whose requests
+/// go there. Replies and pushes (`Deliver`) are still queued past the cap, since refusing them
+/// would lose answers to requests already accepted; they are bounded by those requests. A
+/// shard never stops draining its own mailbox (two shards waiting on each other would
+/// deadlock).
 pub struct Outbox {
     queues: Vec<VecDeque<ShardMsg>>,
+    cap: usize,
 }
 
 /// What a [`Outbox::flush`] did.
@@ -84,10 +98,30 @@ pub struct Flushed {
 }
 
 impl Outbox {
-    pub fn new(shards: usize) -> Outbox {
+    pub fn new(shards: usize, cap: usize) -> Outbox {
         Outbox {
             queues: (0..shards).map(|_| VecDeque::new()).collect(),
+            cap: cap.max(2),
         }
+    }
+
+    /// Whether `shard` has `cap` or more messages waiting: stop feeding it.
+    pub fn congested(&self, shard: u16) -> bool {
+        self.queues
+            .get(shard as usize)
+            .is_some_and(|q| q.len() >= self.cap)
+    }
+
+    /// Whether `shard`'s backlog is down to half the cap: resume feeding it.
+    pub fn relieved(&self, shard: u16) -> bool {
+        self.queues
+            .get(shard as usize)
+            .is_none_or(|q| q.len() <= self.cap / 2)
+    }
+
+    /// Messages waiting for `shard`.
+    pub fn waiting(&self, shard: u16) -> usize {
+        self.queues.get(shard as usize).map_or(0, VecDeque::len)
     }
 
     pub fn push(&mut self, shard: u16, msg: ShardMsg) {
@@ -140,7 +174,7 @@ mod tests {
         let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
         let (tx, rx) = crossbeam_channel::bounded(2);
         let boxes = [Mailbox { tx, waker }];
-        let mut out = Outbox::new(1);
+        let mut out = Outbox::new(1, OUTBOX_CAP);
         let kick = |slot| ShardMsg::Kick {
             to: ConnRef {
                 shard: 0,
@@ -172,5 +206,53 @@ mod tests {
         drain(&mut got);
         assert_eq!(got, vec![0, 1, 2, 3, 4]);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_target_is_congested_at_the_cap_and_relieved_at_half() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let boxes = [Mailbox { tx, waker }];
+        let mut out = Outbox::new(1, 8);
+        let kick = ShardMsg::Kick {
+            to: ConnRef {
+                shard: 0,
+                slot: 0,
+                gen: 0,
+            },
+            code: ErrorCode::SessionRevoked,
+        };
+        let push = |out: &mut Outbox| out.push(0, kick_like(&kick));
+        for _ in 0..7 {
+            push(&mut out);
+        }
+        assert!(!out.congested(0));
+        push(&mut out);
+        assert!(out.congested(0), "8 waiting is the cap");
+        // The mailbox takes 4; 4 stay waiting: no longer congested, but not yet relieved…
+        push(&mut out);
+        out.flush(&boxes);
+        assert_eq!(out.waiting(0), 5);
+        assert!(!out.congested(0) && !out.relieved(0));
+        // …until the target drained its mailbox and the rest went through.
+        while rx.try_recv().is_ok() {}
+        out.flush(&boxes);
+        assert_eq!(out.waiting(0), 1);
+        assert!(out.relieved(0));
+        assert!(
+            !out.congested(7) && out.relieved(7),
+            "an unknown shard is never congested"
+        );
+    }
+
+    fn kick_like(msg: &ShardMsg) -> ShardMsg {
+        match msg {
+            ShardMsg::Kick { to, code } => ShardMsg::Kick {
+                to: *to,
+                code: *code,
+            },
+            _ => unreachable!(),
+        }
     }
 }

@@ -23,14 +23,16 @@ pub mod mailbox;
 mod presence;
 mod route;
 mod session;
+#[cfg(test)]
+mod tests;
 pub mod timer;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use courier_protocol::{encode, Decoder, ErrorCode, ErrorReply, Frame, Presence};
+use courier_protocol::{encode, Decoder, ErrorCode, ErrorReply, Frame};
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpListener;
 use mio::{Events, Poll, Token};
@@ -79,13 +81,104 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     pub mailboxes: Arc<[Mailbox]>,
     pub auth: Sender<AuthRequest>,
-    /// Set by the signal handler; each shard then finishes its round and exits.
+    /// Set by the signal handler (or a failed shard); each shard then finishes its round and
+    /// exits.
     pub shutdown: AtomicBool,
+    /// The first part that failed (a shard that panicked or whose event loop broke): the
+    /// process stops and exits non-zero instead of serving half alive.
+    pub failure: Mutex<Option<Failure>>,
+    /// Test-only fault injection (see [`Faults`]); all off in production.
+    pub faults: Faults,
     /// Open connections in the whole process, against `max_connections`.
     pub connections: AtomicUsize,
     pub max_connections: usize,
     /// Presence subscriptions in the whole process: changes are broadcast only when nonzero.
     pub presence_subscriptions: AtomicUsize,
+}
+
+/// Why the process stops with a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub shard: u16,
+    /// The panic message, or the event loop's I/O error.
+    pub what: String,
+}
+
+/// Environment variable naming a `PING` nonce that makes the shard reading it panic. Tests
+/// set it on their own server to prove that a panicking shard stops the process; it is never
+/// set in production, so no client can trigger it.
+pub const FAULT_PANIC_ON_PING: &str = "COURIER_FAULT_PANIC_ON_PING";
+
+/// Environment variable that, set to `1`, turns the store's free-space check off so that
+/// RocksDB itself meets a full disk (see `Store::write`). Tests only.
+pub const FAULT_SKIP_SPACE_CHECK: &str = "COURIER_FAULT_SKIP_SPACE_CHECK";
+
+/// Environment variable naming a file: while it exists, the store's free-space check reports
+/// a full disk (for tests that cannot mount a small file system). Tests only.
+pub const FAULT_FULL_DISK_FLAG: &str = "COURIER_FAULT_FULL_DISK_FLAG";
+
+/// How long the store may fail every write although the disk has room before the process
+/// stops so that a restart reopens it (failure policy).
+pub const STORE_STUCK_LIMIT: Duration = Duration::from_secs(30);
+
+/// Test-only faults, read once from the environment at start.
+#[derive(Debug, Default, Clone)]
+pub struct Faults {
+    /// A `PING` with this nonce panics the shard that reads it.
+    pub panic_on_ping: Option<u64>,
+    /// The store's free-space check is off.
+    pub skip_space_check: bool,
+    /// The disk counts as full while this file exists.
+    pub full_disk_flag: Option<std::path::PathBuf>,
+}
+
+impl Faults {
+    pub fn from_env() -> Faults {
+        let panic_on_ping = std::env::var(FAULT_PANIC_ON_PING)
+            .ok()
+            .and_then(|v| v.parse().ok());
+        if panic_on_ping.is_some() {
+            tracing::warn!(
+                "fault injection is on ({FAULT_PANIC_ON_PING}): a client can crash this server"
+            );
+        }
+        let skip_space_check = std::env::var(FAULT_SKIP_SPACE_CHECK).is_ok_and(|v| v == "1");
+        if skip_space_check {
+            tracing::warn!(
+                "fault injection is on ({FAULT_SKIP_SPACE_CHECK}): a full disk stops the store"
+            );
+        }
+        let full_disk_flag = std::env::var_os(FAULT_FULL_DISK_FLAG).map(std::path::PathBuf::from);
+        if full_disk_flag.is_some() {
+            tracing::warn!(
+                "fault injection is on ({FAULT_FULL_DISK_FLAG}): a file can make the disk look full"
+            );
+        }
+        Faults {
+            panic_on_ping,
+            skip_space_check,
+            full_disk_flag,
+        }
+    }
+}
+
+impl Core {
+    /// Records the first failure and stops every shard: the process then exits non-zero
+    /// after the other shards finished their rounds and the WAL is synced.
+    pub fn fail(&self, failure: Failure) {
+        if let Ok(mut first) = self.failure.lock() {
+            first.get_or_insert(failure);
+        }
+        self.shutdown.store(true, Ordering::Release);
+        for m in self.mailboxes.iter() {
+            m.wake();
+        }
+    }
+
+    /// The failure that stopped the process, if any.
+    pub fn failed(&self) -> Option<Failure> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
 }
 
 /// What a shard thread is started with.
@@ -128,10 +221,15 @@ pub struct Shard {
     closing: Vec<usize>,
     effects: Vec<Effect>,
     /// Presence changes of users on this shard, to broadcast at the end of the round.
-    presence_out: Vec<Presence>,
+    presence_out: Vec<presence::Change>,
     /// A reusable list of connections (directory lookups).
     refs: Vec<ConnRef>,
     more_mail: bool,
+    /// An accept failed (e.g. EMFILE) and connections may wait in the backlog.
+    accept_stalled: bool,
+    /// Connections not read because the target shard of their last request is congested
+    /// (slot, generation, target shard); see [`Outbox::congested`].
+    paused: Vec<(usize, u32, u16)>,
 }
 
 impl Shard {
@@ -151,7 +249,7 @@ impl Shard {
             last_tick: 0,
             wheel: Wheel::new(0),
             subs: Subscriptions::default(),
-            outbox: Outbox::new(shards),
+            outbox: Outbox::new(shards, mailbox::OUTBOX_CAP),
             scratch: vec![0; SCRATCH],
             enc: BytesMut::with_capacity(16 * 1024),
             frame_buf: BytesMut::new(),
@@ -162,6 +260,8 @@ impl Shard {
             presence_out: Vec::new(),
             refs: Vec::new(),
             more_mail: false,
+            accept_stalled: false,
+            paused: Vec::new(),
             core,
         }
     }
@@ -182,43 +282,59 @@ impl Shard {
 
     /// Runs rounds until shutdown; returns after the goodbyes are written (bounded).
     pub fn run(mut self) -> std::io::Result<()> {
-        for (i, l) in self.listeners.iter_mut().enumerate() {
-            self.poll
-                .registry()
-                .register(l, listener_token(i), mio::Interest::READABLE)?;
-        }
+        self.register_listeners()?;
         let mut events = Events::with_capacity(1024);
         let mut carried = Vec::new();
         loop {
-            let timeout = self.poll_timeout();
-            std::mem::swap(&mut carried, &mut self.carry_reads);
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-            for event in events.iter() {
-                match event.token() {
-                    WAKER => {}
-                    t => match listener_index(t) {
-                        Some(i) => self.accept(i),
-                        None => self.on_conn_event(
-                            t.0,
-                            event.is_readable() || event.is_read_closed() || event.is_error(),
-                            event.is_writable(),
-                        ),
-                    },
-                }
-            }
-            self.read_carried(&mut carried);
-            self.drain_mailbox();
-            self.on_tick();
-            self.end_round();
+            self.round(&mut events, &mut carried)?;
             if self.core.shutdown.load(Ordering::Acquire) {
                 self.shut_down();
                 return Ok(());
             }
         }
+    }
+
+    fn register_listeners(&mut self) -> std::io::Result<()> {
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            self.poll
+                .registry()
+                .register(l, listener_token(i), mio::Interest::READABLE)?;
+        }
+        Ok(())
+    }
+
+    /// One round of the loop (steps 1–7 in the module docs). `carried` is scratch space for
+    /// the connections carried over from the last round.
+    fn round(
+        &mut self,
+        events: &mut Events,
+        carried: &mut Vec<(usize, u32)>,
+    ) -> std::io::Result<()> {
+        let timeout = self.poll_timeout();
+        std::mem::swap(carried, &mut self.carry_reads);
+        if let Err(e) = self.poll.poll(events, Some(timeout)) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        for event in events.iter() {
+            match event.token() {
+                WAKER => {}
+                t => match listener_index(t) {
+                    Some(i) => self.accept(i),
+                    None => self.on_conn_event(
+                        t.0,
+                        event.is_readable() || event.is_read_closed() || event.is_error(),
+                        event.is_writable(),
+                    ),
+                },
+            }
+        }
+        self.read_carried(carried);
+        self.drain_mailbox();
+        self.on_tick();
+        self.end_round();
+        Ok(())
     }
 
     fn poll_timeout(&self) -> Duration {
@@ -254,6 +370,7 @@ impl Shard {
         self.metrics()
             .overflow_pending
             .store(flushed.waiting as u64, Ordering::Relaxed);
+        self.resume_reads();
         self.metrics()
             .mailbox_depth
             .store(self.mailbox.len() as u64, Ordering::Relaxed);
@@ -276,13 +393,15 @@ impl Shard {
         self.effects = effects;
     }
 
-    /// Once a second: deadlines and coalesced presence.
+    /// Once a second: deadlines, coalesced presence, the store's health.
     fn on_tick(&mut self) {
         let now = self.now_secs();
         if now == self.last_tick {
             return;
         }
         self.last_tick = now;
+        self.check_store();
+        self.retry_accepts();
         let mut due = Vec::new();
         self.wheel.advance(now, &mut due);
         let handshake = self.core.config.handshake_timeout_secs.min(u32::MAX as u64) as u32;
@@ -294,11 +413,31 @@ impl Shard {
             if conn.gen != gen || conn.closing() {
                 continue;
             }
-            let deadline = conn.deadline(handshake, idle);
+            let mut deadline = conn.deadline(handshake, idle);
+            if conn.has(conn::flag::PAUSED) {
+                // Not read because another shard is slow: the silence is the server's.
+                self.wheel.schedule(slot, gen, now.saturating_add(idle));
+                continue;
+            }
+            if deadline <= now {
+                // A stall of the server (SIGSTOP, a swapped-out process, a long round) is not
+                // the client's silence: its PINGs may be waiting unread in the socket. Read
+                // them before judging.
+                self.read(slot as usize);
+                match self.conns.get(slot as usize) {
+                    Some(c) if c.gen == gen && !c.closing() => {
+                        deadline = c.deadline(handshake, idle)
+                    }
+                    _ => continue,
+                }
+            }
             if deadline > now {
                 self.wheel.schedule(slot, gen, deadline);
                 continue;
             }
+            let Some(conn) = self.conns.get(slot as usize) else {
+                continue;
+            };
             let (code, reason) = match conn.state {
                 conn::State::Authed => (ErrorCode::HeartbeatTimeout, Reason::HeartbeatTimeout),
                 _ => (ErrorCode::HandshakeTimeout, Reason::HandshakeTimeout),
@@ -306,6 +445,30 @@ impl Shard {
             self.fail(slot as usize, 0, code, reason);
         }
         self.flush_presence();
+    }
+
+    /// Stops the process when the store has failed every write for [`STORE_STUCK_LIMIT`]
+    /// although the disk has room: RocksDB cannot leave that state by itself on a small disk,
+    /// and a restart reopens it (failure policy).
+    fn check_store(&mut self) {
+        let Some(stuck) = self.core.chat.store.stuck_for(Instant::now()) else {
+            return;
+        };
+        if stuck < STORE_STUCK_LIMIT || self.core.failed().is_some() {
+            return;
+        }
+        let what = format!(
+            "the store has failed every write for {}s although the disk has room",
+            stuck.as_secs()
+        );
+        tracing::error!(
+            shard = self.id,
+            "{what}; stopping the server (exit status 1) so that a restart reopens the store"
+        );
+        self.core.fail(Failure {
+            shard: self.id,
+            what,
+        });
     }
 
     /// Encodes one frame into shared bytes.
@@ -364,6 +527,13 @@ impl Shard {
 }
 
 /// Starts one thread per shard; returns their handles.
+///
+/// Failure policy: a shard that panics (or whose poller fails) cannot go on, and the process
+/// must not go on without it (its users would look online forever, requests for its threads
+/// would vanish). The panic is caught at the top of the thread, logged with the shard and the
+/// message, and turned into [`Core::fail`]: the other shards finish their round and close
+/// their connections, the WAL is synced, and `serve` returns an error (exit status 1) so a
+/// service manager restarts the process.
 pub fn spawn(
     core: Arc<Core>,
     parts: Vec<ShardParts>,
@@ -374,14 +544,32 @@ pub fn spawn(
             let core = core.clone();
             std::thread::Builder::new().name(format!("shard-{}", p.id)).spawn(move || {
                 let id = p.id;
-                if let Err(e) = Shard::new(core.clone(), p).run() {
-                    tracing::error!(shard = id, error = %e, "shard stopped: its event loop failed");
-                    core.shutdown.store(true, Ordering::Release);
-                    for m in core.mailboxes.iter() {
-                        m.wake();
-                    }
-                }
+                let shard_core = core.clone();
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    Shard::new(shard_core, p).run()
+                }));
+                let what = match ran {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => format!("its event loop failed: {e}"),
+                    Err(panic) => format!("it panicked: {}", panic_message(&*panic)),
+                };
+                tracing::error!(
+                    shard = id,
+                    "shard {id} stopped: {what}; stopping the server (exit status 1) so that it is restarted"
+                );
+                core.fail(Failure { shard: id, what });
             })
         })
         .collect()
+}
+
+/// The text of a panic payload (`panic!` with a literal or with a format string).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
 }

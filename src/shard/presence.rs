@@ -15,6 +15,14 @@ use crate::chat::ConnRef;
 /// Users one connection may watch.
 pub const MAX_PER_CONN: usize = 4096;
 
+/// One user's presence change, numbered by the [`Directory`](crate::directory::Directory)
+/// in the order the changes happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub seq: u64,
+    pub presence: Presence,
+}
+
 #[derive(Default)]
 pub struct Subscriptions {
     /// Watched user → local subscriber connections.
@@ -23,6 +31,10 @@ pub struct Subscriptions {
     by_conn: HashMap<u32, Vec<u64>>,
     /// Latest unpushed state per watched user.
     dirty: HashMap<u64, Presence>,
+    /// Sequence number of the newest change taken per watched user. Changes of one user made
+    /// on different shards travel through different mailboxes and may arrive out of order;
+    /// an older one arriving later is ignored, so the newest state wins, not the last arrival.
+    newest: HashMap<u64, u64>,
 }
 
 impl Subscriptions {
@@ -64,17 +76,26 @@ impl Subscriptions {
                 if w.is_empty() {
                     self.watchers.remove(u);
                     self.dirty.remove(u);
+                    self.newest.remove(u);
                 }
             }
         }
         users.len()
     }
 
-    /// Notes a change, if anyone here watches that user.
-    pub fn changed(&mut self, p: &Presence) {
-        if self.watchers.contains_key(&p.user) {
-            self.dirty.insert(p.user, p.clone());
+    /// Notes a change, if anyone here watches that user and it is newer than the last one
+    /// taken.
+    pub fn changed(&mut self, c: &Change) {
+        let user = c.presence.user;
+        if !self.watchers.contains_key(&user) {
+            return;
         }
+        let newest = self.newest.entry(user).or_insert(0);
+        if c.seq <= *newest {
+            return;
+        }
+        *newest = c.seq;
+        self.dirty.insert(user, c.presence.clone());
     }
 
     /// Takes the coalesced changes, calling `push(state, subscribers)` once per user.
@@ -99,38 +120,59 @@ mod tests {
         }
     }
 
+    fn change(seq: u64, user: u64, online: bool) -> Change {
+        Change {
+            seq,
+            presence: Presence {
+                user,
+                online,
+                last_seen: seq,
+            },
+        }
+    }
+
     #[test]
     fn changes_coalesce_to_the_latest_state_per_user() {
         let mut s = Subscriptions::default();
         assert_eq!(s.subscribe(c(1), &[10, 11, 10]), Ok(2));
         assert_eq!(s.subscribe(c(2), &[10]), Ok(1));
         for i in 0..100 {
-            s.changed(&Presence {
-                user: 10,
-                online: i % 2 == 0,
-                last_seen: i,
-            });
+            s.changed(&change(i + 1, 10, i % 2 == 0));
         }
-        s.changed(&Presence {
-            user: 99,
-            online: true,
-            last_seen: 1,
-        });
+        s.changed(&change(101, 99, true));
         let mut pushes = Vec::new();
         s.flush(|p, w| pushes.push((p.user, p.last_seen, w.len())));
-        assert_eq!(pushes, vec![(10, 99, 2)]);
+        assert_eq!(pushes, vec![(10, 100, 2)]);
         s.flush(|_, _| panic!("nothing changed since"));
+    }
+
+    /// Regression: a user reconnecting from shard 0 to shard 1 goes offline on 0 (change 1)
+    /// and online on 1 (change 2); the two broadcasts reach a subscriber's shard through two
+    /// mailboxes, here in the wrong order. The subscriber must see the user online.
+    #[test]
+    fn an_older_change_arriving_later_does_not_win() {
+        let mut s = Subscriptions::default();
+        s.subscribe(c(1), &[10]).unwrap();
+        s.changed(&change(2, 10, true));
+        s.changed(&change(1, 10, false));
+        let mut pushes = Vec::new();
+        s.flush(|p, _| pushes.push((p.user, p.online)));
+        assert_eq!(pushes, vec![(10, true)]);
+
+        // Also across a flush: the late offline must not be pushed on the next tick.
+        s.changed(&change(1, 10, false));
+        s.flush(|p, _| panic!("a stale change was pushed: {p:?}"));
+        s.changed(&change(3, 10, false));
+        let mut pushes = Vec::new();
+        s.flush(|p, _| pushes.push((p.user, p.online)));
+        assert_eq!(pushes, vec![(10, false)]);
     }
 
     #[test]
     fn subscriptions_die_with_the_connection() {
         let mut s = Subscriptions::default();
         s.subscribe(c(1), &[10]).unwrap();
-        s.changed(&Presence {
-            user: 10,
-            online: true,
-            last_seen: 1,
-        });
+        s.changed(&change(1, 10, true));
         assert_eq!(s.drop_conn(1), 1);
         s.flush(|_, _| panic!("no subscriber left"));
         assert_eq!(s.drop_conn(1), 0);

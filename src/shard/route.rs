@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use courier_protocol::{Frame, Presence, PresencePush};
+use courier_protocol::{Frame, PresencePush};
 
 use super::mailbox::ShardMsg;
+use super::presence::Change;
 use super::session::reason_for;
 use super::Shard;
 use crate::chat::{ConnRef, Effect};
@@ -134,7 +135,7 @@ impl Shard {
             self.presence_out.clear();
             return;
         }
-        let changes: Arc<[Presence]> = self.presence_out.drain(..).collect();
+        let changes: Arc<[Change]> = self.presence_out.drain(..).collect();
         for shard in 0..self.core.mailboxes.len() as u16 {
             if shard == self.id {
                 for p in changes.iter() {

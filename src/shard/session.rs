@@ -21,6 +21,7 @@ use crossbeam_channel::TrySendError;
 use super::auth_pool::{AuthRequest, Job};
 use super::conn::{flag, State};
 use super::mailbox::ShardMsg;
+use super::presence::Change;
 use super::Shard;
 use crate::chat::{Caller, ConnRef, Engine};
 use crate::cluster::Home;
@@ -36,6 +37,18 @@ const FIRST_SERVER_CODE: u8 = 0x80;
 impl Shard {
     /// Handles one decoded frame from the connection in `slot`.
     pub(super) fn on_frame(&mut self, slot: usize, request_id: u32, frame: Frame) {
+        if request_id == 0 {
+            // Id 0 marks pushes and close announcements (PROTOCOL.md section 4): any answer
+            // to it would look like one. A client that sends it is broken; say so and close.
+            self.reply_error(
+                slot,
+                0,
+                ErrorCode::Malformed,
+                "request id 0 is reserved for pushes: number requests from 1",
+            );
+            self.close_soon(slot, Reason::ProtocolError);
+            return;
+        }
         let (now_ms, now_secs) = (self.now_ms(), self.now_secs());
         let (rate, burst) = (self.core.config.rate_limit, self.burst());
         let Some(conn) = self.conns.get_mut(slot) else {
@@ -77,6 +90,13 @@ impl Shard {
                 Reason::ProtocolError,
             ),
             (_, Frame::Ping(p)) => {
+                if self.core.faults.panic_on_ping == Some(p.nonce) {
+                    panic!(
+                        "fault injection: PING {} ({})",
+                        p.nonce,
+                        super::FAULT_PANIC_ON_PING
+                    );
+                }
                 self.send(slot, request_id, &Frame::Pong(Pong { nonce: p.nonce }))
             }
             (State::AwaitAuth, Frame::Register(r)) => self.start_auth(
@@ -261,8 +281,8 @@ impl Shard {
             conn.flags |= flag::ADMIN;
         }
         ShardMetrics::add(&self.metrics().authenticated, 1);
-        if self.core.directory.register(authed.user, me) {
-            self.presence_changed(authed.user, true, crate::clock::wall_us());
+        if let Some(seq) = self.core.directory.register(authed.user, me) {
+            self.presence_changed(seq, authed.user, true, crate::clock::wall_us());
         }
         let ok = AuthOk {
             user: authed.user,
@@ -340,14 +360,19 @@ impl Shard {
                 };
                 match Engine::shard_for(&self.core.chat, &caller, &frame) {
                     Some(s) if s == self.id => self.engine.handle(caller, request_id, frame),
-                    Some(s) if (s as usize) < self.core.mailboxes.len() => self.outbox.push(
-                        s,
-                        ShardMsg::Request {
-                            caller,
-                            request_id,
-                            frame,
-                        },
-                    ),
+                    Some(s) if (s as usize) < self.core.mailboxes.len() => {
+                        self.outbox.push(
+                            s,
+                            ShardMsg::Request {
+                                caller,
+                                request_id,
+                                frame,
+                            },
+                        );
+                        if self.outbox.congested(s) {
+                            self.pause_reads(slot, s);
+                        }
+                    }
                     _ => self.reply_error(
                         slot,
                         request_id,
@@ -462,12 +487,16 @@ impl Shard {
         }
     }
 
-    /// Notes that `user` came online or went offline, for the end-of-round broadcast.
-    pub(super) fn presence_changed(&mut self, user: u64, online: bool, at_us: u64) {
-        self.presence_out.push(Presence {
-            user,
-            online,
-            last_seen: at_us,
+    /// Notes that `user` came online or went offline (change `seq` of the directory), for the
+    /// end-of-round broadcast.
+    pub(super) fn presence_changed(&mut self, seq: u64, user: u64, online: bool, at_us: u64) {
+        self.presence_out.push(Change {
+            seq,
+            presence: Presence {
+                user,
+                online,
+                last_seen: at_us,
+            },
         });
     }
 }

@@ -4,8 +4,9 @@
 //! [`Batch`] and applied with [`Store::commit`], one WAL write per batch.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rocksdb::compaction_filter::Decision;
@@ -21,6 +22,9 @@ use crate::clock::wall_us;
 
 /// How many ids an allocator reserves per durable write of its counter.
 const ID_LEASE: u64 = 1024;
+/// Ids [`Store::create_user`] skips before giving up: with `n` nodes on the ring about one id
+/// in `n` is homed here, so this is only reached if this node owns (almost) nothing.
+const MAX_ID_TRIES: u32 = 100_000;
 
 /// The block cache shared by every column family.
 pub const BLOCK_CACHE_BYTES: usize = 128 << 20;
@@ -47,9 +51,121 @@ pub struct Store {
 struct Inner {
     db: DB,
     cache: Cache,
+    /// The data directory, for the free-space check.
+    dir: std::path::PathBuf,
+    /// The free-space check is on (always, except in fault-injection tests).
+    space_check: AtomicBool,
+    /// Fault injection: the disk counts as full while this file exists.
+    full_flag: std::sync::OnceLock<std::path::PathBuf>,
     fsync: FsyncMode,
     users: IdAllocator,
     threads: IdAllocator,
+    health: Arc<Health>,
+}
+
+/// Whether writes reach the disk: every write reports here, `/health` and the metrics read it.
+///
+/// A failed write (disk full, I/O error) marks the store failing until a write succeeds
+/// again. The log gets the first failure at once and then one line per [`LOG_EVERY`] with
+/// the count in between, not one line per event-loop round.
+#[derive(Debug, Default)]
+pub struct Health {
+    failing: AtomicBool,
+    /// Failed writes since start (`courier_commit_failures_total`).
+    failures: AtomicU64,
+    log: Mutex<FailureLog>,
+}
+
+/// Free space below which writes are refused (see [`Store::write`]), capped at 5 % of the
+/// file system so that small ones stay usable.
+pub const MIN_FREE: u64 = 64 << 20;
+
+/// How often a persisting write failure is logged again.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+struct FailureLog {
+    /// When the last line was logged.
+    last: Option<Instant>,
+    /// Failures since that line.
+    unlogged: u64,
+    /// Failures since writes last succeeded.
+    streak: u64,
+    /// The latest error, for `/health`.
+    error: String,
+    /// Since when RocksDB has failed writes although the disk has room (see
+    /// [`Health::stuck_for`]).
+    stuck_since: Option<Instant>,
+}
+
+impl Health {
+    /// Whether the last write failed.
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// The latest write error while writes fail.
+    pub fn last_error(&self) -> Option<String> {
+        self.failing().then(|| self.log.lock().error.clone())
+    }
+
+    /// How long RocksDB has failed every write although the disk has room: the state it
+    /// cannot leave by itself on a small disk (see [`Store::write`]). `None` while writes
+    /// succeed, or fail for lack of space.
+    pub fn stuck_for(&self, now: Instant) -> Option<Duration> {
+        if !self.failing() {
+            return None;
+        }
+        self.log
+            .lock()
+            .stuck_since
+            .map(|since| now.saturating_duration_since(since))
+    }
+
+    /// Records a failed write; `with_room` when the disk had space for it.
+    fn failed(&self, e: &dyn std::fmt::Display, with_room: bool, now: Instant) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.failing.store(true, Ordering::Release);
+        let mut log = self.log.lock();
+        if !with_room {
+            log.stuck_since = None;
+        } else if log.stuck_since.is_none() {
+            log.stuck_since = Some(now);
+        }
+        log.streak += 1;
+        log.unlogged += 1;
+        log.error = e.to_string();
+        if log
+            .last
+            .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
+        {
+            tracing::error!(
+                error = %e,
+                failed_writes = log.unlogged,
+                "writes to the data directory fail: requests are answered INTERNAL and nothing \
+                 is acknowledged until they succeed again. Free disk space or fix the device; \
+                 the server recovers by itself (logged at most every {}s)",
+                LOG_EVERY.as_secs()
+            );
+            log.last = Some(now);
+            log.unlogged = 0;
+        }
+    }
+
+    fn succeeded(&self) {
+        if self.failing.swap(false, Ordering::AcqRel) {
+            let mut log = self.log.lock();
+            tracing::warn!(
+                failed_writes = log.streak,
+                "writes to the data directory succeed again; the server is ready"
+            );
+            *log = FailureLog::default();
+        }
+    }
 }
 
 /// Staged writes, applied atomically by [`Store::commit`].
@@ -140,9 +256,13 @@ impl Store {
             inner: Arc::new(Inner {
                 db,
                 cache,
+                dir: dir.to_owned(),
+                space_check: AtomicBool::new(true),
+                full_flag: std::sync::OnceLock::new(),
                 fsync,
                 users,
                 threads,
+                health: Arc::default(),
             }),
         })
     }
@@ -243,8 +363,80 @@ impl Store {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.inner.fsync != FsyncMode::Never);
-        self.inner.db.write_opt(batch.batch, &wo)?;
-        Ok(())
+        self.write(|| self.inner.db.write_opt(batch.batch, &wo))
+    }
+
+    /// Runs one write, unless the disk is nearly full, and records the outcome in [`Health`].
+    ///
+    /// The free-space check keeps RocksDB from ever meeting a full disk in the common case (the
+    /// disk fills up gradually): RocksDB turns a failed write into a hard background error that
+    /// it clears only once as much space as its write buffer (64 MiB) is free, and it cannot be
+    /// resumed through its C API. Refused here, the write fails cleanly and the next one
+    /// succeeds as soon as space returns.
+    ///
+    /// If RocksDB gets into that state anyway (a write raced another process filling the disk)
+    /// and stays there with room on the disk, [`Health::stuck_for`] says so; the shards then
+    /// stop the process, so that a restart reopens the store (failure policy).
+    fn write(&self, write: impl FnOnce() -> Result<(), rocksdb::Error>) -> Result<(), Error> {
+        let low = self.low_on_space();
+        if let Some((free, need)) = low.filter(|_| self.inner.space_check.load(Ordering::Relaxed)) {
+            let e = Error::DiskFull { free, need };
+            self.inner.health.failed(&e, false, Instant::now());
+            return Err(e);
+        }
+        match write() {
+            Ok(()) => {
+                self.inner.health.succeeded();
+                Ok(())
+            }
+            Err(e) => {
+                self.inner.health.failed(&e, low.is_none(), Instant::now());
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Turns the free-space check of [`Store::write`] off, so that RocksDB itself meets a full
+    /// disk. Fault injection for tests only.
+    pub fn skip_space_check(&self) {
+        self.inner.space_check.store(false, Ordering::Relaxed);
+    }
+
+    /// Makes the free-space check report a full disk while a file exists at `flag`, for tests
+    /// that cannot mount a small file system. Fault injection for tests only.
+    pub fn fake_full_disk(&self, flag: std::path::PathBuf) {
+        let _ = self.inner.full_flag.set(flag);
+    }
+
+    /// See [`Health::stuck_for`].
+    pub fn stuck_for(&self, now: Instant) -> Option<Duration> {
+        self.inner.health.stuck_for(now)
+    }
+
+    /// `(free, needed)` bytes when the data directory's file system has less free than
+    /// [`MIN_FREE`] (or 5 % of its size, if smaller); `None` when there is room or the file
+    /// system cannot tell.
+    fn low_on_space(&self) -> Option<(u64, u64)> {
+        if self.inner.full_flag.get().is_some_and(|flag| flag.exists()) {
+            return Some((0, MIN_FREE));
+        }
+        let path = std::ffi::CString::new(self.inner.dir.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: statvfs writes one struct into `st`, which lives on our stack; `path` is a
+        // NUL-terminated string that outlives the call.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+        let (block, avail, blocks) = (st.f_frsize as u64, st.f_bavail as u64, st.f_blocks as u64);
+        let free = avail.saturating_mul(block);
+        let need = MIN_FREE.min(blocks.saturating_mul(block) / 20);
+        (free < need).then_some((free, need))
+    }
+
+    /// Whether writes currently reach the disk (shared with the metrics responder).
+    pub fn health(&self) -> Arc<Health> {
+        self.inner.health.clone()
     }
 
     /// Compacts every dedupe entry now (the compaction filter then expires old ones).
@@ -264,11 +456,11 @@ impl Store {
     // ---- ids ----
 
     pub fn next_user_id(&self) -> Result<u64, Error> {
-        self.inner.users.next(&self.inner.db)
+        self.inner.users.next(self)
     }
 
     pub fn next_thread_id(&self) -> Result<u64, Error> {
-        self.inner.threads.next(&self.inner.db)
+        self.inner.threads.next(self)
     }
 
     /// The highest clock value any shard recorded as durable (see [`Batch::clock_floor`]).
@@ -293,15 +485,32 @@ impl Store {
         self.get_u64(CF_HANDLES, handle.as_bytes())
     }
 
-    /// Creates a user; [`Error::HandleTaken`] when the handle exists. Serialised by a lock so
-    /// two shards cannot both claim one handle.
-    pub fn create_user(&self, handle: &str, password_hash: &str, now: u64) -> Result<u64, Error> {
+    /// Creates a user with the first free id that `accept` takes (in a cluster: an id homed on
+    /// this node, so the new account never needs a redirect); [`Error::HandleTaken`] when the
+    /// handle exists. Serialised by a lock so two shards cannot both claim one handle.
+    pub fn create_user(
+        &self,
+        handle: &str,
+        password_hash: &str,
+        now: u64,
+        accept: impl Fn(u64) -> bool,
+    ) -> Result<u64, Error> {
         static CREATE: Mutex<()> = Mutex::new(());
         let _guard = CREATE.lock();
         if self.user_id_by_handle(handle)?.is_some() {
             return Err(Error::HandleTaken);
         }
-        let id = self.next_user_id()?;
+        let mut tries = 0;
+        let id = loop {
+            let id = self.next_user_id()?;
+            if accept(id) {
+                break id;
+            }
+            tries += 1;
+            if tries == MAX_ID_TRIES {
+                return Err(Error::NoAcceptableId { tries });
+            }
+        };
         let mut b = self.batch();
         b.put_user(
             id,
@@ -780,17 +989,19 @@ impl IdAllocator {
         })
     }
 
-    fn next(&self, db: &DB) -> Result<u64, Error> {
+    fn next(&self, store: &Store) -> Result<u64, Error> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut leased = self.leased_to.lock();
         if id >= *leased {
             let end = id + ID_LEASE;
-            let cf = db
-                .cf_handle(CF_META)
-                .expect("column family created at open");
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
-            db.put_cf_opt(cf, self.key, end.to_be_bytes(), &wo)?;
+            store.write(|| {
+                store
+                    .inner
+                    .db
+                    .put_cf_opt(store.cf(CF_META), self.key, end.to_be_bytes(), &wo)
+            })?;
             *leased = end;
         }
         Ok(id)

@@ -39,4 +39,8 @@ pub enum Error {
     HandleTaken,
     #[error("the account already has {max} device names, the most it may have; log in with the name of a device it already uses")]
     TooManyDevices { max: u32 },
+    #[error("the data directory's disk is nearly full ({free} bytes free, {need} needed): writes are refused until space is freed")]
+    DiskFull { free: u64, need: u64 },
+    #[error("none of {tries} user ids in a row is homed on this node: check the cluster's node ids and peers")]
+    NoAcceptableId { tries: u32 },
 }

@@ -52,9 +52,14 @@ pub struct Server {
     /// The server's stderr (its log), kept next to the data directory.
     pub log_path: PathBuf,
     args: Vec<String>,
+    /// Applied to the command on every start (environment, resource limits).
+    configure: Option<Configure>,
     child: Mutex<Option<Child>>,
     _dir: tempfile::TempDir,
 }
+
+/// Adjusts the server's command before it is spawned (see [`Server::start_configured`]).
+pub type Configure = Box<dyn Fn(&mut Command) + Send + Sync>;
 
 impl Server {
     pub fn start() -> Server {
@@ -66,16 +71,61 @@ impl Server {
     pub fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let data_dir = dir.path().join("data");
+        Server::start_in(dir, data_dir, extra, None)
+    }
+
+    /// Like [`start_with`](Self::start_with), with `configure` applied to the command on this
+    /// and every later start (environment variables, `pre_exec` resource limits).
+    pub fn start_configured(extra: &[&str], configure: Configure) -> Server {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let data_dir = dir.path().join("data");
+        Server::start_in(dir, data_dir, extra, Some(configure))
+    }
+
+    /// Starts a server whose data directory is `data_dir` (e.g. on a small file system the
+    /// test mounted); the log goes to `dir`.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        data_dir: PathBuf,
+        extra: &[&str],
+        configure: Option<Configure>,
+    ) -> Server {
         let log_path = dir.path().join("server.log");
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = spawn(&data_dir, &log_path, "127.0.0.1:0", &args);
+        let (child, addr) = spawn(
+            &data_dir,
+            &log_path,
+            "127.0.0.1:0",
+            &args,
+            configure.as_deref(),
+        );
         Server {
             addr,
             data_dir,
             log_path,
             args,
+            configure,
             child: Mutex::new(Some(child)),
             _dir: dir,
+        }
+    }
+
+    /// Waits up to `timeout` for the server to exit by itself; returns its status, or `None`
+    /// if it is still running (it is left running).
+    pub fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut guard = self.child.lock().ok()?;
+            let child = guard.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                guard.take();
+                return Some(status);
+            }
+            drop(guard);
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -86,6 +136,14 @@ impl Server {
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP`) to the running child, if any.
+    pub fn signal(&self, signal: libc::c_int) {
+        if let Some(child) = self.child.lock().ok().as_ref().and_then(|c| c.as_ref()) {
+            // SAFETY: kill(2) with our own child's pid, which we have not waited for yet.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        }
     }
 
     /// SIGKILL: a crash, with no chance to flush anything.
@@ -123,7 +181,13 @@ impl Server {
     /// with another process taking it meanwhile.
     pub fn restart(&mut self) {
         self.stop();
-        let (child, addr) = spawn(&self.data_dir, &self.log_path, "127.0.0.1:0", &self.args);
+        let (child, addr) = spawn(
+            &self.data_dir,
+            &self.log_path,
+            "127.0.0.1:0",
+            &self.args,
+            self.configure.as_deref(),
+        );
         self.addr = addr;
         if let Ok(mut c) = self.child.lock() {
             *c = Some(child);
@@ -141,6 +205,7 @@ impl Server {
             &self.log_path,
             &self.addr.to_string(),
             &self.args,
+            self.configure.as_deref(),
         );
         assert_eq!(addr, self.addr, "restarted on another address");
         if let Ok(mut c) = self.child.lock() {
@@ -264,6 +329,7 @@ fn spawn(
     log_path: &std::path::Path,
     listen: &str,
     extra: &[String],
+    configure: Option<&(dyn Fn(&mut Command) + Send + Sync)>,
 ) -> (Child, SocketAddr) {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -276,7 +342,8 @@ fn spawn(
             defaults.extend([flag, value]);
         }
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
+    command
         .arg("serve")
         .args(["--listen", listen])
         .args(&defaults)
@@ -285,9 +352,11 @@ fn spawn(
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("start the courier binary");
+        .stderr(log);
+    if let Some(configure) = configure {
+        configure(&mut command);
+    }
+    let mut child = command.spawn().expect("start the courier binary");
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -1,0 +1,253 @@
+//! One shard driven round by round against real sockets and a real RocksDB, with the other
+//! shard's mailbox held by the test: what another shard does, and when, is the test's choice.
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use courier_protocol::{encode, Frame, Hello, MessageKind, Resume, Send, VERSION};
+use crossbeam_channel::Receiver;
+use mio::net::TcpListener;
+use mio::{Events, Poll, Waker};
+
+use super::mailbox::{Mailbox, ShardMsg, MAILBOX_CAPACITY, OUTBOX_CAP};
+use super::{auth_pool, Core, Faults, Shard, ShardParts, WAKER};
+use crate::chat::{self, ChatConfig};
+use crate::clock::Clock;
+use crate::cluster::Router;
+use crate::config::{Config, ServeArgs};
+use crate::directory::Directory;
+use crate::metrics::Metrics;
+use crate::session::{Accounts, AuthConfig};
+use crate::store::{FsyncMode, Store};
+
+/// Shard 0 of two, not running: the test calls its rounds. Shard 1 exists only as a mailbox
+/// of `peer_capacity` messages that the test drains (or not).
+struct Rig {
+    shard: Shard,
+    peer: Receiver<ShardMsg>,
+    addr: SocketAddr,
+    token: Vec<u8>,
+    events: Events,
+    carried: Vec<(usize, u32)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new(peer_capacity: usize) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        let clock = Arc::new(Clock::new(store.clock_floor().unwrap()));
+        let chat = chat::Shared::new(store.clone(), clock, ChatConfig::default(), 2);
+        let accounts = Arc::new(
+            Accounts::new(
+                store.clone(),
+                AuthConfig {
+                    argon2_m_kib: 64,
+                    ..AuthConfig::default()
+                },
+            )
+            .unwrap(),
+        );
+        let token = accounts
+            .register("flooder", "password1", "d")
+            .unwrap()
+            .token
+            .to_vec();
+        let mut polls = Vec::new();
+        let mut mailboxes = Vec::new();
+        let mut receivers = Vec::new();
+        for capacity in [MAILBOX_CAPACITY, peer_capacity] {
+            let poll = Poll::new().unwrap();
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER).unwrap());
+            let (tx, rx) = crossbeam_channel::bounded(capacity);
+            polls.push(poll);
+            mailboxes.push(Mailbox { tx, waker });
+            receivers.push(rx);
+        }
+        let mailboxes: Arc<[Mailbox]> = mailboxes.into();
+        let config = Config::load(ServeArgs {
+            data_dir: Some(dir.path().to_owned()),
+            shards: Some(2),
+            rate_limit: Some(10_000_000),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let core = Arc::new(Core {
+            router: Router::new(&config.node_id, &config.peers),
+            config,
+            chat,
+            auth: auth_pool::spawn(accounts.clone(), mailboxes.clone()).unwrap(),
+            accounts,
+            directory: Directory::new(),
+            metrics: Metrics::new(2, store.health()),
+            mailboxes,
+            shutdown: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            faults: Faults::default(),
+            connections: AtomicUsize::new(0),
+            max_connections: 1024,
+            presence_subscriptions: AtomicUsize::new(0),
+        });
+        let peer = receivers.pop().unwrap();
+        let mut shard = Shard::new(
+            core,
+            ShardParts {
+                id: 0,
+                poll: polls.swap_remove(0),
+                listeners: vec![listener],
+                mailbox: receivers.pop().unwrap(),
+            },
+        );
+        shard.register_listeners().unwrap();
+        Rig {
+            shard,
+            peer,
+            addr,
+            token,
+            events: Events::with_capacity(1024),
+            carried: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    fn round(&mut self) {
+        self.shard
+            .round(&mut self.events, &mut self.carried)
+            .unwrap();
+    }
+
+    /// A thread id that shard 1 owns.
+    fn thread_of_peer(&self) -> u64 {
+        (1..)
+            .find(|&t| self.shard.core.chat.thread_shard(t) == 1)
+            .unwrap()
+    }
+
+    fn waiting_for_peer(&self) -> usize {
+        self.shard.outbox.waiting(1)
+    }
+
+    fn paused(&self) -> usize {
+        self.shard.paused.len()
+    }
+}
+
+/// Reads frames from `stream` until one with `request_id` arrives.
+fn expect_reply(rig: &mut Rig, stream: &mut std::net::TcpStream, request_id: u32) -> Frame {
+    let mut buf = BytesMut::new();
+    let decoder = courier_protocol::Decoder::default();
+    stream.set_nonblocking(true).unwrap();
+    for _ in 0..1000 {
+        rig.round();
+        let mut chunk = [0u8; 4096];
+        if let Ok(n) = stream.read(&mut chunk) {
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        while let Some(env) = decoder.decode(&mut buf).unwrap() {
+            if env.request_id == request_id {
+                stream.set_nonblocking(false).unwrap();
+                return env.frame;
+            }
+        }
+    }
+    panic!("no reply to request {request_id}");
+}
+
+/// Requests for a congested shard stop the reading of the connection that sends them (the
+/// rest waits in its socket, not in memory), and reading resumes when the shard catches up;
+/// every request arrives, in order.
+#[test]
+fn reads_pause_while_the_target_shard_is_congested_and_resume_after() {
+    const REQUESTS: u32 = (OUTBOX_CAP as u32) * 3;
+    let mut rig = Rig::new(64);
+    let thread = rig.thread_of_peer();
+    let mut client = std::net::TcpStream::connect(rig.addr).unwrap();
+    let mut out = BytesMut::new();
+    encode(
+        1,
+        &Hello {
+            version: VERSION,
+            client: "rig".into(),
+        }
+        .into(),
+        &mut out,
+    );
+    encode(
+        2,
+        &Resume {
+            token: rig.token.clone().into(),
+        }
+        .into(),
+        &mut out,
+    );
+    client.write_all(&out).unwrap();
+    assert!(matches!(
+        expect_reply(&mut rig, &mut client, 2),
+        Frame::AuthOk(_)
+    ));
+
+    // The whole flood, written by another thread: it blocks once the socket is full.
+    let mut flood = BytesMut::new();
+    for id in 0..REQUESTS {
+        let send = Send {
+            thread,
+            client_msg_id: id as u64 + 1,
+            kind: MessageKind::Text,
+            body: bytes::Bytes::from_static(b"x"),
+        };
+        encode(id + 10, &send.into(), &mut flood);
+    }
+    let flood_len = flood.len();
+    let mut writer = client.try_clone().unwrap();
+    let writing = std::thread::spawn(move || writer.write_all(&flood));
+
+    // Shard 1 takes nothing: shard 0 fills its mailbox, then queues up to the cap, then stops
+    // reading the connection.
+    let mut rounds = 0;
+    while rig.paused() == 0 {
+        rig.round();
+        rounds += 1;
+        assert!(rounds < 100_000, "the connection was never paused");
+    }
+    for _ in 0..50 {
+        rig.round();
+        assert!(
+            rig.waiting_for_peer() <= OUTBOX_CAP,
+            "{} waiting for shard 1: over the cap of {OUTBOX_CAP}",
+            rig.waiting_for_peer()
+        );
+    }
+    assert_eq!(rig.paused(), 1);
+    let read = rig
+        .shard
+        .metrics()
+        .bytes_in
+        .load(std::sync::atomic::Ordering::Relaxed) as usize;
+    assert!(
+        read < flood_len,
+        "paused reads leave the rest in the socket"
+    );
+
+    // Shard 1 catches up: reading resumes and every request arrives, in order.
+    let mut got = 0u32;
+    let mut rounds = 0;
+    while got < REQUESTS {
+        while let Ok(msg) = rig.peer.try_recv() {
+            if let ShardMsg::Request { request_id, .. } = msg {
+                assert_eq!(request_id, got + 10, "requests arrive in order");
+                got += 1;
+            }
+        }
+        rig.round();
+        assert!(rig.waiting_for_peer() <= OUTBOX_CAP);
+        rounds += 1;
+        assert!(rounds < 1_000_000, "stuck at {got} of {REQUESTS} requests");
+    }
+    assert_eq!(rig.paused(), 0);
+    writing.join().unwrap().unwrap();
+}
