@@ -150,19 +150,7 @@ impl Engine {
         let end = (f.offset + want).min(header.total_len);
         let mut data = Vec::with_capacity((end - f.offset) as usize);
         store
-            .media_chunks(&media, |off, bytes| {
-                let chunk_end = off + bytes.len() as u64;
-                if chunk_end <= f.offset {
-                    return Ok(true);
-                }
-                if off >= end {
-                    return Ok(false);
-                }
-                let from = f.offset.max(off) - off;
-                let to = end.min(chunk_end) - off;
-                data.extend_from_slice(&bytes[from as usize..to as usize]);
-                Ok(chunk_end < end)
-            })
+            .media_range(&media, f.offset, end, &mut data)
             .map_err(internal)?;
         Ok(Some(
             MediaData {
