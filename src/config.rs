@@ -100,6 +100,14 @@ pub struct ServeArgs {
     /// Largest media upload in bytes [default: 16777216].
     #[arg(long)]
     pub max_media: Option<u64>,
+    /// Threads that answer HISTORY, SYNC, LIST_THREADS, MEDIA_GET and READERS off the event
+    /// loops [default: 2].
+    #[arg(long)]
+    pub read_threads: Option<usize>,
+    /// Read requests waiting for a read thread before new ones are refused with RATE_LIMITED
+    /// [default: 1024].
+    #[arg(long)]
+    pub read_queue: Option<usize>,
     /// This node's id on the cluster ring, announced in WELCOME [default: node1].
     #[arg(long)]
     pub node_id: Option<String>,
@@ -130,6 +138,8 @@ struct FileConfig {
     recall_window_secs: Option<u64>,
     max_media: Option<u64>,
     read_budget: Option<usize>,
+    read_threads: Option<usize>,
+    read_queue: Option<usize>,
     node_id: Option<String>,
     peer: Option<Vec<String>>,
 }
@@ -156,6 +166,10 @@ pub struct Config {
     pub recall_window_secs: u64,
     pub max_media: u64,
     pub read_budget: usize,
+    /// Threads of the read pool.
+    pub read_threads: usize,
+    /// Jobs the read pool queues before refusing more.
+    pub read_queue: usize,
     pub node_id: String,
     /// (id, address) of the other nodes.
     pub peers: Vec<(String, String)>,
@@ -203,6 +217,8 @@ impl Config {
                 .unwrap_or(3600),
             max_media: args.max_media.or(file.max_media).unwrap_or(16 << 20),
             read_budget: args.read_budget.or(file.read_budget).unwrap_or(256 * 1024),
+            read_threads: args.read_threads.or(file.read_threads).unwrap_or(2),
+            read_queue: args.read_queue.or(file.read_queue).unwrap_or(1024),
             node_id: args
                 .node_id
                 .or(file.node_id)
@@ -270,6 +286,20 @@ impl Config {
         }
         if self.read_budget == 0 {
             return invalid("read_budget", &0, "use at least 1 byte per round");
+        }
+        if !(1..=256).contains(&self.read_threads) {
+            return invalid(
+                "read_threads",
+                &self.read_threads,
+                "use 1 to 256 read threads",
+            );
+        }
+        if !(1..=1 << 20).contains(&self.read_queue) {
+            return invalid(
+                "read_queue",
+                &self.read_queue,
+                "use 1 to 1048576 queued read requests",
+            );
         }
         if self.max_media == 0 {
             return invalid("max_media", &0, "use at least 1 byte");

@@ -114,9 +114,21 @@ impl ShardMetrics {
 /// Picks one counter out of a shard's counters.
 type Field = fn(&ShardMetrics) -> &AtomicU64;
 
-/// Every shard's counters.
+/// The read pool's counters: shards add to `queued` (and `refused`), workers take from it.
+#[derive(Default)]
+pub struct ReadMetrics {
+    /// Read requests queued and not yet taken by a worker (a gauge).
+    pub queued: AtomicU64,
+    /// Read requests answered.
+    pub done: AtomicU64,
+    /// Read requests refused with RATE_LIMITED because the queue was full.
+    pub refused: AtomicU64,
+}
+
+/// Every shard's counters, and the read pool's.
 pub struct Metrics {
     pub shards: Box<[ShardMetrics]>,
+    pub reads: ReadMetrics,
 }
 
 fn load(c: &AtomicU64) -> u64 {
@@ -127,6 +139,7 @@ impl Metrics {
     pub fn new(shards: usize) -> Arc<Metrics> {
         Arc::new(Metrics {
             shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
+            reads: ReadMetrics::default(),
         })
     }
 
@@ -149,6 +162,9 @@ impl Metrics {
                 self.sum(|s| &s.mailbox_overflows),
             ),
             ("shards".to_owned(), self.shards.len() as u64),
+            ("read_queue_depth".to_owned(), load(&self.reads.queued)),
+            ("reads".to_owned(), load(&self.reads.done)),
+            ("reads_refused".to_owned(), load(&self.reads.refused)),
         ];
         for r in Reason::ALL {
             out.push((
@@ -221,6 +237,18 @@ impl Metrics {
             self.sum(|s| &s.commit_sum_us) as f64 / 1e6
         );
         let _ = writeln!(out, "courier_commit_seconds_count {cumulative}");
+        let reads: [(&str, &str, &AtomicU64); 3] = [
+            ("courier_read_queue_depth", "gauge", &self.reads.queued),
+            ("courier_reads_total", "counter", &self.reads.done),
+            (
+                "courier_reads_refused_total",
+                "counter",
+                &self.reads.refused,
+            ),
+        ];
+        for (name, kind, v) in reads {
+            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {}", load(v));
+        }
         out
     }
 }
@@ -266,6 +294,8 @@ mod tests {
         assert!(text.contains("courier_disconnects_total{reason=\"slow_consumer\"} 1"));
         assert!(text.contains("courier_commit_seconds_bucket{le=\"0.0001\"} 1"));
         assert!(text.contains("courier_commit_seconds_bucket{le=\"+Inf\"} 2"));
+        ShardMetrics::add(&m.reads.queued, 5);
+        assert!(m.render().contains("courier_read_queue_depth 5"));
     }
 
     #[test]

@@ -998,3 +998,87 @@ fn media_get_near_the_end_reads_only_the_chunks_it_returns() {
         "MEDIA_GET of one chunk near the end compared {compared} keys"
     );
 }
+
+#[test]
+fn a_write_is_answered_only_once_a_pool_read_can_see_it() {
+    // The read pool reads committed state from another thread, at any moment. Drive the race
+    // by hand: between handling a SEND (or RECEIPT) and committing its round, a pooled read
+    // does not see the write, and no answer has left; after the commit both have.
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let owner = w.shared.thread_shard(t) as usize;
+    let history: Frame = History {
+        thread: t,
+        anchor: 0,
+        direction: Direction::Forward,
+        limit: 0,
+    }
+    .into();
+    let send: Frame = Send {
+        thread: t,
+        client_msg_id: 1,
+        kind: MessageKind::Text,
+        body: Bytes::from_static(b"hi"),
+    }
+    .into();
+    w.engines[owner].handle(a, 1, send);
+    let Frame::Messages(before) = Engine::read(&w.shared, &b, history.clone()) else {
+        panic!()
+    };
+    assert!(
+        before.messages.is_empty(),
+        "an uncommitted message was read"
+    );
+    let mut out = Vec::new();
+    w.engines[owner].commit(&mut out);
+    let sent = out
+        .iter()
+        .find_map(|e| match e {
+            Effect::Reply {
+                frame: Frame::Sent(s),
+                ..
+            } => Some(s.message),
+            _ => None,
+        })
+        .expect("SENT leaves with the commit");
+    let Frame::Messages(after) = Engine::read(&w.shared, &b, history) else {
+        panic!()
+    };
+    assert_eq!(
+        after.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [sent]
+    );
+
+    let receipt: Frame = Receipt {
+        thread: t,
+        kind: ReceiptKind::Read,
+        up_to: sent,
+    }
+    .into();
+    let readers: Frame = Readers {
+        thread: t,
+        message: sent,
+    }
+    .into();
+    w.engines[owner].handle(b, 2, receipt);
+    let Frame::ReadersList(r) = Engine::read(&w.shared, &a, readers.clone()) else {
+        panic!()
+    };
+    assert!(r.read.is_empty(), "an uncommitted cursor was read");
+    let mut out = Vec::new();
+    assert!(w.engines[owner].has_pending());
+    w.engines[owner].commit(&mut out);
+    assert!(out.iter().any(|e| matches!(
+        e,
+        Effect::Reply {
+            frame: Frame::Done(_),
+            request_id: 2,
+            ..
+        }
+    )));
+    let Frame::ReadersList(r) = Engine::read(&w.shared, &a, readers) else {
+        panic!()
+    };
+    assert_eq!(r.read, vec![b.user]);
+}

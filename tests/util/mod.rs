@@ -52,6 +52,8 @@ pub struct Server {
     /// The server's stderr (its log), kept next to the data directory.
     pub log_path: PathBuf,
     args: Vec<String>,
+    /// Environment variables set for the server process.
+    env: Vec<(String, String)>,
     child: Mutex<Option<Child>>,
     _dir: tempfile::TempDir,
 }
@@ -64,16 +66,27 @@ impl Server {
     /// Starts a server with `extra` arguments. The harness adds `--shards 2` and
     /// `--argon2-m-kib 64` (fast password hashing) unless `extra` sets them.
     pub fn start_with(extra: &[&str]) -> Server {
+        Server::start_with_env(extra, &[])
+    }
+
+    /// [`start_with`](Self::start_with), with environment variables for the server (test hooks
+    /// such as `COURIER_TEST_READ_GATE`).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let data_dir = dir.path().join("data");
         let log_path = dir.path().join("server.log");
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = spawn(&data_dir, &log_path, "127.0.0.1:0", &args);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, addr) = spawn(&data_dir, &log_path, "127.0.0.1:0", &args, &env);
         Server {
             addr,
             data_dir,
             log_path,
             args,
+            env,
             child: Mutex::new(Some(child)),
             _dir: dir,
         }
@@ -123,7 +136,13 @@ impl Server {
     /// with another process taking it meanwhile.
     pub fn restart(&mut self) {
         self.stop();
-        let (child, addr) = spawn(&self.data_dir, &self.log_path, "127.0.0.1:0", &self.args);
+        let (child, addr) = spawn(
+            &self.data_dir,
+            &self.log_path,
+            "127.0.0.1:0",
+            &self.args,
+            &self.env,
+        );
         self.addr = addr;
         if let Ok(mut c) = self.child.lock() {
             *c = Some(child);
@@ -185,6 +204,7 @@ fn spawn(
     log_path: &std::path::Path,
     listen: &str,
     extra: &[String],
+    env: &[(String, String)],
 ) -> (Child, SocketAddr) {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -204,6 +224,7 @@ fn spawn(
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
