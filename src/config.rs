@@ -449,6 +449,20 @@ mod tests {
                 ..
             })
         ));
+        for (read_threads, read_queue, key) in [
+            (Some(0), None, "read_threads"),
+            (None, Some(0), "read_queue"),
+        ] {
+            let args = ServeArgs {
+                read_threads,
+                read_queue,
+                ..ServeArgs::default()
+            };
+            assert!(
+                matches!(Config::load(args), Err(Error::Invalid { key: k, .. }) if k == key),
+                "{key} 0 must be refused"
+            );
+        }
         let args = ServeArgs {
             peer: vec!["n2=10.0.0.2:7878".into()],
             ..ServeArgs::default()
