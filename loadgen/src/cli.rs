@@ -188,6 +188,9 @@ pub struct ProbeArgs {
     /// Threads per LIST_THREADS page.
     #[arg(long, default_value_t = 100)]
     pub list_limit: u16,
+    /// Baseline: set everything up, but only the prober runs (no download, no listing).
+    #[arg(long)]
+    pub probe_only: bool,
 }
 
 impl Command {

@@ -12,6 +12,8 @@
 //!  poster      setup only: leaves `--unread` messages in every thread, so pages count unread
 //! ```
 //!
+//! `--probe-only` is the baseline: the same setup, but only the prober runs.
+//!
 //! Run the server with `--shards 1` to put all of them on one shard (the worst case; with more
 //! shards the kernel decides who shares a shard). The report is its own JSON object
 //! ([`ProbeReport`]); it is not a delivery run and has no loss verification.
@@ -217,9 +219,16 @@ pub fn run(c: &Common, args: &ProbeArgs) -> Result<ProbeReport> {
     let stop = Arc::new(AtomicBool::new(false));
     let duration = Duration::from_secs_f64(args.duration);
     let traffic_start = Instant::now();
+    let heavy = !args.probe_only;
     let (dl, ls, pr) = std::thread::scope(|s| {
-        let dl = s.spawn(|| download_loop(&mut downloader, &media, args.media_bytes, &stop));
-        let ls = s.spawn(|| list_loop(&mut lister, args.list_limit, &stop));
+        let dl = s.spawn(|| match heavy {
+            true => download_loop(&mut downloader, &media, args.media_bytes, &stop),
+            false => Ok((new_histogram(), 0, 0, 0)),
+        });
+        let ls = s.spawn(|| match heavy {
+            true => list_loop(&mut lister, args.list_limit, &stop),
+            false => Ok((new_histogram(), 0, 0, 0)),
+        });
         let pr = s.spawn(|| probe_loop(&mut prober, args.probe_rate, duration));
         let pr = pr.join().expect("probe thread panicked");
         stop.store(true, Ordering::Relaxed);
