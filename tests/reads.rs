@@ -222,3 +222,44 @@ fn every_pooled_read_sees_the_writes_acked_before_it() {
         ErrorCode::NotMember
     );
 }
+
+#[test]
+fn the_probe_benchmark_runs_all_three_clients() {
+    use clap::Parser;
+    let server = Server::start_with(&["--shards", "1", "--rate-limit", "100000"]);
+    let addr = server.addr.to_string();
+    let cli = courier_loadgen::Cli::try_parse_from([
+        "courier-loadgen",
+        "--quiet",
+        "--register",
+        "--server",
+        &addr,
+        "probe",
+        "--duration",
+        "1",
+        "--threads",
+        "20",
+        "--unread",
+        "2",
+        "--list-limit",
+        "6",
+        "--media-bytes",
+        "300000",
+    ])
+    .expect("valid probe arguments");
+    let courier_loadgen::Command::Probe(args) = &cli.command else {
+        panic!("parsed as {:?}", cli.command)
+    };
+    let r = courier_loadgen::probe::run(&cli.common, args).expect("probe run");
+    assert_eq!(r.errors, 0, "{r:#?}");
+    assert!(r.probes >= 90 && r.probe_latency_us.p99 > 0, "{r:#?}");
+    assert!(
+        r.media_downloads > 0 && r.media_bytes_per_sec > 0.0,
+        "{r:#?}"
+    );
+    // 20 threads at 6 a page: 4 pages a walk.
+    assert!(
+        r.list_walks > 0 && r.list_pages >= 4 * r.list_walks,
+        "{r:#?}"
+    );
+}
