@@ -104,8 +104,8 @@ pub struct ServeArgs {
     /// loops [default: 2].
     #[arg(long)]
     pub read_threads: Option<usize>,
-    /// Read requests waiting for a read thread before new ones are refused with RATE_LIMITED
-    /// [default: 1024].
+    /// Read requests in flight (queued, running, or answered but not yet taken by the shard)
+    /// before new ones are refused with RATE_LIMITED [default: 1024].
     #[arg(long)]
     pub read_queue: Option<usize>,
     /// This node's id on the cluster ring, announced in WELCOME [default: node1].
@@ -168,7 +168,7 @@ pub struct Config {
     pub read_budget: usize,
     /// Threads of the read pool.
     pub read_threads: usize,
-    /// Jobs the read pool queues before refusing more.
+    /// Reads in flight before the read pool refuses more.
     pub read_queue: usize,
     pub node_id: String,
     /// (id, address) of the other nodes.

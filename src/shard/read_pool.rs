@@ -6,8 +6,12 @@
 //! channel ([`Engine::is_read`]); a worker answers from the store with [`Engine::read`], encodes
 //! the answer and sends the bytes back to the connection's shard as [`ShardMsg::ReadDone`].
 //!
-//! A full queue is refused at once with `RATE_LIMITED` ("retry in a moment"): a shard never
-//! waits for the pool. Workers may block on a full mailbox (they are not shards).
+//! The bound covers a read's whole life: queued, running, and its answer on the way back
+//! through a mailbox, until the connection's shard has taken the answer
+//! ([`ReadQueue::delivered`]). So at most `bound` answers (each at most one reply frame) exist
+//! at once, however slowly shards drain their mailboxes. At the bound a new read is refused at
+//! once with `RATE_LIMITED` ("retry in a moment"): a shard never waits for the pool. Workers
+//! may block on a full mailbox (they are not shards).
 //!
 //! Ordering: the pool reads only committed state, and every answer to a write leaves its shard
 //! only after the write is committed, so a read sent after the answer to a write sees it (see
@@ -15,7 +19,7 @@
 //! connection; PROTOCOL.md section 4 says clients correlate by request id.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -63,18 +67,27 @@ pub enum Refused {
 pub struct ReadQueue {
     tx: Sender<Job>,
     metrics: Arc<Metrics>,
+    /// Reads accepted whose answer a shard has not taken yet.
+    in_flight: Arc<AtomicUsize>,
+    bound: usize,
 }
 
 impl ReadQueue {
-    /// Queues `req` without waiting.
+    /// Queues `req` without waiting, unless `bound` reads are in flight.
     pub fn submit(&self, req: ReadRequest) -> Result<(), Refused> {
         let stats = self.stats();
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.bound {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::Full);
+        }
         // Counted before the send so that a worker's decrement can never come first.
         stats.queued.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(Job::Read(req)) {
             Ok(()) => Ok(()),
             Err(e) => {
                 stats.queued.fetch_sub(1, Ordering::Relaxed);
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 match e {
                     TrySendError::Full(_) => {
                         stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -84,6 +97,11 @@ impl ReadQueue {
                 }
             }
         }
+    }
+
+    /// A shard took the answer of one read ([`ShardMsg::ReadDone`]) off its mailbox.
+    pub fn delivered(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn stats(&self) -> &ReadMetrics {
@@ -98,7 +116,7 @@ pub struct ReadPool {
 }
 
 impl ReadPool {
-    /// Starts `threads` workers over a queue of `bound` jobs.
+    /// Starts `threads` workers; at most `bound` reads are in flight at once.
     pub fn spawn(
         shared: Arc<Shared>,
         mailboxes: Arc<[Mailbox]>,
@@ -123,7 +141,12 @@ impl ReadPool {
             })
             .collect::<std::io::Result<_>>()?;
         Ok(ReadPool {
-            queue: ReadQueue { tx, metrics },
+            queue: ReadQueue {
+                tx,
+                metrics,
+                in_flight: Arc::new(AtomicUsize::new(0)),
+                bound: bound.max(1),
+            },
             workers,
         })
     }

@@ -99,6 +99,7 @@ impl Shard {
                     frame,
                 } => self.engine.handle(caller, request_id, frame),
                 ShardMsg::ReadDone { to, bytes } => {
+                    self.core.reads.delivered();
                     if let Some(slot) = self.local_slot(to) {
                         self.queue(slot, bytes);
                     }
