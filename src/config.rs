@@ -148,6 +148,14 @@ pub struct ServeArgs {
     /// Media uploads one user may have in progress [default: 8].
     #[arg(long)]
     pub max_uploads_per_user: Option<usize>,
+    /// Threads that answer HISTORY, SYNC, LIST_THREADS, MEDIA_GET and READERS off the event
+    /// loops [default: 2].
+    #[arg(long)]
+    pub read_threads: Option<usize>,
+    /// Read requests in flight (queued, running, or answered but not yet taken by the shard)
+    /// before new ones are refused with RATE_LIMITED [default: 1024].
+    #[arg(long)]
+    pub read_queue: Option<usize>,
     /// This node's id on the cluster ring, announced in WELCOME [default: node1].
     #[arg(long)]
     pub node_id: Option<String>,
@@ -183,6 +191,8 @@ struct FileConfig {
     max_contacts: Option<usize>,
     max_deleted_per_thread: Option<usize>,
     max_uploads_per_user: Option<usize>,
+    read_threads: Option<usize>,
+    read_queue: Option<usize>,
     node_id: Option<String>,
     peer: Option<Vec<String>>,
 }
@@ -214,6 +224,10 @@ pub struct Config {
     pub max_contacts: usize,
     pub max_deleted_per_thread: usize,
     pub max_uploads_per_user: usize,
+    /// Threads of the read pool.
+    pub read_threads: usize,
+    /// Reads in flight before the read pool refuses more.
+    pub read_queue: usize,
     pub node_id: String,
     /// (id, address) of the other nodes.
     pub peers: Vec<(String, String)>,
@@ -275,6 +289,8 @@ impl Config {
                 .max_uploads_per_user
                 .or(file.max_uploads_per_user)
                 .unwrap_or(8),
+            read_threads: args.read_threads.or(file.read_threads).unwrap_or(2),
+            read_queue: args.read_queue.or(file.read_queue).unwrap_or(1024),
             node_id: args
                 .node_id
                 .or(file.node_id)
@@ -352,6 +368,20 @@ impl Config {
         }
         if self.read_budget == 0 {
             return invalid("read_budget", &0, "use at least 1 byte per round");
+        }
+        if !(1..=256).contains(&self.read_threads) {
+            return invalid(
+                "read_threads",
+                &self.read_threads,
+                "use 1 to 256 read threads",
+            );
+        }
+        if !(1..=1 << 20).contains(&self.read_queue) {
+            return invalid(
+                "read_queue",
+                &self.read_queue,
+                "use 1 to 1048576 queued read requests",
+            );
         }
         if self.max_media == 0 {
             return invalid("max_media", &0, "use at least 1 byte");
@@ -567,6 +597,20 @@ mod tests {
                 ..
             })
         ));
+        for (read_threads, read_queue, key) in [
+            (Some(0), None, "read_threads"),
+            (None, Some(0), "read_queue"),
+        ] {
+            let args = ServeArgs {
+                read_threads,
+                read_queue,
+                ..ServeArgs::default()
+            };
+            assert!(
+                matches!(Config::load(args), Err(Error::Invalid { key: k, .. }) if k == key),
+                "{key} 0 must be refused"
+            );
+        }
         let args = ServeArgs {
             peer: vec!["n2=10.0.0.2:7878".into()],
             ..ServeArgs::default()

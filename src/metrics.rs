@@ -121,9 +121,21 @@ impl ShardMetrics {
 /// Picks one counter out of a shard's counters.
 type Field = fn(&ShardMetrics) -> &AtomicU64;
 
-/// Every shard's counters, and the store's health.
+/// The read pool's counters: shards add to `queued` (and `refused`), workers take from it.
+#[derive(Default)]
+pub struct ReadMetrics {
+    /// Read requests queued and not yet taken by a worker (a gauge).
+    pub queued: AtomicU64,
+    /// Read requests answered.
+    pub done: AtomicU64,
+    /// Read requests refused with RATE_LIMITED because the queue was full.
+    pub refused: AtomicU64,
+}
+
+/// Every shard's counters, the read pool's, and the store's health.
 pub struct Metrics {
     pub shards: Box<[ShardMetrics]>,
+    pub reads: ReadMetrics,
     /// Whether commits reach the disk: `courier_commit_failures_total`, `courier_ready`, `/health`.
     pub store: Arc<Health>,
 }
@@ -137,6 +149,7 @@ impl Metrics {
         Arc::new(Metrics {
             shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
             store,
+            reads: ReadMetrics::default(),
         })
     }
 
@@ -179,6 +192,9 @@ impl Metrics {
             ),
             ("shards".to_owned(), self.shards.len() as u64),
             ("commit_failures".to_owned(), self.store.failures()),
+            ("read_queue_depth".to_owned(), load(&self.reads.queued)),
+            ("reads".to_owned(), load(&self.reads.done)),
+            ("reads_refused".to_owned(), load(&self.reads.refused)),
         ];
         for r in Reason::ALL {
             out.push((
@@ -263,6 +279,18 @@ impl Metrics {
             "# TYPE courier_ready gauge\ncourier_ready {}",
             u8::from(self.ready())
         );
+        let reads: [(&str, &str, &AtomicU64); 3] = [
+            ("courier_read_queue_depth", "gauge", &self.reads.queued),
+            ("courier_reads_total", "counter", &self.reads.done),
+            (
+                "courier_reads_refused_total",
+                "counter",
+                &self.reads.refused,
+            ),
+        ];
+        for (name, kind, v) in reads {
+            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {}", load(v));
+        }
         out
     }
 }
@@ -363,6 +391,8 @@ mod tests {
         assert!(text.contains("courier_disconnects_total{reason=\"slow_consumer\"} 1"));
         assert!(text.contains("courier_commit_seconds_bucket{le=\"0.0001\"} 1"));
         assert!(text.contains("courier_commit_seconds_bucket{le=\"+Inf\"} 2"));
+        ShardMetrics::add(&m.reads.queued, 5);
+        assert!(m.render().contains("courier_read_queue_depth 5"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Start-up and shutdown of `courier serve`.
 //!
 //! Start-up opens the store, builds the shared state, binds one `SO_REUSEPORT` listener per
-//! shard and listen address, starts the auth workers, the shards and the metrics responder,
+//! shard and listen address, starts the auth and read workers, the shards and the metrics responder,
 //! and prints `courier listening on IP:PORT` once per address (scripts and tests wait for it).
 //! A SIGTERM or SIGINT sets the shutdown flag and wakes every shard; each finishes its round,
 //! says `SHUTTING_DOWN` to its connections (bounded) and exits; then the WAL is synced.
@@ -24,6 +24,7 @@ use crate::directory::Directory;
 use crate::metrics::{self, Metrics};
 use crate::session::{Accounts, AuthConfig, AuthError};
 use crate::shard::mailbox::{Mailbox, ShardMsg, MAILBOX_CAPACITY};
+use crate::shard::read_pool::ReadPool;
 use crate::shard::{self, auth_pool, Core, ShardParts, WAKER};
 use crate::store::{self, Store, StoreOptions};
 
@@ -126,6 +127,13 @@ pub fn serve(config: Config) -> Result<(), Error> {
         tracing::info!("metrics on http://{at}/metrics");
     }
     let auth = auth_pool::spawn(accounts.clone(), mailboxes.clone())?;
+    let reads = ReadPool::spawn(
+        chat.clone(),
+        mailboxes.clone(),
+        metrics.clone(),
+        config.read_threads,
+        config.read_queue,
+    )?;
     let core = Arc::new(Core {
         router: Router::new(&config.node_id, &config.peers),
         config,
@@ -135,6 +143,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         metrics,
         mailboxes,
         auth,
+        reads: reads.queue(),
         shutdown: AtomicBool::new(false),
         failure: std::sync::Mutex::new(None),
         faults,
@@ -166,6 +175,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
     for handle in shards {
         let _ = handle.join();
     }
+    reads.shutdown();
     let synced = store.sync();
     if let Some(failure) = core.failed() {
         match synced {

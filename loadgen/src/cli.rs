@@ -158,9 +158,39 @@ pub enum Command {
         #[arg(long, default_value_t = 8)]
         circle: usize,
     },
+    /// Probe latency while heavy reads run: one client PINGs at a fixed rate while another
+    /// downloads a media file in chunks and another pages through its threads (4 users; run
+    /// the server with `--shards 1` so they share a shard). Prints its own JSON report.
+    Probe(ProbeArgs),
     /// Internal: a worker process, driven by JSON lines on stdin.
     #[command(hide = true)]
     Worker,
+}
+
+/// Options of the `probe` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// Seconds of measurement (after setup).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// PINGs per second of the probe client.
+    #[arg(long, default_value_t = 100.0)]
+    pub probe_rate: f64,
+    /// Bytes of the media file downloaded over and over.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub media_bytes: u64,
+    /// Threads the lister pages through.
+    #[arg(long, default_value_t = 1000)]
+    pub threads: usize,
+    /// Messages from another member in each thread (unread by the lister).
+    #[arg(long, default_value_t = 5)]
+    pub unread: usize,
+    /// Threads per LIST_THREADS page.
+    #[arg(long, default_value_t = 100)]
+    pub list_limit: u16,
+    /// Baseline: set everything up, but only the prober runs (no download, no listing).
+    #[arg(long)]
+    pub probe_only: bool,
 }
 
 impl Command {
@@ -171,6 +201,7 @@ impl Command {
             Command::Group { .. } => "group",
             Command::Storm { .. } => "storm",
             Command::Mixed { .. } => "mixed",
+            Command::Probe(_) => "probe",
             Command::Worker => "worker",
         }
     }

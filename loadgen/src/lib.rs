@@ -27,13 +27,14 @@ pub mod hist;
 pub mod ipc;
 pub mod ledger;
 pub mod plan;
+pub mod probe;
 mod report;
 mod runner;
 pub mod sys;
 pub mod users;
 mod worker;
 
-pub use cli::{Cli, Command, Common};
+pub use cli::{Cli, Command, Common, ProbeArgs};
 pub use error::{Error, Result};
 pub use report::{missing_keys, Report, StormReport, LATENCY_QUANTILES, REQUIRED_KEYS};
 pub use runner::run;

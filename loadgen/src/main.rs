@@ -18,6 +18,26 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Probe(args) = &cli.command {
+        return match courier_loadgen::probe::run(&cli.common, args) {
+            Ok(report) => {
+                let json = report.to_json();
+                println!("{json}");
+                if let Some(path) = &cli.common.json {
+                    if let Err(source) = std::fs::write(path, format!("{json}\n")) {
+                        let path = path.clone();
+                        eprintln!("courier-loadgen: {}", Error::WriteReport { path, source });
+                        return ExitCode::from(2);
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("courier-loadgen: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let report = match courier_loadgen::run(&cli) {
         Ok(r) => r,
         Err(e) => {

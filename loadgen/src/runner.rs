@@ -37,6 +37,11 @@ fn users_needed(cmd: &Command) -> Result<usize> {
         Command::Worker => {
             return Err(Error::Args("`worker` is internal and has no report".into()))
         }
+        Command::Probe(_) => {
+            return Err(Error::Args(
+                "`probe` has its own report: run it with courier_loadgen::probe::run".into(),
+            ))
+        }
     };
     if n == 0 {
         return Err(Error::Args("the scenario has no connections".into()));
@@ -97,7 +102,7 @@ pub fn run(cli: &Cli) -> Result<Report> {
             circle,
             ..
         } => Plan::mixed(&users, connections, circle, run_id, &at),
-        Command::Worker => unreachable!("rejected by users_needed"),
+        Command::Worker | Command::Probe(_) => unreachable!("rejected by users_needed"),
     };
     let n = plan.conns.len();
     let workers = c
@@ -318,7 +323,7 @@ fn traffic_spec(cli: &Cli, n: usize, settle_secs: f64, threads: Vec<(u32, u64)>)
                 s.typing,
             ) = (8, true, true, true, true);
         }
-        Command::Connect { .. } | Command::Worker => {}
+        Command::Connect { .. } | Command::Worker | Command::Probe(_) => {}
     }
     s
 }

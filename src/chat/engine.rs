@@ -9,13 +9,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use courier_protocol::{ErrorCode, ErrorReply, Frame, ReceiptKind};
+use courier_protocol::{Done, ErrorCode, ErrorReply, Frame, ReceiptKind};
 
 use super::dedupe::RecentSends;
 use super::limits::Staged;
-use super::media::Uploads;
+use super::media::{self, Uploads};
 use super::messages::TypingGate;
-use super::threads::ThreadCache;
+use super::threads::{self, ThreadCache};
+use super::{messages, sync};
 use super::{Caller, Effect, Shared};
 use crate::store::{Batch, FsyncMode, PrivateState};
 
@@ -126,6 +127,47 @@ impl Engine {
         Some(shard)
     }
 
+    /// Whether `frame` only reads committed state (HISTORY, SYNC, LIST_THREADS, MEDIA_GET,
+    /// READERS): such a request may run on any thread through [`read`](Self::read), off the
+    /// event loop, and needs no owner shard.
+    pub fn is_read(frame: &Frame) -> bool {
+        matches!(
+            frame,
+            Frame::History(_)
+                | Frame::Sync(_)
+                | Frame::ListThreads(_)
+                | Frame::MediaGet(_)
+                | Frame::Readers(_)
+        )
+    }
+
+    /// Answers a read request ([`is_read`](Self::is_read)) from the committed state: its reply
+    /// or an `ERROR_REPLY`. Touches no engine, so any thread may call it.
+    ///
+    /// Why this keeps read-your-writes: an answer to a write (SENT, DONE, …) leaves only after
+    /// [`commit`](Self::commit) has written the round, and the store shows a write to every
+    /// reader once its commit returns. A read a client sends after such an answer therefore
+    /// sees the write, wherever and whenever it runs.
+    pub fn read(shared: &Shared, caller: &Caller, frame: Frame) -> Frame {
+        let result = match frame {
+            Frame::History(f) => messages::history(shared, caller, f),
+            Frame::Readers(f) => messages::readers(shared, caller, f.thread, f.message),
+            Frame::Sync(f) => sync::sync(shared, caller, f),
+            Frame::ListThreads(f) => threads::list_threads(shared, caller, f),
+            Frame::MediaGet(f) => media::media_get(shared, f),
+            _ => Err((ErrorCode::UnknownFrame, "this frame is not a read request")),
+        };
+        match result {
+            Ok(Some(frame)) => frame,
+            Ok(None) => Done {}.into(),
+            Err((code, message)) => ErrorReply {
+                code: code as u16,
+                message: message.into(),
+            }
+            .into(),
+        }
+    }
+
     /// Runs one chat request. Its answers come out of [`commit`](Self::commit).
     pub fn handle(&mut self, caller: Caller, request_id: u32, frame: Frame) {
         let typing = matches!(frame, Frame::Typing(_));
@@ -136,16 +178,16 @@ impl Engine {
             Frame::RemoveMember(f) => self.remove_member(&caller, f.thread, f.user),
             Frame::LeaveGroup(f) => self.leave_group(&caller, f.thread),
             Frame::RenameGroup(f) => self.rename_group(&caller, f.thread, f.name),
-            Frame::ListThreads(f) => self.list_threads(&caller, f),
+            Frame::ListThreads(f) => threads::list_threads(&self.shared, &caller, f),
             Frame::GetThread(f) => self.get_thread(&caller, f.thread),
             Frame::SetThreadState(f) => self.set_thread_state(&caller, f),
             Frame::Send(f) => self.send(&caller, f),
-            Frame::History(f) => self.history(&caller, f),
+            Frame::History(f) => messages::history(&self.shared, &caller, f),
             Frame::Receipt(f) => self.receipt(&caller, f),
             Frame::Recall(f) => self.recall(&caller, f.thread, f.message),
             Frame::DeleteForMe(f) => self.delete_for_me(&caller, f.thread, f.message),
-            Frame::Readers(f) => self.readers(&caller, f.thread, f.message),
-            Frame::Sync(f) => super::sync::sync(&self.shared, &caller, f),
+            Frame::Readers(f) => messages::readers(&self.shared, &caller, f.thread, f.message),
+            Frame::Sync(f) => sync::sync(&self.shared, &caller, f),
             Frame::Typing(f) => self.typing(&caller, f.thread, f.active),
             Frame::ContactAdd(f) => self.contact_add(&caller, f.user),
             Frame::ContactRemove(f) => self.contact_remove(&caller, f.user),
@@ -155,7 +197,7 @@ impl Engine {
             Frame::MediaBegin(f) => self.media_begin(&caller, f),
             Frame::MediaChunk(f) => self.media_chunk(&caller, f),
             Frame::MediaCommit(f) => self.media_commit(&caller, f.upload),
-            Frame::MediaGet(f) => self.media_get(f),
+            Frame::MediaGet(f) => media::media_get(&self.shared, f),
             other => Err((ErrorCode::UnknownFrame, frame_not_chat(&other))),
         };
         match result {

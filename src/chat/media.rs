@@ -11,7 +11,7 @@ use courier_protocol::{
 
 use super::engine::{Engine, Reject};
 use super::threads::internal;
-use super::Caller;
+use super::{Caller, Shared};
 use crate::clock::wall_us;
 use crate::store::keys::MEDIA_ID;
 use crate::store::MediaHeader;
@@ -176,44 +176,34 @@ impl Engine {
             .into(),
         ))
     }
+}
 
-    pub(super) fn media_get(&mut self, f: MediaGet) -> Result<Option<Frame>, Reject> {
-        let unknown = (ErrorCode::UnknownMedia, "no such media");
-        let media: [u8; MEDIA_ID] = f.media.as_ref().try_into().map_err(|_| unknown)?;
-        let store = &self.shared.store;
-        let header = store
-            .media_header(&media)
-            .map_err(internal)?
-            .ok_or(unknown)?;
-        if f.offset > header.total_len {
-            return Err((ErrorCode::BadOffset, "offset is past the end of the media"));
-        }
-        let want = (f.max_len as u64).min(self.shared.config.max_reply_bytes as u64 - 256);
-        let end = (f.offset + want).min(header.total_len);
-        let mut data = Vec::with_capacity((end - f.offset) as usize);
-        store
-            .media_chunks(&media, |off, bytes| {
-                let chunk_end = off + bytes.len() as u64;
-                if chunk_end <= f.offset {
-                    return Ok(true);
-                }
-                if off >= end {
-                    return Ok(false);
-                }
-                let from = f.offset.max(off) - off;
-                let to = end.min(chunk_end) - off;
-                data.extend_from_slice(&bytes[from as usize..to as usize]);
-                Ok(chunk_end < end)
-            })
-            .map_err(internal)?;
-        Ok(Some(
-            MediaData {
-                media: f.media,
-                total_len: header.total_len,
-                offset: f.offset,
-                data: data.into(),
-            }
-            .into(),
-        ))
+/// Up to `max_len` bytes of committed media from `offset` (runs on the read pool). The media
+/// id is the capability: no membership is checked.
+pub(super) fn media_get(shared: &Shared, f: MediaGet) -> Result<Option<Frame>, Reject> {
+    let unknown = (ErrorCode::UnknownMedia, "no such media");
+    let media: [u8; MEDIA_ID] = f.media.as_ref().try_into().map_err(|_| unknown)?;
+    let store = &shared.store;
+    let header = store
+        .media_header(&media)
+        .map_err(internal)?
+        .ok_or(unknown)?;
+    if f.offset > header.total_len {
+        return Err((ErrorCode::BadOffset, "offset is past the end of the media"));
     }
+    let want = (f.max_len as u64).min(shared.config.max_reply_bytes as u64 - 256);
+    let end = (f.offset + want).min(header.total_len);
+    let mut data = Vec::with_capacity((end - f.offset) as usize);
+    store
+        .media_range(&media, f.offset, end, &mut data)
+        .map_err(internal)?;
+    Ok(Some(
+        MediaData {
+            media: f.media,
+            total_len: header.total_len,
+            offset: f.offset,
+            data: data.into(),
+        }
+        .into(),
+    ))
 }

@@ -14,9 +14,9 @@ use courier_protocol::{
 
 use super::engine::{Engine, Reject};
 use super::threads::internal;
-use super::Caller;
+use super::{Caller, Shared};
 use crate::clock::wall_us;
-use crate::store::MessageRecord;
+use crate::store::{MessageRecord, Store};
 
 /// Messages returned when a request asks for 0.
 const DEFAULT_PAGE: usize = 50;
@@ -163,69 +163,6 @@ impl Engine {
                 thread: f.thread,
                 message: id,
                 client_msg_id: f.client_msg_id,
-            }
-            .into(),
-        ))
-    }
-
-    /// What `user` must not see of `thread`: messages up to the hidden-conversation mark and
-    /// those deleted for themselves.
-    fn hidden_for(&self, user: u64, thread: u64) -> Result<(u64, HashSet<u64>), Reject> {
-        let store = &self.shared.store;
-        let upto = store
-            .private_state(user, thread)
-            .map_err(internal)?
-            .filter(|p| p.hidden)
-            .map_or(0, |p| p.hidden_upto);
-        let deleted = store
-            .hidden_messages(user, thread)
-            .map_err(internal)?
-            .into_iter()
-            .collect();
-        Ok((upto, deleted))
-    }
-
-    pub(super) fn history(&mut self, caller: &Caller, f: History) -> Result<Option<Frame>, Reject> {
-        self.member_state(caller, f.thread)?;
-        let (upto, deleted) = self.hidden_for(caller.user, f.thread)?;
-        let limit = match f.limit as usize {
-            0 => DEFAULT_PAGE,
-            n => n.min(self.shared.config.history_limit as usize),
-        };
-        let (after, before, newest_first) = match f.direction {
-            Direction::Backward => (upto, if f.anchor == 0 { u64::MAX } else { f.anchor }, true),
-            Direction::Forward => (f.anchor.max(upto), u64::MAX, false),
-        };
-        let budget = self.shared.config.max_reply_bytes;
-        let mut messages = Vec::new();
-        let mut size = 0;
-        let mut full = false;
-        let mut more = self
-            .shared
-            .store
-            .messages(f.thread, after, before, newest_first, limit, |id, m| {
-                if full {
-                    return Ok(());
-                }
-                if deleted.contains(&id) {
-                    return Ok(());
-                }
-                let m = to_wire(f.thread, id, m);
-                size += m.size();
-                if size > budget && !messages.is_empty() {
-                    full = true;
-                    return Ok(());
-                }
-                messages.push(m);
-                Ok(())
-            })
-            .map_err(internal)?;
-        more |= full;
-        Ok(Some(
-            Messages {
-                thread: f.thread,
-                messages,
-                more,
             }
             .into(),
         ))
@@ -403,50 +340,7 @@ impl Engine {
         Ok(Some(Done {}.into()))
     }
 
-    /// Members (other than the sender) whose delivered and read cursors reach `message`.
-    pub(super) fn readers(
-        &mut self,
-        caller: &Caller,
-        thread: u64,
-        message: u64,
-    ) -> Result<Option<Frame>, Reject> {
-        let m = self
-            .shared
-            .store
-            .message(thread, message)
-            .map_err(internal)?;
-        let state = self.member_state(caller, thread)?;
-        let sender = m
-            .ok_or((ErrorCode::UnknownMessage, "no such message"))?
-            .sender;
-        let mut delivered = Vec::new();
-        let mut read = Vec::new();
-        for (&user, c) in &state.members {
-            if user == sender {
-                continue;
-            }
-            if c.delivered >= message {
-                delivered.push(user);
-            }
-            if c.read >= message {
-                read.push(user);
-            }
-        }
-        delivered.sort_unstable();
-        read.sort_unstable();
-        Ok(Some(
-            ReadersList {
-                thread,
-                message,
-                delivered,
-                read,
-            }
-            .into(),
-        ))
-    }
-
-    /// Ephemeral: pushed to the other members' devices, never stored, never answered;
-    /// coalesced per (thread, user) by the [`TypingGate`].
+    /// Ephemeral: pushed to the other members' devices, never stored, never answered.
     pub(super) fn typing(
         &mut self,
         caller: &Caller,
@@ -478,6 +372,126 @@ impl Engine {
     }
 }
 
+/// The caller may read `thread` only as a member, checked on the committed state (the owner
+/// shard's cache may hold this round's uncommitted changes, and reads run off the shard).
+fn check_member(store: &Store, caller: &Caller, thread: u64) -> Result<(), Reject> {
+    if store
+        .member(thread, caller.user)
+        .map_err(internal)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    match store.thread(thread).map_err(internal)? {
+        None => Err((ErrorCode::UnknownThread, "no such thread")),
+        Some(_) => Err((ErrorCode::NotMember, "you are not a member of this thread")),
+    }
+}
+
+/// What `user` must not see of `thread`: messages up to the hidden-conversation mark and
+/// those deleted for themselves.
+fn hidden_for(store: &Store, user: u64, thread: u64) -> Result<(u64, HashSet<u64>), Reject> {
+    let upto = store
+        .private_state(user, thread)
+        .map_err(internal)?
+        .filter(|p| p.hidden)
+        .map_or(0, |p| p.hidden_upto);
+    let deleted = store
+        .hidden_messages(user, thread)
+        .map_err(internal)?
+        .into_iter()
+        .collect();
+    Ok((upto, deleted))
+}
+
+/// A page of a thread's history, from the committed state (runs on the read pool).
+pub(super) fn history(
+    shared: &Shared,
+    caller: &Caller,
+    f: History,
+) -> Result<Option<Frame>, Reject> {
+    let store = &shared.store;
+    check_member(store, caller, f.thread)?;
+    let (upto, deleted) = hidden_for(store, caller.user, f.thread)?;
+    let limit = match f.limit as usize {
+        0 => DEFAULT_PAGE,
+        n => n.min(shared.config.history_limit as usize),
+    };
+    let (after, before, newest_first) = match f.direction {
+        Direction::Backward => (upto, if f.anchor == 0 { u64::MAX } else { f.anchor }, true),
+        Direction::Forward => (f.anchor.max(upto), u64::MAX, false),
+    };
+    let budget = shared.config.max_reply_bytes;
+    let mut messages = Vec::new();
+    let mut size = 0;
+    let mut full = false;
+    let mut more = store
+        .messages(f.thread, after, before, newest_first, limit, |id, m| {
+            if full {
+                return Ok(());
+            }
+            if deleted.contains(&id) {
+                return Ok(());
+            }
+            let m = to_wire(f.thread, id, m);
+            size += m.size();
+            if size > budget && !messages.is_empty() {
+                full = true;
+                return Ok(());
+            }
+            messages.push(m);
+            Ok(())
+        })
+        .map_err(internal)?;
+    more |= full;
+    Ok(Some(
+        Messages {
+            thread: f.thread,
+            messages,
+            more,
+        }
+        .into(),
+    ))
+}
+
+/// Members (other than the sender) whose delivered and read cursors reach `message`, from the
+/// committed state (runs on the read pool).
+pub(super) fn readers(
+    shared: &Shared,
+    caller: &Caller,
+    thread: u64,
+    message: u64,
+) -> Result<Option<Frame>, Reject> {
+    let store = &shared.store;
+    check_member(store, caller, thread)?;
+    let sender = store
+        .message(thread, message)
+        .map_err(internal)?
+        .ok_or((ErrorCode::UnknownMessage, "no such message"))?
+        .sender;
+    let mut delivered = Vec::new();
+    let mut read = Vec::new();
+    for (user, c) in store.members(thread).map_err(internal)? {
+        if user == sender {
+            continue;
+        }
+        if c.delivered >= message {
+            delivered.push(user);
+        }
+        if c.read >= message {
+            read.push(user);
+        }
+    }
+    Ok(Some(
+        ReadersList {
+            thread,
+            message,
+            delivered,
+            read,
+        }
+        .into(),
+    ))
+}
 #[cfg(test)]
 mod tests {
     use super::*;

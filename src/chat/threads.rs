@@ -12,7 +12,7 @@ use courier_protocol::{
 
 use super::engine::{Engine, Reject};
 use super::messages::to_wire;
-use super::Caller;
+use super::{Caller, Shared};
 use crate::store::{MemberRecord, MessageRecord, PrivateState, Store, ThreadRecord};
 
 /// Longest group name or private label, in bytes.
@@ -801,101 +801,100 @@ impl Engine {
         self.put_private(caller.user, f.thread, state);
         Ok(Some(courier_protocol::Done {}.into()))
     }
+}
 
-    /// The caller's threads by last message, newest first, from the committed state. Runs on
-    /// the caller's shard: one prefix scan of memberships and one batched read of records.
-    pub(super) fn list_threads(
-        &mut self,
-        caller: &Caller,
-        f: ListThreads,
-    ) -> Result<Option<Frame>, Reject> {
-        let store = self.shared.store.clone();
-        let memberships = store.memberships(caller.user).map_err(internal)?;
-        let ids: Vec<u64> = memberships.iter().map(|(t, _)| *t).collect();
-        let records = store.threads(&ids).map_err(internal)?;
-        let mut rows: Vec<(u64, u64, &PrivateState, ThreadRecord)> = memberships
-            .iter()
-            .zip(records)
-            .filter_map(|((t, p), r)| r.map(|r| (r.last_msg_id, *t, p, r)))
-            .filter(|(last, _, p, _)| !(p.hidden && *last <= p.hidden_upto))
-            .filter(|(last, t, _, _)| {
-                (f.before_msg_id, f.before_thread) == (0, 0)
-                    || (*last, *t) < (f.before_msg_id, f.before_thread)
-            })
-            .collect();
-        rows.sort_unstable_by_key(|r| std::cmp::Reverse((r.0, r.1)));
-        let limit = match f.limit {
-            0 => DEFAULT_LIST,
-            n => (n as usize).min(MAX_LIST),
-        };
-        let mut threads = Vec::new();
-        let mut size = 0;
-        let mut more = false;
-        for (i, (last, id, private, rec)) in rows.iter().enumerate() {
-            if i == limit || size > self.shared.config.max_reply_bytes / 2 {
-                more = true;
-                break;
-            }
-            let summary = self.summary(&store, caller.user, *id, *last, private, rec)?;
-            size += summary.size();
-            threads.push(summary);
-        }
-        Ok(Some(ThreadList { threads, more }.into()))
-    }
-
-    fn summary(
-        &self,
-        store: &Store,
-        viewer: u64,
-        id: u64,
-        last: u64,
-        private: &PrivateState,
-        rec: &ThreadRecord,
-    ) -> Result<ThreadSummary, Reject> {
-        let me = store
-            .member(id, viewer)
-            .map_err(internal)?
-            .unwrap_or_default();
-        let unread = store
-            .count_unread(id, me.read.max(private.hidden_upto), viewer, UNREAD_CAP)
-            .map_err(internal)?;
-        let mut last_message = None;
-        if last != 0 && last > private.hidden_upto {
-            store
-                .messages(id, 0, u64::MAX, true, 1, |mid, m| {
-                    last_message = Some(to_wire(id, mid, m));
-                    Ok(())
-                })
-                .map_err(internal)?;
-        }
-        let (peer, name) = if rec.kind == ThreadKind::Direct {
-            let members = store.members(id).map_err(internal)?;
-            let peer = members
-                .iter()
-                .map(|(u, _)| *u)
-                .find(|&u| u != viewer)
-                .unwrap_or(0);
-            (
-                peer,
-                display_name(store, rec, std::iter::once(peer), viewer),
-            )
-        } else {
-            (0, rec.name.clone())
-        };
-        Ok(ThreadSummary {
-            id,
-            kind: rec.kind,
-            name,
-            peer,
-            member_count: rec.member_count.min(u16::MAX as u32) as u16,
-            last_msg_id: last,
-            unread,
-            muted: private.muted,
-            hidden: private.hidden,
-            label: private.label.clone(),
-            last_message,
+/// The caller's threads by last message, newest first, from the committed state (runs on the
+/// read pool): one prefix scan of memberships and one batched read of records.
+pub(super) fn list_threads(
+    shared: &Shared,
+    caller: &Caller,
+    f: ListThreads,
+) -> Result<Option<Frame>, Reject> {
+    let store = &shared.store;
+    let memberships = store.memberships(caller.user).map_err(internal)?;
+    let ids: Vec<u64> = memberships.iter().map(|(t, _)| *t).collect();
+    let records = store.threads(&ids).map_err(internal)?;
+    let mut rows: Vec<(u64, u64, &PrivateState, ThreadRecord)> = memberships
+        .iter()
+        .zip(records)
+        .filter_map(|((t, p), r)| r.map(|r| (r.last_msg_id, *t, p, r)))
+        .filter(|(last, _, p, _)| !(p.hidden && *last <= p.hidden_upto))
+        .filter(|(last, t, _, _)| {
+            (f.before_msg_id, f.before_thread) == (0, 0)
+                || (*last, *t) < (f.before_msg_id, f.before_thread)
         })
+        .collect();
+    rows.sort_unstable_by_key(|r| std::cmp::Reverse((r.0, r.1)));
+    let limit = match f.limit {
+        0 => DEFAULT_LIST,
+        n => (n as usize).min(MAX_LIST),
+    };
+    let mut threads = Vec::new();
+    let mut size = 0;
+    let mut more = false;
+    for (i, (last, id, private, rec)) in rows.iter().enumerate() {
+        if i == limit || size > shared.config.max_reply_bytes / 2 {
+            more = true;
+            break;
+        }
+        let summary = thread_summary(store, caller.user, *id, *last, private, rec)?;
+        size += summary.size();
+        threads.push(summary);
     }
+    Ok(Some(ThreadList { threads, more }.into()))
+}
+
+fn thread_summary(
+    store: &Store,
+    viewer: u64,
+    id: u64,
+    last: u64,
+    private: &PrivateState,
+    rec: &ThreadRecord,
+) -> Result<ThreadSummary, Reject> {
+    let me = store
+        .member(id, viewer)
+        .map_err(internal)?
+        .unwrap_or_default();
+    let unread = store
+        .count_unread(id, me.read.max(private.hidden_upto), viewer, UNREAD_CAP)
+        .map_err(internal)?;
+    let mut last_message = None;
+    if last != 0 && last > private.hidden_upto {
+        store
+            .messages(id, 0, u64::MAX, true, 1, |mid, m| {
+                last_message = Some(to_wire(id, mid, m));
+                Ok(())
+            })
+            .map_err(internal)?;
+    }
+    let (peer, name) = if rec.kind == ThreadKind::Direct {
+        let members = store.members(id).map_err(internal)?;
+        let peer = members
+            .iter()
+            .map(|(u, _)| *u)
+            .find(|&u| u != viewer)
+            .unwrap_or(0);
+        (
+            peer,
+            display_name(store, rec, std::iter::once(peer), viewer),
+        )
+    } else {
+        (0, rec.name.clone())
+    };
+    Ok(ThreadSummary {
+        id,
+        kind: rec.kind,
+        name,
+        peer,
+        member_count: rec.member_count.min(u16::MAX as u32) as u16,
+        last_msg_id: last,
+        unread,
+        muted: private.muted,
+        hidden: private.hidden,
+        label: private.label.clone(),
+        last_message,
+    })
 }
 
 #[cfg(test)]

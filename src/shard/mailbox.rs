@@ -47,6 +47,8 @@ pub enum ShardMsg {
         request_id: u32,
         result: Result<Authed, AuthError>,
     },
+    /// A read request's encoded answer, from the read workers.
+    ReadDone { to: ConnRef, bytes: Bytes },
     /// Users came online or went offline (for this shard's presence subscribers).
     Presence(Arc<[Change]>),
 }
@@ -60,7 +62,7 @@ pub struct Mailbox {
 
 impl Mailbox {
     /// Sends and wakes at once, blocking while the mailbox is full: for threads that are not
-    /// shards (auth workers), which may wait.
+    /// shards (auth and read workers), which may wait.
     pub fn send_blocking(&self, msg: ShardMsg) -> bool {
         let sent = self.tx.send(msg).is_ok();
         if sent {

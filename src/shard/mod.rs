@@ -9,7 +9,7 @@
 //!
 //! 1. poll, with a timeout up to the next one-second tick (zero if work is waiting);
 //! 2. handle events: accept, read and handle frames, write where the socket became writable;
-//! 3. drain the mailbox (requests for threads we own, deliveries, kicks, auth results);
+//! 3. drain the mailbox (requests for threads we own, deliveries, kicks, auth and read results);
 //! 4. on a tick: time out connections, flush coalesced presence pushes;
 //! 5. `engine.commit` — one durable write for the round — and route its effects;
 //! 6. hand messages to other shards' mailboxes (waking each once);
@@ -21,6 +21,7 @@ pub mod conn;
 mod io;
 pub mod mailbox;
 mod presence;
+pub mod read_pool;
 mod route;
 mod session;
 #[cfg(test)]
@@ -48,6 +49,7 @@ use auth_pool::AuthRequest;
 use conn::Conn;
 use mailbox::{Mailbox, Outbox, ShardMsg};
 use presence::Subscriptions;
+use read_pool::ReadQueue;
 use timer::Wheel;
 
 /// The waker's token; listeners take the tokens just below it. Connections use their slab
@@ -81,6 +83,8 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     pub mailboxes: Arc<[Mailbox]>,
     pub auth: Sender<AuthRequest>,
+    /// The read workers' queue (HISTORY, SYNC, LIST_THREADS, MEDIA_GET, READERS).
+    pub reads: ReadQueue,
     /// Set by the signal handler (or a failed shard); each shard then finishes its round and
     /// exits.
     pub shutdown: AtomicBool,

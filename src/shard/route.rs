@@ -86,7 +86,7 @@ impl Shard {
         }
     }
 
-    /// Handles what other shards and the auth workers sent, up to a budget per round.
+    /// Handles what other shards and the auth and read workers sent, up to a budget per round.
     pub(super) fn drain_mailbox(&mut self) {
         self.more_mail = false;
         for _ in 0..super::MAILBOX_BUDGET {
@@ -99,6 +99,12 @@ impl Shard {
                     request_id,
                     frame,
                 } => self.engine.handle(caller, request_id, frame),
+                ShardMsg::ReadDone { to, bytes } => {
+                    self.core.reads.delivered();
+                    if let Some(slot) = self.local_slot(to) {
+                        self.queue(slot, bytes);
+                    }
+                }
                 ShardMsg::Deliver { to, bytes } => {
                     for r in to {
                         if let Some(slot) = self.local_slot(r) {

@@ -22,6 +22,7 @@ use super::auth_pool::{AuthRequest, Job};
 use super::conn::{flag, State};
 use super::mailbox::ShardMsg;
 use super::presence::Change;
+use super::read_pool::{ReadRequest, Refused};
 use super::Shard;
 use crate::chat::{Caller, ConnRef, Engine};
 use crate::cluster::Home;
@@ -358,6 +359,10 @@ impl Shard {
                     device,
                     conn: me,
                 };
+                if Engine::is_read(&frame) {
+                    self.start_read(slot, caller, request_id, frame);
+                    return;
+                }
                 match Engine::shard_for(&self.core.chat, &caller, &frame) {
                     Some(s) if s == self.id => self.engine.handle(caller, request_id, frame),
                     Some(s) if (s as usize) < self.core.mailboxes.len() => {
@@ -381,6 +386,30 @@ impl Shard {
                     ),
                 }
             }
+        }
+    }
+
+    /// Hands a read request to the read workers; the answer comes back as `ReadDone`.
+    fn start_read(&mut self, slot: usize, caller: Caller, request_id: u32, frame: Frame) {
+        let req = ReadRequest {
+            caller,
+            request_id,
+            frame,
+        };
+        match self.core.reads.submit(req) {
+            Ok(()) => {}
+            Err(Refused::Full) => self.reply_error(
+                slot,
+                request_id,
+                ErrorCode::RateLimited,
+                "the server has too many reads waiting; retry in a moment",
+            ),
+            Err(Refused::Stopped) => self.reply_error(
+                slot,
+                request_id,
+                ErrorCode::Internal,
+                "the server is shutting down",
+            ),
         }
     }
 

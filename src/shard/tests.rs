@@ -13,6 +13,7 @@ use mio::net::TcpListener;
 use mio::{Events, Poll, Waker};
 
 use super::mailbox::{Mailbox, ShardMsg, MAILBOX_CAPACITY, OUTBOX_CAP};
+use super::read_pool::ReadPool;
 use super::{auth_pool, Core, Faults, Shard, ShardParts, WAKER};
 use crate::chat::{self, ChatConfig};
 use crate::clock::Clock;
@@ -77,14 +78,20 @@ impl Rig {
         .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = Metrics::new(2, store.health());
+        // Its workers end when the core (holding the queue's only sender) is dropped.
+        let reads = ReadPool::spawn(chat.clone(), mailboxes.clone(), metrics.clone(), 1, 16)
+            .unwrap()
+            .queue();
         let core = Arc::new(Core {
             router: Router::new(&config.node_id, &config.peers),
             config,
             chat,
+            reads,
             auth: auth_pool::spawn(accounts.clone(), mailboxes.clone()).unwrap(),
             accounts,
             directory: Directory::new(),
-            metrics: Metrics::new(2, store.health()),
+            metrics,
             mailboxes,
             shutdown: AtomicBool::new(false),
             failure: Mutex::new(None),

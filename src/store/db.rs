@@ -252,7 +252,7 @@ impl Store {
         })?;
         let users = IdAllocator::load(&db, META_NEXT_USER, 1)?;
         let threads = IdAllocator::load(&db, META_NEXT_THREAD, 1)?;
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 db,
                 cache,
@@ -264,7 +264,31 @@ impl Store {
                 threads,
                 health: Arc::default(),
             }),
-        })
+        };
+        store.index_unread()?;
+        Ok(store)
+    }
+
+    /// Builds the `unread` index from `messages` once, for a store written before the index
+    /// existed (one pass over every message), then records that it is complete. Interrupted,
+    /// it starts over at the next open (its writes are idempotent).
+    fn index_unread(&self) -> Result<(), Error> {
+        if self.get(CF_META, META_UNREAD_INDEXED)?.is_some() {
+            return Ok(());
+        }
+        let mut b = self.batch();
+        self.scan(CF_MESSAGES, &[], &[], false, |k, v| {
+            let (sender, kind) = MessageRecord::peek_sender_kind(v)?;
+            if kind != courier_protocol::MessageKind::System {
+                b.put(CF_UNREAD, k, &sender.to_be_bytes());
+            }
+            if b.len() >= 10_000 {
+                self.commit(std::mem::replace(&mut b, self.batch()))?;
+            }
+            Ok(true)
+        })?;
+        b.put(CF_META, META_UNREAD_INDEXED, &[1]);
+        self.commit(b)
     }
 
     /// RocksDB's memory by its own accounting (memtables, table readers, block cache).
@@ -758,7 +782,9 @@ impl Store {
         Ok(seen <= cap && last == up_to)
     }
 
-    /// Counts messages of `thread` newer than `after` not sent by `reader`, stopping at `cap`.
+    /// Counts messages of `thread` newer than `after` not sent by `reader` and not system
+    /// messages, stopping at `cap`. Reads the `unread` index (16-byte keys, 8-byte senders),
+    /// never a message: a thread of large unread messages costs no more than one of small.
     pub fn count_unread(
         &self,
         thread: u64,
@@ -769,9 +795,11 @@ impl Store {
         let mut n = 0u32;
         let lower = keys::message(thread, after.saturating_add(1));
         let upper = keys::prefix_end(&keys::id(thread));
-        self.scan(CF_MESSAGES, &lower, &upper, false, |_, v| {
-            let (sender, kind) = MessageRecord::peek_sender_kind(v)?;
-            if sender != reader && kind != courier_protocol::MessageKind::System {
+        self.scan(CF_UNREAD, &lower, &upper, false, |_, v| {
+            let sender: [u8; 8] = v.try_into().map_err(|_| Error::CorruptValue {
+                record: "unread sender",
+            })?;
+            if u64::from_be_bytes(sender) != reader {
                 n += 1;
             }
             Ok(n < cap)
@@ -820,17 +848,46 @@ impl Store {
         self.get_record(CF_MEDIA, &keys::media_chunk(media, u64::MAX))
     }
 
-    /// Calls `f(offset, bytes)` for each stored chunk of `media` that overlaps `from..`.
-    pub fn media_chunks(
+    /// Appends the bytes `from..end` of `media` to `out`, reading only the chunks that hold
+    /// them: one seek to the chunk that starts at or before `from` (chunks are stored in order,
+    /// keyed by their start offset), then forward until `end`. Stops early at a gap.
+    pub fn media_range(
         &self,
         media: &[u8; MEDIA_ID],
-        mut f: impl FnMut(u64, &[u8]) -> Result<bool, Error>,
+        from: u64,
+        end: u64,
+        out: &mut Vec<u8>,
     ) -> Result<(), Error> {
-        let lower = keys::media_chunk(media, 0);
-        let upper = keys::media_chunk(media, u64::MAX);
-        self.scan(CF_MEDIA, &lower, &upper, false, |k, v| {
-            f(keys::parse_media_chunk(k)?.1, v)
-        })
+        if from >= end {
+            return Ok(());
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(keys::media_chunk(media, 0).to_vec());
+        ro.set_iterate_upper_bound(keys::media_chunk(media, u64::MAX).to_vec());
+        let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(CF_MEDIA), ro);
+        it.seek_for_prev(keys::media_chunk(media, from));
+        if !it.valid() {
+            // Nothing starts at or before `from`: start at the first chunk after it.
+            it.seek(keys::media_chunk(media, from));
+        }
+        let mut at = from;
+        while it.valid() && at < end {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            let off = keys::parse_media_chunk(k)?.1;
+            let chunk_end = off + v.len() as u64;
+            if off > at {
+                break;
+            }
+            if chunk_end > at {
+                let to = end.min(chunk_end);
+                out.extend_from_slice(&v[(at - off) as usize..(to - off) as usize]);
+                at = to;
+            }
+            it.next();
+        }
+        Ok(it.status()?)
     }
 
     /// An empty batch of staged writes.
@@ -913,8 +970,13 @@ impl Batch {
         self.put(CF_MEMBERSHIPS, &keys::pair(user, thread), &rec.encode());
     }
 
+    /// Stores a message, and indexes it in `unread` unless it is a system message.
     pub fn put_message(&mut self, thread: u64, msg: u64, rec: &MessageRecord) {
-        self.put(CF_MESSAGES, &keys::message(thread, msg), &rec.encode());
+        let key = keys::message(thread, msg);
+        self.put(CF_MESSAGES, &key, &rec.encode());
+        if rec.kind != courier_protocol::MessageKind::System {
+            self.put(CF_UNREAD, &key, &rec.sender.to_be_bytes());
+        }
     }
 
     pub fn put_dedupe(&mut self, thread: u64, sender: u64, client_msg_id: u64, msg: u64) {
@@ -1097,5 +1159,76 @@ mod tests {
         );
         assert!(store.private_state(1, 11).unwrap().is_some());
         assert!(store.private_state(1, 12).unwrap().is_some());
+    }
+
+    use courier_protocol::MessageKind;
+
+    fn message(sender: u64, kind: MessageKind) -> MessageRecord {
+        MessageRecord {
+            sender,
+            kind,
+            body: bytes::Bytes::from_static(b"body"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unread_counts_others_messages_but_not_system_ones_or_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        let mut b = store.batch();
+        b.put_message(1, 10, &message(7, MessageKind::Text));
+        b.put_message(1, 11, &message(8, MessageKind::Text));
+        b.put_message(1, 12, &message(7, MessageKind::System));
+        b.put_message(1, 13, &message(7, MessageKind::Media));
+        b.put_message(2, 5, &message(7, MessageKind::Text));
+        store.commit(b).unwrap();
+        assert_eq!(store.count_unread(1, 0, 8, 999).unwrap(), 2);
+        assert_eq!(store.count_unread(1, 10, 8, 999).unwrap(), 1);
+        assert_eq!(store.count_unread(1, 0, 9, 999).unwrap(), 3);
+        assert_eq!(store.count_unread(1, 0, 9, 2).unwrap(), 2);
+        assert_eq!(store.count_unread(1, 13, 9, 999).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_store_from_before_the_unread_index_is_indexed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+            let mut b = store.batch();
+            for id in 1..=3 {
+                b.put_message(4, id, &message(7, MessageKind::Text));
+            }
+            b.put_message(4, 4, &message(7, MessageKind::System));
+            // As an older version left it: messages, no index, no marker.
+            for id in 1..=3 {
+                b.delete(CF_UNREAD, &keys::message(4, id));
+            }
+            b.delete(CF_META, META_UNREAD_INDEXED);
+            store.commit(b).unwrap();
+            assert_eq!(store.count_unread(4, 0, 8, 999).unwrap(), 0);
+        }
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        assert_eq!(store.count_unread(4, 0, 8, 999).unwrap(), 3);
+    }
+
+    #[test]
+    fn count_unread_reads_no_message_values() {
+        // Before: the count read every unread message's value (up to 16 KiB of body each) to
+        // learn its sender and kind; with the values made unreadable it failed.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        let mut b = store.batch();
+        for id in 1..=5 {
+            b.put_message(1, id, &message(7, MessageKind::Text));
+        }
+        store.commit(b).unwrap();
+        let mut b = store.batch();
+        for id in 1..=5 {
+            b.put(CF_MESSAGES, &keys::message(1, id), b"not a message record");
+        }
+        store.commit(b).unwrap();
+        assert_eq!(store.count_unread(1, 0, 8, 999).unwrap(), 5);
+        assert_eq!(store.count_unread(1, 2, 8, 999).unwrap(), 3);
     }
 }

@@ -23,6 +23,7 @@
 //! | `last_seen`   | user u64                    | microseconds u64                  |
 //! | `media`       | media id (16) ++ offset u64 | chunk bytes                       |
 //! | `meta`        | name bytes                  | counters (ids, clock floor)       |
+//! | `unread`      | thread u64 ++ message u64   | sender u64: the messages that count as unread (all but system messages) |
 
 use crate::store::Error;
 
@@ -42,6 +43,7 @@ pub const CF_CONTACTS: &str = "contacts";
 pub const CF_LAST_SEEN: &str = "last_seen";
 pub const CF_MEDIA: &str = "media";
 pub const CF_META: &str = "meta";
+pub const CF_UNREAD: &str = "unread";
 
 /// Every column family, in creation order.
 pub const ALL_CFS: &[&str] = &[
@@ -61,6 +63,7 @@ pub const ALL_CFS: &[&str] = &[
     CF_LAST_SEEN,
     CF_MEDIA,
     CF_META,
+    CF_UNREAD,
 ];
 
 /// Bytes of a token digest (the stored form of a session token).
@@ -72,6 +75,8 @@ pub const MEDIA_ID: usize = 16;
 pub const META_NEXT_USER: &[u8] = b"next_user_id";
 pub const META_NEXT_THREAD: &[u8] = b"next_thread_id";
 pub const META_CLOCK_FLOOR: &[u8] = b"clock_floor";
+/// Present once `unread` holds every stored message (built at open for older stores).
+pub const META_UNREAD_INDEXED: &[u8] = b"unread_indexed";
 
 fn cat<const N: usize>(parts: &[&[u8]]) -> [u8; N] {
     let mut out = [0u8; N];

@@ -74,6 +74,21 @@ impl Server {
         Server::start_in(dir, data_dir, extra, None)
     }
 
+    /// [`start_with`](Self::start_with), with environment variables for the server (test hooks
+    /// such as `COURIER_TEST_READ_GATE`).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Server::start_configured(
+            extra,
+            Box::new(move |command: &mut Command| {
+                command.envs(env.iter().map(|(k, v)| (k, v)));
+            }),
+        )
+    }
+
     /// Like [`start_with`](Self::start_with), with `configure` applied to the command on this
     /// and every later start (environment variables, `pre_exec` resource limits).
     pub fn start_configured(extra: &[&str], configure: Configure) -> Server {

@@ -1,0 +1,207 @@
+//! The read workers: requests that only read committed state, off the event loops.
+//!
+//! HISTORY, SYNC, LIST_THREADS, MEDIA_GET and READERS can read a lot (a page of 60 KiB of
+//! messages, every thread of a user, 60 KiB of media). Run on a shard they would stall every
+//! other connection of that shard for as long. Shards hand them to this pool through a bounded
+//! channel ([`Engine::is_read`]); a worker answers from the store with [`Engine::read`], encodes
+//! the answer and sends the bytes back to the connection's shard as [`ShardMsg::ReadDone`].
+//!
+//! The bound covers a read's whole life: queued, running, and its answer on the way back
+//! through a mailbox, until the connection's shard has taken the answer
+//! ([`ReadQueue::delivered`]). So at most `bound` answers (each at most one reply frame) exist
+//! at once, however slowly shards drain their mailboxes. At the bound a new read is refused at
+//! once with `RATE_LIMITED` ("retry in a moment"): a shard never waits for the pool. Workers
+//! may block on a full mailbox (they are not shards).
+//!
+//! Ordering: the pool reads only committed state, and every answer to a write leaves its shard
+//! only after the write is committed, so a read sent after the answer to a write sees it (see
+//! [`Engine::read`]). Answers to reads may overtake answers to earlier requests of the same
+//! connection; PROTOCOL.md section 4 says clients correlate by request id.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use courier_protocol::{encode, Frame};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use super::mailbox::{Mailbox, ShardMsg};
+use crate::chat::{Caller, Engine, Shared};
+use crate::metrics::{Metrics, ReadMetrics};
+
+/// Tests only: when this environment variable names a path, every read job waits until a file
+/// exists there before it runs, so a test can hold a read "in progress" for as long as it needs
+/// (and prove that the shard keeps serving meanwhile).
+pub const TEST_GATE_ENV: &str = "COURIER_TEST_READ_GATE";
+
+/// How often a gated job looks for its gate file.
+const GATE_POLL: Duration = Duration::from_millis(2);
+
+/// One read request and where its answer goes.
+pub struct ReadRequest {
+    pub caller: Caller,
+    pub request_id: u32,
+    pub frame: Frame,
+}
+
+enum Job {
+    Read(ReadRequest),
+    /// Sent once per worker at shutdown, after the jobs already queued.
+    Stop,
+}
+
+/// Why a read could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue is at its bound: answer `RATE_LIMITED`, the client retries later.
+    Full,
+    /// The pool has stopped (shutdown).
+    Stopped,
+}
+
+/// The sending side, held by every shard.
+#[derive(Clone)]
+pub struct ReadQueue {
+    tx: Sender<Job>,
+    metrics: Arc<Metrics>,
+    /// Reads accepted whose answer a shard has not taken yet.
+    in_flight: Arc<AtomicUsize>,
+    bound: usize,
+}
+
+impl ReadQueue {
+    /// Queues `req` without waiting, unless `bound` reads are in flight.
+    pub fn submit(&self, req: ReadRequest) -> Result<(), Refused> {
+        let stats = self.stats();
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.bound {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::Full);
+        }
+        // Counted before the send so that a worker's decrement can never come first.
+        stats.queued.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(Job::Read(req)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                stats.queued.fetch_sub(1, Ordering::Relaxed);
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                match e {
+                    TrySendError::Full(_) => {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        Err(Refused::Full)
+                    }
+                    TrySendError::Disconnected(_) => Err(Refused::Stopped),
+                }
+            }
+        }
+    }
+
+    /// A shard took the answer of one read ([`ShardMsg::ReadDone`]) off its mailbox.
+    pub fn delivered(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn stats(&self) -> &ReadMetrics {
+        &self.metrics.reads
+    }
+}
+
+/// The workers, to be stopped and joined at shutdown.
+pub struct ReadPool {
+    queue: ReadQueue,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl ReadPool {
+    /// Starts `threads` workers; at most `bound` reads are in flight at once.
+    pub fn spawn(
+        shared: Arc<Shared>,
+        mailboxes: Arc<[Mailbox]>,
+        metrics: Arc<Metrics>,
+        threads: usize,
+        bound: usize,
+    ) -> std::io::Result<ReadPool> {
+        let (tx, rx) = crossbeam_channel::bounded(bound.max(1));
+        let gate = std::env::var_os(TEST_GATE_ENV).map(PathBuf::from);
+        let workers = (0..threads.max(1))
+            .map(|i| {
+                let worker = Worker {
+                    shared: shared.clone(),
+                    mailboxes: mailboxes.clone(),
+                    rx: rx.clone(),
+                    metrics: metrics.clone(),
+                    gate: gate.clone(),
+                };
+                std::thread::Builder::new()
+                    .name(format!("read-{i}"))
+                    .spawn(move || worker.run())
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(ReadPool {
+            queue: ReadQueue {
+                tx,
+                metrics,
+                in_flight: Arc::new(AtomicUsize::new(0)),
+                bound: bound.max(1),
+            },
+            workers,
+        })
+    }
+
+    pub fn queue(&self) -> ReadQueue {
+        self.queue.clone()
+    }
+
+    /// Lets the workers finish the jobs already queued, then stops and joins them. Call after
+    /// the shards have stopped (nothing queues any more; answers to closed shards are dropped).
+    pub fn shutdown(self) {
+        for _ in &self.workers {
+            if self.queue.tx.send(Job::Stop).is_err() {
+                break;
+            }
+        }
+        for w in self.workers {
+            if w.join().is_err() {
+                tracing::error!("a read worker panicked");
+            }
+        }
+    }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    mailboxes: Arc<[Mailbox]>,
+    rx: Receiver<Job>,
+    metrics: Arc<Metrics>,
+    gate: Option<PathBuf>,
+}
+
+impl Worker {
+    fn run(self) {
+        let stats = &self.metrics.reads;
+        let mut enc = BytesMut::with_capacity(64 * 1024);
+        for job in &self.rx {
+            let req = match job {
+                Job::Read(req) => req,
+                Job::Stop => return,
+            };
+            stats.queued.fetch_sub(1, Ordering::Relaxed);
+            if let Some(gate) = &self.gate {
+                while !gate.exists() {
+                    std::thread::sleep(GATE_POLL);
+                }
+            }
+            let answer = Engine::read(&self.shared, &req.caller, req.frame);
+            encode(req.request_id, &answer, &mut enc);
+            let bytes = enc.split().freeze();
+            stats.done.fetch_add(1, Ordering::Relaxed);
+            let to = req.caller.conn;
+            if let Some(mailbox) = self.mailboxes.get(to.shard as usize) {
+                mailbox.send_blocking(ShardMsg::ReadDone { to, bytes });
+            }
+        }
+    }
+}
