@@ -607,13 +607,11 @@ fn contacts_presence_and_typing() {
     );
 
     let t = direct(&mut alice, b.user);
-    bob.send(
-        99, // never answered, but requests carry non-zero ids (PROTOCOL.md section 4)
-        Typing {
-            thread: t,
-            active: true,
-        },
-    );
+    // Never answered; the session still gives it a non-zero id (PROTOCOL.md section 4).
+    bob.send_request(Typing {
+        thread: t,
+        active: true,
+    });
     let typing = alice.push_where(WAIT, |f| matches!(f, Frame::TypingPush(_)));
     assert_eq!(
         typing,

@@ -29,7 +29,7 @@ fn send_until_killed(mut c: TestConn, thread: u64, limit: Duration) -> HashMap<u
             };
             let mut out = bytes::BytesMut::new();
             encode(next as u32, &frame.into(), &mut out);
-            if std::io::Write::write_all(&mut c.stream, &out).is_err() {
+            if c.try_send_raw(&out).is_err() {
                 return acked;
             }
             next += 1;

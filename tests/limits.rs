@@ -63,18 +63,14 @@ fn client_msg_id_zero_stores_every_send() {
         [Bytes::from_static(b"one"), Bytes::from_static(b"two")]
     );
     // Pipelined, so both are likely handled in one server round (the round's own dedupe).
-    let (x, y) = (alice.id(), alice.id());
-    for (id, body) in [(x, "four"), (y, "five")] {
-        alice.send(
-            id,
-            Send {
-                thread,
-                client_msg_id: 0,
-                kind: MessageKind::Text,
-                body: Bytes::from_static(body.as_bytes()),
-            },
-        );
-    }
+    let [x, y] = ["four", "five"].map(|body| {
+        alice.send_request(Send {
+            thread,
+            client_msg_id: 0,
+            kind: MessageKind::Text,
+            body: Bytes::from_static(body.as_bytes()),
+        })
+    });
     let ids: Vec<u64> = [x, y]
         .map(|id| match alice.reply(id, util::REPLY_TIMEOUT) {
             Frame::Sent(s) => s.message,
@@ -160,14 +156,7 @@ fn provision(server: &mut Server, prefix: &str, n: usize) -> Vec<u64> {
 
 /// Sends every frame at once (pipelined), then returns the replies in order.
 fn pipeline(c: &mut TestConn, frames: Vec<Frame>) -> Vec<Frame> {
-    let ids: Vec<u32> = frames
-        .into_iter()
-        .map(|f| {
-            let id = c.id();
-            c.send(id, f);
-            id
-        })
-        .collect();
+    let ids: Vec<u32> = frames.into_iter().map(|f| c.send_request(f)).collect();
     ids.into_iter()
         .map(|id| c.reply(id, util::REPLY_TIMEOUT))
         .collect()
@@ -602,15 +591,26 @@ fn every_documented_limit_is_enforced_with_its_error() {
     c.register("carol650", util::PASSWORD, "phone");
 
     // HELLO.client: at most 64 bytes; a longer one is refused and HELLO may be said again.
+    // Hand-made HELLOs: the session says its own, once.
     let mut c = server.connect();
-    let long = c.request(Hello {
-        version: VERSION,
-        client: name(65),
-    });
-    assert_eq!(error_code(&long), ErrorCode::InvalidArgument);
-    let ok = c.request(Hello {
-        version: VERSION,
-        client: name(64),
-    });
+    c.send(
+        1,
+        Hello {
+            version: VERSION,
+            client: name(65),
+        },
+    );
+    assert_eq!(
+        error_code(&c.reply(1, util::REPLY_TIMEOUT)),
+        ErrorCode::InvalidArgument
+    );
+    c.send(
+        2,
+        Hello {
+            version: VERSION,
+            client: name(64),
+        },
+    );
+    let ok = c.reply(2, util::REPLY_TIMEOUT);
     assert!(matches!(ok, Frame::Welcome(_)), "{ok:?}");
 }

@@ -82,8 +82,7 @@ fn a_held_read_does_not_stall_other_requests_on_its_shard() {
     let thread = group(&mut a, vec![bob.user]);
     let id = send(&mut a, thread, 1, "hello");
 
-    let held = a.id();
-    a.send(held, history(thread));
+    let held = a.send_request(history(thread));
     // The same connection and another one on the same (only) shard are served meanwhile.
     assert!(matches!(a.request(Ping { nonce: 1 }), Frame::Pong(_)));
     assert!(matches!(b.request(Ping { nonce: 2 }), Frame::Pong(_)));
@@ -111,13 +110,7 @@ fn a_full_read_queue_refuses_with_rate_limited_and_answers_the_rest() {
 
     // At most 2 reads in flight (one held in the worker at the gate, one queued): 2 of 8 are
     // accepted, whenever the worker takes its first.
-    let ids: Vec<u32> = (0..8)
-        .map(|_| {
-            let rid = a.id();
-            a.send(rid, history(thread));
-            rid
-        })
-        .collect();
+    let ids: Vec<u32> = (0..8).map(|_| a.send_request(history(thread))).collect();
     assert!(matches!(a.request(Ping { nonce: 1 }), Frame::Pong(_)));
     std::fs::write(&gate, b"").unwrap();
     let (mut refused, mut answered) = (0, 0);

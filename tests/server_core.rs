@@ -281,15 +281,13 @@ fn a_slow_consumer_is_cut_off_and_others_carry_on() {
     for batch in 0..total / 100 {
         let ids: Vec<u32> = (0..100)
             .map(|i| {
-                let id = sender.id();
                 let send = Send {
                     thread,
                     client_msg_id: batch * 100 + i + 1,
                     kind: MessageKind::Text,
                     body: body.clone(),
                 };
-                sender.send(id, send);
-                id
+                sender.send_request(send)
             })
             .collect();
         for id in ids {
@@ -433,13 +431,7 @@ fn the_session_state_machine_is_enforced() {
 fn rate_limit_drops_requests_but_keeps_the_connection() {
     let server = Server::start_with(&["--rate-limit", "5"]);
     let (mut c, _) = server.user("chatty");
-    let ids: Vec<u32> = (0..40)
-        .map(|i| {
-            let id = c.id();
-            c.send(id, Ping { nonce: i });
-            id
-        })
-        .collect();
+    let ids: Vec<u32> = (0..40).map(|i| c.send_request(Ping { nonce: i })).collect();
     let replies: Vec<Frame> = ids.iter().map(|&id| c.reply(id, SHORT)).collect();
     let limited = replies
         .iter()
@@ -483,15 +475,11 @@ fn users_homed_on_another_node_are_redirected() {
     for i in 0..16 {
         let mut c = server.connect();
         assert_eq!(c.hello().node, "a");
-        let id = c.id();
-        c.send(
-            id,
-            courier_protocol::Login {
-                handle: format!("load{i}"),
-                password: PASSWORD.into(),
-                device: "d".into(),
-            },
-        );
+        let id = c.send_request(courier_protocol::Login {
+            handle: format!("load{i}"),
+            password: PASSWORD.into(),
+            device: "d".into(),
+        });
         let frames = match c.recv_until(Instant::now() + SHORT) {
             util::Recv::Frame(e) => match e.frame {
                 Frame::Redirect(r) if e.request_id == 0 => {
@@ -641,15 +629,14 @@ fn a_burst_larger_than_the_read_budget_is_answered_completely() {
                                // A tiny budget: without the carry-over, bytes left in the socket after the last write
                                // would never be read (no new edge), and the test would stop short.
     let server = Server::start_with(&["--rate-limit", "1000000", "--read-budget", "4096"]);
-    let (flooder, _) = server.user("flood");
+    let (mut flooder, _) = server.user("flood");
     let (mut other, _) = server.user("other");
     let mut burst = BytesMut::new();
     for nonce in 1..=PINGS {
         courier_protocol::encode(1, &Ping { nonce }.into(), &mut burst);
     }
-    let mut writer = flooder.stream.try_clone().expect("clone the socket");
+    let mut writer = flooder.raw_writer();
     let sending = std::thread::spawn(move || std::io::Write::write_all(&mut writer, &burst));
-    let mut flooder = flooder;
     let mut expected = 1;
     let deadline = Instant::now() + Duration::from_secs(30);
     while expected <= PINGS {

@@ -369,6 +369,16 @@ impl Session {
         }
     }
 
+    /// Hands over the received bytes not yet decoded (a partial frame, at most) and closes with
+    /// [`CloseReason::Local`]. For a driver that stops using the session and reads the rest of
+    /// the connection itself: the test harness does so when a test sends hand-made frames,
+    /// whose replies the session would not match.
+    pub fn take_undecoded(&mut self) -> BytesMut {
+        let undecoded = std::mem::take(&mut self.inbuf);
+        self.close();
+        undecoded
+    }
+
     /// The next thing to act on, in order; `None` when there is nothing now.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()

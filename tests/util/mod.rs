@@ -1,5 +1,5 @@
 //! Shared harness for black-box tests: a real `courier serve` child on an ephemeral loopback
-//! port with its own temporary data directory, and a small blocking raw-protocol client.
+//! port with its own temporary data directory, and a small blocking client over the protocol's `Session`.
 //!
 //! Everything is bounded in time: starting waits at most [`START_TIMEOUT`], every read takes a
 //! timeout, and a [`Server`] kills its child when dropped, so a failing test leaves no process
@@ -17,9 +17,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use courier_protocol::session::{CloseReason, Event};
 use courier_protocol::{
-    encode, AuthOk, Decoder, Envelope, ErrorCode, Frame, Hello, Login, Ping, Register, Resume,
-    Welcome, MAX_FRAME_LEN, VERSION,
+    encode, AuthOk, Decoder, Envelope, ErrorCode, ErrorReply, Frame, Login, Ping, Redirect,
+    Register, Resume, Session, SessionConfig, Welcome, MAX_FRAME_LEN,
 };
 
 /// How long a server may take to print its listening line.
@@ -406,56 +407,137 @@ pub enum Recv {
     Timeout,
 }
 
-/// A blocking raw-protocol client for tests: sends frames, matches replies by request id and
-/// buffers everything else (pushes, replies to other requests).
-pub struct TestConn {
-    pub stream: TcpStream,
-    buf: BytesMut,
-    decoder: Decoder,
-    next_id: u32,
-    /// Frames received while waiting for something else, in arrival order.
-    pending: VecDeque<Envelope>,
-    closed: bool,
+/// Who reads the connection: the protocol [`Session`], or the test itself.
+enum Speaker {
+    /// Every well-behaved test: the session says `HELLO`, allocates request ids and matches
+    /// replies, as the client library and the loadgen do.
+    Session(Box<Session>),
+    /// After a test sent hand-made bytes ([`TestConn::send`], [`TestConn::send_raw`],
+    /// [`TestConn::raw_writer`]): request id 0, a second `HELLO`, oversize or garbage frames, a
+    /// burst of frames under one id. The session would refuse to send these, and would drop the
+    /// replies to ids it did not allocate, so from then on the frames are decoded here as they
+    /// come and handed to the test unmatched.
+    Raw { buf: BytesMut, decoder: Decoder },
 }
 
+/// A blocking client for tests over a protocol [`Session`]: sends requests, matches replies by
+/// request id and buffers everything else (pushes, replies to other requests). Tests that must
+/// send what a correct client never sends use the raw methods, which take the session out.
+pub struct TestConn {
+    pub stream: TcpStream,
+    speaker: Speaker,
+    /// Frames received while waiting for something else, in arrival order.
+    pending: VecDeque<Envelope>,
+    /// Frames decoded (by the session, as events) and not yet handed out by `recv_until`.
+    decoded: VecDeque<Envelope>,
+    /// The transport closed, or the session did.
+    closed: bool,
+    /// Whether the session's `HELLO` went out.
+    hello_sent: bool,
+}
+
+/// The request id of the session's `HELLO`: the first id it allocates.
+const HELLO_ID: u32 = 1;
+
 impl TestConn {
+    /// Connects; nothing is sent until the test says `HELLO` or sends something itself.
     pub fn connect(addr: SocketAddr) -> TestConn {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .expect("connect to the server");
         let _ = stream.set_nodelay(true);
+        let config = SessionConfig {
+            client_name: "courier-tests".into(),
+            ..SessionConfig::default()
+        };
         TestConn {
             stream,
-            buf: BytesMut::with_capacity(64 * 1024),
-            decoder: Decoder::new(MAX_FRAME_LEN),
-            next_id: 1,
+            speaker: Speaker::Session(Box::new(Session::new(config, Instant::now()))),
             pending: VecDeque::new(),
+            decoded: VecDeque::new(),
             closed: false,
+            hello_sent: false,
         }
     }
 
-    /// A fresh request id.
-    pub fn id(&mut self) -> u32 {
-        let id = self.next_id;
-        self.next_id += 1;
+    /// Sends `frame` under a fresh request id without waiting; the reply comes from
+    /// [`reply`](Self::reply) with that id. `TYPING` gets no reply.
+    pub fn send_request(&mut self, frame: impl Into<Frame>) -> u32 {
+        let frame = frame.into();
+        let Speaker::Session(session) = &mut self.speaker else {
+            panic!(
+                "this connection sent hand-made frames, so the session no longer matches its \
+                 replies: send {} on a new connection",
+                frame.name()
+            );
+        };
+        assert!(
+            self.hello_sent,
+            "say HELLO first (TestConn::hello), or send {} raw with TestConn::send",
+            frame.name()
+        );
+        let id = session
+            .send_request(&frame)
+            .unwrap_or_else(|e| panic!("the session refused {}: {e}", frame.name()));
+        self.flush();
         id
     }
 
-    /// Sends one frame with `request_id`, without waiting.
+    /// Sends one hand-made frame with `request_id`, without waiting. The session is taken out
+    /// (see [`Speaker::Raw`]): later frames arrive unmatched through
+    /// [`recv_until`](Self::recv_until), [`reply`](Self::reply) and
+    /// [`expect_closed`](Self::expect_closed).
     pub fn send(&mut self, request_id: u32, frame: impl Into<Frame>) {
         let mut out = BytesMut::new();
         encode(request_id, &frame.into(), &mut out);
         self.send_raw(&out);
     }
 
+    /// Writes hand-made bytes (see [`send`](Self::send)).
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write to the server");
+        self.try_send_raw(bytes).expect("write to the server");
+    }
+
+    /// [`send_raw`](Self::send_raw) for a server that may be gone already.
+    pub fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.go_raw();
+        self.stream.write_all(bytes)
+    }
+
+    /// A second handle on the socket for writing hand-made bytes from another thread (see
+    /// [`send`](Self::send)).
+    pub fn raw_writer(&mut self) -> TcpStream {
+        self.go_raw();
+        self.stream.try_clone().expect("clone the socket")
+    }
+
+    /// Takes the session out: frames it decoded are kept in order, and the bytes it had not
+    /// decoded yet are decoded here from now on.
+    fn go_raw(&mut self) {
+        if let Speaker::Session(session) = &mut self.speaker {
+            let buf = session.take_undecoded();
+            self.drain_events();
+            self.closed = false;
+            self.speaker = Speaker::Raw {
+                buf,
+                decoder: Decoder::new(MAX_FRAME_LEN),
+            };
+        }
+    }
+
+    /// Writes what the session has to send.
+    fn flush(&mut self) {
+        if let Speaker::Session(session) = &mut self.speaker {
+            let mut out = BytesMut::new();
+            if session.poll_transmit(&mut out) > 0 {
+                self.stream.write_all(&out).expect("write to the server");
+            }
+        }
     }
 
     /// Sends `frame` with a fresh id and returns the reply with that id (an `ErrorReply` is a
     /// reply too). Panics if none comes within [`REPLY_TIMEOUT`] or the connection closes.
     pub fn request(&mut self, frame: impl Into<Frame>) -> Frame {
-        let id = self.id();
-        self.send(id, frame);
+        let id = self.send_request(frame);
         self.reply(id, REPLY_TIMEOUT)
     }
 
@@ -531,13 +613,12 @@ impl TestConn {
         }
     }
 
-    /// Reads one frame, or reports a close or the deadline passing.
+    /// Reads one frame, or reports a close or the deadline passing. Frames decoded earlier
+    /// and not yet handed out come first.
     pub fn recv_until(&mut self, deadline: Instant) -> Recv {
         loop {
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(e)) => return Recv::Frame(e),
-                Ok(None) => {}
-                Err(e) => panic!("the server sent bytes that do not decode: {e}"),
+            if let Some(e) = self.next_decoded() {
+                return Recv::Frame(e);
             }
             if self.closed {
                 return Recv::Closed;
@@ -551,22 +632,89 @@ impl TestConn {
                 .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))));
             let mut chunk = [0u8; 16 * 1024];
             match self.stream.read(&mut chunk) {
-                Ok(0) => self.closed = true,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(0) => self.transport_closed(),
+                Ok(n) => match &mut self.speaker {
+                    Speaker::Session(session) => session.handle_input(&chunk[..n], Instant::now()),
+                    Speaker::Raw { buf, .. } => buf.extend_from_slice(&chunk[..n]),
+                },
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     return Recv::Timeout
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => self.closed = true,
+                Err(_) => self.transport_closed(),
             }
         }
     }
 
+    fn transport_closed(&mut self) {
+        match &mut self.speaker {
+            Speaker::Session(session) => session.handle_transport_closed(),
+            Speaker::Raw { .. } => self.closed = true,
+        }
+    }
+
+    /// The next frame already decoded: the session's events as the frames that caused them,
+    /// or, raw, the next frame in the buffer.
+    fn next_decoded(&mut self) -> Option<Envelope> {
+        self.drain_events();
+        if let Some(e) = self.decoded.pop_front() {
+            return Some(e);
+        }
+        match &mut self.speaker {
+            Speaker::Session(_) => None,
+            Speaker::Raw { buf, decoder } => match decoder.decode(buf) {
+                Ok(e) => e,
+                Err(e) => panic!("the server sent bytes that do not decode: {e}"),
+            },
+        }
+    }
+
+    /// Turns the session's events into the frames that caused them, in order.
+    fn drain_events(&mut self) {
+        let Speaker::Session(session) = &mut self.speaker else {
+            return;
+        };
+        while let Some(event) = session.poll_event() {
+            let (request_id, frame) = match event {
+                Event::Welcomed(w) => (HELLO_ID, Frame::Welcome(w)),
+                Event::Authenticated { request_id, auth } => (request_id, Frame::AuthOk(auth)),
+                Event::Reply { request_id, frame } => (request_id, frame),
+                Event::Push(frame) => (0, frame),
+                Event::Redirect { node, addr } => (0, Frame::Redirect(Redirect { node, addr })),
+                Event::Closed { reason } => {
+                    self.closed = true;
+                    match reason {
+                        // The frame that announced the close, as the server sent it.
+                        CloseReason::Server { code, message } => {
+                            (0, Frame::ErrorReply(ErrorReply { code, message }))
+                        }
+                        CloseReason::HandshakeRefused { code, message } => {
+                            (HELLO_ID, Frame::ErrorReply(ErrorReply { code, message }))
+                        }
+                        CloseReason::Redirected
+                        | CloseReason::TransportClosed
+                        | CloseReason::Local => continue,
+                        other => panic!("the session closed the connection: {other}"),
+                    }
+                }
+            };
+            self.decoded.push_back(Envelope { request_id, frame });
+        }
+    }
+
+    /// Sends the session's `HELLO` without waiting for `WELCOME`.
+    pub fn start_hello(&mut self) {
+        assert!(
+            matches!(self.speaker, Speaker::Session(_)) && !self.hello_sent,
+            "HELLO goes first, once"
+        );
+        self.hello_sent = true;
+        self.flush();
+    }
+
     pub fn hello(&mut self) -> Welcome {
-        match self.request(Hello {
-            version: VERSION,
-            client: "courier-tests".into(),
-        }) {
+        self.start_hello();
+        match self.reply(HELLO_ID, REPLY_TIMEOUT) {
             Frame::Welcome(w) => w,
             other => panic!("expected WELCOME, got {other:?}"),
         }

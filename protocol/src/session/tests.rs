@@ -737,3 +737,20 @@ fn shrink_idle_frees_buffers_but_keeps_a_partial_frame() {
     s.shrink_idle();
     assert_eq!((s.inbuf.capacity(), s.outbox.capacity()), (0, 0));
 }
+
+#[test]
+fn take_undecoded_hands_over_a_partial_frame_and_closes() {
+    let t0 = Instant::now();
+    let mut s = welcomed(t0, 0);
+    let bytes = wire(&[(0, push(5)), (0, push(6))]);
+    let second = bytes.len() / 2;
+    // The first push whole, the second cut three bytes short.
+    s.handle_input(&bytes[..bytes.len() - 3], t0);
+    assert_eq!(events(&mut s), [Event::Push(push(5))]);
+    let mut rest = s.take_undecoded();
+    assert_eq!(rest.len(), bytes.len() - 3 - second);
+    assert_eq!(events(&mut s), [closed(CloseReason::Local)]);
+    rest.extend_from_slice(&bytes[bytes.len() - 3..]);
+    let env = Decoder::new(MAX_FRAME_LEN).decode(&mut rest).unwrap();
+    assert_eq!(env.map(|e| e.frame), Some(push(6)));
+}
