@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use courier_protocol::{ErrorCode, ErrorReply, Frame, MessageKind, ReceiptKind, ReceiptPush};
 
-use crate::fake_server::FakeServer;
 use crate::{BackoffPolicy, Client, ClientConfig, Error, Event};
+use courier_fake::FakeServer;
 
 const WAIT: Duration = Duration::from_secs(5);
 

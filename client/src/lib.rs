@@ -54,5 +54,3 @@ pub use courier_protocol::{
 
 #[cfg(test)]
 mod client_tests;
-#[cfg(test)]
-mod fake_server;

@@ -21,7 +21,6 @@
 pub mod cli;
 mod error;
 #[doc(hidden)]
-pub mod fake_server;
 mod fleet;
 pub mod hist;
 pub mod ipc;

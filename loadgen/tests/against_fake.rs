@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::Command as Process;
 
 use clap::Parser;
-use courier_loadgen::fake_server::{self, FakeServer, Faults};
+use courier_fake::{token_for, FakeServer, Faults, MessageIds, Options};
+use courier_loadgen::users::{format_user, UserRecord};
 use courier_loadgen::{run, Cli, Report};
 
 struct Fixture {
@@ -24,7 +25,12 @@ impl Drop for TempDir {
 }
 
 fn fixture(faults: Faults, users: usize) -> Fixture {
-    let server = FakeServer::start(faults).unwrap();
+    let server = FakeServer::with_options(Options {
+        faults,
+        // The loadgen syncs from the time its run started, as the real server's ids are.
+        message_ids: MessageIds::Clock,
+        ..Options::default()
+    });
     let dir = std::env::temp_dir().join(format!(
         "courier-loadgen-test-{}-{}",
         std::process::id(),
@@ -32,12 +38,26 @@ fn fixture(faults: Faults, users: usize) -> Fixture {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("users.txt");
-    fake_server::write_users_file(users, &path).unwrap();
+    write_users_file(users, &path);
     Fixture {
         server,
         users: path,
         _dir: TempDir(dir),
     }
+}
+
+/// Users 1..=n as `courier admin provision` lists them; the fake accepts their tokens by
+/// RESUME without knowing them.
+fn write_users_file(n: usize, path: &std::path::Path) {
+    let text: String = (1..=n as u64)
+        .map(|id| UserRecord {
+            id,
+            handle: format!("load{id}"),
+            token: token_for(id).to_vec(),
+        })
+        .map(|u| format_user(&u) + "\n")
+        .collect();
+    std::fs::write(path, text).unwrap();
 }
 
 fn cli(f: &Fixture, extra: &[&str]) -> Cli {
