@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use courier::chat::{Caller, ChatConfig, ConnRef, Effect, Engine, Shared};
+use courier::caller::{Caller, ConnRef};
+use courier::chat::{ChatConfig, Effect, Engine, Shared};
 use courier::clock::Clock;
 use courier::store::{FsyncMode, MemberRecord, MessageRecord, PrivateState, Store, ThreadRecord};
 use courier_protocol::{ListThreads, MessageKind, OpenDirect, Send};

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::chat::ConnRef;
+use crate::caller::ConnRef;
 
 /// Stripes of the map: enough that 2–64 shards rarely contend on one.
 pub const STRIPES: usize = 64;

@@ -1,6 +1,7 @@
 //! Courier: a chat push server. See ARCHITECTURE.md for the one-page picture.
 
 pub mod admin;
+pub mod caller;
 pub mod chat;
 pub mod clock;
 pub mod cluster;

@@ -6,7 +6,7 @@ use courier_protocol::{Contacts, Done, ErrorCode, Frame, User, UserInfo, Users};
 
 use super::engine::{Engine, Reject};
 use super::threads::internal;
-use super::Caller;
+use crate::caller::Caller;
 
 /// Most ids one GET_USERS may ask for, unless the reply budget carries fewer.
 const MAX_GET_USERS: usize = 1000;

@@ -17,7 +17,8 @@ use super::media::{self, Uploads};
 use super::messages::TypingGate;
 use super::threads::{self, ThreadCache};
 use super::{messages, sync};
-use super::{Caller, Effect, Shared};
+use super::{Effect, Shared};
+use crate::caller::Caller;
 use crate::store::{Batch, FsyncMode, PrivateState};
 
 /// A request's failure: the code and a sentence for the person behind the client.

@@ -11,7 +11,8 @@ use courier_protocol::{
 
 use super::engine::{Engine, Reject};
 use super::threads::internal;
-use super::{Caller, Shared};
+use super::Shared;
+use crate::caller::Caller;
 use crate::clock::wall_us;
 use crate::store::keys::MEDIA_ID;
 use crate::store::MediaHeader;

@@ -14,7 +14,8 @@ use courier_protocol::{
 
 use super::engine::{Engine, Reject};
 use super::threads::internal;
-use super::{Caller, Shared};
+use super::Shared;
+use crate::caller::Caller;
 use crate::clock::wall_us;
 use crate::store::{MessageRecord, Store};
 

@@ -11,25 +11,9 @@ use std::sync::Arc;
 use courier_protocol::Frame;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::caller::ConnRef;
 use crate::clock::Clock;
 use crate::store::Store;
-
-/// A connection anywhere in the process: its shard, its slab slot, and the slot's generation,
-/// so that an answer never reaches a later connection that reused the slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnRef {
-    pub shard: u16,
-    pub slot: u32,
-    pub gen: u32,
-}
-
-/// The authenticated sender of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller {
-    pub user: u64,
-    pub device: u32,
-    pub conn: ConnRef,
-}
 
 /// What the shard must send once a round is committed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,8 @@ use courier_protocol::{ErrorCode, Frame, MessageRef, Sync, SyncBatch};
 use super::engine::Reject;
 use super::messages::to_wire;
 use super::threads::{internal, left_view, view, ThreadState};
-use super::{Caller, Shared};
+use super::Shared;
+use crate::caller::Caller;
 
 /// Messages per page when the request asks for 0, and the most it may ask for.
 const DEFAULT_PAGE: usize = 200;

@@ -7,7 +7,8 @@ use bytes::Bytes;
 use courier_protocol::wire::Wire;
 use courier_protocol::*;
 
-use super::{Caller, ChatConfig, ConnRef, Effect, Engine, Shared};
+use super::{ChatConfig, Effect, Engine, Shared};
+use crate::caller::{Caller, ConnRef};
 use crate::clock::Clock;
 use crate::session::{Accounts, AuthConfig};
 use crate::store::{FsyncMode, Store};

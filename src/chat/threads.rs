@@ -12,7 +12,8 @@ use courier_protocol::{
 
 use super::engine::{Engine, Reject};
 use super::messages::to_wire;
-use super::{Caller, Shared};
+use super::Shared;
+use crate::caller::Caller;
 use crate::store::{MemberRecord, MessageRecord, PrivateState, Store, ThreadRecord};
 
 /// Longest group name or private label, in bytes.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::mailbox::{Mailbox, ShardMsg};
-use crate::chat::ConnRef;
+use crate::caller::ConnRef;
 use crate::session::Accounts;
 
 /// Jobs waiting for a worker before shards refuse new ones (`LOGIN_THROTTLED`, retry later).

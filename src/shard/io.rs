@@ -18,7 +18,7 @@ use mio::{Interest, Token};
 
 use super::conn::{flag, Conn, State, TokenBucket};
 use super::Shard;
-use crate::chat::ConnRef;
+use crate::caller::ConnRef;
 use crate::metrics::{Reason, ShardMetrics};
 
 /// Slices handed to one `writev`.

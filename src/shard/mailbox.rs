@@ -15,7 +15,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use mio::Waker;
 
 use super::presence::Change;
-use crate::chat::{Caller, ConnRef};
+use crate::caller::{Caller, ConnRef};
 use crate::session::{AuthError, Authed};
 
 /// Messages a mailbox holds before senders overflow.

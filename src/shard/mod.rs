@@ -39,7 +39,8 @@ use mio::net::TcpListener;
 use mio::{Events, Poll, Token};
 use slab::Slab;
 
-use crate::chat::{ConnRef, Effect, Engine, Shared};
+use crate::caller::ConnRef;
+use crate::chat::{Effect, Engine, Shared};
 use crate::cluster::Router;
 use crate::config::Config;
 use crate::directory::Directory;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use courier_protocol::Presence;
 
-use crate::chat::ConnRef;
+use crate::caller::ConnRef;
 
 /// Users one connection may watch.
 pub const MAX_PER_CONN: usize = 4096;

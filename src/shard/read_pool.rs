@@ -29,7 +29,8 @@ use courier_protocol::{encode, Frame};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::mailbox::{Mailbox, ShardMsg};
-use crate::chat::{Caller, Engine, Shared};
+use crate::caller::Caller;
+use crate::chat::{Engine, Shared};
 use crate::metrics::{Metrics, ReadMetrics};
 
 /// Tests only: when this environment variable names a path, every read job waits until a file

@@ -13,7 +13,8 @@ use super::mailbox::ShardMsg;
 use super::presence::Change;
 use super::session::reason_for;
 use super::Shard;
-use crate::chat::{ConnRef, Effect};
+use crate::caller::ConnRef;
+use crate::chat::Effect;
 
 impl Shard {
     /// Sends one effect of a commit on its way.
