@@ -69,6 +69,30 @@ pub enum Error {
     },
 }
 
+/// `--fsync` and `fsync =`: how a commit is made durable before its acknowledgements go out
+/// ([`FsyncMode`], which the store keeps free of command-line and file-format concerns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// Every request's writes are one WAL write and one fsync, before its ack.
+    Always,
+    /// Group commit: all writes of one event-loop round are one WAL write and one fsync,
+    /// before any of that round's acks.
+    Batch,
+    /// The WAL is written (so a process crash loses nothing) but not synced (a power loss may).
+    Never,
+}
+
+impl From<Fsync> for FsyncMode {
+    fn from(fsync: Fsync) -> FsyncMode {
+        match fsync {
+            Fsync::Always => FsyncMode::Always,
+            Fsync::Batch => FsyncMode::Batch,
+            Fsync::Never => FsyncMode::Never,
+        }
+    }
+}
+
 /// The options as given on the command line; `None`/empty means "not given".
 #[derive(Debug, Default, clap::Args)]
 pub struct ServeArgs {
@@ -89,7 +113,7 @@ pub struct ServeArgs {
     pub metrics: Option<SocketAddr>,
     /// When a commit reaches the disk [default: batch].
     #[arg(long, value_enum)]
-    pub fsync: Option<FsyncMode>,
+    pub fsync: Option<Fsync>,
     /// Heartbeat period announced to clients; 3 missed periods close the connection [default: 30].
     #[arg(long)]
     pub heartbeat_secs: Option<u16>,
@@ -172,7 +196,7 @@ struct FileConfig {
     listen: Option<Vec<SocketAddr>>,
     shards: Option<usize>,
     metrics: Option<SocketAddr>,
-    fsync: Option<FsyncMode>,
+    fsync: Option<Fsync>,
     heartbeat_secs: Option<u16>,
     handshake_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
@@ -255,7 +279,10 @@ impl Config {
             },
             shards: args.shards.or(file.shards).unwrap_or(cores),
             metrics: args.metrics.or(file.metrics),
-            fsync: args.fsync.or(file.fsync).unwrap_or_default(),
+            fsync: args
+                .fsync
+                .or(file.fsync)
+                .map_or_else(FsyncMode::default, FsyncMode::from),
             heartbeat_secs: args.heartbeat_secs.or(file.heartbeat_secs).unwrap_or(30),
             handshake_timeout_secs: args
                 .handshake_timeout_secs

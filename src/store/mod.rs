@@ -8,9 +8,9 @@ pub mod records;
 pub use db::{Batch, Store, StoreMemory, StoreOptions, BLOCK_CACHE_BYTES, MEMTABLE_BUDGET_BYTES};
 pub use records::*;
 
-/// How a commit is made durable before its acknowledgements go out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+/// How a commit is made durable before its acknowledgements go out. The command line and the
+/// configuration file name it with `config::Fsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FsyncMode {
     /// Every request's writes are one WAL write and one fsync, before its ack.
     Always,
