@@ -5,11 +5,17 @@
 //! watched user in `dirty` and pushes it on its one-second tick: a user flapping a hundred times
 //! in a second costs each subscriber one `PRESENCE_PUSH`, so a reconnect storm cannot flood
 //! subscribers. Subscriptions die with the subscriber's connection.
+//!
+//! Also the shard's presence handlers: PRESENCE_QUERY and PRESENCE_SUBSCRIBE (contacts only),
+//! and the note of a change for the end-of-round broadcast.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
-use courier_protocol::Presence;
+use courier_protocol::{Done, ErrorCode, Frame, Presence, PresenceList};
 
+use super::conn::flag;
+use super::Shard;
 use crate::caller::ConnRef;
 
 /// Users one connection may watch.
@@ -105,6 +111,117 @@ impl Subscriptions {
                 push(&p, w);
             }
         }
+    }
+}
+
+impl Shard {
+    pub(super) fn presence_query(
+        &mut self,
+        slot: usize,
+        request_id: u32,
+        caller: u64,
+        users: &[u64],
+    ) {
+        // Only contacts may be asked about, so this many always fit in one PRESENCE_LIST
+        // (a contact takes more bytes in CONTACTS than an entry here).
+        let max = self.core.config.max_contacts;
+        if users.len() > max {
+            let message = format!(
+                "ask about at most {max} users at once (the most contacts a user may have)"
+            );
+            return self.reply_error(slot, request_id, ErrorCode::InvalidArgument, &message);
+        }
+        if !self.all_contacts(slot, request_id, caller, users) {
+            return;
+        }
+        let now = crate::clock::wall_us();
+        let mut entries = Vec::with_capacity(users.len());
+        for &user in users {
+            let online = self.core.directory.is_online(user);
+            let last_seen = if online {
+                now
+            } else {
+                match self.core.chat.store.last_seen(user) {
+                    Ok(at) => at.unwrap_or(0),
+                    Err(e) => return self.internal(slot, request_id, &e),
+                }
+            };
+            entries.push(Presence {
+                user,
+                online,
+                last_seen,
+            });
+        }
+        self.send(
+            slot,
+            request_id,
+            &Frame::PresenceList(PresenceList { entries }),
+        );
+    }
+
+    /// Presence is disclosed to contacts only: answers NOT_CONTACT (or INTERNAL) and returns
+    /// false unless every one of `users` is in the caller's contacts.
+    fn all_contacts(&mut self, slot: usize, request_id: u32, caller: u64, users: &[u64]) -> bool {
+        for &user in users {
+            match self.core.chat.store.is_contact(caller, user) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let message = format!("user {user} is not in your contacts; add them first");
+                    self.reply_error(slot, request_id, ErrorCode::NotContact, &message);
+                    return false;
+                }
+                Err(e) => {
+                    self.internal(slot, request_id, &e);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    pub(super) fn presence_subscribe(
+        &mut self,
+        slot: usize,
+        request_id: u32,
+        caller: u64,
+        users: &[u64],
+    ) {
+        if !self.all_contacts(slot, request_id, caller, users) {
+            return;
+        }
+        let Some(me) = self.conn_ref(slot) else {
+            return;
+        };
+        match self.subs.subscribe(me, users) {
+            Ok(added) => {
+                self.core
+                    .presence_subscriptions
+                    .fetch_add(added, Ordering::Relaxed);
+                if let Some(conn) = self.conns.get_mut(slot) {
+                    conn.flags |= flag::SUBSCRIBED;
+                }
+                self.send(slot, request_id, &Frame::Done(Done {}));
+            }
+            Err(()) => self.reply_error(
+                slot,
+                request_id,
+                ErrorCode::InvalidArgument,
+                "too many presence subscriptions on one connection",
+            ),
+        }
+    }
+
+    /// Notes that `user` came online or went offline (change `seq` of the directory), for the
+    /// end-of-round broadcast.
+    pub(super) fn presence_changed(&mut self, seq: u64, user: u64, online: bool, at_us: u64) {
+        self.presence_out.push(Change {
+            seq,
+            presence: Presence {
+                user,
+                online,
+                last_seen: at_us,
+            },
+        });
     }
 }
 

@@ -1,5 +1,6 @@
 //! What a shard does with each frame: the session state machine (hello, authentication,
-//! logout), presence and administration, and handing chat requests to the right engine.
+//! logout), administration, and handing chat requests to the right engine. Presence requests
+//! go to the handlers in `presence.rs`.
 //!
 //! ```text
 //!  AwaitHello --HELLO--> AwaitAuth --RESUME ok-----------------> Authed
@@ -9,19 +10,16 @@
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use courier_protocol::{
-    AuthOk, Done, ErrorCode, ErrorReply, Frame, Pong, Presence, PresenceList, Redirect, Stat,
-    Stats, Welcome, VERSION,
+    AuthOk, Done, ErrorCode, ErrorReply, Frame, Pong, Redirect, Stat, Stats, Welcome, VERSION,
 };
 use crossbeam_channel::TrySendError;
 
 use super::auth_pool::{AuthRequest, Job};
 use super::conn::{flag, State};
 use super::mailbox::ShardMsg;
-use super::presence::Change;
 use super::read_pool::{ReadRequest, Refused};
 use super::Shard;
 use crate::caller::{Caller, ConnRef};
@@ -414,7 +412,7 @@ impl Shard {
         }
     }
 
-    fn internal(&mut self, slot: usize, request_id: u32, e: &dyn std::fmt::Display) {
+    pub(super) fn internal(&mut self, slot: usize, request_id: u32, e: &dyn std::fmt::Display) {
         tracing::error!(shard = self.id, error = %e, "request failed on the server side");
         self.reply_error(
             slot,
@@ -431,103 +429,6 @@ impl Shard {
         } else if let Some(slot) = self.local_slot(to) {
             self.fail(slot, 0, code, reason_for(code));
         }
-    }
-
-    fn presence_query(&mut self, slot: usize, request_id: u32, caller: u64, users: &[u64]) {
-        // Only contacts may be asked about, so this many always fit in one PRESENCE_LIST
-        // (a contact takes more bytes in CONTACTS than an entry here).
-        let max = self.core.config.max_contacts;
-        if users.len() > max {
-            let message = format!(
-                "ask about at most {max} users at once (the most contacts a user may have)"
-            );
-            return self.reply_error(slot, request_id, ErrorCode::InvalidArgument, &message);
-        }
-        if !self.all_contacts(slot, request_id, caller, users) {
-            return;
-        }
-        let now = crate::clock::wall_us();
-        let mut entries = Vec::with_capacity(users.len());
-        for &user in users {
-            let online = self.core.directory.is_online(user);
-            let last_seen = if online {
-                now
-            } else {
-                match self.core.chat.store.last_seen(user) {
-                    Ok(at) => at.unwrap_or(0),
-                    Err(e) => return self.internal(slot, request_id, &e),
-                }
-            };
-            entries.push(Presence {
-                user,
-                online,
-                last_seen,
-            });
-        }
-        self.send(
-            slot,
-            request_id,
-            &Frame::PresenceList(PresenceList { entries }),
-        );
-    }
-
-    /// Presence is disclosed to contacts only: answers NOT_CONTACT (or INTERNAL) and returns
-    /// false unless every one of `users` is in the caller's contacts.
-    fn all_contacts(&mut self, slot: usize, request_id: u32, caller: u64, users: &[u64]) -> bool {
-        for &user in users {
-            match self.core.chat.store.is_contact(caller, user) {
-                Ok(true) => {}
-                Ok(false) => {
-                    let message = format!("user {user} is not in your contacts; add them first");
-                    self.reply_error(slot, request_id, ErrorCode::NotContact, &message);
-                    return false;
-                }
-                Err(e) => {
-                    self.internal(slot, request_id, &e);
-                    return false;
-                }
-            }
-        }
-        true
-    }
-
-    fn presence_subscribe(&mut self, slot: usize, request_id: u32, caller: u64, users: &[u64]) {
-        if !self.all_contacts(slot, request_id, caller, users) {
-            return;
-        }
-        let Some(me) = self.conn_ref(slot) else {
-            return;
-        };
-        match self.subs.subscribe(me, users) {
-            Ok(added) => {
-                self.core
-                    .presence_subscriptions
-                    .fetch_add(added, Ordering::Relaxed);
-                if let Some(conn) = self.conns.get_mut(slot) {
-                    conn.flags |= flag::SUBSCRIBED;
-                }
-                self.send(slot, request_id, &Frame::Done(Done {}));
-            }
-            Err(()) => self.reply_error(
-                slot,
-                request_id,
-                ErrorCode::InvalidArgument,
-                "too many presence subscriptions on one connection",
-            ),
-        }
-    }
-
-    /// Notes that `user` came online or went offline (change `seq` of the directory), for the
-    /// end-of-round broadcast.
-    pub(super) fn presence_changed(&mut self, seq: u64, user: u64, online: bool, at_us: u64) {
-        self.presence_out.push(Change {
-            seq,
-            presence: Presence {
-                user,
-                online,
-                last_seen: at_us,
-            },
-        });
     }
 }
 
