@@ -96,6 +96,7 @@ struct Padded(AtomicU64);
 mod contacts;
 mod dedupe;
 mod engine;
+mod groups;
 mod limits;
 mod media;
 mod messages;
