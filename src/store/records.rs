@@ -1,5 +1,18 @@
 //! Stored values. Each starts with a version byte so a later layout can be told apart; fields
 //! use the protocol's primitive encodings ([`courier_protocol::wire`]).
+//!
+//! That reuse of the wire codec is deliberate and versioned. Layout `V1`: the version byte 1,
+//! then the fields in declaration order, each as the protocol encodes it today: integers
+//! big-endian at their width, `bool` one byte 0 or 1, `String` a u16 length and UTF-8, `Bytes`
+//! a u32 length and the bytes, `MessageKind` and `ThreadKind` their one-byte protocol codes.
+//! Fields appended later read as their defaults when absent (see [`PrivateState`]). A `System`
+//! message's body is a `SystemEvent` in its wire encoding on purpose: the server hands stored
+//! bodies to clients as they are.
+//!
+//! The disk format must not follow the protocol by accident: the test
+//! `tests::stored_bytes_of_every_record_are_pinned` pins the exact bytes of every record, so a
+//! change to one of these encodings in `courier-protocol` fails it. Then either keep the old
+//! encoding here (records get their own) or write a `V2` layout and keep reading `V1`.
 
 use bytes::{Bytes, BytesMut};
 use courier_protocol::wire::{Reader, Wire};
@@ -223,6 +236,110 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(PrivateState::decode(&p.encode()).unwrap(), p);
+    }
+
+    /// Big-endian bytes of a u64, for spelling out expected layouts.
+    fn be(v: u64) -> [u8; 8] {
+        v.to_be_bytes()
+    }
+
+    /// Asserts that `record` is stored as exactly `expected` and reads back from it.
+    fn pinned<R: Record + PartialEq + std::fmt::Debug>(record: R, expected: &[&[u8]]) {
+        let expected: Vec<u8> = expected.concat();
+        assert_eq!(
+            &record.encode()[..],
+            &expected[..],
+            "the stored bytes of {} changed: a disk-format change needs a new version byte \
+             and a reader for V1 (see the module docs)",
+            R::NAME
+        );
+        assert_eq!(R::decode(&expected).unwrap(), record);
+    }
+
+    /// The disk format, spelled out byte by byte per record (module docs): a change to the
+    /// protocol's encodings that would silently change what is on disk fails here.
+    #[test]
+    fn stored_bytes_of_every_record_are_pinned() {
+        pinned(
+            MessageRecord {
+                sender: 0x0102_0304_0506_0708,
+                client_msg_id: 9,
+                kind: MessageKind::Media,
+                recalled: true,
+                body: Bytes::from_static(b"hi"),
+            },
+            &[
+                &[V1],
+                &be(0x0102_0304_0506_0708),
+                &be(9),
+                &[1], // MessageKind::Media
+                &[1], // recalled
+                &[0, 0, 0, 2, b'h', b'i'],
+            ],
+        );
+        pinned(
+            ThreadRecord {
+                kind: ThreadKind::Group,
+                name: "g1".into(),
+                created_by: 7,
+                last_msg_id: 1_000,
+                changed_at: 1_001,
+                member_count: 3,
+            },
+            &[
+                &[V1],
+                &[2], // ThreadKind::Group
+                &[0, 2, b'g', b'1'],
+                &be(7),
+                &be(1_000),
+                &be(1_001),
+                &[0, 0, 0, 3],
+            ],
+        );
+        pinned(
+            MemberRecord {
+                admin: true,
+                delivered: 5,
+                read: 4,
+            },
+            &[&[V1], &[1], &be(5), &be(4)],
+        );
+        pinned(
+            PrivateState {
+                muted: true,
+                hidden: false,
+                hidden_upto: 8,
+                label: "x".into(),
+                changed_at: 9,
+                left: true,
+            },
+            &[&[V1], &[1, 0], &be(8), &[0, 1, b'x'], &be(9), &[1]],
+        );
+        pinned(
+            UserRecord {
+                handle: "al".into(),
+                password_hash: "$a".into(),
+                created_at: 11,
+            },
+            &[&[V1], &[0, 2, b'a', b'l'], &[0, 2, b'$', b'a'], &be(11)],
+        );
+        pinned(
+            TokenRecord {
+                user: 12,
+                device: 2,
+                device_name: "d".into(),
+                created_at: 13,
+            },
+            &[&[V1], &be(12), &[0, 0, 0, 2], &[0, 1, b'd'], &be(13)],
+        );
+        pinned(
+            MediaHeader {
+                total_len: 14,
+                mime: "a/b".into(),
+                uploader: 15,
+            },
+            &[&[V1], &be(14), &[0, 3, b'a', b'/', b'b'], &be(15)],
+        );
     }
 
     #[test]
