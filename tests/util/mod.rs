@@ -430,7 +430,8 @@ pub struct TestConn {
     pending: VecDeque<Envelope>,
     /// Frames decoded (by the session, as events) and not yet handed out by `recv_until`.
     decoded: VecDeque<Envelope>,
-    /// The transport closed, or the session did.
+    /// The server closed the transport (EOF or an error). A session closed by the server's
+    /// ERROR_REPLY(0) or REDIRECT is not enough: tests wait for the socket to close too.
     closed: bool,
     /// Whether the session's `HELLO` went out.
     hello_sent: bool,
@@ -516,7 +517,6 @@ impl TestConn {
         if let Speaker::Session(session) = &mut self.speaker {
             let buf = session.take_undecoded();
             self.drain_events();
-            self.closed = false;
             self.speaker = Speaker::Raw {
                 buf,
                 decoder: Decoder::new(MAX_FRAME_LEN),
@@ -647,9 +647,9 @@ impl TestConn {
     }
 
     fn transport_closed(&mut self) {
-        match &mut self.speaker {
-            Speaker::Session(session) => session.handle_transport_closed(),
-            Speaker::Raw { .. } => self.closed = true,
+        self.closed = true;
+        if let Speaker::Session(session) = &mut self.speaker {
+            session.handle_transport_closed();
         }
     }
 
@@ -682,7 +682,6 @@ impl TestConn {
                 Event::Push(frame) => (0, frame),
                 Event::Redirect { node, addr } => (0, Frame::Redirect(Redirect { node, addr })),
                 Event::Closed { reason } => {
-                    self.closed = true;
                     match reason {
                         // The frame that announced the close, as the server sent it.
                         CloseReason::Server { code, message } => {
@@ -691,6 +690,7 @@ impl TestConn {
                         CloseReason::HandshakeRefused { code, message } => {
                             (HELLO_ID, Frame::ErrorReply(ErrorReply { code, message }))
                         }
+                        // The server closes the socket next; recv_until reports that.
                         CloseReason::Redirected
                         | CloseReason::TransportClosed
                         | CloseReason::Local => continue,
