@@ -14,6 +14,7 @@
 mod codec;
 mod error;
 mod frame;
+pub mod noise;
 pub mod wire;
 
 pub use codec::{
