@@ -1,8 +1,10 @@
 //! The encrypted transport (Noise): sans-IO; not yet served by the server.
 
 mod keys;
+mod record;
 
 pub use keys::{Keypair, PublicKey, KEY_LEN};
+pub use record::{Transport, MAX_RECORD_LEN, MAX_RECORD_PLAINTEXT, TAG_LEN};
 
 /// Bytes of the length prefix of every handshake message and every record.
 pub const LEN_BYTES: usize = 2;
