@@ -1,8 +1,76 @@
-//! The encrypted transport (Noise): sans-IO; not yet served by the server.
+//! The encrypted transport: a Noise handshake, then authenticated records. Sans-IO.
+//!
+//! **Not yet served.** The server, the client library, `courier-cli` and the loadgen still speak
+//! plain TCP; `protocol/NOISE.md` lists what remains to wire this in. Until then PROTOCOL.md
+//! describes what is on the wire.
+//!
+//! Like the frame codec, this module does no I/O and reads no clock: handshake messages and
+//! records go in and out as bytes in caller-owned buffers. It does draw randomness (a fresh
+//! ephemeral key per handshake, and [`Keypair::generate`]) from the operating system.
+//!
+//! # Handshake
+//!
+//! Two Noise patterns, both `25519_ChaChaPoly_BLAKE2s`, with the prologue [`PROLOGUE`]:
+//!
+//! - **XX** for a client that does not know the server's static key yet (or wants to learn it
+//!   while still checking a pin): three messages, 1.5 round trips.
+//! - **IK** for a client that has the server's key pinned: two messages, one round trip, so a
+//!   reconnect storm costs the server one message per client.
+//!
+//! ```text
+//!  XX  client                                            server
+//!      | len | 0x01 | e                              -->  |          message 1 (35 bytes)
+//!      |  <--  len | e, ee, s, es                         |          message 2 (98 bytes)
+//!      | len | s, se                                 -->  |          message 3 (66 bytes)
+//!      |  client checks the server's s against its pin before sending message 3
+//!
+//!  IK  client (knows server key s)                       server
+//!      | len | 0x02 | e, es, s, ss                   -->  |          message 1 (99 bytes)
+//!      |  <--  len | e, ee, se                            |          message 2 (50 bytes)
+//!      |  <--  0x0001 | 0x01   instead, if the server cannot decrypt message 1:
+//!      |                       "the key you pinned is not mine" (REJECT, 3 bytes)
+//! ```
+//!
+//! Every handshake message is framed with a 2-byte big-endian length that counts the bytes after
+//! it; the client's first message starts with a pattern byte ([`Pattern`]) so the server knows
+//! which handshake to run. A length of 0 is never valid, which is how a plaintext Courier frame
+//! (whose 4-byte length starts `00 00`) is recognised and refused with
+//! [`Error::PlaintextPeer`]. Lengths over [`MAX_HANDSHAKE_MSG_LEN`] are refused before the body
+//! is buffered. Handshake payloads are empty: Courier authenticates users with `LOGIN`/`RESUME`
+//! frames inside the encrypted channel.
+//!
+//! # Records
+//!
+//! After the handshake each side keeps only a [`Transport`]: the two transport keys from the
+//! Noise `Split()` and two nonce counters (80 bytes). Each record is one Noise transport message
+//! (ChaCha20-Poly1305, 96-bit nonce = 4 zero bytes + the counter little-endian, empty associated
+//! data), framed with the same 2-byte length:
+//!
+//! ```text
+//!  0        2                                      2+len-16        2+len
+//! +--------+--------------------------------------+---------------+
+//! |  len   |  ciphertext (len - 16 bytes)         |  tag (16)     |
+//! | u16 BE |  = plaintext XOR ChaCha20 keystream  |  Poly1305     |
+//! +--------+--------------------------------------+---------------+
+//! ```
+//!
+//! `len` (16..=65535) is checked against the reader's limit before any of the body is buffered.
+//! The plaintext of consecutive records is one byte stream carrying ordinary Courier frames, so a
+//! frame may span records and a record may hold many frames; the frame codec's own length check
+//! still applies to the decrypted stream. Nonces are implicit counters: a dropped, replayed,
+//! reordered or altered record fails authentication ([`Error::RecordAuth`]) and the connection
+//! must be closed.
+//!
+//! # Keys
+//!
+//! X25519 keys; a public key is written as 64 lowercase hex digits ([`PublicKey`]'s `Display`
+//! and `FromStr`). A key pair is stored as a small text file ([`Keypair::to_file_text`]).
 
+mod handshake;
 mod keys;
 mod record;
 
+pub use handshake::{Established, Handshake, Pattern, REJECT_KEY_MISMATCH};
 pub use keys::{Keypair, PublicKey, KEY_LEN};
 pub use record::{Transport, MAX_RECORD_LEN, MAX_RECORD_PLAINTEXT, TAG_LEN};
 
