@@ -69,6 +69,8 @@
 mod handshake;
 mod keys;
 mod record;
+#[cfg(test)]
+mod vectors;
 
 pub use handshake::{Established, Handshake, Pattern, REJECT_KEY_MISMATCH};
 pub use keys::{Keypair, PublicKey, KEY_LEN};
