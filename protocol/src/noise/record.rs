@@ -2,8 +2,8 @@
 //! opened.
 
 use bytes::{Buf, BufMut, BytesMut};
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use zeroize::Zeroize;
 
 use super::{Error, KEY_LEN, LEN_BYTES};
 
@@ -15,10 +15,14 @@ pub const MAX_RECORD_LEN: usize = u16::MAX as usize;
 pub const MAX_RECORD_PLAINTEXT: usize = MAX_RECORD_LEN - TAG_LEN;
 
 /// One side of an established encrypted connection: the two keys from the Noise `Split()` and
-/// a nonce counter for each direction. Nothing else of the handshake is kept.
+/// a nonce counter for each direction. Nothing else of the handshake is kept. The keys are
+/// wiped on drop.
+///
+/// The keys are kept raw, and ring's cipher object (544 bytes, sized for AES key schedules) is
+/// built on the stack for each record: for ChaCha20 that is a 32-byte copy.
 pub struct Transport {
-    send: ChaCha20Poly1305,
-    recv: ChaCha20Poly1305,
+    send_key: [u8; KEY_LEN],
+    recv_key: [u8; KEY_LEN],
     send_nonce: u64, // next nonce to seal with
     recv_nonce: u64, // next nonce expected
 }
@@ -26,8 +30,8 @@ pub struct Transport {
 impl Transport {
     pub(crate) fn new(send_key: &[u8; KEY_LEN], recv_key: &[u8; KEY_LEN]) -> Self {
         Self {
-            send: ChaCha20Poly1305::new(send_key.into()),
-            recv: ChaCha20Poly1305::new(recv_key.into()),
+            send_key: *send_key,
+            recv_key: *recv_key,
             send_nonce: 0,
             recv_nonce: 0,
         }
@@ -47,11 +51,10 @@ impl Transport {
             out.put_u16((chunk.len() + TAG_LEN) as u16);
             let start = out.len();
             out.extend_from_slice(chunk);
-            let tag = self
-                .send
-                .encrypt_in_place_detached(&nonce(self.send_nonce), &[], &mut out[start..])
+            let tag = cipher(&self.send_key)
+                .seal_in_place_separate_tag(nonce(self.send_nonce), Aad::empty(), &mut out[start..])
                 .expect("a record is far below ChaCha20-Poly1305's length limit");
-            out.extend_from_slice(&tag);
+            out.extend_from_slice(tag.as_ref());
             self.send_nonce += 1;
         }
         Ok(())
@@ -77,20 +80,18 @@ impl Transport {
             return Err(Error::NonceExhausted);
         }
         let text_len = len - TAG_LEN;
-        let body = &input[LEN_BYTES..LEN_BYTES + len];
-        let tag = Tag::clone_from_slice(&body[text_len..]);
         let start = out.len();
-        out.extend_from_slice(&body[..text_len]);
-        let opened = self.recv.decrypt_in_place_detached(
-            &nonce(self.recv_nonce),
-            &[],
+        out.extend_from_slice(&input[LEN_BYTES..LEN_BYTES + len]);
+        let opened = cipher(&self.recv_key).open_in_place(
+            nonce(self.recv_nonce),
+            Aad::empty(),
             &mut out[start..],
-            &tag,
         );
         if opened.is_err() {
             out.truncate(start);
             return Err(Error::RecordAuth);
         }
+        out.truncate(start + text_len);
         self.recv_nonce += 1;
         input.advance(LEN_BYTES + len);
         Ok(Some(text_len))
@@ -137,11 +138,25 @@ pub(crate) fn peek_record_len(buf: &[u8], max_record_len: usize) -> Result<Optio
     Ok(Some(len))
 }
 
-/// Noise's ChaChaPoly nonce: 32 zero bits, then the 64-bit counter little-endian.
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.send_key.zeroize();
+        self.recv_key.zeroize();
+    }
+}
+
+fn cipher(key: &[u8; KEY_LEN]) -> LessSafeKey {
+    LessSafeKey::new(
+        UnboundKey::new(&CHACHA20_POLY1305, key).expect("a ChaCha20-Poly1305 key is 32 bytes"),
+    )
+}
+
+/// Noise's ChaChaPoly nonce: 32 zero bits, then the 64-bit counter little-endian. Each counter
+/// value is used once per key: the counters only go up.
 fn nonce(counter: u64) -> Nonce {
     let mut bytes = [0; 12];
     bytes[4..].copy_from_slice(&counter.to_le_bytes());
-    bytes.into()
+    Nonce::assume_unique_for_key(bytes)
 }
 
 #[cfg(test)]
