@@ -365,3 +365,49 @@ fn records_interoperate_with_snow_transport_mode() {
         .unwrap();
     assert_eq!(&out[..], b"from snow");
 }
+
+/// `cargo test -p courier-protocol --lib noise::handshake::tests::handshake_cost -- --ignored --nocapture`
+///
+/// CPU time of one whole handshake, both sides in this thread (the server does about half:
+/// in XX each side does 3 X25519 operations plus key generation, in IK 4 plus key generation).
+#[test]
+#[ignore = "a timing, not a check: run by hand"]
+fn handshake_cost() {
+    fn cpu() -> std::time::Duration {
+        let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+        let nanos = text.split_whitespace().next().and_then(|n| n.parse().ok());
+        std::time::Duration::from_nanos(nanos.unwrap_or(0))
+    }
+    const ROUNDS: u32 = 2_000;
+    for pattern in [Pattern::Xx, Pattern::Ik] {
+        let (wall, cpu_start) = (std::time::Instant::now(), cpu());
+        for _ in 0..ROUNDS {
+            let (hs, out) = start(pattern, Some(server_key().public()));
+            let outcome = run(hs, out, &server_key(), usize::MAX);
+            std::hint::black_box(outcome.client.unwrap());
+        }
+        println!(
+            "{pattern:?}: wall {:?}, cpu {:?} per handshake (both sides)",
+            wall.elapsed() / ROUNDS,
+            (cpu() - cpu_start) / ROUNDS
+        );
+    }
+    // The unit of cost: one X25519 scalar multiplication, as snow does for each DH.
+    let point = server_key().public();
+    let (wall, cpu_start) = (std::time::Instant::now(), cpu());
+    for i in 0..ROUNDS {
+        let scalar = [i as u8; KEY_LEN];
+        let shared = curve25519_dalek::MontgomeryPoint(*point.as_bytes()).mul_clamped(scalar);
+        std::hint::black_box(shared);
+    }
+    println!(
+        "one X25519 DH: wall {:?}, cpu {:?}",
+        wall.elapsed() / ROUNDS,
+        (cpu() - cpu_start) / ROUNDS
+    );
+    println!(
+        "size_of: Handshake {} B + boxed snow HandshakeState {} B while it runs",
+        std::mem::size_of::<Handshake>(),
+        std::mem::size_of::<snow::HandshakeState>()
+    );
+}
