@@ -15,7 +15,8 @@
 //! - **XX** for a client that does not know the server's static key yet (or wants to learn it
 //!   while still checking a pin): three messages, 1.5 round trips.
 //! - **IK** for a client that has the server's key pinned: two messages, one round trip, so a
-//!   reconnect storm costs the server one message per client.
+//!   reconnecting client waits one round trip less (the server's CPU per handshake is about the
+//!   same; `protocol/NOISE.md` has the figures).
 //!
 //! ```text
 //!  XX  client                                            server
@@ -65,6 +66,9 @@
 //!
 //! X25519 keys; a public key is written as 64 lowercase hex digits ([`PublicKey`]'s `Display`
 //! and `FromStr`). A key pair is stored as a small text file ([`Keypair::to_file_text`]).
+//!
+//! `protocol/noise-vectors.json` holds the exact bytes of both handshakes and of the first
+//! records from fixed keys.
 
 mod handshake;
 mod keys;
