@@ -16,10 +16,11 @@ pub const MAX_RECORD_PLAINTEXT: usize = MAX_RECORD_LEN - TAG_LEN;
 
 /// One side of an established encrypted connection: the two keys from the Noise `Split()` and
 /// a nonce counter for each direction. Nothing else of the handshake is kept. The keys are
-/// wiped on drop.
+/// wiped on drop. Not `Clone`: two copies would seal with the same nonces.
 ///
 /// The keys are kept raw, and ring's cipher object (544 bytes, sized for AES key schedules) is
-/// built on the stack for each record: for ChaCha20 that is a 32-byte copy.
+/// built on the stack for each record: for ChaCha20 that is a 32-byte copy (which ring does not
+/// wipe; the stack slot is reused by the next record).
 pub struct Transport {
     send_key: [u8; KEY_LEN],
     recv_key: [u8; KEY_LEN],
