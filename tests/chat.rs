@@ -1066,3 +1066,34 @@ fn a_receipt_in_a_group_reaches_the_sender_and_not_every_member() {
     };
     assert_eq!(r.read, vec![b.user], "READERS still says who read");
 }
+
+/// Regression: messages deleted for the caller counted against HISTORY's page limit, so a
+/// page of the newest messages, all deleted, came back empty with `more` set: no message to
+/// anchor the next page on, and the older messages out of reach.
+#[test]
+fn history_pages_are_full_even_when_the_newest_messages_were_deleted_for_me() {
+    let server = Server::start();
+    let (mut alice, a) = server.user("alice");
+    let (mut bob, _) = server.user("bob");
+    let t = direct(&mut bob, a.user);
+    let ids: Vec<u64> = (1..=5)
+        .map(|i| send(&mut bob, t, i, &format!("m{i}")).message)
+        .collect();
+    for &message in &ids[2..] {
+        assert_eq!(
+            alice.request(DeleteForMe { thread: t, message }),
+            Done {}.into()
+        );
+    }
+    let Frame::Messages(page) = alice.request(History {
+        thread: t,
+        anchor: 0,
+        direction: Direction::Backward,
+        limit: 2,
+    }) else {
+        panic!("HISTORY")
+    };
+    let got: Vec<u64> = page.messages.iter().map(|m| m.id).collect();
+    assert_eq!(got, vec![ids[1], ids[0]], "the two messages not deleted");
+    assert!(!page.more, "nothing older is left");
+}

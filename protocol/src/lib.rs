@@ -17,6 +17,7 @@
 mod codec;
 mod error;
 mod frame;
+pub mod noise;
 pub mod session;
 pub mod wire;
 

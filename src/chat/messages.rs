@@ -17,7 +17,7 @@ use super::threads::internal;
 use super::Shared;
 use crate::caller::Caller;
 use crate::clock::wall_us;
-use crate::store::{MessageRecord, Store};
+use crate::store::{MessageRecord, Store, Visit};
 
 /// Messages returned when a request asks for 0.
 const DEFAULT_PAGE: usize = 50;
@@ -425,26 +425,20 @@ pub(super) fn history(
     let budget = shared.config.max_reply_bytes;
     let mut messages = Vec::new();
     let mut size = 0;
-    let mut full = false;
-    let mut more = store
+    let more = store
         .messages(f.thread, after, before, newest_first, limit, |id, m| {
-            if full {
-                return Ok(());
-            }
             if deleted.contains(&id) {
-                return Ok(());
+                return Ok(Visit::Skipped);
             }
             let m = to_wire(f.thread, id, m);
             size += m.size();
             if size > budget && !messages.is_empty() {
-                full = true;
-                return Ok(());
+                return Ok(Visit::Stop);
             }
             messages.push(m);
-            Ok(())
+            Ok(Visit::Took)
         })
         .map_err(internal)?;
-    more |= full;
     Ok(Some(
         Messages {
             thread: f.thread,

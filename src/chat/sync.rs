@@ -27,6 +27,7 @@ use super::messages::to_wire;
 use super::threads::{internal, left_view, view, ThreadState};
 use super::Shared;
 use crate::caller::Caller;
+use crate::store::Visit;
 
 /// Messages per page when the request asks for 0, and the most it may ask for.
 const DEFAULT_PAGE: usize = 200;
@@ -132,26 +133,24 @@ pub(super) fn sync(shared: &Shared, caller: &Caller, f: Sync) -> Result<Option<F
             let after = f.since.max(hidden_upto).max(resume);
             let room = limit.saturating_sub(batch.messages.len());
             let mut last = after;
-            let mut cut = false;
             let more_in_thread = store
                 .messages(thread, after, before, false, room, |id, m| {
-                    if cut {
-                        return Ok(());
+                    if deleted.contains(&id) {
+                        // Passed over, but the resume point moves past it.
+                        last = id;
+                        return Ok(Visit::Skipped);
                     }
                     let m = to_wire(thread, id, m);
                     if size + m.size() > budget && !batch.messages.is_empty() {
-                        cut = true;
-                        return Ok(());
+                        return Ok(Visit::Stop);
                     }
                     last = id;
-                    if !deleted.contains(&id) {
-                        size += m.size();
-                        batch.messages.push(m);
-                    }
-                    Ok(())
+                    size += m.size();
+                    batch.messages.push(m);
+                    Ok(Visit::Took)
                 })
                 .map_err(internal)?;
-            if more_in_thread || cut {
+            if more_in_thread {
                 batch.more = true;
                 batch.next_thread = thread;
                 batch.next_message = last;

@@ -15,7 +15,7 @@ use super::engine::{Engine, Reject};
 use super::messages::to_wire;
 use super::Shared;
 use crate::caller::Caller;
-use crate::store::{MemberRecord, MessageRecord, PrivateState, Store, ThreadRecord};
+use crate::store::{MemberRecord, MessageRecord, PrivateState, Store, ThreadRecord, Visit};
 
 /// Longest group name or private label, in bytes.
 pub(super) const MAX_NAME: usize = 64;
@@ -623,7 +623,7 @@ fn thread_summary(
         store
             .messages(id, 0, u64::MAX, true, 1, |mid, m| {
                 last_message = Some(to_wire(id, mid, m));
-                Ok(())
+                Ok(Visit::Took)
             })
             .map_err(internal)?;
     }

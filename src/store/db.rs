@@ -26,6 +26,18 @@ const ID_LEASE: u64 = 1024;
 /// in `n` is homed here, so this is only reached if this node owns (almost) nothing.
 const MAX_ID_TRIES: u32 = 100_000;
 
+/// What a [`Store::messages`] visitor did with one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visit {
+    /// Took it: it counts toward the limit.
+    Took,
+    /// Passed over it (deleted for the reader): it does not count, so a page is never cut
+    /// short by what the reader may not see. Bounded by the delete-for-me cap per thread.
+    Skipped,
+    /// The page is full (its byte budget): stop here; the scan reports more to come.
+    Stop,
+}
+
 /// The block cache shared by every column family.
 pub const BLOCK_CACHE_BYTES: usize = 128 << 20;
 /// The most all memtables together may hold before RocksDB flushes the largest. Without it the
@@ -720,7 +732,8 @@ impl Store {
     }
 
     /// Messages of `thread` with `after < id < before`, ascending (or descending when
-    /// `newest_first`), at most `limit`. Returns whether more remain.
+    /// `newest_first`), handed to `f` until it has taken `limit` of them (see [`Visit`]) or
+    /// stops. Returns whether more remain.
     pub fn messages(
         &self,
         thread: u64,
@@ -728,7 +741,7 @@ impl Store {
         before: u64,
         newest_first: bool,
         limit: usize,
-        mut f: impl FnMut(u64, MessageRecord) -> Result<(), Error>,
+        mut f: impl FnMut(u64, MessageRecord) -> Result<Visit, Error>,
     ) -> Result<bool, Error> {
         let lower = keys::message(thread, after.saturating_add(1));
         let upper = keys::message(thread, before);
@@ -743,8 +756,14 @@ impl Store {
                 return Ok(false);
             }
             let (_, id) = keys::parse_pair(CF_MESSAGES, k)?;
-            f(id, MessageRecord::decode(v)?)?;
-            n += 1;
+            match f(id, MessageRecord::decode(v)?)? {
+                Visit::Took => n += 1,
+                Visit::Skipped => {}
+                Visit::Stop => {
+                    more = true;
+                    return Ok(false);
+                }
+            }
             Ok(true)
         })?;
         Ok(more)

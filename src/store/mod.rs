@@ -5,7 +5,9 @@ pub mod db;
 pub mod keys;
 pub mod records;
 
-pub use db::{Batch, Store, StoreMemory, StoreOptions, BLOCK_CACHE_BYTES, MEMTABLE_BUDGET_BYTES};
+pub use db::{
+    Batch, Store, StoreMemory, StoreOptions, Visit, BLOCK_CACHE_BYTES, MEMTABLE_BUDGET_BYTES,
+};
 pub use records::*;
 
 /// How a commit is made durable before its acknowledgements go out. The command line and the
