@@ -8,30 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use courier_protocol::*;
-use util::{error_code, Server, TestConn, PASSWORD};
+use util::{direct, error_code, send, Server, TestConn, PASSWORD};
 
 const WAIT: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(300);
-
-fn direct(c: &mut TestConn, peer: u64) -> u64 {
-    match c.request(OpenDirect { peer }) {
-        Frame::ThreadInfo(t) => t.thread.id,
-        other => panic!("OPEN_DIRECT: {other:?}"),
-    }
-}
-
-fn send(c: &mut TestConn, thread: u64, client_msg_id: u64, body: &str) -> Sent {
-    let frame = Send {
-        thread,
-        client_msg_id,
-        kind: MessageKind::Text,
-        body: Bytes::copy_from_slice(body.as_bytes()),
-    };
-    match c.request(frame) {
-        Frame::Sent(s) => s,
-        other => panic!("SEND: {other:?}"),
-    }
-}
 
 fn message_push(c: &mut TestConn) -> Message {
     match c.push_where(WAIT, |f| matches!(f, Frame::MessagePush(_))) {

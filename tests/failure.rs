@@ -7,25 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_protocol::*;
-use util::{Server, TestConn};
+use util::{direct, try_send, Server, TestConn};
 
 const WAIT: Duration = Duration::from_secs(5);
-
-fn direct(c: &mut TestConn, peer: u64) -> u64 {
-    match c.request(OpenDirect { peer }) {
-        Frame::ThreadInfo(t) => t.thread.id,
-        other => panic!("OPEN_DIRECT: {other:?}"),
-    }
-}
-
-fn send(c: &mut TestConn, thread: u64, client_msg_id: u64, body: &str) -> Frame {
-    c.request(Send {
-        thread,
-        client_msg_id,
-        kind: MessageKind::Text,
-        body: Bytes::copy_from_slice(body.as_bytes()),
-    })
-}
 
 /// Every message of `thread`, oldest first (all pages).
 fn history(c: &mut TestConn, thread: u64) -> Vec<Message> {
@@ -63,7 +47,7 @@ fn a_panicking_shard_stops_the_process_and_keeps_acked_data() {
     let thread = direct(&mut alice, b.user);
     let mut acked = Vec::new();
     for i in 1..=20 {
-        match send(&mut alice, thread, i, &format!("before the panic {i}")) {
+        match try_send(&mut alice, thread, i, &format!("before the panic {i}")) {
             Frame::Sent(s) => acked.push(s.message),
             other => panic!("SEND: {other:?}"),
         }
@@ -231,7 +215,7 @@ fn a_full_disk_fails_requests_then_recovers_without_a_restart() {
     let mut acked = Vec::new();
     let mut next = 1;
     assert!(matches!(
-        send(&mut alice, thread, next, &body(next)),
+        try_send(&mut alice, thread, next, &body(next)),
         Frame::Sent(_)
     ));
     acked.push(next);
@@ -242,7 +226,7 @@ fn a_full_disk_fails_requests_then_recovers_without_a_restart() {
     let mut failed = None;
     for _ in 0..5_000 {
         next += 1;
-        match send(&mut alice, thread, next, &body(next)) {
+        match try_send(&mut alice, thread, next, &body(next)) {
             Frame::Sent(_) => acked.push(next),
             Frame::ErrorReply(e) => {
                 failed = Some(e);
@@ -271,7 +255,7 @@ fn a_full_disk_fails_requests_then_recovers_without_a_restart() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         next += 1;
-        match send(&mut alice, thread, next, &body(next)) {
+        match try_send(&mut alice, thread, next, &body(next)) {
             Frame::Sent(_) => {
                 acked.push(next);
                 break;
@@ -295,7 +279,7 @@ fn a_full_disk_fails_requests_then_recovers_without_a_restart() {
     for _ in 0..10 {
         next += 1;
         assert!(matches!(
-            send(&mut alice, thread, next, &body(next)),
+            try_send(&mut alice, thread, next, &body(next)),
             Frame::Sent(_)
         ));
         acked.push(next);
@@ -448,7 +432,7 @@ fn a_store_stuck_after_a_full_disk_stops_the_process_and_a_restart_recovers() {
     let mut failed = false;
     for _ in 0..5_000 {
         next += 1;
-        match send(&mut alice, thread, next, &body(next)) {
+        match try_send(&mut alice, thread, next, &body(next)) {
             Frame::Sent(_) => acked.push(next),
             Frame::ErrorReply(_) => {
                 failed = true;
@@ -498,7 +482,7 @@ fn a_store_stuck_after_a_full_disk_stops_the_process_and_a_restart_recovers() {
     again.resume(&a.token);
     next += 1;
     assert!(matches!(
-        send(&mut again, thread, next, &body(next)),
+        try_send(&mut again, thread, next, &body(next)),
         Frame::Sent(_)
     ));
     acked.push(next);

@@ -8,30 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use courier_protocol::*;
-use util::{error_code, Server, TestConn};
-
-fn direct(c: &mut TestConn, peer: u64) -> u64 {
-    match c.request(OpenDirect { peer }) {
-        Frame::ThreadInfo(t) => t.thread.id,
-        other => panic!("OPEN_DIRECT: {other:?}"),
-    }
-}
-
-fn try_send(c: &mut TestConn, thread: u64, client_msg_id: u64, body: &str) -> Frame {
-    c.request(Send {
-        thread,
-        client_msg_id,
-        kind: MessageKind::Text,
-        body: Bytes::copy_from_slice(body.as_bytes()),
-    })
-}
-
-fn send(c: &mut TestConn, thread: u64, client_msg_id: u64, body: &str) -> Sent {
-    match try_send(c, thread, client_msg_id, body) {
-        Frame::Sent(s) => s,
-        other => panic!("SEND: {other:?}"),
-    }
-}
+use util::{direct, error_code, send, Server, TestConn};
 
 fn bodies(c: &mut TestConn, thread: u64) -> Vec<Bytes> {
     match c.request(History {

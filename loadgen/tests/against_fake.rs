@@ -251,35 +251,10 @@ fn pushes_lost_by_the_server_are_recovered_by_the_final_sync() {
     assert!(r.recovered_by_sync > 0, "{r:#?}");
 }
 
-#[test]
-fn duplicate_pushes_fail_the_run() {
-    let f = fixture(
-        Faults {
-            duplicate_push_every: 5,
-            ..Default::default()
-        },
-        4,
-    );
-    let r = run(&cli(
-        &f,
-        &["chat", "--pairs", "2", "--rate", "100", "--duration", "1"],
-    ))
-    .unwrap();
-    assert!(r.duplicates > 0);
-    assert_eq!(r.lost, 0);
-    assert!(!r.passed);
-}
-
-#[test]
-fn acked_but_never_stored_messages_are_lost() {
-    let f = fixture(
-        Faults {
-            forget_every: 10,
-            ..Default::default()
-        },
-        4,
-    );
-    let r = run(&cli(
+/// Two chat pairs at 100 msgs/s for a second against a fake server with `faults`.
+fn faulty_chat(faults: Faults) -> Report {
+    let f = fixture(faults, 4);
+    run(&cli(
         &f,
         &[
             "chat",
@@ -293,7 +268,26 @@ fn acked_but_never_stored_messages_are_lost() {
             "0.5",
         ],
     ))
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn duplicate_pushes_fail_the_run() {
+    let r = faulty_chat(Faults {
+        duplicate_push_every: 5,
+        ..Default::default()
+    });
+    assert!(r.duplicates > 0);
+    assert_eq!(r.lost, 0);
+    assert!(!r.passed);
+}
+
+#[test]
+fn acked_but_never_stored_messages_are_lost() {
+    let r = faulty_chat(Faults {
+        forget_every: 10,
+        ..Default::default()
+    });
     assert!(r.lost > 0, "{r:#?}");
     assert!(!r.passed);
 }
@@ -302,28 +296,10 @@ fn acked_but_never_stored_messages_are_lost() {
 /// older one: reported as a stale ack, which fails the run, and not as a loss.
 #[test]
 fn sends_answered_with_old_messages_are_stale_acks_not_losses() {
-    let f = fixture(
-        Faults {
-            stale_ack_every: 10,
-            ..Default::default()
-        },
-        4,
-    );
-    let r = run(&cli(
-        &f,
-        &[
-            "chat",
-            "--pairs",
-            "2",
-            "--rate",
-            "100",
-            "--duration",
-            "1",
-            "--settle-secs",
-            "0.5",
-        ],
-    ))
-    .unwrap();
+    let r = faulty_chat(Faults {
+        stale_ack_every: 10,
+        ..Default::default()
+    });
     assert!(r.stale_acks > 0, "{r:#?}");
     assert_eq!(r.lost, 0, "{r:#?}");
     assert!(!r.passed);

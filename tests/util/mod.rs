@@ -398,6 +398,37 @@ fn spawn(
     }
 }
 
+/// OPEN_DIRECT with `peer`: the thread's id (panics on anything else).
+pub fn direct(c: &mut TestConn, peer: u64) -> u64 {
+    match c.request(courier_protocol::OpenDirect { peer }) {
+        Frame::ThreadInfo(t) => t.thread.id,
+        other => panic!("OPEN_DIRECT: {other:?}"),
+    }
+}
+
+/// SEND of the text `body`: the server's answer as it is (SENT or an error).
+pub fn try_send(c: &mut TestConn, thread: u64, client_msg_id: u64, body: &str) -> Frame {
+    c.request(courier_protocol::Send {
+        thread,
+        client_msg_id,
+        kind: courier_protocol::MessageKind::Text,
+        body: Bytes::copy_from_slice(body.as_bytes()),
+    })
+}
+
+/// SEND of the text `body`, which must be answered with SENT.
+pub fn send(
+    c: &mut TestConn,
+    thread: u64,
+    client_msg_id: u64,
+    body: &str,
+) -> courier_protocol::Sent {
+    match try_send(c, thread, client_msg_id, body) {
+        Frame::Sent(s) => s,
+        other => panic!("SEND: {other:?}"),
+    }
+}
+
 /// What one read from a [`TestConn`] produced.
 #[derive(Debug)]
 pub enum Recv {
