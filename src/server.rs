@@ -131,6 +131,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         chat.clone(),
         mailboxes.clone(),
         metrics.clone(),
+        &faults,
         config.read_threads,
         config.read_queue,
     )?;

@@ -262,3 +262,30 @@ fn the_probe_benchmark_runs_all_three_clients() {
         "{r:#?}"
     );
 }
+
+/// Regression: a read that panicked on the pool killed its worker without an answer; with the
+/// workers gone, every later read waited forever (a zombie pool behind a healthy-looking
+/// server). Now the worker answers `INTERNAL`, logs the panic and serves the next read.
+#[test]
+fn a_read_that_panics_is_answered_internal_and_the_pool_goes_on() {
+    let server = Server::start_with_env(
+        &["--shards", "1", "--read-threads", "1"],
+        &[("COURIER_FAULT_PANIC_ON_HISTORY_LIMIT", "77")],
+    );
+    let (mut a, _) = server.user("alice");
+    let (_, bob) = server.user("bob");
+    let thread = group(&mut a, vec![bob.user]);
+    let id = send(&mut a, thread, 1, "hello");
+    let doomed = History {
+        limit: 77,
+        ..history(thread)
+    };
+    for _ in 0..2 {
+        assert_eq!(error_code(&a.request(doomed.clone())), ErrorCode::Internal);
+    }
+    match a.request(history(thread)) {
+        Frame::Messages(m) => assert!(m.messages.iter().any(|m| m.id == id), "{m:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(server.log().contains("a read panicked"), "{}", server.log());
+}

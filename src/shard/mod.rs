@@ -114,6 +114,10 @@ pub struct Failure {
 /// set in production, so no client can trigger it.
 pub const FAULT_PANIC_ON_PING: &str = "COURIER_FAULT_PANIC_ON_PING";
 
+/// Environment variable naming a `HISTORY` limit: a HISTORY with that limit panics the read
+/// worker that runs it. Tests only, like [`FAULT_PANIC_ON_PING`].
+pub const FAULT_PANIC_ON_HISTORY_LIMIT: &str = "COURIER_FAULT_PANIC_ON_HISTORY_LIMIT";
+
 /// Environment variable that, set to `1`, turns the store's free-space check off so that
 /// RocksDB itself meets a full disk (see `Store::write`). Tests only.
 pub const FAULT_SKIP_SPACE_CHECK: &str = "COURIER_FAULT_SKIP_SPACE_CHECK";
@@ -131,6 +135,8 @@ pub const STORE_STUCK_LIMIT: Duration = Duration::from_secs(30);
 pub struct Faults {
     /// A `PING` with this nonce panics the shard that reads it.
     pub panic_on_ping: Option<u64>,
+    /// A `HISTORY` with this limit panics the read worker that runs it.
+    pub panic_on_history_limit: Option<u16>,
     /// The store's free-space check is off.
     pub skip_space_check: bool,
     /// The disk counts as full while this file exists.
@@ -147,6 +153,14 @@ impl Faults {
                 "fault injection is on ({FAULT_PANIC_ON_PING}): a client can crash this server"
             );
         }
+        let panic_on_history_limit = std::env::var(FAULT_PANIC_ON_HISTORY_LIMIT)
+            .ok()
+            .and_then(|v| v.parse().ok());
+        if panic_on_history_limit.is_some() {
+            tracing::warn!(
+                "fault injection is on ({FAULT_PANIC_ON_HISTORY_LIMIT}): a client can make reads panic"
+            );
+        }
         let skip_space_check = std::env::var(FAULT_SKIP_SPACE_CHECK).is_ok_and(|v| v == "1");
         if skip_space_check {
             tracing::warn!(
@@ -161,6 +175,7 @@ impl Faults {
         }
         Faults {
             panic_on_ping,
+            panic_on_history_limit,
             skip_space_check,
             full_disk_flag,
         }
@@ -569,7 +584,7 @@ pub fn spawn(
 }
 
 /// The text of a panic payload (`panic!` with a literal or with a format string).
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {

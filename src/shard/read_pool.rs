@@ -25,10 +25,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use courier_protocol::{encode, Frame};
+use courier_protocol::{encode, ErrorCode, ErrorReply, Frame};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::mailbox::{Mailbox, ShardMsg};
+use super::Faults;
 use crate::caller::Caller;
 use crate::chat::{Engine, Shared};
 use crate::metrics::{Metrics, ReadMetrics};
@@ -122,6 +123,7 @@ impl ReadPool {
         shared: Arc<Shared>,
         mailboxes: Arc<[Mailbox]>,
         metrics: Arc<Metrics>,
+        faults: &Faults,
         threads: usize,
         bound: usize,
     ) -> std::io::Result<ReadPool> {
@@ -135,6 +137,7 @@ impl ReadPool {
                     rx: rx.clone(),
                     metrics: metrics.clone(),
                     gate: gate.clone(),
+                    panic_on_history_limit: faults.panic_on_history_limit,
                 };
                 std::thread::Builder::new()
                     .name(format!("read-{i}"))
@@ -178,9 +181,19 @@ struct Worker {
     rx: Receiver<Job>,
     metrics: Arc<Metrics>,
     gate: Option<PathBuf>,
+    /// Fault injection: a HISTORY with this limit panics (tests only).
+    panic_on_history_limit: Option<u16>,
 }
 
 impl Worker {
+    fn inject_panic(&self, frame: &Frame) {
+        if let (Some(limit), Frame::History(h)) = (self.panic_on_history_limit, frame) {
+            if h.limit == limit {
+                panic!("fault injection: HISTORY with limit {limit}");
+            }
+        }
+    }
+
     fn run(self) {
         let stats = &self.metrics.reads;
         let mut enc = BytesMut::with_capacity(64 * 1024);
@@ -195,11 +208,33 @@ impl Worker {
                     std::thread::sleep(GATE_POLL);
                 }
             }
-            let answer = Engine::read(&self.shared, &req.caller, req.frame);
-            encode(req.request_id, &answer, &mut enc);
+            let ReadRequest {
+                caller,
+                request_id,
+                frame,
+            } = req;
+            // A read holds no state, so a panic in one costs only its answer: answered
+            // INTERNAL, logged, and the worker goes on. Dying instead would shrink the pool
+            // until every read waited forever behind a healthy-looking server.
+            let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.inject_panic(&frame);
+                Engine::read(&self.shared, &caller, frame)
+            }))
+            .unwrap_or_else(|panic| {
+                tracing::error!(
+                    user = caller.user,
+                    "a read panicked: {}; answered INTERNAL",
+                    super::panic_message(&*panic)
+                );
+                Frame::ErrorReply(ErrorReply {
+                    code: ErrorCode::Internal as u16,
+                    message: "the server failed to answer this request; try again".into(),
+                })
+            });
+            encode(request_id, &answer, &mut enc);
             let bytes = enc.split().freeze();
             stats.done.fetch_add(1, Ordering::Relaxed);
-            let to = req.caller.conn;
+            let to = caller.conn;
             if let Some(mailbox) = self.mailboxes.get(to.shard as usize) {
                 mailbox.send_blocking(ShardMsg::ReadDone { to, bytes });
             }

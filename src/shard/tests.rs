@@ -80,9 +80,16 @@ impl Rig {
         let addr = listener.local_addr().unwrap();
         let metrics = Metrics::new(2, store.health());
         // Its workers end when the core (holding the queue's only sender) is dropped.
-        let reads = ReadPool::spawn(chat.clone(), mailboxes.clone(), metrics.clone(), 1, 16)
-            .unwrap()
-            .queue();
+        let reads = ReadPool::spawn(
+            chat.clone(),
+            mailboxes.clone(),
+            metrics.clone(),
+            &Faults::default(),
+            1,
+            16,
+        )
+        .unwrap()
+        .queue();
         let core = Arc::new(Core {
             router: Router::new(&config.node_id, &config.peers),
             config,
