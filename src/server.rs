@@ -126,7 +126,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
             .map_err(|source| Error::Metrics { addr, source })?;
         tracing::info!("metrics on http://{at}/metrics");
     }
-    let auth = auth_pool::spawn(accounts.clone(), mailboxes.clone())?;
+    let auth = auth_pool::spawn(accounts.clone(), mailboxes.clone(), &faults)?;
     let reads = ReadPool::spawn(
         chat.clone(),
         mailboxes.clone(),

@@ -494,3 +494,29 @@ fn a_store_stuck_after_a_full_disk_stops_the_process_and_a_restart_recovers() {
         assert!(stored.contains(id), "acked message {id} is stored");
     }
 }
+
+/// Regression: a REGISTER or LOGIN that panicked on an auth worker killed the worker without an
+/// answer; after as many panics as workers, every later REGISTER and LOGIN waited forever. Now
+/// the worker answers `INTERNAL`, logs the panic and takes the next job.
+#[test]
+fn an_auth_job_that_panics_is_answered_internal_and_the_pool_goes_on() {
+    let server = Server::start_with_env(&[], &[("COURIER_FAULT_PANIC_ON_REGISTER", "doomed")]);
+    // More panics than there are auth workers (2).
+    for _ in 0..3 {
+        let mut c = server.connect();
+        c.hello();
+        let answer = c.request(Register {
+            handle: "doomed".into(),
+            password: util::PASSWORD.into(),
+            device: "test".into(),
+        });
+        assert_eq!(util::error_code(&answer), ErrorCode::Internal);
+    }
+    let (_, ok) = server.user("alive");
+    assert!(ok.user > 0);
+    assert!(
+        server.log().contains("an authentication job panicked"),
+        "{}",
+        server.log()
+    );
+}

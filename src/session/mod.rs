@@ -36,6 +36,9 @@ pub enum AuthError {
     Hash(String),
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    /// The job panicked on an auth worker (logged there); the client may retry.
+    #[error("the server failed to check this request; try again")]
+    Internal,
 }
 
 impl AuthError {
@@ -50,7 +53,7 @@ impl AuthError {
             AuthError::WeakPassword => ErrorCode::WeakPassword,
             AuthError::TooManyDevices { .. } => ErrorCode::TooManyDevices,
             AuthError::InvalidDevice => ErrorCode::InvalidArgument,
-            AuthError::Hash(_) | AuthError::Store(_) => ErrorCode::Internal,
+            AuthError::Hash(_) | AuthError::Store(_) | AuthError::Internal => ErrorCode::Internal,
         }
     }
 }

@@ -5,13 +5,15 @@
 //! bounded channel and get the result back in their mailbox as [`ShardMsg::AuthDone`].
 
 use std::net::IpAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::mailbox::{Mailbox, ShardMsg};
+use super::Faults;
 use crate::caller::ConnRef;
-use crate::session::Accounts;
+use crate::session::{Accounts, AuthError};
 
 /// Jobs waiting for a worker before shards refuse new ones (`LOGIN_THROTTLED`, retry later).
 pub const QUEUE: usize = 4096;
@@ -44,28 +46,45 @@ pub struct AuthRequest {
 pub fn spawn(
     accounts: Arc<Accounts>,
     mailboxes: Arc<[Mailbox]>,
+    faults: &Faults,
 ) -> std::io::Result<Sender<AuthRequest>> {
     let (tx, rx) = crossbeam_channel::bounded(QUEUE);
     for i in 0..WORKERS {
         let (accounts, mailboxes, rx): (_, _, Receiver<AuthRequest>) =
             (accounts.clone(), mailboxes.clone(), rx.clone());
+        let panic_on_register = faults.panic_on_register.clone();
         std::thread::Builder::new()
             .name(format!("auth-{i}"))
             .spawn(move || {
                 for req in rx {
-                    let result = match &req.job {
+                    // A job holds no state of the worker's, so a panic in one costs only its
+                    // answer (INTERNAL, logged). A dying worker would leave REGISTER and
+                    // LOGIN waiting forever once the last one was gone.
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| match &req.job {
                         Job::Register {
                             handle,
                             password,
                             device,
-                        } => accounts.register(handle, password, device),
+                        } => {
+                            if panic_on_register.as_deref() == Some(handle.as_str()) {
+                                panic!("fault injection: REGISTER of {handle}");
+                            }
+                            accounts.register(handle, password, device)
+                        }
                         Job::Login {
                             handle,
                             password,
                             device,
                             from,
                         } => accounts.login(handle, password, device, *from),
-                    };
+                    }))
+                    .unwrap_or_else(|panic| {
+                        tracing::error!(
+                            "an authentication job panicked: {}; answered INTERNAL",
+                            super::panic_message(&*panic)
+                        );
+                        Err(AuthError::Internal)
+                    });
                     if let Some(mailbox) = mailboxes.get(req.to.shard as usize) {
                         mailbox.send_blocking(ShardMsg::AuthDone {
                             to: req.to,

@@ -118,6 +118,10 @@ pub const FAULT_PANIC_ON_PING: &str = "COURIER_FAULT_PANIC_ON_PING";
 /// worker that runs it. Tests only, like [`FAULT_PANIC_ON_PING`].
 pub const FAULT_PANIC_ON_HISTORY_LIMIT: &str = "COURIER_FAULT_PANIC_ON_HISTORY_LIMIT";
 
+/// Environment variable naming a handle: a `REGISTER` of it panics the auth worker that runs
+/// it. Tests only, like [`FAULT_PANIC_ON_PING`].
+pub const FAULT_PANIC_ON_REGISTER: &str = "COURIER_FAULT_PANIC_ON_REGISTER";
+
 /// Environment variable that, set to `1`, turns the store's free-space check off so that
 /// RocksDB itself meets a full disk (see `Store::write`). Tests only.
 pub const FAULT_SKIP_SPACE_CHECK: &str = "COURIER_FAULT_SKIP_SPACE_CHECK";
@@ -137,6 +141,8 @@ pub struct Faults {
     pub panic_on_ping: Option<u64>,
     /// A `HISTORY` with this limit panics the read worker that runs it.
     pub panic_on_history_limit: Option<u16>,
+    /// A `REGISTER` of this handle panics the auth worker that runs it.
+    pub panic_on_register: Option<String>,
     /// The store's free-space check is off.
     pub skip_space_check: bool,
     /// The disk counts as full while this file exists.
@@ -161,6 +167,12 @@ impl Faults {
                 "fault injection is on ({FAULT_PANIC_ON_HISTORY_LIMIT}): a client can make reads panic"
             );
         }
+        let panic_on_register = std::env::var(FAULT_PANIC_ON_REGISTER).ok();
+        if panic_on_register.is_some() {
+            tracing::warn!(
+                "fault injection is on ({FAULT_PANIC_ON_REGISTER}): a client can make registration panic"
+            );
+        }
         let skip_space_check = std::env::var(FAULT_SKIP_SPACE_CHECK).is_ok_and(|v| v == "1");
         if skip_space_check {
             tracing::warn!(
@@ -176,6 +188,7 @@ impl Faults {
         Faults {
             panic_on_ping,
             panic_on_history_limit,
+            panic_on_register,
             skip_space_check,
             full_disk_flag,
         }

@@ -242,7 +242,10 @@ impl Shard {
     }
 
     fn auth_failed(&mut self, slot: usize, request_id: u32, e: AuthError) {
-        if matches!(e, AuthError::Store(_) | AuthError::Hash(_)) {
+        if matches!(
+            e,
+            AuthError::Store(_) | AuthError::Hash(_) | AuthError::Internal
+        ) {
             tracing::error!(shard = self.id, error = %e, "authentication failed on the server side");
         }
         if let Some(conn) = self.conns.get_mut(slot) {

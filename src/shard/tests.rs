@@ -95,7 +95,8 @@ impl Rig {
             config,
             chat,
             reads,
-            auth: auth_pool::spawn(accounts.clone(), mailboxes.clone()).unwrap(),
+            auth: auth_pool::spawn(accounts.clone(), mailboxes.clone(), &Faults::default())
+                .unwrap(),
             accounts,
             directory: Directory::new(),
             metrics,
