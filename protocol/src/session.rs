@@ -357,15 +357,23 @@ impl Session {
         n
     }
 
-    /// Frees the input buffer when it holds no partial frame and the outbox when it is empty,
-    /// so that an idle session costs only its struct. For drivers that hold many idle
-    /// sessions; the next input or request allocates again.
+    /// Frees what an idle session does not need: the input buffer when it holds no partial
+    /// frame, the outbox when it is empty, and the event queue and the table of outstanding
+    /// requests when they are empty (the handshake's events alone leave the queue with room
+    /// for four 104-byte events), so that an idle session costs only its struct. For drivers
+    /// that hold many idle sessions; the next input or request allocates again.
     pub fn shrink_idle(&mut self) {
         if self.inbuf.is_empty() {
             self.inbuf = BytesMut::new();
         }
         if self.outbox.is_empty() {
             self.outbox = BytesMut::new();
+        }
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        if self.outstanding.is_empty() {
+            self.outstanding = HashMap::new();
         }
     }
 

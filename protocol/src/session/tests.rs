@@ -739,6 +739,29 @@ fn shrink_idle_frees_buffers_but_keeps_a_partial_frame() {
 }
 
 #[test]
+fn shrink_idle_frees_the_event_queue_and_request_table_once_drained() {
+    let t0 = Instant::now();
+    let mut s = welcomed(t0, 30);
+    let id = s.send_request(&ContactList {}.into()).unwrap();
+    sent(&mut s);
+    s.handle_input(&wire(&[(0, push(1))]), t0);
+    s.shrink_idle();
+    assert!(s.events.capacity() > 0, "an event not yet taken stays");
+    assert!(
+        s.outstanding.capacity() > 0,
+        "a request awaiting its reply stays"
+    );
+    assert_eq!(events(&mut s), [Event::Push(push(1))]);
+    s.handle_input(
+        &wire(&[(id, Frame::Contacts(Contacts { users: vec![] }))]),
+        t0,
+    );
+    let _ = events(&mut s);
+    s.shrink_idle();
+    assert_eq!((s.events.capacity(), s.outstanding.capacity()), (0, 0));
+}
+
+#[test]
 fn take_undecoded_hands_over_a_partial_frame_and_closes() {
     let t0 = Instant::now();
     let mut s = welcomed(t0, 0);
