@@ -83,7 +83,7 @@ export class Writer {
   private reserve(n: number): number {
     const need = this.len + n;
     if (need > this.buf.length) {
-      let cap = this.buf.length * 2;
+      let cap = Math.max(this.buf.length * 2, 64);
       while (cap < need) cap *= 2;
       const grown = new Uint8Array(cap);
       grown.set(this.buf.subarray(0, this.len));
