@@ -30,10 +30,12 @@ test: build test-js
 	$(CARGO) test --workspace
 
 # The TypeScript client library: Node 18+ and npm (installed from the distribution when
-# missing), its locked dev dependencies, then type-check and `node --test`.
+# missing), its locked dev dependencies, then type-check and `node --test`. Its tests against
+# the real server use the binary `build` made, and are skipped (saying so) when there is none.
+COURIER_BIN ?= $(TARGET_DIR)/debug/courier
 test-js:
 	@scripts/install-node.sh
-	cd sdk/js && npm ci --no-audit --no-fund --loglevel=error && npm test
+	cd sdk/js && npm ci --no-audit --no-fund --loglevel=error && COURIER_BIN="$(COURIER_BIN)" npm test
 
 lint: deps
 	$(CARGO) fmt --all -- --check
