@@ -60,6 +60,7 @@ import {
   DEFAULT_MAX_FRAME_LEN,
   Decoder,
   encodeInto,
+  LEN_BYTES,
   MAX_FRAME_LEN,
   VERSION,
 } from "./codec.js";
@@ -204,8 +205,6 @@ export class Session {
   private welcomeFrame: Welcome | undefined;
   /** Encoded frames not yet taken by pollTransmit. */
   private outbox = new Writer(256);
-  /** A scratch buffer to measure a request before it is queued. */
-  private readonly scratch = new Writer(256);
   private readonly events: SessionEvent[] = [];
   private outstandingIds = new Map<number, Pending>();
   /** The next request id to try; never 0. */
@@ -272,19 +271,28 @@ export class Session {
       default:
         pending = Pending.Request;
     }
-    // Encoded once to measure it (and to catch out-of-range fields before any state moves).
-    this.scratch.take();
-    const len = encodeInto(this.scratch, 0, frame) - 4;
+    // Encoded in place with id 0, then checked: a refused frame is cut off again and no state
+    // moves (an out-of-range field throws EncodeError from here, also before any state moves).
+    const start = this.outbox.length;
+    let len: number;
+    try {
+      len = encodeInto(this.outbox, 0, frame) - LEN_BYTES;
+    } catch (e) {
+      this.outbox.truncate(start);
+      throw e;
+    }
     const max = this.maxSendFrame();
     if (len > max) {
+      this.outbox.truncate(start);
       throw new SessionError({ kind: "FrameTooLarge", name: frame.type, len, max });
     }
     if (pending !== undefined && this.outstandingIds.size >= this.maxOutstanding) {
+      this.outbox.truncate(start);
       throw new SessionError({ kind: "TooManyOutstanding", limit: this.maxOutstanding });
     }
     const id = this.allocateId();
     if (pending !== undefined) this.outstandingIds.set(id, pending);
-    encodeInto(this.outbox, id, frame);
+    this.outbox.patchU32(start + LEN_BYTES + 1, id);
     return id;
   }
 

@@ -120,6 +120,11 @@ export class Writer {
     this.view.setUint32(at, v);
   }
 
+  /** Drops everything written after the first `len` bytes. */
+  truncate(len: number): void {
+    this.len = Math.min(this.len, len);
+  }
+
   /** A copy of what was written. */
   toBytes(): Uint8Array {
     return this.buf.slice(0, this.len);

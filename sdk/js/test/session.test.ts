@@ -488,3 +488,17 @@ test("take undecoded hands over a partial frame and closes", () => {
   d.push(bytes.subarray(bytes.length - 3));
   assert.deepEqual(d.next()!.frame, push(6n));
 });
+
+test("a refused request leaves nothing queued before or after it", () => {
+  const s = welcomed(0, 30);
+  const first = s.sendRequest(contactList());
+  const big = frame("Send", { thread: 1n, clientMsgId: 0n, kind: MessageKind.Text, body: new Uint8Array(70_000) });
+  assert.throws(() => s.sendRequest(big), sessionError("FrameTooLarge"));
+  assert.throws(() => s.sendRequest(frame("Ping", { nonce: -1n })), /Ping\.nonce/);
+  const second = s.sendRequest(contactList());
+  assert.deepEqual(
+    sent(s).map((e) => [e.requestId, e.frame.type]),
+    [[first, "ContactList"], [second, "ContactList"]],
+  );
+  assert.equal(second, first + 1, "refused requests took no id");
+});
