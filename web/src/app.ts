@@ -275,8 +275,8 @@ function addMessage(m: Message, key: bigint = m.id): void {
     const meta = document.createElement("div");
     meta.className = "meta";
     const time = document.createElement("span");
-    // Message ids are microseconds since the epoch; a pending send has none yet.
-    time.textContent = m.id > 0n ? new Date(Number(m.id / 1000n)).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : "";
+    time.className = "time";
+    time.textContent = timeOf(m.id);
     meta.append(time);
     if (mine) {
       const t = document.createElement("span");
@@ -290,6 +290,11 @@ function addMessage(m: Message, key: bigint = m.id): void {
   ol.append(li);
   ol.scrollTop = ol.scrollHeight;
   renderTicks();
+}
+
+/** Message ids are microseconds since the epoch; a pending send has none yet. */
+function timeOf(id: bigint): string {
+  return id > 0n ? new Date(Number(id / 1000n)).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : "";
 }
 
 function renderTicks(): void {
@@ -397,6 +402,8 @@ async function send(text: string): Promise<void> {
     view.items.delete(-clientMsgId);
     item.message = { ...pending, id: sent.message };
     view.items.set(sent.message, item);
+    const time = item.li.querySelector(".time");
+    if (time !== null) time.textContent = timeOf(sent.message);
     applySent(view.thread.members, item.message);
     renderTicks();
   } catch (e) {
