@@ -1,5 +1,6 @@
 // The web page in headless Chromium, twice, as two users against the real server: register,
-// open a chat by handle, send, delivered and read ticks, typing, presence, reload resumes.
+// open a chat by handle, send, delivered and read ticks, typing, presence, a group with a
+// third user on courier-cli over TCP, reload resumes.
 //
 // The server has no WebSocket listener yet, so the test puts a small bridge in front of its
 // TCP listener that does what `--listen-ws` will do: every binary WebSocket message carries
@@ -15,7 +16,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:f
 import { createServer } from "node:http";
 import { connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
-import { extname, join, normalize } from "node:path";
+import { dirname, extname, join, normalize } from "node:path";
 import { createInterface } from "node:readline";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -27,8 +28,10 @@ const WEB = fileURLToPath(new URL("..", import.meta.url));
 const ARTIFACTS = join(WEB, "test-artifacts");
 const BIN = process.env.COURIER_BIN;
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const CLI = process.env.COURIER_CLI ?? (BIN === undefined ? "" : join(dirname(BIN), "courier-cli"));
 const missing = [
   [BIN !== undefined && existsSync(BIN), "COURIER_BIN (the built courier binary)"],
+  [existsSync(CLI), "courier-cli beside COURIER_BIN (or COURIER_CLI)"],
   [existsSync(CHROMIUM), `Chromium at ${CHROMIUM} (apt-get install chromium)`],
   [existsSync(join(WEB, "dist/web/src/app.js")), "web/dist (npm run build:web in sdk/js)"],
 ].filter(([ok]) => !ok).map(([, what]) => what);
@@ -116,6 +119,16 @@ after(async () => {
   if (dataDir) rmSync(dataDir, { recursive: true, force: true });
 });
 
+/** Runs courier-cli with its own config file against the server; returns its stdout. */
+function cli(args) {
+  const out = spawnSync(CLI, ["--server", `127.0.0.1:${tcpPort}`, "--json", ...args], {
+    encoding: "utf8",
+    env: { ...process.env, COURIER_CONFIG: join(dataDir, "cli.toml"), COURIER_PASSWORD: "password1" },
+  });
+  assert.equal(out.status, 0, `courier-cli ${args.join(" ")}: ${out.stderr}`);
+  return out.stdout;
+}
+
 async function person(handle) {
   const context = await browser.newContext({ viewport: { width: 900, height: 600 } });
   const page = await context.newPage();
@@ -169,12 +182,36 @@ test("two people chat in the browser with delivered and read ticks, typing and p
   await alice.page.screenshot({ path: join(ARTIFACTS, "alice.png") });
   await bob.page.screenshot({ path: join(ARTIFACTS, "bob.png") });
 
+  // Carol, on courier-cli over TCP, makes a group of the three and writes; Alice answers from
+  // the page; Bob reads both; Carol's history has Alice's answer.
+  const carol = `carol${tag}`;
+  const created = cli(["register", carol]) && cli(["group", "create", "trio", "--members", `alice${tag},bob${tag}`]);
+  const group = /"id":(\d+)/.exec(created)[1];
+  cli(["send", "--thread", group, "hello", "from", "the", "terminal"]);
+  const aliceGroup = alice.page.locator("#threads li", { hasText: "trio" });
+  await aliceGroup.locator(".unread").waitFor();
+  await aliceGroup.click();
+  const fromCarol = alice.page.locator("#messages li", { hasText: "hello from the terminal" });
+  await fromCarol.waitFor();
+  assert.equal(await fromCarol.locator(".from").textContent(), carol);
+  await alice.page.type("#composer", "hi carol");
+  await alice.page.press("#composer", "Enter");
+  await alice.page.locator("#messages li.mine[data-tick]", { hasText: "hi carol" }).waitFor();
+  await bob.page.locator("#threads li", { hasText: "trio" }).click();
+  await bob.page.locator("#messages li", { hasText: "hi carol" }).waitFor();
+  await bob.page.locator("#messages li", { hasText: "hello from the terminal" }).waitFor();
+  const history = JSON.parse(cli(["history", "--thread", group]));
+  assert.ok(history.some((m) => m.text === "hi carol" && m.sender_handle === `alice${tag}`), JSON.stringify(history));
+  await alice.page.screenshot({ path: join(ARTIFACTS, "alice-group.png") });
+
   // A reload resumes with the token kept in localStorage: no password asked.
   await alice.page.reload();
   await alice.page.waitForSelector("#chat:not([hidden])");
   await alice.page.locator("#threads li", { hasText: `bob${tag}` }).waitFor();
 
-  // Alice leaves: Bob's header says so.
+  // Alice leaves: Bob's header in their direct chat says so.
+  await bob.page.locator("#threads li", { hasText: `alice${tag}` }).click();
+  await bob.page.waitForFunction(() => document.querySelector("#thread-status")?.textContent === "online");
   await alice.context.close();
   await bob.page.waitForFunction(() => document.querySelector("#thread-status")?.textContent === "offline", null, { timeout: 15_000 });
   assert.deepEqual(bob.errors, []);
