@@ -117,3 +117,29 @@ test("a system event body decodes with or without the appended users", () => {
   assert.deepEqual(decodeSystemEvent(old), { ...ev, users: [] });
   assert.throws(() => decodeSystemEvent(full.subarray(0, 5)), DecodeError);
 });
+
+test("mutated and cut vectors decode or throw DecodeError, never anything else", async () => {
+  const { readFileSync } = await import("node:fs");
+  const vectors = JSON.parse(
+    readFileSync(new URL("../../../../protocol/vectors.json", import.meta.url), "utf8"),
+  ) as { frames: Array<{ hex: string }> };
+  const seeds = vectors.frames.map((v) => Uint8Array.from(v.hex.match(/../g)!.map((h) => parseInt(h, 16))));
+  let decoded = 0;
+  let refused = 0;
+  for (let seed = 0; seed < 3000; seed++) {
+    const next = rng(seed);
+    const base = seeds[next(seeds.length)]!.slice();
+    // Flip, overwrite or cut a few bytes, body and header alike.
+    for (let k = 1 + next(4); k > 0; k--) base[next(base.length)] = next(256);
+    const input = next(4) === 0 ? base.subarray(0, next(base.length + 1)) : base;
+    const d = new Decoder(4096);
+    d.push(input);
+    try {
+      for (let env = d.next(); env !== undefined; env = d.next()) decoded++;
+    } catch (e) {
+      assert.ok(e instanceof DecodeError, `seed ${seed}: ${String(e)}`);
+      refused++;
+    }
+  }
+  assert.ok(decoded > 100 && refused > 100, `${decoded} decoded, ${refused} refused`);
+});
