@@ -87,7 +87,7 @@ export class Connection {
       }, opts.connectTimeoutMs);
       let opened = false;
       try {
-        conn.transport = opts.connector(url, {
+        const transport = opts.connector(url, {
           onOpen: () => {
             opened = true;
             conn.cancelHandshakeTimer?.();
@@ -107,6 +107,12 @@ export class Connection {
             conn.route();
           },
         });
+        // A transport may report onOpen before the connector returns (a wrapper, a test
+        // double): HELLO waited in the session until the transport was known.
+        if (!conn.closedNow) {
+          conn.transport = transport;
+          if (opened) conn.flush();
+        }
       } catch (e) {
         conn.failHandshake(
           new ClientError({ kind: "Unreachable", url, why: e instanceof Error ? e.message : String(e) }),
@@ -218,8 +224,10 @@ export class Connection {
 
   /** Writes what the session queued, then re-arms the heartbeat timer. */
   private flush(): void {
+    // Without a transport (not yet known, or gone) the bytes stay queued in the session.
+    if (this.transport === undefined) return;
     const out = this.session.pollTransmit();
-    if (out.length > 0 && this.transport !== undefined) {
+    if (out.length > 0) {
       try {
         this.transport.send(out);
       } catch {

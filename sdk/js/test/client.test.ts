@@ -13,6 +13,7 @@ import { ClientError } from "../src/client_error.js";
 import { ErrorCode } from "../src/errors.js";
 import { frame, MessageKind, ReceiptKind, type Frame, type Message } from "../src/frames.js";
 import { MemoryStorage } from "../src/storage.js";
+import type { Connector } from "../src/transport.js";
 import { FakeServer, ManualClock, settle, type FakeConn } from "./fake_server.js";
 
 const text = (m: Message) => new TextDecoder().decode(m.body);
@@ -352,4 +353,19 @@ test("an unreachable server rejects connect with a sentence that says what to ch
   const w = world();
   w.server.refuse = "connection refused";
   await assert.rejects(connect(w), /cannot reach the Courier server at ws:\/\/chat.test:7880\/: connection refused/);
+});
+
+test("a transport that reports open before its connector returns still gets HELLO", async () => {
+  const w = world();
+  const syncOpen: Connector = (url, handlers) => {
+    const inner = w.server.connector(url, { ...handlers, onOpen: () => {} });
+    handlers.onOpen();
+    return inner;
+  };
+  let client: Client | undefined;
+  void connect(w, { connector: syncOpen }).then((c) => (client = c));
+  await settle();
+  assert.ok(client, "WELCOME arrived");
+  assert.deepEqual(w.server.opened[0]!.received.map((e) => e.frame.type), ["Hello"]);
+  assert.equal((await client.register("alice", "password1")).handle, "alice");
 });
