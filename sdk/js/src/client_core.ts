@@ -126,6 +126,7 @@ export class ClientCore {
   }
 
   private async authenticate(request: Frame): Promise<AuthOk> {
+    let lastRedirect = { node: "", addr: "" };
     for (let attempt = 0; attempt <= MAX_REDIRECTS; attempt++) {
       const conn = this.current();
       // A reconnecting client catches up after AUTH_OK (afterAuth).
@@ -160,14 +161,16 @@ export class ClientCore {
         }
         throw failure;
       }
+      lastRedirect = redirect;
       conn.close();
       const url = this.config.redirectUrl(redirect.addr, this.url);
       const next = await Connection.open(url, this.connectionOptions(), this.sink);
       this.url = url;
       this.install(next);
     }
-    const last = this.conn?.redirect ?? { node: "", addr: "" };
-    throw new ClientError({ kind: "TooManyRedirects", node: last.node, addr: last.addr });
+    // The connection to the last redirect's node stays installed, for another try; the error
+    // names that redirect (the Rust client names the fresh connection's, which has none).
+    throw new ClientError({ kind: "TooManyRedirects", node: lastRedirect.node, addr: lastRedirect.addr });
   }
 
   /** A reconnecting client needs a watermark so that a later reconnect can sync the gap. */

@@ -369,3 +369,40 @@ test("a transport that reports open before its connector returns still gets HELL
   assert.deepEqual(w.server.opened[0]!.received.map((e) => e.frame.type), ["Hello"]);
   assert.equal((await client.register("alice", "password1")).handle, "alice");
 });
+
+test("a redirect on a logged-in connection moves the session to the other node with RESUME", async () => {
+  const w = world();
+  const client = await connect(w); // no autoReconnect: a redirect is still followed
+  const auth = await client.register("alice", "password1");
+  const log = record(client);
+  serverConnOf(w, auth.user).reply(0, frame("Redirect", { node: "n2", addr: "node2.test:7881" }));
+  await settle();
+  assert.deepEqual(log.map(([n]) => n), ["redirected", "disconnected", "reconnected"]);
+  assert.deepEqual(log.at(-1)![1], { url: "ws://node2.test:7881/" });
+  const moved = w.server.opened.at(-1)!;
+  assert.equal(moved.url, "ws://node2.test:7881/");
+  assert.deepEqual(moved.received.map((e) => e.frame.type), ["Hello", "Resume", "Sync"]);
+  assert.equal(client.serverUrl, "ws://node2.test:7881/");
+  assert.deepEqual(await client.contacts(), []);
+});
+
+test("a login redirected in a loop gives up with TooManyRedirects", async () => {
+  const w = world();
+  const registrar = await connect(w);
+  await registrar.register("alice", "password1");
+  let hops = 0;
+  w.server.intercept = (conn, _id, f) => {
+    if (f.type !== "Login") return false;
+    hops++;
+    conn.reply(0, frame("Redirect", { node: `n${hops}`, addr: `node${hops}.test:7881` }));
+    conn.drop();
+    return true;
+  };
+  const client = await connect(w);
+  await assert.rejects(client.login("alice", "password1"), (e: unknown) => {
+    assert.ok(e instanceof ClientError && e.detail.kind === "TooManyRedirects", String(e));
+    assert.match(e.message, /redirected too many times \(last: n5 at node5\.test:7881\)/);
+    return true;
+  });
+  assert.equal(hops, 5, "the first try and four redirects");
+});
