@@ -12,6 +12,7 @@ import {
   Direction,
   ErrorCode,
   MessageKind,
+  newClientMsgId,
   ReceiptKind,
   SystemEventKind,
   ThreadKind,
@@ -384,7 +385,7 @@ async function send(text: string): Promise<void> {
   const view = open;
   const thread = view.thread.id;
   stopTyping(thread);
-  const clientMsgId = BigInt(Date.now()) * 1000n + BigInt(Math.floor(Math.random() * 1000));
+  const clientMsgId = newClientMsgId();
   const pending: Message = {
     thread,
     id: 0n,
