@@ -406,3 +406,54 @@ test("a login redirected in a loop gives up with TooManyRedirects", async () => 
   });
   assert.equal(hops, 5, "the first try and four redirects");
 });
+
+/**
+ * A stand-in for the Noise layer, to show where it sits: a Connector that wraps another, runs
+ * a handshake on the inner bytes before it reports open, then transforms every byte both ways
+ * (XOR here, ChaCha20-Poly1305 records there).
+ */
+function layered(inner: Connector): Connector {
+  const xor = (b: Uint8Array) => b.map((x) => x ^ 0x5a);
+  return (url, handlers) => {
+    let ready = false;
+    const t = inner(url, {
+      onOpen: () => t.send(Uint8Array.of(0x55)),
+      onBytes: (b) => {
+        if (ready) return handlers.onBytes(xor(b));
+        assert.equal(b[0], 0xaa, "the server's handshake byte");
+        ready = true;
+        handlers.onOpen();
+        if (b.length > 1) handlers.onBytes(xor(b.subarray(1)));
+      },
+      onClose: handlers.onClose,
+    });
+    return { send: (b) => t.send(xor(b)), close: () => t.close() };
+  };
+}
+
+test("a layer under the codec (where Noise goes) needs no change above it", async () => {
+  const w = world();
+  const xor = (b: Uint8Array) => b.map((x) => x ^ 0x5a);
+  // The layer's server end, in front of the fake: answers the handshake byte, then decodes
+  // what the client sends and encodes what the fake answers.
+  const serverEnd: Connector = (url, toClient) => {
+    let fake: ReturnType<Connector> | undefined;
+    queueMicrotask(() => toClient.onOpen());
+    return {
+      send: (b) => {
+        if (fake !== undefined) return fake.send(xor(b));
+        assert.deepEqual([...b], [0x55], "the client's handshake byte comes first, alone");
+        fake = w.server.connector(url, {
+          onOpen: () => toClient.onBytes(Uint8Array.of(0xaa)),
+          onBytes: (x) => toClient.onBytes(xor(x)),
+          onClose: toClient.onClose,
+        });
+      },
+      close: () => fake?.close(),
+    };
+  };
+  const client = await connect(w, { connector: layered(serverEnd) });
+  const auth = await client.register("alice", "password1");
+  assert.equal(auth.handle, "alice");
+  assert.deepEqual(w.server.opened[0]!.received.map((e) => e.frame.type), ["Hello", "Register"]);
+});
