@@ -11,7 +11,7 @@ LISTEN ?= 127.0.0.1:7878
 # Where cargo puts binaries (.cargo/config.toml, or CARGO_TARGET_DIR), asked of cargo itself.
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 
-.PHONY: run test deps lint bench build
+.PHONY: run test test-js test-web deps lint bench build
 
 deps:
 	@scripts/install-deps.sh
@@ -26,8 +26,24 @@ run: build
 
 # The tests run binaries of other packages (courier-cli, courier-loadgen), which
 # `cargo test --workspace` does not build for them: build every binary first.
-test: build
+test: build test-js test-web
 	$(CARGO) test --workspace
+
+# The TypeScript client library: Node 18+ and npm (installed from the distribution when
+# missing), its locked dev dependencies, then type-check and `node --test`. Its tests against
+# the real server use the binary `build` made, and are skipped (saying so) when there is none.
+COURIER_BIN ?= $(TARGET_DIR)/debug/courier
+test-js:
+	@scripts/install-node.sh
+	cd sdk/js && npm ci --no-audit --no-fund --loglevel=error && COURIER_BIN="$(COURIER_BIN)" npm test
+
+# The web page in headless Chromium (Debian's, installed when missing), two users against the
+# built server through a WebSocket-to-TCP bridge; screenshots land in web/test-artifacts/.
+test-web: build
+	@scripts/install-node.sh
+	@scripts/install-browser.sh
+	cd sdk/js && npm ci --no-audit --no-fund --loglevel=error && npm run build:web
+	cd web && npm ci --no-audit --no-fund --loglevel=error && COURIER_BIN="$(COURIER_BIN)" npm test
 
 lint: deps
 	$(CARGO) fmt --all -- --check

@@ -1,0 +1,80 @@
+/** Client settings (client/src/config.rs), every one with a default. */
+
+import { DEFAULT_BACKOFF, type BackoffPolicy } from "./backoff.js";
+import { systemClock, type Clock } from "./clock.js";
+import { MAX_FRAME_LEN } from "./codec.js";
+import { DEFAULT_MAX_OUTSTANDING } from "./session.js";
+import { defaultStorage, type TokenStorage } from "./storage.js";
+import { webSocketConnector, type Connector, type WebSocketConstructor } from "./transport.js";
+
+/** How a client connects, waits, reconnects and remembers. Every field has a default. */
+export interface ClientConfig {
+  /** Sent in HELLO so server logs can tell clients apart. */
+  clientName?: string;
+  /** The device name sent with REGISTER/LOGIN; keep it stable across runs. */
+  device?: string;
+  /** How long each request waits for its reply (ms). Default 10 s. */
+  requestTimeoutMs?: number;
+  /** How long opening the transport may take (ms). Default 5 s. */
+  connectTimeoutMs?: number;
+  /** Reconnect automatically (resume, then sync the gap) when the connection drops. */
+  autoReconnect?: boolean;
+  /** Delays between reconnect attempts. */
+  backoff?: BackoffPolicy;
+  /** Largest frame accepted from the server. Default 1 MiB, the protocol ceiling. */
+  maxFrameLen?: number;
+  /** Page size of sync(). Default 500. */
+  syncPage?: number;
+  /** Requests that may wait for replies at once on one connection. Default 1024. */
+  maxOutstanding?: number;
+  /** The WebSocket constructor, for runtimes without a global one (Node 20). */
+  WebSocket?: WebSocketConstructor;
+  /** The transport; overrides `WebSocket`. Tests pass an in-memory one; Noise wraps one. */
+  connector?: Connector;
+  /** Time and timers; tests pass a manual clock. */
+  clock?: Clock;
+  /** Random numbers in [0, 1) for backoff jitter. */
+  random?: () => number;
+  /**
+   * Where the token and the sync watermark are kept between runs: localStorage in browsers
+   * (the default there), memory in Node unless a FileStorage is given; null keeps nothing.
+   */
+  storage?: TokenStorage | null;
+  /** Prefix of the storage keys, so several accounts can share one storage. */
+  storagePrefix?: string;
+  /**
+   * The URL to use for a REDIRECT's address (host:port). Default: the current URL with its
+   * host replaced, which assumes the node serves WebSocket at the address it announces.
+   */
+  redirectUrl?: (addr: string, currentUrl: string) => string;
+}
+
+export type ResolvedConfig = Required<Omit<ClientConfig, "WebSocket" | "storage">> & {
+  storage: TokenStorage | null;
+};
+
+export function resolveConfig(c: ClientConfig): ResolvedConfig {
+  return {
+    clientName: c.clientName ?? "courier-client-js/0.1.0",
+    device: c.device ?? "default",
+    requestTimeoutMs: c.requestTimeoutMs ?? 10_000,
+    connectTimeoutMs: c.connectTimeoutMs ?? 5_000,
+    autoReconnect: c.autoReconnect ?? false,
+    backoff: c.backoff ?? DEFAULT_BACKOFF,
+    maxFrameLen: c.maxFrameLen ?? MAX_FRAME_LEN,
+    syncPage: c.syncPage ?? 500,
+    maxOutstanding: c.maxOutstanding ?? DEFAULT_MAX_OUTSTANDING,
+    connector: c.connector ?? webSocketConnector(c.WebSocket),
+    clock: c.clock ?? systemClock,
+    random: c.random ?? Math.random,
+    storage: c.storage === undefined ? defaultStorage() : c.storage,
+    storagePrefix: c.storagePrefix ?? "courier.",
+    redirectUrl: c.redirectUrl ?? defaultRedirectUrl,
+  };
+}
+
+function defaultRedirectUrl(addr: string, currentUrl: string): string {
+  const u = new URL(currentUrl);
+  u.host = addr;
+  return u.toString();
+}
