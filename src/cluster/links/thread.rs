@@ -580,9 +580,10 @@ impl LinkLoop {
             return self.refuse(key, None, RefuseReason::UnknownNode, msg);
         };
         if hello.membership != ours {
+            let local = &s.membership.nodes()[s.local.0 as usize].id;
             let msg = format!(
-                "member lists differ (hash {:016x} here, {:016x} on {}): start every node with the same --peer list",
-                ours, hello.membership, hello.node
+                "member lists differ (hash {ours:016x} on {local}, {:016x} on {}): start every node with the same --peer list",
+                hello.membership, hello.node
             );
             return self.refuse(key, Some(peer), RefuseReason::Membership, msg);
         }
