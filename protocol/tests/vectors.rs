@@ -137,6 +137,7 @@ pub fn samples() -> Vec<(u32, Frame, &'static str)> {
         (37, AdminStats {}.into(), "Server counters (admin accounts only): empty body."),
         (5, Done {}.into(), "Success of request 5 without a specific reply: empty body."),
         (8, ErrorReply { code: ErrorCode::NotAdmin as u16, message: "only group admins may remove members".into() }.into(), "Request 8 failed with NOT_ADMIN (42); the connection stays open."),
+        (15, ErrorReply { code: ErrorCode::Unavailable as u16, message: "the node that owns this thread is down; retry later".into() }.into(), "Request 15 failed with UNAVAILABLE (72): a node of the cluster it needs is down; the connection stays open."),
         (0, ErrorReply { code: ErrorCode::HeartbeatTimeout as u16, message: "no frame for 90 s".into() }.into(), "Request id 0: the server is closing the connection because of HEARTBEAT_TIMEOUT (8)."),
         (1, Welcome { version: 1, max_frame: DEFAULT_MAX_FRAME_LEN, heartbeat_secs: 30, node: "n1".into() }.into(), "Answer to HELLO#1: version 1, max frame 65536, heartbeat 30 s, node \"n1\"."),
         (2, AuthOk { user: ALICE, device: 1, token: Bytes::copy_from_slice(&TOKEN), handle: "alice".into(), watermark: 1_700_000_000_000_000 }.into(), "Authenticated as user 17, device 1, with a 32-byte token and the sync watermark at login."),
