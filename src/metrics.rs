@@ -170,6 +170,9 @@ pub struct PeerMetrics {
     pub refused_in: [AtomicU64; REFUSAL_REASONS.len()],
 }
 
+/// Picks one counter out of a peer's counters.
+type PeerField = fn(&PeerMetrics) -> &AtomicU64;
+
 /// The link thread's counters: one [`PeerMetrics`] per other node.
 #[derive(Default)]
 pub struct LinkMetrics {
@@ -191,7 +194,7 @@ impl LinkMetrics {
     }
 
     fn render(&self, out: &mut String) {
-        let per_peer: [(&str, &str, fn(&PeerMetrics) -> &AtomicU64); 10] = [
+        let per_peer: [(&str, &str, PeerField); 10] = [
             ("courier_peer_up", "gauge", |p| &p.up),
             ("courier_peer_links_up", "gauge", |p| &p.links_up),
             ("courier_peer_frames_in_total", "counter", |p| &p.frames_in),
