@@ -22,10 +22,12 @@
 //! told nothing, so callers that wait for an answer bound the wait themselves.
 //!
 //! **Bounds.** `send` refuses with [`LinkError::Full`] once a peer's queued payload bytes would
-//! pass `--peer-queue-bytes`, and with [`LinkError::Down`] while the lane's link is not up
-//! (handshake not done, or failed): it never waits. The link thread moves at most
-//! [`OUT_HIGH`](thread::OUT_HIGH) bytes per link into a link's output buffer, so memory per peer
-//! is bounded by the queue bound plus that per link. Accepted links are capped too.
+//! pass `--peer-queue-bytes` (or a link's queue holds [`LINK_QUEUE_SLOTS`] payloads), and with
+//! [`LinkError::Down`] while the lane's link is not up (handshake not done, or failed): it
+//! never waits. The link thread moves at most [`OUT_HIGH`](thread::OUT_HIGH) bytes per link
+//! into a link's output buffer, so memory per peer is bounded by the queue bound plus that per
+//! link. Queues are arrays allocated once, so queueing allocates nothing. Accepted links are
+//! capped too.
 //!
 //! **Failure detection.** The dialer pings every 500 ms; a link with nothing received for
 //! 1.5 s is closed, so `is_up` turns false and `send` answers `Down` within 2 s of a peer
@@ -133,6 +135,10 @@ impl Default for LinkConfig {
     }
 }
 
+/// Payloads one link's queue holds at most, whatever their size. The queue is an array
+/// allocated once (about 1.5 MiB per link), so queueing a payload never allocates.
+pub const LINK_QUEUE_SLOTS: usize = 16 * 1024;
+
 /// The smallest `queue_bytes`: one largest node frame must fit.
 pub const MIN_QUEUE_BYTES: u64 = PEER_MAX_FRAME_LEN as u64;
 
@@ -222,7 +228,7 @@ impl Links {
                     index,
                     links: (0..pool)
                         .map(|_| {
-                            let (tx, rx) = crossbeam_channel::unbounded();
+                            let (tx, rx) = crossbeam_channel::bounded(LINK_QUEUE_SLOTS);
                             LinkQueue {
                                 up: AtomicBool::new(false),
                                 tx,
@@ -264,7 +270,8 @@ impl Links {
     }
 
     /// Queues `payload` for `peer` on the link `lane` picks, and wakes the link thread. Never
-    /// blocks: `Down` if that link is not up, `Full` if the peer's queue is at its bound.
+    /// blocks: `Down` if that link is not up, `Full` if the peer's queue is at its bound in
+    /// bytes, or the link's queue holds [`LINK_QUEUE_SLOTS`] payloads.
     pub fn send(&self, peer: NodeIndex, lane: u64, payload: Payload) -> Result<(), LinkError> {
         let s = &*self.shared;
         let Some(p) = s.peer(peer) else {
@@ -283,8 +290,13 @@ impl Links {
             m.full.fetch_add(1, Ordering::Relaxed);
             return Err(LinkError::Full);
         }
-        // The receiver lives in `Shared` as long as we do: an unbounded send cannot fail.
-        let _ = link.tx.send(frame);
+        // The receiver lives in `Shared` as long as we do, so this fails only when every slot
+        // is taken (many small payloads): the same answer as too many bytes.
+        if link.tx.try_send(frame).is_err() {
+            m.queued_bytes.fetch_sub(n, Ordering::AcqRel);
+            m.full.fetch_add(1, Ordering::Relaxed);
+            return Err(LinkError::Full);
+        }
         if !s.wake_pending.swap(true, Ordering::SeqCst) {
             let _ = s.waker.wake();
         }

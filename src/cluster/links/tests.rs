@@ -153,10 +153,14 @@ fn payloads_of_one_lane_arrive_in_the_order_they_were_sent() {
     let to_b = index(a, "n1");
     const LANES: u64 = 16;
     const PER_LANE: u32 = 2_000;
-    // Interleaved over lanes, as shards would send.
+    // Interleaved over lanes, as shards would send; a full queue is retried, as a shard
+    // would answer its client and the client retry.
     for seq in 0..PER_LANE {
         for lane in 0..LANES {
-            a.links.send(to_b, lane, forward(lane, seq)).unwrap();
+            while let Err(e) = a.links.send(to_b, lane, forward(lane, seq)) {
+                assert_eq!(e, LinkError::Full);
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
     let mut next = vec![0u32; LANES as usize];
@@ -412,4 +416,41 @@ fn a_lane_always_uses_the_same_link_and_lanes_spread() {
         }
         assert!(used.iter().all(|&n| n > 1000 / pool / 2), "{used:?}");
     }
+}
+
+#[test]
+fn many_small_payloads_to_a_peer_that_stops_reading_are_bounded_by_queue_slots() {
+    let (la, lb) = (listener(), listener());
+    let nodes = members(
+        &["a", "b"],
+        &[la.local_addr().unwrap(), lb.local_addr().unwrap()],
+    );
+    let config = LinkConfig {
+        pool: 1,
+        silence: Duration::from_secs(60),
+        ..LinkConfig::default()
+    };
+    let a = start(&nodes, "a", la, config.clone());
+    let to_b = index(&a, "b");
+    let _stuck = fake_peer_that_goes_quiet(&lb, &nodes);
+    wait_until("up", Duration::from_secs(2), || a.links.is_up(to_b));
+    let mut sent = 0u64;
+    loop {
+        match a.links.send(to_b, 1, forward(1, 0)) {
+            Ok(()) => sent += 1,
+            Err(LinkError::Full) => break,
+            Err(LinkError::Down) => panic!("down after {sent} payloads"),
+        }
+        assert!(sent < 10_000_000, "never Full after {sent} payloads");
+    }
+    let queued = a.links.metrics().peers[0]
+        .1
+        .queued_bytes
+        .load(Ordering::Relaxed);
+    // Far below the byte bound: the slots ran out first.
+    assert!(queued < config.queue_bytes / 8, "{queued} bytes queued");
+    assert!(
+        queued >= (LINK_QUEUE_SLOTS as u64 - 1) * 20,
+        "{queued} bytes queued"
+    );
 }
