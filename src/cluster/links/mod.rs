@@ -177,6 +177,20 @@ impl Shared {
         self.peers.get(node.0 as usize)?.as_ref()
     }
 
+    /// Marks every link down and drops what is queued: the link thread is gone.
+    fn cut_off(&self) {
+        for p in self.peers.iter().flatten() {
+            for index in 0..p.links.len() {
+                p.links[index].up.store(false, Ordering::Release);
+                thread::drop_queued(self, p.index, index);
+            }
+            p.links_up.store(0, Ordering::Release);
+            let m = self.peer_metrics(p.index);
+            m.up.store(0, Ordering::Relaxed);
+            m.links_up.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// The metrics of `node`, which is a peer (metrics are in member-list order, without us).
     fn peer_metrics(&self, node: NodeIndex) -> &PeerMetrics {
         let i = node.0 as usize - usize::from(node > self.local);
@@ -255,9 +269,23 @@ impl Links {
         listener.set_nonblocking(true)?;
         let listener = mio::net::TcpListener::from_std(listener);
         let looped = thread::LinkLoop::new(shared.clone(), poll, listener, inbound)?;
+        let on_panic = shared.clone();
         let handle = std::thread::Builder::new()
             .name("links".into())
-            .spawn(move || looped.run())?;
+            .spawn(move || {
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    looped.run()
+                }));
+                if let Err(panic) = ran {
+                    // Its sockets closed as it unwound, so the peers see this node down;
+                    // senders here must see them down too, not queue into a dead thread.
+                    tracing::error!(
+                        "cluster links stopped: the link thread panicked: {}; this node is cut off from the other nodes until it is restarted",
+                        crate::shard::panic_message(&*panic)
+                    );
+                    on_panic.cut_off();
+                }
+            })?;
         Ok((
             Links {
                 shared: shared.clone(),

@@ -454,3 +454,43 @@ fn many_small_payloads_to_a_peer_that_stops_reading_are_bounded_by_queue_slots()
         "{queued} bytes queued"
     );
 }
+
+/// Panics on the first payload it is handed.
+struct PanickingInbound;
+
+impl Inbound for PanickingInbound {
+    fn deliver(&mut self, _from: NodeIndex, _payload: Payload) {
+        panic!("injected: the inbound handler failed");
+    }
+}
+
+#[test]
+fn a_link_thread_that_panics_leaves_every_link_down_on_both_sides() {
+    let listeners = [listener(), listener()];
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let nodes = members(&["a", "b"], &addrs);
+    let [la, lb] = listeners;
+    let a = start(&nodes, "a", la, LinkConfig::default());
+    let membership = Membership::new(nodes.clone(), "b").unwrap();
+    let (b_links, _b_thread) = Links::spawn(
+        membership,
+        "b",
+        lb,
+        LinkConfig::default(),
+        Box::new(PanickingInbound),
+    )
+    .unwrap();
+    let (to_b, to_a) = (index(&a, "b"), b_links.membership().index_of("a").unwrap());
+    wait_until("linked", Duration::from_secs(5), || {
+        a.links.is_up(to_b) && b_links.is_up(to_a)
+    });
+    a.links.send(to_b, 1, forward(1, 1)).unwrap();
+    wait_until("b cut off after its panic", Duration::from_secs(2), || {
+        !b_links.is_up(to_a)
+    });
+    assert_eq!(b_links.send(to_a, 1, forward(1, 2)), Err(LinkError::Down));
+    assert_eq!(b_links.metrics().peers[0].1.up.load(Ordering::Relaxed), 0);
+    wait_until("a sees b down", Duration::from_secs(2), || {
+        !a.links.is_up(to_b)
+    });
+}

@@ -763,7 +763,7 @@ impl LinkLoop {
 }
 
 /// Drops what waits in a dialed link's queue (its bytes leave the peer's count).
-fn drop_queued(shared: &Shared, peer: NodeIndex, index: usize) {
+pub(super) fn drop_queued(shared: &Shared, peer: NodeIndex, index: usize) {
     let Some(p) = shared.peer(peer) else {
         return;
     };
