@@ -494,3 +494,29 @@ fn a_link_thread_that_panics_leaves_every_link_down_on_both_sides() {
         !a.links.is_up(to_b)
     });
 }
+
+#[test]
+fn inbound_links_past_the_cap_are_closed_at_once() {
+    let (la, lb) = (listener(), listener());
+    let nodes = members(
+        &["a", "b"],
+        &[la.local_addr().unwrap(), lb.local_addr().unwrap()],
+    );
+    let addr = nodes[0].cluster_addr;
+    let _a = start(&nodes, "a", la, LinkConfig::default());
+    // One peer, two links each way: the cap is 2 x 2 + 16 = 20 links in their handshake or up.
+    let cap = 20;
+    let conns: Vec<TcpStream> = (0..cap + 5)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    // Well before the 1.5 s handshake limit closes the others.
+    std::thread::sleep(Duration::from_millis(300));
+    let closed = conns.iter().filter(|c| is_eof(c)).count();
+    assert_eq!(closed, 5);
+}
+
+/// Whether the other end closed `c` (a read returns 0 at once).
+fn is_eof(c: &TcpStream) -> bool {
+    c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    matches!((&*c).read(&mut [0u8; 16]), Ok(0))
+}
