@@ -142,6 +142,17 @@ fn two_and_three_endpoints_link_up_and_payloads_arrive() {
             let expected: Vec<u64> = (0..n as u64).filter(|&i| i != j as u64).collect();
             assert_eq!(from, expected, "n{j} got pushes from");
         }
+        // Both directions are counted per peer: handshake, heartbeats and the push.
+        let m = endpoints[0].links.metrics();
+        for (peer, c) in &m.peers {
+            let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            assert!(
+                load(&c.frames_out) >= 3 && load(&c.frames_in) >= 2,
+                "{peer}"
+            );
+            assert!(load(&c.bytes_out) > 0 && load(&c.bytes_in) > 0, "{peer}");
+            assert_eq!((load(&c.up), load(&c.links_up)), (1, 2), "{peer}");
+        }
     }
 }
 

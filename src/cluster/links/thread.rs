@@ -372,7 +372,7 @@ impl LinkLoop {
                     link.last_ping = now;
                     let nonce = link.next_nonce;
                     link.next_nonce += 1;
-                    encode_peer(&PeerPing { nonce }.into(), &mut link.out);
+                    put(&self.shared, link, &PeerPing { nonce }.into());
                 }
                 _ => {}
             }
@@ -432,7 +432,7 @@ impl LinkLoop {
                 .clone(),
             membership: self.shared.membership.hash(),
         };
-        encode_peer(&hello.into(), &mut link.out);
+        put(&self.shared, link, &hello.into());
         link.state = State::AwaitWelcome;
         link.since = Instant::now();
     }
@@ -539,7 +539,7 @@ impl LinkLoop {
             }
             (Role::Accepted { .. }, State::Up, PeerFrame::PeerPing(p)) => {
                 if let Some(link) = self.links.get_mut(key) {
-                    encode_peer(&PeerPong { nonce: p.nonce }.into(), &mut link.out);
+                    put(&self.shared, link, &PeerPong { nonce: p.nonce }.into());
                 }
             }
             (Role::Dialed { .. }, State::Up, PeerFrame::PeerPong(_)) => {}
@@ -595,8 +595,8 @@ impl LinkLoop {
         let Some(link) = self.links.get_mut(key) else {
             return;
         };
-        encode_peer(&welcome.into(), &mut link.out);
         link.role = Role::Accepted { peer: Some(peer) };
+        put(&s, link, &welcome.into());
         link.state = State::Up;
         link.since = Instant::now();
         tracing::debug!(peer = %hello.node, "cluster link from {} accepted", hello.node);
@@ -776,6 +776,14 @@ pub(super) fn drop_queued(shared: &Shared, peer: NodeIndex, index: usize) {
     if frames > 0 {
         m.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
         add(&m.dropped, frames);
+    }
+}
+
+/// Appends a frame to `link`'s output and counts it for the link's peer (once known).
+fn put(shared: &Shared, link: &mut Link, frame: &PeerFrame) {
+    encode_peer(frame, &mut link.out);
+    if let Some(peer) = peer_of(link.role) {
+        bump(&shared.peer_metrics(peer).frames_out);
     }
 }
 
