@@ -183,9 +183,21 @@ pub struct ServeArgs {
     /// This node's id on the cluster ring, announced in WELCOME [default: node1].
     #[arg(long)]
     pub node_id: Option<String>,
-    /// Another node of the cluster as ID=HOST:PORT; repeatable.
+    /// A node of the cluster as ID=CLIENT_ADDR@CLUSTER_ADDR (clients are redirected to
+    /// CLIENT_ADDR, nodes link to CLUSTER_ADDR, an IP:PORT); repeatable. List every node, this
+    /// one too, and give every node the same list.
     #[arg(long)]
     pub peer: Vec<String>,
+    /// Address to accept other nodes' links on [default: this node's CLUSTER_ADDR in --peer].
+    #[arg(long)]
+    pub cluster_listen: Option<SocketAddr>,
+    /// Links this node dials to each other node; one thread's traffic always uses one
+    /// [default: 2].
+    #[arg(long)]
+    pub peer_links: Option<usize>,
+    /// Bytes queued for one other node before sends to it are refused [default: 67108864].
+    #[arg(long)]
+    pub peer_queue_bytes: Option<u64>,
 }
 
 /// The config file: the same options, all optional.
@@ -219,6 +231,9 @@ struct FileConfig {
     read_queue: Option<usize>,
     node_id: Option<String>,
     peer: Option<Vec<String>>,
+    cluster_listen: Option<SocketAddr>,
+    peer_links: Option<usize>,
+    peer_queue_bytes: Option<u64>,
 }
 
 /// The resolved configuration of a server.
@@ -253,8 +268,17 @@ pub struct Config {
     /// Reads in flight before the read pool refuses more.
     pub read_queue: usize,
     pub node_id: String,
-    /// (id, address) of the other nodes.
+    /// (id, client address) of every node of the cluster (this one too, when it has peers);
+    /// empty for a single node.
     pub peers: Vec<(String, String)>,
+    /// (id, cluster address) of the same nodes, in the same order: where links are dialed.
+    pub cluster_addrs: Vec<(String, SocketAddr)>,
+    /// Where this node accepts links; `None`: its own cluster address.
+    pub cluster_listen: Option<SocketAddr>,
+    /// Links dialed to each other node.
+    pub peer_links: usize,
+    /// Bytes queued per other node before sends are refused.
+    pub peer_queue_bytes: u64,
 }
 
 impl Config {
@@ -322,13 +346,22 @@ impl Config {
                 .node_id
                 .or(file.node_id)
                 .unwrap_or_else(|| "node1".to_owned()),
-            peers: pick_list(args.peer, file.peer)
-                .iter()
-                .map(|p| parse_peer(p))
-                .collect::<Result<_, _>>()?,
+            peers: Vec::new(),
+            cluster_addrs: Vec::new(),
+            cluster_listen: args.cluster_listen.or(file.cluster_listen),
+            peer_links: args.peer_links.or(file.peer_links).unwrap_or(2),
+            peer_queue_bytes: args
+                .peer_queue_bytes
+                .or(file.peer_queue_bytes)
+                .unwrap_or(64 << 20),
         };
-        // Defaults that a small max_frame could not carry shrink to what it can.
         let mut config = config;
+        for spec in pick_list(args.peer, file.peer) {
+            let (id, client, cluster) = parse_peer(&spec)?;
+            config.peers.push((id.clone(), client));
+            config.cluster_addrs.push((id, cluster));
+        }
+        // Defaults that a small max_frame could not carry shrink to what it can.
         config.max_contacts = args
             .max_contacts
             .or(file.max_contacts)
@@ -456,7 +489,51 @@ impl Config {
         if self.node_id.is_empty() {
             return invalid("node_id", &"\"\"", "a node id must not be empty");
         }
+        self.check_cluster()
+    }
+
+    fn check_cluster(&self) -> Result<(), Error> {
+        let invalid = |key, value: &dyn std::fmt::Display, reason| {
+            Err(Error::Invalid {
+                key,
+                value: value.to_string(),
+                reason,
+            })
+        };
+        if !(1..=16).contains(&self.peer_links) {
+            return invalid("peer_links", &self.peer_links, "use 1 to 16 links per node");
+        }
+        if !(crate::cluster::links::MIN_QUEUE_BYTES..=1 << 40).contains(&self.peer_queue_bytes) {
+            return invalid(
+                "peer_queue_bytes",
+                &self.peer_queue_bytes,
+                "use 2097152 (one largest node frame) to 1099511627776 bytes",
+            );
+        }
+        if self.peers.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = crate::cluster::links::Membership::new(self.members(), &self.node_id) {
+            return invalid(
+                "peer",
+                &e,
+                "list every node of the cluster once, this one too (its id is node_id), with the same --peer list on every node",
+            );
+        }
         Ok(())
+    }
+
+    /// Every node of the cluster, from `--peer` (empty for a single node).
+    pub fn members(&self) -> Vec<crate::cluster::links::Node> {
+        self.peers
+            .iter()
+            .zip(&self.cluster_addrs)
+            .map(|((id, client), (_, cluster))| crate::cluster::links::Node {
+                id: id.clone(),
+                client_addr: client.clone(),
+                cluster_addr: *cluster,
+            })
+            .collect()
     }
 }
 
@@ -469,15 +546,28 @@ fn pick_list<T>(cli: Vec<T>, file: Option<Vec<T>>) -> Vec<T> {
     }
 }
 
-fn parse_peer(spec: &str) -> Result<(String, String), Error> {
-    match spec.split_once('=') {
-        Some((id, addr)) if !id.is_empty() && addr.contains(':') => {
-            Ok((id.to_owned(), addr.to_owned()))
+/// `ID=CLIENT_ADDR@CLUSTER_ADDR` into its three parts; the cluster address must be an IP and
+/// a port (links are dialed from an event loop, which must not wait on name lookups).
+fn parse_peer(spec: &str) -> Result<(String, String, SocketAddr), Error> {
+    let parts = spec.split_once('=').and_then(|(id, rest)| {
+        let (client, cluster) = rest.rsplit_once('@')?;
+        Some((id, client, cluster))
+    });
+    match parts {
+        Some((id, client, cluster)) if !id.is_empty() && client.contains(':') => {
+            match cluster.parse::<SocketAddr>() {
+                Ok(cluster) => Ok((id.to_owned(), client.to_owned(), cluster)),
+                Err(_) => Err(Error::Invalid {
+                    key: "peer",
+                    value: spec.to_owned(),
+                    reason: "the cluster address after `@` must be IP:PORT, e.g. node2=node2.example:7878@10.0.0.2:7879",
+                }),
+            }
         }
         _ => Err(Error::Invalid {
             key: "peer",
             value: spec.to_owned(),
-            reason: "write a peer as ID=HOST:PORT, e.g. node2=10.0.0.2:7878",
+            reason: "write a node as ID=CLIENT_ADDR@CLUSTER_ADDR, e.g. node2=10.0.0.2:7878@10.0.0.2:7879 (clients are redirected to the first address, nodes link to the second)",
         }),
     }
 }
@@ -639,12 +729,52 @@ mod tests {
             );
         }
         let args = ServeArgs {
-            peer: vec!["n2=10.0.0.2:7878".into()],
+            node_id: Some("n1".into()),
+            peer: vec![
+                "n2=10.0.0.2:7878@10.0.0.2:7879".into(),
+                "n1=courier-1.example:7878@10.0.0.1:7879".into(),
+            ],
             ..ServeArgs::default()
         };
+        let c = Config::load(args).unwrap();
         assert_eq!(
-            Config::load(args).unwrap().peers,
-            vec![("n2".to_owned(), "10.0.0.2:7878".to_owned())]
+            c.peers,
+            vec![
+                ("n2".to_owned(), "10.0.0.2:7878".to_owned()),
+                ("n1".to_owned(), "courier-1.example:7878".to_owned())
+            ]
         );
+        assert_eq!(c.cluster_addrs[1].1, "10.0.0.1:7879".parse().unwrap());
+        assert_eq!((c.peer_links, c.peer_queue_bytes), (2, 64 << 20));
+    }
+
+    #[test]
+    fn the_old_peer_form_and_a_list_without_this_node_are_clear_errors() {
+        let load = |node: &str, peers: &[&str]| {
+            Config::load(ServeArgs {
+                node_id: Some(node.into()),
+                peer: peers.iter().map(|p| p.to_string()).collect(),
+                ..ServeArgs::default()
+            })
+        };
+        let old = load("n1", &["n2=10.0.0.2:7878"]).unwrap_err().to_string();
+        assert!(old.contains("ID=CLIENT_ADDR@CLUSTER_ADDR"), "{old}");
+        let named = load("n1", &["n2=10.0.0.2:7878@node2:7879"]).unwrap_err();
+        assert!(named.to_string().contains("IP:PORT"), "{named}");
+        let alone = load("n1", &["n2=10.0.0.2:7878@10.0.0.2:7879"]).unwrap_err();
+        assert!(alone.to_string().contains("this one too"), "{alone}");
+        let twice = load("n1", &["n1=a:1@127.0.0.1:2", "n1=a:1@127.0.0.1:3"]).unwrap_err();
+        assert!(twice.to_string().contains("listed twice"), "{twice}");
+        let links = Config::load(ServeArgs {
+            peer_links: Some(0),
+            ..ServeArgs::default()
+        });
+        assert!(matches!(
+            links,
+            Err(Error::Invalid {
+                key: "peer_links",
+                ..
+            })
+        ));
     }
 }

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::store::db::Health;
@@ -132,10 +132,116 @@ pub struct ReadMetrics {
     pub refused: AtomicU64,
 }
 
+/// Why a link handshake failed: the `reason` label of `courier_peer_refusals_total`, indexed
+/// like `protocol::peer::RefuseReason` codes minus one, then `wrong_node` (the dialer's own
+/// check that it reached the node it meant).
+pub const REFUSAL_REASONS: [&str; 5] = [
+    "version",
+    "unknown_node",
+    "membership",
+    "protocol",
+    "wrong_node",
+];
+
+/// One peer node's link counters, written by the link thread (and `queued_bytes` and `full`
+/// by the shards that send).
+#[derive(Default)]
+pub struct PeerMetrics {
+    /// 1 while every link of the pool to the peer is up.
+    pub up: AtomicU64,
+    /// Links of the pool that are up.
+    pub links_up: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Payload bytes accepted by `send` and not yet handed to a link's output buffer; also the
+    /// count the `--peer-queue-bytes` bound is checked against.
+    pub queued_bytes: AtomicU64,
+    /// Dials after the first of each link (after a failure or a refusal).
+    pub reconnects: AtomicU64,
+    /// Payloads dropped because their link went down before they were written.
+    pub dropped: AtomicU64,
+    /// Sends refused because the queue was at its bound.
+    pub full: AtomicU64,
+    /// Our dials this peer refused (`direction="out"`), by [`REFUSAL_REASONS`].
+    pub refused_out: [AtomicU64; REFUSAL_REASONS.len()],
+    /// Dials from this peer we refused (`direction="in"`).
+    pub refused_in: [AtomicU64; REFUSAL_REASONS.len()],
+}
+
+/// Picks one counter out of a peer's counters.
+type PeerField = fn(&PeerMetrics) -> &AtomicU64;
+
+/// The link thread's counters: one [`PeerMetrics`] per other node.
+#[derive(Default)]
+pub struct LinkMetrics {
+    /// (peer id, counters), in member-list order.
+    pub peers: Vec<(String, PeerMetrics)>,
+    /// Dials we refused from a node id that is not a member (`peer="unknown"`).
+    pub refused_unknown: [AtomicU64; REFUSAL_REASONS.len()],
+}
+
+impl LinkMetrics {
+    pub fn new<'a>(peers: impl IntoIterator<Item = &'a str>) -> LinkMetrics {
+        LinkMetrics {
+            peers: peers
+                .into_iter()
+                .map(|id| (id.to_owned(), PeerMetrics::default()))
+                .collect(),
+            refused_unknown: Default::default(),
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let per_peer: [(&str, &str, PeerField); 10] = [
+            ("courier_peer_up", "gauge", |p| &p.up),
+            ("courier_peer_links_up", "gauge", |p| &p.links_up),
+            ("courier_peer_frames_in_total", "counter", |p| &p.frames_in),
+            ("courier_peer_frames_out_total", "counter", |p| {
+                &p.frames_out
+            }),
+            ("courier_peer_bytes_in_total", "counter", |p| &p.bytes_in),
+            ("courier_peer_bytes_out_total", "counter", |p| &p.bytes_out),
+            ("courier_peer_queued_bytes", "gauge", |p| &p.queued_bytes),
+            ("courier_peer_reconnects_total", "counter", |p| {
+                &p.reconnects
+            }),
+            ("courier_peer_dropped_total", "counter", |p| &p.dropped),
+            ("courier_peer_queue_full_total", "counter", |p| &p.full),
+        ];
+        for (name, kind, f) in per_peer {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (peer, m) in &self.peers {
+                let _ = writeln!(out, "{name}{{peer=\"{peer}\"}} {}", load(f(m)));
+            }
+        }
+        let _ = writeln!(out, "# TYPE courier_peer_refusals_total counter");
+        for (i, reason) in REFUSAL_REASONS.iter().enumerate() {
+            for (peer, m) in &self.peers {
+                for (direction, v) in [("out", &m.refused_out[i]), ("in", &m.refused_in[i])] {
+                    let _ = writeln!(
+                        out,
+                        "courier_peer_refusals_total{{peer=\"{peer}\",direction=\"{direction}\",reason=\"{reason}\"}} {}",
+                        load(v)
+                    );
+                }
+            }
+            let _ = writeln!(
+                out,
+                "courier_peer_refusals_total{{peer=\"unknown\",direction=\"in\",reason=\"{reason}\"}} {}",
+                load(&self.refused_unknown[i])
+            );
+        }
+    }
+}
+
 /// Every shard's counters, the read pool's, and the store's health.
 pub struct Metrics {
     pub shards: Box<[ShardMetrics]>,
     pub reads: ReadMetrics,
+    /// The cluster links' counters, set once at start when the node has peers.
+    pub links: OnceLock<Arc<LinkMetrics>>,
     /// Whether commits reach the disk: `courier_commit_failures_total`, `courier_ready`, `/health`.
     pub store: Arc<Health>,
 }
@@ -150,6 +256,7 @@ impl Metrics {
             shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
             store,
             reads: ReadMetrics::default(),
+            links: OnceLock::new(),
         })
     }
 
@@ -291,6 +398,9 @@ impl Metrics {
         for (name, kind, v) in reads {
             let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {}", load(v));
         }
+        if let Some(links) = self.links.get() {
+            links.render(&mut out);
+        }
         out
     }
 }
@@ -393,6 +503,22 @@ mod tests {
         assert!(text.contains("courier_commit_seconds_bucket{le=\"+Inf\"} 2"));
         ShardMetrics::add(&m.reads.queued, 5);
         assert!(m.render().contains("courier_read_queue_depth 5"));
+    }
+
+    #[test]
+    fn peer_counters_are_rendered_per_peer_once_links_exist() {
+        let m = Metrics::new(1, Arc::default());
+        assert!(!m.render().contains("courier_peer_up"));
+        let links = Arc::new(LinkMetrics::new(["b", "c"]));
+        ShardMetrics::add(&links.peers[1].1.up, 1);
+        ShardMetrics::add(&links.peers[0].1.refused_out[2], 1);
+        assert!(m.links.set(links).is_ok());
+        let text = m.render();
+        assert!(text.contains("courier_peer_up{peer=\"b\"} 0"), "{text}");
+        assert!(text.contains("courier_peer_up{peer=\"c\"} 1"), "{text}");
+        assert!(text.contains(
+            "courier_peer_refusals_total{peer=\"b\",direction=\"out\",reason=\"membership\"} 1"
+        ));
     }
 
     #[test]

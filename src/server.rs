@@ -18,6 +18,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::chat::{self, ChatConfig};
 use crate::clock::Clock;
+use crate::cluster::links::{self, Inbound, LinkConfig, LinkThread, Links, NodeIndex, Payload};
 use crate::cluster::Router;
 use crate::config::Config;
 use crate::directory::Directory;
@@ -49,6 +50,13 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot accept cluster links on {addr}: {source}. Is another process using the port? Set --cluster-listen or this node's CLUSTER_ADDR in --peer")]
+    ClusterBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the cluster's member list cannot be used: {0}")]
+    Membership(#[from] links::MembershipError),
     #[error("cannot start the event loops: {0}")]
     Io(#[from] std::io::Error),
     #[error("shard {} failed ({}); the server stopped after syncing what was committed. A service manager restarts it; if it keeps failing, report this message and the log above it", .0.shard, .0.what)]
@@ -126,6 +134,10 @@ pub fn serve(config: Config) -> Result<(), Error> {
             .map_err(|source| Error::Metrics { addr, source })?;
         tracing::info!("metrics on http://{at}/metrics");
     }
+    let (links, link_thread) = match start_links(&config, &metrics)? {
+        Some((links, thread)) => (Some(links), Some(thread)),
+        None => (None, None),
+    };
     let auth = auth_pool::spawn(accounts.clone(), mailboxes.clone(), &faults)?;
     let reads = ReadPool::spawn(
         chat.clone(),
@@ -137,6 +149,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
     )?;
     let core = Arc::new(Core {
         router: Router::new(&config.node_id, &config.peers),
+        links,
         config,
         chat,
         accounts,
@@ -177,6 +190,9 @@ pub fn serve(config: Config) -> Result<(), Error> {
         let _ = handle.join();
     }
     reads.shutdown();
+    if let Some(thread) = link_thread {
+        thread.stop();
+    }
     let synced = store.sync();
     if let Some(failure) = core.failed() {
         match synced {
@@ -190,6 +206,73 @@ pub fn serve(config: Config) -> Result<(), Error> {
     synced?;
     tracing::info!("stopped; the write-ahead log is synced");
     Ok(())
+}
+
+/// Starts the link thread when the node has peers: binds the cluster address and dials every
+/// other node (see `cluster::links`).
+fn start_links(config: &Config, metrics: &Metrics) -> Result<Option<(Links, LinkThread)>, Error> {
+    if config.peers.is_empty() {
+        return Ok(None);
+    }
+    let membership = links::Membership::new(config.members(), &config.node_id)?;
+    let own = links::cluster_addr(&membership, &config.node_id);
+    let addr = config
+        .cluster_listen
+        .or(own)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let listener = bind_cluster(addr).map_err(|source| Error::ClusterBind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| Error::ClusterBind { addr, source })?;
+    let link_config = LinkConfig {
+        pool: config.peer_links,
+        queue_bytes: config.peer_queue_bytes,
+        ..LinkConfig::default()
+    };
+    let hash = membership.hash();
+    let others = membership.nodes().len() - 1;
+    let (links, thread) = Links::spawn(
+        membership,
+        &config.node_id,
+        listener,
+        link_config,
+        Box::new(NoForwarding { warned: false }),
+    )?;
+    let _ = metrics.links.set(links.metrics());
+    tracing::info!(
+        "cluster links on {bound}: linking to {others} other node(s), {} links each, member list hash {hash:016x}",
+        config.peer_links
+    );
+    Ok(Some((links, thread)))
+}
+
+/// A listener for cluster links. `SO_REUSEADDR`, so a node restarted right after a crash can
+/// bind again while its old links linger in TIME_WAIT.
+fn bind_cluster(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Where payloads from other nodes go until requests are forwarded between nodes: this release
+/// sends none, so one arriving comes from a node running a later release. It is dropped and
+/// logged once (the link's counters still count it).
+struct NoForwarding {
+    warned: bool,
+}
+
+impl Inbound for NoForwarding {
+    fn deliver(&mut self, from: NodeIndex, _payload: Payload) {
+        if !self.warned {
+            self.warned = true;
+            tracing::warn!(
+                node = from.0,
+                "a cluster node forwarded a payload, which this release does not serve: run the same release on every node"
+            );
+        }
+    }
 }
 
 /// Binds every listen address once per shard. Port 0 is resolved by the first bind and reused

@@ -466,9 +466,19 @@ fn admin_stats_are_for_admins_only() {
     );
 }
 
+/// Node `a` of a two-node cluster whose node `b` (client port 9) is never started.
+const CLUSTER_OF_A_AND_B: [&str; 6] = [
+    "--node-id",
+    "a",
+    "--peer",
+    "a=127.0.0.1:1@127.0.0.1:0",
+    "--peer",
+    "b=127.0.0.1:9@127.0.0.1:9",
+];
+
 #[test]
 fn users_homed_on_another_node_are_redirected() {
-    let mut server = Server::start_with(&["--node-id", "a", "--peer", "b=127.0.0.1:9"]);
+    let mut server = Server::start_with(&CLUSTER_OF_A_AND_B);
     // Offline provisioning knows no ring, so some of these accounts live on node b.
     server.provision(16);
     let (mut local, mut redirected) = (0, 0);
@@ -508,7 +518,7 @@ fn users_homed_on_another_node_are_redirected() {
 /// accounts ids it is home to, and REGISTER always answers AUTH_OK.
 #[test]
 fn register_in_a_cluster_is_never_redirected() {
-    let server = Server::start_with(&["--node-id", "a", "--peer", "b=127.0.0.1:9"]);
+    let server = Server::start_with(&CLUSTER_OF_A_AND_B);
     for i in 0..16 {
         let mut c = server.connect();
         c.hello();

@@ -120,6 +120,9 @@ error_codes! {
     // Cluster and administration.
     Forbidden = 70, false;
     WrongNode = 71, true;
+    /// A node of the cluster this request needs is down (or its link is saturated); nothing
+    /// was done there; retry later.
+    Unavailable = 72, false;
     // Server.
     /// The server failed (storage error); nothing was stored, the request may be retried.
     Internal = 90, false;
@@ -238,6 +241,13 @@ mod tests {
             .map(|&c| c as u16)
             .collect();
         assert_eq!(closing, [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 14, 71]);
+    }
+
+    #[test]
+    fn unavailable_is_72_and_keeps_the_connection() {
+        assert_eq!(ErrorCode::from_u16(72), Some(ErrorCode::Unavailable));
+        assert!(!ErrorCode::Unavailable.closes_connection());
+        assert_eq!(ErrorCode::Unavailable.to_string(), "Unavailable (72)");
     }
 
     #[test]

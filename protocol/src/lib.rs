@@ -18,6 +18,7 @@ mod codec;
 mod error;
 mod frame;
 pub mod noise;
+pub mod peer;
 pub mod session;
 pub mod wire;
 

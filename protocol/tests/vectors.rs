@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
+use courier_protocol::peer::*;
 use courier_protocol::*;
 use serde_json::{json, Value};
 
@@ -136,6 +137,7 @@ pub fn samples() -> Vec<(u32, Frame, &'static str)> {
         (37, AdminStats {}.into(), "Server counters (admin accounts only): empty body."),
         (5, Done {}.into(), "Success of request 5 without a specific reply: empty body."),
         (8, ErrorReply { code: ErrorCode::NotAdmin as u16, message: "only group admins may remove members".into() }.into(), "Request 8 failed with NOT_ADMIN (42); the connection stays open."),
+        (15, ErrorReply { code: ErrorCode::Unavailable as u16, message: "the node that owns this thread is down; retry later".into() }.into(), "Request 15 failed with UNAVAILABLE (72): a node of the cluster it needs is down; the connection stays open."),
         (0, ErrorReply { code: ErrorCode::HeartbeatTimeout as u16, message: "no frame for 90 s".into() }.into(), "Request id 0: the server is closing the connection because of HEARTBEAT_TIMEOUT (8)."),
         (1, Welcome { version: 1, max_frame: DEFAULT_MAX_FRAME_LEN, heartbeat_secs: 30, node: "n1".into() }.into(), "Answer to HELLO#1: version 1, max frame 65536, heartbeat 30 s, node \"n1\"."),
         (2, AuthOk { user: ALICE, device: 1, token: Bytes::copy_from_slice(&TOKEN), handle: "alice".into(), watermark: 1_700_000_000_000_000 }.into(), "Authenticated as user 17, device 1, with a 32-byte token and the sync watermark at login."),
@@ -202,6 +204,58 @@ pub fn samples() -> Vec<(u32, Frame, &'static str)> {
         (0, PresencePush { presence: Presence { user: BOB, online: false, last_seen: MSG } }.into(), "User 42 went offline."),
         (0, TypingPush { thread: THREAD, user: BOB, active: true }.into(), "User 42 is typing in thread 5."),
         (0, Redirect { node: "n2".into(), addr: "10.0.0.2:7000".into() }.into(), "The user lives on node n2: reconnect to 10.0.0.2:7000. The server closes."),
+    ]
+}
+
+/// Node-to-node frames (`courier_protocol::peer`), at least one per type.
+fn peer_samples() -> Vec<(PeerFrame, &'static str)> {
+    let origin = Origin {
+        node: 0,
+        shard: 1,
+        slot: 77,
+        gen: 3,
+    };
+    let mut push = BytesMut::new();
+    encode(
+        0,
+        &MessagePush {
+            message: message(MSG, "hi"),
+        }
+        .into(),
+        &mut push,
+    );
+    let mut sent = BytesMut::new();
+    encode(
+        15,
+        &Sent {
+            thread: THREAD,
+            message: MSG,
+            client_msg_id: 901,
+        }
+        .into(),
+        &mut sent,
+    );
+    let mut send = BytesMut::new();
+    encode(
+        15,
+        &Send {
+            thread: THREAD,
+            client_msg_id: 901,
+            kind: MessageKind::Text,
+            body: Bytes::from_static(b"hi"),
+        }
+        .into(),
+        &mut send,
+    );
+    vec![
+        (PeerHello { version: PEER_VERSION, node: "n1".into(), membership: 0x0123_4567_89ab_cdef }.into(), "Node n1 dials: node protocol version 1 and the hash of its member list."),
+        (PeerWelcome { version: PEER_VERSION, node: "n2".into(), membership: 0x0123_4567_89ab_cdef }.into(), "Node n2 accepts: same version, same member list hash."),
+        (PeerRefuse { reason: RefuseReason::Membership, message: "member lists differ: start every node with the same --peer list".into() }.into(), "Node n2 refuses: the dialer's member list hash differs (reason 3)."),
+        (PeerPing { nonce: 7 }.into(), "Link heartbeat from the dialer, nonce 7."),
+        (PeerPong { nonce: 7 }.into(), "The acceptor's answer to PEER_PING 7."),
+        (Forward { lane: THREAD, origin: origin.clone(), request_id: 15, user: ALICE, device: 1, frame: send.freeze() }.into(), "SEND#15 of user 17 (device 1, connection shard 1 slot 77 gen 3 on node 0) forwarded to the owner of thread 5, on lane 5; frame is the client's SEND, encoded."),
+        (ForwardReply { origin: origin.clone(), frame: sent.freeze() }.into(), "The owner's answer for that connection: SENT#15, encoded."),
+        (PushBatch { users: vec![BOB, CAROL], except: Some(origin), frame: push.freeze() }.into(), "MESSAGE_PUSH for users 42 and 50 homed on the receiving node, not to the sender's own connection; the push is encoded once."),
     ]
 }
 
@@ -299,6 +353,12 @@ fn hex_of(request_id: u32, frame: &Frame) -> String {
     hex::encode(&buf)
 }
 
+fn peer_hex_of(frame: &PeerFrame) -> String {
+    let mut buf = BytesMut::new();
+    encode_peer(frame, &mut buf);
+    hex::encode(&buf)
+}
+
 fn decode_all(hex: &str) -> Result<Option<Envelope>, Error> {
     let mut buf = BytesMut::from(&hex::decode(hex).expect("valid hex")[..]);
     let out = Decoder::default().decode(&mut buf);
@@ -345,16 +405,31 @@ fn vectors_json() -> Value {
             })
         })
         .collect();
+    let peer_frames: Vec<Value> = peer_samples()
+        .iter()
+        .map(|(frame, description)| {
+            json!({
+                "code": format!("0x{:02x}", frame.code()),
+                "name": frame.name(),
+                "description": description,
+                "debug": format!("{frame:?}"),
+                "hex": peer_hex_of(frame),
+            })
+        })
+        .collect();
     json!({
         "protocol_version": VERSION,
         "about": "Courier protocol v1 test vectors, generated by protocol/tests/vectors.rs. \
                   `frames`: encode(request_id, frame) must equal hex, and hex must decode to the \
                   frame. `decode_only`: hex decodes to the frame but is not canonical. `invalid`: \
                   a decoder with the default 65536-byte limit must reject hex with error_code. \
+                  `peer_frames`: node-to-node frames (PROTOCOL.md section 13), encoded with \
+                  encode_peer (the 4-byte field after the type is 0). \
                   MSG = 1700000000000001.",
         "frames": frames,
         "decode_only": decode_only,
         "invalid": invalid,
+        "peer_frames": peer_frames,
     })
 }
 
@@ -445,4 +520,25 @@ fn hello_is_the_worked_example() {
         hex_of(1, &welcome.into()),
         "0000001182000000010001000100 00001e00026e31".replace(' ', "")
     );
+}
+
+#[test]
+fn every_peer_sample_encodes_to_its_hex_and_decodes_back() {
+    for (frame, _) in peer_samples() {
+        let hex = peer_hex_of(&frame);
+        let mut buf = BytesMut::from(&hex::decode(&hex).unwrap()[..]);
+        assert_eq!(decode_peer(&mut buf), Ok(Some(frame)), "{hex}");
+        assert!(buf.is_empty());
+    }
+}
+
+#[test]
+fn every_peer_frame_code_has_a_vector() {
+    let samples = peer_samples();
+    for (code, name) in PeerFrame::CODES {
+        assert!(
+            samples.iter().any(|(f, _)| f.code() == *code),
+            "no vector for node frame 0x{code:02x} {name}"
+        );
+    }
 }

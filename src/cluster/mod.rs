@@ -4,6 +4,7 @@
 //! sent a `REDIRECT` to that node's address. The [`Router`] is built once at start from the
 //! configured node id and peers and is read-only afterwards, so shards share it without a lock.
 
+pub mod links;
 pub mod ring;
 
 use std::collections::HashMap;

@@ -81,6 +81,8 @@ pub struct Core {
     pub accounts: Arc<Accounts>,
     pub directory: Directory,
     pub router: Router,
+    /// Links to the other nodes of the cluster; `None` for a single node.
+    pub links: Option<crate::cluster::links::Links>,
     pub metrics: Arc<Metrics>,
     pub mailboxes: Arc<[Mailbox]>,
     pub auth: Sender<AuthRequest>,

@@ -92,6 +92,7 @@ impl Rig {
         .queue();
         let core = Arc::new(Core {
             router: Router::new(&config.node_id, &config.peers),
+            links: None,
             config,
             chat,
             reads,

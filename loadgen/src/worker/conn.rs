@@ -805,7 +805,12 @@ fn error_name(code: u16) -> String {
 fn retryable(code: u16) -> bool {
     matches!(
         ErrorCode::from_u16(code),
-        Some(ErrorCode::ServerFull | ErrorCode::ShuttingDown | ErrorCode::LoginThrottled)
+        Some(
+            ErrorCode::ServerFull
+                | ErrorCode::ShuttingDown
+                | ErrorCode::LoginThrottled
+                | ErrorCode::Unavailable
+        )
     )
 }
 
