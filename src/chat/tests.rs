@@ -206,6 +206,33 @@ fn a_direct_thread_is_unique_whoever_opens_it() {
 }
 
 #[test]
+fn users_and_threads_get_ids_in_their_partitions() {
+    use crate::cluster::partition;
+    let mut w = World::new(ChatConfig::default());
+    let (a, b, c) = (w.user("alice"), w.user("bob"), w.user("carol"));
+    for (user, handle) in [(&a, "alice"), (&b, "bob"), (&c, "carol")] {
+        assert_eq!(partition::of_id(user.user), partition::of_handle(handle));
+    }
+    let ab = w.direct(&a, &b);
+    let ca = w.direct(&c, &a);
+    assert_eq!(partition::of_id(ab), partition::of_pair(a.user, b.user));
+    assert_eq!(partition::of_id(ca), partition::of_pair(a.user, c.user));
+    let Frame::ThreadInfo(info) = w.ask(
+        &c,
+        CreateGroup {
+            name: "team".into(),
+            members: vec![a.user, b.user],
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(partition::of_id(info.thread.id), partition::of_id(c.user));
+    // Nothing else changes: the threads work as before.
+    w.send(&a, ab, 1, "hi");
+    w.send(&b, info.thread.id, 1, "hello team");
+}
+
+#[test]
 fn send_acks_pushes_and_dedupes_retries() {
     let mut w = World::new(ChatConfig::default());
     let (a, b) = (w.user("alice"), w.user("bob"));

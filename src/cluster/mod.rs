@@ -1,13 +1,19 @@
-//! The cluster seam: which node is home to a user or a thread.
+//! The cluster seam: which node is home to a partition, and so to a user, a handle or a thread.
 //!
+//! Ids carry their partition ([`partition`]); the [`Ring`] maps each of the [`PARTITIONS`]
+//! partitions to a node; the [`Router`] turns that into a table, built once at start from the
+//! configured node id and peers and read-only afterwards, so shards share it without a lock.
 //! This release routes but does not link nodes: a client whose user lives on another node is
-//! sent a `REDIRECT` to that node's address. The [`Router`] is built once at start from the
-//! configured node id and peers and is read-only afterwards, so shards share it without a lock.
+//! sent a `REDIRECT` to that node's address.
 
+pub mod partition;
 pub mod ring;
 
 use std::collections::HashMap;
 
+use xxhash_rust::xxh3::xxh3_64;
+
+pub use partition::{Partition, PARTITIONS};
 use ring::Ring;
 
 /// Where a user or thread lives.
@@ -17,30 +23,62 @@ pub enum Home<'a> {
     Remote { node: &'a str, addr: &'a str },
 }
 
-/// Answers "which node?" from the ring of this node and its peers.
+/// Answers "which node?" for a partition, precomputed over the ring of this node and its peers.
+///
+/// Invariant: **every node computes the same table** (partition → node id). The table is a
+/// pure function of the set of node ids (see [`Ring`]) and of [`PARTITIONS`]: neither the order
+/// of the peers, nor the node computing it, nor addresses enter into it.
 #[derive(Debug, Clone)]
 pub struct Router {
     local: String,
-    /// Peer id → client-facing address (`host:port`) for redirects.
-    peers: HashMap<String, String>,
-    ring: Ring,
+    /// Node ids, sorted (the ring's order), with their client-facing address (`host:port`) for
+    /// redirects; the local node's is unused and empty.
+    nodes: Vec<(String, String)>,
+    /// Index of the local node in `nodes`.
+    local_index: u32,
+    /// Partition → index in `nodes`; [`PARTITIONS`] entries.
+    table: Box<[u32]>,
 }
 
 impl Router {
-    /// `peers` lists the *other* nodes; a peer with the local id is ignored. With no peers
-    /// everything is local.
+    /// `peers` lists the *other* nodes as (id, client address); a peer with the local id is
+    /// ignored. With no peers every partition is local.
     pub fn new(local: &str, peers: &[(String, String)]) -> Router {
-        let peers: HashMap<String, String> = peers
+        let addrs: HashMap<&str, &str> = peers
             .iter()
             .filter(|(id, _)| id != local)
-            .cloned()
+            .map(|(id, addr)| (id.as_str(), addr.as_str()))
             .collect();
-        let mut ids: Vec<&str> = peers.keys().map(String::as_str).collect();
+        let mut ids: Vec<&str> = addrs.keys().copied().collect();
         ids.push(local);
+        let ring = Ring::new(&ids);
+        let nodes: Vec<(String, String)> = ring
+            .nodes()
+            .iter()
+            .map(|id| {
+                (
+                    id.clone(),
+                    addrs.get(id.as_str()).copied().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        let index: HashMap<&str, u32> = ring
+            .nodes()
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i as u32))
+            .collect();
+        let table = (0..PARTITIONS)
+            .map(|p| {
+                let owner = ring.owner(&ring::key(b'p', u64::from(p)));
+                owner.and_then(|id| index.get(id).copied()).unwrap_or(0)
+            })
+            .collect();
         Router {
             local: local.to_owned(),
-            ring: Ring::new(&ids),
-            peers,
+            local_index: index.get(local).copied().unwrap_or(0),
+            nodes,
+            table,
         }
     }
 
@@ -49,25 +87,97 @@ impl Router {
         &self.local
     }
 
+    /// The id of the node that owns `partition`.
+    pub fn owner(&self, partition: Partition) -> &str {
+        &self.nodes[self.table[usize::from(partition % PARTITIONS)] as usize].0
+    }
+
+    /// Whether this node owns `partition` (and so alone allocates ids in it).
+    pub fn owns(&self, partition: Partition) -> bool {
+        self.table[usize::from(partition % PARTITIONS)] == self.local_index
+    }
+
+    /// The partitions this node owns, ascending.
+    pub fn owned(&self) -> impl Iterator<Item = Partition> + '_ {
+        (0..PARTITIONS).filter(|&p| self.owns(p))
+    }
+
+    pub fn partition_home(&self, partition: Partition) -> Home<'_> {
+        let index = self.table[usize::from(partition % PARTITIONS)];
+        if index == self.local_index {
+            return Home::Local;
+        }
+        let (node, addr) = &self.nodes[index as usize];
+        Home::Remote { node, addr }
+    }
+
     pub fn user_home(&self, user: u64) -> Home<'_> {
-        self.home(&ring::key(b'u', user))
+        self.partition_home(partition::of_id(user))
     }
 
     pub fn thread_home(&self, thread: u64) -> Home<'_> {
-        self.home(&ring::key(b't', thread))
+        self.partition_home(partition::of_id(thread))
     }
 
-    fn home(&self, key: &[u8]) -> Home<'_> {
-        if self.peers.is_empty() {
-            return Home::Local;
+    /// The node that decides claims of `handle` and is home to the user holding it.
+    pub fn handle_home(&self, handle: &str) -> Home<'_> {
+        self.partition_home(partition::of_handle(handle))
+    }
+
+    /// The home of the user a session token was issued to; `Local` for a token from before
+    /// partitions (it names none), which is then checked here.
+    pub fn token_home(&self, token: &[u8]) -> Home<'_> {
+        match partition::of_token(token) {
+            Some(p) => self.partition_home(p),
+            None => Home::Local,
         }
-        match self.ring.owner(key) {
-            Some(node) if node != self.local => match self.peers.get_key_value(node) {
-                Some((node, addr)) => Home::Remote { node, addr },
-                None => Home::Local,
-            },
-            _ => Home::Local,
+    }
+}
+
+/// The members of a cluster, for the node-to-node handshake: two nodes whose memberships hash
+/// differently place partitions differently and must not talk (a silent split otherwise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// (node id, address), sorted, exact duplicates removed.
+    members: Vec<(String, String)>,
+}
+
+impl Membership {
+    /// Every member *including* this node, as (id, address). Every node must be given the same
+    /// list (the same address strings), e.g. from one shared configuration.
+    pub fn new(members: &[(String, String)]) -> Membership {
+        let mut members = members.to_vec();
+        members.sort();
+        members.dedup();
+        Membership { members }
+    }
+
+    pub fn members(&self) -> &[(String, String)] {
+        &self.members
+    }
+
+    /// xxh3-64 of the canonical encoding, stable across versions and platforms:
+    ///
+    /// ```text
+    /// "courier-membership/1" ‖ PARTITIONS u32 ‖ ring::VNODES u32 ‖ member count u32
+    ///   ‖ per member, sorted by (id, address): id length u32 ‖ id ‖ address length u32 ‖ address
+    /// ```
+    ///
+    /// (integers big-endian). The partition count and the ring's points per node are included:
+    /// nodes that differ in them place partitions differently even with the same members.
+    pub fn hash(&self) -> u64 {
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(b"courier-membership/1");
+        buf.extend_from_slice(&u32::from(PARTITIONS).to_be_bytes());
+        buf.extend_from_slice(&ring::VNODES.to_be_bytes());
+        buf.extend_from_slice(&(self.members.len() as u32).to_be_bytes());
+        for (id, addr) in &self.members {
+            for field in [id, addr] {
+                buf.extend_from_slice(&(field.len() as u32).to_be_bytes());
+                buf.extend_from_slice(field.as_bytes());
+            }
         }
+        xxh3_64(&buf)
     }
 }
 
@@ -75,29 +185,95 @@ impl Router {
 mod tests {
     use super::*;
 
+    fn peers(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(id, addr)| (id.to_string(), addr.to_string()))
+            .collect()
+    }
+
+    fn three() -> [Router; 3] {
+        let all = [
+            ("a", "10.0.0.1:7878"),
+            ("b", "10.0.0.2:7878"),
+            ("c", "10.0.0.3:7878"),
+        ];
+        // Each node lists its peers in its own order.
+        [
+            Router::new("a", &peers(&[all[2], all[1]])),
+            Router::new("b", &peers(&[all[0], all[2]])),
+            Router::new("c", &peers(&[all[1], all[0], all[2]])),
+        ]
+    }
+
     #[test]
     fn without_peers_everything_is_local() {
         let r = Router::new("solo", &[]);
         assert!((0..1000).all(|u| r.user_home(u) == Home::Local && r.thread_home(u) == Home::Local));
+        assert_eq!(r.owned().count(), PARTITIONS as usize);
+        assert_eq!(r.token_home(&[0xff; 32]), Home::Local);
     }
 
     #[test]
-    fn two_nodes_agree_on_every_home() {
-        let a = Router::new("a", &[("b".into(), "10.0.0.2:7878".into())]);
-        let b = Router::new("b", &[("a".into(), "10.0.0.1:7878".into())]);
-        let mut remote_from_a = 0;
-        for u in 0..2000 {
-            match (a.user_home(u), b.user_home(u)) {
-                (Home::Local, Home::Remote { node: "a", addr }) => {
-                    assert_eq!(addr, "10.0.0.1:7878")
+    fn every_node_computes_the_same_table() {
+        let routers = three();
+        for p in 0..PARTITIONS {
+            let owner = routers[0].owner(p);
+            for r in &routers {
+                assert_eq!(r.owner(p), owner, "nodes disagree about partition {p}");
+                match r.partition_home(p) {
+                    Home::Local => assert_eq!(r.local(), owner),
+                    Home::Remote { node, addr } => {
+                        assert_ne!(r.local(), owner);
+                        assert_eq!(node, owner);
+                        let n = 1 + owner.as_bytes()[0] - b'a';
+                        assert_eq!(addr, format!("10.0.0.{n}:7878"));
+                    }
                 }
-                (Home::Remote { node: "b", addr }, Home::Local) => {
-                    assert_eq!(addr, "10.0.0.2:7878");
-                    remote_from_a += 1;
-                }
-                other => panic!("nodes disagree about user {u}: {other:?}"),
             }
         }
-        assert!((600..1400).contains(&remote_from_a));
+        // Each partition has exactly one owner, and the load is spread.
+        let owned: Vec<usize> = routers.iter().map(|r| r.owned().count()).collect();
+        assert_eq!(owned.iter().sum::<usize>(), PARTITIONS as usize);
+        assert!(owned.iter().all(|&n| (240..440).contains(&n)), "{owned:?}");
     }
+
+    #[test]
+    fn homes_follow_the_partition_in_ids_handles_and_tokens() {
+        let routers = three();
+        for r in &routers {
+            for p in 0..PARTITIONS {
+                let id = partition::compose(p, 12_345);
+                assert_eq!(r.user_home(id), r.partition_home(p));
+                assert_eq!(r.thread_home(id), r.partition_home(p));
+                let mut token = [7u8; 32];
+                partition::stamp_token(&mut token, p);
+                assert_eq!(r.token_home(&token), r.partition_home(p));
+            }
+            for i in 0..500 {
+                let handle = format!("user{i}");
+                let p = partition::of_handle(&handle);
+                assert_eq!(r.handle_home(&handle), r.partition_home(p));
+            }
+        }
+    }
+
+    #[test]
+    fn membership_hash_ignores_order_and_sees_every_difference() {
+        let m = |list: &[(&str, &str)]| Membership::new(&peers(list)).hash();
+        let abc = m(&[("a", "h:1"), ("b", "h:2"), ("c", "h:3")]);
+        assert_eq!(
+            abc,
+            m(&[("c", "h:3"), ("a", "h:1"), ("b", "h:2"), ("a", "h:1")])
+        );
+        assert_ne!(abc, m(&[("a", "h:1"), ("b", "h:2")]));
+        assert_ne!(abc, m(&[("a", "h:1"), ("b", "h:2"), ("c", "h:4")]));
+        assert_ne!(abc, m(&[("a", "h:1"), ("b", "h:2"), ("d", "h:3")]));
+        // Field boundaries are encoded: moving a byte from an id to its address changes it.
+        assert_ne!(m(&[("ab", "c")]), m(&[("a", "bc")]));
+        assert_eq!(
+            abc, PINNED_MEMBERSHIP_HASH,
+            "the canonical encoding changed"
+        );
+    }
+    const PINNED_MEMBERSHIP_HASH: u64 = 2_468_511_410_859_977_619;
 }

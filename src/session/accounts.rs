@@ -14,7 +14,7 @@ use blake2::{Blake2b, Digest};
 use super::throttle::Throttle;
 use super::AuthError;
 use crate::clock::wall_us;
-use crate::cluster::{Home, Router};
+use crate::cluster::{partition, Router};
 use crate::store::keys::TOKEN_DIGEST;
 use crate::store::{Store, TokenRecord, UserRecord};
 
@@ -46,7 +46,7 @@ pub struct AuthConfig {
     pub admins: Vec<String>,
     /// Device names one account may use (each keeps its device number for good).
     pub max_devices: u32,
-    /// In a cluster, new accounts get ids homed on this node (so `REGISTER` never redirects).
+    /// In a cluster: [`Accounts::provision`] creates only the accounts homed on this node.
     pub router: Option<Router>,
 }
 
@@ -139,11 +139,9 @@ impl Accounts {
         Self::check_password(password)?;
         check_device(device)?;
         let hash = self.hash(password)?;
-        let router = self.config.router.as_ref();
-        let local = |id| router.is_none_or(|r| r.user_home(id) == Home::Local);
         let user = self
             .store
-            .create_user(handle, &hash, wall_us(), local)
+            .create_user(handle, &hash, wall_us())
             .map_err(|e| match e {
                 crate::store::Error::HandleTaken => AuthError::HandleTaken,
                 other => AuthError::Store(other),
@@ -276,7 +274,8 @@ impl Accounts {
 
     /// Creates `count` users named `{prefix}{i}` sharing one password, each with a token for
     /// device "load": one argon2 hash in all, so millions of load-test users take seconds.
-    /// Returns (user id, handle, token) per user. Existing handles are skipped.
+    /// Returns (user id, handle, token) per user. Existing handles are skipped, and in a
+    /// cluster so are handles homed on other nodes (each node's run creates its own).
     pub fn provision(
         &self,
         prefix: &str,
@@ -296,10 +295,13 @@ impl Accounts {
         let mut batch = self.store.batch();
         for i in 0..count {
             let handle = format!("{prefix}{i}");
-            if self.store.user_id_by_handle(&handle)?.is_some() {
+            let home = partition::of_handle(&handle);
+            if self.config.router.as_ref().is_some_and(|r| !r.owns(home))
+                || self.store.user_id_by_handle(&handle)?.is_some()
+            {
                 continue;
             }
-            let user = self.store.next_user_id()?;
+            let user = self.store.next_user_id(home)?;
             batch.put_user(
                 user,
                 &UserRecord {
