@@ -1,7 +1,9 @@
 //! Accounts: handles, argon2id password hashes, session tokens bound to devices.
 //!
-//! A session token is 32 random bytes, given to the client once. The store keeps only its
-//! digest (BLAKE2b, 16 bytes), so a copy of the data directory cannot be used to log in.
+//! A session token is 32 bytes, given to the client once: the first two name the partition of
+//! its user (so any node of a cluster can send it to the user's home without a lookup), the
+//! other 30 are random. The store keeps only its digest (BLAKE2b, 16 bytes, of all 32), so a
+//! copy of the data directory cannot be used to log in.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -47,6 +49,7 @@ pub struct AuthConfig {
     /// Device names one account may use (each keeps its device number for good).
     pub max_devices: u32,
     /// In a cluster: [`Accounts::provision`] creates only the accounts homed on this node.
+    /// (`REGISTER`, `LOGIN` and `RESUME` reach the home node: the shard redirects them there.)
     pub router: Option<Router>,
 }
 
@@ -86,6 +89,13 @@ pub struct Accounts {
 
 pub fn digest(token: &[u8]) -> TokenDigest {
     Blake2b::<U16>::digest(token).into()
+}
+
+/// A new session token of `user`: its partition, then random bytes.
+fn new_token(user: u64) -> [u8; TOKEN_LEN] {
+    let mut token: [u8; TOKEN_LEN] = rand::random();
+    partition::stamp_token(&mut token, partition::of_id(user));
+    token
 }
 
 fn valid_handle(handle: &str) -> bool {
@@ -210,7 +220,7 @@ impl Accounts {
                 crate::store::Error::TooManyDevices { max } => AuthError::TooManyDevices { max },
                 other => AuthError::Store(other),
             })?;
-        let token: [u8; TOKEN_LEN] = rand::random();
+        let token = new_token(user);
         let digest = digest(&token);
         let mut batch = self.store.batch();
         batch.put_token(
@@ -311,7 +321,7 @@ impl Accounts {
                 },
             );
             batch.put_device(user, "load", 1);
-            let token: [u8; TOKEN_LEN] = rand::random();
+            let token = new_token(user);
             batch.put_token(
                 &digest(&token),
                 &TokenRecord {
