@@ -305,3 +305,85 @@ fn courier_cli_works_against_any_node() {
     assert_eq!(logged_in["user"], registered["user"]);
     assert_eq!(logged_in["server"], cluster.addrs[2].to_string());
 }
+
+#[test]
+fn admin_provision_puts_each_user_on_its_home_node() {
+    let mut cluster = Cluster::start();
+    for node in &cluster.nodes {
+        node.stop();
+    }
+    let out = cluster.nodes[0]
+        .data_dir
+        .with_file_name("cluster-users.txt");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_courier"));
+    command.args(["admin", "provision"]);
+    for (id, node) in cluster.ids.iter().zip(&cluster.nodes) {
+        command
+            .arg("--node")
+            .arg(format!("{id}={}", node.data_dir.display()));
+    }
+    let output = command
+        .args(["--users", "40", "--prefix", "load", "--password", PASSWORD])
+        .args(["--argon2-m-kib", "64", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run courier admin provision");
+    assert!(
+        output.status.success(),
+        "courier admin provision failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("provisioned 40 users"));
+    for node in &mut cluster.nodes {
+        node.restart();
+    }
+    // The load generator reads the file as before: every handle once.
+    let users = courier_loadgen::users::read_users_file(&out).unwrap();
+    let mut handles: Vec<&str> = users.iter().map(|u| u.handle.as_str()).collect();
+    handles.sort_unstable();
+    let mut expected: Vec<String> = (0..40).map(|i| format!("load{i}")).collect();
+    expected.sort_unstable();
+    assert_eq!(handles, expected);
+    let mut per_node = [0; 3];
+    for user in &users {
+        let home = cluster.home_of_handle(&user.handle);
+        assert_eq!(
+            cluster.home_of_id(user.id),
+            home,
+            "{} has an id of another node",
+            user.handle
+        );
+        per_node[home] += 1;
+        // Resumed through another node, the user lands on its home, where the token is valid.
+        let resume = Frame::Resume(Resume {
+            token: user.token.clone().into(),
+        });
+        let (answer, _c) = cluster.authenticate_via((home + 1) % 3, home, resume);
+        assert_eq!(auth_ok(answer).user, user.id, "{}", user.handle);
+    }
+    assert!(per_node.iter().all(|&n| n > 0), "{per_node:?}");
+}
+
+#[test]
+fn a_bad_node_list_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (vec!["n0"], "write a node as ID=DATA_DIR"),
+        (vec!["n0=/tmp/a", "n0=/tmp/b"], "--node n0 is given twice"),
+    ];
+    for (nodes, says) in cases {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_courier"));
+        command.args(["admin", "provision", "--users", "1", "--password", PASSWORD]);
+        for node in &nodes {
+            command.args(["--node", node]);
+        }
+        let output = command
+            .arg("--out")
+            .arg(dir.path().join("users.txt"))
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(err.contains(says), "{err}");
+    }
+}
