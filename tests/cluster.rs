@@ -387,3 +387,94 @@ fn a_bad_node_list_is_refused_with_a_clear_error() {
         assert!(err.contains(says), "{err}");
     }
 }
+
+/// The message of an `ERROR_REPLY` with `code`.
+fn error_message(frame: &Frame, code: ErrorCode) -> String {
+    assert_eq!(util::error_code(frame), code, "{frame:?}");
+    match frame {
+        Frame::ErrorReply(e) => e.message.clone(),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn threads_live_in_their_partitions_and_requests_for_other_nodes_are_refused() {
+    use courier_protocol::{AddMembers, CreateGroup, LookupUser, OpenDirect};
+    let cluster = Cluster::start();
+    let mut users: Vec<(TestConn, u64)> = (0..6)
+        .map(|i| {
+            let handle = cluster.handle_on(0, &format!("place{i}x"));
+            let (answer, conn) = cluster.authenticate_via(0, 0, register(&handle, "d"));
+            (conn, auth_ok(answer).user)
+        })
+        .collect();
+    let ids: Vec<u64> = users.iter().map(|(_, id)| *id).collect();
+    let far_handle = cluster.handle_on(1, "far");
+    let (answer, _far_conn) = cluster.authenticate_via(1, 1, register(&far_handle, "d"));
+    let far = auth_ok(answer).user;
+    let pairs = (1..6).map(|j| (0, j));
+    let pair_home = |(i, j): (usize, usize)| {
+        cluster.home_of_id(partition::compose(partition::of_pair(ids[i], ids[j]), 1))
+    };
+    let local_pair = pairs
+        .clone()
+        .find(|&p| pair_home(p) == 0)
+        .expect("a pair homed on n0");
+    let remote_pair = pairs
+        .clone()
+        .find(|&p| pair_home(p) != 0)
+        .expect("a pair homed elsewhere");
+
+    // A direct thread homed here: created in its pair's partition, and it works.
+    let alice = &mut users[0].0;
+    let Frame::ThreadInfo(direct) = alice.request(OpenDirect {
+        peer: ids[local_pair.1],
+    }) else {
+        panic!("OPEN_DIRECT of a pair homed here failed");
+    };
+    let direct = direct.thread.id;
+    assert_eq!(
+        partition::of_id(direct),
+        partition::of_pair(ids[0], ids[local_pair.1])
+    );
+    util::send(alice, direct, 1, "hi");
+
+    // A direct thread homed on another node: refused, naming the node.
+    let owner = &cluster.ids[pair_home(remote_pair)];
+    let answer = alice.request(OpenDirect {
+        peer: ids[remote_pair.1],
+    });
+    assert!(error_message(&answer, ErrorCode::InvalidArgument).contains(&format!("node {owner} ")));
+
+    // A group is homed with its creator; its members must be homed here too.
+    let Frame::ThreadInfo(group) = alice.request(CreateGroup {
+        name: "here".into(),
+        members: vec![ids[1], ids[2]],
+    }) else {
+        panic!("CREATE_GROUP of local users failed");
+    };
+    let group = group.thread.id;
+    assert_eq!(partition::of_id(group), partition::of_id(ids[0]));
+    util::send(alice, group, 2, "hello group");
+    let answer = alice.request(CreateGroup {
+        name: "mixed".into(),
+        members: vec![ids[1], far],
+    });
+    assert!(error_message(&answer, ErrorCode::InvalidArgument).contains("node n1 "));
+    let answer = alice.request(AddMembers {
+        thread: group,
+        members: vec![far],
+    });
+    assert!(error_message(&answer, ErrorCode::InvalidArgument).contains("node n1 "));
+
+    // A thread or a handle that lives on another node.
+    let elsewhere = (0..partition::PARTITIONS)
+        .find(|&p| cluster.router.owner(p) == "n2")
+        .unwrap();
+    let answer = util::try_send(alice, partition::compose(elsewhere, 1), 3, "lost?");
+    assert!(error_message(&answer, ErrorCode::InvalidArgument).contains("node n2 "));
+    let answer = alice.request(LookupUser { handle: far_handle });
+    assert!(error_message(&answer, ErrorCode::InvalidArgument).contains("node n1 "));
+    // Refusals leave the connection open.
+    alice.ping();
+}

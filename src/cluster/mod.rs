@@ -3,14 +3,16 @@
 //! Ids carry their partition ([`partition`]); the [`Ring`] maps each of the [`PARTITIONS`]
 //! partitions to a node; the [`Router`] turns that into a table, built once at start from the
 //! configured node id and peers and read-only afterwards, so shards share it without a lock.
-//! This release routes but does not link nodes: a client whose user lives on another node is
-//! sent a `REDIRECT` to that node's address.
+//! This release routes but does not link nodes: a client that reaches a node other than its
+//! home is sent a `REDIRECT` to the home's address, and a thread operation that needs another
+//! node is refused (see ARCHITECTURE.md, "Cluster").
 
 pub mod partition;
 pub mod ring;
 
 use std::collections::HashMap;
 
+use courier_protocol::Frame;
 use xxhash_rust::xxh3::xxh3_64;
 
 pub use partition::{Partition, PARTITIONS};
@@ -122,6 +124,48 @@ impl Router {
     /// The node that decides claims of `handle` and is home to the user holding it.
     pub fn handle_home(&self, handle: &str) -> Home<'_> {
         self.partition_home(partition::of_handle(handle))
+    }
+
+    /// The other node a chat request of `user` (homed here) needs, if any: the home of the
+    /// thread it names, of the direct thread it would open, or of a user it names (a member to
+    /// add, a contact, a handle to look up). Until nodes are linked such a request cannot be
+    /// served here and is refused; everything else stays on this node.
+    ///
+    /// Invariant it keeps: every member of a thread homed here is homed here too (a thread
+    /// only gets members through the requests checked here), so the engine never writes a
+    /// remote user's state into this node's store.
+    pub fn remote_node(&self, user: u64, frame: &Frame) -> Option<&str> {
+        fn remote(home: Home<'_>) -> Option<&str> {
+            match home {
+                Home::Local => None,
+                Home::Remote { node, .. } => Some(node),
+            }
+        }
+        let any_user = |users: &[u64]| users.iter().find_map(|&u| remote(self.user_home(u)));
+        match frame {
+            Frame::OpenDirect(f) => remote(self.partition_home(partition::of_pair(user, f.peer)))
+                .or_else(|| remote(self.user_home(f.peer))),
+            Frame::CreateGroup(f) => remote(self.user_home(user)).or_else(|| any_user(&f.members)),
+            Frame::AddMembers(f) => {
+                remote(self.thread_home(f.thread)).or_else(|| any_user(&f.members))
+            }
+            Frame::RemoveMember(f) => remote(self.thread_home(f.thread)),
+            Frame::LeaveGroup(f) => remote(self.thread_home(f.thread)),
+            Frame::RenameGroup(f) => remote(self.thread_home(f.thread)),
+            Frame::GetThread(f) => remote(self.thread_home(f.thread)),
+            Frame::SetThreadState(f) => remote(self.thread_home(f.thread)),
+            Frame::Send(f) => remote(self.thread_home(f.thread)),
+            Frame::History(f) => remote(self.thread_home(f.thread)),
+            Frame::Receipt(f) => remote(self.thread_home(f.thread)),
+            Frame::Recall(f) => remote(self.thread_home(f.thread)),
+            Frame::DeleteForMe(f) => remote(self.thread_home(f.thread)),
+            Frame::Readers(f) => remote(self.thread_home(f.thread)),
+            Frame::Typing(f) => remote(self.thread_home(f.thread)),
+            Frame::ContactAdd(f) => remote(self.user_home(f.user)),
+            Frame::LookupUser(f) => remote(self.handle_home(&f.handle)),
+            Frame::GetUsers(f) => any_user(&f.users),
+            _ => None,
+        }
     }
 
     /// The home of the user a session token was issued to; `Local` for a token from before
@@ -255,6 +299,65 @@ mod tests {
                 assert_eq!(r.handle_home(&handle), r.partition_home(p));
             }
         }
+    }
+
+    #[test]
+    fn requests_that_need_another_node_are_named() {
+        use courier_protocol::{AddMembers, CreateGroup, GetUsers, LookupUser, OpenDirect, Send};
+        let routers = three();
+        let a = &routers[0];
+        let on = |node: &str| {
+            let p = (0..PARTITIONS).find(|&p| a.owner(p) == node).unwrap();
+            partition::compose(p, 1)
+        };
+        let (here, there) = (on("a"), on("b"));
+        let send = |thread| {
+            Frame::Send(Send {
+                thread,
+                client_msg_id: 1,
+                kind: courier_protocol::MessageKind::Text,
+                body: Default::default(),
+            })
+        };
+        assert_eq!(a.remote_node(here, &send(here)), None);
+        assert_eq!(a.remote_node(here, &send(there)), Some("b"));
+        let group = |members: Vec<u64>| {
+            Frame::CreateGroup(CreateGroup {
+                name: "g".into(),
+                members,
+            })
+        };
+        assert_eq!(a.remote_node(here, &group(vec![here, here + 1])), None);
+        assert_eq!(a.remote_node(here, &group(vec![here, there])), Some("b"));
+        let add = |thread, members| Frame::AddMembers(AddMembers { thread, members });
+        assert_eq!(a.remote_node(here, &add(here, vec![there])), Some("b"));
+        assert_eq!(a.remote_node(here, &add(there, vec![here])), Some("b"));
+        assert_eq!(a.remote_node(here, &add(here, vec![here + 2])), None);
+        let users = |users| Frame::GetUsers(GetUsers { users });
+        assert_eq!(a.remote_node(here, &users(vec![here, there])), Some("b"));
+        // A direct thread needs its pair's partition and the peer both here.
+        let peer_here = (2..).map(|s| partition::compose(partition::of_id(here), s));
+        let local_pair = peer_here
+            .clone()
+            .find(|&p| a.owns(partition::of_pair(here, p)))
+            .unwrap();
+        let remote_pair = peer_here
+            .clone()
+            .find(|&p| !a.owns(partition::of_pair(here, p)))
+            .unwrap();
+        let open = |peer| Frame::OpenDirect(OpenDirect { peer });
+        assert_eq!(a.remote_node(here, &open(local_pair)), None);
+        assert!(a.remote_node(here, &open(remote_pair)).is_some());
+        let handle = (0..)
+            .map(|i| format!("h{i}"))
+            .find(|h| a.handle_home(h) != Home::Local);
+        let lookup = Frame::LookupUser(LookupUser {
+            handle: handle.unwrap(),
+        });
+        assert!(a.remote_node(here, &lookup).is_some());
+        // Without peers nothing is remote.
+        let solo = Router::new("a", &[]);
+        assert_eq!(solo.remote_node(here, &send(there)), None);
     }
 
     #[test]

@@ -38,6 +38,10 @@ const MAX_CLIENT_NAME: usize = 64;
 /// The first code of server-to-client frames: a client sending one is speaking nonsense.
 const FIRST_SERVER_CODE: u8 = 0x80;
 
+/// The answer to a request that needs another node of the cluster, which this release does not
+/// reach yet (no node-to-node links): refused, nothing changed, not worth retrying here.
+const NEEDS_OTHER_NODE: ErrorCode = ErrorCode::InvalidArgument;
+
 impl Shard {
     /// Handles one decoded frame from the connection in `slot`.
     pub(super) fn on_frame(&mut self, slot: usize, request_id: u32, frame: Frame) {
@@ -366,6 +370,18 @@ impl Shard {
                 self.fail(slot, 0, ErrorCode::UnknownFrame, Reason::ProtocolError)
             }
             frame => {
+                if let Some(node) = self.core.router.remote_node(user, &frame) {
+                    // TYPING is never answered, so a refused one needs no answer either.
+                    if !matches!(frame, Frame::Typing(_)) {
+                        let message = format!(
+                            "this needs node {node} of the cluster (the thread or user lives \
+                             there), and this release does not forward requests between nodes \
+                             yet: nothing was changed; a single-node server serves every chat"
+                        );
+                        self.reply_error(slot, request_id, NEEDS_OTHER_NODE, &message);
+                    }
+                    return;
+                }
                 let caller = Caller {
                     user,
                     device,
