@@ -660,10 +660,15 @@ fn sync_page(w: &mut World, caller: &Caller, f: Sync) -> SyncBatch {
 #[test]
 fn a_message_committed_between_sync_pages_into_a_walked_thread_is_not_skipped() {
     let mut w = World::new(ChatConfig::default());
-    let (a, b, c) = (w.user("alice"), w.user("bob"), w.user("carol"));
-    let first = w.direct(&a, &b);
-    let second = w.direct(&c, &b);
-    assert!(first < second, "the walk visits `first` before `second`");
+    let (alice, b, carol) = (w.user("alice"), w.user("bob"), w.user("carol"));
+    let (ab, cb) = (w.direct(&alice, &b), w.direct(&carol, &b));
+    // The walk visits threads in id order; ids are not in creation order (each thread's id is
+    // in its own partition), so `first` is whichever of the two sorts first.
+    let (first, a, second, c) = if ab < cb {
+        (ab, alice, cb, carol)
+    } else {
+        (cb, carol, ab, alice)
+    };
     w.send(&a, first, 1, "a1");
     w.send(&a, first, 2, "a2");
     for i in 0..5 {
