@@ -401,7 +401,8 @@ fn error_message(frame: &Frame, code: ErrorCode) -> String {
 fn threads_live_in_their_partitions_and_requests_for_other_nodes_are_refused() {
     use courier_protocol::{AddMembers, CreateGroup, LookupUser, OpenDirect};
     let cluster = Cluster::start();
-    let mut users: Vec<(TestConn, u64)> = (0..6)
+    // Users of n0, and every pair of them: about a third of the pairs are homed on n0.
+    let mut users: Vec<(TestConn, u64)> = (0..8)
         .map(|i| {
             let handle = cluster.handle_on(0, &format!("place{i}x"));
             let (answer, conn) = cluster.authenticate_via(0, 0, register(&handle, "d"));
@@ -412,40 +413,35 @@ fn threads_live_in_their_partitions_and_requests_for_other_nodes_are_refused() {
     let far_handle = cluster.handle_on(1, "far");
     let (answer, _far_conn) = cluster.authenticate_via(1, 1, register(&far_handle, "d"));
     let far = auth_ok(answer).user;
-    let pairs = (1..6).map(|j| (0, j));
+    let pairs: Vec<(usize, usize)> = (0..8)
+        .flat_map(|i| (i + 1..8).map(move |j| (i, j)))
+        .collect();
     let pair_home = |(i, j): (usize, usize)| {
         cluster.home_of_id(partition::compose(partition::of_pair(ids[i], ids[j]), 1))
     };
-    let local_pair = pairs
-        .clone()
-        .find(|&p| pair_home(p) == 0)
+    let (i, j) = *pairs
+        .iter()
+        .find(|&&p| pair_home(p) == 0)
         .expect("a pair homed on n0");
-    let remote_pair = pairs
-        .clone()
-        .find(|&p| pair_home(p) != 0)
+    let (k, l) = *pairs
+        .iter()
+        .find(|&&p| pair_home(p) != 0)
         .expect("a pair homed elsewhere");
 
     // A direct thread homed here: created in its pair's partition, and it works.
-    let alice = &mut users[0].0;
-    let Frame::ThreadInfo(direct) = alice.request(OpenDirect {
-        peer: ids[local_pair.1],
-    }) else {
+    let Frame::ThreadInfo(direct) = users[i].0.request(OpenDirect { peer: ids[j] }) else {
         panic!("OPEN_DIRECT of a pair homed here failed");
     };
     let direct = direct.thread.id;
-    assert_eq!(
-        partition::of_id(direct),
-        partition::of_pair(ids[0], ids[local_pair.1])
-    );
-    util::send(alice, direct, 1, "hi");
+    assert_eq!(partition::of_id(direct), partition::of_pair(ids[i], ids[j]));
+    util::send(&mut users[i].0, direct, 1, "hi");
 
     // A direct thread homed on another node: refused, naming the node.
-    let owner = &cluster.ids[pair_home(remote_pair)];
-    let answer = alice.request(OpenDirect {
-        peer: ids[remote_pair.1],
-    });
+    let owner = &cluster.ids[pair_home((k, l))];
+    let answer = users[k].0.request(OpenDirect { peer: ids[l] });
     assert!(error_message(&answer, ErrorCode::InvalidArgument).contains(&format!("node {owner} ")));
 
+    let alice = &mut users[0].0;
     // A group is homed with its creator; its members must be homed here too.
     let Frame::ThreadInfo(group) = alice.request(CreateGroup {
         name: "here".into(),

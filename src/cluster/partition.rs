@@ -6,12 +6,15 @@
 //! partition between nodes later moves whole key ranges.
 //!
 //! ```text
-//!   63        54 53                                                   0
-//!  +------------+------------------------------------------------------+
-//!  | partition  |                 seq (>= 1, per partition)             |
-//!  |  10 bits   |                      54 bits                          |
-//!  +------------+------------------------------------------------------+
+//!   63 62        53 52                                                  0
+//!  +--+------------+-----------------------------------------------------+
+//!  |0 | partition  |                seq (>= 1, per partition)             |
+//!  |  |  10 bits   |                      53 bits                         |
+//!  +--+------------+-----------------------------------------------------+
 //! ```
+//!
+//! The top bit is always 0, so every id fits a signed 64-bit integer: TOML (courier-cli's
+//! config file), SQL `BIGINT` and Java's `long` cannot hold a u64 above `i64::MAX`.
 //!
 //! Storage keys start with big-endian ids, so all of a partition's threads (and users) form one
 //! contiguous key range in every column family keyed by thread (or user) first. Data written
@@ -23,10 +26,10 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// Logical partitions of a cluster. Fixed for the life of a cluster.
 pub const PARTITIONS: u16 = 1024;
-/// Bits of an id that hold its partition (the top ones).
+/// Bits of an id that hold its partition (the top ones but the sign bit).
 pub const PARTITION_BITS: u32 = 10;
 /// Bits of an id that hold the sequence number within its partition.
-pub const SEQ_BITS: u32 = 64 - PARTITION_BITS;
+pub const SEQ_BITS: u32 = 63 - PARTITION_BITS;
 /// The largest sequence number a partition can hand out.
 pub const MAX_SEQ: u64 = (1 << SEQ_BITS) - 1;
 
@@ -47,9 +50,10 @@ pub fn compose(partition: Partition, seq: u64) -> u64 {
     (u64::from(partition) << SEQ_BITS) | (seq & MAX_SEQ)
 }
 
-/// The partition an id (user or thread) lives in.
+/// The partition an id (user or thread) lives in. (An id with the top bit set was never
+/// allocated; it is placed like any other and then not found.)
 pub fn of_id(id: u64) -> Partition {
-    (id >> SEQ_BITS) as Partition
+    ((id >> SEQ_BITS) % u64::from(PARTITIONS)) as Partition
 }
 
 /// The sequence number of an id within its partition.
@@ -145,6 +149,12 @@ mod tests {
     }
 
     #[test]
+    fn every_id_fits_a_signed_64_bit_integer() {
+        assert!(i64::try_from(compose(PARTITIONS - 1, MAX_SEQ)).is_ok());
+        assert_eq!(of_id(u64::MAX), PARTITIONS - 1);
+    }
+
+    #[test]
     fn pre_partition_ids_are_in_partition_zero() {
         for id in [1, 2, 1_000_000, MAX_SEQ] {
             assert_eq!(of_id(id), 0);
@@ -189,5 +199,5 @@ mod tests {
             PINNED
         );
     }
-    const PINNED: [Partition; 4] = [182, 603, 587, 276];
+    const PINNED: [Partition; 4] = [182, 603, 587, 433];
 }
