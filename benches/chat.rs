@@ -45,7 +45,7 @@ fn populated(dir: &std::path::Path) -> Store {
     }
     store.commit(users).unwrap();
     for i in 0..THREADS {
-        let thread = store.next_thread_id().unwrap();
+        let thread = store.next_thread_id(0).unwrap();
         let peer = i + 2;
         let msg_id = 1_000_000 + i;
         batch.put_thread(

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::cluster::Router;
 use crate::session::{Accounts, AuthConfig, AuthError};
 use crate::store::{self, FsyncMode, Store};
 
@@ -17,6 +18,10 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("--node {spec:?}: write a node as ID=DATA_DIR, once per node of the cluster, e.g. --node node1=/srv/courier1")]
+    BadNode { spec: String },
+    #[error("--node {id} is given twice: list each node of the cluster once")]
+    DuplicateNode { id: String },
 }
 
 /// Options of `courier admin provision`.
@@ -25,6 +30,11 @@ pub struct ProvisionArgs {
     /// The data directory of a stopped server.
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
+    /// For a cluster: every node as ID=DATA_DIR (the ids of `serve --node-id` and `--peer`),
+    /// repeated once per node, all of them stopped. Each account is created in its home
+    /// node's data directory; the users file lists every account.
+    #[arg(long = "node", value_name = "ID=DATA_DIR", conflicts_with = "data_dir")]
+    pub nodes: Vec<String>,
     /// Accounts to create.
     #[arg(long)]
     pub users: u64,
@@ -44,17 +54,64 @@ pub struct ProvisionArgs {
 
 /// Creates load-test accounts with tokens (the load generator resumes with them) and writes
 /// them to `args.out`. Returns how many were created (existing handles are skipped).
+///
+/// With `--node`, each node's run creates the accounts whose handles are homed on it (the
+/// cluster's ring over the given ids), so every user resumes on its home node; the users file
+/// lists them node by node, in the same `user_id handle token_hex` format.
 pub fn provision(args: &ProvisionArgs) -> Result<u64, Error> {
-    let store = Store::open(&args.data_dir, FsyncMode::Never)?;
+    let nodes = parse_nodes(&args.nodes)?;
+    let file = std::fs::File::create(&args.out).map_err(|source| write_error(&args.out, source))?;
+    let mut out = std::io::BufWriter::new(file);
+    let mut made = 0;
+    if nodes.is_empty() {
+        made += provision_into(args, &args.data_dir, None, &mut out)?;
+    }
+    for (id, dir) in &nodes {
+        let peers: Vec<(String, String)> = nodes
+            .iter()
+            .map(|(peer, _)| (peer.clone(), String::new()))
+            .collect();
+        let router = Router::new(id, &peers);
+        made += provision_into(args, dir, Some(router), &mut out)?;
+    }
+    out.flush()
+        .map_err(|source| write_error(&args.out, source))?;
+    Ok(made)
+}
+
+/// `ID=DIR` specs, checked.
+fn parse_nodes(specs: &[String]) -> Result<Vec<(String, PathBuf)>, Error> {
+    let mut nodes: Vec<(String, PathBuf)> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let (id, dir) = spec
+            .split_once('=')
+            .filter(|(id, dir)| !id.is_empty() && !dir.is_empty())
+            .ok_or_else(|| Error::BadNode { spec: spec.clone() })?;
+        if nodes.iter().any(|(seen, _)| seen == id) {
+            return Err(Error::DuplicateNode { id: id.to_owned() });
+        }
+        nodes.push((id.to_owned(), PathBuf::from(dir)));
+    }
+    Ok(nodes)
+}
+
+/// Provisions into the data directory `dir`; with a `router`, only the accounts homed on its
+/// local node.
+fn provision_into(
+    args: &ProvisionArgs,
+    dir: &Path,
+    router: Option<Router>,
+    out: &mut impl Write,
+) -> Result<u64, Error> {
+    let store = Store::open(dir, FsyncMode::Never)?;
     let accounts = Accounts::new(
         store.clone(),
         AuthConfig {
             argon2_m_kib: args.argon2_m_kib,
+            router,
             ..AuthConfig::default()
         },
     )?;
-    let file = std::fs::File::create(&args.out).map_err(|source| write_error(&args.out, source))?;
-    let mut out = std::io::BufWriter::new(file);
     let mut failed = None;
     let made = accounts.provision(
         &args.prefix,
@@ -71,8 +128,6 @@ pub fn provision(args: &ProvisionArgs) -> Result<u64, Error> {
     if let Some(e) = failed {
         return Err(write_error(&args.out, e));
     }
-    out.flush()
-        .map_err(|source| write_error(&args.out, source))?;
     store.sync()?;
     Ok(made)
 }

@@ -479,7 +479,9 @@ const CLUSTER_OF_A_AND_B: [&str; 6] = [
 #[test]
 fn users_homed_on_another_node_are_redirected() {
     let mut server = Server::start_with(&CLUSTER_OF_A_AND_B);
-    // Offline provisioning knows no ring, so some of these accounts live on node b.
+    // Provisioned without the node list, every account is in a's data directory, but the
+    // handles of some are homed on node b: a LOGIN for those is redirected before any
+    // password work.
     server.provision(16);
     let (mut local, mut redirected) = (0, 0);
     for i in 0..16 {
@@ -514,23 +516,45 @@ fn users_homed_on_another_node_are_redirected() {
 }
 
 /// Regression: REGISTER used to create the account first and then redirect it when its new
-/// id was homed on another node, leaving an account on the wrong node. Now a node gives new
-/// accounts ids it is home to, and REGISTER always answers AUTH_OK.
+/// id was homed on another node, leaving an account on the wrong node. Now the handle decides
+/// the home: REGISTER is answered AUTH_OK at the home, and elsewhere redirected before any
+/// account is created (so asking again is redirected again, not HANDLE_TAKEN).
 #[test]
-fn register_in_a_cluster_is_never_redirected() {
+fn register_in_a_cluster_creates_accounts_only_at_their_home() {
     let server = Server::start_with(&CLUSTER_OF_A_AND_B);
+    let (mut here, mut redirected) = (0, 0);
     for i in 0..16 {
-        let mut c = server.connect();
-        c.hello();
         let handle = format!("newcomer{i}");
-        match c.try_register(&handle, PASSWORD, "d") {
-            Frame::AuthOk(ok) => assert_eq!(ok.handle, handle),
-            other => panic!("REGISTER {handle} answered {other:?}"),
+        for attempt in 0..2 {
+            let mut c = server.connect();
+            c.hello();
+            let id = c.send_request(courier_protocol::Register {
+                handle: handle.clone(),
+                password: PASSWORD.into(),
+                device: format!("d{attempt}"),
+            });
+            match c.recv_until(Instant::now() + SHORT) {
+                util::Recv::Frame(e) if e.request_id == id && attempt == 0 => {
+                    assert!(matches!(e.frame, Frame::AuthOk(ok) if ok.handle == handle));
+                    here += 1;
+                    break;
+                }
+                util::Recv::Frame(e) if e.request_id == 0 => {
+                    let Frame::Redirect(r) = e.frame else {
+                        panic!("REGISTER {handle}: {:?}", e.frame)
+                    };
+                    assert_eq!((r.node.as_str(), r.addr.as_str()), ("b", "127.0.0.1:9"));
+                    assert!(c.expect_closed(SHORT).is_empty());
+                    redirected += 1;
+                }
+                other => panic!("REGISTER {handle} answered {other:?}"),
+            }
         }
-        let mut again = server.connect();
-        again.hello();
-        again.login(&handle, PASSWORD, "other");
     }
+    assert!(
+        here > 0 && redirected > 0,
+        "here {here}, redirected {redirected}"
+    );
 }
 
 /// Regression: a request with id 0 was answered with id 0, which a client takes for a push

@@ -206,6 +206,33 @@ fn a_direct_thread_is_unique_whoever_opens_it() {
 }
 
 #[test]
+fn users_and_threads_get_ids_in_their_partitions() {
+    use crate::cluster::partition;
+    let mut w = World::new(ChatConfig::default());
+    let (a, b, c) = (w.user("alice"), w.user("bob"), w.user("carol"));
+    for (user, handle) in [(&a, "alice"), (&b, "bob"), (&c, "carol")] {
+        assert_eq!(partition::of_id(user.user), partition::of_handle(handle));
+    }
+    let ab = w.direct(&a, &b);
+    let ca = w.direct(&c, &a);
+    assert_eq!(partition::of_id(ab), partition::of_pair(a.user, b.user));
+    assert_eq!(partition::of_id(ca), partition::of_pair(a.user, c.user));
+    let Frame::ThreadInfo(info) = w.ask(
+        &c,
+        CreateGroup {
+            name: "team".into(),
+            members: vec![a.user, b.user],
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(partition::of_id(info.thread.id), partition::of_id(c.user));
+    // Nothing else changes: the threads work as before.
+    w.send(&a, ab, 1, "hi");
+    w.send(&b, info.thread.id, 1, "hello team");
+}
+
+#[test]
 fn send_acks_pushes_and_dedupes_retries() {
     let mut w = World::new(ChatConfig::default());
     let (a, b) = (w.user("alice"), w.user("bob"));
@@ -633,10 +660,15 @@ fn sync_page(w: &mut World, caller: &Caller, f: Sync) -> SyncBatch {
 #[test]
 fn a_message_committed_between_sync_pages_into_a_walked_thread_is_not_skipped() {
     let mut w = World::new(ChatConfig::default());
-    let (a, b, c) = (w.user("alice"), w.user("bob"), w.user("carol"));
-    let first = w.direct(&a, &b);
-    let second = w.direct(&c, &b);
-    assert!(first < second, "the walk visits `first` before `second`");
+    let (alice, b, carol) = (w.user("alice"), w.user("bob"), w.user("carol"));
+    let (ab, cb) = (w.direct(&alice, &b), w.direct(&carol, &b));
+    // The walk visits threads in id order; ids are not in creation order (each thread's id is
+    // in its own partition), so `first` is whichever of the two sorts first.
+    let (first, a, second, c) = if ab < cb {
+        (ab, alice, cb, carol)
+    } else {
+        (cb, carol, ab, alice)
+    };
     w.send(&a, first, 1, "a1");
     w.send(&a, first, 2, "a2");
     for i in 0..5 {

@@ -15,6 +15,7 @@ use super::engine::{Engine, Reject};
 use super::messages::to_wire;
 use super::Shared;
 use crate::caller::Caller;
+use crate::cluster::partition;
 use crate::store::{MemberRecord, MessageRecord, PrivateState, Store, ThreadRecord, Visit};
 
 /// Longest group name or private label, in bytes.
@@ -404,6 +405,8 @@ impl Engine {
 
     /// Creates a thread record and its members in this round's batch. The new id is known
     /// to nobody until the reply leaves after the commit, so no other shard can race it.
+    /// Its partition: a direct thread's is its user pair's, a group's its creator's
+    /// (`cluster::partition`), so every node agrees where a thread lives.
     pub(super) fn create_thread(
         &mut self,
         kind: ThreadKind,
@@ -411,7 +414,11 @@ impl Engine {
         creator: u64,
         members: &[u64],
     ) -> Result<u64, Reject> {
-        let id = self.shared.store.next_thread_id().map_err(internal)?;
+        let home = match (kind, members) {
+            (ThreadKind::Direct, &[a, b]) => partition::of_pair(a, b),
+            _ => partition::of_group(creator),
+        };
+        let id = self.shared.store.next_thread_id(home).map_err(internal)?;
         let now = self.tick();
         let rec = ThreadRecord {
             kind,

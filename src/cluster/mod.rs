@@ -1,14 +1,22 @@
-//! The cluster seam: which node is home to a user or a thread.
+//! The cluster seam: which node is home to a partition, and so to a user, a handle or a thread.
 //!
-//! This release routes but does not link nodes: a client whose user lives on another node is
-//! sent a `REDIRECT` to that node's address. The [`Router`] is built once at start from the
-//! configured node id and peers and is read-only afterwards, so shards share it without a lock.
+//! Ids carry their partition ([`partition`]); the [`Ring`] maps each of the [`PARTITIONS`]
+//! partitions to a node; the [`Router`] turns that into a table, built once at start from the
+//! configured node id and peers and read-only afterwards, so shards share it without a lock.
+//! This release routes but does not link nodes: a client that reaches a node other than its
+//! home is sent a `REDIRECT` to the home's address, and a thread operation that needs another
+//! node is refused (see ARCHITECTURE.md, "Cluster").
 
 pub mod links;
+pub mod partition;
 pub mod ring;
 
 use std::collections::HashMap;
 
+use courier_protocol::Frame;
+use xxhash_rust::xxh3::xxh3_64;
+
+pub use partition::{Partition, PARTITIONS};
 use ring::Ring;
 
 /// Where a user or thread lives.
@@ -18,30 +26,62 @@ pub enum Home<'a> {
     Remote { node: &'a str, addr: &'a str },
 }
 
-/// Answers "which node?" from the ring of this node and its peers.
+/// Answers "which node?" for a partition, precomputed over the ring of this node and its peers.
+///
+/// Invariant: **every node computes the same table** (partition → node id). The table is a
+/// pure function of the set of node ids (see [`Ring`]) and of [`PARTITIONS`]: neither the order
+/// of the peers, nor the node computing it, nor addresses enter into it.
 #[derive(Debug, Clone)]
 pub struct Router {
     local: String,
-    /// Peer id → client-facing address (`host:port`) for redirects.
-    peers: HashMap<String, String>,
-    ring: Ring,
+    /// Node ids, sorted (the ring's order), with their client-facing address (`host:port`) for
+    /// redirects; the local node's is unused and empty.
+    nodes: Vec<(String, String)>,
+    /// Index of the local node in `nodes`.
+    local_index: u32,
+    /// Partition → index in `nodes`; [`PARTITIONS`] entries.
+    table: Box<[u32]>,
 }
 
 impl Router {
-    /// `peers` lists the *other* nodes; a peer with the local id is ignored. With no peers
-    /// everything is local.
+    /// `peers` lists the *other* nodes as (id, client address); a peer with the local id is
+    /// ignored. With no peers every partition is local.
     pub fn new(local: &str, peers: &[(String, String)]) -> Router {
-        let peers: HashMap<String, String> = peers
+        let addrs: HashMap<&str, &str> = peers
             .iter()
             .filter(|(id, _)| id != local)
-            .cloned()
+            .map(|(id, addr)| (id.as_str(), addr.as_str()))
             .collect();
-        let mut ids: Vec<&str> = peers.keys().map(String::as_str).collect();
+        let mut ids: Vec<&str> = addrs.keys().copied().collect();
         ids.push(local);
+        let ring = Ring::new(&ids);
+        let nodes: Vec<(String, String)> = ring
+            .nodes()
+            .iter()
+            .map(|id| {
+                (
+                    id.clone(),
+                    addrs.get(id.as_str()).copied().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        let index: HashMap<&str, u32> = ring
+            .nodes()
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i as u32))
+            .collect();
+        let table = (0..PARTITIONS)
+            .map(|p| {
+                let owner = ring.owner(&ring::key(b'p', u64::from(p)));
+                owner.and_then(|id| index.get(id).copied()).unwrap_or(0)
+            })
+            .collect();
         Router {
             local: local.to_owned(),
-            ring: Ring::new(&ids),
-            peers,
+            local_index: index.get(local).copied().unwrap_or(0),
+            nodes,
+            table,
         }
     }
 
@@ -50,24 +90,91 @@ impl Router {
         &self.local
     }
 
+    /// The id of the node that owns `partition`.
+    pub fn owner(&self, partition: Partition) -> &str {
+        &self.nodes[self.table[usize::from(partition % PARTITIONS)] as usize].0
+    }
+
+    /// Whether this node owns `partition` (and so alone allocates ids in it).
+    pub fn owns(&self, partition: Partition) -> bool {
+        self.table[usize::from(partition % PARTITIONS)] == self.local_index
+    }
+
+    /// The partitions this node owns, ascending.
+    pub fn owned(&self) -> impl Iterator<Item = Partition> + '_ {
+        (0..PARTITIONS).filter(|&p| self.owns(p))
+    }
+
+    pub fn partition_home(&self, partition: Partition) -> Home<'_> {
+        let index = self.table[usize::from(partition % PARTITIONS)];
+        if index == self.local_index {
+            return Home::Local;
+        }
+        let (node, addr) = &self.nodes[index as usize];
+        Home::Remote { node, addr }
+    }
+
     pub fn user_home(&self, user: u64) -> Home<'_> {
-        self.home(&ring::key(b'u', user))
+        self.partition_home(partition::of_id(user))
     }
 
     pub fn thread_home(&self, thread: u64) -> Home<'_> {
-        self.home(&ring::key(b't', thread))
+        self.partition_home(partition::of_id(thread))
     }
 
-    fn home(&self, key: &[u8]) -> Home<'_> {
-        if self.peers.is_empty() {
-            return Home::Local;
+    /// The node that decides claims of `handle` and is home to the user holding it.
+    pub fn handle_home(&self, handle: &str) -> Home<'_> {
+        self.partition_home(partition::of_handle(handle))
+    }
+
+    /// The other node a chat request of `user` (homed here) needs, if any: the home of the
+    /// thread it names, of the direct thread it would open, or of a user it names (a member to
+    /// add, a contact, a handle to look up). Until nodes are linked such a request cannot be
+    /// served here and is refused; everything else stays on this node.
+    ///
+    /// Invariant it keeps: every member of a thread homed here is homed here too (a thread
+    /// only gets members through the requests checked here), so the engine never writes a
+    /// remote user's state into this node's store.
+    pub fn remote_node(&self, user: u64, frame: &Frame) -> Option<&str> {
+        fn remote(home: Home<'_>) -> Option<&str> {
+            match home {
+                Home::Local => None,
+                Home::Remote { node, .. } => Some(node),
+            }
         }
-        match self.ring.owner(key) {
-            Some(node) if node != self.local => match self.peers.get_key_value(node) {
-                Some((node, addr)) => Home::Remote { node, addr },
-                None => Home::Local,
-            },
-            _ => Home::Local,
+        let any_user = |users: &[u64]| users.iter().find_map(|&u| remote(self.user_home(u)));
+        match frame {
+            Frame::OpenDirect(f) => remote(self.partition_home(partition::of_pair(user, f.peer)))
+                .or_else(|| remote(self.user_home(f.peer))),
+            Frame::CreateGroup(f) => remote(self.user_home(user)).or_else(|| any_user(&f.members)),
+            Frame::AddMembers(f) => {
+                remote(self.thread_home(f.thread)).or_else(|| any_user(&f.members))
+            }
+            Frame::RemoveMember(f) => remote(self.thread_home(f.thread)),
+            Frame::LeaveGroup(f) => remote(self.thread_home(f.thread)),
+            Frame::RenameGroup(f) => remote(self.thread_home(f.thread)),
+            Frame::GetThread(f) => remote(self.thread_home(f.thread)),
+            Frame::SetThreadState(f) => remote(self.thread_home(f.thread)),
+            Frame::Send(f) => remote(self.thread_home(f.thread)),
+            Frame::History(f) => remote(self.thread_home(f.thread)),
+            Frame::Receipt(f) => remote(self.thread_home(f.thread)),
+            Frame::Recall(f) => remote(self.thread_home(f.thread)),
+            Frame::DeleteForMe(f) => remote(self.thread_home(f.thread)),
+            Frame::Readers(f) => remote(self.thread_home(f.thread)),
+            Frame::Typing(f) => remote(self.thread_home(f.thread)),
+            Frame::ContactAdd(f) => remote(self.user_home(f.user)),
+            Frame::LookupUser(f) => remote(self.handle_home(&f.handle)),
+            Frame::GetUsers(f) => any_user(&f.users),
+            _ => None,
+        }
+    }
+
+    /// The home of the user a session token was issued to; `Local` for a token from before
+    /// partitions (it names none), which is then checked here.
+    pub fn token_home(&self, token: &[u8]) -> Home<'_> {
+        match partition::of_token(token) {
+            Some(p) => self.partition_home(p),
+            None => Home::Local,
         }
     }
 }
@@ -76,29 +183,135 @@ impl Router {
 mod tests {
     use super::*;
 
+    fn peers(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(id, addr)| (id.to_string(), addr.to_string()))
+            .collect()
+    }
+
+    fn three() -> [Router; 3] {
+        let all = [
+            ("a", "10.0.0.1:7878"),
+            ("b", "10.0.0.2:7878"),
+            ("c", "10.0.0.3:7878"),
+        ];
+        // Each node lists its peers in its own order.
+        [
+            Router::new("a", &peers(&[all[2], all[1]])),
+            Router::new("b", &peers(&[all[0], all[2]])),
+            Router::new("c", &peers(&[all[1], all[0], all[2]])),
+        ]
+    }
+
     #[test]
     fn without_peers_everything_is_local() {
         let r = Router::new("solo", &[]);
         assert!((0..1000).all(|u| r.user_home(u) == Home::Local && r.thread_home(u) == Home::Local));
+        assert_eq!(r.owned().count(), PARTITIONS as usize);
+        assert_eq!(r.token_home(&[0xff; 32]), Home::Local);
     }
 
     #[test]
-    fn two_nodes_agree_on_every_home() {
-        let a = Router::new("a", &[("b".into(), "10.0.0.2:7878".into())]);
-        let b = Router::new("b", &[("a".into(), "10.0.0.1:7878".into())]);
-        let mut remote_from_a = 0;
-        for u in 0..2000 {
-            match (a.user_home(u), b.user_home(u)) {
-                (Home::Local, Home::Remote { node: "a", addr }) => {
-                    assert_eq!(addr, "10.0.0.1:7878")
+    fn every_node_computes_the_same_table() {
+        let routers = three();
+        for p in 0..PARTITIONS {
+            let owner = routers[0].owner(p);
+            for r in &routers {
+                assert_eq!(r.owner(p), owner, "nodes disagree about partition {p}");
+                match r.partition_home(p) {
+                    Home::Local => assert_eq!(r.local(), owner),
+                    Home::Remote { node, addr } => {
+                        assert_ne!(r.local(), owner);
+                        assert_eq!(node, owner);
+                        let n = 1 + owner.as_bytes()[0] - b'a';
+                        assert_eq!(addr, format!("10.0.0.{n}:7878"));
+                    }
                 }
-                (Home::Remote { node: "b", addr }, Home::Local) => {
-                    assert_eq!(addr, "10.0.0.2:7878");
-                    remote_from_a += 1;
-                }
-                other => panic!("nodes disagree about user {u}: {other:?}"),
             }
         }
-        assert!((600..1400).contains(&remote_from_a));
+        // Each partition has exactly one owner, and the load is spread.
+        let owned: Vec<usize> = routers.iter().map(|r| r.owned().count()).collect();
+        assert_eq!(owned.iter().sum::<usize>(), PARTITIONS as usize);
+        assert!(owned.iter().all(|&n| (240..440).contains(&n)), "{owned:?}");
     }
+
+    #[test]
+    fn homes_follow_the_partition_in_ids_handles_and_tokens() {
+        let routers = three();
+        for r in &routers {
+            for p in 0..PARTITIONS {
+                let id = partition::compose(p, 12_345);
+                assert_eq!(r.user_home(id), r.partition_home(p));
+                assert_eq!(r.thread_home(id), r.partition_home(p));
+                let mut token = [7u8; 32];
+                partition::stamp_token(&mut token, p);
+                assert_eq!(r.token_home(&token), r.partition_home(p));
+            }
+            for i in 0..500 {
+                let handle = format!("user{i}");
+                let p = partition::of_handle(&handle);
+                assert_eq!(r.handle_home(&handle), r.partition_home(p));
+            }
+        }
+    }
+
+    #[test]
+    fn requests_that_need_another_node_are_named() {
+        use courier_protocol::{AddMembers, CreateGroup, GetUsers, LookupUser, OpenDirect, Send};
+        let routers = three();
+        let a = &routers[0];
+        let on = |node: &str| {
+            let p = (0..PARTITIONS).find(|&p| a.owner(p) == node).unwrap();
+            partition::compose(p, 1)
+        };
+        let (here, there) = (on("a"), on("b"));
+        let send = |thread| {
+            Frame::Send(Send {
+                thread,
+                client_msg_id: 1,
+                kind: courier_protocol::MessageKind::Text,
+                body: Default::default(),
+            })
+        };
+        assert_eq!(a.remote_node(here, &send(here)), None);
+        assert_eq!(a.remote_node(here, &send(there)), Some("b"));
+        let group = |members: Vec<u64>| {
+            Frame::CreateGroup(CreateGroup {
+                name: "g".into(),
+                members,
+            })
+        };
+        assert_eq!(a.remote_node(here, &group(vec![here, here + 1])), None);
+        assert_eq!(a.remote_node(here, &group(vec![here, there])), Some("b"));
+        let add = |thread, members| Frame::AddMembers(AddMembers { thread, members });
+        assert_eq!(a.remote_node(here, &add(here, vec![there])), Some("b"));
+        assert_eq!(a.remote_node(here, &add(there, vec![here])), Some("b"));
+        assert_eq!(a.remote_node(here, &add(here, vec![here + 2])), None);
+        let users = |users| Frame::GetUsers(GetUsers { users });
+        assert_eq!(a.remote_node(here, &users(vec![here, there])), Some("b"));
+        // A direct thread needs its pair's partition and the peer both here.
+        let peer_here = (2..).map(|s| partition::compose(partition::of_id(here), s));
+        let local_pair = peer_here
+            .clone()
+            .find(|&p| a.owns(partition::of_pair(here, p)))
+            .unwrap();
+        let remote_pair = peer_here
+            .clone()
+            .find(|&p| !a.owns(partition::of_pair(here, p)))
+            .unwrap();
+        let open = |peer| Frame::OpenDirect(OpenDirect { peer });
+        assert_eq!(a.remote_node(here, &open(local_pair)), None);
+        assert!(a.remote_node(here, &open(remote_pair)).is_some());
+        let handle = (0..)
+            .map(|i| format!("h{i}"))
+            .find(|h| a.handle_home(h) != Home::Local);
+        let lookup = Frame::LookupUser(LookupUser {
+            handle: handle.unwrap(),
+        });
+        assert!(a.remote_node(here, &lookup).is_some());
+        // Without peers nothing is remote.
+        let solo = Router::new("a", &[]);
+        assert_eq!(solo.remote_node(here, &send(there)), None);
+    }
+
 }

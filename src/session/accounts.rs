@@ -1,7 +1,9 @@
 //! Accounts: handles, argon2id password hashes, session tokens bound to devices.
 //!
-//! A session token is 32 random bytes, given to the client once. The store keeps only its
-//! digest (BLAKE2b, 16 bytes), so a copy of the data directory cannot be used to log in.
+//! A session token is 32 bytes, given to the client once: the first two name the partition of
+//! its user (so any node of a cluster can send it to the user's home without a lookup), the
+//! other 30 are random. The store keeps only its digest (BLAKE2b, 16 bytes, of all 32), so a
+//! copy of the data directory cannot be used to log in.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use blake2::{Blake2b, Digest};
 use super::throttle::Throttle;
 use super::AuthError;
 use crate::clock::wall_us;
-use crate::cluster::{Home, Router};
+use crate::cluster::{partition, Router};
 use crate::store::keys::TOKEN_DIGEST;
 use crate::store::{Store, TokenRecord, UserRecord};
 
@@ -46,7 +48,8 @@ pub struct AuthConfig {
     pub admins: Vec<String>,
     /// Device names one account may use (each keeps its device number for good).
     pub max_devices: u32,
-    /// In a cluster, new accounts get ids homed on this node (so `REGISTER` never redirects).
+    /// In a cluster: [`Accounts::provision`] creates only the accounts homed on this node.
+    /// (`REGISTER`, `LOGIN` and `RESUME` reach the home node: the shard redirects them there.)
     pub router: Option<Router>,
 }
 
@@ -86,6 +89,13 @@ pub struct Accounts {
 
 pub fn digest(token: &[u8]) -> TokenDigest {
     Blake2b::<U16>::digest(token).into()
+}
+
+/// A new session token of `user`: its partition, then random bytes.
+fn new_token(user: u64) -> [u8; TOKEN_LEN] {
+    let mut token: [u8; TOKEN_LEN] = rand::random();
+    partition::stamp_token(&mut token, partition::of_id(user));
+    token
 }
 
 fn valid_handle(handle: &str) -> bool {
@@ -139,11 +149,9 @@ impl Accounts {
         Self::check_password(password)?;
         check_device(device)?;
         let hash = self.hash(password)?;
-        let router = self.config.router.as_ref();
-        let local = |id| router.is_none_or(|r| r.user_home(id) == Home::Local);
         let user = self
             .store
-            .create_user(handle, &hash, wall_us(), local)
+            .create_user(handle, &hash, wall_us())
             .map_err(|e| match e {
                 crate::store::Error::HandleTaken => AuthError::HandleTaken,
                 other => AuthError::Store(other),
@@ -212,7 +220,7 @@ impl Accounts {
                 crate::store::Error::TooManyDevices { max } => AuthError::TooManyDevices { max },
                 other => AuthError::Store(other),
             })?;
-        let token: [u8; TOKEN_LEN] = rand::random();
+        let token = new_token(user);
         let digest = digest(&token);
         let mut batch = self.store.batch();
         batch.put_token(
@@ -276,7 +284,8 @@ impl Accounts {
 
     /// Creates `count` users named `{prefix}{i}` sharing one password, each with a token for
     /// device "load": one argon2 hash in all, so millions of load-test users take seconds.
-    /// Returns (user id, handle, token) per user. Existing handles are skipped.
+    /// Returns (user id, handle, token) per user. Existing handles are skipped, and in a
+    /// cluster so are handles homed on other nodes (each node's run creates its own).
     pub fn provision(
         &self,
         prefix: &str,
@@ -296,10 +305,13 @@ impl Accounts {
         let mut batch = self.store.batch();
         for i in 0..count {
             let handle = format!("{prefix}{i}");
-            if self.store.user_id_by_handle(&handle)?.is_some() {
+            let home = partition::of_handle(&handle);
+            if self.config.router.as_ref().is_some_and(|r| !r.owns(home))
+                || self.store.user_id_by_handle(&handle)?.is_some()
+            {
                 continue;
             }
-            let user = self.store.next_user_id()?;
+            let user = self.store.next_user_id(home)?;
             batch.put_user(
                 user,
                 &UserRecord {
@@ -309,7 +321,7 @@ impl Accounts {
                 },
             );
             batch.put_device(user, "load", 1);
-            let token: [u8; TOKEN_LEN] = rand::random();
+            let token = new_token(user);
             batch.put_token(
                 &digest(&token),
                 &TokenRecord {

@@ -8,6 +8,10 @@
 //!                            |                             \--error--> AwaitAuth
 //!  anything else before auth: HANDSHAKE_REQUIRED / NOT_AUTHENTICATED, then close
 //! ```
+//!
+//! In a cluster, REGISTER and LOGIN (by the handle's partition) and RESUME (by the partition in
+//! the token) that reach a node other than the user's home are answered `REDIRECT` and closed
+//! before any password or token work: only the home holds the account.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -33,6 +37,11 @@ const MAX_CLIENT_NAME: usize = 64;
 
 /// The first code of server-to-client frames: a client sending one is speaking nonsense.
 const FIRST_SERVER_CODE: u8 = 0x80;
+
+/// The answer to a request that needs another node of the cluster: the links exist, but this
+/// release does not forward requests over them yet, so the node is out of this one's reach.
+/// Refused, nothing changed; the message names the node.
+const NEEDS_OTHER_NODE: ErrorCode = ErrorCode::Unavailable;
 
 impl Shard {
     /// Handles one decoded frame from the connection in `slot`.
@@ -99,6 +108,12 @@ impl Shard {
                 }
                 self.send(slot, request_id, &Frame::Pong(Pong { nonce: p.nonce }))
             }
+            (State::AwaitAuth, Frame::Register(r))
+                if self.redirect(slot, redirect_to(self.core.router.handle_home(&r.handle))) => {}
+            (State::AwaitAuth, Frame::Login(l))
+                if self.redirect(slot, redirect_to(self.core.router.handle_home(&l.handle))) => {}
+            (State::AwaitAuth, Frame::Resume(r))
+                if self.redirect(slot, redirect_to(self.core.router.token_home(&r.token))) => {}
             (State::AwaitAuth, Frame::Register(r)) => self.start_auth(
                 slot,
                 request_id,
@@ -254,20 +269,20 @@ impl Shard {
         self.reply_error(slot, request_id, e.code(), &e.to_string());
     }
 
-    /// A device proved who it is: redirect it to its home node, or register it as online here.
-    fn finish_auth(&mut self, slot: usize, request_id: u32, authed: Authed) {
-        let redirect = match self.core.router.user_home(authed.user) {
-            Home::Remote { node, addr } => Some(Redirect {
-                node: node.to_owned(),
-                addr: addr.to_owned(),
-            }),
-            Home::Local => None,
+    /// Sends `REDIRECT` (request id 0) and closes, if there is somewhere to redirect to.
+    /// Returns whether it did.
+    fn redirect(&mut self, slot: usize, to: Option<Redirect>) -> bool {
+        let Some(to) = to else {
+            return false;
         };
-        if let Some(redirect) = redirect {
-            self.send(slot, 0, &Frame::Redirect(redirect));
-            self.close_soon(slot, Reason::Redirected);
-            return;
-        }
+        self.send(slot, 0, &Frame::Redirect(to));
+        self.close_soon(slot, Reason::Redirected);
+        true
+    }
+
+    /// A device proved who it is: register it as online here. (It is on its home node: the
+    /// request that authenticated it was redirected otherwise.)
+    fn finish_auth(&mut self, slot: usize, request_id: u32, authed: Authed) {
         let now = self.now_secs();
         let Some(me) = self.conn_ref(slot) else {
             return;
@@ -356,6 +371,18 @@ impl Shard {
                 self.fail(slot, 0, ErrorCode::UnknownFrame, Reason::ProtocolError)
             }
             frame => {
+                if let Some(node) = self.core.router.remote_node(user, &frame) {
+                    // TYPING is never answered, so a refused one needs no answer either.
+                    if !matches!(frame, Frame::Typing(_)) {
+                        let message = format!(
+                            "this needs node {node} of the cluster (the thread or user lives \
+                             there), and this release does not forward requests between nodes \
+                             yet: nothing was changed; a single-node server serves every chat"
+                        );
+                        self.reply_error(slot, request_id, NEEDS_OTHER_NODE, &message);
+                    }
+                    return;
+                }
                 let caller = Caller {
                     user,
                     device,
@@ -432,6 +459,17 @@ impl Shard {
         } else if let Some(slot) = self.local_slot(to) {
             self.fail(slot, 0, code, reason_for(code));
         }
+    }
+}
+
+/// The `REDIRECT` to answer instead of serving a user whose home is `home`.
+fn redirect_to(home: Home<'_>) -> Option<Redirect> {
+    match home {
+        Home::Local => None,
+        Home::Remote { node, addr } => Some(Redirect {
+            node: node.to_owned(),
+            addr: addr.to_owned(),
+        }),
     }
 }
 

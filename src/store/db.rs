@@ -19,12 +19,10 @@ use super::keys::{self, *};
 use super::records::*;
 use super::{Error, FsyncMode};
 use crate::clock::wall_us;
+use crate::cluster::partition::{self, Partition, MAX_SEQ, PARTITIONS};
 
 /// How many ids an allocator reserves per durable write of its counter.
 const ID_LEASE: u64 = 1024;
-/// Ids [`Store::create_user`] skips before giving up: with `n` nodes on the ring about one id
-/// in `n` is homed here, so this is only reached if this node owns (almost) nothing.
-const MAX_ID_TRIES: u32 = 100_000;
 
 /// What a [`Store::messages`] visitor did with one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,8 +68,8 @@ struct Inner {
     /// Fault injection: the disk counts as full while this file exists.
     full_flag: std::sync::OnceLock<std::path::PathBuf>,
     fsync: FsyncMode,
-    users: IdAllocator,
-    threads: IdAllocator,
+    users: IdCounters,
+    threads: IdCounters,
     health: Arc<Health>,
 }
 
@@ -262,8 +260,8 @@ impl Store {
             path: dir.display().to_string(),
             source,
         })?;
-        let users = IdAllocator::load(&db, META_NEXT_USER, 1)?;
-        let threads = IdAllocator::load(&db, META_NEXT_THREAD, 1)?;
+        let users = IdCounters::load(&db, META_NEXT_USER)?;
+        let threads = IdCounters::load(&db, META_NEXT_THREAD)?;
         let store = Store {
             inner: Arc::new(Inner {
                 db,
@@ -491,12 +489,15 @@ impl Store {
 
     // ---- ids ----
 
-    pub fn next_user_id(&self) -> Result<u64, Error> {
-        self.inner.users.next(self)
+    /// A new user id in `partition`. Only the node that owns the partition may call this: that
+    /// is what makes ids unique across a cluster without a coordinator.
+    pub fn next_user_id(&self, partition: Partition) -> Result<u64, Error> {
+        self.inner.users.next(self, partition)
     }
 
-    pub fn next_thread_id(&self) -> Result<u64, Error> {
-        self.inner.threads.next(self)
+    /// A new thread id in `partition` (same rule as [`next_user_id`](Self::next_user_id)).
+    pub fn next_thread_id(&self, partition: Partition) -> Result<u64, Error> {
+        self.inner.threads.next(self, partition)
     }
 
     /// The highest clock value any shard recorded as durable (see [`Batch::clock_floor`]).
@@ -521,32 +522,16 @@ impl Store {
         self.get_u64(CF_HANDLES, handle.as_bytes())
     }
 
-    /// Creates a user with the first free id that `accept` takes (in a cluster: an id homed on
-    /// this node, so the new account never needs a redirect); [`Error::HandleTaken`] when the
-    /// handle exists. Serialised by a lock so two shards cannot both claim one handle.
-    pub fn create_user(
-        &self,
-        handle: &str,
-        password_hash: &str,
-        now: u64,
-        accept: impl Fn(u64) -> bool,
-    ) -> Result<u64, Error> {
+    /// Creates a user with a new id in the handle's partition ([`partition::of_handle`]), so
+    /// the account lives where the handle is decided; [`Error::HandleTaken`] when the handle
+    /// exists. Serialised by a lock so two shards cannot both claim one handle.
+    pub fn create_user(&self, handle: &str, password_hash: &str, now: u64) -> Result<u64, Error> {
         static CREATE: Mutex<()> = Mutex::new(());
         let _guard = CREATE.lock();
         if self.user_id_by_handle(handle)?.is_some() {
             return Err(Error::HandleTaken);
         }
-        let mut tries = 0;
-        let id = loop {
-            let id = self.next_user_id()?;
-            if accept(id) {
-                break id;
-            }
-            tries += 1;
-            if tries == MAX_ID_TRIES {
-                return Err(Error::NoAcceptableId { tries });
-            }
-        };
+        let id = self.next_user_id(partition::of_handle(handle))?;
         let mut b = self.batch();
         b.put_user(
             id,
@@ -1041,51 +1026,75 @@ fn drop_expired_tombstone(_level: u32, _key: &[u8], value: &[u8]) -> Decision {
     }
 }
 
-/// A counter persisted in leases: ids are unique across restarts without a write per id.
+/// One counter per partition of one kind of id, each persisted in leases: ids are unique
+/// across restarts without a write per id. The stored value is the end of the lease, the first
+/// sequence number not yet reserved (for partition 0, equal to the id: the pre-partition
+/// counter carries on).
+struct IdCounters {
+    name: &'static [u8],
+    /// Per partition: the next sequence number and the end of its lease.
+    parts: Box<[IdAllocator]>,
+}
+
 struct IdAllocator {
-    key: &'static [u8],
     next: AtomicU64,
     leased_to: Mutex<u64>,
 }
 
-impl IdAllocator {
-    fn load(db: &DB, key: &'static [u8], first: u64) -> Result<Self, Error> {
+impl IdCounters {
+    /// Reads the counters of every partition (one point read each, at open).
+    fn load(db: &DB, name: &'static [u8]) -> Result<Self, Error> {
         let cf = db
             .cf_handle(CF_META)
             .expect("column family created at open");
-        let start = match db.get_cf(cf, key)? {
-            Some(v) if v.len() == 8 => u64::from_be_bytes(v[..].try_into().unwrap_or_default()),
-            Some(_) => {
-                return Err(Error::CorruptValue {
-                    record: "id counter",
+        let parts = (0..PARTITIONS)
+            .map(|p| {
+                let start = match db.get_cf(cf, keys::id_counter(name, p))? {
+                    Some(v) if v.len() == 8 => {
+                        u64::from_be_bytes(v[..].try_into().unwrap_or_default())
+                    }
+                    Some(_) => {
+                        return Err(Error::CorruptValue {
+                            record: "id counter",
+                        })
+                    }
+                    None => 1,
+                };
+                // Everything below the persisted lease end may have been handed out: start
+                // after it.
+                Ok(IdAllocator {
+                    next: AtomicU64::new(start),
+                    leased_to: Mutex::new(start),
                 })
-            }
-            None => first,
-        };
-        // Everything below the persisted lease end may have been handed out: start after it.
-        Ok(Self {
-            key,
-            next: AtomicU64::new(start),
-            leased_to: Mutex::new(start),
-        })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(Self { name, parts })
     }
 
-    fn next(&self, store: &Store) -> Result<u64, Error> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut leased = self.leased_to.lock();
-        if id >= *leased {
-            let end = id + ID_LEASE;
+    fn next(&self, store: &Store, partition: Partition) -> Result<u64, Error> {
+        let part = self
+            .parts
+            .get(usize::from(partition))
+            .ok_or(Error::IdsExhausted { partition })?;
+        let seq = part.next.fetch_add(1, Ordering::Relaxed);
+        if seq > MAX_SEQ {
+            return Err(Error::IdsExhausted { partition });
+        }
+        let mut leased = part.leased_to.lock();
+        if seq >= *leased {
+            let end = seq + ID_LEASE;
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
+            let key = keys::id_counter(self.name, partition);
             store.write(|| {
                 store
                     .inner
                     .db
-                    .put_cf_opt(store.cf(CF_META), self.key, end.to_be_bytes(), &wo)
+                    .put_cf_opt(store.cf(CF_META), &key, end.to_be_bytes(), &wo)
             })?;
             *leased = end;
         }
-        Ok(id)
+        Ok(partition::compose(partition, seq))
     }
 }
 
@@ -1094,6 +1103,118 @@ mod tests {
     use super::*;
 
     const MINUTE: u64 = 60_000_000;
+
+    #[test]
+    fn ids_carry_their_partition_and_counters_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        let mut before = std::collections::HashSet::new();
+        for p in [0, 5, 1023] {
+            for _ in 0..3 {
+                let (u, t) = (
+                    store.next_user_id(p).unwrap(),
+                    store.next_thread_id(p).unwrap(),
+                );
+                assert_eq!((partition::of_id(u), partition::of_id(t)), (p, p));
+                assert!(partition::seq_of(u) >= 1 && before.insert(u));
+                before.insert(t);
+            }
+        }
+        assert_eq!(store.next_user_id(7).unwrap(), partition::compose(7, 1));
+        drop(store);
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        for p in [0, 5, 1023] {
+            let (u, t) = (
+                store.next_user_id(p).unwrap(),
+                store.next_thread_id(p).unwrap(),
+            );
+            assert!(
+                !before.contains(&u) && !before.contains(&t),
+                "{u} or {t} handed out twice"
+            );
+            assert_eq!((partition::of_id(u), partition::of_id(t)), (p, p));
+        }
+    }
+
+    #[test]
+    fn a_data_dir_from_before_partitions_keeps_counting_in_partition_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What the old single counter left: ids 1..2048 were leased.
+            let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+            let meta = store.cf(CF_META);
+            let db = &store.inner.db;
+            db.put_cf(meta, META_NEXT_USER, 2049u64.to_be_bytes())
+                .unwrap();
+            db.put_cf(meta, META_NEXT_THREAD, 1025u64.to_be_bytes())
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        assert_eq!(store.next_user_id(0).unwrap(), 2049);
+        assert_eq!(store.next_thread_id(0).unwrap(), 1025);
+        assert_eq!(store.next_user_id(1).unwrap(), partition::compose(1, 1));
+    }
+
+    #[test]
+    fn an_exhausted_partition_refuses_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+            let key = keys::id_counter(META_NEXT_THREAD, 9);
+            let meta = store.cf(CF_META);
+            store
+                .inner
+                .db
+                .put_cf(meta, key, MAX_SEQ.to_be_bytes())
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        assert_eq!(
+            store.next_thread_id(9).unwrap(),
+            partition::compose(9, MAX_SEQ)
+        );
+        let err = store.next_thread_id(9).unwrap_err();
+        assert!(matches!(err, Error::IdsExhausted { partition: 9 }), "{err}");
+        assert!(matches!(
+            store.next_thread_id(PARTITIONS),
+            Err(Error::IdsExhausted { .. })
+        ));
+        assert_eq!(store.next_thread_id(10).unwrap(), partition::compose(10, 1));
+    }
+
+    /// Three nodes, each with its own store, allocate only in the partitions they own: no id is
+    /// handed out twice, and every node agrees that each id is homed where it was made.
+    #[test]
+    fn nodes_allocating_in_their_own_partitions_never_collide() {
+        use crate::cluster::{Home, Router};
+        let all = ["a", "b", "c"].map(|n| (n.to_string(), format!("{n}:1")));
+        let routers: Vec<Router> = all.iter().map(|(id, _)| Router::new(id, &all)).collect();
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let stores: Vec<Store> = dirs
+            .iter()
+            .map(|d| Store::open(d.path(), FsyncMode::Never).unwrap())
+            .collect();
+        let mut seen = std::collections::HashMap::new();
+        for (node, (router, store)) in routers.iter().zip(&stores).enumerate() {
+            for p in router.owned() {
+                for _ in 0..3 {
+                    // User ids and thread ids are separate spaces: each is unique on its own.
+                    let user = ("user", store.next_user_id(p).unwrap());
+                    let thread = ("thread", store.next_thread_id(p).unwrap());
+                    for id in [user, thread] {
+                        assert_eq!(seen.insert(id, node), None, "{id:?} allocated twice");
+                    }
+                }
+            }
+        }
+        assert_eq!(seen.len(), PARTITIONS as usize * 6);
+        for (&(_, id), &node) in &seen {
+            for (other, router) in routers.iter().enumerate() {
+                assert_eq!(router.user_home(id) == Home::Local, other == node);
+                assert_eq!(router.owner(partition::of_id(id)), all[node].0);
+            }
+        }
+    }
 
     #[test]
     fn compaction_removes_dedupe_entries_older_than_the_window() {

@@ -71,12 +71,25 @@ pub const TOKEN_DIGEST: usize = 16;
 /// Bytes of a media id.
 pub const MEDIA_ID: usize = 16;
 
-/// Meta keys.
+/// Meta keys. The id counters are per partition, see [`id_counter`].
 pub const META_NEXT_USER: &[u8] = b"next_user_id";
 pub const META_NEXT_THREAD: &[u8] = b"next_thread_id";
 pub const META_CLOCK_FLOOR: &[u8] = b"clock_floor";
 /// Present once `unread` holds every stored message (built at open for older stores).
 pub const META_UNREAD_INDEXED: &[u8] = b"unread_indexed";
+
+/// The `meta` key of the id counter `name` ([`META_NEXT_USER`], [`META_NEXT_THREAD`]) of
+/// `partition`: the bare name for partition 0 (its key from before partitions, so an existing
+/// data directory keeps counting where it was), `name ++ '/' ++ partition u16` for the others.
+pub fn id_counter(name: &[u8], partition: u16) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 3);
+    k.extend_from_slice(name);
+    if partition != 0 {
+        k.push(b'/');
+        k.extend_from_slice(&partition.to_be_bytes());
+    }
+    k
+}
 
 fn cat<const N: usize>(parts: &[&[u8]]) -> [u8; N] {
     let mut out = [0u8; N];
@@ -247,6 +260,17 @@ mod tests {
         assert_eq!(parse_user_token(&user_token(5, &d)).unwrap(), (5, d));
         let m = [3u8; MEDIA_ID];
         assert_eq!(parse_media_chunk(&media_chunk(&m, 77)).unwrap(), (m, 77));
+    }
+
+    #[test]
+    fn id_counters_are_distinct_and_partition_zero_keeps_its_old_name() {
+        assert_eq!(id_counter(META_NEXT_USER, 0), b"next_user_id");
+        assert_eq!(id_counter(META_NEXT_THREAD, 0), b"next_thread_id");
+        let mut all = std::collections::HashSet::new();
+        for p in 0..1024 {
+            assert!(all.insert(id_counter(META_NEXT_USER, p)));
+            assert!(all.insert(id_counter(META_NEXT_THREAD, p)));
+        }
     }
 
     #[test]

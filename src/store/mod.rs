@@ -43,6 +43,6 @@ pub enum Error {
     TooManyDevices { max: u32 },
     #[error("the data directory's disk is nearly full ({free} bytes free, {need} needed): writes are refused until space is freed")]
     DiskFull { free: u64, need: u64 },
-    #[error("none of {tries} user ids in a row is homed on this node: check the cluster's node ids and peers")]
-    NoAcceptableId { tries: u32 },
+    #[error("partition {partition} has no ids left (or is not a partition): the cluster has outgrown its id space")]
+    IdsExhausted { partition: u16 },
 }
