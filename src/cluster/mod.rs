@@ -14,7 +14,6 @@ pub mod ring;
 use std::collections::HashMap;
 
 use courier_protocol::Frame;
-use xxhash_rust::xxh3::xxh3_64;
 
 pub use partition::{Partition, PARTITIONS};
 use ring::Ring;
