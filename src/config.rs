@@ -42,6 +42,12 @@ pub fn contacts_that_fit(max_frame: u32) -> usize {
     reply_budget(max_frame).saturating_sub(16) / CONTACT_BYTES
 }
 
+/// What to do instead of the removed `admin` option (a handle made whoever registered it
+/// first an admin).
+pub const ADMIN_REMOVED: &str = "admin rights no longer go to whoever registers a configured handle. \
+Remove `admin` from the configuration, stop the server and grant them by account: \
+`courier admin grant --data-dir DIR --handle HANDLE` (or `--user ID`); `courier admin list` shows the grants";
+
 /// The longest dedupe window: 30 days.
 pub const MAX_DEDUPE_WINDOW_SECS: u64 = 30 * 86_400;
 
@@ -60,6 +66,11 @@ pub enum Error {
         path: PathBuf,
         key: String,
         message: String,
+    },
+    #[error("`{key}` (--{}) was removed: {what_to_do}", .key.replace('_', "-"))]
+    Removed {
+        key: &'static str,
+        what_to_do: &'static str,
     },
     #[error("`{key}` = {value} is not allowed: {reason}")]
     Invalid {
@@ -132,8 +143,9 @@ pub struct ServeArgs {
     /// Requests per second per connection, with bursts of twice that [default: 500].
     #[arg(long)]
     pub rate_limit: Option<u32>,
-    /// Handle of an account allowed to use ADMIN_STATS; repeatable.
-    #[arg(long)]
+    /// Removed: admin rights are granted by user id with `courier admin grant`. Still parsed
+    /// so that an old command line gets an error saying so, not "unexpected argument".
+    #[arg(long, hide = true)]
     pub admin: Vec<String>,
     /// argon2id memory cost in KiB [default: 19456].
     #[arg(long)]
@@ -203,7 +215,8 @@ struct FileConfig {
     max_frame: Option<u32>,
     max_output: Option<usize>,
     rate_limit: Option<u32>,
-    admin: Option<Vec<String>>,
+    /// Removed (see [`ADMIN_REMOVED`]); any value is refused with that message.
+    admin: Option<toml::Value>,
     argon2_m_kib: Option<u32>,
     max_group: Option<usize>,
     max_body: Option<usize>,
@@ -236,7 +249,6 @@ pub struct Config {
     pub max_frame: u32,
     pub max_output: usize,
     pub rate_limit: u32,
-    pub admins: Vec<String>,
     pub argon2_m_kib: u32,
     pub max_group: usize,
     pub max_body: usize,
@@ -265,6 +277,12 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        if !args.admin.is_empty() || file.admin.is_some() {
+            return Err(Error::Removed {
+                key: "admin",
+                what_to_do: ADMIN_REMOVED,
+            });
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let listen = pick_list(args.listen, file.listen);
         let config = Config {
@@ -292,7 +310,6 @@ impl Config {
             max_frame: args.max_frame.or(file.max_frame).unwrap_or(64 * 1024),
             max_output: args.max_output.or(file.max_output).unwrap_or(4 << 20),
             rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(500),
-            admins: pick_list(args.admin, file.admin),
             argon2_m_kib: args.argon2_m_kib.or(file.argon2_m_kib).unwrap_or(19 * 1024),
             max_group: 0,
             max_body: args.max_body.or(file.max_body).unwrap_or(16 * 1024),
@@ -544,6 +561,26 @@ mod tests {
         );
         assert_eq!(c.listen, vec!["127.0.0.1:9000".parse().unwrap()]);
         assert_eq!(c.heartbeat_secs, 30);
+    }
+
+    #[test]
+    fn the_removed_admin_option_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "admin = [\"root\"]\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        let from_flag = ServeArgs {
+            admin: vec!["root".into()],
+            ..ServeArgs::default()
+        };
+        for args in [from_file, from_flag] {
+            let err = Config::load(args).unwrap_err();
+            assert!(matches!(err, Error::Removed { key: "admin", .. }), "{err}");
+            assert!(err.to_string().contains("courier admin grant"), "{err}");
+        }
     }
 
     #[test]

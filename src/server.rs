@@ -99,7 +99,6 @@ pub fn serve(config: Config) -> Result<(), Error> {
     let chat = chat::Shared::new(store.clone(), clock, chat_config, config.shards);
     let auth_config = AuthConfig {
         argon2_m_kib: config.argon2_m_kib,
-        admins: config.admins.clone(),
         max_devices: config.max_devices,
         router: Some(Router::new(&config.node_id, &config.peers)),
         ..AuthConfig::default()

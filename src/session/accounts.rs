@@ -42,8 +42,6 @@ pub struct AuthConfig {
     /// Failed logins allowed per account, and per source address, per minute.
     pub max_failures_per_account: u32,
     pub max_failures_per_address: u32,
-    /// Handles of accounts allowed to use administration frames.
-    pub admins: Vec<String>,
     /// Device names one account may use (each keeps its device number for good).
     pub max_devices: u32,
     /// In a cluster, new accounts get ids homed on this node (so `REGISTER` never redirects).
@@ -57,9 +55,24 @@ impl Default for AuthConfig {
             argon2_t: 2,
             max_failures_per_account: 5,
             max_failures_per_address: 20,
-            admins: Vec::new(),
             max_devices: 100,
             router: None,
+        }
+    }
+}
+
+/// How an operator names an account: by id or by handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserRef {
+    Id(u64),
+    Handle(String),
+}
+
+impl std::fmt::Display for UserRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserRef::Id(id) => write!(f, "id {id}"),
+            UserRef::Handle(h) => write!(f, "handle {h:?}"),
         }
     }
 }
@@ -73,7 +86,6 @@ pub struct Authed {
     /// The token to give the client (all zero after [`Accounts::resume`]: the client has it).
     pub token: [u8; TOKEN_LEN],
     pub digest: TokenDigest,
-    pub admin: bool,
 }
 
 pub struct Accounts {
@@ -231,7 +243,6 @@ impl Accounts {
             handle: handle.into(),
             token,
             digest,
-            admin: self.config.admins.iter().any(|a| a == handle),
         })
     }
 
@@ -248,7 +259,6 @@ impl Accounts {
         Ok(Authed {
             user: rec.user,
             device: rec.device,
-            admin: self.config.admins.contains(&user.handle),
             handle: user.handle,
             token: t,
             digest,
@@ -330,8 +340,58 @@ impl Accounts {
         Ok(made)
     }
 
-    pub fn is_admin(&self, handle: &str) -> bool {
-        self.config.admins.iter().any(|a| a == handle)
+    /// Whether `user` holds an admin grant. Read from the store on every call (admin requests
+    /// are rare), so a grant or revocation takes effect at the next request, without a login.
+    pub fn is_admin(&self, user: u64) -> Result<bool, AuthError> {
+        Ok(self.store.is_admin(user)?)
+    }
+
+    /// The user a `courier admin` target names: `--user ID` or `--handle H`.
+    pub fn find_user(&self, target: &UserRef) -> Result<(u64, String), AuthError> {
+        let id = match target {
+            UserRef::Id(id) => Some(*id),
+            UserRef::Handle(handle) => self.store.user_id_by_handle(handle)?,
+        };
+        let record = match id {
+            Some(id) => self.store.user(id)?.map(|r| (id, r.handle)),
+            None => None,
+        };
+        record.ok_or_else(|| AuthError::UnknownUser(target.to_string()))
+    }
+
+    /// Grants admin rights to `user` (who must exist). Returns false if they had them already.
+    pub fn grant_admin(&self, user: u64) -> Result<bool, AuthError> {
+        if self.store.is_admin(user)? {
+            return Ok(false);
+        }
+        let mut batch = self.store.batch();
+        batch.put_admin(user, wall_us());
+        self.store.commit(batch)?;
+        Ok(true)
+    }
+
+    /// Revokes the admin rights of `user`. Returns false if they had none.
+    pub fn revoke_admin(&self, user: u64) -> Result<bool, AuthError> {
+        if !self.store.is_admin(user)? {
+            return Ok(false);
+        }
+        let mut batch = self.store.batch();
+        batch.delete_admin(user);
+        self.store.commit(batch)?;
+        Ok(true)
+    }
+
+    /// Every admin: (user id, handle, microseconds of the grant), by user id. A grant whose
+    /// user record is missing lists an empty handle.
+    pub fn admins(&self) -> Result<Vec<(u64, String, u64)>, AuthError> {
+        self.store
+            .admins()?
+            .into_iter()
+            .map(|(user, at)| {
+                let handle = self.store.user(user)?.map(|r| r.handle).unwrap_or_default();
+                Ok((user, handle, at))
+            })
+            .collect()
     }
 }
 
@@ -414,6 +474,37 @@ mod tests {
             a.login("carol", "password1", "d", ip),
             Err(AuthError::Throttled)
         ));
+    }
+
+    #[test]
+    fn admin_rights_are_granted_and_revoked_by_user_id_and_read_at_each_check() {
+        let (_d, a) = accounts();
+        let root = a.register("root", "password1", "d").unwrap();
+        let other = a.register("other", "password1", "d").unwrap();
+        assert!(!a.is_admin(root.user).unwrap());
+        let by_handle = a.find_user(&UserRef::Handle("root".into())).unwrap();
+        assert_eq!(by_handle, (root.user, "root".to_owned()));
+        assert!(a.grant_admin(root.user).unwrap());
+        assert!(
+            !a.grant_admin(root.user).unwrap(),
+            "a second grant changes nothing"
+        );
+        // The same Accounts sees the grant at once: nothing is cached past a check.
+        assert!(a.is_admin(root.user).unwrap());
+        assert!(!a.is_admin(other.user).unwrap());
+        let listed: Vec<(u64, String)> = a
+            .admins()
+            .unwrap()
+            .into_iter()
+            .map(|(u, h, _)| (u, h))
+            .collect();
+        assert_eq!(listed, vec![(root.user, "root".to_owned())]);
+        assert!(a.revoke_admin(root.user).unwrap());
+        assert!(!a.is_admin(root.user).unwrap());
+        assert!(!a.revoke_admin(root.user).unwrap());
+        let err = a.find_user(&UserRef::Id(999)).unwrap_err();
+        assert!(matches!(err, AuthError::UnknownUser(_)), "{err}");
+        assert!(a.find_user(&UserRef::Handle("nobody".into())).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 mod accounts;
 mod throttle;
 
-pub use accounts::{Accounts, AuthConfig, Authed, TokenDigest};
+pub use accounts::{Accounts, AuthConfig, Authed, TokenDigest, UserRef};
 
 use courier_protocol::ErrorCode;
 
@@ -32,6 +32,8 @@ pub enum AuthError {
     InvalidDevice,
     #[error("the prefix plus a number must make a valid handle: 3 to 32 characters of a-z, 0-9, '_', '.' or '-' (e.g. --prefix load)")]
     InvalidPrefix,
+    #[error("no account has {0}; `courier admin list` shows the admins, a client's AUTH_OK shows a user's id")]
+    UnknownUser(String),
     #[error("password hashing failed: {0}")]
     Hash(String),
     #[error(transparent)]
@@ -53,6 +55,7 @@ impl AuthError {
             AuthError::WeakPassword => ErrorCode::WeakPassword,
             AuthError::TooManyDevices { .. } => ErrorCode::TooManyDevices,
             AuthError::InvalidDevice => ErrorCode::InvalidArgument,
+            AuthError::UnknownUser(_) => ErrorCode::UnknownUser,
             AuthError::Hash(_) | AuthError::Store(_) | AuthError::Internal => ErrorCode::Internal,
         }
     }

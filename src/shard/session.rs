@@ -18,7 +18,7 @@ use courier_protocol::{
 use crossbeam_channel::TrySendError;
 
 use super::auth_pool::{AuthRequest, Job};
-use super::conn::{flag, State};
+use super::conn::State;
 use super::mailbox::ShardMsg;
 use super::read_pool::{ReadRequest, Refused};
 use super::Shard;
@@ -280,9 +280,6 @@ impl Shard {
         conn.device = authed.device;
         conn.digest = authed.digest;
         conn.last_frame = now;
-        if authed.admin {
-            conn.flags |= flag::ADMIN;
-        }
         ShardMetrics::add(&self.metrics().authenticated, 1);
         if let Some(seq) = self.core.directory.register(authed.user, me) {
             self.presence_changed(seq, authed.user, true, crate::clock::wall_us());
@@ -301,8 +298,7 @@ impl Shard {
         let Some(conn) = self.conns.get(slot) else {
             return;
         };
-        let (user, device, digest, admin) =
-            (conn.user, conn.device, conn.digest, conn.has(flag::ADMIN));
+        let (user, device, digest) = (conn.user, conn.device, conn.digest);
         let Some(me) = self.conn_ref(slot) else {
             return;
         };
@@ -328,7 +324,21 @@ impl Shard {
                 }
                 Err(e) => self.internal(slot, request_id, &e),
             },
-            Frame::AdminStats(_) if admin => {
+            Frame::AdminStats(_) => {
+                // Grants are read at each admin request (one point read; they are rare), so
+                // `courier admin grant`/`revoke` takes effect without a new login.
+                match self.core.accounts.is_admin(user) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return self.reply_error(
+                            slot,
+                            request_id,
+                            ErrorCode::Forbidden,
+                            "administration is for accounts granted admin rights (`courier admin grant`)",
+                        )
+                    }
+                    Err(e) => return self.internal(slot, request_id, &e),
+                }
                 let mut entries: Vec<Stat> = self
                     .core
                     .metrics
@@ -342,12 +352,6 @@ impl Shard {
                 });
                 self.send(slot, request_id, &Frame::Stats(Stats { entries }));
             }
-            Frame::AdminStats(_) => self.reply_error(
-                slot,
-                request_id,
-                ErrorCode::Forbidden,
-                "administration is for admin accounts only",
-            ),
             Frame::PresenceQuery(q) => self.presence_query(slot, request_id, user, &q.users),
             Frame::PresenceSubscribe(s) => {
                 self.presence_subscribe(slot, request_id, user, &s.users)

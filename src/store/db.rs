@@ -600,6 +600,22 @@ impl Store {
         Ok(id)
     }
 
+    /// Whether `user` was granted admin rights (`courier admin grant`).
+    pub fn is_admin(&self, user: u64) -> Result<bool, Error> {
+        Ok(self.get(CF_ADMINS, &keys::id(user))?.is_some())
+    }
+
+    /// Every admin grant: (user, microseconds of the grant), by user id.
+    pub fn admins(&self) -> Result<Vec<(u64, u64)>, Error> {
+        let mut out = Vec::new();
+        self.scan(CF_ADMINS, &[], &[], false, |k, v| {
+            let at = <[u8; 8]>::try_from(v).map_err(|_| Error::CorruptValue { record: "admin" })?;
+            out.push((keys::parse_id(CF_ADMINS, k)?, u64::from_be_bytes(at)));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
     pub fn last_seen(&self, user: u64) -> Result<Option<u64>, Error> {
         self.get_u64(CF_LAST_SEEN, &keys::id(user))
     }
@@ -953,6 +969,14 @@ impl Batch {
 
     pub fn put_device(&mut self, user: u64, name: &str, device: u32) {
         self.put(CF_DEVICES, &keys::device(user, name), &device.to_be_bytes());
+    }
+
+    pub fn put_admin(&mut self, user: u64, granted_at: u64) {
+        self.put(CF_ADMINS, &keys::id(user), &granted_at.to_be_bytes());
+    }
+
+    pub fn delete_admin(&mut self, user: u64) {
+        self.delete(CF_ADMINS, &keys::id(user));
     }
 
     pub fn put_last_seen(&mut self, user: u64, at: u64) {
