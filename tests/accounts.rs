@@ -3,10 +3,11 @@
 
 mod util;
 
+use std::net::IpAddr;
 use std::process::Command;
 
-use courier_protocol::{AdminStats, ErrorCode, Frame};
-use util::{error_code, Server, PASSWORD};
+use courier_protocol::{retry_after_secs, AdminStats, ErrorCode, Frame};
+use util::{error_code, Server, TestConn, PASSWORD};
 
 fn login(server: &Server, handle: &str) -> util::TestConn {
     let mut c = server.connect();
@@ -78,4 +79,41 @@ fn admin_rights_belong_to_granted_user_ids_not_to_a_handle() {
         ErrorCode::Forbidden
     );
     assert_eq!(server.admin(&["list"]), "");
+}
+
+/// The loopback addresses an attacker and the owner connect from: two source addresses.
+fn loopback(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+#[test]
+fn an_attacker_failing_from_one_address_does_not_lock_the_owner_out() {
+    let server = Server::start();
+    server.user("victim");
+    let mut attacker = TestConn::connect_from(server.addr, loopback(2));
+    attacker.hello();
+    let (mut failed, mut throttled) = (0, Vec::new());
+    for _ in 0..20 {
+        match attacker.try_login("victim", "not-the-password", "evil") {
+            Frame::ErrorReply(e) if e.code == ErrorCode::BadCredentials as u16 => failed += 1,
+            Frame::ErrorReply(e) if e.code == ErrorCode::LoginThrottled as u16 => {
+                throttled.push(e.message)
+            }
+            other => panic!("expected BAD_CREDENTIALS or LOGIN_THROTTLED, got {other:?}"),
+        }
+    }
+    assert!(failed >= 5, "the first five failures are free: {failed}");
+    let message = throttled.last().expect("the attacker was throttled");
+    let hint = retry_after_secs(message).unwrap_or_else(|| panic!("no retry hint: {message}"));
+    assert!((1..=900).contains(&hint), "{message}");
+
+    // The owner, from another address, logs in at once, with the right password only.
+    let mut owner = TestConn::connect_from(server.addr, loopback(3));
+    owner.hello();
+    owner.login("victim", PASSWORD, "phone");
+    // The attacker's address is still throttled for this account.
+    assert_eq!(
+        error_code(&attacker.try_login("victim", PASSWORD, "evil")),
+        ErrorCode::LoginThrottled
+    );
 }

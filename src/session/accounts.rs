@@ -4,14 +4,15 @@
 //! digest (BLAKE2b, 16 bytes), so a copy of the data directory cannot be used to log in.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use blake2::digest::consts::U16;
 use blake2::{Blake2b, Digest};
 
-use super::throttle::Throttle;
+use super::limits::{Gate, Thresholds};
+use super::throttle::Source;
 use super::AuthError;
 use crate::clock::wall_us;
 use crate::cluster::{Home, Router};
@@ -39,9 +40,8 @@ pub struct AuthConfig {
     /// argon2id memory cost in KiB (OWASP's minimum, 19 MiB, by default).
     pub argon2_m_kib: u32,
     pub argon2_t: u32,
-    /// Failed logins allowed per account, and per source address, per minute.
-    pub max_failures_per_account: u32,
-    pub max_failures_per_address: u32,
+    /// The authentication throttles (PROTOCOL.md section 9).
+    pub limits: Thresholds,
     /// Device names one account may use (each keeps its device number for good).
     pub max_devices: u32,
     /// In a cluster, new accounts get ids homed on this node (so `REGISTER` never redirects).
@@ -53,8 +53,7 @@ impl Default for AuthConfig {
         Self {
             argon2_m_kib: 19 * 1024,
             argon2_t: 2,
-            max_failures_per_account: 5,
-            max_failures_per_address: 20,
+            limits: Thresholds::default(),
             max_devices: 100,
             router: None,
         }
@@ -92,8 +91,7 @@ pub struct Accounts {
     store: Store,
     argon: Argon2<'static>,
     config: AuthConfig,
-    by_account: Throttle<u64>,
-    by_address: Throttle<IpAddr>,
+    gate: Gate,
 }
 
 pub fn digest(token: &[u8]) -> TokenDigest {
@@ -111,12 +109,10 @@ impl Accounts {
     pub fn new(store: Store, config: AuthConfig) -> Result<Self, AuthError> {
         let params = Params::new(config.argon2_m_kib, config.argon2_t, 1, None)
             .map_err(|e| AuthError::Hash(e.to_string()))?;
-        let window = Duration::from_secs(60);
         Ok(Self {
             store,
             argon: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
-            by_account: Throttle::new(config.max_failures_per_account, window),
-            by_address: Throttle::new(config.max_failures_per_address, window),
+            gate: Gate::new(&config.limits),
             config,
         })
     }
@@ -172,16 +168,10 @@ impl Accounts {
         from: IpAddr,
     ) -> Result<Authed, AuthError> {
         check_device(device)?;
-        let now = Instant::now();
-        if !self.by_address.allowed(&from, now) {
-            return Err(AuthError::Throttled);
-        }
+        let from = Source::of(from);
         let user = self.store.user_id_by_handle(handle)?;
-        if let Some(user) = user {
-            if !self.by_account.allowed(&user, now) {
-                return Err(AuthError::Throttled);
-            }
-        }
+        // Charged as a failure before the (slow) check, refunded below if it succeeds.
+        self.gate.begin_login(user, from, Instant::now())?;
         let record = match user {
             Some(user) => self.store.user(user)?.map(|r| (user, r)),
             None => None,
@@ -201,18 +191,10 @@ impl Accounts {
                 false
             }
         };
+        self.gate.end_login(user, from, ok);
         match record {
-            Some((user, rec)) if ok => {
-                self.by_account.succeed(&user);
-                self.issue(user, &rec.handle, device)
-            }
-            _ => {
-                self.by_address.fail(from, now);
-                if let Some(user) = user {
-                    self.by_account.fail(user, now);
-                }
-                Err(AuthError::BadCredentials)
-            }
+            Some((user, rec)) if ok => self.issue(user, &rec.handle, device),
+            _ => Err(AuthError::BadCredentials),
         }
     }
 
@@ -472,8 +454,11 @@ mod tests {
         }
         assert!(matches!(
             a.login("carol", "password1", "d", ip),
-            Err(AuthError::Throttled)
+            Err(AuthError::Throttled { .. })
         ));
+        // The owner, from another address, is not delayed by those failures.
+        let elsewhere: IpAddr = "2001:db8::1".parse().unwrap();
+        a.login("carol", "password1", "d", elsewhere).unwrap();
     }
 
     #[test]

@@ -5,9 +5,12 @@
 //! [`Accounts::resume`] is one hash of a 32-byte token and one point read: microseconds.
 
 mod accounts;
+mod limits;
 mod throttle;
 
 pub use accounts::{Accounts, AuthConfig, Authed, TokenDigest, UserRef};
+pub use limits::Thresholds;
+pub use throttle::Policy;
 
 use courier_protocol::ErrorCode;
 
@@ -20,8 +23,13 @@ pub enum AuthError {
     BadCredentials,
     #[error("the session token is unknown or revoked; log in with the password")]
     InvalidToken,
-    #[error("too many failed logins; wait a minute and try again")]
-    Throttled,
+    /// The message ends with the retry hint in the fixed form of
+    /// [`courier_protocol::retry_hint`] (PROTOCOL.md section 8).
+    #[error("{scope}; retry in {retry_after_secs} s [retry_after_secs={retry_after_secs}]")]
+    Throttled {
+        scope: &'static str,
+        retry_after_secs: u32,
+    },
     #[error("a handle is 3 to 32 characters of a-z, 0-9, '_', '.' or '-'")]
     InvalidHandle,
     #[error("a password is 8 to 256 bytes")]
@@ -50,7 +58,7 @@ impl AuthError {
             AuthError::HandleTaken => ErrorCode::HandleTaken,
             AuthError::BadCredentials => ErrorCode::BadCredentials,
             AuthError::InvalidToken => ErrorCode::InvalidToken,
-            AuthError::Throttled => ErrorCode::LoginThrottled,
+            AuthError::Throttled { .. } => ErrorCode::LoginThrottled,
             AuthError::InvalidHandle | AuthError::InvalidPrefix => ErrorCode::InvalidHandle,
             AuthError::WeakPassword => ErrorCode::WeakPassword,
             AuthError::TooManyDevices { .. } => ErrorCode::TooManyDevices,
@@ -58,5 +66,24 @@ impl AuthError {
             AuthError::UnknownUser(_) => ErrorCode::UnknownUser,
             AuthError::Hash(_) | AuthError::Store(_) | AuthError::Internal => ErrorCode::Internal,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttled_message_carries_the_documented_retry_hint() {
+        let e = AuthError::Throttled {
+            scope: "too many failed logins from your address",
+            retry_after_secs: 42,
+        };
+        let message = e.to_string();
+        assert_eq!(courier_protocol::retry_after_secs(&message), Some(42));
+        assert!(
+            message.ends_with(&courier_protocol::retry_hint(42)),
+            "{message}"
+        );
     }
 }

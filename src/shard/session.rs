@@ -207,7 +207,10 @@ impl Shard {
                 slot,
                 request_id,
                 ErrorCode::LoginThrottled,
-                "the server is busy checking passwords; retry in a moment",
+                &format!(
+                    "the server is busy checking passwords; retry in a moment {}",
+                    courier_protocol::retry_hint(1)
+                ),
             ),
             Err(TrySendError::Disconnected(_)) => self.reply_error(
                 slot,
