@@ -6,6 +6,7 @@ mod util;
 use std::net::IpAddr;
 use std::process::Command;
 
+use bytes::Bytes;
 use courier_protocol::{retry_after_secs, AdminStats, ErrorCode, Frame};
 use util::{error_code, Server, TestConn, PASSWORD};
 
@@ -116,4 +117,34 @@ fn an_attacker_failing_from_one_address_does_not_lock_the_owner_out() {
         error_code(&attacker.try_login("victim", PASSWORD, "evil")),
         ErrorCode::LoginThrottled
     );
+}
+
+#[test]
+fn forged_resume_tokens_are_throttled_per_address() {
+    let server = Server::start();
+    let (_alice, ok) = server.user("alice");
+    let mut forger = TestConn::connect_from(server.addr, loopback(2));
+    forger.hello();
+    let (mut invalid, mut throttled) = (0, Vec::new());
+    for i in 0..300u32 {
+        let mut token = [0u8; 32];
+        token[..4].copy_from_slice(&i.to_be_bytes());
+        match forger.try_resume(&Bytes::copy_from_slice(&token)) {
+            Frame::ErrorReply(e) if e.code == ErrorCode::InvalidToken as u16 => invalid += 1,
+            Frame::ErrorReply(e) if e.code == ErrorCode::LoginThrottled as u16 => {
+                throttled.push(e.message)
+            }
+            other => panic!("expected INVALID_TOKEN or LOGIN_THROTTLED, got {other:?}"),
+        }
+    }
+    assert!(
+        (10..60).contains(&invalid),
+        "{invalid} of 300 forged tokens were checked"
+    );
+    let message = throttled.last().expect("the forger was throttled");
+    assert!(retry_after_secs(message).is_some(), "{message}");
+    // A device with a real token, from another address, resumes at once.
+    let mut device = TestConn::connect_from(server.addr, loopback(3));
+    device.hello();
+    assert_eq!(device.resume(&ok.token).user, ok.user);
 }

@@ -229,7 +229,19 @@ impl Accounts {
     }
 
     /// Logs in with a session token: one digest and two point reads, no password hashing.
-    pub fn resume(&self, token: &[u8]) -> Result<Authed, AuthError> {
+    /// Unknown tokens count against the source address `from` (PROTOCOL.md section 9).
+    pub fn resume(&self, token: &[u8], from: IpAddr) -> Result<Authed, AuthError> {
+        let from = Source::of(from);
+        let now = Instant::now();
+        self.gate.check_resume(from, now)?;
+        let found = self.find_token(token);
+        if matches!(found, Err(AuthError::InvalidToken)) {
+            self.gate.resume_failed(from, now);
+        }
+        found
+    }
+
+    fn find_token(&self, token: &[u8]) -> Result<Authed, AuthError> {
         if token.len() != TOKEN_LEN {
             return Err(AuthError::InvalidToken);
         }
@@ -416,20 +428,24 @@ mod tests {
             a.login("alice", "password1", "phone", ip).unwrap().device,
             reg.device
         );
-        let resumed = a.resume(&laptop.token).unwrap();
+        let resumed = a.resume(&laptop.token, ip).unwrap();
         assert_eq!((resumed.user, resumed.device), (laptop.user, laptop.device));
         a.logout(laptop.user, &laptop.digest).unwrap();
         assert!(matches!(
-            a.resume(&laptop.token),
+            a.resume(&laptop.token, ip),
             Err(AuthError::InvalidToken)
         ));
         assert_eq!(a.logout_all(reg.user).unwrap().len(), 2);
-        assert!(matches!(a.resume(&reg.token), Err(AuthError::InvalidToken)));
+        assert!(matches!(
+            a.resume(&reg.token, ip),
+            Err(AuthError::InvalidToken)
+        ));
     }
 
     #[test]
     fn bad_input_is_refused() {
         let (_d, a) = accounts();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
         assert!(matches!(
             a.register("A!", "password1", "d"),
             Err(AuthError::InvalidHandle)
@@ -438,7 +454,10 @@ mod tests {
             a.register("bob", "short", "d"),
             Err(AuthError::WeakPassword)
         ));
-        assert!(matches!(a.resume(b"short"), Err(AuthError::InvalidToken)));
+        assert!(matches!(
+            a.resume(b"short", ip),
+            Err(AuthError::InvalidToken)
+        ));
     }
 
     #[test]
@@ -510,8 +529,9 @@ mod tests {
             })
             .unwrap();
         assert_eq!(made, 50);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
         for (u, h, t) in &tokens {
-            let r = a.resume(t).unwrap();
+            let r = a.resume(t, ip).unwrap();
             assert_eq!((&r.user, &r.handle), (u, h));
         }
     }

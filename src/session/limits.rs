@@ -7,6 +7,7 @@
 //!   an attacker with many addresses can make the auth pool do. An attempt is charged to all
 //!   three *before* the password is checked and refunded if it succeeds, so concurrent attempts
 //!   on the auth workers cannot slip past a limit together.
+//! * `RESUME`: failures (unknown tokens) per source address, with backoff.
 //!
 //! A source address is an IPv4 address or an IPv6 /64 ([`Source`]).
 
@@ -30,6 +31,8 @@ pub struct Thresholds {
     /// Failed logins per second on the whole server, and how many may come at once.
     pub login_failures_per_sec: u32,
     pub login_failures_burst: u32,
+    /// Failed resumes (unknown tokens) per source address.
+    pub resume_per_source: Policy,
     /// Keys each table keeps at most.
     pub table_cap: usize,
 }
@@ -54,6 +57,12 @@ impl Default for Thresholds {
             // would have counted nothing anyway.
             login_failures_per_sec: 20,
             login_failures_burst: 40,
+            resume_per_source: Policy::Backoff {
+                free: 10,
+                base: Duration::from_secs(1),
+                max: 15 * MINUTE,
+                reset: HOUR,
+            },
             table_cap: 100_000,
         }
     }
@@ -68,6 +77,7 @@ struct LoginState {
 /// The authentication throttles of one server.
 pub struct Gate {
     login: Mutex<LoginState>,
+    resume: Mutex<Table<Source>>,
 }
 
 fn throttled(scope: &'static str, wait: Duration) -> AuthError {
@@ -85,6 +95,7 @@ impl Gate {
                 by_source: Table::new(t.login_per_source, t.table_cap),
                 global: Bucket::new(t.login_failures_per_sec, t.login_failures_burst),
             }),
+            resume: Mutex::new(Table::new(t.resume_per_source, t.table_cap)),
         }
     }
 
@@ -134,11 +145,31 @@ impl Gate {
         s.global.give_back();
     }
 
-    /// Keys held by the login tables (for tests of the bound).
+    /// Whether `from` may try a RESUME now.
+    pub fn check_resume(&self, from: Source, now: Instant) -> Result<(), AuthError> {
+        match self.resume.lock().wait(&from, now) {
+            Some(wait) => Err(throttled(
+                "too many unknown session tokens from your address",
+                wait,
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// A RESUME from `from` named no valid token.
+    pub fn resume_failed(&self, from: Source, now: Instant) {
+        self.resume.lock().record(from, now);
+    }
+
+    /// Keys held by the login and resume tables (for tests of the bound).
     #[cfg(test)]
-    pub fn sizes(&self) -> [usize; 2] {
+    pub fn sizes(&self) -> [usize; 3] {
         let s = self.login.lock();
-        [s.by_account_source.len(), s.by_source.len()]
+        [
+            s.by_account_source.len(),
+            s.by_source.len(),
+            self.resume.lock().len(),
+        ]
     }
 }
 
@@ -227,7 +258,32 @@ mod tests {
         for i in 0..10_000u32 {
             let from = Source::of(std::net::IpAddr::from(i.to_be_bytes()));
             let _ = gate.begin_login(Some(u64::from(i)), from, now);
+            gate.resume_failed(from, now);
         }
-        assert_eq!(gate.sizes(), [100; 2]);
+        assert_eq!(gate.sizes(), [100; 3]);
+    }
+
+    #[test]
+    fn failed_resumes_are_throttled_per_address() {
+        let gate = Gate::new(&Thresholds::default());
+        let now = Instant::now();
+        for _ in 0..10 {
+            gate.check_resume(src(2), now).unwrap();
+            gate.resume_failed(src(2), now);
+        }
+        let err = gate.check_resume(src(2), now).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AuthError::Throttled {
+                    retry_after_secs: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        gate.check_resume(src(3), now).unwrap();
+        gate.check_resume(src(2), now + Duration::from_secs(1))
+            .unwrap();
     }
 }

@@ -109,8 +109,7 @@ impl Shard {
                 },
             ),
             (State::AwaitAuth, Frame::Login(l)) => {
-                let from = self.conns.get(slot).and_then(|c| c.stream.peer_addr().ok());
-                let from = from.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+                let from = self.peer_ip(slot);
                 self.start_auth(
                     slot,
                     request_id,
@@ -122,10 +121,13 @@ impl Shard {
                     },
                 )
             }
-            (State::AwaitAuth, Frame::Resume(r)) => match self.core.accounts.resume(&r.token) {
-                Ok(authed) => self.finish_auth(slot, request_id, authed),
-                Err(e) => self.auth_failed(slot, request_id, e),
-            },
+            (State::AwaitAuth, Frame::Resume(r)) => {
+                let from = self.peer_ip(slot);
+                match self.core.accounts.resume(&r.token, from) {
+                    Ok(authed) => self.finish_auth(slot, request_id, authed),
+                    Err(e) => self.auth_failed(slot, request_id, e),
+                }
+            }
             (State::Authenticating, Frame::Register(_) | Frame::Login(_) | Frame::Resume(_)) => {
                 self.reply_error(
                     slot,
@@ -149,6 +151,13 @@ impl Shard {
             ),
             (State::Authed, frame) => self.on_authed_frame(slot, request_id, frame),
         }
+    }
+
+    /// The source address of the connection in `slot`, as the authentication throttles count
+    /// it: asked of the socket when a request arrives (a `Conn` does not keep it).
+    fn peer_ip(&self, slot: usize) -> IpAddr {
+        let from = self.conns.get(slot).and_then(|c| c.stream.peer_addr().ok());
+        from.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
     }
 
     /// Queues `ERROR_REPLY(request_id, code)` without closing.
