@@ -48,6 +48,9 @@ pub const ADMIN_REMOVED: &str = "admin rights no longer go to whoever registers 
 Remove `admin` from the configuration, stop the server and grant them by account: \
 `courier admin grant --data-dir DIR --handle HANDLE` (or `--user ID`); `courier admin list` shows the grants";
 
+/// The longest registration window: 30 days.
+pub const MAX_REGISTER_WINDOW_SECS: u64 = 30 * 86_400;
+
 /// The longest dedupe window: 30 days.
 pub const MAX_DEDUPE_WINDOW_SECS: u64 = 30 * 86_400;
 
@@ -150,6 +153,13 @@ pub struct ServeArgs {
     /// argon2id memory cost in KiB [default: 19456].
     #[arg(long)]
     pub argon2_m_kib: Option<u32>,
+    /// Accounts one source address (IPv4 address, IPv6 /64) may register per
+    /// register-window-secs [default: 20].
+    #[arg(long)]
+    pub register_per_address: Option<u32>,
+    /// The window of register-per-address, in seconds [default: 3600].
+    #[arg(long)]
+    pub register_window_secs: Option<u64>,
     /// Members a group may have; THREAD_INFO must fit in max_frame [default: 1024, or fewer
     /// when max_frame is small].
     #[arg(long)]
@@ -218,6 +228,8 @@ struct FileConfig {
     /// Removed (see [`ADMIN_REMOVED`]); any value is refused with that message.
     admin: Option<toml::Value>,
     argon2_m_kib: Option<u32>,
+    register_per_address: Option<u32>,
+    register_window_secs: Option<u64>,
     max_group: Option<usize>,
     max_body: Option<usize>,
     recall_window_secs: Option<u64>,
@@ -250,6 +262,9 @@ pub struct Config {
     pub max_output: usize,
     pub rate_limit: u32,
     pub argon2_m_kib: u32,
+    /// Registrations per source address per `register_window_secs`.
+    pub register_per_address: u32,
+    pub register_window_secs: u64,
     pub max_group: usize,
     pub max_body: usize,
     pub recall_window_secs: u64,
@@ -311,6 +326,14 @@ impl Config {
             max_output: args.max_output.or(file.max_output).unwrap_or(4 << 20),
             rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(500),
             argon2_m_kib: args.argon2_m_kib.or(file.argon2_m_kib).unwrap_or(19 * 1024),
+            register_per_address: args
+                .register_per_address
+                .or(file.register_per_address)
+                .unwrap_or(20),
+            register_window_secs: args
+                .register_window_secs
+                .or(file.register_window_secs)
+                .unwrap_or(3600),
             max_group: 0,
             max_body: args.max_body.or(file.max_body).unwrap_or(16 * 1024),
             recall_window_secs: args
@@ -458,6 +481,20 @@ impl Config {
                 "max_group",
                 &self.max_group,
                 "THREAD_INFO lists every member in one frame: raise max_frame (each member takes 25 bytes) or lower max_group",
+            );
+        }
+        if self.register_per_address == 0 {
+            return invalid(
+                "register_per_address",
+                &0,
+                "use at least 1 account per address and window",
+            );
+        }
+        if !(1..=MAX_REGISTER_WINDOW_SECS).contains(&self.register_window_secs) {
+            return invalid(
+                "register_window_secs",
+                &self.register_window_secs,
+                "use 1 second to 30 days",
             );
         }
         if self.rate_limit == 0 {

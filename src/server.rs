@@ -10,6 +10,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
@@ -22,7 +23,7 @@ use crate::cluster::Router;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::metrics::{self, Metrics};
-use crate::session::{Accounts, AuthConfig, AuthError};
+use crate::session::{Accounts, AuthConfig, AuthError, Policy, Thresholds};
 use crate::shard::mailbox::{Mailbox, ShardMsg, MAILBOX_CAPACITY};
 use crate::shard::read_pool::ReadPool;
 use crate::shard::{self, auth_pool, Core, ShardParts, WAKER};
@@ -100,6 +101,13 @@ pub fn serve(config: Config) -> Result<(), Error> {
     let auth_config = AuthConfig {
         argon2_m_kib: config.argon2_m_kib,
         max_devices: config.max_devices,
+        limits: Thresholds {
+            register_per_source: Policy::Window {
+                limit: config.register_per_address,
+                window: Duration::from_secs(config.register_window_secs),
+            },
+            ..Thresholds::default()
+        },
         router: Some(Router::new(&config.node_id, &config.peers)),
         ..AuthConfig::default()
     };

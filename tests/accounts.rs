@@ -148,3 +148,33 @@ fn forged_resume_tokens_are_throttled_per_address() {
     device.hello();
     assert_eq!(device.resume(&ok.token).user, ok.user);
 }
+
+#[test]
+fn a_registration_flood_from_one_address_is_throttled() {
+    let server = Server::start_with(&["--register-per-address", "3"]);
+    let mut flood = TestConn::connect_from(server.addr, loopback(2));
+    flood.hello();
+    for i in 0..3 {
+        let mut c = TestConn::connect_from(server.addr, loopback(2));
+        c.hello();
+        c.register(&format!("bot{i}"), PASSWORD, "d");
+    }
+    let refused = flood.try_register("bot3", PASSWORD, "d");
+    assert_eq!(error_code(&refused), ErrorCode::LoginThrottled);
+    let Frame::ErrorReply(e) = refused else {
+        unreachable!()
+    };
+    let hint = retry_after_secs(&e.message).unwrap_or_else(|| panic!("no hint: {}", e.message));
+    assert!((3500..=3600).contains(&hint), "{}", e.message);
+    // Nothing was created, and another address registers as usual.
+    let mut other = TestConn::connect_from(server.addr, loopback(3));
+    other.hello();
+    other.register("human", PASSWORD, "d");
+    let mut check = TestConn::connect_from(server.addr, loopback(3));
+    check.hello();
+    assert_eq!(
+        error_code(&check.try_login("bot3", PASSWORD, "d")),
+        ErrorCode::BadCredentials,
+        "the refused registration created no account"
+    );
+}

@@ -134,7 +134,27 @@ impl Accounts {
         }
     }
 
-    /// Creates an account and logs `device` in. Slow (argon2id): call off the event loop.
+    /// [`register`](Self::register) for a client at `from`, counted against that address
+    /// (PROTOCOL.md section 9). Slow (argon2id): call off the event loop.
+    pub fn register_from(
+        &self,
+        handle: &str,
+        password: &str,
+        device: &str,
+        from: IpAddr,
+    ) -> Result<Authed, AuthError> {
+        if !valid_handle(handle) {
+            return Err(AuthError::InvalidHandle);
+        }
+        Self::check_password(password)?;
+        check_device(device)?;
+        self.gate.begin_register(Source::of(from), Instant::now())?;
+        self.register(handle, password, device)
+    }
+
+    /// Creates an account and logs `device` in, unthrottled (tools and tests; clients go
+    /// through [`register_from`](Self::register_from)). Slow (argon2id): call off the event
+    /// loop.
     pub fn register(
         &self,
         handle: &str,

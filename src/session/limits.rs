@@ -8,6 +8,8 @@
 //!   three *before* the password is checked and refunded if it succeeds, so concurrent attempts
 //!   on the auth workers cannot slip past a limit together.
 //! * `RESUME`: failures (unknown tokens) per source address, with backoff.
+//! * `REGISTER`: attempts per source address per window (`--register-per-address`,
+//!   `--register-window-secs`).
 //!
 //! A source address is an IPv4 address or an IPv6 /64 ([`Source`]).
 
@@ -33,6 +35,8 @@ pub struct Thresholds {
     pub login_failures_burst: u32,
     /// Failed resumes (unknown tokens) per source address.
     pub resume_per_source: Policy,
+    /// Registrations per source address.
+    pub register_per_source: Policy,
     /// Keys each table keeps at most.
     pub table_cap: usize,
 }
@@ -63,6 +67,10 @@ impl Default for Thresholds {
                 max: 15 * MINUTE,
                 reset: HOUR,
             },
+            register_per_source: Policy::Window {
+                limit: 20,
+                window: HOUR,
+            },
             table_cap: 100_000,
         }
     }
@@ -78,6 +86,7 @@ struct LoginState {
 pub struct Gate {
     login: Mutex<LoginState>,
     resume: Mutex<Table<Source>>,
+    register: Mutex<Table<Source>>,
 }
 
 fn throttled(scope: &'static str, wait: Duration) -> AuthError {
@@ -96,6 +105,7 @@ impl Gate {
                 global: Bucket::new(t.login_failures_per_sec, t.login_failures_burst),
             }),
             resume: Mutex::new(Table::new(t.resume_per_source, t.table_cap)),
+            register: Mutex::new(Table::new(t.register_per_source, t.table_cap)),
         }
     }
 
@@ -161,14 +171,29 @@ impl Gate {
         self.resume.lock().record(from, now);
     }
 
-    /// Keys held by the login and resume tables (for tests of the bound).
+    /// Admits and counts a registration from `from` (every attempt that gets as far as
+    /// hashing its password counts, whether or not the account is then created).
+    pub fn begin_register(&self, from: Source, now: Instant) -> Result<(), AuthError> {
+        let mut table = self.register.lock();
+        if let Some(wait) = table.wait(&from, now) {
+            return Err(throttled(
+                "too many accounts registered from your address",
+                wait,
+            ));
+        }
+        table.record(from, now);
+        Ok(())
+    }
+
+    /// Keys held by the login, resume and register tables (for tests of the bound).
     #[cfg(test)]
-    pub fn sizes(&self) -> [usize; 3] {
+    pub fn sizes(&self) -> [usize; 4] {
         let s = self.login.lock();
         [
             s.by_account_source.len(),
             s.by_source.len(),
             self.resume.lock().len(),
+            self.register.lock().len(),
         ]
     }
 }
@@ -259,8 +284,9 @@ mod tests {
             let from = Source::of(std::net::IpAddr::from(i.to_be_bytes()));
             let _ = gate.begin_login(Some(u64::from(i)), from, now);
             gate.resume_failed(from, now);
+            let _ = gate.begin_register(from, now);
         }
-        assert_eq!(gate.sizes(), [100; 3]);
+        assert_eq!(gate.sizes(), [100; 4]);
     }
 
     #[test]
@@ -285,5 +311,27 @@ mod tests {
         gate.check_resume(src(3), now).unwrap();
         gate.check_resume(src(2), now + Duration::from_secs(1))
             .unwrap();
+    }
+
+    #[test]
+    fn registrations_are_counted_per_address_per_window() {
+        let gate = Gate::new(&Thresholds::default());
+        let now = Instant::now();
+        for _ in 0..20 {
+            gate.begin_register(src(2), now).unwrap();
+        }
+        let err = gate.begin_register(src(2), now).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AuthError::Throttled {
+                    retry_after_secs: 3600,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        gate.begin_register(src(3), now).unwrap();
+        gate.begin_register(src(2), now + HOUR).unwrap();
     }
 }

@@ -99,15 +99,19 @@ impl Shard {
                 }
                 self.send(slot, request_id, &Frame::Pong(Pong { nonce: p.nonce }))
             }
-            (State::AwaitAuth, Frame::Register(r)) => self.start_auth(
-                slot,
-                request_id,
-                Job::Register {
-                    handle: r.handle,
-                    password: r.password,
-                    device: r.device,
-                },
-            ),
+            (State::AwaitAuth, Frame::Register(r)) => {
+                let from = self.peer_ip(slot);
+                self.start_auth(
+                    slot,
+                    request_id,
+                    Job::Register {
+                        handle: r.handle,
+                        password: r.password,
+                        device: r.device,
+                        from,
+                    },
+                )
+            }
             (State::AwaitAuth, Frame::Login(l)) => {
                 let from = self.peer_ip(slot);
                 self.start_auth(

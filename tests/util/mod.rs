@@ -67,8 +67,9 @@ impl Server {
         Server::start_with(&[])
     }
 
-    /// Starts a server with `extra` arguments. The harness adds `--shards 2` and
-    /// `--argon2-m-kib 64` (fast password hashing) unless `extra` sets them.
+    /// Starts a server with `extra` arguments. The harness adds `--shards 2`,
+    /// `--argon2-m-kib 64` (fast password hashing) and `--register-per-address 1000000` unless
+    /// `extra` sets them.
     pub fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let data_dir = dir.path().join("data");
@@ -373,7 +374,13 @@ fn spawn(
         .open(log_path)
         .expect("open the server log");
     let mut defaults = Vec::new();
-    for (flag, value) in [("--shards", "2"), ("--argon2-m-kib", "64")] {
+    // Tests register many accounts from one loopback address: no registration limit unless
+    // a test sets one.
+    for (flag, value) in [
+        ("--shards", "2"),
+        ("--argon2-m-kib", "64"),
+        ("--register-per-address", "1000000"),
+    ] {
         if !extra.iter().any(|a| a == flag) {
             defaults.extend([flag, value]);
         }
