@@ -160,6 +160,10 @@ pub struct ServeArgs {
     /// The window of register-per-address, in seconds [default: 3600].
     #[arg(long)]
     pub register_window_secs: Option<u64>,
+    /// Days a session token may go unused before it expires (RESUME then answers
+    /// INVALID_TOKEN; the device logs in with its password) [default: 90].
+    #[arg(long)]
+    pub token_idle_days: Option<u32>,
     /// Members a group may have; THREAD_INFO must fit in max_frame [default: 1024, or fewer
     /// when max_frame is small].
     #[arg(long)]
@@ -230,6 +234,7 @@ struct FileConfig {
     argon2_m_kib: Option<u32>,
     register_per_address: Option<u32>,
     register_window_secs: Option<u64>,
+    token_idle_days: Option<u32>,
     max_group: Option<usize>,
     max_body: Option<usize>,
     recall_window_secs: Option<u64>,
@@ -265,6 +270,8 @@ pub struct Config {
     /// Registrations per source address per `register_window_secs`.
     pub register_per_address: u32,
     pub register_window_secs: u64,
+    /// Days a session token may go unused before it expires.
+    pub token_idle_days: u32,
     pub max_group: usize,
     pub max_body: usize,
     pub recall_window_secs: u64,
@@ -334,6 +341,7 @@ impl Config {
                 .register_window_secs
                 .or(file.register_window_secs)
                 .unwrap_or(3600),
+            token_idle_days: args.token_idle_days.or(file.token_idle_days).unwrap_or(90),
             max_group: 0,
             max_body: args.max_body.or(file.max_body).unwrap_or(16 * 1024),
             recall_window_secs: args
@@ -495,6 +503,13 @@ impl Config {
                 "register_window_secs",
                 &self.register_window_secs,
                 "use 1 second to 30 days",
+            );
+        }
+        if !(1..=3650).contains(&self.token_idle_days) {
+            return invalid(
+                "token_idle_days",
+                &self.token_idle_days,
+                "use 1 to 3650 days",
             );
         }
         if self.rate_limit == 0 {

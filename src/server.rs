@@ -23,7 +23,7 @@ use crate::cluster::Router;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::metrics::{self, Metrics};
-use crate::session::{Accounts, AuthConfig, AuthError, Policy, Thresholds};
+use crate::session::{self, Accounts, AuthConfig, AuthError, Policy, Thresholds};
 use crate::shard::mailbox::{Mailbox, ShardMsg, MAILBOX_CAPACITY};
 use crate::shard::read_pool::ReadPool;
 use crate::shard::{self, auth_pool, Core, ShardParts, WAKER};
@@ -68,10 +68,19 @@ pub fn serve(config: Config) -> Result<(), Error> {
     tracing::info!("capacity: {max_connections} connections (open files limit {limit})");
 
     let dedupe_window_us = config.dedupe_window_secs.saturating_mul(1_000_000);
+    let token_idle_us = std::env::var(session::TEST_TOKEN_IDLE_MS)
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map_or(u64::from(config.token_idle_days) * 86_400_000_000, |ms| {
+            ms.saturating_mul(1000)
+        });
     let store = Store::open_with(
         &config.data_dir,
         config.fsync,
-        StoreOptions { dedupe_window_us },
+        StoreOptions {
+            dedupe_window_us,
+            token_idle_us,
+        },
     )?;
     let faults = shard::Faults::from_env();
     if faults.skip_space_check {
@@ -109,6 +118,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
             ..Thresholds::default()
         },
         router: Some(Router::new(&config.node_id, &config.peers)),
+        token_idle_us,
         ..AuthConfig::default()
     };
     let accounts = Arc::new(Accounts::new(store.clone(), auth_config)?);

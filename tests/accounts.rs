@@ -5,10 +5,11 @@ mod util;
 
 use std::net::IpAddr;
 use std::process::Command;
+use std::time::Duration;
 
 use bytes::Bytes;
-use courier_protocol::{retry_after_secs, AdminStats, ErrorCode, Frame};
-use util::{error_code, Server, TestConn, PASSWORD};
+use courier_protocol::{retry_after_secs, AdminStats, ErrorCode, Frame, Logout, LogoutAll};
+use util::{error_code, has_error, Server, TestConn, PASSWORD, REPLY_TIMEOUT};
 
 fn login(server: &Server, handle: &str) -> util::TestConn {
     let mut c = server.connect();
@@ -177,4 +178,114 @@ fn a_registration_flood_from_one_address_is_throttled() {
         ErrorCode::BadCredentials,
         "the refused registration created no account"
     );
+}
+
+#[test]
+fn device_names_must_be_printable_text() {
+    let server = Server::start();
+    let mut c = server.connect();
+    c.hello();
+    for bad in ["phone\n", "\u{7}bell", "\u{202E}enohp", "   "] {
+        let refused = c.try_register("alice", PASSWORD, bad);
+        assert_eq!(error_code(&refused), ErrorCode::InvalidArgument, "{bad:?}");
+        let Frame::ErrorReply(e) = refused else {
+            unreachable!()
+        };
+        assert!(e.message.contains("printable"), "{}", e.message);
+    }
+    c.register("alice", PASSWORD, "Alice's phone \u{1F4F1}");
+    let mut d = server.connect();
+    d.hello();
+    assert_eq!(
+        error_code(&d.try_login("alice", PASSWORD, "tab\there")),
+        ErrorCode::InvalidArgument
+    );
+}
+
+#[test]
+fn logging_in_again_as_the_same_device_replaces_its_token_at_once() {
+    let server = Server::start();
+    let (mut first, reg) = server.user("alice");
+    let mut again = server.connect();
+    again.hello();
+    let renewed = again.login("alice", PASSWORD, "test");
+    assert_eq!(renewed.device, reg.device);
+    assert_ne!(renewed.token, reg.token);
+    // The connection still on the old token is closed, and the old token is refused.
+    let closed = first.expect_closed(REPLY_TIMEOUT);
+    assert!(has_error(&closed, ErrorCode::SessionRevoked), "{closed:?}");
+    let mut c = server.connect();
+    c.hello();
+    assert_eq!(
+        error_code(&c.try_resume(&reg.token)),
+        ErrorCode::InvalidToken
+    );
+    c.resume(&renewed.token);
+    again.ping();
+}
+
+#[test]
+fn logout_revokes_the_token_on_every_connection_at_once() {
+    let server = Server::start();
+    let (mut phone, reg) = server.user("alice");
+    // A second connection on the same token (a reconnect that overlapped the old one).
+    let mut twin = server.connect();
+    twin.hello();
+    twin.resume(&reg.token);
+    let mut laptop = server.connect();
+    laptop.hello();
+    let laptop_ok = laptop.login("alice", PASSWORD, "laptop");
+
+    assert!(matches!(phone.request(Logout {}), Frame::Done(_)));
+    let closed = twin.expect_closed(REPLY_TIMEOUT);
+    assert!(has_error(&closed, ErrorCode::SessionRevoked), "{closed:?}");
+    laptop.ping();
+    let mut c = server.connect();
+    c.hello();
+    assert_eq!(
+        error_code(&c.try_resume(&reg.token)),
+        ErrorCode::InvalidToken
+    );
+
+    // LOGOUT_ALL: the other connections go, and no token of the user resumes.
+    let mut laptop_twin = server.connect();
+    laptop_twin.hello();
+    laptop_twin.resume(&laptop_ok.token);
+    let mut tablet = server.connect();
+    tablet.hello();
+    let tablet_ok = tablet.login("alice", PASSWORD, "tablet");
+    assert!(matches!(laptop.request(LogoutAll {}), Frame::Done(_)));
+    for c in [&mut laptop_twin, &mut tablet] {
+        let closed = c.expect_closed(REPLY_TIMEOUT);
+        assert!(has_error(&closed, ErrorCode::SessionRevoked), "{closed:?}");
+    }
+    for token in [&laptop_ok.token, &tablet_ok.token] {
+        let mut c = server.connect();
+        c.hello();
+        assert_eq!(error_code(&c.try_resume(token)), ErrorCode::InvalidToken);
+    }
+}
+
+#[test]
+fn a_token_unused_for_the_idle_time_expires() {
+    // Tokens expire after 2 s idle here (days in production, `--token-idle-days`).
+    let server = Server::start_with_env(&[], &[("COURIER_TEST_TOKEN_IDLE_MS", "2000")]);
+    let (c, reg) = server.user("alice");
+    drop(c);
+    // Well past the idle time (no race: the token can only be more idle than that).
+    std::thread::sleep(Duration::from_millis(3000));
+    let mut c = server.connect();
+    c.hello();
+    let refused = c.try_resume(&reg.token);
+    assert_eq!(error_code(&refused), ErrorCode::InvalidToken);
+    let Frame::ErrorReply(e) = refused else {
+        unreachable!()
+    };
+    assert!(e.message.contains("expired"), "{}", e.message);
+    // It was removed when presented: now it is simply unknown.
+    let Frame::ErrorReply(e) = c.try_resume(&reg.token) else {
+        panic!("an expired token resumed")
+    };
+    assert!(!e.message.contains("expired"), "{}", e.message);
+    c.login("alice", PASSWORD, "test");
 }

@@ -10,6 +10,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::{Algorithm, Argon2, Params, Version};
 use blake2::digest::consts::U16;
 use blake2::{Blake2b, Digest};
+use parking_lot::Mutex;
 
 use super::limits::{Gate, Thresholds};
 use super::throttle::Source;
@@ -27,13 +28,21 @@ pub const TOKEN_LEN: usize = 32;
 /// Longest device name, in bytes.
 pub const MAX_DEVICE_NAME: usize = 64;
 
+/// A device name is shown to people (device lists, logs): 1 to 64 bytes of printable text,
+/// without control characters or the invisible ones that reorder or hide text (bidi
+/// overrides, zero-width characters), and not only spaces.
 fn check_device(name: &str) -> Result<(), AuthError> {
-    if name.is_empty() || name.len() > MAX_DEVICE_NAME {
+    let invisible = |c: char| matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}');
+    let printable = !name.chars().any(|c| c.is_control() || invisible(c));
+    if name.len() > MAX_DEVICE_NAME || name.trim().is_empty() || !printable {
         Err(AuthError::InvalidDevice)
     } else {
         Ok(())
     }
 }
+
+/// Microseconds in a day.
+const DAY_US: u64 = 86_400_000_000;
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -46,6 +55,8 @@ pub struct AuthConfig {
     pub max_devices: u32,
     /// In a cluster, new accounts get ids homed on this node (so `REGISTER` never redirects).
     pub router: Option<Router>,
+    /// A token unused for longer than this (µs) expires (`--token-idle-days`, 90 by default).
+    pub token_idle_us: u64,
 }
 
 impl Default for AuthConfig {
@@ -56,6 +67,7 @@ impl Default for AuthConfig {
             limits: Thresholds::default(),
             max_devices: 100,
             router: None,
+            token_idle_us: 90 * DAY_US,
         }
     }
 }
@@ -85,6 +97,9 @@ pub struct Authed {
     /// The token to give the client (all zero after [`Accounts::resume`]: the client has it).
     pub token: [u8; TOKEN_LEN],
     pub digest: TokenDigest,
+    /// Tokens this login replaced (the device's earlier ones): connections still using them
+    /// are to be closed.
+    pub replaced: Vec<TokenDigest>,
 }
 
 pub struct Accounts {
@@ -92,6 +107,9 @@ pub struct Accounts {
     argon: Argon2<'static>,
     config: AuthConfig,
     gate: Gate,
+    /// Serialises the writes that delete tokens with the one that refreshes a token's last use,
+    /// so a refresh never brings back a token that was revoked meanwhile.
+    token_writes: Mutex<()>,
 }
 
 pub fn digest(token: &[u8]) -> TokenDigest {
@@ -113,6 +131,7 @@ impl Accounts {
             store,
             argon: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
             gate: Gate::new(&config.limits),
+            token_writes: Mutex::new(()),
             config,
         })
     }
@@ -218,6 +237,8 @@ impl Accounts {
         }
     }
 
+    /// Gives `device_name` of `user` a new token, replacing the device's earlier ones (a
+    /// device holds one token; the replaced ones stop working at once).
     fn issue(&self, user: u64, handle: &str, device_name: &str) -> Result<Authed, AuthError> {
         let device = self
             .store
@@ -228,14 +249,30 @@ impl Accounts {
             })?;
         let token: [u8; TOKEN_LEN] = rand::random();
         let digest = digest(&token);
+        let now = wall_us();
+        let _writes = self.token_writes.lock();
         let mut batch = self.store.batch();
+        let mut replaced = Vec::new();
+        // One token per device, so this reads at most one row per device name (bounded by
+        // `max_devices`), plus rows whose token compaction removed, which are dropped here.
+        for old in self.store.user_tokens(user)? {
+            match self.store.token(&old)? {
+                Some(rec) if rec.device != device => {}
+                Some(_) => {
+                    batch.delete_token(user, &old);
+                    replaced.push(old);
+                }
+                None => batch.delete_token(user, &old),
+            }
+        }
         batch.put_token(
             &digest,
             &TokenRecord {
                 user,
                 device,
                 device_name: device_name.into(),
-                created_at: wall_us(),
+                created_at: now,
+                last_used: now,
             },
         );
         self.store.commit(batch)?;
@@ -245,6 +282,7 @@ impl Accounts {
             handle: handle.into(),
             token,
             digest,
+            replaced,
         })
     }
 
@@ -267,7 +305,20 @@ impl Accounts {
         }
         let digest = digest(token);
         let rec = self.store.token(&digest)?.ok_or(AuthError::InvalidToken)?;
+        let now = wall_us();
+        if rec.expired(self.config.token_idle_us, now) {
+            let _writes = self.token_writes.lock();
+            let mut batch = self.store.batch();
+            batch.delete_token(rec.user, &digest);
+            self.store.commit_relaxed(batch)?;
+            return Err(AuthError::TokenExpired {
+                idle_days: self.config.token_idle_us.div_ceil(DAY_US),
+            });
+        }
         let user = self.store.user(rec.user)?.ok_or(AuthError::InvalidToken)?;
+        if now.saturating_sub(rec.last_used) > self.refresh_after() {
+            self.touch(&digest, now)?;
+        }
         let mut t = [0u8; TOKEN_LEN];
         t.copy_from_slice(token);
         Ok(Authed {
@@ -276,11 +327,34 @@ impl Accounts {
             handle: user.handle,
             token: t,
             digest,
+            replaced: Vec::new(),
         })
+    }
+
+    /// How stale a token's recorded last use may get: a day, or an eighth of the idle time if
+    /// that is shorter. So RESUME writes at most once a day per token, and a token in use
+    /// never expires.
+    fn refresh_after(&self) -> u64 {
+        DAY_US.min(self.config.token_idle_us / 8)
+    }
+
+    /// Records that the token `digest` was used at `now`, unless it was revoked meanwhile.
+    /// Not synced: a refresh lost in a power cut only brings the expiry a little closer.
+    fn touch(&self, digest: &TokenDigest, now: u64) -> Result<(), AuthError> {
+        let _writes = self.token_writes.lock();
+        let Some(mut rec) = self.store.token(digest)? else {
+            return Ok(());
+        };
+        rec.last_used = now;
+        let mut batch = self.store.batch();
+        batch.put_token(digest, &rec);
+        self.store.commit_relaxed(batch)?;
+        Ok(())
     }
 
     /// Revokes one token.
     pub fn logout(&self, user: u64, digest: &TokenDigest) -> Result<(), AuthError> {
+        let _writes = self.token_writes.lock();
         let mut batch = self.store.batch();
         batch.delete_token(user, digest);
         self.store.commit(batch)?;
@@ -289,6 +363,7 @@ impl Accounts {
 
     /// Revokes every token of `user`; returns their digests so live sessions can be closed.
     pub fn logout_all(&self, user: u64) -> Result<Vec<TokenDigest>, AuthError> {
+        let _writes = self.token_writes.lock();
         let digests = self.store.user_tokens(user)?;
         let mut batch = self.store.batch();
         for d in &digests {
@@ -341,6 +416,7 @@ impl Accounts {
                     device: 1,
                     device_name: "load".into(),
                     created_at: now,
+                    last_used: now,
                 },
             );
             out(user, &handle, &token);
@@ -413,6 +489,7 @@ impl Accounts {
 mod tests {
     use super::*;
     use crate::store::FsyncMode;
+    use courier_protocol::ErrorCode;
 
     fn fast() -> AuthConfig {
         AuthConfig {
@@ -455,11 +532,91 @@ mod tests {
             a.resume(&laptop.token, ip),
             Err(AuthError::InvalidToken)
         ));
-        assert_eq!(a.logout_all(reg.user).unwrap().len(), 2);
+        // The phone's second login replaced its first token: one token is left.
+        assert_eq!(a.logout_all(reg.user).unwrap().len(), 1);
         assert!(matches!(
             a.resume(&reg.token, ip),
             Err(AuthError::InvalidToken)
         ));
+    }
+
+    #[test]
+    fn a_device_logging_in_again_gets_a_new_token_and_the_old_one_stops_working() {
+        let (_d, a) = accounts();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let first = a.register("dora", "password1", "phone").unwrap();
+        let laptop = a.login("dora", "password1", "laptop", ip).unwrap();
+        let again = a.login("dora", "password1", "phone", ip).unwrap();
+        assert_eq!(again.device, first.device);
+        assert_eq!(again.replaced, vec![first.digest]);
+        assert!(matches!(
+            a.resume(&first.token, ip),
+            Err(AuthError::InvalidToken)
+        ));
+        a.resume(&again.token, ip).unwrap();
+        a.resume(&laptop.token, ip).unwrap();
+        assert_eq!(a.store.user_tokens(first.user).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_idle_token_expires_and_a_used_one_is_refreshed_at_most_daily() {
+        let (_d, a) = accounts();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let reg = a.register("erin", "password1", "phone").unwrap();
+        let set_last_used = |at: u64| {
+            let mut rec = a.store.token(&reg.digest).unwrap().unwrap();
+            rec.last_used = at;
+            let mut b = a.store.batch();
+            b.put_token(&reg.digest, &rec);
+            a.store.commit(b).unwrap();
+        };
+        let last_used = || a.store.token(&reg.digest).unwrap().unwrap().last_used;
+        // Used an hour ago: no write.
+        let hour_ago = wall_us() - 3_600_000_000;
+        set_last_used(hour_ago);
+        a.resume(&reg.token, ip).unwrap();
+        assert_eq!(last_used(), hour_ago);
+        // Used two days ago: refreshed.
+        set_last_used(wall_us() - 2 * DAY_US);
+        a.resume(&reg.token, ip).unwrap();
+        assert!(wall_us() - last_used() < DAY_US);
+        // Idle past 90 days: refused as expired, and removed.
+        set_last_used(wall_us() - 91 * DAY_US);
+        let err = a.resume(&reg.token, ip).unwrap_err();
+        assert!(
+            matches!(err, AuthError::TokenExpired { idle_days: 90 }),
+            "{err}"
+        );
+        assert_eq!(err.code(), ErrorCode::InvalidToken);
+        assert!(a.store.token(&reg.digest).unwrap().is_none());
+        assert!(matches!(
+            a.resume(&reg.token, ip),
+            Err(AuthError::InvalidToken)
+        ));
+    }
+
+    #[test]
+    fn device_names_must_be_printable() {
+        let (_d, a) = accounts();
+        for bad in [
+            "",
+            "   ",
+            "ph\none",
+            "\u{7}",
+            "\u{202E}enohp",
+            "a\u{200B}b",
+            &"x".repeat(65),
+        ] {
+            assert!(
+                matches!(
+                    a.register("fay", "password1", bad),
+                    Err(AuthError::InvalidDevice)
+                ),
+                "{bad:?}"
+            );
+        }
+        a.register("fay", "password1", "Fay's phone (2) \u{1F4F1}")
+            .unwrap();
     }
 
     #[test]

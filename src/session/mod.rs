@@ -14,6 +14,10 @@ pub use throttle::Policy;
 
 use courier_protocol::ErrorCode;
 
+/// Environment variable (tests only) that sets the token idle time in milliseconds instead of
+/// `--token-idle-days`, so a test can watch a token expire.
+pub const TEST_TOKEN_IDLE_MS: &str = "COURIER_TEST_TOKEN_IDLE_MS";
+
 /// Why an account operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -23,6 +27,10 @@ pub enum AuthError {
     BadCredentials,
     #[error("the session token is unknown or revoked; log in with the password")]
     InvalidToken,
+    #[error(
+        "the session token expired: it was not used for {idle_days} days; log in with the password"
+    )]
+    TokenExpired { idle_days: u64 },
     /// The message ends with the retry hint in the fixed form of
     /// [`courier_protocol::retry_hint`] (PROTOCOL.md section 8).
     #[error("{scope}; retry in {retry_after_secs} s [retry_after_secs={retry_after_secs}]")]
@@ -36,7 +44,7 @@ pub enum AuthError {
     WeakPassword,
     #[error("this account already uses {max} device names, the most it may; log in with the name of a device it already uses")]
     TooManyDevices { max: u32 },
-    #[error("a device name is 1 to 64 bytes")]
+    #[error("a device name is 1 to 64 bytes of printable characters: no control characters, no invisible formatting characters, not only spaces")]
     InvalidDevice,
     #[error("the prefix plus a number must make a valid handle: 3 to 32 characters of a-z, 0-9, '_', '.' or '-' (e.g. --prefix load)")]
     InvalidPrefix,
@@ -57,7 +65,7 @@ impl AuthError {
         match self {
             AuthError::HandleTaken => ErrorCode::HandleTaken,
             AuthError::BadCredentials => ErrorCode::BadCredentials,
-            AuthError::InvalidToken => ErrorCode::InvalidToken,
+            AuthError::InvalidToken | AuthError::TokenExpired { .. } => ErrorCode::InvalidToken,
             AuthError::Throttled { .. } => ErrorCode::LoginThrottled,
             AuthError::InvalidHandle | AuthError::InvalidPrefix => ErrorCode::InvalidHandle,
             AuthError::WeakPassword => ErrorCode::WeakPassword,

@@ -26,7 +26,7 @@ use crate::caller::{Caller, ConnRef};
 use crate::chat::Engine;
 use crate::cluster::Home;
 use crate::metrics::{Reason, ShardMetrics};
-use crate::session::{AuthError, Authed};
+use crate::session::{AuthError, Authed, TokenDigest};
 
 /// Longest `HELLO.client`, in bytes.
 const MAX_CLIENT_NAME: usize = 64;
@@ -300,6 +300,9 @@ impl Shard {
         if let Some(seq) = self.core.directory.register(authed.user, me) {
             self.presence_changed(seq, authed.user, true, crate::clock::wall_us());
         }
+        for &old in &authed.replaced {
+            self.revoke_token(authed.user, old, me);
+        }
         let ok = AuthOk {
             user: authed.user,
             device: authed.device,
@@ -323,6 +326,8 @@ impl Shard {
                 Ok(()) => {
                     self.send(slot, request_id, &Frame::Done(Done {}));
                     self.close_soon(slot, Reason::Logout);
+                    // Other connections that resumed with this token go too.
+                    self.revoke_token(user, digest, me);
                 }
                 Err(e) => self.internal(slot, request_id, &e),
             },
@@ -443,6 +448,32 @@ impl Shard {
             ErrorCode::Internal,
             "the server failed; nothing was changed, retry",
         );
+    }
+
+    /// Closes with `SESSION_REVOKED` every connection of `user` but `except`, on any shard,
+    /// that authenticated with the token `digest`.
+    fn revoke_token(&mut self, user: u64, digest: TokenDigest, except: ConnRef) {
+        let mut others = std::mem::take(&mut self.refs);
+        others.clear();
+        self.core.directory.devices_into(user, &mut others);
+        for &to in others.iter().filter(|&&r| r != except) {
+            if to.shard == self.id {
+                self.revoke_local(to, digest);
+            } else {
+                self.outbox.push(to.shard, ShardMsg::Revoke { to, digest });
+            }
+        }
+        self.refs = others;
+    }
+
+    /// [`revoke_token`](Self::revoke_token) for one connection of this shard.
+    pub(super) fn revoke_local(&mut self, to: ConnRef, digest: TokenDigest) {
+        let Some(slot) = self.local_slot(to) else {
+            return;
+        };
+        if self.conns.get(slot).is_some_and(|c| c.digest == digest) {
+            self.fail(slot, 0, ErrorCode::SessionRevoked, Reason::SessionRevoked);
+        }
     }
 
     /// `ERROR_REPLY(0, code)` and close, for a connection on any shard.
