@@ -289,3 +289,41 @@ fn a_token_unused_for_the_idle_time_expires() {
     assert!(!e.message.contains("expired"), "{}", e.message);
     c.login("alice", PASSWORD, "test");
 }
+
+#[test]
+fn internal_failures_reach_the_client_as_a_code_and_a_generic_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("disk-full");
+    let flag_env = flag.to_str().unwrap().to_owned();
+    let server = Server::start_with_env(&[], &[("COURIER_FAULT_FULL_DISK_FLAG", &flag_env)]);
+    server.user("alice");
+    // From now on every write is refused as if the disk were full.
+    std::fs::write(&flag, b"").unwrap();
+    let mut c = server.connect();
+    c.hello();
+    let refused = [
+        c.try_register("bob", PASSWORD, "d"),
+        c.try_login("alice", PASSWORD, "new-device"),
+    ];
+    let data_dir = server.data_dir.to_string_lossy().into_owned();
+    for frame in &refused {
+        assert_eq!(error_code(frame), ErrorCode::Internal, "{frame:?}");
+        let Frame::ErrorReply(e) = frame else {
+            unreachable!()
+        };
+        for internal in ["disk", "bytes", "RocksDB", "/", data_dir.as_str()] {
+            assert!(
+                !e.message.contains(internal),
+                "the client was told internal detail {internal:?}: {}",
+                e.message
+            );
+        }
+        assert!(e.message.contains("retry"), "{}", e.message);
+    }
+    // The detail is in the log.
+    assert!(
+        server.log().contains("disk is nearly full"),
+        "{}",
+        server.log()
+    );
+}

@@ -60,6 +60,15 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// A failure of the server's, not of the request: its text is for the log, never for the
+    /// client (it may name RocksDB, files or disk space).
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            AuthError::Hash(_) | AuthError::Store(_) | AuthError::Internal
+        )
+    }
+
     /// The code sent to the client.
     pub fn code(&self) -> ErrorCode {
         match self {

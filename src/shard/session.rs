@@ -28,6 +28,11 @@ use crate::cluster::Home;
 use crate::metrics::{Reason, ShardMetrics};
 use crate::session::{AuthError, Authed, TokenDigest};
 
+/// What a client is told when the server failed: never the internal error's text (it goes to
+/// the log with the request id).
+const INTERNAL_MESSAGE: &str =
+    "the server failed on its side (details are in its log); retry in a moment";
+
 /// Longest `HELLO.client`, in bytes.
 const MAX_CLIENT_NAME: usize = 64;
 
@@ -258,14 +263,20 @@ impl Shard {
     }
 
     fn auth_failed(&mut self, slot: usize, request_id: u32, e: AuthError) {
-        if matches!(
-            e,
-            AuthError::Store(_) | AuthError::Hash(_) | AuthError::Internal
-        ) {
-            tracing::error!(shard = self.id, error = %e, "authentication failed on the server side");
-        }
         if let Some(conn) = self.conns.get_mut(slot) {
             conn.state = State::AwaitAuth;
+        }
+        if e.is_internal() {
+            // The detail (a RocksDB message, a path, free bytes) is for the log only; the
+            // client gets the code and a sentence, and the request id ties the two together.
+            tracing::error!(
+                shard = self.id,
+                slot,
+                request_id,
+                error = %e,
+                "authentication failed on the server side; answered INTERNAL"
+            );
+            return self.reply_error(slot, request_id, ErrorCode::Internal, INTERNAL_MESSAGE);
         }
         self.reply_error(slot, request_id, e.code(), &e.to_string());
     }
@@ -440,14 +451,10 @@ impl Shard {
         }
     }
 
+    /// Answers INTERNAL with a generic sentence and logs the detail under the request id.
     pub(super) fn internal(&mut self, slot: usize, request_id: u32, e: &dyn std::fmt::Display) {
-        tracing::error!(shard = self.id, error = %e, "request failed on the server side");
-        self.reply_error(
-            slot,
-            request_id,
-            ErrorCode::Internal,
-            "the server failed; nothing was changed, retry",
-        );
+        tracing::error!(shard = self.id, slot, request_id, error = %e, "request failed on the server side; answered INTERNAL");
+        self.reply_error(slot, request_id, ErrorCode::Internal, INTERNAL_MESSAGE);
     }
 
     /// Closes with `SESSION_REVOKED` every connection of `user` but `except`, on any shard,
