@@ -122,7 +122,7 @@ fn an_attacker_failing_from_one_address_does_not_lock_the_owner_out() {
 
 #[test]
 fn forged_resume_tokens_are_throttled_per_address() {
-    let server = Server::start();
+    let server = Server::start_with(&["--metrics", "127.0.0.1:0"]);
     let (_alice, ok) = server.user("alice");
     let mut forger = TestConn::connect_from(server.addr, loopback(2));
     forger.hello();
@@ -148,6 +148,8 @@ fn forged_resume_tokens_are_throttled_per_address() {
     let mut device = TestConn::connect_from(server.addr, loopback(3));
     device.hello();
     assert_eq!(device.resume(&ok.token).user, ok.user);
+    let counted = Server::metric_sum(&server.metrics(), "courier_auth_throttled_total");
+    assert_eq!(counted, throttled.len() as f64);
 }
 
 #[test]

@@ -221,15 +221,18 @@ impl Shard {
                     conn.state = State::Authenticating;
                 }
             }
-            Err(TrySendError::Full(_)) => self.reply_error(
-                slot,
-                request_id,
-                ErrorCode::LoginThrottled,
-                &format!(
-                    "the server is busy checking passwords; retry in a moment {}",
-                    courier_protocol::retry_hint(1)
-                ),
-            ),
+            Err(TrySendError::Full(_)) => {
+                ShardMetrics::add(&self.metrics().auth_throttled, 1);
+                self.reply_error(
+                    slot,
+                    request_id,
+                    ErrorCode::LoginThrottled,
+                    &format!(
+                        "the server is busy checking passwords; retry in a moment {}",
+                        courier_protocol::retry_hint(1)
+                    ),
+                )
+            }
             Err(TrySendError::Disconnected(_)) => self.reply_error(
                 slot,
                 request_id,
@@ -265,6 +268,9 @@ impl Shard {
     fn auth_failed(&mut self, slot: usize, request_id: u32, e: AuthError) {
         if let Some(conn) = self.conns.get_mut(slot) {
             conn.state = State::AwaitAuth;
+        }
+        if matches!(e, AuthError::Throttled { .. }) {
+            ShardMetrics::add(&self.metrics().auth_throttled, 1);
         }
         if e.is_internal() {
             // The detail (a RocksDB message, a path, free bytes) is for the log only; the
