@@ -55,6 +55,16 @@ fn admin_rights_belong_to_granted_user_ids_not_to_a_handle() {
     drop(root);
     server.user("someone");
 
+    // Grants are made offline: against a running server's data directory the command says so.
+    let busy = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["admin", "grant", "--handle", "root", "--data-dir"])
+        .arg(&server.data_dir)
+        .output()
+        .expect("run courier admin grant");
+    let stderr = String::from_utf8_lossy(&busy.stderr);
+    assert!(!busy.status.success(), "granted while the server runs");
+    assert!(stderr.contains("server must be stopped"), "{stderr}");
+
     let said = server.admin(&["grant", "--handle", "root"]);
     assert!(said.contains(&format!("user {}", root_ok.user)), "{said}");
     let mut root = login(&server, "root");
