@@ -42,6 +42,15 @@ pub fn contacts_that_fit(max_frame: u32) -> usize {
     reply_budget(max_frame).saturating_sub(16) / CONTACT_BYTES
 }
 
+/// What to do instead of the removed `admin` option (a handle made whoever registered it
+/// first an admin).
+pub const ADMIN_REMOVED: &str = "admin rights no longer go to whoever registers a configured handle. \
+Remove `admin` from the configuration, stop the server and grant them by account: \
+`courier admin grant --data-dir DIR --handle HANDLE` (or `--user ID`); `courier admin list` shows the grants";
+
+/// The longest registration window: 30 days.
+pub const MAX_REGISTER_WINDOW_SECS: u64 = 30 * 86_400;
+
 /// The longest dedupe window: 30 days.
 pub const MAX_DEDUPE_WINDOW_SECS: u64 = 30 * 86_400;
 
@@ -60,6 +69,11 @@ pub enum Error {
         path: PathBuf,
         key: String,
         message: String,
+    },
+    #[error("`{key}` (--{}) was removed: {what_to_do}", .key.replace('_', "-"))]
+    Removed {
+        key: &'static str,
+        what_to_do: &'static str,
     },
     #[error("`{key}` = {value} is not allowed: {reason}")]
     Invalid {
@@ -132,12 +146,24 @@ pub struct ServeArgs {
     /// Requests per second per connection, with bursts of twice that [default: 500].
     #[arg(long)]
     pub rate_limit: Option<u32>,
-    /// Handle of an account allowed to use ADMIN_STATS; repeatable.
-    #[arg(long)]
+    /// Removed: admin rights are granted by user id with `courier admin grant`. Still parsed
+    /// so that an old command line gets an error saying so, not "unexpected argument".
+    #[arg(long, hide = true)]
     pub admin: Vec<String>,
     /// argon2id memory cost in KiB [default: 19456].
     #[arg(long)]
     pub argon2_m_kib: Option<u32>,
+    /// Accounts one source address (IPv4 address, IPv6 /64) may register per
+    /// register-window-secs [default: 20].
+    #[arg(long)]
+    pub register_per_address: Option<u32>,
+    /// The window of register-per-address, in seconds [default: 3600].
+    #[arg(long)]
+    pub register_window_secs: Option<u64>,
+    /// Days a session token may go unused before it expires (RESUME then answers
+    /// INVALID_TOKEN; the device logs in with its password) [default: 90].
+    #[arg(long)]
+    pub token_idle_days: Option<u32>,
     /// Members a group may have; THREAD_INFO must fit in max_frame [default: 1024, or fewer
     /// when max_frame is small].
     #[arg(long)]
@@ -215,8 +241,12 @@ struct FileConfig {
     max_frame: Option<u32>,
     max_output: Option<usize>,
     rate_limit: Option<u32>,
-    admin: Option<Vec<String>>,
+    /// Removed (see [`ADMIN_REMOVED`]); any value is refused with that message.
+    admin: Option<toml::Value>,
     argon2_m_kib: Option<u32>,
+    register_per_address: Option<u32>,
+    register_window_secs: Option<u64>,
+    token_idle_days: Option<u32>,
     max_group: Option<usize>,
     max_body: Option<usize>,
     recall_window_secs: Option<u64>,
@@ -251,8 +281,12 @@ pub struct Config {
     pub max_frame: u32,
     pub max_output: usize,
     pub rate_limit: u32,
-    pub admins: Vec<String>,
     pub argon2_m_kib: u32,
+    /// Registrations per source address per `register_window_secs`.
+    pub register_per_address: u32,
+    pub register_window_secs: u64,
+    /// Days a session token may go unused before it expires.
+    pub token_idle_days: u32,
     pub max_group: usize,
     pub max_body: usize,
     pub recall_window_secs: u64,
@@ -289,6 +323,12 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        if !args.admin.is_empty() || file.admin.is_some() {
+            return Err(Error::Removed {
+                key: "admin",
+                what_to_do: ADMIN_REMOVED,
+            });
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let listen = pick_list(args.listen, file.listen);
         let config = Config {
@@ -316,8 +356,16 @@ impl Config {
             max_frame: args.max_frame.or(file.max_frame).unwrap_or(64 * 1024),
             max_output: args.max_output.or(file.max_output).unwrap_or(4 << 20),
             rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(500),
-            admins: pick_list(args.admin, file.admin),
             argon2_m_kib: args.argon2_m_kib.or(file.argon2_m_kib).unwrap_or(19 * 1024),
+            register_per_address: args
+                .register_per_address
+                .or(file.register_per_address)
+                .unwrap_or(20),
+            register_window_secs: args
+                .register_window_secs
+                .or(file.register_window_secs)
+                .unwrap_or(3600),
+            token_idle_days: args.token_idle_days.or(file.token_idle_days).unwrap_or(90),
             max_group: 0,
             max_body: args.max_body.or(file.max_body).unwrap_or(16 * 1024),
             recall_window_secs: args
@@ -474,6 +522,27 @@ impl Config {
                 "max_group",
                 &self.max_group,
                 "THREAD_INFO lists every member in one frame: raise max_frame (each member takes 25 bytes) or lower max_group",
+            );
+        }
+        if self.register_per_address == 0 {
+            return invalid(
+                "register_per_address",
+                &0,
+                "use at least 1 account per address and window",
+            );
+        }
+        if !(1..=MAX_REGISTER_WINDOW_SECS).contains(&self.register_window_secs) {
+            return invalid(
+                "register_window_secs",
+                &self.register_window_secs,
+                "use 1 second to 30 days",
+            );
+        }
+        if !(1..=3650).contains(&self.token_idle_days) {
+            return invalid(
+                "token_idle_days",
+                &self.token_idle_days,
+                "use 1 to 3650 days",
             );
         }
         if self.rate_limit == 0 {
@@ -634,6 +703,26 @@ mod tests {
         );
         assert_eq!(c.listen, vec!["127.0.0.1:9000".parse().unwrap()]);
         assert_eq!(c.heartbeat_secs, 30);
+    }
+
+    #[test]
+    fn the_removed_admin_option_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "admin = [\"root\"]\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        let from_flag = ServeArgs {
+            admin: vec!["root".into()],
+            ..ServeArgs::default()
+        };
+        for args in [from_file, from_flag] {
+            let err = Config::load(args).unwrap_err();
+            assert!(matches!(err, Error::Removed { key: "admin", .. }), "{err}");
+            assert!(err.to_string().contains("courier admin grant"), "{err}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use courier::admin::{self, ProvisionArgs};
+use courier::admin::{self, GrantArgs, ListArgs, ProvisionArgs};
 use courier::config::{Config, ServeArgs};
 use courier::server;
 
@@ -28,6 +28,12 @@ enum Command {
 enum AdminCommand {
     /// Create load-test accounts and write `user_id handle token_hex` lines for the load generator.
     Provision(ProvisionArgs),
+    /// Give an account admin rights (ADMIN_STATS), by --user ID or --handle H.
+    Grant(GrantArgs),
+    /// Take an account's admin rights away, by --user ID or --handle H.
+    Revoke(GrantArgs),
+    /// Print `user_id handle granted_at_unix_secs` for every admin.
+    List(ListArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +51,15 @@ fn main() -> ExitCode {
             .and_then(|config| server::serve(config).map_err(|e| e.to_string())),
         Command::Admin(AdminCommand::Provision(args)) => admin::provision(&args)
             .map(|made| println!("provisioned {made} users into {}", args.out.display()))
+            .map_err(|e| e.to_string()),
+        Command::Admin(AdminCommand::Grant(args)) => admin::grant(&args)
+            .map(|line| println!("{line}"))
+            .map_err(|e| e.to_string()),
+        Command::Admin(AdminCommand::Revoke(args)) => admin::revoke(&args)
+            .map(|line| println!("{line}"))
+            .map_err(|e| e.to_string()),
+        Command::Admin(AdminCommand::List(args)) => admin::list(&args)
+            .map(|lines| print!("{lines}"))
             .map_err(|e| e.to_string()),
     };
     match result {

@@ -78,6 +78,9 @@ pub struct ShardMetrics {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// REGISTER, LOGIN and RESUME refused with LOGIN_THROTTLED (session::limits, or a full
+    /// auth queue).
+    pub auth_throttled: AtomicU64,
     /// Messages waiting in this shard's mailbox at the end of its last round.
     pub mailbox_depth: AtomicU64,
     /// Messages this shard could not hand to a full mailbox at once (retried later).
@@ -293,6 +296,7 @@ impl Metrics {
             ("bytes_in".to_owned(), self.sum(|s| &s.bytes_in)),
             ("bytes_out".to_owned(), self.sum(|s| &s.bytes_out)),
             ("rate_limited".to_owned(), self.sum(|s| &s.rate_limited)),
+            ("auth_throttled".to_owned(), self.sum(|s| &s.auth_throttled)),
             (
                 "mailbox_overflows".to_owned(),
                 self.sum(|s| &s.mailbox_overflows),
@@ -315,7 +319,7 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let per_shard: [(&str, &str, Field); 8] = [
+        let per_shard: [(&str, &str, Field); 9] = [
             ("courier_connections", "gauge", |s| &s.connections),
             ("courier_authenticated_sessions", "gauge", |s| {
                 &s.authenticated
@@ -328,6 +332,9 @@ impl Metrics {
                 &s.mailbox_overflows
             }),
             ("courier_rate_limited_total", "counter", |s| &s.rate_limited),
+            ("courier_auth_throttled_total", "counter", |s| {
+                &s.auth_throttled
+            }),
             ("courier_paused_reads_total", "counter", |s| &s.paused_reads),
             ("courier_paused_connections", "gauge", |s| &s.paused_now),
         ];

@@ -10,6 +10,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
@@ -23,7 +24,7 @@ use crate::cluster::Router;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::metrics::{self, Metrics};
-use crate::session::{Accounts, AuthConfig, AuthError};
+use crate::session::{self, Accounts, AuthConfig, AuthError, Policy, Thresholds};
 use crate::shard::mailbox::{Mailbox, ShardMsg, MAILBOX_CAPACITY};
 use crate::shard::read_pool::ReadPool;
 use crate::shard::{self, auth_pool, Core, ShardParts, WAKER};
@@ -75,10 +76,19 @@ pub fn serve(config: Config) -> Result<(), Error> {
     tracing::info!("capacity: {max_connections} connections (open files limit {limit})");
 
     let dedupe_window_us = config.dedupe_window_secs.saturating_mul(1_000_000);
+    let token_idle_us = std::env::var(session::TEST_TOKEN_IDLE_MS)
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map_or(u64::from(config.token_idle_days) * 86_400_000_000, |ms| {
+            ms.saturating_mul(1000)
+        });
     let store = Store::open_with(
         &config.data_dir,
         config.fsync,
-        StoreOptions { dedupe_window_us },
+        StoreOptions {
+            dedupe_window_us,
+            token_idle_us,
+        },
     )?;
     let faults = shard::Faults::from_env();
     if faults.skip_space_check {
@@ -107,9 +117,16 @@ pub fn serve(config: Config) -> Result<(), Error> {
     let chat = chat::Shared::new(store.clone(), clock, chat_config, config.shards);
     let auth_config = AuthConfig {
         argon2_m_kib: config.argon2_m_kib,
-        admins: config.admins.clone(),
         max_devices: config.max_devices,
+        limits: Thresholds {
+            register_per_source: Policy::Window {
+                limit: config.register_per_address,
+                window: Duration::from_secs(config.register_window_secs),
+            },
+            ..Thresholds::default()
+        },
         router: Some(Router::new(&config.node_id, &config.peers)),
+        token_idle_us,
         ..AuthConfig::default()
     };
     let accounts = Arc::new(Accounts::new(store.clone(), auth_config)?);

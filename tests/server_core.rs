@@ -449,8 +449,12 @@ fn rate_limit_drops_requests_but_keeps_the_connection() {
 
 #[test]
 fn admin_stats_are_for_admins_only() {
-    let server = Server::start_with(&["--admin", "root"]);
-    let (mut root, _) = server.user("root");
+    let mut server = Server::start();
+    server.user("root");
+    server.admin(&["grant", "--handle", "root"]);
+    let mut root = server.connect();
+    root.hello();
+    root.login("root", PASSWORD, "test");
     let (mut user, _) = server.user("someone");
     match root.request(AdminStats {}) {
         Frame::Stats(s) => {

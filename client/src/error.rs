@@ -104,6 +104,17 @@ impl Error {
         }
     }
 
+    /// The seconds the server asked to wait before retrying (the `[retry_after_secs=N]` hint
+    /// of `LOGIN_THROTTLED`, PROTOCOL.md section 8), if it gave one.
+    pub fn retry_after_secs(&self) -> Option<u32> {
+        match self {
+            Error::Server { message, .. } | Error::UnknownErrorCode { message, .. } => {
+                courier_protocol::retry_after_secs(message)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether retrying the same request after a reconnect may succeed: the connection failed,
     /// not the request.
     pub fn is_connection_error(&self) -> bool {
@@ -133,3 +144,19 @@ impl Error {
 
 /// The result type of every client call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_hint_of_a_refusal_is_read() {
+        let throttled = Error::from_reply(
+            ErrorCode::LoginThrottled as u16,
+            format!("too many failed logins {}", courier_protocol::retry_hint(9)),
+        );
+        assert_eq!(throttled.retry_after_secs(), Some(9));
+        let plain = Error::from_reply(ErrorCode::BadCredentials as u16, "wrong".into());
+        assert_eq!(plain.retry_after_secs(), None);
+    }
+}

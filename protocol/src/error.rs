@@ -128,6 +128,18 @@ error_codes! {
     Internal = 90, false;
 }
 
+/// The retry hint of an `ERROR_REPLY.message` (PROTOCOL.md section 8): a `LOGIN_THROTTLED`
+/// message ends with `[retry_after_secs=N]`, `N` whole seconds as a decimal `u32`.
+pub fn retry_hint(secs: u32) -> String {
+    format!("[retry_after_secs={secs}]")
+}
+
+/// The seconds of the hint [`retry_hint`] put at the end of `message`, if it has one.
+pub fn retry_after_secs(message: &str) -> Option<u32> {
+    let (_, rest) = message.trim_end().rsplit_once("[retry_after_secs=")?;
+    rest.strip_suffix(']')?.parse().ok()
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", self.name(), *self as u16)
@@ -248,6 +260,15 @@ mod tests {
         assert_eq!(ErrorCode::from_u16(72), Some(ErrorCode::Unavailable));
         assert!(!ErrorCode::Unavailable.closes_connection());
         assert_eq!(ErrorCode::Unavailable.to_string(), "Unavailable (72)");
+    }
+
+    #[test]
+    fn a_retry_hint_reads_back_from_the_end_of_a_message() {
+        let message = format!("too many failed logins; retry in 7 s {}", retry_hint(7));
+        assert_eq!(retry_after_secs(&message), Some(7));
+        assert_eq!(retry_after_secs("no hint here"), None);
+        assert_eq!(retry_after_secs("[retry_after_secs=x]"), None);
+        assert_eq!(retry_after_secs("[retry_after_secs=3] and more"), None);
     }
 
     #[test]

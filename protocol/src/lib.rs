@@ -26,7 +26,7 @@ pub use codec::{
     encode, peek_len, Decoder, Envelope, DEFAULT_MAX_FRAME_LEN, HEADER_BYTES, LEN_BYTES,
     MAX_FRAME_LEN,
 };
-pub use error::{Error, ErrorCode};
+pub use error::{retry_after_secs, retry_hint, Error, ErrorCode};
 pub use frame::*;
 pub use session::{Session, SessionConfig, SessionError};
 

@@ -26,6 +26,7 @@ pub enum Job {
         handle: String,
         password: String,
         device: String,
+        from: IpAddr,
     },
     Login {
         handle: String,
@@ -65,11 +66,12 @@ pub fn spawn(
                             handle,
                             password,
                             device,
+                            from,
                         } => {
                             if panic_on_register.as_deref() == Some(handle.as_str()) {
                                 panic!("fault injection: REGISTER of {handle}");
                             }
-                            accounts.register(handle, password, device)
+                            accounts.register_from(handle, password, device, *from)
                         }
                         Job::Login {
                             handle,

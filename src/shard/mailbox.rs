@@ -16,7 +16,7 @@ use mio::Waker;
 
 use super::presence::Change;
 use crate::caller::{Caller, ConnRef};
-use crate::session::{AuthError, Authed};
+use crate::session::{AuthError, Authed, TokenDigest};
 
 /// Messages a mailbox holds before senders overflow.
 pub const MAILBOX_CAPACITY: usize = 64 * 1024;
@@ -41,6 +41,9 @@ pub enum ShardMsg {
     Deliver { to: Vec<ConnRef>, bytes: Bytes },
     /// Send `ERROR_REPLY(0, code)` to the connection and close it (e.g. `SESSION_REVOKED`).
     Kick { to: ConnRef, code: ErrorCode },
+    /// Close the connection with `SESSION_REVOKED` if it authenticated with the token
+    /// `digest` (logged out, or replaced by a new login of the same device).
+    Revoke { to: ConnRef, digest: TokenDigest },
     /// A `REGISTER`/`LOGIN` finished on the auth workers.
     AuthDone {
         to: ConnRef,

@@ -118,6 +118,7 @@ impl Shard {
                         self.fail(slot, 0, code, reason_for(code));
                     }
                 }
+                ShardMsg::Revoke { to, digest } => self.revoke_local(to, digest),
                 ShardMsg::AuthDone {
                     to,
                     request_id,

@@ -22,7 +22,7 @@ use courier_protocol::{
 use crossbeam_channel::TrySendError;
 
 use super::auth_pool::{AuthRequest, Job};
-use super::conn::{flag, State};
+use super::conn::State;
 use super::mailbox::ShardMsg;
 use super::read_pool::{ReadRequest, Refused};
 use super::Shard;
@@ -30,7 +30,12 @@ use crate::caller::{Caller, ConnRef};
 use crate::chat::Engine;
 use crate::cluster::Home;
 use crate::metrics::{Reason, ShardMetrics};
-use crate::session::{AuthError, Authed};
+use crate::session::{AuthError, Authed, TokenDigest};
+
+/// What a client is told when the server failed: never the internal error's text (it goes to
+/// the log with the request id).
+const INTERNAL_MESSAGE: &str =
+    "the server failed on its side (details are in its log); retry in a moment";
 
 /// Longest `HELLO.client`, in bytes.
 const MAX_CLIENT_NAME: usize = 64;
@@ -114,18 +119,21 @@ impl Shard {
                 if self.redirect(slot, redirect_to(self.core.router.handle_home(&l.handle))) => {}
             (State::AwaitAuth, Frame::Resume(r))
                 if self.redirect(slot, redirect_to(self.core.router.token_home(&r.token))) => {}
-            (State::AwaitAuth, Frame::Register(r)) => self.start_auth(
-                slot,
-                request_id,
-                Job::Register {
-                    handle: r.handle,
-                    password: r.password,
-                    device: r.device,
-                },
-            ),
+            (State::AwaitAuth, Frame::Register(r)) => {
+                let from = self.peer_ip(slot);
+                self.start_auth(
+                    slot,
+                    request_id,
+                    Job::Register {
+                        handle: r.handle,
+                        password: r.password,
+                        device: r.device,
+                        from,
+                    },
+                )
+            }
             (State::AwaitAuth, Frame::Login(l)) => {
-                let from = self.conns.get(slot).and_then(|c| c.stream.peer_addr().ok());
-                let from = from.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+                let from = self.peer_ip(slot);
                 self.start_auth(
                     slot,
                     request_id,
@@ -137,10 +145,13 @@ impl Shard {
                     },
                 )
             }
-            (State::AwaitAuth, Frame::Resume(r)) => match self.core.accounts.resume(&r.token) {
-                Ok(authed) => self.finish_auth(slot, request_id, authed),
-                Err(e) => self.auth_failed(slot, request_id, e),
-            },
+            (State::AwaitAuth, Frame::Resume(r)) => {
+                let from = self.peer_ip(slot);
+                match self.core.accounts.resume(&r.token, from) {
+                    Ok(authed) => self.finish_auth(slot, request_id, authed),
+                    Err(e) => self.auth_failed(slot, request_id, e),
+                }
+            }
             (State::Authenticating, Frame::Register(_) | Frame::Login(_) | Frame::Resume(_)) => {
                 self.reply_error(
                     slot,
@@ -164,6 +175,13 @@ impl Shard {
             ),
             (State::Authed, frame) => self.on_authed_frame(slot, request_id, frame),
         }
+    }
+
+    /// The source address of the connection in `slot`, as the authentication throttles count
+    /// it: asked of the socket when a request arrives (a `Conn` does not keep it).
+    fn peer_ip(&self, slot: usize) -> IpAddr {
+        let from = self.conns.get(slot).and_then(|c| c.stream.peer_addr().ok());
+        from.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
     }
 
     /// Queues `ERROR_REPLY(request_id, code)` without closing.
@@ -218,12 +236,18 @@ impl Shard {
                     conn.state = State::Authenticating;
                 }
             }
-            Err(TrySendError::Full(_)) => self.reply_error(
-                slot,
-                request_id,
-                ErrorCode::LoginThrottled,
-                "the server is busy checking passwords; retry in a moment",
-            ),
+            Err(TrySendError::Full(_)) => {
+                ShardMetrics::add(&self.metrics().auth_throttled, 1);
+                self.reply_error(
+                    slot,
+                    request_id,
+                    ErrorCode::LoginThrottled,
+                    &format!(
+                        "the server is busy checking passwords; retry in a moment {}",
+                        courier_protocol::retry_hint(1)
+                    ),
+                )
+            }
             Err(TrySendError::Disconnected(_)) => self.reply_error(
                 slot,
                 request_id,
@@ -257,14 +281,23 @@ impl Shard {
     }
 
     fn auth_failed(&mut self, slot: usize, request_id: u32, e: AuthError) {
-        if matches!(
-            e,
-            AuthError::Store(_) | AuthError::Hash(_) | AuthError::Internal
-        ) {
-            tracing::error!(shard = self.id, error = %e, "authentication failed on the server side");
-        }
         if let Some(conn) = self.conns.get_mut(slot) {
             conn.state = State::AwaitAuth;
+        }
+        if matches!(e, AuthError::Throttled { .. }) {
+            ShardMetrics::add(&self.metrics().auth_throttled, 1);
+        }
+        if e.is_internal() {
+            // The detail (a RocksDB message, a path, free bytes) is for the log only; the
+            // client gets the code and a sentence, and the request id ties the two together.
+            tracing::error!(
+                shard = self.id,
+                slot,
+                request_id,
+                error = %e,
+                "authentication failed on the server side; answered INTERNAL"
+            );
+            return self.reply_error(slot, request_id, ErrorCode::Internal, INTERNAL_MESSAGE);
         }
         self.reply_error(slot, request_id, e.code(), &e.to_string());
     }
@@ -295,12 +328,12 @@ impl Shard {
         conn.device = authed.device;
         conn.digest = authed.digest;
         conn.last_frame = now;
-        if authed.admin {
-            conn.flags |= flag::ADMIN;
-        }
         ShardMetrics::add(&self.metrics().authenticated, 1);
         if let Some(seq) = self.core.directory.register(authed.user, me) {
             self.presence_changed(seq, authed.user, true, crate::clock::wall_us());
+        }
+        for &old in &authed.replaced {
+            self.revoke_token(authed.user, old, me);
         }
         let ok = AuthOk {
             user: authed.user,
@@ -316,8 +349,7 @@ impl Shard {
         let Some(conn) = self.conns.get(slot) else {
             return;
         };
-        let (user, device, digest, admin) =
-            (conn.user, conn.device, conn.digest, conn.has(flag::ADMIN));
+        let (user, device, digest) = (conn.user, conn.device, conn.digest);
         let Some(me) = self.conn_ref(slot) else {
             return;
         };
@@ -326,6 +358,8 @@ impl Shard {
                 Ok(()) => {
                     self.send(slot, request_id, &Frame::Done(Done {}));
                     self.close_soon(slot, Reason::Logout);
+                    // Other connections that resumed with this token go too.
+                    self.revoke_token(user, digest, me);
                 }
                 Err(e) => self.internal(slot, request_id, &e),
             },
@@ -343,7 +377,21 @@ impl Shard {
                 }
                 Err(e) => self.internal(slot, request_id, &e),
             },
-            Frame::AdminStats(_) if admin => {
+            Frame::AdminStats(_) => {
+                // Grants are read at each admin request (one point read; they are rare), so
+                // `courier admin grant`/`revoke` takes effect without a new login.
+                match self.core.accounts.is_admin(user) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return self.reply_error(
+                            slot,
+                            request_id,
+                            ErrorCode::Forbidden,
+                            "administration is for accounts granted admin rights (`courier admin grant`)",
+                        )
+                    }
+                    Err(e) => return self.internal(slot, request_id, &e),
+                }
                 let mut entries: Vec<Stat> = self
                     .core
                     .metrics
@@ -357,12 +405,6 @@ impl Shard {
                 });
                 self.send(slot, request_id, &Frame::Stats(Stats { entries }));
             }
-            Frame::AdminStats(_) => self.reply_error(
-                slot,
-                request_id,
-                ErrorCode::Forbidden,
-                "administration is for admin accounts only",
-            ),
             Frame::PresenceQuery(q) => self.presence_query(slot, request_id, user, &q.users),
             Frame::PresenceSubscribe(s) => {
                 self.presence_subscribe(slot, request_id, user, &s.users)
@@ -442,14 +484,36 @@ impl Shard {
         }
     }
 
+    /// Answers INTERNAL with a generic sentence and logs the detail under the request id.
     pub(super) fn internal(&mut self, slot: usize, request_id: u32, e: &dyn std::fmt::Display) {
-        tracing::error!(shard = self.id, error = %e, "request failed on the server side");
-        self.reply_error(
-            slot,
-            request_id,
-            ErrorCode::Internal,
-            "the server failed; nothing was changed, retry",
-        );
+        tracing::error!(shard = self.id, slot, request_id, error = %e, "request failed on the server side; answered INTERNAL");
+        self.reply_error(slot, request_id, ErrorCode::Internal, INTERNAL_MESSAGE);
+    }
+
+    /// Closes with `SESSION_REVOKED` every connection of `user` but `except`, on any shard,
+    /// that authenticated with the token `digest`.
+    fn revoke_token(&mut self, user: u64, digest: TokenDigest, except: ConnRef) {
+        let mut others = std::mem::take(&mut self.refs);
+        others.clear();
+        self.core.directory.devices_into(user, &mut others);
+        for &to in others.iter().filter(|&&r| r != except) {
+            if to.shard == self.id {
+                self.revoke_local(to, digest);
+            } else {
+                self.outbox.push(to.shard, ShardMsg::Revoke { to, digest });
+            }
+        }
+        self.refs = others;
+    }
+
+    /// [`revoke_token`](Self::revoke_token) for one connection of this shard.
+    pub(super) fn revoke_local(&mut self, to: ConnRef, digest: TokenDigest) {
+        let Some(slot) = self.local_slot(to) else {
+            return;
+        };
+        if self.conns.get(slot).is_some_and(|c| c.digest == digest) {
+            self.fail(slot, 0, ErrorCode::SessionRevoked, Reason::SessionRevoked);
+        }
     }
 
     /// `ERROR_REPLY(0, code)` and close, for a connection on any shard.

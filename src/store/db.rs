@@ -191,13 +191,28 @@ pub struct StoreOptions {
     /// `u64::MAX`: kept forever (tools that open the store offline must not expire what the
     /// server, with its own window, still needs).
     pub dedupe_window_us: u64,
+    /// Session tokens unused for longer than this are removed by compaction (the server also
+    /// removes one when it is presented). `u64::MAX`: kept forever (tools opening the store
+    /// offline).
+    pub token_idle_us: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             dedupe_window_us: u64::MAX,
+            token_idle_us: u64::MAX,
         }
+    }
+}
+
+/// The compaction filter of the `tokens` family: a token idle for more than `idle_us` is
+/// removed (its `user_tokens` row goes at the user's next login or logout-all); anything
+/// unreadable is kept.
+fn expire_token(idle_us: u64, now_us: impl Fn() -> u64, value: &[u8]) -> Decision {
+    match TokenRecord::decode(value) {
+        Ok(t) if t.expired(idle_us, now_us()) => Decision::Remove,
+        _ => Decision::Keep,
     }
 }
 
@@ -250,6 +265,17 @@ impl Store {
                 // Files nothing else compacts (a quiet server) are still compacted, and so
                 // expired, about once a window (at least every 10 minutes, at most daily).
                 cf.set_periodic_compaction_seconds((window / 1_000_000).clamp(600, 86_400));
+            }
+            if *name == CF_TOKENS && options.token_idle_us != u64::MAX {
+                let idle = options.token_idle_us;
+                cf.set_compaction_filter(
+                    "courier-token-idle",
+                    move |_level: u32, _key: &[u8], value: &[u8]| {
+                        expire_token(idle, wall_us, value)
+                    },
+                );
+                // A quiet store is still swept about daily: bounded work, in the background.
+                cf.set_periodic_compaction_seconds(86_400);
             }
             if *name == CF_MEMBERSHIPS {
                 cf.set_compaction_filter("expired_membership_tombstones", drop_expired_tombstone);
@@ -400,6 +426,17 @@ impl Store {
         self.write(|| self.inner.db.write_opt(batch.batch, &wo))
     }
 
+    /// Applies `batch` atomically through the WAL without waiting for a sync, whatever the
+    /// fsync mode: for bookkeeping whose loss in a power cut is harmless (a token's last use),
+    /// written where a sync would stall an event loop.
+    pub fn commit_relaxed(&self, batch: Batch) -> Result<(), Error> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let wo = WriteOptions::default();
+        self.write(|| self.inner.db.write_opt(batch.batch, &wo))
+    }
+
     /// Runs one write, unless the disk is nearly full, and records the outcome in [`Health`].
     ///
     /// The free-space check keeps RocksDB from ever meeting a full disk in the common case (the
@@ -471,6 +508,14 @@ impl Store {
     /// Whether writes currently reach the disk (shared with the metrics responder).
     pub fn health(&self) -> Arc<Health> {
         self.inner.health.clone()
+    }
+
+    /// Compacts every token now (the compaction filter then expires idle ones).
+    #[cfg(test)]
+    pub(crate) fn compact_tokens(&self) {
+        self.inner
+            .db
+            .compact_range_cf(self.cf(CF_TOKENS), None::<&[u8]>, None::<&[u8]>);
     }
 
     /// Compacts every dedupe entry now (the compaction filter then expires old ones).
@@ -583,6 +628,22 @@ impl Store {
         b.put(CF_DEVICES, &key, &id.to_be_bytes());
         self.commit(b)?;
         Ok(id)
+    }
+
+    /// Whether `user` was granted admin rights (`courier admin grant`).
+    pub fn is_admin(&self, user: u64) -> Result<bool, Error> {
+        Ok(self.get(CF_ADMINS, &keys::id(user))?.is_some())
+    }
+
+    /// Every admin grant: (user, microseconds of the grant), by user id.
+    pub fn admins(&self) -> Result<Vec<(u64, u64)>, Error> {
+        let mut out = Vec::new();
+        self.scan(CF_ADMINS, &[], &[], false, |k, v| {
+            let at = <[u8; 8]>::try_from(v).map_err(|_| Error::CorruptValue { record: "admin" })?;
+            out.push((keys::parse_id(CF_ADMINS, k)?, u64::from_be_bytes(at)));
+            Ok(true)
+        })?;
+        Ok(out)
     }
 
     pub fn last_seen(&self, user: u64) -> Result<Option<u64>, Error> {
@@ -940,6 +1001,14 @@ impl Batch {
         self.put(CF_DEVICES, &keys::device(user, name), &device.to_be_bytes());
     }
 
+    pub fn put_admin(&mut self, user: u64, granted_at: u64) {
+        self.put(CF_ADMINS, &keys::id(user), &granted_at.to_be_bytes());
+    }
+
+    pub fn delete_admin(&mut self, user: u64) {
+        self.delete(CF_ADMINS, &keys::id(user));
+    }
+
     pub fn put_last_seen(&mut self, user: u64, at: u64) {
         self.put(CF_LAST_SEEN, &keys::id(user), &at.to_be_bytes());
     }
@@ -1221,6 +1290,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let options = StoreOptions {
             dedupe_window_us: MINUTE,
+            ..StoreOptions::default()
         };
         let store = Store::open_with(dir.path(), FsyncMode::Never, options).unwrap();
         let now = wall_us();
@@ -1264,6 +1334,32 @@ mod tests {
             expire_dedupe(10, at(5_000), &[1, 2]),
             Decision::Keep
         ));
+    }
+
+    #[test]
+    fn compaction_removes_tokens_idle_for_longer_than_the_idle_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            token_idle_us: MINUTE,
+            ..StoreOptions::default()
+        };
+        let store = Store::open_with(dir.path(), FsyncMode::Never, options).unwrap();
+        let now = wall_us();
+        let token = |last_used| TokenRecord {
+            user: 1,
+            device: 1,
+            device_name: "d".into(),
+            created_at: 0,
+            last_used,
+        };
+        let mut b = store.batch();
+        b.put_token(&[1; TOKEN_DIGEST], &token(now - 2 * MINUTE));
+        b.put_token(&[2; TOKEN_DIGEST], &token(now - MINUTE / 2));
+        store.commit(b).unwrap();
+        store.compact_tokens();
+        assert_eq!(store.token(&[1; TOKEN_DIGEST]).unwrap(), None);
+        assert!(store.token(&[2; TOKEN_DIGEST]).unwrap().is_some());
+        assert!(matches!(expire_token(10, || 5, &[1, 2]), Decision::Keep));
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! | `media`       | media id (16) ++ offset u64 | chunk bytes                       |
 //! | `meta`        | name bytes                  | counters (ids, clock floor)       |
 //! | `unread`      | thread u64 ++ message u64   | sender u64: the messages that count as unread (all but system messages) |
+//! | `admins`      | user u64                    | microseconds u64 of the grant (`courier admin grant`) |
 
 use crate::store::Error;
 
@@ -44,6 +45,7 @@ pub const CF_LAST_SEEN: &str = "last_seen";
 pub const CF_MEDIA: &str = "media";
 pub const CF_META: &str = "meta";
 pub const CF_UNREAD: &str = "unread";
+pub const CF_ADMINS: &str = "admins";
 
 /// Every column family, in creation order.
 pub const ALL_CFS: &[&str] = &[
@@ -64,6 +66,7 @@ pub const ALL_CFS: &[&str] = &[
     CF_MEDIA,
     CF_META,
     CF_UNREAD,
+    CF_ADMINS,
 ];
 
 /// Bytes of a token digest (the stored form of a session token).

@@ -185,13 +185,51 @@ record! {
     }
 }
 
-record! {
-    /// `tokens`: a session token's owner (keyed by the token's digest, never the token).
-    pub struct TokenRecord {
-        pub user: u64,
-        pub device: u32,
-        pub device_name: String,
-        pub created_at: u64,
+/// `tokens`: a session token's owner (keyed by the token's digest, never the token).
+///
+/// `last_used` was appended to the layout; a value written without it reads as used when it
+/// was created.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TokenRecord {
+    pub user: u64,
+    pub device: u32,
+    pub device_name: String,
+    pub created_at: u64,
+    /// Wall-clock microseconds of the latest LOGIN or RESUME with the token, kept up to date
+    /// to within a day (`session::accounts`): a token idle for `--token-idle-days` expires.
+    pub last_used: u64,
+}
+
+impl TokenRecord {
+    /// Whether the token, idle for more than `idle_us`, has expired at `now` (µs).
+    pub fn expired(&self, idle_us: u64, now: u64) -> bool {
+        now.saturating_sub(self.last_used) > idle_us
+    }
+}
+
+impl Record for TokenRecord {
+    const NAME: &'static str = "TokenRecord";
+    fn put(&self, buf: &mut BytesMut) {
+        self.user.put(buf);
+        self.device.put(buf);
+        self.device_name.put(buf);
+        self.created_at.put(buf);
+        self.last_used.put(buf);
+    }
+    fn get(r: &mut Reader) -> Result<Self, courier_protocol::Error> {
+        let mut t = Self {
+            user: Wire::get(r, "user")?,
+            device: Wire::get(r, "device")?,
+            device_name: Wire::get(r, "device_name")?,
+            created_at: Wire::get(r, "created_at")?,
+            last_used: 0,
+        };
+        t.last_used = if r.remaining() > 0 {
+            Wire::get(r, "last_used")?
+        } else {
+            t.created_at
+        };
+        Ok(t)
     }
 }
 
@@ -329,8 +367,16 @@ mod tests {
                 device: 2,
                 device_name: "d".into(),
                 created_at: 13,
+                last_used: 16,
             },
-            &[&[V1], &be(12), &[0, 0, 0, 2], &[0, 1, b'd'], &be(13)],
+            &[
+                &[V1],
+                &be(12),
+                &[0, 0, 0, 2],
+                &[0, 1, b'd'],
+                &be(13),
+                &be(16),
+            ],
         );
         pinned(
             MediaHeader {
@@ -352,6 +398,17 @@ mod tests {
         let p = PrivateState::decode(&old).unwrap();
         assert_eq!((p.muted, p.hidden_upto, p.label.as_str()), (true, 7, "ab"));
         assert_eq!((p.changed_at, p.left), (0, false));
+    }
+
+    #[test]
+    fn a_token_written_before_last_used_reads_as_used_at_creation() {
+        let mut old = vec![V1];
+        old.extend_from_slice(&12u64.to_be_bytes());
+        old.extend_from_slice(&[0, 0, 0, 2, 0, 1, b'd']);
+        old.extend_from_slice(&13u64.to_be_bytes());
+        let t = TokenRecord::decode(&old).unwrap();
+        assert_eq!((t.user, t.created_at, t.last_used), (12, 13, 13));
+        assert!(!t.expired(10, 23) && t.expired(10, 24));
     }
 
     #[test]

@@ -67,8 +67,9 @@ impl Server {
         Server::start_with(&[])
     }
 
-    /// Starts a server with `extra` arguments. The harness adds `--shards 2` and
-    /// `--argon2-m-kib 64` (fast password hashing) unless `extra` sets them.
+    /// Starts a server with `extra` arguments. The harness adds `--shards 2`,
+    /// `--argon2-m-kib 64` (fast password hashing) and `--register-per-address 1000000` unless
+    /// `extra` sets them.
     pub fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let data_dir = dir.path().join("data");
@@ -320,6 +321,26 @@ impl Server {
         out
     }
 
+    /// Stops the server, runs `courier admin ARGS --data-dir DIR` on its data directory,
+    /// restarts it and returns what the command printed; panics with its stderr if it failed.
+    pub fn admin(&mut self, args: &[&str]) -> String {
+        self.stop();
+        let output = Command::new(env!("CARGO_BIN_EXE_courier"))
+            .arg("admin")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()
+            .expect("run courier admin");
+        assert!(
+            output.status.success(),
+            "courier admin {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.restart();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// A new raw connection to this server.
     pub fn connect(&self) -> TestConn {
         TestConn::connect(self.addr)
@@ -353,7 +374,13 @@ fn spawn(
         .open(log_path)
         .expect("open the server log");
     let mut defaults = Vec::new();
-    for (flag, value) in [("--shards", "2"), ("--argon2-m-kib", "64")] {
+    // Tests register many accounts from one loopback address: no registration limit unless
+    // a test sets one.
+    for (flag, value) in [
+        ("--shards", "2"),
+        ("--argon2-m-kib", "64"),
+        ("--register-per-address", "1000000"),
+    ] {
         if !extra.iter().any(|a| a == flag) {
             defaults.extend([flag, value]);
         }
@@ -476,6 +503,10 @@ impl TestConn {
     pub fn connect(addr: SocketAddr) -> TestConn {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .expect("connect to the server");
+        TestConn::over(stream)
+    }
+
+    fn over(stream: TcpStream) -> TestConn {
         let _ = stream.set_nodelay(true);
         let config = SessionConfig {
             client_name: "courier-tests".into(),
@@ -489,6 +520,20 @@ impl TestConn {
             closed: false,
             hello_sent: false,
         }
+    }
+
+    /// Connects from the local address `from` (e.g. 127.0.0.2: every 127.0.0.0/8 address is
+    /// this host, and the server sees each as a different source address).
+    pub fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> TestConn {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("create a socket");
+        socket
+            .bind(&SocketAddr::new(from, 0).into())
+            .unwrap_or_else(|e| panic!("bind to {from}: {e}"));
+        socket
+            .connect_timeout(&addr.into(), Duration::from_secs(5))
+            .expect("connect to the server");
+        TestConn::over(socket.into())
     }
 
     /// Sends `frame` under a fresh request id without waiting; the reply comes from

@@ -43,7 +43,12 @@ impl CliError {
                 CliError::Usage("the password must be 8 to 256 bytes".into())
             }
             Some(ErrorCode::LoginThrottled) => {
-                CliError::Usage("too many failed logins: wait a minute and try again".into())
+                let wait = e
+                    .retry_after_secs()
+                    .map_or_else(|| "a minute".to_owned(), |s| format!("{s} s"));
+                CliError::Usage(format!(
+                    "too many failed attempts from this address: wait {wait} and try again"
+                ))
             }
             _ => CliError::Client(e),
         }
