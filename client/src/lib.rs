@@ -25,6 +25,8 @@
 //! Reconnecting runs on the reader thread of the connection that dropped.
 
 mod api;
+#[cfg(feature = "tokio")]
+mod async_client;
 mod backoff;
 mod client;
 mod config;
@@ -32,10 +34,14 @@ mod connection;
 mod dedupe;
 mod error;
 mod event;
+mod shared;
+mod state;
 mod sync;
 mod ticks;
 
 pub use api::new_client_msg_id;
+#[cfg(feature = "tokio")]
+pub use async_client::AsyncClient;
 pub use backoff::{Backoff, BackoffPolicy};
 pub use client::Client;
 pub use config::ClientConfig;
