@@ -15,10 +15,10 @@ use parking_lot::Condvar;
 use crate::api::account as auth;
 use crate::connection::{Connection, Sink};
 use crate::event::{self, Event, Events};
-use crate::shared::{session_accessors, Link, Shared};
-use crate::state::{Reconnect, ResumeFailure, Retry, MAX_REDIRECTS};
+use crate::shared::{session_accessors, AuthStep, Link, Shared};
+use crate::state::{Reconnect, ResumeFailure, MAX_REDIRECTS};
 use crate::sync::sync_pages;
-use crate::{ClientConfig, Error, Result};
+use crate::{ClientConfig, Result};
 
 /// A blocking Courier client. Every method may be called from any thread; replies are matched
 /// to requests by request id, so calls on several threads proceed concurrently.
@@ -79,44 +79,23 @@ impl Client {
     }
 
     fn authenticate(&self, frame: Frame) -> Result<AuthOk> {
-        let request = frame.name();
+        let inner = &self.inner;
         for _ in 0..=MAX_REDIRECTS {
-            let conn = self.inner.current()?;
-            // A reconnecting client catches up after AUTH_OK (`after_auth`).
-            let catch_up = self.inner.config.auto_reconnect;
-            if catch_up {
-                self.inner.begin_resync();
-            }
-            let result = conn.request(frame.clone(), self.inner.config.request_timeout);
-            if catch_up && !matches!(result, Ok(Frame::AuthOk(_))) {
-                // What the connection pushed meanwhile (it may be logged in already) comes out.
-                self.inner.end_resync(Vec::new());
-            }
-            match result {
-                Ok(Frame::AuthOk(auth)) => {
-                    self.inner.logged_in(auth.clone());
+            let conn = inner.current()?;
+            inner.before_auth();
+            let result = conn.request(frame.clone(), inner.config.request_timeout);
+            match inner.auth_answer(&conn, frame.name(), result)? {
+                AuthStep::Done(auth) => {
                     self.after_auth(&conn)?;
                     return Ok(auth);
                 }
-                Ok(other) => {
-                    return Err(Error::UnexpectedReply {
-                        request,
-                        reply: other.name(),
-                    })
-                }
-                Err(e) => {
-                    let Some((_node, addr)) = conn.redirect() else {
-                        return Err(e);
-                    };
-                    conn.close();
-                    let next = Connection::open(&addr, &self.inner.config, self.inner.sink())?;
-                    self.inner.state.lock().addr = addr;
-                    self.inner.install(next);
+                AuthStep::Redirect(addr) => {
+                    let next = Connection::open(&addr, &inner.config, inner.sink())?;
+                    inner.moved(addr, next);
                 }
             }
         }
-        let (node, addr) = self.inner.current()?.redirect().unwrap_or_default();
-        Err(Error::TooManyRedirects { node, addr })
+        Err(inner.too_many_redirects())
     }
 
     /// A reconnecting client needs a watermark so that a later reconnect can sync the gap.
@@ -240,60 +219,26 @@ impl Inner {
     /// Syncs from the saved watermark on `conn`: records everything in the dedupe set and
     /// emits what is new, unless this is the first sync (no watermark), which only sets one.
     fn catch_up(&self, conn: &Connection) -> Result<()> {
-        let since = {
-            let mut state = self.state.lock();
-            state.begin_resync();
-            state.watermark
-        };
+        let since = self.begin_catch_up();
         let result = sync_pages(
             conn,
             since.unwrap_or(0),
             self.config.sync_page,
             self.config.request_timeout,
         );
-        let mut out = Vec::new();
-        if let Ok(synced) = &result {
-            self.state
-                .lock()
-                .record_sync(synced, since.is_some(), &mut out);
-        }
-        self.end_resync(out);
-        result.map(|_| ())
+        self.end_catch_up(since, &result);
+        result.map(drop)
     }
 
     fn resume_on(self: &Arc<Self>, addr: &str) -> Result<(), ResumeFailure> {
-        let Some(token) = self.state.lock().auth.as_ref().map(|a| a.token.clone()) else {
-            return Err(ResumeFailure::Fatal(None));
-        };
+        let token = self.saved_token()?;
         let conn =
             Connection::open(addr, &self.config, self.sink()).map_err(|_| ResumeFailure::Retry)?;
-        let redirected =
-            |conn: &Connection| ResumeFailure::redirected(conn.redirect().map(|(_, to)| to));
         self.begin_resync();
         let resumed = conn.request(auth::resume(&token), self.config.request_timeout);
-        if !matches!(resumed, Ok(Frame::AuthOk(_))) {
-            self.end_resync(Vec::new());
-        }
-        match resumed {
-            Ok(Frame::AuthOk(auth)) => self.state.lock().auth = Some(auth),
-            Ok(_) => {
-                conn.close();
-                return Err(ResumeFailure::Retry);
-            }
-            Err(e) => {
-                conn.close();
-                return Err(ResumeFailure::of(&e, conn.redirect().map(|(_, to)| to)));
-            }
-        }
-        if self.catch_up(&conn).is_err() {
-            conn.close();
-            return Err(redirected(&conn));
-        }
-        self.state.lock().addr = addr.to_string();
-        if !self.install(Arc::clone(&conn)) {
-            return Err(redirected(&conn));
-        }
-        Ok(())
+        self.resume_answer(&conn, resumed)?;
+        let caught_up = self.catch_up(&conn);
+        self.resume_done(conn, addr, caught_up)
     }
 }
 
@@ -334,23 +279,11 @@ fn reconnect_loop(weak: &Weak<Inner>, redirect: Option<String>) {
             return;
         }
         let addr = plan.target(&inner.state.lock());
-        let failure = match inner.resume_on(&addr) {
-            Ok(()) => {
-                inner.emit(Event::Reconnected { addr });
-                return;
-            }
-            Err(failure) => failure,
+        let result = inner.resume_on(&addr);
+        let Some(delay) = inner.after_attempt(&mut plan, addr, result) else {
+            return;
         };
-        match plan.failed(failure) {
-            Retry::Now => continue,
-            Retry::End(reason) => {
-                inner.end(reason);
-                return;
-            }
-            Retry::After(delay) => {
-                drop(inner);
-                thread::sleep(delay);
-            }
-        }
+        drop(inner);
+        thread::sleep(delay);
     }
 }

@@ -8,12 +8,15 @@
 //! Lock order: `Shared::conn` before `Shared::state`; neither is held across a request.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use courier_protocol::{AuthOk, ErrorCode, Frame, Welcome};
 use parking_lot::Mutex;
 
 use crate::event::Event;
-use crate::state::{AfterClose, State};
+use crate::state::{AfterClose, Reconnect, ResumeFailure, Retry, State};
+use crate::sync::SyncResult;
 use crate::{ClientConfig, Error, Result};
 
 /// A connection as the shared logic sees it.
@@ -41,6 +44,14 @@ pub(crate) trait EventTx: Send {
 /// Wakes everyone waiting for the connection to change.
 pub(crate) trait Wake: Send + Sync {
     fn wake_all(&self);
+}
+
+/// What the answer to `REGISTER` / `LOGIN` / `RESUME` means for a login.
+pub(crate) enum AuthStep {
+    /// Logged in; a reconnecting client catches up next.
+    Done(AuthOk),
+    /// The user lives on another node: open a connection to this address and try again there.
+    Redirect(String),
 }
 
 /// The shared half of a client; see the module docs.
@@ -119,11 +130,6 @@ impl<L: Link, T: EventTx, W: Wake> Shared<L, T, W> {
         self.state.lock().ended = true;
     }
 
-    /// Records an `AUTH_OK` of a login (not of a reconnect).
-    pub(crate) fn logged_in(&self, auth: AuthOk) {
-        self.state.lock().logged_in(auth);
-    }
-
     /// Holds pushes back until [`end_resync`](Self::end_resync).
     pub(crate) fn begin_resync(&self) {
         self.state.lock().begin_resync();
@@ -176,6 +182,157 @@ impl<L: Link, T: EventTx, W: Wake> Shared<L, T, W> {
                 None
             }
             AfterClose::Reconnect(redirect) => Some(redirect),
+        }
+    }
+
+    /// Call before sending an authentication request: a reconnecting client catches up after
+    /// `AUTH_OK`, and a push may come right behind it, so pushes are held from now on.
+    pub(crate) fn before_auth(&self) {
+        if self.config.auto_reconnect {
+            self.begin_resync();
+        }
+    }
+
+    /// The answer (`result`) to the authentication request `request` sent on `conn`.
+    pub(crate) fn auth_answer(
+        &self,
+        conn: &L,
+        request: &'static str,
+        result: Result<Frame>,
+    ) -> Result<AuthStep> {
+        if self.config.auto_reconnect && !matches!(result, Ok(Frame::AuthOk(_))) {
+            // What the connection pushed meanwhile (it may be logged in already) comes out.
+            self.end_resync(Vec::new());
+        }
+        match result {
+            Ok(Frame::AuthOk(auth)) => {
+                self.state.lock().logged_in(auth.clone());
+                Ok(AuthStep::Done(auth))
+            }
+            Ok(other) => Err(Error::UnexpectedReply {
+                request,
+                reply: other.name(),
+            }),
+            Err(e) => {
+                let Some((_node, addr)) = conn.redirect() else {
+                    return Err(e);
+                };
+                conn.close();
+                Ok(AuthStep::Redirect(addr))
+            }
+        }
+    }
+
+    /// A redirect was followed: `conn` is open at `addr`.
+    pub(crate) fn moved(&self, addr: String, conn: Arc<L>) {
+        self.state.lock().addr = addr;
+        self.install(conn);
+    }
+
+    /// The error after following [`MAX_REDIRECTS`](crate::state::MAX_REDIRECTS) in a row.
+    pub(crate) fn too_many_redirects(&self) -> Error {
+        match self.current() {
+            Ok(conn) => {
+                let (node, addr) = conn.redirect().unwrap_or_default();
+                Error::TooManyRedirects { node, addr }
+            }
+            Err(e) => e,
+        }
+    }
+
+    /// Starts a catch-up: holds pushes; returns the saved watermark to sync from (`None`: the
+    /// first sync, which only sets one).
+    pub(crate) fn begin_catch_up(&self) -> Option<u64> {
+        let mut state = self.state.lock();
+        state.begin_resync();
+        state.watermark
+    }
+
+    /// Ends a catch-up from `since` that returned `result`: records it, emits what is new
+    /// (unless it was the first sync), then the pushes held meanwhile.
+    pub(crate) fn end_catch_up(&self, since: Option<u64>, result: &Result<SyncResult>) {
+        let mut out = Vec::new();
+        if let Ok(synced) = result {
+            self.state
+                .lock()
+                .record_sync(synced, since.is_some(), &mut out);
+        }
+        self.end_resync(out);
+    }
+
+    /// The token a reconnect resumes with.
+    pub(crate) fn saved_token(&self) -> Result<Bytes, ResumeFailure> {
+        let state = self.state.lock();
+        let auth = state.auth.as_ref().ok_or(ResumeFailure::Fatal(None))?;
+        Ok(auth.token.clone())
+    }
+
+    /// The answer to a reconnect's `RESUME` on `conn` (sent after [`begin_resync`]); closes
+    /// `conn` if it failed.
+    ///
+    /// [`begin_resync`]: Self::begin_resync
+    pub(crate) fn resume_answer(
+        &self,
+        conn: &L,
+        resumed: Result<Frame>,
+    ) -> Result<(), ResumeFailure> {
+        if !matches!(resumed, Ok(Frame::AuthOk(_))) {
+            self.end_resync(Vec::new());
+        }
+        let failure = match resumed {
+            Ok(Frame::AuthOk(auth)) => {
+                self.state.lock().auth = Some(auth);
+                return Ok(());
+            }
+            Ok(_) => ResumeFailure::Retry,
+            Err(e) => ResumeFailure::of(&e, conn.redirect().map(|(_, to)| to)),
+        };
+        conn.close();
+        Err(failure)
+    }
+
+    /// A reconnect's catch-up on `conn` (at `addr`) ended with `caught_up`: `conn` becomes
+    /// current, or is closed.
+    pub(crate) fn resume_done(
+        &self,
+        conn: Arc<L>,
+        addr: &str,
+        caught_up: Result<()>,
+    ) -> Result<(), ResumeFailure> {
+        let redirected = || ResumeFailure::redirected(conn.redirect().map(|(_, to)| to));
+        if caught_up.is_err() {
+            conn.close();
+            return Err(redirected());
+        }
+        self.state.lock().addr = addr.to_string();
+        if !self.install(Arc::clone(&conn)) {
+            return Err(redirected());
+        }
+        Ok(())
+    }
+
+    /// What follows a reconnect attempt to `addr`: `None` when the loop is over (reconnected,
+    /// or the session ended), else how long to wait before the next attempt.
+    pub(crate) fn after_attempt(
+        &self,
+        plan: &mut Reconnect,
+        addr: String,
+        result: Result<(), ResumeFailure>,
+    ) -> Option<Duration> {
+        let failure = match result {
+            Ok(()) => {
+                self.emit(Event::Reconnected { addr });
+                return None;
+            }
+            Err(failure) => failure,
+        };
+        match plan.failed(failure) {
+            Retry::Now => Some(Duration::ZERO),
+            Retry::After(delay) => Some(delay),
+            Retry::End(reason) => {
+                self.end(reason);
+                None
+            }
         }
     }
 
