@@ -3,39 +3,22 @@
 //!
 //! Lock order: `Inner::conn` before `Inner::state`; neither is held across a request.
 
+use std::ops::Deref;
 use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use courier_protocol::{AuthOk, ErrorCode, Frame, Login, Message, Register, Resume, Welcome};
+use courier_protocol::{AuthOk, ErrorCode, Frame, Welcome};
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Condvar;
 
-use crate::backoff::Backoff;
+use crate::api::account as auth;
 use crate::connection::{Connection, Sink};
-use crate::dedupe::Dedupe;
 use crate::event::{self, Event, Events};
-use crate::sync::{sync_pages, SyncResult};
-use crate::{ClientConfig, Error, Result};
-
-/// Redirects followed in a row before giving up: a loop between nodes is a server bug.
-const MAX_REDIRECTS: usize = 4;
-/// Without auto-reconnect, failed attempts to follow a redirect before giving up.
-const REDIRECT_ATTEMPTS: usize = 3;
-
-/// Takes the expected reply variant out of a call's result.
-macro_rules! expect_reply {
-    ($result:expr, $request:literal, $variant:ident) => {
-        match $result? {
-            courier_protocol::Frame::$variant(reply) => Ok(reply),
-            other => Err($crate::Error::UnexpectedReply {
-                request: $request,
-                reply: other.name(),
-            }),
-        }
-    };
-}
-pub(crate) use expect_reply;
+use crate::shared::{session_accessors, AuthStep, Link, Shared};
+use crate::state::{Reconnect, ResumeFailure, MAX_REDIRECTS};
+use crate::sync::sync_pages;
+use crate::{ClientConfig, Result};
 
 /// A blocking Courier client. Every method may be called from any thread; replies are matched
 /// to requests by request id, so calls on several threads proceed concurrently.
@@ -51,34 +34,19 @@ pub struct Client {
 }
 
 pub(crate) struct Inner {
-    pub(crate) config: ClientConfig,
-    conn: Mutex<Option<Arc<Connection>>>,
-    conn_changed: Condvar,
-    pub(crate) state: Mutex<State>,
-    events_tx: Mutex<Option<Sender<Event>>>,
+    shared: Shared<Connection, Sender<Event>, Condvar>,
     events_rx: Receiver<Event>,
 }
 
-pub(crate) struct State {
-    /// Where the next reconnect goes: the address given, or the last redirect's.
-    addr: String,
-    auth: Option<AuthOk>,
-    pub(crate) watermark: Option<u64>,
-    pub(crate) dedupe: Dedupe,
-    /// A resync is running: pushed messages wait in `held` so they come out after the backlog.
-    resyncing: bool,
-    held: Vec<Message>,
-    ended: bool,
-    last_reason: Option<ErrorCode>,
+impl Deref for Inner {
+    type Target = Shared<Connection, Sender<Event>, Condvar>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.shared
+    }
 }
 
 struct InnerSink(Weak<Inner>);
-
-enum ResumeFailure {
-    Redirect(String),
-    Fatal(Option<ErrorCode>),
-    Retry,
-}
 
 impl Client {
     /// Connects to `addr` (`host:port`) and performs the `HELLO`/`WELCOME` handshake. Then log
@@ -87,20 +55,7 @@ impl Client {
         let addr = addr.to_string();
         let (events_tx, events_rx) = unbounded();
         let inner = Arc::new(Inner {
-            config,
-            conn: Mutex::new(None),
-            conn_changed: Condvar::new(),
-            state: Mutex::new(State {
-                addr: addr.clone(),
-                auth: None,
-                watermark: None,
-                dedupe: Dedupe::new(),
-                resyncing: false,
-                held: Vec::new(),
-                ended: false,
-                last_reason: None,
-            }),
-            events_tx: Mutex::new(Some(events_tx)),
+            shared: Shared::new(config, addr.clone(), events_tx, Condvar::new()),
             events_rx,
         });
         let conn = Connection::open(&addr, &inner.config, inner.sink())?;
@@ -110,87 +65,37 @@ impl Client {
 
     /// Creates an account and logs this device in.
     pub fn register(&self, handle: &str, password: &str) -> Result<AuthOk> {
-        let device = self.inner.config.device.clone();
-        self.authenticate(
-            Register {
-                handle: handle.into(),
-                password: password.into(),
-                device,
-            }
-            .into(),
-        )
+        self.authenticate(auth::register(&self.inner.config, handle, password))
     }
 
     /// Logs in with a password.
     pub fn login(&self, handle: &str, password: &str) -> Result<AuthOk> {
-        let device = self.inner.config.device.clone();
-        self.authenticate(
-            Login {
-                handle: handle.into(),
-                password: password.into(),
-                device,
-            }
-            .into(),
-        )
+        self.authenticate(auth::login(&self.inner.config, handle, password))
     }
 
     /// Logs in with the token of an earlier [`AuthOk`]; no password needed.
     pub fn resume(&self, token: &[u8]) -> Result<AuthOk> {
-        self.authenticate(
-            Resume {
-                token: token.to_vec().into(),
-            }
-            .into(),
-        )
+        self.authenticate(auth::resume(token))
     }
 
     fn authenticate(&self, frame: Frame) -> Result<AuthOk> {
-        let request = frame.name();
+        let inner = &self.inner;
         for _ in 0..=MAX_REDIRECTS {
-            let conn = self.inner.current()?;
-            // A reconnecting client catches up after AUTH_OK (`after_auth`).
-            let catch_up = self.inner.config.auto_reconnect;
-            if catch_up {
-                self.inner.begin_resync();
-            }
-            let result = conn.request(frame.clone(), self.inner.config.request_timeout);
-            if catch_up && !matches!(result, Ok(Frame::AuthOk(_))) {
-                // What the connection pushed meanwhile (it may be logged in already) comes out.
-                self.inner.end_resync(Vec::new());
-            }
-            match result {
-                Ok(Frame::AuthOk(auth)) => {
-                    {
-                        let mut state = self.inner.state.lock();
-                        state.auth = Some(auth.clone());
-                        // A device with nothing saved starts at the login: what came before is
-                        // history (`HISTORY`), not backlog.
-                        if state.watermark.is_none() {
-                            state.watermark = Some(auth.watermark);
-                        }
-                    }
+            let conn = inner.current()?;
+            inner.before_auth();
+            let result = conn.request(frame.clone(), inner.config.request_timeout);
+            match inner.auth_answer(&conn, frame.name(), result)? {
+                AuthStep::Done(auth) => {
                     self.after_auth(&conn)?;
                     return Ok(auth);
                 }
-                Ok(other) => {
-                    return Err(Error::UnexpectedReply {
-                        request,
-                        reply: other.name(),
-                    })
-                }
-                Err(e) => {
-                    let Some((_node, addr)) = conn.redirect() else {
-                        return Err(e);
-                    };
-                    conn.close();
-                    let next = Connection::open(&addr, &self.inner.config, self.inner.sink())?;
-                    self.inner.state.lock().addr = addr;
-                    self.inner.install(next);
+                AuthStep::Redirect(addr) => {
+                    let next = Connection::open(&addr, &inner.config, inner.sink())?;
+                    inner.moved(addr, next);
                 }
             }
         }
-        let (node, addr) = self.inner.current()?.redirect().unwrap_or_default();
-        Err(Error::TooManyRedirects { node, addr })
+        Err(inner.too_many_redirects())
     }
 
     /// A reconnecting client needs a watermark so that a later reconnect can sync the gap.
@@ -241,53 +146,6 @@ impl Client {
         self.inner.events_rx.clone()
     }
 
-    /// The last `AUTH_OK`: user id, device id, token, handle.
-    pub fn auth(&self) -> Option<AuthOk> {
-        self.inner.state.lock().auth.clone()
-    }
-
-    /// The logged-in user's id.
-    pub fn user_id(&self) -> Option<u64> {
-        self.inner.state.lock().auth.as_ref().map(|a| a.user)
-    }
-
-    /// The session token, to save for [`resume`](Self::resume).
-    pub fn token(&self) -> Option<Vec<u8>> {
-        self.inner
-            .state
-            .lock()
-            .auth
-            .as_ref()
-            .map(|a| a.token.to_vec())
-    }
-
-    /// The sync watermark: everything up to it has been synced.
-    pub fn watermark(&self) -> Option<u64> {
-        self.inner.state.lock().watermark
-    }
-
-    /// Sets the watermark saved from an earlier run. A reconnecting client that logs in with a
-    /// watermark set delivers what it missed since then as events. Without one, a login starts
-    /// from the watermark in `AUTH_OK`: messages from before the login are in `history`.
-    pub fn set_watermark(&self, watermark: u64) {
-        self.inner.state.lock().watermark = Some(watermark);
-    }
-
-    /// The address the client (re)connects to: the one given, or the last redirect's.
-    pub fn server_addr(&self) -> String {
-        self.inner.state.lock().addr.clone()
-    }
-
-    /// The current connection's `WELCOME`.
-    pub fn welcome(&self) -> Result<Welcome> {
-        Ok(self.inner.current()?.welcome())
-    }
-
-    /// Whether a connection is up right now.
-    pub fn is_connected(&self) -> bool {
-        self.inner.conn.lock().is_some()
-    }
-
     /// Waits until a connection is up (after a reconnect); false on timeout or session end.
     pub fn wait_connected(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -308,23 +166,8 @@ impl Client {
         true
     }
 
-    /// Closes the connection and ends the session (the token stays valid for a later resume).
-    pub fn close(&self) {
-        self.inner.end(None);
-    }
-
-    /// The largest frame the server accepts.
-    pub(crate) fn max_frame(&self) -> Result<u32> {
-        Ok(self.inner.current()?.max_frame())
-    }
-
     pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.inner
-    }
-
-    /// Marks the session as ending on purpose, so the coming close is not reconnected.
-    pub(crate) fn begin_end(&self) {
-        self.inner.state.lock().ended = true;
     }
 
     /// Breaks the socket as a network failure would, to exercise reconnect.
@@ -336,9 +179,35 @@ impl Client {
     }
 }
 
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.inner.end(None);
+session_accessors!(Client);
+
+impl Link for Connection {
+    fn close(&self) {
+        Connection::close(self);
+    }
+
+    fn is_closed(&self) -> bool {
+        Connection::is_closed(self)
+    }
+
+    fn closed_locally(&self) -> bool {
+        Connection::closed_locally(self)
+    }
+
+    fn close_reason(&self) -> Option<ErrorCode> {
+        Connection::close_reason(self)
+    }
+
+    fn redirect(&self) -> Option<(String, String)> {
+        Connection::redirect(self)
+    }
+
+    fn welcome(&self) -> Welcome {
+        Connection::welcome(self)
+    }
+
+    fn max_frame(&self) -> u32 {
+        Connection::max_frame(self)
     }
 }
 
@@ -347,179 +216,30 @@ impl Inner {
         Arc::new(InnerSink(Arc::downgrade(self)))
     }
 
-    pub(crate) fn current(&self) -> Result<Arc<Connection>> {
-        if let Some(conn) = self.conn.lock().clone() {
-            return Ok(conn);
-        }
-        Err(Error::Disconnected {
-            reason: self.state.lock().last_reason,
-        })
-    }
-
-    /// Makes `conn` current unless it already closed; false if it did.
-    fn install(&self, conn: Arc<Connection>) -> bool {
-        let mut cur = self.conn.lock();
-        // Checked under the lock: a close after this point finds `conn` current in `on_close`.
-        if conn.is_closed() {
-            return false;
-        }
-        if let Some(old) = cur.replace(conn) {
-            old.close();
-        }
-        self.conn_changed.notify_all();
-        true
-    }
-
-    fn is_ended(&self) -> bool {
-        self.state.lock().ended
-    }
-
-    pub(crate) fn emit(&self, event: Event) {
-        if let Some(tx) = self.events_tx.lock().as_ref() {
-            let _ = tx.send(event);
-        }
-    }
-
-    /// Ends the session: closes the connection, emits `SessionEnded` once and closes the
-    /// stream.
-    pub(crate) fn end(&self, reason: Option<ErrorCode>) {
-        let conn = self.conn.lock().take();
-        {
-            let mut state = self.state.lock();
-            state.ended = true;
-            if reason.is_some() {
-                state.last_reason = reason;
-            }
-        }
-        if let Some(conn) = conn {
-            conn.close();
-        }
-        let tx = self.events_tx.lock().take();
-        if let Some(tx) = tx {
-            let _ = tx.send(Event::SessionEnded { reason });
-        }
-        self.conn_changed.notify_all();
-    }
-
-    fn deliver_message(&self, message: Message) {
-        let mut state = self.state.lock();
-        if state.resyncing {
-            state.held.push(message);
-        } else if state.dedupe.insert(message.thread, message.id) {
-            drop(state);
-            self.emit(Event::Message(message));
-        }
-    }
-
     /// Syncs from the saved watermark on `conn`: records everything in the dedupe set and
     /// emits what is new, unless this is the first sync (no watermark), which only sets one.
     fn catch_up(&self, conn: &Connection) -> Result<()> {
-        let since = {
-            let mut state = self.state.lock();
-            state.resyncing = true;
-            state.watermark
-        };
+        let since = self.begin_catch_up();
         let result = sync_pages(
             conn,
             since.unwrap_or(0),
             self.config.sync_page,
             self.config.request_timeout,
         );
-        let mut out = Vec::new();
-        if let Ok(synced) = &result {
-            record_sync(&mut self.state.lock(), synced, since.is_some(), &mut out);
-        }
-        self.end_resync(out);
-        result.map(|_| ())
-    }
-
-    /// Holds pushes back from now on: a catch-up follows the authentication about to be sent,
-    /// and a push may come right behind its AUTH_OK.
-    fn begin_resync(&self) {
-        self.state.lock().resyncing = true;
-    }
-
-    /// Emits `backlog`, then the pushes held meanwhile that are new, and stops holding.
-    fn end_resync(&self, mut backlog: Vec<Event>) {
-        let mut state = self.state.lock();
-        for message in std::mem::take(&mut state.held) {
-            if state.dedupe.insert(message.thread, message.id) {
-                backlog.push(Event::Message(message));
-            }
-        }
-        state.resyncing = false;
-        // Emitted under the state lock so that a push cannot overtake the backlog.
-        for event in backlog {
-            self.emit(event);
-        }
+        self.end_catch_up(since, &result);
+        result.map(drop)
     }
 
     fn resume_on(self: &Arc<Self>, addr: &str) -> Result<(), ResumeFailure> {
-        let Some(token) = self.state.lock().auth.as_ref().map(|a| a.token.clone()) else {
-            return Err(ResumeFailure::Fatal(None));
-        };
+        let token = self.saved_token()?;
         let conn =
             Connection::open(addr, &self.config, self.sink()).map_err(|_| ResumeFailure::Retry)?;
-        let redirected = |conn: &Connection| match conn.redirect() {
-            Some((_, to)) => ResumeFailure::Redirect(to),
-            None => ResumeFailure::Retry,
-        };
         self.begin_resync();
-        let resumed = conn.request(Resume { token }.into(), self.config.request_timeout);
-        if !matches!(resumed, Ok(Frame::AuthOk(_))) {
-            self.end_resync(Vec::new());
-        }
-        match resumed {
-            Ok(Frame::AuthOk(auth)) => self.state.lock().auth = Some(auth),
-            Ok(_) => {
-                conn.close();
-                return Err(ResumeFailure::Retry);
-            }
-            Err(Error::Server {
-                code: code @ (ErrorCode::InvalidToken | ErrorCode::SessionRevoked),
-                ..
-            }) => {
-                conn.close();
-                return Err(ResumeFailure::Fatal(Some(code)));
-            }
-            Err(_) => {
-                conn.close();
-                return Err(redirected(&conn));
-            }
-        }
-        if self.catch_up(&conn).is_err() {
-            conn.close();
-            return Err(redirected(&conn));
-        }
-        self.state.lock().addr = addr.to_string();
-        if !self.install(Arc::clone(&conn)) {
-            return Err(redirected(&conn));
-        }
-        Ok(())
+        let resumed = conn.request(auth::resume(&token), self.config.request_timeout);
+        self.resume_answer(&conn, resumed)?;
+        let caught_up = self.catch_up(&conn);
+        self.resume_done(conn, addr, caught_up)
     }
-}
-
-/// Records a completed sync: dedupe, floors, watermark; queues the events to emit.
-pub(crate) fn record_sync(
-    state: &mut State,
-    synced: &SyncResult,
-    deliver: bool,
-    out: &mut Vec<Event>,
-) {
-    if deliver {
-        out.extend(synced.threads.iter().cloned().map(Event::ThreadUpdated));
-    }
-    for message in &synced.messages {
-        if state.dedupe.insert(message.thread, message.id) && deliver {
-            out.push(Event::Message(message.clone()));
-        }
-    }
-    // Sync returns every message above `since` in a changed thread, so everything up to the
-    // newest one returned has now been seen.
-    for message in &synced.messages {
-        state.dedupe.raise_floor(message.thread, message.id);
-    }
-    state.watermark = Some(synced.watermark);
 }
 
 impl Sink for InnerSink {
@@ -527,23 +247,7 @@ impl Sink for InnerSink {
         let Some(inner) = self.0.upgrade() else {
             return;
         };
-        match frame {
-            Frame::MessagePush(p) => inner.deliver_message(p.message),
-            Frame::ReceiptPush(p) => inner.emit(Event::Receipt {
-                thread: p.thread,
-                user: p.user,
-                kind: p.kind,
-                up_to: p.up_to,
-            }),
-            Frame::PresencePush(p) => inner.emit(Event::Presence(p.presence)),
-            Frame::TypingPush(p) => inner.emit(Event::Typing {
-                thread: p.thread,
-                user: p.user,
-                active: p.active,
-            }),
-            // A push type this client does not know yet (a later server's) is no event.
-            _ => {}
-        }
+        inner.push(frame);
     }
 
     fn on_redirect(&self, _conn: &Arc<Connection>, node: String, addr: String) {
@@ -556,42 +260,10 @@ impl Sink for InnerSink {
         let Some(inner) = self.0.upgrade() else {
             return;
         };
-        {
-            let mut cur = inner.conn.lock();
-            if !cur.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
-                // Not (or no longer) the current connection: whoever replaced it is in charge.
-                return;
-            }
-            *cur = None;
+        if let Some(redirect) = inner.closed(conn) {
+            drop(inner);
+            reconnect_loop(&self.0, redirect);
         }
-        if conn.closed_locally() {
-            return;
-        }
-        let reason = conn.close_reason();
-        let redirect = conn.redirect();
-        let (authed, ended) = {
-            let mut state = inner.state.lock();
-            state.last_reason = reason;
-            (state.auth.is_some(), state.ended)
-        };
-        if ended {
-            return;
-        }
-        inner.emit(Event::Disconnected { reason });
-        if !authed && redirect.is_some() {
-            // `authenticate` is waiting on this connection and follows the redirect itself.
-            return;
-        }
-        if !authed || reason == Some(ErrorCode::SessionRevoked) {
-            inner.end(reason);
-            return;
-        }
-        if !inner.config.auto_reconnect && redirect.is_none() {
-            inner.end(reason);
-            return;
-        }
-        drop(inner);
-        reconnect_loop(&self.0, redirect.map(|(_, addr)| addr));
     }
 }
 
@@ -599,45 +271,18 @@ impl Sink for InnerSink {
 /// thread of the connection that closed; holds no strong reference while sleeping.
 fn reconnect_loop(weak: &Weak<Inner>, redirect: Option<String>) {
     let Some(inner) = weak.upgrade() else { return };
-    let mut backoff = Backoff::new(inner.config.backoff);
-    let persistent = inner.config.auto_reconnect;
+    let mut plan = Reconnect::new(&inner.config, redirect);
     drop(inner);
-    let mut target = redirect;
-    let (mut redirects, mut failures) = (0, 0);
     loop {
         let Some(inner) = weak.upgrade() else { return };
         if inner.is_ended() {
             return;
         }
-        let addr = target
-            .clone()
-            .unwrap_or_else(|| inner.state.lock().addr.clone());
-        match inner.resume_on(&addr) {
-            Ok(()) => {
-                inner.emit(Event::Reconnected { addr });
-                return;
-            }
-            Err(ResumeFailure::Redirect(to)) => {
-                redirects += 1;
-                target = Some(to);
-                if redirects <= MAX_REDIRECTS {
-                    continue;
-                }
-                redirects = 0;
-            }
-            Err(ResumeFailure::Fatal(reason)) => {
-                inner.end(reason);
-                return;
-            }
-            Err(ResumeFailure::Retry) => {
-                failures += 1;
-                if !persistent && failures >= REDIRECT_ATTEMPTS {
-                    inner.end(None);
-                    return;
-                }
-            }
-        }
-        let delay = backoff.next_delay();
+        let addr = plan.target(&inner.state.lock());
+        let result = inner.resume_on(&addr);
+        let Some(delay) = inner.after_attempt(&mut plan, addr, result) else {
+            return;
+        };
         drop(inner);
         thread::sleep(delay);
     }

@@ -65,4 +65,13 @@ impl ClientConfig {
         self.request_timeout = timeout;
         self
     }
+
+    /// What each connection's [`Session`](courier_protocol::Session) is made with.
+    pub(crate) fn session_config(&self) -> courier_protocol::SessionConfig {
+        courier_protocol::SessionConfig {
+            client_name: self.client_name.clone(),
+            max_frame_len: self.max_frame_len,
+            max_outstanding: self.max_outstanding,
+        }
+    }
 }

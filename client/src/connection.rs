@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use courier_protocol::session::{CloseReason, Event};
-use courier_protocol::{ErrorCode, Frame, Session, SessionConfig, SessionError, Welcome, VERSION};
+use courier_protocol::{ErrorCode, Frame, Session, SessionError, Welcome};
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
@@ -91,14 +91,7 @@ impl Connection {
         stream.set_write_timeout(Some(config.request_timeout))?;
         let read_half = stream.try_clone()?;
         let control = stream.try_clone()?;
-        let session = Session::new(
-            SessionConfig {
-                client_name: config.client_name.clone(),
-                max_frame_len: config.max_frame_len,
-                max_outstanding: config.max_outstanding,
-            },
-            Instant::now(),
-        );
+        let session = Session::new(config.session_config(), Instant::now());
         let (handshake_tx, handshake_rx) = bounded(1);
         let conn = Arc::new(Connection {
             core: Mutex::new(Core {
@@ -293,11 +286,7 @@ impl Connection {
                 }
                 Event::Reply { request_id, frame } => {
                     if let Some(waiter) = core.waiters.remove(&request_id) {
-                        let reply = match frame {
-                            Frame::ErrorReply(e) => Err(Error::from_reply(e.code, e.message)),
-                            other => Ok(other),
-                        };
-                        routed.push(Routed::Reply(waiter, reply));
+                        routed.push(Routed::Reply(waiter, Error::reply(frame)));
                     }
                 }
                 Event::Push(frame) => routed.push(Routed::Push(frame)),
@@ -311,7 +300,7 @@ impl Connection {
                     }
                     core.closed = true;
                     if let Some(tx) = core.handshake.take() {
-                        let _ = tx.try_send(Err(handshake_error(reason, core.reason)));
+                        let _ = tx.try_send(Err(Error::handshake(reason, core.reason)));
                     }
                     // Dropping the senders wakes every waiting request with `Disconnected`.
                     core.waiters.clear();
@@ -372,18 +361,6 @@ impl Connection {
         // A timeout yields a PING or the close, nothing to hand over.
         debug_assert!(routed.is_empty());
         write_out(&mut writer)
-    }
-}
-
-/// What [`Connection::open`] returns when the session closed before `WELCOME`.
-fn handshake_error(reason: CloseReason, code: Option<ErrorCode>) -> Error {
-    match reason {
-        CloseReason::HandshakeRefused { code, message } => Error::from_reply(code, message),
-        CloseReason::VersionMismatch { server } => Error::VersionMismatch {
-            server,
-            client: VERSION,
-        },
-        _ => Error::Disconnected { reason: code },
     }
 }
 

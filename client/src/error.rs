@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use courier_protocol::ErrorCode;
+use courier_protocol::session::CloseReason;
+use courier_protocol::{ErrorCode, Frame, VERSION};
 
 /// Everything a client call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +132,27 @@ impl Error {
         match ErrorCode::from_u16(code) {
             Some(code) => Error::Server { code, message },
             None => Error::UnknownErrorCode { code, message },
+        }
+    }
+
+    /// A response as a call's result: `ERROR_REPLY` is an error, anything else the reply.
+    pub(crate) fn reply(frame: Frame) -> Result<Frame> {
+        match frame {
+            Frame::ErrorReply(e) => Err(Error::from_reply(e.code, e.message)),
+            other => Ok(other),
+        }
+    }
+
+    /// What opening a connection fails with when the session closed (`reason`, with the
+    /// server's `code` if it gave one) before `WELCOME`.
+    pub(crate) fn handshake(reason: CloseReason, code: Option<ErrorCode>) -> Error {
+        match reason {
+            CloseReason::HandshakeRefused { code, message } => Error::from_reply(code, message),
+            CloseReason::VersionMismatch { server } => Error::VersionMismatch {
+                server,
+                client: VERSION,
+            },
+            _ => Error::Disconnected { reason: code },
         }
     }
 

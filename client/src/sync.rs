@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use courier_protocol::{Frame, Message, MessageRef, Sync, Thread};
+use courier_protocol::{Frame, Message, MessageRef, SyncBatch, Thread};
 
-use crate::client::{expect_reply, record_sync};
 use crate::connection::Connection;
-use crate::{Client, Result};
+use crate::{Client, Error, Result};
 
 /// What one full sync returned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,6 +24,69 @@ pub struct SyncResult {
     pub deleted: Vec<MessageRef>,
 }
 
+/// A `SYNC` walk over all pages, sans-IO: send [`request`](Self::request), feed each
+/// `SYNC_BATCH` to [`feed`](Self::feed) until it returns the result.
+pub(crate) struct SyncWalk {
+    since: u64,
+    limit: u16,
+    /// The cursor and the walk's watermark: 0s ask for a new walk; every later page carries
+    /// the first batch's watermark back, so nothing committed mid-walk can hide below it.
+    after_thread: u64,
+    after_message: u64,
+    watermark: u64,
+    out: SyncResult,
+}
+
+impl SyncWalk {
+    pub(crate) fn new(since: u64, limit: u16) -> SyncWalk {
+        SyncWalk {
+            since,
+            limit,
+            after_thread: 0,
+            after_message: 0,
+            watermark: 0,
+            out: SyncResult::default(),
+        }
+    }
+
+    /// The next page's request.
+    pub(crate) fn request(&self) -> Frame {
+        Frame::Sync(courier_protocol::Sync {
+            since: self.since,
+            after_thread: self.after_thread,
+            after_message: self.after_message,
+            limit: self.limit,
+            watermark: self.watermark,
+        })
+    }
+
+    /// Takes one page; the whole result once the server says there are no more.
+    pub(crate) fn feed(&mut self, batch: SyncBatch) -> Option<SyncResult> {
+        self.out.threads.extend(batch.threads);
+        self.out.messages.extend(batch.messages);
+        self.out.deleted.extend(batch.deleted);
+        if !batch.more {
+            self.out.watermark = batch.watermark;
+            return Some(std::mem::take(&mut self.out));
+        }
+        self.after_thread = batch.next_thread;
+        self.after_message = batch.next_message;
+        self.watermark = batch.watermark;
+        None
+    }
+}
+
+/// The `SYNC_BATCH` in a reply.
+pub(crate) fn expect_batch(reply: Frame) -> Result<SyncBatch> {
+    match reply {
+        Frame::SyncBatch(batch) => Ok(batch),
+        other => Err(Error::UnexpectedReply {
+            request: "Sync",
+            reply: other.name(),
+        }),
+    }
+}
+
 /// Asks for pages until the server says there are no more.
 pub(crate) fn sync_pages(
     conn: &Connection,
@@ -32,40 +94,19 @@ pub(crate) fn sync_pages(
     limit: u16,
     timeout: Duration,
 ) -> Result<SyncResult> {
-    let mut out = SyncResult::default();
-    // The cursor and the walk's watermark: 0s ask for a new walk; every later page carries
-    // the first batch's watermark back, so nothing committed mid-walk can hide below it.
-    let (mut after_thread, mut after_message, mut watermark) = (0, 0, 0);
+    let mut walk = SyncWalk::new(since, limit);
     loop {
-        let request = Sync {
-            since,
-            after_thread,
-            after_message,
-            limit,
-            watermark,
-        };
-        let batch = expect_reply!(
-            conn.request(Frame::Sync(request), timeout),
-            "Sync",
-            SyncBatch
-        )?;
-        out.threads.extend(batch.threads);
-        out.messages.extend(batch.messages);
-        out.deleted.extend(batch.deleted);
-        if !batch.more {
-            out.watermark = batch.watermark;
-            return Ok(out);
+        let batch = expect_batch(conn.request(walk.request(), timeout)?)?;
+        if let Some(result) = walk.feed(batch) {
+            return Ok(result);
         }
-        after_thread = batch.next_thread;
-        after_message = batch.next_message;
-        watermark = batch.watermark;
     }
 }
 
 impl Client {
     /// Everything that changed since the saved watermark (else the login's, else the
-    /// beginning), over all pages. Saves the new watermark and counts the messages as seen, so the event stream
-    /// will not repeat them.
+    /// beginning), over all pages. Saves the new watermark and counts the messages as seen, so
+    /// the event stream will not repeat them.
     pub fn sync(&self) -> Result<SyncResult> {
         let since = self.watermark().unwrap_or(0);
         self.sync_since(since)
@@ -81,8 +122,10 @@ impl Client {
             inner.config.sync_page,
             inner.config.request_timeout,
         )?;
-        let mut state = inner.state.lock();
-        record_sync(&mut state, &result, false, &mut Vec::new());
+        inner
+            .state
+            .lock()
+            .record_sync(&result, false, &mut Vec::new());
         Ok(result)
     }
 }

@@ -44,6 +44,26 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the server closed the connection: {0}")]
+    Closed(courier_protocol::session::CloseReason),
+    #[error("request not sent: {0}")]
+    Session(#[from] courier_protocol::SessionError),
+    #[error("{request}: the server refused it with {code}: {message}")]
+    Refused {
+        request: &'static str,
+        code: String,
+        message: String,
+    },
+    #[error("{request}: the server answered {answer}, which does not fit")]
+    UnexpectedAnswer {
+        request: &'static str,
+        answer: &'static str,
+    },
+    #[error("no answer to {request} within {after:?}; is the server overloaded or stuck?")]
+    NoAnswer {
+        request: &'static str,
+        after: std::time::Duration,
+    },
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("JSON: {0}")]

@@ -4,8 +4,9 @@
 //! sends), starts worker processes (this binary's hidden `worker` subcommand; each holds up to
 //! ~18,000 sockets under a 20,000 open-file limit) and drives them through phases over JSON
 //! lines on their stdin/stdout: connect → setup → traffic → collect → verify. Each worker is
-//! one mio event loop of small per-connection state machines speaking the protocol through
-//! `courier_protocol` directly.
+//! one mio event loop of small per-connection state machines, each driving a
+//! `courier_protocol::Session`; the side tools (registering users, the probe scenario) drive
+//! the same `Session` over blocking sockets (`blocking.rs`).
 //!
 //! ```text
 //!  parent ──Init/Connect/Setup/Traffic/Collect──▶ worker 0..K (mio loop, 18k conns each)
@@ -18,6 +19,7 @@
 //! HdrHistograms are merged in the parent. Verification definitions: [`ledger`]. Kernel memory
 //! measurement: [`sys`].
 
+mod blocking;
 pub mod cli;
 mod error;
 #[doc(hidden)]

@@ -18,17 +18,17 @@
 //! shards the kernel decides who shares a shard). The report is its own JSON object
 //! ([`ProbeReport`]); it is not a delivery run and has no loss verification.
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use courier_protocol::{self as proto, encode, Decoder, Envelope, Frame};
+use bytes::Bytes;
+use courier_protocol::{self as proto, Frame};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::blocking::{unexpected, SessionConn};
 use crate::cli::{Common, ProbeArgs};
 use crate::hist::{new_histogram, record_ns, Summary};
 use crate::users::{read_users_file, register_users, token_bytes, UserRecord};
@@ -66,110 +66,19 @@ impl ProbeReport {
     }
 }
 
-/// One authenticated blocking connection.
-struct Conn {
-    sock: TcpStream,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
-    decoder: Decoder,
-    next_id: u32,
-}
+/// How long one answer may take.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn io_err(e: std::io::Error) -> Error {
-    Error::Io(e)
-}
-
-fn unexpected(what: &str, frame: &Frame) -> Error {
-    let detail = match frame {
-        Frame::ErrorReply(e) => format!("ERROR_REPLY {}: {}", e.code, e.message),
-        other => format!("unexpected {}", other.name()),
-    };
-    Error::Args(format!("{what}: the server answered {detail}"))
-}
-
-impl Conn {
-    fn open(server: SocketAddr, user: &UserRecord) -> Result<Conn> {
-        let sock = TcpStream::connect_timeout(&server, Duration::from_secs(10)).map_err(io_err)?;
-        sock.set_read_timeout(Some(Duration::from_secs(60)))
-            .map_err(io_err)?;
-        let _ = sock.set_nodelay(true);
-        let mut c = Conn {
-            sock,
-            rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
-            decoder: Decoder::new(proto::MAX_FRAME_LEN),
-            next_id: 1,
-        };
-        let hello = proto::Hello {
-            version: proto::VERSION,
-            client: "courier-loadgen probe".into(),
-        };
-        match c.call(hello.into())? {
-            Frame::Welcome(_) => {}
-            other => return Err(unexpected("HELLO", &other)),
+/// Connects and resumes as `user`.
+fn open(server: SocketAddr, user: &UserRecord) -> Result<SessionConn> {
+    let mut conn = SessionConn::connect(server, "courier-loadgen probe", ANSWER_TIMEOUT)?;
+    conn.authenticate(
+        proto::Resume {
+            token: token_bytes(user),
         }
-        match c.call(
-            proto::Resume {
-                token: token_bytes(user),
-            }
-            .into(),
-        )? {
-            Frame::AuthOk(_) => Ok(c),
-            other => Err(unexpected("RESUME", &other)),
-        }
-    }
-
-    fn write(&mut self, frame: &Frame) -> Result<u32> {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.wbuf.clear();
-        encode(id, frame, &mut self.wbuf);
-        self.sock.write_all(&self.wbuf).map_err(io_err)?;
-        Ok(id)
-    }
-
-    /// Reads frames until the answer to `id` (pushes and other answers are skipped).
-    fn answer(&mut self, id: u32) -> Result<Frame> {
-        let mut chunk = [0u8; 64 * 1024];
-        loop {
-            while let Some(Envelope { request_id, frame }) = self
-                .decoder
-                .decode(&mut self.rbuf)
-                .map_err(|e| Error::Args(format!("undecodable frame from the server: {e}")))?
-            {
-                if request_id == id {
-                    return Ok(frame);
-                }
-            }
-            let n = std::io::Read::read(&mut self.sock, &mut chunk).map_err(io_err)?;
-            if n == 0 {
-                return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-            self.rbuf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    fn call(&mut self, frame: Frame) -> Result<Frame> {
-        let id = self.write(&frame)?;
-        self.answer(id)
-    }
-
-    /// Sends every frame with at most [`SETUP_WINDOW`] unanswered; returns the answers in order.
-    fn pipeline(&mut self, frames: Vec<Frame>) -> Result<Vec<Frame>> {
-        let mut ids = std::collections::VecDeque::new();
-        let mut out = Vec::with_capacity(frames.len());
-        for f in frames {
-            if ids.len() == SETUP_WINDOW {
-                let id = ids.pop_front().expect("window is full");
-                out.push(self.answer(id)?);
-            }
-            ids.push_back(self.write(&f)?);
-        }
-        for id in ids {
-            out.push(self.answer(id)?);
-        }
-        Ok(out)
-    }
+        .into(),
+    )?;
+    Ok(conn)
 }
 
 /// Runs the probe scenario.
@@ -200,10 +109,10 @@ pub fn run(c: &Common, args: &ProbeArgs) -> Result<ProbeReport> {
     }
     let (prober_user, downloader_user, lister_user, poster_user) =
         (&users[0], &users[1], &users[2], &users[3]);
-    let mut downloader = Conn::open(server, downloader_user)?;
-    let mut lister = Conn::open(server, lister_user)?;
-    let mut poster = Conn::open(server, poster_user)?;
-    let mut prober = Conn::open(server, prober_user)?;
+    let mut downloader = open(server, downloader_user)?;
+    let mut lister = open(server, lister_user)?;
+    let mut poster = open(server, poster_user)?;
+    let mut prober = open(server, prober_user)?;
 
     let media = upload(&mut downloader, args.media_bytes)?;
     setup_threads(&mut lister, &mut poster, poster_user.id, args, c.body_size)?;
@@ -259,14 +168,14 @@ pub fn run(c: &Common, args: &ProbeArgs) -> Result<ProbeReport> {
 }
 
 /// Uploads `len` bytes of media; returns its id.
-fn upload(conn: &mut Conn, len: u64) -> Result<Bytes> {
+fn upload(conn: &mut SessionConn, len: u64) -> Result<Bytes> {
     let begin = proto::MediaBegin {
         total_len: len,
         mime: "application/octet-stream".into(),
     };
     let (upload, chunk_max) = match conn.call(begin.into())? {
         Frame::MediaUpload(u) => (u.upload, u.chunk_max as u64),
-        other => return Err(unexpected("MEDIA_BEGIN", &other)),
+        other => return Err(unexpected("MediaBegin", other)),
     };
     let chunk: Bytes = (0..chunk_max).map(|i| i as u8).collect::<Vec<u8>>().into();
     let mut frames = Vec::new();
@@ -283,22 +192,22 @@ fn upload(conn: &mut Conn, len: u64) -> Result<Bytes> {
         );
         offset += n;
     }
-    for answer in conn.pipeline(frames)? {
+    for answer in conn.pipeline(frames, SETUP_WINDOW)? {
         if !matches!(answer, Frame::Done(_)) {
-            return Err(unexpected("MEDIA_CHUNK", &answer));
+            return Err(unexpected("MediaChunk", answer));
         }
     }
     match conn.call(proto::MediaCommit { upload }.into())? {
         Frame::MediaRef(r) => Ok(r.media),
-        other => Err(unexpected("MEDIA_COMMIT", &other)),
+        other => Err(unexpected("MediaCommit", other)),
     }
 }
 
 /// Creates `--threads` groups of the lister and the poster; the poster sends `--unread`
 /// messages into each.
 fn setup_threads(
-    lister: &mut Conn,
-    poster: &mut Conn,
+    lister: &mut SessionConn,
+    poster: &mut SessionConn,
     poster_id: u64,
     a: &ProbeArgs,
     body_size: usize,
@@ -313,10 +222,10 @@ fn setup_threads(
         })
         .collect();
     let mut threads = Vec::with_capacity(a.threads);
-    for answer in lister.pipeline(creates)? {
+    for answer in lister.pipeline(creates, SETUP_WINDOW)? {
         match answer {
             Frame::ThreadInfo(t) => threads.push(t.thread.id),
-            other => return Err(unexpected("CREATE_GROUP", &other)),
+            other => return Err(unexpected("CreateGroup", other)),
         }
     }
     let body = Bytes::from(vec![b'x'; body_size]);
@@ -336,16 +245,20 @@ fn setup_threads(
             );
         }
     }
-    for answer in poster.pipeline(sends)? {
+    for answer in poster.pipeline(sends, SETUP_WINDOW)? {
         if !matches!(answer, Frame::Sent(_)) {
-            return Err(unexpected("SEND", &answer));
+            return Err(unexpected("Send", answer));
         }
     }
     Ok(())
 }
 
 /// PINGs at `rate` per second for `duration`; latency counted from each ping's scheduled time.
-fn probe_loop(conn: &mut Conn, rate: f64, duration: Duration) -> Result<(Histogram<u64>, u64)> {
+fn probe_loop(
+    conn: &mut SessionConn,
+    rate: f64,
+    duration: Duration,
+) -> Result<(Histogram<u64>, u64)> {
     let mut h = new_histogram();
     let mut errors = 0;
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
@@ -373,7 +286,12 @@ type LoopResult = Result<(Histogram<u64>, u64, u64, u64)>;
 
 /// Downloads the media from start to end until `stop`; returns (latencies, whole downloads,
 /// bytes, errors).
-fn download_loop(conn: &mut Conn, media: &Bytes, total: u64, stop: &AtomicBool) -> LoopResult {
+fn download_loop(
+    conn: &mut SessionConn,
+    media: &Bytes,
+    total: u64,
+    stop: &AtomicBool,
+) -> LoopResult {
     let mut h = new_histogram();
     let (mut downloads, mut bytes, mut errors, mut offset) = (0, 0, 0, 0);
     while !stop.load(Ordering::Relaxed) {
@@ -404,7 +322,7 @@ fn download_loop(conn: &mut Conn, media: &Bytes, total: u64, stop: &AtomicBool) 
 }
 
 /// Pages through every thread until `stop`; returns (latencies, pages, walks, errors).
-fn list_loop(conn: &mut Conn, limit: u16, stop: &AtomicBool) -> LoopResult {
+fn list_loop(conn: &mut SessionConn, limit: u16, stop: &AtomicBool) -> LoopResult {
     let mut h = new_histogram();
     let (mut pages, mut walks, mut errors) = (0, 0, 0);
     let (mut before_msg_id, mut before_thread) = (0, 0);

@@ -1,13 +1,13 @@
 //! The users a run connects as: read from a provisioned file, or registered on the spot.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use courier_protocol::{self as proto, encode, Decoder, Envelope, Frame};
+use bytes::Bytes;
+use courier_protocol as proto;
 
+use crate::blocking::SessionConn;
 use crate::{Error, Result};
 
 /// One account the loadgen can RESUME as.
@@ -89,80 +89,24 @@ pub fn register_users(
 }
 
 fn register_one(server: SocketAddr, handle: &str) -> Result<UserRecord> {
-    let fail = |reason: String| Error::Register {
+    let fail = |e: Error| Error::Register {
         handle: handle.to_string(),
         server: server.to_string(),
-        reason,
+        reason: e.to_string(),
     };
-    let mut sock = TcpStream::connect_timeout(&server, Duration::from_secs(10))
-        .map_err(|e| fail(e.to_string()))?;
-    sock.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| fail(e.to_string()))?;
-    let _ = sock.set_nodelay(true);
-    let mut rbuf = BytesMut::new();
-    let hello = proto::Hello {
-        version: proto::VERSION,
-        client: "courier-loadgen".into(),
-    };
-    match request(&mut sock, &mut rbuf, 1, hello.into()).map_err(|e| fail(e.to_string()))? {
-        Frame::Welcome(_) => {}
-        other => return Err(fail(describe(&other))),
-    }
+    let mut conn =
+        SessionConn::connect(server, "courier-loadgen", Duration::from_secs(30)).map_err(fail)?;
     let register = proto::Register {
         handle: handle.into(),
         password: PASSWORD.into(),
         device: "loadgen".into(),
     };
-    match request(&mut sock, &mut rbuf, 2, register.into()).map_err(|e| fail(e.to_string()))? {
-        Frame::AuthOk(ok) => Ok(UserRecord {
-            id: ok.user,
-            handle: ok.handle,
-            token: ok.token.to_vec(),
-        }),
-        other => Err(fail(describe(&other))),
-    }
-}
-
-fn describe(frame: &Frame) -> String {
-    match frame {
-        Frame::ErrorReply(e) => match proto::ErrorCode::from_u16(e.code) {
-            Some(code) => format!("server answered {code}: {}", e.message),
-            None => format!("server answered error {}: {}", e.code, e.message),
-        },
-        other => format!("unexpected {}", other.name()),
-    }
-}
-
-/// Writes one request and reads until its response (pushes are skipped).
-pub(crate) fn request(
-    sock: &mut TcpStream,
-    rbuf: &mut BytesMut,
-    request_id: u32,
-    frame: Frame,
-) -> std::io::Result<Frame> {
-    let mut out = BytesMut::new();
-    encode(request_id, &frame, &mut out);
-    sock.write_all(&out)?;
-    let decoder = Decoder::new(proto::MAX_FRAME_LEN);
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        while let Some(Envelope {
-            request_id: rid,
-            frame,
-        }) = decoder
-            .decode(rbuf)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
-        {
-            if rid == request_id {
-                return Ok(frame);
-            }
-        }
-        let n = sock.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        rbuf.extend_from_slice(&chunk[..n]);
-    }
+    let auth = conn.authenticate(register.into()).map_err(fail)?;
+    Ok(UserRecord {
+        id: auth.user,
+        handle: auth.handle,
+        token: auth.token.to_vec(),
+    })
 }
 
 /// A token's bytes for a RESUME frame.

@@ -23,6 +23,8 @@ use courier_protocol::{
     Register, Resume, Session, SessionConfig, Welcome, MAX_FRAME_LEN,
 };
 
+pub mod proxy;
+
 /// How long a server may take to print its listening line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long `stop` waits for a clean exit before killing.

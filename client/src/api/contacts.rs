@@ -5,75 +5,70 @@ use courier_protocol::{
     PresenceSubscribe, UserInfo,
 };
 
-use crate::client::expect_reply;
 use crate::{Client, Result};
 
 /// Most ids one `GET_USERS` may carry; [`Client::users`] splits longer lists.
 const GET_USERS_MAX: usize = 1000;
 
-impl Client {
+requests! {
     /// Adds a user to the caller's contacts.
-    pub fn contact_add(&self, user: u64) -> Result<()> {
-        expect_reply!(self.call(ContactAdd { user }), "ContactAdd", Done).map(drop)
+    pub fn contact_add(user: u64) -> () {
+        ContactAdd { user } => Done(_) => ()
     }
 
     /// Removes a user from the caller's contacts.
-    pub fn contact_remove(&self, user: u64) -> Result<()> {
-        expect_reply!(self.call(ContactRemove { user }), "ContactRemove", Done).map(drop)
+    pub fn contact_remove(user: u64) -> () {
+        ContactRemove { user } => Done(_) => ()
     }
 
     /// The caller's contacts.
-    pub fn contacts(&self) -> Result<Vec<UserInfo>> {
-        Ok(expect_reply!(self.call(ContactList {}), "ContactList", Contacts)?.users)
+    pub fn contacts() -> Vec<UserInfo> {
+        ContactList {} => Contacts(reply) => reply.users
     }
 
     /// Finds a user by handle (`UNKNOWN_USER` if there is none).
-    pub fn lookup_user(&self, handle: &str) -> Result<UserInfo> {
-        Ok(expect_reply!(
-            self.call(LookupUser {
-                handle: handle.into()
-            }),
-            "LookupUser",
-            User
-        )?
-        .user)
+    pub fn lookup_user(handle: &str) -> UserInfo {
+        LookupUser { handle: handle.into() } => User(reply) => reply.user
     }
 
+    /// One `GET_USERS` of at most [`GET_USERS_MAX`] ids.
+    fn users_page(ids: &[u64]) -> Vec<UserInfo> {
+        GetUsers { users: ids.to_vec() } => Users(reply) => reply.users
+    }
+
+    /// Asks for presence pushes ([`Event::Presence`](crate::Event::Presence)) of these
+    /// contacts for the life of the connection. Re-subscribe after a reconnect.
+    pub fn presence_subscribe(users: &[u64]) -> () {
+        PresenceSubscribe { users: users.to_vec() } => Done(_) => ()
+    }
+
+    /// Online state and last-seen time of these contacts.
+    pub fn presence_query(users: &[u64]) -> Vec<Presence> {
+        PresenceQuery { users: users.to_vec() } => PresenceList(reply) => reply.entries
+    }
+}
+
+impl Client {
     /// The handles of these users, in the order asked; unknown ids are left out. Any number
     /// of ids: they go out in requests of at most 1,000.
     pub fn users(&self, ids: &[u64]) -> Result<Vec<UserInfo>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(GET_USERS_MAX) {
-            let request = GetUsers {
-                users: chunk.to_vec(),
-            };
-            out.extend(expect_reply!(self.call(request), "GetUsers", Users)?.users);
+            out.extend(self.users_page(chunk)?);
         }
         Ok(out)
     }
+}
 
-    /// Asks for presence pushes ([`Event::Presence`](crate::Event::Presence)) of these
-    /// contacts for the life of the connection. Re-subscribe after a reconnect.
-    pub fn presence_subscribe(&self, users: &[u64]) -> Result<()> {
-        expect_reply!(
-            self.call(PresenceSubscribe {
-                users: users.to_vec()
-            }),
-            "PresenceSubscribe",
-            Done
-        )
-        .map(drop)
-    }
-
-    /// Online state and last-seen time of these contacts.
-    pub fn presence_query(&self, users: &[u64]) -> Result<Vec<Presence>> {
-        Ok(expect_reply!(
-            self.call(PresenceQuery {
-                users: users.to_vec()
-            }),
-            "PresenceQuery",
-            PresenceList
-        )?
-        .entries)
+#[cfg(feature = "tokio")]
+impl crate::AsyncClient {
+    /// The handles of these users, in the order asked; unknown ids are left out. Any number
+    /// of ids: they go out in requests of at most 1,000.
+    pub async fn users(&self, ids: &[u64]) -> Result<Vec<UserInfo>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(GET_USERS_MAX) {
+            out.extend(self.users_page(chunk).await?);
+        }
+        Ok(out)
     }
 }

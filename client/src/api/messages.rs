@@ -8,7 +8,6 @@ use courier_protocol::{
     ReceiptKind, Send, Sent, Typing,
 };
 
-use crate::client::expect_reply;
 use crate::{Client, Result};
 
 /// A fresh, non-zero id for a message, chosen by the sender so a retry can be recognised.
@@ -21,6 +20,50 @@ pub fn new_client_msg_id() -> u64 {
     }
 }
 
+requests! {
+    /// Sends with a caller-chosen `client_msg_id`. Sending the same id again in the same
+    /// thread returns the original `SENT` and stores nothing.
+    pub fn send_with_id(
+        thread: u64,
+        client_msg_id: u64,
+        kind: MessageKind,
+        body: impl Into<Bytes>,
+    ) -> Sent {
+        Send { thread, client_msg_id, kind, body: body.into() } => Sent(reply) => reply
+    }
+
+    /// Messages older (`Backward`, newest first) or newer (`Forward`, oldest first) than
+    /// `anchor`; anchor 0 means from the newest (backward) or the oldest (forward).
+    pub fn history(thread: u64, anchor: u64, direction: Direction, limit: u16) -> Messages {
+        History { thread, anchor, direction, limit } => Messages(reply) => reply
+    }
+
+    /// Moves the caller's delivered or read cursor in a thread up to `up_to` (cumulative).
+    pub fn receipt(thread: u64, kind: ReceiptKind, up_to: u64) -> () {
+        Receipt { thread, kind, up_to } => Done(_) => ()
+    }
+
+    /// Recalls one of the caller's messages (within the recall window).
+    pub fn recall(thread: u64, message: u64) -> () {
+        Recall { thread, message } => Done(_) => ()
+    }
+
+    /// Hides a message from the caller's own history on all their devices.
+    pub fn delete_for_me(thread: u64, message: u64) -> () {
+        DeleteForMe { thread, message } => Done(_) => ()
+    }
+
+    /// Which members have received and read a message.
+    pub fn readers(thread: u64, message: u64) -> ReadersList {
+        Readers { thread, message } => ReadersList(reply) => reply
+    }
+}
+
+/// Whether [`Client::send_with_retry`] tries again after `error`, with `left` to go.
+fn retry_send(error: &crate::Error, left: Duration) -> bool {
+    error.is_connection_error() && !left.is_zero()
+}
+
 impl Client {
     /// Sends a message with a fresh `client_msg_id`; returns once it is durable (the first tick).
     pub fn send(&self, thread: u64, kind: MessageKind, body: impl Into<Bytes>) -> Result<Sent> {
@@ -29,29 +72,7 @@ impl Client {
 
     /// Sends a text message.
     pub fn send_text(&self, thread: u64, text: &str) -> Result<Sent> {
-        self.send(
-            thread,
-            MessageKind::Text,
-            Bytes::copy_from_slice(text.as_bytes()),
-        )
-    }
-
-    /// Sends with a caller-chosen `client_msg_id`. Sending the same id again in the same
-    /// thread returns the original `SENT` and stores nothing.
-    pub fn send_with_id(
-        &self,
-        thread: u64,
-        client_msg_id: u64,
-        kind: MessageKind,
-        body: impl Into<Bytes>,
-    ) -> Result<Sent> {
-        let request = Send {
-            thread,
-            client_msg_id,
-            kind,
-            body: body.into(),
-        };
-        expect_reply!(self.call(request), "Send", Sent)
+        self.send(thread, MessageKind::Text, text.to_owned())
     }
 
     /// Sends, and when the connection fails before `SENT` arrives, waits for the reconnect and
@@ -69,80 +90,74 @@ impl Client {
         let body = body.into();
         loop {
             match self.send_with_id(thread, client_msg_id, kind, body.clone()) {
-                Err(e) if e.is_connection_error() => {
+                Err(e) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() || !self.wait_connected(left) {
+                    if !retry_send(&e, left) || !self.wait_connected(left) {
                         return Err(e);
                     }
                     // A server still answering the old connection's writes would be racing us;
                     // the next attempt is on the new connection.
                 }
-                other => return other,
+                sent => return sent,
             }
         }
-    }
-
-    /// Messages older (`Backward`, newest first) or newer (`Forward`, oldest first) than
-    /// `anchor`; anchor 0 means from the newest (backward) or the oldest (forward).
-    pub fn history(
-        &self,
-        thread: u64,
-        anchor: u64,
-        direction: Direction,
-        limit: u16,
-    ) -> Result<Messages> {
-        expect_reply!(
-            self.call(History {
-                thread,
-                anchor,
-                direction,
-                limit
-            }),
-            "History",
-            Messages
-        )
-    }
-
-    /// Moves the caller's delivered or read cursor in a thread up to `up_to` (cumulative).
-    pub fn receipt(&self, thread: u64, kind: ReceiptKind, up_to: u64) -> Result<()> {
-        expect_reply!(
-            self.call(Receipt {
-                thread,
-                kind,
-                up_to
-            }),
-            "Receipt",
-            Done
-        )
-        .map(drop)
-    }
-
-    /// Recalls one of the caller's messages (within the recall window).
-    pub fn recall(&self, thread: u64, message: u64) -> Result<()> {
-        expect_reply!(self.call(Recall { thread, message }), "Recall", Done).map(drop)
-    }
-
-    /// Hides a message from the caller's own history on all their devices.
-    pub fn delete_for_me(&self, thread: u64, message: u64) -> Result<()> {
-        expect_reply!(
-            self.call(DeleteForMe { thread, message }),
-            "DeleteForMe",
-            Done
-        )
-        .map(drop)
-    }
-
-    /// Which members have received and read a message.
-    pub fn readers(&self, thread: u64, message: u64) -> Result<ReadersList> {
-        expect_reply!(
-            self.call(Readers { thread, message }),
-            "Readers",
-            ReadersList
-        )
     }
 
     /// Tells the other members the caller is (or stopped) typing. Never answered.
     pub fn typing(&self, thread: u64, active: bool) -> Result<()> {
         self.send_frame(Typing { thread, active })
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl crate::AsyncClient {
+    /// Sends a message with a fresh `client_msg_id`; returns once it is durable (the first tick).
+    pub async fn send(
+        &self,
+        thread: u64,
+        kind: MessageKind,
+        body: impl Into<Bytes>,
+    ) -> Result<Sent> {
+        self.send_with_id(thread, new_client_msg_id(), kind, body)
+            .await
+    }
+
+    /// Sends a text message.
+    pub async fn send_text(&self, thread: u64, text: &str) -> Result<Sent> {
+        self.send(thread, MessageKind::Text, text.to_owned()).await
+    }
+
+    /// Sends, and when the connection fails before `SENT` arrives, waits for the reconnect and
+    /// retries with the same `client_msg_id` until `give_up_after` has passed. The server
+    /// deduplicates, so the message is stored once however many attempts reached it.
+    pub async fn send_with_retry(
+        &self,
+        thread: u64,
+        kind: MessageKind,
+        body: impl Into<Bytes>,
+        give_up_after: Duration,
+    ) -> Result<Sent> {
+        let deadline = Instant::now() + give_up_after;
+        let client_msg_id = new_client_msg_id();
+        let body = body.into();
+        loop {
+            match self
+                .send_with_id(thread, client_msg_id, kind, body.clone())
+                .await
+            {
+                Err(e) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if !retry_send(&e, left) || !self.wait_connected(left).await {
+                        return Err(e);
+                    }
+                }
+                sent => return sent,
+            }
+        }
+    }
+
+    /// Tells the other members the caller is (or stopped) typing. Never answered.
+    pub async fn typing(&self, thread: u64, active: bool) -> Result<()> {
+        self.send_frame(Typing { thread, active }).await
     }
 }
