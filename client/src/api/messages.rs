@@ -50,6 +50,7 @@ impl Client {
             client_msg_id,
             kind,
             body: body.into(),
+            reply_to: 0,
         };
         expect_reply!(self.call(request), "Send", Sent)
     }

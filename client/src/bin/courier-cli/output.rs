@@ -69,6 +69,14 @@ fn system_text(m: &Message, cfg: &CliConfig) -> String {
         SystemEventKind::MemberLeft => format!("* {} left", cfg.name(ev.subject.max(ev.actor))),
         SystemEventKind::Renamed => format!("* {actor} renamed the group to \"{}\"", ev.text),
         SystemEventKind::Recalled => format!("* {actor} recalled a message"),
+        SystemEventKind::Edited => format!(
+            "* {actor} edited a message: {}",
+            String::from_utf8_lossy(&ev.body)
+        ),
+        SystemEventKind::Reacted if ev.text.is_empty() => {
+            format!("* {actor} removed their reaction")
+        }
+        SystemEventKind::Reacted => format!("* {actor} reacted {}", ev.text),
     }
 }
 
@@ -78,7 +86,12 @@ pub fn mentioned(m: &Message) -> Vec<u64> {
     if m.kind == MessageKind::System {
         if let Ok(ev) = SystemEvent::get(&mut Reader::new(m.body.clone()), "SystemEvent") {
             ids.push(ev.actor);
-            if ev.event != SystemEventKind::Recalled {
+            // Their subject is a message id, not a user.
+            let about_a_message = matches!(
+                ev.event,
+                SystemEventKind::Recalled | SystemEventKind::Edited | SystemEventKind::Reacted
+            );
+            if !about_a_message {
                 ids.push(ev.subject);
             }
             ids.extend(&ev.users);
