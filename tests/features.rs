@@ -499,3 +499,154 @@ fn bad_reactions_reactions_past_the_cap_and_to_recalled_messages_are_refused() {
         "a tombstone shows no reactions"
     );
 }
+
+#[test]
+fn the_client_library_replies_edits_reacts_and_reports_meta_as_events() {
+    use courier_client::{Client, ClientConfig, Event};
+
+    let server = Server::start();
+    let addr = server.addr;
+    let alice = Client::connect(addr, ClientConfig::default()).expect("connect");
+    let a = alice.register("alice", PASSWORD).expect("register");
+    let bob = Client::connect(addr, ClientConfig::default()).expect("connect");
+    bob.register("bob", PASSWORD).expect("register");
+    let t = bob.open_direct(a.user).expect("open").id;
+    let question = alice.send_text(t, "lunch?").expect("send").message;
+    let answer = bob.send_reply(t, question, "yes").expect("reply").message;
+
+    // The pushed reply comes out as the message, then its meta.
+    let mut events = Vec::new();
+    while let Some(e) = alice.recv_event_timeout(WAIT) {
+        let done = matches!(&e, Event::MessageMeta { .. });
+        events.push(e);
+        if done {
+            break;
+        }
+    }
+    let n = events.len();
+    assert!(n >= 2, "{events:?}");
+    assert!(matches!(&events[n - 2], Event::Message(m) if m.id == answer));
+    assert!(
+        matches!(&events[n - 1], Event::MessageMeta { thread, meta }
+            if *thread == t && meta.id == answer && meta.reply_to == question),
+        "{events:?}"
+    );
+
+    alice.edit(t, question, &b"lunch at 1?"[..]).expect("edit");
+    bob.react(t, question, "👍").expect("react");
+    let err = bob.edit(t, question, &b"mine now"[..]).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotSender), "{err}");
+
+    let synced = bob.sync_since(0).expect("sync");
+    let meta = synced
+        .meta
+        .iter()
+        .find(|m| m.id == question)
+        .expect("the question's meta");
+    assert_ne!(meta.edited_at, 0);
+    assert_eq!(
+        (meta.reactions.clone(), meta.mine.as_str()),
+        (counts(&[("👍", 1)]), "👍")
+    );
+    assert_eq!(
+        synced
+            .meta
+            .iter()
+            .find(|m| m.id == answer)
+            .map(|m| m.reply_to),
+        Some(question)
+    );
+    let page = alice.history(t, 0, Direction::Forward, 0).expect("history");
+    let edited = page.messages.iter().find(|m| m.id == question).unwrap();
+    assert_eq!(&edited.body[..], b"lunch at 1?");
+}
+
+#[test]
+fn the_cli_replies_edits_reacts_and_history_shows_them() {
+    use std::process::{Command, Output};
+
+    let server = Server::start();
+    let addr = server.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |who: &str, args: &[&str]| -> String {
+        let out: Output = Command::new(util::cli_bin())
+            .env("COURIER_CONFIG", dir.path().join(format!("{who}.toml")))
+            .env("COURIER_SERVER", &addr)
+            .env_remove("COURIER_PASSWORD")
+            .args(args)
+            .output()
+            .expect("run courier-cli");
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json = |text: String| -> serde_json::Value { serde_json::from_str(&text).unwrap() };
+    run(
+        "alice",
+        &["register", "alice", "--password", "alice-password"],
+    );
+    run("bob", &["register", "bob", "--password", "bob-password"]);
+
+    let sent = json(run("alice", &["--json", "send", "--to", "bob", "lunch?"]));
+    let (thread, question) = (
+        sent["thread"].as_u64().unwrap().to_string(),
+        sent["message"].as_u64().unwrap().to_string(),
+    );
+    run(
+        "bob",
+        &["send", "--thread", &thread, "--reply-to", &question, "yes"],
+    );
+    run(
+        "alice",
+        &[
+            "edit",
+            "--thread",
+            &thread,
+            "--message",
+            &question,
+            "lunch at 1?",
+        ],
+    );
+    run(
+        "bob",
+        &["react", "--thread", &thread, "--message", &question, "👍"],
+    );
+
+    let shown = run("bob", &["history", "--thread", &thread]);
+    let lines: Vec<&str> = shown.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("lunch at 1?") && l.ends_with("(edited)"))
+        .unwrap_or_else(|| panic!("the edited message, marked:\n{shown}"));
+    assert_eq!(lines[at + 1].trim(), "👍 1 (you: 👍)", "{shown}");
+    assert!(
+        shown.contains("↪ reply to alice: \"lunch at 1?\""),
+        "the reply quotes what it answers:\n{shown}"
+    );
+
+    let history = json(run("alice", &["--json", "history", "--thread", &thread]));
+    let rows = history.as_array().unwrap();
+    let q = rows
+        .iter()
+        .find(|m| m["id"].as_u64() == sent["message"].as_u64())
+        .unwrap();
+    assert_eq!(q["reactions"][0]["reaction"], "👍");
+    assert_ne!(q["edited_at"], 0);
+    assert_eq!(q["my_reaction"], "");
+
+    run(
+        "bob",
+        &["react", "--thread", &thread, "--message", &question],
+    );
+    let history = json(run("alice", &["--json", "history", "--thread", &thread]));
+    let q = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"].as_u64() == sent["message"].as_u64())
+        .unwrap();
+    assert_eq!(q["reactions"].as_array().map(Vec::len), Some(0), "{q}");
+}

@@ -7,7 +7,9 @@ use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use courier_protocol::{AuthOk, ErrorCode, Frame, Login, Message, Register, Resume, Welcome};
+use courier_protocol::{
+    AuthOk, ErrorCode, Frame, Login, Message, MessageMeta, Register, Resume, Welcome,
+};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
@@ -67,7 +69,7 @@ pub(crate) struct State {
     pub(crate) dedupe: Dedupe,
     /// A resync is running: pushed messages wait in `held` so they come out after the backlog.
     resyncing: bool,
-    held: Vec<Message>,
+    held: Vec<(Message, u64)>,
     ended: bool,
     last_reason: Option<ErrorCode>,
 }
@@ -401,13 +403,18 @@ impl Inner {
         self.conn_changed.notify_all();
     }
 
-    fn deliver_message(&self, message: Message) {
+    /// A pushed message (and the message it replies to, 0 for none).
+    fn deliver_message(&self, message: Message, reply_to: u64) {
         let mut state = self.state.lock();
         if state.resyncing {
-            state.held.push(message);
+            state.held.push((message, reply_to));
         } else if state.dedupe.insert(message.thread, message.id) {
             drop(state);
+            let meta = reply_meta(&message, reply_to);
             self.emit(Event::Message(message));
+            if let Some(meta) = meta {
+                self.emit(meta);
+            }
         }
     }
 
@@ -442,9 +449,11 @@ impl Inner {
     /// Emits `backlog`, then the pushes held meanwhile that are new, and stops holding.
     fn end_resync(&self, mut backlog: Vec<Event>) {
         let mut state = self.state.lock();
-        for message in std::mem::take(&mut state.held) {
+        for (message, reply_to) in std::mem::take(&mut state.held) {
             if state.dedupe.insert(message.thread, message.id) {
+                let meta = reply_meta(&message, reply_to);
                 backlog.push(Event::Message(message));
+                backlog.extend(meta);
             }
         }
         state.resyncing = false;
@@ -499,6 +508,18 @@ impl Inner {
     }
 }
 
+/// The `MessageMeta` event of a pushed message that replies to another.
+fn reply_meta(message: &Message, reply_to: u64) -> Option<Event> {
+    (reply_to != 0).then(|| Event::MessageMeta {
+        thread: message.thread,
+        meta: MessageMeta {
+            id: message.id,
+            reply_to,
+            ..MessageMeta::default()
+        },
+    })
+}
+
 /// Records a completed sync: dedupe, floors, watermark; queues the events to emit.
 pub(crate) fn record_sync(
     state: &mut State,
@@ -509,9 +530,17 @@ pub(crate) fn record_sync(
     if deliver {
         out.extend(synced.threads.iter().cloned().map(Event::ThreadUpdated));
     }
+    let metas: std::collections::HashMap<u64, &MessageMeta> =
+        synced.meta.iter().map(|m| (m.id, m)).collect();
     for message in &synced.messages {
         if state.dedupe.insert(message.thread, message.id) && deliver {
             out.push(Event::Message(message.clone()));
+            if let Some(&meta) = metas.get(&message.id) {
+                out.push(Event::MessageMeta {
+                    thread: message.thread,
+                    meta: meta.clone(),
+                });
+            }
         }
     }
     // Sync returns every message above `since` in a changed thread, so everything up to the
@@ -528,7 +557,7 @@ impl Sink for InnerSink {
             return;
         };
         match frame {
-            Frame::MessagePush(p) => inner.deliver_message(p.message),
+            Frame::MessagePush(p) => inner.deliver_message(p.message, p.reply_to),
             Frame::ReceiptPush(p) => inner.emit(Event::Receipt {
                 thread: p.thread,
                 user: p.user,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use courier_protocol::{Frame, Message, MessageRef, Sync, Thread};
+use courier_protocol::{Frame, Message, MessageMeta, MessageRef, Sync, Thread};
 
 use crate::client::{expect_reply, record_sync};
 use crate::connection::Connection;
@@ -23,6 +23,9 @@ pub struct SyncResult {
     /// Messages the user deleted for themselves (on any device) since the watermark: drop
     /// them from what is shown.
     pub deleted: Vec<MessageRef>,
+    /// What those of `messages` that reply, were edited or have reactions carry besides
+    /// themselves (by `MessageMeta::id`).
+    pub meta: Vec<MessageMeta>,
 }
 
 /// Asks for pages until the server says there are no more.
@@ -52,6 +55,7 @@ pub(crate) fn sync_pages(
         out.threads.extend(batch.threads);
         out.messages.extend(batch.messages);
         out.deleted.extend(batch.deleted);
+        out.meta.extend(batch.meta);
         if !batch.more {
             out.watermark = batch.watermark;
             return Ok(out);

@@ -1,11 +1,11 @@
-//! Sending, history, receipts, recall, typing.
+//! Sending (and replying), history, receipts, recall, edits, reactions, typing.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_protocol::{
-    DeleteForMe, Direction, History, MessageKind, Messages, Readers, ReadersList, Recall, Receipt,
-    ReceiptKind, Send, Sent, Typing,
+    DeleteForMe, Direction, Edit, History, MessageKind, Messages, React, Readers, ReadersList,
+    Recall, Receipt, ReceiptKind, Send, Sent, Typing,
 };
 
 use crate::client::expect_reply;
@@ -45,12 +45,35 @@ impl Client {
         kind: MessageKind,
         body: impl Into<Bytes>,
     ) -> Result<Sent> {
+        self.send_reply_with_id(thread, client_msg_id, kind, body, 0)
+    }
+
+    /// Sends a text message that replies to (quotes) `reply_to`, a message of the same thread.
+    pub fn send_reply(&self, thread: u64, reply_to: u64, text: &str) -> Result<Sent> {
+        self.send_reply_with_id(
+            thread,
+            new_client_msg_id(),
+            MessageKind::Text,
+            Bytes::copy_from_slice(text.as_bytes()),
+            reply_to,
+        )
+    }
+
+    /// Sends with a caller-chosen `client_msg_id`, replying to `reply_to` (0: to nothing).
+    pub fn send_reply_with_id(
+        &self,
+        thread: u64,
+        client_msg_id: u64,
+        kind: MessageKind,
+        body: impl Into<Bytes>,
+        reply_to: u64,
+    ) -> Result<Sent> {
         let request = Send {
             thread,
             client_msg_id,
             kind,
             body: body.into(),
-            reply_to: 0,
+            reply_to,
         };
         expect_reply!(self.call(request), "Send", Sent)
     }
@@ -121,6 +144,28 @@ impl Client {
     /// Recalls one of the caller's messages (within the recall window).
     pub fn recall(&self, thread: u64, message: u64) -> Result<()> {
         expect_reply!(self.call(Recall { thread, message }), "Recall", Done).map(drop)
+    }
+
+    /// Replaces the body of one of the caller's messages (within the edit window). Members'
+    /// devices get an EDITED system message; history shows the new body, marked edited.
+    pub fn edit(&self, thread: u64, message: u64, body: impl Into<Bytes>) -> Result<()> {
+        let request = Edit {
+            thread,
+            message,
+            body: body.into(),
+        };
+        expect_reply!(self.call(request), "Edit", Done).map(drop)
+    }
+
+    /// Sets the caller's one reaction to a message (e.g. an emoji); an empty `reaction`
+    /// removes it. Members' devices get a REACTED system message.
+    pub fn react(&self, thread: u64, message: u64, reaction: &str) -> Result<()> {
+        let request = React {
+            thread,
+            message,
+            reaction: reaction.into(),
+        };
+        expect_reply!(self.call(request), "React", Done).map(drop)
     }
 
     /// Hides a message from the caller's own history on all their devices.
