@@ -144,6 +144,24 @@ impl Engine {
             .unwrap_or_default())
     }
 
+    /// Stages the removal of every reaction to a message (it was recalled: a tombstone keeps
+    /// none), this round's included.
+    pub(super) fn drop_reactions(&mut self, thread: u64, id: u64) -> Result<(), Reject> {
+        let mut users = self.shared.store.reactors(thread, id).map_err(internal)?;
+        users.extend(
+            self.round_reactions
+                .keys()
+                .filter(|&&(t, m, _)| (t, m) == (thread, id))
+                .map(|&(_, _, user)| user),
+        );
+        for user in users {
+            self.batch.put_reaction(thread, id, user, "");
+            self.round_reactions
+                .insert((thread, id, user), String::new());
+        }
+        Ok(())
+    }
+
     /// A SEND's `reply_to` must name a message of the same thread that a person wrote and did
     /// not recall.
     pub(super) fn check_reply(&self, thread: u64, reply_to: u64) -> Result<(), Reject> {

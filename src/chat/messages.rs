@@ -295,7 +295,10 @@ impl Engine {
         m.recalled = true;
         m.body = Bytes::new();
         // A tombstone shows no reactions (and takes no new ones).
-        m.reactions.clear();
+        if !m.reactions.is_empty() {
+            self.drop_reactions(thread, message)?;
+            m.reactions.clear();
+        }
         self.put_changed(thread, message, m);
         self.system(thread, caller, SystemEventKind::Recalled, message, "", &[])?;
         Ok(Some(Done {}.into()))

@@ -1588,3 +1588,22 @@ fn a_reaction_and_an_edit_in_one_round_both_stand() {
     assert_ne!(stored.edited_at, 0);
     assert_eq!(stored.reactions.len(), 1, "the edit kept the reaction");
 }
+
+#[test]
+fn a_recall_drops_the_messages_reactions_this_rounds_included() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let m = w.send(&a, t, 1, "hi");
+    assert_eq!(w.ask(&b, react(t, m, "👍")), Done {}.into());
+    let recall = Recall {
+        thread: t,
+        message: m,
+    }
+    .into();
+    let answers = round_on_owner(&mut w, t, vec![(a, react(t, m, "🎉")), (a, recall)]);
+    assert_eq!(answers, [Done {}.into(), Done {}.into()]);
+    assert_eq!(w.shared.store.reactors(t, m).unwrap(), Vec::<u64>::new());
+    let stored = w.shared.store.message(t, m).unwrap().unwrap();
+    assert!(stored.recalled && stored.reactions.is_empty(), "{stored:?}");
+}

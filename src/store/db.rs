@@ -861,6 +861,16 @@ impl Store {
         }
     }
 
+    /// The users with a reaction to message `msg` of `thread` (at most one row per member).
+    pub fn reactors(&self, thread: u64, msg: u64) -> Result<Vec<u64>, Error> {
+        let mut out = Vec::new();
+        self.scan_prefix(CF_REACTIONS, &keys::pair(thread, msg), |k, _| {
+            out.push(keys::parse_triple(CF_REACTIONS, k)?.2);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
     /// Message ids of `thread` that `user` deleted for themselves.
     pub fn hidden_messages(&self, user: u64, thread: u64) -> Result<Vec<u64>, Error> {
         let mut out = Vec::new();
