@@ -334,6 +334,17 @@ fn edits_by_another_member_of_recalled_messages_or_notices_are_refused() {
         error_code(&edit(&mut alice, t, 12345, "x")),
         ErrorCode::UnknownMessage
     );
+    let Frame::Sent(media) = alice.request(Send {
+        thread: t,
+        client_msg_id: 3,
+        kind: MessageKind::Media,
+        body: Bytes::from_static(&[7; 16]),
+        reply_to: 0,
+    }) else {
+        panic!("SEND of a media message")
+    };
+    let reply = edit(&mut alice, t, media.message, "another media id");
+    assert_eq!(error_code(&reply), ErrorCode::InvalidArgument);
     let big = "x".repeat(16 * 1024 + 1);
     assert_eq!(
         error_code(&edit(&mut alice, t, m, &big)),

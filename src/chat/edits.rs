@@ -206,6 +206,14 @@ impl Engine {
                 "the message was recalled; send a new one instead",
             ));
         }
+        // A MEDIA body names the media it shows, and who may download a media object follows
+        // from the messages that were sent with it: an edit must not swap it for another.
+        if m.kind != MessageKind::Text {
+            return Err((
+                ErrorCode::InvalidArgument,
+                "only text messages can be edited; send the media again instead",
+            ));
+        }
         if m.body == f.body {
             return Ok(Some(Done {}.into()));
         }
