@@ -68,6 +68,7 @@ fn populated(dir: &std::path::Path) -> Store {
             kind: MessageKind::Text,
             recalled: false,
             body: Bytes::from(vec![b'x'; 100]),
+            ..Default::default()
         };
         batch.put_message(thread, msg_id, &m);
     }
@@ -133,6 +134,7 @@ fn send_round(c: &mut Criterion) {
                         client_msg_id: next,
                         kind: MessageKind::Text,
                         body: body.clone(),
+                        reply_to: 0,
                     }
                     .into(),
                 );
@@ -154,6 +156,7 @@ fn send_round(c: &mut Criterion) {
                         kind: MessageKind::Text,
                         recalled: false,
                         body: body.clone(),
+                        ..Default::default()
                     };
                     batch.put_message(thread, key, &m);
                 }

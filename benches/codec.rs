@@ -24,6 +24,7 @@ fn send_frame() -> Frame {
         client_msg_id: 0x0123_4567_89ab_cdef,
         kind: MessageKind::Text,
         body: Bytes::from_static(&BODY),
+        reply_to: 0,
     }
     .into()
 }
@@ -39,6 +40,7 @@ fn push_frame() -> Frame {
             recalled: false,
             body: Bytes::from_static(&BODY),
         },
+        reply_to: 0,
     }
     .into()
 }

@@ -178,6 +178,12 @@ pub struct ServeArgs {
     /// How long after sending a message its sender may recall it, in seconds [default: 3600].
     #[arg(long)]
     pub recall_window_secs: Option<u64>,
+    /// How long after sending a message its sender may edit it, in seconds [default: 86400].
+    #[arg(long)]
+    pub edit_window_secs: Option<u64>,
+    /// Different reactions one message may carry (each member has at most one) [default: 32].
+    #[arg(long)]
+    pub max_reactions_per_message: Option<usize>,
     /// Largest media upload in bytes [default: 16777216].
     #[arg(long)]
     pub max_media: Option<u64>,
@@ -250,6 +256,8 @@ struct FileConfig {
     max_group: Option<usize>,
     max_body: Option<usize>,
     recall_window_secs: Option<u64>,
+    edit_window_secs: Option<u64>,
+    max_reactions_per_message: Option<usize>,
     max_media: Option<u64>,
     read_budget: Option<usize>,
     dedupe_window_secs: Option<u64>,
@@ -290,6 +298,8 @@ pub struct Config {
     pub max_group: usize,
     pub max_body: usize,
     pub recall_window_secs: u64,
+    pub edit_window_secs: u64,
+    pub max_reactions_per_message: usize,
     pub max_media: u64,
     pub read_budget: usize,
     pub dedupe_window_secs: u64,
@@ -372,6 +382,14 @@ impl Config {
                 .recall_window_secs
                 .or(file.recall_window_secs)
                 .unwrap_or(3600),
+            edit_window_secs: args
+                .edit_window_secs
+                .or(file.edit_window_secs)
+                .unwrap_or(86_400),
+            max_reactions_per_message: args
+                .max_reactions_per_message
+                .or(file.max_reactions_per_message)
+                .unwrap_or(32),
             max_media: args.max_media.or(file.max_media).unwrap_or(16 << 20),
             read_budget: args.read_budget.or(file.read_budget).unwrap_or(256 * 1024),
             dedupe_window_secs: args
@@ -509,6 +527,13 @@ impl Config {
                 "max_contacts",
                 &self.max_contacts,
                 "CONTACTS lists every contact in one frame: raise max_frame (each contact takes up to 42 bytes) or lower max_contacts",
+            );
+        }
+        if !(1..=256).contains(&self.max_reactions_per_message) {
+            return invalid(
+                "max_reactions_per_message",
+                &self.max_reactions_per_message,
+                "use 1 to 256 different reactions per message (each is listed with the message)",
             );
         }
         if self.max_deleted_per_thread == 0 {

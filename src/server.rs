@@ -102,6 +102,8 @@ pub fn serve(config: Config) -> Result<(), Error> {
         max_group: config.max_group,
         max_body: config.max_body,
         recall_window_us: config.recall_window_secs.saturating_mul(1_000_000),
+        edit_window_us: config.edit_window_secs.saturating_mul(1_000_000),
+        max_reactions: config.max_reactions_per_message,
         max_media: config.max_media,
         // A MEDIA_CHUNK of chunk_max bytes must fit in the max_frame announced in WELCOME.
         media_chunk: ChatConfig::default()

@@ -378,6 +378,7 @@ fn groups_admins_membership_and_system_messages() {
         client_msg_id: 2,
         kind: MessageKind::Text,
         body: Bytes::from_static(b"x"),
+        reply_to: 0,
     };
     assert_eq!(error_code(&bob.request(late)), ErrorCode::NotMember);
     assert_eq!(
@@ -630,6 +631,7 @@ fn authorization_and_bad_arguments_get_codes_and_keep_the_connection() {
         client_msg_id: 9,
         kind: MessageKind::Text,
         body: Bytes::from_static(body),
+        reply_to: 0,
     };
     assert_eq!(
         error_code(&eve.request(text(t, b"let me in"))),
@@ -657,6 +659,7 @@ fn authorization_and_bad_arguments_get_codes_and_keep_the_connection() {
         client_msg_id: 1,
         kind: MessageKind::Text,
         body: Bytes::from(vec![0u8; 16 * 1024 + 1]),
+        reply_to: 0,
     };
     assert_eq!(error_code(&alice.request(big)), ErrorCode::BodyTooLarge);
     let Frame::ThreadInfo(g) = alice.request(CreateGroup {
@@ -708,6 +711,7 @@ fn media_upload_message_and_download() {
         client_msg_id: 1,
         kind: MessageKind::Media,
         body: r.media.clone(),
+        reply_to: 0,
     });
     let m = message_push(&mut bob);
     let mut got = Vec::new();

@@ -231,3 +231,65 @@ fn interactive_login_send_receive_and_ticks() {
     bob.wait_for("[courier-cli exited: 0]");
     server.stop();
 }
+
+/// Replies, reactions and edits in the interactive chat: each shows on both screens as it
+/// happens, and reopening the thread shows the end state from history.
+#[test]
+fn interactive_replies_reactions_and_edits() {
+    let server = util::Server::start();
+    let addr = server.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let (alice_cfg, bob_cfg) = (dir.path().join("alice.toml"), dir.path().join("bob.toml"));
+    cli(
+        &alice_cfg,
+        &addr,
+        &["register", "alice", "--password", "alice-password"],
+    );
+    cli(
+        &bob_cfg,
+        &addr,
+        &["register", "bob", "--password", "bob-password"],
+    );
+    cli(&alice_cfg, &addr, &["send", "--to", "bob", "lunch?"]);
+
+    let alice = Tmux::start("alice", &chat_command(&alice_cfg, &addr));
+    alice.wait_for("logged in as alice");
+    alice.keys("/open bob");
+    alice.wait_for("you: lunch?");
+    let bob = Tmux::start("bob", &chat_command(&bob_cfg, &addr));
+    bob.wait_for("logged in as bob");
+    bob.keys("/open alice");
+    bob.wait_for("alice: lunch?");
+
+    // A reply quotes the last message from the other person.
+    alice.mark();
+    bob.keys("/reply yes");
+    bob.wait_for("you: yes");
+    bob.wait_for("↪ reply to alice: \"lunch?\"");
+    alice.wait_for("bob: yes");
+    alice.wait_for("↪ reply to alice: \"lunch?\"");
+
+    alice.mark();
+    bob.keys("/react 👍");
+    alice.wait_for("bob reacted 👍");
+    alice.wait_for("on alice: \"lunch?\": 👍 1");
+
+    bob.mark();
+    alice.keys("/edit lunch at 1?");
+    bob.wait_for("alice edited a message: lunch at 1?");
+
+    // Reopened, the thread shows where things ended up.
+    bob.keys("/open alice");
+    bob.wait_for("alice: lunch at 1? (edited)");
+    bob.wait_for("👍 1 (you: 👍)");
+    bob.wait_for("↪ reply to alice: \"lunch at 1?\"");
+
+    alice.mark();
+    bob.keys("/react");
+    alice.wait_for("bob removed their reaction");
+    alice.keys("/quit");
+    alice.wait_for("[courier-cli exited: 0]");
+    bob.keys("/quit");
+    bob.wait_for("[courier-cli exited: 0]");
+    server.stop();
+}

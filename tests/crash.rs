@@ -26,6 +26,7 @@ fn send_until_killed(mut c: TestConn, thread: u64, limit: Duration) -> HashMap<u
                 client_msg_id: next,
                 kind: MessageKind::Text,
                 body: Bytes::from_static(b"crash me"),
+                reply_to: 0,
             };
             let mut out = bytes::BytesMut::new();
             encode(next as u32, &frame.into(), &mut out);
@@ -129,6 +130,7 @@ fn crash_keeps_every_acked_message(fsync: &str) {
             client_msg_id: client_id,
             kind: MessageKind::Text,
             body: Bytes::from_static(b"crash me"),
+            reply_to: 0,
         };
         match sender.request(retry) {
             Frame::Sent(s) => assert_eq!(s.message, message, "the retry returns the original id"),

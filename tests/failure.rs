@@ -461,6 +461,7 @@ fn a_store_stuck_after_a_full_disk_stops_the_process_and_a_restart_recovers() {
             client_msg_id: next,
             kind: MessageKind::Text,
             body: Bytes::from(body(next)),
+            reply_to: 0,
         };
         let mut bytes = bytes::BytesMut::new();
         encode(id, &frame.into(), &mut bytes);

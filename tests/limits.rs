@@ -46,6 +46,7 @@ fn client_msg_id_zero_stores_every_send() {
             client_msg_id: 0,
             kind: MessageKind::Text,
             body: Bytes::from_static(body.as_bytes()),
+            reply_to: 0,
         })
     });
     let ids: Vec<u64> = [x, y]
@@ -278,6 +279,7 @@ fn delete_for_me_entries_per_thread_are_capped() {
                 client_msg_id: i,
                 kind: MessageKind::Text,
                 body: Bytes::from_static(b"x"),
+                reply_to: 0,
             }
             .into()
         })
@@ -518,6 +520,7 @@ fn every_documented_limit_is_enforced_with_its_error() {
                 client_msg_id: 1,
                 kind: MessageKind::Text,
                 body: vec![0u8; 16_385].into(),
+                reply_to: 0,
             }
             .into(),
             Some(ErrorCode::BodyTooLarge),

@@ -40,6 +40,7 @@ fn send(c: &mut TestConn, thread: u64, client_msg_id: u64, body: &'static str) -
         client_msg_id,
         kind: MessageKind::Text,
         body: Bytes::from_static(body.as_bytes()),
+        reply_to: 0,
     }) {
         Frame::Sent(s) => s.message,
         other => panic!("{other:?}"),

@@ -134,6 +134,7 @@ fn every_device_of_a_user_gets_pushes_except_the_sender() {
         client_msg_id: 1,
         kind: MessageKind::Text,
         body: Bytes::from_static(b"hi bob"),
+        reply_to: 0,
     };
     assert!(matches!(alice.request(send), Frame::Sent(_)));
     for device in [&mut bob_phone, &mut bob_laptop] {
@@ -286,6 +287,7 @@ fn a_slow_consumer_is_cut_off_and_others_carry_on() {
                     client_msg_id: batch * 100 + i + 1,
                     kind: MessageKind::Text,
                     body: body.clone(),
+                    reply_to: 0,
                 };
                 sender.send_request(send)
             })

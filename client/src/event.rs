@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use courier_protocol::{ErrorCode, Message, Presence, ReceiptKind, Thread};
+use courier_protocol::{ErrorCode, Message, MessageMeta, Presence, ReceiptKind, Thread};
 use crossbeam_channel::Receiver;
 
 /// One item of the event stream ([`Client::events`](crate::Client::events)).
@@ -11,6 +11,15 @@ pub enum Event {
     /// A new message, pushed or recovered by sync after a reconnect; each `(thread, id)` is
     /// delivered once.
     Message(Message),
+    /// What the message of the `Message` event just before carries besides itself: the
+    /// message it replies to and, from a sync, its last edit and its reactions. Edits and
+    /// reactions that happen later arrive as SYSTEM messages (EDITED, REACTED).
+    MessageMeta {
+        /// The thread.
+        thread: u64,
+        /// Which message (`meta.id`) and what it carries.
+        meta: MessageMeta,
+    },
     /// A member's delivered or read cursor advanced.
     Receipt {
         /// The thread.

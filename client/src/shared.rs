@@ -146,8 +146,8 @@ impl<L: Link, T: EventTx, W: Wake> Shared<L, T, W> {
 
     /// A push from the current connection.
     pub(crate) fn push(&self, frame: Frame) {
-        let event = self.state.lock().push(frame);
-        if let Some(event) = event {
+        let events = self.state.lock().push(frame);
+        for event in events.into_iter().flatten() {
             self.emit(event);
         }
     }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use courier_protocol::{AuthOk, ErrorCode, Frame, Message};
+use courier_protocol::{AuthOk, ErrorCode, Frame, Message, MessageMeta};
 
 use crate::backoff::Backoff;
 use crate::dedupe::Dedupe;
@@ -27,11 +27,24 @@ pub(crate) struct State {
     pub(crate) auth: Option<AuthOk>,
     pub(crate) watermark: Option<u64>,
     pub(crate) dedupe: Dedupe,
-    /// A resync is running: pushed messages wait in `held` so they come out after the backlog.
+    /// A resync is running: pushed messages (with the message each replies to, 0 for none)
+    /// wait in `held` so they come out after the backlog.
     resyncing: bool,
-    held: Vec<Message>,
+    held: Vec<(Message, u64)>,
     pub(crate) ended: bool,
     pub(crate) last_reason: Option<ErrorCode>,
+}
+
+/// The `MessageMeta` event of a pushed message that replies to another.
+fn reply_meta(message: &Message, reply_to: u64) -> Option<Event> {
+    (reply_to != 0).then(|| Event::MessageMeta {
+        thread: message.thread,
+        meta: MessageMeta {
+            id: message.id,
+            reply_to,
+            ..MessageMeta::default()
+        },
+    })
 }
 
 /// What a front end does after its current connection closed without being asked to.
@@ -166,17 +179,19 @@ impl State {
         }
     }
 
-    /// The event a push becomes, if any: messages are deduplicated, and held while a catch-up
-    /// runs (they come out of [`end_resync`](Self::end_resync)).
-    pub(crate) fn push(&mut self, frame: Frame) -> Option<Event> {
-        match frame {
+    /// The events a push becomes, if any: messages are deduplicated, and held while a
+    /// catch-up runs (they come out of [`end_resync`](Self::end_resync)); a message that
+    /// replies to another is followed by its [`Event::MessageMeta`].
+    pub(crate) fn push(&mut self, frame: Frame) -> [Option<Event>; 2] {
+        let event = match frame {
             Frame::MessagePush(p) => {
                 let message = p.message;
                 if self.resyncing {
-                    self.held.push(message);
+                    self.held.push((message, p.reply_to));
                     None
                 } else if self.dedupe.insert(message.thread, message.id) {
-                    Some(Event::Message(message))
+                    let meta = reply_meta(&message, p.reply_to);
+                    return [Some(Event::Message(message)), meta];
                 } else {
                     None
                 }
@@ -195,7 +210,8 @@ impl State {
             }),
             // A push type this client does not know yet (a later server's) is no event.
             _ => None,
-        }
+        };
+        [event, None]
     }
 
     /// Holds pushes back from now on: a catch-up follows the authentication about to be sent,
@@ -207,9 +223,11 @@ impl State {
     /// Stops holding pushes; returns `backlog` followed by the held pushes that are new. Emit
     /// them before releasing the lock, so that a push cannot overtake the backlog.
     pub(crate) fn end_resync(&mut self, mut backlog: Vec<Event>) -> Vec<Event> {
-        for message in std::mem::take(&mut self.held) {
+        for (message, reply_to) in std::mem::take(&mut self.held) {
             if self.dedupe.insert(message.thread, message.id) {
+                let meta = reply_meta(&message, reply_to);
                 backlog.push(Event::Message(message));
+                backlog.extend(meta);
             }
         }
         self.resyncing = false;
@@ -222,9 +240,17 @@ impl State {
         if deliver {
             out.extend(synced.threads.iter().cloned().map(Event::ThreadUpdated));
         }
+        let metas: std::collections::HashMap<u64, &MessageMeta> =
+            synced.meta.iter().map(|m| (m.id, m)).collect();
         for message in &synced.messages {
             if self.dedupe.insert(message.thread, message.id) && deliver {
                 out.push(Event::Message(message.clone()));
+                if let Some(&meta) = metas.get(&message.id) {
+                    out.push(Event::MessageMeta {
+                        thread: message.thread,
+                        meta: meta.clone(),
+                    });
+                }
             }
         }
         // Sync returns every message above `since` in a changed thread, so everything up to

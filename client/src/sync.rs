@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use courier_protocol::{Frame, Message, MessageRef, SyncBatch, Thread};
+use courier_protocol::{Frame, Message, MessageMeta, MessageRef, SyncBatch, Thread};
 
 use crate::connection::Connection;
 use crate::{Client, Error, Result};
@@ -22,6 +22,9 @@ pub struct SyncResult {
     /// Messages the user deleted for themselves (on any device) since the watermark: drop
     /// them from what is shown.
     pub deleted: Vec<MessageRef>,
+    /// What those of `messages` that reply, were edited or have reactions carry besides
+    /// themselves (by `MessageMeta::id`).
+    pub meta: Vec<MessageMeta>,
 }
 
 /// A `SYNC` walk over all pages, sans-IO: send [`request`](Self::request), feed each
@@ -65,6 +68,7 @@ impl SyncWalk {
         self.out.threads.extend(batch.threads);
         self.out.messages.extend(batch.messages);
         self.out.deleted.extend(batch.deleted);
+        self.out.meta.extend(batch.meta);
         if !batch.more {
             self.out.watermark = batch.watermark;
             return Some(std::mem::take(&mut self.out));

@@ -241,6 +241,7 @@ impl FakeServer {
             .store(&mut st, thread, sender, 0, MessageKind::Text, body);
         let push = Frame::MessagePush(MessagePush {
             message: message.clone(),
+            reply_to: 0,
         });
         for online in &mut st.online {
             let _ = write_frame(&mut online.writer, 0, &push);
@@ -406,7 +407,15 @@ impl Shared {
                     let message = self.store(&mut st, 1, 99, 0, MessageKind::Text, body);
                     let mut buf = BytesMut::new();
                     encode(rid, &ok, &mut buf);
-                    encode(0, &MessagePush { message }.into(), &mut buf);
+                    encode(
+                        0,
+                        &MessagePush {
+                            message,
+                            reply_to: 0,
+                        }
+                        .into(),
+                        &mut buf,
+                    );
                     return conn.writer.write_all(&buf).is_ok();
                 }
                 ok
@@ -442,6 +451,7 @@ impl Shared {
                     thread: h.thread,
                     messages,
                     more: false,
+                    meta: vec![],
                 }
                 .into()
             }
@@ -477,6 +487,7 @@ impl Shared {
                     subject: 0,
                     text: g.name,
                     users: Vec::new(),
+                    ..SystemEvent::default()
                 };
                 let mut body = BytesMut::new();
                 wire::Wire::put(&event, &mut body);
@@ -620,6 +631,7 @@ fn push_to_members(st: &mut State, message: &Message, from: u64, twice: bool) {
     };
     let push = Frame::MessagePush(MessagePush {
         message: message.clone(),
+        reply_to: 0,
     });
     let mut buf = BytesMut::new();
     encode(0, &push, &mut buf);
@@ -671,6 +683,7 @@ fn sync(st: &State, user: u64, s: &Sync) -> SyncBatch {
         next_message,
         watermark,
         deleted: Vec::new(),
+        meta: vec![],
     }
 }
 

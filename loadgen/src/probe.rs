@@ -240,6 +240,7 @@ fn setup_threads(
                     client_msg_id,
                     kind: proto::MessageKind::Text,
                     body: body.clone(),
+                    reply_to: 0,
                 }
                 .into(),
             );

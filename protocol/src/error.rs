@@ -111,6 +111,14 @@ error_codes! {
     TooManyContacts = 52, false;
     /// The caller deleted as many messages of this thread for themselves as they may.
     TooManyDeleted = 53, false;
+    /// The message was recalled: it can no longer be edited, reacted to or replied to.
+    MessageRecalled = 54, false;
+    /// The edit window (24 hours by default) has passed; send a new message instead.
+    EditWindowExpired = 55, false;
+    /// A reaction is 1 to 32 bytes of UTF-8 without spaces or control characters.
+    InvalidReaction = 56, false;
+    /// The message has as many distinct reactions as it may; react with one already there.
+    TooManyReactions = 57, false;
     // Media.
     UnknownMedia = 60, false;
     MediaTooLarge = 61, false;

@@ -74,13 +74,47 @@ wire_enum! {
         Renamed = 5,
         /// `subject` is the id of the recalled message, which history now shows as a tombstone.
         Recalled = 6,
+        /// `subject` is the id of the edited message; `body` is its new body, which history now
+        /// shows with an edited mark. The edit time is this system message's id.
+        Edited = 7,
+        /// `subject` is the id of the message `actor` reacted to; `text` is the actor's reaction
+        /// now (empty: removed); `reactions` are the message's counts after the change.
+        Reacted = 8,
+    }
+}
+
+wire_struct! {
+    /// How many members reacted to a message with one reaction.
+    pub struct ReactionCount {
+        /// 1 to 32 bytes of UTF-8, e.g. one emoji.
+        pub reaction: String,
+        pub count: u32,
+    }
+}
+
+wire_struct! {
+    /// What a message carries besides its [`Message`] fields: the message it replies to, its
+    /// last edit and its reactions. Listed (in `MESSAGES.meta` and `SYNC_BATCH.meta`) only for
+    /// messages that have any of them; `Message` itself cannot grow (see PROTOCOL.md section 3).
+    pub struct MessageMeta {
+        /// The message described (of the same list's thread).
+        pub id: u64,
+        /// The message this one replies to (same thread), 0 for none.
+        pub reply_to: u64,
+        /// When the sender last edited it (the id of the EDITED system message), 0 if never.
+        pub edited_at: u64,
+        /// Members' reactions, counted per reaction, most frequent first.
+        pub reactions: Vec<ReactionCount>,
+        /// The asking user's own reaction, empty for none.
+        pub mine: String,
     }
 }
 
 /// The body of a `System` message.
 ///
-/// `users` was appended to the layout: a body that ends before it (written by an earlier
-/// server) decodes with `users` empty, so the body of every stored system message still reads.
+/// `users`, `body` and `reactions` were appended to the layout: a body that ends before one of
+/// them (written by an earlier server) decodes with it empty, so the body of every stored
+/// system message still reads.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SystemEvent {
     pub event: SystemEventKind,
@@ -94,6 +128,10 @@ pub struct SystemEvent {
     /// For `MemberAdded`, every user added by the one request (`subject` is the first);
     /// empty otherwise.
     pub users: Vec<u64>,
+    /// For `Edited`, the message's new body; empty otherwise.
+    pub body: Bytes,
+    /// For `Reacted`, the message's reaction counts after the change; empty otherwise.
+    pub reactions: Vec<ReactionCount>,
 }
 
 impl Wire for SystemEvent {
@@ -103,6 +141,8 @@ impl Wire for SystemEvent {
         self.subject.put(buf);
         self.text.put(buf);
         self.users.put(buf);
+        self.body.put(buf);
+        self.reactions.put(buf);
     }
     fn get(r: &mut Reader, _field: &'static str) -> Result<Self, Error> {
         let mut ev = Self {
@@ -111,9 +151,17 @@ impl Wire for SystemEvent {
             subject: Wire::get(r, "SystemEvent.subject")?,
             text: Wire::get(r, "SystemEvent.text")?,
             users: Vec::new(),
+            body: Bytes::new(),
+            reactions: Vec::new(),
         };
         if r.remaining() > 0 {
             ev.users = Wire::get(r, "SystemEvent.users")?;
+        }
+        if r.remaining() > 0 {
+            ev.body = Wire::get(r, "SystemEvent.body")?;
+        }
+        if r.remaining() > 0 {
+            ev.reactions = Wire::get(r, "SystemEvent.reactions")?;
         }
         Ok(ev)
     }
@@ -123,6 +171,8 @@ impl Wire for SystemEvent {
             + self.subject.size()
             + self.text.size()
             + self.users.size()
+            + self.body.size()
+            + self.reactions.size()
     }
 }
 
@@ -307,7 +357,8 @@ frames! {
     SetThreadState = 0x18 { thread: u64, muted: bool, hidden: bool, label: String }
 
     // ---- Messages, receipts, sync ----
-    Send = 0x20 { thread: u64, client_msg_id: u64, kind: MessageKind, body: Bytes }
+    /// `reply_to`: a message of the same thread this one replies to, 0 for none.
+    Send = 0x20 { thread: u64, client_msg_id: u64, kind: MessageKind, body: Bytes, reply_to: u64 }
     /// Messages strictly older (backward) or newer (forward) than `anchor`. Anchor 0 means
     /// "from the newest" backward and "from the oldest" forward.
     History = 0x21 { thread: u64, anchor: u64, direction: Direction, limit: u16 }
@@ -324,6 +375,10 @@ frames! {
     Sync = 0x26 { since: u64, after_thread: u64, after_message: u64, limit: u16, watermark: u64 }
     /// Typing indicator; never answered, never stored.
     Typing = 0x27 { thread: u64, active: bool }
+    /// Replaces the body of the caller's own message (within the edit window).
+    Edit = 0x28 { thread: u64, message: u64, body: Bytes }
+    /// Sets the caller's one reaction to a message; an empty `reaction` removes it.
+    React = 0x29 { thread: u64, message: u64, reaction: String }
 
     // ---- Contacts and presence ----
     ContactAdd = 0x30 { user: u64 }
@@ -359,12 +414,14 @@ frames! {
     ThreadList = 0x85 { threads: Vec<ThreadSummary>, more: bool }
     /// The first tick: the message is durable.
     Sent = 0x86 { thread: u64, message: u64, client_msg_id: u64 }
-    Messages = 0x87 { thread: u64, messages: Vec<Message>, more: bool }
+    /// `meta`: replies, edits and reactions of those `messages` that have any.
+    Messages = 0x87 { thread: u64, messages: Vec<Message>, more: bool, meta: Vec<MessageMeta> }
     /// One page of sync. While `more`, ask again with `next_thread`/`next_message` and this
     /// `watermark` (the same on every page of a walk); when done, keep `watermark` as the next
     /// `since`. `deleted`: messages of these threads the caller deleted for themselves (on any
-    /// device) since `since`.
-    SyncBatch = 0x88 { threads: Vec<Thread>, messages: Vec<Message>, more: bool, next_thread: u64, next_message: u64, watermark: u64, deleted: Vec<MessageRef> }
+    /// device) since `since`. `meta`: replies, edits and reactions of those `messages` that
+    /// have any.
+    SyncBatch = 0x88 { threads: Vec<Thread>, messages: Vec<Message>, more: bool, next_thread: u64, next_message: u64, watermark: u64, deleted: Vec<MessageRef>, meta: Vec<MessageMeta> }
     ReadersList = 0x89 { thread: u64, message: u64, delivered: Vec<u64>, read: Vec<u64> }
     Contacts = 0x8A { users: Vec<UserInfo> }
     User = 0x8B { user: UserInfo }
@@ -377,7 +434,8 @@ frames! {
     Users = 0x92 { users: Vec<UserInfo> }
 
     // ---- Pushes (server → client, request id 0) ----
-    MessagePush = 0xC0 { message: Message }
+    /// `reply_to`: the message this one replies to, 0 for none.
+    MessagePush = 0xC0 { message: Message, reply_to: u64 }
     ReceiptPush = 0xC1 { thread: u64, user: u64, kind: ReceiptKind, up_to: u64 }
     PresencePush = 0xC2 { presence: Presence }
     TypingPush = 0xC3 { thread: u64, user: u64, active: bool }
@@ -400,6 +458,11 @@ mod tests {
         assert_eq!((ev.actor, ev.subject, ev.users.len()), (7, 9, 0));
         let new = SystemEvent {
             users: vec![9, 11],
+            body: Bytes::from_static(b"new"),
+            reactions: vec![ReactionCount {
+                reaction: "+1".into(),
+                count: 2,
+            }],
             ..ev
         };
         let mut buf = BytesMut::new();
@@ -425,7 +488,7 @@ mod tests {
             .filter(|(c, _)| (0x80..=0xbf).contains(c))
             .count();
         let pushes = Frame::CODES.iter().filter(|(c, _)| *c >= 0xc0).count();
-        assert_eq!((requests, responses, pushes), (36, 19, 5));
+        assert_eq!((requests, responses, pushes), (38, 19, 5));
         assert!(
             !Frame::CODES.iter().any(|(c, _)| *c == 0),
             "code 0 is never assigned"

@@ -19,7 +19,7 @@ use super::threads::{self, ThreadCache};
 use super::{messages, sync};
 use super::{Effect, Shared};
 use crate::caller::Caller;
-use crate::store::{Batch, FsyncMode, PrivateState};
+use crate::store::{Batch, FsyncMode, MessageRecord, PrivateState};
 
 /// A request's failure: the code and a sentence for the person behind the client.
 pub(super) type Reject = (ErrorCode, &'static str);
@@ -45,6 +45,12 @@ pub struct Engine {
     /// Memberships (user, thread) staged this round: a later request of the round reads these,
     /// since the store cannot see uncommitted writes.
     pub(super) round_private: HashMap<(u64, u64), PrivateState>,
+    /// Stored messages changed this round (recalled, edited, reacted to), by (thread, id): a
+    /// later change of the round starts from these, since the store cannot see uncommitted
+    /// writes.
+    pub(super) round_messages: HashMap<(u64, u64), MessageRecord>,
+    /// Reactions staged this round by (thread, message, user); empty: removed.
+    pub(super) round_reactions: HashMap<(u64, u64, u64), String>,
     /// This round's receipt pushes by (thread, reader, kind): their index in `pending`, so a
     /// later advance of the same cursor replaces the push instead of adding one.
     pub(super) round_receipts: HashMap<(u64, u64, ReceiptKind), usize>,
@@ -78,6 +84,8 @@ impl Engine {
             staged: Staged::default(),
             round_directs: HashMap::new(),
             round_private: HashMap::new(),
+            round_messages: HashMap::new(),
+            round_reactions: HashMap::new(),
             round_receipts: HashMap::new(),
             audience: Vec::new(),
             typing: TypingGate::default(),
@@ -111,6 +119,8 @@ impl Engine {
             Frame::DeleteForMe(f) => shared.thread_shard(f.thread),
             Frame::Readers(f) => shared.thread_shard(f.thread),
             Frame::Typing(f) => shared.thread_shard(f.thread),
+            Frame::Edit(f) => shared.thread_shard(f.thread),
+            Frame::React(f) => shared.thread_shard(f.thread),
             Frame::ContactAdd(_)
             | Frame::ContactRemove(_)
             | Frame::ContactList(_)
@@ -190,6 +200,8 @@ impl Engine {
             Frame::Readers(f) => messages::readers(&self.shared, &caller, f.thread, f.message),
             Frame::Sync(f) => sync::sync(&self.shared, &caller, f),
             Frame::Typing(f) => self.typing(&caller, f.thread, f.active),
+            Frame::Edit(f) => self.edit(&caller, f),
+            Frame::React(f) => self.react(&caller, f),
             Frame::ContactAdd(f) => self.contact_add(&caller, f.user),
             Frame::ContactRemove(f) => self.contact_remove(&caller, f.user),
             Frame::ContactList(_) => self.contact_list(&caller),
@@ -272,6 +284,8 @@ impl Engine {
         self.staged.clear();
         self.round_directs.clear();
         self.round_private.clear();
+        self.round_messages.clear();
+        self.round_reactions.clear();
         self.round_receipts.clear();
         self.round_max = 0;
         self.shared.in_flight[self.shard as usize]

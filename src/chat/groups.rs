@@ -80,6 +80,7 @@ impl Engine {
             kind: MessageKind::System,
             recalled: false,
             body,
+            ..Default::default()
         };
         self.batch.put_message(thread, id, &msg);
         state.rec.last_msg_id = id;
@@ -93,6 +94,7 @@ impl Engine {
             None,
             MessagePush {
                 message: to_wire(thread, id, msg),
+                reply_to: 0,
             }
             .into(),
         );

@@ -12,6 +12,7 @@ use courier_protocol::{
     Receipt, ReceiptKind, ReceiptPush, Send, Sent, SystemEventKind, TypingPush,
 };
 
+use super::edits;
 use super::engine::{Engine, Reject};
 use super::threads::internal;
 use super::Shared;
@@ -145,7 +146,12 @@ impl Engine {
             kind: f.kind,
             recalled: false,
             body: f.body,
+            reply_to: f.reply_to,
+            ..Default::default()
         };
+        if f.reply_to != 0 {
+            self.check_reply(f.thread, f.reply_to)?;
+        }
         let id = self.append(f.thread, rec, Some(caller), &[])?;
         if idempotent {
             self.recent_sends.insert(key, id);
@@ -272,10 +278,7 @@ impl Engine {
     ) -> Result<Option<Frame>, Reject> {
         self.member_state(caller, thread)?;
         let mut m = self
-            .shared
-            .store
-            .message(thread, message)
-            .map_err(internal)?
+            .message_now(thread, message)?
             .ok_or((ErrorCode::UnknownMessage, "no such message"))?;
         if m.sender != caller.user || m.kind == MessageKind::System {
             return Err((ErrorCode::NotSender, "only the sender may recall a message"));
@@ -291,7 +294,12 @@ impl Engine {
         }
         m.recalled = true;
         m.body = Bytes::new();
-        self.batch.put_message(thread, message, &m);
+        // A tombstone shows no reactions (and takes no new ones).
+        if !m.reactions.is_empty() {
+            self.drop_reactions(thread, message)?;
+            m.reactions.clear();
+        }
+        self.put_changed(thread, message, m);
         self.system(thread, caller, SystemEventKind::Recalled, message, "", &[])?;
         Ok(Some(Done {}.into()))
     }
@@ -424,18 +432,21 @@ pub(super) fn history(
     };
     let budget = shared.config.max_reply_bytes;
     let mut messages = Vec::new();
+    let mut metas = Vec::new();
     let mut size = 0;
     let more = store
         .messages(f.thread, after, before, newest_first, limit, |id, m| {
             if deleted.contains(&id) {
                 return Ok(Visit::Skipped);
             }
+            let meta = edits::meta(store, f.thread, id, &m, caller.user)?;
             let m = to_wire(f.thread, id, m);
-            size += m.size();
+            size += m.size() + meta.as_ref().map_or(0, Wire::size);
             if size > budget && !messages.is_empty() {
                 return Ok(Visit::Stop);
             }
             messages.push(m);
+            metas.extend(meta);
             Ok(Visit::Took)
         })
         .map_err(internal)?;
@@ -444,6 +455,7 @@ pub(super) fn history(
             thread: f.thread,
             messages,
             more,
+            meta: metas,
         }
         .into(),
     ))

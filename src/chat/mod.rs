@@ -56,6 +56,10 @@ pub struct ChatConfig {
     pub max_deleted_per_thread: usize,
     /// Uploads in progress per user.
     pub max_uploads_per_user: usize,
+    /// How long after sending a message its sender may edit it.
+    pub edit_window_us: u64,
+    /// Distinct reactions one message may carry (each user has one per message).
+    pub max_reactions: usize,
 }
 
 impl Default for ChatConfig {
@@ -74,6 +78,8 @@ impl Default for ChatConfig {
             max_contacts: 1000,
             max_deleted_per_thread: 1000,
             max_uploads_per_user: 8,
+            edit_window_us: 86_400_000_000,
+            max_reactions: 32,
         }
     }
 }
@@ -95,6 +101,7 @@ struct Padded(AtomicU64);
 
 mod contacts;
 mod dedupe;
+mod edits;
 mod engine;
 mod groups;
 mod limits;

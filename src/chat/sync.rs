@@ -22,6 +22,7 @@ use std::collections::HashSet;
 use courier_protocol::wire::Wire;
 use courier_protocol::{ErrorCode, Frame, MessageRef, Sync, SyncBatch};
 
+use super::edits;
 use super::engine::Reject;
 use super::messages::to_wire;
 use super::threads::{internal, left_view, view, ThreadState};
@@ -140,13 +141,16 @@ pub(super) fn sync(shared: &Shared, caller: &Caller, f: Sync) -> Result<Option<F
                         last = id;
                         return Ok(Visit::Skipped);
                     }
+                    let meta = edits::meta(store, thread, id, &m, caller.user)?;
                     let m = to_wire(thread, id, m);
-                    if size + m.size() > budget && !batch.messages.is_empty() {
+                    let m_size = m.size() + meta.as_ref().map_or(0, Wire::size);
+                    if size + m_size > budget && !batch.messages.is_empty() {
                         return Ok(Visit::Stop);
                     }
                     last = id;
-                    size += m.size();
+                    size += m_size;
                     batch.messages.push(m);
+                    batch.meta.extend(meta);
                     Ok(Visit::Took)
                 })
                 .map_err(internal)?;

@@ -122,6 +122,7 @@ impl World {
                 client_msg_id,
                 kind: MessageKind::Text,
                 body: Bytes::from_static(body.as_bytes()),
+                reply_to: 0,
             },
         ) {
             Frame::Sent(s) => s.message,
@@ -244,6 +245,7 @@ fn send_acks_pushes_and_dedupes_retries() {
             client_msg_id: 1,
             kind: MessageKind::Text,
             body: Bytes::from_static(b"hi"),
+            reply_to: 0,
         },
     );
     let pushed = pushes_to(&effects, b.user);
@@ -278,6 +280,7 @@ fn bad_sends_are_refused_and_store_nothing() {
         client_msg_id: 1,
         kind: MessageKind::Text,
         body: Bytes::from_static(b"123456789"),
+        reply_to: 0,
     };
     assert_eq!(w.error(&a, big), ErrorCode::BodyTooLarge);
     let intruder = Send {
@@ -285,6 +288,7 @@ fn bad_sends_are_refused_and_store_nothing() {
         client_msg_id: 1,
         kind: MessageKind::Text,
         body: Bytes::from_static(b"x"),
+        reply_to: 0,
     };
     assert_eq!(w.error(&c, intruder.clone()), ErrorCode::NotMember);
     assert_eq!(
@@ -309,6 +313,7 @@ fn bad_sends_are_refused_and_store_nothing() {
         client_msg_id: 3,
         kind: MessageKind::System,
         body: Bytes::new(),
+        reply_to: 0,
     };
     assert_eq!(w.error(&a, system), ErrorCode::InvalidArgument);
     assert!(w.history(&a, t).is_empty());
@@ -403,7 +408,8 @@ fn groups_enforce_admins_caps_and_record_changes() {
                 thread: g,
                 client_msg_id: 1,
                 kind: MessageKind::Text,
-                body: Bytes::new()
+                body: Bytes::new(),
+                reply_to: 0
             }
         ),
         ErrorCode::NotMember
@@ -751,6 +757,7 @@ fn watermark_stays_below_uncommitted_changes() {
         client_msg_id: 1,
         kind: MessageKind::Text,
         body: Bytes::new(),
+        reply_to: 0,
     }
     .into();
     w.engines[shard].handle(a, 1, frame);
@@ -974,6 +981,7 @@ fn a_member_removed_in_the_round_they_sent_is_not_written_back() {
         client_msg_id: 1,
         kind: MessageKind::Text,
         body: Bytes::new(),
+        reply_to: 0,
     }
     .into();
     w.engines[shard].handle(b, 1, send);
@@ -1428,6 +1436,7 @@ fn a_write_is_answered_only_once_a_pool_read_can_see_it() {
         client_msg_id: 1,
         kind: MessageKind::Text,
         body: Bytes::from_static(b"hi"),
+        reply_to: 0,
     }
     .into();
     w.engines[owner].handle(a, 1, send);
@@ -1489,4 +1498,144 @@ fn a_write_is_answered_only_once_a_pool_read_can_see_it() {
         panic!()
     };
     assert_eq!(r.read, vec![b.user]);
+}
+
+/// Runs `frames` (caller, frame) on `thread`'s owner as one round: every request is handled
+/// before the one commit. Returns each request's answer, in order.
+fn round_on_owner(w: &mut World, thread: u64, frames: Vec<(Caller, Frame)>) -> Vec<Frame> {
+    let owner = w.shared.thread_shard(thread) as usize;
+    let n = frames.len();
+    for (i, (caller, frame)) in frames.into_iter().enumerate() {
+        w.engines[owner].handle(caller, 100 + i as u32, frame);
+    }
+    let mut out = Vec::new();
+    w.engines[owner].commit(&mut out);
+    (0..n)
+        .map(|i| {
+            out.iter()
+                .find_map(|e| match e {
+                    Effect::Reply {
+                        request_id, frame, ..
+                    } if *request_id == 100 + i as u32 => Some(frame.clone()),
+                    _ => None,
+                })
+                .expect("every request answered")
+        })
+        .collect()
+}
+
+fn react(thread: u64, message: u64, reaction: &str) -> Frame {
+    React {
+        thread,
+        message,
+        reaction: reaction.into(),
+    }
+    .into()
+}
+
+#[test]
+fn two_reactions_to_one_message_in_one_round_both_count() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let m = w.send(&a, t, 1, "hi");
+    // Neither request sees the other's write in the store: the round's own record must.
+    let answers = round_on_owner(
+        &mut w,
+        t,
+        vec![(a, react(t, m, "👍")), (b, react(t, m, "👍"))],
+    );
+    assert_eq!(answers, [Done {}.into(), Done {}.into()]);
+    let stored = w.shared.store.message(t, m).unwrap().unwrap();
+    assert_eq!(
+        stored.reactions,
+        [ReactionCount {
+            reaction: "👍".into(),
+            count: 2
+        }]
+    );
+    // And one user's change of mind within a round counts once.
+    let answers = round_on_owner(
+        &mut w,
+        t,
+        vec![(b, react(t, m, "😂")), (b, react(t, m, "🎉"))],
+    );
+    assert_eq!(answers, [Done {}.into(), Done {}.into()]);
+    let stored = w.shared.store.message(t, m).unwrap().unwrap();
+    let counts: Vec<_> = stored
+        .reactions
+        .iter()
+        .map(|c| (c.reaction.as_str(), c.count))
+        .collect();
+    assert_eq!(counts, [("🎉", 1), ("👍", 1)]);
+    assert_eq!(
+        w.shared.store.reaction(t, m, b.user).unwrap().as_deref(),
+        Some("🎉")
+    );
+}
+
+#[test]
+fn an_edit_in_the_round_of_a_recall_does_not_bring_the_message_back() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let m = w.send(&a, t, 1, "oops");
+    let recall = Recall {
+        thread: t,
+        message: m,
+    }
+    .into();
+    let edit = Edit {
+        thread: t,
+        message: m,
+        body: Bytes::from_static(b"back"),
+    }
+    .into();
+    let answers = round_on_owner(&mut w, t, vec![(a, recall), (a, edit)]);
+    assert_eq!(answers[0], Done {}.into());
+    let Frame::ErrorReply(e) = &answers[1] else {
+        panic!("{:?}", answers[1])
+    };
+    assert_eq!(e.code, ErrorCode::MessageRecalled as u16);
+    let stored = w.shared.store.message(t, m).unwrap().unwrap();
+    assert!(stored.recalled && stored.body.is_empty(), "{stored:?}");
+}
+
+#[test]
+fn a_reaction_and_an_edit_in_one_round_both_stand() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let m = w.send(&a, t, 1, "helo");
+    let edit = Edit {
+        thread: t,
+        message: m,
+        body: Bytes::from_static(b"hello"),
+    }
+    .into();
+    let answers = round_on_owner(&mut w, t, vec![(b, react(t, m, "👍")), (a, edit)]);
+    assert_eq!(answers, [Done {}.into(), Done {}.into()]);
+    let stored = w.shared.store.message(t, m).unwrap().unwrap();
+    assert_eq!(&stored.body[..], b"hello");
+    assert_ne!(stored.edited_at, 0);
+    assert_eq!(stored.reactions.len(), 1, "the edit kept the reaction");
+}
+
+#[test]
+fn a_recall_drops_the_messages_reactions_this_rounds_included() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let m = w.send(&a, t, 1, "hi");
+    assert_eq!(w.ask(&b, react(t, m, "👍")), Done {}.into());
+    let recall = Recall {
+        thread: t,
+        message: m,
+    }
+    .into();
+    let answers = round_on_owner(&mut w, t, vec![(a, react(t, m, "🎉")), (a, recall)]);
+    assert_eq!(answers, [Done {}.into(), Done {}.into()]);
+    assert_eq!(w.shared.store.reactors(t, m).unwrap(), Vec::<u64>::new());
+    let stored = w.shared.store.message(t, m).unwrap().unwrap();
+    assert!(stored.recalled && stored.reactions.is_empty(), "{stored:?}");
 }

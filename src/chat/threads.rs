@@ -268,6 +268,7 @@ pub(super) fn system_body(
         subject,
         text: text.into(),
         users,
+        ..SystemEvent::default()
     };
     let mut buf = BytesMut::with_capacity(ev.size());
     ev.put(&mut buf);
@@ -358,6 +359,7 @@ impl Engine {
         self.batch.put_message(thread, id, &rec);
         self.save_thread(thread);
         let push = MessagePush {
+            reply_to: rec.reply_to,
             message: to_wire(thread, id, rec),
         };
         self.push(users, except, push.into());
@@ -392,6 +394,7 @@ impl Engine {
             kind: MessageKind::System,
             recalled: false,
             body,
+            ..Default::default()
         };
         self.append(thread, rec, None, extra)
     }

@@ -158,6 +158,8 @@ impl Router {
             Frame::History(f) => remote(self.thread_home(f.thread)),
             Frame::Receipt(f) => remote(self.thread_home(f.thread)),
             Frame::Recall(f) => remote(self.thread_home(f.thread)),
+            Frame::Edit(f) => remote(self.thread_home(f.thread)),
+            Frame::React(f) => remote(self.thread_home(f.thread)),
             Frame::DeleteForMe(f) => remote(self.thread_home(f.thread)),
             Frame::Readers(f) => remote(self.thread_home(f.thread)),
             Frame::Typing(f) => remote(self.thread_home(f.thread)),
@@ -270,9 +272,23 @@ mod tests {
                 client_msg_id: 1,
                 kind: courier_protocol::MessageKind::Text,
                 body: Default::default(),
+                reply_to: 0,
             })
         };
         assert_eq!(a.remote_node(here, &send(here)), None);
+        // Edits and reactions change a thread's messages: they belong to its owner too.
+        let edit = Frame::Edit(courier_protocol::Edit {
+            thread: there,
+            message: 1,
+            body: Default::default(),
+        });
+        let react = Frame::React(courier_protocol::React {
+            thread: there,
+            message: 1,
+            reaction: "+1".into(),
+        });
+        assert!(a.remote_node(here, &edit).is_some());
+        assert!(a.remote_node(here, &react).is_some());
         assert_eq!(a.remote_node(here, &send(there)), Some("b"));
         let group = |members: Vec<u64>| {
             Frame::CreateGroup(CreateGroup {
@@ -312,5 +328,4 @@ mod tests {
         let solo = Router::new("a", &[]);
         assert_eq!(solo.remote_node(here, &send(there)), None);
     }
-
 }

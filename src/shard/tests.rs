@@ -215,6 +215,7 @@ fn reads_pause_while_the_target_shard_is_congested_and_resume_after() {
             client_msg_id: id as u64 + 1,
             kind: MessageKind::Text,
             body: bytes::Bytes::from_static(b"x"),
+            reply_to: 0,
         };
         encode(id + 10, &send.into(), &mut flood);
     }

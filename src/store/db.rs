@@ -897,6 +897,26 @@ impl Store {
         Ok(out)
     }
 
+    /// `user`'s reaction to message `msg` of `thread`, if any.
+    pub fn reaction(&self, thread: u64, msg: u64, user: u64) -> Result<Option<String>, Error> {
+        match self.get(CF_REACTIONS, &keys::triple(thread, msg, user))? {
+            None => Ok(None),
+            Some(v) => String::from_utf8(v.to_vec())
+                .map(Some)
+                .map_err(|_| Error::CorruptValue { record: "reaction" }),
+        }
+    }
+
+    /// The users with a reaction to message `msg` of `thread` (at most one row per member).
+    pub fn reactors(&self, thread: u64, msg: u64) -> Result<Vec<u64>, Error> {
+        let mut out = Vec::new();
+        self.scan_prefix(CF_REACTIONS, &keys::pair(thread, msg), |k, _| {
+            out.push(keys::parse_triple(CF_REACTIONS, k)?.2);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
     /// Message ids of `thread` that `user` deleted for themselves.
     pub fn hidden_messages(&self, user: u64, thread: u64) -> Result<Vec<u64>, Error> {
         let mut out = Vec::new();
@@ -1058,6 +1078,16 @@ impl Batch {
             &keys::triple(thread, sender, client_msg_id),
             &msg.to_be_bytes(),
         );
+    }
+
+    /// `user`'s reaction to message `msg` of `thread` is now `reaction` (empty: none).
+    pub fn put_reaction(&mut self, thread: u64, msg: u64, user: u64, reaction: &str) {
+        let key = keys::triple(thread, msg, user);
+        if reaction.is_empty() {
+            self.delete(CF_REACTIONS, &key);
+        } else {
+            self.put(CF_REACTIONS, &key, reaction.as_bytes());
+        }
     }
 
     /// `msg` deleted for `user` at clock value `at`.

@@ -25,6 +25,7 @@
 //! | `meta`        | name bytes                  | counters (ids, clock floor)       |
 //! | `unread`      | thread u64 ++ message u64   | sender u64: the messages that count as unread (all but system messages) |
 //! | `admins`      | user u64                    | microseconds u64 of the grant (`courier admin grant`) |
+//! | `reactions`   | thread u64 ++ message u64 ++ user u64 | the user's reaction, UTF-8 (counts are in the `MessageRecord`) |
 
 use crate::store::Error;
 
@@ -46,6 +47,7 @@ pub const CF_MEDIA: &str = "media";
 pub const CF_META: &str = "meta";
 pub const CF_UNREAD: &str = "unread";
 pub const CF_ADMINS: &str = "admins";
+pub const CF_REACTIONS: &str = "reactions";
 
 /// Every column family, in creation order.
 pub const ALL_CFS: &[&str] = &[
@@ -67,6 +69,7 @@ pub const ALL_CFS: &[&str] = &[
     CF_META,
     CF_UNREAD,
     CF_ADMINS,
+    CF_REACTIONS,
 ];
 
 /// Bytes of a token digest (the stored form of a session token).
@@ -150,7 +153,8 @@ pub fn direct(a: u64, b: u64) -> [u8; 16] {
     pair(a.min(b), a.max(b))
 }
 
-/// Three u64 ids: `dedupe` (thread, sender, client id), `hidden` (user, thread, message).
+/// Three u64 ids: `dedupe` (thread, sender, client id), `hidden` (user, thread, message),
+/// `reactions` (thread, message, user).
 pub fn triple(a: u64, b: u64, c: u64) -> [u8; 24] {
     cat(&[&a.to_be_bytes(), &b.to_be_bytes(), &c.to_be_bytes()])
 }

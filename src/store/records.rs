@@ -16,7 +16,7 @@
 
 use bytes::{Bytes, BytesMut};
 use courier_protocol::wire::{Reader, Wire};
-use courier_protocol::{MessageKind, ThreadKind};
+use courier_protocol::{MessageKind, ReactionCount, ThreadKind};
 
 use crate::store::Error;
 
@@ -63,14 +63,63 @@ macro_rules! record {
     };
 }
 
-record! {
-    /// `messages`: one message (its thread and id are the key).
-    pub struct MessageRecord {
-        pub sender: u64,
-        pub client_msg_id: u64,
-        pub kind: MessageKind,
-        pub recalled: bool,
-        pub body: Bytes,
+/// `messages`: one message (its thread and id are the key).
+///
+/// `reply_to`, `edited_at` and `reactions` were appended to the layout and are written only
+/// when one of them is set, so a plain message keeps the original layout (and its size); a
+/// value without them reads as 0, 0 and none.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessageRecord {
+    pub sender: u64,
+    pub client_msg_id: u64,
+    pub kind: MessageKind,
+    pub recalled: bool,
+    pub body: Bytes,
+    /// The message of the same thread this one replies to, 0 for none.
+    pub reply_to: u64,
+    /// Clock value of the last edit (the EDITED system message's id), 0 if never edited.
+    pub edited_at: u64,
+    /// Members' reactions counted per reaction (each user's own is in `reactions`), bounded
+    /// by `ChatConfig::max_reactions`, most frequent first.
+    pub reactions: Vec<ReactionCount>,
+}
+
+impl MessageRecord {
+    /// Whether the appended fields hold anything (and so are stored).
+    pub fn has_meta(&self) -> bool {
+        self.reply_to != 0 || self.edited_at != 0 || !self.reactions.is_empty()
+    }
+}
+
+impl Record for MessageRecord {
+    const NAME: &'static str = "MessageRecord";
+    fn put(&self, buf: &mut BytesMut) {
+        self.sender.put(buf);
+        self.client_msg_id.put(buf);
+        self.kind.put(buf);
+        self.recalled.put(buf);
+        self.body.put(buf);
+        if self.has_meta() {
+            self.reply_to.put(buf);
+            self.edited_at.put(buf);
+            self.reactions.put(buf);
+        }
+    }
+    fn get(r: &mut Reader) -> Result<Self, courier_protocol::Error> {
+        let mut m = Self {
+            sender: Wire::get(r, "sender")?,
+            client_msg_id: Wire::get(r, "client_msg_id")?,
+            kind: Wire::get(r, "kind")?,
+            recalled: Wire::get(r, "recalled")?,
+            body: Wire::get(r, "body")?,
+            ..Self::default()
+        };
+        if r.remaining() > 0 {
+            m.reply_to = Wire::get(r, "reply_to")?;
+            m.edited_at = Wire::get(r, "edited_at")?;
+            m.reactions = Wire::get(r, "reactions")?;
+        }
+        Ok(m)
     }
 }
 
@@ -254,6 +303,7 @@ mod tests {
             kind: MessageKind::Media,
             recalled: false,
             body: Bytes::from_static(b"hi"),
+            ..Default::default()
         };
         assert_eq!(MessageRecord::decode(&m.encode()).unwrap(), m);
         assert_eq!(
@@ -305,6 +355,7 @@ mod tests {
                 kind: MessageKind::Media,
                 recalled: true,
                 body: Bytes::from_static(b"hi"),
+                ..Default::default()
             },
             &[
                 &[V1],
@@ -313,6 +364,34 @@ mod tests {
                 &[1], // MessageKind::Media
                 &[1], // recalled
                 &[0, 0, 0, 2, b'h', b'i'],
+            ],
+        );
+        pinned(
+            MessageRecord {
+                sender: 3,
+                client_msg_id: 0,
+                kind: MessageKind::Text,
+                recalled: false,
+                body: Bytes::from_static(b"x"),
+                reply_to: 4,
+                edited_at: 5,
+                reactions: vec![ReactionCount {
+                    reaction: "+1".into(),
+                    count: 2,
+                }],
+            },
+            &[
+                &[V1],
+                &be(3),
+                &be(0),
+                &[0], // MessageKind::Text
+                &[0], // not recalled
+                &[0, 0, 0, 1, b'x'],
+                &be(4),
+                &be(5),
+                &[0, 1], // one reaction count
+                &[0, 2, b'+', b'1'],
+                &[0, 0, 0, 2],
             ],
         );
         pinned(

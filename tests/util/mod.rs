@@ -442,6 +442,7 @@ pub fn try_send(c: &mut TestConn, thread: u64, client_msg_id: u64, body: &str) -
         client_msg_id,
         kind: courier_protocol::MessageKind::Text,
         body: Bytes::copy_from_slice(body.as_bytes()),
+        reply_to: 0,
     })
 }
 

@@ -1,11 +1,11 @@
-//! Sending, history, receipts, recall, typing.
+//! Sending (and replying), history, receipts, recall, edits, reactions, typing.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_protocol::{
-    DeleteForMe, Direction, History, MessageKind, Messages, Readers, ReadersList, Recall, Receipt,
-    ReceiptKind, Send, Sent, Typing,
+    DeleteForMe, Direction, Edit, History, MessageKind, Messages, React, Readers, ReadersList,
+    Recall, Receipt, ReceiptKind, Send, Sent, Typing,
 };
 
 use crate::{Client, Result};
@@ -21,15 +21,17 @@ pub fn new_client_msg_id() -> u64 {
 }
 
 requests! {
-    /// Sends with a caller-chosen `client_msg_id`. Sending the same id again in the same
-    /// thread returns the original `SENT` and stores nothing.
-    pub fn send_with_id(
+    /// Sends with a caller-chosen `client_msg_id`, replying to `reply_to` (a message of the
+    /// same thread; 0: to nothing). Sending the same id again in the same thread returns the
+    /// original `SENT` and stores nothing.
+    pub fn send_reply_with_id(
         thread: u64,
         client_msg_id: u64,
         kind: MessageKind,
         body: impl Into<Bytes>,
+        reply_to: u64,
     ) -> Sent {
-        Send { thread, client_msg_id, kind, body: body.into() } => Sent(reply) => reply
+        Send { thread, client_msg_id, kind, body: body.into(), reply_to } => Sent(reply) => reply
     }
 
     /// Messages older (`Backward`, newest first) or newer (`Forward`, oldest first) than
@@ -46,6 +48,18 @@ requests! {
     /// Recalls one of the caller's messages (within the recall window).
     pub fn recall(thread: u64, message: u64) -> () {
         Recall { thread, message } => Done(_) => ()
+    }
+
+    /// Replaces the body of one of the caller's messages (within the edit window). Members'
+    /// devices get an EDITED system message; history shows the new body, marked edited.
+    pub fn edit(thread: u64, message: u64, body: impl Into<Bytes>) -> () {
+        Edit { thread, message, body: body.into() } => Done(_) => ()
+    }
+
+    /// Sets the caller's one reaction to a message (e.g. an emoji); an empty `reaction`
+    /// removes it. Members' devices get a REACTED system message.
+    pub fn react(thread: u64, message: u64, reaction: &str) -> () {
+        React { thread, message, reaction: reaction.into() } => Done(_) => ()
     }
 
     /// Hides a message from the caller's own history on all their devices.
@@ -65,6 +79,30 @@ fn retry_send(error: &crate::Error, left: Duration) -> bool {
 }
 
 impl Client {
+    /// Sends with a caller-chosen `client_msg_id`. Sending the same id again in the same
+    /// thread returns the original `SENT` and stores nothing.
+    pub fn send_with_id(
+        &self,
+        thread: u64,
+        client_msg_id: u64,
+        kind: MessageKind,
+        body: impl Into<Bytes>,
+    ) -> Result<Sent> {
+        self.send_reply_with_id(thread, client_msg_id, kind, body, 0)
+    }
+
+    /// Sends a text message that replies to (quotes) `reply_to`, a message of the same thread.
+    pub fn send_reply(&self, thread: u64, reply_to: u64, text: &str) -> Result<Sent> {
+        let body = Bytes::copy_from_slice(text.as_bytes());
+        self.send_reply_with_id(
+            thread,
+            new_client_msg_id(),
+            MessageKind::Text,
+            body,
+            reply_to,
+        )
+    }
+
     /// Sends a message with a fresh `client_msg_id`; returns once it is durable (the first tick).
     pub fn send(&self, thread: u64, kind: MessageKind, body: impl Into<Bytes>) -> Result<Sent> {
         self.send_with_id(thread, new_client_msg_id(), kind, body)
@@ -111,6 +149,32 @@ impl Client {
 
 #[cfg(feature = "tokio")]
 impl crate::AsyncClient {
+    /// Sends with a caller-chosen `client_msg_id`. Sending the same id again in the same
+    /// thread returns the original `SENT` and stores nothing.
+    pub async fn send_with_id(
+        &self,
+        thread: u64,
+        client_msg_id: u64,
+        kind: MessageKind,
+        body: impl Into<Bytes>,
+    ) -> Result<Sent> {
+        self.send_reply_with_id(thread, client_msg_id, kind, body, 0)
+            .await
+    }
+
+    /// Sends a text message that replies to (quotes) `reply_to`, a message of the same thread.
+    pub async fn send_reply(&self, thread: u64, reply_to: u64, text: &str) -> Result<Sent> {
+        let body = Bytes::copy_from_slice(text.as_bytes());
+        self.send_reply_with_id(
+            thread,
+            new_client_msg_id(),
+            MessageKind::Text,
+            body,
+            reply_to,
+        )
+        .await
+    }
+
     /// Sends a message with a fresh `client_msg_id`; returns once it is durable (the first tick).
     pub async fn send(
         &self,

@@ -656,6 +656,7 @@ impl Conn {
                 client_msg_id: crate::ledger::client_msg_id(cx.run_id, seq),
                 kind: MessageKind::Text,
                 body,
+                reply_to: 0,
             },
             now,
         );

@@ -56,6 +56,7 @@ fn push(id: u64) -> Frame {
             id,
             ..crate::Message::default()
         },
+        reply_to: 0,
     }
     .into()
 }

@@ -101,7 +101,9 @@ macro_rules! arb_struct {
 }
 
 arb_structs! {
-    SystemEvent { event, actor, subject, text, users }
+    SystemEvent { event, actor, subject, text, users, body, reactions }
+    ReactionCount { reaction, count }
+    MessageMeta { id, reply_to, edited_at, reactions, mine }
     Message { thread, id, sender, client_msg_id, kind, recalled, body }
     Member { user, role, delivered, read }
     Thread { id, kind, name, members, last_msg_id, muted, hidden, label }
@@ -141,7 +143,7 @@ arb_frames! {
     ListThreads { before_msg_id, before_thread, limit }
     GetThread { thread }
     SetThreadState { thread, muted, hidden, label }
-    Send { thread, client_msg_id, kind, body }
+    Send { thread, client_msg_id, kind, body, reply_to }
     History { thread, anchor, direction, limit }
     Receipt { thread, kind, up_to }
     Recall { thread, message }
@@ -149,6 +151,8 @@ arb_frames! {
     Readers { thread, message }
     Sync { since, after_thread, after_message, limit, watermark }
     Typing { thread, active }
+    Edit { thread, message, body }
+    React { thread, message, reaction }
     ContactAdd { user }
     ContactRemove { user }
     ContactList {}
@@ -168,8 +172,8 @@ arb_frames! {
     ThreadInfo { thread }
     ThreadList { threads, more }
     Sent { thread, message, client_msg_id }
-    Messages { thread, messages, more }
-    SyncBatch { threads, messages, more, next_thread, next_message, watermark, deleted }
+    Messages { thread, messages, more, meta }
+    SyncBatch { threads, messages, more, next_thread, next_message, watermark, deleted, meta }
     ReadersList { thread, message, delivered, read }
     Contacts { users }
     User { user }
@@ -180,7 +184,7 @@ arb_frames! {
     MediaData { media, total_len, offset, data }
     Stats { entries }
     Users { users }
-    MessagePush { message }
+    MessagePush { message, reply_to }
     ReceiptPush { thread, user, kind, up_to }
     PresencePush { presence }
     TypingPush { thread, user, active }

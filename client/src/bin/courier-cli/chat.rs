@@ -4,11 +4,11 @@
 //! server pushes. Both share [`Ui`] behind a mutex. Incoming messages are acknowledged with a
 //! DELIVERED receipt, and with READ when they show up in the open thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier_client::protocol::{Direction, ThreadKind};
+use courier_client::protocol::{Direction, MessageMeta, SystemEventKind, ThreadKind};
 use courier_client::{
     apply_receipt, apply_sent, tick, Client, ClientConfig, ErrorCode, Event, Message, MessageKind,
     ReceiptKind, Thread, Tick,
@@ -18,7 +18,10 @@ use parking_lot::Mutex;
 use crate::config::CliConfig;
 use crate::error::CliError;
 use crate::oneshot::{lookup, DEVICE};
-use crate::output::{body_text, clock, mentioned, presence_text, summary_name, thread_name};
+use crate::output::{
+    body_text, clock, excerpt, mentioned, meta_lines, presence_text, reactions_text, summary_name,
+    system_event, thread_name,
+};
 use crate::{prompt, server_addr, Cli, CliResult};
 
 const BLUE: &str = "\x1b[34m";
@@ -28,6 +31,8 @@ const RESET: &str = "\x1b[0m";
 
 /// How long a typed message may wait for a reconnect before it is reported as not sent.
 const SEND_PATIENCE: Duration = Duration::from_secs(30);
+/// Messages of the open thread remembered for quoting replies and naming what was reacted to.
+const REMEMBERED: usize = 500;
 
 const HELP: &str = "\
 commands:
@@ -37,6 +42,10 @@ commands:
   /group NAME a,b,...   create a group and open it
   /add HANDLE           add a member to the open group
   /recall               recall your last message in the open thread
+  /reply [#ID] TEXT     reply to the last message from someone else (or to message ID)
+  /edit [#ID] TEXT      replace the text of your last message (or of message ID)
+  /react [#ID] [EMOJI]  react to the last message from someone else (or to message ID);
+                        without EMOJI, remove your reaction
   /help                 this help
   /quit                 leave
 anything else is sent to the open thread";
@@ -48,6 +57,46 @@ struct Open {
     own: BTreeMap<u64, (String, Tick)>,
     /// For a direct thread, the other member.
     peer: Option<u64>,
+    /// The latest messages shown here, oldest first (at most [`REMEMBERED`]): id, sender,
+    /// text; for quoting what a reply answers.
+    seen: VecDeque<(u64, u64, String)>,
+    /// The newest message from someone else: what `/reply` and `/react` answer by default.
+    last_incoming: Option<u64>,
+}
+
+impl Open {
+    fn remember(&mut self, m: &Message, text: &str, me: u64) {
+        if m.kind == MessageKind::System {
+            return;
+        }
+        if self.seen.len() == REMEMBERED {
+            self.seen.pop_front();
+        }
+        self.seen.push_back((m.id, m.sender, text.to_string()));
+        if m.sender != me {
+            self.last_incoming = Some(m.id);
+        }
+    }
+
+    /// `who: "first words…"` of a remembered message.
+    fn quote(&self, id: u64, cfg: &CliConfig) -> Option<String> {
+        let (_, sender, text) = self.seen.iter().find(|(seen, _, _)| *seen == id)?;
+        Some(format!("{}: \"{}\"", cfg.name(*sender), excerpt(text)))
+    }
+}
+
+/// `#ID rest` → (Some(ID), rest); anything else → (None, all of it).
+fn target(rest: &str) -> CliResult<(Option<u64>, &str)> {
+    match rest.strip_prefix('#') {
+        None => Ok((None, rest)),
+        Some(tail) => {
+            let (id, rest) = tail.split_once(' ').unwrap_or((tail, ""));
+            let id = id
+                .parse()
+                .map_err(|_| CliError::Usage(format!("not a message id: #{id}")))?;
+            Ok((Some(id), rest.trim()))
+        }
+    }
 }
 
 struct Ui {
@@ -207,6 +256,66 @@ fn command(client: &Client, ui: &Mutex<Ui>, line: &str) -> CliResult {
             }
             println!("{DIM}recalled your last message{RESET}");
         }
+        "/reply" => {
+            let thread = open_thread(ui)?;
+            let (id, text) = target(rest)?;
+            let to = id
+                .or_else(|| ui.lock().open.as_ref().and_then(|o| o.last_incoming))
+                .ok_or_else(|| {
+                    CliError::Usage("nothing to reply to yet: /reply #ID TEXT".into())
+                })?;
+            if text.is_empty() {
+                return Err(CliError::Usage("usage: /reply [#ID] TEXT".into()));
+            }
+            let sent = client.send_reply(thread, to, text)?;
+            let mut ui = ui.lock();
+            let me = ui.me;
+            let quoted = ui.open.as_ref().and_then(|o| o.quote(to, &ui.cfg));
+            if let Some(o) = ui.open.as_mut().filter(|o| o.thread.id == thread) {
+                let t = tick(&o.thread.members, me, sent.message);
+                o.own.insert(sent.message, (text.to_string(), t));
+                print_own(sent.message, text, t);
+                let reply = MessageMeta {
+                    reply_to: to,
+                    ..MessageMeta::default()
+                };
+                for line in meta_lines(&reply, quoted.as_deref()).1 {
+                    println!("{DIM}{line}{RESET}");
+                }
+            }
+        }
+        "/edit" => {
+            let thread = open_thread(ui)?;
+            let (id, text) = target(rest)?;
+            let last_own = ui
+                .lock()
+                .open
+                .as_ref()
+                .and_then(|o| o.own.keys().next_back().copied());
+            let message = id
+                .or(last_own)
+                .ok_or_else(|| CliError::Usage("you have sent nothing here".into()))?;
+            if text.is_empty() {
+                return Err(CliError::Usage("usage: /edit [#ID] TEXT".into()));
+            }
+            client.edit(thread, message, text.as_bytes().to_vec())?;
+            if let Some((own, _)) = ui
+                .lock()
+                .open
+                .as_mut()
+                .and_then(|o| o.own.get_mut(&message))
+            {
+                *own = text.to_string();
+            }
+        }
+        "/react" => {
+            let thread = open_thread(ui)?;
+            let (id, reaction) = target(rest)?;
+            let message = id
+                .or_else(|| ui.lock().open.as_ref().and_then(|o| o.last_incoming))
+                .ok_or_else(|| CliError::Usage("nothing to react to yet: /react #ID 👍".into()))?;
+            client.react(thread, message, reaction)?;
+        }
         c if c.starts_with('/') => {
             return Err(CliError::Usage(format!(
                 "unknown command {c}; /help lists them"
@@ -279,34 +388,48 @@ fn open(client: &Client, ui: &Mutex<Ui>, thread: Thread) -> CliResult {
         ui,
         members.chain(page.messages.iter().flat_map(mentioned)),
     );
-    let mut own = BTreeMap::new();
+    let mut opened = Open {
+        thread,
+        own: BTreeMap::new(),
+        peer,
+        seen: VecDeque::new(),
+        last_incoming: None,
+    };
     {
         let ui = ui.lock();
         println!(
             "{BOLD}── {} (#{}) ──{RESET}",
-            thread_name(&thread, me, &ui.cfg),
-            thread.id
+            thread_name(&opened.thread, me, &ui.cfg),
+            opened.thread.id
         );
         for m in &page.messages {
             let text = body_text(m, &ui.cfg);
+            let meta = page.meta.iter().find(|x| x.id == m.id);
+            let quoted = meta.and_then(|x| opened.quote(x.reply_to, &ui.cfg));
+            let (mark, extra) =
+                meta.map_or_else(Default::default, |x| meta_lines(x, quoted.as_deref()));
             if m.sender == me && m.kind != MessageKind::System {
-                let t = tick(&thread.members, me, m.id);
+                let t = tick(&opened.thread.members, me, m.id);
                 if !m.recalled {
-                    own.insert(m.id, (text.clone(), t));
+                    opened.own.insert(m.id, (text.clone(), t));
                 }
-                print_own(m.id, &text, t);
+                print_own(m.id, &format!("{text}{mark}"), t);
             } else {
-                print_incoming(m, &ui.cfg);
+                print_incoming(m, &ui.cfg, &mark);
             }
+            for line in extra {
+                println!("{DIM}{line}{RESET}");
+            }
+            opened.remember(m, &text, me);
         }
     }
     if let Some(last) = page.messages.last() {
-        let _ = client.receipt(thread.id, ReceiptKind::Read, last.id);
+        let _ = client.receipt(opened.thread.id, ReceiptKind::Read, last.id);
     }
     if let Some(peer) = peer {
         show_presence(client, ui, peer);
     }
-    ui.lock().open = Some(Open { thread, own, peer });
+    ui.lock().open = Some(opened);
     Ok(())
 }
 
@@ -339,16 +462,47 @@ fn print_own(id: u64, text: &str, t: Tick) {
     println!("[{}] {BOLD}you{RESET}: {text} {}", clock(id), tick_text(t));
 }
 
-fn print_incoming(m: &Message, cfg: &CliConfig) {
+/// Someone else's message (or a system notice), with `mark` (e.g. ` (edited)`) after it.
+fn print_incoming(m: &Message, cfg: &CliConfig, mark: &str) {
     let text = body_text(m, cfg);
     if m.kind == MessageKind::System {
         println!("{DIM}[{}] {text}{RESET}", clock(m.id));
     } else {
         println!(
-            "[{}] {BOLD}{}{RESET}: {text}",
+            "[{}] {BOLD}{}{RESET}: {text}{DIM}{mark}{RESET}",
             clock(m.id),
             cfg.name(m.sender)
         );
+    }
+}
+
+/// What a system notice about another message adds in the open thread: which message an
+/// EDITED or REACTED notice is about, and the message's reactions now.
+fn print_change(o: &mut Open, m: &Message, cfg: &CliConfig) {
+    let Some(ev) = system_event(m) else {
+        return;
+    };
+    match ev.event {
+        SystemEventKind::Edited => {
+            let text = String::from_utf8_lossy(&ev.body).into_owned();
+            if let Some(seen) = o.seen.iter_mut().find(|(id, _, _)| *id == ev.subject) {
+                seen.2 = text.clone();
+            }
+            if let Some((own, _)) = o.own.get_mut(&ev.subject) {
+                *own = text;
+            }
+        }
+        SystemEventKind::Reacted => {
+            let about = o
+                .quote(ev.subject, cfg)
+                .unwrap_or_else(|| format!("#{}", ev.subject));
+            let now = match reactions_text(&ev.reactions) {
+                r if r.is_empty() => "no reactions".to_string(),
+                r => r,
+            };
+            println!("{DIM}    on {about}: {now}{RESET}");
+        }
+        _ => {}
     }
 }
 
@@ -356,6 +510,19 @@ fn event_loop(client: &Client, ui: &Mutex<Ui>) {
     for event in client.events() {
         match event {
             Event::Message(m) => on_message(client, ui, &m),
+            Event::MessageMeta { thread, meta } => {
+                let ui = ui.lock();
+                if let Some(o) = ui.open.as_ref().filter(|o| o.thread.id == thread) {
+                    let quoted = o.quote(meta.reply_to, &ui.cfg);
+                    let (mark, extra) = meta_lines(&meta, quoted.as_deref());
+                    if !mark.is_empty() {
+                        println!("{DIM}    {}{RESET}", mark.trim());
+                    }
+                    for line in extra {
+                        println!("{DIM}{line}{RESET}");
+                    }
+                }
+            }
             Event::Receipt {
                 thread,
                 user,
@@ -446,36 +613,40 @@ fn on_message(client: &Client, ui: &Mutex<Ui>, m: &Message) {
     if m.sender != me {
         let _ = client.receipt(m.thread, ReceiptKind::Delivered, m.id);
     }
-    let mut ui = ui.lock();
+    let mut guard = ui.lock();
     if in_open {
-        if m.sender == me && m.kind != MessageKind::System {
+        let text = body_text(m, &guard.cfg);
+        let ui = &mut *guard;
+        let incoming = m.sender != me || m.kind == MessageKind::System;
+        if !incoming {
             // Sent from another device of ours.
-            let text = body_text(m, &ui.cfg);
-            let me = ui.me;
             if let Some(o) = ui.open.as_mut() {
                 let t = tick(&o.thread.members, me, m.id);
                 o.own.insert(m.id, (text.clone(), t));
                 print_own(m.id, &text, t);
             }
         } else {
-            print_incoming(m, &ui.cfg);
-            let me = ui.me;
-            if let Some(o) = ui.open.as_mut() {
-                // The sender has read everything before their own message.
-                if apply_sent(&mut o.thread.members, m) {
-                    print_tick_changes(o, me);
-                }
+            print_incoming(m, &ui.cfg, "");
+        }
+        if let Some(o) = ui.open.as_mut() {
+            print_change(o, m, &ui.cfg);
+            o.remember(m, &text, me);
+            // The sender has read everything before their own message.
+            if incoming && apply_sent(&mut o.thread.members, m) {
+                print_tick_changes(o, me);
             }
-            drop(ui);
+        }
+        drop(guard);
+        if incoming {
             let _ = client.receipt(m.thread, ReceiptKind::Read, m.id);
         }
     } else if m.sender != me {
-        let text = body_text(m, &ui.cfg);
+        let text = body_text(m, &guard.cfg);
         println!(
             "{DIM}[#{} {}]{RESET} {BOLD}{}{RESET}: {text}",
             m.thread,
             clock(m.id),
-            ui.cfg.name(m.sender)
+            guard.cfg.name(m.sender)
         );
     }
 }

@@ -54,9 +54,32 @@ pub enum Command {
         /// The thread id.
         #[arg(long)]
         thread: Option<u64>,
+        /// Reply to (quote) this message of the same thread.
+        #[arg(long, value_name = "MESSAGE")]
+        reply_to: Option<u64>,
         /// The text; several words are joined with spaces.
         #[arg(required = true, num_args = 1..)]
         text: Vec<String>,
+    },
+    /// Replace the text of one of your messages (within the server's edit window).
+    Edit {
+        #[arg(long)]
+        thread: u64,
+        #[arg(long)]
+        message: u64,
+        /// The new text; several words are joined with spaces.
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// React to a message (one reaction per message; a new one replaces yours); without a
+    /// reaction, remove yours.
+    React {
+        #[arg(long)]
+        thread: u64,
+        #[arg(long)]
+        message: u64,
+        /// E.g. 👍; omit to remove your reaction.
+        reaction: Option<String>,
     },
     /// List threads with unread counts.
     Threads,

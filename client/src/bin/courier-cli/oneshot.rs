@@ -60,7 +60,12 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             cfg.save()?;
             print(cli, json!({ "logged_out": true }), || "logged out".into());
         }
-        Command::Send { to, thread, text } => {
+        Command::Send {
+            to,
+            thread,
+            reply_to,
+            text,
+        } => {
             let client = session(&server, &cfg)?;
             let thread = match (to, thread) {
                 (_, Some(t)) => *t,
@@ -72,7 +77,10 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
                     return Err(CliError::Usage("give --to HANDLE or --thread N".into()))
                 }
             };
-            let sent = client.send_text(thread, &text.join(" "))?;
+            let sent = match reply_to {
+                Some(to) => client.send_reply(thread, *to, &text.join(" "))?,
+                None => client.send_text(thread, &text.join(" "))?,
+            };
             cfg.save()?;
             print(
                 cli,
@@ -125,12 +133,22 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             let mut page = client.history(*thread, 0, Direction::Backward, *limit)?;
             page.messages.reverse();
             learn_users(&client, &mut cfg, page.messages.iter().flat_map(mentioned));
+            let meta = |id: u64| page.meta.iter().find(|x| x.id == id);
+            let quoted = |id: u64| {
+                let to = meta(id)?.reply_to;
+                let m = page.messages.iter().find(|m| m.id == to)?;
+                Some(format!(
+                    "{}: \"{}\"",
+                    cfg.name(m.sender),
+                    excerpt(&body_text(m, &cfg))
+                ))
+            };
             print(
                 cli,
                 Value::Array(
                     page.messages
                         .iter()
-                        .map(|m| message_json(m, &cfg))
+                        .map(|m| message_meta_json(m, meta(m.id), &cfg))
                         .collect(),
                 ),
                 || {
@@ -139,7 +157,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
                     }
                     page.messages
                         .iter()
-                        .map(|m| message_line(m, &cfg))
+                        .map(|m| message_lines(m, meta(m.id), quoted(m.id).as_deref(), &cfg))
                         .collect::<Vec<_>>()
                         .join("\n")
                 },
@@ -168,6 +186,34 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             print(cli, json!({ "thread": thread, "added": ids }), || {
                 format!("added {} to #{thread}", handles.join(", "))
             });
+        }
+        Command::Edit {
+            thread,
+            message,
+            text,
+        } => {
+            let client = session(&server, &cfg)?;
+            client.edit(*thread, *message, text.join(" ").into_bytes())?;
+            print(cli, json!({ "thread": thread, "edited": message }), || {
+                format!("edited message {message}")
+            });
+        }
+        Command::React {
+            thread,
+            message,
+            reaction,
+        } => {
+            let client = session(&server, &cfg)?;
+            let reaction = reaction.as_deref().unwrap_or_default();
+            client.react(*thread, *message, reaction)?;
+            print(
+                cli,
+                json!({ "thread": thread, "message": message, "reaction": reaction }),
+                || match reaction {
+                    "" => format!("removed your reaction to message {message}"),
+                    r => format!("reacted {r} to message {message}"),
+                },
+            );
         }
         Command::Recall { thread, message } => {
             let client = session(&server, &cfg)?;
@@ -246,10 +292,11 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
                 &mut cfg,
                 result.messages.iter().flat_map(mentioned),
             );
+            let meta = |id: u64| result.meta.iter().find(|x| x.id == id);
             let messages: Vec<Value> = result
                 .messages
                 .iter()
-                .map(|m| message_json(m, &cfg))
+                .map(|m| message_meta_json(m, meta(m.id), &cfg))
                 .collect();
             print(
                 cli,
@@ -258,7 +305,10 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
                     let mut lines: Vec<String> = result
                         .messages
                         .iter()
-                        .map(|m| format!("#{} {}", m.thread, message_line(m, &cfg)))
+                        .map(|m| {
+                            let lines = message_lines(m, meta(m.id), None, &cfg);
+                            format!("#{} {lines}", m.thread)
+                        })
                         .collect();
                     lines.push(format!(
                         "{} new messages in {} threads",

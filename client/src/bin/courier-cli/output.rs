@@ -2,8 +2,8 @@
 
 use courier_client::protocol::wire::{Reader, Wire};
 use courier_client::protocol::{
-    Message, MessageKind, Presence, SystemEvent, SystemEventKind, Thread, ThreadKind,
-    ThreadSummary, UserInfo,
+    Message, MessageKind, MessageMeta, Presence, ReactionCount, SystemEvent, SystemEventKind,
+    Thread, ThreadKind, ThreadSummary, UserInfo,
 };
 use serde_json::{json, Value};
 
@@ -69,7 +69,69 @@ fn system_text(m: &Message, cfg: &CliConfig) -> String {
         SystemEventKind::MemberLeft => format!("* {} left", cfg.name(ev.subject.max(ev.actor))),
         SystemEventKind::Renamed => format!("* {actor} renamed the group to \"{}\"", ev.text),
         SystemEventKind::Recalled => format!("* {actor} recalled a message"),
+        SystemEventKind::Edited => format!(
+            "* {actor} edited a message: {}",
+            String::from_utf8_lossy(&ev.body)
+        ),
+        SystemEventKind::Reacted if ev.text.is_empty() => {
+            format!("* {actor} removed their reaction")
+        }
+        SystemEventKind::Reacted => format!("* {actor} reacted {}", ev.text),
     }
+}
+
+/// The event of a SYSTEM message, if it is one.
+pub fn system_event(m: &Message) -> Option<SystemEvent> {
+    (m.kind == MessageKind::System)
+        .then(|| SystemEvent::get(&mut Reader::new(m.body.clone()), "SystemEvent").ok())
+        .flatten()
+}
+
+/// A message's reactions on one line, e.g. `👍 2  😂 1`; empty for none.
+pub fn reactions_text(reactions: &[ReactionCount]) -> String {
+    reactions
+        .iter()
+        .map(|r| format!("{} {}", r.reaction, r.count))
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+/// The first characters of a text, for quoting it on one line.
+pub fn excerpt(text: &str) -> String {
+    const MAX: usize = 40;
+    let line = text.lines().next().unwrap_or_default();
+    match line.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None if line.len() < text.len() => format!("{line}…"),
+        None => line.to_string(),
+    }
+}
+
+/// What a history line adds for a message's meta: ` (edited)`, then a reply line and a
+/// reactions line, each indented under the message. `quoted` names the replied-to message
+/// when it is known here.
+pub fn meta_lines(meta: &MessageMeta, quoted: Option<&str>) -> (String, Vec<String>) {
+    let mark = if meta.edited_at != 0 {
+        " (edited)".to_string()
+    } else {
+        String::new()
+    };
+    let mut lines = Vec::new();
+    if meta.reply_to != 0 {
+        lines.push(match quoted {
+            Some(q) => format!("    ↪ reply to {q}"),
+            None => format!("    ↪ reply to #{}", meta.reply_to),
+        });
+    }
+    if !meta.reactions.is_empty() {
+        let mine = if meta.mine.is_empty() {
+            String::new()
+        } else {
+            format!(" (you: {})", meta.mine)
+        };
+        lines.push(format!("    {}{mine}", reactions_text(&meta.reactions)));
+    }
+    (mark, lines)
 }
 
 /// The users a message names: its sender and, for a system message, who did what to whom.
@@ -78,7 +140,12 @@ pub fn mentioned(m: &Message) -> Vec<u64> {
     if m.kind == MessageKind::System {
         if let Ok(ev) = SystemEvent::get(&mut Reader::new(m.body.clone()), "SystemEvent") {
             ids.push(ev.actor);
-            if ev.event != SystemEventKind::Recalled {
+            // Their subject is a message id, not a user.
+            let about_a_message = matches!(
+                ev.event,
+                SystemEventKind::Recalled | SystemEventKind::Edited | SystemEventKind::Reacted
+            );
+            if !about_a_message {
                 ids.push(ev.subject);
             }
             ids.extend(&ev.users);
@@ -127,6 +194,43 @@ pub fn message_line(m: &Message, cfg: &CliConfig) -> String {
         cfg.name(m.sender),
         body_text(m, cfg)
     )
+}
+
+/// One message as history lines: the message (marked when edited), then what it replies to
+/// and its reactions.
+pub fn message_lines(
+    m: &Message,
+    meta: Option<&MessageMeta>,
+    quoted: Option<&str>,
+    cfg: &CliConfig,
+) -> String {
+    let line = message_line(m, cfg);
+    match meta {
+        None => line,
+        Some(meta) => {
+            let (mark, extra) = meta_lines(meta, quoted);
+            std::iter::once(line + &mark)
+                .chain(extra)
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    }
+}
+
+/// `message_json` with the message's meta, if any.
+pub fn message_meta_json(m: &Message, meta: Option<&MessageMeta>, cfg: &CliConfig) -> Value {
+    let mut v = message_json(m, cfg);
+    if let Some(meta) = meta {
+        v["reply_to"] = json!(meta.reply_to);
+        v["edited_at"] = json!(meta.edited_at);
+        v["reactions"] = json!(meta
+            .reactions
+            .iter()
+            .map(|r| json!({ "reaction": r.reaction, "count": r.count }))
+            .collect::<Vec<_>>());
+        v["my_reaction"] = json!(meta.mine);
+    }
+    v
 }
 
 pub fn message_json(m: &Message, cfg: &CliConfig) -> Value {
@@ -207,5 +311,49 @@ mod tests {
         assert_eq!(datetime(1_700_000_000_000_000), "2023-11-14 22:13:20");
         assert_eq!(datetime(951_782_400_000_000), "2000-02-29 00:00:00");
         assert_eq!(clock(1_700_000_000_000_000), "22:13");
+    }
+
+    #[test]
+    fn meta_renders_the_edit_mark_the_reply_and_the_reactions() {
+        let meta = MessageMeta {
+            id: 2,
+            reply_to: 1,
+            edited_at: 3,
+            reactions: vec![
+                ReactionCount {
+                    reaction: "👍".into(),
+                    count: 2,
+                },
+                ReactionCount {
+                    reaction: "😂".into(),
+                    count: 1,
+                },
+            ],
+            mine: "👍".into(),
+        };
+        let (mark, lines) = meta_lines(&meta, Some("alice: \"lunch?\""));
+        assert_eq!(mark, " (edited)");
+        assert_eq!(
+            lines,
+            [
+                "    ↪ reply to alice: \"lunch?\"",
+                "    👍 2  😂 1 (you: 👍)"
+            ]
+        );
+        let bare = MessageMeta {
+            reply_to: 9,
+            ..MessageMeta::default()
+        };
+        assert_eq!(
+            meta_lines(&bare, None),
+            (String::new(), vec!["    ↪ reply to #9".to_string()])
+        );
+    }
+
+    #[test]
+    fn excerpts_keep_the_first_line_and_forty_characters() {
+        assert_eq!(excerpt("short"), "short");
+        assert_eq!(excerpt("two\nlines"), "two…");
+        assert_eq!(excerpt(&"é".repeat(41)), format!("{}…", "é".repeat(40)));
     }
 }
