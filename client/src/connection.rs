@@ -96,6 +96,7 @@ impl Connection {
                 client_name: config.client_name.clone(),
                 max_frame_len: config.max_frame_len,
                 max_outstanding: config.max_outstanding,
+                ..SessionConfig::default()
             },
             Instant::now(),
         );

@@ -236,6 +236,7 @@ impl Conn {
             client_name: "courier-loadgen".into(),
             max_frame_len: proto::MAX_FRAME_LEN,
             max_outstanding: MAX_OUTSTANDING,
+            ..SessionConfig::default()
         };
         let mut session = Box::new(Session::new(config, now));
         session.poll_transmit(&mut self.wbuf);
@@ -418,6 +419,10 @@ impl Conn {
             CloseReason::UnexpectedFrame { .. } => ("UNEXPECTED_FRAME".to_string(), true),
             CloseReason::TimedOut { .. } => ("SERVER_SILENT".to_string(), true),
             CloseReason::Local => ("SEND_REFUSED".to_string(), true),
+            // A wrong --server-key stays wrong: retrying would only repeat the refusal.
+            CloseReason::ServerKeyMismatch { .. } => ("SERVER_KEY_MISMATCH".to_string(), false),
+            CloseReason::PlaintextAnswer { code, .. } => (error_name(code), retryable(code)),
+            CloseReason::Encryption(_) => ("ENCRYPTION_FAILED".to_string(), true),
             // Counted where the redirect came; the EOF is the worker's to see.
             CloseReason::Redirected | CloseReason::TransportClosed => {
                 return Outcome::Close { retry: true }
