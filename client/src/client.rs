@@ -278,6 +278,12 @@ impl Client {
         self.inner.state.lock().addr.clone()
     }
 
+    /// The server's public key as the current connection's encrypted handshake proved it
+    /// (the pinned key, or the one learned by trust on first use); `None` in plaintext.
+    pub fn server_key(&self) -> Result<Option<courier_protocol::noise::PublicKey>> {
+        Ok(self.inner.current()?.server_key())
+    }
+
     /// The current connection's `WELCOME`.
     pub fn welcome(&self) -> Result<Welcome> {
         Ok(self.inner.current()?.welcome())

@@ -96,7 +96,7 @@ impl Connection {
                 client_name: config.client_name.clone(),
                 max_frame_len: config.max_frame_len,
                 max_outstanding: config.max_outstanding,
-                ..SessionConfig::default()
+                encryption: config.encryption,
             },
             Instant::now(),
         );
@@ -156,6 +156,11 @@ impl Connection {
             .welcome()
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The server's key as the encrypted handshake proved it; `None` in plaintext.
+    pub(crate) fn server_key(&self) -> Option<courier_protocol::noise::PublicKey> {
+        self.core.lock().session.server_key()
     }
 
     /// The largest frame the server accepts.
@@ -384,6 +389,11 @@ fn handshake_error(reason: CloseReason, code: Option<ErrorCode>) -> Error {
             server,
             client: VERSION,
         },
+        // Before WELCOME: the server's reason, e.g. ENCRYPTION_REQUIRED for a plaintext client.
+        CloseReason::Server { code, message } => Error::from_reply(code, message),
+        reason @ (CloseReason::ServerKeyMismatch { .. }
+        | CloseReason::PlaintextAnswer { .. }
+        | CloseReason::Encryption(_)) => Error::Encryption(reason),
         _ => Error::Disconnected { reason: code },
     }
 }
@@ -413,12 +423,18 @@ fn read_loop(conn: Arc<Connection>, mut stream: TcpStream) {
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        let closed = {
+        let (closed, secured_now) = {
             let mut core = conn.core.lock();
+            let was_secured = core.session.is_secured();
             core.session.handle_input(&chunk[..n], Instant::now());
             conn.route(&mut core, &mut routed);
-            core.closed
+            (core.closed, !was_secured && core.session.is_secured())
         };
+        if secured_now {
+            // The encrypted handshake just ended: its last message (XX) and the HELLO it held
+            // back go out now. A failed write closes the connection, which the reader sees.
+            let _ = conn.flush();
+        }
         hand_over(&conn, &mut routed);
         if closed {
             break;

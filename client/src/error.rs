@@ -53,6 +53,10 @@ pub enum Error {
         /// The reply's frame name.
         reply: &'static str,
     },
+    /// The encrypted transport failed: the server does not hold the pinned key, it answered
+    /// in plaintext, or a record failed authentication. The text says what to do.
+    #[error("{0}")]
+    Encryption(courier_protocol::session::CloseReason),
     /// The server speaks another protocol version.
     #[error("server speaks protocol version {server}, this client speaks {client}")]
     VersionMismatch {

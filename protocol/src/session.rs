@@ -55,7 +55,7 @@
 //! # Encryption
 //!
 //! [`SessionConfig::encryption`] puts the Noise layer of [`crate::noise`] underneath the frames
-//! (PROTOCOL.md section 10): the bytes of `handle_input` and `poll_transmit` are then handshake
+//! (NOISE.md): the bytes of `handle_input` and `poll_transmit` are then handshake
 //! messages and records, and the frames above are unchanged. The handshake's first message is
 //! queued by [`Session::new`]; `HELLO` and every request wait, encoded, until the handshake is
 //! over, and each `poll_transmit` seals what is queued as one record. The server's key, pinned
@@ -94,7 +94,7 @@ pub struct SessionConfig {
     pub encryption: Encryption,
 }
 
-/// How a session protects its bytes (PROTOCOL.md section 10).
+/// How a session protects its bytes (NOISE.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Encryption {
     /// Noise IK with the server's key pinned: one round trip. A server holding another key is
@@ -198,9 +198,13 @@ pub enum CloseReason {
     /// or it runs with `--insecure-plaintext`. Not authenticated (nothing before the handshake
     /// can be).
     #[error(
-        "the server answered the encrypted handshake in plaintext: code {code}: {message} (a \
-         server run with --insecure-plaintext answers so; connect to it without a server key, \
-         for local benchmarks only)"
+        "the server answered the encrypted handshake in plaintext: code {code}: {message}{}",
+        if *code == ErrorCode::FrameTooLarge as u16 {
+            " (a server run with --insecure-plaintext answers a handshake so; connect to it \
+             without a server key, for local benchmarks only)"
+        } else {
+            ""
+        }
     )]
     PlaintextAnswer { code: u16, message: String },
     /// The encrypted transport failed: a handshake the server did not complete properly, a
@@ -775,7 +779,7 @@ impl Session {
 
 /// A plaintext `ERROR_REPLY` where the server's first handshake message should be: no
 /// handshake message is 0 bytes long, so a length starting `00 00` is a Courier frame's 4-byte
-/// length (PROTOCOL.md section 10.2). `None` while the frame is not all there.
+/// length (NOISE.md section 2). `None` while the frame is not all there.
 fn plaintext_answer(input: &[u8]) -> Option<CloseReason> {
     if input.len() < 2 || input[..2] != [0, 0] {
         return None;

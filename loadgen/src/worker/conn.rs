@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use courier_protocol::session::{CloseReason, Event};
+use courier_protocol::session::{CloseReason, Encryption, Event};
 use courier_protocol::{
     self as proto, ErrorCode, Frame, Message, MessageKind, Session, SessionConfig,
 };
@@ -131,6 +131,8 @@ pub struct Conn {
     pub sock: Option<mio::net::TcpStream>,
     /// The protocol state of the current connection; `None` while not connected.
     session: Option<Box<Session>>,
+    /// Pinned server key, or plaintext: given to every session of this connection.
+    pub encryption: Encryption,
     pub wbuf: BytesMut,
     /// Queued in the worker's dirty list.
     pub dirty: bool,
@@ -186,6 +188,7 @@ impl Conn {
             state: State::Idle,
             sock: None,
             session: None,
+            encryption: Encryption::Plaintext,
             wbuf: BytesMut::new(),
             dirty: false,
             awaiting: Awaiting::Nothing,
@@ -236,7 +239,7 @@ impl Conn {
             client_name: "courier-loadgen".into(),
             max_frame_len: proto::MAX_FRAME_LEN,
             max_outstanding: MAX_OUTSTANDING,
-            ..SessionConfig::default()
+            encryption: self.encryption,
         };
         let mut session = Box::new(Session::new(config, now));
         session.poll_transmit(&mut self.wbuf);
@@ -262,6 +265,8 @@ impl Conn {
             return Outcome::Continue;
         };
         session.handle_input(bytes, cx.now());
+        // The handshake's answer (XX message 3) and the frames it held back (HELLO).
+        session.poll_transmit(&mut self.wbuf);
         self.drain_events(cx)
     }
 
