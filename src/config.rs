@@ -186,6 +186,10 @@ pub struct ServeArgs {
     /// Another node of the cluster as ID=HOST:PORT; repeatable.
     #[arg(long)]
     pub peer: Vec<String>,
+    /// Serve plain TCP instead of the encrypted transport (NOISE.md): passwords,
+    /// tokens and messages cross the network readable. For local benchmarks and tests only.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
 }
 
 /// The config file: the same options, all optional.
@@ -219,6 +223,7 @@ struct FileConfig {
     read_queue: Option<usize>,
     node_id: Option<String>,
     peer: Option<Vec<String>>,
+    insecure_plaintext: Option<bool>,
 }
 
 /// The resolved configuration of a server.
@@ -255,6 +260,8 @@ pub struct Config {
     pub node_id: String,
     /// (id, address) of the other nodes.
     pub peers: Vec<(String, String)>,
+    /// Plain TCP instead of the Noise transport (`--insecure-plaintext`).
+    pub insecure_plaintext: bool,
 }
 
 impl Config {
@@ -326,6 +333,7 @@ impl Config {
                 .iter()
                 .map(|p| parse_peer(p))
                 .collect::<Result<_, _>>()?,
+            insecure_plaintext: args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false),
         };
         // Defaults that a small max_frame could not carry shrink to what it can.
         let mut config = config;

@@ -106,6 +106,7 @@ impl Rig {
             faults: Faults::default(),
             connections: AtomicUsize::new(0),
             max_connections: 1024,
+            noise_key: None,
             presence_subscriptions: AtomicUsize::new(0),
         });
         let peer = receivers.pop().unwrap();
