@@ -551,7 +551,16 @@ impl TestConn {
     /// handshake with a plaintext `ERROR_REPLY` (full, shutting down) gives a connection whose
     /// first frame is that reply, then the close; any other failure panics.
     pub fn connect_with(addr: SocketAddr, encryption: Encryption) -> TestConn {
-        let mut conn = TestConn::open(addr, encryption);
+        TestConn::start(
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .expect("connect to the server"),
+            encryption,
+        )
+    }
+
+    /// A connected stream's session, its handshake run as in [`connect_with`](Self::connect_with).
+    fn start(stream: TcpStream, encryption: Encryption) -> TestConn {
+        let mut conn = TestConn::new(stream, encryption);
         if encryption == Encryption::Plaintext {
             return conn;
         }
@@ -581,10 +590,36 @@ impl TestConn {
         Ok(conn)
     }
 
+    /// [`connect_with`](Self::connect_with) from the local address `source` (e.g.
+    /// 127.0.0.2: the whole of 127/8 is loopback), for tests of per-address limits.
+    pub fn connect_from(
+        addr: SocketAddr,
+        source: std::net::IpAddr,
+        encryption: Encryption,
+    ) -> TestConn {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("create a socket");
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .expect("bind the source address");
+        socket
+            .connect_timeout(&addr.into(), Duration::from_secs(5))
+            .expect("connect to the server");
+        TestConn::start(socket.into(), encryption)
+    }
+
     /// Connects; the session's first handshake message, if any, is not written yet.
     fn open(addr: SocketAddr, encryption: Encryption) -> TestConn {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .expect("connect to the server");
+        TestConn::new(stream, encryption)
+    }
+
+    fn new(stream: TcpStream, encryption: Encryption) -> TestConn {
         let _ = stream.set_nodelay(true);
         let config = SessionConfig {
             client_name: "courier-tests".into(),
@@ -624,8 +659,10 @@ impl TestConn {
             let _ = self.stream.set_read_timeout(Some(deadline - now));
             let mut chunk = [0u8; 1024];
             match self.stream.read(&mut chunk) {
-                Ok(0) | Err(_) => session.handle_transport_closed(),
-                Ok(n) => session.handle_input(&chunk[..n], Instant::now()),
+                Ok(n) if n > 0 => session.handle_input(&chunk[..n], Instant::now()),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                _ => session.handle_transport_closed(),
             }
         }
     }
