@@ -15,6 +15,13 @@ use crate::store::FsyncMode;
 /// Listen addresses a server accepts (each shard reserves a token per address).
 pub const MAX_LISTEN: usize = 64;
 
+/// Connections one client address may hold by default: a NAT'd office or a carrier-grade NAT
+/// address fits (hundreds of people, a device or two each), and one host can take no more than
+/// a thousandth of a server sized for a million connections. Load tests from one machine
+/// spread their connections over 127.0.0.x (the loadgen does, one address per 1,000) or raise
+/// the cap.
+pub const DEFAULT_MAX_CONNS_PER_ADDR: u32 = 1000;
+
 /// Members a group may have by default (fewer when `max_frame` cannot carry that many).
 pub const DEFAULT_MAX_GROUP: usize = 1024;
 /// Contacts a user may have by default (fewer when `max_frame` cannot carry that many).
@@ -123,6 +130,10 @@ pub struct ServeArgs {
     /// Connections accepted at once [default: the open files limit minus a reserve].
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Connections one client address may hold (an IPv6 /64 counts as one address); more are
+    /// refused with SERVER_FULL [default: 1000].
+    #[arg(long)]
+    pub max_conns_per_addr: Option<u32>,
     /// Largest frame accepted, in bytes [default: 65536].
     #[arg(long)]
     pub max_frame: Option<u32>,
@@ -204,6 +215,7 @@ struct FileConfig {
     heartbeat_secs: Option<u16>,
     handshake_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
+    max_conns_per_addr: Option<u32>,
     max_frame: Option<u32>,
     max_output: Option<usize>,
     rate_limit: Option<u32>,
@@ -238,6 +250,8 @@ pub struct Config {
     pub handshake_timeout_secs: u64,
     /// `None`: derived from the open files limit at start.
     pub max_connections: Option<usize>,
+    /// Connections one client address may hold.
+    pub max_conns_per_addr: u32,
     pub max_frame: u32,
     pub max_output: usize,
     pub rate_limit: u32,
@@ -296,6 +310,10 @@ impl Config {
                 .or(file.handshake_timeout_secs)
                 .unwrap_or(10),
             max_connections: args.max_connections.or(file.max_connections),
+            max_conns_per_addr: args
+                .max_conns_per_addr
+                .or(file.max_conns_per_addr)
+                .unwrap_or(DEFAULT_MAX_CONNS_PER_ADDR),
             max_frame: args.max_frame.or(file.max_frame).unwrap_or(64 * 1024),
             max_output: args.max_output.or(file.max_output).unwrap_or(4 << 20),
             rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(500),
@@ -376,6 +394,13 @@ impl Config {
         }
         if self.heartbeat_secs == 0 {
             return invalid("heartbeat_secs", &0, "use at least 1 second");
+        }
+        if self.max_conns_per_addr == 0 {
+            return invalid(
+                "max_conns_per_addr",
+                &0,
+                "use at least 1 (the default 1000 lets a NAT'd office in and keeps one host to a small share)",
+            );
         }
         if self.handshake_timeout_secs == 0 {
             return invalid("handshake_timeout_secs", &0, "use at least 1 second");

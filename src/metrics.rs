@@ -32,10 +32,12 @@ pub enum Reason {
     ShuttingDown,
     /// The encrypted transport failed; [`NoiseFailure`] says how.
     EncryptionFailed,
+    /// Refused at accept: its address holds `--max-conns-per-addr` connections.
+    TooManyFromAddr,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::PeerClosed,
         Reason::ProtocolError,
         Reason::HandshakeTimeout,
@@ -47,6 +49,7 @@ impl Reason {
         Reason::Redirected,
         Reason::ShuttingDown,
         Reason::EncryptionFailed,
+        Reason::TooManyFromAddr,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +65,7 @@ impl Reason {
             Reason::Redirected => "redirected",
             Reason::ShuttingDown => "shutting_down",
             Reason::EncryptionFailed => "encryption_failed",
+            Reason::TooManyFromAddr => "too_many_from_address",
         }
     }
 }

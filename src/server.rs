@@ -150,6 +150,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         config.read_threads,
         config.read_queue,
     )?;
+    let per_addr = shard::per_addr::PerAddr::new(config.max_conns_per_addr);
     let core = Arc::new(Core {
         router: Router::new(&config.node_id, &config.peers),
         config,
@@ -166,6 +167,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         connections: AtomicUsize::new(0),
         max_connections,
         noise_key: noise_key.clone(),
+        per_addr,
         presence_subscriptions: AtomicUsize::new(0),
     });
     let parts = polls

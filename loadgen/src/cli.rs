@@ -42,7 +42,7 @@ pub struct Common {
     #[arg(long, global = true, default_value_t = DEFAULT_CONNS_PER_WORKER)]
     pub conns_per_worker: usize,
     /// Source addresses 127.0.0.1, 127.0.0.2, … to bind client sockets to [default: one per
-    /// 20,000 connections].
+    /// 1,000 connections, the server's default --max-conns-per-addr].
     #[arg(long, global = true)]
     pub source_ips: Option<u32>,
     /// The server's public key, 64 hex digits (`courier keys show` on the server): every

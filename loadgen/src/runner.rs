@@ -99,7 +99,8 @@ pub fn run(cli: &Cli) -> Result<Report> {
     let needed = users_needed(&cli.command)?;
     let source_ips = c
         .source_ips
-        .unwrap_or(needed.div_ceil(20_000) as u32)
+        // The server's default --max-conns-per-addr is 1,000 (connections spread round robin).
+        .unwrap_or(needed.div_ceil(1_000) as u32)
         .max(1);
     let at = Placement {
         servers: c.servers.clone(),

@@ -79,6 +79,8 @@ pub struct Conn {
     pub gen: u32,
     pub state: State,
     pub flags: u8,
+    /// Its client address's key in [`PerAddr`](super::per_addr::PerAddr), given back on close.
+    pub addr_key: u32,
     /// Why the connection is closing, once [`flag::CLOSING`] is set.
     pub close_reason: Reason,
     pub device: u32,
@@ -103,10 +105,12 @@ impl Conn {
         now_secs: u32,
         rate: TokenBucket,
         crypto: Crypto,
+        addr_key: u32,
     ) -> Conn {
         Conn {
             stream,
             gen,
+            addr_key,
             state: State::AwaitHello,
             flags: 0,
             close_reason: Reason::PeerClosed,

@@ -61,7 +61,7 @@ impl Shard {
             let Some(l) = self.listeners.get(listener) else {
                 return;
             };
-            let (mut stream, _) = match l.accept() {
+            let (mut stream, peer) = match l.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -99,6 +99,25 @@ impl Shard {
                 self.metrics().disconnected(Reason::ServerFull);
                 continue;
             }
+            let addr_key = self.core.per_addr.key(peer.ip());
+            if !self.core.per_addr.try_add(addr_key) {
+                self.core.connections.fetch_sub(1, Ordering::Relaxed);
+                let max = self.core.per_addr.max;
+                tracing::debug!(shard = self.id, %peer, max, "refused a connection: too many from its address");
+                let mut goodbye = bytes::BytesMut::new();
+                let frame = Frame::ErrorReply(ErrorReply {
+                    code: ErrorCode::ServerFull as u16,
+                    message: format!(
+                        "too many connections from your address (at most {max}): close some, \
+                         or ask the operator to raise --max-conns-per-addr"
+                    ),
+                });
+                encode(0, &frame, &mut goodbye);
+                // Best effort, in plaintext: nothing is encrypted before the handshake.
+                let _ = stream.write(&goodbye);
+                self.metrics().disconnected(Reason::TooManyFromAddr);
+                continue;
+            }
             let _ = stream.set_nodelay(true);
             let gen = self.next_gen;
             self.next_gen = self.next_gen.wrapping_add(1).max(1);
@@ -117,9 +136,17 @@ impl Shard {
             {
                 tracing::warn!(shard = self.id, error = %e, "cannot register a connection");
                 self.core.connections.fetch_sub(1, Ordering::Relaxed);
+                self.core.per_addr.remove(addr_key);
                 continue;
             }
-            entry.insert(Conn::new(stream, gen, now.as_secs() as u32, bucket, crypto));
+            entry.insert(Conn::new(
+                stream,
+                gen,
+                now.as_secs() as u32,
+                bucket,
+                crypto,
+                addr_key,
+            ));
             ShardMetrics::add(&self.metrics().connections, 1);
             // The first look comes at the earliest deadline this connection can have: the
             // handshake's, or the idle limit's if it authenticates at once (see timer.rs).
@@ -625,6 +652,7 @@ impl Shard {
         ShardMetrics::sub(&m.connections, 1);
         m.disconnected(conn.close_reason);
         self.core.connections.fetch_sub(1, Ordering::Relaxed);
+        self.core.per_addr.remove(conn.addr_key);
         if conn.has(flag::SUBSCRIBED) {
             let n = self.subs.drop_conn(slot as u32);
             self.core

@@ -20,6 +20,7 @@ pub mod auth_pool;
 pub mod conn;
 mod io;
 pub mod mailbox;
+pub mod per_addr;
 mod presence;
 pub mod read_pool;
 mod route;
@@ -100,6 +101,8 @@ pub struct Core {
     /// The server's Noise static key: every connection starts with the encrypted handshake.
     /// `None` with `--insecure-plaintext`.
     pub noise_key: Option<courier_protocol::noise::Keypair>,
+    /// Connections per client address, against `--max-conns-per-addr`.
+    pub per_addr: per_addr::PerAddr,
     /// Presence subscriptions in the whole process: changes are broadcast only when nonzero.
     pub presence_subscriptions: AtomicUsize,
 }

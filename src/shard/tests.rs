@@ -107,6 +107,7 @@ impl Rig {
             connections: AtomicUsize::new(0),
             max_connections: 1024,
             noise_key: None,
+            per_addr: crate::shard::per_addr::PerAddr::new(1000),
             presence_subscriptions: AtomicUsize::new(0),
         });
         let peer = receivers.pop().unwrap();
