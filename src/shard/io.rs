@@ -417,15 +417,15 @@ impl Shard {
             return;
         };
         if pos < buf.len() {
-            let tail = &buf[pos..];
-            // Reserve the whole frame once when its length is known: no regrowth per read.
-            let want = peek_len(tail, max)
-                .ok()
-                .flatten()
-                .map_or(LEN_BYTES, |l| LEN_BYTES + l as usize);
-            let mut input = Vec::with_capacity(want.max(tail.len()));
-            input.extend_from_slice(tail);
-            conn.input = input;
+            // Only the bytes that arrived are kept, never room for the length the prefix
+            // announces (a peer could announce a whole frame and send four bytes, on many
+            // connections): the buffer grows as the rest arrives, by doubling.
+            if held.is_empty() {
+                conn.input = buf[pos..].to_vec();
+            } else {
+                held.drain(..pos);
+                conn.input = held;
+            }
         }
     }
 
