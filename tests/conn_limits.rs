@@ -67,3 +67,44 @@ fn one_address_holds_at_most_max_conns_per_addr() {
         c.ping();
     }
 }
+
+/// Before authentication a frame may be at most 4 KiB, whatever `--max-frame` allows: refused
+/// from its length, with a message that says why.
+#[test]
+fn frames_before_authentication_are_small() {
+    let server = Server::start_with(&["--max-frame", "1048576"]);
+    let mut c = server.connect();
+    c.hello();
+    // A REGISTER of 5,000 bytes: under --max-frame, over the pre-auth limit. Before, the
+    // server read it whole and answered WEAK_PASSWORD, keeping the connection.
+    c.send(
+        7,
+        Register {
+            handle: "big".into(),
+            password: "p".repeat(4_950),
+            device: "d".into(),
+        },
+    );
+    let frames = c.expect_closed(SHORT);
+    assert!(has_error(&frames, ErrorCode::FrameTooLarge), "{frames:?}");
+    let Some(Frame::ErrorReply(e)) = frames.first() else {
+        unreachable!()
+    };
+    assert!(e.message.contains("before authentication"), "{}", e.message);
+    // Only a length prefix, announcing 1 MiB: refused at once, not waited for.
+    let mut prefix_only = server.connect();
+    prefix_only.hello();
+    prefix_only.send_raw(&1_000_000u32.to_be_bytes());
+    assert!(has_error(
+        &prefix_only.expect_closed(SHORT),
+        ErrorCode::FrameTooLarge
+    ));
+    // Authenticated, the same size is an ordinary frame.
+    let (mut authed, _) = server.user("someone");
+    match authed.request(GetUsers {
+        users: (1..=600).collect(),
+    }) {
+        Frame::Users(_) => {}
+        other => panic!("{other:?}"),
+    }
+}

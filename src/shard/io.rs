@@ -38,6 +38,11 @@ const WRITE_SLICES: usize = 64;
 /// server hold more than this per connection.
 pub const PRE_AUTH_MAX_RECORD: usize = 16 * 1024;
 
+/// The largest frame (its `len` field) a connection may send before it is authenticated
+/// (PROTOCOL.md section 9), whatever `--max-frame` says: `HELLO`, `REGISTER`, `LOGIN`,
+/// `RESUME` and `PING` take a few hundred bytes at most.
+pub const PRE_AUTH_MAX_FRAME: u32 = 4096;
+
 impl Shard {
     pub(super) fn conn_ref(&self, slot: usize) -> Option<ConnRef> {
         self.conns.get(slot).map(|c| ConnRef {
@@ -374,12 +379,35 @@ impl Shard {
             held.extend_from_slice(data);
             &held
         };
-        let max = self.decoder.max_frame_len();
+        let max_frame = self.decoder.max_frame_len();
         let mut pos = 0;
         while pos < buf.len() {
+            // Checked per frame: RESUME authenticates at once, and what follows it may be big.
+            let authed = self
+                .conns
+                .get(slot)
+                .is_some_and(|c| c.state == State::Authed);
+            let max = match authed {
+                true => max_frame,
+                false => max_frame.min(PRE_AUTH_MAX_FRAME),
+            };
             let len = match peek_len(&buf[pos..], max) {
                 Ok(Some(len)) => len as usize,
                 Ok(None) => break,
+                Err(courier_protocol::Error::FrameTooLarge { len, .. }) if !authed => {
+                    tracing::debug!(
+                        shard = self.id,
+                        len,
+                        "closing a connection: big frame before authentication"
+                    );
+                    let message = format!(
+                        "a frame of {len} bytes before authentication: until AUTH_OK frames may \
+                         be at most {PRE_AUTH_MAX_FRAME} bytes (PROTOCOL.md section 9); log in first"
+                    );
+                    self.reply_error(slot, 0, ErrorCode::FrameTooLarge, &message);
+                    self.close_soon(slot, Reason::ProtocolError);
+                    return;
+                }
                 Err(e) => {
                     tracing::debug!(shard = self.id, error = %e, "closing a connection: bad frame");
                     self.fail(slot, 0, e.code(), Reason::ProtocolError);
