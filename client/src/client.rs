@@ -7,6 +7,8 @@ use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use courier_protocol::noise::PublicKey;
+use courier_protocol::session::Encryption;
 use courier_protocol::{AuthOk, ErrorCode, Frame, Login, Message, Register, Resume, Welcome};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
@@ -70,6 +72,9 @@ pub(crate) struct State {
     held: Vec<Message>,
     ended: bool,
     last_reason: Option<ErrorCode>,
+    /// With [`Encryption::TrustOnFirstUse`]: the key the server at this address proved, pinned
+    /// for reconnects to it (Noise Pipes: XX on first contact, IK after).
+    learned_key: Option<(String, PublicKey)>,
 }
 
 struct InnerSink(Weak<Inner>);
@@ -99,11 +104,13 @@ impl Client {
                 held: Vec::new(),
                 ended: false,
                 last_reason: None,
+                learned_key: None,
             }),
             events_tx: Mutex::new(Some(events_tx)),
             events_rx,
         });
         let conn = Connection::open(&addr, &inner.config, inner.sink())?;
+        inner.learn_key(&addr, &conn);
         inner.install(conn);
         Ok(Client { inner })
     }
@@ -184,6 +191,7 @@ impl Client {
                     };
                     conn.close();
                     let next = Connection::open(&addr, &self.inner.config, self.inner.sink())?;
+                    self.inner.learn_key(&addr, &next);
                     self.inner.state.lock().addr = addr;
                     self.inner.install(next);
                 }
@@ -460,12 +468,35 @@ impl Inner {
         }
     }
 
+    /// Remembers the key a trust-on-first-use connection to `addr` learned.
+    fn learn_key(&self, addr: &str, conn: &Connection) {
+        if self.config.encryption != Encryption::TrustOnFirstUse {
+            return;
+        }
+        if let Some(key) = conn.server_key() {
+            self.state.lock().learned_key = Some((addr.to_string(), key));
+        }
+    }
+
+    /// The config for a connection to `addr`: trust on first use becomes the key learned there.
+    fn config_for(&self, addr: &str) -> std::borrow::Cow<'_, ClientConfig> {
+        let learned = match &self.state.lock().learned_key {
+            Some((at, key)) if at == addr => Some(*key),
+            _ => None,
+        };
+        match learned {
+            Some(key) => std::borrow::Cow::Owned(self.config.clone().with_server_key(key)),
+            None => std::borrow::Cow::Borrowed(&self.config),
+        }
+    }
+
     fn resume_on(self: &Arc<Self>, addr: &str) -> Result<(), ResumeFailure> {
         let Some(token) = self.state.lock().auth.as_ref().map(|a| a.token.clone()) else {
             return Err(ResumeFailure::Fatal(None));
         };
-        let conn =
-            Connection::open(addr, &self.config, self.sink()).map_err(|_| ResumeFailure::Retry)?;
+        let conn = Connection::open(addr, &self.config_for(addr), self.sink())
+            .map_err(|_| ResumeFailure::Retry)?;
+        self.learn_key(addr, &conn);
         let redirected = |conn: &Connection| match conn.redirect() {
             Some((_, to)) => ResumeFailure::Redirect(to),
             None => ResumeFailure::Retry,

@@ -457,3 +457,23 @@ fn the_client_pins_the_servers_key_and_reconnects_encrypted() {
         Ok(_) => panic!("a client pinned to another key connected"),
     }
 }
+
+/// Trust on first use learns the key with XX, then the reconnects pin it (IK): a server that
+/// changed its key meanwhile would be refused, not trusted again.
+#[test]
+fn trust_on_first_use_pins_the_learned_key_for_reconnects() {
+    use courier_protocol::session::Encryption;
+    let server = FakeServer::encrypted();
+    let config = fast_reconnect().with_encryption(Encryption::TrustOnFirstUse);
+    let alice = Client::connect(server.addr, config).unwrap();
+    assert_eq!(alice.server_key().unwrap(), server.key);
+    alice.register("alice", "password1").unwrap();
+    assert_eq!(server.handshakes(), (1, 0), "first contact: XX");
+    server.drop_connections();
+    wait_for(&alice, |e| matches!(e, Event::Reconnected { .. }));
+    assert_eq!(
+        server.handshakes(),
+        (1, 1),
+        "the reconnect: IK with the learned key"
+    );
+}

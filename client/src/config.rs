@@ -32,8 +32,10 @@ pub struct ClientConfig {
     pub max_outstanding: usize,
     /// The transport: the server's pinned key (the usual choice; `courier keys show` on the
     /// server prints it), trust on first use, or plaintext (the default, which a server
-    /// refuses unless it runs with `--insecure-plaintext`). With trust on first use, read
-    /// [`Client::server_key`](crate::Client::server_key) and pin it from then on.
+    /// refuses unless it runs with `--insecure-plaintext`). With trust on first use the key
+    /// the server proves is pinned for the client's reconnects to that address (XX on first
+    /// contact, IK after); read [`Client::server_key`](crate::Client::server_key) and pin it
+    /// in the configuration from then on.
     pub encryption: Encryption,
 }
 

@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use courier_protocol::noise::{Handshake, Keypair, PublicKey, Transport, MAX_RECORD_LEN};
+use courier_protocol::noise::{self, Handshake, Keypair, PublicKey, Transport, MAX_RECORD_LEN};
 use courier_protocol::*;
 use parking_lot::Mutex;
 
@@ -194,6 +194,8 @@ struct State {
     next_conn: u64,
     pings: u32,
     resumes: u32,
+    /// Encrypted handshakes finished: (XX, IK).
+    handshakes: (u32, u32),
     behaviour: Behaviour,
 }
 
@@ -341,6 +343,11 @@ impl FakeServer {
     pub fn resumes(&self) -> u32 {
         self.shared.state.lock().resumes
     }
+
+    /// Encrypted handshakes finished so far: (XX, IK).
+    pub fn handshakes(&self) -> (u32, u32) {
+        self.shared.state.lock().handshakes
+    }
 }
 
 impl Drop for FakeServer {
@@ -365,7 +372,10 @@ struct Conn {
 /// Runs the server side of the Noise handshake on `stream`; the record layer, and the bytes
 /// that came after the last handshake message (the first records). `None`: the handshake
 /// failed (its answer, a REJECT perhaps, was written) or the peer went away.
-fn handshake(key: &Keypair, stream: &mut TcpStream) -> Option<(Transport, BytesMut)> {
+fn handshake(
+    key: &Keypair,
+    stream: &mut TcpStream,
+) -> Option<(Transport, noise::Pattern, BytesMut)> {
     let mut handshake = Handshake::responder(key);
     let mut input = BytesMut::new();
     let mut chunk = [0u8; 1024];
@@ -376,7 +386,7 @@ fn handshake(key: &Keypair, stream: &mut TcpStream) -> Option<(Transport, BytesM
             return None;
         }
         match done {
-            Ok(Some(established)) => return Some((established.transport, input)),
+            Ok(Some(done)) => return Some((done.transport, done.pattern, input)),
             Ok(None) => {}
             Err(_) => return None,
         }
@@ -393,7 +403,14 @@ impl Shared {
         let (transport, mut records) = match &self.key {
             None => (None, BytesMut::new()),
             Some(key) => match handshake(key, &mut stream) {
-                Some((transport, rest)) => (Some(Arc::new(Mutex::new(transport))), rest),
+                Some((transport, pattern, rest)) => {
+                    let mut st = self.state.lock();
+                    match pattern {
+                        noise::Pattern::Xx => st.handshakes.0 += 1,
+                        noise::Pattern::Ik => st.handshakes.1 += 1,
+                    }
+                    (Some(Arc::new(Mutex::new(transport))), rest)
+                }
                 None => return,
             },
         };
