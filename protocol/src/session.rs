@@ -37,6 +37,9 @@
 //!  |   three heartbeat intervals with nothing received        CloseReason::TimedOut |
 //!  |   handle_transport_closed()                       CloseReason::TransportClosed |
 //!  |   close()                                                   CloseReason::Local |
+//!  |   encrypted: the server holds another key      CloseReason::ServerKeyMismatch |
+//!  |   encrypted: a plaintext ERROR_REPLY instead of the handshake  PlaintextAnswer |
+//!  |   encrypted: any other noise error (a record that fails)  CloseReason::Encryption |
 //!  | Outstanding requests get no reply; send_request returns SessionError::Closed.  |
 //!  +--------------------------------------------------------------------------------+
 //! ```
