@@ -15,6 +15,13 @@ use crate::store::FsyncMode;
 /// Listen addresses a server accepts (each shard reserves a token per address).
 pub const MAX_LISTEN: usize = 64;
 
+/// Connections one client address may hold by default: a NAT'd office or a carrier-grade NAT
+/// address fits (hundreds of people, a device or two each), and one host can take no more than
+/// a thousandth of a server sized for a million connections. Load tests from one machine
+/// spread their connections over 127.0.0.x (the loadgen does, one address per 1,000) or raise
+/// the cap.
+pub const DEFAULT_MAX_CONNS_PER_ADDR: u32 = 1000;
+
 /// Members a group may have by default (fewer when `max_frame` cannot carry that many).
 pub const DEFAULT_MAX_GROUP: usize = 1024;
 /// Contacts a user may have by default (fewer when `max_frame` cannot carry that many).
@@ -137,6 +144,10 @@ pub struct ServeArgs {
     /// Connections accepted at once [default: the open files limit minus a reserve].
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Connections one client address may hold (an IPv6 /64 counts as one address); more are
+    /// refused with SERVER_FULL [default: 1000].
+    #[arg(long)]
+    pub max_conns_per_addr: Option<u32>,
     /// Largest frame accepted, in bytes [default: 65536].
     #[arg(long)]
     pub max_frame: Option<u32>,
@@ -230,6 +241,10 @@ pub struct ServeArgs {
     /// Bytes queued for one other node before sends to it are refused [default: 67108864].
     #[arg(long)]
     pub peer_queue_bytes: Option<u64>,
+    /// Serve plain TCP instead of the encrypted transport (NOISE.md): passwords,
+    /// tokens and messages cross the network readable. For local benchmarks and tests only.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
 }
 
 /// The config file: the same options, all optional.
@@ -244,6 +259,7 @@ struct FileConfig {
     heartbeat_secs: Option<u16>,
     handshake_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
+    max_conns_per_addr: Option<u32>,
     max_frame: Option<u32>,
     max_output: Option<usize>,
     rate_limit: Option<u32>,
@@ -272,6 +288,7 @@ struct FileConfig {
     cluster_listen: Option<SocketAddr>,
     peer_links: Option<usize>,
     peer_queue_bytes: Option<u64>,
+    insecure_plaintext: Option<bool>,
 }
 
 /// The resolved configuration of a server.
@@ -286,6 +303,8 @@ pub struct Config {
     pub handshake_timeout_secs: u64,
     /// `None`: derived from the open files limit at start.
     pub max_connections: Option<usize>,
+    /// Connections one client address may hold.
+    pub max_conns_per_addr: u32,
     pub max_frame: u32,
     pub max_output: usize,
     pub rate_limit: u32,
@@ -323,6 +342,8 @@ pub struct Config {
     pub peer_links: usize,
     /// Bytes queued per other node before sends are refused.
     pub peer_queue_bytes: u64,
+    /// Plain TCP instead of the Noise transport (`--insecure-plaintext`).
+    pub insecure_plaintext: bool,
 }
 
 impl Config {
@@ -363,6 +384,10 @@ impl Config {
                 .or(file.handshake_timeout_secs)
                 .unwrap_or(10),
             max_connections: args.max_connections.or(file.max_connections),
+            max_conns_per_addr: args
+                .max_conns_per_addr
+                .or(file.max_conns_per_addr)
+                .unwrap_or(DEFAULT_MAX_CONNS_PER_ADDR),
             max_frame: args.max_frame.or(file.max_frame).unwrap_or(64 * 1024),
             max_output: args.max_output.or(file.max_output).unwrap_or(4 << 20),
             rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(500),
@@ -420,6 +445,7 @@ impl Config {
                 .peer_queue_bytes
                 .or(file.peer_queue_bytes)
                 .unwrap_or(64 << 20),
+            insecure_plaintext: args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false),
         };
         let mut config = config;
         for spec in pick_list(args.peer, file.peer) {
@@ -467,6 +493,13 @@ impl Config {
         }
         if self.heartbeat_secs == 0 {
             return invalid("heartbeat_secs", &0, "use at least 1 second");
+        }
+        if self.max_conns_per_addr == 0 {
+            return invalid(
+                "max_conns_per_addr",
+                &0,
+                "use at least 1 (the default 1000 lets a NAT'd office in and keeps one host to a small share)",
+            );
         }
         if self.handshake_timeout_secs == 0 {
             return invalid("handshake_timeout_secs", &0, "use at least 1 second");

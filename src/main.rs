@@ -1,4 +1,5 @@
-//! The `courier` command: `serve` runs the server, `admin` works on a stopped one.
+//! The `courier` command: `serve` runs the server, `admin` works on a stopped one, `keys show`
+//! prints the public key clients pin.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -22,6 +23,19 @@ enum Command {
     /// Offline administration (the server must be stopped).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The server's Noise key pair (created on the first start in the data directory).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print the server's public key, the value clients pin (`courier-cli --server-key`).
+    Show {
+        /// The server's data directory [default: ./data].
+        #[arg(long, default_value = "./data")]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -60,6 +74,9 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string()),
         Command::Admin(AdminCommand::List(args)) => admin::list(&args)
             .map(|lines| print!("{lines}"))
+            .map_err(|e| e.to_string()),
+        Command::Keys(KeysCommand::Show { data_dir }) => courier::keys::load(&data_dir)
+            .map(|key| println!("{}", key.public()))
             .map_err(|e| e.to_string()),
     };
     match result {

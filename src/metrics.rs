@@ -30,10 +30,14 @@ pub enum Reason {
     SessionRevoked,
     Redirected,
     ShuttingDown,
+    /// The encrypted transport failed; [`NoiseFailure`] says how.
+    EncryptionFailed,
+    /// Refused at accept: its address holds `--max-conns-per-addr` connections.
+    TooManyFromAddr,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 12] = [
         Reason::PeerClosed,
         Reason::ProtocolError,
         Reason::HandshakeTimeout,
@@ -44,6 +48,8 @@ impl Reason {
         Reason::SessionRevoked,
         Reason::Redirected,
         Reason::ShuttingDown,
+        Reason::EncryptionFailed,
+        Reason::TooManyFromAddr,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +64,65 @@ impl Reason {
             Reason::SessionRevoked => "session_revoked",
             Reason::Redirected => "redirected",
             Reason::ShuttingDown => "shutting_down",
+            Reason::EncryptionFailed => "encryption_failed",
+            Reason::TooManyFromAddr => "too_many_from_address",
+        }
+    }
+}
+
+/// Why a connection's encrypted transport failed: `courier_noise_failures_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoiseFailure {
+    /// A plaintext client talked to the encrypted server (it was told so).
+    PlaintextPeer,
+    /// An IK handshake for another key: the client pinned an old or another server's key.
+    PinMismatch,
+    /// A handshake message that is not Courier's Noise handshake (length, pattern, crypto).
+    BadHandshake,
+    /// The handshake did not end before the handshake deadline.
+    HandshakeTimeout,
+    /// A record that failed authentication: altered, replayed, reordered or dropped.
+    RecordAuth,
+    /// A record length over the limit (or too short to hold a tag).
+    RecordLength,
+    /// Anything else (nonce exhausted, the random number generator failed).
+    Other,
+}
+
+impl NoiseFailure {
+    pub const ALL: [NoiseFailure; 7] = [
+        NoiseFailure::PlaintextPeer,
+        NoiseFailure::PinMismatch,
+        NoiseFailure::BadHandshake,
+        NoiseFailure::HandshakeTimeout,
+        NoiseFailure::RecordAuth,
+        NoiseFailure::RecordLength,
+        NoiseFailure::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NoiseFailure::PlaintextPeer => "plaintext_peer",
+            NoiseFailure::PinMismatch => "pin_mismatch",
+            NoiseFailure::BadHandshake => "bad_handshake",
+            NoiseFailure::HandshakeTimeout => "handshake_timeout",
+            NoiseFailure::RecordAuth => "record_auth",
+            NoiseFailure::RecordLength => "record_length",
+            NoiseFailure::Other => "other",
+        }
+    }
+
+    pub fn of(e: &courier_protocol::noise::Error) -> NoiseFailure {
+        use courier_protocol::noise::Error as E;
+        match e {
+            E::PlaintextPeer => NoiseFailure::PlaintextPeer,
+            E::ClientPinnedOtherKey => NoiseFailure::PinMismatch,
+            E::UnknownPattern(_) | E::HandshakeMsgLen { .. } | E::Handshake(_) => {
+                NoiseFailure::BadHandshake
+            }
+            E::RecordAuth => NoiseFailure::RecordAuth,
+            E::RecordTooLarge { .. } | E::RecordTooShort { .. } => NoiseFailure::RecordLength,
+            _ => NoiseFailure::Other,
         }
     }
 }
@@ -91,6 +156,7 @@ pub struct ShardMetrics {
     /// Connections not read right now for that reason.
     pub paused_now: AtomicU64,
     disconnects: [AtomicU64; Reason::ALL.len()],
+    noise_failures: [AtomicU64; NoiseFailure::ALL.len()],
     commit_buckets: [AtomicU64; COMMIT_BUCKETS_US.len() + 1],
     commit_sum_us: AtomicU64,
 }
@@ -108,6 +174,10 @@ impl ShardMetrics {
 
     pub fn disconnected(&self, reason: Reason) {
         Self::add(&self.disconnects[reason as usize], 1);
+    }
+
+    pub fn noise_failed(&self, why: NoiseFailure) {
+        Self::add(&self.noise_failures[why as usize], 1);
     }
 
     /// Records one `engine.commit` that took `us` microseconds.
@@ -362,6 +432,15 @@ impl Metrics {
                 self.sum(|s| &s.disconnects[r as usize])
             );
         }
+        let _ = writeln!(out, "# TYPE courier_noise_failures_total counter");
+        for f in NoiseFailure::ALL {
+            let _ = writeln!(
+                out,
+                "courier_noise_failures_total{{reason=\"{}\"}} {}",
+                f.name(),
+                self.sum(|s| &s.noise_failures[f as usize])
+            );
+        }
         let _ = writeln!(out, "# TYPE courier_commit_seconds histogram");
         let mut cumulative = 0;
         for (i, bound) in COMMIT_BUCKETS_US.iter().enumerate() {
@@ -506,6 +585,9 @@ mod tests {
         let text = m.render();
         assert!(text.contains("courier_frames_in_total 7"), "{text}");
         assert!(text.contains("courier_disconnects_total{reason=\"slow_consumer\"} 1"));
+        m.shards[0].noise_failed(NoiseFailure::RecordAuth);
+        let text = m.render();
+        assert!(text.contains("courier_noise_failures_total{reason=\"record_auth\"} 1"));
         assert!(text.contains("courier_commit_seconds_bucket{le=\"0.0001\"} 1"));
         assert!(text.contains("courier_commit_seconds_bucket{le=\"+Inf\"} 2"));
         ShardMetrics::add(&m.reads.queued, 5);

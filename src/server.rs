@@ -2,7 +2,10 @@
 //!
 //! Start-up opens the store, builds the shared state, binds one `SO_REUSEPORT` listener per
 //! shard and listen address, starts the auth and read workers, the shards and the metrics responder,
-//! and prints `courier listening on IP:PORT` once per address (scripts and tests wait for it).
+//! and prints `courier server key HEX` (the public key clients pin, or `none` with
+//! `--insecure-plaintext`), then `courier listening on IP:PORT` once per address (scripts and
+//! tests wait for it). The key pair is read from the data directory, or created there on the
+//! first start (see [`crate::keys`]).
 //! A SIGTERM or SIGINT sets the shutdown flag and wakes every shard; each finishes its round,
 //! says `SHUTTING_DOWN` to its connections (bounded) and exits; then the WAL is synced.
 
@@ -23,6 +26,7 @@ use crate::cluster::links::{self, Inbound, LinkConfig, LinkThread, Links, NodeIn
 use crate::cluster::Router;
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::keys;
 use crate::metrics::{self, Metrics};
 use crate::session::{self, Accounts, AuthConfig, AuthError, Policy, Thresholds};
 use crate::shard::mailbox::{Mailbox, ShardMsg, MAILBOX_CAPACITY};
@@ -39,6 +43,8 @@ const FD_RESERVE: u64 = 1024;
 pub enum Error {
     #[error(transparent)]
     Store(#[from] store::Error),
+    #[error(transparent)]
+    Key(#[from] keys::Error),
     #[error("cannot set up accounts: {0}")]
     Accounts(#[from] AuthError),
     #[error("cannot listen on {addr}: {source}. Is another process using the port?")]
@@ -147,6 +153,15 @@ pub fn serve(config: Config) -> Result<(), Error> {
     let mailboxes: Arc<[Mailbox]> = mailboxes.into();
     let (mut listeners, bound) = bind_all(&config.listen, config.shards)?;
 
+    let noise_key = if config.insecure_plaintext {
+        tracing::warn!(
+            "serving plain TCP (--insecure-plaintext): passwords, tokens and messages cross the \
+             network readable; use this for local benchmarks only"
+        );
+        None
+    } else {
+        Some(keys::load_or_create(&config.data_dir)?)
+    };
     let metrics = Metrics::new(config.shards, store.health());
     if let Some(addr) = config.metrics {
         let at = metrics::serve(addr, metrics.clone(), store.clone())
@@ -166,6 +181,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         config.read_threads,
         config.read_queue,
     )?;
+    let per_addr = shard::per_addr::PerAddr::new(config.max_conns_per_addr);
     let core = Arc::new(Core {
         router: Router::new(&config.node_id, &config.peers),
         links,
@@ -182,6 +198,8 @@ pub fn serve(config: Config) -> Result<(), Error> {
         faults,
         connections: AtomicUsize::new(0),
         max_connections,
+        noise_key: noise_key.clone(),
+        per_addr,
         presence_subscriptions: AtomicUsize::new(0),
     });
     let parts = polls
@@ -199,6 +217,14 @@ pub fn serve(config: Config) -> Result<(), Error> {
     watch_signals(core.clone())?;
 
     let mut stdout = std::io::stdout().lock();
+    match &noise_key {
+        Some(key) => {
+            let _ = writeln!(stdout, "courier server key {}", key.public());
+        }
+        None => {
+            let _ = writeln!(stdout, "courier server key none (--insecure-plaintext)");
+        }
+    }
     for addr in &bound {
         let _ = writeln!(stdout, "courier listening on {addr}");
     }

@@ -102,7 +102,7 @@ fn loopback(last: u8) -> IpAddr {
 fn an_attacker_failing_from_one_address_does_not_lock_the_owner_out() {
     let server = Server::start();
     server.user("victim");
-    let mut attacker = TestConn::connect_from(server.addr, loopback(2));
+    let mut attacker = TestConn::connect_from(server.addr, loopback(2), server.encryption());
     attacker.hello();
     let (mut failed, mut throttled) = (0, Vec::new());
     for _ in 0..20 {
@@ -120,7 +120,7 @@ fn an_attacker_failing_from_one_address_does_not_lock_the_owner_out() {
     assert!((1..=900).contains(&hint), "{message}");
 
     // The owner, from another address, logs in at once, with the right password only.
-    let mut owner = TestConn::connect_from(server.addr, loopback(3));
+    let mut owner = TestConn::connect_from(server.addr, loopback(3), server.encryption());
     owner.hello();
     owner.login("victim", PASSWORD, "phone");
     // The attacker's address is still throttled for this account.
@@ -134,7 +134,7 @@ fn an_attacker_failing_from_one_address_does_not_lock_the_owner_out() {
 fn forged_resume_tokens_are_throttled_per_address() {
     let server = Server::start_with(&["--metrics", "127.0.0.1:0"]);
     let (_alice, ok) = server.user("alice");
-    let mut forger = TestConn::connect_from(server.addr, loopback(2));
+    let mut forger = TestConn::connect_from(server.addr, loopback(2), server.encryption());
     forger.hello();
     let (mut invalid, mut throttled) = (0, Vec::new());
     for i in 0..300u32 {
@@ -155,7 +155,7 @@ fn forged_resume_tokens_are_throttled_per_address() {
     let message = throttled.last().expect("the forger was throttled");
     assert!(retry_after_secs(message).is_some(), "{message}");
     // A device with a real token, from another address, resumes at once.
-    let mut device = TestConn::connect_from(server.addr, loopback(3));
+    let mut device = TestConn::connect_from(server.addr, loopback(3), server.encryption());
     device.hello();
     assert_eq!(device.resume(&ok.token).user, ok.user);
     let counted = Server::metric_sum(&server.metrics(), "courier_auth_throttled_total");
@@ -165,10 +165,10 @@ fn forged_resume_tokens_are_throttled_per_address() {
 #[test]
 fn a_registration_flood_from_one_address_is_throttled() {
     let server = Server::start_with(&["--register-per-address", "3"]);
-    let mut flood = TestConn::connect_from(server.addr, loopback(2));
+    let mut flood = TestConn::connect_from(server.addr, loopback(2), server.encryption());
     flood.hello();
     for i in 0..3 {
-        let mut c = TestConn::connect_from(server.addr, loopback(2));
+        let mut c = TestConn::connect_from(server.addr, loopback(2), server.encryption());
         c.hello();
         c.register(&format!("bot{i}"), PASSWORD, "d");
     }
@@ -180,10 +180,10 @@ fn a_registration_flood_from_one_address_is_throttled() {
     let hint = retry_after_secs(&e.message).unwrap_or_else(|| panic!("no hint: {}", e.message));
     assert!((3500..=3600).contains(&hint), "{}", e.message);
     // Nothing was created, and another address registers as usual.
-    let mut other = TestConn::connect_from(server.addr, loopback(3));
+    let mut other = TestConn::connect_from(server.addr, loopback(3), server.encryption());
     other.hello();
     other.register("human", PASSWORD, "d");
-    let mut check = TestConn::connect_from(server.addr, loopback(3));
+    let mut check = TestConn::connect_from(server.addr, loopback(3), server.encryption());
     check.hello();
     assert_eq!(
         error_code(&check.try_login("bot3", PASSWORD, "d")),

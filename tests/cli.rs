@@ -10,6 +10,7 @@ fn cli(config: &Path, server: &str, args: &[&str]) -> Output {
         .env("COURIER_CONFIG", config)
         .env("COURIER_SERVER", server)
         .env_remove("COURIER_PASSWORD")
+        .args(util::client_args_for(server))
         .args(args)
         .output()
         .expect("run courier-cli")

@@ -132,6 +132,7 @@ fn cli(config: &Path, server: &str, args: &[&str]) -> String {
     let out = Command::new(util::cli_bin())
         .env("COURIER_CONFIG", config)
         .env("COURIER_SERVER", server)
+        .args(util::client_args_for(server))
         .args(args)
         .output()
         .unwrap();
@@ -146,9 +147,10 @@ fn cli(config: &Path, server: &str, args: &[&str]) -> String {
 /// The shell command that runs the interactive chat for one person.
 fn chat_command(config: &Path, server: &str) -> String {
     format!(
-        "COURIER_CONFIG={} COURIER_SERVER={server} {}",
+        "COURIER_CONFIG={} COURIER_SERVER={server} {} {}",
         config.display(),
-        util::cli_bin().display()
+        util::cli_bin().display(),
+        util::client_args_for(server).join(" ")
     )
 }
 

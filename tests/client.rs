@@ -13,6 +13,10 @@ use util::proxy::Proxy;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The client library over plain TCP: what these tests check is above the transport;
+/// tests/noise.rs runs it encrypted.
+const PLAINTEXT: &[&str] = &["--insecure-plaintext"];
+
 fn config() -> ClientConfig {
     ClientConfig {
         backoff: BackoffPolicy {
@@ -63,7 +67,7 @@ fn wait_event(client: &Client, want: impl Fn(&Event) -> bool) -> Vec<Event> {
 
 #[test]
 fn two_users_chat_with_receipts() {
-    let server = util::Server::start();
+    let server = util::Server::start_with(PLAINTEXT);
     let alice = user(server.addr, "alice");
     let bob = user(server.addr, "bob");
     let bob_id = alice.lookup_user("bob").unwrap().id;
@@ -112,7 +116,7 @@ fn two_users_chat_with_receipts() {
 
 #[test]
 fn offline_user_gets_what_it_missed_through_sync() {
-    let server = util::Server::start();
+    let server = util::Server::start_with(PLAINTEXT);
     let alice = user(server.addr, "alice");
     let bob = user(server.addr, "bob");
     let bob_id = bob.user_id().unwrap();
@@ -141,7 +145,7 @@ fn offline_user_gets_what_it_missed_through_sync() {
 
 #[test]
 fn reconnect_loses_nothing_and_shows_nothing_twice() {
-    let server = util::Server::start();
+    let server = util::Server::start_with(PLAINTEXT);
     let proxy = Proxy::start(server.addr);
     let alice = user(server.addr, "alice");
     let bob = user(proxy.addr, "bob");
@@ -189,7 +193,7 @@ fn reconnect_loses_nothing_and_shows_nothing_twice() {
 
 #[test]
 fn send_with_retry_across_a_cut_stores_once() {
-    let server = util::Server::start();
+    let server = util::Server::start_with(PLAINTEXT);
     let proxy = Proxy::start(server.addr);
     let alice = user(proxy.addr, "alice");
     let bob = user(server.addr, "bob");
@@ -229,7 +233,7 @@ fn send_with_retry_across_a_cut_stores_once() {
 
 #[test]
 fn groups_recall_and_errors() {
-    let server = util::Server::start();
+    let server = util::Server::start_with(PLAINTEXT);
     let alice = user(server.addr, "alice");
     let bob = user(server.addr, "bob");
     let carol = user(server.addr, "carol");
@@ -261,7 +265,7 @@ fn groups_recall_and_errors() {
 
 #[test]
 fn contacts_presence_and_media() {
-    let server = util::Server::start();
+    let server = util::Server::start_with(PLAINTEXT);
     let alice = user(server.addr, "alice");
     let bob = user(server.addr, "bob");
     let bob_id = bob.user_id().unwrap();
@@ -298,7 +302,7 @@ fn contacts_presence_and_media() {
 
 #[test]
 fn a_new_device_starts_at_its_login_and_names_users_by_id() {
-    let server = util::Server::start();
+    let server = util::Server::start_with(PLAINTEXT);
     let alice = user(server.addr, "alice");
     let bob = user(server.addr, "bob");
     let (alice_id, bob_id) = (alice.user_id().unwrap(), bob.user_id().unwrap());
@@ -342,7 +346,7 @@ fn a_new_device_starts_at_its_login_and_names_users_by_id() {
 
 #[test]
 fn other_devices_get_pushes_and_logout_all_ends_every_device() {
-    let server = util::Server::start();
+    let server = util::Server::start_with(PLAINTEXT);
     let phone = user(server.addr, "alice");
     let laptop = Client::connect(server.addr, config().with_device("laptop")).unwrap();
     laptop.login("alice", "correct-horse-battery").unwrap();
@@ -391,7 +395,7 @@ fn other_devices_get_pushes_and_logout_all_ends_every_device() {
 /// and last-seen time.
 #[test]
 fn presence_query_of_a_non_contact_is_refused() {
-    let server = util::Server::start();
+    let server = util::Server::start_with(PLAINTEXT);
     let alice = user(server.addr, "alice");
     let stranger = user(server.addr, "stranger");
     let err = alice

@@ -85,6 +85,9 @@ impl Cluster {
             ids[i].clone(),
             "--listen".to_string(),
             addrs[i].to_string(),
+            // Each node has its own Noise key, and nothing yet tells a client the key of the
+            // node a REDIRECT names (NOISE.md section 6): a cluster runs plaintext for now.
+            "--insecure-plaintext".to_string(),
         ];
         for j in 0..ids.len() {
             args.extend([
@@ -280,11 +283,10 @@ fn the_client_library_ends_up_authenticated_at_home_from_any_node() {
         registered.user
     );
     at_home(&second);
+    // The login replaced the registration's token (one token per device name).
+    let token = second.token().unwrap();
     let third = Client::connect(cluster.addrs[0], ClientConfig::reconnecting()).unwrap();
-    assert_eq!(
-        third.resume(&registered.token).unwrap().user,
-        registered.user
-    );
+    assert_eq!(third.resume(&token).unwrap().user, registered.user);
     at_home(&third);
 }
 
@@ -299,6 +301,7 @@ fn courier_cli_works_against_any_node() {
             .env("COURIER_CONFIG", &config)
             .env("COURIER_SERVER", cluster.addrs[entry].to_string())
             .env_remove("COURIER_PASSWORD")
+            .arg("--insecure-plaintext")
             .args(args)
             .output()
             .expect("run courier-cli");

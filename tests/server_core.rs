@@ -668,7 +668,13 @@ fn a_burst_larger_than_the_read_budget_is_answered_completely() {
     const PINGS: u64 = 60_000; // 17 bytes each: about 1 MiB, four read budgets
                                // A tiny budget: without the carry-over, bytes left in the socket after the last write
                                // would never be read (no new edge), and the test would stop short.
-    let server = Server::start_with(&["--rate-limit", "1000000", "--read-budget", "4096"]);
+    let server = Server::start_with(&[
+        "--rate-limit",
+        "1000000",
+        "--read-budget",
+        "4096",
+        "--insecure-plaintext", // raw_writer: frames from another thread
+    ]);
     let (mut flooder, _) = server.user("flood");
     let (mut other, _) = server.user("other");
     let mut burst = BytesMut::new();

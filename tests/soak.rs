@@ -52,6 +52,8 @@ fn soak_mixed_load_with_two_crashes_loses_nothing_and_memory_stays_flat() {
         users.display().to_string(),
         "--settle-secs".into(),
         "10".into(),
+        server.client_args()[0].clone(),
+        server.client_args()[1].clone(),
         "mixed".into(),
         "--connections".into(),
         CONNECTIONS.to_string(),

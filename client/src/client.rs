@@ -59,6 +59,7 @@ impl Client {
             events_rx,
         });
         let conn = Connection::open(&addr, &inner.config, inner.sink())?;
+        inner.learn_key(&addr, &conn);
         inner.install(conn);
         Ok(Client { inner })
     }
@@ -90,7 +91,8 @@ impl Client {
                     return Ok(auth);
                 }
                 AuthStep::Redirect(addr) => {
-                    let next = Connection::open(&addr, &inner.config, inner.sink())?;
+                    let next = Connection::open(&addr, &inner.config_for(&addr), inner.sink())?;
+                    inner.learn_key(&addr, &next);
                     inner.moved(addr, next);
                 }
             }
@@ -206,6 +208,10 @@ impl Link for Connection {
         Connection::welcome(self)
     }
 
+    fn server_key(&self) -> Option<courier_protocol::noise::PublicKey> {
+        Connection::server_key(self)
+    }
+
     fn max_frame(&self) -> u32 {
         Connection::max_frame(self)
     }
@@ -232,8 +238,9 @@ impl Inner {
 
     fn resume_on(self: &Arc<Self>, addr: &str) -> Result<(), ResumeFailure> {
         let token = self.saved_token()?;
-        let conn =
-            Connection::open(addr, &self.config, self.sink()).map_err(|_| ResumeFailure::Retry)?;
+        let conn = Connection::open(addr, &self.config_for(addr), self.sink())
+            .map_err(|_| ResumeFailure::Retry)?;
+        self.learn_key(addr, &conn);
         self.begin_resync();
         let resumed = conn.request(auth::resume(&token), self.config.request_timeout);
         self.resume_answer(&conn, resumed)?;

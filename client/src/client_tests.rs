@@ -429,3 +429,51 @@ fn manual_sync_drains_pages() {
     assert_eq!(client.watermark(), Some(result.watermark));
     assert!(client.sync().unwrap().messages.is_empty());
 }
+
+/// The same client over the encrypted transport: the pinned key, pushes and a reconnect (a
+/// new handshake, then RESUME) all go through records; another key is refused.
+#[test]
+fn the_client_pins_the_servers_key_and_reconnects_encrypted() {
+    let server = FakeServer::encrypted();
+    let key = server.key.expect("an encrypted fake has a key");
+    let alice = Client::connect(server.addr, fast_reconnect().with_server_key(key)).unwrap();
+    assert_eq!(alice.server_key().unwrap(), Some(key));
+    alice.register("alice", "password1").unwrap();
+    server.inject(1, 99, "sealed");
+    assert_eq!(next_message(&alice).map(|m| m.body), Some("sealed".into()));
+    server.drop_connections();
+    wait_for(&alice, |e| matches!(e, Event::Reconnected { .. }));
+    server.inject(1, 99, "after the reconnect");
+    assert_eq!(
+        next_message(&alice).map(|m| m.body),
+        Some("after the reconnect".into())
+    );
+    let wrong = courier_protocol::noise::Keypair::from_private([0x99; 32]).public();
+    match Client::connect(server.addr, ClientConfig::default().with_server_key(wrong)) {
+        Err(Error::Encryption(reason)) => {
+            assert!(reason.to_string().contains("do not connect"), "{reason}")
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a client pinned to another key connected"),
+    }
+}
+
+/// Trust on first use learns the key with XX, then the reconnects pin it (IK): a server that
+/// changed its key meanwhile would be refused, not trusted again.
+#[test]
+fn trust_on_first_use_pins_the_learned_key_for_reconnects() {
+    use courier_protocol::session::Encryption;
+    let server = FakeServer::encrypted();
+    let config = fast_reconnect().with_encryption(Encryption::TrustOnFirstUse);
+    let alice = Client::connect(server.addr, config).unwrap();
+    assert_eq!(alice.server_key().unwrap(), server.key);
+    alice.register("alice", "password1").unwrap();
+    assert_eq!(server.handshakes(), (1, 0), "first contact: XX");
+    server.drop_connections();
+    wait_for(&alice, |e| matches!(e, Event::Reconnected { .. }));
+    assert_eq!(
+        server.handshakes(),
+        (1, 1),
+        "the reconnect: IK with the learned key"
+    );
+}

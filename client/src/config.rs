@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use courier_protocol::noise::PublicKey;
+use courier_protocol::session::Encryption;
+
 use crate::backoff::BackoffPolicy;
 
 /// How a [`Client`](crate::Client) connects, waits and reconnects.
@@ -27,6 +30,13 @@ pub struct ClientConfig {
     /// Requests that may wait for replies at once on one connection; one more fails with
     /// [`Error::Session`](crate::Error::Session) until a reply comes.
     pub max_outstanding: usize,
+    /// The transport: the server's pinned key (the usual choice; `courier keys show` on the
+    /// server prints it), trust on first use, or plaintext (the default, which a server
+    /// refuses unless it runs with `--insecure-plaintext`). With trust on first use the key
+    /// the server proves is pinned for the client's reconnects to that address (XX on first
+    /// contact, IK after); read [`Client::server_key`](crate::Client::server_key) and pin it
+    /// in the configuration from then on.
+    pub encryption: Encryption,
 }
 
 impl Default for ClientConfig {
@@ -41,6 +51,7 @@ impl Default for ClientConfig {
             max_frame_len: courier_protocol::MAX_FRAME_LEN,
             sync_page: 500,
             max_outstanding: courier_protocol::session::DEFAULT_MAX_OUTSTANDING,
+            encryption: Encryption::Plaintext,
         }
     }
 }
@@ -72,6 +83,19 @@ impl ClientConfig {
             client_name: self.client_name.clone(),
             max_frame_len: self.max_frame_len,
             max_outstanding: self.max_outstanding,
+            encryption: self.encryption,
         }
+    }
+
+    /// Pins the server's key: encrypted, and only to the server holding it.
+    pub fn with_server_key(mut self, key: PublicKey) -> Self {
+        self.encryption = Encryption::Pinned(key);
+        self
+    }
+
+    /// Sets the transport (see [`ClientConfig::encryption`]).
+    pub fn with_encryption(mut self, encryption: Encryption) -> Self {
+        self.encryption = encryption;
+        self
     }
 }

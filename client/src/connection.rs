@@ -150,6 +150,11 @@ impl Connection {
             .unwrap_or_default()
     }
 
+    /// The server's key as the encrypted handshake proved it; `None` in plaintext.
+    pub(crate) fn server_key(&self) -> Option<courier_protocol::noise::PublicKey> {
+        self.core.lock().session.server_key()
+    }
+
     /// The largest frame the server accepts.
     pub(crate) fn max_frame(&self) -> u32 {
         self.core.lock().session.max_send_frame()
@@ -389,12 +394,18 @@ fn read_loop(conn: Arc<Connection>, mut stream: TcpStream) {
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        let closed = {
+        let (closed, secured_now) = {
             let mut core = conn.core.lock();
+            let was_secured = core.session.is_secured();
             core.session.handle_input(&chunk[..n], Instant::now());
             conn.route(&mut core, &mut routed);
-            core.closed
+            (core.closed, !was_secured && core.session.is_secured())
         };
+        if secured_now {
+            // The encrypted handshake just ended: its last message (XX) and the HELLO it held
+            // back go out now. A failed write closes the connection, which the reader sees.
+            let _ = conn.flush();
+        }
         hand_over(&conn, &mut routed);
         if closed {
             break;

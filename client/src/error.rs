@@ -54,6 +54,10 @@ pub enum Error {
         /// The reply's frame name.
         reply: &'static str,
     },
+    /// The encrypted transport failed: the server does not hold the pinned key, it answered
+    /// in plaintext, or a record failed authentication. The text says what to do.
+    #[error("{0}")]
+    Encryption(courier_protocol::session::CloseReason),
     /// The server speaks another protocol version.
     #[error("server speaks protocol version {server}, this client speaks {client}")]
     VersionMismatch {
@@ -152,6 +156,11 @@ impl Error {
                 server,
                 client: VERSION,
             },
+            // Before WELCOME: the server's reason, e.g. ENCRYPTION_REQUIRED for a plaintext client.
+            CloseReason::Server { code, message } => Error::from_reply(code, message),
+            reason @ (CloseReason::ServerKeyMismatch { .. }
+            | CloseReason::PlaintextAnswer { .. }
+            | CloseReason::Encryption(_)) => Error::Encryption(reason),
             _ => Error::Disconnected { reason: code },
         }
     }

@@ -32,6 +32,8 @@ pub(crate) trait Link: Send + Sync {
     fn redirect(&self) -> Option<(String, String)>;
     /// The server's `WELCOME`.
     fn welcome(&self) -> Welcome;
+    /// The server's key as the encrypted handshake proved it; `None` in plaintext.
+    fn server_key(&self) -> Option<courier_protocol::noise::PublicKey>;
     /// The largest frame the server accepts.
     fn max_frame(&self) -> u32;
 }
@@ -65,6 +67,29 @@ pub(crate) struct Shared<L, T, W> {
 }
 
 impl<L: Link, T: EventTx, W: Wake> Shared<L, T, W> {
+    /// Remembers the key a trust-on-first-use connection to `addr` learned, so that reconnects
+    /// there pin it (Noise Pipes: XX on first contact, IK after).
+    pub(crate) fn learn_key(&self, addr: &str, conn: &L) {
+        if self.config.encryption != courier_protocol::session::Encryption::TrustOnFirstUse {
+            return;
+        }
+        if let Some(key) = conn.server_key() {
+            self.state.lock().learned_key = Some((addr.to_string(), key));
+        }
+    }
+
+    /// The config for a connection to `addr`: trust on first use becomes the key learned there.
+    pub(crate) fn config_for(&self, addr: &str) -> std::borrow::Cow<'_, ClientConfig> {
+        let learned = match &self.state.lock().learned_key {
+            Some((at, key)) if at == addr => Some(*key),
+            _ => None,
+        };
+        match learned {
+            Some(key) => std::borrow::Cow::Owned(self.config.clone().with_server_key(key)),
+            None => std::borrow::Cow::Borrowed(&self.config),
+        }
+    }
+
     pub(crate) fn new(config: ClientConfig, addr: String, events_tx: T, wake: W) -> Self {
         Shared {
             config,
@@ -403,6 +428,13 @@ macro_rules! session_accessors {
             /// The address the client (re)connects to: the one given, or the last redirect's.
             pub fn server_addr(&self) -> String {
                 self.inner.server_addr()
+            }
+
+            /// The server's public key as the current connection's encrypted handshake proved
+            /// it (the pinned key, or the one learned by trust on first use); `None` in
+            /// plaintext.
+            pub fn server_key(&self) -> $crate::Result<Option<courier_protocol::noise::PublicKey>> {
+                Ok($crate::shared::Link::server_key(&*self.inner.current()?))
             }
 
             /// The current connection's `WELCOME`.

@@ -33,6 +33,9 @@ pub(crate) struct State {
     held: Vec<(Message, u64)>,
     pub(crate) ended: bool,
     pub(crate) last_reason: Option<ErrorCode>,
+    /// With trust on first use: the key the server at this address proved, pinned for
+    /// reconnects to it (Noise Pipes: XX on first contact, IK after).
+    pub(crate) learned_key: Option<(String, courier_protocol::noise::PublicKey)>,
 }
 
 /// The `MessageMeta` event of a pushed message that replies to another.
@@ -166,6 +169,7 @@ impl State {
             held: Vec::new(),
             ended: false,
             last_reason: None,
+            learned_key: None,
         }
     }
 

@@ -13,6 +13,9 @@
 //!   [`FakeServer::drop_connections`], ...).
 //! - [`Faults`]: misbehaviour injected every n-th SEND, for the loadgen's verifier to catch.
 //!
+//! Like the real server it can speak the encrypted transport ([`FakeServer::encrypted`]): the
+//! Noise handshake with its key, then records; the clients get encryption from their config.
+//!
 //! Threads a test names by hand (thread 1 in an [`inject`](FakeServer::inject), a SEND to
 //! thread 7) were never opened and have no member list: anyone may send to them, every
 //! connection sees them in SYNC, and SEND pushes them to nobody. Threads opened with
@@ -29,6 +32,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use courier_protocol::noise::{self, Handshake, Keypair, PublicKey, Transport, MAX_RECORD_LEN};
 use courier_protocol::*;
 use parking_lot::Mutex;
 
@@ -126,7 +130,42 @@ fn provisioned_handle(user: u64) -> String {
 struct Online {
     conn: u64,
     user: u64,
-    writer: TcpStream,
+    writer: Writer,
+}
+
+/// A connection's write side: the socket, and the record layer when it is encrypted (shared
+/// with the connection's reader, which opens records with it).
+struct Writer {
+    stream: TcpStream,
+    transport: Option<Arc<Mutex<Transport>>>,
+}
+
+impl Writer {
+    /// Writes encoded frames, sealed as one record when the connection is encrypted.
+    fn write_all(&mut self, frames: &[u8]) -> std::io::Result<()> {
+        match &self.transport {
+            None => self.stream.write_all(frames),
+            Some(transport) => {
+                let mut sealed = BytesMut::new();
+                transport
+                    .lock()
+                    .seal(frames, &mut sealed)
+                    .map_err(std::io::Error::other)?;
+                self.stream.write_all(&sealed)
+            }
+        }
+    }
+
+    fn try_clone(&self) -> std::io::Result<Writer> {
+        Ok(Writer {
+            stream: self.stream.try_clone()?,
+            transport: self.transport.clone(),
+        })
+    }
+
+    fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
+        self.stream.shutdown(how)
+    }
 }
 
 #[derive(Default)]
@@ -155,6 +194,8 @@ struct State {
     next_conn: u64,
     pings: u32,
     resumes: u32,
+    /// Encrypted handshakes finished: (XX, IK).
+    handshakes: (u32, u32),
     behaviour: Behaviour,
 }
 
@@ -162,11 +203,15 @@ struct Shared {
     state: Mutex<State>,
     options: Options,
     stop: AtomicBool,
+    /// The server's static key when it serves the encrypted transport.
+    key: Option<Keypair>,
 }
 
 /// A running fake server; it stops accepting and cuts its connections when dropped.
 pub struct FakeServer {
     pub addr: SocketAddr,
+    /// The public key clients pin, when it is encrypted ([`FakeServer::encrypted`]).
+    pub key: Option<PublicKey>,
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
 }
@@ -185,8 +230,20 @@ impl FakeServer {
         })
     }
 
+    /// A fake that serves the encrypted transport with a fresh key ([`FakeServer::key`]), as
+    /// the real server does by default.
+    pub fn encrypted() -> FakeServer {
+        let key = Keypair::generate().expect("the system's random number generator");
+        Self::with_options_and_key(Options::default(), Some(key))
+    }
+
     /// Panics if it cannot listen on loopback (a test cannot go on without it).
     pub fn with_options(options: Options) -> FakeServer {
+        Self::with_options_and_key(options, None)
+    }
+
+    /// A fake with `options`, encrypted with `key` if given.
+    pub fn with_options_and_key(options: Options, key: Option<Keypair>) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("listen on 127.0.0.1");
         let addr = listener.local_addr().expect("the listener's address");
         let shared = Arc::new(Shared {
@@ -198,6 +255,7 @@ impl FakeServer {
             }),
             options,
             stop: AtomicBool::new(false),
+            key: key.clone(),
         });
         let accepting = shared.clone();
         let accept = std::thread::Builder::new()
@@ -218,6 +276,7 @@ impl FakeServer {
             .expect("start the accept thread");
         FakeServer {
             addr,
+            key: key.map(|k| k.public()),
             shared,
             accept: Some(accept),
         }
@@ -285,6 +344,11 @@ impl FakeServer {
     pub fn resumes(&self) -> u32 {
         self.shared.state.lock().resumes
     }
+
+    /// Encrypted handshakes finished so far: (XX, IK).
+    pub fn handshakes(&self) -> (u32, u32) {
+        self.shared.state.lock().handshakes
+    }
 }
 
 impl Drop for FakeServer {
@@ -302,15 +366,61 @@ impl Drop for FakeServer {
 /// One connection as its serving thread sees it.
 struct Conn {
     id: u64,
-    writer: TcpStream,
+    writer: Writer,
     user: Option<u64>,
 }
 
+/// Runs the server side of the Noise handshake on `stream`; the record layer, and the bytes
+/// that came after the last handshake message (the first records). `None`: the handshake
+/// failed (its answer, a REJECT perhaps, was written) or the peer went away.
+fn handshake(
+    key: &Keypair,
+    stream: &mut TcpStream,
+) -> Option<(Transport, noise::Pattern, BytesMut)> {
+    let mut handshake = Handshake::responder(key);
+    let mut input = BytesMut::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let mut answer = BytesMut::new();
+        let done = handshake.handle(&mut input, &mut answer);
+        if !answer.is_empty() && stream.write_all(&answer).is_err() {
+            return None;
+        }
+        match done {
+            Ok(Some(done)) => return Some((done.transport, done.pattern, input)),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => input.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 impl Shared {
-    fn serve(&self, stream: TcpStream) {
+    fn serve(&self, mut stream: TcpStream) {
         let _ = stream.set_nodelay(true);
+        let (transport, mut records) = match &self.key {
+            None => (None, BytesMut::new()),
+            Some(key) => match handshake(key, &mut stream) {
+                Some((transport, pattern, rest)) => {
+                    let mut st = self.state.lock();
+                    match pattern {
+                        noise::Pattern::Xx => st.handshakes.0 += 1,
+                        noise::Pattern::Ik => st.handshakes.1 += 1,
+                    }
+                    (Some(Arc::new(Mutex::new(transport))), rest)
+                }
+                None => return,
+            },
+        };
         let Ok(writer) = stream.try_clone() else {
             return;
+        };
+        let writer = Writer {
+            stream: writer,
+            transport: transport.clone(),
         };
         let id = {
             let mut st = self.state.lock();
@@ -327,6 +437,14 @@ impl Shared {
         let mut buf = BytesMut::new();
         let mut chunk = [0u8; 16 * 1024];
         'conn: loop {
+            if let Some(t) = &transport {
+                if t.lock()
+                    .open_all(&mut records, MAX_RECORD_LEN, &mut buf)
+                    .is_err()
+                {
+                    break;
+                }
+            }
             loop {
                 match decoder.decode(&mut buf) {
                     Ok(Some(env)) => {
@@ -340,6 +458,7 @@ impl Shared {
             }
             match reader.read(&mut chunk) {
                 Ok(0) | Err(_) => break,
+                Ok(n) if transport.is_some() => records.extend_from_slice(&chunk[..n]),
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
@@ -707,7 +826,7 @@ fn thread_info(id: u64, members: &[u64], kind: ThreadKind) -> Frame {
 }
 
 /// REDIRECT with request id 0, a moment for it to arrive, then the close.
-fn redirect(writer: &mut TcpStream, to: &str) -> bool {
+fn redirect(writer: &mut Writer, to: &str) -> bool {
     let _ = write_frame(
         writer,
         0,
@@ -729,7 +848,7 @@ fn error(code: ErrorCode) -> Frame {
     .into()
 }
 
-fn write_frame(writer: &mut TcpStream, request_id: u32, frame: &Frame) -> std::io::Result<()> {
+fn write_frame(writer: &mut Writer, request_id: u32, frame: &Frame) -> std::io::Result<()> {
     let mut buf = BytesMut::new();
     encode(request_id, frame, &mut buf);
     writer.write_all(&buf)

@@ -7,6 +7,9 @@
 # 120 s) until no compiler runs, since the benchmark machine is shared, and logs the load average
 # in $B/runs/index.tsv.
 #
+# The server is encrypted unless SERVER FLAGS hold --insecure-plaintext; the loadgen pins the key
+# the server printed, or goes plaintext with it.
+#
 # B (default /var/tmp/lgbench) holds bin/courier, bin/courier-loadgen, tpl/ and runs/.
 set -u
 B=${B:-/var/tmp/lgbench}
@@ -20,7 +23,9 @@ rm -rf "$d"; mkdir -p "$d"; cp -a "$B/tpl/d19k" "$d/data"
 spid=$!
 for _ in $(seq 100); do grep -q "listening on" "$d/stdout" 2>/dev/null && break; sleep 0.1; done
 addr=$(sed -n 's/^courier listening on //p' "$d/stdout" | head -1)
-"$B/bin/courier-loadgen" --server "$addr" --users "$B/tpl/users19k.txt" --json "$B/runs/$name.json" \
+key=$(sed -n 's/^courier server key //p' "$d/stdout" | head -1)
+case "$key" in none*|"") transport=(--insecure-plaintext) ;; *) transport=(--server-key "$key") ;; esac
+"$B/bin/courier-loadgen" --server "$addr" "${transport[@]}" --users "$B/tpl/users19k.txt" --json "$B/runs/$name.json" \
     --quiet --server-pid "$spid" "$@" >/dev/null 2>"$B/runs/$name.lg.log"
 rc=$?
 kill -TERM "$spid"

@@ -42,9 +42,22 @@ pub struct Common {
     #[arg(long, global = true, default_value_t = DEFAULT_CONNS_PER_WORKER)]
     pub conns_per_worker: usize,
     /// Source addresses 127.0.0.1, 127.0.0.2, … to bind client sockets to [default: one per
-    /// 20,000 connections].
+    /// 1,000 connections, the server's default --max-conns-per-addr].
     #[arg(long, global = true)]
     pub source_ips: Option<u32>,
+    /// The server's public key, 64 hex digits (`courier keys show` on the server): every
+    /// connection is encrypted (Noise IK) and refused by a server holding another key.
+    #[arg(
+        long,
+        value_name = "HEX",
+        global = true,
+        conflicts_with = "insecure_plaintext"
+    )]
+    pub server_key: Option<String>,
+    /// Plain TCP, for a server run with --insecure-plaintext (compare runs with and without
+    /// encryption on the same machine).
+    #[arg(long, global = true)]
+    pub insecure_plaintext: bool,
     /// Also write the JSON report to this file (it is always printed on stdout).
     #[arg(long, value_name = "FILE", global = true)]
     pub json: Option<PathBuf>,

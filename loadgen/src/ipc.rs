@@ -85,6 +85,9 @@ pub struct Init {
     pub run_since: u64,
     pub body_size: usize,
     pub conns: Vec<ConnSpec>,
+    /// The server key every connection pins (hex); `None`: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,6 +265,7 @@ mod tests {
             run_since: 1,
             body_size: 64,
             conns: vec![spec],
+            server_key: Some("ab".repeat(32)),
         });
         let line = serde_json::to_string(&msg).unwrap();
         assert!(!line.contains('\n'));

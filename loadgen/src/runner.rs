@@ -64,6 +64,25 @@ fn load_users(c: &Common, needed: usize, run_id: u32) -> Result<Vec<UserRecord>>
     Ok(users)
 }
 
+/// The key `--server-key` pins, `None` with `--insecure-plaintext`; neither is an error that
+/// says how to get the key.
+pub fn server_key(c: &Common) -> Result<Option<courier_protocol::noise::PublicKey>> {
+    match (&c.server_key, c.insecure_plaintext) {
+        (Some(text), _) => {
+            courier_protocol::noise::PublicKey::parse(text, "the --server-key value")
+                .map(Some)
+                .map_err(|e| Error::Args(e.to_string()))
+        }
+        (None, true) => Ok(None),
+        (None, false) => Err(Error::Args(
+            "the server's connections are encrypted: pass --server-key HEX (`courier keys show \
+             --data-dir DIR` on the server prints it), or --insecure-plaintext against a server \
+             run with --insecure-plaintext"
+                .into(),
+        )),
+    }
+}
+
 /// Runs the scenario `cli` describes and returns its report. Lost or duplicated messages are
 /// results (`Report::passed` is false), not errors.
 pub fn run(cli: &Cli) -> Result<Report> {
@@ -72,6 +91,7 @@ pub fn run(cli: &Cli) -> Result<Report> {
     if c.servers.is_empty() {
         return Err(Error::Args("give at least one --server ADDR".into()));
     }
+    server_key(c)?;
     let _ = sys::raise_nofile_limit();
     let run_id: u32 = rand::random();
     // Message ids are microseconds since the epoch; nothing of this run is older than this.
@@ -79,7 +99,8 @@ pub fn run(cli: &Cli) -> Result<Report> {
     let needed = users_needed(&cli.command)?;
     let source_ips = c
         .source_ips
-        .unwrap_or(needed.div_ceil(20_000) as u32)
+        // The server's default --max-conns-per-addr is 1,000 (connections spread round robin).
+        .unwrap_or(needed.div_ceil(1_000) as u32)
         .max(1);
     let at = Placement {
         servers: c.servers.clone(),
@@ -175,6 +196,7 @@ fn drive(
             run_since,
             body_size: c.body_size,
             conns,
+            server_key: server_key(c)?.map(|k| k.to_string()),
         };
         fleet.send(w, &ToWorker::Init(init))?;
     }

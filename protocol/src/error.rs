@@ -82,6 +82,9 @@ error_codes! {
     AlreadyAuthenticated = 13, false;
     /// This device's token was revoked (logout, logout-all) while connected.
     SessionRevoked = 14, true;
+    /// A plaintext client reached a server that requires the encrypted transport (PROTOCOL.md
+    /// section 10); sent in plaintext, request id 0, then the server closes.
+    EncryptionRequired = 15, true;
     // Accounts.
     HandleTaken = 20, false;
     BadCredentials = 21, false;
@@ -260,7 +263,7 @@ mod tests {
             .filter(|c| c.closes_connection())
             .map(|&c| c as u16)
             .collect();
-        assert_eq!(closing, [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 14, 71]);
+        assert_eq!(closing, [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 14, 15, 71]);
     }
 
     #[test]

@@ -37,6 +37,9 @@
 //!  |   three heartbeat intervals with nothing received        CloseReason::TimedOut |
 //!  |   handle_transport_closed()                       CloseReason::TransportClosed |
 //!  |   close()                                                   CloseReason::Local |
+//!  |   encrypted: the server holds another key      CloseReason::ServerKeyMismatch |
+//!  |   encrypted: a plaintext ERROR_REPLY instead of the handshake  PlaintextAnswer |
+//!  |   encrypted: any other noise error (a record that fails)  CloseReason::Encryption |
 //!  | Outstanding requests get no reply; send_request returns SessionError::Closed.  |
 //!  +--------------------------------------------------------------------------------+
 //! ```
@@ -51,12 +54,23 @@
 //! Heartbeat (PROTOCOL.md 5.3): after `WELCOME`, the session sends `PING` every
 //! `heartbeat_secs` on schedule, whatever else is sent, and closes with
 //! [`CloseReason::TimedOut`] when nothing at all has arrived for three intervals.
+//!
+//! # Encryption
+//!
+//! [`SessionConfig::encryption`] puts the Noise layer of [`crate::noise`] underneath the frames
+//! (NOISE.md): the bytes of `handle_input` and `poll_transmit` are then handshake
+//! messages and records, and the frames above are unchanged. The handshake's first message is
+//! queued by [`Session::new`]; `HELLO` and every request wait, encoded, until the handshake is
+//! over, and each `poll_transmit` seals what is queued as one record. The server's key, pinned
+//! or learned, is [`Session::server_key`] once the handshake is done. No driver needs code of
+//! its own for this: it passes a config.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
+use crate::noise::{self, Handshake, Keypair, Pattern, PublicKey, Transport, MAX_RECORD_LEN};
 use crate::{
     encode, AuthOk, Decoder, ErrorCode, Frame, Hello, Ping, Welcome, DEFAULT_MAX_FRAME_LEN,
     HEADER_BYTES, MAX_FRAME_LEN, VERSION,
@@ -77,6 +91,25 @@ pub struct SessionConfig {
     pub max_frame_len: u32,
     /// Requests that may wait for replies at once; more is [`SessionError::TooManyOutstanding`].
     pub max_outstanding: usize,
+    /// Whether and how the bytes on the wire are encrypted. The default is
+    /// [`Encryption::Plaintext`], which a server refuses unless it runs with
+    /// `--insecure-plaintext`: a client must choose a pinned key or trust on first use.
+    pub encryption: Encryption,
+}
+
+/// How a session protects its bytes (NOISE.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encryption {
+    /// Noise IK with the server's key pinned: one round trip. A server holding another key is
+    /// refused with [`CloseReason::ServerKeyMismatch`]; never retry it unpinned.
+    Pinned(PublicKey),
+    /// Noise XX, trusting whatever key the server proves it holds: an explicit choice for a
+    /// first contact. The key is [`Session::server_key`] afterwards; pin it from then on.
+    TrustOnFirstUse,
+    /// No encryption: only against a server run with `--insecure-plaintext` (local
+    /// benchmarks, tests that write raw bytes).
+    #[default]
+    Plaintext,
 }
 
 impl Default for SessionConfig {
@@ -85,6 +118,7 @@ impl Default for SessionConfig {
             client_name: concat!("courier-protocol/", env!("CARGO_PKG_VERSION")).to_string(),
             max_frame_len: MAX_FRAME_LEN,
             max_outstanding: DEFAULT_MAX_OUTSTANDING,
+            encryption: Encryption::Plaintext,
         }
     }
 }
@@ -156,15 +190,51 @@ pub enum CloseReason {
     /// [`Session::close`] was called.
     #[error("closed by this side")]
     Local,
+    /// The server does not hold the pinned key: it proved another one (XX), or it could not
+    /// decrypt a handshake made for the pinned one (IK, `presented` is `None`).
+    #[error("{}", noise::Error::ServerKeyMismatch { pinned: *pinned, presented: *presented })]
+    ServerKeyMismatch {
+        pinned: PublicKey,
+        presented: Option<PublicKey>,
+    },
+    /// The server answered the encrypted handshake with a plaintext `ERROR_REPLY`: it is full,
+    /// or it runs with `--insecure-plaintext`. Not authenticated (nothing before the handshake
+    /// can be).
+    #[error(
+        "the server answered the encrypted handshake in plaintext: code {code}: {message}{}",
+        if *code == ErrorCode::FrameTooLarge as u16 {
+            " (a server run with --insecure-plaintext answers a handshake so; connect to it \
+             without a server key, for local benchmarks only)"
+        } else {
+            ""
+        }
+    )]
+    PlaintextAnswer { code: u16, message: String },
+    /// The encrypted transport failed: a handshake the server did not complete properly, a
+    /// record that failed authentication (altered, replayed, reordered) or any other
+    /// [`noise::Error`], as its text.
+    #[error("the encrypted transport failed: {0}")]
+    Encryption(String),
+}
+
+impl From<noise::Error> for CloseReason {
+    fn from(e: noise::Error) -> Self {
+        match e {
+            noise::Error::ServerKeyMismatch { pinned, presented } => {
+                CloseReason::ServerKeyMismatch { pinned, presented }
+            }
+            other => CloseReason::Encryption(other.to_string()),
+        }
+    }
 }
 
 impl CloseReason {
     /// The server's error code, when it gave one this crate knows.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            CloseReason::Server { code, .. } | CloseReason::HandshakeRefused { code, .. } => {
-                ErrorCode::from_u16(*code)
-            }
+            CloseReason::Server { code, .. }
+            | CloseReason::HandshakeRefused { code, .. }
+            | CloseReason::PlaintextAnswer { code, .. } => ErrorCode::from_u16(*code),
             _ => None,
         }
     }
@@ -216,10 +286,25 @@ struct Heartbeat {
     next_ping: Instant,
 }
 
+/// The layer under the frames.
+#[derive(Debug)]
+enum Wire {
+    Plaintext,
+    Handshaking(Box<Handshake>),
+    Established(Transport),
+}
+
 /// One client connection's protocol state. See the module docs.
 #[derive(Debug)]
 pub struct Session {
     config: SessionConfig,
+    wire: Wire,
+    /// Received handshake messages or records not yet taken in whole (encrypted only).
+    cipher_in: BytesMut,
+    /// Handshake messages not yet taken by [`Session::poll_transmit`] (encrypted only).
+    handshake_out: BytesMut,
+    /// The server's static key, once the handshake proved it.
+    server_key: Option<PublicKey>,
     decoder: Decoder,
     state: State,
     welcome: Option<Welcome>,
@@ -239,11 +324,36 @@ pub struct Session {
 
 impl Session {
     /// A session on a transport that just connected; `HELLO` is queued for
-    /// [`poll_transmit`](Self::poll_transmit).
+    /// [`poll_transmit`](Self::poll_transmit), after the first handshake message if the
+    /// session is encrypted. A session whose handshake cannot start (the operating system's
+    /// random number generator failed) is closed at once with [`CloseReason::Encryption`].
     pub fn new(config: SessionConfig, now: Instant) -> Session {
+        let mut handshake_out = BytesMut::new();
+        let wire = match config.encryption {
+            Encryption::Plaintext => Ok(Wire::Plaintext),
+            // A client's static key identifies nothing in Courier (users log in with frames):
+            // a fresh one per connection is as good as a kept one and needs no storage.
+            pinned => Keypair::generate().and_then(|local| {
+                let handshake = match pinned {
+                    Encryption::Pinned(key) => {
+                        Handshake::initiator_ik(&local, key, &mut handshake_out)
+                    }
+                    _ => Handshake::initiator_xx(&local, None, &mut handshake_out),
+                };
+                handshake.map(|h| Wire::Handshaking(Box::new(h)))
+            }),
+        };
+        let (wire, failed) = match wire {
+            Ok(wire) => (wire, None),
+            Err(e) => (Wire::Plaintext, Some(e)),
+        };
         let mut session = Session {
             decoder: Decoder::new(config.max_frame_len),
             config,
+            wire,
+            cipher_in: BytesMut::new(),
+            handshake_out,
+            server_key: None,
             state: State::AwaitWelcome,
             welcome: None,
             inbuf: BytesMut::new(),
@@ -260,7 +370,33 @@ impl Session {
             client: session.config.client_name.clone(),
         });
         session.queue(&hello, Pending::Hello);
+        if let Some(e) = failed {
+            session.close_with(e.into());
+        }
         session
+    }
+
+    /// The server's static key once the encrypted handshake is done: the pinned key, or with
+    /// [`Encryption::TrustOnFirstUse`] the key the server proved it holds (show it to the
+    /// person so they can pin it). `None` before, and on a plaintext session.
+    pub fn server_key(&self) -> Option<PublicKey> {
+        self.server_key
+    }
+
+    /// Which handshake secured the session: `Some` once it is done, `None` before and on a
+    /// plaintext session.
+    pub fn pattern(&self) -> Option<Pattern> {
+        match (&self.wire, self.config.encryption) {
+            (Wire::Established(_), Encryption::Pinned(_)) => Some(Pattern::Ik),
+            (Wire::Established(_), _) => Some(Pattern::Xx),
+            _ => None,
+        }
+    }
+
+    /// Whether the bytes of this session are encrypted and the handshake is over, so that
+    /// frames flow.
+    pub fn is_secured(&self) -> bool {
+        matches!(self.wire, Wire::Established(_))
     }
 
     pub fn state(&self) -> State {
@@ -344,8 +480,40 @@ impl Session {
     }
 
     /// Moves every encoded frame not yet taken into `buf` (appending) and returns how many
-    /// bytes that was. Write them all, in order.
+    /// bytes that was. Write them all, in order. On an encrypted session these are handshake
+    /// messages and then, once the handshake is over, the queued frames sealed as one record;
+    /// frames wait while the handshake runs.
     pub fn poll_transmit(&mut self, buf: &mut BytesMut) -> usize {
+        let start = buf.len();
+        self.poll_handshake_transmit(buf);
+        let Wire::Established(transport) = &mut self.wire else {
+            if matches!(self.wire, Wire::Plaintext) {
+                self.poll_plaintext(buf);
+            }
+            return buf.len() - start;
+        };
+        if !self.outbox.is_empty() {
+            match transport.seal(&self.outbox, buf) {
+                Ok(()) => self.outbox.clear(),
+                Err(e) => self.close_with(e.into()),
+            }
+        }
+        buf.len() - start
+    }
+
+    /// Moves only the handshake messages not yet taken into `buf`, leaving frames queued; for
+    /// a driver that runs the handshake before it lets `HELLO` go (the test harness). Returns
+    /// the bytes moved.
+    pub fn poll_handshake_transmit(&mut self, buf: &mut BytesMut) -> usize {
+        let n = self.handshake_out.len();
+        if n > 0 {
+            buf.extend_from_slice(&self.handshake_out);
+            self.handshake_out.clear();
+        }
+        n
+    }
+
+    fn poll_plaintext(&mut self, buf: &mut BytesMut) -> usize {
         let n = self.outbox.len();
         if buf.is_empty() {
             // No copy: the buffers trade places, capacity and all.
@@ -375,6 +543,12 @@ impl Session {
         if self.outstanding.is_empty() {
             self.outstanding = HashMap::new();
         }
+        if self.cipher_in.is_empty() {
+            self.cipher_in = BytesMut::new();
+        }
+        if self.handshake_out.is_empty() {
+            self.handshake_out = BytesMut::new();
+        }
     }
 
     /// Hands over the received bytes not yet decoded (a partial frame, at most) and closes with
@@ -385,6 +559,22 @@ impl Session {
         let undecoded = std::mem::take(&mut self.inbuf);
         self.close();
         undecoded
+    }
+
+    /// Takes the record layer out of an encrypted session whose handshake is done, with the
+    /// received bytes not yet opened (a partial record, at most); call it before
+    /// [`take_undecoded`](Self::take_undecoded). For a driver that goes on writing hand-made
+    /// frames itself (the test harness): it seals and opens with the returned [`Transport`].
+    /// `None` while the handshake runs and on a plaintext session.
+    pub fn take_transport(&mut self) -> Option<(Transport, BytesMut)> {
+        if !matches!(self.wire, Wire::Established(_)) {
+            return None;
+        }
+        let Wire::Established(transport) = std::mem::replace(&mut self.wire, Wire::Plaintext)
+        else {
+            unreachable!("checked above")
+        };
+        Some((transport, std::mem::take(&mut self.cipher_in)))
     }
 
     /// The next thing to act on, in order; `None` when there is nothing now.
@@ -434,7 +624,14 @@ impl Session {
             return;
         }
         self.last_input = now;
-        self.inbuf.extend_from_slice(bytes);
+        if matches!(self.wire, Wire::Plaintext) {
+            self.inbuf.extend_from_slice(bytes);
+        } else {
+            self.cipher_in.extend_from_slice(bytes);
+            if let Err(reason) = self.unwrap_input() {
+                return self.close_with(reason);
+            }
+        }
         while self.state != State::Closed {
             match self.decoder.decode(&mut self.inbuf) {
                 Ok(Some(env)) => self.on_frame(env.request_id, env.frame, now),
@@ -442,6 +639,25 @@ impl Session {
                 Err(e) => self.close_with(CloseReason::Malformed(e)),
             }
         }
+    }
+
+    /// Runs the handshake on the received bytes and opens every whole record into `inbuf`.
+    fn unwrap_input(&mut self) -> Result<(), CloseReason> {
+        if let Wire::Handshaking(handshake) = &mut self.wire {
+            if self.cipher_in.starts_with(&[0, 0]) {
+                // Not a handshake message: a plaintext frame, perhaps not all there yet.
+                return plaintext_answer(&self.cipher_in).map_or(Ok(()), Err);
+            }
+            let Some(done) = handshake.handle(&mut self.cipher_in, &mut self.handshake_out)? else {
+                return Ok(());
+            };
+            self.server_key = Some(done.remote);
+            self.wire = Wire::Established(done.transport);
+        }
+        if let Wire::Established(transport) = &mut self.wire {
+            transport.open_all(&mut self.cipher_in, MAX_RECORD_LEN, &mut self.inbuf)?;
+        }
+        Ok(())
     }
 
     /// The transport closed (EOF or an error); closes with [`CloseReason::TransportClosed`]
@@ -541,6 +757,8 @@ impl Session {
         self.outstanding = HashMap::new();
         self.inbuf = BytesMut::new();
         self.outbox = BytesMut::new();
+        self.cipher_in = BytesMut::new();
+        self.handshake_out = BytesMut::new();
         self.heartbeat = None;
         self.events.push_back(Event::Closed { reason });
     }
@@ -567,6 +785,31 @@ impl Session {
                 return id;
             }
         }
+    }
+}
+
+/// A plaintext `ERROR_REPLY` where the server's first handshake message should be: no
+/// handshake message is 0 bytes long, so a length starting `00 00` is a Courier frame's 4-byte
+/// length (NOISE.md section 2). `None` while the frame is not all there.
+fn plaintext_answer(input: &[u8]) -> Option<CloseReason> {
+    if input.len() < 2 || input[..2] != [0, 0] {
+        return None;
+    }
+    let mut frame = BytesMut::from(input);
+    match Decoder::new(DEFAULT_MAX_FRAME_LEN).decode(&mut frame) {
+        Ok(Some(env)) => match env.frame {
+            Frame::ErrorReply(e) => Some(CloseReason::PlaintextAnswer {
+                code: e.code,
+                message: e.message,
+            }),
+            other => Some(CloseReason::Encryption(format!(
+                "the server answered the encrypted handshake with a plaintext {}: it runs \
+                 with --insecure-plaintext",
+                other.name()
+            ))),
+        },
+        Ok(None) => None,
+        Err(e) => Some(CloseReason::Malformed(e)),
     }
 }
 

@@ -4,11 +4,16 @@
 //! bucket: no read buffer (frames are read into the shard's scratch buffer and only a partial
 //! frame is kept, see [`Conn::input`]) and no write buffer ([`Conn::output`] exists only while
 //! bytes wait for the socket). `size_of::<Conn>()` is checked by a test below.
+//!
+//! Encryption ([`Crypto`], NOISE.md) costs an idle connection 88 bytes: the
+//! 80-byte Noise [`Transport`] (two keys, two nonces) and the length of the decrypted part of
+//! [`Conn::input`]. The handshake's state is boxed while it runs and freed when it ends.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use courier_protocol::noise::{self, Handshake, Transport};
 use mio::net::TcpStream;
 
 use crate::metrics::Reason;
@@ -41,12 +46,41 @@ pub mod flag {
     pub const PAUSED: u8 = 32;
 }
 
+/// The layer under the frames.
+pub enum Crypto {
+    /// `--insecure-plaintext`: frames straight on TCP.
+    Plain,
+    /// The Noise handshake runs (it is bounded by the handshake deadline); its state is
+    /// dropped when it ends.
+    Handshaking(Box<Handshake>),
+    /// Records. The first `held_plain` bytes of [`Conn::input`] are decrypted plaintext (the
+    /// start of a frame, or frames held while reads are paused); the rest is the start of a
+    /// record whose end has not arrived.
+    Open {
+        transport: Transport,
+        held_plain: u32,
+    },
+}
+
+impl Crypto {
+    /// Bytes at the front of [`Conn::input`] that are plaintext frames.
+    pub fn held_plain(&self, input: &[u8]) -> usize {
+        match self {
+            Crypto::Plain => input.len(),
+            Crypto::Handshaking(_) => 0,
+            Crypto::Open { held_plain, .. } => *held_plain as usize,
+        }
+    }
+}
+
 pub struct Conn {
     pub stream: TcpStream,
     /// Distinguishes this connection from earlier ones in the same slab slot.
     pub gen: u32,
     pub state: State,
     pub flags: u8,
+    /// Its client address's key in [`PerAddr`](super::per_addr::PerAddr), given back on close.
+    pub addr_key: u32,
     /// Why the connection is closing, once [`flag::CLOSING`] is set.
     pub close_reason: Reason,
     pub device: u32,
@@ -57,16 +91,26 @@ pub struct Conn {
     /// Digest of the session token, for `LOGOUT`.
     pub digest: TokenDigest,
     /// The start of a frame whose end has not arrived; empty (unallocated) between frames.
+    /// Encrypted, a partial handshake message or record follows it (see [`Crypto::Open`]).
     pub input: Vec<u8>,
     /// Bytes the socket has not taken yet; `None` whenever everything was written.
     pub output: Option<Box<Output>>,
+    pub crypto: Crypto,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, gen: u32, now_secs: u32, rate: TokenBucket) -> Conn {
+    pub fn new(
+        stream: TcpStream,
+        gen: u32,
+        now_secs: u32,
+        rate: TokenBucket,
+        crypto: Crypto,
+        addr_key: u32,
+    ) -> Conn {
         Conn {
             stream,
             gen,
+            addr_key,
             state: State::AwaitHello,
             flags: 0,
             close_reason: Reason::PeerClosed,
@@ -77,6 +121,7 @@ impl Conn {
             digest: TokenDigest::default(),
             input: Vec::new(),
             output: None,
+            crypto,
         }
     }
 
@@ -111,19 +156,60 @@ impl Conn {
 }
 
 /// Encoded frames waiting for the socket. Frames are shared [`Bytes`]: a push to a thousand
-/// connections is encoded once and queued a thousand times by reference.
+/// connections is encoded once and queued a thousand times by reference. On an encrypted
+/// connection the frames after the first `wire` are plaintext, sealed together as one record
+/// just before the socket write ([`Output::seal`]); the first `wire` are bytes for the wire as
+/// they are (sealed records, handshake messages).
 #[derive(Default)]
 pub struct Output {
     frames: VecDeque<Bytes>,
     /// Bytes of the front frame already written.
     head_written: usize,
     queued: usize,
+    /// Frames at the front that go on the wire as they are.
+    wire: usize,
 }
 
 impl Output {
     pub fn push(&mut self, frame: Bytes) {
         self.queued += frame.len();
         self.frames.push_back(frame);
+    }
+
+    /// Queues bytes for the wire as they are (a handshake message, or a plaintext answer to a
+    /// plaintext peer). Only while nothing is waiting to be sealed.
+    pub fn push_wire(&mut self, bytes: Bytes) {
+        debug_assert_eq!(
+            self.wire,
+            self.frames.len(),
+            "wire bytes go before any frame"
+        );
+        self.push(bytes);
+        self.wire = self.frames.len();
+    }
+
+    /// Seals every plaintext frame queued as one record (more only past 64 KiB), through
+    /// `plain` (scratch for the concatenated frames) into `sealed` (scratch the record is split
+    /// from, so that its allocation is reused once the record is written).
+    pub fn seal(
+        &mut self,
+        transport: &mut Transport,
+        plain: &mut Vec<u8>,
+        sealed: &mut BytesMut,
+    ) -> Result<(), noise::Error> {
+        if self.wire == self.frames.len() {
+            return Ok(());
+        }
+        plain.clear();
+        for frame in self.frames.drain(self.wire..) {
+            plain.extend_from_slice(&frame);
+        }
+        transport.seal(plain, sealed)?;
+        let record = sealed.split().freeze();
+        self.queued = self.queued - plain.len() + record.len();
+        self.frames.push_back(record);
+        self.wire = self.frames.len();
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -156,6 +242,7 @@ impl Output {
             n -= left;
             self.head_written = 0;
             self.frames.pop_front();
+            self.wire = self.wire.saturating_sub(1);
         }
     }
 }
@@ -206,10 +293,70 @@ mod tests {
     #[test]
     fn an_idle_connection_is_small() {
         let size = size_of::<Conn>();
+        let crypto = size_of::<Crypto>();
         assert!(
-            size <= 128,
-            "Conn is {size} bytes; every idle connection pays for each one"
+            crypto <= 96,
+            "Crypto is {crypto} bytes; encryption may add at most 96 bytes per connection"
         );
+        assert!(
+            size - crypto <= 128,
+            "Conn is {size} bytes ({crypto} of them encryption); every idle connection pays for each one"
+        );
+    }
+
+    #[test]
+    fn output_seals_the_queued_frames_as_one_record_after_the_wire_bytes() {
+        let key = noise::Keypair::from_private([0x53; 32]);
+        let (mut client, mut server) = established_pair(&key);
+        let mut out = Output::default();
+        out.push_wire(Bytes::from_static(b"hs"));
+        out.push(Bytes::from_static(b"abc"));
+        out.push(Bytes::from_static(b"defg"));
+        let (mut plain, mut sealed) = (Vec::new(), BytesMut::new());
+        out.seal(&mut server, &mut plain, &mut sealed).unwrap();
+        let unwritten = |out: &Output| {
+            let mut s = [IoSlice::new(&[]); 4];
+            let n = out.slices(&mut s);
+            s[..n].iter().map(|s| s.to_vec()).collect::<Vec<_>>()
+        };
+        let wire = unwritten(&out);
+        assert_eq!(wire.len(), 2, "the wire bytes, then one record");
+        assert_eq!(wire[0], b"hs");
+        assert_eq!(out.queued, 2 + 2 + 7 + 16, "the record's length counts");
+        let mut record = BytesMut::from(&wire[1][..]);
+        let mut opened = BytesMut::new();
+        client.open_all(&mut record, 100, &mut opened).unwrap();
+        assert_eq!(&opened[..], b"abcdefg");
+        out.advance(2);
+        out.push(Bytes::from_static(b"h"));
+        out.seal(&mut server, &mut plain, &mut sealed).unwrap();
+        assert_eq!(
+            unwritten(&out).len(),
+            2,
+            "the unwritten record, then the new one"
+        );
+        // Sealing with nothing new queued does nothing.
+        out.seal(&mut server, &mut plain, &mut sealed).unwrap();
+        assert_eq!(unwritten(&out).len(), 2);
+    }
+
+    /// Both ends of a finished handshake: (client, server) transports.
+    pub(crate) fn established_pair(server_key: &noise::Keypair) -> (Transport, Transport) {
+        let client_key = noise::Keypair::from_private([0x43; 32]);
+        let mut to_server = BytesMut::new();
+        let mut client =
+            Handshake::initiator_ik(&client_key, server_key.public(), &mut to_server).unwrap();
+        let mut server = Handshake::responder(server_key);
+        let mut to_client = BytesMut::new();
+        let server_done = server
+            .handle(&mut to_server, &mut to_client)
+            .unwrap()
+            .unwrap();
+        let client_done = client
+            .handle(&mut to_client, &mut to_server)
+            .unwrap()
+            .unwrap();
+        (client_done.transport, server_done.transport)
     }
 
     #[test]

@@ -8,21 +8,40 @@
 //! Writes follow redis: replies and pushes are queued during the round and written directly at
 //! its end; only if the socket refuses bytes is WRITABLE interest registered, and it is dropped
 //! again once the queue is empty.
+//!
+//! Encrypted connections (NOISE.md; [`Crypto`]): a new connection runs the Noise
+//! handshake before any frame; then the read path opens whole records and frames their
+//! plaintext, and the write path seals what a connection queued in the round as one record
+//! just before writing it. Any noise error closes the connection after writing what the
+//! handshake answered (the 3-byte REJECT, or for a plaintext client a plaintext
+//! `ERROR_REPLY` saying that encryption is required), counted by reason
+//! (`courier_noise_failures_total`).
 
 use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use courier_protocol::noise::{self, Handshake, MAX_RECORD_LEN};
 use courier_protocol::{encode, peek_len, ErrorCode, ErrorReply, Frame, LEN_BYTES};
 use mio::{Interest, Token};
 
-use super::conn::{flag, Conn, State, TokenBucket};
+use super::conn::{flag, Conn, Crypto, State, TokenBucket};
 use super::Shard;
 use crate::caller::ConnRef;
-use crate::metrics::{Reason, ShardMetrics};
+use crate::metrics::{NoiseFailure, Reason, ShardMetrics};
 
 /// Slices handed to one `writev`.
 const WRITE_SLICES: usize = 64;
+
+/// The largest record a connection may send before it is authenticated (PROTOCOL.md section
+/// 9): what comes before `AUTH_OK` is small, so an unauthenticated peer cannot make the
+/// server hold more than this per connection.
+pub const PRE_AUTH_MAX_RECORD: usize = 16 * 1024;
+
+/// The largest frame (its `len` field) a connection may send before it is authenticated
+/// (PROTOCOL.md section 9), whatever `--max-frame` says: `HELLO`, `REGISTER`, `LOGIN`,
+/// `RESUME` and `PING` take a few hundred bytes at most.
+pub const PRE_AUTH_MAX_FRAME: u32 = 4096;
 
 impl Shard {
     pub(super) fn conn_ref(&self, slot: usize) -> Option<ConnRef> {
@@ -47,7 +66,7 @@ impl Shard {
             let Some(l) = self.listeners.get(listener) else {
                 return;
             };
-            let (mut stream, _) = match l.accept() {
+            let (mut stream, peer) = match l.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -85,11 +104,34 @@ impl Shard {
                 self.metrics().disconnected(Reason::ServerFull);
                 continue;
             }
+            let addr_key = self.core.per_addr.key(peer.ip());
+            if !self.core.per_addr.try_add(addr_key) {
+                self.core.connections.fetch_sub(1, Ordering::Relaxed);
+                let max = self.core.per_addr.max;
+                tracing::debug!(shard = self.id, %peer, max, "refused a connection: too many from its address");
+                let mut goodbye = bytes::BytesMut::new();
+                let frame = Frame::ErrorReply(ErrorReply {
+                    code: ErrorCode::ServerFull as u16,
+                    message: format!(
+                        "too many connections from your address (at most {max}): close some, \
+                         or ask the operator to raise --max-conns-per-addr"
+                    ),
+                });
+                encode(0, &frame, &mut goodbye);
+                // Best effort, in plaintext: nothing is encrypted before the handshake.
+                let _ = stream.write(&goodbye);
+                self.metrics().disconnected(Reason::TooManyFromAddr);
+                continue;
+            }
             let _ = stream.set_nodelay(true);
             let gen = self.next_gen;
             self.next_gen = self.next_gen.wrapping_add(1).max(1);
             let now = self.epoch.elapsed();
             let bucket = TokenBucket::full(self.burst(), now.as_millis() as u32);
+            let crypto = match &self.core.noise_key {
+                Some(key) => Crypto::Handshaking(Box::new(Handshake::responder(key))),
+                None => Crypto::Plain,
+            };
             let entry = self.conns.vacant_entry();
             let slot = entry.key();
             if let Err(e) =
@@ -99,9 +141,17 @@ impl Shard {
             {
                 tracing::warn!(shard = self.id, error = %e, "cannot register a connection");
                 self.core.connections.fetch_sub(1, Ordering::Relaxed);
+                self.core.per_addr.remove(addr_key);
                 continue;
             }
-            entry.insert(Conn::new(stream, gen, now.as_secs() as u32, bucket));
+            entry.insert(Conn::new(
+                stream,
+                gen,
+                now.as_secs() as u32,
+                bucket,
+                crypto,
+                addr_key,
+            ));
             ShardMetrics::add(&self.metrics().connections, 1);
             // The first look comes at the earliest deadline this connection can have: the
             // handshake's, or the idle limit's if it authenticates at once (see timer.rs).
@@ -179,9 +229,146 @@ impl Shard {
         self.scratch = scratch;
     }
 
+    /// Handles bytes read from the connection in `slot`: frames them, or on an encrypted
+    /// connection runs the handshake or opens records first.
+    fn on_bytes(&mut self, slot: usize, data: &[u8]) {
+        match self.conns.get(slot).map(|c| &c.crypto) {
+            None => {}
+            Some(Crypto::Plain) => self.on_plaintext(slot, data),
+            Some(_) => self.on_ciphertext(slot, data),
+        }
+    }
+
+    /// The encrypted read path: the connection's held bytes (plaintext of a partial frame,
+    /// then a partial handshake message or record) and `data` go through the handshake or
+    /// are opened, their plaintext is framed, and what is incomplete is held again.
+    fn on_ciphertext(&mut self, slot: usize, data: &[u8]) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let input = std::mem::take(&mut conn.input);
+        let held = conn.crypto.held_plain(&input);
+        let mut records = std::mem::take(&mut self.records_in);
+        let mut plain = std::mem::take(&mut self.plain_in);
+        records.clear();
+        records.extend_from_slice(&input[held..]);
+        records.extend_from_slice(data);
+        plain.clear();
+        plain.extend_from_slice(&input[..held]);
+        drop(input);
+        let opened = self.unwrap_records(slot, &mut records, &mut plain);
+        if opened.is_ok() && !plain.is_empty() {
+            self.on_plaintext(slot, &plain);
+        }
+        if let Some(conn) = self.conns.get_mut(slot).filter(|c| !c.closing()) {
+            // What on_plaintext kept (a partial frame, or frames held while paused), then the
+            // partial record or handshake message.
+            let held = conn.input.len();
+            if !records.is_empty() {
+                conn.input.extend_from_slice(&records);
+            }
+            if let Crypto::Open { held_plain, .. } = &mut conn.crypto {
+                *held_plain = held as u32;
+            }
+        }
+        self.records_in = records;
+        self.plain_in = plain;
+    }
+
+    /// Runs the handshake on `records` (answering it) and opens every whole record into
+    /// `plain`. On a noise error the connection is closing when this returns `Err`.
+    fn unwrap_records(
+        &mut self,
+        slot: usize,
+        records: &mut BytesMut,
+        plain: &mut BytesMut,
+    ) -> Result<(), ()> {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return Err(());
+        };
+        if let Crypto::Handshaking(handshake) = &mut conn.crypto {
+            let mut answer = BytesMut::new();
+            let result = handshake.handle(records, &mut answer);
+            if !answer.is_empty() {
+                conn.output
+                    .get_or_insert_with(Box::default)
+                    .push_wire(answer.freeze());
+                self.want_write(slot);
+            }
+            match result {
+                Ok(None) => return Ok(()),
+                Ok(Some(done)) => {
+                    let Some(conn) = self.conns.get_mut(slot) else {
+                        return Err(());
+                    };
+                    conn.crypto = Crypto::Open {
+                        transport: done.transport,
+                        held_plain: 0,
+                    };
+                }
+                Err(e) => {
+                    self.noise_failed(slot, &e);
+                    return Err(());
+                }
+            }
+        }
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return Err(());
+        };
+        let Crypto::Open { transport, .. } = &mut conn.crypto else {
+            return Ok(());
+        };
+        let limit = match conn.state {
+            State::Authed => MAX_RECORD_LEN,
+            _ => PRE_AUTH_MAX_RECORD,
+        };
+        match transport.open_all(records, limit, plain) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.noise_failed(slot, &e);
+                Err(())
+            }
+        }
+    }
+
+    /// Closes a connection whose encrypted transport failed, counting why. A plaintext client
+    /// is told in plaintext, the only thing it can read.
+    fn noise_failed(&mut self, slot: usize, e: &noise::Error) {
+        let why = NoiseFailure::of(e);
+        self.metrics().noise_failed(why);
+        tracing::debug!(shard = self.id, error = %e, "closing a connection: encrypted transport failed");
+        if why == NoiseFailure::PlaintextPeer {
+            let frame = Frame::ErrorReply(ErrorReply {
+                code: ErrorCode::EncryptionRequired as u16,
+                message: "this server requires the encrypted transport (protocol/NOISE.md): \
+                          pin the server's key (`courier keys show` on the server prints it; \
+                          courier-cli --server-key)"
+                    .into(),
+            });
+            let bytes = self.encode(0, &frame);
+            if let Some(conn) = self.conns.get_mut(slot) {
+                conn.output
+                    .get_or_insert_with(Box::default)
+                    .push_wire(bytes);
+                self.want_write(slot);
+            }
+        }
+        self.close_soon(slot, Reason::EncryptionFailed);
+    }
+
+    /// Puts the connection in this round's write list.
+    fn want_write(&mut self, slot: usize) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            if !conn.has(flag::PENDING_WRITE) {
+                conn.flags |= flag::PENDING_WRITE;
+                self.pending_writes.push(slot);
+            }
+        }
+    }
+
     /// Frames `data` (appended to any partial frame the connection held) and handles each
     /// whole frame; keeps only an incomplete tail, and only after its length passed the limit.
-    fn on_bytes(&mut self, slot: usize, data: &[u8]) {
+    fn on_plaintext(&mut self, slot: usize, data: &[u8]) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
@@ -192,12 +379,35 @@ impl Shard {
             held.extend_from_slice(data);
             &held
         };
-        let max = self.decoder.max_frame_len();
+        let max_frame = self.decoder.max_frame_len();
         let mut pos = 0;
         while pos < buf.len() {
+            // Checked per frame: RESUME authenticates at once, and what follows it may be big.
+            let authed = self
+                .conns
+                .get(slot)
+                .is_some_and(|c| c.state == State::Authed);
+            let max = match authed {
+                true => max_frame,
+                false => max_frame.min(PRE_AUTH_MAX_FRAME),
+            };
             let len = match peek_len(&buf[pos..], max) {
                 Ok(Some(len)) => len as usize,
                 Ok(None) => break,
+                Err(courier_protocol::Error::FrameTooLarge { len, .. }) if !authed => {
+                    tracing::debug!(
+                        shard = self.id,
+                        len,
+                        "closing a connection: big frame before authentication"
+                    );
+                    let message = format!(
+                        "a frame of {len} bytes before authentication: until AUTH_OK frames may \
+                         be at most {PRE_AUTH_MAX_FRAME} bytes (PROTOCOL.md section 9); log in first"
+                    );
+                    self.reply_error(slot, 0, ErrorCode::FrameTooLarge, &message);
+                    self.close_soon(slot, Reason::ProtocolError);
+                    return;
+                }
                 Err(e) => {
                     tracing::debug!(shard = self.id, error = %e, "closing a connection: bad frame");
                     self.fail(slot, 0, e.code(), Reason::ProtocolError);
@@ -235,15 +445,15 @@ impl Shard {
             return;
         };
         if pos < buf.len() {
-            let tail = &buf[pos..];
-            // Reserve the whole frame once when its length is known: no regrowth per read.
-            let want = peek_len(tail, max)
-                .ok()
-                .flatten()
-                .map_or(LEN_BYTES, |l| LEN_BYTES + l as usize);
-            let mut input = Vec::with_capacity(want.max(tail.len()));
-            input.extend_from_slice(tail);
-            conn.input = input;
+            // Only the bytes that arrived are kept, never room for the length the prefix
+            // announces (a peer could announce a whole frame and send four bytes, on many
+            // connections): the buffer grows as the rest arrives, by doubling.
+            if held.is_empty() {
+                conn.input = buf[pos..].to_vec();
+            } else {
+                held.drain(..pos);
+                conn.input = held;
+            }
         }
     }
 
@@ -252,8 +462,9 @@ impl Shard {
         let Some(conn) = self.conns.get(slot) else {
             return false;
         };
-        match peek_len(&conn.input, self.decoder.max_frame_len()) {
-            Ok(Some(len)) => conn.input.len() >= LEN_BYTES + len as usize,
+        let plain = &conn.input[..conn.crypto.held_plain(&conn.input)];
+        match peek_len(plain, self.decoder.max_frame_len()) {
+            Ok(Some(len)) => plain.len() >= LEN_BYTES + len as usize,
             _ => false,
         }
     }
@@ -375,11 +586,20 @@ impl Shard {
         }
     }
 
-    /// Writes as much of the connection's queue as the socket takes.
+    /// Writes as much of the connection's queue as the socket takes; on an encrypted
+    /// connection, seals what was queued as one record first.
     pub(super) fn flush_conn(&mut self, slot: usize) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
+        if let (Crypto::Open { transport, .. }, Some(out)) = (&mut conn.crypto, &mut conn.output) {
+            if let Err(e) = out.seal(transport, &mut self.plain_out, &mut self.sealed_out) {
+                // Only NonceExhausted: 2^64 records; the client reconnects.
+                conn.output = None;
+                self.noise_failed(slot, &e);
+                return;
+            }
+        }
         let mut written = 0u64;
         let mut failed = false;
         while let Some(out) = conn.output.as_mut() {
@@ -460,6 +680,7 @@ impl Shard {
         ShardMetrics::sub(&m.connections, 1);
         m.disconnected(conn.close_reason);
         self.core.connections.fetch_sub(1, Ordering::Relaxed);
+        self.core.per_addr.remove(conn.addr_key);
         if conn.has(flag::SUBSCRIBED) {
             let n = self.subs.drop_conn(slot as u32);
             self.core

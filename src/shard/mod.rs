@@ -20,6 +20,7 @@ pub mod auth_pool;
 pub mod conn;
 mod io;
 pub mod mailbox;
+pub mod per_addr;
 mod presence;
 pub mod read_pool;
 mod route;
@@ -99,6 +100,11 @@ pub struct Core {
     /// Open connections in the whole process, against `max_connections`.
     pub connections: AtomicUsize,
     pub max_connections: usize,
+    /// The server's Noise static key: every connection starts with the encrypted handshake.
+    /// `None` with `--insecure-plaintext`.
+    pub noise_key: Option<courier_protocol::noise::Keypair>,
+    /// Connections per client address, against `--max-conns-per-addr`.
+    pub per_addr: per_addr::PerAddr,
     /// Presence subscriptions in the whole process: changes are broadcast only when nonzero.
     pub presence_subscriptions: AtomicUsize,
 }
@@ -245,6 +251,14 @@ pub struct Shard {
     scratch: Vec<u8>,
     /// Frames are encoded here and split off as shared `Bytes`.
     enc: BytesMut,
+    /// Encrypted reads: the records to open (a connection's partial record, then the bytes
+    /// read), and their plaintext (its partial frame, then the records' contents).
+    records_in: BytesMut,
+    plain_in: BytesMut,
+    /// Encrypted writes: a connection's queued frames, concatenated to be sealed, and the
+    /// sealed records, split off as `Bytes`.
+    plain_out: Vec<u8>,
+    sealed_out: BytesMut,
     /// One frame's bytes on their way into the decoder.
     frame_buf: BytesMut,
     /// Connections with bytes queued this round.
@@ -287,6 +301,10 @@ impl Shard {
             outbox: Outbox::new(shards, mailbox::OUTBOX_CAP),
             scratch: vec![0; SCRATCH],
             enc: BytesMut::with_capacity(16 * 1024),
+            records_in: BytesMut::new(),
+            plain_in: BytesMut::new(),
+            plain_out: Vec::new(),
+            sealed_out: BytesMut::new(),
             frame_buf: BytesMut::new(),
             pending_writes: Vec::new(),
             carry_reads: Vec::new(),
@@ -477,6 +495,12 @@ impl Shard {
                 conn::State::Authed => (ErrorCode::HeartbeatTimeout, Reason::HeartbeatTimeout),
                 _ => (ErrorCode::HandshakeTimeout, Reason::HandshakeTimeout),
             };
+            if matches!(conn.crypto, conn::Crypto::Handshaking(_)) {
+                // The ERROR_REPLY below goes out in plaintext: the client's session reports
+                // it as the server's plaintext answer to its handshake.
+                self.metrics()
+                    .noise_failed(crate::metrics::NoiseFailure::HandshakeTimeout);
+            }
             self.fail(slot as usize, 0, code, reason);
         }
         self.flush_presence();

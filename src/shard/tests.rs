@@ -107,6 +107,8 @@ impl Rig {
             faults: Faults::default(),
             connections: AtomicUsize::new(0),
             max_connections: 1024,
+            noise_key: None,
+            per_addr: crate::shard::per_addr::PerAddr::new(1000),
             presence_subscriptions: AtomicUsize::new(0),
         });
         let peer = receivers.pop().unwrap();
@@ -267,4 +269,72 @@ fn reads_pause_while_the_target_shard_is_congested_and_resume_after() {
     }
     assert_eq!(rig.paused(), 0);
     writing.join().unwrap().unwrap();
+}
+
+/// A length prefix reserves nothing: a peer that announces a big frame and sends a few bytes
+/// costs the server those bytes, not the frame (issue 12). Before, the partial-frame buffer
+/// was reserved for the whole announced frame (here 60,004 bytes per connection).
+#[test]
+fn a_partial_frame_buffer_grows_as_bytes_arrive_not_from_its_length_prefix() {
+    let mut rig = Rig::new(MAILBOX_CAPACITY);
+    let mut client = std::net::TcpStream::connect(rig.addr).unwrap();
+    let mut out = BytesMut::new();
+    encode(
+        1,
+        &Hello {
+            version: VERSION,
+            client: "rig".into(),
+        }
+        .into(),
+        &mut out,
+    );
+    encode(
+        2,
+        &Resume {
+            token: rig.token.clone().into(),
+        }
+        .into(),
+        &mut out,
+    );
+    client.write_all(&out).unwrap();
+    assert!(matches!(
+        expect_reply(&mut rig, &mut client, 2),
+        Frame::AuthOk(_)
+    ));
+    let bytes_in = |rig: &Rig| {
+        rig.shard
+            .metrics()
+            .bytes_in
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let input_capacity = |rig: &Rig| {
+        let (_, conn) = rig.shard.conns.iter().next().expect("one connection");
+        (conn.input.len(), conn.input.capacity())
+    };
+    let read_all = |rig: &mut Rig, until: u64| {
+        let mut rounds = 0;
+        while bytes_in(rig) < until {
+            rig.round();
+            rounds += 1;
+            assert!(rounds < 10_000, "the shard never read the bytes");
+        }
+    };
+    // A frame of 60,000 bytes (under the 64 KiB limit) announced; ten bytes of it sent.
+    let start = bytes_in(&rig);
+    let mut partial = 60_000u32.to_be_bytes().to_vec();
+    partial.extend_from_slice(&[0x02, 0, 0, 0, 3, 0]);
+    client.write_all(&partial).unwrap();
+    read_all(&mut rig, start + 10);
+    let (len, capacity) = input_capacity(&rig);
+    assert_eq!(len, 10);
+    assert!(
+        capacity < 1024,
+        "{capacity} bytes held for 10 that arrived: reserved from the length prefix"
+    );
+    // More arrives: the buffer grows with it (doubling), still bounded by what came.
+    client.write_all(&[0u8; 20_000]).unwrap();
+    read_all(&mut rig, start + 20_010);
+    let (len, capacity) = input_capacity(&rig);
+    assert_eq!(len, 20_010);
+    assert!(capacity <= 2 * len, "{capacity} bytes held for {len}");
 }

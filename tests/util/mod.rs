@@ -1,6 +1,11 @@
 //! Shared harness for black-box tests: a real `courier serve` child on an ephemeral loopback
 //! port with its own temporary data directory, and a small blocking client over the protocol's `Session`.
 //!
+//! Servers are encrypted, as by default: the harness reads the public key the server prints
+//! at start ([`Server::key`]) and [`Server::connect`] pins it (IK). A test passes
+//! `--insecure-plaintext` for a plaintext server; [`Server::client_args`] gives the matching
+//! flags for the CLI and the load generator.
+//!
 //! Everything is bounded in time: starting waits at most [`START_TIMEOUT`], every read takes a
 //! timeout, and a [`Server`] kills its child when dropped, so a failing test leaves no process
 //! behind. Only the child each `Server` started is ever signalled.
@@ -17,7 +22,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use courier_protocol::session::{CloseReason, Event};
+use courier_protocol::noise::{PublicKey, Transport, MAX_RECORD_LEN};
+use courier_protocol::session::{CloseReason, Encryption, Event};
 use courier_protocol::{
     encode, AuthOk, Decoder, Envelope, ErrorCode, ErrorReply, Frame, Login, Ping, Redirect,
     Register, Resume, Session, SessionConfig, Welcome, MAX_FRAME_LEN,
@@ -31,6 +37,21 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default wait for one reply.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The key each encrypted server of this test process printed, by address: for helpers that
+/// only have the address in hand ([`client_args_for`]).
+static SERVER_KEYS: Mutex<Vec<(String, PublicKey)>> = Mutex::new(Vec::new());
+
+/// [`Server::client_args`] for the server listening on `addr`: `--server-key HEX` if it is an
+/// encrypted server of this process, else `--insecure-plaintext`.
+pub fn client_args_for(addr: impl std::fmt::Display) -> Vec<String> {
+    let addr = addr.to_string();
+    let keys = SERVER_KEYS.lock().unwrap_or_else(|e| e.into_inner());
+    match keys.iter().rev().find(|(a, _)| *a == addr) {
+        Some((_, key)) => vec!["--server-key".into(), key.to_string()],
+        None => vec!["--insecure-plaintext".into()],
+    }
+}
 
 /// A password every test account can use.
 pub const PASSWORD: &str = "correct horse battery";
@@ -51,6 +72,8 @@ pub fn cli_bin() -> PathBuf {
 pub struct Server {
     /// The client address (one listen address, port chosen by the OS).
     pub addr: SocketAddr,
+    /// The server's public key as it printed it; `None` with `--insecure-plaintext`.
+    pub key: Option<PublicKey>,
     pub data_dir: PathBuf,
     /// The server's stderr (its log), kept next to the data directory.
     pub log_path: PathBuf,
@@ -111,7 +134,7 @@ impl Server {
     ) -> Server {
         let log_path = dir.path().join("server.log");
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = spawn(
+        let (child, addr, key) = spawn(
             &data_dir,
             &log_path,
             "127.0.0.1:0",
@@ -120,6 +143,7 @@ impl Server {
         );
         Server {
             addr,
+            key,
             data_dir,
             log_path,
             args,
@@ -200,7 +224,7 @@ impl Server {
     /// with another process taking it meanwhile.
     pub fn restart(&mut self) {
         self.stop();
-        let (child, addr) = spawn(
+        let (child, addr, key) = spawn(
             &self.data_dir,
             &self.log_path,
             "127.0.0.1:0",
@@ -208,6 +232,7 @@ impl Server {
             self.configure.as_deref(),
         );
         self.addr = addr;
+        self.key = key;
         if let Ok(mut c) = self.child.lock() {
             *c = Some(child);
         }
@@ -219,7 +244,7 @@ impl Server {
     /// with the server's log.
     pub fn crash_and_restart_in_place(&mut self) {
         self.kill();
-        let (child, addr) = spawn(
+        let (child, addr, _key) = spawn(
             &self.data_dir,
             &self.log_path,
             &self.addr.to_string(),
@@ -343,9 +368,24 @@ impl Server {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    /// A new raw connection to this server.
+    /// A new connection to this server, its handshake done if the server is encrypted
+    /// (with the server's key pinned); nothing else is sent yet.
     pub fn connect(&self) -> TestConn {
-        TestConn::connect(self.addr)
+        TestConn::connect_with(self.addr, self.encryption())
+    }
+
+    /// How a client reaches this server: the pinned key, or plaintext.
+    pub fn encryption(&self) -> Encryption {
+        self.key.map_or(Encryption::Plaintext, Encryption::Pinned)
+    }
+
+    /// The flags that point `courier-cli` or the load generator at this server's transport:
+    /// `--server-key HEX`, or `--insecure-plaintext`.
+    pub fn client_args(&self) -> Vec<String> {
+        match self.key {
+            Some(key) => vec!["--server-key".into(), key.to_string()],
+            None => vec!["--insecure-plaintext".into()],
+        }
     }
 
     /// A connection that said hello and registered `handle` (device "test").
@@ -369,7 +409,7 @@ fn spawn(
     listen: &str,
     extra: &[String],
     configure: Option<&(dyn Fn(&mut Command) + Send + Sync)>,
-) -> (Child, SocketAddr) {
+) -> (Child, SocketAddr, Option<PublicKey>) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -406,18 +446,30 @@ fn spawn(
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         // Keeps draining stdout for the life of the child so it never blocks on a full pipe.
+        let mut key = None;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
+            if let Some(text) = line.strip_prefix("courier server key ") {
+                key = PublicKey::parse(text, "the server's key line").ok();
+            }
             if let Some(addr) = line.strip_prefix("courier listening on ") {
-                let _ = tx.send(addr.trim().to_owned());
+                let _ = tx.send((addr.trim().to_owned(), key));
             }
         }
     });
     match rx.recv_timeout(START_TIMEOUT) {
-        Ok(addr) => (
-            child,
-            addr.parse().expect("the listening line holds an address"),
-        ),
+        Ok((addr, key)) => {
+            let mut keys = SERVER_KEYS.lock().unwrap_or_else(|e| e.into_inner());
+            keys.retain(|(a, _)| *a != addr);
+            if let Some(key) = key {
+                keys.push((addr.clone(), key));
+            }
+            (
+                child,
+                addr.parse().expect("the listening line holds an address"),
+                key,
+            )
+        }
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
@@ -477,9 +529,25 @@ enum Speaker {
     /// [`TestConn::raw_writer`]): request id 0, a second `HELLO`, oversize or garbage frames, a
     /// burst of frames under one id. The session would refuse to send these, and would drop the
     /// replies to ids it did not allocate, so from then on the frames are decoded here as they
-    /// come and handed to the test unmatched.
-    Raw { buf: BytesMut, decoder: Decoder },
+    /// come and handed to the test unmatched. On an encrypted connection the session's record
+    /// layer is taken over: hand-made bytes are sealed, the server's records opened here.
+    Raw {
+        buf: BytesMut,
+        decoder: Decoder,
+        records: Option<RawRecords>,
+    },
 }
+
+/// The record layer of an encrypted connection that went raw.
+struct RawRecords {
+    transport: Transport,
+    /// Received bytes not yet opened (a partial record).
+    unopened: BytesMut,
+}
+
+/// Plaintext bytes per record when a test writes hand-made bytes: below the server's
+/// pre-authentication record limit, so a big hand-made frame reaches the frame decoder.
+const RAW_RECORD_PLAINTEXT: usize = 4096;
 
 /// A blocking client for tests over a protocol [`Session`]: sends requests, matches replies by
 /// request id and buffers everything else (pushes, replies to other requests). Tests that must
@@ -502,17 +570,90 @@ pub struct TestConn {
 const HELLO_ID: u32 = 1;
 
 impl TestConn {
-    /// Connects; nothing is sent until the test says `HELLO` or sends something itself.
+    /// Connects in plaintext (a server run with `--insecure-plaintext`); nothing is sent
+    /// until the test says `HELLO` or sends something itself.
     pub fn connect(addr: SocketAddr) -> TestConn {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .expect("connect to the server");
-        TestConn::over(stream)
+        TestConn::connect_with(addr, Encryption::Plaintext)
     }
 
-    fn over(stream: TcpStream) -> TestConn {
+    /// Connects and runs the encrypted handshake, if any, to its end; nothing else is sent
+    /// until the test says `HELLO` or sends something itself. A server that answers the
+    /// handshake with a plaintext `ERROR_REPLY` (full, shutting down) gives a connection whose
+    /// first frame is that reply, then the close; any other failure panics.
+    pub fn connect_with(addr: SocketAddr, encryption: Encryption) -> TestConn {
+        TestConn::start(
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .expect("connect to the server"),
+            encryption,
+        )
+    }
+
+    /// A connected stream's session, its handshake run as in [`connect_with`](Self::connect_with).
+    fn start(stream: TcpStream, encryption: Encryption) -> TestConn {
+        let mut conn = TestConn::new(stream, encryption);
+        if encryption == Encryption::Plaintext {
+            return conn;
+        }
+        match conn.handshake() {
+            Ok(()) => {}
+            Err(CloseReason::PlaintextAnswer { code, message }) => {
+                let frame = Frame::ErrorReply(ErrorReply { code, message });
+                conn.decoded.push_back(Envelope {
+                    request_id: 0,
+                    frame,
+                });
+            }
+            Err(reason) => panic!("the encrypted handshake failed: {reason}"),
+        }
+        conn
+    }
+
+    /// [`connect_with`](Self::connect_with), returning why the handshake failed.
+    pub fn try_connect_with(
+        addr: SocketAddr,
+        encryption: Encryption,
+    ) -> Result<TestConn, CloseReason> {
+        let mut conn = TestConn::open(addr, encryption);
+        if encryption != Encryption::Plaintext {
+            conn.handshake()?;
+        }
+        Ok(conn)
+    }
+
+    /// [`connect_with`](Self::connect_with) from the local address `source` (e.g.
+    /// 127.0.0.2: the whole of 127/8 is loopback), for tests of per-address limits.
+    pub fn connect_from(
+        addr: SocketAddr,
+        source: std::net::IpAddr,
+        encryption: Encryption,
+    ) -> TestConn {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("create a socket");
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .expect("bind the source address");
+        socket
+            .connect_timeout(&addr.into(), Duration::from_secs(5))
+            .expect("connect to the server");
+        TestConn::start(socket.into(), encryption)
+    }
+
+    /// Connects; the session's first handshake message, if any, is not written yet.
+    fn open(addr: SocketAddr, encryption: Encryption) -> TestConn {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .expect("connect to the server");
+        TestConn::new(stream, encryption)
+    }
+
+    fn new(stream: TcpStream, encryption: Encryption) -> TestConn {
         let _ = stream.set_nodelay(true);
         let config = SessionConfig {
             client_name: "courier-tests".into(),
+            encryption,
             ..SessionConfig::default()
         };
         TestConn {
@@ -525,18 +666,43 @@ impl TestConn {
         }
     }
 
-    /// Connects from the local address `from` (e.g. 127.0.0.2: every 127.0.0.0/8 address is
-    /// this host, and the server sees each as a different source address).
-    pub fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> TestConn {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("create a socket");
-        socket
-            .bind(&SocketAddr::new(from, 0).into())
-            .unwrap_or_else(|e| panic!("bind to {from}: {e}"));
-        socket
-            .connect_timeout(&addr.into(), Duration::from_secs(5))
-            .expect("connect to the server");
-        TestConn::over(socket.into())
+    /// Writes the session's handshake messages and reads the server's until the session is
+    /// secured; `HELLO` stays queued. Only for an encrypted connection.
+    fn handshake(&mut self) -> Result<(), CloseReason> {
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        loop {
+            let Speaker::Session(session) = &mut self.speaker else {
+                unreachable!("a new connection has its session")
+            };
+            let mut out = BytesMut::new();
+            if session.poll_handshake_transmit(&mut out) > 0 {
+                self.stream.write_all(&out).expect("write to the server");
+            }
+            if session.is_secured() {
+                return Ok(());
+            }
+            if let Some(Event::Closed { reason }) = session.poll_event() {
+                return Err(reason);
+            }
+            let now = Instant::now();
+            assert!(now < deadline, "the server did not finish the handshake");
+            let _ = self.stream.set_read_timeout(Some(deadline - now));
+            let mut chunk = [0u8; 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(n) if n > 0 => session.handle_input(&chunk[..n], Instant::now()),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                _ => session.handle_transport_closed(),
+            }
+        }
+    }
+
+    /// The server's key as the handshake proved it; `None` on a plaintext connection.
+    pub fn server_key(&self) -> Option<PublicKey> {
+        match &self.speaker {
+            Speaker::Session(session) => session.server_key(),
+            Speaker::Raw { .. } => None,
+        }
     }
 
     /// Sends `frame` under a fresh request id without waiting; the reply comes from
@@ -580,25 +746,77 @@ impl TestConn {
     /// [`send_raw`](Self::send_raw) for a server that may be gone already.
     pub fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.go_raw();
+        match &mut self.speaker {
+            Speaker::Raw {
+                records: Some(r), ..
+            } => {
+                let mut sealed = BytesMut::new();
+                for chunk in bytes.chunks(RAW_RECORD_PLAINTEXT) {
+                    r.transport
+                        .seal(chunk, &mut sealed)
+                        .expect("nonces are far from exhausted");
+                }
+                self.stream.write_all(&sealed)
+            }
+            _ => self.stream.write_all(bytes),
+        }
+    }
+
+    /// Seals hand-made plaintext as one record of this encrypted connection without sending
+    /// it, for tests that alter, replay or reorder records ([`write_wire`](Self::write_wire)
+    /// sends them). The session is taken out as by [`send_raw`](Self::send_raw).
+    pub fn seal_record(&mut self, plaintext: &[u8]) -> Vec<u8> {
+        self.go_raw();
+        let Speaker::Raw {
+            records: Some(r), ..
+        } = &mut self.speaker
+        else {
+            panic!("seal_record needs an encrypted connection whose handshake is done");
+        };
+        let mut sealed = BytesMut::new();
+        r.transport
+            .seal(plaintext, &mut sealed)
+            .expect("nonces are far from exhausted");
+        sealed.to_vec()
+    }
+
+    /// Writes bytes to the socket exactly as given: no sealing, even on an encrypted
+    /// connection.
+    pub fn write_wire(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.go_raw();
         self.stream.write_all(bytes)
     }
 
     /// A second handle on the socket for writing hand-made bytes from another thread (see
-    /// [`send`](Self::send)).
+    /// [`send`](Self::send)); plaintext connections only, since the record layer cannot be
+    /// shared between two threads.
     pub fn raw_writer(&mut self) -> TcpStream {
         self.go_raw();
+        assert!(
+            matches!(self.speaker, Speaker::Raw { records: None, .. }),
+            "raw_writer needs a plaintext connection: start the server with --insecure-plaintext"
+        );
         self.stream.try_clone().expect("clone the socket")
     }
 
     /// Takes the session out: frames it decoded are kept in order, and the bytes it had not
-    /// decoded yet are decoded here from now on.
+    /// decoded yet are decoded here from now on (on an encrypted connection, after the
+    /// records they came in are opened here). Frames the session had not sent (a `HELLO` the
+    /// test did not say) are dropped.
     fn go_raw(&mut self) {
         if let Speaker::Session(session) = &mut self.speaker {
+            let records = session
+                .take_transport()
+                .map(|(transport, unopened)| RawRecords {
+                    transport,
+                    unopened,
+                });
             let buf = session.take_undecoded();
             self.drain_events();
             self.speaker = Speaker::Raw {
                 buf,
                 decoder: Decoder::new(MAX_FRAME_LEN),
+                records,
             };
         }
     }
@@ -714,7 +932,19 @@ impl TestConn {
                 Ok(0) => self.transport_closed(),
                 Ok(n) => match &mut self.speaker {
                     Speaker::Session(session) => session.handle_input(&chunk[..n], Instant::now()),
-                    Speaker::Raw { buf, .. } => buf.extend_from_slice(&chunk[..n]),
+                    Speaker::Raw {
+                        buf, records: None, ..
+                    } => buf.extend_from_slice(&chunk[..n]),
+                    Speaker::Raw {
+                        buf,
+                        records: Some(r),
+                        ..
+                    } => {
+                        r.unopened.extend_from_slice(&chunk[..n]);
+                        if let Err(e) = r.transport.open_all(&mut r.unopened, MAX_RECORD_LEN, buf) {
+                            panic!("the server sent a record that does not open: {e}");
+                        }
+                    }
                 },
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     return Recv::Timeout
@@ -741,7 +971,7 @@ impl TestConn {
         }
         match &mut self.speaker {
             Speaker::Session(_) => None,
-            Speaker::Raw { buf, decoder } => match decoder.decode(buf) {
+            Speaker::Raw { buf, decoder, .. } => match decoder.decode(buf) {
                 Ok(e) => e,
                 Err(e) => panic!("the server sent bytes that do not decode: {e}"),
             },

@@ -60,6 +60,8 @@ enum Command {
 #[derive(Default)]
 struct Status {
     welcome: Option<Welcome>,
+    /// The server's key as the encrypted handshake proved it; `None` in plaintext.
+    server_key: Option<courier_protocol::noise::PublicKey>,
     max_frame: u32,
     closed: bool,
     /// We closed it (logout, close, drop): no reconnect.
@@ -176,6 +178,10 @@ impl Link for Connection {
         self.status.lock().welcome.clone().unwrap_or_default()
     }
 
+    fn server_key(&self) -> Option<courier_protocol::noise::PublicKey> {
+        self.status.lock().server_key
+    }
+
     fn max_frame(&self) -> u32 {
         self.status.lock().max_frame
     }
@@ -289,6 +295,7 @@ impl Task {
                         let mut status = self.conn.status.lock();
                         status.welcome = Some(welcome);
                         status.max_frame = self.session.max_send_frame();
+                        status.server_key = self.session.server_key();
                     }
                     if let Some(tx) = self.handshake.take() {
                         let _ = tx.send(Ok(()));

@@ -86,6 +86,7 @@ impl AsyncClient {
             events_rx: tokio::sync::Mutex::new(events_rx),
         });
         let conn = Connection::open(&addr, &inner.config, inner.sink()).await?;
+        inner.learn_key(&addr, &conn);
         inner.install(conn);
         Ok(AsyncClient { inner })
     }
@@ -121,7 +122,9 @@ impl AsyncClient {
                     return Ok(auth);
                 }
                 AuthStep::Redirect(addr) => {
-                    let next = Connection::open(&addr, &inner.config, inner.sink()).await?;
+                    let next =
+                        Connection::open(&addr, &inner.config_for(&addr), inner.sink()).await?;
+                    inner.learn_key(&addr, &next);
                     inner.moved(addr, next);
                 }
             }
@@ -246,9 +249,10 @@ impl Inner {
 
     async fn resume_on(self: &Arc<Self>, addr: &str) -> Result<(), ResumeFailure> {
         let token = self.saved_token()?;
-        let conn = Connection::open(addr, &self.config, self.sink())
+        let conn = Connection::open(addr, &self.config_for(addr), self.sink())
             .await
             .map_err(|_| ResumeFailure::Retry)?;
+        self.learn_key(addr, &conn);
         self.begin_resync();
         let resumed = conn
             .request(auth::resume(&token), self.config.request_timeout)

@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use courier_protocol::session::{CloseReason, Event};
+use courier_protocol::session::{CloseReason, Encryption, Event};
 use courier_protocol::{
     self as proto, ErrorCode, Frame, Message, MessageKind, Session, SessionConfig,
 };
@@ -131,6 +131,8 @@ pub struct Conn {
     pub sock: Option<mio::net::TcpStream>,
     /// The protocol state of the current connection; `None` while not connected.
     session: Option<Box<Session>>,
+    /// Pinned server key, or plaintext: given to every session of this connection.
+    pub encryption: Encryption,
     pub wbuf: BytesMut,
     /// Queued in the worker's dirty list.
     pub dirty: bool,
@@ -186,6 +188,7 @@ impl Conn {
             state: State::Idle,
             sock: None,
             session: None,
+            encryption: Encryption::Plaintext,
             wbuf: BytesMut::new(),
             dirty: false,
             awaiting: Awaiting::Nothing,
@@ -236,6 +239,7 @@ impl Conn {
             client_name: "courier-loadgen".into(),
             max_frame_len: proto::MAX_FRAME_LEN,
             max_outstanding: MAX_OUTSTANDING,
+            encryption: self.encryption,
         };
         let mut session = Box::new(Session::new(config, now));
         session.poll_transmit(&mut self.wbuf);
@@ -261,6 +265,8 @@ impl Conn {
             return Outcome::Continue;
         };
         session.handle_input(bytes, cx.now());
+        // The handshake's answer (XX message 3) and the frames it held back (HELLO).
+        session.poll_transmit(&mut self.wbuf);
         self.drain_events(cx)
     }
 
@@ -418,6 +424,10 @@ impl Conn {
             CloseReason::UnexpectedFrame { .. } => ("UNEXPECTED_FRAME".to_string(), true),
             CloseReason::TimedOut { .. } => ("SERVER_SILENT".to_string(), true),
             CloseReason::Local => ("SEND_REFUSED".to_string(), true),
+            // A wrong --server-key stays wrong: retrying would only repeat the refusal.
+            CloseReason::ServerKeyMismatch { .. } => ("SERVER_KEY_MISMATCH".to_string(), false),
+            CloseReason::PlaintextAnswer { code, .. } => (error_name(code), retryable(code)),
+            CloseReason::Encryption(_) => ("ENCRYPTION_FAILED".to_string(), true),
             // Counted where the redirect came; the EOF is the worker's to see.
             CloseReason::Redirected | CloseReason::TransportClosed => {
                 return Outcome::Close { retry: true }

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use courier_protocol::noise::PublicKey;
+use courier_protocol::session::Encryption;
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 use rand::rngs::SmallRng;
@@ -441,10 +443,20 @@ impl Worker {
         self.cx.run_id = init.run_id;
         self.cx.run_since = init.run_since;
         self.cx.body_size = init.body_size.max(crate::ledger::BodyHeader::LEN);
+        let encryption = match &init.server_key {
+            Some(text) => Encryption::Pinned(
+                PublicKey::parse(text, "the server key").expect("the parent checked --server-key"),
+            ),
+            None => Encryption::Plaintext,
+        };
         self.conns = init
             .conns
             .into_iter()
-            .map(|s| Conn::new(s, init.run_since))
+            .map(|s| {
+                let mut conn = Conn::new(s, init.run_since);
+                conn.encryption = encryption;
+                conn
+            })
             .collect();
         self.by_user = self
             .conns

@@ -1,8 +1,8 @@
 //! The encrypted transport: a Noise handshake, then authenticated records. Sans-IO.
 //!
-//! **Not yet served.** The server, the client library, `courier-cli` and the loadgen still speak
-//! plain TCP; `protocol/NOISE.md` lists what remains to wire this in. Until then PROTOCOL.md
-//! describes what is on the wire.
+//! Served by default: the server encrypts every client connection unless it runs with
+//! `--insecure-plaintext`, and the one client [`Session`](crate::Session) speaks it when its
+//! config asks (`protocol/NOISE.md` is the specification; PROTOCOL.md section 1.1 links it).
 //!
 //! Like the frame codec, this module does no I/O and reads no clock: handshake messages and
 //! records go in and out as bytes in caller-owned buffers. It does draw randomness (a fresh

@@ -778,3 +778,264 @@ fn take_undecoded_hands_over_a_partial_frame_and_closes() {
     let env = Decoder::new(MAX_FRAME_LEN).decode(&mut rest).unwrap();
     assert_eq!(env.map(|e| e.frame), Some(push(6)));
 }
+
+/// A Noise server for the encrypted sessions below: the responder, then its transport.
+struct NoiseServer {
+    handshake: Option<crate::noise::Handshake>,
+    transport: Option<crate::noise::Transport>,
+    input: BytesMut,
+    plaintext: BytesMut,
+}
+
+impl NoiseServer {
+    fn new(key: &Keypair) -> NoiseServer {
+        NoiseServer {
+            handshake: Some(crate::noise::Handshake::responder(key)),
+            transport: None,
+            input: BytesMut::new(),
+            plaintext: BytesMut::new(),
+        }
+    }
+
+    /// Takes the client's bytes; returns what the server answers (handshake messages).
+    fn take(&mut self, bytes: &[u8]) -> Result<Vec<u8>, crate::noise::Error> {
+        self.input.extend_from_slice(bytes);
+        let mut out = BytesMut::new();
+        if let Some(h) = self.handshake.as_mut() {
+            if let Some(done) = h.handle(&mut self.input, &mut out)? {
+                self.transport = Some(done.transport);
+                self.handshake = None;
+            }
+        }
+        if let Some(t) = self.transport.as_mut() {
+            t.open_all(&mut self.input, MAX_RECORD_LEN, &mut self.plaintext)?;
+        }
+        Ok(out.to_vec())
+    }
+
+    /// The frames the client sent, decoded.
+    fn frames(&mut self) -> Vec<Envelope> {
+        let decoder = Decoder::new(MAX_FRAME_LEN);
+        std::iter::from_fn(|| decoder.decode(&mut self.plaintext).unwrap()).collect()
+    }
+
+    /// `frames` sealed as one record.
+    fn seal(&mut self, frames: &[(u32, Frame)]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        let t = self.transport.as_mut().expect("handshake done");
+        t.seal(&wire(frames), &mut out).unwrap();
+        out.to_vec()
+    }
+}
+
+fn server_keypair() -> Keypair {
+    Keypair::from_private([0x53; 32])
+}
+
+fn encrypted(encryption: Encryption) -> SessionConfig {
+    SessionConfig {
+        encryption,
+        ..config()
+    }
+}
+
+fn take_all(s: &mut Session) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    s.poll_transmit(&mut buf);
+    buf.to_vec()
+}
+
+/// Runs the handshake of `s` against `server` to the end; returns the bytes the client sent
+/// after its last handshake message.
+fn shake(s: &mut Session, server: &mut NoiseServer, t0: Instant) {
+    for _ in 0..4 {
+        let to_server = take_all(s);
+        let reply = server.take(&to_server).unwrap();
+        if !reply.is_empty() {
+            s.handle_input(&reply, t0);
+        }
+        if s.is_secured() && server.transport.is_some() && to_server.is_empty() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn pinned_session_runs_ik_and_its_frames_travel_sealed() {
+    let t0 = Instant::now();
+    let key = server_keypair();
+    let mut s = Session::new(encrypted(Encryption::Pinned(key.public())), t0);
+    let first = take_all(&mut s);
+    assert_eq!(&first[..3], &[0x00, 0x61, 0x02], "IK message 1, not HELLO");
+    assert_eq!(first.len(), 99, "HELLO waits for the handshake");
+    let mut server = NoiseServer::new(&key);
+    let reply = server.take(&first).unwrap();
+    assert!(server.transport.is_some(), "IK is done for the server");
+    assert_eq!(s.server_key(), None);
+    s.handle_input(&reply, t0);
+    assert!(s.is_secured());
+    assert_eq!(s.server_key(), Some(key.public()));
+    assert_eq!(s.pattern(), Some(Pattern::Ik));
+    let sealed = take_all(&mut s);
+    assert!(
+        !sealed.windows(6).any(|w| w == b"test/1"),
+        "HELLO's text is not on the wire"
+    );
+    server.take(&sealed).unwrap();
+    let hello = server.frames();
+    assert!(matches!(
+        hello[..],
+        [Envelope {
+            request_id: 1,
+            frame: Frame::Hello(_)
+        }]
+    ));
+    // The server's answer split byte by byte still comes out whole.
+    let answer = server.seal(&[(1, welcome(10).into()), (0, push(5))]);
+    for b in &answer {
+        s.handle_input(&[*b], t0);
+    }
+    assert_eq!(
+        events(&mut s),
+        [Event::Welcomed(welcome(10)), Event::Push(push(5))]
+    );
+    // Requests go out sealed, several frames in one record.
+    s.send_request(&login()).unwrap();
+    s.send_request(&Ping { nonce: 3 }.into()).unwrap();
+    let sealed = take_all(&mut s);
+    assert_eq!(
+        u16::from_be_bytes([sealed[0], sealed[1]]) as usize,
+        sealed.len() - 2,
+        "one record"
+    );
+    server.take(&sealed).unwrap();
+    assert_eq!(server.frames().len(), 2);
+}
+
+#[test]
+fn trust_on_first_use_runs_xx_and_reports_the_key_it_learned() {
+    let t0 = Instant::now();
+    let key = server_keypair();
+    let mut s = Session::new(encrypted(Encryption::TrustOnFirstUse), t0);
+    let mut server = NoiseServer::new(&key);
+    let first = take_all(&mut s);
+    assert_eq!(&first[..3], &[0x00, 0x21, 0x01], "XX message 1");
+    let reply = server.take(&first).unwrap();
+    s.handle_input(&reply, t0);
+    assert_eq!(s.server_key(), Some(key.public()));
+    assert_eq!(s.pattern(), Some(Pattern::Xx));
+    // Message 3 and the sealed HELLO leave together.
+    server.take(&take_all(&mut s)).unwrap();
+    assert!(server.transport.is_some());
+    assert!(matches!(
+        server.frames()[..],
+        [Envelope {
+            frame: Frame::Hello(_),
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn a_server_with_another_key_is_refused_with_both_keys_named() {
+    let t0 = Instant::now();
+    let pinned = server_keypair().public();
+    let impostor = Keypair::from_private([0x77; 32]);
+    let mut s = Session::new(encrypted(Encryption::Pinned(pinned)), t0);
+    let first = take_all(&mut s);
+    let mut reject = BytesMut::new();
+    let mut h = crate::noise::Handshake::responder(&impostor);
+    let mut input = BytesMut::from(&first[..]);
+    assert!(h.handle(&mut input, &mut reject).is_err());
+    assert_eq!(&reject[..], [0, 1, 1], "the REJECT");
+    s.handle_input(&reject, t0);
+    let reason = CloseReason::ServerKeyMismatch {
+        pinned,
+        presented: None,
+    };
+    assert_eq!(events(&mut s), [closed(reason.clone())]);
+    let text = reason.to_string();
+    assert!(
+        text.contains(&pinned.to_string()) && text.contains("do not connect"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_tampered_record_closes_the_session_and_delivers_nothing() {
+    let t0 = Instant::now();
+    let key = server_keypair();
+    let mut s = Session::new(encrypted(Encryption::Pinned(key.public())), t0);
+    let mut server = NoiseServer::new(&key);
+    shake(&mut s, &mut server, t0);
+    let mut answer = server.seal(&[(1, welcome(10).into())]);
+    let last = answer.len() - 1;
+    answer[last] ^= 1;
+    s.handle_input(&answer, t0);
+    match &events(&mut s)[..] {
+        [Event::Closed {
+            reason: CloseReason::Encryption(text),
+        }] => assert!(text.contains("failed authentication"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_replayed_record_closes_the_session() {
+    let t0 = Instant::now();
+    let key = server_keypair();
+    let mut s = Session::new(encrypted(Encryption::TrustOnFirstUse), t0);
+    let mut server = NoiseServer::new(&key);
+    shake(&mut s, &mut server, t0);
+    let record = server.seal(&[(1, welcome(10).into())]);
+    s.handle_input(&record, t0);
+    assert_eq!(events(&mut s), [Event::Welcomed(welcome(10))]);
+    s.handle_input(&record, t0);
+    assert!(matches!(
+        &events(&mut s)[..],
+        [Event::Closed {
+            reason: CloseReason::Encryption(_)
+        }]
+    ));
+}
+
+#[test]
+fn a_plaintext_answer_to_the_handshake_is_reported_as_such() {
+    let t0 = Instant::now();
+    let mut s = Session::new(encrypted(Encryption::TrustOnFirstUse), t0);
+    take_all(&mut s);
+    let answer = wire(&[(0, error(ErrorCode::FrameTooLarge))]);
+    // Split: the first bytes alone must not be taken for a broken handshake message.
+    s.handle_input(&answer[..3], t0);
+    assert!(events(&mut s).is_empty());
+    s.handle_input(&answer[3..], t0);
+    assert_eq!(
+        events(&mut s),
+        [closed(CloseReason::PlaintextAnswer {
+            code: ErrorCode::FrameTooLarge as u16,
+            message: "no".into()
+        })]
+    );
+}
+
+#[test]
+fn take_transport_hands_the_record_layer_to_a_raw_driver() {
+    let t0 = Instant::now();
+    let key = server_keypair();
+    let mut s = Session::new(encrypted(Encryption::Pinned(key.public())), t0);
+    assert!(s.take_transport().is_none(), "not while handshaking");
+    let mut server = NoiseServer::new(&key);
+    let first = take_all(&mut s);
+    s.handle_input(&server.take(&first).unwrap(), t0);
+    let record = server.seal(&[(1, welcome(10).into())]);
+    s.handle_input(&record[..5], t0);
+    let (mut transport, unopened) = s.take_transport().expect("established");
+    assert_eq!(&unopened[..], &record[..5]);
+    let mut out = BytesMut::new();
+    transport
+        .seal(&wire(&[(9, Ping { nonce: 1 }.into())]), &mut out)
+        .unwrap();
+    server.take(&out).unwrap();
+    let frames = server.frames();
+    assert_eq!(frames.last().map(|e| e.request_id), Some(9));
+}

@@ -109,7 +109,11 @@ struct Ui {
 pub fn run(cli: &Cli) -> CliResult {
     let mut cfg = CliConfig::load()?;
     let server = server_addr(cli, &cfg);
-    let client = Client::connect(&server, ClientConfig::reconnecting().with_device(DEVICE))?;
+    let config = ClientConfig::reconnecting()
+        .with_device(DEVICE)
+        .with_encryption(crate::encryption(cli, &server)?);
+    let client = Client::connect(&server, config)?;
+    crate::learned_key(cli, &server, &client)?;
     if let Some(w) = cfg.watermark.filter(|_| cfg.token_for(&server).is_some()) {
         // Messages missed since the last run come out of the event stream.
         client.set_watermark(w);

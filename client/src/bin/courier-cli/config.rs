@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use courier_client::protocol::noise::PublicKey;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CliError;
@@ -24,6 +25,10 @@ pub struct CliConfig {
     /// User id → handle, learned from lookups and `GET_USERS`, so each id is asked once.
     #[serde(default)]
     pub users: BTreeMap<String, String>,
+    /// Server address → its public key (hex), pinned: from `--server-key` or trust on first
+    /// use.
+    #[serde(default)]
+    pub server_keys: BTreeMap<String, String>,
 }
 
 impl CliConfig {
@@ -57,10 +62,21 @@ impl CliConfig {
         }
     }
 
-    /// Writes the file atomically (temp file, then rename).
+    /// Writes the file atomically (temp file, then rename). Pinned keys are written only by
+    /// [`save_server_key`](Self::save_server_key), straight to the file: the file's keys are
+    /// kept over this copy's, which may have been read before a key was pinned.
     pub fn save(&self) -> Result<(), CliError> {
         let path = Self::path()?;
-        let text = toml::to_string_pretty(self).map_err(|e| CliError::Config {
+        let mut merged = self.clone();
+        if let Ok(on_disk) = Self::load() {
+            merged.server_keys = on_disk.server_keys;
+        }
+        Self::write(&path, &merged)
+    }
+
+    fn write(path: &Path, cfg: &CliConfig) -> Result<(), CliError> {
+        let path = path.to_path_buf();
+        let text = toml::to_string_pretty(cfg).map_err(|e| CliError::Config {
             path: path.clone(),
             reason: e.to_string(),
         })?;
@@ -68,6 +84,29 @@ impl CliConfig {
             path,
             reason: e.to_string(),
         })
+    }
+
+    /// The key pinned for `server`, if any.
+    pub fn server_key(&self, server: &str) -> Result<Option<PublicKey>, CliError> {
+        let Some(text) = self.server_keys.get(server) else {
+            return Ok(None);
+        };
+        PublicKey::parse(text, "the saved server key")
+            .map(Some)
+            .map_err(|e| CliError::Config {
+                path: Self::path().unwrap_or_default(),
+                reason: format!("server_keys.\"{server}\": {e}"),
+            })
+    }
+
+    /// Pins `key` for `server` in the file (read, changed, written at once).
+    pub fn save_server_key(server: &str, key: PublicKey) -> Result<(), CliError> {
+        let mut cfg = Self::load()?;
+        if cfg.server_key(server).ok().flatten() == Some(key) {
+            return Ok(());
+        }
+        cfg.server_keys.insert(server.to_string(), key.to_string());
+        Self::write(&Self::path()?, &cfg)
     }
 
     /// The saved token if it belongs to `server`.

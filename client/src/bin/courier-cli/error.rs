@@ -25,6 +25,13 @@ pub enum CliError {
     NoConfigDir,
     #[error("{0}")]
     Usage(String),
+    #[error(
+        "no key pinned for the server {0}, and the connection is encrypted: pass --server-key \
+         HEX (`courier keys show --data-dir DIR` on the server prints it), or \
+         --trust-on-first-use to accept and save the key the server presents, or \
+         --insecure-plaintext for a server run with --insecure-plaintext"
+    )]
+    NoServerKey(String),
     #[error("terminal: {0}")]
     Terminal(#[from] std::io::Error),
 }

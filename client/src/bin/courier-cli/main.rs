@@ -8,6 +8,9 @@ mod output;
 mod prompt;
 
 use clap::{Parser, Subcommand};
+use courier_client::protocol::noise::PublicKey;
+use courier_client::protocol::session::Encryption;
+use courier_client::Client;
 
 use crate::error::CliError;
 
@@ -24,6 +27,18 @@ pub struct Cli {
     /// Print results as JSON (one document on stdout).
     #[arg(long, global = true)]
     pub json: bool,
+    /// The server's public key, 64 hex digits (`courier keys show` on the server prints it).
+    /// The connection is encrypted and refused if the server holds another key. Saved in
+    /// cli.toml for this server, so later runs pin it without the flag.
+    #[arg(long, global = true, env = "COURIER_SERVER_KEY")]
+    pub server_key: Option<String>,
+    /// First contact with a server whose key you do not have: accept the key it presents,
+    /// print it and save it for this server (check it with the operator). Later runs pin it.
+    #[arg(long, global = true, conflicts_with = "server_key")]
+    pub trust_on_first_use: bool,
+    /// Plain TCP, for a server run with --insecure-plaintext (local benchmarks only).
+    #[arg(long, global = true, conflicts_with_all = ["server_key", "trust_on_first_use"])]
+    pub insecure_plaintext: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -157,6 +172,47 @@ pub fn server_addr(cli: &Cli, cfg: &config::CliConfig) -> String {
         .clone()
         .or_else(|| cfg.server.clone())
         .unwrap_or_else(|| DEFAULT_SERVER.to_string())
+}
+
+/// The transport for `server`: plaintext if asked, else the key given with `--server-key`
+/// (parsed, and saved for the server), else the key saved for the server, else trust on first
+/// use if asked; refused otherwise, with the ways out.
+pub fn encryption(cli: &Cli, server: &str) -> CliResult<Encryption> {
+    if cli.insecure_plaintext {
+        return Ok(Encryption::Plaintext);
+    }
+    if let Some(text) = &cli.server_key {
+        let key = PublicKey::parse(text, "the --server-key value")
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        config::CliConfig::save_server_key(server, key)?;
+        return Ok(Encryption::Pinned(key));
+    }
+    if let Some(key) = config::CliConfig::load()?.server_key(server)? {
+        return Ok(Encryption::Pinned(key));
+    }
+    if cli.trust_on_first_use {
+        return Ok(Encryption::TrustOnFirstUse);
+    }
+    Err(CliError::NoServerKey(server.to_string()))
+}
+
+/// After a connection with trust on first use: shows the key the server presented and saves
+/// it, so that later runs pin it.
+pub fn learned_key(cli: &Cli, server: &str, client: &Client) -> CliResult {
+    if !cli.trust_on_first_use || cli.server_key.is_some() {
+        return Ok(());
+    }
+    if let Some(key) = client.server_key()? {
+        if config::CliConfig::load()?.server_key(server)? != Some(key) {
+            config::CliConfig::save_server_key(server, key)?;
+            eprintln!(
+                "courier-cli: trusted the key of {server} on first use: {key}\n\
+                 courier-cli: it is saved and pinned from now on; compare it with \
+                 `courier keys show` on the server"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Result of a CLI command.

@@ -7,7 +7,10 @@ use serde_json::{json, Value};
 use crate::config::CliConfig;
 use crate::error::CliError;
 use crate::output::*;
-use crate::{prompt, server_addr, Cli, CliResult, Command, ContactsCommand, GroupCommand};
+use crate::{
+    encryption, learned_key, prompt, server_addr, Cli, CliResult, Command, ContactsCommand,
+    GroupCommand,
+};
 
 /// The device name the CLI logs in with, so its token is the CLI's own.
 pub const DEVICE: &str = "courier-cli";
@@ -24,7 +27,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
                 None => prompt::password(&format!("password for {handle}: "))?
                     .ok_or_else(|| CliError::Usage("no password given".into()))?,
             };
-            let client = connect(&server)?;
+            let client = connect(cli, &server)?;
             let auth = if register {
                 client.register(handle, &password)
             } else {
@@ -54,7 +57,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             );
         }
         Command::Logout => {
-            let client = session(&server, &cfg)?;
+            let client = session(cli, &server, &cfg)?;
             client.logout()?;
             cfg.forget_auth();
             cfg.save()?;
@@ -66,7 +69,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             reply_to,
             text,
         } => {
-            let client = session(&server, &cfg)?;
+            let client = session(cli, &server, &cfg)?;
             let thread = match (to, thread) {
                 (_, Some(t)) => *t,
                 (Some(handle), None) => {
@@ -89,7 +92,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             );
         }
         Command::Threads => {
-            let client = session(&server, &cfg)?;
+            let client = session(cli, &server, &cfg)?;
             let threads = client.list_all_threads()?;
             let people = threads.iter().flat_map(|t| {
                 let last = t.last_message.as_ref().map(mentioned).unwrap_or_default();
@@ -129,7 +132,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             );
         }
         Command::History { thread, limit } => {
-            let client = session(&server, &cfg)?;
+            let client = session(cli, &server, &cfg)?;
             let mut page = client.history(*thread, 0, Direction::Backward, *limit)?;
             page.messages.reverse();
             learn_users(&client, &mut cfg, page.messages.iter().flat_map(mentioned));
@@ -164,7 +167,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             );
         }
         Command::Group(GroupCommand::Create { name, members }) => {
-            let client = session(&server, &cfg)?;
+            let client = session(cli, &server, &cfg)?;
             let ids = members
                 .iter()
                 .map(|h| lookup(&client, &mut cfg, h).map(|u| u.id))
@@ -176,7 +179,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             });
         }
         Command::Group(GroupCommand::Add { thread, handles }) => {
-            let client = session(&server, &cfg)?;
+            let client = session(cli, &server, &cfg)?;
             let ids = handles
                 .iter()
                 .map(|h| lookup(&client, &mut cfg, h).map(|u| u.id))
@@ -192,7 +195,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             message,
             text,
         } => {
-            let client = session(&server, &cfg)?;
+            let client = session(cli, &server, &cfg)?;
             client.edit(*thread, *message, text.join(" ").into_bytes())?;
             print(cli, json!({ "thread": thread, "edited": message }), || {
                 format!("edited message {message}")
@@ -203,7 +206,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             message,
             reaction,
         } => {
-            let client = session(&server, &cfg)?;
+            let client = session(cli, &server, &cfg)?;
             let reaction = reaction.as_deref().unwrap_or_default();
             client.react(*thread, *message, reaction)?;
             print(
@@ -216,7 +219,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             );
         }
         Command::Recall { thread, message } => {
-            let client = session(&server, &cfg)?;
+            let client = session(cli, &server, &cfg)?;
             client.recall(*thread, *message)?;
             print(
                 cli,
@@ -225,7 +228,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             );
         }
         Command::Contacts(ContactsCommand::Add { handle }) => {
-            let client = session(&server, &cfg)?;
+            let client = session(cli, &server, &cfg)?;
             let user = lookup(&client, &mut cfg, handle)?;
             client.contact_add(user.id)?;
             cfg.save()?;
@@ -234,7 +237,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             });
         }
         Command::Contacts(ContactsCommand::Remove { handle }) => {
-            let client = session(&server, &cfg)?;
+            let client = session(cli, &server, &cfg)?;
             let user = lookup(&client, &mut cfg, handle)?;
             client.contact_remove(user.id)?;
             print(cli, user_json(&user), || {
@@ -242,7 +245,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             });
         }
         Command::Contacts(ContactsCommand::List) => {
-            let client = session(&server, &cfg)?;
+            let client = session(cli, &server, &cfg)?;
             let users = client.contacts()?;
             for u in &users {
                 cfg.learn(u.id, &u.handle);
@@ -265,7 +268,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             );
         }
         Command::Presence { handle } => {
-            let client = session(&server, &cfg)?;
+            let client = session(cli, &server, &cfg)?;
             let user = lookup(&client, &mut cfg, handle)?;
             let entries = client.presence_query(&[user.id]).map_err(|e| match e.code() {
                 Some(ErrorCode::NotContact) => {
@@ -280,7 +283,7 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             print(cli, presence_json(&p, handle), || presence_text(&p, handle));
         }
         Command::Sync => {
-            let client = session(&server, &cfg)?;
+            let client = session(cli, &server, &cfg)?;
             if let Some(w) = cfg.watermark {
                 client.set_watermark(w);
             }
@@ -342,19 +345,21 @@ fn preview(text: &str) -> String {
 }
 
 /// Connects without reconnecting: a one-shot command fails rather than waits.
-pub fn connect(server: &str) -> CliResult<Client> {
-    Ok(Client::connect(
-        server,
-        ClientConfig::default().with_device(DEVICE),
-    )?)
+pub fn connect(cli: &Cli, server: &str) -> CliResult<Client> {
+    let config = ClientConfig::default()
+        .with_device(DEVICE)
+        .with_encryption(encryption(cli, server)?);
+    let client = Client::connect(server, config)?;
+    learned_key(cli, server, &client)?;
+    Ok(client)
 }
 
 /// Connects and resumes the saved session.
-pub fn session(server: &str, cfg: &CliConfig) -> CliResult<Client> {
+pub fn session(cli: &Cli, server: &str, cfg: &CliConfig) -> CliResult<Client> {
     let token = cfg
         .token_for(server)
         .ok_or_else(|| CliError::NotLoggedIn(server.to_string()))?;
-    let client = connect(server)?;
+    let client = connect(cli, server)?;
     client.resume(&token).map_err(|e| match e.code() {
         Some(ErrorCode::InvalidToken | ErrorCode::SessionRevoked) => {
             CliError::SessionExpired(server.to_string())
