@@ -17,15 +17,9 @@ use util::Server;
 
 /// Server flags for these runs: unthrottled senders keep 16 SENDs in flight each, far above
 /// the default 500 requests/s per connection, which is a production setting and not what
-/// these tests are about. Plaintext: `--register` (users.rs) does not speak the encrypted
-/// transport yet; tests/noise.rs runs the loadgen encrypted.
-const SERVER_ARGS: &[&str] = &[
-    "--rate-limit",
-    "100000",
-    "--fsync",
-    "batch",
-    "--insecure-plaintext",
-];
+/// these tests are about. Encrypted, as by default: the loadgen pins the key the server printed
+/// (`--register` included).
+const SERVER_ARGS: &[&str] = &["--rate-limit", "100000", "--fsync", "batch"];
 
 fn loadgen(addr: std::net::SocketAddr, users: Option<&Path>, scenario: &[&str]) -> Report {
     let mut args = vec![

@@ -226,19 +226,18 @@ fn every_pooled_read_sees_the_writes_acked_before_it() {
 #[test]
 fn the_probe_benchmark_runs_all_three_clients() {
     use clap::Parser;
-    // Plaintext: the probe's connections (probe.rs) do not speak the encrypted transport yet.
-    let server = Server::start_with(&[
-        "--shards",
-        "1",
-        "--rate-limit",
-        "100000",
-        "--insecure-plaintext",
-    ]);
+    // Encrypted, as by default: the probe's connections pin the key the server printed.
+    let server = Server::start_with(&["--shards", "1", "--rate-limit", "100000"]);
     let addr = server.addr.to_string();
+    let key = server
+        .key
+        .expect("an encrypted server printed its key")
+        .to_string();
     let cli = courier_loadgen::Cli::try_parse_from([
         "courier-loadgen",
         "--quiet",
-        "--insecure-plaintext",
+        "--server-key",
+        &key,
         "--register",
         "--server",
         &addr,

@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use courier_protocol::session::Event;
+use courier_protocol::session::{Encryption, Event};
 use courier_protocol::{AuthOk, ErrorCode, Frame, Session, SessionConfig};
 
 use crate::{Error, Result};
@@ -38,10 +38,11 @@ pub(crate) struct SessionConn {
 }
 
 impl SessionConn {
-    /// Connects, says `HELLO` as `client_name` and waits for `WELCOME`; every answer may take
-    /// up to `timeout`.
+    /// Connects (over `encryption`: the pinned key, or plaintext), says `HELLO` as
+    /// `client_name` and waits for `WELCOME`; every answer may take up to `timeout`.
     pub(crate) fn connect(
         server: SocketAddr,
+        encryption: Encryption,
         client_name: &str,
         timeout: Duration,
     ) -> Result<SessionConn> {
@@ -49,6 +50,7 @@ impl SessionConn {
         let _ = sock.set_nodelay(true);
         let config = SessionConfig {
             client_name: client_name.into(),
+            encryption,
             ..SessionConfig::default()
         };
         let mut conn = SessionConn {
@@ -209,7 +211,8 @@ mod tests {
     use super::*;
 
     fn registered(server: &FakeServer, timeout: Duration) -> SessionConn {
-        let mut conn = SessionConn::connect(server.addr, "test", timeout).unwrap();
+        let mut conn =
+            SessionConn::connect(server.addr, Encryption::Plaintext, "test", timeout).unwrap();
         let register = Register {
             handle: "alice".into(),
             password: "password1".into(),

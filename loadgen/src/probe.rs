@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use courier_protocol::session::Encryption;
 use courier_protocol::{self as proto, Frame};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -70,8 +71,9 @@ impl ProbeReport {
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Connects and resumes as `user`.
-fn open(server: SocketAddr, user: &UserRecord) -> Result<SessionConn> {
-    let mut conn = SessionConn::connect(server, "courier-loadgen probe", ANSWER_TIMEOUT)?;
+fn open(server: SocketAddr, encryption: Encryption, user: &UserRecord) -> Result<SessionConn> {
+    let mut conn =
+        SessionConn::connect(server, encryption, "courier-loadgen probe", ANSWER_TIMEOUT)?;
     conn.authenticate(
         proto::Resume {
             token: token_bytes(user),
@@ -92,12 +94,13 @@ pub fn run(c: &Common, args: &ProbeArgs) -> Result<ProbeReport> {
             "--threads and --media-bytes must be above 0".into(),
         ));
     }
+    let encryption = crate::runner::encryption(c)?;
     let started = Instant::now();
     let users = match (&c.users, c.register) {
         (Some(path), _) => read_users_file(path)?,
         (None, true) => {
             let run: u32 = rand::random();
-            register_users(4, server, &format!("pr{run:08x}_"), 4)?
+            register_users(4, server, encryption, &format!("pr{run:08x}_"), 4)?
         }
         (None, false) => return Err(Error::NoUsers),
     };
@@ -109,10 +112,10 @@ pub fn run(c: &Common, args: &ProbeArgs) -> Result<ProbeReport> {
     }
     let (prober_user, downloader_user, lister_user, poster_user) =
         (&users[0], &users[1], &users[2], &users[3]);
-    let mut downloader = open(server, downloader_user)?;
-    let mut lister = open(server, lister_user)?;
-    let mut poster = open(server, poster_user)?;
-    let mut prober = open(server, prober_user)?;
+    let mut downloader = open(server, encryption, downloader_user)?;
+    let mut lister = open(server, encryption, lister_user)?;
+    let mut poster = open(server, encryption, poster_user)?;
+    let mut prober = open(server, encryption, prober_user)?;
 
     let media = upload(&mut downloader, args.media_bytes)?;
     setup_threads(&mut lister, &mut poster, poster_user.id, args, c.body_size)?;

@@ -52,7 +52,13 @@ fn users_needed(cmd: &Command) -> Result<usize> {
 fn load_users(c: &Common, needed: usize, run_id: u32) -> Result<Vec<UserRecord>> {
     let users = match (&c.users, c.register) {
         (Some(path), _) => read_users_file(path)?,
-        (None, true) => register_users(needed, c.servers[0], &format!("lg{run_id:08x}_"), 16)?,
+        (None, true) => register_users(
+            needed,
+            c.servers[0],
+            encryption(c)?,
+            &format!("lg{run_id:08x}_"),
+            16,
+        )?,
         (None, false) => return Err(Error::NoUsers),
     };
     if users.len() < needed {
@@ -62,6 +68,13 @@ fn load_users(c: &Common, needed: usize, run_id: u32) -> Result<Vec<UserRecord>>
         });
     }
     Ok(users)
+}
+
+/// The transport `--server-key` / `--insecure-plaintext` chose, for the loadgen's own
+/// blocking connections (registering users, the probe).
+pub fn encryption(c: &Common) -> Result<courier_protocol::session::Encryption> {
+    use courier_protocol::session::Encryption;
+    Ok(server_key(c)?.map_or(Encryption::Plaintext, Encryption::Pinned))
 }
 
 /// The key `--server-key` pins, `None` with `--insecure-plaintext`; neither is an error that

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use courier_protocol as proto;
+use courier_protocol::session::Encryption;
 
 use crate::blocking::SessionConn;
 use crate::{Error, Result};
@@ -60,6 +61,7 @@ pub const PASSWORD: &str = "loadgen-password";
 pub fn register_users(
     n: usize,
     server: SocketAddr,
+    encryption: Encryption,
     prefix: &str,
     threads: usize,
 ) -> Result<Vec<UserRecord>> {
@@ -70,7 +72,10 @@ pub fn register_users(
                 scope.spawn(move || {
                     (t..n)
                         .step_by(threads)
-                        .map(|i| register_one(server, &format!("{prefix}{i}")).map(|u| (i, u)))
+                        .map(|i| {
+                            register_one(server, encryption, &format!("{prefix}{i}"))
+                                .map(|u| (i, u))
+                        })
                         .collect::<Result<Vec<_>>>()
                 })
             })
@@ -88,14 +93,19 @@ pub fn register_users(
     Ok(all.into_iter().map(|(_, u)| u).collect())
 }
 
-fn register_one(server: SocketAddr, handle: &str) -> Result<UserRecord> {
+fn register_one(server: SocketAddr, encryption: Encryption, handle: &str) -> Result<UserRecord> {
     let fail = |e: Error| Error::Register {
         handle: handle.to_string(),
         server: server.to_string(),
         reason: e.to_string(),
     };
-    let mut conn =
-        SessionConn::connect(server, "courier-loadgen", Duration::from_secs(30)).map_err(fail)?;
+    let mut conn = SessionConn::connect(
+        server,
+        encryption,
+        "courier-loadgen",
+        Duration::from_secs(30),
+    )
+    .map_err(fail)?;
     let register = proto::Register {
         handle: handle.into(),
         password: PASSWORD.into(),
