@@ -6,6 +6,7 @@ mod util;
 
 use std::time::{Duration, Instant};
 
+use courier_client::protocol::session::Encryption;
 use courier_client::protocol::Direction;
 use courier_client::{
     AsyncClient, BackoffPolicy, ClientConfig, ErrorCode, Event, Message, MessageKind, ReceiptKind,
@@ -14,8 +15,10 @@ use util::proxy::Proxy;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn config() -> ClientConfig {
+/// Reconnects fast; pins the key of the server the test started (`Server::encryption`).
+fn config(encryption: Encryption) -> ClientConfig {
     ClientConfig {
+        encryption,
         backoff: BackoffPolicy {
             initial: Duration::from_millis(20),
             max: Duration::from_millis(500),
@@ -25,8 +28,10 @@ fn config() -> ClientConfig {
     }
 }
 
-async fn user(addr: impl std::fmt::Display, handle: &str) -> AsyncClient {
-    let client = AsyncClient::connect(addr, config()).await.expect("connect");
+async fn user(addr: impl std::fmt::Display, encryption: Encryption, handle: &str) -> AsyncClient {
+    let client = AsyncClient::connect(addr, config(encryption))
+        .await
+        .expect("connect");
     client
         .register(handle, "correct-horse-battery")
         .await
@@ -68,8 +73,8 @@ async fn wait_event(client: &AsyncClient, want: impl Fn(&Event) -> bool) -> Vec<
 #[tokio::test]
 async fn async_two_users_chat_with_receipts() {
     let server = util::Server::start();
-    let alice = user(server.addr, "alice").await;
-    let bob = user(server.addr, "bob").await;
+    let alice = user(server.addr, server.encryption(), "alice").await;
+    let bob = user(server.addr, server.encryption(), "bob").await;
     let bob_id = alice.lookup_user("bob").await.unwrap().id;
     let thread = alice.open_direct(bob_id).await.unwrap();
 
@@ -115,9 +120,9 @@ async fn async_two_users_chat_with_receipts() {
 #[tokio::test]
 async fn async_groups_contacts_presence_and_media() {
     let server = util::Server::start();
-    let alice = user(server.addr, "alice").await;
-    let bob = user(server.addr, "bob").await;
-    let carol = user(server.addr, "carol").await;
+    let alice = user(server.addr, server.encryption(), "alice").await;
+    let bob = user(server.addr, server.encryption(), "bob").await;
+    let carol = user(server.addr, server.encryption(), "carol").await;
     let (bob_id, carol_id) = (bob.user_id().unwrap(), carol.user_id().unwrap());
     let group = alice.create_group("team", &[bob_id]).await.unwrap();
     alice.add_members(group.id, &[carol_id]).await.unwrap();
@@ -156,8 +161,8 @@ async fn async_groups_contacts_presence_and_media() {
 async fn async_reconnect_loses_nothing_and_shows_nothing_twice() {
     let server = util::Server::start();
     let proxy = Proxy::start(server.addr);
-    let alice = user(server.addr, "alice").await;
-    let bob = user(proxy.addr, "bob").await;
+    let alice = user(server.addr, server.encryption(), "alice").await;
+    let bob = user(proxy.addr, server.encryption(), "bob").await;
     let thread = alice.open_direct(bob.user_id().unwrap()).await.unwrap();
 
     let first = alice.send_text(thread.id, "before the cut").await.unwrap();
@@ -198,11 +203,13 @@ async fn async_reconnect_loses_nothing_and_shows_nothing_twice() {
 #[tokio::test]
 async fn async_logout_ends_the_session_and_the_token() {
     let server = util::Server::start();
-    let alice = user(server.addr, "alice").await;
+    let alice = user(server.addr, server.encryption(), "alice").await;
     let token = alice.token().unwrap();
     alice.logout().await.unwrap();
     wait_event(&alice, |e| matches!(e, Event::SessionEnded { .. })).await;
-    let again = AsyncClient::connect(server.addr, config()).await.unwrap();
+    let again = AsyncClient::connect(server.addr, config(server.encryption()))
+        .await
+        .unwrap();
     let err = again.resume(&token).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::InvalidToken), "{err}");
     server.stop();

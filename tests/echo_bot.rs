@@ -38,9 +38,10 @@ struct Bot {
 }
 
 impl Bot {
-    fn start(name: &str, server: &str) -> Bot {
+    fn start(name: &str, server: &str, key: &str) -> Bot {
         let mut child = Command::new(example(name))
             .args([server, "echo", "echo-bot-password"])
+            .env("COURIER_SERVER_KEY", key)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -82,10 +83,11 @@ impl Drop for Bot {
 fn echoes(example_name: &str) {
     let server = util::Server::start();
     let addr = server.addr.to_string();
-    let bot = Bot::start(example_name, &addr);
+    let key = server.key.expect("an encrypted server printed its key");
+    let bot = Bot::start(example_name, &addr, &key.to_string());
     bot.wait_line("logged in as echo");
 
-    let alice = Client::connect(&addr, ClientConfig::default()).unwrap();
+    let alice = Client::connect(&addr, ClientConfig::default().with_server_key(key)).unwrap();
     alice.register("alice", "correct-horse-battery").unwrap();
     let echo = alice.lookup_user("echo").unwrap();
     let thread = alice.open_direct(echo.id).unwrap();

@@ -517,9 +517,10 @@ fn the_client_library_replies_edits_reacts_and_reports_meta_as_events() {
 
     let server = Server::start();
     let addr = server.addr;
-    let alice = Client::connect(addr, ClientConfig::default()).expect("connect");
+    let config = || ClientConfig::default().with_encryption(server.encryption());
+    let alice = Client::connect(addr, config()).expect("connect");
     let a = alice.register("alice", PASSWORD).expect("register");
-    let bob = Client::connect(addr, ClientConfig::default()).expect("connect");
+    let bob = Client::connect(addr, config()).expect("connect");
     bob.register("bob", PASSWORD).expect("register");
     let t = bob.open_direct(a.user).expect("open").id;
     let question = alice.send_text(t, "lunch?").expect("send").message;
@@ -584,6 +585,7 @@ fn the_cli_replies_edits_reacts_and_history_shows_them() {
             .env("COURIER_CONFIG", dir.path().join(format!("{who}.toml")))
             .env("COURIER_SERVER", &addr)
             .env_remove("COURIER_PASSWORD")
+            .args(server.client_args())
             .args(args)
             .output()
             .expect("run courier-cli");

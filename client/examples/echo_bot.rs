@@ -4,10 +4,12 @@
 //! ```text
 //! cargo run -p courier-client --example echo_bot -- [SERVER] [HANDLE] [PASSWORD]
 //! ```
-//! Defaults: `127.0.0.1:7878`, `echo`, `echo-bot-password`.
+//! Defaults: `127.0.0.1:7878`, `echo`, `echo-bot-password`. Set `COURIER_SERVER_KEY` to the
+//! server's public key (`courier keys show`) to pin it; without it the bot speaks plain TCP.
 
 use std::time::Duration;
 
+use courier_client::protocol::noise::PublicKey;
 use courier_client::{Client, ClientConfig, ErrorCode, Event, MessageKind, ReceiptKind};
 
 fn main() {
@@ -17,7 +19,7 @@ fn main() {
     }
 }
 
-fn run() -> Result<(), courier_client::Error> {
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let server = args.next().unwrap_or_else(|| "127.0.0.1:7878".into());
     let handle = args.next().unwrap_or_else(|| "echo".into());
@@ -25,7 +27,7 @@ fn run() -> Result<(), courier_client::Error> {
 
     let client = Client::connect(
         &server,
-        ClientConfig::reconnecting().with_device("echo-bot"),
+        transport(ClientConfig::reconnecting())?.with_device("echo-bot"),
     )?;
     let me = match client.login(&handle, &password) {
         Ok(auth) => auth,
@@ -33,7 +35,7 @@ fn run() -> Result<(), courier_client::Error> {
         Err(e) if e.code() == Some(ErrorCode::BadCredentials) => {
             client.register(&handle, &password)?
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     println!(
         "echo_bot: logged in as {} (user {}) on {server}",
@@ -67,4 +69,13 @@ fn run() -> Result<(), courier_client::Error> {
         }
     }
     Ok(())
+}
+
+/// Pins the server's public key from `COURIER_SERVER_KEY` (what `courier keys show` prints);
+/// without it, plain TCP, which only a server run with `--insecure-plaintext` accepts.
+fn transport(config: ClientConfig) -> Result<ClientConfig, Box<dyn std::error::Error>> {
+    match std::env::var("COURIER_SERVER_KEY") {
+        Ok(hex) => Ok(config.with_server_key(PublicKey::parse(&hex, "COURIER_SERVER_KEY")?)),
+        Err(_) => Ok(config),
+    }
 }
