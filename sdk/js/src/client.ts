@@ -160,7 +160,7 @@ export class Client extends ClientCore {
    */
   sendWithId(thread: bigint, clientMsgId: bigint, kind: MessageKind, body: Uint8Array | string): Promise<Sent> {
     const bytes = typeof body === "string" ? utf8.encode(body) : body;
-    return this.expect(frame("Send", { thread, clientMsgId, kind, body: bytes }), "Sent");
+    return this.expect(frame("Send", { thread, clientMsgId, kind, body: bytes, replyTo: 0n }), "Sent");
   }
 
   /**

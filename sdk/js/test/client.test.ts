@@ -222,7 +222,7 @@ test("a push that arrives while the catch-up sync runs comes out after the backl
   assert.ok(heldSync, "the sync is in flight (the first attempt is immediate)");
   assert.notEqual(heldSync[0], oldConn);
   const live = w.server.storeText(thread.id, bob.userId!, "live");
-  heldSync[0].reply(0, frame("MessagePush", { message: live }));
+  heldSync[0].reply(0, frame("MessagePush", { message: live, replyTo: 0n }));
   await settle();
   assert.deepEqual(log.map(([n]) => n), ["disconnected"], "held during the sync");
   heldSync[0].reply(heldSync[1], w.server.syncBatch(alice.userId!, heldSync[2] as Frame & { type: "Sync" }));

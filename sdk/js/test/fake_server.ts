@@ -261,7 +261,7 @@ export class FakeServer {
         this.store(message);
         t.byClientId.set(key, message.id);
         conn.reply(id, frame("Sent", { thread: f.thread, message: message.id, clientMsgId: f.clientMsgId }));
-        return this.pushToMembers(f.thread, frame("MessagePush", { message }), conn);
+        return this.pushToMembers(f.thread, frame("MessagePush", { message, replyTo: 0n }), conn);
       }
       case "Receipt": {
         conn.reply(id, frame("Done", {}));
@@ -274,7 +274,7 @@ export class FakeServer {
       case "History": {
         const t = this.threads.get(f.thread);
         const messages = (t?.messages ?? []).filter((m) => f.anchor === 0n || m.id < f.anchor).reverse().slice(0, f.limit);
-        return conn.reply(id, frame("Messages", { thread: f.thread, messages, more: false }));
+        return conn.reply(id, frame("Messages", { thread: f.thread, messages, more: false, meta: [] }));
       }
       case "ContactList":
         return conn.reply(id, frame("Contacts", { users: [] }));
@@ -342,6 +342,7 @@ export class FakeServer {
       nextMessage: more ? last!.id : 0n,
       watermark,
       deleted: [],
+      meta: [],
     });
   }
 
