@@ -12,7 +12,7 @@
 import { Backoff } from "./backoff.js";
 import { ClientError, isConnectionError } from "./client_error.js";
 import { sleep } from "./clock.js";
-import type { ResolvedConfig } from "./config.js";
+import { MAX_CATCH_UP_ROUNDS, type ResolvedConfig } from "./config.js";
 import { Connection, type ConnectionOptions, type Sink } from "./connection.js";
 import { Dedupe } from "./dedupe.js";
 import { Emitter } from "./emitter.js";
@@ -66,6 +66,8 @@ export class ClientCore {
   /** A resync is running: pushed messages wait in `held` to come out after the backlog. */
   private resyncing = false;
   private held: HeldPush[] = [];
+  /** `held` overflowed since this flag was cleared: a push was dropped, a sync must follow. */
+  private heldDropped = false;
   private ended = false;
   private eventsClosed = false;
   private lastReason: ErrorCode | undefined;
@@ -373,6 +375,11 @@ export class ClientCore {
   /** A pushed message: held during a resync, else emitted once, its reply meta after it. */
   private deliverMessage(message: Message, replyTo: bigint): void {
     if (this.resyncing) {
+      // Bounded: the oldest is dropped; the catch-up syncs again and recovers it (catchUp).
+      if (this.held.length >= this.config.maxHeldPushes) {
+        this.held.shift();
+        this.heldDropped = true;
+      }
       this.held.push({ message, replyTo });
     } else if (this.dedupe.insert(message.thread, message.id)) {
       this.emit("message", message);
@@ -386,11 +393,18 @@ export class ClientCore {
    */
   private async catchUp(conn: Connection): Promise<void> {
     this.resyncing = true;
-    const since = this.watermarkNow;
     const out: Array<() => void> = [];
     try {
-      const synced = await syncPages(conn, since ?? 0n, this.config.syncPage, this.config.requestTimeoutMs);
-      this.recordSync(synced, since !== undefined, out);
+      // A push dropped from a full `held` came after the sync's walk began, so it is above the
+      // watermark that sync saves: another sync from there returns it. Bounded rounds; past
+      // them the rest wait above the saved watermark for the next sync.
+      for (let round = 1; ; round++) {
+        const since = this.watermarkNow;
+        this.heldDropped = false;
+        const synced = await syncPages(conn, since ?? 0n, this.config.syncPage, this.config.requestTimeoutMs);
+        this.recordSync(synced, since !== undefined, out);
+        if (!this.heldDropped || round >= MAX_CATCH_UP_ROUNDS) break;
+      }
     } finally {
       this.endResync(out);
     }

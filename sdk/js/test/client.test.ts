@@ -363,6 +363,38 @@ test("LOGIN_THROTTLED exposes its retry hint as retryAfterSecs", async () => {
   await assert.rejects(client.login("nobody", "x"), (e: unknown) => e instanceof ClientError && e.retryAfterSecs === undefined);
 });
 
+test("pushes held during the catch-up are bounded: past the bound the oldest is dropped and a second sync recovers it", async () => {
+  const w = world();
+  const { alice, bob, thread } = await pair(w, { autoReconnect: true, maxHeldPushes: 3 });
+  const log = record(alice);
+  let heldSync: [FakeConn, number, Frame] | undefined;
+  w.server.intercept = (conn, id, f) => {
+    if (f.type !== "Sync" || heldSync !== undefined) return false;
+    heldSync = [conn, id, f];
+    return true;
+  };
+  serverConnOf(w, alice.userId!).drop();
+  await settle();
+  assert.ok(heldSync);
+  const conn = heldSync[0];
+  // The first sync's answer is taken before the pushes: they are not in it.
+  const batch = w.server.syncBatch(alice.userId!, heldSync[2] as Frame & { type: "Sync" });
+  const pushed: bigint[] = [];
+  for (let i = 1; i <= 5; i++) {
+    const m = w.server.storeText(thread.id, bob.userId!, `p${i}`);
+    pushed.push(m.id);
+    conn.reply(0, frame("MessagePush", { message: m, replyTo: 0n }));
+  }
+  await settle();
+  assert.deepEqual(brief(log), ["disconnected"], "held (3 of them) during the sync");
+  conn.reply(heldSync[1], batch);
+  await settle();
+  const syncs = conn.sent("Sync") as Array<Frame & { type: "Sync" }>;
+  assert.equal(syncs.length, 2, "p1 and p2 were dropped: a second sync runs");
+  assert.equal(syncs[1]!.since, batch.type === "SyncBatch" ? batch.watermark : -1n, "from the first one's watermark");
+  assert.deepEqual(brief(log), ["disconnected", "threadUpdated", "p1", "p2", "p3", "p4", "p5", "reconnected"], "every push once, in order");
+});
+
 test("sync pages through the server's batches and keeps one watermark for the walk", async () => {
   const w = world();
   const { alice, bob, thread } = await pair(w, { syncPage: 2 });
