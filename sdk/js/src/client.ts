@@ -208,6 +208,7 @@ export class Client extends ClientCore {
    * Sends, and when the connection fails before SENT arrives, waits for the reconnect and
    * retries with the same clientMsgId until `giveUpAfterMs` has passed. The server
    * deduplicates, so the message is stored once however many attempts reached it.
+   * `replyTo`: the message of the same thread this one replies to (0n: none).
    */
   async sendWithRetry(
     thread: bigint,
@@ -215,12 +216,13 @@ export class Client extends ClientCore {
     body: Uint8Array | string,
     giveUpAfterMs: number,
     clientMsgId: bigint = newClientMsgId(),
+    replyTo: bigint = 0n,
   ): Promise<Sent> {
     const clock = this.config.clock;
     const deadline = clock.now() + giveUpAfterMs;
     for (;;) {
       try {
-        return await this.sendWithId(thread, clientMsgId, kind, body);
+        return await this.sendReplyWithId(thread, clientMsgId, kind, body, replyTo);
       } catch (e) {
         if (!isConnectionError(e)) throw e;
         const left = deadline - clock.now();
