@@ -41,6 +41,8 @@ function lowerBound(xs: bigint[], id: bigint): number {
 export class Dedupe {
   /** In order of last touch, oldest first (a Map iterates in insertion order). */
   private readonly threads = new Map<bigint, ThreadSeen>();
+  /** The thread touched last (the Map's last key), if any. */
+  private newest: bigint | undefined;
 
   /** `maxThreads`: threads remembered at most (at least 1). */
   constructor(readonly maxThreads: number = MAX_THREADS) {
@@ -50,6 +52,9 @@ export class Dedupe {
   /** The thread's entry, made the most recently touched; forgets the oldest past the bound. */
   private entry(thread: bigint): ThreadSeen {
     let seen = this.threads.get(thread);
+    // Already the most recently touched (a busy thread): nothing to move.
+    if (seen !== undefined && thread === this.newest) return seen;
+    this.newest = thread;
     if (seen !== undefined) {
       this.threads.delete(thread);
     } else {
