@@ -1,5 +1,6 @@
 /**
- * The Courier web chat: log in, the thread list, a thread with ticks, presence and typing.
+ * The Courier web chat: log in, the thread list, a thread with ticks, presence and typing,
+ * replies ("↪"), reactions and "(edited)".
  * Plain DOM, built on the TypeScript client library (sdk/js) over WebSocket.
  */
 
@@ -20,6 +21,7 @@ import {
   tick,
   tickSymbol,
   type Message,
+  type MessageMeta,
   type Thread,
   type ThreadSummary,
 } from "../../sdk/js/src/index.js";
@@ -32,6 +34,10 @@ const TYPING_EVERY_MS = 3000;
 const TYPING_IDLE_MS = 4000;
 /** A typing indicator without news for this long is dropped (the sender may have gone). */
 const TYPING_SHOWN_MS = 6000;
+/** The one reaction the page offers (any other shows, and can be matched, too). */
+const QUICK_REACTION = "👍";
+/** Characters of the replied-to message quoted above a reply. */
+const QUOTE_CHARS = 60;
 
 let client: Client | undefined;
 const handles = new Map<bigint, string>();
@@ -41,8 +47,16 @@ let threads: ThreadSummary[] = [];
 interface Open {
   thread: Thread;
   /** The message elements by id; pending sends are keyed by their client id until SENT. */
-  items: Map<bigint, { li: HTMLLIElement; message: Message }>;
+  items: Map<bigint, Item>;
   typers: Map<bigint, number>;
+  /** The message the composer replies to, if any. */
+  replyTo: bigint;
+}
+interface Item {
+  li: HTMLLIElement;
+  message: Message;
+  /** Reply, edit and reactions (from history meta, pushes and EDITED/REACTED). */
+  meta: MessageMeta;
 }
 let open: Open | undefined;
 let typingSentAt = 0;
@@ -82,6 +96,12 @@ async function connect(server: string): Promise<Client> {
   localStorage.setItem(SERVER_KEY, server);
   client = c;
   c.on("message", onMessage);
+  c.on("messageMeta", ({ thread, meta }) => {
+    const item = open?.thread.id === thread ? open.items.get(meta.id) : undefined;
+    if (item === undefined) return;
+    item.meta = meta;
+    renderExtras(item);
+  });
   c.on("receipt", (r) => {
     if (open?.thread.id === r.thread && applyReceipt(open.thread.members, r.user, r.kind, r.upTo)) renderTicks();
   });
@@ -208,9 +228,19 @@ async function openThread(id: bigint): Promise<void> {
   const thread = await c.getThread(id);
   await learnHandles(thread.members.map((m) => m.user));
   const page = await c.history(id, 0n, Direction.Backward, 50);
-  open = { thread, items: new Map(), typers: new Map() };
+  open = { thread, items: new Map(), typers: new Map(), replyTo: 0n };
   $("messages").replaceChildren();
-  for (const m of page.messages.reverse()) addMessage(m);
+  setReplyTo(0n);
+  for (const m of page.messages.reverse()) {
+    // EDITED and REACTED are already in the meta of the message they changed.
+    if (!isChange(m)) addMessage(m);
+  }
+  for (const meta of page.meta) {
+    const item = open.items.get(meta.id);
+    if (item === undefined) continue;
+    item.meta = meta;
+    renderExtras(item);
+  }
   $("thread-title").textContent = threadName(thread);
   $("send-form").hidden = false;
   $("typing").textContent = "";
@@ -256,6 +286,83 @@ function describeSystem(m: Message): string {
   }
 }
 
+/** An EDITED or REACTED system message: shown as a change of its message, not as a line. */
+function isChange(m: Message): boolean {
+  if (m.kind !== MessageKind.System) return false;
+  const event = decodeSystemEvent(m.body).event;
+  return event === SystemEventKind.Edited || event === SystemEventKind.Reacted;
+}
+
+/** Applies an EDITED or REACTED system message to the message it names, if shown. */
+function applyChange(m: Message): void {
+  const ev = decodeSystemEvent(m.body);
+  const item = open?.thread.id === m.thread ? open.items.get(ev.subject) : undefined;
+  if (item === undefined) return;
+  if (ev.event === SystemEventKind.Edited) {
+    item.message = { ...item.message, body: ev.body };
+    item.meta.editedAt = m.id;
+    const body = item.li.querySelector(".body");
+    if (body !== null) body.textContent = utf8.decode(ev.body);
+  } else {
+    item.meta.reactions = ev.reactions;
+    if (ev.actor === me()) item.meta.mine = ev.text;
+  }
+  renderExtras(item);
+}
+
+function noMeta(id: bigint): MessageMeta {
+  return { id, replyTo: 0n, editedAt: 0n, reactions: [], mine: "" };
+}
+
+/** The quote of a replied-to message, "(edited)" and the reaction counts of one message. */
+function renderExtras(item: Item): void {
+  const { li, meta } = item;
+  const reply = li.querySelector<HTMLElement>(".reply");
+  if (reply !== null) {
+    const target = meta.replyTo === 0n ? undefined : open?.items.get(meta.replyTo);
+    reply.hidden = meta.replyTo === 0n;
+    reply.textContent = meta.replyTo === 0n ? "" : `↪ ${target === undefined ? "an earlier message" : quote(target.message)}`;
+  }
+  const edited = li.querySelector<HTMLElement>(".edited");
+  if (edited !== null) edited.textContent = meta.editedAt === 0n ? "" : "(edited) ";
+  const reactions = li.querySelector<HTMLElement>(".reactions");
+  if (reactions !== null) {
+    reactions.replaceChildren(
+      ...meta.reactions.map((r) => {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = r.reaction === meta.mine ? "reaction mine" : "reaction";
+        b.textContent = `${r.reaction} ${r.count}`;
+        b.title = r.reaction === meta.mine ? "remove your reaction" : "react with this";
+        b.onclick = () => react(item, r.reaction);
+        return b;
+      }),
+    );
+  }
+}
+
+function quote(m: Message): string {
+  const text = m.recalled ? "(recalled)" : m.kind === MessageKind.Media ? "(media)" : utf8.decode(m.body);
+  return text.length > QUOTE_CHARS ? `${text.slice(0, QUOTE_CHARS)}…` : text;
+}
+
+/** Sets (or, when it is already the user's, removes) the user's reaction to a message. */
+function react(item: Item, reaction: string): void {
+  if (open === undefined || client === undefined || item.message.id === 0n) return;
+  const next = item.meta.mine === reaction ? "" : reaction;
+  void client.react(open.thread.id, item.message.id, next).catch((e) => say("typing", e));
+}
+
+/** The composer replies to `id` (0n: to nothing). */
+function setReplyTo(id: bigint): void {
+  if (open !== undefined) open.replyTo = id;
+  const bar = $("replying");
+  const target = id === 0n ? undefined : open?.items.get(id);
+  bar.hidden = target === undefined;
+  $("replying-text").textContent = target === undefined ? "" : `↪ ${quote(target.message)}`;
+  if (target !== undefined) $<HTMLInputElement>("composer").focus();
+}
+
 function addMessage(m: Message, key: bigint = m.id): void {
   if (open === undefined || open.items.has(key)) return;
   const li = document.createElement("li");
@@ -271,22 +378,48 @@ function addMessage(m: Message, key: bigint = m.id): void {
       from.textContent = handles.get(m.sender) ?? `user ${m.sender}`;
       li.append(from);
     }
+    const reply = document.createElement("div");
+    reply.className = "reply";
+    reply.hidden = true;
     const body = document.createElement("div");
+    body.className = "body";
     body.textContent = m.recalled ? "(recalled)" : m.kind === MessageKind.Media ? "(media)" : utf8.decode(m.body);
     const meta = document.createElement("div");
     meta.className = "meta";
+    const edited = document.createElement("span");
+    edited.className = "edited";
     const time = document.createElement("span");
     time.className = "time";
     time.textContent = timeOf(m.id);
-    meta.append(time);
+    meta.append(edited, time);
     if (mine) {
       const t = document.createElement("span");
       t.className = "tick";
       meta.append(" ", t);
     }
-    li.append(body, meta);
+    const reactions = document.createElement("div");
+    reactions.className = "reactions";
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    const replyBtn = document.createElement("button");
+    replyBtn.type = "button";
+    replyBtn.className = "reply-btn";
+    replyBtn.textContent = "↪";
+    replyBtn.title = "reply";
+    const reactBtn = document.createElement("button");
+    reactBtn.type = "button";
+    reactBtn.className = "react-btn";
+    reactBtn.textContent = QUICK_REACTION;
+    reactBtn.title = `react with ${QUICK_REACTION}`;
+    actions.append(replyBtn, reactBtn);
+    li.append(reply, body, meta, reactions, actions);
   }
-  open.items.set(key, { li, message: m });
+  const item: Item = { li, message: m, meta: noMeta(m.id) };
+  const replyBtn = li.querySelector<HTMLButtonElement>(".reply-btn");
+  if (replyBtn !== null) replyBtn.onclick = () => item.message.id !== 0n && setReplyTo(item.message.id);
+  const reactBtn = li.querySelector<HTMLButtonElement>(".react-btn");
+  if (reactBtn !== null) reactBtn.onclick = () => react(item, QUICK_REACTION);
+  open.items.set(key, item);
   const ol = $("messages");
   ol.append(li);
   ol.scrollTop = ol.scrollHeight;
@@ -318,6 +451,10 @@ function renderTicks(): void {
 
 function onMessage(m: Message): void {
   const c = client!;
+  if (isChange(m)) {
+    applyChange(m);
+    return;
+  }
   if (open?.thread.id === m.thread) {
     applySent(open.thread.members, m);
     addMessage(m);
@@ -386,6 +523,8 @@ async function send(text: string): Promise<void> {
   const thread = view.thread.id;
   stopTyping(thread);
   const clientMsgId = newClientMsgId();
+  const replyTo = view.replyTo;
+  setReplyTo(0n);
   const pending: Message = {
     thread,
     id: 0n,
@@ -396,12 +535,18 @@ async function send(text: string): Promise<void> {
     body: new TextEncoder().encode(text),
   };
   addMessage(pending, -clientMsgId);
+  const shown = view.items.get(-clientMsgId);
+  if (shown !== undefined && replyTo !== 0n) {
+    shown.meta.replyTo = replyTo;
+    renderExtras(shown);
+  }
   try {
-    const sent = await client.sendWithRetry(thread, MessageKind.Text, text, 60_000, clientMsgId);
+    const sent = await client.sendWithRetry(thread, MessageKind.Text, text, 60_000, clientMsgId, replyTo);
     const item = view.items.get(-clientMsgId);
     if (item === undefined) return;
     view.items.delete(-clientMsgId);
     item.message = { ...pending, id: sent.message };
+    item.meta.id = sent.message;
     view.items.set(sent.message, item);
     const time = item.li.querySelector(".time");
     if (time !== null) time.textContent = timeOf(sent.message);
@@ -449,6 +594,7 @@ function wire(): void {
     void send(text);
   });
   $("composer").addEventListener("input", typed);
+  $("replying-cancel").addEventListener("click", () => setReplyTo(0n));
   document.addEventListener("visibilitychange", markRead);
 }
 

@@ -177,6 +177,20 @@ test("two people chat in the browser with delivered and read ticks, typing and p
   await alice.page.locator("#messages li.mine[data-tick=read]").waitFor();
   await bob.page.waitForFunction(() => document.querySelector("#typing")?.textContent === "");
 
+  // Bob replies to Alice's message and reacts to it: Alice sees the quote and the count.
+  const hers = bob.page.locator("#messages li:not(.mine)", { hasText: "hello bob" });
+  await hers.locator(".reply-btn").click();
+  await bob.page.waitForFunction(() => document.querySelector("#replying-text")?.textContent === "↪ hello bob");
+  await bob.page.type("#composer", "a reply");
+  await bob.page.press("#composer", "Enter");
+  await hers.locator(".react-btn").click();
+  const reply = alice.page.locator("#messages li:not(.mine)", { hasText: "a reply" });
+  await reply.locator(".reply", { hasText: "↪ hello bob" }).waitFor();
+  const mineOnAlice = alice.page.locator("#messages li.mine", { hasText: "hello bob" });
+  await mineOnAlice.locator(".reaction", { hasText: "👍 1" }).waitFor();
+  await hers.locator(".reaction.mine", { hasText: "👍 1" }).waitFor();
+  assert.equal(await bob.page.locator("#replying").isHidden(), true, "the reply bar closes after sending");
+
   // Presence: Bob sees Alice online in his list and in the thread header.
   await bob.page.waitForFunction(() => document.querySelector("#thread-status")?.textContent === "online");
   await alice.page.screenshot({ path: join(ARTIFACTS, "alice.png") });
@@ -187,19 +201,24 @@ test("two people chat in the browser with delivered and read ticks, typing and p
   const carol = `carol${tag}`;
   const created = cli(["register", carol]) && cli(["group", "create", "trio", "--members", `alice${tag},bob${tag}`]);
   const group = /"id":(\d+)/.exec(created)[1];
-  cli(["send", "--thread", group, "hello", "from", "the", "terminal"]);
+  const carolMsg = /"message":(\d+)/.exec(cli(["send", "--thread", group, "hello", "from", "the", "terminal"]))[1];
   const aliceGroup = alice.page.locator("#threads li", { hasText: "trio" });
   await aliceGroup.locator(".unread").waitFor();
   await aliceGroup.click();
   const fromCarol = alice.page.locator("#messages li", { hasText: "hello from the terminal" });
   await fromCarol.waitFor();
   assert.equal(await fromCarol.locator(".from").textContent(), carol);
+  // Carol edits it from the terminal: the page shows the new text, marked "(edited)".
+  cli(["edit", "--thread", group, "--message", carolMsg, "hello", "from", "the", "shell"]);
+  const edited = alice.page.locator("#messages li", { hasText: "hello from the shell" });
+  await edited.locator(".edited", { hasText: "(edited)" }).waitFor();
   await alice.page.type("#composer", "hi carol");
   await alice.page.press("#composer", "Enter");
   await alice.page.locator("#messages li.mine[data-tick]", { hasText: "hi carol" }).waitFor();
   await bob.page.locator("#threads li", { hasText: "trio" }).click();
   await bob.page.locator("#messages li", { hasText: "hi carol" }).waitFor();
-  await bob.page.locator("#messages li", { hasText: "hello from the terminal" }).waitFor();
+  // Bob opens the group after the edit: history meta marks it edited.
+  await bob.page.locator("#messages li", { hasText: "hello from the shell" }).locator(".edited", { hasText: "(edited)" }).waitFor();
   const history = JSON.parse(cli(["history", "--thread", group]));
   assert.ok(history.some((m) => m.text === "hi carol" && m.sender_handle === `alice${tag}`), JSON.stringify(history));
   await alice.page.screenshot({ path: join(ARTIFACTS, "alice-group.png") });

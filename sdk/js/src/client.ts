@@ -159,14 +159,56 @@ export class Client extends ClientCore {
    * returns the original SENT and stores nothing.
    */
   sendWithId(thread: bigint, clientMsgId: bigint, kind: MessageKind, body: Uint8Array | string): Promise<Sent> {
+    return this.sendReplyWithId(thread, clientMsgId, kind, body, 0n);
+  }
+
+  /**
+   * Sends with a caller-chosen clientMsgId, replying to `replyTo` (a message of the same
+   * thread; 0n: to nothing). Sending the same id again in the same thread returns the original
+   * SENT and stores nothing.
+   */
+  sendReplyWithId(
+    thread: bigint,
+    clientMsgId: bigint,
+    kind: MessageKind,
+    body: Uint8Array | string,
+    replyTo: bigint,
+  ): Promise<Sent> {
     const bytes = typeof body === "string" ? utf8.encode(body) : body;
-    return this.expect(frame("Send", { thread, clientMsgId, kind, body: bytes }), "Sent");
+    return this.expect(frame("Send", { thread, clientMsgId, kind, body: bytes, replyTo }), "Sent");
+  }
+
+  /**
+   * Sends a text message that replies to (quotes) `replyTo`, a message of the same thread.
+   * Members get it with a "messageMeta" event naming `replyTo` right after the message.
+   */
+  sendReply(thread: bigint, replyTo: bigint, text: string): Promise<Sent> {
+    return this.sendReplyWithId(thread, newClientMsgId(), MessageKind.Text, text, replyTo);
+  }
+
+  /**
+   * Replaces the body of one of the caller's messages (within the edit window,
+   * EDIT_WINDOW_EXPIRED after it). Members' devices get an EDITED system message; history
+   * shows the new body, marked edited (`MessageMeta.editedAt`).
+   */
+  edit(thread: bigint, message: bigint, body: Uint8Array | string): Promise<void> {
+    const bytes = typeof body === "string" ? utf8.encode(body) : body;
+    return this.done(frame("Edit", { thread, message, body: bytes }));
+  }
+
+  /**
+   * Sets the caller's one reaction to a message (1 to 32 bytes, e.g. an emoji); an empty
+   * `reaction` removes it. Members' devices get a REACTED system message with the new counts.
+   */
+  react(thread: bigint, message: bigint, reaction: string): Promise<void> {
+    return this.done(frame("React", { thread, message, reaction }));
   }
 
   /**
    * Sends, and when the connection fails before SENT arrives, waits for the reconnect and
    * retries with the same clientMsgId until `giveUpAfterMs` has passed. The server
    * deduplicates, so the message is stored once however many attempts reached it.
+   * `replyTo`: the message of the same thread this one replies to (0n: none).
    */
   async sendWithRetry(
     thread: bigint,
@@ -174,12 +216,13 @@ export class Client extends ClientCore {
     body: Uint8Array | string,
     giveUpAfterMs: number,
     clientMsgId: bigint = newClientMsgId(),
+    replyTo: bigint = 0n,
   ): Promise<Sent> {
     const clock = this.config.clock;
     const deadline = clock.now() + giveUpAfterMs;
     for (;;) {
       try {
-        return await this.sendWithId(thread, clientMsgId, kind, body);
+        return await this.sendReplyWithId(thread, clientMsgId, kind, body, replyTo);
       } catch (e) {
         if (!isConnectionError(e)) throw e;
         const left = deadline - clock.now();

@@ -12,13 +12,22 @@
 import { Backoff } from "./backoff.js";
 import { ClientError, isConnectionError } from "./client_error.js";
 import { sleep } from "./clock.js";
-import type { ResolvedConfig } from "./config.js";
+import { MAX_CATCH_UP_ROUNDS, type ResolvedConfig } from "./config.js";
 import { Connection, type ConnectionOptions, type Sink } from "./connection.js";
 import { Dedupe } from "./dedupe.js";
 import { Emitter } from "./emitter.js";
 import { ErrorCode } from "./errors.js";
 import type { ClientEvents } from "./events.js";
-import { frame, type AuthOk, type Frame, type FrameName, type FrameOf, type Message, type Welcome } from "./frames.js";
+import {
+  frame,
+  type AuthOk,
+  type Frame,
+  type FrameName,
+  type FrameOf,
+  type Message,
+  type MessageMeta,
+  type Welcome,
+} from "./frames.js";
 import { forgetSession, loadSession, saveToken, saveWatermark } from "./storage.js";
 import { expectFrame, syncPages, type SyncResult } from "./sync.js";
 
@@ -33,6 +42,17 @@ type ResumeOutcome =
   | { kind: "fatal"; reason: ErrorCode | undefined }
   | { kind: "retry" };
 
+/** A message pushed while a resync runs, with the message it replies to (0n: none). */
+interface HeldPush {
+  message: Message;
+  replyTo: bigint;
+}
+
+/** The MessageMeta of a pushed message that replies to another; nothing else is known yet. */
+function replyMeta(message: Message, replyTo: bigint): MessageMeta {
+  return { id: message.id, replyTo, editedAt: 0n, reactions: [], mine: "" };
+}
+
 /** Connection, authentication, events and reconnect; see {@link Client} for the requests. */
 export class ClientCore {
   protected readonly config: ResolvedConfig;
@@ -45,7 +65,9 @@ export class ClientCore {
   private readonly dedupe = new Dedupe();
   /** A resync is running: pushed messages wait in `held` to come out after the backlog. */
   private resyncing = false;
-  private held: Message[] = [];
+  private held: HeldPush[] = [];
+  /** `held` overflowed since this flag was cleared: a push was dropped, a sync must follow. */
+  private heldDropped = false;
   private ended = false;
   private eventsClosed = false;
   private lastReason: ErrorCode | undefined;
@@ -350,11 +372,18 @@ export class ClientCore {
     if (storage !== null) forgetSession(storage, this.config.storagePrefix);
   }
 
-  private deliverMessage(message: Message): void {
+  /** A pushed message: held during a resync, else emitted once, its reply meta after it. */
+  private deliverMessage(message: Message, replyTo: bigint): void {
     if (this.resyncing) {
-      this.held.push(message);
+      // Bounded: the oldest is dropped; the catch-up syncs again and recovers it (catchUp).
+      if (this.held.length >= this.config.maxHeldPushes) {
+        this.held.shift();
+        this.heldDropped = true;
+      }
+      this.held.push({ message, replyTo });
     } else if (this.dedupe.insert(message.thread, message.id)) {
       this.emit("message", message);
+      if (replyTo !== 0n) this.emit("messageMeta", { thread: message.thread, meta: replyMeta(message, replyTo) });
     }
   }
 
@@ -364,11 +393,18 @@ export class ClientCore {
    */
   private async catchUp(conn: Connection): Promise<void> {
     this.resyncing = true;
-    const since = this.watermarkNow;
     const out: Array<() => void> = [];
     try {
-      const synced = await syncPages(conn, since ?? 0n, this.config.syncPage, this.config.requestTimeoutMs);
-      this.recordSync(synced, since !== undefined, out);
+      // A push dropped from a full `held` came after the sync's walk began, so it is above the
+      // watermark that sync saves: another sync from there returns it. Bounded rounds; past
+      // them the rest wait above the saved watermark for the next sync.
+      for (let round = 1; ; round++) {
+        const since = this.watermarkNow;
+        this.heldDropped = false;
+        const synced = await syncPages(conn, since ?? 0n, this.config.syncPage, this.config.requestTimeoutMs);
+        this.recordSync(synced, since !== undefined, out);
+        if (!this.heldDropped || round >= MAX_CATCH_UP_ROUNDS) break;
+      }
     } finally {
       this.endResync(out);
     }
@@ -383,9 +419,13 @@ export class ClientCore {
   private endResync(backlog: Array<() => void>): void {
     const held = this.held;
     this.held = [];
-    for (const message of held) {
+    for (const { message, replyTo } of held) {
       if (this.dedupe.insert(message.thread, message.id)) {
         backlog.push(() => this.emit("message", message));
+        if (replyTo !== 0n) {
+          const meta = replyMeta(message, replyTo);
+          backlog.push(() => this.emit("messageMeta", { thread: message.thread, meta }));
+        }
       }
     }
     this.resyncing = false;
@@ -397,8 +437,14 @@ export class ClientCore {
     if (deliver) {
       for (const t of synced.threads) out.push(() => this.emit("threadUpdated", t));
     }
+    const metas = new Map<bigint, MessageMeta>();
+    if (deliver) for (const meta of synced.meta) metas.set(meta.id, meta);
     for (const m of synced.messages) {
-      if (this.dedupe.insert(m.thread, m.id) && deliver) out.push(() => this.emit("message", m));
+      if (this.dedupe.insert(m.thread, m.id) && deliver) {
+        out.push(() => this.emit("message", m));
+        const meta = metas.get(m.id);
+        if (meta !== undefined) out.push(() => this.emit("messageMeta", { thread: m.thread, meta }));
+      }
     }
     // Sync returns every message above `since` in a changed thread, so everything up to the
     // newest one returned has now been seen.
@@ -409,7 +455,7 @@ export class ClientCore {
   private onPush(f: Frame): void {
     switch (f.type) {
       case "MessagePush":
-        this.deliverMessage(f.message);
+        this.deliverMessage(f.message, f.replyTo);
         break;
       case "ReceiptPush":
         this.emit("receipt", { thread: f.thread, user: f.user, kind: f.kind, upTo: f.upTo });

@@ -1,6 +1,6 @@
 /** The client's one error type (client/src/error.rs). Messages say what to do. */
 
-import { errorCodeName, type ErrorCode } from "./errors.js";
+import { errorCodeName, retryAfterSecs, type ErrorCode } from "./errors.js";
 import type { SessionError } from "./session.js";
 
 export type ClientErrorKind =
@@ -65,6 +65,14 @@ export class ClientError extends Error {
     if (this.detail.kind === "Server") return this.detail.code;
     if (this.detail.kind === "Disconnected") return this.detail.reason;
     return undefined;
+  }
+
+  /**
+   * Seconds to wait before retrying, when the server said (`LOGIN_THROTTLED` ends its message
+   * with `[retry_after_secs=N]`); undefined otherwise.
+   */
+  get retryAfterSecs(): number | undefined {
+    return this.detail.kind === "Server" ? retryAfterSecs(this.detail.message) : undefined;
   }
 
   /**

@@ -7,6 +7,15 @@ import { DEFAULT_MAX_OUTSTANDING } from "./session.js";
 import { defaultStorage, type TokenStorage } from "./storage.js";
 import { webSocketConnector, type Connector, type WebSocketConstructor } from "./transport.js";
 
+/** Pushed messages held during a catch-up sync, by default. */
+export const DEFAULT_MAX_HELD_PUSHES = 4096;
+/**
+ * Syncs one catch-up runs at most when held pushes were dropped: each recovers what the
+ * previous one's holding dropped. Past it the rest stay above the saved watermark, for the
+ * next sync (the next reconnect's, or `sync()`), and are not lost.
+ */
+export const MAX_CATCH_UP_ROUNDS = 8;
+
 /** How a client connects, waits, reconnects and remembers. Every field has a default. */
 export interface ClientConfig {
   /** Sent in HELLO so server logs can tell clients apart. */
@@ -27,6 +36,11 @@ export interface ClientConfig {
   syncPage?: number;
   /** Requests that may wait for replies at once on one connection. Default 1024. */
   maxOutstanding?: number;
+  /**
+   * Pushed messages held while a catch-up sync runs. Default 4096. Past it the oldest held is
+   * dropped and the catch-up syncs again from its new watermark, which recovers it.
+   */
+  maxHeldPushes?: number;
   /** The WebSocket constructor, for runtimes without a global one (Node 20). */
   WebSocket?: WebSocketConstructor;
   /** The transport; overrides `WebSocket`. Tests pass an in-memory one; Noise wraps one. */
@@ -64,6 +78,7 @@ export function resolveConfig(c: ClientConfig): ResolvedConfig {
     maxFrameLen: c.maxFrameLen ?? MAX_FRAME_LEN,
     syncPage: c.syncPage ?? 500,
     maxOutstanding: c.maxOutstanding ?? DEFAULT_MAX_OUTSTANDING,
+    maxHeldPushes: Math.max(1, c.maxHeldPushes ?? DEFAULT_MAX_HELD_PUSHES),
     connector: c.connector ?? webSocketConnector(c.WebSocket),
     clock: c.clock ?? systemClock,
     random: c.random ?? Math.random,

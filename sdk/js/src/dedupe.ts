@@ -7,10 +7,17 @@
  * seen since, capped at {@link RECENT_PER_THREAD}. The floor rises when a completed sync
  * proves everything up to the newest message it returned was delivered, and when the recent
  * ids overflow (the oldest are folded into the floor).
+ *
+ * The threads are bounded too: at most `maxThreads` (default {@link MAX_THREADS}) are kept,
+ * the ones most recently touched. Past the bound the thread touched longest ago is forgotten
+ * whole; a message of it that arrives a second time (a push, then again in a later sync) may
+ * then be emitted twice. Memory is at most `maxThreads × RECENT_PER_THREAD` ids.
  */
 
 /** Ids above the floor kept per thread. */
 export const RECENT_PER_THREAD = 1024;
+/** Threads remembered by default; the least recently touched is forgotten past it. */
+export const MAX_THREADS = 4096;
 
 interface ThreadSeen {
   floor: bigint;
@@ -32,15 +39,38 @@ function lowerBound(xs: bigint[], id: bigint): number {
 
 /** Seen (thread, message id) pairs. */
 export class Dedupe {
+  /** In order of last touch, oldest first (a Map iterates in insertion order). */
   private readonly threads = new Map<bigint, ThreadSeen>();
+  /** The thread touched last (the Map's last key), if any. */
+  private newest: bigint | undefined;
 
+  /** `maxThreads`: threads remembered at most (at least 1). */
+  constructor(readonly maxThreads: number = MAX_THREADS) {
+    this.maxThreads = Math.max(1, Math.floor(maxThreads));
+  }
+
+  /** The thread's entry, made the most recently touched; forgets the oldest past the bound. */
   private entry(thread: bigint): ThreadSeen {
     let seen = this.threads.get(thread);
-    if (seen === undefined) {
+    // Already the most recently touched (a busy thread): nothing to move.
+    if (seen !== undefined && thread === this.newest) return seen;
+    this.newest = thread;
+    if (seen !== undefined) {
+      this.threads.delete(thread);
+    } else {
       seen = { floor: 0n, recent: [] };
-      this.threads.set(thread, seen);
+      if (this.threads.size >= this.maxThreads) {
+        const oldest = this.threads.keys().next().value as bigint;
+        this.threads.delete(oldest);
+      }
     }
+    this.threads.set(thread, seen);
     return seen;
+  }
+
+  /** Threads remembered (at most `maxThreads`). */
+  get threadCount(): number {
+    return this.threads.size;
   }
 
   /** Records the message; true if it had not been seen before. */

@@ -19,6 +19,8 @@ export const ErrorCode = {
   ShuttingDown: 12,
   AlreadyAuthenticated: 13,
   SessionRevoked: 14,
+  /** The server takes encrypted connections only (protocol/NOISE.md); it closes. */
+  EncryptionRequired: 15,
   HandleTaken: 20,
   BadCredentials: 21,
   InvalidToken: 22,
@@ -40,12 +42,18 @@ export const ErrorCode = {
   NotAGroup: 51,
   TooManyContacts: 52,
   TooManyDeleted: 53,
+  MessageRecalled: 54,
+  EditWindowExpired: 55,
+  InvalidReaction: 56,
+  TooManyReactions: 57,
   UnknownMedia: 60,
   MediaTooLarge: 61,
   BadOffset: 62,
   TooManyUploads: 63,
   Forbidden: 70,
   WrongNode: 71,
+  /** A node of the cluster the request needs is down: retry later with backoff. */
+  Unavailable: 72,
   Internal: 90,
 } as const;
 
@@ -59,6 +67,41 @@ const NAMES = new Map<number, ErrorCodeName>(
 /** The code's name (`NotMember`), or undefined for a code this library does not know. */
 export function errorCodeName(code: number): ErrorCodeName | undefined {
   return NAMES.get(code);
+}
+
+/** The codes after which the server closes the connection (`ErrorCode::closes_connection`). */
+const CLOSING: ReadonlySet<number> = new Set<number>([
+  ErrorCode.Malformed,
+  ErrorCode.UnknownFrame,
+  ErrorCode.FrameTooLarge,
+  ErrorCode.UnsupportedVersion,
+  ErrorCode.HandshakeRequired,
+  ErrorCode.NotAuthenticated,
+  ErrorCode.HandshakeTimeout,
+  ErrorCode.HeartbeatTimeout,
+  ErrorCode.SlowConsumer,
+  ErrorCode.ServerFull,
+  ErrorCode.ShuttingDown,
+  ErrorCode.SessionRevoked,
+  ErrorCode.EncryptionRequired,
+  ErrorCode.WrongNode,
+]);
+
+/** Whether the server closes the connection after an ERROR_REPLY with `code`. */
+export function closesConnection(code: number): boolean {
+  return CLOSING.has(code);
+}
+
+/**
+ * The retry hint at the end of an ERROR_REPLY message (PROTOCOL.md section 8, "Retry hint"):
+ * `N` of a trailing `[retry_after_secs=N]`, or undefined when there is none. The same reading
+ * as `courier_protocol::retry_after_secs`.
+ */
+export function retryAfterSecs(message: string): number | undefined {
+  const m = /\[retry_after_secs=(\d{1,10})\]$/.exec(message.trimEnd());
+  if (m === null) return undefined;
+  const n = Number(m[1]);
+  return n <= 0xffff_ffff ? n : undefined;
 }
 
 /** Whether `code` is one this library knows. */

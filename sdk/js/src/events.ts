@@ -1,12 +1,20 @@
 /** What the client tells its user without being asked (client/src/event.rs). */
 
 import type { ErrorCode } from "./errors.js";
-import type { Message, Presence, ReceiptKind, Thread } from "./frames.js";
+import type { Message, MessageMeta, Presence, ReceiptKind, Thread } from "./frames.js";
 
 /** The client's events and what each carries; subscribe with `client.on(name, fn)`. */
 export type ClientEvents = {
   /** A new message, pushed or recovered by sync after a reconnect; each (thread, id) once. */
   message: Message;
+  /**
+   * What a message carries besides its fields (the message it replies to, its last edit, its
+   * reactions). Comes right after the "message" event of that message: after a pushed reply
+   * (only `replyTo` set), and after a message recovered by sync that has any (from
+   * `SyncBatch.meta`). Later edits and reactions come as EDITED and REACTED system messages
+   * (decode their body with `decodeSystemEvent`).
+   */
+  messageMeta: { thread: bigint; meta: MessageMeta };
   /** A member's delivered or read cursor advanced (the user's own, on another device, too). */
   receipt: { thread: bigint; user: bigint; kind: ReceiptKind; upTo: bigint };
   /** A subscribed contact went online or offline. */

@@ -49,6 +49,11 @@ export const SystemEventKind = {
   MemberLeft: 4,
   Renamed: 5,
   Recalled: 6,
+  /** The sender edited message `subject`; `body` is its new body. */
+  Edited: 7,
+  /** `actor` reacted to message `subject` with `text` (empty: removed theirs); `reactions`
+   * are the message's counts after the change. */
+  Reacted: 8,
 } as const;
 export type SystemEventKind = (typeof SystemEventKind)[keyof typeof SystemEventKind];
 
@@ -133,6 +138,32 @@ export type MessageRef = Infer<typeof MessageRefCodec>;
 export const StatCodec = struct("Stat", { name: str, value: u64 });
 export type Stat = Infer<typeof StatCodec>;
 
+/** How many members reacted to a message with one reaction. */
+export const ReactionCountCodec = struct("ReactionCount", {
+  /** 1 to 32 bytes of UTF-8, e.g. an emoji. */
+  reaction: str,
+  count: u32,
+});
+export type ReactionCount = Infer<typeof ReactionCountCodec>;
+
+/**
+ * What a message carries besides its {@link Message} fields, in `Messages.meta` and
+ * `SyncBatch.meta`: listed only for messages that reply, were edited or have reactions.
+ */
+export const MessageMetaCodec = struct("MessageMeta", {
+  /** The message described (in the same frame's `messages`). */
+  id: u64,
+  /** The message of the same thread it replies to, 0n for none. */
+  replyTo: u64,
+  /** The id of the EDITED system message of its last edit, 0n if never edited. */
+  editedAt: u64,
+  /** Reaction counts, most frequent first. */
+  reactions: list(ReactionCountCodec),
+  /** The asking user's own reaction, empty for none. */
+  mine: str,
+});
+export type MessageMeta = Infer<typeof MessageMetaCodec>;
+
 const systemEventFixed = struct("SystemEvent", {
   event: systemEventKind,
   actor: u64,
@@ -140,6 +171,7 @@ const systemEventFixed = struct("SystemEvent", {
   text: str,
 });
 const userList = list(u64);
+const reactionList = list(ReactionCountCodec);
 
 /** The body of a `System` message. */
 export interface SystemEvent {
@@ -152,11 +184,15 @@ export interface SystemEvent {
   text: string;
   /** For `MemberAdded`, every user added by the one request; empty otherwise. */
   users: bigint[];
+  /** For `Edited`, the message's new body; empty otherwise. */
+  body: Uint8Array;
+  /** For `Reacted`, the message's reaction counts after the change; empty otherwise. */
+  reactions: ReactionCount[];
 }
 
 /**
- * `users` was appended to the layout: a body that ends before it (written by an earlier
- * server) decodes with `users` empty.
+ * `users`, `body` and `reactions` were appended to the layout: a body that ends before one of
+ * them (written by an earlier server) decodes with it, and those after it, empty.
  */
 export const SystemEventCodec: Codec<SystemEvent> = {
   shape: {
@@ -166,16 +202,22 @@ export const SystemEventCodec: Codec<SystemEvent> = {
       ...(systemEventFixed.shape as { fields: ReadonlyArray<readonly [string, Codec<unknown>]> })
         .fields,
       ["users", userList as Codec<unknown>],
+      ["body", bytes as Codec<unknown>],
+      ["reactions", reactionList as Codec<unknown>],
     ],
   },
   put: (w, v) => {
     systemEventFixed.put(w, v, "SystemEvent");
     userList.put(w, v.users, "SystemEvent.users");
+    bytes.put(w, v.body, "SystemEvent.body");
+    reactionList.put(w, v.reactions, "SystemEvent.reactions");
   },
   get: (r) => {
     const fixed = systemEventFixed.get(r, "SystemEvent");
     const users = r.remaining() > 0 ? userList.get(r, "SystemEvent.users") : [];
-    return { ...fixed, users };
+    const body = r.remaining() > 0 ? bytes.get(r, "SystemEvent.body") : new Uint8Array(0);
+    const reactions = r.remaining() > 0 ? reactionList.get(r, "SystemEvent.reactions") : [];
+    return { ...fixed, users, body, reactions };
   },
 };
 
@@ -206,7 +248,8 @@ const FRAME_DEFS = {
   GetThread: [0x17, { thread: u64 }],
   SetThreadState: [0x18, { thread: u64, muted: bool, hidden: bool, label: str }],
   // Messages, receipts, sync
-  Send: [0x20, { thread: u64, clientMsgId: u64, kind: messageKind, body: bytes }],
+  /** `replyTo`: a message of the same thread this one replies to, 0n for none. */
+  Send: [0x20, { thread: u64, clientMsgId: u64, kind: messageKind, body: bytes, replyTo: u64 }],
   History: [0x21, { thread: u64, anchor: u64, direction, limit: u16 }],
   Receipt: [0x22, { thread: u64, kind: receiptKind, upTo: u64 }],
   Recall: [0x23, { thread: u64, message: u64 }],
@@ -217,6 +260,10 @@ const FRAME_DEFS = {
     { since: u64, afterThread: u64, afterMessage: u64, limit: u16, watermark: u64 },
   ],
   Typing: [0x27, { thread: u64, active: bool }],
+  /** The sender's new body for their message (within the edit window). */
+  Edit: [0x28, { thread: u64, message: u64, body: bytes }],
+  /** Sets the caller's one reaction to a message; an empty `reaction` removes theirs. */
+  React: [0x29, { thread: u64, message: u64, reaction: str }],
   // Contacts and presence
   ContactAdd: [0x30, { user: u64 }],
   ContactRemove: [0x31, { user: u64 }],
@@ -240,7 +287,8 @@ const FRAME_DEFS = {
   ThreadInfo: [0x84, { thread: ThreadCodec }],
   ThreadList: [0x85, { threads: list(ThreadSummaryCodec), more: bool }],
   Sent: [0x86, { thread: u64, message: u64, clientMsgId: u64 }],
-  Messages: [0x87, { thread: u64, messages: list(MessageCodec), more: bool }],
+  /** `meta`: replies, edits and reactions of those `messages` that have any. */
+  Messages: [0x87, { thread: u64, messages: list(MessageCodec), more: bool, meta: list(MessageMetaCodec) }],
   SyncBatch: [
     0x88,
     {
@@ -251,6 +299,8 @@ const FRAME_DEFS = {
       nextMessage: u64,
       watermark: u64,
       deleted: list(MessageRefCodec),
+      /** Replies, edits and reactions of those `messages` that have any. */
+      meta: list(MessageMetaCodec),
     },
   ],
   ReadersList: [0x89, { thread: u64, message: u64, delivered: list(u64), read: list(u64) }],
@@ -264,7 +314,8 @@ const FRAME_DEFS = {
   Stats: [0x91, { entries: list(StatCodec) }],
   Users: [0x92, { users: list(UserInfoCodec) }],
   // Pushes (server -> client, request id 0)
-  MessagePush: [0xc0, { message: MessageCodec }],
+  /** `replyTo`: the message this one replies to, 0n for none. */
+  MessagePush: [0xc0, { message: MessageCodec, replyTo: u64 }],
   ReceiptPush: [0xc1, { thread: u64, user: u64, kind: receiptKind, upTo: u64 }],
   PresencePush: [0xc2, { presence: PresenceCodec }],
   TypingPush: [0xc3, { thread: u64, user: u64, active: bool }],

@@ -2,7 +2,16 @@
 
 import { ClientError } from "./client_error.js";
 import type { Connection } from "./connection.js";
-import { frame, type Frame, type FrameName, type FrameOf, type Message, type MessageRef, type Thread } from "./frames.js";
+import {
+  frame,
+  type Frame,
+  type FrameName,
+  type FrameOf,
+  type Message,
+  type MessageMeta,
+  type MessageRef,
+  type Thread,
+} from "./frames.js";
 
 /** What one full sync returned. */
 export interface SyncResult {
@@ -14,11 +23,13 @@ export interface SyncResult {
   watermark: bigint;
   /** Messages the user deleted for themselves since the watermark. */
   deleted: MessageRef[];
+  /** Replies, edits and reactions of those `messages` that have any (match by `id`). */
+  meta: MessageMeta[];
 }
 
 /** Asks for SYNC pages until the server says there are no more. */
 export async function syncPages(conn: Connection, since: bigint, limit: number, timeoutMs: number): Promise<SyncResult> {
-  const out: SyncResult = { threads: [], messages: [], watermark: 0n, deleted: [] };
+  const out: SyncResult = { threads: [], messages: [], watermark: 0n, deleted: [], meta: [] };
   // The cursor and the walk's watermark: 0s ask for a new walk; every later page carries the
   // first batch's watermark back, so nothing committed mid-walk hides below it.
   let afterThread = 0n;
@@ -33,6 +44,7 @@ export async function syncPages(conn: Connection, since: bigint, limit: number, 
     out.threads.push(...batch.threads);
     out.messages.push(...batch.messages);
     out.deleted.push(...batch.deleted);
+    out.meta.push(...batch.meta);
     if (!batch.more) {
       out.watermark = batch.watermark;
       return out;

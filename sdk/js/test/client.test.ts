@@ -11,7 +11,16 @@ import { test } from "node:test";
 import { Client, type ClientConfig, type ClientEvents } from "../src/client.js";
 import { ClientError } from "../src/client_error.js";
 import { ErrorCode } from "../src/errors.js";
-import { frame, MessageKind, ReceiptKind, type Frame, type Message } from "../src/frames.js";
+import {
+  decodeSystemEvent,
+  frame,
+  MessageKind,
+  ReceiptKind,
+  SystemEventKind,
+  type Frame,
+  type Message,
+  type MessageMeta,
+} from "../src/frames.js";
 import { MemoryStorage } from "../src/storage.js";
 import type { Connector } from "../src/transport.js";
 import { FakeServer, ManualClock, settle, type FakeConn } from "./fake_server.js";
@@ -41,7 +50,7 @@ function connect(w: World, extra: ClientConfig = {}): Promise<Client> {
 function record(client: Client): Array<[string, unknown]> {
   const log: Array<[string, unknown]> = [];
   const names: Array<keyof ClientEvents> = [
-    "message", "receipt", "presence", "typing", "threadUpdated",
+    "message", "messageMeta", "receipt", "presence", "typing", "threadUpdated",
     "disconnected", "redirected", "reconnected", "sessionEnded",
   ];
   for (const name of names) client.on(name, (v) => log.push([name, v]));
@@ -222,7 +231,7 @@ test("a push that arrives while the catch-up sync runs comes out after the backl
   assert.ok(heldSync, "the sync is in flight (the first attempt is immediate)");
   assert.notEqual(heldSync[0], oldConn);
   const live = w.server.storeText(thread.id, bob.userId!, "live");
-  heldSync[0].reply(0, frame("MessagePush", { message: live }));
+  heldSync[0].reply(0, frame("MessagePush", { message: live, replyTo: 0n }));
   await settle();
   assert.deepEqual(log.map(([n]) => n), ["disconnected"], "held during the sync");
   heldSync[0].reply(heldSync[1], w.server.syncBatch(alice.userId!, heldSync[2] as Frame & { type: "Sync" }));
@@ -230,6 +239,160 @@ test("a push that arrives while the catch-up sync runs comes out after the backl
   const messages = log.filter(([n]) => n === "message").map(([, m]) => (m as Message).id);
   assert.deepEqual(messages, [missed.id, live.id], "backlog first, then the held push, each once");
   assert.equal(log.at(-1)![0], "reconnected");
+});
+
+/** The log as short names: message text (or the system event's kind), meta as `meta:<reply_to>`. */
+function brief(log: Array<[string, unknown]>): string[] {
+  return log.map(([n, v]) => {
+    if (n === "message") {
+      const m = v as Message;
+      return m.kind === MessageKind.System ? `system:${decodeSystemEvent(m.body).event}` : text(m);
+    }
+    if (n === "messageMeta") return `meta:${(v as { meta: MessageMeta }).meta.replyTo}`;
+    return n;
+  });
+}
+
+test("replies, edits and reactions: a pushed reply is followed by its meta; EDITED and REACTED reach every member", async () => {
+  const w = world();
+  const { alice, bob, thread } = await pair(w);
+  const aliceLog = record(alice);
+  const bobLog = record(bob);
+  const q = await alice.sendText(thread.id, "lunch?");
+  const r = await bob.sendReply(thread.id, q.message, "yes");
+  await settle();
+  const sends = serverConnOf(w, bob.userId!).sent("Send") as Array<Frame & { type: "Send" }>;
+  assert.equal(sends.at(-1)!.replyTo, q.message, "SEND carries reply_to");
+  // The fake, like the server, pushes nothing back to the sending connection.
+  assert.deepEqual(brief(aliceLog), ["yes", `meta:${q.message}`], "the meta right after its message");
+  assert.deepEqual(aliceLog.at(-1)![1], {
+    thread: thread.id,
+    meta: { id: r.message, replyTo: q.message, editedAt: 0n, reactions: [], mine: "" },
+  });
+
+  await alice.edit(thread.id, q.message, "lunch at 1?");
+  await bob.react(thread.id, q.message, "👍");
+  await settle();
+  assert.deepEqual(brief(bobLog).slice(-2), [`system:${SystemEventKind.Edited}`, `system:${SystemEventKind.Reacted}`]);
+  const reacted = decodeSystemEvent((bobLog.at(-1)![1] as Message).body);
+  assert.deepEqual([reacted.subject, reacted.text, reacted.reactions], [q.message, "👍", [{ reaction: "👍", count: 1 }]]);
+  const edited = decodeSystemEvent((bobLog.at(-2)![1] as Message).body);
+  assert.equal(new TextDecoder().decode(edited.body), "lunch at 1?");
+
+  const page = await bob.history(thread.id, 0n, 0, 10);
+  const meta = page.meta.find((m) => m.id === q.message)!;
+  assert.deepEqual([meta.reactions, meta.mine, meta.editedAt !== 0n], [[{ reaction: "👍", count: 1 }], "👍", true]);
+  await bob.react(thread.id, q.message, "");
+  assert.equal((await bob.history(thread.id, 0n, 0, 10)).meta.some((m) => m.id === q.message), true, "still edited");
+});
+
+test("a reply pushed during the catch-up sync keeps its meta right after it", async () => {
+  const w = world();
+  const { alice, bob, thread } = await pair(w, { autoReconnect: true });
+  const q = await alice.sendText(thread.id, "q");
+  await settle();
+  const log = record(alice);
+  let heldSync: [FakeConn, number, Frame] | undefined;
+  w.server.intercept = (conn, id, f) => {
+    if (f.type !== "Sync") return false;
+    heldSync = [conn, id, f];
+    return true;
+  };
+  serverConnOf(w, alice.userId!).drop();
+  await settle();
+  assert.ok(heldSync);
+  // The sync's answer is taken before the reply is stored: the reply comes only as the push.
+  const batch = w.server.syncBatch(alice.userId!, heldSync[2] as Frame & { type: "Sync" });
+  const live = w.server.storeText(thread.id, bob.userId!, "live reply");
+  heldSync[0].reply(0, frame("MessagePush", { message: live, replyTo: q.message }));
+  await settle();
+  assert.deepEqual(brief(log), ["disconnected"], "held during the sync");
+  heldSync[0].reply(heldSync[1], batch);
+  await settle();
+  // "q" is alice's own, never pushed to her: the sync recovers it.
+  assert.deepEqual(brief(log), ["disconnected", "threadUpdated", "q", "live reply", `meta:${q.message}`, "reconnected"]);
+});
+
+test("messages recovered by sync after a reconnect are each followed by their meta from SYNC_BATCH.meta", async () => {
+  const w = world();
+  const { alice, bob, thread } = await pair(w, { autoReconnect: true });
+  const q = await alice.sendText(thread.id, "q");
+  await settle();
+  const log = record(alice);
+  w.server.refuse = "connection refused (test)";
+  serverConnOf(w, alice.userId!).drop();
+  await settle();
+  const r = await bob.sendReply(thread.id, q.message, "a reply while away");
+  await bob.react(thread.id, q.message, "🎉");
+  await bob.sendText(thread.id, "plain");
+  w.server.refuse = undefined;
+  await w.clock.advance(100);
+  assert.deepEqual(brief(log), [
+    "disconnected",
+    "threadUpdated",
+    "q",
+    "meta:0", // q has a reaction now
+    "a reply while away",
+    `meta:${q.message}`,
+    `system:${SystemEventKind.Reacted}`,
+    "plain",
+    "reconnected",
+  ]);
+  const metas = log.filter(([n]) => n === "messageMeta").map(([, v]) => v);
+  assert.deepEqual(metas, [
+    { thread: thread.id, meta: { id: q.message, replyTo: 0n, editedAt: 0n, reactions: [{ reaction: "🎉", count: 1 }], mine: "" } },
+    { thread: thread.id, meta: { id: r.message, replyTo: q.message, editedAt: 0n, reactions: [], mine: "" } },
+  ]);
+});
+
+test("LOGIN_THROTTLED exposes its retry hint as retryAfterSecs", async () => {
+  const w = world();
+  const client = await connect(w);
+  w.server.intercept = (conn, id, f) => {
+    if (f.type !== "Login") return false;
+    conn.reply(id, frame("ErrorReply", { code: ErrorCode.LoginThrottled, message: "too many failed logins; wait, then retry [retry_after_secs=30]" }));
+    return true;
+  };
+  await assert.rejects(client.login("alice", "password1"), (e: unknown) => {
+    assert.ok(e instanceof ClientError);
+    assert.equal(e.code, ErrorCode.LoginThrottled);
+    assert.equal(e.retryAfterSecs, 30);
+    return true;
+  });
+  w.server.intercept = undefined;
+  await assert.rejects(client.login("nobody", "x"), (e: unknown) => e instanceof ClientError && e.retryAfterSecs === undefined);
+});
+
+test("pushes held during the catch-up are bounded: past the bound the oldest is dropped and a second sync recovers it", async () => {
+  const w = world();
+  const { alice, bob, thread } = await pair(w, { autoReconnect: true, maxHeldPushes: 3 });
+  const log = record(alice);
+  let heldSync: [FakeConn, number, Frame] | undefined;
+  w.server.intercept = (conn, id, f) => {
+    if (f.type !== "Sync" || heldSync !== undefined) return false;
+    heldSync = [conn, id, f];
+    return true;
+  };
+  serverConnOf(w, alice.userId!).drop();
+  await settle();
+  assert.ok(heldSync);
+  const conn = heldSync[0];
+  // The first sync's answer is taken before the pushes: they are not in it.
+  const batch = w.server.syncBatch(alice.userId!, heldSync[2] as Frame & { type: "Sync" });
+  const pushed: bigint[] = [];
+  for (let i = 1; i <= 5; i++) {
+    const m = w.server.storeText(thread.id, bob.userId!, `p${i}`);
+    pushed.push(m.id);
+    conn.reply(0, frame("MessagePush", { message: m, replyTo: 0n }));
+  }
+  await settle();
+  assert.deepEqual(brief(log), ["disconnected"], "held (3 of them) during the sync");
+  conn.reply(heldSync[1], batch);
+  await settle();
+  const syncs = conn.sent("Sync") as Array<Frame & { type: "Sync" }>;
+  assert.equal(syncs.length, 2, "p1 and p2 were dropped: a second sync runs");
+  assert.equal(syncs[1]!.since, batch.type === "SyncBatch" ? batch.watermark : -1n, "from the first one's watermark");
+  assert.deepEqual(brief(log), ["disconnected", "threadUpdated", "p1", "p2", "p3", "p4", "p5", "reconnected"], "every push once, in order");
 });
 
 test("sync pages through the server's batches and keeps one watermark for the walk", async () => {

@@ -1,10 +1,18 @@
 /** The codec beyond the vectors: splits, limits, ranges, bigint ids, appended fields. */
 
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
 import { Decoder, encode, MAX_FRAME_LEN, peekLen } from "../src/codec.js";
-import { DecodeError, EncodeError } from "../src/errors.js";
+import {
+  closesConnection,
+  DecodeError,
+  EncodeError,
+  ErrorCode,
+  errorCodeName,
+  retryAfterSecs,
+} from "../src/errors.js";
 import {
   decodeSystemEvent,
   frame,
@@ -33,6 +41,7 @@ function frames(): Array<[number, Frame]> {
           recalled: false,
           body: new TextEncoder().encode("héllo 🧗"),
         },
+        replyTo: (1n << 63n) + 1n,
       }),
     ],
     [7, frame("Done", {})],
@@ -95,7 +104,7 @@ test("values out of their field's range are refused when encoding, naming the fi
   assert.throws(() => encode(1, frame("Ping", { nonce: -1n })), EncodeError);
   assert.throws(() => encode(1, frame("Ping", { nonce: 5 as unknown as bigint })), EncodeError);
   assert.throws(() => encode(1, frame("ListThreads", { beforeMsgId: 0n, beforeThread: 0n, limit: 70000 })), /ListThreads\.limit/);
-  assert.throws(() => encode(1, frame("Send", { thread: 1n, clientMsgId: 1n, kind: 9 as MessageKind, body: new Uint8Array() })), /Send\.kind/);
+  assert.throws(() => encode(1, frame("Send", { thread: 1n, clientMsgId: 1n, kind: 9 as MessageKind, body: new Uint8Array(), replyTo: 0n })), /Send\.kind/);
 });
 
 test("a string over 65,535 bytes is cut at a character boundary, never mid-character", () => {
@@ -107,15 +116,78 @@ test("a string over 65,535 bytes is cut at a character boundary, never mid-chara
   assert.equal(w.length, 2 + 65_534);
 });
 
-test("a system event body decodes with or without the appended users", () => {
+test("a system event body decodes with or without the appended users, body and reactions", () => {
   const w = new Writer();
-  const ev = { event: SystemEventKind.MemberAdded, actor: 7n, subject: 9n, text: "", users: [9n, 11n] };
+  const none = { body: new Uint8Array(0), reactions: [] };
+  const ev = { event: SystemEventKind.MemberAdded, actor: 7n, subject: 9n, text: "", users: [9n, 11n], ...none };
   SystemEventCodec.put(w, ev, "body");
   const full = w.toBytes();
   assert.deepEqual(decodeSystemEvent(full), ev);
   const old = full.subarray(0, 1 + 8 + 8 + 2);
   assert.deepEqual(decodeSystemEvent(old), { ...ev, users: [] });
+  // users (2 + 16 bytes) but no body nor reactions: a server before edits wrote this.
+  assert.deepEqual(decodeSystemEvent(full.subarray(0, 1 + 8 + 8 + 2 + 18)), ev);
   assert.throws(() => decodeSystemEvent(full.subarray(0, 5)), DecodeError);
+});
+
+test("EDITED and REACTED system events carry the new body and the counts", () => {
+  const edited = {
+    event: SystemEventKind.Edited,
+    actor: 17n,
+    subject: 1700000000000001n,
+    text: "",
+    users: [],
+    body: new TextEncoder().encode("hi!"),
+    reactions: [],
+  };
+  const reacted = {
+    event: SystemEventKind.Reacted,
+    actor: 42n,
+    subject: 1700000000000001n,
+    text: "👍",
+    users: [],
+    body: new Uint8Array(0),
+    reactions: [{ reaction: "👍", count: 2 }],
+  };
+  for (const ev of [edited, reacted]) {
+    const w = new Writer();
+    SystemEventCodec.put(w, ev, "body");
+    assert.deepEqual(decodeSystemEvent(w.toBytes()), ev);
+  }
+  // The bodies of the EDITED and REACTED pushes in protocol/vectors.json, as the server wrote them.
+  const fromRust = (hex: string) => decodeSystemEvent(Uint8Array.from(Buffer.from(hex, "hex")));
+  const e = fromRust("0700000000000000110006 0a24181e4001 0000 0000 00000003 686921 0000".replace(/ /g, ""));
+  assert.equal(e.event, SystemEventKind.Edited);
+  assert.equal(new TextDecoder().decode(e.body), "hi!");
+  const r = fromRust(
+    "08000000000000002a00060a24181e4001 0004f09f918d 0000 00000000 0001 0004f09f918d 00000002".replace(/ /g, ""),
+  );
+  assert.deepEqual([r.event, r.text, r.reactions], [SystemEventKind.Reacted, "👍", [{ reaction: "👍", count: 2 }]]);
+});
+
+test("the retry hint is read from the end of an error message, as the Rust crate reads it", () => {
+  assert.equal(retryAfterSecs("too many failed logins; wait, then retry [retry_after_secs=42]"), 42);
+  assert.equal(retryAfterSecs("busy [retry_after_secs=1]  "), 1);
+  assert.equal(retryAfterSecs("no hint here"), undefined);
+  assert.equal(retryAfterSecs("[retry_after_secs=7] in the middle"), undefined);
+  assert.equal(retryAfterSecs("[retry_after_secs=x]"), undefined);
+  assert.equal(retryAfterSecs("[retry_after_secs=4294967296]"), undefined, "past u32");
+});
+
+test("the error table knows every code of PROTOCOL.md section 8, and which close", () => {
+  assert.equal(ErrorCode.EncryptionRequired, 15);
+  assert.ok(closesConnection(ErrorCode.EncryptionRequired));
+  assert.ok(closesConnection(ErrorCode.WrongNode));
+  assert.ok(!closesConnection(ErrorCode.Unavailable));
+  assert.ok(!closesConnection(ErrorCode.LoginThrottled));
+  const doc = readFileSync(new URL("../../../../protocol/PROTOCOL.md", import.meta.url), "utf8");
+  const rows = [...doc.matchAll(/^\|\s+(\d+) \| `([A-Z_]+)`\s+\| (yes|no)\s+\|/gm)];
+  assert.ok(rows.length > 40, "section 8 rows found");
+  for (const [, code, name, closes] of rows) {
+    const camel = name!.toLowerCase().replace(/(^|_)([a-z])/g, (_, __, c: string) => c.toUpperCase());
+    assert.equal(errorCodeName(Number(code)), camel, `code ${code}`);
+    assert.equal(closesConnection(Number(code)), closes === "yes", `${name} closes: ${closes}`);
+  }
 });
 
 test("mutated and cut vectors decode or throw DecodeError, never anything else", async () => {

@@ -15,11 +15,16 @@ import {
   frame,
   MessageKind,
   Role,
+  SystemEventCodec,
+  SystemEventKind,
   ThreadKind,
   type Frame,
   type Message,
+  type MessageMeta,
+  type ReactionCount,
   type Thread,
 } from "../src/frames.js";
+import { Writer } from "../src/wire.js";
 import type { Connector, TransportHandlers } from "../src/transport.js";
 
 /** Lets every microtask and immediate in flight run. */
@@ -128,6 +133,24 @@ interface StoredThread {
   messages: Message[];
   /** (sender, clientMsgId) -> message id: a retried SEND stores nothing. */
   byClientId: Map<string, bigint>;
+  /** Message id -> what it replies to, its last edit, each member's reaction. */
+  extras?: Map<bigint, Extras>;
+}
+
+interface Extras {
+  replyTo: bigint;
+  editedAt: bigint;
+  /** user -> their one reaction. */
+  reactions: Map<bigint, string>;
+}
+
+/** Reaction counts, most frequent first, ties by reaction (as the server orders them). */
+function counts(reactions: Map<bigint, string>): ReactionCount[] {
+  const n = new Map<string, number>();
+  for (const r of reactions.values()) n.set(r, (n.get(r) ?? 0) + 1);
+  return [...n]
+    .map(([reaction, count]) => ({ reaction, count }))
+    .sort((a, b) => b.count - a.count || (a.reaction < b.reaction ? -1 : a.reaction > b.reaction ? 1 : 0));
 }
 
 /** The in-memory Courier world behind every connection made through `connector`. */
@@ -258,10 +281,46 @@ export class FakeServer {
           recalled: false,
           body: f.body.slice(),
         };
+        if (f.replyTo !== 0n && !t.messages.some((m) => m.id === f.replyTo)) {
+          return err(ErrorCode.UnknownMessage, "reply_to is no message of this thread");
+        }
         this.store(message);
         t.byClientId.set(key, message.id);
+        if (f.replyTo !== 0n) this.extrasOf(t, message.id).replyTo = f.replyTo;
         conn.reply(id, frame("Sent", { thread: f.thread, message: message.id, clientMsgId: f.clientMsgId }));
-        return this.pushToMembers(f.thread, frame("MessagePush", { message }), conn);
+        return this.pushToMembers(f.thread, frame("MessagePush", { message, replyTo: f.replyTo }), conn);
+      }
+      case "Edit":
+      case "React": {
+        const t = this.threads.get(f.thread);
+        const target = t?.messages.find((m) => m.id === f.message);
+        if (t === undefined || target === undefined) return err(ErrorCode.UnknownMessage, "no such message");
+        const extras = this.extrasOf(t, target.id);
+        const user = conn.user!;
+        let event;
+        if (f.type === "Edit") {
+          if (target.sender !== user) return err(ErrorCode.NotSender, "only the sender may edit");
+          target.body = f.body.slice();
+          event = { event: SystemEventKind.Edited, text: "", body: target.body, reactions: [] };
+        } else {
+          if (f.reaction === "") extras.reactions.delete(user);
+          else extras.reactions.set(user, f.reaction);
+          event = { event: SystemEventKind.Reacted, text: f.reaction, body: new Uint8Array(0), reactions: counts(extras.reactions) };
+        }
+        const w = new Writer();
+        SystemEventCodec.put(w, { ...event, actor: user, subject: target.id, users: [] }, "body");
+        const system = this.store({
+          thread: f.thread,
+          id: this.tick(),
+          sender: user,
+          clientMsgId: 0n,
+          kind: MessageKind.System,
+          recalled: false,
+          body: w.toBytes(),
+        });
+        if (f.type === "Edit") extras.editedAt = system.id;
+        conn.reply(id, frame("Done", {}));
+        return this.pushToMembers(f.thread, frame("MessagePush", { message: system, replyTo: 0n }));
       }
       case "Receipt": {
         conn.reply(id, frame("Done", {}));
@@ -274,13 +333,35 @@ export class FakeServer {
       case "History": {
         const t = this.threads.get(f.thread);
         const messages = (t?.messages ?? []).filter((m) => f.anchor === 0n || m.id < f.anchor).reverse().slice(0, f.limit);
-        return conn.reply(id, frame("Messages", { thread: f.thread, messages, more: false }));
+        const meta = t === undefined ? [] : this.metaOf(t, messages, conn.user!);
+        return conn.reply(id, frame("Messages", { thread: f.thread, messages, more: false, meta }));
       }
       case "ContactList":
         return conn.reply(id, frame("Contacts", { users: [] }));
       default:
         return err(ErrorCode.InvalidArgument, `the fake server does not do ${f.type}`);
     }
+  }
+
+  private extrasOf(t: StoredThread, id: bigint): Extras {
+    t.extras ??= new Map();
+    let e = t.extras.get(id);
+    if (e === undefined) {
+      e = { replyTo: 0n, editedAt: 0n, reactions: new Map() };
+      t.extras.set(id, e);
+    }
+    return e;
+  }
+
+  /** The MessageMeta of those of `messages` that reply, were edited or have reactions. */
+  metaOf(t: StoredThread, messages: Message[], user: bigint): MessageMeta[] {
+    const out: MessageMeta[] = [];
+    for (const m of messages) {
+      const e = t.extras?.get(m.id);
+      if (e === undefined || (e.replyTo === 0n && e.editedAt === 0n && e.reactions.size === 0)) continue;
+      out.push({ id: m.id, replyTo: e.replyTo, editedAt: e.editedAt, reactions: counts(e.reactions), mine: e.reactions.get(user) ?? "" });
+    }
+    return out;
   }
 
   /** Stores a message as if a client had sent it; returns it. */
@@ -342,6 +423,7 @@ export class FakeServer {
       nextMessage: more ? last!.id : 0n,
       watermark,
       deleted: [],
+      meta: page.flatMap((m) => this.metaOf(this.threads.get(m.thread)!, [m], user)),
     });
   }
 

@@ -5,7 +5,7 @@ import { test } from "node:test";
 
 import { Backoff, DEFAULT_BACKOFF } from "../src/backoff.js";
 import { encode } from "../src/codec.js";
-import { Dedupe, RECENT_PER_THREAD } from "../src/dedupe.js";
+import { Dedupe, MAX_THREADS, RECENT_PER_THREAD } from "../src/dedupe.js";
 import { frame, MessageKind, ReceiptKind, Role, type Member, type Message } from "../src/frames.js";
 import { FileStorage } from "../src/node.js";
 import { applyReceipt, applySent, Tick, tick } from "../src/ticks.js";
@@ -34,6 +34,24 @@ test("dedupe: the floor covers everything below and drops recent ids", () => {
   assert.ok(d.insert(1n, 31n));
   d.raiseFloor(1n, 5n);
   assert.ok(d.contains(1n, 20n), "the floor never goes down");
+});
+
+test("dedupe: the threads are bounded; the one touched longest ago is forgotten", () => {
+  const d = new Dedupe(3);
+  assert.ok(d.insert(1n, 10n));
+  assert.ok(d.insert(2n, 20n));
+  assert.ok(d.insert(3n, 30n));
+  assert.ok(!d.insert(1n, 10n), "touching thread 1 makes it the newest");
+  assert.ok(d.insert(4n, 40n));
+  assert.equal(d.threadCount, 3);
+  assert.ok(!d.contains(2n, 20n), "thread 2, touched longest ago, is forgotten");
+  assert.ok(d.contains(1n, 10n) && d.contains(3n, 30n) && d.contains(4n, 40n));
+  d.raiseFloor(5n, 50n);
+  assert.equal(d.threadCount, 3, "a floor counts as a touch, within the bound");
+  assert.ok(!d.contains(3n, 30n));
+  const big = new Dedupe();
+  for (let t = 0n; t < BigInt(MAX_THREADS) + 100n; t++) big.insert(t, 1n);
+  assert.equal(big.threadCount, MAX_THREADS);
 });
 
 test("dedupe: memory is bounded per thread", () => {

@@ -202,3 +202,87 @@ test("a dropped connection resumes on the real server and syncs what was missed,
   third.close();
   bob.close();
 });
+
+test("replies, edits and reactions through the real server: pushes, meta, history, sync, errors", { skip }, async () => {
+  let gateOpen = true;
+  const tcp = tcpConnector();
+  const gated: Connector = (url, handlers) => {
+    if (!gateOpen) {
+      queueMicrotask(() => handlers.onClose("gate closed (test)"));
+      return { send() {}, close() {} };
+    }
+    return tcp(url, handlers);
+  };
+  const alice = await connect({ connector: gated, autoReconnect: true, backoff: { initialMs: 50, maxMs: 200, factor: 2, jitter: 0 } });
+  const bob = await connect();
+  const a = await alice.register(handle("alice"), "password1");
+  const b = await bob.register(handle("bob"), "password1");
+  const thread = await bob.openDirect(a.user);
+  const log: string[] = [];
+  alice.on("message", (m) => log.push(m.kind === MessageKind.System ? `system:${decodeSystemEvent(m.body).event}` : utf8(m.body)));
+  alice.on("messageMeta", ({ meta }) => log.push(`meta:${meta.id}:${meta.replyTo}`));
+
+  const first = next(alice, "message");
+  const q = await bob.sendText(thread.id, "lunch?");
+  await first;
+  const metaPushed = next(alice, "messageMeta");
+  const r = await bob.sendReply(thread.id, q.message, "or dinner?");
+  assert.deepEqual(await metaPushed, { thread: thread.id, meta: { id: r.message, replyTo: q.message, editedAt: 0n, reactions: [], mine: "" } });
+  assert.deepEqual(log, ["lunch?", "or dinner?", `meta:${r.message}:${q.message}`], "the meta right after its message");
+
+  const edited = next(alice, "message", 5000, (m) => m.kind === MessageKind.System);
+  await bob.edit(thread.id, q.message, "lunch at 1?");
+  const ev = decodeSystemEvent((await edited).body);
+  assert.deepEqual([ev.event, ev.actor, ev.subject, utf8(ev.body)], [SystemEventKind.Edited, b.user, q.message, "lunch at 1?"]);
+  const reacted = next(bob, "message", 5000, (m) => m.kind === MessageKind.System && decodeSystemEvent(m.body).event === SystemEventKind.Reacted);
+  await alice.react(thread.id, q.message, "👍");
+  assert.deepEqual(decodeSystemEvent((await reacted).body).reactions, [{ reaction: "👍", count: 1 }]);
+
+  const page = await alice.history(thread.id, 0n, Direction.Backward, 20);
+  const qMeta = page.meta.find((m) => m.id === q.message)!;
+  assert.equal(utf8(page.messages.find((m) => m.id === q.message)!.body), "lunch at 1?");
+  assert.deepEqual([qMeta.reactions, qMeta.mine, qMeta.editedAt > q.message], [[{ reaction: "👍", count: 1 }], "👍", true]);
+  assert.equal(page.meta.find((m) => m.id === r.message)!.replyTo, q.message);
+
+  await assert.rejects(alice.edit(thread.id, q.message, "not mine"), (e: unknown) => e instanceof ClientError && e.code === ErrorCode.NotSender);
+  await assert.rejects(alice.react(thread.id, q.message, "two words"), (e: unknown) => e instanceof ClientError && e.code === ErrorCode.InvalidReaction);
+  await assert.rejects(alice.sendReply(thread.id, 12345n, "to nothing"), (e: unknown) => e instanceof ClientError && e.code === ErrorCode.UnknownMessage);
+
+  // Away: a reply and a reaction come back by sync, each message followed by its meta.
+  gateOpen = false;
+  const disconnected = next(alice, "disconnected");
+  alice.breakConnectionForTest();
+  await disconnected;
+  log.length = 0;
+  const away = await bob.sendReply(thread.id, r.message, "dinner it is");
+  await bob.react(thread.id, q.message, "🎉");
+  const reconnected = next(alice, "reconnected");
+  gateOpen = true;
+  await reconnected;
+  assert.deepEqual(log, ["dinner it is", `meta:${away.message}:${r.message}`, `system:${SystemEventKind.Reacted}`]);
+  alice.close();
+  bob.close();
+});
+
+test("LOGIN_THROTTLED from the real server carries its retry hint as retryAfterSecs", { skip }, async () => {
+  const client = await connect();
+  const victim = handle("victim");
+  await client.register(victim, "password1");
+  client.close();
+  const other = await connect();
+  let throttled: ClientError | undefined;
+  // 5 failures without delay, then the next must wait (PROTOCOL.md section 9).
+  for (let i = 0; i < 8 && throttled === undefined; i++) {
+    try {
+      await other.login(victim, "wrong password");
+      assert.fail("a wrong password logged in");
+    } catch (e) {
+      assert.ok(e instanceof ClientError);
+      if (e.code === ErrorCode.LoginThrottled) throttled = e;
+      else assert.equal(e.code, ErrorCode.BadCredentials);
+    }
+  }
+  assert.ok(throttled, "throttled within 8 attempts");
+  assert.ok(throttled.retryAfterSecs !== undefined && throttled.retryAfterSecs >= 1, throttled.message);
+  other.close();
+});

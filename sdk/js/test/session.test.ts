@@ -55,6 +55,7 @@ function push(id: bigint): Frame {
       recalled: false,
       body: new Uint8Array(),
     },
+    replyTo: 0n,
   });
 }
 
@@ -314,7 +315,7 @@ test("bytes that do not decode and frames a server must not send close the sessi
 test("replies out of order reach their requests and strays are dropped", () => {
   const s = welcomed(0, 30);
   const ids = [0n, 1n, 2n].map((i) =>
-    s.sendRequest(frame("Send", { thread: 1n, clientMsgId: i, kind: MessageKind.Text, body: new Uint8Array() })),
+    s.sendRequest(frame("Send", { thread: 1n, clientMsgId: i, kind: MessageKind.Text, body: new Uint8Array(), replyTo: 0n })),
   );
   assert.deepEqual(ids, [2, 3, 4], "HELLO had 1");
   const typing = s.sendRequest(frame("Typing", { thread: 1n, active: true }));
@@ -442,7 +443,7 @@ test("the caller errors say what is wrong", () => {
   const s = welcomed(0, 30);
   assert.throws(() => s.sendRequest(done()), sessionError("NotARequest"));
   assert.throws(() => s.sendRequest(push(1n)), /MessagePush is not a request/);
-  const big = frame("Send", { thread: 1n, clientMsgId: 0n, kind: MessageKind.Text, body: new Uint8Array(70_000) });
+  const big = frame("Send", { thread: 1n, clientMsgId: 0n, kind: MessageKind.Text, body: new Uint8Array(70_000), replyTo: 0n });
   assert.throws(
     () => s.sendRequest(big),
     (e: unknown) =>
@@ -492,7 +493,7 @@ test("take undecoded hands over a partial frame and closes", () => {
 test("a refused request leaves nothing queued before or after it", () => {
   const s = welcomed(0, 30);
   const first = s.sendRequest(contactList());
-  const big = frame("Send", { thread: 1n, clientMsgId: 0n, kind: MessageKind.Text, body: new Uint8Array(70_000) });
+  const big = frame("Send", { thread: 1n, clientMsgId: 0n, kind: MessageKind.Text, body: new Uint8Array(70_000), replyTo: 0n });
   assert.throws(() => s.sendRequest(big), sessionError("FrameTooLarge"));
   assert.throws(() => s.sendRequest(frame("Ping", { nonce: -1n })), /Ping\.nonce/);
   const second = s.sendRequest(contactList());
