@@ -43,10 +43,8 @@ let pageUrl = "";
 
 async function startServer() {
   dataDir = mkdtempSync(join(tmpdir(), "courier-web-it-"));
-  const args = ["serve", "--listen", "127.0.0.1:0", "--shards", "2", "--argon2-m-kib", "64", "--data-dir", dataDir];
-  if (spawnSync(BIN, ["serve", "--help"], { encoding: "utf8" }).stdout.includes("--insecure-plaintext")) {
-    args.push("--insecure-plaintext");
-  }
+  // Plaintext: the browser client does not speak the Noise transport yet (sdk/js/README.md).
+  const args = ["serve", "--listen", "127.0.0.1:0", "--shards", "2", "--argon2-m-kib", "64", "--data-dir", dataDir, "--insecure-plaintext"];
   server = spawn(BIN, args, { stdio: ["ignore", "pipe", "ignore"] });
   const addr = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("courier did not start within 20 s")), 20_000);
@@ -121,7 +119,7 @@ after(async () => {
 
 /** Runs courier-cli with its own config file against the server; returns its stdout. */
 function cli(args) {
-  const out = spawnSync(CLI, ["--server", `127.0.0.1:${tcpPort}`, "--json", ...args], {
+  const out = spawnSync(CLI, ["--server", `127.0.0.1:${tcpPort}`, "--insecure-plaintext", "--json", ...args], {
     encoding: "utf8",
     env: { ...process.env, COURIER_CONFIG: join(dataDir, "cli.toml"), COURIER_PASSWORD: "password1" },
   });
