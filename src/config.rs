@@ -152,9 +152,24 @@ pub struct ServeArgs {
     /// How long after sending a message its sender may recall it, in seconds [default: 3600].
     #[arg(long)]
     pub recall_window_secs: Option<u64>,
-    /// Largest media upload in bytes [default: 16777216].
-    #[arg(long)]
+    /// Largest media upload in bytes [default: 104857600, 100 MiB].
+    #[arg(long = "media-max-bytes", alias = "max-media")]
     pub max_media: Option<u64>,
+    /// Bytes of media one user may have stored plus in uploads in progress; content stored
+    /// for several users counts for each [default: 1073741824, 1 GiB].
+    #[arg(long)]
+    pub media_quota_bytes: Option<u64>,
+    /// An upload with no chunk for this long is abandoned and its bytes collected, in seconds
+    /// [default: 600].
+    #[arg(long)]
+    pub media_upload_timeout_secs: Option<u64>,
+    /// Stored media sent in no message this long after its upload is deleted, in seconds
+    /// [default: 86400].
+    #[arg(long)]
+    pub media_grace_secs: Option<u64>,
+    /// Time between passes of the media garbage collector, in milliseconds [default: 60000].
+    #[arg(long)]
+    pub media_gc_interval_ms: Option<u64>,
     /// How long a retried SEND (same client_msg_id) answers the original SENT, in seconds
     /// [default: 86400].
     #[arg(long)]
@@ -208,7 +223,12 @@ struct FileConfig {
     max_group: Option<usize>,
     max_body: Option<usize>,
     recall_window_secs: Option<u64>,
+    #[serde(alias = "media_max_bytes")]
     max_media: Option<u64>,
+    media_quota_bytes: Option<u64>,
+    media_upload_timeout_secs: Option<u64>,
+    media_grace_secs: Option<u64>,
+    media_gc_interval_ms: Option<u64>,
     read_budget: Option<usize>,
     dedupe_window_secs: Option<u64>,
     max_devices: Option<u32>,
@@ -242,6 +262,10 @@ pub struct Config {
     pub max_body: usize,
     pub recall_window_secs: u64,
     pub max_media: u64,
+    pub media_quota_bytes: u64,
+    pub media_upload_timeout_secs: u64,
+    pub media_grace_secs: u64,
+    pub media_gc_interval_ms: u64,
     pub read_budget: usize,
     pub dedupe_window_secs: u64,
     pub max_devices: u32,
@@ -300,7 +324,23 @@ impl Config {
                 .recall_window_secs
                 .or(file.recall_window_secs)
                 .unwrap_or(3600),
-            max_media: args.max_media.or(file.max_media).unwrap_or(16 << 20),
+            max_media: args.max_media.or(file.max_media).unwrap_or(100 << 20),
+            media_quota_bytes: args
+                .media_quota_bytes
+                .or(file.media_quota_bytes)
+                .unwrap_or(1 << 30),
+            media_upload_timeout_secs: args
+                .media_upload_timeout_secs
+                .or(file.media_upload_timeout_secs)
+                .unwrap_or(600),
+            media_grace_secs: args
+                .media_grace_secs
+                .or(file.media_grace_secs)
+                .unwrap_or(86_400),
+            media_gc_interval_ms: args
+                .media_gc_interval_ms
+                .or(file.media_gc_interval_ms)
+                .unwrap_or(60_000),
             read_budget: args.read_budget.or(file.read_budget).unwrap_or(256 * 1024),
             dedupe_window_secs: args
                 .dedupe_window_secs
@@ -412,6 +452,23 @@ impl Config {
         }
         if self.max_media == 0 {
             return invalid("max_media", &0, "use at least 1 byte");
+        }
+        if self.media_quota_bytes < self.max_media {
+            return invalid(
+                "media_quota_bytes",
+                &self.media_quota_bytes,
+                "use at least --media-max-bytes, or no file of the largest size can be uploaded",
+            );
+        }
+        if self.media_upload_timeout_secs == 0 {
+            return invalid("media_upload_timeout_secs", &0, "use at least 1 second");
+        }
+        if !(10..=86_400_000).contains(&self.media_gc_interval_ms) {
+            return invalid(
+                "media_gc_interval_ms",
+                &self.media_gc_interval_ms,
+                "use 10 ms to one day (86400000)",
+            );
         }
         if !(1..=MAX_DEDUPE_WINDOW_SECS).contains(&self.dedupe_window_secs) {
             return invalid(

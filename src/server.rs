@@ -10,6 +10,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
@@ -21,6 +22,7 @@ use crate::clock::Clock;
 use crate::cluster::Router;
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::media::gc::{Collector, GcConfig, GcThread};
 use crate::metrics::{self, Metrics};
 use crate::session::{Accounts, AuthConfig, AuthError};
 use crate::shard::mailbox::{Mailbox, ShardMsg, MAILBOX_CAPACITY};
@@ -85,6 +87,8 @@ pub fn serve(config: Config) -> Result<(), Error> {
         max_body: config.max_body,
         recall_window_us: config.recall_window_secs.saturating_mul(1_000_000),
         max_media: config.max_media,
+        media_quota: config.media_quota_bytes,
+        upload_idle_us: config.media_upload_timeout_secs.saturating_mul(1_000_000),
         // A MEDIA_CHUNK of chunk_max bytes must fit in the max_frame announced in WELCOME.
         media_chunk: ChatConfig::default()
             .media_chunk
@@ -135,6 +139,15 @@ pub fn serve(config: Config) -> Result<(), Error> {
         config.read_threads,
         config.read_queue,
     )?;
+    let gc = GcThread::spawn(Collector::new(
+        store.clone(),
+        chat.blobs.clone(),
+        GcConfig {
+            upload_timeout: Duration::from_secs(config.media_upload_timeout_secs),
+            grace: Duration::from_secs(config.media_grace_secs),
+            interval: Duration::from_millis(config.media_gc_interval_ms),
+        },
+    ))?;
     let core = Arc::new(Core {
         router: Router::new(&config.node_id, &config.peers),
         config,
@@ -177,6 +190,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         let _ = handle.join();
     }
     reads.shutdown();
+    gc.shutdown();
     let synced = store.sync();
     if let Some(failure) = core.failed() {
         match synced {

@@ -687,6 +687,7 @@ fn media_upload_message_and_download() {
     let Frame::MediaUpload(up) = alice.request(MediaBegin {
         total_len: content.len() as u64,
         mime: "image/png".into(),
+        hash: Bytes::copy_from_slice(blake3::hash(&content).as_bytes()),
     }) else {
         panic!()
     };

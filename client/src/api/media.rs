@@ -12,12 +12,15 @@ use crate::{Client, Result};
 const FRAME_OVERHEAD: u32 = 128;
 
 impl Client {
-    /// Starts an upload of `total_len` bytes.
-    pub fn media_begin(&self, total_len: u64, mime: &str) -> Result<MediaUpload> {
+    /// Starts, or resumes, the upload of `total_len` bytes whose BLAKE3 hash is `hash` (the
+    /// media id). `MediaUpload.offset` is where to continue; `total_len` means nothing is
+    /// left to send.
+    pub fn media_begin(&self, total_len: u64, mime: &str, hash: &[u8; 32]) -> Result<MediaUpload> {
         expect_reply!(
             self.call(MediaBegin {
                 total_len,
-                mime: mime.into()
+                mime: mime.into(),
+                hash: Bytes::copy_from_slice(hash),
             }),
             "MediaBegin",
             MediaUpload
@@ -53,17 +56,75 @@ impl Client {
         expect_reply!(self.call(request), "MediaGet", MediaData)
     }
 
-    /// Uploads `data` whole: begin, chunks no larger than the server allows, commit.
+    /// Uploads `data` whole: begin (or resume where the server is), chunks no larger than
+    /// the server allows, commit. Content the server already has is not sent again.
     pub fn upload_media(&self, mime: &str, data: &[u8]) -> Result<MediaRef> {
-        let upload = self.media_begin(data.len() as u64, mime)?;
+        let hash = blake3::hash(data);
+        let upload = self.media_begin(data.len() as u64, mime, hash.as_bytes())?;
         let frame_room = self.max_frame()?.saturating_sub(FRAME_OVERHEAD).max(1);
         let chunk = upload.chunk_max.min(frame_room).max(1) as usize;
-        let mut offset = 0usize;
-        for piece in data.chunks(chunk) {
+        let start = (upload.offset as usize).min(data.len());
+        let mut offset = start;
+        for piece in data[start..].chunks(chunk) {
             self.media_chunk(upload.upload, offset as u64, Bytes::copy_from_slice(piece))?;
             offset += piece.len();
         }
         self.media_commit(upload.upload)
+    }
+
+    /// Uploads a file, resuming an upload of the same content that a dropped connection
+    /// left on the server; reads only the part not sent yet.
+    pub fn upload_file(&self, path: &std::path::Path, mime: &str) -> Result<MediaRef> {
+        use std::io::{Read, Seek, SeekFrom};
+        let io = |source| crate::Error::File {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(&mut file).map_err(io)?;
+        let total = file.metadata().map_err(io)?.len();
+        let upload = self.media_begin(total, mime, hasher.finalize().as_bytes())?;
+        let frame_room = self.max_frame()?.saturating_sub(FRAME_OVERHEAD).max(1);
+        let chunk = upload.chunk_max.min(frame_room).max(1) as usize;
+        let mut offset = upload.offset.min(total);
+        file.seek(SeekFrom::Start(offset)).map_err(io)?;
+        let mut buf = vec![0u8; chunk];
+        while offset < total {
+            let n = file.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            self.media_chunk(upload.upload, offset, Bytes::copy_from_slice(&buf[..n]))?;
+            offset += n as u64;
+        }
+        self.media_commit(upload.upload)
+    }
+
+    /// Downloads a media object into `path`, continuing after the bytes the file already
+    /// holds (a download cut short resumes); returns the media's total length.
+    pub fn download_file(&self, media: &[u8], path: &std::path::Path) -> Result<u64> {
+        use std::io::Write;
+        let io = |source| crate::Error::File {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        let mut at = file.metadata().map_err(io)?.len();
+        let room = self.max_frame()?.saturating_sub(FRAME_OVERHEAD).max(1);
+        loop {
+            let part = self.media_get(media, at, room)?;
+            file.write_all(&part.data).map_err(io)?;
+            at += part.data.len() as u64;
+            if part.data.is_empty() || at >= part.total_len {
+                file.sync_all().map_err(io)?;
+                return Ok(part.total_len);
+            }
+        }
     }
 
     /// Downloads a media object whole.

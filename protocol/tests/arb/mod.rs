@@ -156,7 +156,7 @@ arb_frames! {
     PresenceSubscribe { users }
     PresenceQuery { users }
     GetUsers { users }
-    MediaBegin { total_len, mime }
+    MediaBegin { total_len, mime, hash }
     MediaChunk { upload, offset, data }
     MediaCommit { upload }
     MediaGet { media, offset, max_len }
@@ -175,7 +175,7 @@ arb_frames! {
     User { user }
     PresenceList { entries }
     Pong { nonce }
-    MediaUpload { upload, chunk_max }
+    MediaUpload { upload, chunk_max, offset }
     MediaRef { media, total_len }
     MediaData { media, total_len, offset, data }
     Stats { entries }
