@@ -432,3 +432,76 @@ fn abandoned_uploads_and_unreferenced_blobs_are_collected() {
         Frame::MediaUpload(_)
     ));
 }
+
+fn cli(config: &Path, server: &Server, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(util::cli_bin())
+        .env("COURIER_CONFIG", config)
+        .env("COURIER_SERVER", server.addr.to_string())
+        .env_remove("COURIER_PASSWORD")
+        .args(args)
+        .output()
+        .expect("run courier-cli")
+}
+
+fn cli_ok(config: &Path, server: &Server, args: &[&str]) -> String {
+    let out = cli(config, server, args);
+    assert!(
+        out.status.success(),
+        "courier-cli {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn cli_uploads_a_file_to_a_user_and_downloads_it_continuing_a_partial_file() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |name: &str| dir.path().join(format!("{name}.toml"));
+    for name in ["alice", "bob", "eve"] {
+        let password = format!("{name}-password");
+        cli_ok(
+            &cfg(name),
+            &server,
+            &["register", name, "--password", &password],
+        );
+    }
+    let data = content(150_000, 16);
+    let file = dir.path().join("photo.bin");
+    std::fs::write(&file, &data).unwrap();
+    let out = cli_ok(
+        &cfg("alice"),
+        &server,
+        &["--json", "upload", file.to_str().unwrap(), "--to", "bob"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = v["media"].as_str().unwrap().to_string();
+    assert_eq!(id, blake3::hash(&data).to_hex().as_str());
+    assert!(v["message"].as_u64().is_some(), "{out}");
+    // Bob's earlier attempt stopped after 40,000 bytes: the download continues from there.
+    let got = dir.path().join("got.bin");
+    std::fs::write(&got, &data[..40_000]).unwrap();
+    cli_ok(
+        &cfg("bob"),
+        &server,
+        &["download", &id, got.to_str().unwrap()],
+    );
+    assert!(
+        std::fs::read(&got).unwrap() == data,
+        "downloaded bytes differ"
+    );
+    // Eve may not: one clear line, and no file content.
+    let eve_file = dir.path().join("eve.bin");
+    let out = cli(
+        &cfg("eve"),
+        &server,
+        &["download", &id, eve_file.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("may not read it"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&eve_file).map(|m| m.len()).unwrap_or(0),
+        0
+    );
+}
