@@ -1412,3 +1412,73 @@ fn a_write_is_answered_only_once_a_pool_read_can_see_it() {
     };
     assert_eq!(r.read, vec![b.user]);
 }
+
+#[test]
+fn the_collector_and_an_upload_commit_never_lose_each_others_usage_change() {
+    // The race, driven by hand: Alice's commit of B is staged on her shard (usage +20) when
+    // the collector deletes her unreferenced A (usage -10) and commits first. A read-modify-
+    // write of the counter on either side would lose the other's change (30 or 0); merges
+    // add up.
+    use crate::media::gc::{Collector, GcConfig};
+    use std::time::Duration;
+    let mut w = World::new(ChatConfig::default());
+    let a = w.user("alice");
+    let old = upload(&mut w, &a, 10);
+    assert_eq!(w.shared.store.media_usage(a.user).unwrap(), 10);
+    let data: Vec<u8> = (0..20u8).map(|i| i ^ 0x5a).collect();
+    let Frame::MediaUpload(up) = w.ask(
+        &a,
+        MediaBegin {
+            total_len: 20,
+            mime: "a/b".into(),
+            hash: Bytes::copy_from_slice(blake3::hash(&data).as_bytes()),
+        },
+    ) else {
+        panic!()
+    };
+    let chunk = MediaChunk {
+        upload: up.upload,
+        offset: 0,
+        data: data.clone().into(),
+    };
+    assert_eq!(w.ask(&a, chunk), Done {}.into());
+    let commit = Frame::from(MediaCommit { upload: up.upload });
+    let shard = Engine::shard_for(&w.shared, &a, &commit).unwrap() as usize;
+    w.engines[shard].handle(a, 8, commit);
+
+    std::thread::sleep(Duration::from_millis(2)); // A's grace of 0 µs has passed.
+    let mut collector = Collector::new(
+        w.shared.store.clone(),
+        w.shared.blobs.clone(),
+        GcConfig {
+            upload_timeout: Duration::from_secs(3600),
+            grace: Duration::ZERO,
+            interval: Duration::from_secs(1),
+        },
+    );
+    let swept = collector.sweep().unwrap();
+    assert_eq!(
+        (swept.blobs, swept.parts),
+        (1, 0),
+        "A collected, B not visible yet"
+    );
+    assert_eq!(w.shared.store.media_usage(a.user).unwrap(), 0);
+
+    let mut out = Vec::new();
+    w.engines[shard].commit(&mut out);
+    assert!(matches!(
+        &out[..],
+        [Effect::Reply {
+            frame: Frame::MediaRef(_),
+            ..
+        }]
+    ));
+    assert_eq!(w.shared.store.media_usage(a.user).unwrap(), 20);
+    let old: [u8; 32] = old.as_ref().try_into().unwrap();
+    assert!(w.shared.store.media_header(&old).unwrap().is_none());
+    let mut buf = [0u8; 20];
+    assert!(w.shared.blobs.read_at(&old, 0, &mut buf).is_err());
+    let new = *blake3::hash(&data).as_bytes();
+    assert_eq!(w.shared.blobs.read_at(&new, 0, &mut buf).unwrap(), 20);
+    assert_eq!(&buf[..], &data[..]);
+}
