@@ -96,6 +96,27 @@ impl FileBlobs {
     }
 }
 
+/// Starts writing `len` bytes at `offset` of `file` to disk without waiting (like RocksDB's
+/// `bytes_per_sync`), so the fsync at publish finds little left to write instead of a whole
+/// upload. Best effort: an error only means the fsync will do that work.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: usize) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is open for as
+    // long as `file` is borrowed, and SYNC_FILE_RANGE_WRITE neither waits nor changes data.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: usize) {}
+
 /// Fsyncs a folder, so that a rename or create in it is durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -114,7 +135,9 @@ impl BlobStore for FileBlobs {
 
     fn write_part(&self, part: &PartId, offset: u64, data: &[u8]) -> io::Result<()> {
         let file = OpenOptions::new().write(true).open(self.part_path(part))?;
-        file.write_all_at(data, offset)
+        file.write_all_at(data, offset)?;
+        start_writeback(&file, offset, data.len());
+        Ok(())
     }
 
     fn publish(&self, part: &PartId) -> io::Result<()> {
