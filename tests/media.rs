@@ -505,3 +505,25 @@ fn cli_uploads_a_file_to_a_user_and_downloads_it_continuing_a_partial_file() {
         0
     );
 }
+
+#[test]
+fn the_client_library_paces_an_upload_and_a_download_through_the_rate_limit() {
+    // 20 requests/s, bursts of 40: a 2 MB upload is 62 chunks, its download 35 ranges.
+    // Before: the library gave up at the first RATE_LIMITED chunk.
+    let server = Server::start_with(&["--rate-limit", "20"]);
+    let connect = |handle: &str| {
+        let c =
+            courier_client::Client::connect(server.addr, courier_client::ClientConfig::default())
+                .expect("connect");
+        c.register(handle, "correct-horse-battery")
+            .expect("register");
+        c
+    };
+    let alice = connect("alice");
+    let data = content(2_000_000, 17);
+    let media = alice
+        .upload_media("application/octet-stream", &data)
+        .unwrap();
+    assert_eq!(&media.media[..], blake3::hash(&data).as_bytes());
+    assert_eq!(alice.download_media(&media.media).unwrap(), data);
+}

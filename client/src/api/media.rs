@@ -6,10 +6,33 @@ use courier_protocol::{
 };
 
 use crate::client::expect_reply;
-use crate::{Client, Result};
+use crate::{Client, ErrorCode, Result};
 
 /// Room left in a frame for the header and the fixed fields around the data.
 const FRAME_OVERHEAD: u32 = 128;
+/// Waits after a `RATE_LIMITED` chunk or range: doubling from the first to the last, then
+/// giving up (the server's per-connection rate limit, 500 requests/s by default, is easily
+/// reached by an upload in 32 KiB chunks on a fast link).
+const PACE_FIRST: std::time::Duration = std::time::Duration::from_millis(5);
+const PACE_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+const PACE_TRIES: u32 = 40;
+
+/// Runs `request` again after a pause while the server answers `RATE_LIMITED` (it dropped
+/// the request, so a retry cannot apply it twice).
+fn paced<T>(mut request: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut wait = PACE_FIRST;
+    let mut tries = 0;
+    loop {
+        match request() {
+            Err(e) if e.code() == Some(ErrorCode::RateLimited) && tries < PACE_TRIES => {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(PACE_MAX);
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
 
 impl Client {
     /// Starts, or resumes, the upload of `total_len` bytes whose BLAKE3 hash is `hash` (the
@@ -60,16 +83,17 @@ impl Client {
     /// the server allows, commit. Content the server already has is not sent again.
     pub fn upload_media(&self, mime: &str, data: &[u8]) -> Result<MediaRef> {
         let hash = blake3::hash(data);
-        let upload = self.media_begin(data.len() as u64, mime, hash.as_bytes())?;
+        let upload = paced(|| self.media_begin(data.len() as u64, mime, hash.as_bytes()))?;
         let frame_room = self.max_frame()?.saturating_sub(FRAME_OVERHEAD).max(1);
         let chunk = upload.chunk_max.min(frame_room).max(1) as usize;
         let start = (upload.offset as usize).min(data.len());
         let mut offset = start;
         for piece in data[start..].chunks(chunk) {
-            self.media_chunk(upload.upload, offset as u64, Bytes::copy_from_slice(piece))?;
+            let piece = Bytes::copy_from_slice(piece);
+            paced(|| self.media_chunk(upload.upload, offset as u64, piece.clone()))?;
             offset += piece.len();
         }
-        self.media_commit(upload.upload)
+        paced(|| self.media_commit(upload.upload))
     }
 
     /// Uploads a file, resuming an upload of the same content that a dropped connection
@@ -84,7 +108,8 @@ impl Client {
         let mut hasher = blake3::Hasher::new();
         hasher.update_reader(&mut file).map_err(io)?;
         let total = file.metadata().map_err(io)?.len();
-        let upload = self.media_begin(total, mime, hasher.finalize().as_bytes())?;
+        let hash = hasher.finalize();
+        let upload = paced(|| self.media_begin(total, mime, hash.as_bytes()))?;
         let frame_room = self.max_frame()?.saturating_sub(FRAME_OVERHEAD).max(1);
         let chunk = upload.chunk_max.min(frame_room).max(1) as usize;
         let mut offset = upload.offset.min(total);
@@ -95,10 +120,11 @@ impl Client {
             if n == 0 {
                 break;
             }
-            self.media_chunk(upload.upload, offset, Bytes::copy_from_slice(&buf[..n]))?;
+            let piece = Bytes::copy_from_slice(&buf[..n]);
+            paced(|| self.media_chunk(upload.upload, offset, piece.clone()))?;
             offset += n as u64;
         }
-        self.media_commit(upload.upload)
+        paced(|| self.media_commit(upload.upload))
     }
 
     /// Downloads a media object into `path`, continuing after the bytes the file already
@@ -117,7 +143,7 @@ impl Client {
         let mut at = file.metadata().map_err(io)?.len();
         let room = self.max_frame()?.saturating_sub(FRAME_OVERHEAD).max(1);
         loop {
-            let part = self.media_get(media, at, room)?;
+            let part = paced(|| self.media_get(media, at, room))?;
             file.write_all(&part.data).map_err(io)?;
             at += part.data.len() as u64;
             if part.data.is_empty() || at >= part.total_len {
@@ -132,7 +158,7 @@ impl Client {
         let room = self.max_frame()?.saturating_sub(FRAME_OVERHEAD).max(1);
         let mut out = Vec::new();
         loop {
-            let part = self.media_get(media, out.len() as u64, room)?;
+            let part = paced(|| self.media_get(media, out.len() as u64, room))?;
             out.extend_from_slice(&part.data);
             if part.data.is_empty() || out.len() as u64 >= part.total_len {
                 return Ok(out);
