@@ -130,16 +130,36 @@ impl Client {
     /// Downloads a media object into `path`, continuing after the bytes the file already
     /// holds (a download cut short resumes); returns the media's total length.
     pub fn download_file(&self, media: &[u8], path: &std::path::Path) -> Result<u64> {
-        use std::io::Write;
         let io = |source| crate::Error::File {
             path: path.display().to_string(),
             source,
         };
+        let existed = path.exists();
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .map_err(io)?;
+        let result = self.download_into(media, &mut file, path);
+        if result.is_err() && !existed && file.metadata().is_ok_and(|m| m.len() == 0) {
+            // Refused before any byte came (unknown media, not allowed): leave no empty file.
+            let _ = std::fs::remove_file(path);
+        }
+        result
+    }
+
+    /// Appends the media from the file's current length to its end.
+    fn download_into(
+        &self,
+        media: &[u8],
+        file: &mut std::fs::File,
+        path: &std::path::Path,
+    ) -> Result<u64> {
+        use std::io::Write;
+        let io = |source| crate::Error::File {
+            path: path.display().to_string(),
+            source,
+        };
         let mut at = file.metadata().map_err(io)?.len();
         let room = self.max_frame()?.saturating_sub(FRAME_OVERHEAD).max(1);
         loop {
