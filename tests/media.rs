@@ -527,3 +527,46 @@ fn the_client_library_paces_an_upload_and_a_download_through_the_rate_limit() {
     assert_eq!(&media.media[..], blake3::hash(&data).as_bytes());
     assert_eq!(alice.download_media(&media.media).unwrap(), data);
 }
+
+#[test]
+fn stored_media_survives_a_restart_and_an_interrupted_upload_starts_over() {
+    let mut server = Server::start();
+    let (mut alice, ok) = server.user("alice");
+    let (_, b) = server.user("bob");
+    let stored = content(80_000, 18);
+    let media = upload(&mut alice, &stored);
+    let t = direct(&mut alice, b.user);
+    assert!(matches!(send_media(&mut alice, t, &media), Frame::Sent(_)));
+    let partial = content(80_000, 19);
+    let Frame::MediaUpload(up) = begin(&mut alice, &partial) else {
+        panic!()
+    };
+    chunks(&mut alice, up.upload, &partial, 0, 30_000, 10_000);
+    drop(alice);
+    server.restart();
+
+    let mut alice = server.connect();
+    alice.hello();
+    alice.resume(&ok.token);
+    assert_eq!(download(&mut alice, &media, 60_000), stored);
+    // The hasher's state is gone with the process: the upload starts again from 0, and the
+    // part left behind is reused from scratch, not appended to.
+    let Frame::MediaUpload(again) = begin(&mut alice, &partial) else {
+        panic!()
+    };
+    assert_eq!(again.offset, 0);
+    chunks(
+        &mut alice,
+        again.upload,
+        &partial,
+        0,
+        partial.len(),
+        again.chunk_max as usize,
+    );
+    let Frame::MediaRef(r) = alice.request(MediaCommit {
+        upload: again.upload,
+    }) else {
+        panic!()
+    };
+    assert_eq!(download(&mut alice, &r.media, 60_000), partial);
+}
