@@ -194,7 +194,12 @@ impl Engine {
             ));
         }
         let stored = match self.shared.store.media_header(&media).map_err(internal)? {
-            Some(h) if h.total_len == f.total_len => may_read(&self.shared, &media, caller.user)?,
+            // The file is checked too: a header whose file the collector is deleting right
+            // now must not make a new upload "complete at once" with no bytes behind it.
+            Some(h) if h.total_len == f.total_len => {
+                may_read(&self.shared, &media, caller.user)?
+                    && self.shared.blobs.contains(&media).map_err(io_failed)?
+            }
             Some(_) => {
                 return Err((
                     ErrorCode::InvalidArgument,

@@ -51,6 +51,8 @@ pub trait BlobStore: Send + Sync {
     fn read_at(&self, media: &MediaId, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
     /// Deletes blob `media` (absent already is fine).
     fn delete(&self, media: &MediaId) -> io::Result<()>;
+    /// Whether blob `media` exists.
+    fn contains(&self, media: &MediaId) -> io::Result<bool>;
     /// Up to `max` parts last written before `before`: abandoned uploads, for the collector.
     fn stale_parts(&self, before: SystemTime, max: usize) -> io::Result<Vec<PartId>>;
 }
@@ -181,6 +183,10 @@ impl BlobStore for FileBlobs {
         }
     }
 
+    fn contains(&self, media: &MediaId) -> io::Result<bool> {
+        self.blob_path(media).try_exists()
+    }
+
     fn stale_parts(&self, before: SystemTime, max: usize) -> io::Result<Vec<PartId>> {
         let entries = match fs::read_dir(self.parts()) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -224,7 +230,9 @@ mod tests {
             io::ErrorKind::NotFound,
             "a part is not readable before it is published"
         );
+        assert!(!blobs.contains(&part.media).unwrap());
         blobs.publish(&part).unwrap();
+        assert!(blobs.contains(&part.media).unwrap());
         assert_eq!(blobs.read_at(&part.media, 3, &mut buf).unwrap(), 4);
         assert_eq!(&buf, b"lo w");
         assert_eq!(blobs.read_at(&part.media, 9, &mut buf).unwrap(), 2);

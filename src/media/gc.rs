@@ -8,10 +8,14 @@
 //!   each uploader's usage is lowered by a merge (so it never races the uploader's shard),
 //!   and the file is deleted after.
 //!
-//! It never runs on an event loop. Known race, documented rather than locked against: a SEND
-//! referring to a blob in the very moment the collector condemns it (after its grace period
-//! of a day by default) stores a message whose media is gone; MEDIA_GET then answers
-//! UNKNOWN_MEDIA.
+//! It never runs on an event loop. Known races, documented rather than locked against, both
+//! needing a blob unsent for its whole grace period (a day by default) to be used in the very
+//! moment the collector deletes it:
+//! * a SEND referring to it stores a message whose media is gone (MEDIA_GET then answers
+//!   UNKNOWN_MEDIA);
+//! * a MEDIA_COMMIT of the same content that finds the file still there drops its own copy,
+//!   and the header it writes outlives the file; MEDIA_BEGIN checks the file, so uploading
+//!   the content again repairs it.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
