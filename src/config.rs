@@ -450,8 +450,12 @@ impl Config {
                 "use 1 to 1048576 queued read requests",
             );
         }
-        if self.max_media == 0 {
-            return invalid("max_media", &0, "use at least 1 byte");
+        if !(1..=1 << 40).contains(&self.max_media) {
+            return invalid(
+                "max_media",
+                &self.max_media,
+                "use 1 byte to 1 TiB (1099511627776)",
+            );
         }
         if self.media_quota_bytes < self.max_media {
             return invalid(
@@ -703,5 +707,66 @@ mod tests {
             Config::load(args).unwrap().peers,
             vec![("n2".to_owned(), "10.0.0.2:7878".to_owned())]
         );
+    }
+
+    #[test]
+    fn media_limits_are_checked_and_default_to_the_documented_values() {
+        let c = Config::load(ServeArgs::default()).unwrap();
+        assert_eq!(
+            (
+                c.max_media,
+                c.media_quota_bytes,
+                c.media_upload_timeout_secs
+            ),
+            (100 << 20, 1 << 30, 600)
+        );
+        assert_eq!(
+            (c.media_grace_secs, c.media_gc_interval_ms),
+            (86_400, 60_000)
+        );
+        let cases = [
+            (
+                ServeArgs {
+                    max_media: Some(0),
+                    ..ServeArgs::default()
+                },
+                "max_media",
+            ),
+            (
+                ServeArgs {
+                    max_media: Some((1 << 40) + 1),
+                    media_quota_bytes: Some(u64::MAX),
+                    ..ServeArgs::default()
+                },
+                "max_media",
+            ),
+            (
+                ServeArgs {
+                    media_quota_bytes: Some(1000),
+                    ..ServeArgs::default()
+                },
+                "media_quota_bytes",
+            ),
+            (
+                ServeArgs {
+                    media_upload_timeout_secs: Some(0),
+                    ..ServeArgs::default()
+                },
+                "media_upload_timeout_secs",
+            ),
+            (
+                ServeArgs {
+                    media_gc_interval_ms: Some(1),
+                    ..ServeArgs::default()
+                },
+                "media_gc_interval_ms",
+            ),
+        ];
+        for (args, key) in cases {
+            assert!(
+                matches!(Config::load(args), Err(Error::Invalid { key: k, .. }) if k == key),
+                "{key} must be refused"
+            );
+        }
     }
 }
