@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use courier_protocol::{
-    MediaBegin, MediaChunk, MediaCommit, MediaData, MediaGet, MediaRef, MediaUpload,
+    Frame, MediaBegin, MediaChunk, MediaCommit, MediaData, MediaGet, MediaRef, MediaUpload,
 };
 
 use crate::client::expect_reply;
@@ -16,6 +16,8 @@ const FRAME_OVERHEAD: u32 = 128;
 const PACE_FIRST: std::time::Duration = std::time::Duration::from_millis(5);
 const PACE_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 const PACE_TRIES: u32 = 40;
+/// Chunks of one upload in flight at once: an upload is not one round trip per chunk.
+pub const UPLOAD_WINDOW: usize = 8;
 
 /// Runs `request` again after a pause while the server answers `RATE_LIMITED` (it dropped
 /// the request, so a retry cannot apply it twice).
@@ -80,26 +82,20 @@ impl Client {
     }
 
     /// Uploads `data` whole: begin (or resume where the server is), chunks no larger than
-    /// the server allows, commit. Content the server already has is not sent again.
+    /// the server allows with several in flight, commit. Content the server already has is
+    /// not sent again.
     pub fn upload_media(&self, mime: &str, data: &[u8]) -> Result<MediaRef> {
-        let hash = blake3::hash(data);
-        let upload = paced(|| self.media_begin(data.len() as u64, mime, hash.as_bytes()))?;
-        let frame_room = self.max_frame()?.saturating_sub(FRAME_OVERHEAD).max(1);
-        let chunk = upload.chunk_max.min(frame_room).max(1) as usize;
-        let start = (upload.offset as usize).min(data.len());
-        let mut offset = start;
-        for piece in data[start..].chunks(chunk) {
-            let piece = Bytes::copy_from_slice(piece);
-            paced(|| self.media_chunk(upload.upload, offset as u64, piece.clone()))?;
-            offset += piece.len();
-        }
-        paced(|| self.media_commit(upload.upload))
+        let hash = *blake3::hash(data).as_bytes();
+        let upload = self.send_chunks(data.len() as u64, mime, &hash, |at, n| {
+            Ok(Bytes::copy_from_slice(&data[at as usize..at as usize + n]))
+        })?;
+        paced(|| self.media_commit(upload))
     }
 
     /// Uploads a file, resuming an upload of the same content that a dropped connection
     /// left on the server; reads only the part not sent yet.
     pub fn upload_file(&self, path: &std::path::Path, mime: &str) -> Result<MediaRef> {
-        use std::io::{Read, Seek, SeekFrom};
+        use std::os::unix::fs::FileExt;
         let io = |source| crate::Error::File {
             path: path.display().to_string(),
             source,
@@ -108,23 +104,80 @@ impl Client {
         let mut hasher = blake3::Hasher::new();
         hasher.update_reader(&mut file).map_err(io)?;
         let total = file.metadata().map_err(io)?.len();
-        let hash = hasher.finalize();
-        let upload = paced(|| self.media_begin(total, mime, hash.as_bytes()))?;
+        let hash = *hasher.finalize().as_bytes();
+        let upload = self.send_chunks(total, mime, &hash, |at, n| {
+            let mut buf = vec![0u8; n];
+            file.read_exact_at(&mut buf, at).map_err(io)?;
+            Ok(buf.into())
+        })?;
+        paced(|| self.media_commit(upload))
+    }
+
+    /// Begins (or resumes) an upload and sends the content from the server's offset to the
+    /// end, [`UPLOAD_WINDOW`] chunks in flight; `read(offset, len)` gives the content. When
+    /// the server refuses a chunk (`RATE_LIMITED` drops it, and the chunks after it are then
+    /// out of order: `BAD_OFFSET`), it waits, asks the server where it is (`MEDIA_BEGIN` of the
+    /// same content answers the offset) and continues from there. Returns the upload id.
+    fn send_chunks(
+        &self,
+        total: u64,
+        mime: &str,
+        hash: &[u8; 32],
+        mut read: impl FnMut(u64, usize) -> Result<Bytes>,
+    ) -> Result<u64> {
         let frame_room = self.max_frame()?.saturating_sub(FRAME_OVERHEAD).max(1);
-        let chunk = upload.chunk_max.min(frame_room).max(1) as usize;
-        let mut offset = upload.offset.min(total);
-        file.seek(SeekFrom::Start(offset)).map_err(io)?;
-        let mut buf = vec![0u8; chunk];
-        while offset < total {
-            let n = file.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
+        let timeout = self.inner().config.request_timeout;
+        let (mut wait, mut tries) = (PACE_FIRST, 0);
+        loop {
+            let upload = paced(|| self.media_begin(total, mime, hash))?;
+            let chunk = upload.chunk_max.min(frame_room).max(1) as u64;
+            let conn = self.inner().current()?;
+            let mut offset = upload.offset.min(total);
+            let mut in_flight = std::collections::VecDeque::with_capacity(UPLOAD_WINDOW);
+            let mut failed = None;
+            loop {
+                while failed.is_none() && offset < total && in_flight.len() < UPLOAD_WINDOW {
+                    let n = chunk.min(total - offset);
+                    let frame = MediaChunk {
+                        upload: upload.upload,
+                        offset,
+                        data: read(offset, n as usize)?,
+                    };
+                    match conn.start(&frame.into()) {
+                        Ok(pending) => in_flight.push_back(pending),
+                        Err(e) => failed = Some(e),
+                    }
+                    offset += n;
+                }
+                let Some(pending) = in_flight.pop_front() else {
+                    break;
+                };
+                let answer = match conn.finish(pending, timeout) {
+                    Ok(Frame::Done(_)) => continue,
+                    Ok(other) => crate::Error::UnexpectedReply {
+                        request: "MediaChunk",
+                        reply: other.name(),
+                    },
+                    Err(e) => e,
+                };
+                // Keep the first failure; the rest of the window only echoes it.
+                failed.get_or_insert(answer);
             }
-            let piece = Bytes::copy_from_slice(&buf[..n]);
-            paced(|| self.media_chunk(upload.upload, offset, piece.clone()))?;
-            offset += n as u64;
+            match failed {
+                None => return Ok(upload.upload),
+                Some(e)
+                    if matches!(
+                        e.code(),
+                        Some(ErrorCode::RateLimited | ErrorCode::BadOffset)
+                    ) && tries < PACE_TRIES =>
+                {
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(PACE_MAX);
+                    tries += 1;
+                }
+                Some(e) => return Err(e),
+            }
         }
-        paced(|| self.media_commit(upload.upload))
     }
 
     /// Downloads a media object into `path`, continuing after the bytes the file already
