@@ -478,6 +478,25 @@ fn cli_uploads_a_file_to_a_user_and_downloads_it_continuing_a_partial_file() {
     let id = v["media"].as_str().unwrap().to_string();
     assert_eq!(id, blake3::hash(&data).to_hex().as_str());
     assert!(v["message"].as_u64().is_some(), "{out}");
+    // Bob's history names the media and its caption, and how to download it.
+    let thread = v["thread"].as_u64().unwrap().to_string();
+    let history = cli_ok(
+        &cfg("bob"),
+        &server,
+        &["--json", "history", "--thread", &thread],
+    );
+    let history: serde_json::Value = serde_json::from_str(&history).unwrap();
+    let last = history.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["media"].as_str(), last["caption"].as_str()),
+        (Some(&id[..]), Some("photo.bin")),
+        "{last}"
+    );
+    let text = cli_ok(&cfg("bob"), &server, &["history", "--thread", &thread]);
+    assert!(
+        text.contains(&format!("courier-cli download {id} FILE")),
+        "{text}"
+    );
     // Bob's earlier attempt stopped after 40,000 bytes: the download continues from there.
     let got = dir.path().join("got.bin");
     std::fs::write(&got, &data[..40_000]).unwrap();
