@@ -139,15 +139,18 @@ pub fn serve(config: Config) -> Result<(), Error> {
         config.read_threads,
         config.read_queue,
     )?;
-    let gc = GcThread::spawn(Collector::new(
-        store.clone(),
-        chat.blobs.clone(),
-        GcConfig {
-            upload_timeout: Duration::from_secs(config.media_upload_timeout_secs),
-            grace: Duration::from_secs(config.media_grace_secs),
-            interval: Duration::from_millis(config.media_gc_interval_ms),
-        },
-    ))?;
+    let gc = GcThread::spawn(
+        Collector::new(
+            store.clone(),
+            chat.blobs.clone(),
+            GcConfig {
+                upload_timeout: Duration::from_secs(config.media_upload_timeout_secs),
+                grace: Duration::from_secs(config.media_grace_secs),
+                interval: Duration::from_millis(config.media_gc_interval_ms),
+            },
+        ),
+        metrics.media.clone(),
+    )?;
     let core = Arc::new(Core {
         router: Router::new(&config.node_id, &config.peers),
         config,

@@ -384,6 +384,8 @@ fn abandoned_uploads_and_unreferenced_blobs_are_collected() {
         "100000",
         "--media-quota-bytes",
         "100000",
+        "--metrics",
+        "127.0.0.1:0",
     ]);
     let (mut alice, _) = server.user("alice");
     let (mut bob, b) = server.user("bob");
@@ -426,6 +428,13 @@ fn abandoned_uploads_and_unreferenced_blobs_are_collected() {
         data: Bytes::copy_from_slice(&abandoned[10_000..11_000]),
     });
     assert_eq!(error_code(&reply), ErrorCode::UnknownMedia, "{reply:?}");
+    let metrics = server.metrics();
+    for name in [
+        "courier_media_collected_parts_total",
+        "courier_media_collected_blobs_total",
+    ] {
+        assert_eq!(Server::metric_sum(&metrics, name), 1.0, "{name}");
+    }
     // The collected blob no longer counts against the quota (30,000 stored now).
     assert!(matches!(
         begin(&mut alice, &content(30_000, 15)),

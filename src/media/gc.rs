@@ -25,6 +25,7 @@ use crossbeam_channel::{RecvTimeoutError, Sender};
 
 use super::{BlobStore, Error, MediaId};
 use crate::clock::wall_us;
+use crate::metrics::MediaMetrics;
 use crate::store::keys::{MEDIA_OWNER, MEDIA_THREAD};
 use crate::store::Store;
 
@@ -124,7 +125,11 @@ pub struct GcThread {
 }
 
 impl GcThread {
-    pub fn spawn(mut collector: Collector) -> std::io::Result<GcThread> {
+    /// Runs `collector` every interval; what it removes is counted in `counters`.
+    pub fn spawn(
+        mut collector: Collector,
+        counters: Arc<MediaMetrics>,
+    ) -> std::io::Result<GcThread> {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
         let interval = collector.config.interval;
         let handle = std::thread::Builder::new()
@@ -133,12 +138,24 @@ impl GcThread {
                 match stopped.recv_timeout(interval) {
                     Err(RecvTimeoutError::Timeout) => match collector.sweep() {
                         Ok(Swept { parts: 0, blobs: 0 }) => {}
-                        Ok(s) => tracing::info!(
-                            parts = s.parts,
-                            blobs = s.blobs,
-                            "media collector removed abandoned uploads and unreferenced blobs"
-                        ),
-                        Err(e) => tracing::error!(error = %e, "media collector pass failed"),
+                        Ok(s) => {
+                            let add = |c: &std::sync::atomic::AtomicU64, n: usize| {
+                                c.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed)
+                            };
+                            add(&counters.collected_parts, s.parts);
+                            add(&counters.collected_blobs, s.blobs);
+                            tracing::info!(
+                                parts = s.parts,
+                                blobs = s.blobs,
+                                "media collector removed abandoned uploads and unreferenced blobs"
+                            );
+                        }
+                        Err(e) => {
+                            counters
+                                .collector_failures
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::error!(error = %e, "media collector pass failed");
+                        }
                     },
                     _ => return,
                 }
