@@ -284,9 +284,13 @@ export class Client extends ClientCore {
 
   // ---- Media ----
 
-  /** Starts an upload of `totalLen` bytes. */
-  mediaBegin(totalLen: bigint, mime: string): Promise<MediaUpload> {
-    return this.expect(frame("MediaBegin", { totalLen, mime }), "MediaUpload");
+  /**
+   * Starts, or resumes, the upload of `totalLen` bytes whose BLAKE3 hash (32 bytes) is `hash`:
+   * the hash is the media id. `MediaUpload.offset` is where to continue (`totalLen`: nothing
+   * is left to send, commit).
+   */
+  mediaBegin(totalLen: bigint, mime: string, hash: Uint8Array): Promise<MediaUpload> {
+    return this.expect(frame("MediaBegin", { totalLen, mime, hash }), "MediaUpload");
   }
 
   /** Sends one chunk; `offset` must be the number of bytes sent so far. */
@@ -304,12 +308,16 @@ export class Client extends ClientCore {
     return this.expect(frame("MediaGet", { media, offset, maxLen }), "MediaData");
   }
 
-  /** Uploads `data` whole: begin, chunks no larger than the server allows, commit. */
-  async uploadMedia(mime: string, data: Uint8Array): Promise<MediaRef> {
-    const upload = await this.mediaBegin(BigInt(data.length), mime);
+  /**
+   * Uploads `data` whole: begin (or resume where the server is), chunks no larger than the
+   * server allows, commit. `hash` is the BLAKE3 hash of `data` (this library has no hash
+   * function of its own; e.g. `blake3` from `@noble/hashes`).
+   */
+  async uploadMedia(mime: string, data: Uint8Array, hash: Uint8Array): Promise<MediaRef> {
+    const upload = await this.mediaBegin(BigInt(data.length), mime, hash);
     const room = Math.max(this.current().maxFrame() - FRAME_OVERHEAD, 1);
     const chunk = Math.max(Math.min(upload.chunkMax, room), 1);
-    for (let offset = 0; offset < data.length; offset += chunk) {
+    for (let offset = Number(upload.offset); offset < data.length; offset += chunk) {
       await this.mediaChunk(upload.upload, BigInt(offset), data.subarray(offset, offset + chunk));
     }
     return this.mediaCommit(upload.upload);
