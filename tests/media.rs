@@ -598,3 +598,32 @@ fn stored_media_survives_a_restart_and_an_interrupted_upload_starts_over() {
     };
     assert_eq!(download(&mut alice, &r.media, 60_000), partial);
 }
+
+#[test]
+fn taking_on_stored_content_counts_against_the_quota() {
+    // Bob may read what Alice sent him, so his MEDIA_BEGIN of it completes at once; it still
+    // becomes his to keep, so it must fit his quota. Before: not checked at MEDIA_BEGIN, and
+    // the commit charged it past the quota.
+    let server = Server::start_with(&[
+        "--media-max-bytes",
+        "50000",
+        "--media-quota-bytes",
+        "120000",
+    ]);
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    let shared = content(50_000, 20);
+    let media = upload(&mut alice, &shared);
+    let t = direct(&mut alice, b.user);
+    assert!(matches!(send_media(&mut alice, t, &media), Frame::Sent(_)));
+    upload(&mut bob, &content(50_000, 21));
+    upload(&mut bob, &content(50_000, 22));
+    let reply = begin(&mut bob, &shared);
+    assert_eq!(
+        error_code(&reply),
+        ErrorCode::MediaQuotaExceeded,
+        "{reply:?}"
+    );
+    // Alice owns it already: taking it on again costs her nothing.
+    assert!(matches!(begin(&mut alice, &shared), Frame::MediaUpload(u) if u.offset == 50_000));
+}

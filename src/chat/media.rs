@@ -103,6 +103,9 @@ struct Upload {
     hasher: blake3::Hasher,
     /// The content is stored and the caller may read it: nothing to send, commit links them.
     stored: bool,
+    /// The caller does not own this content yet: its size counts against their quota now and
+    /// is added to their usage at commit.
+    charged: bool,
 }
 
 /// The 32-byte media id in `bytes`, or `err`.
@@ -213,9 +216,9 @@ impl Engine {
             .map
             .values()
             .filter(|u| u.part.user == caller.user);
-        // Content already stored for the caller adds nothing to their usage.
+        // Content the caller already owns adds nothing to their usage.
         let (count, pending) = mine.fold((0, 0), |(n, b), u| {
-            (n + 1, if u.stored { b } else { b + u.total })
+            (n + 1, if u.charged { b + u.total } else { b })
         });
         if count >= self.shared.config.max_uploads_per_user {
             return Err((
@@ -223,7 +226,12 @@ impl Engine {
                 "you have as many uploads in progress as you may; commit them first (an upload with no chunk for 10 minutes is forgotten)",
             ));
         }
-        if !stored {
+        let charged = !self
+            .shared
+            .store
+            .is_media_owner(&media, caller.user)
+            .map_err(internal)?;
+        if charged {
             let used = self
                 .shared
                 .store
@@ -259,6 +267,7 @@ impl Engine {
                 mime: f.mime,
                 hasher: blake3::Hasher::new(),
                 stored,
+                charged,
             },
         );
         Ok(Some(
