@@ -64,10 +64,16 @@ fn upload(c: &mut TestConn, data: &[u8]) -> Bytes {
 }
 
 fn get(c: &mut TestConn, media: &Bytes, offset: u64, max_len: u32) -> Frame {
+    get_in(c, media, 0, offset, max_len)
+}
+
+/// MEDIA_GET naming `thread` as where the media was seen.
+fn get_in(c: &mut TestConn, media: &Bytes, thread: u64, offset: u64, max_len: u32) -> Frame {
     c.request(MediaGet {
         media: media.clone(),
         offset,
         max_len,
+        thread,
     })
 }
 
@@ -294,8 +300,15 @@ fn only_the_uploader_and_members_of_threads_it_was_sent_in_may_download() {
     let t = direct(&mut alice, b.user);
     assert!(matches!(send_media(&mut alice, t, &media), Frame::Sent(_)));
     assert_eq!(download(&mut bob, &media, 4096), data);
+    assert!(matches!(
+        get_in(&mut bob, &media, t, 0, 10),
+        Frame::MediaData(_)
+    ));
     refused(&mut carol);
     refused(&mut eve);
+    // Naming a thread one is not a member of grants nothing.
+    let reply = get_in(&mut eve, &media, t, 0, 10);
+    assert_eq!(error_code(&reply), ErrorCode::UnknownMedia, "{reply:?}");
     // Bob may forward it: then Carol, a member of the group it was sent in, may read it.
     let Frame::ThreadInfo(g) = bob.request(CreateGroup {
         name: "friends".into(),
@@ -553,7 +566,7 @@ fn the_client_library_paces_an_upload_and_a_download_through_the_rate_limit() {
         .upload_media("application/octet-stream", &data)
         .unwrap();
     assert_eq!(&media.media[..], blake3::hash(&data).as_bytes());
-    assert_eq!(alice.download_media(&media.media).unwrap(), data);
+    assert_eq!(alice.download_media(&media.media, 0).unwrap(), data);
 }
 
 #[test]

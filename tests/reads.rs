@@ -205,6 +205,7 @@ fn every_pooled_read_sees_the_writes_acked_before_it() {
     };
     // (By the uploader: nobody else may read media never sent in a thread.)
     match a.request(MediaGet {
+        thread: 0,
         media: r.media,
         offset: 1,
         max_len: 3,

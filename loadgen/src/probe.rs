@@ -382,6 +382,7 @@ fn download_loop(conn: &mut Conn, media: &Bytes, total: u64, stop: &AtomicBool) 
     let (mut downloads, mut bytes, mut errors, mut offset) = (0, 0, 0, 0);
     while !stop.load(Ordering::Relaxed) {
         let get = proto::MediaGet {
+            thread: 0,
             media: media.clone(),
             offset,
             max_len: u32::MAX,

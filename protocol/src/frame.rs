@@ -343,7 +343,9 @@ frames! {
     MediaBegin = 0x40 { total_len: u64, mime: String, hash: Bytes }
     MediaChunk = 0x41 { upload: u64, offset: u64, data: Bytes }
     MediaCommit = 0x42 { upload: u64 }
-    MediaGet = 0x43 { media: Bytes, offset: u64, max_len: u32 }
+    /// `thread`: a thread in which the caller saw the media (0: none or unknown), checked
+    /// first, so the read is authorized without looking through every thread it was sent in.
+    MediaGet = 0x43 { media: Bytes, offset: u64, max_len: u32, thread: u64 }
 
     // ---- Administration ----
     /// Server counters; allowed for admin accounts only.

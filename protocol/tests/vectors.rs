@@ -134,7 +134,7 @@ pub fn samples() -> Vec<(u32, Frame, &'static str)> {
         (33, MediaBegin { total_len: 1_048_576, mime: "image/jpeg".into(), hash: Bytes::copy_from_slice(&MEDIA) }.into(), "Begin (or resume) uploading a 1 MiB JPEG whose BLAKE3 hash is the media id."),
         (34, MediaChunk { upload: 3, offset: 0, data: b(b"\xff\xd8\xff\xe0") }.into(), "First chunk of upload 3 (4 bytes shown; real chunks are up to chunk_max)."),
         (35, MediaCommit { upload: 3 }.into(), "Finish upload 3."),
-        (36, MediaGet { media: Bytes::copy_from_slice(&MEDIA), offset: 0, max_len: 32_768 }.into(), "Read the first 32 KiB of a media object."),
+        (36, MediaGet { media: Bytes::copy_from_slice(&MEDIA), offset: 0, max_len: 32_768, thread: THREAD }.into(), "Read the first 32 KiB of a media object seen in thread THREAD."),
         (37, AdminStats {}.into(), "Server counters (admin accounts only): empty body."),
         (5, Done {}.into(), "Success of request 5 without a specific reply: empty body."),
         (8, ErrorReply { code: ErrorCode::NotAdmin as u16, message: "only group admins may remove members".into() }.into(), "Request 8 failed with NOT_ADMIN (42); the connection stays open."),

@@ -116,7 +116,7 @@ impl Engine {
         }
         self.member_state(caller, f.thread)?;
         let media = match f.kind {
-            MessageKind::Media => Some(self.media_reference(caller, &f.body)?),
+            MessageKind::Media => Some(self.media_reference(caller, f.thread, &f.body)?),
             _ => None,
         };
         // `client_msg_id` 0 means "no idempotency": every such SEND is a new message.

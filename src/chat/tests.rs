@@ -902,6 +902,7 @@ fn media_round_trips_in_chunks() {
     let Frame::MediaData(d) = w.ask(
         &a,
         MediaGet {
+            thread: 0,
             media: r.media.clone(),
             offset: 3,
             max_len: 5,
@@ -914,6 +915,7 @@ fn media_round_trips_in_chunks() {
         w.error(
             &a,
             MediaGet {
+                thread: 0,
                 media: Bytes::from_static(b"nope"),
                 offset: 0,
                 max_len: 1
@@ -1304,6 +1306,7 @@ fn media_get_returns_the_asked_range_across_chunk_boundaries() {
         let Frame::MediaData(d) = w.ask(
             &a,
             MediaGet {
+                thread: 0,
                 media: media.clone(),
                 offset,
                 max_len,
@@ -1320,6 +1323,7 @@ fn media_get_returns_the_asked_range_across_chunk_boundaries() {
         w.error(
             &a,
             MediaGet {
+                thread: 0,
                 media,
                 offset: 101,
                 max_len: 1
@@ -1519,6 +1523,7 @@ fn a_header_whose_file_is_gone_is_repaired_by_uploading_the_content_again() {
     let Frame::MediaData(d) = w.ask(
         &a,
         MediaGet {
+            thread: 0,
             media: id,
             offset: 0,
             max_len: 100,
@@ -1527,4 +1532,49 @@ fn a_header_whose_file_is_gone_is_repaired_by_uploading_the_content_again() {
         panic!()
     };
     assert_eq!(&d.data[..], &all[..]);
+}
+
+#[test]
+fn a_media_read_naming_its_thread_is_allowed_past_the_threads_checked_without_it() {
+    // Media sent in more threads than one read walks (MAX_THREADS_CHECKED): a member of only
+    // the last one is found when MEDIA_GET names the thread; without it the walk stops first.
+    use super::media::MAX_THREADS_CHECKED;
+    let mut w = World::new(ChatConfig::default());
+    let (a, c) = (w.user("alice"), w.user("carol"));
+    let media = upload(&mut w, &a, 10);
+    let mut body = media.to_vec();
+    body.extend_from_slice(b"!");
+    let mut last = 0;
+    for i in 0..=MAX_THREADS_CHECKED {
+        let members = if i == MAX_THREADS_CHECKED {
+            vec![c.user]
+        } else {
+            vec![]
+        };
+        let Frame::ThreadInfo(g) = w.ask(
+            &a,
+            CreateGroup {
+                name: "g".into(),
+                members,
+            },
+        ) else {
+            panic!()
+        };
+        last = g.thread.id;
+        let send = Send {
+            thread: last,
+            client_msg_id: 0,
+            kind: MessageKind::Media,
+            body: body.clone().into(),
+        };
+        assert!(matches!(w.ask(&a, send), Frame::Sent(_)));
+    }
+    let get = |thread| MediaGet {
+        media: media.clone(),
+        offset: 0,
+        max_len: 10,
+        thread,
+    };
+    assert_eq!(w.error(&c, get(0)), ErrorCode::UnknownMedia);
+    assert!(matches!(w.ask(&c, get(last)), Frame::MediaData(d) if d.data.len() == 10));
 }

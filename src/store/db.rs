@@ -887,7 +887,17 @@ impl Store {
 
     /// Whether `user` uploaded `media`.
     pub fn is_media_owner(&self, media: &[u8; MEDIA_ID], user: u64) -> Result<bool, Error> {
-        let key = keys::media_link(MEDIA_OWNER, media, user);
+        self.is_media_linked(MEDIA_OWNER, media, user)
+    }
+
+    /// Whether `media` is linked to user or thread `id` (`MEDIA_OWNER`, `MEDIA_THREAD`).
+    pub fn is_media_linked(
+        &self,
+        kind: u8,
+        media: &[u8; MEDIA_ID],
+        id: u64,
+    ) -> Result<bool, Error> {
+        let key = keys::media_link(kind, media, id);
         Ok(self.get(CF_MEDIA, &key)?.is_some())
     }
 

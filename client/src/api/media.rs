@@ -71,12 +71,20 @@ impl Client {
         expect_reply!(self.call(MediaCommit { upload }), "MediaCommit", MediaRef)
     }
 
-    /// Reads up to `max_len` bytes of a media object from `offset`.
-    pub fn media_get(&self, media: &[u8], offset: u64, max_len: u32) -> Result<MediaData> {
+    /// Reads up to `max_len` bytes of a media object from `offset`. `thread`: where the
+    /// caller saw it (the message's thread; 0 when unknown), which the server checks first.
+    pub fn media_get(
+        &self,
+        media: &[u8],
+        thread: u64,
+        offset: u64,
+        max_len: u32,
+    ) -> Result<MediaData> {
         let request = MediaGet {
             media: Bytes::copy_from_slice(media),
             offset,
             max_len,
+            thread,
         };
         expect_reply!(self.call(request), "MediaGet", MediaData)
     }
@@ -182,7 +190,7 @@ impl Client {
 
     /// Downloads a media object into `path`, continuing after the bytes the file already
     /// holds (a download cut short resumes); returns the media's total length.
-    pub fn download_file(&self, media: &[u8], path: &std::path::Path) -> Result<u64> {
+    pub fn download_file(&self, media: &[u8], thread: u64, path: &std::path::Path) -> Result<u64> {
         let io = |source| crate::Error::File {
             path: path.display().to_string(),
             source,
@@ -193,7 +201,7 @@ impl Client {
             .append(true)
             .open(path)
             .map_err(io)?;
-        let result = self.download_into(media, &mut file, path);
+        let result = self.download_into(media, thread, &mut file, path);
         if result.is_err() && !existed && file.metadata().is_ok_and(|m| m.len() == 0) {
             // Refused before any byte came (unknown media, not allowed): leave no empty file.
             let _ = std::fs::remove_file(path);
@@ -205,6 +213,7 @@ impl Client {
     fn download_into(
         &self,
         media: &[u8],
+        thread: u64,
         file: &mut std::fs::File,
         path: &std::path::Path,
     ) -> Result<u64> {
@@ -216,7 +225,7 @@ impl Client {
         let mut at = file.metadata().map_err(io)?.len();
         let room = self.max_frame()?.saturating_sub(FRAME_OVERHEAD).max(1);
         loop {
-            let part = paced(|| self.media_get(media, at, room))?;
+            let part = paced(|| self.media_get(media, thread, at, room))?;
             file.write_all(&part.data).map_err(io)?;
             at += part.data.len() as u64;
             if part.data.is_empty() || at >= part.total_len {
@@ -226,12 +235,12 @@ impl Client {
         }
     }
 
-    /// Downloads a media object whole.
-    pub fn download_media(&self, media: &[u8]) -> Result<Vec<u8>> {
+    /// Downloads a media object whole (`thread`: where it was seen, 0 when unknown).
+    pub fn download_media(&self, media: &[u8], thread: u64) -> Result<Vec<u8>> {
         let room = self.max_frame()?.saturating_sub(FRAME_OVERHEAD).max(1);
         let mut out = Vec::new();
         loop {
-            let part = paced(|| self.media_get(media, out.len() as u64, room))?;
+            let part = paced(|| self.media_get(media, thread, out.len() as u64, room))?;
             out.extend_from_slice(&part.data);
             if part.data.is_empty() || out.len() as u64 >= part.total_len {
                 return Ok(out);

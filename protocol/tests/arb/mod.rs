@@ -159,7 +159,7 @@ arb_frames! {
     MediaBegin { total_len, mime, hash }
     MediaChunk { upload, offset, data }
     MediaCommit { upload }
-    MediaGet { media, offset, max_len }
+    MediaGet { media, offset, max_len, thread }
     AdminStats {}
     Done {}
     ErrorReply { code, message }

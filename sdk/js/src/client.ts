@@ -303,9 +303,12 @@ export class Client extends ClientCore {
     return this.expect(frame("MediaCommit", { upload }), "MediaRef");
   }
 
-  /** Reads up to `maxLen` bytes of a media object from `offset`. */
-  mediaGet(media: Uint8Array, offset: bigint, maxLen: number): Promise<MediaData> {
-    return this.expect(frame("MediaGet", { media, offset, maxLen }), "MediaData");
+  /**
+   * Reads up to `maxLen` bytes of a media object from `offset`. `thread`: where the caller saw
+   * it (the message's thread; 0n when unknown), which the server checks first.
+   */
+  mediaGet(media: Uint8Array, offset: bigint, maxLen: number, thread = 0n): Promise<MediaData> {
+    return this.expect(frame("MediaGet", { media, offset, maxLen, thread }), "MediaData");
   }
 
   /**
@@ -323,13 +326,13 @@ export class Client extends ClientCore {
     return this.mediaCommit(upload.upload);
   }
 
-  /** Downloads a media object whole. */
-  async downloadMedia(media: Uint8Array): Promise<Uint8Array> {
+  /** Downloads a media object whole (`thread`: where it was seen, 0n when unknown). */
+  async downloadMedia(media: Uint8Array, thread = 0n): Promise<Uint8Array> {
     const room = Math.max(this.current().maxFrame() - FRAME_OVERHEAD, 1);
     const parts: Uint8Array[] = [];
     let got = 0;
     for (;;) {
-      const part = await this.mediaGet(media, BigInt(got), room);
+      const part = await this.mediaGet(media, BigInt(got), room, thread);
       parts.push(part.data);
       got += part.data.length;
       if (part.data.length === 0 || BigInt(got) >= part.totalLen) break;

@@ -229,7 +229,7 @@ const FRAME_DEFS = {
   MediaBegin: [0x40, { totalLen: u64, mime: str, hash: bytes }],
   MediaChunk: [0x41, { upload: u64, offset: u64, data: bytes }],
   MediaCommit: [0x42, { upload: u64 }],
-  MediaGet: [0x43, { media: bytes, offset: u64, maxLen: u32 }],
+  MediaGet: [0x43, { media: bytes, offset: u64, maxLen: u32, thread: u64 }],
   // Administration
   AdminStats: [0x50, {}],
   // Responses (server -> client, same request id as the request)

@@ -152,7 +152,7 @@ test("groups, contacts, presence, media and errors against the real server", { s
   // Only the uploader and members of a thread it was sent in may download it.
   await assert.rejects(carol.downloadMedia(ref.media), (e: unknown) => e instanceof ClientError && e.code === ErrorCode.UnknownMedia);
   await alice.send(group.id, MessageKind.Media, ref.media);
-  const back = await carol.downloadMedia(ref.media);
+  const back = await carol.downloadMedia(ref.media, group.id);
   assert.deepEqual(back, data);
   assert.deepEqual((await carol.users([a.user, c.user])).map((u) => u.handle), [a.handle, c.handle]);
   alice.close();

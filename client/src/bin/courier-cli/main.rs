@@ -102,6 +102,9 @@ pub enum Command {
     Download {
         id: String,
         file: std::path::PathBuf,
+        /// The thread the media was sent in (lets the server check permission at once).
+        #[arg(long, default_value_t = 0)]
+        thread: u64,
     },
     /// The interactive chat (the default).
     Chat,

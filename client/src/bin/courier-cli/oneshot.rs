@@ -311,13 +311,13 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
                 },
             );
         }
-        Command::Download { id, file } => {
+        Command::Download { id, file, thread } => {
             let media = hex::decode(id)
                 .ok()
                 .filter(|m| m.len() == 32)
                 .ok_or_else(|| CliError::Usage("a media id is 64 hex digits".into()))?;
             let client = session(&server, &cfg)?;
-            let total = client.download_file(&media, file)?;
+            let total = client.download_file(&media, *thread, file)?;
             print(
                 cli,
                 json!({ "media": id, "total_len": total, "file": file.display().to_string() }),
