@@ -516,7 +516,7 @@ fn cli_uploads_a_file_to_a_user_and_downloads_it_continuing_a_partial_file() {
     );
     let text = cli_ok(&cfg("bob"), &server, &["history", "--thread", &thread]);
     assert!(
-        text.contains(&format!("courier-cli download {id} FILE")),
+        text.contains(&format!("courier-cli download {id} FILE --thread {thread}")),
         "{text}"
     );
     // Bob's earlier attempt stopped after 40,000 bytes: the download continues from there.
@@ -525,7 +525,7 @@ fn cli_uploads_a_file_to_a_user_and_downloads_it_continuing_a_partial_file() {
     cli_ok(
         &cfg("bob"),
         &server,
-        &["download", &id, got.to_str().unwrap()],
+        &["download", &id, got.to_str().unwrap(), "--thread", &thread],
     );
     assert!(
         std::fs::read(&got).unwrap() == data,

@@ -48,7 +48,7 @@ pub fn body_text(m: &Message, cfg: &CliConfig) -> String {
     }
     match m.kind {
         MessageKind::Text => String::from_utf8_lossy(&m.body).into_owned(),
-        MessageKind::Media => media_text(&m.body),
+        MessageKind::Media => media_text(&m.body, m.thread),
         MessageKind::System => system_text(m, cfg),
     }
 }
@@ -60,10 +60,10 @@ fn media_parts(body: &[u8]) -> Option<(&[u8], String)> {
     Some((id, String::from_utf8_lossy(&body[32..]).into_owned()))
 }
 
-fn media_text(body: &[u8]) -> String {
+fn media_text(body: &[u8], thread: u64) -> String {
     match media_parts(body) {
         Some((id, caption)) => format!(
-            "(media {caption}; courier-cli download {} FILE)",
+            "(media {caption}; courier-cli download {} FILE --thread {thread})",
             hex::encode(id)
         ),
         None => format!("(media, {} bytes)", body.len()),
