@@ -195,9 +195,24 @@ pub struct ServeArgs {
     /// Different reactions one message may carry (each member has at most one) [default: 32].
     #[arg(long)]
     pub max_reactions_per_message: Option<usize>,
-    /// Largest media upload in bytes [default: 16777216].
-    #[arg(long)]
+    /// Largest media upload in bytes [default: 104857600, 100 MiB].
+    #[arg(long = "media-max-bytes", alias = "max-media")]
     pub max_media: Option<u64>,
+    /// Bytes of media one user may have stored plus in uploads in progress; content stored
+    /// for several users counts for each [default: 1073741824, 1 GiB].
+    #[arg(long)]
+    pub media_quota_bytes: Option<u64>,
+    /// An upload with no chunk for this long is abandoned and its bytes collected, in seconds
+    /// [default: 600].
+    #[arg(long)]
+    pub media_upload_timeout_secs: Option<u64>,
+    /// Stored media sent in no message this long after its upload is deleted, in seconds
+    /// [default: 86400].
+    #[arg(long)]
+    pub media_grace_secs: Option<u64>,
+    /// Time between passes of the media garbage collector, in milliseconds [default: 60000].
+    #[arg(long)]
+    pub media_gc_interval_ms: Option<u64>,
     /// How long a retried SEND (same client_msg_id) answers the original SENT, in seconds
     /// [default: 86400].
     #[arg(long)]
@@ -274,7 +289,12 @@ struct FileConfig {
     recall_window_secs: Option<u64>,
     edit_window_secs: Option<u64>,
     max_reactions_per_message: Option<usize>,
+    #[serde(alias = "media_max_bytes")]
     max_media: Option<u64>,
+    media_quota_bytes: Option<u64>,
+    media_upload_timeout_secs: Option<u64>,
+    media_grace_secs: Option<u64>,
+    media_gc_interval_ms: Option<u64>,
     read_budget: Option<usize>,
     dedupe_window_secs: Option<u64>,
     max_devices: Option<u32>,
@@ -320,6 +340,10 @@ pub struct Config {
     pub edit_window_secs: u64,
     pub max_reactions_per_message: usize,
     pub max_media: u64,
+    pub media_quota_bytes: u64,
+    pub media_upload_timeout_secs: u64,
+    pub media_grace_secs: u64,
+    pub media_gc_interval_ms: u64,
     pub read_budget: usize,
     pub dedupe_window_secs: u64,
     pub max_devices: u32,
@@ -415,7 +439,23 @@ impl Config {
                 .max_reactions_per_message
                 .or(file.max_reactions_per_message)
                 .unwrap_or(32),
-            max_media: args.max_media.or(file.max_media).unwrap_or(16 << 20),
+            max_media: args.max_media.or(file.max_media).unwrap_or(100 << 20),
+            media_quota_bytes: args
+                .media_quota_bytes
+                .or(file.media_quota_bytes)
+                .unwrap_or(1 << 30),
+            media_upload_timeout_secs: args
+                .media_upload_timeout_secs
+                .or(file.media_upload_timeout_secs)
+                .unwrap_or(600),
+            media_grace_secs: args
+                .media_grace_secs
+                .or(file.media_grace_secs)
+                .unwrap_or(86_400),
+            media_gc_interval_ms: args
+                .media_gc_interval_ms
+                .or(file.media_gc_interval_ms)
+                .unwrap_or(60_000),
             read_budget: args.read_budget.or(file.read_budget).unwrap_or(256 * 1024),
             dedupe_window_secs: args
                 .dedupe_window_secs
@@ -542,8 +582,29 @@ impl Config {
                 "use 1 to 1048576 queued read requests",
             );
         }
-        if self.max_media == 0 {
-            return invalid("max_media", &0, "use at least 1 byte");
+        if !(1..=1 << 40).contains(&self.max_media) {
+            return invalid(
+                "max_media",
+                &self.max_media,
+                "use 1 byte to 1 TiB (1099511627776)",
+            );
+        }
+        if self.media_quota_bytes < self.max_media {
+            return invalid(
+                "media_quota_bytes",
+                &self.media_quota_bytes,
+                "use at least --media-max-bytes, or no file of the largest size can be uploaded",
+            );
+        }
+        if self.media_upload_timeout_secs == 0 {
+            return invalid("media_upload_timeout_secs", &0, "use at least 1 second");
+        }
+        if !(10..=86_400_000).contains(&self.media_gc_interval_ms) {
+            return invalid(
+                "media_gc_interval_ms",
+                &self.media_gc_interval_ms,
+                "use 10 ms to one day (86400000)",
+            );
         }
         if !(1..=MAX_DEDUPE_WINDOW_SECS).contains(&self.dedupe_window_secs) {
             return invalid(
@@ -923,5 +984,66 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn media_limits_are_checked_and_default_to_the_documented_values() {
+        let c = Config::load(ServeArgs::default()).unwrap();
+        assert_eq!(
+            (
+                c.max_media,
+                c.media_quota_bytes,
+                c.media_upload_timeout_secs
+            ),
+            (100 << 20, 1 << 30, 600)
+        );
+        assert_eq!(
+            (c.media_grace_secs, c.media_gc_interval_ms),
+            (86_400, 60_000)
+        );
+        let cases = [
+            (
+                ServeArgs {
+                    max_media: Some(0),
+                    ..ServeArgs::default()
+                },
+                "max_media",
+            ),
+            (
+                ServeArgs {
+                    max_media: Some((1 << 40) + 1),
+                    media_quota_bytes: Some(u64::MAX),
+                    ..ServeArgs::default()
+                },
+                "max_media",
+            ),
+            (
+                ServeArgs {
+                    media_quota_bytes: Some(1000),
+                    ..ServeArgs::default()
+                },
+                "media_quota_bytes",
+            ),
+            (
+                ServeArgs {
+                    media_upload_timeout_secs: Some(0),
+                    ..ServeArgs::default()
+                },
+                "media_upload_timeout_secs",
+            ),
+            (
+                ServeArgs {
+                    media_gc_interval_ms: Some(1),
+                    ..ServeArgs::default()
+                },
+                "media_gc_interval_ms",
+            ),
+        ];
+        for (args, key) in cases {
+            assert!(
+                matches!(Config::load(args), Err(Error::Invalid { key: k, .. }) if k == key),
+                "{key} must be refused"
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod directory;
 pub mod keys;
+pub mod media;
 pub mod metrics;
 pub mod server;
 pub mod session;

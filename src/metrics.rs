@@ -309,12 +309,24 @@ impl LinkMetrics {
     }
 }
 
+/// The media garbage collector's counters (only its thread writes them).
+#[derive(Default)]
+pub struct MediaMetrics {
+    /// Parts of abandoned uploads deleted.
+    pub collected_parts: AtomicU64,
+    /// Blobs sent in no message within their grace period, deleted.
+    pub collected_blobs: AtomicU64,
+    /// Collector passes that failed (logged with their error).
+    pub collector_failures: AtomicU64,
+}
+
 /// Every shard's counters, the read pool's, and the store's health.
 pub struct Metrics {
     pub shards: Box<[ShardMetrics]>,
     pub reads: ReadMetrics,
     /// The cluster links' counters, set once at start when the node has peers.
     pub links: OnceLock<Arc<LinkMetrics>>,
+    pub media: Arc<MediaMetrics>,
     /// Whether commits reach the disk: `courier_commit_failures_total`, `courier_ready`, `/health`.
     pub store: Arc<Health>,
 }
@@ -330,6 +342,7 @@ impl Metrics {
             store,
             reads: ReadMetrics::default(),
             links: OnceLock::new(),
+            media: Arc::default(),
         })
     }
 
@@ -376,6 +389,18 @@ impl Metrics {
             ("read_queue_depth".to_owned(), load(&self.reads.queued)),
             ("reads".to_owned(), load(&self.reads.done)),
             ("reads_refused".to_owned(), load(&self.reads.refused)),
+            (
+                "media_collected_parts".to_owned(),
+                load(&self.media.collected_parts),
+            ),
+            (
+                "media_collected_blobs".to_owned(),
+                load(&self.media.collected_blobs),
+            ),
+            (
+                "media_collector_failures".to_owned(),
+                load(&self.media.collector_failures),
+            ),
         ];
         for r in Reason::ALL {
             out.push((
@@ -486,6 +511,23 @@ impl Metrics {
         }
         if let Some(links) = self.links.get() {
             links.render(&mut out);
+        }
+        let media: [(&str, &AtomicU64); 3] = [
+            (
+                "courier_media_collected_parts_total",
+                &self.media.collected_parts,
+            ),
+            (
+                "courier_media_collected_blobs_total",
+                &self.media.collected_blobs,
+            ),
+            (
+                "courier_media_collector_failures_total",
+                &self.media.collector_failures,
+            ),
+        ];
+        for (name, v) in media {
+            let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", load(v));
         }
         out
     }

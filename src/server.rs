@@ -27,6 +27,7 @@ use crate::cluster::Router;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::keys;
+use crate::media::gc::{Collector, GcConfig, GcThread};
 use crate::metrics::{self, Metrics};
 use crate::session::{self, Accounts, AuthConfig, AuthError, Policy, Thresholds};
 use crate::shard::mailbox::{Mailbox, ShardMsg, MAILBOX_CAPACITY};
@@ -111,6 +112,8 @@ pub fn serve(config: Config) -> Result<(), Error> {
         edit_window_us: config.edit_window_secs.saturating_mul(1_000_000),
         max_reactions: config.max_reactions_per_message,
         max_media: config.max_media,
+        media_quota: config.media_quota_bytes,
+        upload_idle_us: config.media_upload_timeout_secs.saturating_mul(1_000_000),
         // A MEDIA_CHUNK of chunk_max bytes must fit in the max_frame announced in WELCOME.
         media_chunk: ChatConfig::default()
             .media_chunk
@@ -182,6 +185,18 @@ pub fn serve(config: Config) -> Result<(), Error> {
         config.read_queue,
     )?;
     let per_addr = shard::per_addr::PerAddr::new(config.max_conns_per_addr);
+    let gc = GcThread::spawn(
+        Collector::new(
+            store.clone(),
+            chat.blobs.clone(),
+            GcConfig {
+                upload_timeout: Duration::from_secs(config.media_upload_timeout_secs),
+                grace: Duration::from_secs(config.media_grace_secs),
+                interval: Duration::from_millis(config.media_gc_interval_ms),
+            },
+        ),
+        metrics.media.clone(),
+    )?;
     let core = Arc::new(Core {
         router: Router::new(&config.node_id, &config.peers),
         links,
@@ -238,6 +253,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
     if let Some(thread) = link_thread {
         thread.stop();
     }
+    gc.shutdown();
     let synced = store.sync();
     if let Some(failure) = core.failed() {
         match synced {

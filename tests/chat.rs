@@ -690,6 +690,7 @@ fn media_upload_message_and_download() {
     let Frame::MediaUpload(up) = alice.request(MediaBegin {
         total_len: content.len() as u64,
         mime: "image/png".into(),
+        hash: Bytes::copy_from_slice(blake3::hash(&content).as_bytes()),
     }) else {
         panic!()
     };
@@ -717,9 +718,10 @@ fn media_upload_message_and_download() {
     let mut got = Vec::new();
     while (got.len() as u64) < r.total_len {
         let Frame::MediaData(d) = bob.request(MediaGet {
-            media: m.body.clone(),
+            media: m.body.slice(..32),
             offset: got.len() as u64,
             max_len: 65_536,
+            thread: m.thread,
         }) else {
             panic!()
         };

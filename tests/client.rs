@@ -296,7 +296,7 @@ fn contacts_presence_and_media() {
         .upload_media("application/octet-stream", &data)
         .unwrap();
     assert_eq!(media.total_len, data.len() as u64);
-    assert_eq!(alice.download_media(&media.media).unwrap(), data);
+    assert_eq!(alice.download_media(&media.media, 0).unwrap(), data);
     server.stop();
 }
 

@@ -153,7 +153,7 @@ async fn async_groups_contacts_presence_and_media() {
         .await
         .unwrap();
     assert_eq!(media.total_len, data.len() as u64);
-    assert_eq!(alice.download_media(&media.media).await.unwrap(), data);
+    assert_eq!(alice.download_media(&media.media, 0).await.unwrap(), data);
     server.stop();
 }
 

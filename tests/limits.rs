@@ -323,41 +323,44 @@ fn uploads_in_progress_per_user_are_capped() {
     let mut phone = server.connect();
     phone.hello();
     phone.resume(&ok.token);
-    let begin = || MediaBegin {
+    // Distinct content each time: a MEDIA_BEGIN of the same content resumes its upload.
+    let content = |i: u8| [b'a', b'b', i];
+    let begin = |i: u8| MediaBegin {
         total_len: 3,
         mime: "text/plain".into(),
+        hash: Bytes::copy_from_slice(blake3::hash(&content(i)).as_bytes()),
     };
     let mut uploads = Vec::new();
     for i in 0..8 {
         // Alternate devices: the cap is per user, whichever shard a connection is on.
         let c = if i % 2 == 0 { &mut alice } else { &mut phone };
-        match c.request(begin()) {
+        match c.request(begin(i)) {
             Frame::MediaUpload(u) => uploads.push(u.upload),
             other => panic!("MEDIA_BEGIN {i}: {other:?}"),
         }
     }
     assert_eq!(
-        error_code(&alice.request(begin())),
+        error_code(&alice.request(begin(8))),
         ErrorCode::TooManyUploads
     );
     assert_eq!(
-        error_code(&phone.request(begin())),
+        error_code(&phone.request(begin(9))),
         ErrorCode::TooManyUploads
     );
     // Finishing one frees its place.
     assert!(is_done(&alice.request(MediaChunk {
         upload: uploads[0],
         offset: 0,
-        data: Bytes::from_static(b"abc"),
+        data: Bytes::copy_from_slice(&content(0)),
     })));
     assert!(matches!(
         alice.request(MediaCommit { upload: uploads[0] }),
         Frame::MediaRef(_)
     ));
-    assert!(matches!(phone.request(begin()), Frame::MediaUpload(_)));
+    assert!(matches!(phone.request(begin(9)), Frame::MediaUpload(_)));
     // Another user is not affected.
     let (mut bob, _) = server.user("bob");
-    assert!(matches!(bob.request(begin()), Frame::MediaUpload(_)));
+    assert!(matches!(bob.request(begin(8)), Frame::MediaUpload(_)));
 }
 
 #[test]
@@ -367,6 +370,7 @@ fn chunk_max_fits_a_configured_max_frame() {
     let Frame::MediaUpload(up) = alice.request(MediaBegin {
         total_len: 50_000,
         mime: "application/octet-stream".into(),
+        hash: Bytes::copy_from_slice(&[1; 32]),
     }) else {
         panic!("MEDIA_BEGIN")
     };
@@ -433,6 +437,7 @@ fn every_documented_limit_is_enforced_with_its_error() {
     let media = |total_len: u64, mime: &str| MediaBegin {
         total_len,
         mime: mime.into(),
+        hash: Bytes::copy_from_slice(&[total_len as u8; 32]),
     };
     let state = |label: String| SetThreadState {
         thread: group,
@@ -509,8 +514,8 @@ fn every_documented_limit_is_enforced_with_its_error() {
             Some(ErrorCode::InvalidArgument),
         ),
         (
-            "media over 16 MiB",
-            media((16 << 20) + 1, "image/png").into(),
+            "media over 100 MiB",
+            media((100 << 20) + 1, "image/png").into(),
             Some(ErrorCode::MediaTooLarge),
         ),
         (

@@ -192,6 +192,7 @@ fn every_pooled_read_sees_the_writes_acked_before_it() {
     let Frame::MediaUpload(up) = a.request(MediaBegin {
         total_len: 5,
         mime: "text/plain".into(),
+        hash: Bytes::copy_from_slice(blake3::hash(b"abcde").as_bytes()),
     }) else {
         panic!()
     };
@@ -203,7 +204,9 @@ fn every_pooled_read_sees_the_writes_acked_before_it() {
     let Frame::MediaRef(r) = a.request(MediaCommit { upload: up.upload }) else {
         panic!()
     };
-    match b.request(MediaGet {
+    // (By the uploader: nobody else may read media never sent in a thread.)
+    match a.request(MediaGet {
+        thread: 0,
         media: r.media,
         offset: 1,
         max_len: 3,

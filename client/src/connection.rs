@@ -36,6 +36,13 @@ pub(crate) trait Sink: Send + Sync {
 
 type Reply = Result<Frame>;
 
+/// A request sent and not yet awaited ([`Connection::start`]).
+pub(crate) struct Pending {
+    id: u32,
+    request: &'static str,
+    rx: crossbeam_channel::Receiver<Reply>,
+}
+
 /// The session and what routes its events; behind `Connection::core`.
 struct Core {
     session: Session,
@@ -183,17 +190,33 @@ impl Connection {
     /// Sends a request and waits for the reply with the same request id. `ERROR_REPLY` becomes
     /// [`Error::Server`].
     pub(crate) fn request(&self, frame: Frame, timeout: Duration) -> Result<Frame> {
+        let pending = self.start(&frame)?;
+        self.finish(pending, timeout)
+    }
+
+    /// Sends a request without waiting: several may be in flight (a pipelined upload), each
+    /// then awaited with [`finish`](Self::finish), in any order.
+    pub(crate) fn start(&self, frame: &Frame) -> Result<Pending> {
         let (tx, rx) = bounded(1);
-        let id = self.send(&frame, Some(tx))?;
-        match rx.recv_timeout(timeout) {
+        let id = self.send(frame, Some(tx))?;
+        Ok(Pending {
+            id,
+            request: frame.name(),
+            rx,
+        })
+    }
+
+    /// Waits for the reply to a request sent with [`start`](Self::start).
+    pub(crate) fn finish(&self, pending: Pending, timeout: Duration) -> Result<Frame> {
+        match pending.rx.recv_timeout(timeout) {
             Ok(reply) => reply,
             Err(RecvTimeoutError::Timeout) => {
                 let mut core = self.core.lock();
-                core.waiters.remove(&id);
+                core.waiters.remove(&pending.id);
                 // The id stays taken until the late reply comes, which the session drops.
-                core.session.cancel(id);
+                core.session.cancel(pending.id);
                 Err(Error::Timeout {
-                    request: frame.name(),
+                    request: pending.request,
                     after: timeout,
                 })
             }

@@ -39,6 +39,13 @@ pub enum Error {
     /// A socket read or write failed on an established connection.
     #[error("connection i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// A local file to upload or download into could not be read or written.
+    #[error("{path}: {source}. Check the path and its permissions")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The server's bytes did not decode into frames.
     #[error("protocol error: {0}")]
     Protocol(#[from] courier_protocol::Error),

@@ -170,26 +170,30 @@ pub fn run(c: &Common, args: &ProbeArgs) -> Result<ProbeReport> {
     })
 }
 
-/// Uploads `len` bytes of media; returns its id.
+/// Uploads `len` bytes of media (byte `i` is `i % 251`); returns its id. Content the server
+/// already has (an earlier run on the same data directory) is not sent again.
 fn upload(conn: &mut SessionConn, len: u64) -> Result<Bytes> {
+    let content: Bytes = (0..len)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
     let begin = proto::MediaBegin {
         total_len: len,
         mime: "application/octet-stream".into(),
+        hash: Bytes::copy_from_slice(blake3::hash(&content).as_bytes()),
     };
-    let (upload, chunk_max) = match conn.call(begin.into())? {
-        Frame::MediaUpload(u) => (u.upload, u.chunk_max as u64),
+    let (upload, chunk_max, mut offset) = match conn.call(begin.into())? {
+        Frame::MediaUpload(u) => (u.upload, u.chunk_max as u64, u.offset),
         other => return Err(unexpected("MediaBegin", other)),
     };
-    let chunk: Bytes = (0..chunk_max).map(|i| i as u8).collect::<Vec<u8>>().into();
     let mut frames = Vec::new();
-    let mut offset = 0;
     while offset < len {
         let n = chunk_max.min(len - offset);
         frames.push(
             proto::MediaChunk {
                 upload,
                 offset,
-                data: chunk.slice(..n as usize),
+                data: content.slice(offset as usize..(offset + n) as usize),
             }
             .into(),
         );
@@ -300,6 +304,7 @@ fn download_loop(
     let (mut downloads, mut bytes, mut errors, mut offset) = (0, 0, 0, 0);
     while !stop.load(Ordering::Relaxed) {
         let get = proto::MediaGet {
+            thread: 0,
             media: media.clone(),
             offset,
             max_len: u32::MAX,

@@ -128,6 +128,10 @@ error_codes! {
     BadOffset = 62, false;
     /// The caller has as many uploads in progress as they may; commit or abandon one first.
     TooManyUploads = 63, false;
+    /// The upload would take the caller over their media quota; free space or upload less.
+    MediaQuotaExceeded = 64, false;
+    /// The content's BLAKE3 hash is not the one announced at `MEDIA_BEGIN`; nothing was stored.
+    MediaHashMismatch = 65, false;
     // Cluster and administration.
     Forbidden = 70, false;
     WrongNode = 71, true;

@@ -16,7 +16,8 @@ wire_enum! {
     pub enum MessageKind {
         #[default]
         Text = 0,
-        /// A media reference: the id returned by `MEDIA_COMMIT`, plus whatever the client adds.
+        /// A media reference: the body starts with the 32-byte media id returned by
+        /// `MEDIA_COMMIT` (the server checks it), then whatever the client adds.
         Media = 1,
         /// Written by the server: membership changes, renames, recalls.
         System = 2,
@@ -392,10 +393,14 @@ frames! {
     GetUsers = 0x36 { users: Vec<u64> }
 
     // ---- Media, in chunks ----
-    MediaBegin = 0x40 { total_len: u64, mime: String }
+    /// `hash`: the BLAKE3 hash (32 bytes) of the whole content, which becomes its media id.
+    /// Sent again after a disconnect, it resumes the upload (`MediaUpload.offset`).
+    MediaBegin = 0x40 { total_len: u64, mime: String, hash: Bytes }
     MediaChunk = 0x41 { upload: u64, offset: u64, data: Bytes }
     MediaCommit = 0x42 { upload: u64 }
-    MediaGet = 0x43 { media: Bytes, offset: u64, max_len: u32 }
+    /// `thread`: a thread in which the caller saw the media (0: none or unknown), checked
+    /// first, so the read is authorized without looking through every thread it was sent in.
+    MediaGet = 0x43 { media: Bytes, offset: u64, max_len: u32, thread: u64 }
 
     // ---- Administration ----
     /// Server counters; allowed for admin accounts only.
@@ -427,7 +432,9 @@ frames! {
     User = 0x8B { user: UserInfo }
     PresenceList = 0x8C { entries: Vec<Presence> }
     Pong = 0x8D { nonce: u64 }
-    MediaUpload = 0x8E { upload: u64, chunk_max: u32 }
+    /// `offset`: the bytes of this content the server already has; continue from there
+    /// (`total_len`: nothing left to send, commit at once).
+    MediaUpload = 0x8E { upload: u64, chunk_max: u32, offset: u64 }
     MediaRef = 0x8F { media: Bytes, total_len: u64 }
     MediaData = 0x90 { media: Bytes, total_len: u64, offset: u64, data: Bytes }
     Stats = 0x91 { entries: Vec<Stat> }

@@ -19,8 +19,10 @@ const GROUP: u64 = 9;
 /// A message id: microseconds since the epoch (2023-11-14T22:13:20Z).
 const MSG: u64 = 1_700_000_000_000_001;
 const TOKEN: [u8; 32] = [0xA5; 32];
-const MEDIA: [u8; 16] = [
+/// A media id: the BLAKE3 hash of the content (32 bytes).
+const MEDIA: [u8; 32] = [
     0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54, 0x32, 0x10,
+    0x0f, 0x1e, 0x2d, 0x3c, 0x4b, 0x5a, 0x69, 0x78, 0x87, 0x96, 0xa5, 0xb4, 0xc3, 0xd2, 0xe1, 0xf0,
 ];
 
 fn message(id: u64, body: &'static str) -> Message {
@@ -134,10 +136,10 @@ pub fn samples() -> Vec<(u32, Frame, &'static str)> {
         (30, LookupUser { handle: "bob".into() }.into(), "Find the user with handle \"bob\"."),
         (31, PresenceSubscribe { users: vec![BOB] }.into(), "Push presence changes of user 42."),
         (32, PresenceQuery { users: vec![BOB, CAROL] }.into(), "Current presence of users 42 and 50."),
-        (33, MediaBegin { total_len: 1_048_576, mime: "image/jpeg".into() }.into(), "Begin uploading a 1 MiB JPEG."),
+        (33, MediaBegin { total_len: 1_048_576, mime: "image/jpeg".into(), hash: Bytes::copy_from_slice(&MEDIA) }.into(), "Begin (or resume) uploading a 1 MiB JPEG whose BLAKE3 hash is the media id."),
         (34, MediaChunk { upload: 3, offset: 0, data: b(b"\xff\xd8\xff\xe0") }.into(), "First chunk of upload 3 (4 bytes shown; real chunks are up to chunk_max)."),
         (35, MediaCommit { upload: 3 }.into(), "Finish upload 3."),
-        (36, MediaGet { media: Bytes::copy_from_slice(&MEDIA), offset: 0, max_len: 32_768 }.into(), "Read the first 32 KiB of a media object."),
+        (36, MediaGet { media: Bytes::copy_from_slice(&MEDIA), offset: 0, max_len: 32_768, thread: THREAD }.into(), "Read the first 32 KiB of a media object seen in thread THREAD."),
         (37, AdminStats {}.into(), "Server counters (admin accounts only): empty body."),
         (5, Done {}.into(), "Success of request 5 without a specific reply: empty body."),
         (8, ErrorReply { code: ErrorCode::NotAdmin as u16, message: "only group admins may remove members".into() }.into(), "Request 8 failed with NOT_ADMIN (42); the connection stays open."),
@@ -203,8 +205,8 @@ pub fn samples() -> Vec<(u32, Frame, &'static str)> {
         (30, User { user: UserInfo { id: BOB, handle: "bob".into() } }.into(), "The user with handle \"bob\" is 42."),
         (32, PresenceList { entries: vec![Presence { user: BOB, online: true, last_seen: MSG }, Presence { user: CAROL, online: false, last_seen: MSG - 3_600_000_000 }] }.into(), "User 42 is online; user 50 was last seen an hour earlier."),
         (4, Pong { nonce: 7 }.into(), "Answer to PING#4 with its nonce."),
-        (33, MediaUpload { upload: 3, chunk_max: 60_000 }.into(), "Upload id 3; chunks of at most 60000 bytes."),
-        (35, MediaRef { media: Bytes::copy_from_slice(&MEDIA), total_len: 1_048_576 }.into(), "Upload committed: the 16-byte media id and its size."),
+        (33, MediaUpload { upload: 3, chunk_max: 60_000, offset: 120_000 }.into(), "Upload id 3; chunks of at most 60000 bytes; the server has the first 120000 bytes already."),
+        (35, MediaRef { media: Bytes::copy_from_slice(&MEDIA), total_len: 1_048_576 }.into(), "Upload committed: the 32-byte media id and its size."),
         (36, MediaData { media: Bytes::copy_from_slice(&MEDIA), total_len: 1_048_576, offset: 0, data: b(b"\xff\xd8\xff\xe0") }.into(), "The first bytes of a media object."),
         (37, Stats { entries: vec![Stat { name: "connections.current".into(), value: 1234 }, Stat { name: "messages.stored".into(), value: 5_000_000 }] }.into(), "Two server counters."),
         (0, MessagePush { message: message(MSG, "hi"), reply_to: 0 }.into(), "New text message \"hi\" from user 17 in thread 5."),

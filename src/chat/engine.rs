@@ -165,7 +165,7 @@ impl Engine {
             Frame::Readers(f) => messages::readers(shared, caller, f.thread, f.message),
             Frame::Sync(f) => sync::sync(shared, caller, f),
             Frame::ListThreads(f) => threads::list_threads(shared, caller, f),
-            Frame::MediaGet(f) => media::media_get(shared, f),
+            Frame::MediaGet(f) => media::media_get(shared, caller, f),
             _ => Err((ErrorCode::UnknownFrame, "this frame is not a read request")),
         };
         match result {
@@ -210,7 +210,7 @@ impl Engine {
             Frame::MediaBegin(f) => self.media_begin(&caller, f),
             Frame::MediaChunk(f) => self.media_chunk(&caller, f),
             Frame::MediaCommit(f) => self.media_commit(&caller, f.upload),
-            Frame::MediaGet(f) => media::media_get(&self.shared, f),
+            Frame::MediaGet(f) => media::media_get(&self.shared, &caller, f),
             other => Err((ErrorCode::UnknownFrame, frame_not_chat(&other))),
         };
         match result {
@@ -287,6 +287,7 @@ impl Engine {
         self.round_messages.clear();
         self.round_reactions.clear();
         self.round_receipts.clear();
+        self.uploads.end_round();
         self.round_max = 0;
         self.shared.in_flight[self.shard as usize]
             .0

@@ -1,9 +1,27 @@
-//! Media in chunks. An upload gets a random 16-byte media id at MEDIA_BEGIN; chunks are
-//! stored under it as they arrive (in order), and MEDIA_COMMIT writes the header that makes it
-//! readable. The id is unguessable and serves as the capability to download: whoever was sent
-//! the id in a message can fetch the media, as in the seed design's "hash with the location".
+//! Media requests: content-addressed, resumable uploads and authorized ranged downloads.
+//!
+//! The media id is the BLAKE3 hash of the content. The client announces it at MEDIA_BEGIN;
+//! chunks arrive in order, are written to a part file (see [`crate::media::blob`]) and hashed
+//! as they come; MEDIA_COMMIT compares the hash and only then publishes the blob and writes its
+//! header. A mismatch stores nothing.
+//!
+//! Uploads in progress live on the uploader's shard ([`Engine::shard_for`]), keyed by (user,
+//! hash), so a MEDIA_BEGIN of the same content after a disconnect finds the upload and answers
+//! the offset to continue from. They survive disconnects, not restarts (a restart forgets the
+//! hasher's state; the part is collected and the upload starts again from 0).
+//!
+//! Identical content is stored once: a commit of a hash that is stored already drops its part
+//! and only links the uploader. A MEDIA_BEGIN of stored content completes at once (offset =
+//! total length) only for a caller who may already read it: the hash travels in messages, so
+//! knowing it proves nothing, and anyone else must send the bytes (which are then verified
+//! and dropped).
+//!
+//! Who may read: the uploaders, and the members of every thread a MEDIA message referring to
+//! it was sent in. Anyone else is answered UNKNOWN_MEDIA, like for an id that does not exist,
+//! so a refusal does not tell whether the media exists.
 
 use std::collections::HashMap;
+use std::io;
 
 use courier_protocol::{
     Done, ErrorCode, Frame, MediaBegin, MediaChunk, MediaData, MediaGet, MediaRef, MediaUpload,
@@ -14,14 +32,9 @@ use super::threads::internal;
 use super::Shared;
 use crate::caller::Caller;
 use crate::clock::wall_us;
-use crate::store::keys::MEDIA_ID;
+use crate::media::{MediaId, PartId};
+use crate::store::keys::{MEDIA_ID, MEDIA_OWNER, MEDIA_THREAD};
 use crate::store::MediaHeader;
-
-/// Uploads in progress on one shard, with a cap so abandoned ones cannot pile up.
-#[derive(Default)]
-pub(super) struct Uploads {
-    map: HashMap<u64, Upload>,
-}
 
 /// Longest MIME type, in bytes (RFC 6838: a 127-byte type, `/`, a 127-byte subtype).
 const MAX_MIME: usize = 255;
@@ -31,18 +44,112 @@ pub const MEDIA_CHUNK_OVERHEAD: u32 = 1 + 4 + 8 + 8 + 4;
 
 /// Uploads in progress per shard before the oldest are forgotten.
 const MAX_UPLOADS: usize = 4096;
-/// An upload with no chunk for this long (µs) is forgotten, so an abandoned one does not hold
-/// a place under its user's cap for good.
-const UPLOAD_IDLE_US: u64 = 600_000_000;
+/// Referring threads looked at to authorize one read: a media sent in more threads than this
+/// is readable by the members of the first ones (in thread id order) and by its uploaders.
+pub const MAX_THREADS_CHECKED: usize = 1024;
+
+const UNKNOWN: Reject = (
+    ErrorCode::UnknownMedia,
+    "no such media, or you may not read it: only its uploader and the members of threads it was sent in may",
+);
+const EXPIRED: Reject = (
+    ErrorCode::UnknownMedia,
+    "no such upload in progress (unknown, committed, or abandoned too long): send MEDIA_BEGIN again to learn where to continue",
+);
+
+/// Uploads in progress on one shard, with caps so abandoned ones cannot pile up.
+#[derive(Default)]
+pub(super) struct Uploads {
+    map: HashMap<u64, Upload>,
+    /// (user, content) → upload id.
+    by_part: HashMap<PartId, u64>,
+    /// Bytes committed this round per user: the store cannot see them before the commit.
+    round_usage: HashMap<u64, u64>,
+}
+
+impl Uploads {
+    fn remove(&mut self, upload: u64) -> Option<Upload> {
+        let up = self.map.remove(&upload)?;
+        self.by_part.remove(&up.part);
+        Some(up)
+    }
+
+    /// Forgets uploads idle for longer than `idle_us`; their parts are left to the collector.
+    fn expire(&mut self, now: u64, idle_us: u64) {
+        let Self { map, by_part, .. } = self;
+        map.retain(|_, u| {
+            let keep = now.saturating_sub(u.touched) <= idle_us;
+            if !keep {
+                by_part.remove(&u.part);
+            }
+            keep
+        });
+    }
+
+    /// The round was committed: the store now shows its usage.
+    pub(super) fn end_round(&mut self) {
+        self.round_usage.clear();
+    }
+}
 
 struct Upload {
-    user: u64,
+    part: PartId,
     /// When the upload began or last took a chunk (µs).
     touched: u64,
-    media: [u8; MEDIA_ID],
     total: u64,
     received: u64,
     mime: String,
+    /// The hash of the bytes received so far.
+    hasher: blake3::Hasher,
+    /// The content is stored and the caller may read it: nothing to send, commit links them.
+    stored: bool,
+    /// The caller does not own this content yet: its size counts against their quota now and
+    /// is added to their usage at commit.
+    charged: bool,
+}
+
+/// The 32-byte media id in `bytes`, or `err`.
+fn media_id(bytes: &[u8], err: Reject) -> Result<MediaId, Reject> {
+    bytes.try_into().map_err(|_| err)
+}
+
+fn io_failed(e: io::Error) -> Reject {
+    tracing::error!(error = %e, "media storage failed");
+    (
+        ErrorCode::Internal,
+        "the server could not store or read this media; retry later",
+    )
+}
+
+/// Whether `user` may read `media`: an uploader, or a member of a thread it was sent in.
+/// `hint` (0: none) is a thread to try first: one lookup instead of a walk over the threads.
+pub(super) fn may_read(
+    shared: &Shared,
+    media: &MediaId,
+    user: u64,
+    hint: u64,
+) -> Result<bool, Reject> {
+    let store = &shared.store;
+    if store.is_media_owner(media, user).map_err(internal)? {
+        return Ok(true);
+    }
+    if hint != 0
+        && store
+            .is_media_linked(MEDIA_THREAD, media, hint)
+            .map_err(internal)?
+        && store.member(hint, user).map_err(internal)?.is_some()
+    {
+        return Ok(true);
+    }
+    let (mut allowed, mut checked) = (false, 0);
+    store
+        .media_links(MEDIA_THREAD, media, |thread| {
+            checked += 1;
+            allowed = store.member(thread, user)?.is_some();
+            Ok(!allowed && checked < MAX_THREADS_CHECKED)
+        })
+        .map_err(internal)?;
+    Ok(allowed)
 }
 
 impl Engine {
@@ -51,16 +158,17 @@ impl Engine {
         caller: &Caller,
         f: MediaBegin,
     ) -> Result<Option<Frame>, Reject> {
+        let config = &self.shared.config;
         if f.total_len == 0 {
             return Err((
                 ErrorCode::InvalidArgument,
                 "empty media cannot be uploaded: total_len must be at least 1 byte",
             ));
         }
-        if f.total_len > self.shared.config.max_media {
+        if f.total_len > config.max_media {
             return Err((
                 ErrorCode::MediaTooLarge,
-                "the media is over the server's size limit (16 MiB by default)",
+                "the media is over the server's size limit (100 MiB by default)",
             ));
         }
         if f.mime.is_empty() || f.mime.len() > MAX_MIME {
@@ -69,45 +177,118 @@ impl Engine {
                 "a MIME type is 1 to 255 bytes (application/octet-stream when unknown)",
             ));
         }
+        let media = media_id(
+            &f.hash,
+            (
+                ErrorCode::InvalidArgument,
+                "hash must be the 32-byte BLAKE3 hash of the whole content",
+            ),
+        )?;
+        let (chunk_max, idle_us) = (config.media_chunk, config.upload_idle_us);
         let now = wall_us();
-        self.uploads
-            .map
-            .retain(|_, u| now.saturating_sub(u.touched) <= UPLOAD_IDLE_US);
+        self.uploads.expire(now, idle_us);
+        let part = PartId {
+            user: caller.user,
+            media,
+        };
+        // The same content again: resume where the server is.
+        if let Some(&upload) = self.uploads.by_part.get(&part) {
+            let up = self.uploads.map.get_mut(&upload).expect("indexed upload");
+            if up.total != f.total_len {
+                return Err((
+                    ErrorCode::InvalidArgument,
+                    "this content is being uploaded with another total_len: the hash or the length is wrong",
+                ));
+            }
+            up.touched = now;
+            return Ok(Some(
+                MediaUpload {
+                    upload,
+                    chunk_max,
+                    offset: up.received,
+                }
+                .into(),
+            ));
+        }
+        let stored = match self.shared.store.media_header(&media).map_err(internal)? {
+            // The file is checked too: a header whose file the collector is deleting right
+            // now must not make a new upload "complete at once" with no bytes behind it.
+            Some(h) if h.total_len == f.total_len => {
+                may_read(&self.shared, &media, caller.user, 0)?
+                    && self.shared.blobs.contains(&media).map_err(io_failed)?
+            }
+            Some(_) => {
+                return Err((
+                    ErrorCode::InvalidArgument,
+                    "content with this hash is stored with another length: the hash or total_len is wrong",
+                ))
+            }
+            None => false,
+        };
         let mine = self
             .uploads
             .map
             .values()
-            .filter(|u| u.user == caller.user)
-            .count();
-        if mine >= self.shared.config.max_uploads_per_user {
+            .filter(|u| u.part.user == caller.user);
+        // Content the caller already owns adds nothing to their usage.
+        let (count, pending) = mine.fold((0, 0), |(n, b), u| {
+            (n + 1, if u.charged { b + u.total } else { b })
+        });
+        if count >= self.shared.config.max_uploads_per_user {
             return Err((
                 ErrorCode::TooManyUploads,
                 "you have as many uploads in progress as you may; commit them first (an upload with no chunk for 10 minutes is forgotten)",
             ));
         }
+        let charged = !self
+            .shared
+            .store
+            .is_media_owner(&media, caller.user)
+            .map_err(internal)?;
+        if charged {
+            let used = self
+                .shared
+                .store
+                .media_usage(caller.user)
+                .map_err(internal)?
+                + self.uploads.round_usage.get(&caller.user).unwrap_or(&0)
+                + pending;
+            if used.saturating_add(f.total_len) > self.shared.config.media_quota {
+                return Err((
+                    ErrorCode::MediaQuotaExceeded,
+                    "this upload would take you over your media quota (stored plus in-progress uploads; 1 GiB by default)",
+                ));
+            }
+        }
         if self.uploads.map.len() >= MAX_UPLOADS {
             // Forget the oldest upload (lowest id: ids are clock values).
             if let Some(&oldest) = self.uploads.map.keys().min() {
-                self.uploads.map.remove(&oldest);
+                self.uploads.remove(oldest);
             }
         }
+        if !stored {
+            self.shared.blobs.create_part(&part).map_err(io_failed)?;
+        }
         let upload = self.shared.clock.tick();
-        let media: [u8; MEDIA_ID] = rand::random();
+        self.uploads.by_part.insert(part, upload);
         self.uploads.map.insert(
             upload,
             Upload {
-                user: caller.user,
+                part,
                 touched: now,
-                media,
                 total: f.total_len,
-                received: 0,
+                received: if stored { f.total_len } else { 0 },
                 mime: f.mime,
+                hasher: blake3::Hasher::new(),
+                stored,
+                charged,
             },
         );
         Ok(Some(
             MediaUpload {
                 upload,
-                chunk_max: self.shared.config.media_chunk,
+                chunk_max,
+                offset: if stored { f.total_len } else { 0 },
             }
             .into(),
         ))
@@ -115,11 +296,8 @@ impl Engine {
 
     fn upload(&mut self, caller: &Caller, upload: u64) -> Result<&mut Upload, Reject> {
         match self.uploads.map.get_mut(&upload) {
-            Some(u) if u.user == caller.user => Ok(u),
-            _ => Err((
-                ErrorCode::UnknownMedia,
-                "no such upload in progress on this connection",
-            )),
+            Some(u) if u.part.user == caller.user => Ok(u),
+            _ => Err(EXPIRED),
         }
     }
 
@@ -129,11 +307,12 @@ impl Engine {
         f: MediaChunk,
     ) -> Result<Option<Frame>, Reject> {
         let chunk_max = self.shared.config.media_chunk as usize;
+        let blobs = self.shared.blobs.clone();
         let up = self.upload(caller, f.upload)?;
         if f.offset != up.received {
             return Err((
                 ErrorCode::BadOffset,
-                "chunks must arrive in order: offset must equal the bytes sent so far",
+                "chunks must arrive in order: offset must equal the bytes sent so far (MEDIA_BEGIN again tells it)",
             ));
         }
         if f.data.is_empty()
@@ -145,10 +324,19 @@ impl Engine {
                 "the chunk is empty, over chunk_max, or past the announced length",
             ));
         }
-        up.received += f.data.len() as u64;
-        up.touched = wall_us();
-        let media = up.media;
-        self.batch.put_media_chunk(&media, f.offset, &f.data);
+        match blobs.write_part(&up.part, f.offset, &f.data) {
+            Ok(()) => {
+                up.hasher.update(&f.data);
+                up.received += f.data.len() as u64;
+                up.touched = wall_us();
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // The collector took the part of an upload idle for too long.
+                self.uploads.remove(f.upload);
+                return Err(EXPIRED);
+            }
+            Err(e) => return Err(io_failed(e)),
+        }
         Ok(Some(Done {}.into()))
     }
 
@@ -159,45 +347,114 @@ impl Engine {
     ) -> Result<Option<Frame>, Reject> {
         let up = self.upload(caller, upload)?;
         if up.received != up.total {
-            return Err((ErrorCode::BadOffset, "the upload is incomplete"));
+            return Err((
+                ErrorCode::BadOffset,
+                "the upload is incomplete: send the rest first (MEDIA_BEGIN again tells the offset)",
+            ));
         }
-        let (media, total) = (up.media, up.total);
-        let header = MediaHeader {
-            total_len: total,
-            mime: std::mem::take(&mut up.mime),
-            uploader: caller.user,
-        };
-        self.uploads.map.remove(&upload);
-        self.batch.put_media_header(&media, &header);
+        let up = self.uploads.remove(upload).expect("found above");
+        let blobs = &self.shared.blobs;
+        let media = up.part.media;
+        if !up.stored {
+            if *up.hasher.finalize().as_bytes() != media {
+                blobs.discard_part(&up.part).map_err(io_failed)?;
+                return Err((
+                    ErrorCode::MediaHashMismatch,
+                    "the content's BLAKE3 hash is not the hash sent in MEDIA_BEGIN; nothing was stored: hash the file again and upload it anew",
+                ));
+            }
+            blobs.publish(&up.part).map_err(io_failed)?;
+        }
+        let store = &self.shared.store;
+        let header = store.media_header(&media).map_err(internal)?;
+        if up.stored && header.is_none() {
+            // Collected since MEDIA_BEGIN answered that it was stored.
+            return Err(EXPIRED);
+        }
+        let uploader = header.as_ref().map_or(caller.user, |h| h.uploader);
+        self.batch.put_media_header(
+            &media,
+            &MediaHeader {
+                total_len: up.total,
+                mime: up.mime,
+                uploader,
+                committed_at: wall_us(),
+            },
+        );
+        if !store
+            .is_media_owner(&media, caller.user)
+            .map_err(internal)?
+        {
+            self.batch.put_media_link(MEDIA_OWNER, &media, caller.user);
+            self.batch.add_media_usage(caller.user, up.total as i64);
+            *self.uploads.round_usage.entry(caller.user).or_default() += up.total;
+        }
         Ok(Some(
             MediaRef {
                 media: media.to_vec().into(),
-                total_len: total,
+                total_len: up.total,
             }
             .into(),
         ))
     }
+
+    /// Checks a MEDIA message's reference before it is stored: its body starts with the id of
+    /// stored media the sender may read. Returns the id, to be linked to the thread with
+    /// [`link_media`](Self::link_media) once the message is staged.
+    pub(super) fn media_reference(
+        &self,
+        caller: &Caller,
+        thread: u64,
+        body: &[u8],
+    ) -> Result<MediaId, Reject> {
+        let unknown = (
+            ErrorCode::UnknownMedia,
+            "a MEDIA message's body starts with the 32-byte id of media you uploaded or may read",
+        );
+        let media = media_id(body.get(..MEDIA_ID).ok_or(unknown)?, unknown)?;
+        let stored = self.shared.store.media_header(&media).map_err(internal)?;
+        // Sent in this thread before (a re-send, or a forward back): one lookup.
+        if stored.is_none() || !may_read(&self.shared, &media, caller.user, thread)? {
+            return Err(unknown);
+        }
+        Ok(media)
+    }
+
+    /// Records that a message of `thread` refers to `media`: its members may read it.
+    pub(super) fn link_media(&mut self, media: &MediaId, thread: u64) {
+        self.batch.put_media_link(MEDIA_THREAD, media, thread);
+    }
 }
 
-/// Up to `max_len` bytes of committed media from `offset` (runs on the read pool). The media
-/// id is the capability: no membership is checked.
-pub(super) fn media_get(shared: &Shared, f: MediaGet) -> Result<Option<Frame>, Reject> {
-    let unknown = (ErrorCode::UnknownMedia, "no such media");
-    let media: [u8; MEDIA_ID] = f.media.as_ref().try_into().map_err(|_| unknown)?;
-    let store = &shared.store;
-    let header = store
+/// Up to `max_len` bytes of stored media from `offset` (runs on the read pool: the read is a
+/// `pread` at the offset).
+pub(super) fn media_get(
+    shared: &Shared,
+    caller: &Caller,
+    f: MediaGet,
+) -> Result<Option<Frame>, Reject> {
+    let media = media_id(&f.media, UNKNOWN)?;
+    let header = shared
+        .store
         .media_header(&media)
         .map_err(internal)?
-        .ok_or(unknown)?;
+        .ok_or(UNKNOWN)?;
+    if !may_read(shared, &media, caller.user, f.thread)? {
+        return Err(UNKNOWN);
+    }
     if f.offset > header.total_len {
         return Err((ErrorCode::BadOffset, "offset is past the end of the media"));
     }
     let want = (f.max_len as u64).min(shared.config.max_reply_bytes as u64 - 256);
     let end = (f.offset + want).min(header.total_len);
-    let mut data = Vec::with_capacity((end - f.offset) as usize);
-    store
-        .media_range(&media, f.offset, end, &mut data)
-        .map_err(internal)?;
+    let mut data = vec![0u8; (end - f.offset) as usize];
+    let got = match shared.blobs.read_at(&media, f.offset, &mut data) {
+        Ok(n) => n,
+        // Collected between the header read and now.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(UNKNOWN),
+        Err(e) => return Err(io_failed(e)),
+    };
+    data.truncate(got);
     Ok(Some(
         MediaData {
             media: f.media,

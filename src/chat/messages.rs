@@ -116,6 +116,10 @@ impl Engine {
             ));
         }
         self.member_state(caller, f.thread)?;
+        let media = match f.kind {
+            MessageKind::Media => Some(self.media_reference(caller, f.thread, &f.body)?),
+            _ => None,
+        };
         // `client_msg_id` 0 means "no idempotency": every such SEND is a new message.
         let idempotent = f.client_msg_id != 0;
         let key = (f.thread, caller.user, f.client_msg_id);
@@ -153,6 +157,9 @@ impl Engine {
             self.check_reply(f.thread, f.reply_to)?;
         }
         let id = self.append(f.thread, rec, Some(caller), &[])?;
+        if let Some(media) = &media {
+            self.link_media(media, f.thread);
+        }
         if idempotent {
             self.recent_sends.insert(key, id);
             self.batch

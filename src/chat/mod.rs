@@ -13,6 +13,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::caller::ConnRef;
 use crate::clock::Clock;
+use crate::media::{BlobStore, FileBlobs};
 use crate::store::Store;
 
 /// What the shard must send once a round is committed.
@@ -38,7 +39,12 @@ pub struct ChatConfig {
     pub max_body: usize,
     pub max_group: usize,
     pub recall_window_us: u64,
+    /// Largest media upload, bytes.
     pub max_media: u64,
+    /// Bytes of stored media plus uploads in progress one user may have.
+    pub media_quota: u64,
+    /// An upload with no chunk for this long (µs) is forgotten (its part is collected).
+    pub upload_idle_us: u64,
     /// `MEDIA_UPLOAD.chunk_max`: a MEDIA_CHUNK carrying this much must fit `max_frame`.
     pub media_chunk: u32,
     pub history_limit: u16,
@@ -68,7 +74,9 @@ impl Default for ChatConfig {
             max_body: 16 * 1024,
             max_group: 1024,
             recall_window_us: 3_600_000_000,
-            max_media: 16 * 1024 * 1024,
+            max_media: 100 << 20,
+            media_quota: 1 << 30,
+            upload_idle_us: 600_000_000,
             media_chunk: 32 * 1024,
             history_limit: 500,
             max_reply_bytes: 60 * 1024,
@@ -87,6 +95,8 @@ impl Default for ChatConfig {
 /// State shared by every shard's engine: created once at start.
 pub struct Shared {
     pub store: Store,
+    /// Media bytes: files under `<data-dir>/media/`.
+    pub blobs: Arc<dyn BlobStore>,
     pub clock: Arc<Clock>,
     pub config: ChatConfig,
     pub shards: usize,
@@ -119,8 +129,10 @@ impl Shared {
         let in_flight = (0..shards)
             .map(|_| Padded(AtomicU64::new(u64::MAX)))
             .collect();
+        let blobs = Arc::new(FileBlobs::new(store.dir().join("media")));
         Arc::new(Self {
             store,
+            blobs,
             clock,
             config,
             shards,

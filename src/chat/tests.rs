@@ -906,6 +906,7 @@ fn media_round_trips_in_chunks() {
         MediaBegin {
             total_len: 10,
             mime: "text/plain".into(),
+            hash: Bytes::copy_from_slice(blake3::hash(b"0123456789").as_bytes()),
         },
     ) else {
         panic!()
@@ -940,6 +941,7 @@ fn media_round_trips_in_chunks() {
     let Frame::MediaData(d) = w.ask(
         &a,
         MediaGet {
+            thread: 0,
             media: r.media.clone(),
             offset: 3,
             max_len: 5,
@@ -952,6 +954,7 @@ fn media_round_trips_in_chunks() {
         w.error(
             &a,
             MediaGet {
+                thread: 0,
                 media: Bytes::from_static(b"nope"),
                 offset: 0,
                 max_len: 1
@@ -1295,16 +1298,17 @@ fn adding_several_members_writes_one_system_message_naming_them_all() {
 
 /// Uploads `len` bytes (byte `i` is `i % 251`) in chunks of the world's `media_chunk`.
 fn upload(w: &mut World, a: &Caller, len: u64) -> Bytes {
+    let all: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
     let Frame::MediaUpload(up) = w.ask(
         a,
         MediaBegin {
             total_len: len,
             mime: "application/octet-stream".into(),
+            hash: Bytes::copy_from_slice(blake3::hash(&all).as_bytes()),
         },
     ) else {
         panic!()
     };
-    let all: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
     let mut off = 0;
     for part in all.chunks(up.chunk_max as usize) {
         let chunk = MediaChunk {
@@ -1342,6 +1346,7 @@ fn media_get_returns_the_asked_range_across_chunk_boundaries() {
         let Frame::MediaData(d) = w.ask(
             &a,
             MediaGet {
+                thread: 0,
                 media: media.clone(),
                 offset,
                 max_len,
@@ -1358,60 +1363,13 @@ fn media_get_returns_the_asked_range_across_chunk_boundaries() {
         w.error(
             &a,
             MediaGet {
+                thread: 0,
                 media,
                 offset: 101,
                 max_len: 1
             }
         ),
         ErrorCode::BadOffset
-    );
-}
-
-/// Key comparisons RocksDB made on this thread while `f` ran: a scan makes a few per key it
-/// steps over, a seek a few per level of the skip list or index.
-fn key_comparisons(f: impl FnOnce()) -> u64 {
-    use rocksdb::perf::{set_perf_stats, PerfContext, PerfMetric, PerfStatsLevel};
-    set_perf_stats(PerfStatsLevel::EnableCount);
-    let mut ctx = PerfContext::default();
-    ctx.reset();
-    f();
-    let n = ctx.metric(PerfMetric::UserKeyComparisonCount);
-    set_perf_stats(PerfStatsLevel::Disable);
-    n
-}
-
-#[test]
-fn media_get_near_the_end_reads_only_the_chunks_it_returns() {
-    // Before: MEDIA_GET iterated every chunk from offset 0 up to the one asked for, so a whole
-    // download read the file (chunks)² / 2 times over.
-    let chunk = 1024u64;
-    let mut w = World::new(ChatConfig {
-        media_chunk: chunk as u32,
-        ..ChatConfig::default()
-    });
-    let a = w.user("alice");
-    let len = 512 * chunk;
-    let media = upload(&mut w, &a, len);
-    let offset = len - 2 * chunk + 10;
-    let mut got = None;
-    let compared = key_comparisons(|| {
-        got = Some(w.ask(
-            &a,
-            MediaGet {
-                media: media.clone(),
-                offset,
-                max_len: chunk as u32,
-            },
-        ));
-    });
-    let Some(Frame::MediaData(d)) = got else {
-        panic!("{got:?}")
-    };
-    assert_eq!(d.data.len() as u64, chunk);
-    // A seek into 512 chunks compares a few dozen keys; a scan from 0 compares over 1,000.
-    assert!(
-        compared < 200,
-        "MEDIA_GET of one chunk near the end compared {compared} keys"
     );
 }
 
@@ -1638,4 +1596,167 @@ fn a_recall_drops_the_messages_reactions_this_rounds_included() {
     assert_eq!(w.shared.store.reactors(t, m).unwrap(), Vec::<u64>::new());
     let stored = w.shared.store.message(t, m).unwrap().unwrap();
     assert!(stored.recalled && stored.reactions.is_empty(), "{stored:?}");
+}
+
+#[test]
+fn the_collector_and_an_upload_commit_never_lose_each_others_usage_change() {
+    // The race, driven by hand: Alice's commit of B is staged on her shard (usage +20) when
+    // the collector deletes her unreferenced A (usage -10) and commits first. A read-modify-
+    // write of the counter on either side would lose the other's change (30 or 0); merges
+    // add up.
+    use crate::media::gc::{Collector, GcConfig};
+    use std::time::Duration;
+    let mut w = World::new(ChatConfig::default());
+    let a = w.user("alice");
+    let old = upload(&mut w, &a, 10);
+    assert_eq!(w.shared.store.media_usage(a.user).unwrap(), 10);
+    let data: Vec<u8> = (0..20u8).map(|i| i ^ 0x5a).collect();
+    let Frame::MediaUpload(up) = w.ask(
+        &a,
+        MediaBegin {
+            total_len: 20,
+            mime: "a/b".into(),
+            hash: Bytes::copy_from_slice(blake3::hash(&data).as_bytes()),
+        },
+    ) else {
+        panic!()
+    };
+    let chunk = MediaChunk {
+        upload: up.upload,
+        offset: 0,
+        data: data.clone().into(),
+    };
+    assert_eq!(w.ask(&a, chunk), Done {}.into());
+    let commit = Frame::from(MediaCommit { upload: up.upload });
+    let shard = Engine::shard_for(&w.shared, &a, &commit).unwrap() as usize;
+    w.engines[shard].handle(a, 8, commit);
+
+    std::thread::sleep(Duration::from_millis(2)); // A's grace of 0 µs has passed.
+    let mut collector = Collector::new(
+        w.shared.store.clone(),
+        w.shared.blobs.clone(),
+        GcConfig {
+            upload_timeout: Duration::from_secs(3600),
+            grace: Duration::ZERO,
+            interval: Duration::from_secs(1),
+        },
+    );
+    let swept = collector.sweep().unwrap();
+    assert_eq!(
+        (swept.blobs, swept.parts),
+        (1, 0),
+        "A collected, B not visible yet"
+    );
+    assert_eq!(w.shared.store.media_usage(a.user).unwrap(), 0);
+
+    let mut out = Vec::new();
+    w.engines[shard].commit(&mut out);
+    assert!(matches!(
+        &out[..],
+        [Effect::Reply {
+            frame: Frame::MediaRef(_),
+            ..
+        }]
+    ));
+    assert_eq!(w.shared.store.media_usage(a.user).unwrap(), 20);
+    let old: [u8; 32] = old.as_ref().try_into().unwrap();
+    assert!(w.shared.store.media_header(&old).unwrap().is_none());
+    let mut buf = [0u8; 20];
+    assert!(w.shared.blobs.read_at(&old, 0, &mut buf).is_err());
+    let new = *blake3::hash(&data).as_bytes();
+    assert_eq!(w.shared.blobs.read_at(&new, 0, &mut buf).unwrap(), 20);
+    assert_eq!(&buf[..], &data[..]);
+}
+
+#[test]
+fn a_header_whose_file_is_gone_is_repaired_by_uploading_the_content_again() {
+    // The outcome of the collector deleting a file while a commit of the same content wrote
+    // the header: driven by hand by deleting the file under a stored header. Before the file
+    // check in MEDIA_BEGIN, the uploader was told "stored, commit at once" and the content
+    // stayed unreadable for good.
+    let mut w = World::new(ChatConfig::default());
+    let a = w.user("alice");
+    let id = upload(&mut w, &a, 50);
+    let media: [u8; 32] = id.as_ref().try_into().unwrap();
+    w.shared.blobs.delete(&media).unwrap();
+    let all: Vec<u8> = (0..50u64).map(|i| (i % 251) as u8).collect();
+    let Frame::MediaUpload(up) = w.ask(
+        &a,
+        MediaBegin {
+            total_len: 50,
+            mime: "a/b".into(),
+            hash: id.clone(),
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(up.offset, 0, "the bytes must be sent again");
+    let chunk = MediaChunk {
+        upload: up.upload,
+        offset: 0,
+        data: all.clone().into(),
+    };
+    assert_eq!(w.ask(&a, chunk), Done {}.into());
+    assert!(matches!(
+        w.ask(&a, MediaCommit { upload: up.upload }),
+        Frame::MediaRef(_)
+    ));
+    let Frame::MediaData(d) = w.ask(
+        &a,
+        MediaGet {
+            thread: 0,
+            media: id,
+            offset: 0,
+            max_len: 100,
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(&d.data[..], &all[..]);
+}
+
+#[test]
+fn a_media_read_naming_its_thread_is_allowed_past_the_threads_checked_without_it() {
+    // Media sent in more threads than one read walks (MAX_THREADS_CHECKED): a member of only
+    // the last one is found when MEDIA_GET names the thread; without it the walk stops first.
+    use super::media::MAX_THREADS_CHECKED;
+    let mut w = World::new(ChatConfig::default());
+    let (a, c) = (w.user("alice"), w.user("carol"));
+    let media = upload(&mut w, &a, 10);
+    let mut body = media.to_vec();
+    body.extend_from_slice(b"!");
+    let mut last = 0;
+    for i in 0..=MAX_THREADS_CHECKED {
+        let members = if i == MAX_THREADS_CHECKED {
+            vec![c.user]
+        } else {
+            vec![]
+        };
+        let Frame::ThreadInfo(g) = w.ask(
+            &a,
+            CreateGroup {
+                name: "g".into(),
+                members,
+            },
+        ) else {
+            panic!()
+        };
+        last = g.thread.id;
+        let send = Send {
+            thread: last,
+            client_msg_id: 0,
+            kind: MessageKind::Media,
+            body: body.clone().into(),
+            reply_to: 0,
+        };
+        assert!(matches!(w.ask(&a, send), Frame::Sent(_)));
+    }
+    let get = |thread| MediaGet {
+        media: media.clone(),
+        offset: 0,
+        max_len: 10,
+        thread,
+    };
+    assert_eq!(w.error(&c, get(0)), ErrorCode::UnknownMedia);
+    assert!(matches!(w.ask(&c, get(last)), Frame::MediaData(d) if d.data.len() == 10));
 }

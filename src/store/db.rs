@@ -226,6 +226,21 @@ fn expire_dedupe(window_us: u64, now_us: impl Fn() -> u64, value: &[u8]) -> Deci
     }
 }
 
+/// The merge operator of `media` usage counters: the sum of big-endian i64s. Only `u` keys
+/// are ever merged; an operand or value of another width is skipped (it is not a counter).
+fn sum_i64(
+    _key: &[u8],
+    existing: Option<&[u8]>,
+    operands: &rocksdb::MergeOperands,
+) -> Option<Vec<u8>> {
+    let as_i64 = |v: &[u8]| <[u8; 8]>::try_from(v).map(i64::from_be_bytes).ok();
+    let mut sum = existing.and_then(as_i64).unwrap_or(0);
+    for op in operands {
+        sum = sum.saturating_add(as_i64(op).unwrap_or(0));
+    }
+    Some(sum.to_be_bytes().to_vec())
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `dir`, keeping dedupe entries forever.
     pub fn open(dir: &Path, fsync: FsyncMode) -> Result<Store, Error> {
@@ -279,6 +294,9 @@ impl Store {
             }
             if *name == CF_MEMBERSHIPS {
                 cf.set_compaction_filter("expired_membership_tombstones", drop_expired_tombstone);
+            }
+            if *name == CF_MEDIA {
+                cf.set_merge_operator_associative("courier-media-usage", sum_i64);
             }
             ColumnFamilyDescriptor::new(*name, cf)
         });
@@ -930,49 +948,73 @@ impl Store {
     // ---- media ----
 
     pub fn media_header(&self, media: &[u8; MEDIA_ID]) -> Result<Option<MediaHeader>, Error> {
-        self.get_record(CF_MEDIA, &keys::media_chunk(media, u64::MAX))
+        self.get_record(CF_MEDIA, &keys::media_meta(media))
     }
 
-    /// Appends the bytes `from..end` of `media` to `out`, reading only the chunks that hold
-    /// them: one seek to the chunk that starts at or before `from` (chunks are stored in order,
-    /// keyed by their start offset), then forward until `end`. Stops early at a gap.
-    pub fn media_range(
+    /// Whether `user` uploaded `media`.
+    pub fn is_media_owner(&self, media: &[u8; MEDIA_ID], user: u64) -> Result<bool, Error> {
+        self.is_media_linked(MEDIA_OWNER, media, user)
+    }
+
+    /// Whether `media` is linked to user or thread `id` (`MEDIA_OWNER`, `MEDIA_THREAD`).
+    pub fn is_media_linked(
         &self,
+        kind: u8,
         media: &[u8; MEDIA_ID],
-        from: u64,
-        end: u64,
-        out: &mut Vec<u8>,
+        id: u64,
+    ) -> Result<bool, Error> {
+        let key = keys::media_link(kind, media, id);
+        Ok(self.get(CF_MEDIA, &key)?.is_some())
+    }
+
+    /// Calls `f` with each user (`MEDIA_OWNER`) or thread (`MEDIA_THREAD`) linked to `media`,
+    /// in id order, until it returns false.
+    pub fn media_links(
+        &self,
+        kind: u8,
+        media: &[u8; MEDIA_ID],
+        mut f: impl FnMut(u64) -> Result<bool, Error>,
     ) -> Result<(), Error> {
-        if from >= end {
-            return Ok(());
+        self.scan_prefix(CF_MEDIA, &keys::media_links(kind, media), |k, _| {
+            f(keys::parse_media_link(k)?)
+        })
+    }
+
+    /// Bytes of stored media `user` uploaded (counted once per upload of distinct content).
+    pub fn media_usage(&self, user: u64) -> Result<u64, Error> {
+        match self.get(CF_MEDIA, &keys::media_usage(user))? {
+            None => Ok(0),
+            Some(v) => match <[u8; 8]>::try_from(&v[..]) {
+                Ok(b) => Ok(i64::from_be_bytes(b).max(0) as u64),
+                Err(_) => Err(Error::CorruptValue {
+                    record: "media usage",
+                }),
+            },
         }
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_lower_bound(keys::media_chunk(media, 0).to_vec());
-        ro.set_iterate_upper_bound(keys::media_chunk(media, u64::MAX).to_vec());
-        let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(CF_MEDIA), ro);
-        it.seek_for_prev(keys::media_chunk(media, from));
-        if !it.valid() {
-            // Nothing starts at or before `from`: start at the first chunk after it.
-            it.seek(keys::media_chunk(media, from));
-        }
-        let mut at = from;
-        while it.valid() && at < end {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            let off = keys::parse_media_chunk(k)?.1;
-            let chunk_end = off + v.len() as u64;
-            if off > at {
-                break;
-            }
-            if chunk_end > at {
-                let to = end.min(chunk_end);
-                out.extend_from_slice(&v[(at - off) as usize..(to - off) as usize]);
-                at = to;
-            }
-            it.next();
-        }
-        Ok(it.status()?)
+    }
+
+    /// Up to `max` stored blobs whose id is above `after` (all of them when `None`), in id
+    /// order, with their headers: one page of the garbage collector's walk.
+    pub fn media_headers_after(
+        &self,
+        after: Option<&[u8; MEDIA_ID]>,
+        max: usize,
+    ) -> Result<Vec<([u8; MEDIA_ID], MediaHeader)>, Error> {
+        let lower = match after {
+            Some(m) => keys::prefix_end(&keys::media_meta(m)),
+            None => vec![MEDIA_META],
+        };
+        let mut out = Vec::new();
+        self.scan(CF_MEDIA, &lower, &[MEDIA_META + 1], false, |k, v| {
+            out.push((keys::parse_media_meta(k)?, MediaHeader::decode(v)?));
+            Ok(out.len() < max)
+        })?;
+        Ok(out)
+    }
+
+    /// The data directory (RocksDB's files; media blobs live in its `media/` folder).
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
     }
 
     /// An empty batch of staged writes.
@@ -1099,12 +1141,34 @@ impl Batch {
         );
     }
 
-    pub fn put_media_chunk(&mut self, media: &[u8; MEDIA_ID], offset: u64, data: &[u8]) {
-        self.put(CF_MEDIA, &keys::media_chunk(media, offset), data);
+    pub fn put_media_header(&mut self, media: &[u8; MEDIA_ID], rec: &MediaHeader) {
+        self.put(CF_MEDIA, &keys::media_meta(media), &rec.encode());
     }
 
-    pub fn put_media_header(&mut self, media: &[u8; MEDIA_ID], rec: &MediaHeader) {
-        self.put(CF_MEDIA, &keys::media_chunk(media, u64::MAX), &rec.encode());
+    /// Links `media` to an uploader (`MEDIA_OWNER`) or a referring thread (`MEDIA_THREAD`).
+    pub fn put_media_link(&mut self, kind: u8, media: &[u8; MEDIA_ID], id: u64) {
+        self.put(CF_MEDIA, &keys::media_link(kind, media, id), &[]);
+    }
+
+    /// Adds `delta` to the bytes of stored media charged to `user`: a merge, so the user's
+    /// shard (uploads) and the garbage collector (deletes) never overwrite each other's change.
+    pub fn add_media_usage(&mut self, user: u64, delta: i64) {
+        self.batch.merge_cf(
+            self.store.cf(CF_MEDIA),
+            keys::media_usage(user),
+            delta.to_be_bytes(),
+        );
+    }
+
+    /// Forgets a stored blob: its header and every link of it.
+    pub fn delete_media(&mut self, media: &[u8; MEDIA_ID], owners: &[u64], threads: &[u64]) {
+        self.delete(CF_MEDIA, &keys::media_meta(media));
+        for &user in owners {
+            self.delete(CF_MEDIA, &keys::media_link(MEDIA_OWNER, media, user));
+        }
+        for &thread in threads {
+            self.delete(CF_MEDIA, &keys::media_link(MEDIA_THREAD, media, thread));
+        }
     }
 
     /// Records that clock values up to `at` may be in use by shard `shard`: at start the clock

@@ -21,7 +21,10 @@
 //! | `devices`     | user u64 ++ device name     | device u32                        |
 //! | `contacts`    | user u64 ++ contact u64     | empty                             |
 //! | `last_seen`   | user u64                    | microseconds u64                  |
-//! | `media`       | media id (16) ++ offset u64 | chunk bytes                       |
+//! | `media`       | `m` ++ media id (32)        | `MediaHeader` of a stored blob (the bytes are a file, see `media::blob`) |
+//! |               | `o` ++ media id ++ user u64 | empty: the user uploaded it (may read it; charged to their quota) |
+//! |               | `t` ++ media id ++ thread u64 | empty: a message of the thread refers to it (its members may read it) |
+//! |               | `u` ++ user u64             | i64: bytes of stored media the user uploaded (merge operator: sum) |
 //! | `meta`        | name bytes                  | counters (ids, clock floor)       |
 //! | `unread`      | thread u64 ++ message u64   | sender u64: the messages that count as unread (all but system messages) |
 //! | `admins`      | user u64                    | microseconds u64 of the grant (`courier admin grant`) |
@@ -74,8 +77,13 @@ pub const ALL_CFS: &[&str] = &[
 
 /// Bytes of a token digest (the stored form of a session token).
 pub const TOKEN_DIGEST: usize = 16;
-/// Bytes of a media id.
-pub const MEDIA_ID: usize = 16;
+/// Bytes of a media id: the BLAKE3 hash of the content.
+pub const MEDIA_ID: usize = 32;
+/// Prefix bytes of the kinds of `media` keys.
+pub const MEDIA_META: u8 = b'm';
+pub const MEDIA_OWNER: u8 = b'o';
+pub const MEDIA_THREAD: u8 = b't';
+pub const MEDIA_USAGE: u8 = b'u';
 
 /// Meta keys. The id counters are per partition, see [`id_counter`].
 pub const META_NEXT_USER: &[u8] = b"next_user_id";
@@ -184,16 +192,44 @@ pub fn device(user: u64, name: &str) -> Vec<u8> {
     k
 }
 
-/// `media`: media id ++ chunk offset.
-pub fn media_chunk(media: &[u8; MEDIA_ID], offset: u64) -> [u8; MEDIA_ID + 8] {
-    cat(&[media, &offset.to_be_bytes()])
+/// `media`: a stored blob's header, `m ++ media id`.
+pub fn media_meta(media: &[u8; MEDIA_ID]) -> [u8; 1 + MEDIA_ID] {
+    cat(&[&[MEDIA_META], media])
 }
 
-pub fn parse_media_chunk(key: &[u8]) -> Result<([u8; MEDIA_ID], u64), Error> {
-    check(CF_MEDIA, key, MEDIA_ID + 8)?;
+pub fn parse_media_meta(key: &[u8]) -> Result<[u8; MEDIA_ID], Error> {
+    check(CF_MEDIA, key, 1 + MEDIA_ID)?;
+    if key[0] != MEDIA_META {
+        return Err(Error::CorruptKey {
+            cf: CF_MEDIA,
+            len: key.len(),
+        });
+    }
     let mut m = [0u8; MEDIA_ID];
-    m.copy_from_slice(&key[..MEDIA_ID]);
-    Ok((m, u64_at(key, MEDIA_ID)))
+    m.copy_from_slice(&key[1..]);
+    Ok(m)
+}
+
+/// `media`: `kind ++ media id ++ id`, for an uploader (`MEDIA_OWNER`, a user) or a referring
+/// thread (`MEDIA_THREAD`). A media's entries of one kind share the prefix `kind ++ media id`.
+pub fn media_link(kind: u8, media: &[u8; MEDIA_ID], id: u64) -> [u8; 1 + MEDIA_ID + 8] {
+    cat(&[&[kind], media, &id.to_be_bytes()])
+}
+
+/// The prefix of every [`media_link`] of one kind and media.
+pub fn media_links(kind: u8, media: &[u8; MEDIA_ID]) -> [u8; 1 + MEDIA_ID] {
+    cat(&[&[kind], media])
+}
+
+/// The id (user or thread) of a [`media_link`] key.
+pub fn parse_media_link(key: &[u8]) -> Result<u64, Error> {
+    check(CF_MEDIA, key, 1 + MEDIA_ID + 8)?;
+    Ok(u64_at(key, 1 + MEDIA_ID))
+}
+
+/// `media`: `u ++ user`, the bytes of stored media the user uploaded.
+pub fn media_usage(user: u64) -> [u8; 9] {
+    cat(&[&[MEDIA_USAGE], &user.to_be_bytes()])
 }
 
 /// The exclusive upper bound of every key that starts with `prefix` (for range scans).
@@ -258,7 +294,9 @@ mod tests {
         assert!(parse_pair(CF_MESSAGES, &[0; 17]).is_err());
         assert!(parse_triple(CF_DEDUPE, &[0; 16]).is_err());
         assert!(parse_user_token(&[0; 8]).is_err());
-        assert!(parse_media_chunk(&[0; 3]).is_err());
+        assert!(parse_media_meta(&[MEDIA_META; 3]).is_err());
+        assert!(parse_media_meta(&media_usage(1)).is_err());
+        assert!(parse_media_link(&[0; 3]).is_err());
     }
 
     #[test]
@@ -266,7 +304,10 @@ mod tests {
         let d = [9u8; TOKEN_DIGEST];
         assert_eq!(parse_user_token(&user_token(5, &d)).unwrap(), (5, d));
         let m = [3u8; MEDIA_ID];
-        assert_eq!(parse_media_chunk(&media_chunk(&m, 77)).unwrap(), (m, 77));
+        assert_eq!(parse_media_meta(&media_meta(&m)).unwrap(), m);
+        let link = media_link(MEDIA_THREAD, &m, 77);
+        assert!(link.starts_with(&media_links(MEDIA_THREAD, &m)));
+        assert_eq!(parse_media_link(&link).unwrap(), 77);
     }
 
     #[test]

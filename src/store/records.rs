@@ -283,11 +283,14 @@ impl Record for TokenRecord {
 }
 
 record! {
-    /// `media` under offset `u64::MAX`: a committed media object's header.
+    /// `media` under `m ++ media id`: a stored blob's header.
     pub struct MediaHeader {
         pub total_len: u64,
         pub mime: String,
+        /// Who uploaded it first (every uploader has a `o` entry).
         pub uploader: u64,
+        /// When it was last committed (µs): the garbage collector's grace period runs from here.
+        pub committed_at: u64,
     }
 }
 
@@ -462,8 +465,9 @@ mod tests {
                 total_len: 14,
                 mime: "a/b".into(),
                 uploader: 15,
+                committed_at: 16,
             },
-            &[&[V1], &be(14), &[0, 3, b'a', b'/', b'b'], &be(15)],
+            &[&[V1], &be(14), &[0, 3, b'a', b'/', b'b'], &be(15), &be(16)],
         );
     }
 

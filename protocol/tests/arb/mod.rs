@@ -160,10 +160,10 @@ arb_frames! {
     PresenceSubscribe { users }
     PresenceQuery { users }
     GetUsers { users }
-    MediaBegin { total_len, mime }
+    MediaBegin { total_len, mime, hash }
     MediaChunk { upload, offset, data }
     MediaCommit { upload }
-    MediaGet { media, offset, max_len }
+    MediaGet { media, offset, max_len, thread }
     AdminStats {}
     Done {}
     ErrorReply { code, message }
@@ -179,7 +179,7 @@ arb_frames! {
     User { user }
     PresenceList { entries }
     Pong { nonce }
-    MediaUpload { upload, chunk_max }
+    MediaUpload { upload, chunk_max, offset }
     MediaRef { media, total_len }
     MediaData { media, total_len, offset, data }
     Stats { entries }

@@ -327,9 +327,13 @@ export class Client extends ClientCore {
 
   // ---- Media ----
 
-  /** Starts an upload of `totalLen` bytes. */
-  mediaBegin(totalLen: bigint, mime: string): Promise<MediaUpload> {
-    return this.expect(frame("MediaBegin", { totalLen, mime }), "MediaUpload");
+  /**
+   * Starts, or resumes, the upload of `totalLen` bytes whose BLAKE3 hash (32 bytes) is `hash`:
+   * the hash is the media id. `MediaUpload.offset` is where to continue (`totalLen`: nothing
+   * is left to send, commit).
+   */
+  mediaBegin(totalLen: bigint, mime: string, hash: Uint8Array): Promise<MediaUpload> {
+    return this.expect(frame("MediaBegin", { totalLen, mime, hash }), "MediaUpload");
   }
 
   /** Sends one chunk; `offset` must be the number of bytes sent so far. */
@@ -342,29 +346,36 @@ export class Client extends ClientCore {
     return this.expect(frame("MediaCommit", { upload }), "MediaRef");
   }
 
-  /** Reads up to `maxLen` bytes of a media object from `offset`. */
-  mediaGet(media: Uint8Array, offset: bigint, maxLen: number): Promise<MediaData> {
-    return this.expect(frame("MediaGet", { media, offset, maxLen }), "MediaData");
+  /**
+   * Reads up to `maxLen` bytes of a media object from `offset`. `thread`: where the caller saw
+   * it (the message's thread; 0n when unknown), which the server checks first.
+   */
+  mediaGet(media: Uint8Array, offset: bigint, maxLen: number, thread = 0n): Promise<MediaData> {
+    return this.expect(frame("MediaGet", { media, offset, maxLen, thread }), "MediaData");
   }
 
-  /** Uploads `data` whole: begin, chunks no larger than the server allows, commit. */
-  async uploadMedia(mime: string, data: Uint8Array): Promise<MediaRef> {
-    const upload = await this.mediaBegin(BigInt(data.length), mime);
+  /**
+   * Uploads `data` whole: begin (or resume where the server is), chunks no larger than the
+   * server allows, commit. `hash` is the BLAKE3 hash of `data` (this library has no hash
+   * function of its own; e.g. `blake3` from `@noble/hashes`).
+   */
+  async uploadMedia(mime: string, data: Uint8Array, hash: Uint8Array): Promise<MediaRef> {
+    const upload = await this.mediaBegin(BigInt(data.length), mime, hash);
     const room = Math.max(this.current().maxFrame() - FRAME_OVERHEAD, 1);
     const chunk = Math.max(Math.min(upload.chunkMax, room), 1);
-    for (let offset = 0; offset < data.length; offset += chunk) {
+    for (let offset = Number(upload.offset); offset < data.length; offset += chunk) {
       await this.mediaChunk(upload.upload, BigInt(offset), data.subarray(offset, offset + chunk));
     }
     return this.mediaCommit(upload.upload);
   }
 
-  /** Downloads a media object whole. */
-  async downloadMedia(media: Uint8Array): Promise<Uint8Array> {
+  /** Downloads a media object whole (`thread`: where it was seen, 0n when unknown). */
+  async downloadMedia(media: Uint8Array, thread = 0n): Promise<Uint8Array> {
     const room = Math.max(this.current().maxFrame() - FRAME_OVERHEAD, 1);
     const parts: Uint8Array[] = [];
     let got = 0;
     for (;;) {
-      const part = await this.mediaGet(media, BigInt(got), room);
+      const part = await this.mediaGet(media, BigInt(got), room, thread);
       parts.push(part.data);
       got += part.data.length;
       if (part.data.length === 0 || BigInt(got) >= part.totalLen) break;

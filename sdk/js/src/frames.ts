@@ -273,10 +273,10 @@ const FRAME_DEFS = {
   PresenceQuery: [0x35, { users: list(u64) }],
   GetUsers: [0x36, { users: list(u64) }],
   // Media, in chunks
-  MediaBegin: [0x40, { totalLen: u64, mime: str }],
+  MediaBegin: [0x40, { totalLen: u64, mime: str, hash: bytes }],
   MediaChunk: [0x41, { upload: u64, offset: u64, data: bytes }],
   MediaCommit: [0x42, { upload: u64 }],
-  MediaGet: [0x43, { media: bytes, offset: u64, maxLen: u32 }],
+  MediaGet: [0x43, { media: bytes, offset: u64, maxLen: u32, thread: u64 }],
   // Administration
   AdminStats: [0x50, {}],
   // Responses (server -> client, same request id as the request)
@@ -308,7 +308,7 @@ const FRAME_DEFS = {
   User: [0x8b, { user: UserInfoCodec }],
   PresenceList: [0x8c, { entries: list(PresenceCodec) }],
   Pong: [0x8d, { nonce: u64 }],
-  MediaUpload: [0x8e, { upload: u64, chunkMax: u32 }],
+  MediaUpload: [0x8e, { upload: u64, chunkMax: u32, offset: u64 }],
   MediaRef: [0x8f, { media: bytes, totalLen: u64 }],
   MediaData: [0x90, { media: bytes, totalLen: u64, offset: u64, data: bytes }],
   Stats: [0x91, { entries: list(StatCodec) }],

@@ -144,9 +144,15 @@ test("groups, contacts, presence, media and errors against the real server", { s
   await offline;
 
   const data = new Uint8Array(150_000).map((_, i) => (i * 31) & 0xff);
-  const ref = await alice.uploadMedia("application/octet-stream", data);
+  // BLAKE3 of `data`, the media id (computed with the Rust blake3 crate).
+  const hash = Uint8Array.from(Buffer.from("777cc94c5c6ed2e0eb690d0dbf567777b3a1abc958b1a96e9eebf46cea968373", "hex"));
+  const ref = await alice.uploadMedia("application/octet-stream", data, hash);
   assert.equal(ref.totalLen, 150_000n);
-  const back = await carol.downloadMedia(ref.media);
+  assert.deepEqual(ref.media, hash);
+  // Only the uploader and members of a thread it was sent in may download it.
+  await assert.rejects(carol.downloadMedia(ref.media), (e: unknown) => e instanceof ClientError && e.code === ErrorCode.UnknownMedia);
+  await alice.send(group.id, MessageKind.Media, ref.media);
+  const back = await carol.downloadMedia(ref.media, group.id);
   assert.deepEqual(back, data);
   assert.deepEqual((await carol.users([a.user, c.user])).map((u) => u.handle), [a.handle, c.handle]);
   alice.close();

@@ -122,6 +122,28 @@ pub enum Command {
     Presence { handle: String },
     /// Fetch everything new since the last sync.
     Sync,
+    /// Upload a file (resuming an upload of the same file that was cut short); prints its
+    /// media id. With --to or --thread, also send it there as a MEDIA message.
+    Upload {
+        file: std::path::PathBuf,
+        /// The MIME type.
+        #[arg(long, default_value = "application/octet-stream")]
+        mime: String,
+        /// Send it to this user (direct thread).
+        #[arg(long, conflicts_with = "thread")]
+        to: Option<String>,
+        /// Send it to this thread.
+        #[arg(long)]
+        thread: Option<u64>,
+    },
+    /// Download media by id (hex) into a file; a partial file is continued, not restarted.
+    Download {
+        id: String,
+        file: std::path::PathBuf,
+        /// The thread the media was sent in (lets the server check permission at once).
+        #[arg(long, default_value_t = 0)]
+        thread: u64,
+    },
     /// The interactive chat (the default).
     Chat,
 }

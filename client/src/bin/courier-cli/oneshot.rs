@@ -322,6 +322,61 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
                 },
             );
         }
+        Command::Upload {
+            file,
+            mime,
+            to,
+            thread,
+        } => {
+            let client = session(cli, &server, &cfg)?;
+            let media = client.upload_file(file, mime)?;
+            let id = hex::encode(&media.media);
+            let thread = match (to, thread) {
+                (_, Some(t)) => Some(*t),
+                (Some(handle), None) => {
+                    let peer = lookup(&client, &mut cfg, handle)?;
+                    Some(client.open_direct(peer.id)?.id)
+                }
+                (None, None) => None,
+            };
+            let sent = match thread {
+                Some(t) => {
+                    // The body: the media id, then the file's name as a caption.
+                    let mut body = media.media.to_vec();
+                    let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+                    body.extend_from_slice(name.unwrap_or_default().as_bytes());
+                    Some(client.send(t, courier_client::protocol::MessageKind::Media, body)?)
+                }
+                None => None,
+            };
+            cfg.save()?;
+            print(
+                cli,
+                json!({ "media": id, "total_len": media.total_len,
+                        "thread": sent.as_ref().map(|s| s.thread),
+                        "message": sent.as_ref().map(|s| s.message) }),
+                || match &sent {
+                    Some(s) => format!(
+                        "uploaded {id} ({} bytes), sent to thread #{}",
+                        media.total_len, s.thread
+                    ),
+                    None => format!("uploaded {id} ({} bytes)", media.total_len),
+                },
+            );
+        }
+        Command::Download { id, file, thread } => {
+            let media = hex::decode(id)
+                .ok()
+                .filter(|m| m.len() == 32)
+                .ok_or_else(|| CliError::Usage("a media id is 64 hex digits".into()))?;
+            let client = session(cli, &server, &cfg)?;
+            let total = client.download_file(&media, *thread, file)?;
+            print(
+                cli,
+                json!({ "media": id, "total_len": total, "file": file.display().to_string() }),
+                || format!("downloaded {total} bytes into {}", file.display()),
+            );
+        }
         Command::Chat => unreachable!("handled by main"),
     }
     Ok(())

@@ -48,8 +48,25 @@ pub fn body_text(m: &Message, cfg: &CliConfig) -> String {
     }
     match m.kind {
         MessageKind::Text => String::from_utf8_lossy(&m.body).into_owned(),
-        MessageKind::Media => format!("(media, {} bytes)", m.body.len()),
+        MessageKind::Media => media_text(&m.body, m.thread),
         MessageKind::System => system_text(m, cfg),
+    }
+}
+
+/// A MEDIA body: the 32-byte media id, then the sender's caption (the file name, from
+/// `courier-cli upload`).
+fn media_parts(body: &[u8]) -> Option<(&[u8], String)> {
+    let id = body.get(..32)?;
+    Some((id, String::from_utf8_lossy(&body[32..]).into_owned()))
+}
+
+fn media_text(body: &[u8], thread: u64) -> String {
+    match media_parts(body) {
+        Some((id, caption)) => format!(
+            "(media {caption}; courier-cli download {} FILE --thread {thread})",
+            hex::encode(id)
+        ),
+        None => format!("(media, {} bytes)", body.len()),
     }
 }
 
@@ -249,7 +266,13 @@ pub fn message_json(m: &Message, cfg: &CliConfig) -> Value {
             v["text"] = Value::String(String::from_utf8_lossy(&m.body).into_owned())
         }
         MessageKind::System => v["text"] = Value::String(body_text(m, cfg)),
-        MessageKind::Media => v["body_hex"] = Value::String(hex::encode(&m.body)),
+        MessageKind::Media => {
+            v["body_hex"] = Value::String(hex::encode(&m.body));
+            if let Some((id, caption)) = media_parts(&m.body) {
+                v["media"] = Value::String(hex::encode(id));
+                v["caption"] = Value::String(caption);
+            }
+        }
     }
     v
 }
