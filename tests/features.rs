@@ -334,11 +334,29 @@ fn edits_by_another_member_of_recalled_messages_or_notices_are_refused() {
         error_code(&edit(&mut alice, t, 12345, "x")),
         ErrorCode::UnknownMessage
     );
+    // A media message needs media the sender may read: upload five bytes.
+    let photo = b"photo";
+    let Frame::MediaUpload(up) = alice.request(MediaBegin {
+        total_len: photo.len() as u64,
+        mime: "image/jpeg".into(),
+        hash: Bytes::copy_from_slice(blake3::hash(photo).as_bytes()),
+    }) else {
+        panic!("MEDIA_BEGIN")
+    };
+    let chunk = MediaChunk {
+        upload: up.upload,
+        offset: 0,
+        data: Bytes::from_static(photo),
+    };
+    assert_eq!(alice.request(chunk), Done {}.into());
+    let Frame::MediaRef(stored) = alice.request(MediaCommit { upload: up.upload }) else {
+        panic!("MEDIA_COMMIT")
+    };
     let Frame::Sent(media) = alice.request(Send {
         thread: t,
         client_msg_id: 3,
         kind: MessageKind::Media,
-        body: Bytes::from_static(&[7; 16]),
+        body: stored.media,
         reply_to: 0,
     }) else {
         panic!("SEND of a media message")
