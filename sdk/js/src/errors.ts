@@ -50,6 +50,8 @@ export const ErrorCode = {
   MediaTooLarge: 61,
   BadOffset: 62,
   TooManyUploads: 63,
+  MediaQuotaExceeded: 64,
+  MediaHashMismatch: 65,
   Forbidden: 70,
   WrongNode: 71,
   /** A node of the cluster the request needs is down: retry later with backoff. */
