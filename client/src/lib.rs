@@ -54,7 +54,7 @@ pub use api::new_client_msg_id;
 pub use async_client::AsyncClient;
 pub use backoff::{Backoff, BackoffPolicy};
 pub use client::Client;
-pub use config::ClientConfig;
+pub use config::{ClientConfig, DEFAULT_MAX_HELD_PUSHES, MAX_CATCH_UP_ROUNDS};
 pub use dedupe::Dedupe;
 pub use error::{Error, Result};
 pub use event::{Event, Events};
