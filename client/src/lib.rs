@@ -55,7 +55,7 @@ pub use async_client::AsyncClient;
 pub use backoff::{Backoff, BackoffPolicy};
 pub use client::Client;
 pub use config::{ClientConfig, DEFAULT_MAX_HELD_PUSHES, MAX_CATCH_UP_ROUNDS};
-pub use dedupe::Dedupe;
+pub use dedupe::{Dedupe, MAX_THREADS as DEDUPE_MAX_THREADS, RECENT_PER_THREAD};
 pub use error::{Error, Result};
 pub use event::{Event, Events};
 pub use sync::SyncResult;
