@@ -372,6 +372,27 @@ fn login_follows_a_redirect() {
 }
 
 #[test]
+fn a_redirect_loop_names_the_last_node_and_address() {
+    let front = FakeServer::start();
+    // The node sends the user to itself, again and again.
+    front.behave(|b| b.redirect_to = Some(front.addr.to_string()));
+    let client = Client::connect(front.addr, ClientConfig::default()).unwrap();
+    let err = client.login("alice", "password1").unwrap_err();
+    match &err {
+        Error::TooManyRedirects { node, addr } => {
+            assert_eq!(node, "other");
+            assert_eq!(*addr, front.addr.to_string());
+        }
+        other => panic!("not TooManyRedirects: {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("node \"other\" at {}", front.addr)) && text.contains("--peer"),
+        "{text}"
+    );
+}
+
+#[test]
 fn reconnect_follows_a_redirect() {
     let home = FakeServer::start();
     let front = FakeServer::start();

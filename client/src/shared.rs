@@ -239,10 +239,11 @@ impl<L: Link, T: EventTx, W: Wake> Shared<L, T, W> {
                 reply: other.name(),
             }),
             Err(e) => {
-                let Some((_node, addr)) = conn.redirect() else {
+                let Some((node, addr)) = conn.redirect() else {
                     return Err(e);
                 };
                 conn.close();
+                self.state.lock().last_redirect = Some((node, addr.clone()));
                 Ok(AuthStep::Redirect(addr))
             }
         }
@@ -255,14 +256,10 @@ impl<L: Link, T: EventTx, W: Wake> Shared<L, T, W> {
     }
 
     /// The error after following [`MAX_REDIRECTS`](crate::state::MAX_REDIRECTS) in a row.
+    /// It names the last redirect followed (the connection it opened sent none).
     pub(crate) fn too_many_redirects(&self) -> Error {
-        match self.current() {
-            Ok(conn) => {
-                let (node, addr) = conn.redirect().unwrap_or_default();
-                Error::TooManyRedirects { node, addr }
-            }
-            Err(e) => e,
-        }
+        let (node, addr) = self.state.lock().last_redirect.clone().unwrap_or_default();
+        Error::TooManyRedirects { node, addr }
     }
 
     /// Starts a catch-up: holds pushes; returns the saved watermark to sync from (`None`: the

@@ -41,6 +41,9 @@ pub(crate) struct State {
     catch_up_rounds: usize,
     pub(crate) ended: bool,
     pub(crate) last_reason: Option<ErrorCode>,
+    /// The last `REDIRECT` an authentication followed, as (node, addr): what the error after
+    /// too many of them names.
+    pub(crate) last_redirect: Option<(String, String)>,
     /// With trust on first use: the key the server at this address proved, pinned for
     /// reconnects to it (Noise Pipes: XX on first contact, IK after).
     pub(crate) learned_key: Option<(String, courier_protocol::noise::PublicKey)>,
@@ -182,6 +185,7 @@ impl State {
             catch_up_rounds: 0,
             ended: false,
             last_reason: None,
+            last_redirect: None,
             learned_key: None,
         }
     }
