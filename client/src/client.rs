@@ -224,16 +224,22 @@ impl Inner {
 
     /// Syncs from the saved watermark on `conn`: records everything in the dedupe set and
     /// emits what is new, unless this is the first sync (no watermark), which only sets one.
+    /// Syncs again from the watermark it saved while held pushes overflowed meanwhile (see
+    /// [`ClientConfig::max_held_pushes`]), at most `MAX_CATCH_UP_ROUNDS` times.
     fn catch_up(&self, conn: &Connection) -> Result<()> {
-        let since = self.begin_catch_up();
-        let result = sync_pages(
-            conn,
-            since.unwrap_or(0),
-            self.config.sync_page,
-            self.config.request_timeout,
-        );
-        self.end_catch_up(since, &result);
-        result.map(drop)
+        let mut since = self.begin_catch_up();
+        loop {
+            let result = sync_pages(
+                conn,
+                since.unwrap_or(0),
+                self.config.sync_page,
+                self.config.request_timeout,
+            );
+            match self.end_catch_up(since, &result) {
+                Some(again) => since = Some(again),
+                None => return result.map(drop),
+            }
+        }
     }
 
     fn resume_on(self: &Arc<Self>, addr: &str) -> Result<(), ResumeFailure> {

@@ -307,6 +307,30 @@ fn a_push_right_behind_auth_ok_waits_for_the_backlog_of_the_resume() {
 }
 
 #[test]
+fn pushes_past_the_held_bound_during_a_catch_up_come_from_another_sync_once_each() {
+    let server = FakeServer::start();
+    let config = ClientConfig {
+        max_held_pushes: 2,
+        ..fast_reconnect()
+    };
+    let client = Client::connect(server.addr, config).unwrap();
+    // Five messages are sent while the login's catch-up SYNC runs: above the watermark it
+    // saves, pushed before its reply, so three overflow the two held pushes.
+    server.behave(|b| b.push_during_sync = 5);
+    client.register("alice", "password1").unwrap();
+    let stored = server.messages();
+    assert_eq!(stored.len(), 5);
+    let mut got = Vec::new();
+    while let Some(event) = client.recv_event_timeout(Duration::from_millis(300)) {
+        if let Event::Message(m) = event {
+            got.push(m);
+        }
+    }
+    assert_eq!(got, stored, "each once, in order, none lost");
+    assert_eq!(client.watermark(), Some(stored.last().unwrap().id));
+}
+
+#[test]
 fn send_with_retry_uses_the_same_client_msg_id() {
     let server = FakeServer::start();
     let client = Client::connect(server.addr, fast_reconnect()).unwrap();
@@ -345,6 +369,27 @@ fn login_follows_a_redirect() {
     client.login("alice", "password1").unwrap();
     assert_eq!(client.server_addr(), home.addr.to_string());
     assert!(client.send_text(1, "hi from home").is_ok());
+}
+
+#[test]
+fn a_redirect_loop_names_the_last_node_and_address() {
+    let front = FakeServer::start();
+    // The node sends the user to itself, again and again.
+    front.behave(|b| b.redirect_to = Some(front.addr.to_string()));
+    let client = Client::connect(front.addr, ClientConfig::default()).unwrap();
+    let err = client.login("alice", "password1").unwrap_err();
+    match &err {
+        Error::TooManyRedirects { node, addr } => {
+            assert_eq!(node, "other");
+            assert_eq!(*addr, front.addr.to_string());
+        }
+        other => panic!("not TooManyRedirects: {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("node \"other\" at {}", front.addr)) && text.contains("--peer"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -37,7 +37,20 @@ pub struct ClientConfig {
     /// contact, IK after); read [`Client::server_key`](crate::Client::server_key) and pin it
     /// in the configuration from then on.
     pub encryption: Encryption,
+    /// Pushes held back while a catch-up sync runs (they come out after its backlog). Past
+    /// this bound the oldest held push is dropped and the catch-up syncs again from the
+    /// watermark it just saved, which returns what was dropped; after
+    /// [`MAX_CATCH_UP_ROUNDS`] such rounds, what is still dropped stays above the saved
+    /// watermark and comes with the next sync. Nothing is lost; at least 1.
+    pub max_held_pushes: usize,
 }
+
+/// The default of [`ClientConfig::max_held_pushes`].
+pub const DEFAULT_MAX_HELD_PUSHES: usize = 4096;
+/// Syncs one catch-up runs at most when held pushes were dropped (see
+/// [`ClientConfig::max_held_pushes`]); past them, what is still dropped stays above the saved
+/// watermark for the next sync.
+pub const MAX_CATCH_UP_ROUNDS: usize = 8;
 
 impl Default for ClientConfig {
     fn default() -> Self {
@@ -52,6 +65,7 @@ impl Default for ClientConfig {
             sync_page: 500,
             max_outstanding: courier_protocol::session::DEFAULT_MAX_OUTSTANDING,
             encryption: Encryption::Plaintext,
+            max_held_pushes: DEFAULT_MAX_HELD_PUSHES,
         }
     }
 }

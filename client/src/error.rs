@@ -91,7 +91,10 @@ pub enum Error {
     #[error("not logged in")]
     NotLoggedIn,
     /// The server redirected this user to another node too many times in a row.
-    #[error("redirected too many times (last: {node} at {addr})")]
+    #[error(
+        "redirected too many times (last: node {node:?} at {addr}): the nodes disagree on where \
+         this user lives; check that every node runs with the same --peer list"
+    )]
     TooManyRedirects {
         /// The last node named.
         node: String,

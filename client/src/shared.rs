@@ -92,10 +92,10 @@ impl<L: Link, T: EventTx, W: Wake> Shared<L, T, W> {
 
     pub(crate) fn new(config: ClientConfig, addr: String, events_tx: T, wake: W) -> Self {
         Shared {
+            state: Mutex::new(State::new(addr, config.max_held_pushes)),
             config,
             conn: Mutex::new(None),
             conn_changed: wake,
-            state: Mutex::new(State::new(addr)),
             events_tx: Mutex::new(Some(events_tx)),
         }
     }
@@ -239,10 +239,11 @@ impl<L: Link, T: EventTx, W: Wake> Shared<L, T, W> {
                 reply: other.name(),
             }),
             Err(e) => {
-                let Some((_node, addr)) = conn.redirect() else {
+                let Some((node, addr)) = conn.redirect() else {
                     return Err(e);
                 };
                 conn.close();
+                self.state.lock().last_redirect = Some((node, addr.clone()));
                 Ok(AuthStep::Redirect(addr))
             }
         }
@@ -255,34 +256,43 @@ impl<L: Link, T: EventTx, W: Wake> Shared<L, T, W> {
     }
 
     /// The error after following [`MAX_REDIRECTS`](crate::state::MAX_REDIRECTS) in a row.
+    /// It names the last redirect followed (the connection it opened sent none).
     pub(crate) fn too_many_redirects(&self) -> Error {
-        match self.current() {
-            Ok(conn) => {
-                let (node, addr) = conn.redirect().unwrap_or_default();
-                Error::TooManyRedirects { node, addr }
-            }
-            Err(e) => e,
-        }
+        let (node, addr) = self.state.lock().last_redirect.clone().unwrap_or_default();
+        Error::TooManyRedirects { node, addr }
     }
 
     /// Starts a catch-up: holds pushes; returns the saved watermark to sync from (`None`: the
     /// first sync, which only sets one).
     pub(crate) fn begin_catch_up(&self) -> Option<u64> {
         let mut state = self.state.lock();
-        state.begin_resync();
+        state.begin_catch_up();
         state.watermark
     }
 
-    /// Ends a catch-up from `since` that returned `result`: records it, emits what is new
-    /// (unless it was the first sync), then the pushes held meanwhile.
-    pub(crate) fn end_catch_up(&self, since: Option<u64>, result: &Result<SyncResult>) {
+    /// Ends a catch-up round, a sync from `since` that returned `result`: records it and emits
+    /// what is new (unless it was the first sync). Returns the watermark to sync from in
+    /// another round when held pushes were dropped meanwhile (the pushes stay held); else
+    /// emits the pushes held meanwhile and stops holding.
+    pub(crate) fn end_catch_up(
+        &self,
+        since: Option<u64>,
+        result: &Result<SyncResult>,
+    ) -> Option<u64> {
         let mut out = Vec::new();
         if let Ok(synced) = result {
-            self.state
-                .lock()
-                .record_sync(synced, since.is_some(), &mut out);
+            let mut state = self.state.lock();
+            state.record_sync(synced, since.is_some(), &mut out);
+            if let Some(again) = state.next_catch_up_round() {
+                // Pushes are still held, so nothing overtakes this round's backlog.
+                for event in out {
+                    self.emit(event);
+                }
+                return Some(again);
+            }
         }
         self.end_resync(out);
+        None
     }
 
     /// The token a reconnect resumes with.

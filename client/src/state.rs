@@ -5,6 +5,7 @@
 //! reconnect schedule. Nothing here does I/O or waits; the front ends do, and call in here to
 //! decide.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use courier_protocol::{AuthOk, ErrorCode, Frame, Message, MessageMeta};
@@ -13,7 +14,7 @@ use crate::backoff::Backoff;
 use crate::dedupe::Dedupe;
 use crate::event::Event;
 use crate::sync::SyncResult;
-use crate::{ClientConfig, Error};
+use crate::{ClientConfig, Error, MAX_CATCH_UP_ROUNDS};
 
 /// Redirects followed in a row before giving up: a loop between nodes is a server bug.
 pub(crate) const MAX_REDIRECTS: usize = 4;
@@ -30,9 +31,19 @@ pub(crate) struct State {
     /// A resync is running: pushed messages (with the message each replies to, 0 for none)
     /// wait in `held` so they come out after the backlog.
     resyncing: bool,
-    held: Vec<(Message, u64)>,
+    /// At most `max_held` pushes; past it the oldest is dropped and `held_dropped` set.
+    held: VecDeque<(Message, u64)>,
+    max_held: usize,
+    /// A held push was dropped since the current catch-up round began: the catch-up must sync
+    /// again from the watermark it saved (that sync returns what was dropped).
+    held_dropped: bool,
+    /// Syncs the current catch-up has run.
+    catch_up_rounds: usize,
     pub(crate) ended: bool,
     pub(crate) last_reason: Option<ErrorCode>,
+    /// The last `REDIRECT` an authentication followed, as (node, addr): what the error after
+    /// too many of them names.
+    pub(crate) last_redirect: Option<(String, String)>,
     /// With trust on first use: the key the server at this address proved, pinned for
     /// reconnects to it (Noise Pipes: XX on first contact, IK after).
     pub(crate) learned_key: Option<(String, courier_protocol::noise::PublicKey)>,
@@ -159,16 +170,22 @@ impl Reconnect {
 }
 
 impl State {
-    pub(crate) fn new(addr: String) -> State {
+    /// A session for `addr` that holds at most `max_held` pushes during a catch-up (at least
+    /// one).
+    pub(crate) fn new(addr: String, max_held: usize) -> State {
         State {
             addr,
             auth: None,
             watermark: None,
             dedupe: Dedupe::new(),
             resyncing: false,
-            held: Vec::new(),
+            held: VecDeque::new(),
+            max_held: max_held.max(1),
+            held_dropped: false,
+            catch_up_rounds: 0,
             ended: false,
             last_reason: None,
+            last_redirect: None,
             learned_key: None,
         }
     }
@@ -191,7 +208,13 @@ impl State {
             Frame::MessagePush(p) => {
                 let message = p.message;
                 if self.resyncing {
-                    self.held.push((message, p.reply_to));
+                    // Bounded: the oldest is dropped; the catch-up syncs again and recovers it
+                    // (`next_catch_up_round`).
+                    if self.held.len() >= self.max_held {
+                        self.held.pop_front();
+                        self.held_dropped = true;
+                    }
+                    self.held.push_back((message, p.reply_to));
                     None
                 } else if self.dedupe.insert(message.thread, message.id) {
                     let meta = reply_meta(&message, p.reply_to);
@@ -222,6 +245,32 @@ impl State {
     /// and a push may come right behind its AUTH_OK.
     pub(crate) fn begin_resync(&mut self) {
         self.resyncing = true;
+    }
+
+    /// Starts a catch-up: holds pushes, counts its rounds from here.
+    pub(crate) fn begin_catch_up(&mut self) {
+        self.begin_resync();
+        self.held_dropped = false;
+        self.catch_up_rounds = 0;
+    }
+
+    /// A catch-up round's sync completed (and was recorded): the watermark to sync from again
+    /// if a held push was dropped meanwhile, while rounds are left. A push dropped from a full
+    /// `held` came after that sync's walk began (an earlier message is in the sync), so it is
+    /// above the watermark the sync saved; past [`MAX_CATCH_UP_ROUNDS`] it stays there for the
+    /// next sync, so nothing is lost.
+    pub(crate) fn next_catch_up_round(&mut self) -> Option<u64> {
+        self.catch_up_rounds += 1;
+        if !std::mem::take(&mut self.held_dropped) || self.catch_up_rounds >= MAX_CATCH_UP_ROUNDS {
+            return None;
+        }
+        self.watermark
+    }
+
+    /// Pushes held right now (for tests).
+    #[cfg(test)]
+    pub(crate) fn held_len(&self) -> usize {
+        self.held.len()
     }
 
     /// Stops holding pushes; returns `backlog` followed by the held pushes that are new. Emit
@@ -296,5 +345,73 @@ impl State {
         if reason.is_some() {
             self.last_reason = reason;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use courier_protocol::MessagePush;
+
+    use super::*;
+
+    fn push(id: u64) -> Frame {
+        Frame::MessagePush(MessagePush {
+            message: Message {
+                thread: 1,
+                id,
+                ..Message::default()
+            },
+            reply_to: 0,
+        })
+    }
+
+    fn ids(events: &[Event]) -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message(m) => Some(m.id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_pushes_are_bounded_and_an_overflow_asks_for_another_round() {
+        let mut state = State::new("a".into(), 2);
+        state.watermark = Some(10);
+        state.begin_catch_up();
+        for id in 11..=13 {
+            assert_eq!(state.push(push(id)), [None, None], "held, not emitted");
+        }
+        assert_eq!(state.held_len(), 2, "the oldest held push was dropped");
+        assert_eq!(
+            state.next_catch_up_round(),
+            Some(10),
+            "a dropped push: sync again from the saved watermark"
+        );
+        assert_eq!(state.next_catch_up_round(), None, "nothing dropped since");
+        assert_eq!(ids(&state.end_resync(Vec::new())), [12, 13]);
+        let now: Vec<Event> = state.push(push(14)).into_iter().flatten().collect();
+        assert_eq!(ids(&now), [14], "no longer held");
+    }
+
+    #[test]
+    fn catch_up_rounds_are_bounded() {
+        let mut state = State::new("a".into(), 1);
+        state.watermark = Some(10);
+        state.begin_catch_up();
+        let mut rounds = 1;
+        let mut id = 11;
+        loop {
+            state.push(push(id));
+            state.push(push(id + 1));
+            id += 2;
+            if state.next_catch_up_round().is_none() {
+                break;
+            }
+            rounds += 1;
+        }
+        assert_eq!(rounds, MAX_CATCH_UP_ROUNDS);
+        assert_eq!(state.held_len(), 1);
     }
 }

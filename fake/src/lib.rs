@@ -100,6 +100,10 @@ pub struct Behaviour {
     pub push_on_resume: Option<String>,
     /// Page size the server imposes on SYNC.
     pub sync_page: Option<usize>,
+    /// On the next SYNC, after its page is computed, store this many messages (thread 1, from
+    /// user 99) and push them ahead of the reply, as messages sent while the sync's walk runs
+    /// would be. Once.
+    pub push_during_sync: usize,
 }
 
 /// The token the fake hands out and accepts for `user`: the id, big-endian, then zeros. Any
@@ -556,7 +560,21 @@ impl Shared {
                     message.into()
                 }
             }
-            Frame::Sync(s) => sync(&st, conn.user.unwrap_or_default(), &s).into(),
+            Frame::Sync(s) => {
+                let batch = sync(&st, conn.user.unwrap_or_default(), &s);
+                for i in 0..std::mem::take(&mut st.behaviour.push_during_sync) {
+                    let body = Bytes::from(format!("during sync {i}"));
+                    let message = self.store(&mut st, 1, 99, 0, MessageKind::Text, body);
+                    let push = MessagePush {
+                        message,
+                        reply_to: 0,
+                    };
+                    if write_frame(&mut conn.writer, 0, &push.into()).is_err() {
+                        return false;
+                    }
+                }
+                batch.into()
+            }
             Frame::History(h) => {
                 let mut messages: Vec<Message> = st
                     .messages

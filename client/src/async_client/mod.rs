@@ -240,11 +240,17 @@ impl Inner {
 
     /// Syncs from the saved watermark on `conn`: records everything in the dedupe set and
     /// emits what is new, unless this is the first sync (no watermark), which only sets one.
+    /// Syncs again from the watermark it saved while held pushes overflowed meanwhile (see
+    /// [`ClientConfig::max_held_pushes`]), at most `MAX_CATCH_UP_ROUNDS` times.
     async fn catch_up(&self, conn: &Connection) -> Result<()> {
-        let since = self.begin_catch_up();
-        let result = self.sync_pages(conn, since.unwrap_or(0)).await;
-        self.end_catch_up(since, &result);
-        result.map(drop)
+        let mut since = self.begin_catch_up();
+        loop {
+            let result = self.sync_pages(conn, since.unwrap_or(0)).await;
+            match self.end_catch_up(since, &result) {
+                Some(again) => since = Some(again),
+                None => return result.map(drop),
+            }
+        }
     }
 
     async fn resume_on(self: &Arc<Self>, addr: &str) -> Result<(), ResumeFailure> {
