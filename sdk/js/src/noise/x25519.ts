@@ -203,8 +203,173 @@ function mul(o: Fe, a: Fe, b: Fe): void {
   o[15] = t15;
 }
 
+/** o = a^2 mod p: the products a_i a_j (i < j) once, doubled. `o` may alias `a`. */
 function square(o: Fe, a: Fe): void {
-  mul(o, a, a);
+  const a0 = a[0]!, a1 = a[1]!, a2 = a[2]!, a3 = a[3]!, a4 = a[4]!, a5 = a[5]!, a6 = a[6]!, a7 = a[7]!, a8 = a[8]!, a9 = a[9]!, a10 = a[10]!, a11 = a[11]!, a12 = a[12]!, a13 = a[13]!, a14 = a[14]!, a15 = a[15]!;
+  let t0 = a0 * a0;
+  let t1 = 2 * (a0 * a1);
+  let t2 = 2 * (a0 * a2) + a1 * a1;
+  let t3 = 2 * (a0 * a3 + a1 * a2);
+  let t4 = 2 * (a0 * a4 + a1 * a3) + a2 * a2;
+  let t5 = 2 * (a0 * a5 + a1 * a4 + a2 * a3);
+  let t6 = 2 * (a0 * a6 + a1 * a5 + a2 * a4) + a3 * a3;
+  let t7 = 2 * (a0 * a7 + a1 * a6 + a2 * a5 + a3 * a4);
+  let t8 = 2 * (a0 * a8 + a1 * a7 + a2 * a6 + a3 * a5) + a4 * a4;
+  let t9 = 2 * (a0 * a9 + a1 * a8 + a2 * a7 + a3 * a6 + a4 * a5);
+  let t10 = 2 * (a0 * a10 + a1 * a9 + a2 * a8 + a3 * a7 + a4 * a6) + a5 * a5;
+  let t11 = 2 * (a0 * a11 + a1 * a10 + a2 * a9 + a3 * a8 + a4 * a7 + a5 * a6);
+  let t12 = 2 * (a0 * a12 + a1 * a11 + a2 * a10 + a3 * a9 + a4 * a8 + a5 * a7) + a6 * a6;
+  let t13 = 2 * (a0 * a13 + a1 * a12 + a2 * a11 + a3 * a10 + a4 * a9 + a5 * a8 + a6 * a7);
+  let t14 = 2 * (a0 * a14 + a1 * a13 + a2 * a12 + a3 * a11 + a4 * a10 + a5 * a9 + a6 * a8) + a7 * a7;
+  let t15 = 2 * (a0 * a15 + a1 * a14 + a2 * a13 + a3 * a12 + a4 * a11 + a5 * a10 + a6 * a9 + a7 * a8);
+  const t16 = 2 * (a1 * a15 + a2 * a14 + a3 * a13 + a4 * a12 + a5 * a11 + a6 * a10 + a7 * a9) + a8 * a8;
+  const t17 = 2 * (a2 * a15 + a3 * a14 + a4 * a13 + a5 * a12 + a6 * a11 + a7 * a10 + a8 * a9);
+  const t18 = 2 * (a3 * a15 + a4 * a14 + a5 * a13 + a6 * a12 + a7 * a11 + a8 * a10) + a9 * a9;
+  const t19 = 2 * (a4 * a15 + a5 * a14 + a6 * a13 + a7 * a12 + a8 * a11 + a9 * a10);
+  const t20 = 2 * (a5 * a15 + a6 * a14 + a7 * a13 + a8 * a12 + a9 * a11) + a10 * a10;
+  const t21 = 2 * (a6 * a15 + a7 * a14 + a8 * a13 + a9 * a12 + a10 * a11);
+  const t22 = 2 * (a7 * a15 + a8 * a14 + a9 * a13 + a10 * a12) + a11 * a11;
+  const t23 = 2 * (a8 * a15 + a9 * a14 + a10 * a13 + a11 * a12);
+  const t24 = 2 * (a9 * a15 + a10 * a14 + a11 * a13) + a12 * a12;
+  const t25 = 2 * (a10 * a15 + a11 * a14 + a12 * a13);
+  const t26 = 2 * (a11 * a15 + a12 * a14) + a13 * a13;
+  const t27 = 2 * (a12 * a15 + a13 * a14);
+  const t28 = 2 * (a13 * a15) + a14 * a14;
+  const t29 = 2 * (a14 * a15);
+  const t30 = a15 * a15;
+  // Limb 16 + i is worth 2^256 * 2^(16 i) = 38 * 2^(16 i).
+  t0 += 38 * t16;
+  t1 += 38 * t17;
+  t2 += 38 * t18;
+  t3 += 38 * t19;
+  t4 += 38 * t20;
+  t5 += 38 * t21;
+  t6 += 38 * t22;
+  t7 += 38 * t23;
+  t8 += 38 * t24;
+  t9 += 38 * t25;
+  t10 += 38 * t26;
+  t11 += 38 * t27;
+  t12 += 38 * t28;
+  t13 += 38 * t29;
+  t14 += 38 * t30;
+  let c = 0;
+  let v = 0;
+  v = t0;
+  c = Math.floor(v / 65536);
+  t0 = v - c * 65536;
+  v = t1 + c;
+  c = Math.floor(v / 65536);
+  t1 = v - c * 65536;
+  v = t2 + c;
+  c = Math.floor(v / 65536);
+  t2 = v - c * 65536;
+  v = t3 + c;
+  c = Math.floor(v / 65536);
+  t3 = v - c * 65536;
+  v = t4 + c;
+  c = Math.floor(v / 65536);
+  t4 = v - c * 65536;
+  v = t5 + c;
+  c = Math.floor(v / 65536);
+  t5 = v - c * 65536;
+  v = t6 + c;
+  c = Math.floor(v / 65536);
+  t6 = v - c * 65536;
+  v = t7 + c;
+  c = Math.floor(v / 65536);
+  t7 = v - c * 65536;
+  v = t8 + c;
+  c = Math.floor(v / 65536);
+  t8 = v - c * 65536;
+  v = t9 + c;
+  c = Math.floor(v / 65536);
+  t9 = v - c * 65536;
+  v = t10 + c;
+  c = Math.floor(v / 65536);
+  t10 = v - c * 65536;
+  v = t11 + c;
+  c = Math.floor(v / 65536);
+  t11 = v - c * 65536;
+  v = t12 + c;
+  c = Math.floor(v / 65536);
+  t12 = v - c * 65536;
+  v = t13 + c;
+  c = Math.floor(v / 65536);
+  t13 = v - c * 65536;
+  v = t14 + c;
+  c = Math.floor(v / 65536);
+  t14 = v - c * 65536;
+  v = t15 + c;
+  c = Math.floor(v / 65536);
+  t15 = v - c * 65536;
+  t0 += 38 * c;
+  c = 0;
+  v = t0 + c;
+  c = Math.floor(v / 65536);
+  t0 = v - c * 65536;
+  v = t1 + c;
+  c = Math.floor(v / 65536);
+  t1 = v - c * 65536;
+  v = t2 + c;
+  c = Math.floor(v / 65536);
+  t2 = v - c * 65536;
+  v = t3 + c;
+  c = Math.floor(v / 65536);
+  t3 = v - c * 65536;
+  v = t4 + c;
+  c = Math.floor(v / 65536);
+  t4 = v - c * 65536;
+  v = t5 + c;
+  c = Math.floor(v / 65536);
+  t5 = v - c * 65536;
+  v = t6 + c;
+  c = Math.floor(v / 65536);
+  t6 = v - c * 65536;
+  v = t7 + c;
+  c = Math.floor(v / 65536);
+  t7 = v - c * 65536;
+  v = t8 + c;
+  c = Math.floor(v / 65536);
+  t8 = v - c * 65536;
+  v = t9 + c;
+  c = Math.floor(v / 65536);
+  t9 = v - c * 65536;
+  v = t10 + c;
+  c = Math.floor(v / 65536);
+  t10 = v - c * 65536;
+  v = t11 + c;
+  c = Math.floor(v / 65536);
+  t11 = v - c * 65536;
+  v = t12 + c;
+  c = Math.floor(v / 65536);
+  t12 = v - c * 65536;
+  v = t13 + c;
+  c = Math.floor(v / 65536);
+  t13 = v - c * 65536;
+  v = t14 + c;
+  c = Math.floor(v / 65536);
+  t14 = v - c * 65536;
+  v = t15 + c;
+  c = Math.floor(v / 65536);
+  t15 = v - c * 65536;
+  t0 += 38 * c;
+  o[0] = t0;
+  o[1] = t1;
+  o[2] = t2;
+  o[3] = t3;
+  o[4] = t4;
+  o[5] = t5;
+  o[6] = t6;
+  o[7] = t7;
+  o[8] = t8;
+  o[9] = t9;
+  o[10] = t10;
+  o[11] = t11;
+  o[12] = t12;
+  o[13] = t13;
+  o[14] = t14;
+  o[15] = t15;
 }
 
 /** Swaps p and q when bit is 1, leaves them when 0, the same way either time. */
@@ -217,15 +382,40 @@ function cswap(p: Fe, q: Fe, bit: number): void {
   }
 }
 
-/** a^(p - 2) = a^-1 (Fermat); p - 2 = 2^255 - 21: every bit set except bits 2 and 4. */
+/** o = a^(2^n) (n squarings). */
+function squareTimes(o: Fe, a: Fe, n: number): void {
+  square(o, a);
+  for (let i = 1; i < n; i++) square(o, o);
+}
+
+/**
+ * o = a^(p - 2) = a^-1 (Fermat), p - 2 = 2^255 - 21, by the usual addition chain: 254
+ * squarings and 11 multiplications, the same sequence for every input.
+ */
 function invert(o: Fe, a: Fe): void {
-  const c = fe();
-  c.set(a);
-  for (let bit = 253; bit >= 0; bit--) {
-    square(c, c);
-    if (bit !== 2 && bit !== 4) mul(c, c, a);
-  }
-  o.set(c);
+  const z2 = fe(), z9 = fe(), z11 = fe(), z5 = fe(), z10 = fe(), z20 = fe(), z50 = fe(), z100 = fe(), t = fe();
+  square(z2, a); // a^2
+  squareTimes(t, z2, 2); // a^8
+  mul(z9, t, a); // a^9
+  mul(z11, z9, z2); // a^11
+  square(t, z11); // a^22
+  mul(z5, t, z9); // a^(2^5 - 1)
+  squareTimes(t, z5, 5);
+  mul(z10, t, z5); // a^(2^10 - 1)
+  squareTimes(t, z10, 10);
+  mul(z20, t, z10); // a^(2^20 - 1)
+  squareTimes(t, z20, 20);
+  mul(t, t, z20); // a^(2^40 - 1)
+  squareTimes(t, t, 10);
+  mul(z50, t, z10); // a^(2^50 - 1)
+  squareTimes(t, z50, 50);
+  mul(z100, t, z50); // a^(2^100 - 1)
+  squareTimes(t, z100, 100);
+  mul(t, t, z100); // a^(2^200 - 1)
+  squareTimes(t, t, 50);
+  mul(t, t, z50); // a^(2^250 - 1)
+  squareTimes(t, t, 5); // a^(2^255 - 32)
+  mul(o, t, z11); // a^(2^255 - 21)
 }
 
 /** Fully reduces a field element modulo p and writes its 32 little-endian bytes. */
