@@ -1,7 +1,8 @@
 /**
  * The Courier web chat: log in, the thread list, a thread with ticks, presence and typing,
  * replies ("↪"), reactions and "(edited)".
- * Plain DOM, built on the TypeScript client library (sdk/js) over WebSocket.
+ * Plain DOM, built on the TypeScript client library (sdk/js) over WebSocket, encrypted with
+ * the Noise transport unless the page is opened with `plaintext=1`.
  */
 
 import {
@@ -29,6 +30,8 @@ import {
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
 const utf8 = new TextDecoder();
 const SERVER_KEY = "courier.server";
+/** The server keys pinned so far, by server URL (a JSON object), as courier-cli keeps them. */
+const PINS_KEY = "courier.serverKeys";
 /** Sends "typing" at most this often while keys are pressed, and "stopped" after this idle. */
 const TYPING_EVERY_MS = 3000;
 const TYPING_IDLE_MS = 4000;
@@ -75,6 +78,24 @@ function defaultServer(): string {
   return `${scheme}://${location.hostname || "127.0.0.1"}:7880/`;
 }
 
+function pins(): Record<string, string> {
+  try {
+    return JSON.parse(localStorage.getItem(PINS_KEY) ?? "{}") as Record<string, string>;
+  } catch {
+    return {};
+  }
+}
+
+/** The key to pin for `server`: `?key=HEX`, else the one kept from an earlier visit. */
+function pinnedKey(server: string): string {
+  return new URLSearchParams(location.search).get("key") ?? pins()[server] ?? "";
+}
+
+/** `?plaintext=1`: no encryption, for a server run with --insecure-plaintext (benchmarks, tests). */
+function plaintext(): boolean {
+  return new URLSearchParams(location.search).get("plaintext") === "1";
+}
+
 function say(where: string, e: unknown): void {
   $(where).textContent = e instanceof Error ? e.message : String(e);
 }
@@ -84,16 +105,23 @@ function showLogin(message = ""): void {
   $("login").hidden = false;
   $("login-error").textContent = message;
   $<HTMLInputElement>("server").value = defaultServer();
+  $<HTMLInputElement>("server-key").value = pinnedKey(defaultServer());
 }
 
-async function connect(server: string): Promise<Client> {
+/**
+ * Encrypted (Noise) unless the page says `plaintext=1`: IK with the key given, else trust on
+ * first use, and the key the server proved is kept and pinned from then on.
+ */
+async function connect(server: string, key = pinnedKey(server)): Promise<Client> {
   client?.close();
   const c = await Client.connect(server, {
     autoReconnect: true,
     device: "web",
     clientName: "courier-web/0.1.0",
+    ...(plaintext() ? { insecurePlaintext: true } : key !== "" ? { serverKey: key } : { trustOnFirstUse: true }),
   });
   localStorage.setItem(SERVER_KEY, server);
+  if (c.serverKey !== undefined) localStorage.setItem(PINS_KEY, JSON.stringify({ ...pins(), [server]: c.serverKey }));
   client = c;
   c.on("message", onMessage);
   c.on("messageMeta", ({ thread, meta }) => {
@@ -130,11 +158,12 @@ async function connect(server: string): Promise<Client> {
 
 async function enter(how: "login" | "register"): Promise<void> {
   const server = $<HTMLInputElement>("server").value.trim();
+  const key = $<HTMLInputElement>("server-key").value.trim();
   const handle = $<HTMLInputElement>("handle").value.trim();
   const password = $<HTMLInputElement>("password").value;
   $("login-error").textContent = "";
   try {
-    const c = await connect(server);
+    const c = await connect(server, key);
     if (how === "login") await c.login(handle, password);
     else await c.register(handle, password);
     await showChat();

@@ -16,6 +16,7 @@ import { MAX_CATCH_UP_ROUNDS, type ResolvedConfig } from "./config.js";
 import { Connection, type ConnectionOptions, type Sink } from "./connection.js";
 import { Dedupe } from "./dedupe.js";
 import { Emitter } from "./emitter.js";
+import { noiseConnector } from "./noise/connector.js";
 import { ErrorCode } from "./errors.js";
 import type { ClientEvents } from "./events.js";
 import {
@@ -39,7 +40,7 @@ const REDIRECT_ATTEMPTS = 3;
 type ResumeOutcome =
   | { kind: "ok" }
   | { kind: "redirect"; url: string }
-  | { kind: "fatal"; reason: ErrorCode | undefined }
+  | { kind: "fatal"; reason: ErrorCode | undefined; error?: ClientError }
   | { kind: "retry" };
 
 /** A message pushed while a resync runs, with the message it replies to (0n: none). */
@@ -73,6 +74,10 @@ export class ClientCore {
   private lastReason: ErrorCode | undefined;
   private readonly connWaiters = new Set<(connected: boolean) => void>();
   private readonly sink: Sink;
+  /** The key the last encrypted handshake proved (hex). */
+  private serverKeyNow: string | undefined;
+  /** With trust on first use: the key learned at `url`, pinned for reconnects there. */
+  private learnedKey: { url: string; key: string } | undefined;
 
   protected constructor(url: string, config: ResolvedConfig) {
     this.url = url;
@@ -87,14 +92,33 @@ export class ClientCore {
 
   /** Opens the first connection; `Client.connect` calls it. */
   protected async openFirst(): Promise<void> {
-    const conn = await Connection.open(this.url, this.connectionOptions(), this.sink);
+    const conn = await Connection.open(this.url, this.connectionOptions(this.url), this.sink);
     this.install(conn);
   }
 
-  private connectionOptions(): ConnectionOptions {
+  /**
+   * The options of a connection to `url`: its transport is the configured one wrapped in the
+   * Noise layer (pinned to the configured key, or to the key learned at `url` on first use),
+   * unless the config says plaintext.
+   */
+  private connectionOptions(url: string): ConnectionOptions {
     const c = this.config;
+    const enc = c.encryption;
+    let connector = c.connector;
+    if (enc.kind !== "plaintext") {
+      const learned = this.learnedKey?.url === url ? this.learnedKey.key : undefined;
+      connector = noiseConnector(c.connector, {
+        serverKey: enc.kind === "pinned" ? enc.serverKey : learned,
+        random: c.randomBytes,
+        onEstablished: (info) => {
+          this.serverKeyNow = info.serverKey;
+          // Noise Pipes: XX on first contact, then IK with the key it proved.
+          if (enc.kind === "trustOnFirstUse") this.learnedKey = { url, key: info.serverKey };
+        },
+      });
+    }
     return {
-      connector: c.connector,
+      connector,
       clock: c.clock,
       clientName: c.clientName,
       maxFrameLen: c.maxFrameLen,
@@ -186,7 +210,7 @@ export class ClientCore {
       lastRedirect = redirect;
       conn.close();
       const url = this.config.redirectUrl(redirect.addr, this.url);
-      const next = await Connection.open(url, this.connectionOptions(), this.sink);
+      const next = await Connection.open(url, this.connectionOptions(url), this.sink);
       this.url = url;
       this.install(next);
     }
@@ -295,6 +319,16 @@ export class ClientCore {
     return this.current().welcome;
   }
 
+  /**
+   * The server's public key (64 hex digits) as the last encrypted handshake proved it: the
+   * pinned key, or with trust on first use the key learned, to show a person and pin from
+   * then on (`serverKey` in the config). Undefined before the first handshake and on a
+   * plaintext client.
+   */
+  get serverKey(): string | undefined {
+    return this.serverKeyNow;
+  }
+
   /** Whether a connection is up right now. */
   get isConnected(): boolean {
     return this.conn !== undefined;
@@ -349,14 +383,14 @@ export class ClientCore {
   }
 
   /** Ends the session: closes the connection and emits sessionEnded once. */
-  private end(reason: ErrorCode | undefined): void {
+  private end(reason: ErrorCode | undefined, error?: ClientError): void {
     const conn = this.conn;
     this.conn = undefined;
     this.ended = true;
     if (reason !== undefined) this.lastReason = reason;
     conn?.close();
     if (!this.eventsClosed) {
-      this.emit("sessionEnded", { reason });
+      this.emit("sessionEnded", error === undefined ? { reason } : { reason, error });
       this.eventsClosed = true;
     }
     for (const w of [...this.connWaiters]) w(false);
@@ -520,7 +554,7 @@ export class ClientCore {
           redirects = 0;
           break;
         case "fatal":
-          this.end(outcome.reason);
+          this.end(outcome.reason, outcome.error);
           return;
         case "retry":
           failures++;
@@ -538,8 +572,13 @@ export class ClientCore {
     if (token === undefined) return { kind: "fatal", reason: undefined };
     let conn: Connection;
     try {
-      conn = await Connection.open(url, this.connectionOptions(), this.sink);
-    } catch {
+      conn = await Connection.open(url, this.connectionOptions(url), this.sink);
+    } catch (e) {
+      // A server that no longer holds the pinned (or learned) key is refused every time:
+      // stop and say so rather than retry forever. Never fall back to an unpinned handshake.
+      if (e instanceof ClientError && e.detail.kind === "Encryption" && e.detail.error.detail.kind === "ServerKeyMismatch") {
+        return { kind: "fatal", reason: undefined, error: e };
+      }
       return { kind: "retry" };
     }
     const redirected = (): ResumeOutcome => {

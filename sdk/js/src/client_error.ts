@@ -1,6 +1,7 @@
 /** The client's one error type (client/src/error.rs). Messages say what to do. */
 
-import { errorCodeName, retryAfterSecs, type ErrorCode } from "./errors.js";
+import { ErrorCode, errorCodeName, retryAfterSecs } from "./errors.js";
+import type { NoiseError } from "./noise/keys.js";
 import type { SessionError } from "./session.js";
 
 export type ClientErrorKind =
@@ -8,6 +9,11 @@ export type ClientErrorKind =
   | { kind: "Server"; code: number; message: string }
   /** No transport could be opened to the server. */
   | { kind: "Unreachable"; url: string; why: string }
+  /**
+   * The encrypted transport failed: the server does not hold the pinned key, it answered in
+   * plaintext, or a record failed authentication. The text says what to do.
+   */
+  | { kind: "Encryption"; url: string; error: NoiseError }
   /** The request was refused before it was sent (outstanding bound, frame too large). */
   | { kind: "Session"; error: SessionError }
   /** The server answered with a frame that does not fit the request. */
@@ -28,10 +34,21 @@ function codeText(code: number): string {
   return name === undefined ? `unknown code ${code}` : `${name} (${code})`;
 }
 
+/** What to do about ENCRYPTION_REQUIRED, which a plaintext client gets from the server. */
+function encryptionHint(code: number | undefined): string {
+  return code === ErrorCode.EncryptionRequired
+    ? ": the server requires the encrypted transport; pass its key as the `serverKey` option " +
+        "(`courier keys show` on the server prints it), or leave out `insecurePlaintext` to " +
+        "trust its key on first use"
+    : "";
+}
+
 function describe(e: ClientErrorKind): string {
   switch (e.kind) {
     case "Server":
-      return `server refused the request: ${codeText(e.code)}: ${e.message}`;
+      return `server refused the request: ${codeText(e.code)}: ${e.message}${encryptionHint(e.code)}`;
+    case "Encryption":
+      return `encrypted connection to ${e.url} failed: ${e.error.message}`;
     case "Unreachable":
       return `cannot reach the Courier server at ${e.url}: ${e.why} (is \`courier serve\` running with a WebSocket listener there? check the URL and any proxy)`;
     case "Session":
@@ -41,7 +58,7 @@ function describe(e: ClientErrorKind): string {
     case "VersionMismatch":
       return `server speaks protocol version ${e.server}, this client speaks ${e.client}; use a matching courier-client`;
     case "Disconnected":
-      return `not connected to the server${e.reason === undefined ? "" : ` (server closed it: ${codeText(e.reason)})`}`;
+      return `not connected to the server${e.reason === undefined ? "" : ` (server closed it: ${codeText(e.reason)})`}${encryptionHint(e.reason)}`;
     case "Timeout":
       return `no reply to ${e.request} within ${e.afterMs} ms`;
     case "NotLoggedIn":

@@ -5,6 +5,7 @@ import { systemClock, type Clock } from "./clock.js";
 import { MAX_FRAME_LEN } from "./codec.js";
 import { DEFAULT_MAX_OUTSTANDING } from "./session.js";
 import { defaultStorage, type TokenStorage } from "./storage.js";
+import { parsePublicKey, systemRandom, type RandomSource } from "./noise/keys.js";
 import { webSocketConnector, type Connector, type WebSocketConstructor } from "./transport.js";
 
 /** Pushed messages held during a catch-up sync, by default. */
@@ -41,9 +42,32 @@ export interface ClientConfig {
    * dropped and the catch-up syncs again from its new watermark, which recovers it.
    */
   maxHeldPushes?: number;
+  /**
+   * The server's public key, 64 hex digits (`courier keys show` on the server prints it): the
+   * connection is encrypted (Noise IK, one round trip) and refused by a server holding any
+   * other key. The usual choice.
+   */
+  serverKey?: string;
+  /**
+   * Without `serverKey`: accept the key the server proves on first contact (Noise XX), then
+   * pin it for the reconnects to that URL (IK). Read it from `client.serverKey`, compare it
+   * with `courier keys show`, and pass it as `serverKey` from then on. This is the default
+   * when neither `serverKey` nor `insecurePlaintext` is given: encrypted, never plaintext.
+   */
+  trustOnFirstUse?: boolean;
+  /**
+   * No encryption, for a server run with `--insecure-plaintext` (local benchmarks only). An
+   * encrypted server refuses it with ENCRYPTION_REQUIRED.
+   */
+  insecurePlaintext?: boolean;
+  /** Random bytes for the Noise keys; `crypto.getRandomValues` by default. */
+  randomBytes?: RandomSource;
   /** The WebSocket constructor, for runtimes without a global one (Node 20). */
   WebSocket?: WebSocketConstructor;
-  /** The transport; overrides `WebSocket`. Tests pass an in-memory one; Noise wraps one. */
+  /**
+   * The transport under the encryption; overrides `WebSocket`. Tests pass an in-memory one;
+   * the Noise layer wraps it unless `insecurePlaintext` is set.
+   */
   connector?: Connector;
   /** Time and timers; tests pass a manual clock. */
   clock?: Clock;
@@ -63,12 +87,43 @@ export interface ClientConfig {
   redirectUrl?: (addr: string, currentUrl: string) => string;
 }
 
-export type ResolvedConfig = Required<Omit<ClientConfig, "WebSocket" | "storage">> & {
+/** How each connection is made: Noise IK to a pinned key, Noise XX learning it, or plain. */
+export type Encryption =
+  | { kind: "pinned"; serverKey: Uint8Array }
+  | { kind: "trustOnFirstUse" }
+  | { kind: "plaintext" };
+
+export type ResolvedConfig = Required<
+  Omit<ClientConfig, "WebSocket" | "storage" | "serverKey" | "trustOnFirstUse" | "insecurePlaintext">
+> & {
   storage: TokenStorage | null;
+  encryption: Encryption;
 };
+
+/** The transport a config asks for; throws for a malformed key or a contradiction. */
+export function resolveEncryption(c: ClientConfig): Encryption {
+  if (c.insecurePlaintext === true) {
+    if (c.serverKey !== undefined || c.trustOnFirstUse === true) {
+      throw new RangeError(
+        "insecurePlaintext contradicts serverKey and trustOnFirstUse: give the server's key " +
+          "(encrypted), or insecurePlaintext alone for a server run with --insecure-plaintext",
+      );
+    }
+    return { kind: "plaintext" };
+  }
+  if (c.serverKey !== undefined) {
+    if (c.trustOnFirstUse === true) {
+      throw new RangeError("trustOnFirstUse is for a server whose key you do not have; with serverKey, drop it");
+    }
+    return { kind: "pinned", serverKey: parsePublicKey(c.serverKey, "the serverKey option") };
+  }
+  return { kind: "trustOnFirstUse" };
+}
 
 export function resolveConfig(c: ClientConfig): ResolvedConfig {
   return {
+    encryption: resolveEncryption(c),
+    randomBytes: c.randomBytes ?? systemRandom,
     clientName: c.clientName ?? "courier-client-js/0.1.0",
     device: c.device ?? "default",
     requestTimeoutMs: c.requestTimeoutMs ?? 10_000,

@@ -13,6 +13,7 @@ import type { Clock } from "./clock.js";
 import { VERSION } from "./codec.js";
 import { isKnownErrorCode, type ErrorCode } from "./errors.js";
 import type { Frame, Welcome } from "./frames.js";
+import { NoiseError } from "./noise/keys.js";
 import { Session, SessionError, type CloseReason } from "./session.js";
 import type { Connector, Transport } from "./transport.js";
 
@@ -97,9 +98,13 @@ export class Connection {
             conn.flush();
           },
           onBytes: (bytes) => conn.onBytes(bytes),
-          onClose: (why) => {
+          onClose: (why, error) => {
             if (!opened && conn.handshake !== undefined) {
-              conn.failHandshake(new ClientError({ kind: "Unreachable", url, why }));
+              conn.failHandshake(
+                error instanceof NoiseError
+                  ? new ClientError({ kind: "Encryption", url, error })
+                  : new ClientError({ kind: "Unreachable", url, why }),
+              );
               return;
             }
             conn.transport = undefined;

@@ -1,5 +1,6 @@
 /** What the client tells its user without being asked (client/src/event.rs). */
 
+import type { ClientError } from "./client_error.js";
 import type { ErrorCode } from "./errors.js";
 import type { Message, MessageMeta, Presence, ReceiptKind, Thread } from "./frames.js";
 
@@ -29,6 +30,9 @@ export type ClientEvents = {
   redirected: { node: string; addr: string };
   /** A new connection is up, resumed and synced. */
   reconnected: { url: string };
-  /** The session is over for good (logout, token revoked, close). No events follow. */
-  sessionEnded: { reason: ErrorCode | undefined };
+  /**
+   * The session is over for good (logout, token revoked, close, or a reconnect refused
+   * because the server no longer holds the pinned key: `error` says so). No events follow.
+   */
+  sessionEnded: { reason: ErrorCode | undefined; error?: ClientError };
 };

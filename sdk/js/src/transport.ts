@@ -2,23 +2,28 @@
  * The byte pipe under a connection. The client needs only this: open, bytes in (split
  * anywhere), bytes out, close. Over WebSocket each binary message carries one or more whole
  * Courier frames exactly as on TCP; the session's streaming decoder does not care where
- * messages end, so the same seam carries an encrypted transport later:
+ * messages end, so the same seam carries the encrypted transport:
  *
  * ```text
  *   Session (frames)  <->  [Noise transport: handshake, then records]  <->  WebSocket
  * ```
  *
- * A Noise layer is a {@link Connector} that wraps another: it runs the handshake on the inner
- * transport's bytes before calling `onOpen`, then decrypts what arrives into `onBytes` and
- * encrypts what `send` gets. Nothing above it changes.
+ * The Noise layer (`noiseConnector`, src/noise/connector.ts) is a {@link Connector} that
+ * wraps another: it runs the handshake on the inner transport's bytes before calling `onOpen`,
+ * then decrypts what arrives into `onBytes` and encrypts what `send` gets. Nothing above it
+ * changes.
  */
 
 /** What a transport reports, in order: `onOpen` once, then bytes, then `onClose` once. */
 export interface TransportHandlers {
   onOpen(): void;
   onBytes(bytes: Uint8Array): void;
-  /** The transport is gone (closed by the peer, a network error, or refused to open). */
-  onClose(why: string): void;
+  /**
+   * The transport is gone (closed by the peer, a network error, or refused to open). A layer
+   * that failed on its own terms (the Noise transport: a pin mismatch, a plaintext server)
+   * passes its error too, so the client can say what to do.
+   */
+  onClose(why: string, error?: Error): void;
 }
 
 export interface Transport {

@@ -39,6 +39,7 @@ function world(): World {
 function connect(w: World, extra: ClientConfig = {}): Promise<Client> {
   return Client.connect("ws://chat.test:7880/", {
     connector: w.server.connector,
+    insecurePlaintext: true, // the fake server speaks plaintext; noise_client.test.ts encrypts
     clock: w.clock,
     random: () => 0.5, // no jitter: 1 - j + 2j * 0.5 = 1
     storage: new MemoryStorage(),

@@ -54,7 +54,8 @@ after(() => {
 });
 
 function connect(extra: ClientConfig = {}): Promise<Client> {
-  return Client.connect(`tcp://${addr}`, { connector: tcpConnector(), storage: new MemoryStorage(), ...extra });
+  // This server runs --insecure-plaintext; noise_server.test.ts covers the encrypted default.
+  return Client.connect(`tcp://${addr}`, { connector: tcpConnector(), insecurePlaintext: true, storage: new MemoryStorage(), ...extra });
 }
 
 /** Resolves with the next event of that name, or rejects after `ms`. */
