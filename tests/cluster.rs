@@ -815,3 +815,132 @@ fn users_of_other_nodes_are_checked_and_described_as_on_one_node() {
     );
     alice.ping();
 }
+/// Waits until the kernel reports `node` stopped (a SIGSTOP takes effect on each thread of the
+/// process as it next runs; until then one may still answer).
+fn wait_stopped(node: &Server) {
+    let pid = node.pid().expect("a running node");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains("stopped"))
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Repeats `request` while it is answered UNAVAILABLE (links re-forming after a node came
+/// back), at most 20 s; returns the first other answer.
+fn until_linked(mut request: impl FnMut() -> Frame) -> Frame {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = request();
+        if !matches!(&answer, Frame::ErrorReply(e) if e.code == ErrorCode::Unavailable as u16) {
+            return answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still unreachable: {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_node_that_is_down_fails_its_requests_within_2_s_and_serves_again_after_a_restart() {
+    use courier_protocol::CreateGroup;
+    use std::time::Instant;
+    let mut cluster = Cluster::start();
+    let ((mut alice, _), (mut bob, bob_id)) = pair_owned_by(&cluster, 0, 1, 2);
+    let thread = util::direct(&mut alice, bob_id);
+    util::send(&mut alice, thread, 1, "before");
+    // A group of alice's lives on n0: it needs n0 and n1 only.
+    let Frame::ThreadInfo(group) = alice.request(CreateGroup {
+        name: "n0 and n1".into(),
+        members: vec![bob_id],
+    }) else {
+        panic!("CREATE_GROUP failed");
+    };
+    let group = group.thread.id;
+
+    cluster.nodes[2].kill();
+    let asked = Instant::now();
+    let answer = util::try_send(&mut alice, thread, 2, "while n2 is down");
+    let took = asked.elapsed();
+    let message = error_message(&answer, ErrorCode::Unavailable);
+    assert!(message.contains("node n2 "), "{message}");
+    // 2 s is the bound of the origin's wait; the scheduler may add a little.
+    assert!(
+        took <= Duration::from_millis(2300),
+        "answered after {took:?}"
+    );
+
+    // What does not touch n2 keeps working, pushes included.
+    let sent = util::send(&mut alice, group, 1, "n2 is down");
+    let push = bob.push_where(
+        WAIT,
+        |f| matches!(f, Frame::MessagePush(p) if p.message.id == sent.message),
+    );
+    assert!(push.is_some(), "bob's push on n1");
+
+    cluster.nodes[2].restart();
+    // The same SEND (same client message id) as the one that failed, once the links are back.
+    let Frame::Sent(sent) =
+        until_linked(|| util::try_send(&mut alice, thread, 2, "while n2 is down"))
+    else {
+        panic!("the SEND after n2 restarted failed");
+    };
+    let push = bob.push_where(
+        WAIT,
+        |f| matches!(f, Frame::MessagePush(p) if p.message.id == sent.message),
+    );
+    assert!(push.is_some(), "bob's push from n2 after its restart");
+    let expected: Vec<Vec<u8>> = vec![b"before".to_vec(), b"while n2 is down".to_vec()];
+    // bob's HISTORY goes over n1's own links to n2, which may still be re-forming.
+    let got: Vec<Vec<u8>> = bodies(&until_linked(|| history(&mut bob, thread)))
+        .into_iter()
+        .map(|m| m.1)
+        .collect();
+    assert_eq!(got, expected, "stored once");
+}
+
+#[test]
+fn a_node_that_stops_answering_is_answered_unavailable_after_2_s_and_a_retry_is_stored_once() {
+    use std::time::Instant;
+    let cluster = Cluster::start();
+    let ((mut alice, _), (mut bob, bob_id)) = pair_owned_by(&cluster, 0, 1, 2);
+    let thread = util::direct(&mut alice, bob_id);
+    // Stopped, n2 keeps its sockets: the link stays up for 1.5 s of silence, so the SEND is
+    // forwarded and nothing answers it.
+    cluster.nodes[2].signal(libc::SIGSTOP);
+    wait_stopped(&cluster.nodes[2]);
+    let asked = Instant::now();
+    let answer = util::try_send(&mut alice, thread, 1, "maybe");
+    let took = asked.elapsed();
+    cluster.nodes[2].signal(libc::SIGCONT);
+    let message = error_message(&answer, ErrorCode::Unavailable);
+    assert!(
+        message.contains("node n2 of the cluster did not answer within 2 s")
+            && message.contains("may or may not have been applied"),
+        "{message}"
+    );
+    assert!(
+        took >= Duration::from_millis(1900) && took <= Duration::from_millis(2300),
+        "answered after {took:?}"
+    );
+    // n2 may have stored it when it resumed; the client's retry (same client message id) is
+    // answered SENT once the links are back, and the thread holds the message once.
+    let Frame::Sent(sent) = until_linked(|| util::try_send(&mut alice, thread, 1, "maybe")) else {
+        panic!("the retry failed");
+    };
+    let stored = bodies(&until_linked(|| history(&mut bob, thread)));
+    assert_eq!(stored, vec![(sent.message, b"maybe".to_vec())]);
+    alice.ping();
+}
