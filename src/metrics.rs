@@ -246,6 +246,9 @@ pub struct PeerMetrics {
     /// `PUSH_BATCH`es not sent because the peer was down or its queue full (best effort: its
     /// users sync what they missed).
     pub push_dropped: AtomicU64,
+    /// Payloads from this peer not handed on because a mailbox or the read queue here was
+    /// full (a forwarded request is answered `RATE_LIMITED` instead and not counted here).
+    pub inbound_dropped: AtomicU64,
     /// Our dials this peer refused (`direction="out"`), by [`REFUSAL_REASONS`].
     pub refused_out: [AtomicU64; REFUSAL_REASONS.len()],
     /// Dials from this peer we refused (`direction="in"`).
@@ -276,7 +279,7 @@ impl LinkMetrics {
     }
 
     fn render(&self, out: &mut String) {
-        let per_peer: [(&str, &str, PeerField); 14] = [
+        let per_peer: [(&str, &str, PeerField); 15] = [
             ("courier_peer_up", "gauge", |p| &p.up),
             ("courier_peer_links_up", "gauge", |p| &p.links_up),
             ("courier_peer_frames_in_total", "counter", |p| &p.frames_in),
@@ -300,6 +303,9 @@ impl LinkMetrics {
             }),
             ("courier_peer_push_dropped_total", "counter", |p| {
                 &p.push_dropped
+            }),
+            ("courier_peer_inbound_dropped_total", "counter", |p| {
+                &p.inbound_dropped
             }),
         ];
         for (name, kind, f) in per_peer {

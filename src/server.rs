@@ -306,7 +306,7 @@ fn start_links(
         &config.node_id,
         listener,
         link_config,
-        Box::new(Forwarding::new(served, Arc::default())),
+        Box::new(Forwarding::new(served)),
     )?;
     let _ = metrics.links.set(links.metrics());
     tracing::info!(

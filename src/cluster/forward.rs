@@ -19,7 +19,7 @@
 //! turns a lost answer into `UNAVAILABLE`; a lost push is caught up by SYNC).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -168,30 +168,32 @@ pub fn request_id_of(frame: &[u8]) -> u32 {
 /// The server's [`Inbound`]: serves what other nodes send. Runs on the link thread.
 pub struct Forwarding {
     /// Set once the shards' shared state exists (the links start before it); what arrives
-    /// before is dropped and counted, and its origin answers `UNAVAILABLE` at its deadline.
+    /// before is dropped (logged), and its origin answers `UNAVAILABLE` at its deadline.
     core: Arc<OnceLock<Arc<Core>>>,
     /// Scratch: the connections of a push's recipients.
     refs: Vec<ConnRef>,
     /// Scratch: error answers encoded here.
     enc: BytesMut,
-    /// Payloads dropped because a mailbox or the read queue was full, or nothing served yet.
-    dropped: Arc<AtomicU64>,
     warned: bool,
 }
 
 impl Forwarding {
-    pub fn new(core: Arc<OnceLock<Arc<Core>>>, dropped: Arc<AtomicU64>) -> Forwarding {
+    pub fn new(core: Arc<OnceLock<Arc<Core>>>) -> Forwarding {
         Forwarding {
             core,
             refs: Vec::new(),
             enc: BytesMut::new(),
-            dropped,
             warned: false,
         }
     }
 
-    fn drop_one(&mut self, what: &str) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
+    /// Counts (`courier_peer_inbound_dropped_total`) and logs, once, a payload from `from` that
+    /// could not be handed on.
+    fn drop_one(&mut self, core: Option<&Core>, from: NodeIndex, what: &str) {
+        let links = core.and_then(|c| c.links.as_ref());
+        if let Some(m) = links.and_then(|l| l.peer_metrics(from)) {
+            m.inbound_dropped.fetch_add(1, Ordering::Relaxed);
+        }
         if !self.warned {
             self.warned = true;
             tracing::warn!(
@@ -299,26 +301,26 @@ impl Forwarding {
         }
     }
 
-    fn answer(&mut self, core: &Core, reply: ForwardReply) {
+    fn answer(&mut self, core: &Core, from: NodeIndex, reply: ForwardReply) {
         let local = core.router.local_index();
         if reply.origin.node != local {
-            return self.drop_one("an answer for another node");
+            return self.drop_one(Some(core), from, "an answer for another node");
         }
         let to = conn_of(local, &reply.origin);
         let Some(mailbox) = core.mailboxes.get(to.shard as usize) else {
-            return self.drop_one("an answer for an unknown shard");
+            return self.drop_one(Some(core), from, "an answer for an unknown shard");
         };
         match mailbox.tx.try_send(ShardMsg::Answer {
             to,
             bytes: reply.frame,
         }) {
             Ok(()) => mailbox.wake(),
-            Err(_) => self.drop_one("an answer"),
+            Err(_) => self.drop_one(Some(core), from, "an answer"),
         }
     }
 
     /// One push for the online devices of `users` here: grouped by shard, one message each.
-    fn push(&mut self, core: &Core, batch: PushBatch) {
+    fn push(&mut self, core: &Core, from: NodeIndex, batch: PushBatch) {
         let mut refs = std::mem::take(&mut self.refs);
         refs.clear();
         for &user in &batch.users {
@@ -343,7 +345,7 @@ impl Forwarding {
             };
             match mailbox.tx.try_send(msg) {
                 Ok(()) => mailbox.wake(),
-                Err(_) => self.drop_one("a push"),
+                Err(_) => self.drop_one(Some(core), from, "a push"),
             }
         }
         self.refs = refs;
@@ -353,12 +355,12 @@ impl Forwarding {
 impl Inbound for Forwarding {
     fn deliver(&mut self, from: NodeIndex, payload: Payload) {
         let Some(core) = self.core.get().cloned() else {
-            return self.drop_one("a payload");
+            return self.drop_one(None, from, "a payload");
         };
         match payload {
             Payload::Forward(f) => self.forward(&core, from, f),
-            Payload::ForwardReply(r) => self.answer(&core, r),
-            Payload::PushBatch(b) => self.push(&core, b),
+            Payload::ForwardReply(r) => self.answer(&core, from, r),
+            Payload::PushBatch(b) => self.push(&core, from, b),
         }
     }
 }
