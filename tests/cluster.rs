@@ -785,6 +785,22 @@ fn users_of_other_nodes_are_checked_and_described_as_on_one_node() {
         code(&alice.request(ContactAdd { user: ghost2 })),
         ErrorCode::UnknownUser
     );
+    // The contact book lives with alice on n0; the handles of her contacts on n1 and n2 come
+    // from their homes, in the book's order (by id).
+    assert!(matches!(
+        alice.request(ContactAdd { user: carol_id }),
+        Frame::Done(_)
+    ));
+    let Frame::Contacts(book) = alice.request(courier_protocol::ContactList {}) else {
+        panic!("CONTACT_LIST across nodes failed");
+    };
+    let mut expected = vec![
+        (bob_id, cluster.handle_on(1, "ubob")),
+        (carol_id, cluster.handle_on(2, "ucarol")),
+    ];
+    expected.sort_unstable();
+    let listed: Vec<(u64, String)> = book.users.into_iter().map(|u| (u.id, u.handle)).collect();
+    assert_eq!(listed, expected);
 
     let bob_handle = cluster.handle_on(1, "ubob");
     let Frame::User(found) = carol.request(LookupUser {

@@ -10,7 +10,8 @@
 //! internal GET_USERS (tracked in the same table, under [`INTERNAL_SLOT`]). GET_USERS is then
 //! answered here from what was gathered; the other requests run (here or forwarded) with
 //! [`UsersChecked`] telling the engine what was found, so the engine answers `UNKNOWN_USER` at
-//! the same point of its checks as on a single node.
+//! the same point of its checks as on a single node. CONTACT_LIST of a user with contacts on
+//! other nodes gathers their handles the same way.
 //!
 //! [`ShardMsg::Answer`]: super::mailbox::ShardMsg::Answer
 
@@ -19,7 +20,10 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use courier_protocol::peer::{Forward, PushBatch};
-use courier_protocol::{decode_one, ErrorCode, Frame, GetUsers, UserInfo, Users, MAX_FRAME_LEN};
+use courier_protocol::wire::Wire;
+use courier_protocol::{
+    decode_one, Contacts, ErrorCode, Frame, GetUsers, UserInfo, Users, MAX_FRAME_LEN,
+};
 
 use super::Shard;
 use crate::caller::{Caller, ConnRef, UsersChecked};
@@ -71,6 +75,8 @@ struct Gather {
     frame: Frame,
     /// Where it runs once checked (`None`: here); GET_USERS is answered here instead.
     target: Option<u16>,
+    /// A CONTACT_LIST: the GET_USERS of the contacts' ids is answered as CONTACTS.
+    contacts: bool,
     /// Internal requests not answered yet.
     waiting: u32,
     /// Distinct users to check; those found (each once: a home answers for each user it
@@ -97,6 +103,9 @@ impl Shard {
         request_id: u32,
         frame: Frame,
     ) {
+        if matches!(frame, Frame::ContactList(_)) && self.core.links.is_some() {
+            return self.contact_list(slot, caller, request_id, frame);
+        }
         let router = &self.core.router;
         let target = router.remote_node(caller.user, &frame);
         let runs_on = target.unwrap_or(router.local_index());
@@ -191,11 +200,39 @@ impl Shard {
         frame: Frame,
         target: Option<u16>,
     ) {
+        self.gather_as(slot, caller, request_id, frame, target, false)
+    }
+
+    /// CONTACT_LIST of a user with contacts on other nodes: their handles are there. The
+    /// contacts are read here (they live with their user) and described like a GET_USERS of
+    /// their ids, answered as CONTACTS in the store's order, as the engine answers it.
+    fn contact_list(&mut self, slot: usize, caller: Caller, request_id: u32, frame: Frame) {
+        let ids = match self.core.chat.store.contacts(caller.user) {
+            Ok(ids) => ids,
+            Err(e) => return self.internal(slot, request_id, &e),
+        };
+        let local = self.local_node();
+        if ids.iter().all(|&u| self.core.router.user_node(u) == local) {
+            return self.run_here(slot, caller, request_id, frame);
+        }
+        let frame = Frame::GetUsers(GetUsers { users: ids });
+        self.gather_as(slot, caller, request_id, frame, None, true)
+    }
+
+    fn gather_as(
+        &mut self,
+        slot: usize,
+        caller: Caller,
+        request_id: u32,
+        frame: Frame,
+        target: Option<u16>,
+        contacts: bool,
+    ) {
         let mut users = Router::named_users(&frame).to_vec();
         users.sort_unstable();
         users.dedup();
         match &frame {
-            Frame::GetUsers(f) => {
+            Frame::GetUsers(f) if !contacts => {
                 if let Err((code, message)) = check_get_users(&self.core.chat.config, &f.users) {
                     return self.reply_error(slot, request_id, code, message);
                 }
@@ -220,6 +257,7 @@ impl Shard {
             caller,
             frame,
             target,
+            contacts,
             waiting: 0,
             asked: users.len(),
             found: Vec::new(),
@@ -333,17 +371,36 @@ impl Shard {
                 // In the order asked, as a single node answers: unknown ids are left out.
                 let found: HashMap<u64, String> =
                     g.found.into_iter().map(|u| (u.id, u.handle)).collect();
-                let users = f
-                    .users
-                    .iter()
-                    .filter_map(|id| {
-                        found.get(id).map(|h| UserInfo {
-                            id: *id,
-                            handle: h.clone(),
-                        })
+                let users = f.users.iter().filter_map(|id| {
+                    found.get(id).map(|h| UserInfo {
+                        id: *id,
+                        handle: h.clone(),
                     })
-                    .collect();
-                self.send(slot, g.request_id, &Frame::Users(Users { users }));
+                });
+                if !g.contacts {
+                    let users = users.collect();
+                    return self.send(slot, g.request_id, &Frame::Users(Users { users }));
+                }
+                // As the engine's CONTACT_LIST: one frame, cut at the reply budget.
+                let budget = self.core.chat.config.max_reply_bytes.saturating_sub(16);
+                let mut size = 0;
+                let mut list = Vec::new();
+                for info in users {
+                    size += info.size();
+                    if size > budget || list.len() == u16::MAX as usize {
+                        tracing::warn!(
+                            user = g.caller.user,
+                            "CONTACTS cut at the reply budget: the user has more contacts than the cap"
+                        );
+                        break;
+                    }
+                    list.push(info);
+                }
+                self.send(
+                    slot,
+                    g.request_id,
+                    &Frame::Contacts(Contacts { users: list }),
+                );
             }
             frame => {
                 caller.checked = if g.found.len() < g.asked {
