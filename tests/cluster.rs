@@ -960,3 +960,33 @@ fn a_node_that_stops_answering_is_answered_unavailable_after_2_s_and_a_retry_is_
     assert_eq!(stored, vec![(sent.message, b"maybe".to_vec())]);
     alice.ping();
 }
+
+#[test]
+fn a_group_naming_more_than_100_users_of_another_node_is_checked_in_parts() {
+    use courier_protocol::CreateGroup;
+    let cluster = Cluster::start();
+    let (mut alice, _) = cluster.user_on(0, "palice");
+    // 130 users of n1: two internal GET_USERS to n1 (100 + 30).
+    let mut members: Vec<u64> = (0..130)
+        .map(|i| cluster.user_on(1, &format!("pm{i}x")).1)
+        .collect();
+    let Frame::ThreadInfo(group) = alice.request(CreateGroup {
+        name: "big".into(),
+        members: members.clone(),
+    }) else {
+        panic!("CREATE_GROUP of 130 users of n1 failed");
+    };
+    assert_eq!(group.thread.members.len(), 131);
+    // One id no one has, in the second part (the largest id of n1: the last partition it
+    // owns): the whole request is refused.
+    let p = (0..partition::PARTITIONS)
+        .rev()
+        .find(|&p| cluster.router.owner(p) == "n1")
+        .unwrap();
+    members.push(partition::compose(p, 999_999));
+    let answer = alice.request(CreateGroup {
+        name: "big".into(),
+        members,
+    });
+    assert_eq!(util::error_code(&answer), ErrorCode::UnknownUser);
+}
