@@ -26,7 +26,9 @@ fn caller(user: u64) -> Caller {
             shard: 0,
             slot: 1,
             gen: 1,
+            node: 0,
         },
+        checked: Default::default(),
     }
 }
 

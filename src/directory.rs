@@ -152,6 +152,7 @@ mod tests {
             shard: 0,
             slot,
             gen: 1,
+            node: 0,
         }
     }
 

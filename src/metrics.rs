@@ -237,6 +237,18 @@ pub struct PeerMetrics {
     pub dropped: AtomicU64,
     /// Sends refused because the queue was at its bound.
     pub full: AtomicU64,
+    /// Client requests forwarded to this peer (`FORWARD`, the internal user checks included).
+    pub forwards: AtomicU64,
+    /// Forwarded requests this peer did not answer within 2 s (answered `UNAVAILABLE`).
+    pub forward_timeouts: AtomicU64,
+    /// `PUSH_BATCH`es sent to this peer: one per push per node with recipients there.
+    pub push_batches: AtomicU64,
+    /// `PUSH_BATCH`es not sent because the peer was down or its queue full (best effort: its
+    /// users sync what they missed).
+    pub push_dropped: AtomicU64,
+    /// Payloads from this peer not handed on because a mailbox or the read queue here was
+    /// full (a forwarded request is answered `RATE_LIMITED` instead and not counted here).
+    pub inbound_dropped: AtomicU64,
     /// Our dials this peer refused (`direction="out"`), by [`REFUSAL_REASONS`].
     pub refused_out: [AtomicU64; REFUSAL_REASONS.len()],
     /// Dials from this peer we refused (`direction="in"`).
@@ -267,7 +279,7 @@ impl LinkMetrics {
     }
 
     fn render(&self, out: &mut String) {
-        let per_peer: [(&str, &str, PeerField); 10] = [
+        let per_peer: [(&str, &str, PeerField); 15] = [
             ("courier_peer_up", "gauge", |p| &p.up),
             ("courier_peer_links_up", "gauge", |p| &p.links_up),
             ("courier_peer_frames_in_total", "counter", |p| &p.frames_in),
@@ -282,6 +294,19 @@ impl LinkMetrics {
             }),
             ("courier_peer_dropped_total", "counter", |p| &p.dropped),
             ("courier_peer_queue_full_total", "counter", |p| &p.full),
+            ("courier_peer_forwards_total", "counter", |p| &p.forwards),
+            ("courier_peer_forward_timeouts_total", "counter", |p| {
+                &p.forward_timeouts
+            }),
+            ("courier_peer_push_batches_total", "counter", |p| {
+                &p.push_batches
+            }),
+            ("courier_peer_push_dropped_total", "counter", |p| {
+                &p.push_dropped
+            }),
+            ("courier_peer_inbound_dropped_total", "counter", |p| {
+                &p.inbound_dropped
+            }),
         ];
         for (name, kind, f) in per_peer {
             let _ = writeln!(out, "# TYPE {name} {kind}");

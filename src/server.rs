@@ -12,7 +12,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
@@ -22,7 +22,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::chat::{self, ChatConfig};
 use crate::clock::Clock;
-use crate::cluster::links::{self, Inbound, LinkConfig, LinkThread, Links, NodeIndex, Payload};
+use crate::cluster::forward::Forwarding;
+use crate::cluster::links::{self, LinkConfig, LinkThread, Links};
 use crate::cluster::Router;
 use crate::config::Config;
 use crate::directory::Directory;
@@ -171,7 +172,10 @@ pub fn serve(config: Config) -> Result<(), Error> {
             .map_err(|source| Error::Metrics { addr, source })?;
         tracing::info!("metrics on http://{at}/metrics");
     }
-    let (links, link_thread) = match start_links(&config, &metrics)? {
+    // The links start before the shards' shared state exists; their inbound handler gets it
+    // once built (see `Forwarding`).
+    let served = Arc::new(OnceLock::new());
+    let (links, link_thread) = match start_links(&config, &metrics, served.clone())? {
         Some((links, thread)) => (Some(links), Some(thread)),
         None => (None, None),
     };
@@ -217,6 +221,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         per_addr,
         presence_subscriptions: AtomicUsize::new(0),
     });
+    let _ = served.set(core.clone());
     let parts = polls
         .into_iter()
         .zip(receivers)
@@ -271,7 +276,11 @@ pub fn serve(config: Config) -> Result<(), Error> {
 
 /// Starts the link thread when the node has peers: binds the cluster address and dials every
 /// other node (see `cluster::links`).
-fn start_links(config: &Config, metrics: &Metrics) -> Result<Option<(Links, LinkThread)>, Error> {
+fn start_links(
+    config: &Config,
+    metrics: &Metrics,
+    served: Arc<OnceLock<Arc<Core>>>,
+) -> Result<Option<(Links, LinkThread)>, Error> {
     if config.peers.is_empty() {
         return Ok(None);
     }
@@ -297,7 +306,7 @@ fn start_links(config: &Config, metrics: &Metrics) -> Result<Option<(Links, Link
         &config.node_id,
         listener,
         link_config,
-        Box::new(NoForwarding { warned: false }),
+        Box::new(Forwarding::new(served)),
     )?;
     let _ = metrics.links.set(links.metrics());
     tracing::info!(
@@ -315,25 +324,6 @@ fn bind_cluster(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
-}
-
-/// Where payloads from other nodes go until requests are forwarded between nodes: this release
-/// sends none, so one arriving comes from a node running a later release. It is dropped and
-/// logged once (the link's counters still count it).
-struct NoForwarding {
-    warned: bool,
-}
-
-impl Inbound for NoForwarding {
-    fn deliver(&mut self, from: NodeIndex, _payload: Payload) {
-        if !self.warned {
-            self.warned = true;
-            tracing::warn!(
-                node = from.0,
-                "a cluster node forwarded a payload, which this release does not serve: run the same release on every node"
-            );
-        }
-    }
 }
 
 /// Binds every listen address once per shard. Port 0 is resolved by the first bind and reused

@@ -1,5 +1,5 @@
 //! Three `courier serve` nodes on loopback, configured as one cluster with `--peer`: where
-//! accounts live, how clients are routed to them, and what is refused until nodes are linked.
+//! accounts live, how clients are routed to them, and how requests and pushes cross nodes.
 
 mod util;
 
@@ -68,12 +68,34 @@ impl Cluster {
             .zip(&addrs)
             .map(|(id, addr)| (id.clone(), addr.to_string()))
             .collect();
-        Cluster {
+        let cluster = Cluster {
             nodes,
             router: Router::new(&ids[0], &peers),
             ids,
             addrs,
             _reserved: reserved,
+        };
+        cluster.wait_linked();
+        cluster
+    }
+
+    /// Waits until every node logged that its links to every other node are up, so that the
+    /// first forwarded request does not meet a link still in its handshake.
+    fn wait_linked(&self) {
+        let deadline = std::time::Instant::now() + WAIT;
+        for (i, node) in self.nodes.iter().enumerate() {
+            for (j, other) in self.ids.iter().enumerate() {
+                let line = format!("cluster node {other} is linked");
+                while i != j && !node.log().contains(&line) {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{} did not link to {other}:\n{}",
+                        self.ids[i],
+                        node.log()
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
         }
     }
 
@@ -116,6 +138,14 @@ impl Cluster {
             .map(|i| format!("{prefix}{i}"))
             .find(|h| self.home_of_handle(h) == node)
             .unwrap()
+    }
+
+    /// A new user homed on `node` (the first handle `{prefix}{i}` homed there), connected to
+    /// it: the connection and the user id.
+    fn user_on(&self, node: usize, prefix: &str) -> (TestConn, u64) {
+        let handle = self.handle_on(node, prefix);
+        let (answer, conn) = self.authenticate_via(node, node, register(&handle, "d"));
+        (conn, auth_ok(answer).user)
     }
 
     /// A connection to node `i` that said hello, on the harness's own listen address of the
@@ -412,16 +442,12 @@ fn error_message(frame: &Frame, code: ErrorCode) -> String {
 }
 
 #[test]
-fn threads_live_in_their_partitions_and_requests_for_other_nodes_are_refused() {
+fn threads_live_in_their_partitions_and_requests_for_other_nodes_are_forwarded() {
     use courier_protocol::{AddMembers, CreateGroup, LookupUser, OpenDirect};
     let cluster = Cluster::start();
     // Users of n0, and every pair of them: about a third of the pairs are homed on n0.
     let mut users: Vec<(TestConn, u64)> = (0..8)
-        .map(|i| {
-            let handle = cluster.handle_on(0, &format!("place{i}x"));
-            let (answer, conn) = cluster.authenticate_via(0, 0, register(&handle, "d"));
-            (conn, auth_ok(answer).user)
-        })
+        .map(|i| cluster.user_on(0, &format!("place{i}x")))
         .collect();
     let ids: Vec<u64> = users.iter().map(|(_, id)| *id).collect();
     let far_handle = cluster.handle_on(1, "far");
@@ -450,13 +476,18 @@ fn threads_live_in_their_partitions_and_requests_for_other_nodes_are_refused() {
     assert_eq!(partition::of_id(direct), partition::of_pair(ids[i], ids[j]));
     util::send(&mut users[i].0, direct, 1, "hi");
 
-    // A direct thread homed on another node: refused, naming the node.
-    let owner = &cluster.ids[pair_home((k, l))];
-    let answer = users[k].0.request(OpenDirect { peer: ids[l] });
-    assert!(error_message(&answer, ErrorCode::Unavailable).contains(&format!("node {owner} ")));
+    // A direct thread homed on another node (even between two users of this one): created
+    // there, in its pair's partition, and it works.
+    let Frame::ThreadInfo(there) = users[k].0.request(OpenDirect { peer: ids[l] }) else {
+        panic!("OPEN_DIRECT of a pair homed elsewhere failed");
+    };
+    let there = there.thread.id;
+    assert_eq!(partition::of_id(there), partition::of_pair(ids[k], ids[l]));
+    assert_eq!(cluster.home_of_id(there), pair_home((k, l)));
+    util::send(&mut users[k].0, there, 1, "hi there");
 
     let alice = &mut users[0].0;
-    // A group is homed with its creator; its members must be homed here too.
+    // A group is homed with its creator, whatever its members' homes.
     let Frame::ThreadInfo(group) = alice.request(CreateGroup {
         name: "here".into(),
         members: vec![ids[1], ids[2]],
@@ -466,25 +497,496 @@ fn threads_live_in_their_partitions_and_requests_for_other_nodes_are_refused() {
     let group = group.thread.id;
     assert_eq!(partition::of_id(group), partition::of_id(ids[0]));
     util::send(alice, group, 2, "hello group");
-    let answer = alice.request(CreateGroup {
+    let Frame::ThreadInfo(mixed) = alice.request(CreateGroup {
         name: "mixed".into(),
         members: vec![ids[1], far],
-    });
-    assert!(error_message(&answer, ErrorCode::Unavailable).contains("node n1 "));
+    }) else {
+        panic!("CREATE_GROUP with a member of n1 failed");
+    };
+    assert_eq!(partition::of_id(mixed.thread.id), partition::of_id(ids[0]));
     let answer = alice.request(AddMembers {
         thread: group,
         members: vec![far],
     });
-    assert!(error_message(&answer, ErrorCode::Unavailable).contains("node n1 "));
+    assert!(matches!(answer, Frame::Done(_)), "{answer:?}");
 
-    // A thread or a handle that lives on another node.
+    // A thread that does not exist on the node that would own it; a handle of another node.
     let elsewhere = (0..partition::PARTITIONS)
         .find(|&p| cluster.router.owner(p) == "n2")
         .unwrap();
-    let answer = util::try_send(alice, partition::compose(elsewhere, 1), 3, "lost?");
-    assert!(error_message(&answer, ErrorCode::Unavailable).contains("node n2 "));
-    let answer = alice.request(LookupUser { handle: far_handle });
-    assert!(error_message(&answer, ErrorCode::Unavailable).contains("node n1 "));
-    // Refusals leave the connection open.
+    let answer = util::try_send(alice, partition::compose(elsewhere, 999_999), 3, "lost?");
+    assert_eq!(
+        util::error_code(&answer),
+        ErrorCode::UnknownThread,
+        "{answer:?}"
+    );
+    let Frame::User(found) = alice.request(LookupUser { handle: far_handle }) else {
+        panic!("LOOKUP_USER of a handle of n1 failed");
+    };
+    assert_eq!(found.user.id, far);
     alice.ping();
+}
+
+/// A user of node `a` and a user of node `b` whose direct thread node `owner` owns (bobs are
+/// registered until the pair hashes there).
+fn pair_owned_by(
+    cluster: &Cluster,
+    a: usize,
+    b: usize,
+    owner: usize,
+) -> ((TestConn, u64), (TestConn, u64)) {
+    let alice = cluster.user_on(a, "alice");
+    for i in 0.. {
+        let bob = cluster.user_on(b, &format!("bob{i}x"));
+        let pair = partition::compose(partition::of_pair(alice.1, bob.1), 1);
+        if cluster.home_of_id(pair) == owner {
+            return (alice, bob);
+        }
+    }
+    unreachable!()
+}
+
+fn history(c: &mut TestConn, thread: u64) -> Frame {
+    c.request(courier_protocol::History {
+        thread,
+        anchor: 0,
+        direction: courier_protocol::Direction::Forward,
+        limit: 100,
+    })
+}
+
+fn bodies(frame: &Frame) -> Vec<(u64, Vec<u8>)> {
+    match frame {
+        Frame::Messages(m) => m.messages.iter().map(|m| (m.id, m.body.to_vec())).collect(),
+        other => panic!("expected MESSAGES, got {other:?}"),
+    }
+}
+
+#[test]
+fn two_users_of_two_nodes_chat_in_a_thread_a_third_node_owns() {
+    use courier_protocol::{GetThread, OpenDirect, Readers, Receipt, ReceiptKind, Typing};
+    let cluster = Cluster::start();
+    let ((mut alice, alice_id), (mut bob, bob_id)) = pair_owned_by(&cluster, 0, 1, 2);
+    let thread = util::direct(&mut alice, bob_id);
+    assert_eq!(cluster.home_of_id(thread), 2, "the thread lives on n2");
+    assert_eq!(
+        util::direct(&mut bob, alice_id),
+        thread,
+        "both open the same thread"
+    );
+
+    // SENT comes back through n0 (after n2 committed), the push reaches bob on n1 once.
+    let sent = util::send(&mut alice, thread, 7, "hello from n0");
+    assert_eq!((sent.thread, sent.client_msg_id), (thread, 7));
+    let push = bob
+        .push_where(WAIT, |f| matches!(f, Frame::MessagePush(_)))
+        .expect("bob's MESSAGE_PUSH");
+    let Frame::MessagePush(push) = push else {
+        unreachable!()
+    };
+    assert_eq!(
+        (push.message.id, push.message.sender),
+        (sent.message, alice_id)
+    );
+    // The same client message id again: the same message, not a second one.
+    let again = util::send(&mut alice, thread, 7, "hello from n0");
+    assert_eq!(again.message, sent.message);
+    // A read receipt of bob reaches alice, and READERS sees it. (Before bob sends: sending
+    // moves the sender's own read cursor.)
+    let answer = bob.request(Receipt {
+        thread,
+        kind: ReceiptKind::Read,
+        up_to: sent.message,
+    });
+    assert!(matches!(answer, Frame::Done(_)), "{answer:?}");
+    let receipt = alice
+        .push_where(
+            WAIT,
+            |f| matches!(f, Frame::ReceiptPush(r) if r.kind == ReceiptKind::Read),
+        )
+        .expect("alice's read receipt");
+    let Frame::ReceiptPush(receipt) = receipt else {
+        unreachable!()
+    };
+    assert_eq!(
+        (receipt.thread, receipt.user, receipt.up_to),
+        (thread, bob_id, sent.message)
+    );
+    let Frame::ReadersList(readers) = alice.request(Readers {
+        thread,
+        message: sent.message,
+    }) else {
+        panic!("READERS failed")
+    };
+    assert_eq!(readers.read, vec![bob_id]);
+    let reply = util::send(&mut bob, thread, 1, "hello from n1");
+    let expected = vec![
+        (sent.message, b"hello from n0".to_vec()),
+        (reply.message, b"hello from n1".to_vec()),
+    ];
+    // HISTORY (a read on n2's read workers) on both sides, the duplicate not in it.
+    assert_eq!(bodies(&history(&mut alice, thread)), expected);
+    assert_eq!(bodies(&history(&mut bob, thread)), expected);
+
+    let Frame::ThreadInfo(info) = alice.request(GetThread { thread }) else {
+        panic!("GET_THREAD failed")
+    };
+    assert_eq!(info.thread.last_msg_id, reply.message);
+    // TYPING is pushed, never answered.
+    alice.send_request(Typing {
+        thread,
+        active: true,
+    });
+    let typing = bob.push_where(WAIT, |f| matches!(f, Frame::TypingPush(_)));
+    assert!(matches!(typing, Some(Frame::TypingPush(t)) if t.user == alice_id && t.active));
+
+    // Errors are those of a single node: a stranger of n2 is not a member, on n0 neither.
+    for node in [0, 2] {
+        let (mut carol, _) = cluster.user_on(node, &format!("carol{node}x"));
+        let answer = util::try_send(&mut carol, thread, 1, "let me in");
+        assert_eq!(
+            util::error_code(&answer),
+            ErrorCode::NotMember,
+            "{answer:?}"
+        );
+        assert_eq!(
+            util::error_code(&history(&mut carol, thread)),
+            ErrorCode::NotMember
+        );
+        let answer = carol.request(OpenDirect { peer: alice_id });
+        assert!(matches!(answer, Frame::ThreadInfo(_)), "{answer:?}");
+    }
+    alice.ping();
+    bob.ping();
+}
+
+#[test]
+fn a_group_with_members_on_three_nodes_gets_each_message_once_per_device() {
+    use courier_protocol::CreateGroup;
+    let cluster = Cluster::start_with(&["--metrics", "127.0.0.1:0"]);
+    let (mut bob, bob_id) = cluster.user_on(1, "gbob");
+    let (mut alice, alice_id) = cluster.user_on(0, "galice");
+    let (mut carol, carol_id) = cluster.user_on(2, "gcarol");
+    let (mut dave, dave_id) = cluster.user_on(0, "gdave");
+    // Second devices: alice's (on n0, like the sending one) and bob's (on n1).
+    let handle = |c: &Cluster, node, prefix| c.handle_on(node, prefix);
+    let (answer, mut alice2) =
+        cluster.authenticate_via(0, 0, login(&handle(&cluster, 0, "galice"), "d2"));
+    assert_eq!(auth_ok(answer).user, alice_id);
+    let (answer, mut bob2) =
+        cluster.authenticate_via(1, 1, login(&handle(&cluster, 1, "gbob"), "d2"));
+    assert_eq!(auth_ok(answer).user, bob_id);
+    // The group lives on n1, with its creator; alice sends from n0.
+    let Frame::ThreadInfo(group) = bob.request(CreateGroup {
+        name: "three nodes".into(),
+        members: vec![alice_id, carol_id, dave_id],
+    }) else {
+        panic!("CREATE_GROUP across nodes failed");
+    };
+    let group = group.thread.id;
+    assert_eq!(cluster.home_of_id(group), 1);
+    let before = Server::metric_sum(
+        &cluster.nodes[1].metrics(),
+        "courier_peer_push_batches_total",
+    );
+    let sent: Vec<u64> = (1..=3)
+        .map(|i| util::send(&mut alice, group, i, &format!("m{i}")).message)
+        .collect();
+    // A last message on the same thread: its push follows the others on every link (one lane
+    // per thread), so whatever a device got before it is everything it gets.
+    let marker = util::send(&mut alice, group, 4, "marker").message;
+    let from_alice_until = |c: &mut TestConn, marker: u64| {
+        let mut got = Vec::new();
+        loop {
+            match c.push_where(WAIT, |f| matches!(f, Frame::MessagePush(_))) {
+                Some(Frame::MessagePush(p)) if p.message.id == marker => return got,
+                Some(Frame::MessagePush(p)) if p.message.sender == alice_id => {
+                    got.push(p.message.id)
+                }
+                Some(_) => {}
+                None => panic!("no marker push; got {got:?}"),
+            }
+        }
+    };
+    for (who, c) in [
+        ("alice's other device", &mut alice2),
+        ("bob", &mut bob),
+        ("bob's other device", &mut bob2),
+        ("carol", &mut carol),
+        ("dave", &mut dave),
+    ] {
+        assert_eq!(from_alice_until(c, marker), sent, "{who}");
+    }
+    // The sending device got SENT, never a push of its own messages.
+    let marker2 = util::send(&mut bob, group, 1, "marker").message;
+    assert_eq!(from_alice_until(&mut alice, marker2), Vec::<u64>::new());
+    // One batch per node per push: 5 pushes to n0 and to n2.
+    let after = Server::metric_sum(
+        &cluster.nodes[1].metrics(),
+        "courier_peer_push_batches_total",
+    );
+    assert_eq!(after - before, 10.0);
+}
+
+#[test]
+fn users_of_other_nodes_are_checked_and_described_as_on_one_node() {
+    use courier_protocol::{AddMembers, ContactAdd, CreateGroup, GetUsers, LookupUser, OpenDirect};
+    let cluster = Cluster::start();
+    let (mut alice, alice_id) = cluster.user_on(0, "ualice");
+    let (mut bob, bob_id) = cluster.user_on(1, "ubob");
+    let (mut carol, carol_id) = cluster.user_on(2, "ucarol");
+    // Ids no one has, in partitions of n1 and n2.
+    let ghost_on = |node: &str| {
+        let p = (0..partition::PARTITIONS)
+            .find(|&p| cluster.router.owner(p) == node)
+            .unwrap();
+        partition::compose(p, 999_999)
+    };
+    let (ghost1, ghost2) = (ghost_on("n1"), ghost_on("n2"));
+    let code = |f: &Frame| util::error_code(f);
+
+    assert_eq!(
+        code(&alice.request(OpenDirect { peer: ghost1 })),
+        ErrorCode::UnknownUser
+    );
+    assert_eq!(
+        code(&alice.request(OpenDirect { peer: ghost2 })),
+        ErrorCode::UnknownUser
+    );
+    let group = |c: &mut TestConn, members: Vec<u64>| {
+        c.request(CreateGroup {
+            name: "g".into(),
+            members,
+        })
+    };
+    assert_eq!(
+        code(&group(&mut alice, vec![bob_id, ghost2])),
+        ErrorCode::UnknownUser
+    );
+    let Frame::ThreadInfo(g) = group(&mut alice, vec![bob_id, carol_id]) else {
+        panic!("CREATE_GROUP of users of three nodes failed");
+    };
+    let g = g.thread.id;
+    let add = |c: &mut TestConn, members: Vec<u64>| c.request(AddMembers { thread: g, members });
+    assert_eq!(code(&add(&mut alice, vec![ghost1])), ErrorCode::UnknownUser);
+    // The engine's order of checks holds: a member who is not an admin hears NOT_ADMIN, not
+    // UNKNOWN_USER, although the user is checked (on n1) before the request reaches n0.
+    assert_eq!(code(&add(&mut carol, vec![ghost1])), ErrorCode::NotAdmin);
+    assert_eq!(
+        code(&add(&mut bob, vec![ghost2, carol_id])),
+        ErrorCode::NotAdmin
+    );
+
+    assert!(matches!(
+        alice.request(ContactAdd { user: bob_id }),
+        Frame::Done(_)
+    ));
+    assert_eq!(
+        code(&alice.request(ContactAdd { user: ghost2 })),
+        ErrorCode::UnknownUser
+    );
+    // The contact book lives with alice on n0; the handles of her contacts on n1 and n2 come
+    // from their homes, in the book's order (by id).
+    assert!(matches!(
+        alice.request(ContactAdd { user: carol_id }),
+        Frame::Done(_)
+    ));
+    let Frame::Contacts(book) = alice.request(courier_protocol::ContactList {}) else {
+        panic!("CONTACT_LIST across nodes failed");
+    };
+    let mut expected = vec![
+        (bob_id, cluster.handle_on(1, "ubob")),
+        (carol_id, cluster.handle_on(2, "ucarol")),
+    ];
+    expected.sort_unstable();
+    let listed: Vec<(u64, String)> = book.users.into_iter().map(|u| (u.id, u.handle)).collect();
+    assert_eq!(listed, expected);
+
+    let bob_handle = cluster.handle_on(1, "ubob");
+    let Frame::User(found) = carol.request(LookupUser {
+        handle: bob_handle.clone(),
+    }) else {
+        panic!("LOOKUP_USER of a user of n1 from n2 failed");
+    };
+    assert_eq!(found.user.id, bob_id);
+    let nobody = cluster.handle_on(1, "nobody");
+    assert_eq!(
+        code(&carol.request(LookupUser { handle: nobody })),
+        ErrorCode::UnknownUser
+    );
+
+    // GET_USERS across nodes: in the order asked, unknown ids left out, repeats kept.
+    let Frame::Users(users) = alice.request(GetUsers {
+        users: vec![bob_id, ghost1, alice_id, carol_id, bob_id],
+    }) else {
+        panic!("GET_USERS across nodes failed");
+    };
+    let ids: Vec<u64> = users.users.iter().map(|u| u.id).collect();
+    assert_eq!(ids, vec![bob_id, alice_id, carol_id, bob_id]);
+    assert_eq!(users.users[0].handle, bob_handle);
+    let too_many = vec![bob_id; 1001];
+    assert_eq!(
+        code(&alice.request(GetUsers { users: too_many })),
+        ErrorCode::InvalidArgument
+    );
+    alice.ping();
+}
+/// Waits until the kernel reports `node` stopped (a SIGSTOP takes effect on each thread of the
+/// process as it next runs; until then one may still answer).
+fn wait_stopped(node: &Server) {
+    let pid = node.pid().expect("a running node");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains("stopped"))
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Repeats `request` while it is answered UNAVAILABLE (links re-forming after a node came
+/// back), at most 20 s; returns the first other answer.
+fn until_linked(mut request: impl FnMut() -> Frame) -> Frame {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = request();
+        if !matches!(&answer, Frame::ErrorReply(e) if e.code == ErrorCode::Unavailable as u16) {
+            return answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still unreachable: {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_node_that_is_down_fails_its_requests_within_2_s_and_serves_again_after_a_restart() {
+    use courier_protocol::CreateGroup;
+    use std::time::Instant;
+    let mut cluster = Cluster::start();
+    let ((mut alice, _), (mut bob, bob_id)) = pair_owned_by(&cluster, 0, 1, 2);
+    let thread = util::direct(&mut alice, bob_id);
+    util::send(&mut alice, thread, 1, "before");
+    // A group of alice's lives on n0: it needs n0 and n1 only.
+    let Frame::ThreadInfo(group) = alice.request(CreateGroup {
+        name: "n0 and n1".into(),
+        members: vec![bob_id],
+    }) else {
+        panic!("CREATE_GROUP failed");
+    };
+    let group = group.thread.id;
+
+    cluster.nodes[2].kill();
+    let asked = Instant::now();
+    let answer = util::try_send(&mut alice, thread, 2, "while n2 is down");
+    let took = asked.elapsed();
+    let message = error_message(&answer, ErrorCode::Unavailable);
+    assert!(message.contains("node n2 "), "{message}");
+    // 2 s is the bound of the origin's wait; the scheduler may add a little.
+    assert!(
+        took <= Duration::from_millis(2300),
+        "answered after {took:?}"
+    );
+
+    // What does not touch n2 keeps working, pushes included.
+    let sent = util::send(&mut alice, group, 1, "n2 is down");
+    let push = bob.push_where(
+        WAIT,
+        |f| matches!(f, Frame::MessagePush(p) if p.message.id == sent.message),
+    );
+    assert!(push.is_some(), "bob's push on n1");
+
+    cluster.nodes[2].restart();
+    // The same SEND (same client message id) as the one that failed, once the links are back.
+    let Frame::Sent(sent) =
+        until_linked(|| util::try_send(&mut alice, thread, 2, "while n2 is down"))
+    else {
+        panic!("the SEND after n2 restarted failed");
+    };
+    let push = bob.push_where(
+        WAIT,
+        |f| matches!(f, Frame::MessagePush(p) if p.message.id == sent.message),
+    );
+    assert!(push.is_some(), "bob's push from n2 after its restart");
+    let expected: Vec<Vec<u8>> = vec![b"before".to_vec(), b"while n2 is down".to_vec()];
+    // bob's HISTORY goes over n1's own links to n2, which may still be re-forming.
+    let got: Vec<Vec<u8>> = bodies(&until_linked(|| history(&mut bob, thread)))
+        .into_iter()
+        .map(|m| m.1)
+        .collect();
+    assert_eq!(got, expected, "stored once");
+}
+
+#[test]
+fn a_node_that_stops_answering_is_answered_unavailable_after_2_s_and_a_retry_is_stored_once() {
+    use std::time::Instant;
+    let cluster = Cluster::start();
+    let ((mut alice, _), (mut bob, bob_id)) = pair_owned_by(&cluster, 0, 1, 2);
+    let thread = util::direct(&mut alice, bob_id);
+    // Stopped, n2 keeps its sockets: the link stays up for 1.5 s of silence, so the SEND is
+    // forwarded and nothing answers it.
+    cluster.nodes[2].signal(libc::SIGSTOP);
+    wait_stopped(&cluster.nodes[2]);
+    let asked = Instant::now();
+    let answer = util::try_send(&mut alice, thread, 1, "maybe");
+    let took = asked.elapsed();
+    cluster.nodes[2].signal(libc::SIGCONT);
+    let message = error_message(&answer, ErrorCode::Unavailable);
+    assert!(
+        message.contains("node n2 of the cluster did not answer within 2 s")
+            && message.contains("may or may not have been applied"),
+        "{message}"
+    );
+    assert!(
+        took >= Duration::from_millis(1900) && took <= Duration::from_millis(2300),
+        "answered after {took:?}"
+    );
+    // n2 may have stored it when it resumed; the client's retry (same client message id) is
+    // answered SENT once the links are back, and the thread holds the message once.
+    let Frame::Sent(sent) = until_linked(|| util::try_send(&mut alice, thread, 1, "maybe")) else {
+        panic!("the retry failed");
+    };
+    let stored = bodies(&until_linked(|| history(&mut bob, thread)));
+    assert_eq!(stored, vec![(sent.message, b"maybe".to_vec())]);
+    alice.ping();
+}
+
+#[test]
+fn a_group_naming_more_than_100_users_of_another_node_is_checked_in_parts() {
+    use courier_protocol::CreateGroup;
+    let cluster = Cluster::start();
+    let (mut alice, _) = cluster.user_on(0, "palice");
+    // 130 users of n1: two internal GET_USERS to n1 (100 + 30).
+    let mut members: Vec<u64> = (0..130)
+        .map(|i| cluster.user_on(1, &format!("pm{i}x")).1)
+        .collect();
+    let Frame::ThreadInfo(group) = alice.request(CreateGroup {
+        name: "big".into(),
+        members: members.clone(),
+    }) else {
+        panic!("CREATE_GROUP of 130 users of n1 failed");
+    };
+    assert_eq!(group.thread.members.len(), 131);
+    // One id no one has, in the second part (the largest id of n1: the last partition it
+    // owns): the whole request is refused.
+    let p = (0..partition::PARTITIONS)
+        .rev()
+        .find(|&p| cluster.router.owner(p) == "n1")
+        .unwrap();
+    members.push(partition::compose(p, 999_999));
+    let answer = alice.request(CreateGroup {
+        name: "big".into(),
+        members,
+    });
+    assert_eq!(util::error_code(&answer), ErrorCode::UnknownUser);
 }

@@ -11,7 +11,7 @@
 //! `len` counts the bytes after itself. It is checked against the limit before any of the body
 //! is buffered; decode returns `Ok(None)` until a whole frame is there.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::{Error, Frame};
 
@@ -115,10 +115,38 @@ impl Decoder {
     }
 }
 
+/// Decodes `bytes` holding exactly one whole encoded frame (a frame carried inside another,
+/// as node-to-node `FORWARD` does), without copying its body. Bytes past the frame's length
+/// are an error here: the carrier says where the frame ends.
+pub fn decode_one(mut bytes: Bytes, max_frame_len: u32) -> Result<Envelope, Error> {
+    let len = peek_len(&bytes, max_frame_len)?.ok_or(Error::Truncated { field: "frame" })?;
+    if bytes.len() != LEN_BYTES + len as usize {
+        return Err(Error::Truncated { field: "frame" });
+    }
+    bytes.advance(LEN_BYTES);
+    let code = bytes.get_u8();
+    let request_id = bytes.get_u32();
+    let frame = Frame::decode_body(code, bytes)?;
+    Ok(Envelope { request_id, frame })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{Hello, Logout, Ping};
+
+    #[test]
+    fn decode_one_takes_exactly_one_whole_frame() {
+        let mut buf = BytesMut::new();
+        encode(7, &Ping { nonce: 1 }.into(), &mut buf);
+        let whole = buf.split().freeze();
+        let env = decode_one(whole.clone(), MAX_FRAME_LEN).unwrap();
+        assert_eq!((env.request_id, env.frame), (7, Ping { nonce: 1 }.into()));
+        assert!(decode_one(whole.slice(..whole.len() - 1), MAX_FRAME_LEN).is_err());
+        let mut longer = BytesMut::from(&whole[..]);
+        longer.extend_from_slice(&[0]);
+        assert!(decode_one(longer.freeze(), MAX_FRAME_LEN).is_err());
+    }
 
     #[test]
     fn encode_writes_the_length_type_and_request_id() {

@@ -23,8 +23,8 @@ pub mod session;
 pub mod wire;
 
 pub use codec::{
-    encode, peek_len, Decoder, Envelope, DEFAULT_MAX_FRAME_LEN, HEADER_BYTES, LEN_BYTES,
-    MAX_FRAME_LEN,
+    decode_one, encode, peek_len, Decoder, Envelope, DEFAULT_MAX_FRAME_LEN, HEADER_BYTES,
+    LEN_BYTES, MAX_FRAME_LEN,
 };
 pub use error::{retry_after_secs, retry_hint, Error, ErrorCode};
 pub use frame::*;

@@ -65,6 +65,23 @@ impl RefuseReason {
     }
 }
 
+wire_enum! {
+    /// What the forwarding node already checked about the users a `FORWARD`ed request names
+    /// (the peer of `OPEN_DIRECT`, the members of `CREATE_GROUP` and `ADD_MEMBERS`, the user of
+    /// `CONTACT_ADD`): their homes are other nodes than the owner's, so the owner cannot look
+    /// them up and takes the origin's word (PROTOCOL.md section 13).
+    #[derive(Default)]
+    pub enum UsersChecked {
+        /// Nothing checked: the receiving node looks the users up itself (they are its own).
+        #[default]
+        No = 0,
+        /// Every user the request names exists.
+        AllExist = 1,
+        /// At least one of them does not exist: answer `UNKNOWN_USER` where the check is.
+        SomeMissing = 2,
+    }
+}
+
 wire_struct! {
     /// A client connection anywhere in the cluster: the node (its index in the member list,
     /// sorted by node id, which every node agrees on because the membership hashes match), and
@@ -144,8 +161,9 @@ peer_frames! {
     // ---- Payloads (dialer → acceptor) ----
     /// A client request for a thread the receiving node owns. `lane`: the key that chose the
     /// link (the thread id). `request_id`, `user`, `device`: the client's request id and the
-    /// authenticated caller. `frame`: the client's request frame, encoded.
-    Forward = 0x68 { lane: u64, origin: Origin, request_id: u32, user: u64, device: u32, frame: Bytes }
+    /// authenticated caller. `frame`: the client's request frame, encoded. `checked`: what the
+    /// origin found about users homed on other nodes that the request names.
+    Forward = 0x68 { lane: u64, origin: Origin, request_id: u32, user: u64, device: u32, frame: Bytes, checked: UsersChecked }
     /// The answer to a `FORWARD`, for the connection `origin` names: a whole encoded client
     /// frame (the reply, with the client's request id).
     ForwardReply = 0x69 { origin: Origin, frame: Bytes }
@@ -222,6 +240,7 @@ mod tests {
                 user: 17,
                 device: 1,
                 frame: Bytes::from_static(b"\0\0\0\x05\x05\0\0\0\x01"),
+                checked: UsersChecked::AllExist,
             }
             .into(),
             PushBatch {

@@ -53,17 +53,21 @@ fn any_peer_frame() -> impl Strategy<Value = PeerFrame> {
             any::<u32>(),
             any::<u64>(),
             any::<u32>(),
-            bytes()
+            bytes(),
+            proptest::sample::select(UsersChecked::ALL)
         )
-            .prop_map(|(lane, origin, request_id, user, device, frame)| Forward {
-                lane,
-                origin,
-                request_id,
-                user,
-                device,
-                frame
-            }
-            .into()),
+            .prop_map(
+                |(lane, origin, request_id, user, device, frame, checked)| Forward {
+                    lane,
+                    origin,
+                    request_id,
+                    user,
+                    device,
+                    frame,
+                    checked
+                }
+                .into()
+            ),
         (origin(), bytes()).prop_map(|(origin, frame)| ForwardReply { origin, frame }.into()),
         (
             proptest::collection::vec(any::<u64>(), 0..50),

@@ -6,12 +6,26 @@ use courier_protocol::{Contacts, Done, ErrorCode, Frame, User, UserInfo, Users};
 
 use super::engine::{Engine, Reject};
 use super::threads::internal;
+use super::ChatConfig;
 use crate::caller::Caller;
 
 /// Most ids one GET_USERS may ask for, unless the reply budget carries fewer.
 const MAX_GET_USERS: usize = 1000;
 /// The most bytes one `UserInfo` takes: id, handle length, a 32-byte handle.
 const USER_INFO_BYTES: usize = 8 + 2 + 32;
+
+/// Refuses a GET_USERS that asks for more users than one reply may carry. Also checked by a
+/// node that gathers the answer from several nodes, before it asks any.
+pub fn check_get_users(config: &ChatConfig, ids: &[u64]) -> Result<(), (ErrorCode, &'static str)> {
+    let max = MAX_GET_USERS.min(config.max_reply_bytes.saturating_sub(16) / USER_INFO_BYTES);
+    if ids.len() > max {
+        return Err((
+            ErrorCode::InvalidArgument,
+            "too many users at once: ask for at most 1,000 (fewer when the server's max_frame is under 48 KiB: max_frame / 45)",
+        ));
+    }
+    Ok(())
+}
 
 impl Engine {
     pub(super) fn contact_add(
@@ -25,10 +39,8 @@ impl Engine {
                 "you cannot add yourself as a contact",
             ));
         }
+        self.user_exists(caller, user)?;
         let store = &self.shared.store;
-        if store.user(user).map_err(internal)?.is_none() {
-            return Err((ErrorCode::UnknownUser, "no such user"));
-        }
         if self.is_contact(caller.user, user)? {
             return Ok(Some(Done {}.into()));
         }
@@ -118,14 +130,7 @@ impl Engine {
     /// Handles by id, so clients can name senders they have no contact entry for. Handles are
     /// public (LOOKUP_USER maps them the other way), so any user may ask.
     pub(super) fn get_users(&mut self, ids: &[u64]) -> Result<Option<Frame>, Reject> {
-        let max = MAX_GET_USERS
-            .min(self.shared.config.max_reply_bytes.saturating_sub(16) / USER_INFO_BYTES);
-        if ids.len() > max {
-            return Err((
-                ErrorCode::InvalidArgument,
-                "too many users at once: ask for at most 1,000 (fewer when the server's max_frame is under 48 KiB: max_frame / 45)",
-            ));
-        }
+        check_get_users(&self.shared.config, ids)?;
         let mut users = Vec::with_capacity(ids.len());
         for &id in ids {
             if let Some(u) = self.shared.store.user(id).map_err(internal)? {

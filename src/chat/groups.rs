@@ -47,7 +47,7 @@ impl Engine {
             return Err((ErrorCode::GroupFull, "more members than a group may have"));
         }
         for &u in &all {
-            self.user_exists(u)?;
+            self.user_exists(caller, u)?;
         }
         let thread = self.create_thread(ThreadKind::Group, &name, caller.user, &all)?;
         let store = self.shared.store.clone();
@@ -138,7 +138,7 @@ impl Engine {
             ));
         }
         for &u in &new {
-            self.user_exists(u)?;
+            self.user_exists(caller, u)?;
         }
         let Some(&first) = new.first() else {
             return Ok(Some(courier_protocol::Done {}.into()));

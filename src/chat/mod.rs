@@ -120,6 +120,7 @@ mod messages;
 mod sync;
 mod threads;
 
+pub use contacts::check_get_users;
 pub use engine::Engine;
 pub use media::MEDIA_CHUNK_OVERHEAD;
 

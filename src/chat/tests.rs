@@ -64,7 +64,9 @@ impl World {
                 shard: (self.next_conn % 2) as u16,
                 slot: self.next_conn,
                 gen: 1,
+                node: 0,
             },
+            checked: Default::default(),
         }
     }
 

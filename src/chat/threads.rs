@@ -14,7 +14,7 @@ use courier_protocol::{
 use super::engine::{Engine, Reject};
 use super::messages::to_wire;
 use super::Shared;
-use crate::caller::Caller;
+use crate::caller::{Caller, UsersChecked};
 use crate::cluster::partition;
 use crate::store::{MemberRecord, MessageRecord, PrivateState, Store, ThreadRecord, Visit};
 
@@ -399,7 +399,15 @@ impl Engine {
         self.append(thread, rec, None, extra)
     }
 
-    pub(super) fn user_exists(&self, user: u64) -> Result<(), Reject> {
+    /// Whether a user that `caller`'s request names exists: looked up here, unless the node
+    /// the request came from has checked (the user is homed on another node, where only that
+    /// node could look; see `UsersChecked`).
+    pub(super) fn user_exists(&self, caller: &Caller, user: u64) -> Result<(), Reject> {
+        match caller.checked {
+            UsersChecked::AllExist => return Ok(()),
+            UsersChecked::SomeMissing => return Err((ErrorCode::UnknownUser, "no such user")),
+            UsersChecked::No => {}
+        }
         match self.shared.store.user(user).map_err(internal)? {
             Some(_) => Ok(()),
             None => Err((ErrorCode::UnknownUser, "no such user")),
@@ -464,7 +472,7 @@ impl Engine {
                 "a direct thread needs another user",
             ));
         }
-        self.user_exists(peer)?;
+        self.user_exists(caller, peer)?;
         let pair = (caller.user.min(peer), caller.user.max(peer));
         let existing = match self.round_directs.get(&pair) {
             Some(&t) => Some(t),

@@ -3,10 +3,12 @@
 //! Ids carry their partition ([`partition`]); the [`Ring`] maps each of the [`PARTITIONS`]
 //! partitions to a node; the [`Router`] turns that into a table, built once at start from the
 //! configured node id and peers and read-only afterwards, so shards share it without a lock.
-//! This release routes but does not link nodes: a client that reaches a node other than its
-//! home is sent a `REDIRECT` to the home's address, and a thread operation that needs another
-//! node is refused (see ARCHITECTURE.md, "Cluster").
+//! A client that reaches a node other than its home is sent a `REDIRECT` to the home's
+//! address; a chat request that needs another node is forwarded there over the links
+//! ([`forward`]), and the thread owner's pushes go to the recipients' homes in one
+//! `PUSH_BATCH` per node (see ARCHITECTURE.md, "Cluster").
 
+pub mod forward;
 pub mod links;
 pub mod partition;
 pub mod ring;
@@ -126,47 +128,87 @@ impl Router {
         self.partition_home(partition::of_handle(handle))
     }
 
-    /// The other node a chat request of `user` (homed here) needs, if any: the home of the
-    /// thread it names, of the direct thread it would open, or of a user it names (a member to
-    /// add, a contact, a handle to look up). Until nodes are linked such a request cannot be
-    /// served here and is refused; everything else stays on this node.
+    /// This node's index in the sorted node list: the `NodeIndex` of the links, `ConnRef::node`.
+    pub fn local_index(&self) -> u16 {
+        self.local_index as u16
+    }
+
+    /// The id of the node at `index` of the sorted node list (`"?"` past its end).
+    pub fn node_id(&self, index: u16) -> &str {
+        self.nodes
+            .get(usize::from(index))
+            .map_or("?", |n| n.0.as_str())
+    }
+
+    /// The index of the node that owns `partition`.
+    pub fn partition_node(&self, partition: Partition) -> u16 {
+        self.table[usize::from(partition % PARTITIONS)] as u16
+    }
+
+    /// The index of the node that is home to `user`.
+    pub fn user_node(&self, user: u64) -> u16 {
+        self.partition_node(partition::of_id(user))
+    }
+
+    /// The index of the node a chat request of `user` (homed here) runs on, when that is not
+    /// this node: the owner of the thread it names, of the direct thread it would open, or of
+    /// the handle it looks up. The request is then forwarded there (`FORWARD`), and the
+    /// answer comes back over the links. Everything else runs here: creating a group (a group
+    /// lives with its creator), contacts (they live with their user), lists and sync.
     ///
-    /// Invariant it keeps: every member of a thread homed here is homed here too (a thread
-    /// only gets members through the requests checked here), so the engine never writes a
-    /// remote user's state into this node's store.
-    pub fn remote_node(&self, user: u64, frame: &Frame) -> Option<&str> {
-        fn remote(home: Home<'_>) -> Option<&str> {
-            match home {
-                Home::Local => None,
-                Home::Remote { node, .. } => Some(node),
-            }
-        }
-        let any_user = |users: &[u64]| users.iter().find_map(|&u| remote(self.user_home(u)));
+    /// Users a request names on other nodes are not this function's business: see
+    /// [`named_users`](Self::named_users).
+    pub fn remote_node(&self, user: u64, frame: &Frame) -> Option<u16> {
+        let node = match frame {
+            Frame::OpenDirect(f) => self.partition_node(partition::of_pair(user, f.peer)),
+            Frame::AddMembers(f) => self.thread_node(f.thread),
+            Frame::RemoveMember(f) => self.thread_node(f.thread),
+            Frame::LeaveGroup(f) => self.thread_node(f.thread),
+            Frame::RenameGroup(f) => self.thread_node(f.thread),
+            Frame::GetThread(f) => self.thread_node(f.thread),
+            Frame::SetThreadState(f) => self.thread_node(f.thread),
+            Frame::Send(f) => self.thread_node(f.thread),
+            Frame::History(f) => self.thread_node(f.thread),
+            Frame::Receipt(f) => self.thread_node(f.thread),
+            Frame::Recall(f) => self.thread_node(f.thread),
+            Frame::Edit(f) => self.thread_node(f.thread),
+            Frame::React(f) => self.thread_node(f.thread),
+            Frame::DeleteForMe(f) => self.thread_node(f.thread),
+            Frame::Readers(f) => self.thread_node(f.thread),
+            Frame::Typing(f) => self.thread_node(f.thread),
+            Frame::LookupUser(f) => self.partition_node(partition::of_handle(&f.handle)),
+            _ => return None,
+        };
+        (node != self.local_index()).then_some(node)
+    }
+
+    fn thread_node(&self, thread: u64) -> u16 {
+        self.partition_node(partition::of_id(thread))
+    }
+
+    /// The users a chat request names whose existence the engine checks with a store lookup
+    /// (`UNKNOWN_USER`): the peer of OPEN_DIRECT, the members of CREATE_GROUP and ADD_MEMBERS,
+    /// the user of CONTACT_ADD, the ids of GET_USERS. A user homed on another node than the
+    /// one the request runs on is known only there, so the origin asks its home first.
+    pub fn named_users(frame: &Frame) -> &[u64] {
         match frame {
-            Frame::OpenDirect(f) => remote(self.partition_home(partition::of_pair(user, f.peer)))
-                .or_else(|| remote(self.user_home(f.peer))),
-            Frame::CreateGroup(f) => remote(self.user_home(user)).or_else(|| any_user(&f.members)),
-            Frame::AddMembers(f) => {
-                remote(self.thread_home(f.thread)).or_else(|| any_user(&f.members))
-            }
-            Frame::RemoveMember(f) => remote(self.thread_home(f.thread)),
-            Frame::LeaveGroup(f) => remote(self.thread_home(f.thread)),
-            Frame::RenameGroup(f) => remote(self.thread_home(f.thread)),
-            Frame::GetThread(f) => remote(self.thread_home(f.thread)),
-            Frame::SetThreadState(f) => remote(self.thread_home(f.thread)),
-            Frame::Send(f) => remote(self.thread_home(f.thread)),
-            Frame::History(f) => remote(self.thread_home(f.thread)),
-            Frame::Receipt(f) => remote(self.thread_home(f.thread)),
-            Frame::Recall(f) => remote(self.thread_home(f.thread)),
-            Frame::Edit(f) => remote(self.thread_home(f.thread)),
-            Frame::React(f) => remote(self.thread_home(f.thread)),
-            Frame::DeleteForMe(f) => remote(self.thread_home(f.thread)),
-            Frame::Readers(f) => remote(self.thread_home(f.thread)),
-            Frame::Typing(f) => remote(self.thread_home(f.thread)),
-            Frame::ContactAdd(f) => remote(self.user_home(f.user)),
-            Frame::LookupUser(f) => remote(self.handle_home(&f.handle)),
-            Frame::GetUsers(f) => any_user(&f.users),
-            _ => None,
+            Frame::OpenDirect(f) => std::slice::from_ref(&f.peer),
+            Frame::CreateGroup(f) => &f.members,
+            Frame::AddMembers(f) => &f.members,
+            Frame::ContactAdd(f) => std::slice::from_ref(&f.user),
+            Frame::GetUsers(f) => &f.users,
+            _ => &[],
+        }
+    }
+
+    /// The lane a forwarded request travels on (and its answers and the thread's pushes):
+    /// the thread id for a thread's requests, so one thread's traffic keeps its order on one
+    /// link; the user pair for OPEN_DIRECT; the handle's partition for LOOKUP_USER.
+    pub fn lane(user: u64, frame: &Frame) -> u64 {
+        match frame {
+            Frame::OpenDirect(f) => user.min(f.peer) ^ user.max(f.peer).rotate_left(32),
+            Frame::LookupUser(f) => u64::from(partition::of_handle(&f.handle)),
+            other => thread_of(other).unwrap_or(user),
         }
     }
 
@@ -178,6 +220,31 @@ impl Router {
             None => Home::Local,
         }
     }
+}
+
+/// The thread a request or push names, if any.
+pub fn thread_of(frame: &Frame) -> Option<u64> {
+    Some(match frame {
+        Frame::AddMembers(f) => f.thread,
+        Frame::RemoveMember(f) => f.thread,
+        Frame::LeaveGroup(f) => f.thread,
+        Frame::RenameGroup(f) => f.thread,
+        Frame::GetThread(f) => f.thread,
+        Frame::SetThreadState(f) => f.thread,
+        Frame::Send(f) => f.thread,
+        Frame::History(f) => f.thread,
+        Frame::Receipt(f) => f.thread,
+        Frame::Recall(f) => f.thread,
+        Frame::Edit(f) => f.thread,
+        Frame::React(f) => f.thread,
+        Frame::DeleteForMe(f) => f.thread,
+        Frame::Readers(f) => f.thread,
+        Frame::Typing(f) => f.thread,
+        Frame::MessagePush(f) => f.message.thread,
+        Frame::ReceiptPush(f) => f.thread,
+        Frame::TypingPush(f) => f.thread,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -257,15 +324,18 @@ mod tests {
     }
 
     #[test]
-    fn requests_that_need_another_node_are_named() {
+    fn requests_run_on_the_node_of_their_thread_and_name_the_users_to_check() {
         use courier_protocol::{AddMembers, CreateGroup, GetUsers, LookupUser, OpenDirect, Send};
         let routers = three();
         let a = &routers[0];
+        let index = |node: &str| a.nodes.iter().position(|n| n.0 == node).unwrap() as u16;
         let on = |node: &str| {
             let p = (0..PARTITIONS).find(|&p| a.owner(p) == node).unwrap();
             partition::compose(p, 1)
         };
         let (here, there) = (on("a"), on("b"));
+        assert_eq!(a.node_id(index("b")), "b");
+        assert_eq!(a.local_index(), index("a"));
         let send = |thread| {
             Frame::Send(Send {
                 thread,
@@ -276,6 +346,12 @@ mod tests {
             })
         };
         assert_eq!(a.remote_node(here, &send(here)), None);
+        assert_eq!(a.remote_node(here, &send(there)), Some(index("b")));
+        assert_eq!(
+            Router::lane(here, &send(there)),
+            there,
+            "a thread's lane is its id"
+        );
         // Edits and reactions change a thread's messages: they belong to its owner too.
         let edit = Frame::Edit(courier_protocol::Edit {
             thread: there,
@@ -287,24 +363,31 @@ mod tests {
             message: 1,
             reaction: "+1".into(),
         });
-        assert!(a.remote_node(here, &edit).is_some());
-        assert!(a.remote_node(here, &react).is_some());
-        assert_eq!(a.remote_node(here, &send(there)), Some("b"));
+        assert_eq!(a.remote_node(here, &edit), Some(index("b")));
+        assert_eq!(a.remote_node(here, &react), Some(index("b")));
+        // A group lives with its creator: it runs here, naming its members to check.
         let group = |members: Vec<u64>| {
             Frame::CreateGroup(CreateGroup {
                 name: "g".into(),
                 members,
             })
         };
-        assert_eq!(a.remote_node(here, &group(vec![here, here + 1])), None);
-        assert_eq!(a.remote_node(here, &group(vec![here, there])), Some("b"));
+        assert_eq!(a.remote_node(here, &group(vec![here, there])), None);
+        assert_eq!(
+            Router::named_users(&group(vec![here, there])),
+            &[here, there]
+        );
         let add = |thread, members| Frame::AddMembers(AddMembers { thread, members });
-        assert_eq!(a.remote_node(here, &add(here, vec![there])), Some("b"));
-        assert_eq!(a.remote_node(here, &add(there, vec![here])), Some("b"));
-        assert_eq!(a.remote_node(here, &add(here, vec![here + 2])), None);
+        assert_eq!(a.remote_node(here, &add(here, vec![there])), None);
+        assert_eq!(
+            a.remote_node(here, &add(there, vec![here])),
+            Some(index("b"))
+        );
+        assert_eq!(Router::named_users(&add(there, vec![here])), &[here]);
         let users = |users| Frame::GetUsers(GetUsers { users });
-        assert_eq!(a.remote_node(here, &users(vec![here, there])), Some("b"));
-        // A direct thread needs its pair's partition and the peer both here.
+        assert_eq!(a.remote_node(here, &users(vec![here, there])), None);
+        assert_eq!(Router::named_users(&users(vec![there])), &[there]);
+        // A direct thread runs on its pair's node.
         let peer_here = (2..).map(|s| partition::compose(partition::of_id(here), s));
         let local_pair = peer_here
             .clone()
@@ -316,16 +399,24 @@ mod tests {
             .unwrap();
         let open = |peer| Frame::OpenDirect(OpenDirect { peer });
         assert_eq!(a.remote_node(here, &open(local_pair)), None);
-        assert!(a.remote_node(here, &open(remote_pair)).is_some());
+        assert_eq!(
+            a.remote_node(here, &open(remote_pair)),
+            Some(a.partition_node(partition::of_pair(here, remote_pair)))
+        );
         let handle = (0..)
             .map(|i| format!("h{i}"))
-            .find(|h| a.handle_home(h) != Home::Local);
+            .find(|h| a.handle_home(h) != Home::Local)
+            .unwrap();
         let lookup = Frame::LookupUser(LookupUser {
-            handle: handle.unwrap(),
+            handle: handle.clone(),
         });
-        assert!(a.remote_node(here, &lookup).is_some());
+        assert_eq!(
+            a.remote_node(here, &lookup),
+            Some(a.partition_node(partition::of_handle(&handle)))
+        );
         // Without peers nothing is remote.
         let solo = Router::new("a", &[]);
         assert_eq!(solo.remote_node(here, &send(there)), None);
+        assert!((0..100).all(|u| solo.user_node(u) == solo.local_index()));
     }
 }

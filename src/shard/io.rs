@@ -46,6 +46,7 @@ pub const PRE_AUTH_MAX_FRAME: u32 = 4096;
 impl Shard {
     pub(super) fn conn_ref(&self, slot: usize) -> Option<ConnRef> {
         self.conns.get(slot).map(|c| ConnRef {
+            node: self.core.router.local_index(),
             shard: self.id,
             slot: slot as u32,
             gen: c.gen,
@@ -56,7 +57,13 @@ impl Shard {
     pub(super) fn local_slot(&self, r: ConnRef) -> Option<usize> {
         let slot = r.slot as usize;
         match self.conns.get(slot) {
-            Some(c) if r.shard == self.id && c.gen == r.gen => Some(slot),
+            Some(c)
+                if r.shard == self.id
+                    && c.gen == r.gen
+                    && r.node == self.core.router.local_index() =>
+            {
+                Some(slot)
+            }
             _ => None,
         }
     }

@@ -54,6 +54,17 @@ pub enum ShardMsg {
     ReadDone { to: ConnRef, bytes: Bytes },
     /// Users came online or went offline (for this shard's presence subscribers).
     Presence(Arc<[Change]>),
+    /// A chat request another node forwarded (`FORWARD`) for a thread this shard owns; the
+    /// caller's connection is on that node. `lane`: the link lane its answer goes back on.
+    Forward {
+        caller: Caller,
+        request_id: u32,
+        frame: Frame,
+        lane: u64,
+    },
+    /// The answer to a request this shard forwarded (`FORWARD_REPLY`): an encoded frame for
+    /// the local connection `to`, delivered only if the request is still in flight.
+    Answer { to: ConnRef, bytes: Bytes },
 }
 
 /// The sending side of one shard's mailbox.
@@ -185,6 +196,7 @@ mod tests {
                 shard: 0,
                 slot,
                 gen: 0,
+                node: 0,
             },
             code: ErrorCode::SessionRevoked,
         };
@@ -225,6 +237,7 @@ mod tests {
                 shard: 0,
                 slot: 0,
                 gen: 0,
+                node: 0,
             },
             code: ErrorCode::SessionRevoked,
         };

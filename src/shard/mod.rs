@@ -18,6 +18,7 @@
 
 pub mod auth_pool;
 pub mod conn;
+mod forward;
 mod io;
 pub mod mailbox;
 pub mod per_addr;
@@ -279,6 +280,8 @@ pub struct Shard {
     /// Connections not read because the target shard of their last request is congested
     /// (slot, generation, target shard); see [`Outbox::congested`].
     paused: Vec<(usize, u32, u16)>,
+    /// Requests forwarded to other nodes and answers owed to them (`forward.rs`).
+    fwd: forward::Forwarder,
 }
 
 impl Shard {
@@ -315,6 +318,7 @@ impl Shard {
             more_mail: false,
             accept_stalled: false,
             paused: Vec::new(),
+            fwd: forward::Forwarder::default(),
             core,
         }
     }
@@ -385,6 +389,7 @@ impl Shard {
         }
         self.read_carried(carried);
         self.drain_mailbox();
+        self.expire_forwards();
         self.on_tick();
         self.end_round();
         Ok(())
@@ -400,7 +405,8 @@ impl Shard {
         }
         let elapsed = self.epoch.elapsed();
         let next_tick = Duration::from_secs(elapsed.as_secs() + 1);
-        next_tick.saturating_sub(elapsed)
+        let tick = next_tick.saturating_sub(elapsed);
+        self.next_forward_deadline().map_or(tick, |d| d.min(tick))
     }
 
     /// Reads the connections carried over from the last round, after this round's events,

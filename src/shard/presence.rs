@@ -234,6 +234,7 @@ mod tests {
             shard: 0,
             slot,
             gen: 0,
+            node: 0,
         }
     }
 

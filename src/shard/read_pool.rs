@@ -235,7 +235,9 @@ impl Worker {
             let bytes = enc.split().freeze();
             stats.done.fetch_add(1, Ordering::Relaxed);
             let to = caller.conn;
-            if let Some(mailbox) = self.mailboxes.get(to.shard as usize) {
+            // A read another node forwarded names a shard of that node: any shard here sends
+            // its answer back over the links.
+            if let Some(mailbox) = self.mailboxes.get(to.shard as usize % self.mailboxes.len()) {
                 mailbox.send_blocking(ShardMsg::ReadDone { to, bytes });
             }
         }

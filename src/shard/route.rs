@@ -26,6 +26,9 @@ impl Shard {
                 frame,
             } => {
                 let bytes = self.encode(request_id, &frame);
+                if to.node != self.core.router.local_index() {
+                    return self.reply_remote(to, request_id, bytes);
+                }
                 self.deliver(to, bytes);
             }
             Effect::Push {
@@ -34,6 +37,11 @@ impl Shard {
                 frame,
             } => {
                 let bytes = self.encode(0, &frame);
+                // Users homed on other nodes: one PUSH_BATCH per node; the directory here
+                // knows only this node's connections.
+                if self.core.links.is_some() {
+                    self.push_remote(&users, except, &frame, &bytes);
+                }
                 let mut refs = std::mem::take(&mut self.refs);
                 refs.clear();
                 for &user in users.iter() {
@@ -100,9 +108,25 @@ impl Shard {
                     request_id,
                     frame,
                 } => self.engine.handle(caller, request_id, frame),
+                ShardMsg::Forward {
+                    caller,
+                    request_id,
+                    frame,
+                    lane,
+                } => {
+                    if !matches!(frame, Frame::Typing(_)) {
+                        self.note_lane(caller.conn, request_id, lane);
+                    }
+                    self.engine.handle(caller, request_id, frame)
+                }
+                ShardMsg::Answer { to, bytes } => self.on_answer(to, bytes),
                 ShardMsg::ReadDone { to, bytes } => {
                     self.core.reads.delivered();
-                    if let Some(slot) = self.local_slot(to) {
+                    if to.node != self.core.router.local_index() {
+                        // A read another node forwarded: its answer goes back over the links.
+                        let request_id = crate::cluster::forward::request_id_of(&bytes);
+                        self.reply_remote(to, request_id, bytes);
+                    } else if let Some(slot) = self.local_slot(to) {
                         self.queue(slot, bytes);
                     }
                 }

@@ -26,7 +26,7 @@ use super::conn::State;
 use super::mailbox::ShardMsg;
 use super::read_pool::{ReadRequest, Refused};
 use super::Shard;
-use crate::caller::{Caller, ConnRef};
+use crate::caller::{Caller, ConnRef, UsersChecked};
 use crate::chat::Engine;
 use crate::cluster::Home;
 use crate::metrics::{Reason, ShardMetrics};
@@ -42,11 +42,6 @@ const MAX_CLIENT_NAME: usize = 64;
 
 /// The first code of server-to-client frames: a client sending one is speaking nonsense.
 const FIRST_SERVER_CODE: u8 = 0x80;
-
-/// The answer to a request that needs another node of the cluster: the links exist, but this
-/// release does not forward requests over them yet, so the node is out of this one's reach.
-/// Refused, nothing changed; the message names the node.
-const NEEDS_OTHER_NODE: ErrorCode = ErrorCode::Unavailable;
 
 impl Shard {
     /// Handles one decoded frame from the connection in `slot`.
@@ -413,50 +408,45 @@ impl Shard {
                 self.fail(slot, 0, ErrorCode::UnknownFrame, Reason::ProtocolError)
             }
             frame => {
-                if let Some(node) = self.core.router.remote_node(user, &frame) {
-                    // TYPING is never answered, so a refused one needs no answer either.
-                    if !matches!(frame, Frame::Typing(_)) {
-                        let message = format!(
-                            "this needs node {node} of the cluster (the thread or user lives \
-                             there), and this release does not forward requests between nodes \
-                             yet: nothing was changed; a single-node server serves every chat"
-                        );
-                        self.reply_error(slot, request_id, NEEDS_OTHER_NODE, &message);
-                    }
-                    return;
-                }
                 let caller = Caller {
                     user,
                     device,
                     conn: me,
+                    checked: UsersChecked::No,
                 };
-                if Engine::is_read(&frame) {
-                    self.start_read(slot, caller, request_id, frame);
-                    return;
-                }
-                match Engine::shard_for(&self.core.chat, &caller, &frame) {
-                    Some(s) if s == self.id => self.engine.handle(caller, request_id, frame),
-                    Some(s) if (s as usize) < self.core.mailboxes.len() => {
-                        self.outbox.push(
-                            s,
-                            ShardMsg::Request {
-                                caller,
-                                request_id,
-                                frame,
-                            },
-                        );
-                        if self.outbox.congested(s) {
-                            self.pause_reads(slot, s);
-                        }
-                    }
-                    _ => self.reply_error(
-                        slot,
+                self.chat_request(slot, caller, request_id, frame);
+            }
+        }
+    }
+
+    /// Runs a chat request on this node: on the read workers, this shard's engine, or the
+    /// engine of the shard that owns it.
+    pub(super) fn run_here(&mut self, slot: usize, caller: Caller, request_id: u32, frame: Frame) {
+        if Engine::is_read(&frame) {
+            self.start_read(slot, caller, request_id, frame);
+            return;
+        }
+        match Engine::shard_for(&self.core.chat, &caller, &frame) {
+            Some(s) if s == self.id => self.engine.handle(caller, request_id, frame),
+            Some(s) if (s as usize) < self.core.mailboxes.len() => {
+                self.outbox.push(
+                    s,
+                    ShardMsg::Request {
+                        caller,
                         request_id,
-                        ErrorCode::InvalidArgument,
-                        "this request is not supported by this server",
-                    ),
+                        frame,
+                    },
+                );
+                if self.outbox.congested(s) {
+                    self.pause_reads(slot, s);
                 }
             }
+            _ => self.reply_error(
+                slot,
+                request_id,
+                ErrorCode::InvalidArgument,
+                "this request is not supported by this server",
+            ),
         }
     }
 

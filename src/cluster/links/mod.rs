@@ -347,6 +347,12 @@ impl Links {
         self.shared.local
     }
 
+    /// The counters of `peer` (`None` for this node or an unknown index).
+    pub fn peer_metrics(&self, peer: NodeIndex) -> Option<&PeerMetrics> {
+        self.shared.peer(peer)?;
+        Some(self.shared.peer_metrics(peer))
+    }
+
     /// The counters, for `/metrics`.
     pub fn metrics(&self) -> Arc<LinkMetrics> {
         self.shared.metrics.clone()

@@ -105,6 +105,7 @@ fn forward(lane: u64, seq: u32) -> Payload {
         user: 1,
         device: 1,
         frame: Bytes::from_static(b"request"),
+        checked: Default::default(),
     })
 }
 
