@@ -23,6 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::chat::{self, ChatConfig};
 use crate::clock::Clock;
 use crate::cluster::links::{self, Inbound, LinkConfig, LinkThread, Links, NodeIndex, Payload};
+use crate::cluster::reads::ClusterReads;
 use crate::cluster::Router;
 use crate::config::Config;
 use crate::directory::Directory;
@@ -171,9 +172,9 @@ pub fn serve(config: Config) -> Result<(), Error> {
             .map_err(|source| Error::Metrics { addr, source })?;
         tracing::info!("metrics on http://{at}/metrics");
     }
-    let (links, link_thread) = match start_links(&config, &metrics)? {
-        Some((links, thread)) => (Some(links), Some(thread)),
-        None => (None, None),
+    let (links, link_thread, cluster_reads) = match start_links(&config, &metrics)? {
+        Some((links, thread, reads)) => (Some(links), Some(thread), Some(reads)),
+        None => (None, None, None),
     };
     let auth = auth_pool::spawn(accounts.clone(), mailboxes.clone(), &faults)?;
     let reads = ReadPool::spawn(
@@ -183,6 +184,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         &faults,
         config.read_threads,
         config.read_queue,
+        cluster_reads,
     )?;
     let per_addr = shard::per_addr::PerAddr::new(config.max_conns_per_addr);
     let gc = GcThread::spawn(
@@ -270,8 +272,12 @@ pub fn serve(config: Config) -> Result<(), Error> {
 }
 
 /// Starts the link thread when the node has peers: binds the cluster address and dials every
-/// other node (see `cluster::links`).
-fn start_links(config: &Config, metrics: &Metrics) -> Result<Option<(Links, LinkThread)>, Error> {
+/// other node (see `cluster::links`). Also returns the read side of the cluster
+/// (`cluster::reads`), which the links deliver `PEER_READ`s and their replies to.
+fn start_links(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Option<(Links, LinkThread, Arc<ClusterReads>)>, Error> {
     if config.peers.is_empty() {
         return Ok(None);
     }
@@ -292,19 +298,28 @@ fn start_links(config: &Config, metrics: &Metrics) -> Result<Option<(Links, Link
     };
     let hash = membership.hash();
     let others = membership.nodes().len() - 1;
+    let local = membership
+        .index_of(&config.node_id)
+        .unwrap_or(links::NodeIndex(0));
+    let names = membership.nodes().iter().map(|n| n.id.clone()).collect();
+    let reads = Arc::new(ClusterReads::new(local, names));
     let (links, thread) = Links::spawn(
         membership,
         &config.node_id,
         listener,
         link_config,
-        Box::new(NoForwarding { warned: false }),
+        Box::new(NoForwarding {
+            warned: false,
+            reads: reads.clone(),
+        }),
     )?;
+    reads.set_links(links.clone());
     let _ = metrics.links.set(links.metrics());
     tracing::info!(
         "cluster links on {bound}: linking to {others} other node(s), {} links each, member list hash {hash:016x}",
         config.peer_links
     );
-    Ok(Some((links, thread)))
+    Ok(Some((links, thread, reads)))
 }
 
 /// A listener for cluster links. `SO_REUSEADDR`, so a node restarted right after a crash can
@@ -317,15 +332,21 @@ fn bind_cluster(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Where payloads from other nodes go until requests are forwarded between nodes: this release
-/// sends none, so one arriving comes from a node running a later release. It is dropped and
-/// logged once (the link's counters still count it).
+/// Where payloads from other nodes go. Cross-node reads go to `cluster::reads`; requests are
+/// not forwarded between nodes yet: such a payload comes from a node running a later release.
+/// It is dropped and logged once (the link's counters still count it).
 struct NoForwarding {
     warned: bool,
+    reads: Arc<ClusterReads>,
 }
 
 impl Inbound for NoForwarding {
-    fn deliver(&mut self, from: NodeIndex, _payload: Payload) {
+    fn deliver(&mut self, from: NodeIndex, payload: Payload) {
+        match payload {
+            Payload::PeerRead(read) => return self.reads.accept(from, read),
+            Payload::PeerReadReply(reply) => return self.reads.reply(reply),
+            _ => {}
+        }
         if !self.warned {
             self.warned = true;
             tracing::warn!(

@@ -126,6 +126,30 @@ impl Cluster {
         c
     }
 
+    /// Stops every node (SIGTERM), so their data directories can be written offline.
+    fn stop_all(&self) {
+        for node in &self.nodes {
+            node.stop();
+        }
+    }
+
+    /// Starts every node again on its data directory (each on a fresh harness address; the
+    /// advertised and cluster addresses stay). Links form again by themselves.
+    fn restart_all(&mut self) {
+        for node in &mut self.nodes {
+            node.restart();
+        }
+    }
+
+    /// A thread id in a partition that node `node` owns, with a sequence number far above
+    /// what the node allocates itself (for threads planted offline).
+    fn thread_on(&self, node: usize, seq: u64) -> u64 {
+        let p = (0..partition::PARTITIONS)
+            .find(|&p| self.router.owner(p) == self.ids[node])
+            .unwrap();
+        partition::compose(p, 1_000_000 + seq)
+    }
+
     /// The `REDIRECT` to node `home`, as the others send it.
     fn redirect_to(&self, home: usize) -> Frame {
         Frame::Redirect(Redirect {
@@ -403,6 +427,82 @@ fn a_bad_node_list_is_refused_with_a_clear_error() {
 }
 
 /// The message of an `ERROR_REPLY` with `code`.
+/// Writes a group into a stopped node's data directory the way the thread's owner would:
+/// its record, members, each member's membership row, and `messages` (sender, body) with
+/// clock ids (wall-clock µs, so below anything the node ticks after its restart). This is
+/// what a group with members on several nodes looks like on its owner until requests are
+/// forwarded between nodes. Returns the message ids.
+fn plant_group(
+    data_dir: &std::path::Path,
+    thread: u64,
+    name: &str,
+    members: &[u64],
+    messages: &[(u64, &str)],
+) -> Vec<u64> {
+    use courier::store::{FsyncMode, MemberRecord, MessageRecord, PrivateState, ThreadRecord};
+    use courier_protocol::{MessageKind, ThreadKind};
+    let store = courier::store::Store::open(data_dir, FsyncMode::Always).expect("open the store");
+    let mut batch = store.batch();
+    let mut ids = Vec::new();
+    let mut id = courier::clock::wall_us();
+    for &(sender, body) in messages {
+        id += 1;
+        let msg = MessageRecord {
+            sender,
+            client_msg_id: id,
+            kind: MessageKind::Text,
+            body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+            ..Default::default()
+        };
+        batch.put_message(thread, id, &msg);
+        ids.push(id);
+    }
+    let rec = ThreadRecord {
+        kind: ThreadKind::Group,
+        name: name.into(),
+        created_by: members[0],
+        last_msg_id: id,
+        changed_at: id,
+        member_count: members.len() as u32,
+    };
+    batch.put_thread(thread, &rec);
+    for &user in members {
+        let member = MemberRecord {
+            admin: user == members[0],
+            ..Default::default()
+        };
+        batch.put_member(thread, user, &member);
+        let private = PrivateState {
+            changed_at: id,
+            ..Default::default()
+        };
+        batch.put_private_state(user, thread, &private);
+    }
+    store.commit(batch).expect("write the group");
+    // Let the clock floor of the node's next start pass these ids.
+    std::thread::sleep(Duration::from_millis(2));
+    ids
+}
+
+/// Asks `frame` on `conn` until the answer is not `UNAVAILABLE` (a restarted cluster relinks
+/// within a few hundred milliseconds), at most [`WAIT`].
+fn request_when_linked(conn: &mut TestConn, frame: impl Into<Frame>) -> Frame {
+    let frame = frame.into();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let answer = conn.request(frame.clone());
+        match &answer {
+            Frame::ErrorReply(e)
+                if e.code == ErrorCode::Unavailable as u16
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => return answer,
+        }
+    }
+}
+
 fn error_message(frame: &Frame, code: ErrorCode) -> String {
     assert_eq!(util::error_code(frame), code, "{frame:?}");
     match frame {
@@ -487,4 +587,106 @@ fn threads_live_in_their_partitions_and_requests_for_other_nodes_are_refused() {
     assert!(error_message(&answer, ErrorCode::Unavailable).contains("node n1 "));
     // Refusals leave the connection open.
     alice.ping();
+}
+
+#[test]
+fn list_threads_shows_a_users_threads_from_every_node() {
+    use courier_protocol::{CreateGroup, ListThreads, ThreadList};
+    let mut cluster = Cluster::start();
+    let user_on = |node: usize, prefix: &str| {
+        let handle = cluster.handle_on(node, prefix);
+        let (answer, _) = cluster.authenticate_via(node, node, register(&handle, "d"));
+        (handle, auth_ok(answer).user)
+    };
+    let (alice_handle, alice) = user_on(0, "alice");
+    let (_, bob) = user_on(1, "bob");
+    let (_, carol) = user_on(2, "carol");
+
+    // Alice is in a group owned by n1 (with bob) and one owned by n2 (with carol).
+    cluster.stop_all();
+    let on_n1 = cluster.thread_on(1, 1);
+    let on_n2 = cluster.thread_on(2, 1);
+    plant_group(
+        &cluster.nodes[1].data_dir,
+        on_n1,
+        "on n1",
+        &[bob, alice],
+        &[(bob, "one"), (bob, "two")],
+    );
+    plant_group(
+        &cluster.nodes[2].data_dir,
+        on_n2,
+        "on n2",
+        &[carol, alice],
+        &[(carol, "three")],
+    );
+    cluster.restart_all();
+
+    // And in one of her own node, with the newest message.
+    let (answer, mut a) = cluster.authenticate_via(0, 0, login(&alice_handle, "d"));
+    assert_eq!(auth_ok(answer).user, alice);
+    let Frame::ThreadInfo(group) = a.request(CreateGroup {
+        name: "on n0".into(),
+        members: vec![],
+    }) else {
+        panic!("CREATE_GROUP failed");
+    };
+    let on_n0 = group.thread.id;
+    util::send(&mut a, on_n0, 1, "four");
+
+    let first = ListThreads {
+        before_msg_id: 0,
+        before_thread: 0,
+        limit: 0,
+    };
+    let Frame::ThreadList(list) = request_when_linked(&mut a, first.clone()) else {
+        panic!("LIST_THREADS failed");
+    };
+    let rows: Vec<(u64, &str, u32, String)> = list
+        .threads
+        .iter()
+        .map(|t| {
+            let body = t
+                .last_message
+                .as_ref()
+                .map(|m| m.body.clone())
+                .unwrap_or_default();
+            (
+                t.id,
+                t.name.as_str(),
+                t.unread,
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (on_n0, "on n0", 0, "four".to_string()),
+            (on_n2, "on n2", 1, "three".to_string()),
+            (on_n1, "on n1", 2, "two".to_string()),
+        ],
+        "every node's thread, newest first, with unread counts and previews from its owner"
+    );
+    assert!(!list.more);
+
+    // Pages of one row walk the merged order.
+    let mut cursor = (0, 0);
+    let mut walked = Vec::new();
+    loop {
+        let Frame::ThreadList(ThreadList { threads, more }) = a.request(ListThreads {
+            before_msg_id: cursor.0,
+            before_thread: cursor.1,
+            limit: 1,
+        }) else {
+            panic!("LIST_THREADS page failed");
+        };
+        assert_eq!(threads.len(), 1);
+        cursor = (threads[0].last_msg_id, threads[0].id);
+        walked.push(threads[0].id);
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(walked, [on_n0, on_n2, on_n1]);
 }

@@ -276,6 +276,27 @@ fn peer_samples() -> Vec<(PeerFrame, &'static str)> {
         .into(),
         &mut send,
     );
+    let mut list = BytesMut::new();
+    encode(
+        0,
+        &ListThreads {
+            before_msg_id: 0,
+            before_thread: 0,
+            limit: 50,
+        }
+        .into(),
+        &mut list,
+    );
+    let mut listed = BytesMut::new();
+    encode(
+        0,
+        &ThreadList {
+            threads: vec![],
+            more: false,
+        }
+        .into(),
+        &mut listed,
+    );
     vec![
         (PeerHello { version: PEER_VERSION, node: "n1".into(), membership: 0x0123_4567_89ab_cdef }.into(), "Node n1 dials: node protocol version 1 and the hash of its member list."),
         (PeerWelcome { version: PEER_VERSION, node: "n2".into(), membership: 0x0123_4567_89ab_cdef }.into(), "Node n2 accepts: same version, same member list hash."),
@@ -285,6 +306,8 @@ fn peer_samples() -> Vec<(PeerFrame, &'static str)> {
         (Forward { lane: THREAD, origin: origin.clone(), request_id: 15, user: ALICE, device: 1, frame: send.freeze() }.into(), "SEND#15 of user 17 (device 1, connection shard 1 slot 77 gen 3 on node 0) forwarded to the owner of thread 5, on lane 5; frame is the client's SEND, encoded."),
         (ForwardReply { origin: origin.clone(), frame: sent.freeze() }.into(), "The owner's answer for that connection: SENT#15, encoded."),
         (PushBatch { users: vec![BOB, CAROL], except: Some(origin), frame: push.freeze() }.into(), "MESSAGE_PUSH for users 42 and 50 homed on the receiving node, not to the sender's own connection; the push is encoded once."),
+        (PeerRead { id: 9, user: ALICE, device: 1, frame: list.freeze() }.into(), "Read 9 from user 17's home: user 17's part of LIST_THREADS (first page, 50 rows) on the receiving node."),
+        (PeerReadReply { id: 9, frame: listed.freeze() }.into(), "The answer to read 9: an empty THREAD_LIST (user 17 is in no thread this node owns)."),
     ]
 }
 

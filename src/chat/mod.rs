@@ -122,6 +122,7 @@ mod threads;
 
 pub use engine::Engine;
 pub use media::MEDIA_CHUNK_OVERHEAD;
+pub use threads::list_limit;
 
 impl Shared {
     pub fn new(store: Store, clock: Arc<Clock>, config: ChatConfig, shards: usize) -> Arc<Self> {

@@ -9,6 +9,7 @@
 
 pub mod links;
 pub mod partition;
+pub mod reads;
 pub mod ring;
 
 use std::collections::HashMap;

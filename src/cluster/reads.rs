@@ -1,0 +1,414 @@
+//! Cross-node reads: LIST_THREADS and SYNC of a user whose threads several nodes own.
+//!
+//! A thread's record, members, messages and each member's membership row live on the thread's
+//! owner node, so a user's threads are spread over the nodes. The user's home node (where the
+//! user is connected) answers their LIST_THREADS and SYNC on its read pool: the read worker
+//! runs the local part, sends a `PEER_READ` to every other node that may hold a part, and
+//! waits for the `PEER_READ_REPLY`s on a channel, all within one deadline
+//! ([`READ_DEADLINE`]). Read workers may block; shards never wait on this.
+//!
+//! ```text
+//!  home: read worker ── PEER_READ{id} ──► node B link thread ──► B's part workers
+//!        waits ≤ 1.5 s ◄─ pending[id] ◄── home link thread ◄── PEER_READ_REPLY{id}
+//! ```
+//!
+//! The receiving node never runs a part on its link thread: [`ClusterReads::accept`] puts it on
+//! a bounded queue of *part workers* (see `shard::read_pool`), which only read their own store
+//! and never wait on another node, so two nodes' workers can never wait on each other.
+//! A reply whose id is not pending (it came after its deadline) is dropped and counted.
+//! A node that is down, or does not answer in time, makes the whole read `UNAVAILABLE`,
+//! naming the node: a partial answer is never presented as complete.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use courier_protocol::peer::{PeerRead, PeerReadReply};
+use courier_protocol::wire::Wire;
+use courier_protocol::{
+    encode, Decoder, ErrorCode, ErrorReply, Frame, ListThreads, ThreadList, ThreadSummary,
+    MAX_FRAME_LEN,
+};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use super::links::{LinkError, Links, NodeIndex, Payload};
+use crate::caller::Caller;
+use crate::chat::{Engine, Shared};
+
+/// How long a home node waits for the other nodes' parts of one read. Below the 2 s that
+/// PROTOCOL.md promises for an `UNAVAILABLE`, leaving room for the read's queue and answer.
+pub const READ_DEADLINE: Duration = Duration::from_millis(1500);
+
+/// Reads waiting for another node's part at once, over all read workers. Each worker waits
+/// for at most one part per node, so this is reached only with very many read threads.
+pub const MAX_PENDING: usize = 4096;
+
+/// A part another node asked this node for, on its way to a part worker.
+pub struct PartJob {
+    pub from: NodeIndex,
+    pub read: PeerRead,
+}
+
+/// Why another node's part could not be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PartError {
+    /// The node is down, not linked yet, or did not answer within the deadline.
+    #[error("node {node} is unavailable; retry in a moment")]
+    Unavailable { node: String },
+    /// Too many reads are waiting for other nodes, or the link's queue is full.
+    #[error("too many reads are waiting for other nodes; retry in a moment")]
+    Busy,
+    /// The node answered with something that is not a frame of this protocol.
+    #[error(
+        "node {node} answered a read with an undecodable frame: run the same release on every node"
+    )]
+    Garbled { node: String },
+}
+
+impl PartError {
+    fn reply(&self, what: &str) -> Frame {
+        let (code, message) = match self {
+            PartError::Unavailable { node } => (
+                ErrorCode::Unavailable,
+                format!(
+                    "{what} needs node {node}, which owns some of your threads and is unavailable now; nothing partial was returned: retry in a moment"
+                ),
+            ),
+            PartError::Busy => (ErrorCode::RateLimited, format!("{what}: {self}")),
+            PartError::Garbled { .. } => (ErrorCode::Internal, format!("{what}: {self}")),
+        };
+        ErrorReply {
+            code: code as u16,
+            message,
+        }
+        .into()
+    }
+}
+
+/// What the read side of the cluster shares: the links, the pending-reads table, and the
+/// queue to this node's part workers.
+pub struct ClusterReads {
+    local: NodeIndex,
+    /// Node ids by index (the sorted member list), for error messages.
+    names: Vec<String>,
+    /// Set once the link thread runs (the links need their `Inbound`, which holds us).
+    links: OnceLock<Links>,
+    /// Set once the part workers run; `None` on it stops a part worker.
+    parts: OnceLock<Sender<Option<PartJob>>>,
+    /// Read id → where its answer goes. At most [`MAX_PENDING`] entries.
+    pending: Mutex<HashMap<u64, Sender<Bytes>>>,
+    next_id: AtomicU64,
+    /// Replies that came after their deadline (their id was no longer pending).
+    pub late_replies: AtomicU64,
+    /// Parts refused because the part queue was full.
+    pub parts_refused: AtomicU64,
+}
+
+impl ClusterReads {
+    pub fn new(local: NodeIndex, names: Vec<String>) -> ClusterReads {
+        ClusterReads {
+            local,
+            names,
+            links: OnceLock::new(),
+            parts: OnceLock::new(),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            late_replies: AtomicU64::new(0),
+            parts_refused: AtomicU64::new(0),
+        }
+    }
+
+    pub fn set_links(&self, links: Links) {
+        let _ = self.links.set(links);
+    }
+
+    /// Where [`accept`](Self::accept) queues parts; the part workers hold the receiver.
+    pub fn set_parts(&self, parts: Sender<Option<PartJob>>) {
+        let _ = self.parts.set(parts);
+    }
+
+    /// The number of nodes in the cluster.
+    pub fn nodes(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn local(&self) -> NodeIndex {
+        self.local
+    }
+
+    fn name(&self, node: NodeIndex) -> String {
+        self.names
+            .get(node.0 as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("#{}", node.0))
+    }
+
+    /// Answers a LIST_THREADS or SYNC of `caller` (homed here) over every node; any other read
+    /// is this node's alone. Runs on a read worker and may wait up to [`READ_DEADLINE`].
+    pub fn read(&self, shared: &Shared, caller: &Caller, frame: Frame) -> Frame {
+        match frame {
+            Frame::ListThreads(f) => self.list_threads(shared, caller, f),
+            other => Engine::read(shared, caller, other),
+        }
+    }
+
+    // ---- Home side ----
+
+    /// Sends `frame` to every node in `nodes` as a part of `caller`'s read; the answers come
+    /// out of [`Gather::wait`].
+    fn scatter(&self, caller: &Caller, frame: &Frame, nodes: &[NodeIndex]) -> Gather<'_> {
+        let mut enc = BytesMut::new();
+        encode(0, frame, &mut enc);
+        let bytes = enc.freeze();
+        let deadline = Instant::now() + READ_DEADLINE;
+        let asks = nodes
+            .iter()
+            .map(|&node| (node, self.ask(node, caller, bytes.clone())))
+            .collect();
+        Gather {
+            reads: self,
+            deadline,
+            asks,
+        }
+    }
+
+    /// Registers a pending read and sends it to `node`.
+    fn ask(&self, node: NodeIndex, caller: &Caller, frame: Bytes) -> Result<Asked, PartError> {
+        let Some(links) = self.links.get() else {
+            return Err(PartError::Unavailable {
+                node: self.name(node),
+            });
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if pending.len() >= MAX_PENDING {
+                return Err(PartError::Busy);
+            }
+            pending.insert(id, tx);
+        }
+        let payload = Payload::PeerRead(PeerRead {
+            id,
+            user: caller.user,
+            device: caller.device,
+            frame,
+        });
+        match links.send(node, caller.user, payload) {
+            Ok(()) => Ok(Asked { id, rx }),
+            Err(e) => {
+                self.forget(id);
+                Err(match e {
+                    LinkError::Down => PartError::Unavailable {
+                        node: self.name(node),
+                    },
+                    LinkError::Full => PartError::Busy,
+                })
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// A `PEER_READ_REPLY` arrived (on the link thread): hands it to the waiting worker, or
+    /// drops it when its read is no longer waiting.
+    pub fn reply(&self, reply: PeerReadReply) {
+        let waiter = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&reply.id);
+        match waiter {
+            // A channel of one slot for one answer: never full, never blocks.
+            Some(tx) => {
+                let _ = tx.try_send(reply.frame);
+            }
+            None => {
+                self.late_replies.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// LIST_THREADS over every node: each node lists the caller's threads it owns (unread
+    /// counts and previews computed where the thread lives), and the lists are merged in list
+    /// order (`last_msg_id`, then thread id, descending) and cut as on one node.
+    fn list_threads(&self, shared: &Shared, caller: &Caller, f: ListThreads) -> Frame {
+        const WHAT: &str = "LIST_THREADS";
+        let others: Vec<NodeIndex> = (0..self.nodes() as u16)
+            .map(NodeIndex)
+            .filter(|&n| n != self.local)
+            .collect();
+        let gather = self.scatter(caller, &Frame::ListThreads(f.clone()), &others);
+        let local = Engine::read(shared, caller, Frame::ListThreads(f.clone()));
+        let mut parts = vec![(self.local, local)];
+        for (node, answer) in others.iter().zip(gather.wait()) {
+            match answer {
+                Ok(frame) => parts.push((*node, frame)),
+                Err(e) => return e.reply(WHAT),
+            }
+        }
+        let mut rows: Vec<ThreadSummary> = Vec::new();
+        let mut more = false;
+        for (node, part) in parts {
+            match part {
+                Frame::ThreadList(list) => {
+                    more |= list.more;
+                    rows.extend(list.threads);
+                }
+                error @ Frame::ErrorReply(_) => return error,
+                other => {
+                    tracing::error!(
+                        frame = other.name(),
+                        "a node answered LIST_THREADS with an unexpected frame"
+                    );
+                    return PartError::Garbled {
+                        node: self.name(node),
+                    }
+                    .reply(WHAT);
+                }
+            }
+        }
+        rows.sort_unstable_by_key(|r| std::cmp::Reverse((r.last_msg_id, r.id)));
+        let limit = crate::chat::list_limit(f.limit);
+        let budget = shared.config.max_reply_bytes / 2;
+        let mut size = 0;
+        let mut take = 0;
+        for row in &rows {
+            if take == limit || size > budget {
+                more = true;
+                break;
+            }
+            size += row.size();
+            take += 1;
+        }
+        rows.truncate(take);
+        ThreadList {
+            threads: rows,
+            more,
+        }
+        .into()
+    }
+
+    // ---- Part side ----
+
+    /// A `PEER_READ` arrived (on the link thread): queues it for a part worker without
+    /// waiting; at the bound, or before the workers run, answers at once.
+    pub fn accept(&self, from: NodeIndex, read: PeerRead) {
+        let (id, user) = (read.id, read.user);
+        let refused = match self.parts.get() {
+            Some(parts) => match parts.try_send(Some(PartJob { from, read })) {
+                Ok(()) => return,
+                Err(TrySendError::Full(_)) => ErrorReply {
+                    code: ErrorCode::RateLimited as u16,
+                    message:
+                        "the node that owns some of your threads is busy reading; retry in a moment"
+                            .into(),
+                },
+                Err(TrySendError::Disconnected(_)) => ErrorReply {
+                    code: ErrorCode::ShuttingDown as u16,
+                    message:
+                        "a node that owns some of your threads is shutting down; retry in a moment"
+                            .into(),
+                },
+            },
+            None => ErrorReply {
+                code: ErrorCode::Unavailable as u16,
+                message: "a node that owns some of your threads is starting; retry in a moment"
+                    .into(),
+            },
+        };
+        self.parts_refused.fetch_add(1, Ordering::Relaxed);
+        self.answer(from, id, user, &refused.into());
+    }
+
+    /// Runs one part (on a part worker): this node's share of the read, over its own store.
+    pub fn run_part(&self, shared: &Shared, job: PartJob) {
+        let PartJob { from, read } = job;
+        let mut buf = BytesMut::from(&read.frame[..]);
+        let answer = match Decoder::new(MAX_FRAME_LEN).decode(&mut buf) {
+            Ok(Some(env)) if matches!(env.frame, Frame::ListThreads(_) | Frame::Sync(_)) => {
+                let caller = Caller {
+                    user: read.user,
+                    device: read.device,
+                    conn: crate::caller::ConnRef {
+                        shard: 0,
+                        slot: 0,
+                        gen: 0,
+                    },
+                };
+                Engine::read(shared, &caller, env.frame)
+            }
+            _ => ErrorReply {
+                code: ErrorCode::Malformed as u16,
+                message: "a node asked for a read part that is not LIST_THREADS or SYNC: run the same release on every node".into(),
+            }
+            .into(),
+        };
+        self.answer(from, read.id, read.user, &answer);
+    }
+
+    fn answer(&self, to: NodeIndex, id: u64, user: u64, frame: &Frame) {
+        let Some(links) = self.links.get() else {
+            return;
+        };
+        let mut enc = BytesMut::new();
+        encode(0, frame, &mut enc);
+        let reply = Payload::PeerReadReply(PeerReadReply {
+            id,
+            frame: enc.freeze(),
+        });
+        // Down or Full: the asking node's deadline answers its client UNAVAILABLE.
+        if let Err(e) = links.send(to, user, reply) {
+            tracing::debug!(node = to.0, error = %e, "a read part could not be answered");
+        }
+    }
+}
+
+/// One read sent to one node, waiting for its answer.
+struct Asked {
+    id: u64,
+    rx: Receiver<Bytes>,
+}
+
+/// The parts of one read, sent to several nodes at once, sharing one deadline.
+struct Gather<'a> {
+    reads: &'a ClusterReads,
+    deadline: Instant,
+    asks: Vec<(NodeIndex, Result<Asked, PartError>)>,
+}
+
+impl Gather<'_> {
+    /// Each node's answer, in the order asked; waits until the deadline at most.
+    fn wait(self) -> Vec<Result<Frame, PartError>> {
+        let reads = self.reads;
+        self.asks
+            .into_iter()
+            .map(|(node, asked)| {
+                let asked = asked?;
+                let bytes = match asked.rx.recv_deadline(self.deadline) {
+                    Ok(bytes) => bytes,
+                    Err(_) => {
+                        reads.forget(asked.id);
+                        return Err(PartError::Unavailable {
+                            node: reads.name(node),
+                        });
+                    }
+                };
+                let mut buf = BytesMut::from(&bytes[..]);
+                match Decoder::new(MAX_FRAME_LEN).decode(&mut buf) {
+                    Ok(Some(env)) => Ok(env.frame),
+                    _ => Err(PartError::Garbled {
+                        node: reads.name(node),
+                    }),
+                }
+            })
+            .collect()
+    }
+}
