@@ -466,6 +466,8 @@ fn plant_group(
         member_count: members.len() as u32,
     };
     batch.put_thread(thread, &rec);
+    // The owner ticked its clock for these ids: it resumes above them.
+    batch.clock_floor(0, id);
     for &user in members {
         let member = MemberRecord {
             admin: user == members[0],
@@ -479,8 +481,6 @@ fn plant_group(
         batch.put_private_state(user, thread, &private);
     }
     store.commit(batch).expect("write the group");
-    // Let the clock floor of the node's next start pass these ids.
-    std::thread::sleep(Duration::from_millis(2));
     ids
 }
 
@@ -689,4 +689,190 @@ fn list_threads_shows_a_users_threads_from_every_node() {
         }
     }
     assert_eq!(walked, [on_n0, on_n2, on_n1]);
+}
+
+/// One SYNC page that must be answered with `SYNC_BATCH`.
+fn sync_page(conn: &mut TestConn, f: courier_protocol::Sync) -> courier_protocol::SyncBatch {
+    match request_when_linked(conn, f) {
+        Frame::SyncBatch(b) => b,
+        other => panic!("SYNC: {other:?}"),
+    }
+}
+
+/// The SYNC that continues the walk `batch` belongs to, as a client of a cluster sends it.
+fn continuation(
+    batch: &courier_protocol::SyncBatch,
+    since: u64,
+    since_vector: &[u64],
+) -> courier_protocol::Sync {
+    let vector = batch
+        .vector
+        .as_ref()
+        .expect("a cluster's SYNC_BATCH has a vector");
+    courier_protocol::Sync {
+        since,
+        after_thread: batch.next_thread,
+        after_message: batch.next_message,
+        limit: 0,
+        watermark: batch.watermark,
+        vector: courier_protocol::Tail::some(courier_protocol::SyncVector {
+            since: since_vector.to_vec(),
+            watermarks: vector.watermarks.clone(),
+            after_node: vector.next_node,
+        }),
+    }
+}
+
+/// A whole SYNC walk from (`since`, `since_vector`): every page's messages, and the last page.
+fn sync_walk(
+    conn: &mut TestConn,
+    since: u64,
+    since_vector: &[u64],
+) -> (Vec<courier_protocol::Message>, courier_protocol::SyncBatch) {
+    let mut page = sync_page(
+        conn,
+        courier_protocol::Sync {
+            since,
+            after_thread: 0,
+            after_message: 0,
+            limit: 0,
+            watermark: 0,
+            vector: courier_protocol::Tail::some(courier_protocol::SyncVector {
+                since: since_vector.to_vec(),
+                watermarks: vec![],
+                after_node: 0,
+            }),
+        },
+    );
+    let mut messages = Vec::new();
+    loop {
+        messages.append(&mut page.messages);
+        if !page.more {
+            return (messages, page);
+        }
+        page = sync_page(conn, continuation(&page, since, since_vector));
+    }
+}
+
+fn bodies(messages: &[courier_protocol::Message]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect()
+}
+
+/// Moves a stopped node's clock `ahead` into the future: it resumes above its recorded floor.
+fn skew_clock(data_dir: &std::path::Path, ahead: Duration) {
+    use courier::store::{FsyncMode, Store};
+    let store = Store::open(data_dir, FsyncMode::Always).expect("open the store");
+    let mut batch = store.batch();
+    batch.clock_floor(0, courier::clock::wall_us() + ahead.as_micros() as u64);
+    store.commit(batch).expect("write the clock floor");
+}
+
+#[test]
+fn sync_across_nodes_skips_nothing_committed_on_another_node_while_paging() {
+    use courier_protocol::{CreateGroup, Sync, Tail};
+    let mut cluster = Cluster::start();
+    let user_on = |node: usize, prefix: &str| {
+        let handle = cluster.handle_on(node, prefix);
+        let (answer, _) = cluster.authenticate_via(node, node, register(&handle, "d"));
+        (handle, auth_ok(answer).user)
+    };
+    let (alice_handle, alice) = user_on(0, "alice");
+    let (bob_handle, bob) = user_on(1, "bob");
+    let (_, carol) = user_on(2, "carol");
+
+    cluster.stop_all();
+    let on_n1 = cluster.thread_on(1, 1);
+    let on_n2 = cluster.thread_on(2, 1);
+    plant_group(
+        &cluster.nodes[1].data_dir,
+        on_n1,
+        "on n1",
+        &[bob, alice],
+        &[(bob, "b1")],
+    );
+    plant_group(
+        &cluster.nodes[2].data_dir,
+        on_n2,
+        "on n2",
+        &[carol, alice],
+        &[(carol, "c1")],
+    );
+    // Clocks of different nodes differ: n0's runs an hour ahead, so its watermark is above
+    // every id n1 hands out meanwhile. One scalar watermark taken at alice's home would hide
+    // n1's messages committed after n1's part was read.
+    skew_clock(&cluster.nodes[0].data_dir, Duration::from_secs(3600));
+    cluster.restart_all();
+
+    let (answer, mut a) = cluster.authenticate_via(0, 0, login(&alice_handle, "d"));
+    assert_eq!(auth_ok(answer).user, alice);
+    let Frame::ThreadInfo(group) = a.request(CreateGroup {
+        name: "on n0".into(),
+        members: vec![],
+    }) else {
+        panic!("CREATE_GROUP failed");
+    };
+    util::send(&mut a, group.thread.id, 1, "a1");
+    let (answer, mut b) = cluster.authenticate_via(1, 1, login(&bob_handle, "d"));
+    auth_ok(answer);
+
+    // Page 1: n0's part (node 0 in member-list order).
+    let first = Sync {
+        since: 0,
+        after_thread: 0,
+        after_message: 0,
+        limit: 0,
+        watermark: 0,
+        vector: Tail(None),
+    };
+    let p1 = sync_page(&mut a, first);
+    assert!(p1.more);
+    assert_eq!(p1.vector.as_ref().unwrap().next_node, 1);
+    assert!(bodies(&p1.messages).contains(&"a1".to_string()));
+
+    // m1: committed on n1 between the first page and the continuation.
+    let m1 = util::send(&mut b, on_n1, 1, "m1").message;
+    let p2 = sync_page(&mut a, continuation(&p1, 0, &[]));
+    assert_eq!(bodies(&p2.messages), ["b1", "m1"]);
+    assert!(p2.more);
+    assert_eq!(p2.vector.as_ref().unwrap().next_node, 2);
+
+    // m2: committed on n1 after n1's part was read, below n0's watermark.
+    let m2 = util::send(&mut b, on_n1, 2, "m2").message;
+    let w = p2.vector.as_ref().unwrap().watermarks.clone();
+    assert!(
+        w[1] < m2 && m2 < w[0],
+        "the race this guards against: n1's watermark {} < m2 {m2} < n0's {}",
+        w[1],
+        w[0]
+    );
+    let p3 = sync_page(&mut a, continuation(&p2, 0, &[]));
+    assert_eq!(bodies(&p3.messages), ["c1"]);
+    assert!(!p3.more);
+    let done = p3.vector.as_ref().unwrap().watermarks.clone();
+    assert!(
+        done.iter().all(|&w| w != 0),
+        "every node's watermark: {done:?}"
+    );
+    assert_eq!(done[..2], w[..2], "one walk keeps each node's watermark");
+    assert_eq!(p3.watermark, *done.iter().min().unwrap());
+    let walked: Vec<u64> = [&p1, &p2, &p3]
+        .iter()
+        .flat_map(|p| p.messages.iter().map(|m| m.id))
+        .collect();
+    assert_eq!(walked.iter().filter(|&&id| id == m1).count(), 1);
+    assert!(!walked.contains(&m2));
+
+    // The next sync, from the vector, returns m2, and only it; the one after, nothing.
+    let (messages, last) = sync_walk(&mut a, p3.watermark, &done);
+    assert_eq!(messages.iter().map(|m| m.id).collect::<Vec<_>>(), [m2]);
+    let again = last.vector.as_ref().unwrap().watermarks.clone();
+    let (messages, _) = sync_walk(&mut a, last.watermark, &again);
+    assert!(
+        messages.is_empty(),
+        "nothing twice: {:?}",
+        bodies(&messages)
+    );
 }

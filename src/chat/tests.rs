@@ -163,6 +163,7 @@ impl World {
                     after_message,
                     limit,
                     watermark,
+                    vector: Default::default(),
                 },
             ) else {
                 panic!()
@@ -690,6 +691,7 @@ fn a_message_committed_between_sync_pages_into_a_walked_thread_is_not_skipped() 
             after_message: 0,
             limit: 4,
             watermark: 0,
+            vector: Default::default(),
         },
     );
     assert!(page1.more);
@@ -705,6 +707,7 @@ fn a_message_committed_between_sync_pages_into_a_walked_thread_is_not_skipped() 
             after_message: page1.next_message,
             limit: 4,
             watermark: page1.watermark,
+            vector: Default::default(),
         },
     );
     assert!(!page2.more);
@@ -730,6 +733,7 @@ fn a_sync_continuation_needs_the_walks_watermark_and_cannot_claim_a_future_one()
         after_message: 0,
         limit: 0,
         watermark: 0,
+        vector: Default::default(),
     };
     assert_eq!(w.error(&b, continuation), ErrorCode::InvalidArgument);
     let future = sync_page(
@@ -741,6 +745,7 @@ fn a_sync_continuation_needs_the_walks_watermark_and_cannot_claim_a_future_one()
             after_message: 0,
             limit: 0,
             watermark: u64::MAX,
+            vector: Default::default(),
         },
     );
     assert!(future.watermark <= w.shared.watermark());

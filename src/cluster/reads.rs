@@ -20,7 +20,7 @@
 //! naming the node: a partial answer is never presented as complete.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,8 @@ use bytes::{Bytes, BytesMut};
 use courier_protocol::peer::{PeerRead, PeerReadReply};
 use courier_protocol::wire::Wire;
 use courier_protocol::{
-    encode, Decoder, ErrorCode, ErrorReply, Frame, ListThreads, ThreadList, ThreadSummary,
-    MAX_FRAME_LEN,
+    encode, BatchVector, Decoder, ErrorCode, ErrorReply, Frame, ListThreads, Sync, Tail,
+    ThreadList, ThreadSummary, MAX_FRAME_LEN,
 };
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -40,6 +40,9 @@ use crate::chat::{Engine, Shared};
 /// How long a home node waits for the other nodes' parts of one read. Below the 2 s that
 /// PROTOCOL.md promises for an `UNAVAILABLE`, leaving room for the read's queue and answer.
 pub const READ_DEADLINE: Duration = Duration::from_millis(1500);
+
+/// How often a read that waits for a node's first link looks again.
+const LINK_POLL: Duration = Duration::from_millis(10);
 
 /// Reads waiting for another node's part at once, over all read workers. Each worker waits
 /// for at most one part per node, so this is reached only with very many read threads.
@@ -104,11 +107,14 @@ pub struct ClusterReads {
     pub late_replies: AtomicU64,
     /// Parts refused because the part queue was full.
     pub parts_refused: AtomicU64,
+    /// By node index: whether this node's links to it have been up since it started.
+    linked: Box<[AtomicBool]>,
 }
 
 impl ClusterReads {
     pub fn new(local: NodeIndex, names: Vec<String>) -> ClusterReads {
         ClusterReads {
+            linked: names.iter().map(|_| AtomicBool::new(false)).collect(),
             local,
             names,
             links: OnceLock::new(),
@@ -150,6 +156,7 @@ impl ClusterReads {
     pub fn read(&self, shared: &Shared, caller: &Caller, frame: Frame) -> Frame {
         match frame {
             Frame::ListThreads(f) => self.list_threads(shared, caller, f),
+            Frame::Sync(f) => self.sync(shared, caller, f),
             other => Engine::read(shared, caller, other),
         }
     }
@@ -159,13 +166,11 @@ impl ClusterReads {
     /// Sends `frame` to every node in `nodes` as a part of `caller`'s read; the answers come
     /// out of [`Gather::wait`].
     fn scatter(&self, caller: &Caller, frame: &Frame, nodes: &[NodeIndex]) -> Gather<'_> {
-        let mut enc = BytesMut::new();
-        encode(0, frame, &mut enc);
-        let bytes = enc.freeze();
+        let bytes = encoded(frame);
         let deadline = Instant::now() + READ_DEADLINE;
         let asks = nodes
             .iter()
-            .map(|&node| (node, self.ask(node, caller, bytes.clone())))
+            .map(|&node| (node, self.ask(node, caller, bytes.clone(), deadline)))
             .collect();
         Gather {
             reads: self,
@@ -174,13 +179,34 @@ impl ClusterReads {
         }
     }
 
-    /// Registers a pending read and sends it to `node`.
-    fn ask(&self, node: NodeIndex, caller: &Caller, frame: Bytes) -> Result<Asked, PartError> {
+    /// Registers a pending read and sends it to `node`. A node this one has not been linked
+    /// to yet since it started (the links are forming) is waited for until `deadline`; a node
+    /// that was linked and is down is `Unavailable` at once, so an outage does not hold every
+    /// read worker for the whole deadline.
+    fn ask(
+        &self,
+        node: NodeIndex,
+        caller: &Caller,
+        frame: Bytes,
+        deadline: Instant,
+    ) -> Result<Asked, PartError> {
         let Some(links) = self.links.get() else {
             return Err(PartError::Unavailable {
                 node: self.name(node),
             });
         };
+        let Some(linked) = self.linked.get(usize::from(node.0)) else {
+            return Err(PartError::Unavailable {
+                node: self.name(node),
+            });
+        };
+        if links.is_up(node) {
+            linked.store(true, Ordering::Relaxed);
+        } else if !linked.load(Ordering::Relaxed) {
+            while !links.is_up(node) && Instant::now() < deadline {
+                std::thread::sleep(LINK_POLL);
+            }
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::bounded(1);
         {
@@ -296,6 +322,120 @@ impl ClusterReads {
         .into()
     }
 
+    /// SYNC over every node, with a watermark per node (PROTOCOL.md `SYNC`, ARCHITECTURE.md
+    /// "Sync and the watermark", "Across nodes"). A walk visits the nodes in member-list order;
+    /// each page is one node's part, paged there by its own resume thread and computed against
+    /// that node's own watermark, which the walk takes when it first reaches the node and
+    /// carries in the vector from then on. A part with nothing in it does not end the page:
+    /// the walk goes on to the next node at once.
+    fn sync(&self, shared: &Shared, caller: &Caller, f: Sync) -> Frame {
+        const WHAT: &str = "SYNC";
+        let n = self.nodes();
+        let invalid = |message: &str| -> Frame {
+            ErrorReply {
+                code: ErrorCode::InvalidArgument as u16,
+                message: message.into(),
+            }
+            .into()
+        };
+        let vector = f.vector.0.unwrap_or_default();
+        // The last completed sync's watermarks; a scalar (an older client, or a vector from a
+        // cluster of another size) holds for every node: it is the minimum of a vector, so
+        // no node's part can skip anything below it.
+        let since = if vector.since.len() == n {
+            vector.since
+        } else {
+            vec![f.since; n]
+        };
+        let first = f.watermark == 0 && f.after_thread == 0 && vector.watermarks.is_empty();
+        let (mut watermarks, mut node) = if first {
+            (vec![0; n], 0)
+        } else if vector.watermarks.len() == n && usize::from(vector.after_node) < n {
+            (vector.watermarks, vector.after_node)
+        } else {
+            return invalid(
+                "this server is a cluster: a SYNC that continues a walk carries SYNC_BATCH.vector back (watermarks and next_node); start again with after_thread 0 and watermark 0",
+            );
+        };
+        let (mut after_thread, mut after_message) = (f.after_thread, f.after_message);
+        let deadline = Instant::now() + READ_DEADLINE;
+        loop {
+            let index = usize::from(node);
+            let part = Sync {
+                since: since[index],
+                after_thread,
+                after_message,
+                limit: f.limit,
+                watermark: watermarks[index],
+                vector: Tail(None),
+            };
+            let answer = if NodeIndex(node) == self.local {
+                Engine::read(shared, caller, Frame::Sync(part))
+            } else {
+                let frame = encoded(&Frame::Sync(part));
+                let asked = self.ask(NodeIndex(node), caller, frame, deadline);
+                let gather = Gather {
+                    reads: self,
+                    deadline,
+                    asks: vec![(NodeIndex(node), asked)],
+                };
+                match gather.wait().pop() {
+                    Some(Ok(frame)) => frame,
+                    Some(Err(e)) => return e.reply(WHAT),
+                    None => unreachable!("one ask, one answer"),
+                }
+            };
+            let mut batch = match answer {
+                Frame::SyncBatch(batch) => batch,
+                error @ Frame::ErrorReply(_) => return error,
+                other => {
+                    tracing::error!(
+                        frame = other.name(),
+                        "a node answered SYNC with an unexpected frame"
+                    );
+                    return PartError::Garbled {
+                        node: self.name(NodeIndex(node)),
+                    }
+                    .reply(WHAT);
+                }
+            };
+            // The part's own watermark: taken there on the walk's first visit, before it read.
+            watermarks[index] = batch.watermark;
+            let last = index + 1 == n;
+            let empty =
+                batch.threads.is_empty() && batch.messages.is_empty() && batch.deleted.is_empty();
+            if !batch.more && empty && !last {
+                node += 1;
+                (after_thread, after_message) = (0, 0);
+                continue;
+            }
+            let next_node = if batch.more {
+                node
+            } else if last {
+                0
+            } else {
+                batch.more = true;
+                batch.next_thread = 0;
+                batch.next_message = 0;
+                node + 1
+            };
+            // The scalar: at the end the one number that is safe for every node (the
+            // smallest), for a client that keeps only the scalar; before it, a continuation's
+            // marker, never 0 (0 would start a new walk), unless every node's is 0.
+            batch.watermark = if batch.more {
+                watermarks.iter().copied().filter(|&w| w != 0).min()
+            } else {
+                watermarks.iter().copied().min()
+            }
+            .unwrap_or(batch.watermark);
+            batch.vector = Tail::some(BatchVector {
+                watermarks,
+                next_node,
+            });
+            return Frame::SyncBatch(batch);
+        }
+    }
+
     // ---- Part side ----
 
     /// A `PEER_READ` arrived (on the link thread): queues it for a part worker without
@@ -358,17 +498,22 @@ impl ClusterReads {
         let Some(links) = self.links.get() else {
             return;
         };
-        let mut enc = BytesMut::new();
-        encode(0, frame, &mut enc);
         let reply = Payload::PeerReadReply(PeerReadReply {
             id,
-            frame: enc.freeze(),
+            frame: encoded(frame),
         });
         // Down or Full: the asking node's deadline answers its client UNAVAILABLE.
         if let Err(e) = links.send(to, user, reply) {
             tracing::debug!(node = to.0, error = %e, "a read part could not be answered");
         }
     }
+}
+
+/// `frame` encoded whole, with request id 0.
+fn encoded(frame: &Frame) -> Bytes {
+    let mut enc = BytesMut::new();
+    encode(0, frame, &mut enc);
+    enc.freeze()
 }
 
 /// One read sent to one node, waiting for its answer.

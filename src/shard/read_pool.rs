@@ -117,8 +117,11 @@ pub struct ReadPool {
     queue: ReadQueue,
     workers: Vec<JoinHandle<()>>,
     /// In a cluster: the workers that answer other nodes' `PEER_READ`s, and their queue.
-    parts: Option<(Sender<Option<PartJob>>, Vec<JoinHandle<()>>)>,
+    parts: Option<PartWorkers>,
 }
+
+/// The part workers' queue (`None` stops one) and their threads.
+type PartWorkers = (Sender<Option<PartJob>>, Vec<JoinHandle<()>>);
 
 impl ReadPool {
     /// Starts `threads` workers; at most `bound` reads are in flight at once. In a cluster
