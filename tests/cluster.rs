@@ -876,3 +876,79 @@ fn sync_across_nodes_skips_nothing_committed_on_another_node_while_paging() {
         bodies(&messages)
     );
 }
+
+/// `frame` on `conn`, which must be answered `UNAVAILABLE` naming `node` within 2 s.
+fn unavailable_within_2s(conn: &mut TestConn, frame: impl Into<Frame>, node: &str) {
+    let frame = frame.into();
+    let what = frame.name();
+    let started = std::time::Instant::now();
+    let answer = conn.request(frame);
+    let took = started.elapsed();
+    let message = error_message(&answer, ErrorCode::Unavailable);
+    assert!(
+        message.contains(&format!("node {node}")),
+        "{what}: {message}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "{what} answered after {took:?}"
+    );
+}
+
+#[test]
+fn reads_answer_unavailable_within_2s_naming_a_node_that_is_down() {
+    use courier_protocol::{CreateGroup, ListThreads, Sync, Tail};
+    let cluster = Cluster::start();
+    let handle = cluster.handle_on(0, "alice");
+    let (answer, mut a) = cluster.authenticate_via(0, 0, register(&handle, "d"));
+    auth_ok(answer);
+    let Frame::ThreadInfo(group) = a.request(CreateGroup {
+        name: "here".into(),
+        members: vec![],
+    }) else {
+        panic!("CREATE_GROUP failed");
+    };
+    let group = group.thread.id;
+    let list = ListThreads {
+        before_msg_id: 0,
+        before_thread: 0,
+        limit: 0,
+    };
+    let sync = Sync {
+        since: 0,
+        after_thread: 0,
+        after_message: 0,
+        limit: 0,
+        watermark: 0,
+        vector: Tail(None),
+    };
+    // Every node up: both reads answer, over every node.
+    assert!(matches!(
+        request_when_linked(&mut a, list.clone()),
+        Frame::ThreadList(_)
+    ));
+    sync_walk(&mut a, 0, &[]);
+    // A first page is alice's part on n0; its continuation needs n1, then n2.
+    let first = sync_page(&mut a, sync);
+    assert_eq!(first.vector.as_ref().unwrap().next_node, 1);
+
+    // A node that stopped answering but whose links look up yet (SIGSTOP: no RST, no FIN):
+    // the read waits for its part until the deadline, and no longer.
+    cluster.nodes[1].signal(libc::SIGSTOP);
+    unavailable_within_2s(&mut a, list.clone(), "n1");
+    unavailable_within_2s(&mut a, continuation(&first, 0, &[]), "n1");
+    cluster.nodes[1].signal(libc::SIGCONT);
+    assert!(matches!(
+        request_when_linked(&mut a, list.clone()),
+        Frame::ThreadList(_)
+    ));
+
+    // A node killed (SIGKILL by PID): its links reset, so the answer comes at once.
+    cluster.nodes[2].kill();
+    unavailable_within_2s(&mut a, list.clone(), "n2");
+    // n1's part is empty, so the walk goes on to n2 in the same page.
+    unavailable_within_2s(&mut a, continuation(&first, 0, &[]), "n2");
+    // What does not need it keeps working.
+    util::send(&mut a, group, 1, "still here");
+    a.ping();
+}
