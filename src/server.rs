@@ -302,7 +302,11 @@ fn start_links(
         .index_of(&config.node_id)
         .unwrap_or(links::NodeIndex(0));
     let names = membership.nodes().iter().map(|n| n.id.clone()).collect();
-    let reads = Arc::new(ClusterReads::new(local, names));
+    let reads = Arc::new(ClusterReads::new(
+        local,
+        names,
+        metrics.cluster_reads.clone(),
+    ));
     let (links, thread) = Links::spawn(
         membership,
         &config.node_id,

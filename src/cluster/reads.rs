@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -36,6 +36,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use super::links::{LinkError, Links, NodeIndex, Payload};
 use crate::caller::Caller;
 use crate::chat::{Engine, Shared};
+use crate::metrics::ClusterReadMetrics;
 
 /// How long a home node waits for the other nodes' parts of one read. Below the 2 s that
 /// PROTOCOL.md promises for an `UNAVAILABLE`, leaving room for the read's queue and answer.
@@ -71,7 +72,10 @@ pub enum PartError {
 }
 
 impl PartError {
-    fn reply(&self, what: &str) -> Frame {
+    fn reply(&self, what: &str, metrics: &ClusterReadMetrics) -> Frame {
+        if let PartError::Unavailable { .. } = self {
+            metrics.unavailable.fetch_add(1, Ordering::Relaxed);
+        }
         let (code, message) = match self {
             PartError::Unavailable { node } => (
                 ErrorCode::Unavailable,
@@ -103,17 +107,19 @@ pub struct ClusterReads {
     /// Read id → where its answer goes. At most [`MAX_PENDING`] entries.
     pending: Mutex<HashMap<u64, Sender<Bytes>>>,
     next_id: AtomicU64,
-    /// Replies that came after their deadline (their id was no longer pending).
-    pub late_replies: AtomicU64,
-    /// Parts refused because the part queue was full.
-    pub parts_refused: AtomicU64,
+    metrics: Arc<ClusterReadMetrics>,
     /// By node index: whether this node's links to it have been up since it started.
     linked: Box<[AtomicBool]>,
 }
 
 impl ClusterReads {
-    pub fn new(local: NodeIndex, names: Vec<String>) -> ClusterReads {
+    pub fn new(
+        local: NodeIndex,
+        names: Vec<String>,
+        metrics: Arc<ClusterReadMetrics>,
+    ) -> ClusterReads {
         ClusterReads {
+            metrics,
             linked: names.iter().map(|_| AtomicBool::new(false)).collect(),
             local,
             names,
@@ -121,8 +127,6 @@ impl ClusterReads {
             parts: OnceLock::new(),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            late_replies: AtomicU64::new(0),
-            parts_refused: AtomicU64::new(0),
         }
     }
 
@@ -223,7 +227,10 @@ impl ClusterReads {
             frame,
         });
         match links.send(node, caller.user, payload) {
-            Ok(()) => Ok(Asked { id, rx }),
+            Ok(()) => {
+                self.metrics.parts_asked.fetch_add(1, Ordering::Relaxed);
+                Ok(Asked { id, rx })
+            }
             Err(e) => {
                 self.forget(id);
                 Err(match e {
@@ -257,7 +264,7 @@ impl ClusterReads {
                 let _ = tx.try_send(reply.frame);
             }
             None => {
-                self.late_replies.fetch_add(1, Ordering::Relaxed);
+                self.metrics.late_replies.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -277,7 +284,7 @@ impl ClusterReads {
         for (node, answer) in others.iter().zip(gather.wait()) {
             match answer {
                 Ok(frame) => parts.push((*node, frame)),
-                Err(e) => return e.reply(WHAT),
+                Err(e) => return e.reply(WHAT, &self.metrics),
             }
         }
         let mut rows: Vec<ThreadSummary> = Vec::new();
@@ -297,7 +304,7 @@ impl ClusterReads {
                     return PartError::Garbled {
                         node: self.name(node),
                     }
-                    .reply(WHAT);
+                    .reply(WHAT, &self.metrics);
                 }
             }
         }
@@ -381,7 +388,7 @@ impl ClusterReads {
                 };
                 match gather.wait().pop() {
                     Some(Ok(frame)) => frame,
-                    Some(Err(e)) => return e.reply(WHAT),
+                    Some(Err(e)) => return e.reply(WHAT, &self.metrics),
                     None => unreachable!("one ask, one answer"),
                 }
             };
@@ -396,7 +403,7 @@ impl ClusterReads {
                     return PartError::Garbled {
                         node: self.name(NodeIndex(node)),
                     }
-                    .reply(WHAT);
+                    .reply(WHAT, &self.metrics);
                 }
             };
             // The part's own watermark: taken there on the walk's first visit, before it read.
@@ -464,7 +471,7 @@ impl ClusterReads {
                     .into(),
             },
         };
-        self.parts_refused.fetch_add(1, Ordering::Relaxed);
+        self.metrics.parts_refused.fetch_add(1, Ordering::Relaxed);
         self.answer(from, id, user, &refused.into());
     }
 
