@@ -677,8 +677,14 @@ mod tests {
         ));
         ShardMetrics::add(&m.cluster_reads.late_replies, 2);
         let text = m.render();
-        assert!(text.contains("courier_cluster_read_late_replies_total 2"), "{text}");
-        assert!(text.contains("courier_cluster_read_unavailable_total 0"), "{text}");
+        assert!(
+            text.contains("courier_cluster_read_late_replies_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("courier_cluster_read_unavailable_total 0"),
+            "{text}"
+        );
     }
 
     #[test]
