@@ -205,6 +205,19 @@ pub struct ReadMetrics {
     pub refused: AtomicU64,
 }
 
+/// Reads across the nodes of a cluster (`cluster::reads`).
+#[derive(Default)]
+pub struct ClusterReadMetrics {
+    /// Parts of this node's reads asked of other nodes (`PEER_READ`s sent).
+    pub parts_asked: AtomicU64,
+    /// Reads answered UNAVAILABLE because a node was down or silent past the deadline.
+    pub unavailable: AtomicU64,
+    /// `PEER_READ_REPLY`s that came after their read had given up (dropped).
+    pub late_replies: AtomicU64,
+    /// Other nodes' parts this node refused (its part queue was full, or it was starting).
+    pub parts_refused: AtomicU64,
+}
+
 /// Why a link handshake failed: the `reason` label of `courier_peer_refusals_total`, indexed
 /// like `protocol::peer::RefuseReason` codes minus one, then `wrong_node` (the dialer's own
 /// check that it reached the node it meant).
@@ -351,6 +364,8 @@ pub struct Metrics {
     pub reads: ReadMetrics,
     /// The cluster links' counters, set once at start when the node has peers.
     pub links: OnceLock<Arc<LinkMetrics>>,
+    /// Cross-node reads; rendered with the links.
+    pub cluster_reads: Arc<ClusterReadMetrics>,
     pub media: Arc<MediaMetrics>,
     /// Whether commits reach the disk: `courier_commit_failures_total`, `courier_ready`, `/health`.
     pub store: Arc<Health>,
@@ -367,6 +382,7 @@ impl Metrics {
             store,
             reads: ReadMetrics::default(),
             links: OnceLock::new(),
+            cluster_reads: Arc::default(),
             media: Arc::default(),
         })
     }
@@ -536,6 +552,15 @@ impl Metrics {
         }
         if let Some(links) = self.links.get() {
             links.render(&mut out);
+            let c = &self.cluster_reads;
+            for (name, v) in [
+                ("courier_cluster_read_parts_total", &c.parts_asked),
+                ("courier_cluster_read_unavailable_total", &c.unavailable),
+                ("courier_cluster_read_late_replies_total", &c.late_replies),
+                ("courier_cluster_read_parts_refused_total", &c.parts_refused),
+            ] {
+                let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", load(v));
+            }
         }
         let media: [(&str, &AtomicU64); 3] = [
             (
@@ -675,6 +700,16 @@ mod tests {
         assert!(text.contains(
             "courier_peer_refusals_total{peer=\"b\",direction=\"out\",reason=\"membership\"} 1"
         ));
+        ShardMetrics::add(&m.cluster_reads.late_replies, 2);
+        let text = m.render();
+        assert!(
+            text.contains("courier_cluster_read_late_replies_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("courier_cluster_read_unavailable_total 0"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::chat::{self, ChatConfig};
 use crate::clock::Clock;
 use crate::cluster::forward::Forwarding;
 use crate::cluster::links::{self, LinkConfig, LinkThread, Links};
+use crate::cluster::reads::ClusterReads;
 use crate::cluster::Router;
 use crate::config::Config;
 use crate::directory::Directory;
@@ -175,9 +176,10 @@ pub fn serve(config: Config) -> Result<(), Error> {
     // The links start before the shards' shared state exists; their inbound handler gets it
     // once built (see `Forwarding`).
     let served = Arc::new(OnceLock::new());
-    let (links, link_thread) = match start_links(&config, &metrics, served.clone())? {
-        Some((links, thread)) => (Some(links), Some(thread)),
-        None => (None, None),
+    let (links, link_thread, cluster_reads) = match start_links(&config, &metrics, served.clone())?
+    {
+        Some((links, thread, reads)) => (Some(links), Some(thread), Some(reads)),
+        None => (None, None, None),
     };
     let auth = auth_pool::spawn(accounts.clone(), mailboxes.clone(), &faults)?;
     let reads = ReadPool::spawn(
@@ -187,6 +189,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         &faults,
         config.read_threads,
         config.read_queue,
+        cluster_reads,
     )?;
     let per_addr = shard::per_addr::PerAddr::new(config.max_conns_per_addr);
     let gc = GcThread::spawn(
@@ -275,12 +278,13 @@ pub fn serve(config: Config) -> Result<(), Error> {
 }
 
 /// Starts the link thread when the node has peers: binds the cluster address and dials every
-/// other node (see `cluster::links`).
+/// other node (see `cluster::links`). Also returns the read side of the cluster
+/// (`cluster::reads`), which the links deliver `PEER_READ`s and their replies to.
 fn start_links(
     config: &Config,
     metrics: &Metrics,
     served: Arc<OnceLock<Arc<Core>>>,
-) -> Result<Option<(Links, LinkThread)>, Error> {
+) -> Result<Option<(Links, LinkThread, Arc<ClusterReads>)>, Error> {
     if config.peers.is_empty() {
         return Ok(None);
     }
@@ -301,19 +305,29 @@ fn start_links(
     };
     let hash = membership.hash();
     let others = membership.nodes().len() - 1;
+    let local = membership
+        .index_of(&config.node_id)
+        .unwrap_or(links::NodeIndex(0));
+    let names = membership.nodes().iter().map(|n| n.id.clone()).collect();
+    let reads = Arc::new(ClusterReads::new(
+        local,
+        names,
+        metrics.cluster_reads.clone(),
+    ));
     let (links, thread) = Links::spawn(
         membership,
         &config.node_id,
         listener,
         link_config,
-        Box::new(Forwarding::new(served)),
+        Box::new(Forwarding::new(served, reads.clone())),
     )?;
+    reads.set_links(links.clone());
     let _ = metrics.links.set(links.metrics());
     tracing::info!(
         "cluster links on {bound}: linking to {others} other node(s), {} links each, member list hash {hash:016x}",
         config.peer_links
     );
-    Ok(Some((links, thread)))
+    Ok(Some((links, thread, reads)))
 }
 
 /// A listener for cluster links. `SO_REUSEADDR`, so a node restarted right after a crash can

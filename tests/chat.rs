@@ -43,6 +43,7 @@ fn sync_walk(c: &mut TestConn, since: u64, limit: u16) -> Vec<SyncBatch> {
             after_message,
             limit,
             watermark,
+            vector: Default::default(),
         }) else {
             panic!("SYNC did not answer SYNC_BATCH")
         };

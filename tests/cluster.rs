@@ -156,6 +156,30 @@ impl Cluster {
         c
     }
 
+    /// Stops every node (SIGTERM), so their data directories can be written offline.
+    fn stop_all(&self) {
+        for node in &self.nodes {
+            node.stop();
+        }
+    }
+
+    /// Starts every node again on its data directory (each on a fresh harness address; the
+    /// advertised and cluster addresses stay). Links form again by themselves.
+    fn restart_all(&mut self) {
+        for node in &mut self.nodes {
+            node.restart();
+        }
+    }
+
+    /// A thread id in a partition that node `node` owns, with a sequence number far above
+    /// what the node allocates itself (for threads planted offline).
+    fn thread_on(&self, node: usize, seq: u64) -> u64 {
+        let p = (0..partition::PARTITIONS)
+            .find(|&p| self.router.owner(p) == self.ids[node])
+            .unwrap();
+        partition::compose(p, 1_000_000 + seq)
+    }
+
     /// The `REDIRECT` to node `home`, as the others send it.
     fn redirect_to(&self, home: usize) -> Frame {
         Frame::Redirect(Redirect {
@@ -989,4 +1013,445 @@ fn a_group_naming_more_than_100_users_of_another_node_is_checked_in_parts() {
         members,
     });
     assert_eq!(util::error_code(&answer), ErrorCode::UnknownUser);
+}
+
+/// The message of an `ERROR_REPLY` with `code`.
+/// Writes a group into a stopped node's data directory the way the thread's owner would:
+/// its record, members, each member's membership row, and `messages` (sender, body) with
+/// clock ids (wall-clock µs, so below anything the node ticks after its restart). This is
+/// what a group with members on several nodes looks like on its owner until requests are
+/// forwarded between nodes. Returns the message ids.
+fn plant_group(
+    data_dir: &std::path::Path,
+    thread: u64,
+    name: &str,
+    members: &[u64],
+    messages: &[(u64, &str)],
+) -> Vec<u64> {
+    use courier::store::{FsyncMode, MemberRecord, MessageRecord, PrivateState, ThreadRecord};
+    use courier_protocol::{MessageKind, ThreadKind};
+    let store = courier::store::Store::open(data_dir, FsyncMode::Always).expect("open the store");
+    let mut batch = store.batch();
+    let mut ids = Vec::new();
+    let mut id = courier::clock::wall_us();
+    for &(sender, body) in messages {
+        id += 1;
+        let msg = MessageRecord {
+            sender,
+            client_msg_id: id,
+            kind: MessageKind::Text,
+            body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+            ..Default::default()
+        };
+        batch.put_message(thread, id, &msg);
+        ids.push(id);
+    }
+    let rec = ThreadRecord {
+        kind: ThreadKind::Group,
+        name: name.into(),
+        created_by: members[0],
+        last_msg_id: id,
+        changed_at: id,
+        member_count: members.len() as u32,
+    };
+    batch.put_thread(thread, &rec);
+    // The owner ticked its clock for these ids: it resumes above them.
+    batch.clock_floor(0, id);
+    for &user in members {
+        let member = MemberRecord {
+            admin: user == members[0],
+            ..Default::default()
+        };
+        batch.put_member(thread, user, &member);
+        let private = PrivateState {
+            changed_at: id,
+            ..Default::default()
+        };
+        batch.put_private_state(user, thread, &private);
+    }
+    store.commit(batch).expect("write the group");
+    ids
+}
+
+/// Asks `frame` on `conn` until the answer is not `UNAVAILABLE` (a restarted cluster relinks
+/// within a few hundred milliseconds), at most [`WAIT`].
+fn request_when_linked(conn: &mut TestConn, frame: impl Into<Frame>) -> Frame {
+    let frame = frame.into();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let answer = conn.request(frame.clone());
+        match &answer {
+            Frame::ErrorReply(e)
+                if e.code == ErrorCode::Unavailable as u16
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => return answer,
+        }
+    }
+}
+
+#[test]
+fn list_threads_shows_a_users_threads_from_every_node() {
+    use courier_protocol::{CreateGroup, ListThreads, ThreadList};
+    let mut cluster = Cluster::start();
+    let user_on = |node: usize, prefix: &str| {
+        let handle = cluster.handle_on(node, prefix);
+        let (answer, _) = cluster.authenticate_via(node, node, register(&handle, "d"));
+        (handle, auth_ok(answer).user)
+    };
+    let (alice_handle, alice) = user_on(0, "alice");
+    let (_, bob) = user_on(1, "bob");
+    let (_, carol) = user_on(2, "carol");
+
+    // Alice is in a group owned by n1 (with bob) and one owned by n2 (with carol).
+    cluster.stop_all();
+    let on_n1 = cluster.thread_on(1, 1);
+    let on_n2 = cluster.thread_on(2, 1);
+    plant_group(
+        &cluster.nodes[1].data_dir,
+        on_n1,
+        "on n1",
+        &[bob, alice],
+        &[(bob, "one"), (bob, "two")],
+    );
+    plant_group(
+        &cluster.nodes[2].data_dir,
+        on_n2,
+        "on n2",
+        &[carol, alice],
+        &[(carol, "three")],
+    );
+    cluster.restart_all();
+
+    // And in one of her own node, with the newest message.
+    let (answer, mut a) = cluster.authenticate_via(0, 0, login(&alice_handle, "d"));
+    assert_eq!(auth_ok(answer).user, alice);
+    let Frame::ThreadInfo(group) = a.request(CreateGroup {
+        name: "on n0".into(),
+        members: vec![],
+    }) else {
+        panic!("CREATE_GROUP failed");
+    };
+    let on_n0 = group.thread.id;
+    util::send(&mut a, on_n0, 1, "four");
+
+    let first = ListThreads {
+        before_msg_id: 0,
+        before_thread: 0,
+        limit: 0,
+    };
+    let Frame::ThreadList(list) = request_when_linked(&mut a, first.clone()) else {
+        panic!("LIST_THREADS failed");
+    };
+    let rows: Vec<(u64, &str, u32, String)> = list
+        .threads
+        .iter()
+        .map(|t| {
+            let body = t
+                .last_message
+                .as_ref()
+                .map(|m| m.body.clone())
+                .unwrap_or_default();
+            (
+                t.id,
+                t.name.as_str(),
+                t.unread,
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (on_n0, "on n0", 0, "four".to_string()),
+            (on_n2, "on n2", 1, "three".to_string()),
+            (on_n1, "on n1", 2, "two".to_string()),
+        ],
+        "every node's thread, newest first, with unread counts and previews from its owner"
+    );
+    assert!(!list.more);
+
+    // Pages of one row walk the merged order.
+    let mut cursor = (0, 0);
+    let mut walked = Vec::new();
+    loop {
+        let Frame::ThreadList(ThreadList { threads, more }) = a.request(ListThreads {
+            before_msg_id: cursor.0,
+            before_thread: cursor.1,
+            limit: 1,
+        }) else {
+            panic!("LIST_THREADS page failed");
+        };
+        assert_eq!(threads.len(), 1);
+        cursor = (threads[0].last_msg_id, threads[0].id);
+        walked.push(threads[0].id);
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(walked, [on_n0, on_n2, on_n1]);
+}
+
+/// One SYNC page that must be answered with `SYNC_BATCH`.
+fn sync_page(conn: &mut TestConn, f: courier_protocol::Sync) -> courier_protocol::SyncBatch {
+    match request_when_linked(conn, f) {
+        Frame::SyncBatch(b) => b,
+        other => panic!("SYNC: {other:?}"),
+    }
+}
+
+/// The SYNC that continues the walk `batch` belongs to, as a client of a cluster sends it.
+fn continuation(
+    batch: &courier_protocol::SyncBatch,
+    since: u64,
+    since_vector: &[u64],
+) -> courier_protocol::Sync {
+    let vector = batch
+        .vector
+        .as_ref()
+        .expect("a cluster's SYNC_BATCH has a vector");
+    courier_protocol::Sync {
+        since,
+        after_thread: batch.next_thread,
+        after_message: batch.next_message,
+        limit: 0,
+        watermark: batch.watermark,
+        vector: courier_protocol::Tail::some(courier_protocol::SyncVector {
+            since: since_vector.to_vec(),
+            watermarks: vector.watermarks.clone(),
+            after_node: vector.next_node,
+        }),
+    }
+}
+
+/// A whole SYNC walk from (`since`, `since_vector`): every page's messages, and the last page.
+fn sync_walk(
+    conn: &mut TestConn,
+    since: u64,
+    since_vector: &[u64],
+) -> (Vec<courier_protocol::Message>, courier_protocol::SyncBatch) {
+    let mut page = sync_page(
+        conn,
+        courier_protocol::Sync {
+            since,
+            after_thread: 0,
+            after_message: 0,
+            limit: 0,
+            watermark: 0,
+            vector: courier_protocol::Tail::some(courier_protocol::SyncVector {
+                since: since_vector.to_vec(),
+                watermarks: vec![],
+                after_node: 0,
+            }),
+        },
+    );
+    let mut messages = Vec::new();
+    loop {
+        messages.append(&mut page.messages);
+        if !page.more {
+            return (messages, page);
+        }
+        page = sync_page(conn, continuation(&page, since, since_vector));
+    }
+}
+
+fn body_texts(messages: &[courier_protocol::Message]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect()
+}
+
+/// Moves a stopped node's clock `ahead` into the future: it resumes above its recorded floor.
+fn skew_clock(data_dir: &std::path::Path, ahead: Duration) {
+    use courier::store::{FsyncMode, Store};
+    let store = Store::open(data_dir, FsyncMode::Always).expect("open the store");
+    let mut batch = store.batch();
+    batch.clock_floor(0, courier::clock::wall_us() + ahead.as_micros() as u64);
+    store.commit(batch).expect("write the clock floor");
+}
+
+#[test]
+fn sync_across_nodes_skips_nothing_committed_on_another_node_while_paging() {
+    use courier_protocol::{CreateGroup, Sync, Tail};
+    let mut cluster = Cluster::start();
+    let user_on = |node: usize, prefix: &str| {
+        let handle = cluster.handle_on(node, prefix);
+        let (answer, _) = cluster.authenticate_via(node, node, register(&handle, "d"));
+        (handle, auth_ok(answer).user)
+    };
+    let (alice_handle, alice) = user_on(0, "alice");
+    let (bob_handle, bob) = user_on(1, "bob");
+    let (_, carol) = user_on(2, "carol");
+
+    cluster.stop_all();
+    let on_n1 = cluster.thread_on(1, 1);
+    let on_n2 = cluster.thread_on(2, 1);
+    plant_group(
+        &cluster.nodes[1].data_dir,
+        on_n1,
+        "on n1",
+        &[bob, alice],
+        &[(bob, "b1")],
+    );
+    plant_group(
+        &cluster.nodes[2].data_dir,
+        on_n2,
+        "on n2",
+        &[carol, alice],
+        &[(carol, "c1")],
+    );
+    // Clocks of different nodes differ: n0's runs an hour ahead, so its watermark is above
+    // every id n1 hands out meanwhile. One scalar watermark taken at alice's home would hide
+    // n1's messages committed after n1's part was read.
+    skew_clock(&cluster.nodes[0].data_dir, Duration::from_secs(3600));
+    cluster.restart_all();
+
+    let (answer, mut a) = cluster.authenticate_via(0, 0, login(&alice_handle, "d"));
+    assert_eq!(auth_ok(answer).user, alice);
+    let Frame::ThreadInfo(group) = a.request(CreateGroup {
+        name: "on n0".into(),
+        members: vec![],
+    }) else {
+        panic!("CREATE_GROUP failed");
+    };
+    util::send(&mut a, group.thread.id, 1, "a1");
+    let (answer, mut b) = cluster.authenticate_via(1, 1, login(&bob_handle, "d"));
+    auth_ok(answer);
+
+    // Page 1: n0's part (node 0 in member-list order).
+    let first = Sync {
+        since: 0,
+        after_thread: 0,
+        after_message: 0,
+        limit: 0,
+        watermark: 0,
+        vector: Tail(None),
+    };
+    let p1 = sync_page(&mut a, first);
+    assert!(p1.more);
+    assert_eq!(p1.vector.as_ref().unwrap().next_node, 1);
+    assert!(body_texts(&p1.messages).contains(&"a1".to_string()));
+
+    // m1: committed on n1 between the first page and the continuation.
+    let m1 = util::send(&mut b, on_n1, 1, "m1").message;
+    let p2 = sync_page(&mut a, continuation(&p1, 0, &[]));
+    assert_eq!(body_texts(&p2.messages), ["b1", "m1"]);
+    assert!(p2.more);
+    assert_eq!(p2.vector.as_ref().unwrap().next_node, 2);
+
+    // m2: committed on n1 after n1's part was read, below n0's watermark.
+    let m2 = util::send(&mut b, on_n1, 2, "m2").message;
+    let w = p2.vector.as_ref().unwrap().watermarks.clone();
+    assert!(
+        w[1] < m2 && m2 < w[0],
+        "the race this guards against: n1's watermark {} < m2 {m2} < n0's {}",
+        w[1],
+        w[0]
+    );
+    let p3 = sync_page(&mut a, continuation(&p2, 0, &[]));
+    assert_eq!(body_texts(&p3.messages), ["c1"]);
+    assert!(!p3.more);
+    let done = p3.vector.as_ref().unwrap().watermarks.clone();
+    assert!(
+        done.iter().all(|&w| w != 0),
+        "every node's watermark: {done:?}"
+    );
+    assert_eq!(done[..2], w[..2], "one walk keeps each node's watermark");
+    assert_eq!(p3.watermark, *done.iter().min().unwrap());
+    let walked: Vec<u64> = [&p1, &p2, &p3]
+        .iter()
+        .flat_map(|p| p.messages.iter().map(|m| m.id))
+        .collect();
+    assert_eq!(walked.iter().filter(|&&id| id == m1).count(), 1);
+    assert!(!walked.contains(&m2));
+
+    // The next sync, from the vector, returns m2, and only it; the one after, nothing.
+    let (messages, last) = sync_walk(&mut a, p3.watermark, &done);
+    assert_eq!(messages.iter().map(|m| m.id).collect::<Vec<_>>(), [m2]);
+    let again = last.vector.as_ref().unwrap().watermarks.clone();
+    let (messages, _) = sync_walk(&mut a, last.watermark, &again);
+    assert!(
+        messages.is_empty(),
+        "nothing twice: {:?}",
+        body_texts(&messages)
+    );
+}
+
+/// `frame` on `conn`, which must be answered `UNAVAILABLE` naming `node` within 2 s.
+fn unavailable_within_2s(conn: &mut TestConn, frame: impl Into<Frame>, node: &str) {
+    let frame = frame.into();
+    let what = frame.name();
+    let started = std::time::Instant::now();
+    let answer = conn.request(frame);
+    let took = started.elapsed();
+    let message = error_message(&answer, ErrorCode::Unavailable);
+    assert!(
+        message.contains(&format!("node {node}")),
+        "{what}: {message}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "{what} answered after {took:?}"
+    );
+}
+
+#[test]
+fn reads_answer_unavailable_within_2s_naming_a_node_that_is_down() {
+    use courier_protocol::{CreateGroup, ListThreads, Sync, Tail};
+    let cluster = Cluster::start();
+    let handle = cluster.handle_on(0, "alice");
+    let (answer, mut a) = cluster.authenticate_via(0, 0, register(&handle, "d"));
+    auth_ok(answer);
+    let Frame::ThreadInfo(group) = a.request(CreateGroup {
+        name: "here".into(),
+        members: vec![],
+    }) else {
+        panic!("CREATE_GROUP failed");
+    };
+    let group = group.thread.id;
+    let list = ListThreads {
+        before_msg_id: 0,
+        before_thread: 0,
+        limit: 0,
+    };
+    let sync = Sync {
+        since: 0,
+        after_thread: 0,
+        after_message: 0,
+        limit: 0,
+        watermark: 0,
+        vector: Tail(None),
+    };
+    // Every node up: both reads answer, over every node.
+    assert!(matches!(
+        request_when_linked(&mut a, list.clone()),
+        Frame::ThreadList(_)
+    ));
+    sync_walk(&mut a, 0, &[]);
+    // A first page is alice's part on n0; its continuation needs n1, then n2.
+    let first = sync_page(&mut a, sync);
+    assert_eq!(first.vector.as_ref().unwrap().next_node, 1);
+
+    // A node that stopped answering but whose links look up yet (SIGSTOP: no RST, no FIN):
+    // the read waits for its part until the deadline, and no longer.
+    cluster.nodes[1].signal(libc::SIGSTOP);
+    unavailable_within_2s(&mut a, list.clone(), "n1");
+    unavailable_within_2s(&mut a, continuation(&first, 0, &[]), "n1");
+    cluster.nodes[1].signal(libc::SIGCONT);
+    assert!(matches!(
+        request_when_linked(&mut a, list.clone()),
+        Frame::ThreadList(_)
+    ));
+
+    // A node killed (SIGKILL by PID): its links reset, so the answer comes at once.
+    cluster.nodes[2].kill();
+    unavailable_within_2s(&mut a, list.clone(), "n2");
+    // n1's part is empty, so the walk goes on to n2 in the same page.
+    unavailable_within_2s(&mut a, continuation(&first, 0, &[]), "n2");
+    // What does not need it keeps working.
+    util::send(&mut a, group, 1, "still here");
+    a.ping();
 }

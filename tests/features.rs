@@ -64,6 +64,7 @@ fn sync_all(c: &mut TestConn, since: u64) -> (Vec<Message>, Vec<MessageMeta>, u6
             after_message,
             limit: 0,
             watermark,
+            vector: Default::default(),
         }) else {
             panic!("SYNC did not answer SYNC_BATCH")
         };
@@ -125,6 +126,7 @@ fn a_reply_is_pushed_to_every_device_listed_in_history_and_synced() {
         after_message: 0,
         limit: 0,
         watermark: 0,
+        vector: Default::default(),
     }) else {
         panic!("SYNC")
     };

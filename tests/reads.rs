@@ -181,6 +181,7 @@ fn every_pooled_read_sees_the_writes_acked_before_it() {
         after_message: 0,
         limit: 0,
         watermark: 0,
+        vector: Default::default(),
     }) {
         Frame::SyncBatch(s) => {
             let ids: Vec<u64> = s.messages.iter().map(|m| m.id).collect();

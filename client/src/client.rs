@@ -229,9 +229,11 @@ impl Inner {
     fn catch_up(&self, conn: &Connection) -> Result<()> {
         let mut since = self.begin_catch_up();
         loop {
+            let from = since.unwrap_or(0);
             let result = sync_pages(
                 conn,
-                since.unwrap_or(0),
+                from,
+                self.watermarks_for(from),
                 self.config.sync_page,
                 self.config.request_timeout,
             );

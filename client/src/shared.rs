@@ -390,7 +390,29 @@ impl<L: Link, T: EventTx, W: Wake> Shared<L, T, W> {
     }
 
     pub(crate) fn set_watermark(&self, watermark: u64) {
-        self.state.lock().watermark = Some(watermark);
+        let mut state = self.state.lock();
+        state.watermark = Some(watermark);
+        state.watermarks.clear();
+    }
+
+    pub(crate) fn watermarks(&self) -> Vec<u64> {
+        self.state.lock().watermarks.clone()
+    }
+
+    pub(crate) fn set_watermarks(&self, watermark: u64, per_node: Vec<u64>) {
+        let mut state = self.state.lock();
+        state.watermark = Some(watermark);
+        state.watermarks = per_node;
+    }
+
+    /// The per-node watermarks saved with `since`, if `since` is the saved watermark.
+    pub(crate) fn watermarks_for(&self, since: u64) -> Vec<u64> {
+        let state = self.state.lock();
+        if state.watermark == Some(since) {
+            state.watermarks.clone()
+        } else {
+            Vec::new()
+        }
     }
 
     pub(crate) fn server_addr(&self) -> String {
@@ -433,6 +455,20 @@ macro_rules! session_accessors {
             /// are in `history`.
             pub fn set_watermark(&self, watermark: u64) {
                 self.inner.set_watermark(watermark)
+            }
+
+            /// Against a cluster: the per-node watermarks saved with [`watermark`](Self::watermark)
+            /// (empty against a single node). Save both, and give both back with
+            /// [`set_watermarks`](Self::set_watermarks).
+            pub fn watermarks(&self) -> Vec<u64> {
+                self.inner.watermarks()
+            }
+
+            /// Like [`set_watermark`](Self::set_watermark), with the per-node watermarks saved
+            /// with it. A scalar alone works against a cluster too (it is their minimum), at the
+            /// cost of fetching again what some nodes had already synced.
+            pub fn set_watermarks(&self, watermark: u64, per_node: Vec<u64>) {
+                self.inner.set_watermarks(watermark, per_node)
             }
 
             /// The address the client (re)connects to: the one given, or the last redirect's.

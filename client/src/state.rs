@@ -27,6 +27,8 @@ pub(crate) struct State {
     pub(crate) addr: String,
     pub(crate) auth: Option<AuthOk>,
     pub(crate) watermark: Option<u64>,
+    /// Against a cluster: the per-node watermarks `watermark` is the minimum of.
+    pub(crate) watermarks: Vec<u64>,
     pub(crate) dedupe: Dedupe,
     /// A resync is running: pushed messages (with the message each replies to, 0 for none)
     /// wait in `held` so they come out after the backlog.
@@ -177,6 +179,7 @@ impl State {
             addr,
             auth: None,
             watermark: None,
+            watermarks: Vec::new(),
             dedupe: Dedupe::new(),
             resyncing: false,
             held: VecDeque::new(),
@@ -197,6 +200,7 @@ impl State {
         // (`HISTORY`), not backlog.
         if self.watermark.is_none() {
             self.watermark = Some(auth.watermark);
+            self.watermarks.clear();
         }
     }
 
@@ -312,6 +316,7 @@ impl State {
             self.dedupe.raise_floor(message.thread, message.id);
         }
         self.watermark = Some(synced.watermark);
+        self.watermarks = synced.watermarks.clone();
     }
 
     /// The current connection closed without this side asking, with the server's `reason`

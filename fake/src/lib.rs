@@ -821,6 +821,8 @@ fn sync(st: &State, user: u64, s: &Sync) -> SyncBatch {
         watermark,
         deleted: Vec::new(),
         meta: vec![],
+        // One node: no per-node watermarks, as from a real single node.
+        vector: Default::default(),
     }
 }
 

@@ -6,6 +6,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+pub use crate::wire::Tail;
 use crate::wire::{wire_enum, wire_struct, Reader, Wire};
 use crate::Error;
 
@@ -268,6 +269,31 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// `SYNC.vector`: a sync against a cluster. A message id is its thread's owner's clock, so
+    /// one number cannot say "everything committed" across nodes whose clocks differ: each node
+    /// index (the sorted member list) has its own watermark.
+    pub struct SyncVector {
+        /// Node index → the watermark of the last completed sync there (`BatchVector.watermarks`
+        /// of its last page). Empty (or of another length): `since` for every node.
+        pub since: Vec<u64>,
+        /// The walk's watermarks as the previous `SYNC_BATCH` gave them; empty on a first page.
+        pub watermarks: Vec<u64>,
+        /// The node this page continues on (`BatchVector.next_node`); 0 on a first page.
+        pub after_node: u16,
+    }
+}
+
+wire_struct! {
+    /// `SYNC_BATCH.vector`: the walk's per-node watermarks (node index → that node's
+    /// watermark, 0 for a node the walk has not reached yet) and the node the next page starts
+    /// on. When `more` is false every entry is set: keep them as the next `SyncVector.since`.
+    pub struct BatchVector {
+        pub watermarks: Vec<u64>,
+        pub next_node: u16,
+    }
+}
+
+wire_struct! {
     pub struct Stat {
         pub name: String,
         pub value: u64,
@@ -373,7 +399,11 @@ frames! {
     /// Everything that changed since `since` (a `watermark` from an earlier `SyncBatch`, 0 the
     /// first time). Continue a page with the `next_thread`/`next_message` of the last batch and
     /// its `watermark` (0 on the first page): one walk keeps one watermark.
-    Sync = 0x26 { since: u64, after_thread: u64, after_message: u64, limit: u16, watermark: u64 }
+    ///
+    /// `vector` (a [`Tail`]: left out by clients of a single node): on a cluster, the
+    /// per-node watermarks of the last completed sync and the walk's position (see
+    /// [`SyncVector`]).
+    Sync = 0x26 { since: u64, after_thread: u64, after_message: u64, limit: u16, watermark: u64, vector: Tail<SyncVector> }
     /// Typing indicator; never answered, never stored.
     Typing = 0x27 { thread: u64, active: bool }
     /// Replaces the body of the caller's own message (within the edit window).
@@ -426,7 +456,10 @@ frames! {
     /// `since`. `deleted`: messages of these threads the caller deleted for themselves (on any
     /// device) since `since`. `meta`: replies, edits and reactions of those `messages` that
     /// have any.
-    SyncBatch = 0x88 { threads: Vec<Thread>, messages: Vec<Message>, more: bool, next_thread: u64, next_message: u64, watermark: u64, deleted: Vec<MessageRef>, meta: Vec<MessageMeta> }
+    ///
+    /// `vector` (a [`Tail`]: absent from a single node): on a cluster, the walk's per-node
+    /// watermarks and the node the next page starts on (see [`BatchVector`]).
+    SyncBatch = 0x88 { threads: Vec<Thread>, messages: Vec<Message>, more: bool, next_thread: u64, next_message: u64, watermark: u64, deleted: Vec<MessageRef>, meta: Vec<MessageMeta>, vector: Tail<BatchVector> }
     ReadersList = 0x89 { thread: u64, message: u64, delivered: Vec<u64>, read: Vec<u64> }
     Contacts = 0x8A { users: Vec<UserInfo> }
     User = 0x8B { user: UserInfo }

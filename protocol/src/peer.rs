@@ -15,6 +15,7 @@
 //!    | -- PEER_PING{nonce} ----------------------> |
 //!    | <- PEER_PONG{nonce} ----------------------- |
 //!    | -- FORWARD / FORWARD_REPLY / PUSH_BATCH --> |  payloads flow dialer → acceptor only
+//!    | -- PEER_READ / PEER_READ_REPLY ----------> |  (each node answers on links it dialed)
 //! ```
 //!
 //! The handshake is the first thing on the byte stream, so an encrypted transport (a Noise
@@ -170,6 +171,15 @@ peer_frames! {
     /// One push for every online device of `users` homed on the receiving node, except the
     /// connection `except`. `frame`: the push, encoded once.
     PushBatch = 0x6A { users: Vec<u64>, except: Option<Origin>, frame: Bytes }
+
+    // ---- Cross-node reads (dialer → acceptor) ----
+    /// A read of `user`'s part on the receiving node: the threads it owns that the user is in.
+    /// `id`: chosen by the asking node, echoed in the reply. `frame`: a client `LIST_THREADS`
+    /// or `SYNC` frame, encoded (request id 0), with that node's arguments.
+    PeerRead = 0x6B { id: u64, user: u64, device: u32, frame: Bytes }
+    /// The answer to a `PEER_READ`: `frame` is an encoded client frame (`THREAD_LIST`,
+    /// `SYNC_BATCH` or `ERROR_REPLY`, request id 0).
+    PeerReadReply = 0x6C { id: u64, frame: Bytes }
 }
 
 impl PeerFrame {
@@ -247,6 +257,18 @@ mod tests {
                 users: vec![1, 2, 3],
                 except: Some(origin),
                 frame: Bytes::from_static(b"push"),
+            }
+            .into(),
+            PeerRead {
+                id: 7,
+                user: 17,
+                device: 1,
+                frame: Bytes::from_static(b"\0\0\0\x10\x16\0\0\0\0"),
+            }
+            .into(),
+            PeerReadReply {
+                id: 7,
+                frame: Bytes::from_static(b"answer"),
             }
             .into(),
         ]

@@ -200,6 +200,47 @@ impl<T: Wire> Wire for Option<T> {
     }
 }
 
+/// A field appended at the very end of a frame body that may be **left out**: encoded as its
+/// value when present and as nothing when absent; a body that ends before it decodes as
+/// absent. It lets a frame grow without changing one byte of what an older peer sends or
+/// receives when the field is not needed (see PROTOCOL.md section 3). Only the last field of
+/// a frame body may be a `Tail`; a field appended after it would make it required again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tail<T>(pub Option<T>);
+
+impl<T> Default for Tail<T> {
+    fn default() -> Self {
+        Tail(None)
+    }
+}
+
+impl<T> Tail<T> {
+    pub fn some(value: T) -> Self {
+        Tail(Some(value))
+    }
+
+    pub fn as_ref(&self) -> Option<&T> {
+        self.0.as_ref()
+    }
+}
+
+impl<T: Wire> Wire for Tail<T> {
+    fn put(&self, buf: &mut BytesMut) {
+        if let Some(v) = &self.0 {
+            v.put(buf);
+        }
+    }
+    fn get(r: &mut Reader, field: &'static str) -> Result<Self, Error> {
+        if r.remaining() == 0 {
+            return Ok(Tail(None));
+        }
+        T::get(r, field).map(|v| Tail(Some(v)))
+    }
+    fn size(&self) -> usize {
+        self.0.as_ref().map_or(0, Wire::size)
+    }
+}
+
 /// Declares a `u8`-coded enum with its wire encoding; an unknown code is a typed error.
 macro_rules! wire_enum {
     ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $code:literal),* $(,)? }) => {
@@ -288,6 +329,16 @@ mod tests {
         assert_eq!(bytes_of(&vec![7u64]), [0, 1, 0, 0, 0, 0, 0, 0, 0, 7]);
         assert_eq!(bytes_of(&None::<u64>), [0]);
         assert_eq!(bytes_of(&Some(5u64)), [1, 0, 0, 0, 0, 0, 0, 0, 5]);
+    }
+
+    #[test]
+    fn a_tail_is_nothing_when_absent_and_absent_when_the_body_ends() {
+        assert_eq!(bytes_of(&Tail::<u64>(None)), [] as [u8; 0]);
+        assert_eq!(bytes_of(&Tail::some(7u16)), [0, 7]);
+        assert_eq!(get::<Tail<u16>>(&[]), Ok(Tail(None)));
+        assert_eq!(get::<Tail<u16>>(&[0, 7]), Ok(Tail::some(7)));
+        // Present but cut short is still an error.
+        assert!(get::<Tail<u16>>(&[0]).is_err());
     }
 
     #[test]

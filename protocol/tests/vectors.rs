@@ -123,8 +123,9 @@ pub fn samples() -> Vec<(u32, Frame, &'static str)> {
         (21, Recall { thread: THREAD, message: MSG }.into(), "Recall message MSG of thread 5."),
         (22, DeleteForMe { thread: THREAD, message: MSG }.into(), "Hide message MSG of thread 5 from the caller's own history."),
         (23, Readers { thread: GROUP, message: MSG }.into(), "Who has received and read message MSG of group thread 9."),
-        (24, Sync { since: 0, after_thread: 0, after_message: 0, limit: 200, watermark: 0 }.into(), "First sync of a new device: since = 0, first page, watermark 0 (the server takes one)."),
-        (25, Sync { since: MSG - 1_000_000, after_thread: THREAD, after_message: MSG, limit: 200, watermark: MSG + 10 }.into(), "Second page of a sync: same since, cursor and watermark from the previous batch."),
+        (24, Sync { since: 0, after_thread: 0, after_message: 0, limit: 200, watermark: 0, vector: Tail(None) }.into(), "First sync of a new device: since = 0, first page, watermark 0 (the server takes one); no vector (left out: nothing encoded)."),
+        (25, Sync { since: MSG - 1_000_000, after_thread: THREAD, after_message: MSG, limit: 200, watermark: MSG + 10, vector: Tail(None) }.into(), "Second page of a sync with one node: same since, cursor and watermark from the previous batch."),
+        (25, Sync { since: MSG - 1_000_000, after_thread: 0, after_message: 0, limit: 200, watermark: MSG - 40, vector: Tail::some(SyncVector { since: vec![MSG - 1_000_000, MSG - 1_000_030, MSG - 999_990], watermarks: vec![MSG + 10, MSG - 40, 0], after_node: 1 }) }.into(), "A page of a sync with a cluster of three nodes: per-node since of the last sync, the walk's watermarks so far (node 2 not reached yet), continuing at the start of node 1's part."),
         (26, Typing { thread: THREAD, active: true }.into(), "Typing in thread 5. Never answered, but still carries a non-zero request id."),
         (38, Edit { thread: THREAD, message: MSG, body: b(b"hi!") }.into(), "Replace the body of the caller's message MSG of thread 5 with \"hi!\"."),
         (39, React { thread: THREAD, message: MSG, reaction: "👍".into() }.into(), "React to message MSG of thread 5 with a thumbs-up (4 bytes of UTF-8)."),
@@ -197,8 +198,10 @@ pub fn samples() -> Vec<(u32, Frame, &'static str)> {
             watermark: MSG + 10,
             deleted: vec![MessageRef { thread: THREAD, id: MSG - 5 }],
             meta: vec![MessageMeta { id: MSG, reply_to: MSG - 7, edited_at: 0, reactions: vec![], mine: String::new() }],
+            vector: Tail(None),
         }.into(), "A sync page with one thread and one message, and a message of that thread the caller deleted for themselves on another device; more pages follow (ask with this watermark)."),
-        (25, SyncBatch { threads: vec![], messages: vec![], more: false, next_thread: 0, next_message: 0, watermark: MSG + 10, deleted: vec![], meta: vec![] }.into(), "The last (here empty) sync page of the same walk: the same watermark; store it."),
+        (25, SyncBatch { threads: vec![], messages: vec![], more: false, next_thread: 0, next_message: 0, watermark: MSG + 10, deleted: vec![], meta: vec![], vector: Tail(None) }.into(), "The last (here empty) sync page of the same walk: the same watermark; store it."),
+        (25, SyncBatch { threads: vec![], messages: vec![], more: false, next_thread: 0, next_message: 0, watermark: MSG - 40, deleted: vec![], meta: vec![], vector: Tail::some(BatchVector { watermarks: vec![MSG + 10, MSG - 40, MSG - 5], next_node: 0 }) }.into(), "The last page of a walk over a cluster of three nodes: every node's watermark (store them as the next since vector); the scalar is their minimum."),
         (23, ReadersList { thread: GROUP, message: MSG, delivered: vec![ALICE, BOB], read: vec![ALICE] }.into(), "Message MSG reached users 17 and 42; user 17 read it."),
         (29, Contacts { users: vec![UserInfo { id: BOB, handle: "bob".into() }, UserInfo { id: CAROL, handle: "carol".into() }] }.into(), "Two contacts."),
         (30, Users { users: vec![UserInfo { id: BOB, handle: "bob".into() }, UserInfo { id: CAROL, handle: "carol".into() }] }.into(), "The two users asked for."),
@@ -276,6 +279,27 @@ fn peer_samples() -> Vec<(PeerFrame, &'static str)> {
         .into(),
         &mut send,
     );
+    let mut list = BytesMut::new();
+    encode(
+        0,
+        &ListThreads {
+            before_msg_id: 0,
+            before_thread: 0,
+            limit: 50,
+        }
+        .into(),
+        &mut list,
+    );
+    let mut listed = BytesMut::new();
+    encode(
+        0,
+        &ThreadList {
+            threads: vec![],
+            more: false,
+        }
+        .into(),
+        &mut listed,
+    );
     vec![
         (PeerHello { version: PEER_VERSION, node: "n1".into(), membership: 0x0123_4567_89ab_cdef }.into(), "Node n1 dials: node protocol version 1 and the hash of its member list."),
         (PeerWelcome { version: PEER_VERSION, node: "n2".into(), membership: 0x0123_4567_89ab_cdef }.into(), "Node n2 accepts: same version, same member list hash."),
@@ -285,6 +309,8 @@ fn peer_samples() -> Vec<(PeerFrame, &'static str)> {
         (Forward { lane: THREAD, origin: origin.clone(), request_id: 15, user: ALICE, device: 1, frame: send.freeze(), checked: UsersChecked::No }.into(), "SEND#15 of user 17 (device 1, connection shard 1 slot 77 gen 3 on node 0) forwarded to the owner of thread 5, on lane 5; frame is the client's SEND, encoded; it names no users to check."),
         (ForwardReply { origin: origin.clone(), frame: sent.freeze() }.into(), "The owner's answer for that connection: SENT#15, encoded."),
         (PushBatch { users: vec![BOB, CAROL], except: Some(origin), frame: push.freeze() }.into(), "MESSAGE_PUSH for users 42 and 50 homed on the receiving node, not to the sender's own connection; the push is encoded once."),
+        (PeerRead { id: 9, user: ALICE, device: 1, frame: list.freeze() }.into(), "Read 9 from user 17's home: user 17's part of LIST_THREADS (first page, 50 rows) on the receiving node."),
+        (PeerReadReply { id: 9, frame: listed.freeze() }.into(), "The answer to read 9: an empty THREAD_LIST (user 17 is in no thread this node owns)."),
     ]
 }
 

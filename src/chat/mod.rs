@@ -123,6 +123,7 @@ mod threads;
 pub use contacts::check_get_users;
 pub use engine::Engine;
 pub use media::MEDIA_CHUNK_OVERHEAD;
+pub use threads::list_limit;
 
 impl Shared {
     pub fn new(store: Store, clock: Arc<Clock>, config: ChatConfig, shards: usize) -> Arc<Self> {

@@ -165,6 +165,7 @@ impl World {
                     after_message,
                     limit,
                     watermark,
+                    vector: Default::default(),
                 },
             ) else {
                 panic!()
@@ -692,6 +693,7 @@ fn a_message_committed_between_sync_pages_into_a_walked_thread_is_not_skipped() 
             after_message: 0,
             limit: 4,
             watermark: 0,
+            vector: Default::default(),
         },
     );
     assert!(page1.more);
@@ -707,6 +709,7 @@ fn a_message_committed_between_sync_pages_into_a_walked_thread_is_not_skipped() 
             after_message: page1.next_message,
             limit: 4,
             watermark: page1.watermark,
+            vector: Default::default(),
         },
     );
     assert!(!page2.more);
@@ -732,6 +735,7 @@ fn a_sync_continuation_needs_the_walks_watermark_and_cannot_claim_a_future_one()
         after_message: 0,
         limit: 0,
         watermark: 0,
+        vector: Default::default(),
     };
     assert_eq!(w.error(&b, continuation), ErrorCode::InvalidArgument);
     let future = sync_page(
@@ -743,6 +747,7 @@ fn a_sync_continuation_needs_the_walks_watermark_and_cannot_claim_a_future_one()
             after_message: 0,
             limit: 0,
             watermark: u64::MAX,
+            vector: Default::default(),
         },
     );
     assert!(future.watermark <= w.shared.watermark());

@@ -582,6 +582,14 @@ impl Engine {
 
 /// The caller's threads by last message, newest first, from the committed state (runs on the
 /// read pool): one prefix scan of memberships and one batched read of records.
+/// The rows a LIST_THREADS page holds at most for the `limit` it asked for.
+pub fn list_limit(limit: u16) -> usize {
+    match limit {
+        0 => DEFAULT_LIST,
+        n => (n as usize).min(MAX_LIST),
+    }
+}
+
 pub(super) fn list_threads(
     shared: &Shared,
     caller: &Caller,
@@ -602,10 +610,7 @@ pub(super) fn list_threads(
         })
         .collect();
     rows.sort_unstable_by_key(|r| std::cmp::Reverse((r.0, r.1)));
-    let limit = match f.limit {
-        0 => DEFAULT_LIST,
-        n => (n as usize).min(MAX_LIST),
-    };
+    let limit = list_limit(f.limit);
     let mut threads = Vec::new();
     let mut size = 0;
     let mut more = false;

@@ -29,6 +29,7 @@ use courier_protocol::{decode_one, encode, ErrorCode, ErrorReply, Frame, MAX_FRA
 use crossbeam_channel::TrySendError;
 
 use super::links::{Inbound, NodeIndex, Payload};
+use super::reads::ClusterReads;
 use crate::caller::{Caller, ConnRef};
 use crate::chat::Engine;
 use crate::shard::mailbox::ShardMsg;
@@ -175,15 +176,18 @@ pub struct Forwarding {
     /// Scratch: error answers encoded here.
     enc: BytesMut,
     warned: bool,
+    /// Cross-node reads: `PEER_READ` parts to serve here, and the replies to our own.
+    reads: Arc<ClusterReads>,
 }
 
 impl Forwarding {
-    pub fn new(core: Arc<OnceLock<Arc<Core>>>) -> Forwarding {
+    pub fn new(core: Arc<OnceLock<Arc<Core>>>, reads: Arc<ClusterReads>) -> Forwarding {
         Forwarding {
             core,
             refs: Vec::new(),
             enc: BytesMut::new(),
             warned: false,
+            reads,
         }
     }
 
@@ -354,6 +358,12 @@ impl Forwarding {
 
 impl Inbound for Forwarding {
     fn deliver(&mut self, from: NodeIndex, payload: Payload) {
+        // Cross-node reads have their own workers and need no shard.
+        let payload = match payload {
+            Payload::PeerRead(read) => return self.reads.accept(from, read),
+            Payload::PeerReadReply(reply) => return self.reads.reply(reply),
+            other => other,
+        };
         let Some(core) = self.core.get().cloned() else {
             return self.drop_one(None, from, "a payload");
         };
@@ -361,6 +371,7 @@ impl Inbound for Forwarding {
             Payload::Forward(f) => self.forward(&core, from, f),
             Payload::ForwardReply(r) => self.answer(&core, from, r),
             Payload::PushBatch(b) => self.push(&core, from, b),
+            Payload::PeerRead(_) | Payload::PeerReadReply(_) => {}
         }
     }
 }

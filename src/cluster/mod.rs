@@ -11,6 +11,7 @@
 pub mod forward;
 pub mod links;
 pub mod partition;
+pub mod reads;
 pub mod ring;
 
 use std::collections::HashMap;

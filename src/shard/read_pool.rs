@@ -32,6 +32,7 @@ use super::mailbox::{Mailbox, ShardMsg};
 use super::Faults;
 use crate::caller::Caller;
 use crate::chat::{Engine, Shared};
+use crate::cluster::reads::{ClusterReads, PartJob};
 use crate::metrics::{Metrics, ReadMetrics};
 
 /// Tests only: when this environment variable names a path, every read job waits until a file
@@ -115,10 +116,18 @@ impl ReadQueue {
 pub struct ReadPool {
     queue: ReadQueue,
     workers: Vec<JoinHandle<()>>,
+    /// In a cluster: the workers that answer other nodes' `PEER_READ`s, and their queue.
+    parts: Option<PartWorkers>,
 }
 
+/// The part workers' queue (`None` stops one) and their threads.
+type PartWorkers = (Sender<Option<PartJob>>, Vec<JoinHandle<()>>);
+
 impl ReadPool {
-    /// Starts `threads` workers; at most `bound` reads are in flight at once.
+    /// Starts `threads` workers; at most `bound` reads are in flight at once. In a cluster
+    /// (`cluster`), LIST_THREADS and SYNC gather the other nodes' parts, and `threads` more
+    /// *part workers* answer the other nodes' parts from a queue of `bound` (they read only
+    /// this node's store and never wait on another node, so nodes never wait on each other).
     pub fn spawn(
         shared: Arc<Shared>,
         mailboxes: Arc<[Mailbox]>,
@@ -126,6 +135,7 @@ impl ReadPool {
         faults: &Faults,
         threads: usize,
         bound: usize,
+        cluster: Option<Arc<ClusterReads>>,
     ) -> std::io::Result<ReadPool> {
         let (tx, rx) = crossbeam_channel::bounded(bound.max(1));
         let gate = std::env::var_os(TEST_GATE_ENV).map(PathBuf::from);
@@ -138,12 +148,29 @@ impl ReadPool {
                     metrics: metrics.clone(),
                     gate: gate.clone(),
                     panic_on_history_limit: faults.panic_on_history_limit,
+                    cluster: cluster.clone(),
                 };
                 std::thread::Builder::new()
                     .name(format!("read-{i}"))
                     .spawn(move || worker.run())
             })
             .collect::<std::io::Result<_>>()?;
+        let parts = match cluster {
+            Some(cluster) => {
+                let (tx, rx) = crossbeam_channel::bounded::<Option<PartJob>>(bound.max(1));
+                let handles = (0..threads.max(1))
+                    .map(|i| {
+                        let (rx, cluster, shared) = (rx.clone(), cluster.clone(), shared.clone());
+                        std::thread::Builder::new()
+                            .name(format!("read-part-{i}"))
+                            .spawn(move || run_parts(&cluster, &shared, &rx))
+                    })
+                    .collect::<std::io::Result<_>>()?;
+                cluster.set_parts(tx.clone());
+                Some((tx, handles))
+            }
+            None => None,
+        };
         Ok(ReadPool {
             queue: ReadQueue {
                 tx,
@@ -152,6 +179,7 @@ impl ReadPool {
                 bound: bound.max(1),
             },
             workers,
+            parts,
         })
     }
 
@@ -172,6 +200,35 @@ impl ReadPool {
                 tracing::error!("a read worker panicked");
             }
         }
+        if let Some((tx, handles)) = self.parts {
+            // One stop (`None`) per part worker, behind the parts already queued.
+            for _ in &handles {
+                if tx.send(None).is_err() {
+                    break;
+                }
+            }
+            for h in handles {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+/// A part worker: answers other nodes' `PEER_READ`s until it is sent `None`.
+fn run_parts(cluster: &ClusterReads, shared: &Shared, rx: &Receiver<Option<PartJob>>) {
+    for job in rx {
+        let Some(job) = job else { return };
+        // Like a read, a part holds no state: a panic costs only its answer (the asking node
+        // answers UNAVAILABLE at its deadline), and the worker goes on.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cluster.run_part(shared, job)
+        }));
+        if let Err(panic) = ran {
+            tracing::error!(
+                "a read part for another node panicked: {}",
+                super::panic_message(&*panic)
+            );
+        }
     }
 }
 
@@ -183,6 +240,8 @@ struct Worker {
     gate: Option<PathBuf>,
     /// Fault injection: a HISTORY with this limit panics (tests only).
     panic_on_history_limit: Option<u16>,
+    /// In a cluster: LIST_THREADS and SYNC gather every node's part.
+    cluster: Option<Arc<ClusterReads>>,
 }
 
 impl Worker {
@@ -218,7 +277,10 @@ impl Worker {
             // until every read waited forever behind a healthy-looking server.
             let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.inject_panic(&frame);
-                Engine::read(&self.shared, &caller, frame)
+                match &self.cluster {
+                    Some(cluster) => cluster.read(&self.shared, &caller, frame),
+                    None => Engine::read(&self.shared, &caller, frame),
+                }
             }))
             .unwrap_or_else(|panic| {
                 tracing::error!(

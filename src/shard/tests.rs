@@ -87,6 +87,7 @@ impl Rig {
             &Faults::default(),
             1,
             16,
+            None,
         )
         .unwrap()
         .queue();

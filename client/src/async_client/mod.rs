@@ -227,7 +227,7 @@ impl Inner {
 
     /// Asks for `SYNC` pages on `conn` until the server says there are no more.
     async fn sync_pages(&self, conn: &Connection, since: u64) -> Result<SyncResult> {
-        let mut walk = SyncWalk::new(since, self.config.sync_page);
+        let mut walk = SyncWalk::new(since, self.watermarks_for(since), self.config.sync_page);
         loop {
             let reply = conn
                 .request(walk.request(), self.config.request_timeout)

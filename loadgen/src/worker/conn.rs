@@ -139,6 +139,9 @@ pub struct Conn {
     awaiting: Awaiting,
     /// The SYNC watermark; starts at the run's start.
     since: u64,
+    /// Against a cluster: the last completed SYNC's watermark per node (`since` is their
+    /// minimum); empty against one node, or when `since` was set from the run's start.
+    since_vector: Box<[u64]>,
     /// The `since` of the running SYNC.
     sync_from: u64,
     /// Whether the running SYNC is a final one the parent asked for.
@@ -193,6 +196,7 @@ impl Conn {
             dirty: false,
             awaiting: Awaiting::Nothing,
             since: run_since,
+            since_vector: Box::default(),
             sync_from: run_since,
             final_sync_wanted: false,
             setup_queue: None,
@@ -337,6 +341,12 @@ impl Conn {
                     self.on_message(m, false, cx);
                 }
                 if b.more {
+                    // A cluster's walk carries its per-node watermarks back on every page.
+                    let vector = b.vector.0.map(|v| proto::SyncVector {
+                        since: self.since_vector.to_vec(),
+                        watermarks: v.watermarks,
+                        after_node: v.next_node,
+                    });
                     let id = self.send_frame(
                         proto::Sync {
                             since: self.since,
@@ -344,12 +354,14 @@ impl Conn {
                             after_message: b.next_message,
                             limit: SYNC_LIMIT,
                             watermark: b.watermark,
+                            vector: proto::Tail(vector),
                         },
                         now,
                     );
                     self.awaiting = Awaiting::Sync(id);
                 } else {
                     self.since = b.watermark;
+                    self.since_vector = b.vector.0.map(|v| v.watermarks).unwrap_or_default().into();
                     self.awaiting = Awaiting::Nothing;
                     if self.final_sync_wanted {
                         if self.sync_from <= cx.run_since {
@@ -358,6 +370,7 @@ impl Conn {
                         } else {
                             // The final sync was asked for while a later one ran: go again.
                             self.since = cx.run_since;
+                            self.since_vector = Box::default();
                             self.start_sync(now);
                             return Outcome::Continue;
                         }
@@ -478,6 +491,11 @@ impl Conn {
                 after_message: 0,
                 limit: SYNC_LIMIT,
                 watermark: 0,
+                vector: proto::Tail((!self.since_vector.is_empty()).then(|| proto::SyncVector {
+                    since: self.since_vector.to_vec(),
+                    watermarks: Vec::new(),
+                    after_node: 0,
+                })),
             },
             now,
         );
@@ -487,6 +505,7 @@ impl Conn {
     /// A SYNC from the start of the run, asked for by the parent.
     pub fn start_final_sync(&mut self, run_since: u64, now: u64) {
         self.since = run_since;
+        self.since_vector = Box::default();
         self.final_sync_wanted = true;
         if self.state == State::Ready && self.awaiting == Awaiting::Nothing {
             self.start_sync(now);

@@ -53,6 +53,12 @@ impl<T: Arb + 'static> Arb for Option<T> {
     }
 }
 
+impl<T: Arb + 'static> Arb for Tail<T> {
+    fn arb() -> BoxedStrategy<Self> {
+        proptest::option::of(T::arb()).prop_map(Tail).boxed()
+    }
+}
+
 macro_rules! arb_enums {
     ($($t:ident),*) => {$(
         impl Arb for $t {
@@ -112,6 +118,8 @@ arb_structs! {
     Presence { user, online, last_seen }
     Stat { name, value }
     MessageRef { thread, id }
+    SyncVector { since, watermarks, after_node }
+    BatchVector { watermarks, next_node }
 }
 
 /// Implements [`Arb`] for every frame body and lists a `Frame` strategy per frame type.
@@ -149,7 +157,7 @@ arb_frames! {
     Recall { thread, message }
     DeleteForMe { thread, message }
     Readers { thread, message }
-    Sync { since, after_thread, after_message, limit, watermark }
+    Sync { since, after_thread, after_message, limit, watermark, vector }
     Typing { thread, active }
     Edit { thread, message, body }
     React { thread, message, reaction }
@@ -173,7 +181,7 @@ arb_frames! {
     ThreadList { threads, more }
     Sent { thread, message, client_msg_id }
     Messages { thread, messages, more, meta }
-    SyncBatch { threads, messages, more, next_thread, next_message, watermark, deleted, meta }
+    SyncBatch { threads, messages, more, next_thread, next_message, watermark, deleted, meta, vector }
     ReadersList { thread, message, delivered, read }
     Contacts { users }
     User { user }

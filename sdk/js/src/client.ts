@@ -275,7 +275,13 @@ export class Client extends ClientCore {
 
   /** Like sync() from an explicit watermark. */
   async syncSince(since: bigint): Promise<SyncResult> {
-    const result = await syncPages(this.current(), since, this.config.syncPage, this.config.requestTimeoutMs);
+    const result = await syncPages(
+      this.current(),
+      since,
+      this.config.syncPage,
+      this.config.requestTimeoutMs,
+      this.vectorFor(since),
+    );
     this.recordSync(result, false, []);
     return result;
   }

@@ -63,6 +63,8 @@ export class ClientCore {
   private url: string;
   private authOk: AuthOk | undefined;
   protected watermarkNow: bigint | undefined;
+  /** A cluster's per-node watermarks that `watermarkNow` is the minimum of; else empty. */
+  protected watermarksNow: bigint[] = [];
   private readonly dedupe = new Dedupe();
   /** A resync is running: pushed messages wait in `held` to come out after the backlog. */
   private resyncing = false;
@@ -161,6 +163,7 @@ export class ClientCore {
     if (saved === undefined) return Promise.reject(new ClientError({ kind: "NotLoggedIn" }));
     if (saved.watermark !== undefined && this.watermarkNow === undefined) {
       this.watermarkNow = saved.watermark;
+      this.watermarksNow = saved.watermarks;
     }
     return this.resume(saved.token);
   }
@@ -297,16 +300,28 @@ export class ClientCore {
     return this.watermarkNow;
   }
 
+  /** A cluster's per-node watermarks saved with `watermark` (empty from a single node). */
+  get watermarks(): bigint[] {
+    return this.watermarksNow;
+  }
+
   /**
-   * Sets the watermark saved from an earlier run. A reconnecting client that logs in with a
-   * watermark set delivers what it missed since then as events.
+   * Sets the watermark saved from an earlier run (with a cluster's per-node watermarks, if
+   * saved). A reconnecting client that logs in with a watermark set delivers what it missed
+   * since then as events.
    */
-  setWatermark(watermark: bigint): void {
+  setWatermark(watermark: bigint, perNode: bigint[] = []): void {
     this.watermarkNow = watermark;
+    this.watermarksNow = perNode;
     const storage = this.config.storage;
     if (storage !== null && this.authOk !== undefined) {
-      saveWatermark(storage, this.config.storagePrefix, watermark);
+      saveWatermark(storage, this.config.storagePrefix, watermark, perNode);
     }
+  }
+
+  /** The per-node watermarks saved with `since`, if `since` is the saved watermark. */
+  protected vectorFor(since: bigint): bigint[] {
+    return since === this.watermarkNow ? this.watermarksNow : [];
   }
 
   /** The URL the client (re)connects to: the one given, or the last redirect's. */
@@ -435,7 +450,14 @@ export class ClientCore {
       for (let round = 1; ; round++) {
         const since = this.watermarkNow;
         this.heldDropped = false;
-        const synced = await syncPages(conn, since ?? 0n, this.config.syncPage, this.config.requestTimeoutMs);
+        const from = since ?? 0n;
+        const synced = await syncPages(
+          conn,
+          from,
+          this.config.syncPage,
+          this.config.requestTimeoutMs,
+          this.vectorFor(from),
+        );
         this.recordSync(synced, since !== undefined, out);
         if (!this.heldDropped || round >= MAX_CATCH_UP_ROUNDS) break;
       }
@@ -483,7 +505,7 @@ export class ClientCore {
     // Sync returns every message above `since` in a changed thread, so everything up to the
     // newest one returned has now been seen.
     for (const m of synced.messages) this.dedupe.raiseFloor(m.thread, m.id);
-    this.setWatermark(synced.watermark);
+    this.setWatermark(synced.watermark, synced.watermarks);
   }
 
   private onPush(f: Frame): void {

@@ -18,6 +18,7 @@ import {
   Reader,
   str,
   struct,
+  tail,
   u16,
   u32,
   u64,
@@ -134,6 +135,24 @@ export type Presence = Infer<typeof PresenceCodec>;
 
 export const MessageRefCodec = struct("MessageRef", { thread: u64, id: u64 });
 export type MessageRef = Infer<typeof MessageRefCodec>;
+
+/**
+ * `Sync.vector`, for a cluster: message ids are each thread's owner node's clock, so each node
+ * (by index in the sorted member list) has its own watermark.
+ */
+export const SyncVectorCodec = struct("SyncVector", {
+  /** Node index -> the last completed sync's watermark there; empty: `since` for every node. */
+  since: list(u64),
+  /** The walk's watermarks as the previous SyncBatch gave them; empty on a first page. */
+  watermarks: list(u64),
+  /** The node this page continues on (`BatchVector.nextNode`). */
+  afterNode: u16,
+});
+export type SyncVector = Infer<typeof SyncVectorCodec>;
+
+/** `SyncBatch.vector`: the walk's per-node watermarks (0n: not reached yet) and next node. */
+export const BatchVectorCodec = struct("BatchVector", { watermarks: list(u64), nextNode: u16 });
+export type BatchVector = Infer<typeof BatchVectorCodec>;
 
 export const StatCodec = struct("Stat", { name: str, value: u64 });
 export type Stat = Infer<typeof StatCodec>;
@@ -257,7 +276,15 @@ const FRAME_DEFS = {
   Readers: [0x25, { thread: u64, message: u64 }],
   Sync: [
     0x26,
-    { since: u64, afterThread: u64, afterMessage: u64, limit: u16, watermark: u64 },
+    {
+      since: u64,
+      afterThread: u64,
+      afterMessage: u64,
+      limit: u16,
+      watermark: u64,
+      /** A cluster only (left out, `undefined`, for a single node). */
+      vector: tail(SyncVectorCodec),
+    },
   ],
   Typing: [0x27, { thread: u64, active: bool }],
   /** The sender's new body for their message (within the edit window). */
@@ -301,6 +328,8 @@ const FRAME_DEFS = {
       deleted: list(MessageRefCodec),
       /** Replies, edits and reactions of those `messages` that have any. */
       meta: list(MessageMetaCodec),
+      /** A cluster only (`undefined` from a single node). */
+      vector: tail(BatchVectorCodec),
     },
   ],
   ReadersList: [0x89, { thread: u64, message: u64, delivered: list(u64), read: list(u64) }],

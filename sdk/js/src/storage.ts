@@ -30,10 +30,13 @@ export function defaultStorage(): TokenStorage {
   return ls ?? new MemoryStorage();
 }
 
-/** What the client saves, under `${prefix}token` and `${prefix}watermark`. */
+/** What the client saves, under `${prefix}token`, `${prefix}watermark` and (a cluster)
+ * `${prefix}watermarks`. */
 export interface SavedSession {
   token: Uint8Array;
   watermark: bigint | undefined;
+  /** A cluster's per-node watermarks (`watermark` is their minimum); empty otherwise. */
+  watermarks: bigint[];
 }
 
 export function hex(bytes: Uint8Array): string {
@@ -52,18 +55,29 @@ export function loadSession(storage: TokenStorage, prefix: string): SavedSession
   if (token === undefined || token.length === 0) return undefined;
   const w = storage.getItem(prefix + "watermark");
   const watermark = w !== null && /^[0-9]+$/.test(w) ? BigInt(w) : undefined;
-  return { token, watermark };
+  const v = storage.getItem(prefix + "watermarks");
+  const watermarks =
+    watermark !== undefined && v !== null && /^[0-9]+(,[0-9]+)*$/.test(v) ? v.split(",").map(BigInt) : [];
+  return { token, watermark, watermarks };
 }
 
 export function saveToken(storage: TokenStorage, prefix: string, token: Uint8Array): void {
   storage.setItem(prefix + "token", hex(token));
 }
 
-export function saveWatermark(storage: TokenStorage, prefix: string, watermark: bigint): void {
+export function saveWatermark(
+  storage: TokenStorage,
+  prefix: string,
+  watermark: bigint,
+  watermarks: bigint[] = [],
+): void {
   storage.setItem(prefix + "watermark", watermark.toString());
+  if (watermarks.length > 0) storage.setItem(prefix + "watermarks", watermarks.join(","));
+  else storage.removeItem(prefix + "watermarks");
 }
 
 export function forgetSession(storage: TokenStorage, prefix: string): void {
   storage.removeItem(prefix + "token");
   storage.removeItem(prefix + "watermark");
+  storage.removeItem(prefix + "watermarks");
 }

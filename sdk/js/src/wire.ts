@@ -144,6 +144,7 @@ export type Shape =
   | { kind: "enum"; name: string; names: ReadonlyMap<number, string> }
   | { kind: "list"; item: Codec<unknown> }
   | { kind: "opt"; item: Codec<unknown> }
+  | { kind: "tail"; item: Codec<unknown> }
   | { kind: "struct"; name: string; fields: ReadonlyArray<readonly [string, Codec<unknown>]> };
 
 /** How one type is laid out on the wire. `field` names the field in errors. */
@@ -280,6 +281,21 @@ export function opt<T>(item: Codec<T>): Codec<T | undefined> {
       if (tag === 1) return item.get(r, f);
       throw new DecodeError({ kind: "InvalidValue", field: f, value: tag });
     },
+  };
+}
+
+/**
+ * A field appended at the very end of a frame body that may be left out (Rust `wire::Tail`):
+ * written as its value when present and as nothing when `undefined`; a body that ends before
+ * it reads as `undefined`. Only the last field of a frame may be a tail.
+ */
+export function tail<T>(item: Codec<T>): Codec<T | undefined> {
+  return {
+    shape: { kind: "tail", item: item as Codec<unknown> },
+    put: (w, v, f) => {
+      if (v !== undefined) item.put(w, v, f);
+    },
+    get: (r, f) => (r.remaining() === 0 ? undefined : item.get(r, f)),
   };
 }
 

@@ -424,6 +424,8 @@ export class FakeServer {
       watermark,
       deleted: [],
       meta: page.flatMap((m) => this.metaOf(this.threads.get(m.thread)!, [m], user)),
+      // One node: no per-node watermarks.
+      vector: undefined,
     });
   }
 

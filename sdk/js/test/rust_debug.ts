@@ -62,6 +62,8 @@ export function valueDebug(codec: Codec<unknown>, v: unknown): string {
       return "[" + (v as unknown[]).map((x) => valueDebug(shape.item, x)).join(", ") + "]";
     case "opt":
       return v === undefined ? "None" : `Some(${valueDebug(shape.item, v)})`;
+    case "tail":
+      return v === undefined ? "Tail(None)" : `Tail(Some(${valueDebug(shape.item, v)}))`;
     case "struct": {
       if (shape.fields.length === 0) return shape.name;
       const rec = v as Record<string, unknown>;

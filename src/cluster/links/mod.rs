@@ -45,7 +45,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use courier_protocol::peer::{Forward, ForwardReply, PeerFrame, PushBatch, PEER_MAX_FRAME_LEN};
+use courier_protocol::peer::{
+    Forward, ForwardReply, PeerFrame, PeerRead, PeerReadReply, PushBatch, PEER_MAX_FRAME_LEN,
+};
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Poll, Waker};
 
@@ -71,6 +73,8 @@ pub enum Payload {
     Forward(Forward),
     ForwardReply(ForwardReply),
     PushBatch(PushBatch),
+    PeerRead(PeerRead),
+    PeerReadReply(PeerReadReply),
 }
 
 impl Payload {
@@ -79,6 +83,8 @@ impl Payload {
             Payload::Forward(f) => f.into(),
             Payload::ForwardReply(f) => f.into(),
             Payload::PushBatch(f) => f.into(),
+            Payload::PeerRead(f) => f.into(),
+            Payload::PeerReadReply(f) => f.into(),
         }
     }
 
@@ -87,6 +93,8 @@ impl Payload {
             PeerFrame::Forward(f) => Some(Payload::Forward(f)),
             PeerFrame::ForwardReply(f) => Some(Payload::ForwardReply(f)),
             PeerFrame::PushBatch(f) => Some(Payload::PushBatch(f)),
+            PeerFrame::PeerRead(f) => Some(Payload::PeerRead(f)),
+            PeerFrame::PeerReadReply(f) => Some(Payload::PeerReadReply(f)),
             _ => None,
         }
     }

@@ -114,13 +114,13 @@ pub fn run(cli: &Cli) -> CliResult {
         .with_encryption(crate::encryption(cli, &server)?);
     let client = Client::connect(&server, config)?;
     crate::learned_key(cli, &server, &client)?;
-    if let Some(w) = cfg.watermark.filter(|_| cfg.token_for(&server).is_some()) {
+    if cfg.token_for(&server).is_some() {
         // Messages missed since the last run come out of the event stream.
-        client.set_watermark(w);
+        cfg.restore_watermark(&client);
     }
     let auth = authenticate(&client, &server, &mut cfg)?;
     cfg.remember_auth(&client.server_addr(), &auth);
-    cfg.watermark = client.watermark().or(cfg.watermark);
+    cfg.remember_watermark(&client);
     cfg.save()?;
     println!(
         "{BOLD}logged in as {} on {}{RESET} — /help for commands",
@@ -156,7 +156,7 @@ pub fn run(cli: &Cli) -> CliResult {
     // messages that arrived unseen still show in the thread list's unread counts.
     let _ = client.sync();
     let mut ui = ui.lock();
-    ui.cfg.watermark = client.watermark().or(ui.cfg.watermark);
+    ui.cfg.remember_watermark(&client);
     ui.cfg.save()?;
     // The client is not closed here: the event thread would report the end of the session as
     // a failure. The process exits and the token stays valid for the next run.
@@ -577,7 +577,7 @@ fn event_loop(client: &Client, ui: &Mutex<Ui>) {
                 let why = reason.map_or("connection closed".to_string(), |c| c.to_string());
                 println!("{DIM}! session ended: {why}{RESET}");
                 let mut ui = ui.lock();
-                ui.cfg.watermark = client.watermark().or(ui.cfg.watermark);
+                ui.cfg.remember_watermark(client);
                 if reason == Some(ErrorCode::SessionRevoked) {
                     ui.cfg.forget_auth();
                 }

@@ -22,6 +22,9 @@ pub struct CliConfig {
     pub token: Option<String>,
     /// The last sync watermark.
     pub watermark: Option<u64>,
+    /// Against a cluster: the per-node watermarks `watermark` is the minimum of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watermarks: Vec<u64>,
     /// User id → handle, learned from lookups and `GET_USERS`, so each id is asked once.
     #[serde(default)]
     pub users: BTreeMap<String, String>,
@@ -122,6 +125,7 @@ impl CliConfig {
         if self.server.as_deref() != Some(server) || self.user != Some(auth.user) {
             // Another account or server: the old watermark means nothing there.
             self.watermark = None;
+            self.watermarks.clear();
         }
         self.server = Some(server.to_string());
         self.handle = Some(auth.handle.clone());
@@ -135,6 +139,22 @@ impl CliConfig {
     pub fn forget_auth(&mut self) {
         self.token = None;
         self.watermark = None;
+        self.watermarks.clear();
+    }
+
+    /// Saves the client's watermark (and per-node watermarks), if it has one.
+    pub fn remember_watermark(&mut self, client: &courier_client::Client) {
+        if let Some(w) = client.watermark() {
+            self.watermark = Some(w);
+            self.watermarks = client.watermarks();
+        }
+    }
+
+    /// Gives the client the saved watermark (and per-node watermarks), if any.
+    pub fn restore_watermark(&self, client: &courier_client::Client) {
+        if let Some(w) = self.watermark {
+            client.set_watermarks(w, self.watermarks.clone());
+        }
     }
 
     /// A user's handle if known, else `user#ID`.

@@ -36,7 +36,9 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             .map_err(|e| CliError::for_account(e, handle))?;
             cfg.remember_auth(&client.server_addr(), &auth);
             // A `sync` from here on shows what is new since this login.
-            cfg.watermark = cfg.watermark.or(client.watermark());
+            if cfg.watermark.is_none() {
+                cfg.remember_watermark(&client);
+            }
             cfg.save()?;
             let verb = if register {
                 "registered and logged in"
@@ -284,11 +286,10 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
         }
         Command::Sync => {
             let client = session(cli, &server, &cfg)?;
-            if let Some(w) = cfg.watermark {
-                client.set_watermark(w);
-            }
+            cfg.restore_watermark(&client);
             let result = client.sync()?;
             cfg.watermark = Some(result.watermark);
+            cfg.watermarks = result.watermarks.clone();
             cfg.save()?;
             learn_users(
                 &client,
