@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use courier_protocol::noise::Keypair;
 use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
@@ -65,6 +66,16 @@ pub enum Error {
     },
     #[error("the cluster's member list cannot be used: {0}")]
     Membership(#[from] links::MembershipError),
+    #[error(
+        "this node's --peer entry (`{node}`) has the key {listed}, but its data directory's key \
+         (noise.key) is {actual}: put {actual} in `{node}`'s entry of the --peer list on every \
+         node (or restore the noise.key that belongs to {listed})"
+    )]
+    OwnKeyMismatch {
+        node: String,
+        listed: courier_protocol::noise::PublicKey,
+        actual: courier_protocol::noise::PublicKey,
+    },
     #[error("cannot start the event loops: {0}")]
     Io(#[from] std::io::Error),
     #[error("shard {} failed ({}); the server stopped after syncing what was committed. A service manager restarts it; if it keeps failing, report this message and the log above it", .0.shard, .0.what)]
@@ -171,7 +182,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
             .map_err(|source| Error::Metrics { addr, source })?;
         tracing::info!("metrics on http://{at}/metrics");
     }
-    let (links, link_thread) = match start_links(&config, &metrics)? {
+    let (links, link_thread) = match start_links(&config, noise_key.as_ref(), &metrics)? {
         Some((links, thread)) => (Some(links), Some(thread)),
         None => (None, None),
     };
@@ -271,11 +282,29 @@ pub fn serve(config: Config) -> Result<(), Error> {
 
 /// Starts the link thread when the node has peers: binds the cluster address and dials every
 /// other node (see `cluster::links`).
-fn start_links(config: &Config, metrics: &Metrics) -> Result<Option<(Links, LinkThread)>, Error> {
+fn start_links(
+    config: &Config,
+    noise_key: Option<&Keypair>,
+    metrics: &Metrics,
+) -> Result<Option<(Links, LinkThread)>, Error> {
     if config.peers.is_empty() {
         return Ok(None);
     }
     let membership = links::Membership::new(config.members(), &config.node_id)?;
+    if let Some(key) = noise_key {
+        let own = membership
+            .index_of(&config.node_id)
+            .and_then(|i| membership.node(i))
+            .and_then(|n| n.key);
+        // `Config::check` already refused an encrypted cluster with a keyless entry.
+        if let Some(listed) = own.filter(|&listed| listed != key.public()) {
+            return Err(Error::OwnKeyMismatch {
+                node: config.node_id.clone(),
+                listed,
+                actual: key.public(),
+            });
+        }
+    }
     let own = links::cluster_addr(&membership, &config.node_id);
     let addr = config
         .cluster_listen
@@ -288,6 +317,7 @@ fn start_links(config: &Config, metrics: &Metrics) -> Result<Option<(Links, Link
     let link_config = LinkConfig {
         pool: config.peer_links,
         queue_bytes: config.peer_queue_bytes,
+        noise: noise_key.cloned(),
         ..LinkConfig::default()
     };
     let hash = membership.hash();
@@ -301,8 +331,9 @@ fn start_links(config: &Config, metrics: &Metrics) -> Result<Option<(Links, Link
     )?;
     let _ = metrics.links.set(links.metrics());
     tracing::info!(
-        "cluster links on {bound}: linking to {others} other node(s), {} links each, member list hash {hash:016x}",
-        config.peer_links
+        "cluster links on {bound}: linking to {others} other node(s), {} links each, {}, member list hash {hash:016x}",
+        config.peer_links,
+        if noise_key.is_some() { "encrypted (Noise IK, keys from --peer)" } else { "plain TCP (--insecure-plaintext)" }
     );
     Ok(Some((links, thread)))
 }

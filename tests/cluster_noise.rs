@@ -1,0 +1,213 @@
+//! Encrypted clusters of real `courier serve` nodes on loopback: every node's key is in the
+//! `--peer` list, links run Noise IK under the node frames (NOISE.md section 6), and a node
+//! whose key is not the listed one is refused with a clear log line on both sides.
+
+mod util;
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use courier_protocol::noise::Keypair;
+use util::{write_key, Server};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of the sample `name{labels}` in Prometheus text, if present.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn node_key(i: usize) -> Keypair {
+    Keypair::from_private([0x31 + i as u8; 32])
+}
+
+/// (client port, cluster port) of n0, n1, n2, and the keys their `--peer` entries list.
+struct Plan {
+    ports: Vec<(u16, u16)>,
+    listed: Vec<Keypair>,
+}
+
+impl Plan {
+    fn new() -> Plan {
+        Plan {
+            ports: (0..3).map(|_| (free_port(), free_port())).collect(),
+            listed: (0..3).map(node_key).collect(),
+        }
+    }
+
+    fn args(&self, i: usize) -> Vec<String> {
+        let mut args = vec![
+            "--node-id".to_owned(),
+            format!("n{i}"),
+            "--listen".to_owned(),
+            format!("127.0.0.1:{}", self.ports[i].0),
+            "--metrics".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ];
+        for (j, (client, cluster)) in self.ports.iter().enumerate() {
+            args.push("--peer".to_owned());
+            args.push(format!(
+                "n{j}=127.0.0.1:{client}@127.0.0.1:{cluster}#{}",
+                self.listed[j].public()
+            ));
+        }
+        args
+    }
+
+    /// Node `i`, holding `key` in its data directory.
+    fn start(&self, i: usize, key: &Keypair) -> Server {
+        let args = self.args(i);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start_keyed(key, &args)
+    }
+}
+
+fn peer_up(server: &Server, peer: &str) -> bool {
+    sample(
+        &server.metrics(),
+        &format!("courier_peer_up{{peer=\"{peer}\"}}"),
+    ) == Some(1.0)
+}
+
+#[test]
+fn three_nodes_with_listed_keys_link_encrypted() {
+    let plan = Plan::new();
+    let nodes: Vec<Server> = (0..3).map(|i| plan.start(i, &node_key(i))).collect();
+    wait_for("every node linked", Duration::from_secs(15), || {
+        (0..3).all(|i| {
+            (0..3)
+                .filter(|&j| j != i)
+                .all(|j| peer_up(&nodes[i], &format!("n{j}")))
+        })
+    });
+    assert!(
+        nodes[0]
+            .log()
+            .contains("encrypted (Noise IK, keys from --peer)"),
+        "{}",
+        nodes[0].log()
+    );
+}
+
+#[test]
+fn a_node_whose_entry_has_another_key_stops_at_start_and_says_which() {
+    let plan = Plan::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    // n0's data directory holds a key that is not the one its --peer entry lists.
+    let actual = Keypair::from_private([0x77; 32]);
+    write_key(&data_dir, &actual);
+    let out = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(plan.args(0))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "this node's --peer entry (`n0`) has the key {}",
+            plan.listed[0].public()
+        )) && stderr.contains(&format!("put {} in `n0`'s entry", actual.public())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_encrypted_cluster_without_keys_in_the_list_is_refused_at_start() {
+    let (client, cluster) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--node-id", "n0", "--peer"])
+        .arg(format!("n0=127.0.0.1:{client}@127.0.0.1:{cluster}"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ID=CLIENT_ADDR@CLUSTER_ADDR#KEY") && stderr.contains("courier keys"),
+        "{stderr}"
+    );
+}
+
+/// n1 was re-keyed (its data directory holds a new key, its own list says so) but n0 and n2
+/// still list its old key: both directions between n1 and the others are refused, each side
+/// says why in its log, and `courier_peer_refusals_total{reason="key"}` counts it.
+#[test]
+fn a_node_with_another_key_than_the_listed_one_is_refused_on_both_sides() {
+    let plan = Plan::new();
+    let n0 = plan.start(0, &node_key(0));
+    let rekeyed = Keypair::from_private([0x99; 32]);
+    let n1 = {
+        let mut own = Plan {
+            ports: plan.ports.clone(),
+            listed: plan.listed.clone(),
+        };
+        own.listed[1] = rekeyed.clone();
+        own.start(1, &rekeyed)
+    };
+    let out = "courier_peer_refusals_total{peer=\"n1\",direction=\"out\",reason=\"key\"}";
+    let inbound = "courier_peer_refusals_total{peer=\"n1\",direction=\"in\",reason=\"key\"}";
+    let n1_out = "courier_peer_refusals_total{peer=\"n0\",direction=\"out\",reason=\"key\"}";
+    let n1_unknown =
+        "courier_peer_refusals_total{peer=\"unknown\",direction=\"in\",reason=\"key\"}";
+    wait_for("both directions refused", Duration::from_secs(15), || {
+        let (m0, m1) = (n0.metrics(), n1.metrics());
+        [(&m0, out), (&m0, inbound), (&m1, n1_out), (&m1, n1_unknown)]
+            .iter()
+            .all(|(m, series)| sample(m, series).unwrap_or(0.0) >= 1.0)
+    });
+    assert!(!peer_up(&n0, "n1") && !peer_up(&n1, "n0"));
+    let (log0, log1) = (n0.log(), n1.log());
+    let old = plan.listed[1].public();
+    let new = rekeyed.public();
+    // n0 dialed n1 with the old key pinned: n1 cannot read the handshake.
+    assert!(
+        log0.contains(&format!(
+            "cluster node n1 refused our link: node n1 does not hold the key its --peer entry gives ({old})"
+        )),
+        "n0's log:\n{log0}"
+    );
+    assert!(
+        log1.contains("a node dialed with a key pinned for `n1` that is not its key"),
+        "n1's log:\n{log1}"
+    );
+    // n1 dialed n0: the handshake works, and n0 refuses the key n1 proved.
+    assert!(
+        log0.contains(&format!(
+            "refused a link from n1: node `n1` proved the key {new}, but the --peer list here gives {old}"
+        )),
+        "n0's log:\n{log0}"
+    );
+    assert!(
+        log1.contains(&format!(
+            "cluster node n0 refused our link: node `n1` proved the key {new}"
+        )),
+        "n1's log:\n{log1}"
+    );
+}
