@@ -147,7 +147,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
             },
             ..Thresholds::default()
         },
-        router: Some(Router::new(&config.node_id, &config.peers)),
+        router: Some(Router::new(&config.node_id, &config.peers).with_keys(&config.peer_keys)),
         token_idle_us,
         ..AuthConfig::default()
     };
@@ -209,7 +209,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         metrics.media.clone(),
     )?;
     let core = Arc::new(Core {
-        router: Router::new(&config.node_id, &config.peers),
+        router: Router::new(&config.node_id, &config.peers).with_keys(&config.peer_keys),
         links,
         config,
         chat,

@@ -1,6 +1,8 @@
 //! Encrypted clusters of real `courier serve` nodes on loopback: every node's key is in the
 //! `--peer` list, links run Noise IK under the node frames (NOISE.md section 6), and a node
-//! whose key is not the listed one is refused with a clear log line on both sides.
+//! whose key is not the listed one is refused with a clear log line on both sides. A client
+//! pinned to the key of the node it reaches follows a `REDIRECT` to another node by pinning the
+//! key the `REDIRECT` names.
 
 mod util;
 
@@ -8,6 +10,8 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use courier::cluster::{partition, Router};
+use courier_client::{Client, ClientConfig};
 use courier_protocol::noise::Keypair;
 use util::{write_key, Server};
 
@@ -210,4 +214,47 @@ fn a_node_with_another_key_than_the_listed_one_is_refused_on_both_sides() {
         )),
         "n1's log:\n{log1}"
     );
+}
+
+/// The index of the node that is home to `handle` among n0, n1, n2.
+fn home_of(handle: &str) -> usize {
+    let peers: Vec<(String, String)> = (0..3).map(|i| (format!("n{i}"), String::new())).collect();
+    let owner = Router::new("n0", &peers)
+        .owner(partition::of_handle(handle))
+        .to_owned();
+    (0..3).find(|&i| owner == format!("n{i}")).unwrap()
+}
+
+#[test]
+fn a_client_pinned_to_one_node_follows_a_redirect_to_another_and_logs_in_there_encrypted() {
+    let plan = Plan::new();
+    let nodes: Vec<Server> = (0..3).map(|i| plan.start(i, &node_key(i))).collect();
+    let entry = 0;
+    let home = 1;
+    let handle = (0..)
+        .map(|i| format!("carol{i}"))
+        .find(|h| home_of(h) == home)
+        .unwrap();
+    let home_addr = format!("127.0.0.1:{}", plan.ports[home].0);
+    let pinned = ClientConfig::default().with_server_key(node_key(entry).public());
+
+    // REGISTER on n0: redirected to n1 with n1's key, registered there over IK.
+    let client = Client::connect(nodes[entry].addr, pinned.clone()).unwrap();
+    let auth = client.register(&handle, "password-carol-1").unwrap();
+    assert_eq!(client.server_addr(), home_addr);
+    assert_eq!(client.server_key().unwrap(), Some(node_key(home).public()));
+    assert_eq!(partition::of_id(auth.user), partition::of_handle(&handle));
+    assert!(
+        client.contacts().is_ok(),
+        "the session on n1 serves requests"
+    );
+    drop(client);
+
+    // LOGIN on n0 later: the same.
+    let client = Client::connect(nodes[entry].addr, pinned).unwrap();
+    let again = client.login(&handle, "password-carol-1").unwrap();
+    assert_eq!(again.user, auth.user);
+    assert_eq!(client.server_key().unwrap(), Some(node_key(home).public()));
+    let log = nodes[home].log();
+    assert!(!log.contains("encryption_failed"), "{log}");
 }

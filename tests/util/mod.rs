@@ -998,7 +998,10 @@ impl TestConn {
                 Event::Authenticated { request_id, auth } => (request_id, Frame::AuthOk(auth)),
                 Event::Reply { request_id, frame } => (request_id, frame),
                 Event::Push(frame) => (0, frame),
-                Event::Redirect { node, addr } => (0, Frame::Redirect(Redirect { node, addr })),
+                Event::Redirect { node, addr, key } => {
+                    let key = key.map_or(Bytes::new(), |k| Bytes::copy_from_slice(k.as_bytes()));
+                    (0, Frame::Redirect(Redirect { node, addr, key }))
+                }
                 Event::Closed { reason } => {
                     match reason {
                         // The frame that announced the close, as the server sent it.
