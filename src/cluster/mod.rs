@@ -8,8 +8,7 @@
 //! node is refused (see ARCHITECTURE.md, "Cluster").
 
 pub mod links;
-pub mod partition;
-pub mod ring;
+pub use courier_protocol::placement::{partition, ring};
 
 use std::collections::HashMap;
 
