@@ -75,7 +75,7 @@ impl Router {
             .collect();
         let table = (0..PARTITIONS)
             .map(|p| {
-                let owner = ring.owner(&ring::key(b'p', u64::from(p)));
+                let owner = ring.owner(&ring::partition_key(p));
                 owner.and_then(|id| index.get(id).copied()).unwrap_or(0)
             })
             .collect();

@@ -322,9 +322,14 @@ impl Conn {
             Event::Authenticated { .. } => return Outcome::Continue,
             Event::Reply { request_id, frame } => (request_id, frame),
             Event::Push(frame) => (0, frame),
-            Event::Redirect { addr, .. } => {
+            Event::Redirect { addr, key, .. } => {
                 if let Ok(addr) = addr.parse() {
                     self.spec_server = addr;
+                }
+                // The node that sent it proved the key this connection pinned; it vouches for
+                // the key of the node it names.
+                if let (Some(key), Encryption::Pinned(_)) = (key, self.encryption) {
+                    self.encryption = Encryption::Pinned(key);
                 }
                 *cx.counters.errors.entry("REDIRECT".into()).or_default() += 1;
                 return Outcome::Close { retry: true };
@@ -847,6 +852,7 @@ mod tests {
             source: std::net::Ipv4Addr::LOCALHOST,
             threads: Vec::new(),
             contacts: Vec::new(),
+            key: None,
         }
     }
 
