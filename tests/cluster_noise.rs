@@ -258,3 +258,31 @@ fn a_client_pinned_to_one_node_follows_a_redirect_to_another_and_logs_in_there_e
     let log = nodes[home].log();
     assert!(!log.contains("encryption_failed"), "{log}");
 }
+
+/// `courier keys init` creates the data directory and key pair before the first start (to
+/// write the --peer list), prints the public key, and prints the same key when run again;
+/// `courier keys show` and the server then use that key.
+#[test]
+fn keys_init_creates_the_key_before_the_first_start_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("fresh").join("data");
+    let keys = |command: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_courier"))
+            .args(["keys", command, "--data-dir"])
+            .arg(&data_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let first = keys("init");
+    assert_eq!(first.len(), 64, "{first}");
+    assert_eq!(keys("init"), first);
+    assert_eq!(keys("show"), first);
+    let server = Server::start_in(dir, data_dir, &[], None);
+    assert_eq!(server.key.map(|k| k.to_string()), Some(first));
+}
