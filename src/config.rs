@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use courier_protocol::noise::PublicKey;
 use courier_protocol::MAX_FRAME_LEN;
 
 use crate::store::FsyncMode;
@@ -241,9 +242,10 @@ pub struct ServeArgs {
     /// This node's id on the cluster ring, announced in WELCOME [default: node1].
     #[arg(long)]
     pub node_id: Option<String>,
-    /// A node of the cluster as ID=CLIENT_ADDR@CLUSTER_ADDR (clients are redirected to
-    /// CLIENT_ADDR, nodes link to CLUSTER_ADDR, an IP:PORT); repeatable. List every node, this
-    /// one too, and give every node the same list.
+    /// A node of the cluster as ID=CLIENT_ADDR@CLUSTER_ADDR#KEY (clients are redirected to
+    /// CLIENT_ADDR, nodes link to CLUSTER_ADDR, an IP:PORT; KEY is that node's public key from
+    /// `courier keys show`, left out only with --insecure-plaintext); repeatable. List every
+    /// node, this one too, and give every node the same list.
     #[arg(long)]
     pub peer: Vec<String>,
     /// Address to accept other nodes' links on [default: this node's CLUSTER_ADDR in --peer].
@@ -360,6 +362,9 @@ pub struct Config {
     pub peers: Vec<(String, String)>,
     /// (id, cluster address) of the same nodes, in the same order: where links are dialed.
     pub cluster_addrs: Vec<(String, SocketAddr)>,
+    /// (id, static Noise key) of the same nodes, in the same order; `None` only when the
+    /// cluster runs with `--insecure-plaintext`.
+    pub peer_keys: Vec<(String, Option<PublicKey>)>,
     /// Where this node accepts links; `None`: its own cluster address.
     pub cluster_listen: Option<SocketAddr>,
     /// Links dialed to each other node.
@@ -479,6 +484,7 @@ impl Config {
                 .unwrap_or_else(|| "node1".to_owned()),
             peers: Vec::new(),
             cluster_addrs: Vec::new(),
+            peer_keys: Vec::new(),
             cluster_listen: args.cluster_listen.or(file.cluster_listen),
             peer_links: args.peer_links.or(file.peer_links).unwrap_or(2),
             peer_queue_bytes: args
@@ -489,9 +495,10 @@ impl Config {
         };
         let mut config = config;
         for spec in pick_list(args.peer, file.peer) {
-            let (id, client, cluster) = parse_peer(&spec)?;
+            let (id, client, cluster, key) = parse_peer(&spec)?;
             config.peers.push((id.clone(), client));
-            config.cluster_addrs.push((id, cluster));
+            config.cluster_addrs.push((id.clone(), cluster));
+            config.peer_keys.push((id, key));
         }
         // Defaults that a small max_frame could not carry shrink to what it can.
         config.max_contacts = args
@@ -708,6 +715,15 @@ impl Config {
                 "list every node of the cluster once, this one too (its id is node_id), with the same --peer list on every node",
             );
         }
+        if !self.insecure_plaintext {
+            if let Some((id, _)) = self.peer_keys.iter().find(|(_, key)| key.is_none()) {
+                return invalid(
+                    "peer",
+                    id,
+                    "links are encrypted, so every node's entry needs its key: ID=CLIENT_ADDR@CLUSTER_ADDR#KEY, KEY from `courier keys show --data-dir DIR` on that node (or run every node with --insecure-plaintext, for local benchmarks only)",
+                );
+            }
+        }
         Ok(())
     }
 
@@ -716,11 +732,15 @@ impl Config {
         self.peers
             .iter()
             .zip(&self.cluster_addrs)
-            .map(|((id, client), (_, cluster))| crate::cluster::links::Node {
-                id: id.clone(),
-                client_addr: client.clone(),
-                cluster_addr: *cluster,
-            })
+            .zip(&self.peer_keys)
+            .map(
+                |(((id, client), (_, cluster)), (_, key))| crate::cluster::links::Node {
+                    id: id.clone(),
+                    client_addr: client.clone(),
+                    cluster_addr: *cluster,
+                    key: *key,
+                },
+            )
             .collect()
     }
 }
@@ -734,17 +754,31 @@ fn pick_list<T>(cli: Vec<T>, file: Option<Vec<T>>) -> Vec<T> {
     }
 }
 
-/// `ID=CLIENT_ADDR@CLUSTER_ADDR` into its three parts; the cluster address must be an IP and
-/// a port (links are dialed from an event loop, which must not wait on name lookups).
-fn parse_peer(spec: &str) -> Result<(String, String, SocketAddr), Error> {
-    let parts = spec.split_once('=').and_then(|(id, rest)| {
+/// `ID=CLIENT_ADDR@CLUSTER_ADDR#KEY` into its four parts (`#KEY` is optional here; `check`
+/// requires it unless the cluster is plaintext); the cluster address must be an IP and a port
+/// (links are dialed from an event loop, which must not wait on name lookups).
+fn parse_peer(spec: &str) -> Result<(String, String, SocketAddr, Option<PublicKey>), Error> {
+    let (spec_addrs, key) = match spec.split_once('#') {
+        Some((addrs, key)) => match PublicKey::parse(key, "the key after `#`") {
+            Ok(key) => (addrs, Some(key)),
+            Err(_) => {
+                return Err(Error::Invalid {
+                    key: "peer",
+                    value: spec.to_owned(),
+                    reason: "the key after `#` must be the node's public key, 64 hex digits, as `courier keys show --data-dir DIR` prints it on that node",
+                })
+            }
+        },
+        None => (spec, None),
+    };
+    let parts = spec_addrs.split_once('=').and_then(|(id, rest)| {
         let (client, cluster) = rest.rsplit_once('@')?;
         Some((id, client, cluster))
     });
     match parts {
         Some((id, client, cluster)) if !id.is_empty() && client.contains(':') => {
             match cluster.parse::<SocketAddr>() {
-                Ok(cluster) => Ok((id.to_owned(), client.to_owned(), cluster)),
+                Ok(cluster) => Ok((id.to_owned(), client.to_owned(), cluster, key)),
                 Err(_) => Err(Error::Invalid {
                     key: "peer",
                     value: spec.to_owned(),
@@ -755,7 +789,7 @@ fn parse_peer(spec: &str) -> Result<(String, String, SocketAddr), Error> {
         _ => Err(Error::Invalid {
             key: "peer",
             value: spec.to_owned(),
-            reason: "write a node as ID=CLIENT_ADDR@CLUSTER_ADDR, e.g. node2=10.0.0.2:7878@10.0.0.2:7879 (clients are redirected to the first address, nodes link to the second)",
+            reason: "write a node as ID=CLIENT_ADDR@CLUSTER_ADDR#KEY, e.g. node2=10.0.0.2:7878@10.0.0.2:7879#<64 hex digits> (clients are redirected to the first address, nodes link to the second; the key is what `courier keys show` prints on that node)",
         }),
     }
 }
@@ -936,15 +970,21 @@ mod tests {
                 "{key} 0 must be refused"
             );
         }
+        let (k1, k2) = ("11".repeat(32), "22".repeat(32));
         let args = ServeArgs {
             node_id: Some("n1".into()),
             peer: vec![
-                "n2=10.0.0.2:7878@10.0.0.2:7879".into(),
-                "n1=courier-1.example:7878@10.0.0.1:7879".into(),
+                format!("n2=10.0.0.2:7878@10.0.0.2:7879#{k2}"),
+                format!("n1=courier-1.example:7878@10.0.0.1:7879#{k1}"),
             ],
             ..ServeArgs::default()
         };
         let c = Config::load(args).unwrap();
+        assert_eq!(
+            c.peer_keys[0],
+            ("n2".to_owned(), Some(PublicKey::from_bytes([0x22; 32])))
+        );
+        assert_eq!(c.members()[1].key, Some(PublicKey::from_bytes([0x11; 32])));
         assert_eq!(
             c.peers,
             vec![
@@ -954,6 +994,44 @@ mod tests {
         );
         assert_eq!(c.cluster_addrs[1].1, "10.0.0.1:7879".parse().unwrap());
         assert_eq!((c.peer_links, c.peer_queue_bytes), (2, 64 << 20));
+    }
+
+    #[test]
+    fn a_peer_without_a_key_is_refused_unless_the_cluster_is_plaintext() {
+        let load = |peers: &[&str], insecure_plaintext: bool| {
+            Config::load(ServeArgs {
+                node_id: Some("n1".into()),
+                peer: peers.iter().map(|p| p.to_string()).collect(),
+                insecure_plaintext,
+                ..ServeArgs::default()
+            })
+        };
+        let key = "ab".repeat(32);
+        let one = format!("n1=10.0.0.1:7878@10.0.0.1:7879#{key}");
+        let keyless = "n2=10.0.0.2:7878@10.0.0.2:7879";
+        let missing = load(&[&one, keyless], false).unwrap_err().to_string();
+        assert!(
+            missing.contains("n2") && missing.contains("courier keys show"),
+            "{missing}"
+        );
+        let plain = load(&[&one, keyless], true).unwrap();
+        assert_eq!(plain.members()[1].key, None);
+        let short = load(&[&one, &format!("{keyless}#abcd")], false).unwrap_err();
+        assert!(short.to_string().contains("64 hex digits"), "{short}");
+        // The TOML form takes the same strings.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("courier.toml");
+        std::fs::write(
+            &path,
+            format!("node_id = \"n1\"\npeer = [\"{one}\", \"{keyless}#{key}\"]\n"),
+        )
+        .unwrap();
+        let file = Config::load(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert!(file.members().iter().all(|n| n.key.is_some()));
     }
 
     #[test]

@@ -36,6 +36,14 @@ enum KeysCommand {
         #[arg(long, default_value = "./data")]
         data_dir: std::path::PathBuf,
     },
+    /// Create the data directory and its key pair if they do not exist yet (a server creates
+    /// them on its first start), then print the public key: before a cluster's first start,
+    /// to write every node's key into the --peer list.
+    Init {
+        /// The server's data directory [default: ./data].
+        #[arg(long, default_value = "./data")]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -78,6 +86,10 @@ fn main() -> ExitCode {
         Command::Keys(KeysCommand::Show { data_dir }) => courier::keys::load(&data_dir)
             .map(|key| println!("{}", key.public()))
             .map_err(|e| e.to_string()),
+        Command::Keys(KeysCommand::Init { data_dir }) => std::fs::create_dir_all(&data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))
+            .and_then(|()| courier::keys::load_or_create(&data_dir).map_err(|e| e.to_string()))
+            .map(|key| println!("{}", key.public())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

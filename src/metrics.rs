@@ -220,12 +220,14 @@ pub struct ClusterReadMetrics {
 
 /// Why a link handshake failed: the `reason` label of `courier_peer_refusals_total`, indexed
 /// like `protocol::peer::RefuseReason` codes minus one, then `wrong_node` (the dialer's own
-/// check that it reached the node it meant).
-pub const REFUSAL_REASONS: [&str; 5] = [
+/// check that it reached the node it meant). `key` also counts Noise handshakes that failed
+/// because one side does not hold the key the other side's member list gives for it.
+pub const REFUSAL_REASONS: [&str; 6] = [
     "version",
     "unknown_node",
     "membership",
     "protocol",
+    "key",
     "wrong_node",
 ];
 

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use courier_protocol::noise::Keypair;
 use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
@@ -67,6 +68,16 @@ pub enum Error {
     },
     #[error("the cluster's member list cannot be used: {0}")]
     Membership(#[from] links::MembershipError),
+    #[error(
+        "this node's --peer entry (`{node}`) has the key {listed}, but its data directory's key \
+         (noise.key) is {actual}: put {actual} in `{node}`'s entry of the --peer list on every \
+         node (or restore the noise.key that belongs to {listed})"
+    )]
+    OwnKeyMismatch {
+        node: String,
+        listed: courier_protocol::noise::PublicKey,
+        actual: courier_protocol::noise::PublicKey,
+    },
     #[error("cannot start the event loops: {0}")]
     Io(#[from] std::io::Error),
     #[error("shard {} failed ({}); the server stopped after syncing what was committed. A service manager restarts it; if it keeps failing, report this message and the log above it", .0.shard, .0.what)]
@@ -138,7 +149,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
             },
             ..Thresholds::default()
         },
-        router: Some(Router::new(&config.node_id, &config.peers)),
+        router: Some(Router::new(&config.node_id, &config.peers).with_keys(&config.peer_keys)),
         token_idle_us,
         ..AuthConfig::default()
     };
@@ -176,11 +187,11 @@ pub fn serve(config: Config) -> Result<(), Error> {
     // The links start before the shards' shared state exists; their inbound handler gets it
     // once built (see `Forwarding`).
     let served = Arc::new(OnceLock::new());
-    let (links, link_thread, cluster_reads) = match start_links(&config, &metrics, served.clone())?
-    {
-        Some((links, thread, reads)) => (Some(links), Some(thread), Some(reads)),
-        None => (None, None, None),
-    };
+    let (links, link_thread, cluster_reads) =
+        match start_links(&config, noise_key.as_ref(), &metrics, served.clone())? {
+            Some((links, thread, reads)) => (Some(links), Some(thread), Some(reads)),
+            None => (None, None, None),
+        };
     let auth = auth_pool::spawn(accounts.clone(), mailboxes.clone(), &faults)?;
     let reads = ReadPool::spawn(
         chat.clone(),
@@ -205,7 +216,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         metrics.media.clone(),
     )?;
     let core = Arc::new(Core {
-        router: Router::new(&config.node_id, &config.peers),
+        router: Router::new(&config.node_id, &config.peers).with_keys(&config.peer_keys),
         links,
         config,
         chat,
@@ -282,6 +293,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
 /// (`cluster::reads`), which the links deliver `PEER_READ`s and their replies to.
 fn start_links(
     config: &Config,
+    noise_key: Option<&Keypair>,
     metrics: &Metrics,
     served: Arc<OnceLock<Arc<Core>>>,
 ) -> Result<Option<(Links, LinkThread, Arc<ClusterReads>)>, Error> {
@@ -289,6 +301,20 @@ fn start_links(
         return Ok(None);
     }
     let membership = links::Membership::new(config.members(), &config.node_id)?;
+    if let Some(key) = noise_key {
+        let own = membership
+            .index_of(&config.node_id)
+            .and_then(|i| membership.node(i))
+            .and_then(|n| n.key);
+        // `Config::check` already refused an encrypted cluster with a keyless entry.
+        if let Some(listed) = own.filter(|&listed| listed != key.public()) {
+            return Err(Error::OwnKeyMismatch {
+                node: config.node_id.clone(),
+                listed,
+                actual: key.public(),
+            });
+        }
+    }
     let own = links::cluster_addr(&membership, &config.node_id);
     let addr = config
         .cluster_listen
@@ -301,6 +327,7 @@ fn start_links(
     let link_config = LinkConfig {
         pool: config.peer_links,
         queue_bytes: config.peer_queue_bytes,
+        noise: noise_key.cloned(),
         ..LinkConfig::default()
     };
     let hash = membership.hash();
@@ -324,8 +351,9 @@ fn start_links(
     reads.set_links(links.clone());
     let _ = metrics.links.set(links.metrics());
     tracing::info!(
-        "cluster links on {bound}: linking to {others} other node(s), {} links each, member list hash {hash:016x}",
-        config.peer_links
+        "cluster links on {bound}: linking to {others} other node(s), {} links each, {}, member list hash {hash:016x}",
+        config.peer_links,
+        if noise_key.is_some() { "encrypted (Noise IK, keys from --peer)" } else { "plain TCP (--insecure-plaintext)" }
     );
     Ok(Some((links, thread, reads)))
 }

@@ -185,6 +185,8 @@ impl Cluster {
         Frame::Redirect(Redirect {
             node: self.ids[home].clone(),
             addr: self.addrs[home].to_string(),
+            // These nodes run plaintext (`--insecure-plaintext`), so REDIRECT names no key.
+            key: bytes::Bytes::new(),
         })
     }
 

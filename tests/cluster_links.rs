@@ -7,6 +7,7 @@ mod util;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+use courier_protocol::noise::Keypair;
 use util::Server;
 
 /// A free loopback port (bound, then released for the node to take).
@@ -54,7 +55,8 @@ impl Cluster {
         }
     }
 
-    /// `--peer` arguments naming every node; `client_of_n0` replaces n0's client address.
+    /// `--peer` arguments naming every node with its key; `client_of_n0` replaces n0's client
+    /// address.
     fn peers(&self, client_of_n0: Option<&str>) -> Vec<String> {
         let mut args = Vec::new();
         for (i, (client, cluster)) in self.ports.iter().enumerate() {
@@ -63,7 +65,10 @@ impl Cluster {
                 _ => format!("127.0.0.1:{client}"),
             };
             args.push("--peer".to_owned());
-            args.push(format!("n{i}={client}@127.0.0.1:{cluster}"));
+            args.push(format!(
+                "n{i}={client}@127.0.0.1:{cluster}#{}",
+                node_key(i).public()
+            ));
         }
         args
     }
@@ -79,8 +84,13 @@ impl Cluster {
         ];
         args.extend(self.peers(client_of_n0));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Server::start_with(&args)
+        Server::start_keyed(&node_key(i), &args)
     }
+}
+
+/// Node `i`'s key pair: the links between these nodes are encrypted.
+fn node_key(i: usize) -> Keypair {
+    Keypair::from_private([0x11 + i as u8; 32])
 }
 
 #[test]

@@ -204,6 +204,10 @@ impl Link for Connection {
         Connection::redirect(self)
     }
 
+    fn redirect_key(&self) -> Option<courier_protocol::noise::PublicKey> {
+        Connection::redirect_key(self)
+    }
+
     fn welcome(&self) -> Welcome {
         Connection::welcome(self)
     }

@@ -503,6 +503,57 @@ fn the_client_pins_the_servers_key_and_reconnects_encrypted() {
     }
 }
 
+/// A client pinned to the first node's key is sent to another node: it pins the key the
+/// REDIRECT names for that node (one round trip, IK), logs in there, and its reconnects keep
+/// that key. A REDIRECT naming a key the node does not hold is refused there, with the keys.
+#[test]
+fn a_redirect_is_followed_pinning_the_key_it_names() {
+    let home = FakeServer::encrypted();
+    let front = FakeServer::encrypted();
+    let (home_key, front_key) = (home.key.unwrap(), front.key.unwrap());
+    // The account exists on its home node only.
+    Client::connect(home.addr, ClientConfig::default().with_server_key(home_key))
+        .unwrap()
+        .register("alice", "password1")
+        .unwrap();
+    front.behave(|b| {
+        b.redirect_to = Some(home.addr.to_string());
+        b.redirect_key = Some(home_key);
+    });
+    let client = Client::connect(front.addr, fast_reconnect().with_server_key(front_key)).unwrap();
+    client.login("alice", "password1").unwrap();
+    assert_eq!(client.server_addr(), home.addr.to_string());
+    assert_eq!(client.server_key().unwrap(), Some(home_key));
+    assert_eq!(
+        home.handshakes(),
+        (0, 2),
+        "IK with the key the REDIRECT named"
+    );
+    home.drop_connections();
+    wait_for(
+        &client,
+        |e| matches!(e, Event::Reconnected { addr } if *addr == home.addr.to_string()),
+    );
+    assert_eq!(client.server_key().unwrap(), Some(home_key));
+    assert_eq!(home.handshakes(), (0, 3), "the reconnect pins the same key");
+
+    // A REDIRECT that names another key than the node's: the client keeps to the key it was
+    // given, and the node refuses the handshake.
+    let wrong = courier_protocol::noise::Keypair::from_private([0x99; 32]).public();
+    front.behave(|b| b.redirect_key = Some(wrong));
+    let client = Client::connect(
+        front.addr,
+        ClientConfig::default().with_server_key(front_key),
+    )
+    .unwrap();
+    match client.login("alice", "password1") {
+        Err(Error::Encryption(reason)) => {
+            assert!(reason.to_string().contains(&wrong.to_string()), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Trust on first use learns the key with XX, then the reconnects pin it (IK): a server that
 /// changed its key meanwhile would be refused, not trusted again.
 #[test]

@@ -57,6 +57,8 @@ struct Core {
     reason: Option<ErrorCode>,
     /// A `REDIRECT` push: (node, addr).
     redirect: Option<(String, String)>,
+    /// The key that `REDIRECT` named.
+    redirect_key: Option<courier_protocol::noise::PublicKey>,
     /// Dropped to wake and end the heartbeat thread.
     heartbeat_stop: Option<Sender<()>>,
 }
@@ -109,6 +111,7 @@ impl Connection {
                 closed_locally: false,
                 reason: None,
                 redirect: None,
+                redirect_key: None,
                 heartbeat_stop: None,
             }),
             writer: Mutex::new(Writer {
@@ -180,6 +183,11 @@ impl Connection {
     /// The `REDIRECT` the server sent on this connection, as (node, addr).
     pub(crate) fn redirect(&self) -> Option<(String, String)> {
         self.core.lock().redirect.clone()
+    }
+
+    /// The key the `REDIRECT` on this connection named.
+    pub(crate) fn redirect_key(&self) -> Option<courier_protocol::noise::PublicKey> {
+        self.core.lock().redirect_key
     }
 
     /// Whether the connection is closed.
@@ -318,8 +326,9 @@ impl Connection {
                     }
                 }
                 Event::Push(frame) => routed.push(Routed::Push(frame)),
-                Event::Redirect { node, addr } => {
+                Event::Redirect { node, addr, key } => {
                     core.redirect = Some((node.clone(), addr.clone()));
+                    core.redirect_key = key;
                     routed.push(Routed::Redirect(node, addr));
                 }
                 Event::Closed { reason } => {

@@ -30,6 +30,8 @@ pub(crate) trait Link: Send + Sync {
     fn close_reason(&self) -> Option<ErrorCode>;
     /// The `REDIRECT` the server sent on it, as (node, addr).
     fn redirect(&self) -> Option<(String, String)>;
+    /// The key that `REDIRECT` named for its node (`None` on a plaintext cluster).
+    fn redirect_key(&self) -> Option<courier_protocol::noise::PublicKey>;
     /// The server's `WELCOME`.
     fn welcome(&self) -> Welcome;
     /// The server's key as the encrypted handshake proved it; `None` in plaintext.
@@ -74,15 +76,31 @@ impl<L: Link, T: EventTx, W: Wake> Shared<L, T, W> {
             return;
         }
         if let Some(key) = conn.server_key() {
-            self.state.lock().learned_key = Some((addr.to_string(), key));
+            self.state.lock().remember_key(addr, key);
         }
     }
 
-    /// The config for a connection to `addr`: trust on first use becomes the key learned there.
+    /// Remembers the key the `REDIRECT` on `conn` names for the node at `addr`, which the
+    /// connection to `addr` then pins. The node that sent it proved its own key (the pinned
+    /// one, or the one learned on first use), so the client trusts the key it vouches for; a
+    /// client pinned to another key never got that far (its handshake was refused).
+    fn learn_redirect_key(&self, addr: &str, conn: &L) {
+        if self.config.encryption == courier_protocol::session::Encryption::Plaintext {
+            return;
+        }
+        if let Some(key) = conn.redirect_key() {
+            self.state.lock().remember_key(addr, key);
+        }
+    }
+
+    /// The config for a connection to `addr`: the key learned there (on first use) or named
+    /// for it by a `REDIRECT` is pinned; otherwise the configured encryption.
     pub(crate) fn config_for(&self, addr: &str) -> std::borrow::Cow<'_, ClientConfig> {
-        let learned = match &self.state.lock().learned_key {
-            Some((at, key)) if at == addr => Some(*key),
-            _ => None,
+        let learned = if self.config.encryption == courier_protocol::session::Encryption::Plaintext
+        {
+            None
+        } else {
+            self.state.lock().key_for(addr)
         };
         match learned {
             Some(key) => std::borrow::Cow::Owned(self.config.clone().with_server_key(key)),
@@ -193,6 +211,9 @@ impl<L: Link, T: EventTx, W: Wake> Shared<L, T, W> {
         }
         let reason = conn.close_reason();
         let redirect = conn.redirect().map(|(_, addr)| addr);
+        if let Some(addr) = &redirect {
+            self.learn_redirect_key(addr, conn);
+        }
         let next = self
             .state
             .lock()
@@ -243,6 +264,7 @@ impl<L: Link, T: EventTx, W: Wake> Shared<L, T, W> {
                     return Err(e);
                 };
                 conn.close();
+                self.learn_redirect_key(&addr, conn);
                 self.state.lock().last_redirect = Some((node, addr.clone()));
                 Ok(AuthStep::Redirect(addr))
             }

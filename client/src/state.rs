@@ -46,10 +46,14 @@ pub(crate) struct State {
     /// The last `REDIRECT` an authentication followed, as (node, addr): what the error after
     /// too many of them names.
     pub(crate) last_redirect: Option<(String, String)>,
-    /// With trust on first use: the key the server at this address proved, pinned for
-    /// reconnects to it (Noise Pipes: XX on first contact, IK after).
-    pub(crate) learned_key: Option<(String, courier_protocol::noise::PublicKey)>,
+    /// (address, key) to pin for connections to that address: with trust on first use the
+    /// key the server there proved (Noise Pipes: XX on first contact, IK after), and the key a
+    /// `REDIRECT` named for the node at that address. At most [`MAX_KNOWN_KEYS`], newest last.
+    known_keys: Vec<(String, courier_protocol::noise::PublicKey)>,
 }
+
+/// Addresses whose key a client remembers: one per node of a cluster it was sent to.
+pub(crate) const MAX_KNOWN_KEYS: usize = 16;
 
 /// The `MessageMeta` event of a pushed message that replies to another.
 fn reply_meta(message: &Message, reply_to: u64) -> Option<Event> {
@@ -189,8 +193,24 @@ impl State {
             ended: false,
             last_reason: None,
             last_redirect: None,
-            learned_key: None,
+            known_keys: Vec::new(),
         }
+    }
+
+    /// Pins `key` for connections to `addr` from now on (replacing what was known for it).
+    pub(crate) fn remember_key(&mut self, addr: &str, key: courier_protocol::noise::PublicKey) {
+        self.known_keys.retain(|(at, _)| at != addr);
+        if self.known_keys.len() == MAX_KNOWN_KEYS {
+            self.known_keys.remove(0);
+        }
+        self.known_keys.push((addr.to_owned(), key));
+    }
+
+    /// The key to pin for `addr`, if one was learned or named for it.
+    pub(crate) fn key_for(&self, addr: &str) -> Option<courier_protocol::noise::PublicKey> {
+        self.known_keys
+            .iter()
+            .find_map(|(at, key)| (at == addr).then_some(*key))
     }
 
     /// An `AUTH_OK` arrived for a login (not a reconnect).

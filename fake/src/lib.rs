@@ -85,6 +85,8 @@ impl Default for Options {
 pub struct Behaviour {
     /// Answer LOGIN/RESUME with REDIRECT to this address, then close.
     pub redirect_to: Option<String>,
+    /// The key that REDIRECT names (empty when `None`, as on a plaintext cluster).
+    pub redirect_key: Option<PublicKey>,
     /// Drop the connection instead of answering the next SEND (after storing it).
     pub drop_on_next_send: bool,
     /// Never answer CONTACT_LIST.
@@ -506,7 +508,7 @@ impl Shared {
             }
             Frame::Login(l) => {
                 if let Some(to) = st.behaviour.redirect_to.clone() {
-                    return redirect(&mut conn.writer, &to);
+                    return redirect(&mut conn.writer, &to, st.behaviour.redirect_key);
                 }
                 match st.accounts.get(&l.handle).cloned() {
                     Some((user, password)) if password == l.password => {
@@ -518,7 +520,7 @@ impl Shared {
             Frame::Resume(r) => {
                 st.resumes += 1;
                 if let Some(to) = st.behaviour.redirect_to.clone() {
-                    return redirect(&mut conn.writer, &to);
+                    return redirect(&mut conn.writer, &to, st.behaviour.redirect_key);
                 }
                 let Some(user) = user_of_token(&r.token) else {
                     return write_frame(&mut conn.writer, rid, &error(ErrorCode::InvalidToken))
@@ -846,13 +848,14 @@ fn thread_info(id: u64, members: &[u64], kind: ThreadKind) -> Frame {
 }
 
 /// REDIRECT with request id 0, a moment for it to arrive, then the close.
-fn redirect(writer: &mut Writer, to: &str) -> bool {
+fn redirect(writer: &mut Writer, to: &str, key: Option<PublicKey>) -> bool {
     let _ = write_frame(
         writer,
         0,
         &Redirect {
             node: "other".into(),
             addr: to.into(),
+            key: key.map_or(Bytes::new(), |k| Bytes::copy_from_slice(k.as_bytes())),
         }
         .into(),
     );

@@ -58,6 +58,29 @@ pub struct Common {
     /// encryption on the same machine).
     #[arg(long, global = true)]
     pub insecure_plaintext: bool,
+    /// A node of a cluster, written as in the servers' --peer list; repeat it for every node
+    /// (instead of --server). Each user connects to its home node, pinning that node's key.
+    #[arg(
+        long = "peer",
+        value_name = "ID=CLIENT_ADDR@CLUSTER_ADDR#KEY",
+        global = true,
+        conflicts_with_all = ["servers", "server_key", "nodes"]
+    )]
+    pub peers: Vec<String>,
+    /// The cluster's node list from a file: one --peer entry per line (`#` starts a comment
+    /// line).
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        conflicts_with_all = ["servers", "server_key"]
+    )]
+    pub nodes: Option<PathBuf>,
+    /// On a cluster, how users are put in threads: `local` (pairs and groups whose users and
+    /// thread share a home node: nothing crosses nodes) or `any` (the users file's order:
+    /// threads across nodes, for a cluster that forwards requests).
+    #[arg(long, value_enum, global = true, default_value = "local")]
+    pub pairing: crate::cluster::Pairing,
     /// Also write the JSON report to this file (it is always printed on stdout).
     #[arg(long, value_name = "FILE", global = true)]
     pub json: Option<PathBuf>,

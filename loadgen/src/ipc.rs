@@ -30,6 +30,10 @@ pub struct ConnSpec {
     /// Server user ids to add as contacts and subscribe to for presence.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contacts: Vec<u64>,
+    /// The key of `server` (hex) to pin, on a cluster (each node has its own); `None`: the
+    /// run's `Init::server_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// A thread this connection takes part in.
@@ -258,6 +262,7 @@ mod tests {
                 }),
             }],
             contacts: vec![],
+            key: Some("cd".repeat(32)),
         };
         let msg = ToWorker::Init(Init {
             worker: 0,

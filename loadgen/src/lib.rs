@@ -21,6 +21,7 @@
 
 mod blocking;
 pub mod cli;
+pub mod cluster;
 mod error;
 #[doc(hidden)]
 mod fleet;

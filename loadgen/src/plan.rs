@@ -49,6 +49,7 @@ impl Plan {
                     source,
                     threads: Vec::new(),
                     contacts: Vec::new(),
+                    key: None,
                 }
             })
             .collect();

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::cli::{Cli, Command, Common};
+use crate::cluster::{Cluster, Pairing};
 use crate::fleet::{find_worker_exe, Fleet, PhaseDone};
 use crate::hist::{Latencies, Summary};
 use crate::ipc::{Collected, Counters, Init, Phase, StormTimes, ToWorker, TrafficSpec};
@@ -52,6 +53,11 @@ fn users_needed(cmd: &Command) -> Result<usize> {
 fn load_users(c: &Common, needed: usize, run_id: u32) -> Result<Vec<UserRecord>> {
     let users = match (&c.users, c.register) {
         (Some(path), _) => read_users_file(path)?,
+        (None, true) if is_cluster(c) => {
+            return Err(Error::Args(
+                "on a cluster, provision the users on their home nodes (`courier admin provision --node ID=DATA_DIR` once per node, nodes stopped) and pass --users FILE".into(),
+            ))
+        }
         (None, true) => register_users(
             needed,
             c.servers[0],
@@ -96,15 +102,63 @@ pub fn server_key(c: &Common) -> Result<Option<courier_protocol::noise::PublicKe
     }
 }
 
+/// Whether the run is against a cluster's node list (`--peer` / `--nodes`).
+fn is_cluster(c: &Common) -> bool {
+    !c.peers.is_empty() || c.nodes.is_some()
+}
+
+/// The cluster of `--peer` / `--nodes`, if given.
+fn cluster(c: &Common) -> Result<Option<Cluster>> {
+    if !is_cluster(c) {
+        return Ok(None);
+    }
+    let mut specs = c.peers.clone();
+    if let Some(path) = &c.nodes {
+        specs.extend(Cluster::read_specs(path)?);
+    }
+    Cluster::parse(&specs, c.insecure_plaintext).map(Some)
+}
+
+/// On a cluster with `--pairing local`: the users in an order that puts each planned thread
+/// on its members' home node.
+fn arrange(
+    cluster: &Cluster,
+    pairing: Pairing,
+    cmd: &Command,
+    needed: usize,
+    users: Vec<UserRecord>,
+) -> Result<Vec<UserRecord>> {
+    if pairing == Pairing::Any {
+        return Ok(users);
+    }
+    match *cmd {
+        Command::Connect { .. } => Ok(users),
+        Command::Chat { pairs, .. } => cluster.local_pairs(users, pairs),
+        Command::Storm { .. } => cluster.local_pairs(users, needed / 2),
+        Command::Group {
+            groups, members, ..
+        } => cluster.local_groups(users, groups, members),
+        _ => Err(Error::Args(format!(
+            "`{}` puts users of different nodes in threads: run it with --pairing any on a cluster that forwards requests",
+            cmd.name()
+        ))),
+    }
+}
+
 /// Runs the scenario `cli` describes and returns its report. Lost or duplicated messages are
 /// results (`Report::passed` is false), not errors.
 pub fn run(cli: &Cli) -> Result<Report> {
     let started = Instant::now();
     let c = &cli.common;
-    if c.servers.is_empty() {
-        return Err(Error::Args("give at least one --server ADDR".into()));
+    let cluster = cluster(c)?;
+    if c.servers.is_empty() && cluster.is_none() {
+        return Err(Error::Args(
+            "give at least one --server ADDR, or a cluster's nodes (--peer or --nodes)".into(),
+        ));
     }
-    server_key(c)?;
+    if cluster.is_none() {
+        server_key(c)?;
+    }
     let _ = sys::raise_nofile_limit();
     let run_id: u32 = rand::random();
     // Message ids are microseconds since the epoch; nothing of this run is older than this.
@@ -116,11 +170,16 @@ pub fn run(cli: &Cli) -> Result<Report> {
         .unwrap_or(needed.div_ceil(1_000) as u32)
         .max(1);
     let at = Placement {
-        servers: c.servers.clone(),
+        servers: cluster
+            .as_ref()
+            .map_or_else(|| c.servers.clone(), Cluster::addrs),
         source_ips,
     };
-    let users = load_users(c, needed, run_id)?;
-    let plan = match cli.command {
+    let mut users = load_users(c, needed, run_id)?;
+    if let Some(cluster) = &cluster {
+        users = arrange(cluster, c.pairing, &cli.command, needed, users)?;
+    }
+    let mut plan = match cli.command {
         Command::Connect { connections, .. } => Plan::connect(&users, connections, &at),
         Command::Chat { pairs, .. } => Plan::chat(&users, pairs, &at),
         Command::Group {
@@ -138,6 +197,14 @@ pub fn run(cli: &Cli) -> Result<Report> {
         } => Plan::mixed(&users, connections, circle, run_id, &at),
         Command::Worker | Command::Probe(_) => unreachable!("rejected by users_needed"),
     };
+    if let Some(cluster) = &cluster {
+        // Every user to its home node, with that node's key: no REDIRECT on the way.
+        for conn in &mut plan.conns {
+            let node = &cluster.nodes[cluster.home(users[conn.user as usize].id)];
+            conn.server = node.addr;
+            conn.key = node.key.map(|k| k.to_string());
+        }
+    }
     let n = plan.conns.len();
     let workers = c
         .workers
@@ -157,7 +224,7 @@ pub fn run(cli: &Cli) -> Result<Report> {
         connections: n as u64,
         workers: workers as u64,
         source_ips,
-        servers: c.servers.iter().map(ToString::to_string).collect(),
+        servers: at.servers.iter().map(ToString::to_string).collect(),
         run_id,
         ..Default::default()
     };
@@ -209,7 +276,12 @@ fn drive(
             run_since,
             body_size: c.body_size,
             conns,
-            server_key: server_key(c)?.map(|k| k.to_string()),
+            // On a cluster every connection carries its own node's key.
+            server_key: if is_cluster(c) {
+                None
+            } else {
+                server_key(c)?.map(|k| k.to_string())
+            },
         };
         fleet.send(w, &ToWorker::Init(init))?;
     }

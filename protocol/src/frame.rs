@@ -480,7 +480,9 @@ frames! {
     PresencePush = 0xC2 { presence: Presence }
     TypingPush = 0xC3 { thread: u64, user: u64, active: bool }
     /// The user lives on another node: reconnect to `addr` and resume. The server closes.
-    Redirect = 0xC4 { node: String, addr: String }
+    /// `key`: that node's static Noise public key (32 bytes) for the client to pin on the new
+    /// connection; empty when the cluster runs plaintext.
+    Redirect = 0xC4 { node: String, addr: String, key: Bytes }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod error;
 mod frame;
 pub mod noise;
 pub mod peer;
+pub mod placement;
 pub mod session;
 pub mod wire;
 

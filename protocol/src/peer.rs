@@ -18,8 +18,8 @@
 //!    | -- PEER_READ / PEER_READ_REPLY ----------> |  (each node answers on links it dialed)
 //! ```
 //!
-//! The handshake is the first thing on the byte stream, so an encrypted transport (a Noise
-//! handshake, `NOISE.md` section 6) can later go underneath it without changing these frames.
+//! On encrypted clusters a Noise IK handshake (`NOISE.md` section 6) runs first, and these
+//! frames travel inside its records; the frames are the same either way.
 //!
 //! Payload frames carry client frames already encoded (`frame: bytes` is a whole client frame,
 //! length prefix included), so a push is encoded once however many nodes and devices get it.
@@ -49,8 +49,12 @@ wire_enum! {
         /// The dialer was started with a different member list (ids or addresses): the hashes
         /// differ. Every node must be given the same `--peer` list.
         Membership = 3,
-        /// The first frame was not a `PEER_HELLO`, or did not decode.
+        /// The first frame was not a `PEER_HELLO`, or did not decode, or one end encrypts its
+        /// links and the other does not.
         Protocol = 4,
+        /// The dialer proved (in the Noise handshake) a static key that is not the key this
+        /// node's member list gives for the node its `PEER_HELLO` names.
+        Key = 5,
     }
 }
 
@@ -62,6 +66,7 @@ impl RefuseReason {
             RefuseReason::UnknownNode => "unknown_node",
             RefuseReason::Membership => "membership",
             RefuseReason::Protocol => "protocol",
+            RefuseReason::Key => "key",
         }
     }
 }

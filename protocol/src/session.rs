@@ -150,8 +150,14 @@ pub enum Event {
     Push(Frame),
     /// The user lives on another node: connect to `addr`, say `HELLO` and authenticate there
     /// (with `RESUME` if a token is at hand). [`Event::Closed`] with
-    /// [`CloseReason::Redirected`] follows.
-    Redirect { node: String, addr: String },
+    /// [`CloseReason::Redirected`] follows. `key`: the node's static key, to pin on that
+    /// connection (the node that sent it is authenticated, so it vouches for the key); `None`
+    /// on a plaintext cluster, or when the frame's key is not 32 bytes.
+    Redirect {
+        node: String,
+        addr: String,
+        key: Option<crate::noise::PublicKey>,
+    },
     /// The session is over; the last event. Close the transport.
     Closed { reason: CloseReason },
 }
@@ -679,6 +685,7 @@ impl Session {
                     self.events.push_back(Event::Redirect {
                         node: r.node,
                         addr: r.addr,
+                        key: crate::noise::PublicKey::from_slice(&r.key),
                     });
                     self.close_with(CloseReason::Redirected);
                 }

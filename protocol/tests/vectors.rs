@@ -233,7 +233,8 @@ pub fn samples() -> Vec<(u32, Frame, &'static str)> {
         (0, ReceiptPush { thread: THREAD, user: BOB, kind: ReceiptKind::Read, up_to: MSG }.into(), "User 42 read thread 5 up to MSG."),
         (0, PresencePush { presence: Presence { user: BOB, online: false, last_seen: MSG } }.into(), "User 42 went offline."),
         (0, TypingPush { thread: THREAD, user: BOB, active: true }.into(), "User 42 is typing in thread 5."),
-        (0, Redirect { node: "n2".into(), addr: "10.0.0.2:7000".into() }.into(), "The user lives on node n2: reconnect to 10.0.0.2:7000. The server closes."),
+        (0, Redirect { node: "n2".into(), addr: "10.0.0.2:7000".into(), key: Bytes::from_static(&[0x4b; 32]) }.into(), "The user lives on node n2: reconnect to 10.0.0.2:7000 and pin n2's key there. The server closes."),
+        (0, Redirect { node: "n2".into(), addr: "10.0.0.2:7000".into(), key: Bytes::new() }.into(), "The same on a plaintext cluster: no key."),
     ]
 }
 

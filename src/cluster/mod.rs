@@ -10,12 +10,12 @@
 
 pub mod forward;
 pub mod links;
-pub mod partition;
 pub mod reads;
-pub mod ring;
+pub use courier_protocol::placement::{partition, ring};
 
 use std::collections::HashMap;
 
+use courier_protocol::noise::PublicKey;
 use courier_protocol::Frame;
 
 pub use partition::{Partition, PARTITIONS};
@@ -43,6 +43,9 @@ pub struct Router {
     local_index: u32,
     /// Partition → index in `nodes`; [`PARTITIONS`] entries.
     table: Box<[u32]>,
+    /// Each node's static Noise key, by index in `nodes` ([`Router::with_keys`]): a `REDIRECT`
+    /// names it so the client can pin it. `None` on a plaintext cluster.
+    keys: Box<[Option<PublicKey>]>,
 }
 
 impl Router {
@@ -75,16 +78,34 @@ impl Router {
             .collect();
         let table = (0..PARTITIONS)
             .map(|p| {
-                let owner = ring.owner(&ring::key(b'p', u64::from(p)));
+                let owner = ring.owner(&ring::partition_key(p));
                 owner.and_then(|id| index.get(id).copied()).unwrap_or(0)
             })
             .collect();
         Router {
             local: local.to_owned(),
             local_index: index.get(local).copied().unwrap_or(0),
+            keys: vec![None; nodes.len()].into(),
             nodes,
             table,
         }
+    }
+
+    /// The same router, knowing each node's static key (`keys`: (node id, key), as in the
+    /// `--peer` list; ids that are not nodes are ignored).
+    pub fn with_keys(mut self, keys: &[(String, Option<PublicKey>)]) -> Router {
+        for (id, key) in keys {
+            if let Some(i) = self.nodes.iter().position(|(node, _)| node == id) {
+                self.keys[i] = *key;
+            }
+        }
+        self
+    }
+
+    /// The static key of node `id`, if the cluster is encrypted and `id` is a node.
+    pub fn key_of(&self, id: &str) -> Option<PublicKey> {
+        let i = self.nodes.iter().position(|(node, _)| node == id)?;
+        self.keys[i]
     }
 
     /// This node's id, announced in `WELCOME`.

@@ -28,7 +28,7 @@ use super::read_pool::{ReadRequest, Refused};
 use super::Shard;
 use crate::caller::{Caller, ConnRef, UsersChecked};
 use crate::chat::Engine;
-use crate::cluster::Home;
+use crate::cluster::{Home, Router};
 use crate::metrics::{Reason, ShardMetrics};
 use crate::session::{AuthError, Authed, TokenDigest};
 
@@ -109,11 +109,20 @@ impl Shard {
                 self.send(slot, request_id, &Frame::Pong(Pong { nonce: p.nonce }))
             }
             (State::AwaitAuth, Frame::Register(r))
-                if self.redirect(slot, redirect_to(self.core.router.handle_home(&r.handle))) => {}
+                if self.redirect(
+                    slot,
+                    redirect_to(&self.core.router, self.core.router.handle_home(&r.handle)),
+                ) => {}
             (State::AwaitAuth, Frame::Login(l))
-                if self.redirect(slot, redirect_to(self.core.router.handle_home(&l.handle))) => {}
+                if self.redirect(
+                    slot,
+                    redirect_to(&self.core.router, self.core.router.handle_home(&l.handle)),
+                ) => {}
             (State::AwaitAuth, Frame::Resume(r))
-                if self.redirect(slot, redirect_to(self.core.router.token_home(&r.token))) => {}
+                if self.redirect(
+                    slot,
+                    redirect_to(&self.core.router, self.core.router.token_home(&r.token)),
+                ) => {}
             (State::AwaitAuth, Frame::Register(r)) => {
                 let from = self.peer_ip(slot);
                 self.start_auth(
@@ -516,13 +525,17 @@ impl Shard {
     }
 }
 
-/// The `REDIRECT` to answer instead of serving a user whose home is `home`.
-fn redirect_to(home: Home<'_>) -> Option<Redirect> {
+/// The `REDIRECT` to answer instead of serving a user whose home is `home`: it names the
+/// node's key (empty on a plaintext cluster), which the client pins for the new connection.
+fn redirect_to(router: &Router, home: Home<'_>) -> Option<Redirect> {
     match home {
         Home::Local => None,
         Home::Remote { node, addr } => Some(Redirect {
             node: node.to_owned(),
             addr: addr.to_owned(),
+            key: router
+                .key_of(node)
+                .map_or(Bytes::new(), |k| Bytes::copy_from_slice(k.as_bytes())),
         }),
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use courier_protocol::noise::{PublicKey, Transport, MAX_RECORD_LEN};
+use courier_protocol::noise::{Keypair, PublicKey, Transport, MAX_RECORD_LEN};
 use courier_protocol::session::{CloseReason, Encryption, Event};
 use courier_protocol::{
     encode, AuthOk, Decoder, Envelope, ErrorCode, ErrorReply, Frame, Login, Ping, Redirect,
@@ -98,6 +98,15 @@ impl Server {
     pub fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let data_dir = dir.path().join("data");
+        Server::start_in(dir, data_dir, extra, None)
+    }
+
+    /// [`start_with`](Self::start_with) on a data directory that already holds `key` as its
+    /// `noise.key`: a cluster's `--peer` list names every node's key before any node starts.
+    pub fn start_keyed(key: &Keypair, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let data_dir = dir.path().join("data");
+        write_key(&data_dir, key);
         Server::start_in(dir, data_dir, extra, None)
     }
 
@@ -989,7 +998,10 @@ impl TestConn {
                 Event::Authenticated { request_id, auth } => (request_id, Frame::AuthOk(auth)),
                 Event::Reply { request_id, frame } => (request_id, frame),
                 Event::Push(frame) => (0, frame),
-                Event::Redirect { node, addr } => (0, Frame::Redirect(Redirect { node, addr })),
+                Event::Redirect { node, addr, key } => {
+                    let key = key.map_or(Bytes::new(), |k| Bytes::copy_from_slice(k.as_bytes()));
+                    (0, Frame::Redirect(Redirect { node, addr, key }))
+                }
                 Event::Closed { reason } => {
                     match reason {
                         // The frame that announced the close, as the server sent it.
@@ -1094,4 +1106,19 @@ pub fn has_error(frames: &[Frame], code: ErrorCode) -> bool {
     frames
         .iter()
         .any(|f| matches!(f, Frame::ErrorReply(e) if e.code == code as u16))
+}
+
+/// Writes `key` as the `noise.key` of `data_dir` (created if missing), mode 0600 as the server
+/// requires.
+pub fn write_key(data_dir: &Path, key: &Keypair) {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(data_dir).expect("create the data directory");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(data_dir.join("noise.key"))
+        .expect("create noise.key");
+    file.write_all(key.to_file_text().as_bytes())
+        .expect("write noise.key");
 }

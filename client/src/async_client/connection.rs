@@ -70,6 +70,8 @@ struct Status {
     reason: Option<ErrorCode>,
     /// A `REDIRECT` push: (node, addr).
     redirect: Option<(String, String)>,
+    /// The key that `REDIRECT` named.
+    redirect_key: Option<courier_protocol::noise::PublicKey>,
 }
 
 /// A handle on a live connection after the `HELLO`/`WELCOME` handshake.
@@ -198,6 +200,10 @@ impl Link for Connection {
         self.status.lock().redirect.clone()
     }
 
+    fn redirect_key(&self) -> Option<courier_protocol::noise::PublicKey> {
+        self.status.lock().redirect_key
+    }
+
     fn is_closed(&self) -> bool {
         self.status.lock().closed
     }
@@ -312,8 +318,12 @@ impl Task {
                     }
                 }
                 Event::Push(frame) => self.sink.on_push(frame),
-                Event::Redirect { node, addr } => {
-                    self.conn.status.lock().redirect = Some((node.clone(), addr.clone()));
+                Event::Redirect { node, addr, key } => {
+                    {
+                        let mut status = self.conn.status.lock();
+                        status.redirect = Some((node.clone(), addr.clone()));
+                        status.redirect_key = key;
+                    }
                     self.sink.on_redirect(node, addr);
                 }
                 Event::Closed { reason } => {

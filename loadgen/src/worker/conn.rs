@@ -326,9 +326,14 @@ impl Conn {
             Event::Authenticated { .. } => return Outcome::Continue,
             Event::Reply { request_id, frame } => (request_id, frame),
             Event::Push(frame) => (0, frame),
-            Event::Redirect { addr, .. } => {
+            Event::Redirect { addr, key, .. } => {
                 if let Ok(addr) = addr.parse() {
                     self.spec_server = addr;
+                }
+                // The node that sent it proved the key this connection pinned; it vouches for
+                // the key of the node it names.
+                if let (Some(key), Encryption::Pinned(_)) = (key, self.encryption) {
+                    self.encryption = Encryption::Pinned(key);
                 }
                 *cx.counters.errors.entry("REDIRECT".into()).or_default() += 1;
                 return Outcome::Close { retry: true };
@@ -866,6 +871,7 @@ mod tests {
             source: std::net::Ipv4Addr::LOCALHOST,
             threads: Vec::new(),
             contacts: Vec::new(),
+            key: None,
         }
     }
 
@@ -969,6 +975,82 @@ mod tests {
             Duration::from_secs(3),
             "three heartbeats after the AUTH_OK"
         );
+    }
+
+    /// On a cluster: a connection pinned to its node's key that is sent elsewhere by a
+    /// REDIRECT reconnects to the address it names pinning the key it names (driven by hand
+    /// through the Noise handshake and records, as a server would answer).
+    #[test]
+    fn a_redirect_moves_the_connection_and_pins_the_key_it_names() {
+        use courier_protocol::noise::{Handshake, Keypair, PublicKey, Transport, MAX_RECORD_LEN};
+
+        /// Opens what the connection wrote and decodes its frames.
+        fn opened(c: &mut Conn, t: &mut Transport) -> Vec<Envelope> {
+            let mut sealed = c.wbuf.split();
+            let mut plain = BytesMut::new();
+            t.open_all(&mut sealed, MAX_RECORD_LEN, &mut plain).unwrap();
+            let decoder = Decoder::default();
+            std::iter::from_fn(|| decoder.decode(&mut plain).unwrap()).collect()
+        }
+        fn sealed(t: &mut Transport, request_id: u32, frame: Frame) -> BytesMut {
+            let mut out = BytesMut::new();
+            t.seal(&bytes(request_id, frame), &mut out).unwrap();
+            out
+        }
+
+        let node = Keypair::from_private([0x21; 32]);
+        let other = PublicKey::from_bytes([0x4b; 32]);
+        let mut c = Conn::new(spec(), 0);
+        c.encryption = Encryption::Pinned(node.public());
+        let mut cx = cx(SECOND);
+        c.on_connected(cx.now());
+        let mut first = c.wbuf.split();
+        let mut answer = BytesMut::new();
+        let established = Handshake::responder(&node)
+            .handle(&mut first, &mut answer)
+            .unwrap()
+            .expect("IK is one message each way");
+        let mut t = established.transport;
+        assert_eq!(c.on_input(&answer, &mut cx), Outcome::Continue);
+        let hello = opened(&mut c, &mut t);
+        assert!(
+            matches!(
+                hello[..],
+                [Envelope {
+                    frame: Frame::Hello(_),
+                    ..
+                }]
+            ),
+            "{hello:?}"
+        );
+        let welcome = Welcome {
+            version: proto::VERSION,
+            max_frame: 65536,
+            heartbeat_secs: 30,
+            node: "n1".into(),
+        };
+        let input = sealed(&mut t, hello[0].request_id, welcome.into());
+        assert_eq!(c.on_input(&input, &mut cx), Outcome::Continue);
+        let resume = opened(&mut c, &mut t);
+        assert!(
+            matches!(
+                resume[..],
+                [Envelope {
+                    frame: Frame::Resume(_),
+                    ..
+                }]
+            ),
+            "{resume:?}"
+        );
+        let redirect = proto::Redirect {
+            node: "n2".into(),
+            addr: "127.0.0.2:7000".into(),
+            key: bytes::Bytes::copy_from_slice(other.as_bytes()),
+        };
+        let input = sealed(&mut t, 0, redirect.into());
+        assert_eq!(c.on_input(&input, &mut cx), Outcome::Close { retry: true });
+        assert_eq!(c.spec_server, "127.0.0.2:7000".parse().unwrap());
+        assert_eq!(c.encryption, Encryption::Pinned(other));
     }
 
     /// An idle connection costs this struct and nothing else; keep it small at 18k a worker.

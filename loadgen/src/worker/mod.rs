@@ -453,8 +453,15 @@ impl Worker {
             .conns
             .into_iter()
             .map(|s| {
+                // On a cluster each connection pins its own node's key.
+                let own = s.key.as_deref().map(|text| {
+                    Encryption::Pinned(
+                        PublicKey::parse(text, "a node key")
+                            .expect("the parent checked the node list"),
+                    )
+                });
                 let mut conn = Conn::new(s, init.run_since);
-                conn.encryption = encryption;
+                conn.encryption = own.unwrap_or(encryption);
                 conn
             })
             .collect();

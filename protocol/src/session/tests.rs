@@ -314,6 +314,7 @@ fn a_redirect_instead_of_auth_ok_names_the_node_then_closes() {
             Redirect {
                 node: "n2".into(),
                 addr: "10.0.0.2:7878".into(),
+                key: Bytes::from_static(&[0x4b; 32]),
             }
             .into(),
         )]),
@@ -324,7 +325,8 @@ fn a_redirect_instead_of_auth_ok_names_the_node_then_closes() {
         [
             Event::Redirect {
                 node: "n2".into(),
-                addr: "10.0.0.2:7878".into()
+                addr: "10.0.0.2:7878".into(),
+                key: Some(crate::noise::PublicKey::from_bytes([0x4b; 32])),
             },
             closed(CloseReason::Redirected)
         ]

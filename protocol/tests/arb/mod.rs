@@ -196,7 +196,7 @@ arb_frames! {
     ReceiptPush { thread, user, kind, up_to }
     PresencePush { presence }
     TypingPush { thread, user, active }
-    Redirect { node, addr }
+    Redirect { node, addr, key }
 }
 
 /// A frame of any type.

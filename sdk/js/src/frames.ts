@@ -348,8 +348,12 @@ const FRAME_DEFS = {
   ReceiptPush: [0xc1, { thread: u64, user: u64, kind: receiptKind, upTo: u64 }],
   PresencePush: [0xc2, { presence: PresenceCodec }],
   TypingPush: [0xc3, { thread: u64, user: u64, active: bool }],
-  /** The user lives on another node: reconnect to `addr` and resume. The server closes. */
-  Redirect: [0xc4, { node: str, addr: str }],
+  /**
+   * The user lives on another node: reconnect to `addr` and resume. The server closes.
+   * `key`: that node's static Noise public key (32 bytes) to pin there; empty on a plaintext
+   * cluster.
+   */
+  Redirect: [0xc4, { node: str, addr: str, key: bytes }],
 } as const satisfies Record<string, readonly [number, Record<string, Codec<any>>]>;
 
 type Defs = typeof FRAME_DEFS;

@@ -141,8 +141,12 @@ export type SessionEvent =
   | { kind: "reply"; requestId: number; frame: Frame }
   /** A push (MESSAGE_PUSH, RECEIPT_PUSH, PRESENCE_PUSH, TYPING_PUSH), in arrival order. */
   | { kind: "push"; frame: Frame }
-  /** The user lives on another node; a "closed" event with reason Redirected follows. */
-  | { kind: "redirect"; node: string; addr: string }
+  /**
+   * The user lives on another node; a "closed" event with reason Redirected follows. `key`:
+   * the node's static key (32 bytes, empty on a plaintext cluster), for a client that speaks
+   * the encrypted transport to pin there.
+   */
+  | { kind: "redirect"; node: string; addr: string; key: Uint8Array }
   /** The session is over; the last event. Close the transport. */
   | { kind: "closed"; reason: CloseReason };
 
@@ -402,7 +406,7 @@ export class Session {
     const code = frameCode(frame.type);
     if (code >= 0xc0) {
       if (frame.type === "Redirect") {
-        this.events.push({ kind: "redirect", node: frame.node, addr: frame.addr });
+        this.events.push({ kind: "redirect", node: frame.node, addr: frame.addr, key: frame.key });
         this.closeWith({ kind: "Redirected" });
       } else {
         this.events.push({ kind: "push", frame });

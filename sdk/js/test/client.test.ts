@@ -441,7 +441,7 @@ test("a redirect instead of AUTH_OK is followed to the other node", async () => 
   await registrar.register("alice", "password1");
   w.server.intercept = (conn, _id, f) => {
     if (f.type !== "Login" || conn.url !== "ws://chat.test:7880/") return false;
-    conn.reply(0, frame("Redirect", { node: "n2", addr: "node2.test:7881" }));
+    conn.reply(0, frame("Redirect", { node: "n2", addr: "node2.test:7881", key: new Uint8Array(0) }));
     conn.drop();
     return true;
   };
@@ -539,7 +539,7 @@ test("a redirect on a logged-in connection moves the session to the other node w
   const client = await connect(w); // no autoReconnect: a redirect is still followed
   const auth = await client.register("alice", "password1");
   const log = record(client);
-  serverConnOf(w, auth.user).reply(0, frame("Redirect", { node: "n2", addr: "node2.test:7881" }));
+  serverConnOf(w, auth.user).reply(0, frame("Redirect", { node: "n2", addr: "node2.test:7881", key: new Uint8Array(0) }));
   await settle();
   assert.deepEqual(log.map(([n]) => n), ["redirected", "disconnected", "reconnected"]);
   assert.deepEqual(log.at(-1)![1], { url: "ws://node2.test:7881/" });
@@ -558,7 +558,7 @@ test("a login redirected in a loop gives up with TooManyRedirects", async () => 
   w.server.intercept = (conn, _id, f) => {
     if (f.type !== "Login") return false;
     hops++;
-    conn.reply(0, frame("Redirect", { node: `n${hops}`, addr: `node${hops}.test:7881` }));
+    conn.reply(0, frame("Redirect", { node: `n${hops}`, addr: `node${hops}.test:7881`, key: new Uint8Array(0) }));
     conn.drop();
     return true;
   };

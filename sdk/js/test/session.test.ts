@@ -237,9 +237,9 @@ test("a refused login is a reply and the session stays open for another try", ()
 test("a redirect instead of auth ok names the node then closes", () => {
   const s = welcomed(0, 30);
   const id = s.sendRequest(login());
-  s.handleInput(wire([[0, frame("Redirect", { node: "n2", addr: "10.0.0.2:7878" })]]), 0);
+  s.handleInput(wire([[0, frame("Redirect", { node: "n2", addr: "10.0.0.2:7878", key: new Uint8Array(32).fill(0x4b) })]]), 0);
   assert.deepEqual(events(s), [
-    { kind: "redirect", node: "n2", addr: "10.0.0.2:7878" },
+    { kind: "redirect", node: "n2", addr: "10.0.0.2:7878", key: new Uint8Array(32).fill(0x4b) },
     closed({ kind: "Redirected" }),
   ]);
   assert.equal(s.outstanding, 0, "the login gets no answer of its own");

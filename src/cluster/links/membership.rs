@@ -1,14 +1,16 @@
 //! The member list of a cluster and its hash, which two nodes compare before they link.
 //!
-//! Every node is started with the same list: id, client address and cluster address of every
-//! node, itself included. [`Membership::hash`] is a pure function of that list (the order it
+//! Every node is started with the same list: id, client address, cluster address and static
+//! Noise public key of every node, itself included (the key is left out only on clusters run
+//! with `--insecure-plaintext`). [`Membership::hash`] is a pure function of that list (the order it
 //! was given in does not matter), so two nodes agree on it exactly when they were configured
 //! alike; PROTOCOL.md section 13 defines it byte for byte. A node's index in the list sorted by
 //! id ([`Membership::index_of`]) names it in node frames (`Origin.node`).
 
 use std::net::SocketAddr;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use courier_protocol::noise::PublicKey;
 use courier_protocol::wire::Wire;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -20,6 +22,10 @@ pub struct Node {
     pub client_addr: String,
     /// Where other nodes dial its links.
     pub cluster_addr: SocketAddr,
+    /// Its static Noise key (`courier keys show` on that node): dialers pin it, and an
+    /// acceptor checks that a dialer proved the key of the node its `PEER_HELLO` names. `None`
+    /// only on plaintext clusters.
+    pub key: Option<PublicKey>,
 }
 
 /// Why a member list cannot be used.
@@ -62,6 +68,12 @@ impl Membership {
             n.id.put(&mut bytes);
             n.client_addr.put(&mut bytes);
             n.cluster_addr.to_string().put(&mut bytes);
+            // A node configured with another key for a peer has another hash, so it is refused
+            // (MEMBERSHIP) even where no handshake would have caught it.
+            let key = n
+                .key
+                .map_or(Bytes::new(), |k| Bytes::copy_from_slice(k.as_bytes()));
+            key.put(&mut bytes);
         }
         let hash = xxh3_64(&bytes);
         Ok(Membership { nodes, hash })
@@ -98,6 +110,7 @@ mod tests {
             id: id.into(),
             client_addr: format!("127.0.0.1:{port}"),
             cluster_addr: SocketAddr::from(([127, 0, 0, 1], port + 1)),
+            key: None,
         }
     }
 
@@ -115,6 +128,19 @@ mod tests {
         assert_ne!(a.hash(), moved.hash());
         let grown = Membership::new(vec![node("a", 10), node("b", 20), node("c", 40)], "a");
         assert_ne!(a.hash(), grown.unwrap().hash());
+    }
+
+    #[test]
+    fn the_hash_sees_every_key() {
+        let keyed = |k: u8| {
+            let mut b = node("b", 20);
+            b.key = Some(PublicKey::from_bytes([k; 32]));
+            Membership::new(vec![node("a", 10), b], "a").unwrap().hash()
+        };
+        let plain = Membership::new(vec![node("a", 10), node("b", 20)], "a").unwrap();
+        assert_ne!(keyed(1), plain.hash());
+        assert_ne!(keyed(1), keyed(2));
+        assert_eq!(keyed(1), keyed(1));
     }
 
     #[test]

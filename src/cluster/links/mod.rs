@@ -29,6 +29,14 @@
 //! link. Queues are arrays allocated once, so queueing allocates nothing. Accepted links are
 //! capped too.
 //!
+//! **Encryption.** Unless the node runs with `--insecure-plaintext` ([`LinkConfig::noise`] is
+//! `None`), every link starts with a Noise IK handshake (NOISE.md section 6) before
+//! `PEER_HELLO`: the dialer pins the key the member list gives for the peer, so it only ever
+//! links to the holder of that key; the acceptor reads the dialer's static key from the
+//! handshake and refuses (`PEER_REFUSE` reason KEY, sent encrypted) a `PEER_HELLO` whose node
+//! is listed with another key. After the handshake every node frame travels in the client
+//! transport's records (`courier_protocol::noise::Transport`, one record per flush).
+//!
 //! **Failure detection.** The dialer pings every 500 ms; a link with nothing received for
 //! 1.5 s is closed, so `is_up` turns false and `send` answers `Down` within 2 s of a peer
 //! dying even without a FIN or RST. Dials back off exponentially with jitter (100 ms doubling
@@ -45,6 +53,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use courier_protocol::noise::Keypair;
 use courier_protocol::peer::{
     Forward, ForwardReply, PeerFrame, PeerRead, PeerReadReply, PushBatch, PEER_MAX_FRAME_LEN,
 };
@@ -128,6 +137,10 @@ pub struct LinkConfig {
     /// The first redial waits about this long; each failure doubles it up to `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// This node's static key: links run Noise IK under the node frames, the dialer pinning
+    /// the peer's key from the member list, the acceptor checking the dialer's key against the
+    /// entry of the node its `PEER_HELLO` names. `None`: plain TCP (`--insecure-plaintext`).
+    pub noise: Option<Keypair>,
 }
 
 impl Default for LinkConfig {
@@ -139,6 +152,7 @@ impl Default for LinkConfig {
             silence: Duration::from_millis(1500),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            noise: None,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use courier_protocol::noise::Keypair;
 use courier_protocol::peer::{
     decode_peer, encode_peer, Forward, Origin, PeerFrame, PeerWelcome, PushBatch, PEER_VERSION,
 };
@@ -36,8 +37,31 @@ fn members(ids: &[&str], addrs: &[SocketAddr]) -> Vec<Node> {
             id: (*id).to_owned(),
             client_addr: format!("127.0.0.1:{}", 7000 + addr.port() % 1000),
             cluster_addr: *addr,
+            key: None,
         })
         .collect()
+}
+
+/// A fixed key pair per test node (distinct per `seed`).
+fn keypair(seed: u8) -> Keypair {
+    Keypair::from_private([seed; 32])
+}
+
+/// `nodes` with the key of `keypair(i + 1)` for the i-th node, and the configs that hold them.
+fn keyed(mut nodes: Vec<Node>) -> (Vec<Node>, Vec<LinkConfig>) {
+    let configs = nodes
+        .iter_mut()
+        .enumerate()
+        .map(|(i, n)| {
+            let pair = keypair(i as u8 + 1);
+            n.key = Some(pair.public());
+            LinkConfig {
+                noise: Some(pair),
+                ..LinkConfig::default()
+            }
+        })
+        .collect();
+    (nodes, configs)
 }
 
 struct Endpoint {
@@ -533,4 +557,242 @@ fn inbound_links_past_the_cap_are_closed_at_once() {
 fn is_eof(c: &TcpStream) -> bool {
     c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
     matches!((&*c).read(&mut [0u8; 16]), Ok(0))
+}
+
+/// Endpoints named by `ids`, encrypted (each with its own key, listed in the member list)
+/// when `encrypted`.
+fn named_cluster(ids: &[&str], encrypted: bool) -> (Vec<Node>, Vec<Endpoint>) {
+    let listeners: Vec<TcpListener> = ids.iter().map(|_| listener()).collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let (nodes, configs) = if encrypted {
+        keyed(members(ids, &addrs))
+    } else {
+        (members(ids, &addrs), vec![LinkConfig::default(); ids.len()])
+    };
+    let endpoints = listeners
+        .into_iter()
+        .zip(ids)
+        .zip(configs)
+        .map(|((l, id), config)| start(&nodes, id, l, config))
+        .collect();
+    (nodes, endpoints)
+}
+
+#[test]
+fn encrypted_endpoints_link_up_and_payloads_of_a_lane_arrive_in_order() {
+    let (_, endpoints) = named_cluster(&["n0", "n1", "n2"], true);
+    wait_until("every encrypted link up", Duration::from_secs(5), || {
+        all_linked(&endpoints)
+    });
+    let (a, c) = (&endpoints[0], &endpoints[2]);
+    let to_c = index(a, "n2");
+    // Enough to fill many records, and one payload larger than a record.
+    for seq in 0..5_000 {
+        while let Err(e) = a.links.send(to_c, 9, forward(9, seq)) {
+            assert_eq!(e, LinkError::Full);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let big = Payload::PushBatch(PushBatch {
+        users: (0..30_000).collect(),
+        except: None,
+        frame: Bytes::from(vec![7u8; 100_000]),
+    });
+    a.links.send(to_c, 9, big.clone()).unwrap();
+    for seq in 0..5_000 {
+        match c.arrivals.recv_timeout(Duration::from_secs(10)) {
+            Ok((_, Payload::Forward(f))) => assert_eq!(f.request_id, seq),
+            other => panic!("{other:?}"),
+        }
+    }
+    match c.arrivals.recv_timeout(Duration::from_secs(10)) {
+        Ok((from, payload)) => assert_eq!((from, payload), (index(c, "n0"), big)),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The `REFUSAL_REASONS` index of `key`.
+const KEY_REASON: usize = 4;
+
+#[test]
+fn a_node_that_does_not_hold_its_listed_key_is_refused_on_both_sides() {
+    let listeners = [listener(), listener()];
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let (nodes, mut configs) = keyed(members(&["a", "b"], &addrs));
+    // b runs with another key than the one every member list gives for it.
+    configs[1].noise = Some(keypair(99));
+    let [la, lb] = listeners;
+    let a = start(&nodes, "a", la, configs[0].clone());
+    let b = start(&nodes, "b", lb, configs[1].clone());
+    let (ma, mb) = (a.links.metrics(), b.links.metrics());
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    wait_until(
+        "both directions refused for the key, on both sides",
+        Duration::from_secs(5),
+        || {
+            // a dials b with b's listed key pinned: b cannot read it and does not learn who
+            // dialed (an unknown node); a sees the refusal.
+            load(&ma.peers[0].1.refused_out[KEY_REASON]) > 0
+                && load(&mb.refused_unknown[KEY_REASON]) > 0
+                // b dials a: the handshake works, but b proved a key that is not b's entry.
+                && load(&ma.peers[0].1.refused_in[KEY_REASON]) > 0
+                && load(&mb.peers[0].1.refused_out[KEY_REASON]) > 0
+        },
+    );
+    assert!(!a.links.is_up(index(&a, "b")) && !b.links.is_up(index(&b, "a")));
+    // Nothing got past the handshake: no payload frame was taken.
+    assert_eq!(
+        a.links.send(index(&a, "b"), 1, forward(1, 1)),
+        Err(LinkError::Down)
+    );
+    assert!(b.arrivals.try_recv().is_err() && a.arrivals.try_recv().is_err());
+}
+
+#[test]
+fn an_encrypted_and_a_plaintext_node_refuse_each_other() {
+    let listeners = [listener(), listener()];
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let (nodes, configs) = keyed(members(&["a", "b"], &addrs));
+    let [la, lb] = listeners;
+    let a = start(&nodes, "a", la, configs[0].clone());
+    let b = start(&nodes, "b", lb, LinkConfig::default());
+    let (ma, mb) = (a.links.metrics(), b.links.metrics());
+    let protocol = 3; // REFUSAL_REASONS index
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    wait_until("refused both ways", Duration::from_secs(5), || {
+        // a's handshake to b is answered with a plain PEER_REFUSE; b's plain hello to a is
+        // answered the same way.
+        load(&ma.peers[0].1.refused_out[protocol]) > 0
+            && load(&mb.refused_unknown[protocol]) > 0
+            && load(&ma.refused_unknown[protocol]) > 0
+            && load(&mb.peers[0].1.refused_out[protocol]) > 0
+    });
+    assert!(!a.links.is_up(index(&a, "b")) && !b.links.is_up(index(&b, "a")));
+}
+
+/// A TCP relay from a fresh listener to `to` that keeps a copy of every byte both ways.
+fn tap(to: SocketAddr) -> (TcpListener, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    let relay = listener();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (accepting, log) = (relay.try_clone().unwrap(), seen.clone());
+    std::thread::spawn(move || {
+        for client in accepting.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(to) else {
+                return;
+            };
+            for (mut from, mut into) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        log.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if into.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = into.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    (relay, seen)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn an_encrypted_link_carries_no_frame_in_the_clear() {
+    for encrypted in [false, true] {
+        // a reaches b's cluster address through the tap; b accepts on its own listener.
+        let (la, lb) = (listener(), listener());
+        let (relay, seen) = tap(lb.local_addr().unwrap());
+        let addrs = [la.local_addr().unwrap(), relay.local_addr().unwrap()];
+        let ids = ["node-alpha-7f3e", "node-bravo-91c4"];
+        let plain = members(&ids, &addrs);
+        let (nodes, configs) = if encrypted {
+            keyed(plain)
+        } else {
+            (plain, vec![LinkConfig::default(); 2])
+        };
+        let a = start(&nodes, ids[0], la, configs[0].clone());
+        let b = start(&nodes, ids[1], lb, configs[1].clone());
+        let to_b = index(&a, ids[1]);
+        wait_until("a linked to b", Duration::from_secs(5), || {
+            a.links.is_up(to_b)
+        });
+        let marker = b"a secret message, unmistakable";
+        let push = Payload::PushBatch(PushBatch {
+            users: vec![1],
+            except: None,
+            frame: Bytes::from_static(marker),
+        });
+        a.links.send(to_b, 1, push).unwrap();
+        match b.arrivals.recv_timeout(Duration::from_secs(5)) {
+            Ok((_, Payload::PushBatch(p))) => assert_eq!(&p.frame[..], marker),
+            other => panic!("{other:?}"),
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert!(!seen.is_empty());
+        for needle in [ids[0].as_bytes(), ids[1].as_bytes(), &marker[..]] {
+            assert_eq!(
+                contains(&seen, needle),
+                !encrypted,
+                "{} in the {} capture",
+                String::from_utf8_lossy(needle),
+                if encrypted { "encrypted" } else { "plain" }
+            );
+        }
+    }
+}
+
+/// Payloads per second over one link pool, plain and encrypted, for BENCHMARKS.md:
+/// `cargo test -p courier --lib link_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn link_throughput_plain_and_encrypted() {
+    const PAYLOADS: u32 = 400_000;
+    for round in 0..3 {
+        for encrypted in [false, true] {
+            let (_, endpoints) = named_cluster(&["a", "b"], encrypted);
+            wait_until("linked", Duration::from_secs(5), || all_linked(&endpoints));
+            let (a, b) = (&endpoints[0], &endpoints[1]);
+            let to_b = index(a, "b");
+            let frame = Bytes::from(vec![0x5a; 200]);
+            let start = Instant::now();
+            let receiver = std::thread::scope(|scope| {
+                let receiver = scope.spawn(|| {
+                    for _ in 0..PAYLOADS {
+                        b.arrivals.recv_timeout(Duration::from_secs(10)).unwrap();
+                    }
+                    start.elapsed()
+                });
+                for seq in 0..PAYLOADS {
+                    let lane = u64::from(seq % 64);
+                    let payload = Payload::Forward(Forward {
+                        lane,
+                        origin: Origin::default(),
+                        request_id: seq,
+                        user: 1,
+                        device: 1,
+                        frame: frame.clone(),
+                    });
+                    while a.links.send(to_b, lane, payload.clone()).is_err() {
+                        std::thread::yield_now();
+                    }
+                }
+                receiver.join().unwrap()
+            });
+            println!(
+                "round {round} {}: {PAYLOADS} payloads of 200 B in {receiver:?}: {:.0} payloads/s",
+                if encrypted { "encrypted" } else { "plain" },
+                f64::from(PAYLOADS) / receiver.as_secs_f64()
+            );
+        }
+    }
 }

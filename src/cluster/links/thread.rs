@@ -5,6 +5,11 @@
 //! that are up (at most [`OUT_HIGH`] bytes each), runs the timers (dials that are due, pings,
 //! silence and handshake limits) and writes what it can, asking for WRITABLE only where bytes
 //! remain. Handlers never close a socket themselves: they mark the link and the loop closes it.
+//!
+//! On an encrypted node a link's bytes pass through [`Crypto`]: the Noise handshake first (its
+//! messages go straight to `out`), then records. Frames are decoded from the opened plaintext
+//! (`plain_in`) and encoded into `plain_out`, which is sealed into `out` as one record (or a few,
+//! for more than 64 KiB) at each flush. Plain links decode `input` and encode into `out`.
 
 use std::io::{ErrorKind, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use courier_protocol::noise::{self, Established, Handshake, PublicKey, Transport, MAX_RECORD_LEN};
 use courier_protocol::peer::{
     decode_peer, encode_peer, PeerFrame, PeerHello, PeerPing, PeerPong, PeerRefuse, PeerWelcome,
     RefuseReason, PEER_VERSION,
@@ -41,7 +47,22 @@ const REFUSE_LINGER: Duration = Duration::from_millis(500);
 /// A refused node redials every few seconds; its refusal is logged at most this often.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Index of `wrong_node` in [`REFUSAL_REASONS`].
-const WRONG_NODE: usize = 4;
+const WRONG_NODE: usize = 5;
+/// Index of `key` in [`REFUSAL_REASONS`] (a Noise handshake failed on a key, or `PEER_REFUSE`
+/// reason KEY).
+const KEY: usize = RefuseReason::Key as usize - 1;
+/// Index of `protocol` in [`REFUSAL_REASONS`].
+const PROTOCOL: usize = RefuseReason::Protocol as usize - 1;
+
+/// A link's encryption.
+enum Crypto {
+    /// `--insecure-plaintext`: frames straight on the socket.
+    Plain,
+    /// The Noise handshake is running.
+    Handshake(Box<Handshake>),
+    /// Established: records.
+    Transport(Transport),
+}
 
 /// Which end of a link this node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +77,8 @@ enum Role {
 enum State {
     /// Dialed, TCP not connected yet.
     Connecting,
+    /// The Noise handshake is running (either role; encrypted nodes only).
+    Noise,
     /// Dialed, `PEER_HELLO` sent.
     AwaitWelcome,
     /// Accepted, waiting for `PEER_HELLO`.
@@ -80,6 +103,51 @@ struct Link {
     writable: bool,
     /// Set by handlers; the loop closes the link after its writes.
     close: Option<String>,
+    crypto: Crypto,
+    /// Opened record plaintext not yet decoded (encrypted links only).
+    plain_in: BytesMut,
+    /// Encoded frames not yet sealed (encrypted links only).
+    plain_out: BytesMut,
+    /// On an accepted encrypted link: the static key the dialer proved in the handshake.
+    remote_key: Option<PublicKey>,
+}
+
+impl Link {
+    /// Where frames to send are encoded: sealed at the flush on encrypted links.
+    fn frames_out(&mut self) -> &mut BytesMut {
+        match self.crypto {
+            Crypto::Plain => &mut self.out,
+            _ => &mut self.plain_out,
+        }
+    }
+
+    /// Where received frames are decoded from.
+    fn frames_in(&mut self) -> &mut BytesMut {
+        match self.crypto {
+            Crypto::Plain => &mut self.input,
+            _ => &mut self.plain_in,
+        }
+    }
+
+    /// Bytes waiting to be written, sealed or not.
+    fn pending_out(&self) -> usize {
+        self.out.len() + self.plain_out.len()
+    }
+
+    /// Seals the frames encoded since the last flush into `out`.
+    fn seal(&mut self) {
+        let Crypto::Transport(transport) = &mut self.crypto else {
+            return;
+        };
+        if self.plain_out.is_empty() {
+            return;
+        }
+        if let Err(e) = transport.seal(&self.plain_out, &mut self.out) {
+            self.close
+                .get_or_insert_with(|| format!("cannot seal: {e}"));
+        }
+        self.plain_out.clear();
+    }
 }
 
 /// One link of our pool to one peer, and when to dial it next.
@@ -204,7 +272,7 @@ impl LinkLoop {
         self.slots.iter().any(|slot| {
             slot.conn
                 .and_then(|k| self.links.get(k))
-                .is_some_and(|l| l.state == State::Up && l.out.len() < OUT_HIGH)
+                .is_some_and(|l| l.state == State::Up && l.pending_out() < OUT_HIGH)
                 && self
                     .shared
                     .peer(slot.peer)
@@ -228,6 +296,7 @@ impl LinkLoop {
         stream: TcpStream,
         role: Role,
         state: State,
+        crypto: Crypto,
         now: Instant,
     ) -> Option<usize> {
         let entry = self.links.vacant_entry();
@@ -244,6 +313,10 @@ impl LinkLoop {
             next_nonce: 1,
             writable: state == State::Connecting,
             close: None,
+            crypto,
+            plain_in: BytesMut::new(),
+            plain_out: BytesMut::new(),
+            remote_key: None,
         };
         let interest = if link.writable {
             Interest::READABLE | Interest::WRITABLE
@@ -278,11 +351,19 @@ impl LinkLoop {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            let (state, crypto) = match &self.shared.config.noise {
+                Some(local) => (
+                    State::Noise,
+                    Crypto::Handshake(Box::new(Handshake::responder(local))),
+                ),
+                None => (State::AwaitHello, Crypto::Plain),
+            };
             if self
                 .insert(
                     stream,
                     Role::Accepted { peer: None },
-                    State::AwaitHello,
+                    state,
+                    crypto,
                     Instant::now(),
                 )
                 .is_some()
@@ -304,8 +385,13 @@ impl LinkLoop {
         match TcpStream::connect(addr) {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                self.slots[slot].conn =
-                    self.insert(stream, Role::Dialed { peer, link }, State::Connecting, now);
+                self.slots[slot].conn = self.insert(
+                    stream,
+                    Role::Dialed { peer, link },
+                    State::Connecting,
+                    Crypto::Plain,
+                    now,
+                );
                 if self.slots[slot].conn.is_none() {
                     self.dial_failed(slot, "cannot register the socket", now);
                 }
@@ -354,7 +440,7 @@ impl LinkLoop {
                 continue;
             }
             match link.state {
-                State::Connecting | State::AwaitWelcome | State::AwaitHello
+                State::Connecting | State::Noise | State::AwaitWelcome | State::AwaitHello
                     if now.duration_since(link.since) > config.silence =>
                 {
                     link.close = Some(format!("no handshake within {:?}", config.silence));
@@ -394,12 +480,12 @@ impl LinkLoop {
             let queue = &peer.links[slot.link];
             let m = self.shared.peer_metrics(slot.peer);
             let mut moved = 0u64;
-            while link.out.len() < OUT_HIGH {
+            while link.pending_out() < OUT_HIGH {
                 let Ok(frame) = queue.rx.try_recv() else {
                     break;
                 };
                 moved += frame.encoded_len() as u64;
-                encode_peer(&frame, &mut link.out);
+                encode_peer(&frame, link.frames_out());
                 bump(&m.frames_out);
             }
             m.queued_bytes.fetch_sub(moved, Ordering::AcqRel);
@@ -425,16 +511,27 @@ impl LinkLoop {
                 return;
             }
         }
-        let hello = PeerHello {
-            version: PEER_VERSION,
-            node: self.shared.membership.nodes()[self.shared.local.0 as usize]
-                .id
-                .clone(),
-            membership: self.shared.membership.hash(),
-        };
-        put(&self.shared, link, &hello.into());
-        link.state = State::AwaitWelcome;
         link.since = Instant::now();
+        let Some(local) = &self.shared.config.noise else {
+            put(&self.shared, link, &hello(&self.shared));
+            link.state = State::AwaitWelcome;
+            return;
+        };
+        let Role::Dialed { peer, .. } = link.role else {
+            return;
+        };
+        // `Config::check` refuses an encrypted cluster with a keyless entry.
+        let Some(pinned) = self.shared.membership.node(peer).and_then(|n| n.key) else {
+            link.close = Some("the member list has no key for this node; give it as ID=CLIENT_ADDR@CLUSTER_ADDR#KEY".into());
+            return;
+        };
+        match Handshake::initiator_ik(local, pinned, &mut link.out) {
+            Ok(handshake) => {
+                link.crypto = Crypto::Handshake(Box::new(handshake));
+                link.state = State::Noise;
+            }
+            Err(e) => link.close = Some(format!("cannot start the Noise handshake: {e}")),
+        }
     }
 
     fn on_readable(&mut self, key: usize) {
@@ -468,17 +565,23 @@ impl LinkLoop {
         }
     }
 
-    /// Handles every whole frame in `key`'s input.
+    /// Handles every whole frame in `key`'s input (after the handshake and opening the
+    /// records, on an encrypted link).
     fn decode(&mut self, key: usize) {
+        self.unseal(key);
         loop {
             let Some(link) = self.links.get_mut(key) else {
                 return;
             };
             if link.close.is_some() || link.state == State::Refusing {
                 link.input.clear();
+                link.plain_in.clear();
                 return;
             }
-            match decode_peer(&mut link.input) {
+            if link.state == State::Noise {
+                return;
+            }
+            match decode_peer(link.frames_in()) {
                 Ok(Some(frame)) => self.handle(key, frame),
                 Ok(None) => return,
                 Err(e) => {
@@ -490,6 +593,148 @@ impl LinkLoop {
                     return;
                 }
             }
+        }
+    }
+
+    /// Runs the handshake on what arrived, or opens the records that arrived into `plain_in`.
+    fn unseal(&mut self, key: usize) {
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        if link.close.is_some() || link.state == State::Refusing {
+            return;
+        }
+        let Link {
+            crypto,
+            input,
+            out,
+            plain_in,
+            close,
+            ..
+        } = link;
+        match crypto {
+            Crypto::Plain => {}
+            Crypto::Transport(transport) => {
+                if let Err(e) = transport.open_all(input, MAX_RECORD_LEN, plain_in) {
+                    close.get_or_insert_with(|| format!("encrypted link failed: {e}"));
+                }
+            }
+            Crypto::Handshake(handshake) => match handshake.handle(input, out) {
+                Ok(None) => {}
+                Ok(Some(established)) => {
+                    self.established(key, established);
+                    // Records that came with the last handshake message.
+                    self.unseal(key);
+                }
+                Err(e) => self.handshake_failed(key, e),
+            },
+        }
+    }
+
+    /// The Noise handshake is done: the dialer says `PEER_HELLO`, the acceptor waits for it.
+    fn established(&mut self, key: usize, established: Established) {
+        let shared = self.shared.clone();
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        link.crypto = Crypto::Transport(established.transport);
+        link.since = Instant::now();
+        match link.role {
+            Role::Dialed { .. } => {
+                put(&shared, link, &hello(&shared));
+                link.state = State::AwaitWelcome;
+            }
+            Role::Accepted { .. } => {
+                link.remote_key = Some(established.remote);
+                link.state = State::AwaitHello;
+            }
+        }
+    }
+
+    /// Logs and counts a failed Noise handshake; the link closes (after writing what the
+    /// handshake answered, on the accepting side).
+    fn handshake_failed(&mut self, key: usize, e: noise::Error) {
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        let ours = self.shared.config.noise.as_ref().map(|k| k.public());
+        let local = self.shared.membership.nodes()[self.shared.local.0 as usize]
+            .id
+            .clone();
+        match (link.role, e) {
+            (Role::Accepted { .. }, noise::Error::PlaintextPeer) => {
+                // Answer in the dialer's language, so that it logs why.
+                link.crypto = Crypto::Plain;
+                let msg = format!(
+                    "node `{local}` encrypts its cluster links and the dialer sent plaintext: it runs with --insecure-plaintext; run every node of the cluster alike"
+                );
+                self.refuse(key, None, RefuseReason::Protocol, msg);
+            }
+            (Role::Accepted { .. }, noise::Error::ClientPinnedOtherKey) => {
+                let ours = ours.map_or_else(String::new, |k| k.to_string());
+                let msg = format!(
+                    "a node dialed with a key pinned for `{local}` that is not its key ({ours}): that node's --peer entry for `{local}` is out of date; put `{local}`'s key {ours} in the --peer list of every node"
+                );
+                self.count_refusal(key, None, RefuseReason::Key, &msg);
+                self.linger(key);
+            }
+            (Role::Accepted { .. }, e) => {
+                let msg = format!("the Noise handshake failed: {e}");
+                self.count_refusal(key, None, RefuseReason::Protocol, &msg);
+                self.linger(key);
+            }
+            (Role::Dialed { peer, link: index }, e) => {
+                let id = self
+                    .shared
+                    .membership
+                    .node(peer)
+                    .map_or("?", |n| n.id.as_str())
+                    .to_owned();
+                let (reason, detail) = match &e {
+                    noise::Error::ServerKeyMismatch { pinned, .. } => (
+                        KEY,
+                        format!(
+                            "node {id} does not hold the key its --peer entry gives ({pinned}): it could not read our handshake. Run `courier keys show` on {id} and put its key in the --peer list of every node"
+                        ),
+                    ),
+                    noise::Error::HandshakeMsgLen { len: 0, .. } => {
+                        // A plaintext node answers a handshake with a plain PEER_REFUSE.
+                        let refusal = match decode_peer(&mut link.input) {
+                            Ok(Some(PeerFrame::PeerRefuse(r))) => r.message,
+                            _ => "no reason given".into(),
+                        };
+                        (
+                            PROTOCOL,
+                            format!(
+                                "node {id} answered our Noise handshake in plaintext ({refusal}): it runs with --insecure-plaintext; run every node of the cluster alike"
+                            ),
+                        )
+                    }
+                    e => (PROTOCOL, format!("the Noise handshake with {id} failed: {e}")),
+                };
+                let why = format!("refused ({})", REFUSAL_REASONS[reason]);
+                self.log_dial_refusal(peer, index, &why, &detail);
+                bump(&self.metrics(peer).refused_out[reason]);
+                self.mark_close(key, why);
+            }
+        }
+    }
+
+    /// Logs a refusal of one of our dials once per run of the same failure (the link redials
+    /// every few seconds).
+    fn log_dial_refusal(&mut self, peer: NodeIndex, link: usize, why: &str, detail: &str) {
+        let id = self.node_id(peer).to_owned();
+        let slot = self
+            .slots
+            .iter_mut()
+            .find(|s| s.peer == peer && s.link == link);
+        let first = slot.is_some_and(|s| {
+            let first = s.logged.as_deref() != Some(why);
+            s.logged = Some(why.to_owned());
+            first
+        });
+        if first {
+            tracing::error!(peer = %id, "cluster node {id} refused our link: {detail}");
         }
     }
 
@@ -514,26 +759,8 @@ impl LinkLoop {
                 self.on_welcome(key, peer, link, w)
             }
             (Role::Dialed { peer, link }, State::AwaitWelcome, PeerFrame::PeerRefuse(r)) => {
-                let id = self.node_id(peer).to_owned();
                 let why = format!("refused ({})", r.reason.name());
-                // Once per run of the same failure: the link redials every few seconds.
-                let slot = self
-                    .slots
-                    .iter_mut()
-                    .find(|s| s.peer == peer && s.link == link);
-                let first = slot.is_some_and(|s| {
-                    let first = s.logged.as_deref() != Some(why.as_str());
-                    s.logged = Some(why.clone());
-                    first
-                });
-                if first {
-                    tracing::error!(
-                        peer = %id,
-                        reason = r.reason.name(),
-                        "cluster node {id} refused our link: {}",
-                        r.message
-                    );
-                }
+                self.log_dial_refusal(peer, link, &why, &r.message);
                 bump(&self.metrics(peer).refused_out[r.reason as usize - 1]);
                 self.mark_close(key, why);
             }
@@ -579,6 +806,19 @@ impl LinkLoop {
             );
             return self.refuse(key, None, RefuseReason::UnknownNode, msg);
         };
+        // Encrypted: the dialer proved its static key; it must be the key listed for the node
+        // it says it is, before any node frame of it is taken.
+        if let Some(proved) = self.links.get(key).and_then(|l| l.remote_key) {
+            let listed = s.membership.node(peer).and_then(|n| n.key);
+            if listed != Some(proved) {
+                let listed = listed.map_or_else(|| "no key".to_owned(), |k| k.to_string());
+                let msg = format!(
+                    "node `{0}` proved the key {proved}, but the --peer list here gives {listed} for `{0}`: if `{0}` was re-keyed, put its new key (`courier keys show` on it) in the --peer list of every node",
+                    hello.node
+                );
+                return self.refuse(key, Some(peer), RefuseReason::Key, msg);
+            }
+        }
         if hello.membership != ours {
             let local = &s.membership.nodes()[s.local.0 as usize].id;
             let msg = format!(
@@ -610,6 +850,33 @@ impl LinkLoop {
         reason: RefuseReason,
         message: String,
     ) {
+        self.count_refusal(key, peer, reason, &message);
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        encode_peer(&PeerRefuse { reason, message }.into(), link.frames_out());
+        self.linger(key);
+    }
+
+    /// Lets the link write what it holds (a refusal), then closes it.
+    fn linger(&mut self, key: usize) {
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        link.state = State::Refusing;
+        link.since = Instant::now();
+        link.input.clear();
+        link.plain_in.clear();
+    }
+
+    /// Logs (at most once per [`REFUSAL_LOG_EVERY`] per node) and counts a refused dial.
+    fn count_refusal(
+        &mut self,
+        key: usize,
+        peer: Option<NodeIndex>,
+        reason: RefuseReason,
+        message: &str,
+    ) {
         let addr = self
             .links
             .get(key)
@@ -633,13 +900,6 @@ impl LinkLoop {
             None => &self.shared.metrics.refused_unknown[reason as usize - 1],
         };
         bump(counter);
-        let Some(link) = self.links.get_mut(key) else {
-            return;
-        };
-        encode_peer(&PeerRefuse { reason, message }.into(), &mut link.out);
-        link.state = State::Refusing;
-        link.since = Instant::now();
-        link.input.clear();
     }
 
     fn on_welcome(&mut self, key: usize, peer: NodeIndex, index: usize, w: PeerWelcome) {
@@ -687,6 +947,7 @@ impl LinkLoop {
     fn flush_and_close(&mut self, now: Instant) {
         let mut closing = Vec::new();
         for (key, link) in self.links.iter_mut() {
+            link.seal();
             if link.state != State::Connecting && !link.out.is_empty() {
                 let written = write_out(link);
                 if written > 0 {
@@ -779,9 +1040,21 @@ pub(super) fn drop_queued(shared: &Shared, peer: NodeIndex, index: usize) {
     }
 }
 
+/// This node's `PEER_HELLO`.
+fn hello(shared: &Shared) -> PeerFrame {
+    PeerHello {
+        version: PEER_VERSION,
+        node: shared.membership.nodes()[shared.local.0 as usize]
+            .id
+            .clone(),
+        membership: shared.membership.hash(),
+    }
+    .into()
+}
+
 /// Appends a frame to `link`'s output and counts it for the link's peer (once known).
 fn put(shared: &Shared, link: &mut Link, frame: &PeerFrame) {
-    encode_peer(frame, &mut link.out);
+    encode_peer(frame, link.frames_out());
     if let Some(peer) = peer_of(link.role) {
         bump(&shared.peer_metrics(peer).frames_out);
     }

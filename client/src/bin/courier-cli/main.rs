@@ -221,7 +221,9 @@ pub fn encryption(cli: &Cli, server: &str) -> CliResult<Encryption> {
 /// After a connection with trust on first use: shows the key the server presented and saves
 /// it, so that later runs pin it.
 pub fn learned_key(cli: &Cli, server: &str, client: &Client) -> CliResult {
-    if !cli.trust_on_first_use || cli.server_key.is_some() {
+    // After a redirect the connection is to another node, whose key (named by the REDIRECT)
+    // is not `server`'s: only the key of `server` itself is saved for it.
+    if !cli.trust_on_first_use || cli.server_key.is_some() || client.server_addr() != server {
         return Ok(());
     }
     if let Some(key) = client.server_key()? {

@@ -73,6 +73,12 @@ pub fn key(namespace: u8, id: u64) -> [u8; 9] {
     k
 }
 
+/// The ring key of a partition: the ring places partitions, not ids, on nodes (the server's
+/// router and the load generator both place partition `p` at `ring.owner(&partition_key(p))`).
+pub fn partition_key(partition: u16) -> [u8; 9] {
+    key(b'p', u64::from(partition))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 //!
 //! A cluster has [`PARTITIONS`] logical partitions, **fixed for the life of the cluster** (the
 //! partition is baked into every id and every token; changing the number would re-home
-//! everything). The ring maps partitions, not ids, to nodes (see [`super::Router`]), so moving a
+//! everything). The ring maps partitions, not ids, to nodes (the server's `cluster::Router`), so moving a
 //! partition between nodes later moves whole key ranges.
 //!
 //! ```text
