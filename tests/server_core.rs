@@ -7,6 +7,7 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use courier_protocol::noise::Keypair;
 use courier_protocol::{
     AdminStats, ContactAdd, Done, ErrorCode, Frame, Hello, Logout, LogoutAll, MessageKind,
     OpenDirect, Ping, PresenceQuery, PresenceSubscribe, Send,
@@ -473,18 +474,23 @@ fn admin_stats_are_for_admins_only() {
 }
 
 /// Node `a` of a two-node cluster whose node `b` (client port 9) is never started.
-const CLUSTER_OF_A_AND_B: [&str; 6] = [
-    "--node-id",
-    "a",
-    "--peer",
-    "a=127.0.0.1:1@127.0.0.1:0",
-    "--peer",
-    "b=127.0.0.1:9@127.0.0.1:9",
-];
+/// Node `a` of a two-node cluster whose node `b` never runs (its addresses are dead ends): the
+/// REDIRECTs `a` sends are the test's object. Links are encrypted, so both entries carry keys.
+fn cluster_of_a_and_b() -> (Server, Keypair) {
+    let a = Keypair::from_private([0x3a; 32]);
+    let b = Keypair::from_private([0x3b; 32]);
+    let peer_a = format!("a=127.0.0.1:1@127.0.0.1:0#{}", a.public());
+    let peer_b = format!("b=127.0.0.1:9@127.0.0.1:9#{}", b.public());
+    let server = Server::start_keyed(
+        &a,
+        &["--node-id", "a", "--peer", &peer_a, "--peer", &peer_b],
+    );
+    (server, b)
+}
 
 #[test]
 fn users_homed_on_another_node_are_redirected() {
-    let mut server = Server::start_with(&CLUSTER_OF_A_AND_B);
+    let (mut server, b) = cluster_of_a_and_b();
     // Provisioned without the node list, every account is in a's data directory, but the
     // handles of some are homed on node b: a LOGIN for those is redirected before any
     // password work.
@@ -502,6 +508,7 @@ fn users_homed_on_another_node_are_redirected() {
             util::Recv::Frame(e) => match e.frame {
                 Frame::Redirect(r) if e.request_id == 0 => {
                     assert_eq!((r.node.as_str(), r.addr.as_str()), ("b", "127.0.0.1:9"));
+                    assert_eq!(&r.key[..], &b.public().as_bytes()[..], "b's key");
                     redirected += 1;
                     c.expect_closed(SHORT)
                 }
@@ -527,7 +534,7 @@ fn users_homed_on_another_node_are_redirected() {
 /// account is created (so asking again is redirected again, not HANDLE_TAKEN).
 #[test]
 fn register_in_a_cluster_creates_accounts_only_at_their_home() {
-    let server = Server::start_with(&CLUSTER_OF_A_AND_B);
+    let (server, b) = cluster_of_a_and_b();
     let (mut here, mut redirected) = (0, 0);
     for i in 0..16 {
         let handle = format!("newcomer{i}");
@@ -550,6 +557,7 @@ fn register_in_a_cluster_creates_accounts_only_at_their_home() {
                         panic!("REGISTER {handle}: {:?}", e.frame)
                     };
                     assert_eq!((r.node.as_str(), r.addr.as_str()), ("b", "127.0.0.1:9"));
+                    assert_eq!(&r.key[..], &b.public().as_bytes()[..], "b's key");
                     assert!(c.expect_closed(SHORT).is_empty());
                     redirected += 1;
                 }

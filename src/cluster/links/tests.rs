@@ -781,6 +781,7 @@ fn link_throughput_plain_and_encrypted() {
                         user: 1,
                         device: 1,
                         frame: frame.clone(),
+                        checked: Default::default(),
                     });
                     while a.links.send(to_b, lane, payload.clone()).is_err() {
                         std::thread::yield_now();
