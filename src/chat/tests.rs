@@ -1866,12 +1866,13 @@ fn a_round_built_while_the_previous_one_commits_sees_its_state_and_waits_for_it(
     assert!(out.is_empty(), "nothing leaves before round N is durable");
     let mark = w.shared.watermark();
 
-    // Round N+1, same thread: a retry of client id 1, a new send, and 40 other threads.
+    // Round N+1: 40 other threads first (the cache must evict to take them, and must not
+    // pick the thread of round N), then the same thread: a retry of client id 1, a new send.
     let e = &mut w.engines[owner as usize];
-    e.handle(a, 3, text(g, 1));
     for &t in &others {
         e.handle(a, 4, text(t, 9));
     }
+    e.handle(a, 3, text(g, 1));
     e.handle(a, 5, text(g, 2));
     assert!(
         !e.has_pending(),
@@ -1911,7 +1912,8 @@ fn a_round_built_while_the_previous_one_commits_sees_its_state_and_waits_for_it(
     let second = sent_ids(&out);
     assert_eq!(second.len(), 2 + others.len());
     assert_eq!(
-        second[0], m1,
+        second[others.len()],
+        m1,
         "the retry is answered with round N's message"
     );
     let m2 = *second.last().unwrap();
