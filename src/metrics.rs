@@ -180,7 +180,7 @@ impl ShardMetrics {
         Self::add(&self.noise_failures[why as usize], 1);
     }
 
-    /// Records one `engine.commit` that took `us` microseconds.
+    /// Records one round commit that took `us` microseconds from sealing to durable.
     pub fn commit_took(&self, us: u64) {
         let bucket = COMMIT_BUCKETS_US
             .iter()

@@ -22,12 +22,14 @@ pub(super) type SendKey = (u64, u64, u64);
 
 pub(super) struct RecentSends {
     ids: HashMap<SendKey, u64>,
-    /// Entries in insertion order, oldest first; the last `round` were added this round. A key
-    /// sent again after its entry expired appears twice: only the copy whose id is still in
-    /// `ids` owns the entry.
+    /// Entries in insertion order, oldest first; the last `round` were added by the round
+    /// being built, the `sealed` before them by the round being committed. A key sent again
+    /// after its entry expired appears twice: only the copy whose id is still in `ids` owns
+    /// the entry.
     order: VecDeque<(SendKey, u64)>,
     capacity: usize,
     round: usize,
+    sealed: usize,
 }
 
 impl RecentSends {
@@ -37,6 +39,7 @@ impl RecentSends {
             order: VecDeque::new(),
             capacity: capacity.max(1),
             round: 0,
+            sealed: 0,
         }
     }
 
@@ -49,33 +52,49 @@ impl RecentSends {
             .filter(|&id| now.saturating_sub(id) <= window_us)
     }
 
-    /// Remembers a send staged this round. Forgets the oldest entries of earlier rounds while
-    /// over capacity; this round's entries stay (a retry in the same round must find them), so
-    /// the map exceeds its capacity by at most one round's sends.
+    /// Remembers a send staged this round. Forgets the oldest durable entries while over
+    /// capacity; entries not yet durable stay (a retry before the commit must find them, the
+    /// store cannot), so the map exceeds its capacity by at most two rounds' sends.
     pub fn insert(&mut self, key: SendKey, id: u64) {
         self.ids.insert(key, id);
         self.order.push_back((key, id));
         self.round += 1;
-        while self.order.len() > self.capacity && self.order.len() > self.round {
+        while self.order.len() > self.capacity && self.order.len() > self.round + self.sealed {
             if let Some((old, old_id)) = self.order.pop_front() {
                 self.remove(old, old_id);
             }
         }
     }
 
-    /// The round committed: its sends are durable and become ordinary entries.
+    /// Every staged send is durable and becomes an ordinary entry.
+    #[cfg(test)]
     pub fn commit_round(&mut self) {
+        self.round = 0;
+        self.sealed = 0;
+    }
+
+    /// The round was handed to the commit stage; its sends stay pinned until it is durable.
+    pub fn seal(&mut self) {
+        debug_assert_eq!(self.sealed, 0, "one sealed round at a time");
+        self.sealed = self.round;
         self.round = 0;
     }
 
-    /// The round's commit failed: its sends were never stored, so a retry must store them.
+    /// The sealed round is durable: its sends become ordinary entries.
+    pub fn durable(&mut self) {
+        self.sealed = 0;
+    }
+
+    /// A commit failed: the sends not yet durable (the sealed round's and the current one's,
+    /// which was built on it) were never stored, so a retry must store them.
     pub fn forget_round(&mut self) {
-        for _ in 0..self.round {
+        for _ in 0..self.round + self.sealed {
             if let Some((key, id)) = self.order.pop_back() {
                 self.remove(key, id);
             }
         }
         self.round = 0;
+        self.sealed = 0;
     }
 
     fn remove(&mut self, key: SendKey, id: u64) {
@@ -117,6 +136,31 @@ mod tests {
         r.insert((1, 1, 6), 60);
         assert_eq!(r.len(), 2);
         assert_eq!(r.get(&(1, 1, 5), 60, HOUR), Some(50));
+    }
+
+    #[test]
+    fn a_sealed_round_stays_until_durable_and_a_failure_forgets_both_rounds() {
+        let mut r = RecentSends::new(1);
+        r.insert((1, 1, 1), 10);
+        r.seal();
+        r.insert((1, 1, 2), 20);
+        assert_eq!(r.get(&(1, 1, 1), 20, HOUR), Some(10), "sealed: not evicted");
+        assert_eq!(r.len(), 2);
+        r.forget_round();
+        assert_eq!(
+            r.len(),
+            0,
+            "the sealed round failed, and the round built on it"
+        );
+        r.insert((1, 1, 3), 30);
+        r.seal();
+        r.durable();
+        r.insert((1, 1, 4), 40);
+        assert_eq!(
+            r.get(&(1, 1, 3), 40, HOUR),
+            None,
+            "durable: evicted past capacity"
+        );
     }
 
     #[test]

@@ -2,12 +2,21 @@
 //!
 //! A request runs to completion inside [`Engine::handle`]: it validates, reads what it needs,
 //! stages writes in the round's [`Batch`] and its answers in `pending`. Nothing leaves before
-//! [`Engine::commit`] has made the batch durable, so a SENT ack always means "on disk" (per
-//! the fsync mode) and a push never announces a message that a crash could lose.
+//! the batch is durable, so a SENT ack always means "on disk" (per the fsync mode) and a push
+//! never announces a message that a crash could lose.
+//!
+//! With a commit stage ([`Engine::pipelined`], `--fsync batch` on a server), [`Engine::commit`]
+//! seals the round and hands its batch to the shard's writer thread instead of writing it
+//! inline; the shard keeps serving and builds the next round meanwhile. At most one sealed
+//! round is in flight: the next is sealed when it is durable, and its answers are released
+//! then. What a round staged stays visible to later rounds until it is durable (two
+//! generations: `chat::round`); a failed commit fails the sealed round and the round built
+//! on it (ARCHITECTURE.md, "Durability").
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use courier_protocol::{Done, ErrorCode, ErrorReply, Frame, ReceiptKind};
 
@@ -15,11 +24,17 @@ use super::dedupe::RecentSends;
 use super::limits::Staged;
 use super::media::{self, Uploads};
 use super::messages::TypingGate;
+use super::round::RoundMap;
 use super::threads::{self, ThreadCache};
 use super::{messages, sync};
 use super::{Effect, Shared};
 use crate::caller::Caller;
+use crate::store::committer::Committer;
 use crate::store::{Batch, FsyncMode, MessageRecord, PrivateState};
+
+/// Answers and pushes staged while a sealed round is in flight, past which the shard stops
+/// reading its sockets until that round is durable (backpressure; see [`Engine::saturated`]).
+pub const STAGED_BOUND: usize = 4096;
 
 /// A request's failure: the code and a sentence for the person behind the client.
 pub(super) type Reject = (ErrorCode, &'static str);
@@ -32,6 +47,18 @@ pub struct Engine {
     pending: Vec<Effect>,
     /// Answers whose writes are committed (filled by `flush`, drained by `commit`).
     ready: Vec<Effect>,
+    /// The writer thread of `--fsync batch`; `None`: each round is written inline.
+    committer: Option<Committer>,
+    /// Answers of the sealed round in flight, released when its batch is durable.
+    sealed: Vec<Effect>,
+    /// When the round in flight was sealed.
+    sealed_at: Option<Instant>,
+    /// How long the last finished commit took from sealing to durable, not yet taken.
+    commit_took: Option<Duration>,
+    /// In-flight bounds (see [`Shared::watermark`]) of the sealed round and of the round
+    /// being built; `u64::MAX`: none.
+    sealed_bound: u64,
+    current_bound: u64,
     /// Threads this shard owns, authoritative while cached.
     pub(super) threads: ThreadCache,
     pub(super) uploads: Uploads,
@@ -41,16 +68,16 @@ pub struct Engine {
     /// Contacts and delete-for-me entries staged this round, for the per-user caps.
     pub(super) staged: Staged,
     /// Direct threads created this round, by user pair.
-    pub(super) round_directs: HashMap<(u64, u64), u64>,
+    pub(super) round_directs: RoundMap<(u64, u64), u64>,
     /// Memberships (user, thread) staged this round: a later request of the round reads these,
     /// since the store cannot see uncommitted writes.
-    pub(super) round_private: HashMap<(u64, u64), PrivateState>,
+    pub(super) round_private: RoundMap<(u64, u64), PrivateState>,
     /// Stored messages changed this round (recalled, edited, reacted to), by (thread, id): a
     /// later change of the round starts from these, since the store cannot see uncommitted
     /// writes.
-    pub(super) round_messages: HashMap<(u64, u64), MessageRecord>,
+    pub(super) round_messages: RoundMap<(u64, u64), MessageRecord>,
     /// Reactions staged this round by (thread, message, user); empty: removed.
-    pub(super) round_reactions: HashMap<(u64, u64, u64), String>,
+    pub(super) round_reactions: RoundMap<(u64, u64, u64), String>,
     /// This round's receipt pushes by (thread, reader, kind): their index in `pending`, so a
     /// later advance of the same cursor replaces the push instead of adding one.
     pub(super) round_receipts: HashMap<(u64, u64, ReceiptKind), usize>,
@@ -78,14 +105,20 @@ impl Engine {
             batch,
             pending: Vec::new(),
             ready: Vec::new(),
+            committer: None,
+            sealed: Vec::new(),
+            sealed_at: None,
+            commit_took: None,
+            sealed_bound: u64::MAX,
+            current_bound: u64::MAX,
             threads: ThreadCache::new(cache),
             uploads: Uploads::default(),
             recent_sends: RecentSends::new(recent),
             staged: Staged::default(),
-            round_directs: HashMap::new(),
-            round_private: HashMap::new(),
-            round_messages: HashMap::new(),
-            round_reactions: HashMap::new(),
+            round_directs: RoundMap::default(),
+            round_private: RoundMap::default(),
+            round_messages: RoundMap::default(),
+            round_reactions: RoundMap::default(),
             round_receipts: HashMap::new(),
             audience: Vec::new(),
             typing: TypingGate::default(),
@@ -233,15 +266,66 @@ impl Engine {
         }
     }
 
-    /// Whether requests are waiting for [`commit`](Self::commit).
+    /// An engine whose rounds are made durable by `committer` (the shard's writer thread),
+    /// off the event loop. Use with `--fsync batch`; `always` writes each request inline.
+    pub fn pipelined(shared: Arc<Shared>, shard: u16, committer: Committer) -> Self {
+        let mut engine = Self::new(shared, shard);
+        engine.committer = Some(committer);
+        engine
+    }
+
+    /// Whether a sealed round is being committed.
+    fn in_flight(&self) -> bool {
+        self.committer.as_ref().is_some_and(Committer::in_flight)
+    }
+
+    /// Whether [`commit`](Self::commit) has work it can do now: answers to release, or a
+    /// round to seal. While a round is in flight the committer wakes the shard when it is
+    /// done, so the shard need not poll for it.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty() || !self.ready.is_empty() || !self.batch.is_empty()
+        !self.ready.is_empty()
+            || (!self.in_flight() && (!self.pending.is_empty() || !self.batch.is_empty()))
+    }
+
+    /// Whether the round being built is full while a sealed round is in flight: the shard
+    /// stops reading its sockets until that round is durable (at most [`STAGED_BOUND`]
+    /// answers, plus one request's, wait in a round behind one in flight).
+    pub fn saturated(&self) -> bool {
+        self.in_flight() && self.pending.len() >= STAGED_BOUND
+    }
+
+    /// How long the last finished commit took, from sealing its round to durable; once.
+    pub fn take_commit_took(&mut self) -> Option<Duration> {
+        self.commit_took.take()
     }
 
     /// Makes this round's writes durable (one WAL write and, per fsync mode, one sync) and
-    /// appends the answers and pushes they release to `out`. Call once per event-loop round.
+    /// appends the answers and pushes that became releasable to `out`. Call once per
+    /// event-loop round.
+    ///
+    /// Inline (no committer): the round is written now and its answers released. Pipelined:
+    /// a finished commit's answers are released; then, if no round is in flight, this round
+    /// is sealed and handed to the committer, and its answers wait for it.
     pub fn commit(&mut self, out: &mut Vec<Effect>) {
-        self.flush();
+        if let Some(result) = self.committer.as_mut().and_then(Committer::poll) {
+            self.finish_sealed(result);
+        }
+        if !self.in_flight() {
+            self.seal_and_write();
+        }
+        out.append(&mut self.ready);
+    }
+
+    /// Commits everything staged and waits for it (shutdown): the round in flight, then the
+    /// round being built.
+    pub fn finish(&mut self, out: &mut Vec<Effect>) {
+        if let Some(result) = self.committer.as_mut().and_then(Committer::wait) {
+            self.finish_sealed(result);
+        }
+        self.seal_and_write();
+        if let Some(result) = self.committer.as_mut().and_then(Committer::wait) {
+            self.finish_sealed(result);
+        }
         out.append(&mut self.ready);
     }
 
@@ -250,21 +334,78 @@ impl Engine {
         self.batch.put_last_seen(user, at);
     }
 
-    /// Commits the batch and moves the pending answers to `ready`. On a storage failure the
-    /// answers become INTERNAL errors, pushes are dropped (nothing was stored), and the thread
-    /// cache is emptied, since it may hold changes that never reached the disk.
+    /// Writes the round inline and releases its answers (`--fsync always`, per request).
     fn flush(&mut self) {
+        debug_assert!(!self.in_flight());
+        self.seal_and_write();
+    }
+
+    /// Seals the round being built (nothing may be in flight) and writes it: through the
+    /// committer if there is one and the batch has writes, else inline. An empty batch is
+    /// durable at once (everything before it is).
+    fn seal_and_write(&mut self) {
+        if self.pending.is_empty()
+            && self.batch.is_empty()
+            && self.dirty_threads.is_empty()
+            && self.dirty_members.is_empty()
+        {
+            return;
+        }
         self.stage_dirty();
-        if !self.batch.is_empty() {
-            if self.round_max != 0 {
-                self.batch.clock_floor(self.shard, self.round_max);
+        if self.round_max != 0 {
+            self.batch.clock_floor(self.shard, self.round_max);
+        }
+        let batch = std::mem::replace(&mut self.batch, self.shared.store.batch());
+        self.sealed.append(&mut self.pending);
+        self.sealed_at = Some(Instant::now());
+        self.sealed_bound = self.current_bound;
+        self.current_bound = u64::MAX;
+        self.round_max = 0;
+        self.round_receipts.clear();
+        self.recent_sends.seal();
+        self.staged.seal();
+        self.round_directs.seal();
+        self.round_private.seal();
+        self.round_messages.seal();
+        self.round_reactions.seal();
+        self.uploads.seal();
+        self.threads.seal();
+        if batch.is_empty() {
+            return self.finish_sealed(Ok(()));
+        }
+        let result = match self.committer.as_mut() {
+            Some(committer) => committer.submit(batch),
+            None => self.shared.store.commit(batch),
+        };
+        if result.is_err() || !self.in_flight() {
+            self.finish_sealed(result);
+        }
+    }
+
+    /// The sealed round's commit finished. Durable: its answers are released and what it
+    /// staged is left to the store. Failed: its answers become INTERNAL errors, pushes are
+    /// dropped (nothing was stored), and so does the round built on it since (its state was
+    /// derived from what failed); the thread cache is emptied, since it may hold changes that
+    /// never reached the disk.
+    fn finish_sealed(&mut self, result: Result<(), crate::store::Error>) {
+        self.commit_took = self.sealed_at.take().map(|t| t.elapsed());
+        match result {
+            Ok(()) => {
+                self.ready.append(&mut self.sealed);
+                self.recent_sends.durable();
+                self.staged.durable();
+                self.round_directs.durable();
+                self.round_private.durable();
+                self.round_messages.durable();
+                self.round_reactions.durable();
+                self.uploads.durable();
+                self.threads.durable();
             }
-            let batch = std::mem::replace(&mut self.batch, self.shared.store.batch());
-            if let Err(e) = self.shared.store.commit(batch) {
+            Err(e) => {
                 tracing::debug!(shard = self.shard, error = %e, "commit failed; answering INTERNAL");
-                self.threads.clear();
-                self.recent_sends.forget_round();
-                for effect in self.pending.drain(..) {
+                let mut failed = std::mem::take(&mut self.sealed);
+                failed.append(&mut self.pending);
+                for effect in failed {
                     if let Effect::Reply { to, request_id, .. } = effect {
                         self.ready.push(Effect::Reply {
                             to,
@@ -277,22 +418,32 @@ impl Engine {
                         });
                     }
                 }
+                self.batch = self.shared.store.batch();
+                self.dirty_threads.clear();
+                self.dirty_members.clear();
+                self.round_receipts.clear();
+                self.round_max = 0;
+                self.current_bound = u64::MAX;
+                self.recent_sends.forget_round();
+                self.staged.clear();
+                self.round_directs.clear();
+                self.round_private.clear();
+                self.round_messages.clear();
+                self.round_reactions.clear();
+                self.uploads.end_round();
+                self.threads.clear();
+                self.threads.end_round();
             }
         }
-        self.ready.append(&mut self.pending);
-        self.recent_sends.commit_round();
-        self.staged.clear();
-        self.round_directs.clear();
-        self.round_private.clear();
-        self.round_messages.clear();
-        self.round_reactions.clear();
-        self.round_receipts.clear();
-        self.uploads.end_round();
-        self.round_max = 0;
+        self.sealed_bound = u64::MAX;
+        self.publish_bound();
+    }
+
+    /// Publishes the lowest clock value this shard has staged and not made durable.
+    fn publish_bound(&self) {
         self.shared.in_flight[self.shard as usize]
             .0
-            .store(u64::MAX, Ordering::SeqCst);
-        self.threads.end_round();
+            .store(self.sealed_bound.min(self.current_bound), Ordering::SeqCst);
     }
 
     /// Stages the final state of every thread record and member changed this round. A member
@@ -315,10 +466,8 @@ impl Engine {
     /// in-flight bound first (see [`Shared::watermark`]).
     pub(super) fn tick(&mut self) -> u64 {
         if self.round_max == 0 {
-            let bound = self.shared.clock.last() + 1;
-            self.shared.in_flight[self.shard as usize]
-                .0
-                .store(bound, Ordering::SeqCst);
+            self.current_bound = self.shared.clock.last() + 1;
+            self.publish_bound();
         }
         let t = self.shared.clock.tick();
         self.round_max = t;

@@ -6,9 +6,18 @@
 
 use std::collections::{HashMap, HashSet};
 
-/// What this round staged, cleared at every commit (successful or not).
+/// What the rounds not yet durable staged: the round being built and the sealed round being
+/// committed (see `chat::round`). A sealed round's part goes once it is durable; both go when
+/// a commit fails.
 #[derive(Default)]
 pub(super) struct Staged {
+    current: Generation,
+    sealed: Generation,
+}
+
+/// What one round staged.
+#[derive(Default)]
+struct Generation {
     /// (user, contact) pairs changed this round: whether they are contacts afterwards.
     contacts: HashMap<(u64, u64), bool>,
     /// Per user, how this round changed the number of contacts.
@@ -17,43 +26,77 @@ pub(super) struct Staged {
     hidden: HashSet<(u64, u64, u64)>,
 }
 
-impl Staged {
-    pub fn clear(&mut self) {
+impl Generation {
+    fn clear(&mut self) {
         self.contacts.clear();
         self.contact_delta.clear();
         self.hidden.clear();
     }
 
-    /// Whether this round made `contact` a contact of `user` (`Some(true)`), removed it
+    fn is_empty(&self) -> bool {
+        self.contacts.is_empty() && self.contact_delta.is_empty() && self.hidden.is_empty()
+    }
+}
+
+impl Staged {
+    /// A commit failed: nothing staged reached the store.
+    pub fn clear(&mut self) {
+        self.current.clear();
+        self.sealed.clear();
+    }
+
+    /// The current round was handed to the commit stage (the sealed one is durable by now).
+    pub fn seal(&mut self) {
+        debug_assert!(self.sealed.is_empty(), "one sealed round at a time");
+        std::mem::swap(&mut self.current, &mut self.sealed);
+        self.current.clear();
+    }
+
+    /// The sealed round is durable: the store counts it now.
+    pub fn durable(&mut self) {
+        self.sealed.clear();
+    }
+
+    /// Whether the rounds made `contact` a contact of `user` (`Some(true)`), removed it
     /// (`Some(false)`), or did not touch the pair (`None`: ask the store).
     pub fn contact(&self, user: u64, contact: u64) -> Option<bool> {
-        self.contacts.get(&(user, contact)).copied()
+        let key = (user, contact);
+        self.current
+            .contacts
+            .get(&key)
+            .or_else(|| self.sealed.contacts.get(&key))
+            .copied()
     }
 
     /// Records that the pair changed from `!present` to `present`.
     pub fn set_contact(&mut self, user: u64, contact: u64, present: bool) {
-        self.contacts.insert((user, contact), present);
-        *self.contact_delta.entry(user).or_default() += if present { 1 } else { -1 };
+        self.current.contacts.insert((user, contact), present);
+        *self.current.contact_delta.entry(user).or_default() += if present { 1 } else { -1 };
     }
 
-    /// `committed` contacts of `user` adjusted by this round's changes.
+    /// `committed` contacts of `user` adjusted by the staged changes.
     pub fn contacts_of(&self, user: u64, committed: usize) -> usize {
-        let delta = self.contact_delta.get(&user).copied().unwrap_or(0);
+        let delta = [&self.current, &self.sealed]
+            .iter()
+            .map(|g| g.contact_delta.get(&user).copied().unwrap_or(0))
+            .sum::<i64>();
         (committed as i64 + delta).max(0) as usize
     }
 
     pub fn is_hidden(&self, user: u64, thread: u64, message: u64) -> bool {
-        self.hidden.contains(&(user, thread, message))
+        let key = (user, thread, message);
+        self.current.hidden.contains(&key) || self.sealed.hidden.contains(&key)
     }
 
     pub fn hide(&mut self, user: u64, thread: u64, message: u64) {
-        self.hidden.insert((user, thread, message));
+        self.current.hidden.insert((user, thread, message));
     }
 
-    /// Delete-for-me entries of `user` in `thread` staged this round.
+    /// Delete-for-me entries of `user` in `thread` staged and not yet durable.
     pub fn hidden_in(&self, user: u64, thread: u64) -> usize {
-        self.hidden
+        [&self.current, &self.sealed]
             .iter()
+            .flat_map(|g| g.hidden.iter())
             .filter(|&&(u, t, _)| (u, t) == (user, thread))
             .count()
     }
@@ -74,6 +117,20 @@ mod tests {
         assert_eq!(s.contact(1, 4), Some(false));
         assert_eq!(s.contacts_of(1, 5), 6);
         assert_eq!(s.contacts_of(9, 5), 5);
+        s.seal();
+        s.set_contact(1, 5, true);
+        assert_eq!(
+            s.contacts_of(1, 5),
+            7,
+            "the sealed round counts until it is durable"
+        );
+        assert_eq!(s.contact(1, 2), Some(true));
+        s.durable();
+        assert_eq!(
+            s.contacts_of(1, 5),
+            6,
+            "a durable round is counted by the store"
+        );
         s.clear();
         assert_eq!(s.contacts_of(1, 5), 5);
     }

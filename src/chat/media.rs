@@ -65,6 +65,8 @@ pub(super) struct Uploads {
     by_part: HashMap<PartId, u64>,
     /// Bytes committed this round per user: the store cannot see them before the commit.
     round_usage: HashMap<u64, u64>,
+    /// The same for the sealed round the commit stage holds (see `chat::round`).
+    sealed_usage: HashMap<u64, u64>,
 }
 
 impl Uploads {
@@ -86,9 +88,26 @@ impl Uploads {
         });
     }
 
-    /// The round was committed: the store now shows its usage.
+    /// The round was committed inline (or a commit failed): the store shows all it will.
     pub(super) fn end_round(&mut self) {
         self.round_usage.clear();
+        self.sealed_usage.clear();
+    }
+
+    /// The round was handed to the commit stage.
+    pub(super) fn seal(&mut self) {
+        std::mem::swap(&mut self.round_usage, &mut self.sealed_usage);
+        self.round_usage.clear();
+    }
+
+    /// The sealed round is durable: the store now shows its usage.
+    pub(super) fn durable(&mut self) {
+        self.sealed_usage.clear();
+    }
+
+    /// Bytes staged for `user` and not yet durable.
+    fn staged_usage(&self, user: u64) -> u64 {
+        self.round_usage.get(&user).unwrap_or(&0) + self.sealed_usage.get(&user).unwrap_or(&0)
     }
 }
 
@@ -251,7 +270,7 @@ impl Engine {
                 .store
                 .media_usage(caller.user)
                 .map_err(internal)?
-                + self.uploads.round_usage.get(&caller.user).unwrap_or(&0)
+                + self.uploads.staged_usage(caller.user)
                 + pending;
             if used.saturating_add(f.total_len) > self.shared.config.media_quota {
                 return Err((

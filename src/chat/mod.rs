@@ -117,6 +117,7 @@ mod groups;
 mod limits;
 mod media;
 mod messages;
+mod round;
 mod sync;
 mod threads;
 

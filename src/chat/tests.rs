@@ -1767,3 +1767,274 @@ fn a_media_read_naming_its_thread_is_allowed_past_the_threads_checked_without_it
     assert_eq!(w.error(&c, get(0)), ErrorCode::UnknownMedia);
     assert!(matches!(w.ask(&c, get(last)), Frame::MediaData(d) if d.data.len() == 10));
 }
+
+/// An engine on `w`'s shard `shard` whose commits wait at a test gate: the test sends one
+/// permit per batch, and `notified` says when a batch's result is back.
+fn gated_engine(
+    w: &World,
+    shard: u16,
+) -> (
+    Engine,
+    crossbeam_channel::Sender<()>,
+    crossbeam_channel::Receiver<()>,
+) {
+    let (permit, gate) = crossbeam_channel::unbounded();
+    let (done, notified) = crossbeam_channel::unbounded();
+    let committer = crate::store::committer::Committer::spawn_gated(
+        w.shared.store.clone(),
+        shard,
+        Box::new(move || {
+            let _ = done.send(());
+        }),
+        Some(gate),
+    )
+    .unwrap();
+    (
+        Engine::pipelined(w.shared.clone(), shard, committer),
+        permit,
+        notified,
+    )
+}
+
+fn sent_ids(out: &[Effect]) -> Vec<u64> {
+    out.iter()
+        .filter_map(|e| match e {
+            Effect::Reply {
+                frame: Frame::Sent(s),
+                ..
+            } => Some(s.message),
+            _ => None,
+        })
+        .collect()
+}
+
+fn text(thread: u64, client_msg_id: u64) -> Frame {
+    Send {
+        thread,
+        client_msg_id,
+        kind: MessageKind::Text,
+        body: Bytes::from_static(b"hi"),
+        reply_to: 0,
+    }
+    .into()
+}
+
+#[test]
+fn a_round_built_while_the_previous_one_commits_sees_its_state_and_waits_for_it() {
+    // The commit stage holds round N (gated) while round N+1 handles requests on the same
+    // thread. N+1 must see N's staged state (a member added, a send to deduplicate) although
+    // the store cannot, must not evict the thread N touched (a reload would lose the member),
+    // and nothing of either round may be answered, read or covered by the watermark before
+    // it is durable.
+    let mut w = World::new(ChatConfig {
+        thread_cache: 16,
+        ..ChatConfig::default()
+    });
+    let (a, b, c) = (w.user("alice"), w.user("bob"), w.user("carol"));
+    let g = group(&mut w, &a, vec![b.user]);
+    let owner = w.shared.thread_shard(g);
+    // Threads of the same owner, to press the thread cache in round N+1.
+    let mut others = Vec::new();
+    while others.len() < 40 {
+        let t = group(&mut w, &a, vec![b.user]);
+        if w.shared.thread_shard(t) == owner {
+            others.push(t);
+        }
+    }
+    let (engine, permit, notified) = gated_engine(&w, owner);
+    w.engines[owner as usize] = engine;
+    let history: Frame = History {
+        thread: g,
+        anchor: 0,
+        direction: Direction::Forward,
+        limit: 0,
+    }
+    .into();
+    let read_ids = |w: &World| match Engine::read(&w.shared, &b, history.clone()) {
+        Frame::Messages(m) => m.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let before = read_ids(&w);
+
+    // Round N: carol joins, alice sends (client id 1). Sealed and handed over: held.
+    let e = &mut w.engines[owner as usize];
+    e.handle(
+        a,
+        1,
+        AddMembers {
+            thread: g,
+            members: vec![c.user],
+        }
+        .into(),
+    );
+    e.handle(a, 2, text(g, 1));
+    let mut out = Vec::new();
+    e.commit(&mut out);
+    assert!(out.is_empty(), "nothing leaves before round N is durable");
+    let mark = w.shared.watermark();
+
+    // Round N+1: 40 other threads first (the cache must evict to take them, and must not
+    // pick the thread of round N), then the same thread: a retry of client id 1, a new send.
+    let e = &mut w.engines[owner as usize];
+    for &t in &others {
+        e.handle(a, 4, text(t, 9));
+    }
+    e.handle(a, 3, text(g, 1));
+    e.handle(a, 5, text(g, 2));
+    assert!(
+        !e.has_pending(),
+        "nothing to do until the committer reports"
+    );
+    assert!(!e.saturated());
+    e.commit(&mut out);
+    assert!(out.is_empty(), "round N+1 waits for round N");
+    assert_eq!(
+        read_ids(&w),
+        before,
+        "a pool read sees nothing of round N yet"
+    );
+    assert_eq!(
+        w.shared.watermark(),
+        mark,
+        "the watermark waits for round N"
+    );
+
+    // Round N becomes durable: its answers go, round N+1 is sealed and handed over.
+    permit.send(()).unwrap();
+    notified.recv().unwrap();
+    w.engines[owner as usize].commit(&mut out);
+    let first = sent_ids(&out);
+    assert_eq!(first.len(), 1, "round N's SENT only: {out:?}");
+    let m1 = first[0];
+    assert!(read_ids(&w).contains(&m1));
+    assert!(w.shared.watermark() >= m1);
+    out.clear();
+    w.engines[owner as usize].commit(&mut out);
+    assert!(out.is_empty(), "round N+1 is still in flight");
+
+    // Round N+1 becomes durable.
+    permit.send(()).unwrap();
+    notified.recv().unwrap();
+    w.engines[owner as usize].commit(&mut out);
+    let second = sent_ids(&out);
+    assert_eq!(second.len(), 2 + others.len());
+    assert_eq!(
+        second[others.len()],
+        m1,
+        "the retry is answered with round N's message"
+    );
+    let m2 = *second.last().unwrap();
+    assert!(m2 > m1);
+    let push_to = out
+        .iter()
+        .find_map(|e| match e {
+            Effect::Push {
+                users,
+                frame: Frame::MessagePush(p),
+                ..
+            } if p.message.id == m2 => Some(users.to_vec()),
+            _ => None,
+        })
+        .expect("a push of m2");
+    assert!(
+        push_to.contains(&c.user),
+        "carol, added by round N, gets round N+1's message: {push_to:?}"
+    );
+    let ids = read_ids(&w);
+    assert_eq!(ids.iter().filter(|&&id| id == m1).count(), 1, "stored once");
+    assert!(ids.contains(&m2));
+    assert!(w.shared.watermark() >= m2);
+}
+
+#[test]
+fn a_failed_commit_fails_its_round_and_the_round_built_on_it() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let owner = w.shared.thread_shard(t);
+    let (engine, permit, notified) = gated_engine(&w, owner);
+    w.engines[owner as usize] = engine;
+    let flag = w._dir.path().join("full");
+    w.shared.store.fake_full_disk(flag.clone());
+
+    let e = &mut w.engines[owner as usize];
+    e.handle(a, 1, text(t, 1));
+    let mut out = Vec::new();
+    e.commit(&mut out);
+    e.handle(a, 2, text(t, 2));
+    e.commit(&mut out);
+    assert!(out.is_empty());
+    std::fs::write(&flag, b"").unwrap();
+    permit.send(()).unwrap();
+    notified.recv().unwrap();
+    w.engines[owner as usize].commit(&mut out);
+    let codes: Vec<_> = out
+        .iter()
+        .map(|e| match e {
+            Effect::Reply {
+                request_id,
+                frame: Frame::ErrorReply(r),
+                ..
+            } => (*request_id, ErrorCode::from_u16(r.code)),
+            other => panic!("only INTERNAL errors, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (1, Some(ErrorCode::Internal)),
+            (2, Some(ErrorCode::Internal))
+        ],
+        "round N failed, and round N+1 was built on it"
+    );
+    assert_eq!(
+        w.shared.watermark(),
+        w.shared.clock.last(),
+        "nothing in flight"
+    );
+
+    // The disk has room again: a retry of client id 1 is stored (its first try never was).
+    std::fs::remove_file(&flag).unwrap();
+    out.clear();
+    let e = &mut w.engines[owner as usize];
+    e.handle(a, 3, text(t, 1));
+    e.commit(&mut out);
+    permit.send(()).unwrap();
+    notified.recv().unwrap();
+    w.engines[owner as usize].commit(&mut out);
+    assert_eq!(sent_ids(&out).len(), 1);
+    assert_eq!(w.history(&b, t).len(), 1);
+}
+
+#[test]
+fn a_full_round_behind_one_in_flight_stops_reading() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let owner = w.shared.thread_shard(t);
+    let (engine, permit, notified) = gated_engine(&w, owner);
+    w.engines[owner as usize] = engine;
+    let e = &mut w.engines[owner as usize];
+    e.handle(a, 1, text(t, 1));
+    let mut out = Vec::new();
+    e.commit(&mut out);
+    // Each SEND stages two answers (SENT and the push).
+    let mut sends = 0;
+    while !e.saturated() {
+        e.handle(a, 2, text(t, 100 + sends as u64));
+        sends += 1;
+        assert!(sends <= super::engine::STAGED_BOUND, "the round is bounded");
+    }
+    assert_eq!(sends, super::engine::STAGED_BOUND / 2);
+    permit.send(()).unwrap();
+    notified.recv().unwrap();
+    e.commit(&mut out);
+    assert!(
+        !e.saturated(),
+        "once round N is durable the full round is in flight"
+    );
+    permit.send(()).unwrap();
+    notified.recv().unwrap();
+    e.commit(&mut out);
+    assert_eq!(sent_ids(&out).len(), 1 + sends);
+}

@@ -60,17 +60,20 @@ impl ThreadState {
 
 /// Threads owned by one shard, at most `limit` between rounds. Past the limit, CLOCK (second
 /// chance) evicts only as many as needed: a thread used since the hand last passed gets its
-/// bit cleared and one more turn. A thread used this round is never evicted before the round
-/// commits: its cached state may be newer than the store (staged writes, dirty records), and
-/// a reload would lose that. So within a round the cache may exceed its limit by the threads
-/// the round touched; `end_round` trims it back.
+/// bit cleared and one more turn. A thread used by a round that is not durable yet (the round
+/// being built, or the sealed round the commit stage holds) is never evicted: its cached state
+/// may be newer than the store (staged writes, dirty records), and a reload would lose that.
+/// So the cache may exceed its limit by the threads those rounds touched; `durable` trims it
+/// back.
 pub(super) struct ThreadCache {
     map: HashMap<u64, Slot>,
     /// Every cached thread once, in the order the hand visits them (front first).
     ring: VecDeque<u64>,
     limit: usize,
-    /// The current round; a slot whose `round` equals it is pinned.
+    /// The round being built.
     round: u64,
+    /// The oldest round not yet durable; a slot whose `round` is at least this is pinned.
+    pinned_from: u64,
     /// A sweep this round found nothing to evict: do not sweep again until the next round.
     stuck: bool,
 }
@@ -90,6 +93,7 @@ impl ThreadCache {
             ring: VecDeque::new(),
             limit: limit.max(16),
             round: 0,
+            pinned_from: 0,
             stuck: false,
         }
     }
@@ -139,10 +143,22 @@ impl ThreadCache {
             .state
     }
 
-    /// The round committed (or failed and the cache was cleared): nothing is pinned any
-    /// more, so the cache goes back under its limit.
+    /// The round committed inline (or failed and the cache was cleared): nothing is pinned
+    /// any more, so the cache goes back under its limit.
     pub fn end_round(&mut self) {
+        self.seal();
+        self.durable();
+    }
+
+    /// The round was handed to the commit stage: its threads stay pinned, and the next
+    /// round's are pinned too.
+    pub fn seal(&mut self) {
         self.round += 1;
+    }
+
+    /// Every sealed round is durable: only the round being built pins threads now.
+    pub fn durable(&mut self) {
+        self.pinned_from = self.round;
         self.stuck = false;
         self.evict_to_limit();
     }
@@ -165,7 +181,7 @@ impl ThreadCache {
             let Some(slot) = self.map.get_mut(&thread) else {
                 continue;
             };
-            if slot.round == self.round {
+            if slot.round >= self.pinned_from {
                 self.ring.push_back(thread);
             } else if slot.referenced {
                 slot.referenced = false;
@@ -738,6 +754,33 @@ mod tests {
             cache.len(),
             16,
             "back under the limit once the round committed"
+        );
+    }
+
+    #[test]
+    fn a_thread_of_a_sealed_round_stays_until_that_round_is_durable() {
+        let mut cache = ThreadCache::new(16);
+        for t in 0..16 {
+            cache.insert(t, state());
+        }
+        cache.end_round();
+        // The sealed round touched thread 3; the next round brings in 20 new threads.
+        cache.get_mut(3).expect("cached").rec.last_msg_id = 99;
+        cache.seal();
+        for t in 100..120 {
+            cache.insert(t, state());
+        }
+        assert_eq!(
+            cache.get(3).map(|s| s.rec.last_msg_id),
+            Some(99),
+            "touched by a round not yet durable: never evicted"
+        );
+        cache.seal();
+        cache.durable();
+        assert_eq!(
+            cache.len(),
+            16,
+            "back under the limit once every round is durable"
         );
     }
 

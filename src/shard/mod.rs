@@ -282,12 +282,15 @@ pub struct Shard {
     paused: Vec<(usize, u32, u16)>,
     /// Requests forwarded to other nodes and answers owed to them (`forward.rs`).
     fwd: forward::Forwarder,
+    /// Connections with bytes to read that were not read because the round being built is
+    /// full while the previous one commits ([`Engine::saturated`]); read once it is durable.
+    held_reads: Vec<(usize, u32)>,
 }
 
 impl Shard {
     pub fn new(core: Arc<Core>, parts: ShardParts) -> Shard {
         let shards = core.mailboxes.len();
-        let engine = Engine::new(core.chat.clone(), parts.id);
+        let engine = Self::engine(&core, parts.id);
         Shard {
             id: parts.id,
             decoder: Decoder::new(core.config.max_frame),
@@ -319,7 +322,28 @@ impl Shard {
             accept_stalled: false,
             paused: Vec::new(),
             fwd: forward::Forwarder::default(),
+            held_reads: Vec::new(),
             core,
+        }
+    }
+
+    /// The shard's chat engine: with `--fsync batch`, its rounds are made durable by a writer
+    /// thread of its own (the commit stage), which wakes the shard when one is durable.
+    /// `always` writes each request inline before its answer, and `never` each round inline
+    /// (a write without a sync costs less than the hand-over).
+    fn engine(core: &Arc<Core>, id: u16) -> Engine {
+        let shared = core.chat.clone();
+        if shared.store.fsync_mode() != crate::store::FsyncMode::Batch {
+            return Engine::new(shared, id);
+        }
+        let mailbox = core.mailboxes[id as usize].clone();
+        let notify = Box::new(move || mailbox.wake());
+        match crate::store::committer::Committer::spawn(shared.store.clone(), id, notify) {
+            Ok(committer) => Engine::pipelined(shared, id, committer),
+            Err(e) => {
+                tracing::warn!(shard = id, error = %e, "cannot start the commit thread; committing on the event loop");
+                Engine::new(shared, id)
+            }
         }
     }
 
@@ -379,13 +403,22 @@ impl Shard {
                 WAKER => {}
                 t => match listener_index(t) {
                     Some(i) => self.accept(i),
-                    None => self.on_conn_event(
-                        t.0,
-                        event.is_readable() || event.is_read_closed() || event.is_error(),
-                        event.is_writable(),
-                    ),
+                    None => {
+                        let readable =
+                            event.is_readable() || event.is_read_closed() || event.is_error();
+                        let hold = readable && self.engine.saturated();
+                        if hold {
+                            if let Some(c) = self.conns.get(t.0) {
+                                self.held_reads.push((t.0, c.gen));
+                            }
+                        }
+                        self.on_conn_event(t.0, readable && !hold, event.is_writable())
+                    }
                 },
             }
+        }
+        if self.engine.saturated() {
+            self.held_reads.append(carried);
         }
         self.read_carried(carried);
         self.drain_mailbox();
@@ -437,19 +470,22 @@ impl Shard {
         self.close_pending();
     }
 
-    /// Makes the round durable and routes what it released.
+    /// Hands the round to the commit stage (or writes it) and routes what became durable.
+    /// Connections held back while the round being built was full are read again once it is
+    /// not.
     fn commit(&mut self) {
-        let started = Instant::now();
         let mut effects = std::mem::take(&mut self.effects);
         self.engine.commit(&mut effects);
-        if !effects.is_empty() {
-            self.metrics()
-                .commit_took(started.elapsed().as_micros() as u64);
+        if let Some(took) = self.engine.take_commit_took() {
+            self.metrics().commit_took(took.as_micros() as u64);
         }
         for effect in effects.drain(..) {
             self.route(effect);
         }
         self.effects = effects;
+        if !self.held_reads.is_empty() && !self.engine.saturated() {
+            self.carry_reads.append(&mut self.held_reads);
+        }
     }
 
     /// Once a second: deadlines, coalesced presence, the store's health.
@@ -555,6 +591,14 @@ impl Shard {
     /// Stops accepting, says goodbye to every connection, writes for up to [`SHUTDOWN_FLUSH`],
     /// then closes everything (recording last-seen times) and commits once more.
     fn shut_down(&mut self) {
+        // The round in flight and the one built behind it: their answers go out before the
+        // goodbyes.
+        let mut effects = std::mem::take(&mut self.effects);
+        self.engine.finish(&mut effects);
+        for effect in effects.drain(..) {
+            self.route(effect);
+        }
+        self.outbox.flush(&self.core.mailboxes);
         for l in &mut self.listeners {
             let _ = self.poll.registry().deregister(l);
         }
@@ -586,8 +630,7 @@ impl Shard {
             }
         }
         self.close_pending();
-        let mut effects = Vec::new();
-        self.engine.commit(&mut effects);
+        self.engine.finish(&mut effects);
     }
 }
 

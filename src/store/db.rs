@@ -182,6 +182,9 @@ impl Health {
 pub struct Batch {
     store: Store,
     batch: WriteBatch,
+    /// Values of the hot records (messages) are encoded here before being copied into the
+    /// batch, so a message costs no allocation of its own.
+    scratch: bytes::BytesMut,
 }
 
 /// How the store treats what it keeps only for a while.
@@ -1022,6 +1025,7 @@ impl Store {
         Batch {
             store: self.clone(),
             batch: WriteBatch::default(),
+            scratch: bytes::BytesMut::new(),
         }
     }
 }
@@ -1108,7 +1112,13 @@ impl Batch {
     /// Stores a message, and indexes it in `unread` unless it is a system message.
     pub fn put_message(&mut self, thread: u64, msg: u64, rec: &MessageRecord) {
         let key = keys::message(thread, msg);
-        self.put(CF_MESSAGES, &key, &rec.encode());
+        rec.encode_into(&mut self.scratch);
+        let Batch {
+            store,
+            batch,
+            scratch,
+        } = self;
+        batch.put_cf(store.cf(CF_MESSAGES), key, &scratch[..]);
         if rec.kind != courier_protocol::MessageKind::System {
             self.put(CF_UNREAD, &key, &rec.sender.to_be_bytes());
         }

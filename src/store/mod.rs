@@ -1,6 +1,7 @@
 //! Persistence in one local RocksDB: column families and keys in [`keys`], stored values in
 //! [`records`], typed reads and writes in [`db`].
 
+pub mod committer;
 pub mod db;
 pub mod keys;
 pub mod records;
@@ -43,6 +44,8 @@ pub enum Error {
     TooManyDevices { max: u32 },
     #[error("the data directory's disk is nearly full ({free} bytes free, {need} needed): writes are refused until space is freed")]
     DiskFull { free: u64, need: u64 },
+    #[error("the commit stage of a shard stopped (its writer thread is gone): the server is shutting down or failed; restart it")]
+    CommitterStopped,
     #[error("partition {partition} has no ids left (or is not a partition): the cluster has outgrown its id space")]
     IdsExhausted { partition: u16 },
 }

@@ -30,9 +30,16 @@ pub trait Record: Sized {
 
     fn encode(&self) -> BytesMut {
         let mut buf = BytesMut::with_capacity(64);
-        buf.extend_from_slice(&[V1]);
-        self.put(&mut buf);
+        self.encode_into(&mut buf);
         buf
+    }
+
+    /// Encodes into `buf` (cleared first), reusing its capacity: no allocation per record
+    /// once `buf` has grown to the largest record.
+    fn encode_into(&self, buf: &mut BytesMut) {
+        buf.clear();
+        buf.extend_from_slice(&[V1]);
+        self.put(buf);
     }
 
     fn decode(raw: &[u8]) -> Result<Self, Error> {
