@@ -74,10 +74,12 @@ fn caller(user: u64) -> Caller {
         user,
         device: 1,
         conn: ConnRef {
+            node: 0,
             shard: 0,
             slot: 1,
             gen: 1,
         },
+        checked: Default::default(),
     }
 }
 
