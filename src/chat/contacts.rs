@@ -45,6 +45,8 @@ impl Engine {
             return Ok(Some(Done {}.into()));
         }
         let max = self.shared.config.max_contacts;
+        self.settle();
+        let store = &self.shared.store;
         let committed = store
             .count_contacts(caller.user, max + 1)
             .map_err(internal)?;

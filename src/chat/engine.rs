@@ -316,6 +316,17 @@ impl Engine {
         out.append(&mut self.ready);
     }
 
+    /// Waits for the round in flight, if any, and takes its result (its answers are
+    /// released with this round's). For checks that add what the rounds staged to a count
+    /// read from the store (the caps on contacts, delete-for-me entries and media usage):
+    /// the store may already show the sealed round before the shard took its result, and
+    /// would then count it twice. These requests are rare; the wait is one commit at most.
+    pub(super) fn settle(&mut self) {
+        if let Some(result) = self.committer.as_mut().and_then(Committer::wait) {
+            self.finish_sealed(result);
+        }
+    }
+
     /// Commits everything staged and waits for it (shutdown): the round in flight, then the
     /// round being built.
     pub fn finish(&mut self, out: &mut Vec<Effect>) {

@@ -265,6 +265,7 @@ impl Engine {
             .is_media_owner(&media, caller.user)
             .map_err(internal)?;
         if charged {
+            self.settle();
             let used = self
                 .shared
                 .store

@@ -336,6 +336,8 @@ impl Engine {
             return Ok(Some(Done {}.into()));
         }
         let max = self.shared.config.max_deleted_per_thread;
+        self.settle();
+        let store = &self.shared.store;
         let committed = store
             .count_hidden(caller.user, thread, max + 1)
             .map_err(internal)?;

@@ -2038,3 +2038,97 @@ fn a_full_round_behind_one_in_flight_stops_reading() {
     e.commit(&mut out);
     assert_eq!(sent_ids(&out).len(), 1 + sends);
 }
+
+/// What a round in flight staged must count once, not twice: a cap check in the next round
+/// reads the store, which may already show the sealed round (its write finished) before the
+/// shard has taken the committer's result. Driven by hand: round N is written and reported,
+/// but not yet polled, when round N+1 checks its caps.
+#[test]
+fn a_cap_counts_a_round_whose_write_finished_but_was_not_yet_taken_once() {
+    let mut w = World::new(ChatConfig {
+        max_contacts: 3,
+        max_deleted_per_thread: 3,
+        ..ChatConfig::default()
+    });
+    let a = w.user("alice");
+    let others: Vec<Caller> = ["bob", "carol", "dave", "erin"]
+        .iter()
+        .map(|h| w.user(h))
+        .collect();
+    let thread = w.direct(&a, &others[0]);
+    let ids: Vec<u64> = (1..=3).map(|i| w.send(&a, thread, i, "x")).collect();
+
+    // Deletions run on the thread's owner, contacts on the user's shard.
+    for (shard, first, second) in [
+        (
+            w.shared.thread_shard(thread),
+            vec![
+                Frame::from(DeleteForMe {
+                    thread,
+                    message: ids[0],
+                }),
+                DeleteForMe {
+                    thread,
+                    message: ids[1],
+                }
+                .into(),
+            ],
+            Frame::from(DeleteForMe {
+                thread,
+                message: ids[2],
+            }),
+        ),
+        (
+            w.shared.user_shard(a.user),
+            vec![
+                ContactAdd {
+                    user: others[1].user,
+                }
+                .into(),
+                ContactAdd {
+                    user: others[2].user,
+                }
+                .into(),
+            ],
+            ContactAdd {
+                user: others[3].user,
+            }
+            .into(),
+        ),
+    ] {
+        let (engine, permit, notified) = gated_engine(&w, shard);
+        let e = &mut w.engines[shard as usize];
+        *e = engine;
+        for (i, f) in first.into_iter().enumerate() {
+            e.handle(a, i as u32 + 1, f);
+        }
+        let mut out = Vec::new();
+        e.commit(&mut out);
+        // Round N's write finishes and reports; the shard has not polled it yet.
+        permit.send(()).unwrap();
+        notified
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        // Round N+1: the third of three allowed.
+        e.handle(a, 9, second);
+        permit.send(()).unwrap();
+        let mut answers = Vec::new();
+        while answers.len() < 3 {
+            e.commit(&mut out);
+            for effect in out.drain(..) {
+                if let Effect::Reply {
+                    request_id, frame, ..
+                } = effect
+                {
+                    answers.push((request_id, frame));
+                }
+            }
+            if answers.len() < 3 {
+                let _ = notified.recv_timeout(std::time::Duration::from_secs(10));
+            }
+        }
+        answers.sort_by_key(|(id, _)| *id);
+        let codes: Vec<_> = answers.iter().map(|(_, f)| code_of(f)).collect();
+        assert_eq!(codes, [None, None, None], "{answers:?}");
+    }
+}
