@@ -14,6 +14,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::caller::ConnRef;
 use crate::clock::Clock;
 use crate::media::{BlobStore, FileBlobs};
+use crate::push::Pushers;
 use crate::store::Store;
 
 /// What the shard must send once a round is committed.
@@ -100,6 +101,8 @@ pub struct Shared {
     pub clock: Arc<Clock>,
     pub config: ChatConfig,
     pub shards: usize,
+    /// Push registrations (REGISTER_PUSH; removed with a device's token).
+    pub pushers: Arc<Pushers>,
     /// Per shard: a lower bound of every clock value the shard has handed out but not yet
     /// committed (`u64::MAX` when nothing is in flight). See [`Shared::watermark`].
     in_flight: Box<[Padded]>,
@@ -130,12 +133,14 @@ impl Shared {
             .map(|_| Padded(AtomicU64::new(u64::MAX)))
             .collect();
         let blobs = Arc::new(FileBlobs::new(store.dir().join("media")));
+        let pushers = Arc::new(Pushers::new(store.clone()));
         Arc::new(Self {
             store,
             blobs,
             clock,
             config,
             shards,
+            pushers,
             in_flight,
         })
     }

@@ -945,6 +945,20 @@ impl Store {
         Ok(out)
     }
 
+    /// Every push registration of `user` (none: empty).
+    pub fn pushers(&self, user: u64) -> Result<Vec<Pusher>, Error> {
+        Ok(self
+            .get_record::<PusherSet>(CF_PUSHERS, &keys::id(user))?
+            .map(|set| set.pushers)
+            .unwrap_or_default())
+    }
+
+    /// Whether `user` has any push registration: one point read, answered by the bloom filter
+    /// alone for most users without one.
+    pub fn has_pushers(&self, user: u64) -> Result<bool, Error> {
+        Ok(self.get(CF_PUSHERS, &keys::id(user))?.is_some())
+    }
+
     // ---- media ----
 
     pub fn media_header(&self, media: &[u8; MEDIA_ID]) -> Result<Option<MediaHeader>, Error> {
@@ -1168,6 +1182,15 @@ impl Batch {
         }
         for &thread in threads {
             self.delete(CF_MEDIA, &keys::media_link(MEDIA_THREAD, media, thread));
+        }
+    }
+
+    /// Replaces every push registration of `user` (none: the row goes).
+    pub fn put_pushers(&mut self, user: u64, pushers: Vec<Pusher>) {
+        if pushers.is_empty() {
+            self.delete(CF_PUSHERS, &keys::id(user));
+        } else {
+            self.put(CF_PUSHERS, &keys::id(user), &PusherSet { pushers }.encode());
         }
     }
 

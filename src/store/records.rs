@@ -294,6 +294,64 @@ record! {
     }
 }
 
+/// One push registration of a device (`REGISTER_PUSH`), an element of [`PusherSet`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pusher {
+    /// The device that registered it (its registrations go with its token).
+    pub device: u32,
+    pub app_id: String,
+    pub pushkey: String,
+    /// `apns`, `fcm`, `web`, … as the client said; for the gateway and the app.
+    pub platform: String,
+    pub lang: String,
+    /// A JSON object (checked at registration) handed to the gateway as the device's `data`;
+    /// empty for none.
+    pub data: String,
+    /// When it was (last) registered, wall-clock µs (the gateway's `pushkey_ts`, in seconds).
+    pub registered_at: u64,
+}
+
+impl Wire for Pusher {
+    fn put(&self, buf: &mut BytesMut) {
+        self.device.put(buf);
+        self.app_id.put(buf);
+        self.pushkey.put(buf);
+        self.platform.put(buf);
+        self.lang.put(buf);
+        self.data.put(buf);
+        self.registered_at.put(buf);
+    }
+    fn get(r: &mut Reader, _field: &'static str) -> Result<Self, courier_protocol::Error> {
+        Ok(Self {
+            device: Wire::get(r, "device")?,
+            app_id: Wire::get(r, "app_id")?,
+            pushkey: Wire::get(r, "pushkey")?,
+            platform: Wire::get(r, "platform")?,
+            lang: Wire::get(r, "lang")?,
+            data: Wire::get(r, "data")?,
+            registered_at: Wire::get(r, "registered_at")?,
+        })
+    }
+    fn size(&self) -> usize {
+        self.device.size()
+            + self.app_id.size()
+            + self.pushkey.size()
+            + self.platform.size()
+            + self.lang.size()
+            + self.data.size()
+            + self.registered_at.size()
+    }
+}
+
+record! {
+    /// `pushers`: every push registration of one user, all devices (bounded per device and per
+    /// user by `push::MAX_PER_DEVICE` / `push::MAX_PER_USER`): one point read tells the engine
+    /// whether an offline member can be notified, and the notifier which keys to name.
+    pub struct PusherSet {
+        pub pushers: Vec<Pusher>,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,5 +584,33 @@ mod tests {
             UserRecord::decode(&[1, 0, 9]),
             Err(Error::CorruptValue { .. })
         ));
+    }
+
+    #[test]
+    fn push_records_are_pinned() {
+        pinned(
+            PusherSet {
+                pushers: vec![Pusher {
+                    device: 2,
+                    app_id: "a".into(),
+                    pushkey: "k".into(),
+                    platform: "fcm".into(),
+                    lang: String::new(),
+                    data: "{}".into(),
+                    registered_at: 10,
+                }],
+            },
+            &[
+                &[V1],
+                &[0, 1],
+                &2u32.to_be_bytes(),
+                &[0, 1, b'a'],
+                &[0, 1, b'k'],
+                &[0, 3, b'f', b'c', b'm'],
+                &[0, 0],
+                &[0, 2, b'{', b'}'],
+                &be(10),
+            ],
+        );
     }
 }
