@@ -29,6 +29,7 @@ use crate::directory::Directory;
 use crate::keys;
 use crate::media::gc::{Collector, GcConfig, GcThread};
 use crate::metrics::{self, Metrics};
+use crate::push;
 use crate::session::{self, Accounts, AuthConfig, AuthError, Policy, Thresholds};
 use crate::shard::mailbox::{Mailbox, ShardMsg, MAILBOX_CAPACITY};
 use crate::shard::read_pool::ReadPool;
@@ -65,6 +66,8 @@ pub enum Error {
     },
     #[error("the cluster's member list cannot be used: {0}")]
     Membership(#[from] links::MembershipError),
+    #[error("push notifications: {0}")]
+    Push(#[from] push::Error),
     #[error("cannot start the event loops: {0}")]
     Io(#[from] std::io::Error),
     #[error("shard {} failed ({}); the server stopped after syncing what was committed. A service manager restarts it; if it keeps failing, report this message and the log above it", .0.shard, .0.what)]
@@ -197,13 +200,35 @@ pub fn serve(config: Config) -> Result<(), Error> {
         ),
         metrics.media.clone(),
     )?;
+    let directory = Arc::new(Directory::new());
+    let notifier = match &config.push_gateway {
+        Some(url) => {
+            chat.enable_push(push::Gate::new(
+                store.clone(),
+                directory.clone(),
+                Router::new(&config.node_id, &config.peers),
+            ));
+            let notifier = push::Notifier::new(
+                store.clone(),
+                chat.pushers.clone(),
+                push::NotifierConfig::new(url)?,
+                metrics.push.clone(),
+            );
+            tracing::info!("push notifications for offline devices go to {url}");
+            Some(push::NotifierThread::spawn(notifier)?)
+        }
+        None => {
+            tracing::info!("no --push-gateway: no push notifications are queued");
+            None
+        }
+    };
     let core = Arc::new(Core {
         router: Router::new(&config.node_id, &config.peers),
         links,
         config,
         chat,
         accounts,
-        directory: Directory::new(),
+        directory,
         metrics,
         mailboxes,
         auth,
@@ -254,6 +279,9 @@ pub fn serve(config: Config) -> Result<(), Error> {
         thread.stop();
     }
     gc.shutdown();
+    if let Some(notifier) = notifier {
+        notifier.shutdown();
+    }
     let synced = store.sync();
     if let Some(failure) = core.failed() {
         match synced {

@@ -1,9 +1,132 @@
-//! Push notifications over real TCP: registrations and their limits.
+//! Push notifications over real TCP, with a local HTTP receiver (tiny_http) as the push
+//! gateway: registrations and their limits, who is notified, the Matrix gateway format,
+//! retries, restarts, rejected keys, coalescing, cancellation on connect.
+//!
+//! Orderings are driven by hand, never by sleeping: the notifier is one thread sending one
+//! request at a time, so a test that holds the gateway's answer to one request knows the
+//! notifier is blocked until it answers; and the notifier walks the outbox in user-id order,
+//! so "the next request is for the marker user" proves no request was due for an earlier one.
 
 mod util;
 
-use courier_protocol::{ErrorCode, Frame, RegisterPush, UnregisterPush};
-use util::{error_code, Server, TestConn};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use courier_protocol::{
+    AuthOk, ContactAdd, CreateGroup, ErrorCode, Frame, Logout, PresenceQuery, RegisterPush,
+    SetThreadState, UnregisterPush,
+};
+use serde_json::{json, Value};
+use util::{direct, error_code, send, Server, TestConn};
+
+/// How long a test waits for the notifier's next request.
+const POST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A push gateway on an ephemeral loopback port: every request it receives is handed to the
+/// test, which answers it (or holds it).
+struct Gateway {
+    url: String,
+    requests: Receiver<tiny_http::Request>,
+    _server: Arc<tiny_http::Server>,
+}
+
+/// One notification the gateway received: the request (to answer) and its JSON body.
+struct Post {
+    request: tiny_http::Request,
+    body: Value,
+    raw: String,
+}
+
+impl Gateway {
+    fn start() -> Gateway {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind the gateway"));
+        let port = server.server_addr().to_ip().expect("an IP address").port();
+        let (tx, requests) = channel();
+        let incoming = server.clone();
+        std::thread::spawn(move || {
+            for request in incoming.incoming_requests() {
+                if tx.send(request).is_err() {
+                    return;
+                }
+            }
+        });
+        Gateway {
+            url: format!("http://127.0.0.1:{port}"),
+            requests,
+            _server: server,
+        }
+    }
+
+    /// The next notification, checked to be a Matrix `notify` POST.
+    fn next(&self) -> Post {
+        let mut request = self
+            .requests
+            .recv_timeout(POST_TIMEOUT)
+            .expect("the notifier posts within 10 s");
+        assert_eq!(request.method(), &tiny_http::Method::Post);
+        assert_eq!(request.url(), "/_matrix/push/v1/notify");
+        let mut raw = String::new();
+        request
+            .as_reader()
+            .read_to_string(&mut raw)
+            .expect("read the body");
+        let body = serde_json::from_str(&raw).expect("the body is JSON");
+        Post { request, body, raw }
+    }
+}
+
+impl Post {
+    fn answer(self, status: u16, body: Value) {
+        let response = tiny_http::Response::from_string(body.to_string())
+            .with_status_code(status)
+            .with_header(
+                "Content-Type: application/json"
+                    .parse::<tiny_http::Header>()
+                    .expect("a header"),
+            );
+        self.request.respond(response).expect("answer the notifier");
+    }
+
+    fn ok(self) {
+        self.answer(200, json!({ "rejected": [] }));
+    }
+
+    fn n(&self) -> &Value {
+        &self.body["notification"]
+    }
+
+    fn event(&self) -> u64 {
+        self.n()["event_id"]
+            .as_str()
+            .expect("event_id")
+            .parse()
+            .expect("a decimal message id")
+    }
+
+    fn room(&self) -> u64 {
+        self.n()["room_id"]
+            .as_str()
+            .expect("room_id")
+            .parse()
+            .expect("a decimal thread id")
+    }
+
+    fn unread(&self) -> u64 {
+        self.n()["counts"]["unread"]
+            .as_u64()
+            .expect("counts.unread")
+    }
+
+    fn pushkeys(&self) -> Vec<&str> {
+        self.n()["devices"]
+            .as_array()
+            .expect("devices")
+            .iter()
+            .map(|d| d["pushkey"].as_str().expect("pushkey"))
+            .collect()
+    }
+}
 
 fn register_push(c: &mut TestConn, pushkey: &str) -> Frame {
     c.request(RegisterPush {
@@ -20,6 +143,122 @@ fn registered(c: &mut TestConn, pushkey: &str) {
         Frame::Done(_) => {}
         other => panic!("REGISTER_PUSH: {other:?}"),
     }
+}
+
+fn server_with(gateway: &Gateway) -> Server {
+    Server::start_with(&["--push-gateway", &gateway.url, "--metrics", "127.0.0.1:0"])
+}
+
+/// A user who registered a push key on their device and then disconnected; `watcher` waits
+/// until the server has seen them go offline (presence), so what follows meets them offline.
+fn offline_user(server: &Server, handle: &str, pushkey: &str, watcher: &mut TestConn) -> AuthOk {
+    let (mut c, ok) = server.user(handle);
+    registered(&mut c, pushkey);
+    drop(c);
+    wait_offline(watcher, ok.user);
+    ok
+}
+
+fn wait_offline(watcher: &mut TestConn, user: u64) {
+    assert!(matches!(
+        watcher.request(ContactAdd { user }),
+        Frame::Done(_)
+    ));
+    let deadline = Instant::now() + POST_TIMEOUT;
+    loop {
+        match watcher.request(PresenceQuery { users: vec![user] }) {
+            Frame::PresenceList(p) if p.entries.iter().all(|e| !e.online) => return,
+            Frame::PresenceList(_) => {}
+            other => panic!("PRESENCE_QUERY: {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "user {user} never went offline");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn an_offline_member_is_notified_in_the_matrix_format_without_the_body() {
+    let gateway = Gateway::start();
+    let server = server_with(&gateway);
+    let (mut alice, a) = server.user("alice");
+    let b = offline_user(&server, "bob", "bob-key", &mut alice);
+    let thread = direct(&mut alice, b.user);
+    let sent = send(&mut alice, thread, 1, "the secret body");
+
+    let post = gateway.next();
+    assert!(!post.raw.contains("secret"), "a body leaked: {}", post.raw);
+    let n = post.n();
+    assert_eq!(post.event(), sent.message);
+    assert_eq!(post.room(), thread);
+    assert_eq!(n["sender"], json!(a.user.to_string()));
+    assert_eq!(n["type"], json!("m.room.message"));
+    assert_eq!(n["prio"], json!("high"));
+    assert_eq!(post.unread(), 1);
+    let device = &n["devices"][0];
+    assert_eq!(device["app_id"], json!("com.example.chat"));
+    assert_eq!(device["pushkey"], json!("bob-key"));
+    assert!(device["pushkey_ts"].as_u64().expect("pushkey_ts") > 1_700_000_000);
+    post.ok();
+}
+
+#[test]
+fn an_online_member_is_not_notified() {
+    let gateway = Gateway::start();
+    let server = server_with(&gateway);
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    registered(&mut bob, "bob-key");
+    // Carol's id is above Bob's: a row for Bob would be posted before hers.
+    let c = offline_user(&server, "carol", "carol-key", &mut alice);
+    let to_bob = direct(&mut alice, b.user);
+    send(&mut alice, to_bob, 1, "bob is here");
+    let to_carol = direct(&mut alice, c.user);
+    let marker = send(&mut alice, to_carol, 2, "carol is not");
+
+    let post = gateway.next();
+    assert_eq!(
+        (post.event(), post.pushkeys()),
+        (marker.message, vec!["carol-key"])
+    );
+    post.ok();
+    drop(bob);
+}
+
+#[test]
+fn a_member_who_muted_the_thread_is_not_notified_of_it() {
+    let gateway = Gateway::start();
+    let server = server_with(&gateway);
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    registered(&mut bob, "bob-key");
+    let muted = direct(&mut alice, b.user);
+    let state = SetThreadState {
+        thread: muted,
+        muted: true,
+        hidden: false,
+        label: String::new(),
+    };
+    assert!(matches!(bob.request(state), Frame::Done(_)));
+    let group = match alice.request(CreateGroup {
+        name: "g".into(),
+        members: vec![b.user],
+    }) {
+        Frame::ThreadInfo(t) => t.thread.id,
+        other => panic!("CREATE_GROUP: {other:?}"),
+    };
+    drop(bob);
+    wait_offline(&mut alice, b.user);
+    send(&mut alice, muted, 1, "in the muted thread");
+    let other = send(&mut alice, group, 2, "in the group");
+
+    // One notification, for the group only: had the muted thread's message been queued, the
+    // row would count 2 unread (or a first request would name the muted thread).
+    let post = gateway.next();
+    assert_eq!(
+        (post.room(), post.event(), post.unread()),
+        (group, other.message, 1)
+    );
+    post.ok();
 }
 
 #[test]
@@ -77,4 +316,54 @@ fn registrations_are_bounded_replaced_and_checked() {
         data: String::new(),
     });
     assert_eq!(error_code(&empty), ErrorCode::InvalidArgument);
+}
+
+#[test]
+fn a_device_that_logged_out_is_not_notified() {
+    let gateway = Gateway::start();
+    let server = server_with(&gateway);
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    registered(&mut bob, "bob-key");
+    assert!(matches!(bob.request(Logout {}), Frame::Done(_)));
+    drop(bob);
+    wait_offline(&mut alice, b.user);
+    let c = offline_user(&server, "carol", "carol-key", &mut alice);
+    let to_bob = direct(&mut alice, b.user);
+    send(&mut alice, to_bob, 1, "bob logged out");
+    let to_carol = direct(&mut alice, c.user);
+    let marker = send(&mut alice, to_carol, 2, "marker");
+
+    let post = gateway.next();
+    assert_eq!(
+        (post.event(), post.pushkeys()),
+        (marker.message, vec!["carol-key"])
+    );
+    post.ok();
+}
+
+#[test]
+fn a_login_that_replaces_the_token_drops_the_devices_registrations() {
+    let gateway = Gateway::start();
+    let server = server_with(&gateway);
+    let (mut alice, _) = server.user("alice");
+    let b = offline_user(&server, "bob", "old-key", &mut alice);
+    // The same device ("test") logs in again: its token and registrations are replaced.
+    let mut again = server.connect();
+    again.hello();
+    again.login("bob", util::PASSWORD, "test");
+    drop(again);
+    wait_offline(&mut alice, b.user);
+    let c = offline_user(&server, "carol", "carol-key", &mut alice);
+    let to_bob = direct(&mut alice, b.user);
+    send(&mut alice, to_bob, 1, "to the old key");
+    let to_carol = direct(&mut alice, c.user);
+    let marker = send(&mut alice, to_carol, 2, "marker");
+
+    let post = gateway.next();
+    assert_eq!(
+        (post.event(), post.pushkeys()),
+        (marker.message, vec!["carol-key"])
+    );
+    post.ok();
 }

@@ -1,8 +1,32 @@
-//! Push notifications for offline devices: the registrations (`REGISTER_PUSH`), kept per
-//! user in `pushers` and removed with a device's token.
+//! Push notifications for offline devices.
+//!
+//! ```text
+//!  REGISTER_PUSH ──► Pushers ──► `pushers` (user → every device's registrations)
+//!
+//!  SEND (engine, thread's owner shard)
+//!    └─ Gate::stage: each member but the sender with no device online (Directory), homed
+//!       here, not muting the thread, with a registration ──► OutboxOp::Event merged into
+//!       `push_outbox` (user → one pending row) IN THE MESSAGE'S OWN BATCH
+//!
+//!  push-notifier thread: scans `push_outbox` (bounded pages, due rows only) ──► POST
+//!    <gateway>/_matrix/push/v1/notify (Matrix push gateway format) ──► outcome merged back:
+//!    2xx: Settled (the row goes unless a newer event overwrote it), `rejected` keys removed;
+//!    5xx, 429, timeout: Retry with exponential backoff; other 4xx: Settled, counted.
+//!
+//!  AUTH_OK of any device of the user ──► Gate::connected deletes the pending row (it syncs).
+//! ```
+//!
+//! Coalescing is the row itself: one per user, overwritten by each newer message, so a
+//! burst is one notification carrying the count of messages it stands for. The outbox is
+//! only written when a gateway is configured (`--push-gateway`); registrations are always
+//! kept, so a gateway configured later reaches devices that registered before.
 
+mod notifier;
+mod outbox;
 mod pushers;
 
+pub use notifier::{Notifier, NotifierConfig, NotifierThread, Outcome};
+pub use outbox::Gate;
 pub use pushers::Pushers;
 
 use courier_protocol::ErrorCode;
@@ -36,6 +60,10 @@ pub enum Error {
     TooManyForDevice { max: usize },
     #[error("this account already has {max} push registrations on all its devices, the most it may; unregister one (UNREGISTER_PUSH) first")]
     TooManyForUser { max: usize },
+    #[error("--push-gateway {url:?} is not usable: {why}")]
+    GatewayUrl { url: String, why: &'static str },
+    #[error("cannot start the push notifier thread: {0}")]
+    Spawn(#[source] std::io::Error),
 }
 
 impl Error {
@@ -46,7 +74,7 @@ impl Error {
             Error::TooManyForDevice { .. } | Error::TooManyForUser { .. } => {
                 ErrorCode::TooManyPushers
             }
-            Error::Store(_) => ErrorCode::Internal,
+            Error::Store(_) | Error::GatewayUrl { .. } | Error::Spawn(_) => ErrorCode::Internal,
         }
     }
 

@@ -509,7 +509,8 @@ impl Shard {
     }
 
     /// A device of `authed.user` authenticated: a LOGIN that replaced the device's token
-    /// drops its push registrations (they went with the token). A failure is logged: the
+    /// drops its push registrations (they went with the token), and whatever notification
+    /// is pending for the user is cancelled (the device syncs). Failures are logged: the
     /// login itself succeeded.
     fn push_connected(&mut self, authed: &Authed) {
         if !authed.replaced.is_empty() {
@@ -520,6 +521,11 @@ impl Shard {
                 .forget_device(authed.user, authed.device)
             {
                 tracing::error!(shard = self.id, user = authed.user, error = %e, "cannot drop the push registrations of a replaced token");
+            }
+        }
+        if let Some(gate) = self.core.chat.push() {
+            if let Err(e) = gate.connected(authed.user) {
+                tracing::warn!(shard = self.id, user = authed.user, error = %e, "cannot cancel a pending push notification");
             }
         }
     }
