@@ -176,6 +176,14 @@ fn wait_offline(watcher: &mut TestConn, user: u64) {
     }
 }
 
+/// A device connection of an existing user, by token.
+fn reconnect(server: &Server, ok: &AuthOk) -> TestConn {
+    let mut c = server.connect();
+    c.hello();
+    c.resume(&ok.token);
+    c
+}
+
 #[test]
 fn an_offline_member_is_notified_in_the_matrix_format_without_the_body() {
     let gateway = Gateway::start();
@@ -364,6 +372,173 @@ fn a_login_that_replaces_the_token_drops_the_devices_registrations() {
     assert_eq!(
         (post.event(), post.pushkeys()),
         (marker.message, vec!["carol-key"])
+    );
+    post.ok();
+}
+
+#[test]
+fn a_notification_is_retried_after_the_gateway_failed() {
+    let gateway = Gateway::start();
+    let server = server_with(&gateway);
+    let (mut alice, _) = server.user("alice");
+    let b = offline_user(&server, "bob", "bob-key", &mut alice);
+    let thread = direct(&mut alice, b.user);
+    let sent = send(&mut alice, thread, 1, "hello");
+
+    let first = gateway.next();
+    assert_eq!(first.event(), sent.message);
+    let failed_at = Instant::now();
+    first.answer(503, json!({ "error": "down" }));
+    let second = gateway.next();
+    // The first retry waits the base backoff of 1 s.
+    assert!(
+        failed_at.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        failed_at.elapsed()
+    );
+    assert_eq!((second.event(), second.unread()), (sent.message, 1));
+    second.ok();
+    let metrics_deadline = Instant::now() + POST_TIMEOUT;
+    loop {
+        let m = server.metrics();
+        if Server::metric_sum(&m, "courier_push_sent_total") == 1.0 {
+            assert_eq!(Server::metric_sum(&m, "courier_push_retries_total"), 1.0);
+            assert_eq!(
+                Server::metric_sum(&m, "courier_push_failed_total{reason=\"server_error\"}"),
+                1.0
+            );
+            break;
+        }
+        assert!(Instant::now() < metrics_deadline, "metrics:\n{m}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_pending_notification_survives_a_restart() {
+    let gateway = Gateway::start();
+    let mut server = server_with(&gateway);
+    let (mut alice, _) = server.user("alice");
+    let b = offline_user(&server, "bob", "bob-key", &mut alice);
+    let thread = direct(&mut alice, b.user);
+    let sent = send(&mut alice, thread, 1, "before the restart");
+    drop(alice);
+
+    // Failed once, so it is pending with a retry time when the server stops.
+    gateway.next().answer(500, json!({}));
+    server.restart();
+    let post = gateway.next();
+    assert_eq!(
+        (post.event(), post.room(), post.unread()),
+        (sent.message, thread, 1)
+    );
+    post.ok();
+}
+
+#[test]
+fn a_rejected_push_key_is_removed() {
+    let gateway = Gateway::start();
+    let server = server_with(&gateway);
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    registered(&mut bob, "dead-key");
+    registered(&mut bob, "live-key");
+    drop(bob);
+    wait_offline(&mut alice, b.user);
+    let thread = direct(&mut alice, b.user);
+    send(&mut alice, thread, 1, "one");
+    let first = gateway.next();
+    assert_eq!(first.pushkeys(), vec!["dead-key", "live-key"]);
+    first.answer(200, json!({ "rejected": ["dead-key"] }));
+
+    let second_msg = send(&mut alice, thread, 2, "two");
+    let second = gateway.next();
+    assert_eq!(
+        (second.event(), second.pushkeys()),
+        (second_msg.message, vec!["live-key"])
+    );
+    second.ok();
+    assert_eq!(
+        Server::metric_sum(&server.metrics(), "courier_push_rejected_keys_total"),
+        1.0
+    );
+}
+
+#[test]
+fn a_burst_is_one_notification_carrying_the_unread_count() {
+    let gateway = Gateway::start();
+    let server = server_with(&gateway);
+    let (mut alice, _) = server.user("alice");
+    let b = offline_user(&server, "bob", "bob-key", &mut alice);
+    let c = offline_user(&server, "carol", "carol-key", &mut alice);
+    // Carol's notification is held unanswered: the notifier waits on it meanwhile.
+    let to_carol = direct(&mut alice, c.user);
+    send(&mut alice, to_carol, 1, "hold");
+    let held = gateway.next();
+    let to_bob = direct(&mut alice, b.user);
+    let mut last = 0;
+    for i in 0..100 {
+        last = send(&mut alice, to_bob, 100 + i, "burst").message;
+    }
+    held.ok();
+
+    let post = gateway.next();
+    assert_eq!(post.pushkeys(), vec!["bob-key"]);
+    assert_eq!((post.event(), post.unread()), (last, 100));
+    post.ok();
+    // Nothing else is pending for Bob: a marker for Dave (a higher id) comes next.
+    let d = offline_user(&server, "dave", "dave-key", &mut alice);
+    let to_dave = direct(&mut alice, d.user);
+    let marker = send(&mut alice, to_dave, 1, "marker");
+    let next = gateway.next();
+    assert_eq!(next.event(), marker.message);
+    next.ok();
+}
+
+#[test]
+fn a_message_arriving_while_its_notification_is_in_flight_is_notified_again() {
+    let gateway = Gateway::start();
+    let server = server_with(&gateway);
+    let (mut alice, _) = server.user("alice");
+    let b = offline_user(&server, "bob", "bob-key", &mut alice);
+    let thread = direct(&mut alice, b.user);
+    let first_msg = send(&mut alice, thread, 1, "one");
+    let first = gateway.next();
+    assert_eq!(first.event(), first_msg.message);
+    // Committed while the gateway holds the first request: the row now names this message.
+    let second_msg = send(&mut alice, thread, 2, "two");
+    first.ok();
+
+    let second = gateway.next();
+    assert_eq!((second.event(), second.unread()), (second_msg.message, 2));
+    second.ok();
+}
+
+#[test]
+fn a_device_that_connects_cancels_what_is_pending() {
+    let gateway = Gateway::start();
+    let server = server_with(&gateway);
+    let (mut alice, _) = server.user("alice");
+    let b = offline_user(&server, "bob", "bob-key", &mut alice);
+    let c = offline_user(&server, "carol", "carol-key", &mut alice);
+    let to_carol = direct(&mut alice, c.user);
+    send(&mut alice, to_carol, 1, "hold");
+    let held = gateway.next();
+    // While the notifier waits on Carol's request, Bob gets a message and then connects.
+    let to_bob = direct(&mut alice, b.user);
+    send(&mut alice, to_bob, 2, "bob will sync this");
+    let bob = reconnect(&server, &b);
+    drop(bob);
+    wait_offline(&mut alice, b.user);
+    held.ok();
+
+    let d = offline_user(&server, "dave", "dave-key", &mut alice);
+    let to_dave = direct(&mut alice, d.user);
+    let marker = send(&mut alice, to_dave, 3, "marker");
+    let post = gateway.next();
+    assert_eq!(
+        (post.event(), post.pushkeys()),
+        (marker.message, vec!["dave-key"])
     );
     post.ok();
 }
