@@ -542,3 +542,60 @@ fn a_device_that_connects_cancels_what_is_pending() {
     );
     post.ok();
 }
+
+/// BENCHMARKS.md: notifications per second the notifier sustains against a local receiver
+/// that answers 200 at once. 1,000 offline members with a registration each share a group;
+/// one SEND queues 1,000 notifications in one commit, and the clock runs from SENT to the
+/// 1,000th request. Three rounds; prints each and the median.
+/// `cargo test --test push notifier_throughput -- --ignored --nocapture`
+#[test]
+#[ignore = "a benchmark: run it by name"]
+fn notifier_throughput() {
+    const MEMBERS: usize = 1000;
+    let gateway = Gateway::start();
+    let server = server_with(&gateway);
+    let (mut alice, _) = server.user("alice");
+    let mut ids = Vec::with_capacity(MEMBERS);
+    for i in 0..MEMBERS {
+        let (mut c, ok) = server.user(&format!("member{i}"));
+        registered(&mut c, &format!("key-{i}"));
+        ids.push(ok.user);
+    }
+    let group = match alice.request(CreateGroup {
+        name: "bench".into(),
+        members: ids.clone(),
+    }) {
+        Frame::ThreadInfo(t) => t.thread.id,
+        other => panic!("CREATE_GROUP: {other:?}"),
+    };
+    for &user in &ids {
+        wait_offline(&mut alice, user);
+    }
+    // The receiver answers on its own thread, as fast as it can.
+    let (done_tx, done) = channel::<Instant>();
+    let requests = gateway.requests;
+    std::thread::spawn(move || {
+        let mut n = 0;
+        while let Ok(request) = requests.recv() {
+            let _ = request.respond(tiny_http::Response::from_string("{\"rejected\":[]}"));
+            n += 1;
+            if n % MEMBERS == 0 && done_tx.send(Instant::now()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut rates = Vec::new();
+    for round in 0..3 {
+        let start = Instant::now();
+        send(&mut alice, group, 1 + round, "bench");
+        let end = done
+            .recv_timeout(Duration::from_secs(120))
+            .expect("all delivered");
+        let secs = end.duration_since(start).as_secs_f64();
+        let rate = MEMBERS as f64 / secs;
+        println!("round {round}: {MEMBERS} notifications in {secs:.3} s = {rate:.0}/s");
+        rates.push(rate);
+    }
+    rates.sort_by(f64::total_cmp);
+    println!("median: {:.0} notifications/s", rates[1]);
+}
