@@ -214,6 +214,11 @@ pub struct ServeArgs {
     /// Time between passes of the media garbage collector, in milliseconds [default: 60000].
     #[arg(long)]
     pub media_gc_interval_ms: Option<u64>,
+    /// Push gateway for offline devices (Matrix push gateway API, e.g. Sygnal), plain HTTP:
+    /// `http://127.0.0.1:5000` (POSTs go to its /_matrix/push/v1/notify). Without it no
+    /// notification is queued at all; push registrations are still kept [default: none].
+    #[arg(long)]
+    pub push_gateway: Option<String>,
     /// How long a retried SEND (same client_msg_id) answers the original SENT, in seconds
     /// [default: 86400].
     #[arg(long)]
@@ -297,6 +302,7 @@ struct FileConfig {
     media_upload_timeout_secs: Option<u64>,
     media_grace_secs: Option<u64>,
     media_gc_interval_ms: Option<u64>,
+    push_gateway: Option<String>,
     read_budget: Option<usize>,
     dedupe_window_secs: Option<u64>,
     max_devices: Option<u32>,
@@ -346,6 +352,8 @@ pub struct Config {
     pub media_upload_timeout_secs: u64,
     pub media_grace_secs: u64,
     pub media_gc_interval_ms: u64,
+    /// The push gateway's URL; `None`: no push notifications are queued.
+    pub push_gateway: Option<String>,
     pub read_budget: usize,
     pub dedupe_window_secs: u64,
     pub max_devices: u32,
@@ -461,6 +469,7 @@ impl Config {
                 .media_gc_interval_ms
                 .or(file.media_gc_interval_ms)
                 .unwrap_or(60_000),
+            push_gateway: args.push_gateway.or(file.push_gateway),
             read_budget: args.read_budget.or(file.read_budget).unwrap_or(256 * 1024),
             dedupe_window_secs: args
                 .dedupe_window_secs
@@ -612,6 +621,16 @@ impl Config {
                 &self.media_gc_interval_ms,
                 "use 10 ms to one day (86400000)",
             );
+        }
+        if let Some(url) = &self.push_gateway {
+            if crate::push::NotifierConfig::new(url).is_err() {
+                return invalid(
+                    "push_gateway",
+                    url,
+                    "use a plain http:// URL with a host, e.g. http://127.0.0.1:5000 (the \
+                     gateway, e.g. Sygnal, next to the server or behind a local TLS proxy)",
+                );
+            }
         }
         if !(1..=MAX_DEDUPE_WINDOW_SECS).contains(&self.dedupe_window_secs) {
             return invalid(

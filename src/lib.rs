@@ -10,6 +10,7 @@ pub mod directory;
 pub mod keys;
 pub mod media;
 pub mod metrics;
+pub mod push;
 pub mod server;
 pub mod session;
 pub mod shard;

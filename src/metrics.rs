@@ -360,6 +360,58 @@ pub struct MediaMetrics {
     pub collector_failures: AtomicU64,
 }
 
+/// The push notifier's counters (`push::Notifier`).
+#[derive(Debug, Default)]
+pub struct PushMetrics {
+    /// Notifications the gateway took (2xx).
+    pub sent: AtomicU64,
+    /// Attempts that failed and are retried: no answer (connect error, timeout) …
+    pub failed_network: AtomicU64,
+    /// … or a 5xx or 429 answer.
+    pub failed_server: AtomicU64,
+    /// Notifications dropped on another 4xx (logged once per status).
+    pub refused: AtomicU64,
+    /// Notifications dropped undelivered after the give-up time (24 h).
+    pub gave_up: AtomicU64,
+    /// Registrations removed because the gateway answered their push key in `rejected`.
+    pub rejected_keys: AtomicU64,
+    /// Retries scheduled (with backoff).
+    pub retries: AtomicU64,
+    /// Rows in the outbox, RocksDB's estimate after the latest full pass.
+    pub outbox_rows: AtomicU64,
+}
+
+impl PushMetrics {
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# TYPE courier_push_sent_total counter");
+        let _ = writeln!(out, "courier_push_sent_total {}", load(&self.sent));
+        let _ = writeln!(out, "# TYPE courier_push_failed_total counter");
+        for (reason, v) in [
+            ("network", &self.failed_network),
+            ("server_error", &self.failed_server),
+            ("refused", &self.refused),
+            ("gave_up", &self.gave_up),
+        ] {
+            let _ = writeln!(
+                out,
+                "courier_push_failed_total{{reason=\"{reason}\"}} {}",
+                load(v)
+            );
+        }
+        for (name, kind, v) in [
+            (
+                "courier_push_rejected_keys_total",
+                "counter",
+                &self.rejected_keys,
+            ),
+            ("courier_push_retries_total", "counter", &self.retries),
+            ("courier_push_outbox_rows", "gauge", &self.outbox_rows),
+        ] {
+            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {}", load(v));
+        }
+    }
+}
+
 /// Every shard's counters, the read pool's, and the store's health.
 pub struct Metrics {
     pub shards: Box<[ShardMetrics]>,
@@ -369,6 +421,7 @@ pub struct Metrics {
     /// Cross-node reads; rendered with the links.
     pub cluster_reads: Arc<ClusterReadMetrics>,
     pub media: Arc<MediaMetrics>,
+    pub push: Arc<PushMetrics>,
     /// Whether commits reach the disk: `courier_commit_failures_total`, `courier_ready`, `/health`.
     pub store: Arc<Health>,
 }
@@ -386,6 +439,7 @@ impl Metrics {
             links: OnceLock::new(),
             cluster_reads: Arc::default(),
             media: Arc::default(),
+            push: Arc::default(),
         })
     }
 
@@ -443,6 +497,12 @@ impl Metrics {
             (
                 "media_collector_failures".to_owned(),
                 load(&self.media.collector_failures),
+            ),
+            ("push_sent".to_owned(), load(&self.push.sent)),
+            ("push_retries".to_owned(), load(&self.push.retries)),
+            (
+                "push_rejected_keys".to_owned(),
+                load(&self.push.rejected_keys),
             ),
         ];
         for r in Reason::ALL {
@@ -581,6 +641,7 @@ impl Metrics {
         for (name, v) in media {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", load(v));
         }
+        self.push.render(&mut out);
         out
     }
 }

@@ -32,6 +32,7 @@ use crate::directory::Directory;
 use crate::keys;
 use crate::media::gc::{Collector, GcConfig, GcThread};
 use crate::metrics::{self, Metrics};
+use crate::push;
 use crate::session::{self, Accounts, AuthConfig, AuthError, Policy, Thresholds};
 use crate::shard::mailbox::{Mailbox, ShardMsg, MAILBOX_CAPACITY};
 use crate::shard::read_pool::ReadPool;
@@ -78,6 +79,8 @@ pub enum Error {
         listed: courier_protocol::noise::PublicKey,
         actual: courier_protocol::noise::PublicKey,
     },
+    #[error("push notifications: {0}")]
+    Push(#[from] push::Error),
     #[error("cannot start the event loops: {0}")]
     Io(#[from] std::io::Error),
     #[error("shard {} failed ({}); the server stopped after syncing what was committed. A service manager restarts it; if it keeps failing, report this message and the log above it", .0.shard, .0.what)]
@@ -215,13 +218,35 @@ pub fn serve(config: Config) -> Result<(), Error> {
         ),
         metrics.media.clone(),
     )?;
+    let directory = Arc::new(Directory::new());
+    let notifier = match &config.push_gateway {
+        Some(url) => {
+            chat.enable_push(push::Gate::new(
+                store.clone(),
+                directory.clone(),
+                Router::new(&config.node_id, &config.peers),
+            ));
+            let notifier = push::Notifier::new(
+                store.clone(),
+                chat.pushers.clone(),
+                push::NotifierConfig::new(url)?,
+                metrics.push.clone(),
+            );
+            tracing::info!("push notifications for offline devices go to {url}");
+            Some(push::NotifierThread::spawn(notifier)?)
+        }
+        None => {
+            tracing::info!("no --push-gateway: no push notifications are queued");
+            None
+        }
+    };
     let core = Arc::new(Core {
         router: Router::new(&config.node_id, &config.peers).with_keys(&config.peer_keys),
         links,
         config,
         chat,
         accounts,
-        directory: Directory::new(),
+        directory,
         metrics,
         mailboxes,
         auth,
@@ -273,6 +298,9 @@ pub fn serve(config: Config) -> Result<(), Error> {
         thread.stop();
     }
     gc.shutdown();
+    if let Some(notifier) = notifier {
+        notifier.shutdown();
+    }
     let synced = store.sync();
     if let Some(failure) = core.failed() {
         match synced {

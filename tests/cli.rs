@@ -161,3 +161,52 @@ fn errors_are_one_line_for_people() {
     assert!(err.contains(&addr) && err.contains("cannot reach"), "{err}");
     assert_eq!(out.status.code(), Some(3));
 }
+
+#[test]
+fn push_register_unregister_and_the_limit() {
+    let server = util::Server::start();
+    let addr = server.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let bob = dir.path().join("bob.toml");
+    ok(&cli(
+        &bob,
+        &addr,
+        &["register", "bob", "--password", "bob-password"],
+    ));
+    let register = |key: &str| {
+        cli(
+            &bob,
+            &addr,
+            &[
+                "push",
+                "register",
+                "--app-id",
+                "com.example.chat",
+                "--pushkey",
+                key,
+                "--platform",
+                "fcm",
+            ],
+        )
+    };
+    let said = ok(&register("key-0"));
+    assert!(said.contains("registered push key key-0"), "{said}");
+    for i in 1..10 {
+        ok(&register(&format!("key-{i}")));
+    }
+    let err = fails(&register("key-10"));
+    assert!(err.contains("UNREGISTER_PUSH"), "{err}");
+    ok(&cli(
+        &bob,
+        &addr,
+        &[
+            "push",
+            "unregister",
+            "--app-id",
+            "com.example.chat",
+            "--pushkey",
+            "key-0",
+        ],
+    ));
+    ok(&register("key-10"));
+}

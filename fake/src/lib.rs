@@ -652,9 +652,12 @@ impl Shared {
                 None => error(ErrorCode::UnknownUser),
             },
             Frame::ContactList(_) if st.behaviour.ignore_contact_list => return true,
-            Frame::Receipt(_) | Frame::ContactAdd(_) | Frame::PresenceSubscribe(_) => {
-                Done {}.into()
-            }
+            // Push registrations are accepted and forgotten: the fake has no gateway.
+            Frame::Receipt(_)
+            | Frame::ContactAdd(_)
+            | Frame::PresenceSubscribe(_)
+            | Frame::RegisterPush(_)
+            | Frame::UnregisterPush(_) => Done {}.into(),
             Frame::Typing(_) => return true,
             _ => error(ErrorCode::InvalidArgument),
         };

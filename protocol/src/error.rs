@@ -138,6 +138,10 @@ error_codes! {
     /// A node of the cluster this request needs is down (or its link is saturated); nothing
     /// was done there; retry later.
     Unavailable = 72, false;
+    // Push notifications.
+    /// The device (10) or the user (20) has as many push registrations as it may; unregister
+    /// one first (`UNREGISTER_PUSH`), or register the same pushkey again to replace it.
+    TooManyPushers = 80, false;
     // Server.
     /// The server failed (storage error); nothing was stored, the request may be retried.
     Internal = 90, false;

@@ -436,6 +436,15 @@ frames! {
     /// Server counters; allowed for admin accounts only.
     AdminStats = 0x50 {}
 
+    // ---- Push notifications (for this device while it is offline) ----
+    /// Registers a push key of this device with the push gateway's `app_id` (`platform`, e.g.
+    /// `apns`, `fcm`, `web`, and `lang` are for the gateway and the app; `data`: a JSON
+    /// object handed to the gateway as the device's `data`, empty for none). The same
+    /// (`app_id`, `pushkey`) registered again replaces the earlier registration.
+    RegisterPush = 0x70 { app_id: String, pushkey: String, platform: String, lang: String, data: String }
+    /// Removes this user's registration of (`app_id`, `pushkey`); unknown ones are ignored.
+    UnregisterPush = 0x71 { app_id: String, pushkey: String }
+
     // ---- Responses (server → client, same request id as the request) ----
     Done = 0x80 {}
     /// A request failed (`request_id` = the request's), or the connection is being closed
@@ -530,7 +539,7 @@ mod tests {
             .filter(|(c, _)| (0x80..=0xbf).contains(c))
             .count();
         let pushes = Frame::CODES.iter().filter(|(c, _)| *c >= 0xc0).count();
-        assert_eq!((requests, responses, pushes), (38, 19, 5));
+        assert_eq!((requests, responses, pushes), (40, 19, 5));
         assert!(
             !Frame::CODES.iter().any(|(c, _)| *c == 0),
             "code 0 is never assigned"

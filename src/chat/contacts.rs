@@ -40,7 +40,6 @@ impl Engine {
             ));
         }
         self.user_exists(caller, user)?;
-        let store = &self.shared.store;
         if self.is_contact(caller.user, user)? {
             return Ok(Some(Done {}.into()));
         }

@@ -18,7 +18,7 @@ use super::threads::internal;
 use super::Shared;
 use crate::caller::Caller;
 use crate::clock::wall_us;
-use crate::store::{MessageRecord, Store, Visit};
+use crate::store::{MessageRecord, OutboxOp, Store, Visit};
 
 /// Messages returned when a request asks for 0.
 const DEFAULT_PAGE: usize = 50;
@@ -157,6 +157,7 @@ impl Engine {
             self.check_reply(f.thread, f.reply_to)?;
         }
         let id = self.append(f.thread, rec, Some(caller), &[])?;
+        self.stage_push(f.thread, id, caller.user, f.kind)?;
         if let Some(media) = &media {
             self.link_media(media, f.thread);
         }
@@ -180,6 +181,42 @@ impl Engine {
             }
             .into(),
         ))
+    }
+
+    /// Stages a push notification of message `id` in this round's batch for each member the
+    /// push gate picks (offline, not muting the thread, registered; see `push::Gate`), so the
+    /// notification is durable exactly when the message is. Nothing without a gateway.
+    fn stage_push(
+        &mut self,
+        thread: u64,
+        id: u64,
+        sender: u64,
+        kind: MessageKind,
+    ) -> Result<(), Reject> {
+        if self.shared.push().is_none() {
+            return Ok(());
+        }
+        let members = self.thread_state(thread)?.member_ids.clone();
+        let Some(gate) = self.shared.push() else {
+            return Ok(());
+        };
+        let event = OutboxOp::Event {
+            thread,
+            message: id,
+            sender,
+            kind,
+            at: wall_us(),
+        };
+        let round = &self.round_private;
+        gate.stage(
+            &mut self.batch,
+            thread,
+            members.iter().copied().filter(|&u| u != sender),
+            |user| round.get(&(user, thread)).map(|p| p.muted),
+            &event,
+        )
+        .map_err(internal)?;
+        Ok(())
     }
 
     /// Cumulative cursors that only move forward; read implies delivered. An advance is

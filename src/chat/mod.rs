@@ -6,7 +6,7 @@
 //! makes the round durable (group commit) and only then releases the answers as [`Effect`]s.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use courier_protocol::Frame;
 use xxhash_rust::xxh3::xxh3_64;
@@ -14,6 +14,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::caller::ConnRef;
 use crate::clock::Clock;
 use crate::media::{BlobStore, FileBlobs};
+use crate::push::{Gate, Pushers};
 use crate::store::Store;
 
 /// What the shard must send once a round is committed.
@@ -100,6 +101,11 @@ pub struct Shared {
     pub clock: Arc<Clock>,
     pub config: ChatConfig,
     pub shards: usize,
+    /// Push registrations (REGISTER_PUSH; removed with a device's token).
+    pub pushers: Arc<Pushers>,
+    /// Who gets a push notification: set at start only when a push gateway is configured
+    /// (without one, no outbox row is ever written).
+    push: OnceLock<Gate>,
     /// Per shard: a lower bound of every clock value the shard has handed out but not yet
     /// committed (`u64::MAX` when nothing is in flight). See [`Shared::watermark`].
     in_flight: Box<[Padded]>,
@@ -133,14 +139,28 @@ impl Shared {
             .map(|_| Padded(AtomicU64::new(u64::MAX)))
             .collect();
         let blobs = Arc::new(FileBlobs::new(store.dir().join("media")));
+        let pushers = Arc::new(Pushers::new(store.clone()));
         Arc::new(Self {
             store,
             blobs,
             clock,
             config,
             shards,
+            pushers,
+            push: OnceLock::new(),
             in_flight,
         })
+    }
+
+    /// Turns the push outbox on: from now on, messages for offline members with push
+    /// registrations stage a notification in their own commit. Once; later calls are ignored.
+    pub fn enable_push(&self, gate: Gate) {
+        let _ = self.push.set(gate);
+    }
+
+    /// The push gate, if a gateway is configured.
+    pub fn push(&self) -> Option<&Gate> {
+        self.push.get()
     }
 
     /// The sync watermark: every change with a clock value at or below it is committed and

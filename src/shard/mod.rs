@@ -81,7 +81,7 @@ pub struct Core {
     pub config: Config,
     pub chat: Arc<Shared>,
     pub accounts: Arc<Accounts>,
-    pub directory: Directory,
+    pub directory: Arc<Directory>,
     pub router: Router,
     /// Links to the other nodes of the cluster; `None` for a single node.
     pub links: Option<crate::cluster::links::Links>,

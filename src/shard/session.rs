@@ -30,6 +30,7 @@ use crate::caller::{Caller, ConnRef, UsersChecked};
 use crate::chat::Engine;
 use crate::cluster::{Home, Router};
 use crate::metrics::{Reason, ShardMetrics};
+use crate::push;
 use crate::session::{AuthError, Authed, TokenDigest};
 
 /// What a client is told when the server failed: never the internal error's text (it goes to
@@ -339,6 +340,7 @@ impl Shard {
         for &old in &authed.replaced {
             self.revoke_token(authed.user, old, me);
         }
+        self.push_connected(&authed);
         let ok = AuthOk {
             user: authed.user,
             device: authed.device,
@@ -358,7 +360,21 @@ impl Shard {
             return;
         };
         match frame {
-            Frame::Logout(_) => match self.core.accounts.logout(user, &digest) {
+            // A device that logs out must not keep getting pushes: its registrations go
+            // first, so a failure leaves it logged in (INTERNAL; LOGOUT again), never logged
+            // out and still notified.
+            Frame::Logout(_) => match self
+                .core
+                .chat
+                .pushers
+                .forget_device(user, device)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    self.core
+                        .accounts
+                        .logout(user, &digest)
+                        .map_err(|e| e.to_string())
+                }) {
                 Ok(()) => {
                     self.send(slot, request_id, &Frame::Done(Done {}));
                     self.close_soon(slot, Reason::Logout);
@@ -367,7 +383,18 @@ impl Shard {
                 }
                 Err(e) => self.internal(slot, request_id, &e),
             },
-            Frame::LogoutAll(_) => match self.core.accounts.logout_all(user) {
+            Frame::LogoutAll(_) => match self
+                .core
+                .chat
+                .pushers
+                .forget_user(user)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    self.core
+                        .accounts
+                        .logout_all(user)
+                        .map_err(|e| e.to_string())
+                }) {
                 Ok(_) => {
                     self.send(slot, request_id, &Frame::Done(Done {}));
                     self.close_soon(slot, Reason::Logout);
@@ -408,6 +435,18 @@ impl Shard {
                     value: self.core.directory.online_users() as u64,
                 });
                 self.send(slot, request_id, &Frame::Stats(Stats { entries }));
+            }
+            Frame::RegisterPush(f) => {
+                let result = self.core.chat.pushers.register(user, device, f);
+                self.answer_push(slot, request_id, result)
+            }
+            Frame::UnregisterPush(f) => {
+                let result = self
+                    .core
+                    .chat
+                    .pushers
+                    .unregister(user, &f.app_id, &f.pushkey);
+                self.answer_push(slot, request_id, result)
             }
             Frame::PresenceQuery(q) => self.presence_query(slot, request_id, user, &q.users),
             Frame::PresenceSubscribe(s) => {
@@ -456,6 +495,37 @@ impl Shard {
                 ErrorCode::InvalidArgument,
                 "this request is not supported by this server",
             ),
+        }
+    }
+
+    /// Answers REGISTER_PUSH / UNREGISTER_PUSH: DONE, the request's error, or INTERNAL.
+    fn answer_push(&mut self, slot: usize, request_id: u32, result: Result<(), push::Error>) {
+        match result {
+            Ok(()) => self.send(slot, request_id, &Frame::Done(Done {})),
+            Err(e) if e.is_internal() => self.internal(slot, request_id, &e),
+            Err(e) => self.reply_error(slot, request_id, e.code(), &e.to_string()),
+        }
+    }
+
+    /// A device of `authed.user` authenticated: a LOGIN that replaced the device's token
+    /// drops its push registrations (they went with the token), and whatever notification
+    /// is pending for the user is cancelled (the device syncs). Failures are logged: the
+    /// login itself succeeded.
+    fn push_connected(&mut self, authed: &Authed) {
+        if !authed.replaced.is_empty() {
+            if let Err(e) = self
+                .core
+                .chat
+                .pushers
+                .forget_device(authed.user, authed.device)
+            {
+                tracing::error!(shard = self.id, user = authed.user, error = %e, "cannot drop the push registrations of a replaced token");
+            }
+        }
+        if let Some(gate) = self.core.chat.push() {
+            if let Err(e) = gate.connected(authed.user) {
+                tracing::warn!(shard = self.id, user = authed.user, error = %e, "cannot cancel a pending push notification");
+            }
         }
     }
 

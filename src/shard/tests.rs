@@ -100,7 +100,7 @@ impl Rig {
             auth: auth_pool::spawn(accounts.clone(), mailboxes.clone(), &Faults::default())
                 .unwrap(),
             accounts,
-            directory: Directory::new(),
+            directory: Arc::new(Directory::new()),
             metrics,
             mailboxes,
             shutdown: AtomicBool::new(false),

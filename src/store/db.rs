@@ -301,6 +301,20 @@ impl Store {
             if *name == CF_MEDIA {
                 cf.set_merge_operator_associative("courier-media-usage", sum_i64);
             }
+            if *name == CF_PUSH_OUTBOX {
+                // No partial merge: an outcome depends on the row it meets, so operands are
+                // only folded onto a base (or onto none), in order.
+                cf.set_merge_operator(
+                    "courier-push-outbox",
+                    |_key: &[u8], existing: Option<&[u8]>, ops: &rocksdb::MergeOperands| {
+                        Some(merge_outbox(existing, ops))
+                    },
+                    |_key: &[u8], _existing: Option<&[u8]>, _ops: &rocksdb::MergeOperands| None,
+                );
+                cf.set_compaction_filter("courier-settled-outbox", drop_settled_outbox);
+                // Settled rows (empty values) of a quiet outbox still go about daily.
+                cf.set_periodic_compaction_seconds(86_400);
+            }
             ColumnFamilyDescriptor::new(*name, cf)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| Error::Open {
@@ -948,6 +962,65 @@ impl Store {
         Ok(out)
     }
 
+    /// Every push registration of `user` (none: empty).
+    pub fn pushers(&self, user: u64) -> Result<Vec<Pusher>, Error> {
+        Ok(self
+            .get_record::<PusherSet>(CF_PUSHERS, &keys::id(user))?
+            .map(|set| set.pushers)
+            .unwrap_or_default())
+    }
+
+    /// Whether `user` has any push registration: one point read, answered by the bloom filter
+    /// alone for most users without one.
+    pub fn has_pushers(&self, user: u64) -> Result<bool, Error> {
+        Ok(self.get(CF_PUSHERS, &keys::id(user))?.is_some())
+    }
+
+    /// `user`'s pending notification, if any.
+    pub fn outbox_row(&self, user: u64) -> Result<Option<OutboxRow>, Error> {
+        match self.get(CF_PUSH_OUTBOX, &keys::id(user))? {
+            Some(v) => OutboxRow::decode_pending(&v),
+            None => Ok(None),
+        }
+    }
+
+    /// Pending notifications of users after `after` (`None`: from the first), ascending, at
+    /// most `examine` stored rows looked at (settled ones included). Returns the rows and
+    /// the last user looked at (`None`: the end of the outbox was reached).
+    pub fn outbox_page(
+        &self,
+        after: Option<u64>,
+        examine: usize,
+        out: &mut Vec<(u64, OutboxRow)>,
+    ) -> Result<Option<u64>, Error> {
+        let lower = match after {
+            Some(u) if u == u64::MAX => return Ok(None),
+            Some(u) => keys::id(u + 1).to_vec(),
+            None => Vec::new(),
+        };
+        let (mut seen, mut last) = (0, None);
+        self.scan(CF_PUSH_OUTBOX, &lower, &[], false, |k, v| {
+            let user = keys::parse_id(CF_PUSH_OUTBOX, k)?;
+            if let Some(row) = OutboxRow::decode_pending(v)? {
+                out.push((user, row));
+            }
+            seen += 1;
+            last = Some(user);
+            Ok(seen < examine)
+        })?;
+        Ok(if seen < examine { None } else { last })
+    }
+
+    /// RocksDB's estimate of the keys in the outbox (settled rows included until compacted).
+    pub fn outbox_estimate(&self) -> u64 {
+        self.inner
+            .db
+            .property_int_value_cf(self.cf(CF_PUSH_OUTBOX), "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
     // ---- media ----
 
     pub fn media_header(&self, media: &[u8; MEDIA_ID]) -> Result<Option<MediaHeader>, Error> {
@@ -1181,6 +1254,26 @@ impl Batch {
         }
     }
 
+    /// Replaces every push registration of `user` (none: the row goes).
+    pub fn put_pushers(&mut self, user: u64, pushers: Vec<Pusher>) {
+        if pushers.is_empty() {
+            self.delete(CF_PUSHERS, &keys::id(user));
+        } else {
+            self.put(CF_PUSHERS, &keys::id(user), &PusherSet { pushers }.encode());
+        }
+    }
+
+    /// Changes `user`'s pending notification (a merge: see [`OutboxOp`]).
+    pub fn outbox(&mut self, user: u64, op: &OutboxOp) {
+        self.batch
+            .merge_cf(self.store.cf(CF_PUSH_OUTBOX), keys::id(user), op.encode());
+    }
+
+    /// Forgets `user`'s pending notification (a device of theirs connected: it will sync).
+    pub fn delete_outbox(&mut self, user: u64) {
+        self.delete(CF_PUSH_OUTBOX, &keys::id(user));
+    }
+
     /// Records that clock values up to `at` may be in use by shard `shard`: at start the clock
     /// resumes above the highest floor, so ids never repeat even if the wall clock went back.
     pub fn clock_floor(&mut self, shard: u16, at: u64) {
@@ -1196,6 +1289,15 @@ fn drop_expired_tombstone(_level: u32, _key: &[u8], value: &[u8]) -> Decision {
     match PrivateState::decode(value) {
         Ok(state) if state.expired(wall_us()) => Decision::Remove,
         _ => Decision::Keep,
+    }
+}
+
+/// Compaction filter of `push_outbox`: drops settled rows (empty values).
+fn drop_settled_outbox(_level: u32, _key: &[u8], value: &[u8]) -> Decision {
+    if value.is_empty() {
+        Decision::Remove
+    } else {
+        Decision::Keep
     }
 }
 

@@ -29,6 +29,8 @@
 //! | `unread`      | thread u64 ++ message u64   | sender u64: the messages that count as unread (all but system messages) |
 //! | `admins`      | user u64                    | microseconds u64 of the grant (`courier admin grant`) |
 //! | `reactions`   | thread u64 ++ message u64 ++ user u64 | the user's reaction, UTF-8 (counts are in the `MessageRecord`) |
+//! | `pushers`     | user u64                    | `PusherSet`: the user's push registrations, every device |
+//! | `push_outbox` | user u64                    | `OutboxRow`: the user's one pending notification (merge operator: `OutboxOp`s; empty: none) |
 
 use crate::store::Error;
 
@@ -51,6 +53,8 @@ pub const CF_META: &str = "meta";
 pub const CF_UNREAD: &str = "unread";
 pub const CF_ADMINS: &str = "admins";
 pub const CF_REACTIONS: &str = "reactions";
+pub const CF_PUSHERS: &str = "pushers";
+pub const CF_PUSH_OUTBOX: &str = "push_outbox";
 
 /// Every column family, in creation order.
 pub const ALL_CFS: &[&str] = &[
@@ -73,6 +77,8 @@ pub const ALL_CFS: &[&str] = &[
     CF_UNREAD,
     CF_ADMINS,
     CF_REACTIONS,
+    CF_PUSHERS,
+    CF_PUSH_OUTBOX,
 ];
 
 /// Bytes of a token digest (the stored form of a session token).

@@ -301,6 +301,274 @@ record! {
     }
 }
 
+/// One push registration of a device (`REGISTER_PUSH`), an element of [`PusherSet`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pusher {
+    /// The device that registered it (its registrations go with its token).
+    pub device: u32,
+    pub app_id: String,
+    pub pushkey: String,
+    /// `apns`, `fcm`, `web`, … as the client said; for the gateway and the app.
+    pub platform: String,
+    pub lang: String,
+    /// A JSON object (checked at registration) handed to the gateway as the device's `data`;
+    /// empty for none.
+    pub data: String,
+    /// When it was (last) registered, wall-clock µs (the gateway's `pushkey_ts`, in seconds).
+    pub registered_at: u64,
+}
+
+impl Wire for Pusher {
+    fn put(&self, buf: &mut BytesMut) {
+        self.device.put(buf);
+        self.app_id.put(buf);
+        self.pushkey.put(buf);
+        self.platform.put(buf);
+        self.lang.put(buf);
+        self.data.put(buf);
+        self.registered_at.put(buf);
+    }
+    fn get(r: &mut Reader, _field: &'static str) -> Result<Self, courier_protocol::Error> {
+        Ok(Self {
+            device: Wire::get(r, "device")?,
+            app_id: Wire::get(r, "app_id")?,
+            pushkey: Wire::get(r, "pushkey")?,
+            platform: Wire::get(r, "platform")?,
+            lang: Wire::get(r, "lang")?,
+            data: Wire::get(r, "data")?,
+            registered_at: Wire::get(r, "registered_at")?,
+        })
+    }
+    fn size(&self) -> usize {
+        self.device.size()
+            + self.app_id.size()
+            + self.pushkey.size()
+            + self.platform.size()
+            + self.lang.size()
+            + self.data.size()
+            + self.registered_at.size()
+    }
+}
+
+record! {
+    /// `pushers`: every push registration of one user, all devices (bounded per device and per
+    /// user by `push::MAX_PER_DEVICE` / `push::MAX_PER_USER`): one point read tells the engine
+    /// whether an offline member can be notified, and the notifier which keys to name.
+    pub struct PusherSet {
+        pub pushers: Vec<Pusher>,
+    }
+}
+
+/// `push_outbox`: the one pending notification of a user (coalesced: a later message
+/// overwrites the event and counts one more unread). An empty stored value means "none"
+/// (written by a merge that settled the row; compaction removes it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutboxRow {
+    /// The latest event: its thread, message id, sender and kind. The message id also names
+    /// this version of the row: an outcome for an older version does not settle it.
+    pub thread: u64,
+    pub message: u64,
+    pub sender: u64,
+    pub kind: MessageKind,
+    /// Messages coalesced into this notification since the last one delivered.
+    pub unread: u32,
+    /// When the first of them was queued, wall-clock µs (give up 24 h after it).
+    pub first_queued: u64,
+    /// Failed deliveries so far, and when the next may be tried (wall-clock µs, 0: now).
+    pub attempt: u32,
+    pub next_attempt: u64,
+}
+
+impl Record for OutboxRow {
+    const NAME: &'static str = "OutboxRow";
+    fn put(&self, buf: &mut BytesMut) {
+        self.thread.put(buf);
+        self.message.put(buf);
+        self.sender.put(buf);
+        self.kind.put(buf);
+        self.unread.put(buf);
+        self.first_queued.put(buf);
+        self.attempt.put(buf);
+        self.next_attempt.put(buf);
+    }
+    fn get(r: &mut Reader) -> Result<Self, courier_protocol::Error> {
+        Ok(Self {
+            thread: Wire::get(r, "thread")?,
+            message: Wire::get(r, "message")?,
+            sender: Wire::get(r, "sender")?,
+            kind: Wire::get(r, "kind")?,
+            unread: Wire::get(r, "unread")?,
+            first_queued: Wire::get(r, "first_queued")?,
+            attempt: Wire::get(r, "attempt")?,
+            next_attempt: Wire::get(r, "next_attempt")?,
+        })
+    }
+}
+
+impl OutboxRow {
+    /// A stored value of `push_outbox`: `None` for the empty "settled" value.
+    pub fn decode_pending(raw: &[u8]) -> Result<Option<Self>, Error> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        Self::decode(raw).map(Some)
+    }
+}
+
+/// A change to a user's `push_outbox` row, written as a RocksDB merge operand so that the
+/// shards (new events) and the notifier (outcomes) never overwrite each other's change: the
+/// merge applies them in commit order, and an outcome settles only the version it was about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxOp {
+    /// A message for the user (staged in the message's own batch).
+    Event {
+        thread: u64,
+        message: u64,
+        sender: u64,
+        kind: MessageKind,
+        at: u64,
+    },
+    /// The gateway took (or refused for good) the notification of version `message`: the row
+    /// goes, unless a newer event overwrote it meanwhile.
+    Settled { message: u64 },
+    /// Delivery failed: try again at `next_attempt` (whatever the version: the gateway is the
+    /// one failing).
+    Retry { attempt: u32, next_attempt: u64 },
+}
+
+const OP_EVENT: u8 = 1;
+const OP_SETTLED: u8 = 2;
+const OP_RETRY: u8 = 3;
+
+impl OutboxOp {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = BytesMut::with_capacity(40);
+        buf.extend_from_slice(&[V1]);
+        match *self {
+            OutboxOp::Event {
+                thread,
+                message,
+                sender,
+                kind,
+                at,
+            } => {
+                OP_EVENT.put(&mut buf);
+                thread.put(&mut buf);
+                message.put(&mut buf);
+                sender.put(&mut buf);
+                kind.put(&mut buf);
+                at.put(&mut buf);
+            }
+            OutboxOp::Settled { message } => {
+                OP_SETTLED.put(&mut buf);
+                message.put(&mut buf);
+            }
+            OutboxOp::Retry {
+                attempt,
+                next_attempt,
+            } => {
+                OP_RETRY.put(&mut buf);
+                attempt.put(&mut buf);
+                next_attempt.put(&mut buf);
+            }
+        }
+        buf.to_vec()
+    }
+
+    pub fn decode(raw: &[u8]) -> Result<Self, Error> {
+        let corrupt = || Error::CorruptValue { record: "OutboxOp" };
+        let (&version, rest) = raw.split_first().ok_or_else(corrupt)?;
+        if version != V1 {
+            return Err(corrupt());
+        }
+        let r = &mut Reader::new(Bytes::copy_from_slice(rest));
+        let op = (|| -> Result<Self, courier_protocol::Error> {
+            Ok(match u8::get(r, "op")? {
+                OP_EVENT => OutboxOp::Event {
+                    thread: Wire::get(r, "thread")?,
+                    message: Wire::get(r, "message")?,
+                    sender: Wire::get(r, "sender")?,
+                    kind: Wire::get(r, "kind")?,
+                    at: Wire::get(r, "at")?,
+                },
+                OP_SETTLED => OutboxOp::Settled {
+                    message: Wire::get(r, "message")?,
+                },
+                OP_RETRY => OutboxOp::Retry {
+                    attempt: Wire::get(r, "attempt")?,
+                    next_attempt: Wire::get(r, "next_attempt")?,
+                },
+                code => {
+                    return Err(courier_protocol::Error::InvalidValue {
+                        field: "op",
+                        value: u64::from(code),
+                    })
+                }
+            })
+        })();
+        op.map_err(|_| corrupt())
+    }
+
+    /// The row after this change (`None`: no pending notification).
+    pub fn apply(&self, row: Option<OutboxRow>) -> Option<OutboxRow> {
+        match (*self, row) {
+            (
+                OutboxOp::Event {
+                    thread,
+                    message,
+                    sender,
+                    kind,
+                    at,
+                },
+                row,
+            ) => {
+                let before = row.unwrap_or(OutboxRow {
+                    first_queued: at,
+                    ..OutboxRow::default()
+                });
+                Some(OutboxRow {
+                    thread,
+                    message,
+                    sender,
+                    kind,
+                    unread: before.unread.saturating_add(1),
+                    ..before
+                })
+            }
+            (OutboxOp::Settled { message }, Some(row)) if row.message == message => None,
+            (OutboxOp::Settled { .. }, row) => row,
+            (
+                OutboxOp::Retry {
+                    attempt,
+                    next_attempt,
+                },
+                Some(row),
+            ) => Some(OutboxRow {
+                attempt,
+                next_attempt,
+                ..row
+            }),
+            (OutboxOp::Retry { .. }, None) => None,
+        }
+    }
+}
+
+/// The merge operator of `push_outbox`: applies each [`OutboxOp`] in order to the stored row.
+/// An operand that cannot be decoded is skipped (a corrupt change must not lose the row); an
+/// unreadable stored row is treated as none.
+pub fn merge_outbox(
+    existing: Option<&[u8]>,
+    operands: impl IntoIterator<Item = impl AsRef<[u8]>>,
+) -> Vec<u8> {
+    let mut row = existing.and_then(|v| OutboxRow::decode_pending(v).ok().flatten());
+    for op in operands {
+        if let Ok(op) = OutboxOp::decode(op.as_ref()) {
+            row = op.apply(row);
+        }
+    }
+    row.map_or_else(Vec::new, |r| r.encode().to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,5 +801,110 @@ mod tests {
             UserRecord::decode(&[1, 0, 9]),
             Err(Error::CorruptValue { .. })
         ));
+    }
+
+    #[test]
+    fn push_records_are_pinned() {
+        pinned(
+            OutboxRow {
+                thread: 5,
+                message: 6,
+                sender: 7,
+                kind: MessageKind::Text,
+                unread: 3,
+                first_queued: 8,
+                attempt: 2,
+                next_attempt: 9,
+            },
+            &[
+                &[V1],
+                &be(5),
+                &be(6),
+                &be(7),
+                &[0],
+                &3u32.to_be_bytes(),
+                &be(8),
+                &2u32.to_be_bytes(),
+                &be(9),
+            ],
+        );
+        pinned(
+            PusherSet {
+                pushers: vec![Pusher {
+                    device: 2,
+                    app_id: "a".into(),
+                    pushkey: "k".into(),
+                    platform: "fcm".into(),
+                    lang: String::new(),
+                    data: "{}".into(),
+                    registered_at: 10,
+                }],
+            },
+            &[
+                &[V1],
+                &[0, 1],
+                &2u32.to_be_bytes(),
+                &[0, 1, b'a'],
+                &[0, 1, b'k'],
+                &[0, 3, b'f', b'c', b'm'],
+                &[0, 0],
+                &[0, 2, b'{', b'}'],
+                &be(10),
+            ],
+        );
+        let op = OutboxOp::Settled { message: 6 };
+        assert_eq!(op.encode(), [&[V1, OP_SETTLED][..], &be(6)].concat());
+        assert_eq!(OutboxOp::decode(&op.encode()).unwrap(), op);
+    }
+
+    fn event(message: u64, at: u64) -> Vec<u8> {
+        OutboxOp::Event {
+            thread: 1,
+            message,
+            sender: 2,
+            kind: MessageKind::Text,
+            at,
+        }
+        .encode()
+    }
+
+    fn row(raw: &[u8]) -> Option<OutboxRow> {
+        OutboxRow::decode_pending(raw).unwrap()
+    }
+
+    #[test]
+    fn outbox_merges_coalesce_and_settle_only_the_version_sent() {
+        // A burst: one row, the latest event, the count, the first time.
+        let burst = merge_outbox(None, [event(10, 100), event(11, 101), event(12, 102)]);
+        let r = row(&burst).unwrap();
+        assert_eq!((r.message, r.unread, r.first_queued), (12, 3, 100));
+        // The answer to the request for 11 arrives after 12 was merged: the row stays.
+        let kept = merge_outbox(Some(&burst), [OutboxOp::Settled { message: 11 }.encode()]);
+        assert_eq!(row(&kept), Some(r.clone()));
+        // The answer for 12 settles it: an empty value, which reads as none.
+        let settled = merge_outbox(Some(&burst), [OutboxOp::Settled { message: 12 }.encode()]);
+        assert!(settled.is_empty() && row(&settled).is_none());
+        // A new event after that starts over.
+        let again = merge_outbox(Some(&settled), [event(13, 200)]);
+        assert_eq!(
+            row(&again).map(|r| (r.unread, r.first_queued)),
+            Some((1, 200))
+        );
+        // A retry keeps the event and the count; a new event keeps the backoff.
+        let retry = OutboxOp::Retry {
+            attempt: 1,
+            next_attempt: 5_000,
+        };
+        let backing_off = merge_outbox(Some(&burst), [retry.encode(), event(14, 103)]);
+        let b = row(&backing_off).unwrap();
+        assert_eq!(
+            (b.message, b.unread, b.attempt, b.next_attempt),
+            (14, 4, 1, 5_000)
+        );
+        // A retry for a row a connecting device deleted does not bring it back.
+        assert!(merge_outbox(None, [retry.encode()]).is_empty());
+        // A corrupt operand is skipped, not fatal.
+        let skipped = merge_outbox(Some(&burst), [vec![1, 99]]);
+        assert_eq!(row(&skipped), Some(r));
     }
 }

@@ -65,5 +65,6 @@ mod admin;
 mod contacts;
 mod media;
 mod messages;
+mod push;
 mod threads;
 pub use messages::new_client_msg_id;

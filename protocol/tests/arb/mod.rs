@@ -173,6 +173,8 @@ arb_frames! {
     MediaCommit { upload }
     MediaGet { media, offset, max_len, thread }
     AdminStats {}
+    RegisterPush { app_id, pushkey, platform, lang, data }
+    UnregisterPush { app_id, pushkey }
     Done {}
     ErrorReply { code, message }
     Welcome { version, max_frame, heartbeat_secs, node }

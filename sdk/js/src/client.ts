@@ -286,6 +286,23 @@ export class Client extends ClientCore {
     return result;
   }
 
+  // ---- Push notifications ----
+
+  /**
+   * Registers a push key of this device with the server's push gateway for `appId`
+   * (`platform`: apns, fcm, web, …; `data`: a JSON object for the gateway, "" for none).
+   * Registering the same key again replaces it; TOO_MANY_PUSHERS past 10 per device or 20
+   * per user. It goes when this device logs out or logs in again.
+   */
+  registerPush(appId: string, pushkey: string, platform: string, lang = "", data = ""): Promise<void> {
+    return this.done(frame("RegisterPush", { appId, pushkey, platform, lang, data }));
+  }
+
+  /** Removes the user's registration of (`appId`, `pushkey`); unknown ones are ignored. */
+  unregisterPush(appId: string, pushkey: string): Promise<void> {
+    return this.done(frame("UnregisterPush", { appId, pushkey }));
+  }
+
   // ---- Contacts and presence ----
 
   /** Adds a user to the caller's contacts. */

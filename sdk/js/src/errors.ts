@@ -56,6 +56,8 @@ export const ErrorCode = {
   WrongNode: 71,
   /** A node of the cluster the request needs is down: retry later with backoff. */
   Unavailable: 72,
+  /** The device (10) or user (20) has as many push registrations as it may: unregister one. */
+  TooManyPushers: 80,
   Internal: 90,
 } as const;
 

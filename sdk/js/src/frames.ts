@@ -306,6 +306,9 @@ const FRAME_DEFS = {
   MediaGet: [0x43, { media: bytes, offset: u64, maxLen: u32, thread: u64 }],
   // Administration
   AdminStats: [0x50, {}],
+  // Push notifications (for this device while it is offline)
+  RegisterPush: [0x70, { appId: str, pushkey: str, platform: str, lang: str, data: str }],
+  UnregisterPush: [0x71, { appId: str, pushkey: str }],
   // Responses (server -> client, same request id as the request)
   Done: [0x80, {}],
   ErrorReply: [0x81, { code: u16, message: str }],

@@ -55,7 +55,7 @@ test("the vectors file is version 1 and covers every frame type", () => {
   const covered = new Set(vectors.frames.map((v) => v.name));
   const missing = FRAME_CODES.filter(([, name]) => !covered.has(name)).map(([, n]) => n);
   assert.deepEqual(missing, []);
-  assert.equal(FRAME_CODES.length, 62);
+  assert.equal(FRAME_CODES.length, 64);
 });
 
 test("peer frames are skipped: node-to-node only, never spoken to or by a client", () => {

@@ -118,6 +118,9 @@ pub enum Command {
     /// Contacts.
     #[command(subcommand)]
     Contacts(ContactsCommand),
+    /// Push notifications for this device (courier-cli's own login) while it is offline.
+    #[command(subcommand)]
+    Push(PushCommand),
     /// Whether a contact is online, and when they were last seen.
     Presence { handle: String },
     /// Fetch everything new since the last sync.
@@ -174,6 +177,35 @@ pub enum ContactsCommand {
     Remove { handle: String },
     /// List contacts.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PushCommand {
+    /// Register a push key with the server's push gateway (replaces the same key's earlier
+    /// registration).
+    Register {
+        /// The gateway's app id, e.g. com.example.chat.ios.
+        #[arg(long)]
+        app_id: String,
+        /// The device token of APNs, FCM or Web Push.
+        #[arg(long)]
+        pushkey: String,
+        /// apns, fcm, web, …
+        #[arg(long)]
+        platform: String,
+        #[arg(long, default_value = "")]
+        lang: String,
+        /// A JSON object handed to the gateway with the device, e.g. '{"format":"event_id_only"}'.
+        #[arg(long, default_value = "")]
+        data: String,
+    },
+    /// Remove a push key's registration.
+    Unregister {
+        #[arg(long)]
+        app_id: String,
+        #[arg(long)]
+        pushkey: String,
+    },
 }
 
 fn main() {

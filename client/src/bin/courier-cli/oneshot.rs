@@ -9,7 +9,7 @@ use crate::error::CliError;
 use crate::output::*;
 use crate::{
     encryption, learned_key, prompt, server_addr, Cli, CliResult, Command, ContactsCommand,
-    GroupCommand,
+    GroupCommand, PushCommand,
 };
 
 /// The device name the CLI logs in with, so its token is the CLI's own.
@@ -245,6 +245,30 @@ pub fn run(cli: &Cli, command: &Command) -> CliResult {
             print(cli, user_json(&user), || {
                 format!("removed {handle} from your contacts")
             });
+        }
+        Command::Push(PushCommand::Register {
+            app_id,
+            pushkey,
+            platform,
+            lang,
+            data,
+        }) => {
+            let client = session(cli, &server, &cfg)?;
+            client.register_push(app_id, pushkey, platform, lang, data)?;
+            print(
+                cli,
+                json!({ "app_id": app_id, "pushkey": pushkey, "registered": true }),
+                || format!("registered push key {pushkey} for {app_id}"),
+            );
+        }
+        Command::Push(PushCommand::Unregister { app_id, pushkey }) => {
+            let client = session(cli, &server, &cfg)?;
+            client.unregister_push(app_id, pushkey)?;
+            print(
+                cli,
+                json!({ "app_id": app_id, "pushkey": pushkey, "registered": false }),
+                || format!("unregistered push key {pushkey} of {app_id}"),
+            );
         }
         Command::Contacts(ContactsCommand::List) => {
             let client = session(cli, &server, &cfg)?;
