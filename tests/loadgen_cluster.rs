@@ -1,8 +1,8 @@
 //! `courier-loadgen` against a 3-node encrypted cluster: users provisioned on their home nodes
 //! (`courier admin provision --node`), the node list given as the servers' own `--peer`
 //! entries, each user connected to its home node with that node's key, and every delivery
-//! checked. Pairs and groups are placed so that their users and thread share a node
-//! (`--pairing local`): threads across nodes need request forwarding.
+//! checked: with `--pairing local` (every thread and its users on one node) and with the
+//! default `--pairing any` (threads across nodes: requests forwarded, pushes batched per node).
 
 mod util;
 
@@ -78,6 +78,8 @@ fn cluster(users: usize) -> (Vec<Server>, Vec<String>, PathBuf, tempfile::TempDi
                 format!("127.0.0.1:{}", ports[i].0),
                 "--rate-limit".to_owned(),
                 "100000".to_owned(),
+                "--metrics".to_owned(),
+                "127.0.0.1:0".to_owned(),
             ];
             for p in &peers {
                 args.extend(["--peer".to_owned(), p.clone()]);
@@ -129,7 +131,17 @@ fn loadgen_connects_and_chats_on_a_three_node_encrypted_cluster_and_checks_every
     let r = loadgen(
         &peers,
         &users,
-        &["chat", "--pairs", "60", "--window", "8", "--duration", "2"],
+        &[
+            "--pairing",
+            "local",
+            "chat",
+            "--pairs",
+            "60",
+            "--window",
+            "8",
+            "--duration",
+            "2",
+        ],
     );
     assert_clean(&r);
     assert_eq!(r.connected, 120, "{r:#?}");
@@ -140,4 +152,50 @@ fn loadgen_connects_and_chats_on_a_three_node_encrypted_cluster_and_checks_every
         assert!(!log.contains("encryption_failed"), "n{i}: {log}");
     }
     assert!(!r.errors.contains_key("REDIRECT"), "{r:#?}");
+}
+
+#[test]
+fn loadgen_chats_and_groups_across_the_nodes_of_a_cluster_and_checks_every_delivery() {
+    let (nodes, peers, users, _scratch) = cluster(300);
+    // Forwarding needs the links: wait until every node has both peers up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for (i, node) in nodes.iter().enumerate() {
+        while Server::metric_sum(&node.metrics(), "courier_peer_up") < 2.0 {
+            assert!(std::time::Instant::now() < deadline, "n{i} did not link");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let r = loadgen(
+        &peers,
+        &users,
+        &["chat", "--pairs", "60", "--window", "8", "--duration", "2"],
+    );
+    assert_clean(&r);
+    assert_eq!(r.connected, 120, "{r:#?}");
+    assert!(r.acked > 0 && r.acked <= r.sent, "{r:#?}");
+    let r = loadgen(
+        &peers,
+        &users,
+        &[
+            "group",
+            "--groups",
+            "10",
+            "--members",
+            "12",
+            "--duration",
+            "2",
+        ],
+    );
+    assert_clean(&r);
+    assert!(r.delivered > 0, "{r:#?}");
+    // Threads crossed nodes: every node forwarded requests and sent push batches.
+    for (i, node) in nodes.iter().enumerate() {
+        let metrics = node.metrics();
+        let forwards = Server::metric_sum(&metrics, "courier_peer_forwards_total");
+        let batches = Server::metric_sum(&metrics, "courier_peer_push_batches_total");
+        assert!(
+            forwards > 0.0 && batches > 0.0,
+            "n{i}: {forwards} forwards, {batches} batches"
+        );
+    }
 }

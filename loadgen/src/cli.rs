@@ -76,10 +76,10 @@ pub struct Common {
         conflicts_with_all = ["servers", "server_key"]
     )]
     pub nodes: Option<PathBuf>,
-    /// On a cluster, how users are put in threads: `local` (pairs and groups whose users and
-    /// thread share a home node: nothing crosses nodes) or `any` (the users file's order:
-    /// threads across nodes, for a cluster that forwards requests).
-    #[arg(long, value_enum, global = true, default_value = "local")]
+    /// On a cluster, how users are put in threads: `any` (the users file's order: threads
+    /// across nodes, requests forwarded) or `local` (pairs and groups whose users and thread
+    /// share a home node: nothing crosses nodes).
+    #[arg(long, value_enum, global = true, default_value = "any")]
     pub pairing: crate::cluster::Pairing,
     /// Also write the JSON report to this file (it is always printed on stdout).
     #[arg(long, value_name = "FILE", global = true)]

@@ -7,11 +7,11 @@
 //! `courier_protocol::placement`) pinning that node's key, so no connection needs a
 //! `REDIRECT`; one that gets one anyway follows it with the key it names.
 //!
-//! Until nodes forward requests to each other, a direct thread works only when both users and
-//! the thread are homed on one node, and a group only when every member is homed on its
-//! creator's node: [`Pairing::Local`] (the default with a node list) orders the users so that
-//! the plan's consecutive pairs and groups are such. [`Pairing::Any`] keeps the file's order
-//! (cross-node threads), for a cluster that forwards.
+//! Nodes forward requests to the node that owns a thread, so any users can share a thread:
+//! [`Pairing::Any`] (the default) takes the users round-robin over their home nodes, so
+//! consecutive users (a pair, a group) are homed on different nodes and threads cross nodes. [`Pairing::Local`] orders the users so that the plan's consecutive
+//! pairs and groups have all their users and their thread on one node: nothing crosses nodes,
+//! which measures what the nodes do alone (compare it with `any` for the cost of forwarding).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -29,7 +29,7 @@ pub enum Pairing {
     /// Pairs (and groups) whose users and thread are all homed on one node: no request needs
     /// another node.
     Local,
-    /// Users as the users file lists them: threads across nodes (needs request forwarding).
+    /// Users round-robin over their home nodes: threads across nodes (requests forwarded).
     Any,
 }
 
@@ -146,7 +146,7 @@ impl Cluster {
         }
         if ordered.len() < pairs * 2 {
             return Err(Error::Args(format!(
-                "only {} pairs of users share a home node with their direct thread ({pairs} needed): provision more users, or use --pairing any on a cluster that forwards",
+                "only {} pairs of users share a home node with their direct thread ({pairs} needed): provision more users, or use --pairing any",
                 ordered.len() / 2
             )));
         }
@@ -176,11 +176,30 @@ impl Cluster {
         }
         if made < groups {
             return Err(Error::Args(format!(
-                "only {made} groups of {size} users share a home node ({groups} needed): provision more users, or use --pairing any on a cluster that forwards"
+                "only {made} groups of {size} users share a home node ({groups} needed): provision more users, or use --pairing any"
             )));
         }
         ordered.extend(buckets.into_iter().flat_map(|b| b.1));
         Ok(ordered)
+    }
+
+    /// Orders `users` round-robin over their home nodes (each node's in file order): a users
+    /// file lists them node by node (`courier admin provision --node`), and consecutive users
+    /// (a pair, a group) should come from different nodes, so that threads cross nodes and
+    /// every node has connections whatever part of the file a scenario takes.
+    pub fn spread(&self, users: Vec<UserRecord>) -> Vec<UserRecord> {
+        let mut buckets: Vec<std::collections::VecDeque<UserRecord>> = self
+            .buckets(users)
+            .into_iter()
+            .map(|(_, b)| b.into())
+            .collect();
+        let mut ordered = Vec::with_capacity(buckets.iter().map(|b| b.len()).sum());
+        while buckets.iter().any(|b| !b.is_empty()) {
+            for b in &mut buckets {
+                ordered.extend(b.pop_front());
+            }
+        }
+        ordered
     }
 
     /// Users by home node, each bucket in file order.
@@ -261,6 +280,25 @@ mod tests {
         assert!(Cluster::parse(&keyless, true).is_ok());
         let named = vec!["a=node-a:7000@127.0.0.1:7001".to_owned()];
         assert!(Cluster::parse(&named, true).is_err());
+    }
+
+    #[test]
+    fn any_pairing_alternates_the_home_nodes() {
+        let specs: Vec<String> = (0..3)
+            .map(|i| spec(&format!("n{i}"), 7000 + 10 * i, i as u8 + 1))
+            .collect();
+        let c = Cluster::parse(&specs, false).unwrap();
+        // A file listed node by node, as provisioning writes it.
+        let mut listed = users(60);
+        listed.sort_by_key(|u| c.home(u.id));
+        let spread = c.spread(listed);
+        assert_eq!(spread.len(), 60);
+        let homes: Vec<usize> = spread.iter().map(|u| c.home(u.id)).collect();
+        let crossing = homes.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(
+            crossing >= 40,
+            "consecutive users mostly on different nodes: {homes:?}"
+        );
     }
 
     #[test]

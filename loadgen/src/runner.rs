@@ -129,7 +129,7 @@ fn arrange(
     users: Vec<UserRecord>,
 ) -> Result<Vec<UserRecord>> {
     if pairing == Pairing::Any {
-        return Ok(users);
+        return Ok(cluster.spread(users));
     }
     match *cmd {
         Command::Connect { .. } => Ok(users),
@@ -139,7 +139,7 @@ fn arrange(
             groups, members, ..
         } => cluster.local_groups(users, groups, members),
         _ => Err(Error::Args(format!(
-            "`{}` puts users of different nodes in threads: run it with --pairing any on a cluster that forwards requests",
+            "`{}` puts users of different nodes in threads: run it with --pairing any",
             cmd.name()
         ))),
     }
