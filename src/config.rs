@@ -126,6 +126,18 @@ pub struct ServeArgs {
     /// Address to accept clients on; repeatable. Port 0 picks a free port [default: 127.0.0.1:7878].
     #[arg(long)]
     pub listen: Vec<SocketAddr>,
+    /// Address to accept WebSocket clients on (browsers; RFC 6455, binary messages carrying
+    /// the same bytes as TCP); repeatable. Port 0 picks a free port [default: none].
+    #[arg(long)]
+    pub listen_ws: Vec<SocketAddr>,
+    /// An `Origin` allowed to open WebSocket connections (e.g. https://chat.example.com);
+    /// repeatable; others are refused with HTTP 403 [default: none given, any origin].
+    #[arg(long)]
+    pub ws_allowed_origin: Vec<String>,
+    /// Serve the web chat page from this folder (web/ after `npm run build:web`: index.html,
+    /// style.css, dist/) to plain HTTP GETs on the --listen-ws ports; read once at start.
+    #[arg(long)]
+    pub web_root: Option<PathBuf>,
     /// Event-loop threads [default: one per core].
     #[arg(long)]
     pub shards: Option<usize>,
@@ -268,6 +280,9 @@ pub struct ServeArgs {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<Vec<SocketAddr>>,
+    listen_ws: Option<Vec<SocketAddr>>,
+    ws_allowed_origin: Option<Vec<String>>,
+    web_root: Option<PathBuf>,
     shards: Option<usize>,
     metrics: Option<SocketAddr>,
     fsync: Option<Fsync>,
@@ -316,6 +331,12 @@ struct FileConfig {
 pub struct Config {
     pub data_dir: PathBuf,
     pub listen: Vec<SocketAddr>,
+    /// WebSocket listen addresses (`--listen-ws`).
+    pub listen_ws: Vec<SocketAddr>,
+    /// Origins allowed to upgrade; empty: any.
+    pub ws_allowed_origins: Vec<String>,
+    /// The web page's folder (`--web-root`).
+    pub web_root: Option<PathBuf>,
     pub shards: usize,
     pub metrics: Option<SocketAddr>,
     pub fsync: FsyncMode,
@@ -396,6 +417,9 @@ impl Config {
             } else {
                 listen
             },
+            listen_ws: pick_list(args.listen_ws, file.listen_ws),
+            ws_allowed_origins: pick_list(args.ws_allowed_origin, file.ws_allowed_origin),
+            web_root: args.web_root.or(file.web_root),
             shards: args.shards.or(file.shards).unwrap_or(cores),
             metrics: args.metrics.or(file.metrics),
             fsync: args
@@ -521,11 +545,11 @@ impl Config {
                 "use 1 to 1024 shards (one per core is best)",
             );
         }
-        if self.listen.len() > MAX_LISTEN {
+        if self.listen.len() + self.listen_ws.len() > MAX_LISTEN {
             return invalid(
                 "listen",
-                &self.listen.len(),
-                "use at most 64 listen addresses",
+                &(self.listen.len() + self.listen_ws.len()),
+                "use at most 64 listen addresses (listen and listen_ws together)",
             );
         }
         if !(64..=MAX_FRAME_LEN).contains(&self.max_frame) {
