@@ -468,3 +468,41 @@ fn an_idle_websocket_connection_costs_at_most_128_bytes_more_than_a_tcp_one() {
         "an idle WebSocket connection costs {per_ws} B, a TCP one {per_tcp} B: more than 128 B apart"
     );
 }
+
+/// `courier-loadgen --ws` chats over the WebSocket listener, encrypted (the key pinned) and in
+/// plaintext: nothing lost, nothing duplicated, every connection up.
+#[test]
+fn the_loadgen_chats_over_websocket_and_loses_nothing() {
+    use clap::Parser;
+    for plaintext in [false, true] {
+        let mut extra = vec!["--rate-limit", "100000", "--fsync", "batch"];
+        if plaintext {
+            extra.push("--insecure-plaintext");
+        }
+        let (mut server, ws) = ws_server(&extra);
+        let users = server.provision(20);
+        let mut args = vec![
+            "courier-loadgen".to_string(),
+            "--quiet".into(),
+            "--in-process".into(),
+            "--ws".into(),
+            "--server".into(),
+            ws.to_string(),
+            "--settle-secs".into(),
+            "2".into(),
+            "--users".into(),
+            users.display().to_string(),
+        ];
+        match server.key {
+            Some(key) => args.extend(["--server-key".into(), key.to_string()]),
+            None => args.push("--insecure-plaintext".into()),
+        }
+        args.extend(["chat", "--pairs", "5", "--duration", "2"].map(String::from));
+        let cli = courier_loadgen::Cli::try_parse_from(args).expect("valid loadgen arguments");
+        let r = courier_loadgen::run(&cli).expect("loadgen run");
+        assert_eq!((r.lost, r.duplicates, r.out_of_order), (0, 0, 0), "{r:#?}");
+        assert!(r.passed, "{r:#?}");
+        assert_eq!(r.connect_failures, 0, "{r:#?}");
+        assert!(r.acked > 100 && r.delivered >= r.acked, "{r:#?}");
+    }
+}

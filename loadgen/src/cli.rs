@@ -58,6 +58,11 @@ pub struct Common {
     /// encryption on the same machine).
     #[arg(long, global = true)]
     pub insecure_plaintext: bool,
+    /// Connect over WebSocket: every --server is a `--listen-ws` address of the server (the same
+    /// Courier bytes in binary messages; compare with TCP on the same machine). Users come from
+    /// --users (provisioned), since --register speaks TCP.
+    #[arg(long, global = true, conflicts_with = "register")]
+    pub ws: bool,
     /// Also write the JSON report to this file (it is always printed on stdout).
     #[arg(long, value_name = "FILE", global = true)]
     pub json: Option<PathBuf>,

@@ -210,6 +210,7 @@ fn drive(
             body_size: c.body_size,
             conns,
             server_key: server_key(c)?.map(|k| k.to_string()),
+            ws: c.ws,
         };
         fleet.send(w, &ToWorker::Init(init))?;
     }
