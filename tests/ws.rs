@@ -506,3 +506,33 @@ fn the_loadgen_chats_over_websocket_and_loses_nothing() {
         assert!(r.acked > 100 && r.delivered >= r.acked, "{r:#?}");
     }
 }
+
+/// The per-address limit counts WebSocket connections with TCP ones; a WebSocket client over
+/// it gets an HTTP 503 it can read, not a Courier frame.
+#[test]
+fn the_per_address_limit_counts_websocket_connections_and_refuses_with_503() {
+    let (server, addr) = ws_server(&[
+        "--insecure-plaintext",
+        "--max-conns-per-addr",
+        "2",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let _tcp = server.connect();
+    let _ws = ws_connect(addr);
+    let status = raw_upgrade(addr, "");
+    assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+    let metrics = server.metrics();
+    assert_eq!(
+        Server::metric_sum(
+            &metrics,
+            "courier_ws_upgrade_refusals_total{reason=\"server_full\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        Server::metric_sum(&metrics, "courier_ws_connections"),
+        1.0,
+        "{metrics}"
+    );
+}
