@@ -849,6 +849,38 @@ mod tests {
     }
 
     #[test]
+    fn websocket_options_come_from_the_file_and_count_against_the_listen_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen_ws = [\"127.0.0.1:7880\"]\nws_allowed_origin = [\"https://chat.example\"]\n\
+             web_root = \"web\"\n",
+        )
+        .unwrap();
+        let c = Config::load(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.listen_ws, vec!["127.0.0.1:7880".parse().unwrap()]);
+        assert_eq!(
+            c.ws_allowed_origins,
+            vec!["https://chat.example".to_owned()]
+        );
+        assert_eq!(c.web_root, Some(PathBuf::from("web")));
+        let too_many = ServeArgs {
+            listen: vec!["127.0.0.1:1".parse().unwrap(); 40],
+            listen_ws: vec!["127.0.0.1:2".parse().unwrap(); 30],
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Config::load(too_many),
+            Err(Error::Invalid { key: "listen", .. })
+        ));
+    }
+
+    #[test]
     fn the_removed_admin_option_is_refused_with_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
