@@ -536,3 +536,40 @@ fn the_per_address_limit_counts_websocket_connections_and_refuses_with_503() {
         "{metrics}"
     );
 }
+
+/// Pings take tokens of the connection's rate bucket like `PING` frames: a flood of them gets
+/// pongs only up to the rate, and is counted as rate limited.
+#[test]
+fn pings_over_the_rate_limit_get_no_pong() {
+    let (server, addr) = ws_server(&[
+        "--insecure-plaintext",
+        "--rate-limit",
+        "1",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let mut ws = ws_connect(addr);
+    ws.send(Message::Binary(frame_bytes(1, hello()).into()))
+        .unwrap();
+    assert!(matches!(read_frames(&mut ws, 1)[0], Frame::Welcome(_)));
+    for n in 0..10u8 {
+        ws.send(Message::Ping(vec![n].into())).unwrap();
+    }
+    ws.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut pongs = 0;
+    loop {
+        match ws.read() {
+            Ok(Message::Pong(_)) => pongs += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        (1..=3).contains(&pongs),
+        "{pongs} pongs for 10 pings at 1 request/s (burst 2)"
+    );
+    let limited = Server::metric_sum(&server.metrics(), "courier_rate_limited_total");
+    assert!(limited >= 7.0, "{limited} counted");
+}

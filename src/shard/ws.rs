@@ -598,7 +598,9 @@ impl Shard {
                 Ok(Some(Event::Data(chunk))) => self.on_bytes(slot, chunk),
                 Ok(Some(Event::Ping(payload))) => {
                     self.ws_alive(slot);
-                    self.ws_control(slot, Control::Pong, payload.as_slice());
+                    if self.ws_ping_allowed(slot) {
+                        self.ws_control(slot, Control::Pong, payload.as_slice());
+                    }
                 }
                 Ok(Some(Event::Pong)) => self.ws_alive(slot),
                 Ok(Some(Event::Close(code))) => {
@@ -645,6 +647,21 @@ impl Shard {
                 conn.last_frame = now;
             }
         }
+    }
+
+    /// Whether a ping may be answered: after `HELLO` it takes a token of the connection's rate
+    /// bucket, as a `PING` frame does, so a ping flood costs no more than a `PING` flood; a
+    /// ping over the rate gets no pong (counted as rate limited).
+    fn ws_ping_allowed(&mut self, slot: usize) -> bool {
+        let (now_ms, rate, burst) = (self.now_ms(), self.core.config.rate_limit, self.burst());
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return false;
+        };
+        if conn.state == State::AwaitHello || conn.rate.take(rate, burst, now_ms) {
+            return true;
+        }
+        ShardMetrics::add(&self.metrics().rate_limited, 1);
+        false
     }
 
     /// Queues a control frame after everything queued so far (sealed and framed first).
