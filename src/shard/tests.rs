@@ -412,3 +412,103 @@ fn an_idle_websocket_connection_holds_nothing_more_than_a_tcp_one() {
     release_tx.send(()).unwrap();
     client.join().unwrap();
 }
+
+/// Backpressure over WebSocket, one SEND per message: a read holds many messages, and once
+/// the connection is paused the rest of them is kept, not handled (before, each further
+/// message of the read got one more frame handled, past the outbox cap); reading resumes
+/// when shard 1 catches up and every request arrives, in order.
+#[test]
+fn a_paused_websocket_connection_keeps_the_rest_of_its_read() {
+    const REQUESTS: u32 = (OUTBOX_CAP as u32) * 2;
+    let mut rig = Rig::new(64);
+    let thread = rig.thread_of_peer();
+    let (ws_addr, token) = (rig.ws_addr, rig.token.clone());
+    let (authed_tx, authed_rx) = crossbeam_channel::bounded::<()>(1);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let client = std::thread::spawn(move || {
+        let stream = std::net::TcpStream::connect(ws_addr).unwrap();
+        let (mut ws, _) = tungstenite::client(format!("ws://{ws_addr}/"), stream).unwrap();
+        let mut out = BytesMut::new();
+        let hello = Hello {
+            version: VERSION,
+            client: "rig-ws".into(),
+        };
+        encode(1, &hello.into(), &mut out);
+        encode(
+            2,
+            &Resume {
+                token: token.into(),
+            }
+            .into(),
+            &mut out,
+        );
+        ws.send(tungstenite::Message::Binary(out.split().freeze()))
+            .unwrap();
+        let mut got = BytesMut::new();
+        let decoder = courier_protocol::Decoder::default();
+        'auth: loop {
+            if let tungstenite::Message::Binary(b) = ws.read().unwrap() {
+                got.extend_from_slice(&b);
+            }
+            while let Some(env) = decoder.decode(&mut got).unwrap() {
+                if env.request_id == 2 {
+                    assert!(matches!(env.frame, Frame::AuthOk(_)), "{:?}", env.frame);
+                    break 'auth;
+                }
+            }
+        }
+        authed_tx.send(()).unwrap();
+        for id in 0..REQUESTS {
+            let send = Send {
+                thread,
+                client_msg_id: id as u64 + 1,
+                kind: MessageKind::Text,
+                body: bytes::Bytes::from_static(b"x"),
+                reply_to: 0,
+            };
+            encode(id + 10, &send.into(), &mut out);
+            // Blocks while the socket is full (the server paused reading).
+            ws.send(tungstenite::Message::Binary(out.split().freeze()))
+                .unwrap();
+        }
+        done_rx.recv().unwrap();
+    });
+    let mut rounds = 0;
+    while authed_rx.try_recv().is_err() {
+        rig.round();
+        rounds += 1;
+        assert!(rounds < 100_000, "the WebSocket client never authenticated");
+    }
+    let mut rounds = 0;
+    while rig.paused() == 0 {
+        rig.round();
+        rounds += 1;
+        assert!(rounds < 1_000_000, "the connection was never paused");
+    }
+    for _ in 0..50 {
+        rig.round();
+        assert!(
+            rig.waiting_for_peer() <= OUTBOX_CAP,
+            "{} waiting for shard 1: over the cap of {OUTBOX_CAP}",
+            rig.waiting_for_peer()
+        );
+    }
+    assert_eq!(rig.paused(), 1);
+    let mut got = 0u32;
+    let mut rounds = 0;
+    while got < REQUESTS {
+        while let Ok(msg) = rig.peer.try_recv() {
+            if let ShardMsg::Request { request_id, .. } = msg {
+                assert_eq!(request_id, got + 10, "requests arrive in order");
+                got += 1;
+            }
+        }
+        rig.round();
+        assert!(rig.waiting_for_peer() <= OUTBOX_CAP);
+        rounds += 1;
+        assert!(rounds < 1_000_000, "stuck at {got} of {REQUESTS} requests");
+    }
+    assert_eq!(rig.paused(), 0);
+    done_tx.send(()).unwrap();
+    client.join().unwrap();
+}
