@@ -45,7 +45,7 @@ pub mod flag {
     pub const ADMIN: u8 = 16;
     /// Not read while the shard its requests go to is congested (backpressure).
     pub const PAUSED: u8 = 32;
-    /// Accepted on a `--listen-ws` listener: WebSocket under the stream (see `ws.rs`).
+    /// Accepted on a `--listen-ws` listener: WebSocket under the stream (see `ws/`).
     pub const WS: u8 = 64;
 }
 
