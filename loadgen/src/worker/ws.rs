@@ -142,7 +142,7 @@ impl WsLink {
         if wbuf.len() == self.framed || !self.upgraded() {
             return;
         }
-        let mut payload = wbuf.split_off(self.framed);
+        let len = wbuf.len() - self.framed;
         let header = FrameHeader {
             is_final: true,
             rsv1: false,
@@ -151,12 +151,25 @@ impl WsLink {
             opcode: OpCode::Data(Data::Binary),
             mask: Some(mask),
         };
+        // Room for the header in front of the payload, in place: no allocation in steady
+        // state, one move of the payload.
+        let header_len = header.len(len as u64);
+        let start = self.framed;
+        wbuf.resize(wbuf.len() + header_len, 0);
+        wbuf.copy_within(start..start + len, start + header_len);
+        let mut at = &mut wbuf[start..start + header_len];
         // Writing into memory cannot fail.
-        let _ = header.format(payload.len() as u64, &mut (&mut *wbuf).writer());
-        for (i, b) in payload.iter_mut().enumerate() {
-            *b ^= mask[i % 4];
+        let _ = header.format(len as u64, &mut at);
+        let mut chunks = wbuf[start + header_len..].chunks_exact_mut(4);
+        for c in &mut chunks {
+            c[0] ^= mask[0];
+            c[1] ^= mask[1];
+            c[2] ^= mask[2];
+            c[3] ^= mask[3];
         }
-        wbuf.unsplit(payload);
+        for (b, m) in chunks.into_remainder().iter_mut().zip(mask) {
+            *b ^= m;
+        }
         self.framed = wbuf.len();
     }
 
