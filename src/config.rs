@@ -127,6 +127,18 @@ pub struct ServeArgs {
     /// Address to accept clients on; repeatable. Port 0 picks a free port [default: 127.0.0.1:7878].
     #[arg(long)]
     pub listen: Vec<SocketAddr>,
+    /// Address to accept WebSocket clients on (browsers; RFC 6455, binary messages carrying
+    /// the same bytes as TCP); repeatable. Port 0 picks a free port [default: none].
+    #[arg(long)]
+    pub listen_ws: Vec<SocketAddr>,
+    /// An `Origin` allowed to open WebSocket connections (e.g. https://chat.example.com);
+    /// repeatable; others are refused with HTTP 403 [default: none given, any origin].
+    #[arg(long)]
+    pub ws_allowed_origin: Vec<String>,
+    /// Serve the web chat page from this folder (web/ after `npm run build:web`: index.html,
+    /// style.css, dist/) to plain HTTP GETs on the --listen-ws ports; read once at start.
+    #[arg(long)]
+    pub web_root: Option<PathBuf>,
     /// Event-loop threads [default: one per core].
     #[arg(long)]
     pub shards: Option<usize>,
@@ -275,6 +287,9 @@ pub struct ServeArgs {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<Vec<SocketAddr>>,
+    listen_ws: Option<Vec<SocketAddr>>,
+    ws_allowed_origin: Option<Vec<String>>,
+    web_root: Option<PathBuf>,
     shards: Option<usize>,
     metrics: Option<SocketAddr>,
     fsync: Option<Fsync>,
@@ -324,6 +339,12 @@ struct FileConfig {
 pub struct Config {
     pub data_dir: PathBuf,
     pub listen: Vec<SocketAddr>,
+    /// WebSocket listen addresses (`--listen-ws`).
+    pub listen_ws: Vec<SocketAddr>,
+    /// Origins allowed to upgrade; empty: any.
+    pub ws_allowed_origins: Vec<String>,
+    /// The web page's folder (`--web-root`).
+    pub web_root: Option<PathBuf>,
     pub shards: usize,
     pub metrics: Option<SocketAddr>,
     pub fsync: FsyncMode,
@@ -409,6 +430,9 @@ impl Config {
             } else {
                 listen
             },
+            listen_ws: pick_list(args.listen_ws, file.listen_ws),
+            ws_allowed_origins: pick_list(args.ws_allowed_origin, file.ws_allowed_origin),
+            web_root: args.web_root.or(file.web_root),
             shards: args.shards.or(file.shards).unwrap_or(cores),
             metrics: args.metrics.or(file.metrics),
             fsync: args
@@ -537,11 +561,11 @@ impl Config {
                 "use 1 to 1024 shards (one per core is best)",
             );
         }
-        if self.listen.len() > MAX_LISTEN {
+        if self.listen.len() + self.listen_ws.len() > MAX_LISTEN {
             return invalid(
                 "listen",
-                &self.listen.len(),
-                "use at most 64 listen addresses",
+                &(self.listen.len() + self.listen_ws.len()),
+                "use at most 64 listen addresses (listen and listen_ws together)",
             );
         }
         if !(64..=MAX_FRAME_LEN).contains(&self.max_frame) {
@@ -875,6 +899,38 @@ mod tests {
         );
         assert_eq!(c.listen, vec!["127.0.0.1:9000".parse().unwrap()]);
         assert_eq!(c.heartbeat_secs, 30);
+    }
+
+    #[test]
+    fn websocket_options_come_from_the_file_and_count_against_the_listen_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen_ws = [\"127.0.0.1:7880\"]\nws_allowed_origin = [\"https://chat.example\"]\n\
+             web_root = \"web\"\n",
+        )
+        .unwrap();
+        let c = Config::load(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.listen_ws, vec!["127.0.0.1:7880".parse().unwrap()]);
+        assert_eq!(
+            c.ws_allowed_origins,
+            vec!["https://chat.example".to_owned()]
+        );
+        assert_eq!(c.web_root, Some(PathBuf::from("web")));
+        let too_many = ServeArgs {
+            listen: vec!["127.0.0.1:1".parse().unwrap(); 40],
+            listen_ws: vec!["127.0.0.1:2".parse().unwrap(); 30],
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Config::load(too_many),
+            Err(Error::Invalid { key: "listen", .. })
+        ));
     }
 
     #[test]

@@ -34,10 +34,14 @@ pub enum Reason {
     EncryptionFailed,
     /// Refused at accept: its address holds `--max-conns-per-addr` connections.
     TooManyFromAddr,
+    /// A WebSocket upgrade was refused ([`WsRefusal`] says why).
+    WsRefused,
+    /// A plain HTTP GET on a WebSocket listener was answered (a page of `--web-root`).
+    PageServed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 14] = [
         Reason::PeerClosed,
         Reason::ProtocolError,
         Reason::HandshakeTimeout,
@@ -50,6 +54,8 @@ impl Reason {
         Reason::ShuttingDown,
         Reason::EncryptionFailed,
         Reason::TooManyFromAddr,
+        Reason::WsRefused,
+        Reason::PageServed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +72,43 @@ impl Reason {
             Reason::ShuttingDown => "shutting_down",
             Reason::EncryptionFailed => "encryption_failed",
             Reason::TooManyFromAddr => "too_many_from_address",
+            Reason::WsRefused => "ws_upgrade_refused",
+            Reason::PageServed => "http_page_served",
+        }
+    }
+}
+
+/// Why a WebSocket upgrade was refused: `courier_ws_upgrade_refusals_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsRefusal {
+    /// An `Origin` not in `--ws-allowed-origin` (HTTP 403).
+    Origin,
+    /// Not a valid HTTP GET or WebSocket upgrade (HTTP 400).
+    BadRequest,
+    /// A request over 4 KiB (HTTP 431).
+    TooLarge,
+    /// The request did not arrive within the handshake deadline (closed).
+    Timeout,
+    /// The server or the client's address was full (HTTP 503).
+    ServerFull,
+}
+
+impl WsRefusal {
+    pub const ALL: [WsRefusal; 5] = [
+        WsRefusal::Origin,
+        WsRefusal::BadRequest,
+        WsRefusal::TooLarge,
+        WsRefusal::Timeout,
+        WsRefusal::ServerFull,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WsRefusal::Origin => "origin",
+            WsRefusal::BadRequest => "bad_request",
+            WsRefusal::TooLarge => "too_large",
+            WsRefusal::Timeout => "timeout",
+            WsRefusal::ServerFull => "server_full",
         }
     }
 }
@@ -155,6 +198,9 @@ pub struct ShardMetrics {
     pub paused_reads: AtomicU64,
     /// Connections not read right now for that reason.
     pub paused_now: AtomicU64,
+    /// WebSocket connections (also counted in `connections`).
+    pub ws_connections: AtomicU64,
+    ws_refusals: [AtomicU64; WsRefusal::ALL.len()],
     disconnects: [AtomicU64; Reason::ALL.len()],
     noise_failures: [AtomicU64; NoiseFailure::ALL.len()],
     commit_buckets: [AtomicU64; COMMIT_BUCKETS_US.len() + 1],
@@ -178,6 +224,10 @@ impl ShardMetrics {
 
     pub fn noise_failed(&self, why: NoiseFailure) {
         Self::add(&self.noise_failures[why as usize], 1);
+    }
+
+    pub fn ws_refused(&self, why: WsRefusal) {
+        Self::add(&self.ws_refusals[why as usize], 1);
     }
 
     /// Records one round commit that took `us` microseconds from sealing to durable.
@@ -470,6 +520,7 @@ impl Metrics {
     pub fn totals(&self) -> Vec<(String, u64)> {
         let mut out = vec![
             ("connections".to_owned(), self.sum(|s| &s.connections)),
+            ("ws_connections".to_owned(), self.sum(|s| &s.ws_connections)),
             ("authenticated".to_owned(), self.sum(|s| &s.authenticated)),
             ("frames_in".to_owned(), self.sum(|s| &s.frames_in)),
             ("frames_out".to_owned(), self.sum(|s| &s.frames_out)),
@@ -517,8 +568,9 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let per_shard: [(&str, &str, Field); 9] = [
+        let per_shard: [(&str, &str, Field); 10] = [
             ("courier_connections", "gauge", |s| &s.connections),
+            ("courier_ws_connections", "gauge", |s| &s.ws_connections),
             ("courier_authenticated_sessions", "gauge", |s| {
                 &s.authenticated
             }),
@@ -567,6 +619,15 @@ impl Metrics {
                 "courier_noise_failures_total{{reason=\"{}\"}} {}",
                 f.name(),
                 self.sum(|s| &s.noise_failures[f as usize])
+            );
+        }
+        let _ = writeln!(out, "# TYPE courier_ws_upgrade_refusals_total counter");
+        for r in WsRefusal::ALL {
+            let _ = writeln!(
+                out,
+                "courier_ws_upgrade_refusals_total{{reason=\"{}\"}} {}",
+                r.name(),
+                self.sum(|s| &s.ws_refusals[r as usize])
             );
         }
         let _ = writeln!(out, "# TYPE courier_commit_seconds histogram");

@@ -81,6 +81,8 @@ pub enum Error {
     },
     #[error("push notifications: {0}")]
     Push(#[from] push::Error),
+    #[error(transparent)]
+    WebRoot(#[from] shard::ws::WebRootError),
     #[error("cannot start the event loops: {0}")]
     Io(#[from] std::io::Error),
     #[error("shard {} failed ({}); the server stopped after syncing what was committed. A service manager restarts it; if it keeps failing, report this message and the log above it", .0.shard, .0.what)]
@@ -171,6 +173,19 @@ pub fn serve(config: Config) -> Result<(), Error> {
     }
     let mailboxes: Arc<[Mailbox]> = mailboxes.into();
     let (mut listeners, bound) = bind_all(&config.listen, config.shards)?;
+    let (mut ws_listeners, ws_bound) = bind_all(&config.listen_ws, config.shards)?;
+    let web_root = match &config.web_root {
+        Some(dir) => {
+            let root = shard::ws::WebRoot::load(dir)?;
+            tracing::info!(
+                "serving the web page from {} ({} files) on the WebSocket ports",
+                dir.display(),
+                root.len()
+            );
+            Some(root)
+        }
+        None => None,
+    };
 
     let noise_key = if config.insecure_plaintext {
         tracing::warn!(
@@ -259,6 +274,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         noise_key: noise_key.clone(),
         per_addr,
         presence_subscriptions: AtomicUsize::new(0),
+        web_root,
     });
     let _ = served.set(core.clone());
     let parts = polls
@@ -269,6 +285,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
             id: id as u16,
             poll,
             listeners: std::mem::take(&mut listeners[id]),
+            ws_listeners: std::mem::take(&mut ws_listeners[id]),
             mailbox,
         })
         .collect();
@@ -286,6 +303,9 @@ pub fn serve(config: Config) -> Result<(), Error> {
     }
     for addr in &bound {
         let _ = writeln!(stdout, "courier listening on {addr}");
+    }
+    for addr in &ws_bound {
+        let _ = writeln!(stdout, "courier listening on ws://{addr}");
     }
     let _ = stdout.flush();
     drop(stdout);

@@ -22,7 +22,11 @@ rm -rf "$d"; mkdir -p "$d"; cp -a "$B/tpl/d19k" "$d/data"
 "$B/bin/courier" serve --data-dir "$d/data" --listen 127.0.0.1:0 $sargs >"$d/stdout" 2>"$B/runs/$name.server.log" &
 spid=$!
 for _ in $(seq 100); do grep -q "listening on" "$d/stdout" 2>/dev/null && break; sleep 0.1; done
-addr=$(sed -n 's/^courier listening on //p' "$d/stdout" | head -1)
+sleep 0.2 # every listening line is printed at once; let the last one land
+addr=$(sed -n 's/^courier listening on //p' "$d/stdout" | grep -v '^ws://' | head -1)
+# Over WebSocket (--ws among the loadgen's arguments; SERVER FLAGS then hold --listen-ws): the
+# loadgen connects to the WebSocket address.
+case " $* " in *" --ws "*) addr=$(sed -n 's|^courier listening on ws://||p' "$d/stdout" | head -1) ;; esac
 key=$(sed -n 's/^courier server key //p' "$d/stdout" | head -1)
 case "$key" in none*|"") transport=(--insecure-plaintext) ;; *) transport=(--server-key "$key") ;; esac
 "$B/bin/courier-loadgen" --server "$addr" "${transport[@]}" --users "$B/tpl/users19k.txt" --json "$B/runs/$name.json" \

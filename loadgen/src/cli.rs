@@ -76,11 +76,16 @@ pub struct Common {
         conflicts_with_all = ["servers", "server_key"]
     )]
     pub nodes: Option<PathBuf>,
-    /// On a cluster, how users are put in threads: `any` (the users file's order: threads
-    /// across nodes, requests forwarded) or `local` (pairs and groups whose users and thread
+    /// On a cluster, how users are put in threads: `any` (users round-robin over their home
+    /// nodes: threads across nodes, requests forwarded) or `local` (pairs and groups whose users and thread
     /// share a home node: nothing crosses nodes).
     #[arg(long, value_enum, global = true, default_value = "any")]
     pub pairing: crate::cluster::Pairing,
+    /// Connect over WebSocket: every --server is a `--listen-ws` address of the server (the same
+    /// Courier bytes in binary messages; compare with TCP on the same machine). Users come from
+    /// --users (provisioned), since --register speaks TCP.
+    #[arg(long, global = true, conflicts_with = "register")]
+    pub ws: bool,
     /// Also write the JSON report to this file (it is always printed on stdout).
     #[arg(long, value_name = "FILE", global = true)]
     pub json: Option<PathBuf>,

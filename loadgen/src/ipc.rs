@@ -92,6 +92,9 @@ pub struct Init {
     /// The server key every connection pins (hex); `None`: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_key: Option<String>,
+    /// Connect over WebSocket (the servers are `--listen-ws` addresses).
+    #[serde(default)]
+    pub ws: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -271,6 +274,7 @@ mod tests {
             body_size: 64,
             conns: vec![spec],
             server_key: Some("ab".repeat(32)),
+            ws: true,
         });
         let line = serde_json::to_string(&msg).unwrap();
         assert!(!line.contains('\n'));

@@ -282,6 +282,7 @@ fn drive(
             } else {
                 server_key(c)?.map(|k| k.to_string())
             },
+            ws: c.ws,
         };
         fleet.send(w, &ToWorker::Init(init))?;
     }

@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use courier_protocol::noise::{self, Handshake, Transport};
 use mio::net::TcpStream;
 
+use super::ws::WsFrames;
 use crate::metrics::Reason;
 use crate::session::TokenDigest;
 
@@ -44,6 +45,8 @@ pub mod flag {
     pub const ADMIN: u8 = 16;
     /// Not read while the shard its requests go to is congested (backpressure).
     pub const PAUSED: u8 = 32;
+    /// Accepted on a `--listen-ws` listener: WebSocket under the stream (see `ws/`).
+    pub const WS: u8 = 64;
 }
 
 /// The layer under the frames.
@@ -96,6 +99,9 @@ pub struct Conn {
     /// Bytes the socket has not taken yet; `None` whenever everything was written.
     pub output: Option<Box<Output>>,
     pub crypto: Crypto,
+    /// A WebSocket connection's frame state ([`flag::WS`]), only while it holds anything: the
+    /// upgrade, a partial frame or message, a close sent. `None` between messages.
+    pub ws: Option<Box<WsFrames>>,
 }
 
 impl Conn {
@@ -122,6 +128,7 @@ impl Conn {
             input: Vec::new(),
             output: None,
             crypto,
+            ws: None,
         }
     }
 
@@ -162,12 +169,14 @@ impl Conn {
 /// they are (sealed records, handshake messages).
 #[derive(Default)]
 pub struct Output {
-    frames: VecDeque<Bytes>,
+    pub(super) frames: VecDeque<Bytes>,
     /// Bytes of the front frame already written.
     head_written: usize,
-    queued: usize,
+    pub(super) queued: usize,
     /// Frames at the front that go on the wire as they are.
     wire: usize,
+    /// WebSocket: frames at the front already inside a WebSocket frame (or HTTP).
+    pub(super) ws_framed: usize,
 }
 
 impl Output {
@@ -216,6 +225,17 @@ impl Output {
         self.queued == 0
     }
 
+    /// Inserts wire bytes at `at` (a WebSocket header before the frames it wraps, or a frame
+    /// after them); everything up to them counts as framed.
+    pub(super) fn insert_wire(&mut self, at: usize, bytes: Bytes) {
+        self.queued += bytes.len();
+        self.frames.insert(at, bytes);
+        if self.wire > at || self.wire == self.frames.len() - 1 {
+            self.wire += 1;
+        }
+        self.ws_framed = self.frames.len();
+    }
+
     /// Fills `slices` with the unwritten bytes, front first; returns how many it filled.
     pub fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
@@ -243,6 +263,7 @@ impl Output {
             self.head_written = 0;
             self.frames.pop_front();
             self.wire = self.wire.saturating_sub(1);
+            self.ws_framed = self.ws_framed.saturating_sub(1);
         }
     }
 }

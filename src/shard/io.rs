@@ -28,7 +28,7 @@ use mio::{Interest, Token};
 use super::conn::{flag, Conn, Crypto, State, TokenBucket};
 use super::Shard;
 use crate::caller::ConnRef;
-use crate::metrics::{NoiseFailure, Reason, ShardMetrics};
+use crate::metrics::{NoiseFailure, Reason, ShardMetrics, WsRefusal};
 
 /// Slices handed to one `writev`.
 const WRITE_SLICES: usize = 64;
@@ -98,6 +98,7 @@ impl Shard {
                 self.accept_stalled = false;
                 tracing::info!(shard = self.id, "accepting connections again");
             }
+            let ws = self.is_ws_listener(listener);
             if self.core.connections.fetch_add(1, Ordering::Relaxed) >= self.core.max_connections {
                 self.core.connections.fetch_sub(1, Ordering::Relaxed);
                 let mut goodbye = bytes::BytesMut::new();
@@ -106,6 +107,13 @@ impl Shard {
                     message: "the server is full; try another node or later".into(),
                 });
                 encode(0, &frame, &mut goodbye);
+                if ws {
+                    goodbye = super::ws::refusal_server_full(
+                        "the server is full; try another node or later",
+                    )
+                    .into();
+                    self.metrics().ws_refused(WsRefusal::ServerFull);
+                }
                 // Best effort: a fresh socket's buffer has room for one small frame.
                 let _ = stream.write(&goodbye);
                 self.metrics().disconnected(Reason::ServerFull);
@@ -125,6 +133,13 @@ impl Shard {
                     ),
                 });
                 encode(0, &frame, &mut goodbye);
+                if ws {
+                    goodbye = super::ws::refusal_server_full(&format!(
+                        "too many connections from your address (at most {max})"
+                    ))
+                    .into();
+                    self.metrics().ws_refused(WsRefusal::ServerFull);
+                }
                 // Best effort, in plaintext: nothing is encrypted before the handshake.
                 let _ = stream.write(&goodbye);
                 self.metrics().disconnected(Reason::TooManyFromAddr);
@@ -160,6 +175,9 @@ impl Shard {
                 addr_key,
             ));
             ShardMetrics::add(&self.metrics().connections, 1);
+            if ws {
+                self.ws_accepted(slot);
+            }
             // The first look comes at the earliest deadline this connection can have: the
             // handshake's, or the idle limit's if it authenticates at once (see timer.rs).
             let handshake = self.core.config.handshake_timeout_secs.min(u32::MAX as u64) as u32;
@@ -215,6 +233,7 @@ impl Shard {
                 break;
             }
             let want = scratch.len().min(budget);
+            let ws = conn.has(flag::WS);
             match conn.stream.read(&mut scratch[..want]) {
                 Ok(0) => {
                     self.close_soon(slot, Reason::PeerClosed);
@@ -223,7 +242,11 @@ impl Shard {
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
                     ShardMetrics::add(&self.metrics().bytes_in, n as u64);
-                    self.on_bytes(slot, &scratch[..n]);
+                    if ws {
+                        self.on_ws_bytes(slot, &mut scratch[..n]);
+                    } else {
+                        self.on_bytes(slot, &scratch[..n]);
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -238,7 +261,7 @@ impl Shard {
 
     /// Handles bytes read from the connection in `slot`: frames them, or on an encrypted
     /// connection runs the handshake or opens records first.
-    fn on_bytes(&mut self, slot: usize, data: &[u8]) {
+    pub(super) fn on_bytes(&mut self, slot: usize, data: &[u8]) {
         match self.conns.get(slot).map(|c| &c.crypto) {
             None => {}
             Some(Crypto::Plain) => self.on_plaintext(slot, data),
@@ -364,7 +387,7 @@ impl Shard {
     }
 
     /// Puts the connection in this round's write list.
-    fn want_write(&mut self, slot: usize) {
+    pub(super) fn want_write(&mut self, slot: usize) {
         if let Some(conn) = self.conns.get_mut(slot) {
             if !conn.has(flag::PENDING_WRITE) {
                 conn.flags |= flag::PENDING_WRITE;
@@ -389,11 +412,16 @@ impl Shard {
         let max_frame = self.decoder.max_frame_len();
         let mut pos = 0;
         while pos < buf.len() {
+            let Some(conn) = self.conns.get(slot) else {
+                return;
+            };
+            // Frames that arrive while reads are paused (the rest of a WebSocket read) are
+            // kept with the others.
+            if conn.has(flag::PAUSED) {
+                break;
+            }
             // Checked per frame: RESUME authenticates at once, and what follows it may be big.
-            let authed = self
-                .conns
-                .get(slot)
-                .is_some_and(|c| c.state == State::Authed);
+            let authed = conn.state == State::Authed;
             let max = match authed {
                 true => max_frame,
                 false => max_frame.min(PRE_AUTH_MAX_FRAME),
@@ -530,6 +558,11 @@ impl Shard {
         if conn.closing() && conn.close_reason == Reason::SlowConsumer {
             return;
         }
+        if conn.has(flag::WS) && (!conn.ws_open() || conn.ws.as_ref().is_some_and(|w| w.close_sent))
+        {
+            // No Courier frame goes out before the upgrade (a handshake timeout is a close).
+            return;
+        }
         let out = conn.output.get_or_insert_with(Box::default);
         out.push(bytes);
         let queued = conn.queued();
@@ -543,7 +576,7 @@ impl Shard {
         }
     }
 
-    fn slow_consumer(&mut self, slot: usize, queued: usize) {
+    pub(super) fn slow_consumer(&mut self, slot: usize, queued: usize) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
@@ -596,17 +629,18 @@ impl Shard {
     /// Writes as much of the connection's queue as the socket takes; on an encrypted
     /// connection, seals what was queued as one record first.
     pub(super) fn flush_conn(&mut self, slot: usize) {
+        if !self.seal_output(slot) {
+            return;
+        }
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if let (Crypto::Open { transport, .. }, Some(out)) = (&mut conn.crypto, &mut conn.output) {
-            if let Err(e) = out.seal(transport, &mut self.plain_out, &mut self.sealed_out) {
-                // Only NonceExhausted: 2^64 records; the client reconnects.
-                conn.output = None;
-                self.noise_failed(slot, &e);
-                return;
-            }
+        if conn.ws_open() && !self.ws_before_write(slot) {
+            return;
         }
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
         let mut written = 0u64;
         let mut failed = false;
         while let Some(out) = conn.output.as_mut() {
@@ -655,6 +689,23 @@ impl Shard {
         ShardMetrics::add(&self.metrics().bytes_out, written);
     }
 
+    /// On an encrypted connection, seals what was queued as one record; false if the
+    /// connection is gone or its transport failed.
+    pub(super) fn seal_output(&mut self, slot: usize) -> bool {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return false;
+        };
+        if let (Crypto::Open { transport, .. }, Some(out)) = (&mut conn.crypto, &mut conn.output) {
+            if let Err(e) = out.seal(transport, &mut self.plain_out, &mut self.sealed_out) {
+                // Only NonceExhausted: 2^64 records; the client reconnects.
+                conn.output = None;
+                self.noise_failed(slot, &e);
+                return false;
+            }
+        }
+        true
+    }
+
     /// Closes every connection marked this round; each close frees a descriptor, so a stalled
     /// accept is retried.
     pub(super) fn close_pending(&mut self) {
@@ -686,6 +737,9 @@ impl Shard {
         let m = &self.core.metrics.shards[self.id as usize];
         ShardMetrics::sub(&m.connections, 1);
         m.disconnected(conn.close_reason);
+        if conn.has(flag::WS) {
+            self.ws_closed(&conn);
+        }
         self.core.connections.fetch_sub(1, Ordering::Relaxed);
         self.core.per_addr.remove(conn.addr_key);
         if conn.has(flag::SUBSCRIBED) {

@@ -29,6 +29,7 @@ mod session;
 #[cfg(test)]
 mod tests;
 pub mod timer;
+pub mod ws;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -108,6 +109,8 @@ pub struct Core {
     pub per_addr: per_addr::PerAddr,
     /// Presence subscriptions in the whole process: changes are broadcast only when nonzero.
     pub presence_subscriptions: AtomicUsize,
+    /// The static files plain GETs on a WebSocket listener get (`--web-root`).
+    pub web_root: Option<ws::WebRoot>,
 }
 
 /// Why the process stops with a failure.
@@ -228,6 +231,8 @@ pub struct ShardParts {
     pub id: u16,
     pub poll: Poll,
     pub listeners: Vec<TcpListener>,
+    /// WebSocket listeners (`--listen-ws`), after the TCP ones.
+    pub ws_listeners: Vec<TcpListener>,
     pub mailbox: Receiver<ShardMsg>,
 }
 
@@ -235,7 +240,9 @@ pub struct Shard {
     id: u16,
     core: Arc<Core>,
     poll: Poll,
+    /// TCP listeners, then WebSocket ones from `first_ws` on.
     listeners: Vec<TcpListener>,
+    first_ws: usize,
     mailbox: Receiver<ShardMsg>,
     conns: Slab<Conn>,
     engine: Engine,
@@ -260,6 +267,8 @@ pub struct Shard {
     /// sealed records, split off as `Bytes`.
     plain_out: Vec<u8>,
     sealed_out: BytesMut,
+    /// WebSocket frame headers and control frames, split off as `Bytes`.
+    ws_headers: BytesMut,
     /// One frame's bytes on their way into the decoder.
     frame_buf: BytesMut,
     /// Connections with bytes queued this round.
@@ -291,11 +300,15 @@ impl Shard {
     pub fn new(core: Arc<Core>, parts: ShardParts) -> Shard {
         let shards = core.mailboxes.len();
         let engine = Self::engine(&core, parts.id);
+        let first_ws = parts.listeners.len();
+        let mut listeners = parts.listeners;
+        listeners.extend(parts.ws_listeners);
         Shard {
             id: parts.id,
             decoder: Decoder::new(core.config.max_frame),
             poll: parts.poll,
-            listeners: parts.listeners,
+            listeners,
+            first_ws,
             mailbox: parts.mailbox,
             conns: Slab::new(),
             engine,
@@ -311,6 +324,7 @@ impl Shard {
             plain_in: BytesMut::new(),
             plain_out: Vec::new(),
             sealed_out: BytesMut::new(),
+            ws_headers: BytesMut::with_capacity(4096),
             frame_buf: BytesMut::new(),
             pending_writes: Vec::new(),
             carry_reads: Vec::new(),

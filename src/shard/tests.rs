@@ -30,6 +30,8 @@ struct Rig {
     shard: Shard,
     peer: Receiver<ShardMsg>,
     addr: SocketAddr,
+    /// The shard's WebSocket listener.
+    ws_addr: SocketAddr,
     token: Vec<u8>,
     events: Events,
     carried: Vec<(usize, u32)>,
@@ -78,6 +80,8 @@ impl Rig {
         .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
+        let ws_listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let ws_addr = ws_listener.local_addr().unwrap();
         let metrics = Metrics::new(2, store.health());
         // Its workers end when the core (holding the queue's only sender) is dropped.
         let reads = ReadPool::spawn(
@@ -111,6 +115,7 @@ impl Rig {
             noise_key: None,
             per_addr: crate::shard::per_addr::PerAddr::new(1000),
             presence_subscriptions: AtomicUsize::new(0),
+            web_root: None,
         });
         let peer = receivers.pop().unwrap();
         let mut shard = Shard::new(
@@ -119,6 +124,7 @@ impl Rig {
                 id: 0,
                 poll: polls.swap_remove(0),
                 listeners: vec![listener],
+                ws_listeners: vec![ws_listener],
                 mailbox: receivers.pop().unwrap(),
             },
         );
@@ -127,6 +133,7 @@ impl Rig {
             shard,
             peer,
             addr,
+            ws_addr,
             token,
             events: Events::with_capacity(1024),
             carried: Vec::new(),
@@ -338,4 +345,171 @@ fn a_partial_frame_buffer_grows_as_bytes_arrive_not_from_its_length_prefix() {
     let (len, capacity) = input_capacity(&rig);
     assert_eq!(len, 20_010);
     assert!(capacity <= 2 * len, "{capacity} bytes held for {len}");
+}
+
+/// An idle WebSocket connection costs the server what a TCP one does: the same `Conn`, and
+/// after the upgrade and a message no frame state, no input and no output buffer.
+#[test]
+fn an_idle_websocket_connection_holds_nothing_more_than_a_tcp_one() {
+    let mut rig = Rig::new(MAILBOX_CAPACITY);
+    let (ws_addr, token) = (rig.ws_addr, rig.token.clone());
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
+    let client = std::thread::spawn(move || {
+        let stream = std::net::TcpStream::connect(ws_addr).unwrap();
+        let (mut ws, _) = tungstenite::client(format!("ws://{ws_addr}/"), stream).unwrap();
+        let mut out = BytesMut::new();
+        let hello = Hello {
+            version: VERSION,
+            client: "rig-ws".into(),
+        };
+        encode(1, &hello.into(), &mut out);
+        encode(
+            2,
+            &Resume {
+                token: token.into(),
+            }
+            .into(),
+            &mut out,
+        );
+        // HELLO and RESUME in two messages, the split inside RESUME.
+        let split = out.len() - 5;
+        ws.send(tungstenite::Message::Binary(out[..split].to_vec().into()))
+            .unwrap();
+        ws.send(tungstenite::Message::Binary(out[split..].to_vec().into()))
+            .unwrap();
+        let mut got = BytesMut::new();
+        let decoder = courier_protocol::Decoder::default();
+        loop {
+            if let tungstenite::Message::Binary(b) = ws.read().unwrap() {
+                got.extend_from_slice(&b);
+            }
+            if let Some(env) = decoder.decode(&mut got).unwrap() {
+                if env.request_id == 2 {
+                    assert!(matches!(env.frame, Frame::AuthOk(_)), "{:?}", env.frame);
+                    break;
+                }
+            }
+        }
+        done_tx.send(()).unwrap();
+        // Stay connected (idle) until the test looked.
+        release_rx.recv().unwrap();
+    });
+    let mut rounds = 0;
+    while done_rx.try_recv().is_err() {
+        rig.round();
+        rounds += 1;
+        assert!(rounds < 100_000, "the WebSocket client never authenticated");
+    }
+    rig.round();
+    let conns: Vec<_> = rig.shard.conns.iter().map(|(_, c)| c).collect();
+    assert_eq!(conns.len(), 1);
+    let conn = conns[0];
+    assert!(conn.has(super::conn::flag::WS));
+    assert_eq!(conn.state, super::conn::State::Authed);
+    assert!(conn.ws.is_none(), "no frame state between messages");
+    assert_eq!(conn.input.capacity(), 0, "no input buffer");
+    assert!(conn.output.is_none(), "no output buffer");
+    release_tx.send(()).unwrap();
+    client.join().unwrap();
+}
+
+/// Backpressure over WebSocket, one SEND per message: a read holds many messages, and once
+/// the connection is paused the rest of them is kept, not handled (before, each further
+/// message of the read got one more frame handled, past the outbox cap); reading resumes
+/// when shard 1 catches up and every request arrives, in order.
+#[test]
+fn a_paused_websocket_connection_keeps_the_rest_of_its_read() {
+    const REQUESTS: u32 = (OUTBOX_CAP as u32) * 2;
+    let mut rig = Rig::new(64);
+    let thread = rig.thread_of_peer();
+    let (ws_addr, token) = (rig.ws_addr, rig.token.clone());
+    let (authed_tx, authed_rx) = crossbeam_channel::bounded::<()>(1);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let client = std::thread::spawn(move || {
+        let stream = std::net::TcpStream::connect(ws_addr).unwrap();
+        let (mut ws, _) = tungstenite::client(format!("ws://{ws_addr}/"), stream).unwrap();
+        let mut out = BytesMut::new();
+        let hello = Hello {
+            version: VERSION,
+            client: "rig-ws".into(),
+        };
+        encode(1, &hello.into(), &mut out);
+        encode(
+            2,
+            &Resume {
+                token: token.into(),
+            }
+            .into(),
+            &mut out,
+        );
+        ws.send(tungstenite::Message::Binary(out.split().freeze()))
+            .unwrap();
+        let mut got = BytesMut::new();
+        let decoder = courier_protocol::Decoder::default();
+        'auth: loop {
+            if let tungstenite::Message::Binary(b) = ws.read().unwrap() {
+                got.extend_from_slice(&b);
+            }
+            while let Some(env) = decoder.decode(&mut got).unwrap() {
+                if env.request_id == 2 {
+                    assert!(matches!(env.frame, Frame::AuthOk(_)), "{:?}", env.frame);
+                    break 'auth;
+                }
+            }
+        }
+        authed_tx.send(()).unwrap();
+        for id in 0..REQUESTS {
+            let send = Send {
+                thread,
+                client_msg_id: id as u64 + 1,
+                kind: MessageKind::Text,
+                body: bytes::Bytes::from_static(b"x"),
+                reply_to: 0,
+            };
+            encode(id + 10, &send.into(), &mut out);
+            // Blocks while the socket is full (the server paused reading).
+            ws.send(tungstenite::Message::Binary(out.split().freeze()))
+                .unwrap();
+        }
+        done_rx.recv().unwrap();
+    });
+    let mut rounds = 0;
+    while authed_rx.try_recv().is_err() {
+        rig.round();
+        rounds += 1;
+        assert!(rounds < 100_000, "the WebSocket client never authenticated");
+    }
+    let mut rounds = 0;
+    while rig.paused() == 0 {
+        rig.round();
+        rounds += 1;
+        assert!(rounds < 1_000_000, "the connection was never paused");
+    }
+    for _ in 0..50 {
+        rig.round();
+        assert!(
+            rig.waiting_for_peer() <= OUTBOX_CAP,
+            "{} waiting for shard 1: over the cap of {OUTBOX_CAP}",
+            rig.waiting_for_peer()
+        );
+    }
+    assert_eq!(rig.paused(), 1);
+    let mut got = 0u32;
+    let mut rounds = 0;
+    while got < REQUESTS {
+        while let Ok(msg) = rig.peer.try_recv() {
+            if let ShardMsg::Request { request_id, .. } = msg {
+                assert_eq!(request_id, got + 10, "requests arrive in order");
+                got += 1;
+            }
+        }
+        rig.round();
+        assert!(rig.waiting_for_peer() <= OUTBOX_CAP);
+        rounds += 1;
+        assert!(rounds < 1_000_000, "stuck at {got} of {REQUESTS} requests");
+    }
+    assert_eq!(rig.paused(), 0);
+    done_tx.send(()).unwrap();
+    client.join().unwrap();
 }

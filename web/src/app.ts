@@ -75,6 +75,9 @@ function defaultServer(): string {
   const saved = localStorage.getItem(SERVER_KEY);
   if (saved) return saved;
   const scheme = location.protocol === "https:" ? "wss" : "ws";
+  // Served by `courier serve --web-root` on a --listen-ws port: the same address speaks
+  // WebSocket. Opened from a file: the server's usual WebSocket port on this machine.
+  if (location.protocol.startsWith("http") && location.host) return `${scheme}://${location.host}/`;
   return `${scheme}://${location.hostname || "127.0.0.1"}:7880/`;
 }
 

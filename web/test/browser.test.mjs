@@ -2,9 +2,9 @@
 // open a chat by handle, send, delivered and read ticks, typing, presence, a group with a
 // third user on courier-cli over TCP, reload resumes.
 //
-// The server has no WebSocket listener yet, so the test puts a small bridge in front of its
-// TCP listener that does what `--listen-ws` will do: every binary WebSocket message carries
-// bytes of the Courier stream, as on TCP, both ways; a text message is refused with 1003.
+// The server runs as a person would run it: `--listen-ws` (every binary WebSocket message
+// carries bytes of the Courier stream, as on TCP) and `--web-root` (the same port serves the
+// page to a plain GET), so the page's default server is the address it was loaded from.
 //
 // Needs COURIER_BIN (the built server), Chromium (CHROMIUM, default /usr/bin/chromium) and
 // web/dist (npm run build:web in sdk/js); `make test-web` provides all three. Screenshots go
@@ -12,17 +12,14 @@
 
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createServer } from "node:http";
-import { connect as tcpConnect } from "node:net";
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, extname, join, normalize } from "node:path";
+import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 
 import { chromium } from "playwright-core";
-import { WebSocketServer } from "ws";
 
 const WEB = fileURLToPath(new URL("..", import.meta.url));
 const ARTIFACTS = join(WEB, "test-artifacts");
@@ -37,72 +34,42 @@ const missing = [
 ].filter(([ok]) => !ok).map(([, what]) => what);
 const skip = missing.length > 0 ? `needs ${missing.join(", ")}; make test-web provides them` : false;
 
-let server, dataDir, bridge, http, browser;
+let server, dataDir, browser;
 let tcpPort = 0;
 let pageUrl = "";
 
 async function startServer() {
   dataDir = mkdtempSync(join(tmpdir(), "courier-web-it-"));
-  // Plaintext (the page is opened with plaintext=1) until the server's --listen-ws lands;
-  // sdk/js/test/noise_server.test.ts runs the library encrypted through the same bridge.
-  const args = ["serve", "--listen", "127.0.0.1:0", "--shards", "2", "--argon2-m-kib", "64", "--data-dir", dataDir, "--insecure-plaintext"];
+  // Encrypted, as a person runs it: the page trusts the server's key on first use and keeps
+  // it (sdk/js's Noise transport inside WebSocket binary messages); courier-cli likewise.
+  const args = [
+    "serve", "--listen", "127.0.0.1:0", "--listen-ws", "127.0.0.1:0", "--web-root", WEB,
+    "--shards", "2", "--argon2-m-kib", "64", "--data-dir", dataDir,
+  ];
   server = spawn(BIN, args, { stdio: ["ignore", "pipe", "ignore"] });
-  const addr = await new Promise((resolve, reject) => {
+  const addrs = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("courier did not start within 20 s")), 20_000);
+    let tcp;
     createInterface({ input: server.stdout }).on("line", (line) => {
-      const m = /^courier listening on (\S+)/.exec(line);
-      if (m) {
+      const m = /^courier listening on (ws:\/\/)?(\S+)/.exec(line);
+      if (!m) return;
+      if (!m[1]) tcp = m[2];
+      else {
         clearTimeout(timer);
-        resolve(m[1]);
+        resolve({ tcp, ws: m[2] });
       }
     });
     server.on("exit", (code) => reject(new Error(`courier exited with ${code}`)));
   });
-  tcpPort = Number(addr.split(":").at(-1));
-}
-
-/** WebSocket in front of the server's TCP listener, one TCP connection per WebSocket. */
-async function startBridge() {
-  bridge = new WebSocketServer({ host: "127.0.0.1", port: 0 });
-  bridge.on("connection", (ws) => {
-    const tcp = tcpConnect({ host: "127.0.0.1", port: tcpPort, noDelay: true });
-    tcp.on("data", (chunk) => ws.send(chunk, { binary: true }));
-    tcp.on("close", () => ws.close());
-    tcp.on("error", () => ws.close());
-    ws.on("message", (data, isBinary) => {
-      if (!isBinary) return ws.close(1003, "binary frames only");
-      tcp.write(data);
-    });
-    ws.on("close", () => tcp.destroy());
-  });
-  await new Promise((r) => bridge.on("listening", r));
-  return bridge.address().port;
-}
-
-const TYPES = { ".html": "text/html", ".css": "text/css", ".js": "text/javascript", ".map": "application/json" };
-
-/** The page as static files. */
-async function startHttp() {
-  http = createServer((req, res) => {
-    const path = normalize(decodeURIComponent(new URL(req.url, "http://x").pathname)).replace(/^(\.\.[/\\])+/, "");
-    const file = join(WEB, path === "/" ? "index.html" : path);
-    if (!file.startsWith(WEB) || !existsSync(file)) {
-      res.writeHead(404).end();
-      return;
-    }
-    res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
-    res.end(readFileSync(file));
-  });
-  await new Promise((r) => http.listen(0, "127.0.0.1", r));
-  return http.address().port;
+  tcpPort = Number(addrs.tcp.split(":").at(-1));
+  return addrs.ws;
 }
 
 before(async () => {
   if (skip) return;
-  await startServer();
-  const wsPort = await startBridge();
-  const httpPort = await startHttp();
-  pageUrl = `http://127.0.0.1:${httpPort}/?server=ws://127.0.0.1:${wsPort}/&plaintext=1`;
+  const ws = await startServer();
+  // The page's default server is the WebSocket port it came from.
+  pageUrl = `http://${ws}/`;
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
@@ -112,15 +79,13 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  bridge?.close();
-  http?.close();
   server?.kill("SIGTERM");
   if (dataDir) rmSync(dataDir, { recursive: true, force: true });
 });
 
 /** Runs courier-cli with its own config file against the server; returns its stdout. */
 function cli(args) {
-  const out = spawnSync(CLI, ["--server", `127.0.0.1:${tcpPort}`, "--insecure-plaintext", "--json", ...args], {
+  const out = spawnSync(CLI, ["--server", `127.0.0.1:${tcpPort}`, "--trust-on-first-use", "--json", ...args], {
     encoding: "utf8",
     env: { ...process.env, COURIER_CONFIG: join(dataDir, "cli.toml"), COURIER_PASSWORD: "password1" },
   });

@@ -134,6 +134,8 @@ pub struct Conn {
     /// Pinned server key, or plaintext: given to every session of this connection.
     pub encryption: Encryption,
     pub wbuf: BytesMut,
+    /// `--ws`: the WebSocket layer of the current connection.
+    pub ws: Option<Box<super::ws::WsLink>>,
     /// Queued in the worker's dirty list.
     pub dirty: bool,
     awaiting: Awaiting,
@@ -193,6 +195,7 @@ impl Conn {
             session: None,
             encryption: Encryption::Plaintext,
             wbuf: BytesMut::new(),
+            ws: None,
             dirty: false,
             awaiting: Awaiting::Nothing,
             since: run_since,
@@ -256,6 +259,7 @@ impl Conn {
         self.sock = None;
         self.session = None;
         self.wbuf = BytesMut::new();
+        self.ws = None;
         self.awaiting = Awaiting::Nothing;
         self.inflight = Vec::new();
         self.last_push = Vec::new();

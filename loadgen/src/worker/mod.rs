@@ -7,6 +7,7 @@
 //! left. Commands from the parent arrive on a channel and wake the loop through a [`Waker`].
 
 mod conn;
+mod ws;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -146,6 +147,8 @@ pub struct Worker {
     traffic: Option<Traffic>,
     last_tick_ns: u64,
     last_progress_ns: u64,
+    /// `--ws`: every connection is a WebSocket one.
+    ws: bool,
 }
 
 /// The parent's handle on a worker running as a thread.
@@ -331,6 +334,7 @@ impl Worker {
             traffic: None,
             last_tick_ns: now,
             last_progress_ns: now,
+            ws: false,
         }
     }
 
@@ -443,6 +447,7 @@ impl Worker {
         self.cx.run_id = init.run_id;
         self.cx.run_since = init.run_since;
         self.cx.body_size = init.body_size.max(crate::ledger::BodyHeader::LEN);
+        self.ws = init.ws;
         let encryption = match &init.server_key {
             Some(text) => Encryption::Pinned(
                 PublicKey::parse(text, "the server key").expect("the parent checked --server-key"),
@@ -586,7 +591,15 @@ impl Worker {
                 Ok(Some(_)) | Err(_) => return self.close(i, Close::Retry),
             }
             match sock.peer_addr() {
-                Ok(_) => c.on_connected(self.cx.now()),
+                Ok(_) => {
+                    if self.ws {
+                        match ws::WsLink::start(c.spec_server, &mut c.wbuf) {
+                            Ok(link) => c.ws = Some(Box::new(link)),
+                            Err(_) => return self.close(i, Close::Retry),
+                        }
+                    }
+                    c.on_connected(self.cx.now())
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(_) => return self.close(i, Close::Retry),
             }
@@ -603,7 +616,14 @@ impl Worker {
                         break;
                     }
                     Ok(n) => {
-                        outcome = c.on_input(&self.scratch[..n], &mut self.cx);
+                        outcome = match c.ws.take() {
+                            None => c.on_input(&self.scratch[..n], &mut self.cx),
+                            Some(mut link) => {
+                                let o = ws_input(c, &mut link, &self.scratch[..n], &mut self.cx);
+                                c.ws = Some(link);
+                                o
+                            }
+                        };
                         if outcome != Outcome::Continue {
                             break;
                         }
@@ -650,16 +670,33 @@ impl Worker {
         if c.state == State::Connecting {
             return Ok(());
         }
-        while !c.wbuf.is_empty() {
-            match sock.write(&c.wbuf) {
+        // WebSocket: what the session wrote goes out as one masked binary message, and
+        // nothing but the upgrade request before the server accepted it.
+        if let Some(link) = c.ws.as_mut() {
+            let mask = self.cx.rng.random::<u32>().to_be_bytes();
+            link.frame(&mut c.wbuf, mask);
+        }
+        loop {
+            let ready = c.ws.as_ref().map_or(c.wbuf.len(), |l| l.framed);
+            if ready == 0 {
+                break;
+            }
+            match sock.write(&c.wbuf[..ready]) {
                 Ok(0) => return Err(()),
-                Ok(n) => c.wbuf.advance(n),
+                Ok(n) => {
+                    c.wbuf.advance(n);
+                    if let Some(link) = c.ws.as_mut() {
+                        link.written(n);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Err(()),
             }
         }
-        c.wbuf = BytesMut::new();
+        if c.wbuf.is_empty() {
+            c.wbuf = BytesMut::new();
+        }
         Ok(())
     }
 
@@ -919,5 +956,23 @@ impl Worker {
             threads,
             storm,
         });
+    }
+}
+
+/// Bytes read from a WebSocket connection: the upgrade's answer, then the payload of the
+/// server's binary messages, which go to the session as TCP bytes would.
+fn ws_input(c: &mut Conn, link: &mut ws::WsLink, data: &[u8], cx: &mut Cx) -> Outcome {
+    let mut pos = 0;
+    loop {
+        match link.next(data, &mut pos) {
+            Ok(None) => return Outcome::Continue,
+            Ok(Some(ws::Piece::Data(bytes))) => {
+                let outcome = c.on_input(bytes, cx);
+                if outcome != Outcome::Continue {
+                    return outcome;
+                }
+            }
+            Ok(Some(ws::Piece::Closed)) | Err(_) => return Outcome::Close { retry: true },
+        }
     }
 }
