@@ -1,7 +1,7 @@
 #!/bin/bash
 # Issue 13 A/B (BENCHMARKS.md, "Issue 13 A/B on a quiet machine"): B dirs /var/tmp/ab13-before and
 # /var/tmp/ab13-after hold bin/ (courier of each side, the same courier-loadgen), tpl/ and runs/.
-R=/work/main/loadgen/bench/run-one.sh
+R=$(dirname "$0")/run-one.sh
 S="--fsync batch --rate-limit 1000000"
 for i in 1 2 3; do
   for s in before after; do
