@@ -177,6 +177,23 @@ fn wait_offline(watcher: &mut TestConn, user: u64) {
 }
 
 /// A device connection of an existing user, by token.
+/// Sends `user` a message in a direct thread, then a marker to a new offline user (carol, a
+/// higher id, so the notifier would post a row for `user` before hers), and checks that the
+/// marker is what the gateway gets first: `user` was not notified.
+fn assert_not_notified(server: &Server, gateway: &Gateway, alice: &mut TestConn, user: u64) {
+    let c = offline_user(server, "carol", "carol-key", alice);
+    let to_user = direct(alice, user);
+    send(alice, to_user, 1, "not to be notified");
+    let to_carol = direct(alice, c.user);
+    let marker = send(alice, to_carol, 2, "marker");
+    let post = gateway.next();
+    assert_eq!(
+        (post.event(), post.pushkeys()),
+        (marker.message, vec!["carol-key"])
+    );
+    post.ok();
+}
+
 fn reconnect(server: &Server, ok: &AuthOk) -> TestConn {
     let mut c = server.connect();
     c.hello();
@@ -216,19 +233,7 @@ fn an_online_member_is_not_notified() {
     let (mut alice, _) = server.user("alice");
     let (mut bob, b) = server.user("bob");
     registered(&mut bob, "bob-key");
-    // Carol's id is above Bob's: a row for Bob would be posted before hers.
-    let c = offline_user(&server, "carol", "carol-key", &mut alice);
-    let to_bob = direct(&mut alice, b.user);
-    send(&mut alice, to_bob, 1, "bob is here");
-    let to_carol = direct(&mut alice, c.user);
-    let marker = send(&mut alice, to_carol, 2, "carol is not");
-
-    let post = gateway.next();
-    assert_eq!(
-        (post.event(), post.pushkeys()),
-        (marker.message, vec!["carol-key"])
-    );
-    post.ok();
+    assert_not_notified(&server, &gateway, &mut alice, b.user);
     drop(bob);
 }
 
@@ -336,18 +341,7 @@ fn a_device_that_logged_out_is_not_notified() {
     assert!(matches!(bob.request(Logout {}), Frame::Done(_)));
     drop(bob);
     wait_offline(&mut alice, b.user);
-    let c = offline_user(&server, "carol", "carol-key", &mut alice);
-    let to_bob = direct(&mut alice, b.user);
-    send(&mut alice, to_bob, 1, "bob logged out");
-    let to_carol = direct(&mut alice, c.user);
-    let marker = send(&mut alice, to_carol, 2, "marker");
-
-    let post = gateway.next();
-    assert_eq!(
-        (post.event(), post.pushkeys()),
-        (marker.message, vec!["carol-key"])
-    );
-    post.ok();
+    assert_not_notified(&server, &gateway, &mut alice, b.user);
 }
 
 #[test]
@@ -362,18 +356,7 @@ fn a_login_that_replaces_the_token_drops_the_devices_registrations() {
     again.login("bob", util::PASSWORD, "test");
     drop(again);
     wait_offline(&mut alice, b.user);
-    let c = offline_user(&server, "carol", "carol-key", &mut alice);
-    let to_bob = direct(&mut alice, b.user);
-    send(&mut alice, to_bob, 1, "to the old key");
-    let to_carol = direct(&mut alice, c.user);
-    let marker = send(&mut alice, to_carol, 2, "marker");
-
-    let post = gateway.next();
-    assert_eq!(
-        (post.event(), post.pushkeys()),
-        (marker.message, vec!["carol-key"])
-    );
-    post.ok();
+    assert_not_notified(&server, &gateway, &mut alice, b.user);
 }
 
 #[test]
