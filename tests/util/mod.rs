@@ -29,6 +29,7 @@ use courier_protocol::{
     Register, Resume, Session, SessionConfig, Welcome, MAX_FRAME_LEN,
 };
 
+pub mod cluster;
 pub mod proxy;
 
 /// How long a server may take to print its listening line.

@@ -1,0 +1,243 @@
+//! Three `courier serve` nodes on loopback configured as one cluster with `--peer`, for the
+//! cluster tests: start, wait until linked, find handles and ids homed on a given node,
+//! authenticate through any node following `REDIRECT`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use courier::cluster::{partition, Router};
+use courier_protocol::{Frame, Login, Redirect, Register};
+use socket2::{Domain, Socket, Type};
+
+use super::{Server, TestConn, PASSWORD};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Nodes `n0`, `n1`, `n2`. Each node's advertised client address (the one its peers name in
+/// `REDIRECT`) is a port reserved before any node starts, so every `--peer` list can name it:
+/// the test holds an `SO_REUSEPORT` socket bound (not listening) on it, which keeps other
+/// processes off the port and lets the node (which binds with `SO_REUSEPORT`) listen there.
+/// The harness's own ephemeral listen address is a second address of the same node.
+pub struct Cluster {
+    pub nodes: Vec<Server>,
+    pub ids: Vec<String>,
+    pub addrs: Vec<SocketAddr>,
+    pub router: Router,
+    _reserved: Vec<Socket>,
+}
+
+/// A loopback address no one listens on now, for a node's cluster links.
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().unwrap()
+}
+
+pub fn reserve_port() -> (Socket, SocketAddr) {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    socket.set_reuse_port(true).expect("SO_REUSEPORT");
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).expect("bind a loopback port");
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, addr)
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Cluster {
+        let ids: Vec<String> = (0..3).map(|i| format!("n{i}")).collect();
+        let (reserved, addrs): (Vec<Socket>, Vec<SocketAddr>) =
+            (0..3).map(|_| reserve_port()).unzip();
+        let links: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+        let nodes = (0..3)
+            .map(|i| {
+                let args = Cluster::args(&ids, &addrs, &links, i);
+                let args: Vec<&str> = args
+                    .iter()
+                    .map(String::as_str)
+                    .chain(extra.iter().copied())
+                    .collect();
+                Server::start_with(&args)
+            })
+            .collect();
+        let peers: Vec<(String, String)> = ids
+            .iter()
+            .zip(&addrs)
+            .map(|(id, addr)| (id.clone(), addr.to_string()))
+            .collect();
+        let cluster = Cluster {
+            nodes,
+            router: Router::new(&ids[0], &peers),
+            ids,
+            addrs,
+            _reserved: reserved,
+        };
+        cluster.wait_linked();
+        cluster
+    }
+
+    /// Waits until every node logged that its links to every other node are up, so that the
+    /// first forwarded request does not meet a link still in its handshake.
+    pub fn wait_linked(&self) {
+        let deadline = std::time::Instant::now() + WAIT;
+        for (i, node) in self.nodes.iter().enumerate() {
+            for (j, other) in self.ids.iter().enumerate() {
+                let line = format!("cluster node {other} is linked");
+                while i != j && !node.log().contains(&line) {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{} did not link to {other}:\n{}",
+                        self.ids[i],
+                        node.log()
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    /// `courier serve` arguments of node `i`: its id, its advertised address, and every node
+    /// (itself too) as `ID=CLIENT_ADDR@CLUSTER_ADDR`.
+    pub fn args(
+        ids: &[String],
+        addrs: &[SocketAddr],
+        links: &[SocketAddr],
+        i: usize,
+    ) -> Vec<String> {
+        let mut args = vec![
+            "--node-id".to_string(),
+            ids[i].clone(),
+            "--listen".to_string(),
+            addrs[i].to_string(),
+            // Each node has its own Noise key, and nothing yet tells a client the key of the
+            // node a REDIRECT names (NOISE.md section 6): a cluster runs plaintext for now.
+            "--insecure-plaintext".to_string(),
+        ];
+        for j in 0..ids.len() {
+            args.extend([
+                "--peer".to_string(),
+                format!("{}={}@{}", ids[j], addrs[j], links[j]),
+            ]);
+        }
+        args
+    }
+
+    /// The index of the node that is home to `handle`.
+    pub fn home_of_handle(&self, handle: &str) -> usize {
+        let owner = self.router.owner(partition::of_handle(handle));
+        self.ids.iter().position(|id| id == owner).unwrap()
+    }
+
+    /// The index of the node that owns the partition of `id` (a user or a thread).
+    pub fn home_of_id(&self, id: u64) -> usize {
+        let owner = self.router.owner(partition::of_id(id));
+        self.ids.iter().position(|n| n == owner).unwrap()
+    }
+
+    /// The first handle `{prefix}{i}` whose home is `node`.
+    pub fn handle_on(&self, node: usize, prefix: &str) -> String {
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|h| self.home_of_handle(h) == node)
+            .unwrap()
+    }
+
+    /// A new user homed on `node` (the first handle `{prefix}{i}` homed there), connected to
+    /// it: the connection and the user id.
+    pub fn user_on(&self, node: usize, prefix: &str) -> (TestConn, u64) {
+        let handle = self.handle_on(node, prefix);
+        let (answer, conn) = self.authenticate_via(node, node, register(&handle, "d"));
+        (conn, auth_ok(answer).user)
+    }
+
+    /// A connection to node `i` that said hello, on the harness's own listen address of the
+    /// node (redirects name the other one).
+    pub fn connect(&self, i: usize) -> TestConn {
+        let mut c = self.nodes[i].connect();
+        c.hello();
+        c
+    }
+
+    /// Stops every node (SIGTERM), so their data directories can be written offline.
+    pub fn stop_all(&self) {
+        for node in &self.nodes {
+            node.stop();
+        }
+    }
+
+    /// Starts every node again on its data directory (each on a fresh harness address; the
+    /// advertised and cluster addresses stay). Links form again by themselves.
+    pub fn restart_all(&mut self) {
+        for node in &mut self.nodes {
+            node.restart();
+        }
+    }
+
+    /// A thread id in a partition that node `node` owns, with a sequence number far above
+    /// what the node allocates itself (for threads planted offline).
+    pub fn thread_on(&self, node: usize, seq: u64) -> u64 {
+        let p = (0..partition::PARTITIONS)
+            .find(|&p| self.router.owner(p) == self.ids[node])
+            .unwrap();
+        partition::compose(p, 1_000_000 + seq)
+    }
+
+    /// The `REDIRECT` to node `home`, as the others send it.
+    pub fn redirect_to(&self, home: usize) -> Frame {
+        Frame::Redirect(Redirect {
+            node: self.ids[home].clone(),
+            addr: self.addrs[home].to_string(),
+            // These nodes run plaintext (`--insecure-plaintext`), so REDIRECT names no key.
+            key: bytes::Bytes::new(),
+        })
+    }
+
+    /// Sends `frame` (an authentication) on a fresh connection to node `entry`: if `entry` is
+    /// not `home`, asserts that the answer is `REDIRECT` to `home` and a close, and sends it
+    /// again there. Returns the final answer and the connection it came on.
+    pub fn authenticate_via(&self, entry: usize, home: usize, frame: Frame) -> (Frame, TestConn) {
+        let mut c = self.connect(entry);
+        if entry != home {
+            c.send_request(frame.clone());
+            let frames = c.expect_closed(WAIT);
+            assert_eq!(
+                frames,
+                vec![self.redirect_to(home)],
+                "{} on {} for a user of {}",
+                frame.name(),
+                self.ids[entry],
+                self.ids[home]
+            );
+            // Follow it: connect to the address the REDIRECT named.
+            c = TestConn::connect(self.addrs[home]);
+            c.hello();
+        }
+        (c.request(frame), c)
+    }
+}
+
+pub fn register(handle: &str, device: &str) -> Frame {
+    Frame::Register(Register {
+        handle: handle.into(),
+        password: PASSWORD.into(),
+        device: device.into(),
+    })
+}
+
+pub fn login(handle: &str, device: &str) -> Frame {
+    Frame::Login(Login {
+        handle: handle.into(),
+        password: PASSWORD.into(),
+        device: device.into(),
+    })
+}
+
+pub fn auth_ok(frame: Frame) -> courier_protocol::AuthOk {
+    match frame {
+        Frame::AuthOk(ok) => ok,
+        other => panic!("expected AUTH_OK, got {other:?}"),
+    }
+}
