@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use courier_protocol::{
     CreateGroup, Done, ErrorCode, Frame, MediaBegin, MediaChunk, MediaCommit, MediaGet,
-    MessageKind, Send,
+    MessageKind, Recall, Send,
 };
 use util::{direct, error_code, Server, TestConn};
 
@@ -324,6 +324,86 @@ fn only_the_uploader_and_members_of_threads_it_was_sent_in_may_download() {
     assert_eq!(download(&mut carol, &media, 4096), data);
     refused(&mut eve);
     let _ = e;
+}
+
+/// The id of the message a SEND stored.
+fn sent(reply: Frame) -> u64 {
+    match reply {
+        Frame::Sent(s) => s.message,
+        other => panic!("SEND: {other:?}"),
+    }
+}
+
+#[test]
+fn recalling_every_message_of_a_thread_that_sent_a_media_takes_its_members_access_back() {
+    let mut server = Server::start();
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    let (mut carol, c) = server.user("carol");
+    let data = content(10_000, 9);
+    let media = upload(&mut alice, &data);
+    let t = direct(&mut alice, b.user);
+    let first = sent(send_media(&mut alice, t, &media));
+    let second = sent(send_media(&mut alice, t, &media));
+    let Frame::ThreadInfo(g) = alice.request(CreateGroup {
+        name: "elsewhere".into(),
+        members: vec![c.user],
+    }) else {
+        panic!()
+    };
+    let in_group = sent(send_media(&mut alice, g.thread.id, &media));
+    let readable = |c: &mut TestConn, thread: u64| {
+        matches!(get_in(c, &media, thread, 0, 10), Frame::MediaData(_))
+            && matches!(get(c, &media, 0, 10), Frame::MediaData(_))
+    };
+    let refused = |c: &mut TestConn, thread: u64| {
+        for reply in [get_in(c, &media, thread, 0, 10), get(c, &media, 0, 10)] {
+            assert_eq!(error_code(&reply), ErrorCode::UnknownMedia, "{reply:?}");
+        }
+    };
+    assert!(readable(&mut bob, t));
+    let recall = |c: &mut TestConn, thread: u64, message: u64| {
+        assert_eq!(c.request(Recall { thread, message }), Done {}.into());
+    };
+    // Another message of the thread still shows it.
+    recall(&mut alice, t, first);
+    assert!(
+        readable(&mut bob, t),
+        "the second message still refers to it"
+    );
+    // A second RECALL of the same message takes nothing more away.
+    recall(&mut alice, t, first);
+    assert!(readable(&mut bob, t), "a repeated recall counts once");
+    recall(&mut alice, t, second);
+    refused(&mut bob, t);
+    // Bob cannot put it back into the thread either: he may not read it any more.
+    assert_eq!(
+        error_code(&send_media(&mut bob, t, &media)),
+        ErrorCode::UnknownMedia
+    );
+    // The group where it was also sent keeps it; the uploader always does.
+    assert!(readable(&mut carol, g.thread.id));
+    assert!(readable(&mut alice, t));
+    recall(&mut alice, g.thread.id, in_group);
+    refused(&mut carol, g.thread.id);
+    assert_eq!(download(&mut alice, &media, 4096), data);
+    // Sent again, it is readable again: the count went back up from zero.
+    sent(send_media(&mut alice, t, &media));
+    assert!(readable(&mut bob, t));
+    // And the counts are stored, not kept in memory.
+    drop((alice, bob, carol));
+    server.restart();
+    let (mut bob, _) = login_again(&server, "bob");
+    let (mut carol, _) = login_again(&server, "carol");
+    assert!(readable(&mut bob, t));
+    refused(&mut carol, g.thread.id);
+}
+
+fn login_again(server: &Server, handle: &str) -> (TestConn, courier_protocol::AuthOk) {
+    let mut c = server.connect();
+    c.hello();
+    let ok = c.login(handle, util::PASSWORD, "second");
+    (c, ok)
 }
 
 #[test]

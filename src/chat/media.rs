@@ -16,9 +16,10 @@
 //! knowing it proves nothing, and anyone else must send the bytes (which are then verified
 //! and dropped).
 //!
-//! Who may read: the uploaders, and the members of every thread a MEDIA message referring to
-//! it was sent in. Anyone else is answered UNKNOWN_MEDIA, like for an id that does not exist,
-//! so a refusal does not tell whether the media exists.
+//! Who may read: the uploaders, and the members of every thread in which a MEDIA message
+//! referring to it was sent and not recalled (the thread's `t` link counts those messages).
+//! Anyone else is answered UNKNOWN_MEDIA, like for an id that does not exist, so a refusal
+//! does not tell whether the media exists.
 
 use std::collections::HashMap;
 use std::io;
@@ -442,7 +443,16 @@ impl Engine {
 
     /// Records that a message of `thread` refers to `media`: its members may read it.
     pub(super) fn link_media(&mut self, media: &MediaId, thread: u64) {
-        self.batch.put_media_link(MEDIA_THREAD, media, thread);
+        self.batch.add_media_thread_refs(media, thread, 1);
+    }
+
+    /// A message of `thread` that referred to stored media (a MEDIA message's `body`) is
+    /// recalled: once no message of the thread refers to it, its members may no longer read
+    /// it (its uploaders still may, and so may the members of other threads it was sent in).
+    pub(super) fn unlink_media(&mut self, thread: u64, body: &[u8]) {
+        if let Some(media) = body.get(..MEDIA_ID).and_then(|b| MediaId::try_from(b).ok()) {
+            self.batch.add_media_thread_refs(&media, thread, -1);
+        }
     }
 }
 

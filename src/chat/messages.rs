@@ -337,6 +337,9 @@ impl Engine {
             ));
         }
         m.recalled = true;
+        if m.kind == MessageKind::Media {
+            self.unlink_media(thread, &m.body);
+        }
         m.body = Bytes::new();
         // A tombstone shows no reactions (and takes no new ones).
         if !m.reactions.is_empty() {

@@ -4,7 +4,8 @@
 //! * parts of abandoned uploads: no chunk for the upload timeout (the engine forgets such
 //!   uploads after the same timeout; a chunk for a collected part is answered UNKNOWN_MEDIA);
 //! * unreferenced blobs: stored longer than the grace period since their last commit, and
-//!   never sent in any message. Their header and uploader links go in one RocksDB commit,
+//!   never sent in any message (sent and then recalled everywhere still counts as sent: the
+//!   uploader keeps it). Their header and uploader links go in one RocksDB commit,
 //!   each uploader's usage is lowered by a merge (so it never races the uploader's shard),
 //!   and the file is deleted after.
 //!
@@ -92,8 +93,10 @@ impl Collector {
             if now.saturating_sub(header.committed_at) <= grace_us {
                 continue;
             }
+            // A thread link counts even at 0 (every message that sent it there recalled):
+            // the uploader keeps their upload, as with media sent and never recalled.
             let mut referenced = false;
-            self.store.media_links(MEDIA_THREAD, &media, |_| {
+            self.store.media_link_refs(MEDIA_THREAD, &media, |_, _| {
                 referenced = true;
                 Ok(false)
             })?;

@@ -229,19 +229,32 @@ fn expire_dedupe(window_us: u64, now_us: impl Fn() -> u64, value: &[u8]) -> Deci
     }
 }
 
-/// The merge operator of `media` usage counters: the sum of big-endian i64s. Only `u` keys
-/// are ever merged; an operand or value of another width is skipped (it is not a counter).
+/// The merge operator of `media` counters: the sum of big-endian i64s. Only `u` keys (bytes
+/// of usage) and `t` keys (messages referring to a media in a thread) are ever merged; an
+/// operand of another width is skipped (it is not a counter). An empty stored value is a `t`
+/// link written before links were counted and counts as one message (see
+/// [`media_refs`]).
 fn sum_i64(
     _key: &[u8],
     existing: Option<&[u8]>,
     operands: &rocksdb::MergeOperands,
 ) -> Option<Vec<u8>> {
     let as_i64 = |v: &[u8]| <[u8; 8]>::try_from(v).map(i64::from_be_bytes).ok();
-    let mut sum = existing.and_then(as_i64).unwrap_or(0);
+    let mut sum = existing.map_or(0, |v| media_refs(v).unwrap_or(0));
     for op in operands {
         sum = sum.saturating_add(as_i64(op).unwrap_or(0));
     }
     Some(sum.to_be_bytes().to_vec())
+}
+
+/// The count a `media` link's value holds: a `t` link counts the messages of its thread that
+/// refer to the media and are not recalled (a merged i64); an `o` link is empty, and so is a
+/// `t` link stored before links were counted, which counts as one message. `None`: corrupt.
+fn media_refs(value: &[u8]) -> Option<i64> {
+    match value.len() {
+        0 => Some(1),
+        _ => <[u8; 8]>::try_from(value).map(i64::from_be_bytes).ok(),
+    }
 }
 
 impl Store {
@@ -1032,7 +1045,8 @@ impl Store {
         self.is_media_linked(MEDIA_OWNER, media, user)
     }
 
-    /// Whether `media` is linked to user or thread `id` (`MEDIA_OWNER`, `MEDIA_THREAD`).
+    /// Whether `media` is linked to user or thread `id` (`MEDIA_OWNER`, `MEDIA_THREAD`). A
+    /// thread is linked while a message of it that refers to the media is not recalled.
     pub fn is_media_linked(
         &self,
         kind: u8,
@@ -1040,19 +1054,44 @@ impl Store {
         id: u64,
     ) -> Result<bool, Error> {
         let key = keys::media_link(kind, media, id);
-        Ok(self.get(CF_MEDIA, &key)?.is_some())
+        match self.get(CF_MEDIA, &key)? {
+            None => Ok(false),
+            Some(v) => Ok(media_refs(&v).ok_or(Error::CorruptValue {
+                record: "media link",
+            })? > 0),
+        }
     }
 
-    /// Calls `f` with each user (`MEDIA_OWNER`) or thread (`MEDIA_THREAD`) linked to `media`,
-    /// in id order, until it returns false.
+    /// Calls `f` with each user (`MEDIA_OWNER`) or thread (`MEDIA_THREAD`) linked to `media`
+    /// (as [`is_media_linked`](Self::is_media_linked) says), in id order, until it returns
+    /// false.
     pub fn media_links(
         &self,
         kind: u8,
         media: &[u8; MEDIA_ID],
         mut f: impl FnMut(u64) -> Result<bool, Error>,
     ) -> Result<(), Error> {
-        self.scan_prefix(CF_MEDIA, &keys::media_links(kind, media), |k, _| {
-            f(keys::parse_media_link(k)?)
+        self.media_link_refs(
+            kind,
+            media,
+            |id, refs| if refs > 0 { f(id) } else { Ok(true) },
+        )
+    }
+
+    /// Calls `f` with each link of `media` of one kind, linked or not: the user or thread and
+    /// its count (see `media_refs`; 0 or less: every message that referred to it in that
+    /// thread was recalled), in id order, until it returns false.
+    pub fn media_link_refs(
+        &self,
+        kind: u8,
+        media: &[u8; MEDIA_ID],
+        mut f: impl FnMut(u64, i64) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        self.scan_prefix(CF_MEDIA, &keys::media_links(kind, media), |k, v| {
+            let refs = media_refs(v).ok_or(Error::CorruptValue {
+                record: "media link",
+            })?;
+            f(keys::parse_media_link(k)?, refs)
         })
     }
 
@@ -1228,9 +1267,20 @@ impl Batch {
         self.put(CF_MEDIA, &keys::media_meta(media), &rec.encode());
     }
 
-    /// Links `media` to an uploader (`MEDIA_OWNER`) or a referring thread (`MEDIA_THREAD`).
+    /// Links `media` to an uploader (`MEDIA_OWNER`).
     pub fn put_media_link(&mut self, kind: u8, media: &[u8; MEDIA_ID], id: u64) {
         self.put(CF_MEDIA, &keys::media_link(kind, media, id), &[]);
+    }
+
+    /// Adds `delta` to the messages of `thread` that refer to `media` (`MEDIA_THREAD` link):
+    /// +1 when one is sent, -1 when one is recalled. A merge, so neither needs to read the
+    /// count (nor see the round's uncommitted sends).
+    pub fn add_media_thread_refs(&mut self, media: &[u8; MEDIA_ID], thread: u64, delta: i64) {
+        self.batch.merge_cf(
+            self.store.cf(CF_MEDIA),
+            keys::media_link(MEDIA_THREAD, media, thread),
+            delta.to_be_bytes(),
+        );
     }
 
     /// Adds `delta` to the bytes of stored media charged to `user`: a merge, so the user's
@@ -1409,6 +1459,44 @@ mod tests {
             );
             assert_eq!((partition::of_id(u), partition::of_id(t)), (p, p));
         }
+    }
+
+    #[test]
+    fn a_thread_link_counts_its_unrecalled_messages_and_an_old_empty_one_counts_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        let (media, old) = ([7u8; MEDIA_ID], [8u8; MEDIA_ID]);
+        let linked = |m: &[u8; MEDIA_ID]| store.is_media_linked(MEDIA_THREAD, m, 5).unwrap();
+        let mut b = store.batch();
+        b.add_media_thread_refs(&media, 5, 1);
+        b.add_media_thread_refs(&media, 5, 1);
+        b.add_media_thread_refs(&media, 5, -1);
+        store.commit(b).unwrap();
+        assert!(linked(&media), "two sent, one recalled");
+        let mut b = store.batch();
+        b.add_media_thread_refs(&media, 5, -1);
+        store.commit(b).unwrap();
+        assert!(!linked(&media), "both recalled");
+        let mut walked = Vec::new();
+        store
+            .media_link_refs(MEDIA_THREAD, &media, |t, n| {
+                walked.push((t, n));
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(walked, [(5, 0)], "the row stays, at 0");
+        store
+            .media_links(MEDIA_THREAD, &media, |t| panic!("thread {t} listed at 0"))
+            .unwrap();
+        // A link written before counts (an empty value) is one message: recalling it unlinks.
+        let mut b = store.batch();
+        b.put_media_link(MEDIA_THREAD, &old, 5);
+        store.commit(b).unwrap();
+        assert!(linked(&old));
+        let mut b = store.batch();
+        b.add_media_thread_refs(&old, 5, -1);
+        store.commit(b).unwrap();
+        assert!(!linked(&old));
     }
 
     #[test]

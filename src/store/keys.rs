@@ -23,7 +23,7 @@
 //! | `last_seen`   | user u64                    | microseconds u64                  |
 //! | `media`       | `m` ++ media id (32)        | `MediaHeader` of a stored blob (the bytes are a file, see `media::blob`) |
 //! |               | `o` ++ media id ++ user u64 | empty: the user uploaded it (may read it; charged to their quota) |
-//! |               | `t` ++ media id ++ thread u64 | empty: a message of the thread refers to it (its members may read it) |
+//! |               | `t` ++ media id ++ thread u64 | i64: messages of the thread that refer to it and are not recalled (merge operator: sum; above 0, its members may read it; empty: stored before counts, one) |
 //! |               | `u` ++ user u64             | i64: bytes of stored media the user uploaded (merge operator: sum) |
 //! | `meta`        | name bytes                  | counters (ids, clock floor)       |
 //! | `unread`      | thread u64 ++ message u64   | sender u64: the messages that count as unread (all but system messages) |
