@@ -683,3 +683,132 @@ fn the_cli_replies_edits_reacts_and_history_shows_them() {
         .unwrap();
     assert_eq!(q["reactions"].as_array().map(Vec::len), Some(0), "{q}");
 }
+
+#[test]
+fn a_member_who_deleted_a_message_for_themselves_hears_nothing_more_of_it() {
+    let server = Server::start();
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    let (mut bob_phone, _) = login(&server, "bob", "phone");
+    let (mut carol, c) = server.user("carol");
+    let Frame::ThreadInfo(g) = alice.request(CreateGroup {
+        name: "three".into(),
+        members: vec![b.user, c.user],
+    }) else {
+        panic!("CREATE_GROUP")
+    };
+    let t = g.thread.id;
+    let m = send(&mut alice, t, 1, "helo").message;
+    let kept = send(&mut alice, t, 2, "still here").message;
+    for device in [&mut bob, &mut bob_phone, &mut carol] {
+        let created = system_event(&message_push(device).message);
+        assert_eq!(created.event, SystemEventKind::Created);
+        assert_eq!(message_push(device).message.id, m);
+        assert_eq!(message_push(device).message.id, kept);
+    }
+    let (_, _, watermark) = sync_all(&mut bob_phone, 0);
+    assert_eq!(
+        bob.request(DeleteForMe {
+            thread: t,
+            message: m
+        }),
+        Done {}.into()
+    );
+
+    // Alice edits it, Alice and Carol react to it: Carol hears each change, Bob nothing. The
+    // marker Alice sends after them is the next push Bob's devices get.
+    assert_eq!(edit(&mut alice, t, m, "hello"), Done {}.into());
+    assert_eq!(react(&mut alice, t, m, "👍"), Done {}.into());
+    assert_eq!(react(&mut carol, t, m, "🎉"), Done {}.into());
+    // A change to another message still reaches him.
+    assert_eq!(react(&mut carol, t, kept, "👍"), Done {}.into());
+    let marker = send(&mut alice, t, 3, "marker").message;
+    let mut notices = Vec::new();
+    for _ in 0..3 {
+        let p = message_push(&mut carol);
+        let ev = system_event(&p.message);
+        assert_eq!(ev.subject, m, "{ev:?}");
+        notices.push((p.message.id, ev.event));
+    }
+    assert_eq!(
+        notices.iter().map(|n| n.1).collect::<Vec<_>>(),
+        [
+            SystemEventKind::Edited,
+            SystemEventKind::Reacted,
+            SystemEventKind::Reacted
+        ]
+    );
+    assert_eq!(
+        system_event(&message_push(&mut carol).message).subject,
+        kept
+    );
+    assert_eq!(message_push(&mut carol).message.id, marker);
+    for device in [&mut bob, &mut bob_phone] {
+        let p = message_push(device);
+        let ev = system_event(&p.message);
+        assert_eq!(
+            (ev.event, ev.subject),
+            (SystemEventKind::Reacted, kept),
+            "the first push after the deletion is the reaction to the other message"
+        );
+        assert_eq!(message_push(device).message.id, marker);
+    }
+
+    // His HISTORY and SYNC (an old device catching up, a new one from scratch) show neither
+    // the message nor the notices about it; Carol's show all.
+    let about_m = |list: &[Message]| {
+        list.iter()
+            .filter(|x| {
+                x.id == m || (x.kind == MessageKind::System && system_event(x).subject == m)
+            })
+            .count()
+    };
+    assert_eq!(about_m(&history(&mut bob, t).messages), 0);
+    assert_eq!(about_m(&sync_all(&mut bob_phone, watermark).0), 0);
+    let (mut bob_tablet, _) = login(&server, "bob", "tablet");
+    let (synced, metas, _) = sync_all(&mut bob_tablet, 0);
+    assert_eq!(about_m(&synced), 0);
+    assert!(meta_of(&metas, m).is_none());
+    assert!(synced.iter().any(|x| x.id == marker), "the rest is synced");
+    assert_eq!(about_m(&history(&mut carol, t).messages), 4);
+
+    // For him the message is gone: READERS, EDIT and REACT answer as for no message.
+    for reply in [
+        bob.request(Readers {
+            thread: t,
+            message: m,
+        }),
+        react(&mut bob, t, m, "👍"),
+    ] {
+        assert_eq!(error_code(&reply), ErrorCode::UnknownMessage, "{reply:?}");
+    }
+    let mine = send(&mut bob, t, 4, "typo").message;
+    assert_eq!(message_push(&mut bob_phone).message.id, mine);
+    assert_eq!(message_push(&mut carol).message.id, mine);
+    assert_eq!(
+        bob.request(DeleteForMe {
+            thread: t,
+            message: mine
+        }),
+        Done {}.into()
+    );
+    assert_eq!(
+        error_code(&edit(&mut bob, t, mine, "fixed")),
+        ErrorCode::UnknownMessage
+    );
+
+    // Its recall is not announced to him either.
+    assert_eq!(
+        alice.request(Recall {
+            thread: t,
+            message: m
+        }),
+        Done {}.into()
+    );
+    let p = message_push(&mut carol);
+    assert_eq!(system_event(&p.message).event, SystemEventKind::Recalled);
+    let last = send(&mut alice, t, 5, "last").message;
+    for device in [&mut bob, &mut bob_phone] {
+        assert_eq!(message_push(device).message.id, last);
+    }
+}

@@ -8,7 +8,17 @@
 //! change without asking: the new body, or the reaction and the message's new counts. HISTORY
 //! reads the changed message itself: the latest body, `edited_at`, the counts, plus the
 //! caller's own reaction (`reactions` family), in `MESSAGES.meta`.
+//!
+//! A member who deleted a message for themselves (DELETE_FOR_ME) hears nothing more of it:
+//! its notices (RECALLED, EDITED, REACTED) are not pushed to them, their HISTORY and SYNC
+//! leave the notices out like the message, and their READERS, EDIT and REACT of it answer
+//! UNKNOWN_MESSAGE. The message record says whether anyone deleted it
+//! (`MessageRecord::deleted_for_some`), so a notice about a message nobody deleted costs
+//! nothing more; only for one that somebody did, one `hidden` point read per member decides.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use courier_protocol::wire::Wire;
 use courier_protocol::{
     Done, Edit, ErrorCode, Frame, MessageKind, MessageMeta, React, ReactionCount, SystemEvent,
@@ -20,6 +30,40 @@ use super::threads::internal;
 use crate::caller::Caller;
 use crate::clock::wall_us;
 use crate::store::{Error as StoreError, MessageRecord, Store};
+
+/// The answer about a message the caller deleted for themselves: the same as for none.
+pub(super) const DELETED_FOR_YOU: Reject = (
+    ErrorCode::UnknownMessage,
+    "no such message (you deleted it for yourself)",
+);
+
+/// The message a notice (a RECALLED, EDITED or REACTED system message) is about, read from
+/// the head of its body (`event` u8, `actor` u64, `subject` u64) without decoding the rest;
+/// `None` for any other message.
+pub(super) fn notice_subject(m: &MessageRecord) -> Option<u64> {
+    if m.kind != MessageKind::System {
+        return None;
+    }
+    let head = m.body.get(..17)?;
+    match SystemEventKind::from_code(head[0])? {
+        SystemEventKind::Recalled | SystemEventKind::Edited | SystemEventKind::Reacted => {
+            Some(u64::from_be_bytes(head[9..17].try_into().ok()?))
+        }
+        _ => None,
+    }
+}
+
+/// Whether `user` deleted message `id` (`m`) of `thread` for themselves, from the committed
+/// state: no read when nobody deleted it.
+pub(super) fn deleted_by(
+    store: &Store,
+    thread: u64,
+    id: u64,
+    m: &MessageRecord,
+    user: u64,
+) -> Result<bool, StoreError> {
+    Ok(m.deleted_for_some && store.is_hidden(user, thread, id)?)
+}
 
 /// The longest reaction, in bytes of UTF-8 (an emoji with modifiers and joiners fits).
 pub(super) const MAX_REACTION_BYTES: usize = 32;
@@ -162,6 +206,56 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether `user` deleted message `id` (`m`) of `thread` for themselves, this round's
+    /// deletions included: no read when nobody deleted it.
+    pub(super) fn deleted_now(
+        &self,
+        thread: u64,
+        id: u64,
+        m: &MessageRecord,
+        user: u64,
+    ) -> Result<bool, Reject> {
+        Ok(m.deleted_for_some
+            && (self.staged.is_hidden(user, thread, id)
+                || self
+                    .shared
+                    .store
+                    .is_hidden(user, thread, id)
+                    .map_err(internal)?))
+    }
+
+    /// Appends a notice (`body`, a RECALLED, EDITED or REACTED event) about message `subject`
+    /// (`m`, as it was before the change) and pushes it to every member except those who
+    /// deleted `subject` for themselves. Returns the notice's id.
+    pub(super) fn notice(
+        &mut self,
+        thread: u64,
+        caller: &Caller,
+        body: Bytes,
+        subject: u64,
+        m: &MessageRecord,
+    ) -> Result<u64, Reject> {
+        let members = self.thread_state(thread)?.member_ids.clone();
+        let users = if m.deleted_for_some {
+            let mut keep = Vec::with_capacity(members.len());
+            for &user in members.iter() {
+                if !self.deleted_now(thread, subject, m, user)? {
+                    keep.push(user);
+                }
+            }
+            Arc::from(keep)
+        } else {
+            members
+        };
+        let rec = MessageRecord {
+            sender: caller.user,
+            kind: MessageKind::System,
+            body,
+            ..Default::default()
+        };
+        self.append_to(thread, rec, None, users)
+    }
+
     /// A SEND's `reply_to` must name a message of the same thread that a person wrote and did
     /// not recall.
     pub(super) fn check_reply(&self, thread: u64, reply_to: u64) -> Result<(), Reject> {
@@ -197,6 +291,9 @@ impl Engine {
         let mut m = self
             .message_now(f.thread, f.message)?
             .ok_or((ErrorCode::UnknownMessage, "no such message"))?;
+        if self.deleted_now(f.thread, f.message, &m, caller.user)? {
+            return Err(DELETED_FOR_YOU);
+        }
         if m.sender != caller.user || m.kind == MessageKind::System {
             return Err((ErrorCode::NotSender, "only the sender may edit a message"));
         }
@@ -230,7 +327,7 @@ impl Engine {
             body: f.body.clone(),
             ..SystemEvent::default()
         });
-        let at = self.append_system(f.thread, caller, body, &[])?;
+        let at = self.notice(f.thread, caller, body, f.message, &m)?;
         m.body = f.body;
         m.edited_at = at;
         self.put_changed(f.thread, f.message, m);
@@ -245,6 +342,9 @@ impl Engine {
         let mut m = self
             .message_now(f.thread, f.message)?
             .ok_or((ErrorCode::UnknownMessage, "no such message"))?;
+        if self.deleted_now(f.thread, f.message, &m, caller.user)? {
+            return Err(DELETED_FOR_YOU);
+        }
         if m.kind == MessageKind::System {
             return Err((
                 ErrorCode::InvalidArgument,
@@ -279,7 +379,7 @@ impl Engine {
             reactions: counts.clone(),
             ..SystemEvent::default()
         });
-        self.append_system(f.thread, caller, body, &[])?;
+        self.notice(f.thread, caller, body, f.message, &m)?;
         self.batch
             .put_reaction(f.thread, f.message, caller.user, &f.reaction);
         self.round_reactions

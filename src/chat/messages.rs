@@ -14,7 +14,7 @@ use courier_protocol::{
 
 use super::edits;
 use super::engine::{Engine, Reject};
-use super::threads::internal;
+use super::threads::{internal, system_body};
 use super::Shared;
 use crate::caller::Caller;
 use crate::clock::wall_us;
@@ -346,8 +346,15 @@ impl Engine {
             self.drop_reactions(thread, message)?;
             m.reactions.clear();
         }
+        let body = system_body(
+            SystemEventKind::Recalled,
+            caller.user,
+            message,
+            "",
+            Vec::new(),
+        );
+        self.notice(thread, caller, body, message, &m)?;
         self.put_changed(thread, message, m);
-        self.system(thread, caller, SystemEventKind::Recalled, message, "", &[])?;
         Ok(Some(Done {}.into()))
     }
 
@@ -358,15 +365,9 @@ impl Engine {
         message: u64,
     ) -> Result<Option<Frame>, Reject> {
         self.member_state(caller, thread)?;
-        if self
-            .shared
-            .store
-            .message(thread, message)
-            .map_err(internal)?
-            .is_none()
-        {
-            return Err((ErrorCode::UnknownMessage, "no such message"));
-        }
+        let mut m = self
+            .message_now(thread, message)?
+            .ok_or((ErrorCode::UnknownMessage, "no such message"))?;
         let store = &self.shared.store;
         if self.staged.is_hidden(caller.user, thread, message)
             || store
@@ -392,6 +393,11 @@ impl Engine {
         // get the deletion from SYNC.
         let at = self.tick();
         self.batch.put_hidden(caller.user, thread, message, at);
+        // Notices about the message now look for who deleted it (`edits::notice`).
+        if !m.deleted_for_some {
+            m.deleted_for_some = true;
+            self.put_changed(thread, message, m);
+        }
         let mut state = self.private(caller.user, thread)?;
         state.changed_at = at;
         self.put_private(caller.user, thread, state);
@@ -446,8 +452,15 @@ fn check_member(store: &Store, caller: &Caller, thread: u64) -> Result<(), Rejec
     }
 }
 
+/// Whether a reader who deleted the messages `deleted` for themselves must not see message
+/// `m`: one of them, or a notice about one of them (RECALLED, EDITED, REACTED).
+pub(super) fn hidden_from(deleted: &HashSet<u64>, id: u64, m: &MessageRecord) -> bool {
+    !deleted.is_empty()
+        && (deleted.contains(&id) || edits::notice_subject(m).is_some_and(|s| deleted.contains(&s)))
+}
+
 /// What `user` must not see of `thread`: messages up to the hidden-conversation mark and
-/// those deleted for themselves.
+/// those deleted for themselves (and the notices about these, see [`hidden_from`]).
 fn hidden_for(store: &Store, user: u64, thread: u64) -> Result<(u64, HashSet<u64>), Reject> {
     let upto = store
         .private_state(user, thread)
@@ -485,7 +498,7 @@ pub(super) fn history(
     let mut size = 0;
     let more = store
         .messages(f.thread, after, before, newest_first, limit, |id, m| {
-            if deleted.contains(&id) {
+            if hidden_from(&deleted, id, &m) {
                 return Ok(Visit::Skipped);
             }
             let meta = edits::meta(store, f.thread, id, &m, caller.user)?;
@@ -520,11 +533,14 @@ pub(super) fn readers(
 ) -> Result<Option<Frame>, Reject> {
     let store = &shared.store;
     check_member(store, caller, thread)?;
-    let sender = store
+    let m = store
         .message(thread, message)
         .map_err(internal)?
-        .ok_or((ErrorCode::UnknownMessage, "no such message"))?
-        .sender;
+        .ok_or((ErrorCode::UnknownMessage, "no such message"))?;
+    if edits::deleted_by(store, thread, message, &m, caller.user).map_err(internal)? {
+        return Err(edits::DELETED_FOR_YOU);
+    }
+    let sender = m.sender;
     let mut delivered = Vec::new();
     let mut read = Vec::new();
     for (user, c) in store.members(thread).map_err(internal)? {

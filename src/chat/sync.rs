@@ -24,7 +24,7 @@ use courier_protocol::{ErrorCode, Frame, MessageRef, Sync, SyncBatch};
 
 use super::edits;
 use super::engine::Reject;
-use super::messages::to_wire;
+use super::messages::{hidden_from, to_wire};
 use super::threads::{internal, left_view, view, ThreadState};
 use super::Shared;
 use crate::caller::Caller;
@@ -136,7 +136,7 @@ pub(super) fn sync(shared: &Shared, caller: &Caller, f: Sync) -> Result<Option<F
             let mut last = after;
             let more_in_thread = store
                 .messages(thread, after, before, false, room, |id, m| {
-                    if deleted.contains(&id) {
+                    if hidden_from(&deleted, id, &m) {
                         // Passed over, but the resume point moves past it.
                         last = id;
                         return Ok(Visit::Skipped);

@@ -1586,6 +1586,111 @@ fn a_reaction_and_an_edit_in_one_round_both_stand() {
     assert_eq!(stored.reactions.len(), 1, "the edit kept the reaction");
 }
 
+/// Who each MESSAGE_PUSH of `out` about a system event went to: (event, recipients).
+fn notice_pushes(out: &[Effect]) -> Vec<(SystemEventKind, Vec<u64>)> {
+    out.iter()
+        .filter_map(|e| match e {
+            Effect::Push {
+                users,
+                frame: Frame::MessagePush(p),
+                ..
+            } if p.message.kind == MessageKind::System => {
+                let ev = SystemEvent::get(&mut wire::Reader::new(p.message.body.clone()), "body")
+                    .unwrap();
+                Some((ev.event, users.to_vec()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_delete_for_me_in_the_round_of_an_edit_keeps_the_notices_from_the_deleter() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let m = w.send(&a, t, 1, "helo");
+    let owner = w.shared.thread_shard(t) as usize;
+    let edit = |body: &'static [u8]| -> Frame {
+        Edit {
+            thread: t,
+            message: m,
+            body: Bytes::from_static(body),
+        }
+        .into()
+    };
+    // The edit first: Bob still hears it (it came before his deletion).
+    let engine = &mut w.engines[owner];
+    engine.handle(a, 100, edit(b"hello"));
+    engine.handle(
+        b,
+        101,
+        DeleteForMe {
+            thread: t,
+            message: m,
+        }
+        .into(),
+    );
+    // Neither the deletion nor the flag on the message is in the store yet: the round's
+    // own state must keep these from Bob.
+    engine.handle(a, 102, edit(b"hello!"));
+    engine.handle(a, 103, react(t, m, "👍"));
+    engine.handle(
+        a,
+        104,
+        Recall {
+            thread: t,
+            message: m,
+        }
+        .into(),
+    );
+    let mut out = Vec::new();
+    engine.commit(&mut out);
+    let both = sorted(vec![a.user, b.user]);
+    assert_eq!(
+        notice_pushes(&out),
+        [
+            (SystemEventKind::Edited, both),
+            (SystemEventKind::Edited, vec![a.user]),
+            (SystemEventKind::Reacted, vec![a.user]),
+            (SystemEventKind::Recalled, vec![a.user]),
+        ]
+    );
+    assert!(
+        w.shared
+            .store
+            .message(t, m)
+            .unwrap()
+            .unwrap()
+            .deleted_for_some
+    );
+    // And from the store, in a later round.
+    let m2 = w.send(&a, t, 2, "again");
+    assert!(
+        !w.shared
+            .store
+            .message(t, m2)
+            .unwrap()
+            .unwrap()
+            .deleted_for_some
+    );
+    assert_eq!(
+        w.ask(
+            &b,
+            DeleteForMe {
+                thread: t,
+                message: m2
+            }
+        ),
+        Done {}.into()
+    );
+    let out = w.run(&a, react(t, m2, "👍"));
+    assert_eq!(
+        notice_pushes(&out),
+        [(SystemEventKind::Reacted, vec![a.user])]
+    );
+}
+
 #[test]
 fn a_recall_drops_the_messages_reactions_this_rounds_included() {
     let mut w = World::new(ChatConfig::default());

@@ -362,16 +362,27 @@ impl Engine {
         except: Option<&Caller>,
         extra: &[u64],
     ) -> Result<u64, Reject> {
-        let id = self.tick();
-        let state = self.thread_state(thread)?;
-        state.rec.last_msg_id = id;
-        state.rec.changed_at = id;
-        let mut users = state.member_ids.clone();
+        let mut users = self.thread_state(thread)?.member_ids.clone();
         if !extra.is_empty() {
             let mut all = users.to_vec();
             all.extend_from_slice(extra);
             users = all.into();
         }
+        self.append_to(thread, rec, except, users)
+    }
+
+    /// Like [`append`](Self::append), pushed to `users` only.
+    pub(super) fn append_to(
+        &mut self,
+        thread: u64,
+        rec: MessageRecord,
+        except: Option<&Caller>,
+        users: Arc<[u64]>,
+    ) -> Result<u64, Reject> {
+        let id = self.tick();
+        let state = self.thread_state(thread)?;
+        state.rec.last_msg_id = id;
+        state.rec.changed_at = id;
         self.batch.put_message(thread, id, &rec);
         self.save_thread(thread);
         let push = MessagePush {

@@ -74,7 +74,8 @@ macro_rules! record {
 ///
 /// `reply_to`, `edited_at` and `reactions` were appended to the layout and are written only
 /// when one of them is set, so a plain message keeps the original layout (and its size); a
-/// value without them reads as 0, 0 and none.
+/// value without them reads as 0, 0 and none. `deleted_for_some` was appended after them and
+/// is written only when true (with the three before it); a value without it reads as false.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MessageRecord {
     pub sender: u64,
@@ -89,10 +90,13 @@ pub struct MessageRecord {
     /// Members' reactions counted per reaction (each user's own is in `reactions`), bounded
     /// by `ChatConfig::max_reactions`, most frequent first.
     pub reactions: Vec<ReactionCount>,
+    /// A member deleted it for themselves (DELETE_FOR_ME): notices about it (RECALLED, EDITED,
+    /// REACTED) are pushed only to members whose `hidden` row for it is absent. Never reset.
+    pub deleted_for_some: bool,
 }
 
 impl MessageRecord {
-    /// Whether the appended fields hold anything (and so are stored).
+    /// Whether the appended fields shown to clients (reply, edit, reactions) hold anything.
     pub fn has_meta(&self) -> bool {
         self.reply_to != 0 || self.edited_at != 0 || !self.reactions.is_empty()
     }
@@ -106,10 +110,13 @@ impl Record for MessageRecord {
         self.kind.put(buf);
         self.recalled.put(buf);
         self.body.put(buf);
-        if self.has_meta() {
+        if self.has_meta() || self.deleted_for_some {
             self.reply_to.put(buf);
             self.edited_at.put(buf);
             self.reactions.put(buf);
+        }
+        if self.deleted_for_some {
+            self.deleted_for_some.put(buf);
         }
     }
     fn get(r: &mut Reader) -> Result<Self, courier_protocol::Error> {
@@ -125,6 +132,9 @@ impl Record for MessageRecord {
             m.reply_to = Wire::get(r, "reply_to")?;
             m.edited_at = Wire::get(r, "edited_at")?;
             m.reactions = Wire::get(r, "reactions")?;
+        }
+        if r.remaining() > 0 {
+            m.deleted_for_some = Wire::get(r, "deleted_for_some")?;
         }
         Ok(m)
     }
@@ -657,6 +667,7 @@ mod tests {
                     reaction: "+1".into(),
                     count: 2,
                 }],
+                deleted_for_some: false,
             },
             &[
                 &[V1],
@@ -670,6 +681,27 @@ mod tests {
                 &[0, 1], // one reaction count
                 &[0, 2, b'+', b'1'],
                 &[0, 0, 0, 2],
+            ],
+        );
+        pinned(
+            MessageRecord {
+                sender: 3,
+                kind: MessageKind::Text,
+                body: Bytes::from_static(b"x"),
+                deleted_for_some: true,
+                ..Default::default()
+            },
+            &[
+                &[V1],
+                &be(3),
+                &be(0),
+                &[0], // MessageKind::Text
+                &[0], // not recalled
+                &[0, 0, 0, 1, b'x'],
+                &be(0),  // reply_to
+                &be(0),  // edited_at
+                &[0, 0], // no reaction counts
+                &[1],    // deleted_for_some
             ],
         );
         pinned(
