@@ -358,7 +358,7 @@ impl Engine {
     pub(super) fn append(
         &mut self,
         thread: u64,
-        rec: MessageRecord,
+        mut rec: MessageRecord,
         except: Option<&Caller>,
         extra: &[u64],
     ) -> Result<u64, Reject> {
@@ -366,6 +366,10 @@ impl Engine {
         let state = self.thread_state(thread)?;
         state.rec.last_msg_id = id;
         state.rec.changed_at = id;
+        if rec.kind != MessageKind::System {
+            state.rec.countable += 1;
+        }
+        rec.seq = state.rec.countable;
         let mut users = state.member_ids.clone();
         if !extra.is_empty() {
             let mut all = users.to_vec();
@@ -454,6 +458,7 @@ impl Engine {
             last_msg_id: 0,
             changed_at: now,
             member_count: members.len() as u32,
+            countable: 0,
         };
         self.batch.put_thread(id, &rec);
         let mut map = HashMap::new();
@@ -462,6 +467,7 @@ impl Engine {
                 admin: kind == ThreadKind::Group && user == creator,
                 delivered: 0,
                 read: 0,
+                own_floor: 0,
             };
             self.batch.put_member(id, user, &m);
             let joined = PrivateState {
@@ -654,8 +660,9 @@ fn thread_summary(
         .member(id, viewer)
         .map_err(internal)?
         .unwrap_or_default();
+    let after = me.read.max(private.hidden_upto);
     let unread = store
-        .count_unread(id, me.read.max(private.hidden_upto), viewer, UNREAD_CAP)
+        .count_unread(id, after, viewer, me.own_floor, rec.countable, UNREAD_CAP)
         .map_err(internal)?;
     let mut last_message = None;
     if last != 0 && last > private.hidden_upto {
