@@ -1,6 +1,7 @@
 //! Chat engine benchmarks, each against a raw-RocksDB baseline measured in the same run.
 //!
 //! - `thread_list/engine_first_page`: LIST_THREADS (20 rows) for a user with 1,000 threads,
+//!   each with `UNREAD` messages unread (sent through the engine after one of the user's own),
 //!   through the engine; baseline `thread_list/raw_membership_scan`: only the prefix scan of
 //!   that user's 1,000 memberships. Target: first page under 5 ms.
 //! - `send_round/engine_100`: 100 SENDs staged and group-committed as one round; baseline
@@ -17,6 +18,8 @@ use courier_protocol::{ListThreads, MessageKind, OpenDirect, Send};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 
 const THREADS: u64 = 1_000;
+/// Messages of the peer after the user's own last one, per thread of the list bench.
+const UNREAD: u64 = 100;
 
 fn caller(user: u64) -> Caller {
     Caller {
@@ -34,6 +37,12 @@ fn caller(user: u64) -> Caller {
 
 /// A store where user 1 has `THREADS` direct threads, each with one message.
 fn populated(dir: &std::path::Path) -> Store {
+    populated_with(dir, false)
+}
+
+/// [`populated`], and when `unread`, in each thread one message of user 1 and then `UNREAD` of
+/// the peer, sent through the engine (so every stored row is what a SEND writes).
+fn populated_with(dir: &std::path::Path, unread: bool) -> Store {
     let store = Store::open(dir, FsyncMode::Never).unwrap();
     let mut batch = store.batch();
     let mut users = store.batch();
@@ -75,12 +84,37 @@ fn populated(dir: &std::path::Path) -> Store {
         batch.put_message(thread, msg_id, &m);
     }
     store.commit(batch).unwrap();
+    if unread {
+        let clock = Arc::new(Clock::new(store.clock_floor().unwrap()));
+        let shared = Shared::new(store.clone(), clock, ChatConfig::default(), 1);
+        let mut engine = Engine::new(shared, 0);
+        let mut out = Vec::new();
+        let threads = store.memberships(1).unwrap();
+        for (n, (thread, _)) in threads.iter().enumerate() {
+            let peer = n as u64 + 2;
+            for (i, user) in std::iter::once(1)
+                .chain((0..UNREAD).map(|_| peer))
+                .enumerate()
+            {
+                let send = Send {
+                    thread: *thread,
+                    client_msg_id: i as u64 + 1,
+                    kind: MessageKind::Text,
+                    body: Bytes::from(vec![b'x'; 100]),
+                    reply_to: 0,
+                };
+                engine.handle(caller(user), 1, send.into());
+            }
+            engine.commit(&mut out);
+            out.clear();
+        }
+    }
     store
 }
 
 fn thread_list(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let store = populated(dir.path());
+    let store = populated_with(dir.path(), true);
     let clock = Arc::new(Clock::new(store.clock_floor().unwrap()));
     let shared = Shared::new(store.clone(), clock, ChatConfig::default(), 1);
     let mut engine = Engine::new(shared, 0);

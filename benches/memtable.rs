@@ -6,7 +6,8 @@
 //! is as large as it is on a busy server when the timed inserts run.
 //!
 //! - `memtable_insert/<candidate>`: one round of [`ROUND`] messages (a message row and an
-//!   `unread` row each, `one_key` only the message row), one WriteBatch, WAL written, not
+//!   `unread` row each, as the store wrote them before issue 13; `one_key` only the message
+//!   row; `seq` only the message row, 8 bytes longer: what the store writes since), one WriteBatch, WAL written, not
 //!   synced (the sync is the same for every candidate and would hide the memtable).
 //! - `memtable_read/<candidate>/history`: the newest 50 messages of one thread (a reverse
 //!   bounded scan, as HISTORY does); `/sync`: every message of 20 threads above a watermark
@@ -34,6 +35,8 @@ enum Candidate {
     Today,
     /// Today's, but only the message row (what dropping the `unread` row would save).
     OneKey,
+    /// Only the message row, with its `seq` (8 bytes) appended: what `Store` writes now.
+    Seq,
     /// Skip list with a prefix extractor on the thread id and a memtable prefix bloom.
     PrefixBloom,
     /// Prefix bloom also over whole keys.
@@ -53,6 +56,7 @@ impl Candidate {
         match self {
             Candidate::Today => "today",
             Candidate::OneKey => "one_key",
+            Candidate::Seq => "seq",
             Candidate::PrefixBloom => "prefix_bloom",
             Candidate::WholeKeyBloom => "whole_key_bloom",
             Candidate::HashSkipList => "hash_skiplist",
@@ -73,7 +77,7 @@ impl Candidate {
             cf.set_memtable_prefix_bloom_ratio(0.1);
         };
         match self {
-            Candidate::Today | Candidate::OneKey => {}
+            Candidate::Today | Candidate::OneKey | Candidate::Seq => {}
             Candidate::PrefixBloom => prefix(&mut cf),
             Candidate::WholeKeyBloom => {
                 prefix(&mut cf);
@@ -103,7 +107,11 @@ impl Candidate {
     fn prefixed(self) -> bool {
         !matches!(
             self,
-            Candidate::Today | Candidate::OneKey | Candidate::SmallBuffer | Candidate::InPlace
+            Candidate::Today
+                | Candidate::OneKey
+                | Candidate::Seq
+                | Candidate::SmallBuffer
+                | Candidate::InPlace
         )
     }
 }
@@ -148,7 +156,15 @@ impl Bench {
             next_id: vec![1_000_000; THREADS as usize],
             rng: 0x9E37_79B9_7F4A_7C15,
             candidate,
-            value: vec![b'x'; VALUE],
+            value: vec![
+                b'x';
+                VALUE
+                    + if matches!(candidate, Candidate::Seq) {
+                        8
+                    } else {
+                        0
+                    }
+            ],
         };
         for _ in 0..PREFILL / ROUND {
             b.round();
@@ -177,7 +193,7 @@ impl Bench {
             self.next_id[thread as usize] += 1;
             let k = key(thread, id);
             batch.put_cf(messages, k, &self.value);
-            if !matches!(self.candidate, Candidate::OneKey) {
+            if !matches!(self.candidate, Candidate::OneKey | Candidate::Seq) {
                 batch.put_cf(unread, k, 7u64.to_be_bytes());
             }
         }
@@ -235,6 +251,7 @@ impl Bench {
 const CANDIDATES: &[Candidate] = &[
     Candidate::Today,
     Candidate::OneKey,
+    Candidate::Seq,
     Candidate::PrefixBloom,
     Candidate::WholeKeyBloom,
     Candidate::HashSkipList,
@@ -256,7 +273,7 @@ fn memtable(c: &mut Criterion) {
         c.bench_function(&format!("memtable_insert/{}", candidate.name()), |bench| {
             bench.iter(|| b.round())
         });
-        if matches!(candidate, Candidate::OneKey) {
+        if matches!(candidate, Candidate::OneKey | Candidate::Seq) {
             continue;
         }
         // A thread with about PREFILL / THREADS messages; reads take what the store would.

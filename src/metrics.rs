@@ -194,6 +194,12 @@ pub struct ShardMetrics {
     /// Messages this shard could not hand to a full mailbox at once (retried later).
     pub mailbox_overflows: AtomicU64,
     pub overflow_pending: AtomicU64,
+    /// Times this shard's `poll` returned (rounds of its loop).
+    pub polls: AtomicU64,
+    /// Pokes of this shard's waker (eventfd writes) by anyone, and wakes that skipped theirs
+    /// because one was on its way (`mailbox::Doorbell`); copied from the doorbell each round.
+    pub wakes: AtomicU64,
+    pub wakes_elided: AtomicU64,
     /// Times a connection stopped being read because its requests' shard was congested.
     pub paused_reads: AtomicU64,
     /// Connections not read right now for that reason.
@@ -568,7 +574,7 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let per_shard: [(&str, &str, Field); 10] = [
+        let per_shard: [(&str, &str, Field); 13] = [
             ("courier_connections", "gauge", |s| &s.connections),
             ("courier_ws_connections", "gauge", |s| &s.ws_connections),
             ("courier_authenticated_sessions", "gauge", |s| {
@@ -580,6 +586,11 @@ impl Metrics {
             }),
             ("courier_mailbox_overflows_total", "counter", |s| {
                 &s.mailbox_overflows
+            }),
+            ("courier_shard_polls_total", "counter", |s| &s.polls),
+            ("courier_shard_wakes_total", "counter", |s| &s.wakes),
+            ("courier_shard_wakes_elided_total", "counter", |s| {
+                &s.wakes_elided
             }),
             ("courier_rate_limited_total", "counter", |s| &s.rate_limited),
             ("courier_auth_throttled_total", "counter", |s| {

@@ -168,7 +168,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = crossbeam_channel::bounded(MAILBOX_CAPACITY);
         polls.push(poll);
-        mailboxes.push(Mailbox { tx, waker });
+        mailboxes.push(Mailbox::new(tx, waker));
         receivers.push(rx);
     }
     let mailboxes: Arc<[Mailbox]> = mailboxes.into();

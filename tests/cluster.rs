@@ -816,6 +816,7 @@ fn plant_group(
             client_msg_id: id,
             kind: MessageKind::Text,
             body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+            seq: ids.len() as u64 + 1,
             ..Default::default()
         };
         batch.put_message(thread, id, &msg);
@@ -828,6 +829,7 @@ fn plant_group(
         last_msg_id: id,
         changed_at: id,
         member_count: members.len() as u32,
+        countable: ids.len() as u64,
     };
     batch.put_thread(thread, &rec);
     // The owner ticked its clock for these ids: it resumes above them.

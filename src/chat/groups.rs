@@ -144,12 +144,23 @@ impl Engine {
             return Ok(Some(courier_protocol::Done {}.into()));
         };
         let state = self.thread_state(thread)?;
+        // A user added back may have sent messages in an earlier stay, all at or below the
+        // newest message now; their read cursor starts at 0, so the unread count must not
+        // take those for others' (see `MemberRecord::own_floor`).
+        let fresh = MemberRecord {
+            own_floor: if state.rec.countable > 0 {
+                state.rec.last_msg_id
+            } else {
+                0
+            },
+            ..MemberRecord::default()
+        };
         for &u in &new {
-            state.members.insert(u, MemberRecord::default());
+            state.members.insert(u, fresh.clone());
         }
         state.refresh_ids();
         for &u in &new {
-            self.batch.put_member(thread, u, &MemberRecord::default());
+            self.batch.put_member(thread, u, &fresh);
         }
         // One MEMBER_ADDED message names every user added, however many.
         let body = system_body(

@@ -2237,3 +2237,177 @@ fn a_cap_counts_a_round_whose_write_finished_but_was_not_yet_taken_once() {
         assert_eq!(codes, [None, None, None], "{answers:?}");
     }
 }
+
+/// `caller`'s unread count of `thread` as LIST_THREADS shows it.
+fn unread_of(w: &mut World, caller: &Caller, thread: u64) -> u32 {
+    let Frame::ThreadList(l) = w.ask(
+        caller,
+        ListThreads {
+            before_msg_id: 0,
+            before_thread: 0,
+            limit: 100,
+        },
+    ) else {
+        panic!("LIST_THREADS failed")
+    };
+    l.threads
+        .iter()
+        .find(|t| t.id == thread)
+        .map(|t| t.unread)
+        .expect("the thread is listed")
+}
+
+#[test]
+fn unread_counts_others_messages_above_the_read_cursor_not_own_or_system_ones() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b, c) = (w.user("alice"), w.user("bob"), w.user("carol"));
+    let g = group(&mut w, &a, vec![b.user, c.user]);
+    // CREATED is a system message: nothing is unread.
+    assert_eq!(unread_of(&mut w, &a, g), 0);
+    assert_eq!(unread_of(&mut w, &b, g), 0);
+    w.send(&b, g, 1, "b1");
+    w.send(&b, g, 2, "b2");
+    w.send(&a, g, 1, "a1");
+    let b3 = w.send(&b, g, 3, "b3");
+    let c1 = w.send(&c, g, 1, "c1");
+    // Alice's own SEND moved her read cursor past b1 and b2.
+    assert_eq!(unread_of(&mut w, &a, g), 2);
+    assert_eq!(unread_of(&mut w, &b, g), 1);
+    assert_eq!(unread_of(&mut w, &c, g), 0);
+    w.ask(
+        &a,
+        Receipt {
+            thread: g,
+            kind: ReceiptKind::Read,
+            up_to: b3,
+        },
+    );
+    assert_eq!(unread_of(&mut w, &a, g), 1);
+    // A RENAMED notice is a system message; a recalled message still counts (as it did
+    // when the `unread` index kept its row), its RECALLED notice does not.
+    w.ask(
+        &b,
+        RenameGroup {
+            thread: g,
+            name: "h".into(),
+        },
+    );
+    assert_eq!(
+        w.ask(
+            &c,
+            Recall {
+                thread: g,
+                message: c1,
+            },
+        ),
+        Done {}.into()
+    );
+    assert_eq!(unread_of(&mut w, &a, g), 1);
+    assert_eq!(unread_of(&mut w, &b, g), 1);
+    w.send(&c, g, 2, "c2");
+    assert_eq!(unread_of(&mut w, &a, g), 2);
+}
+
+#[test]
+fn a_member_added_back_does_not_count_their_own_earlier_messages_as_unread() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let g = group(&mut w, &a, vec![b.user]);
+    w.send(&b, g, 1, "b1");
+    w.send(&b, g, 2, "b2");
+    let a1 = w.send(&a, g, 1, "a1");
+    w.ask(
+        &a,
+        RemoveMember {
+            thread: g,
+            user: b.user,
+        },
+    );
+    w.send(&a, g, 2, "a2");
+    w.send(&a, g, 3, "a3");
+    assert_eq!(
+        w.ask(
+            &a,
+            AddMembers {
+                thread: g,
+                members: vec![b.user],
+            },
+        ),
+        Done {}.into()
+    );
+    // Bob starts over with his read cursor at 0: Alice's three are unread, his two are not.
+    assert_eq!(unread_of(&mut w, &b, g), 3);
+    w.ask(
+        &b,
+        Receipt {
+            thread: g,
+            kind: ReceiptKind::Read,
+            up_to: a1,
+        },
+    );
+    assert_eq!(unread_of(&mut w, &b, g), 2);
+    w.send(&a, g, 4, "a4");
+    assert_eq!(unread_of(&mut w, &b, g), 3);
+    w.send(&b, g, 3, "b3");
+    assert_eq!(unread_of(&mut w, &b, g), 0);
+    w.send(&a, g, 5, "a5");
+    assert_eq!(unread_of(&mut w, &b, g), 1);
+}
+
+#[test]
+fn unread_counts_from_a_hidden_conversations_cut_and_stop_at_the_cap() {
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let ab = w.direct(&a, &b);
+    w.send(&b, ab, 1, "1");
+    w.send(&b, ab, 2, "2");
+    w.ask(
+        &a,
+        SetThreadState {
+            thread: ab,
+            muted: false,
+            hidden: true,
+            label: String::new(),
+        },
+    );
+    w.send(&b, ab, 3, "3");
+    assert_eq!(unread_of(&mut w, &a, ab), 1);
+    // 1,000 more in one round: the count stops at UNREAD_CAP, on the cursor's fast path and
+    // on a rejoined member's message-by-message one.
+    let g = group(&mut w, &a, vec![b.user]);
+    w.ask(
+        &a,
+        RemoveMember {
+            thread: g,
+            user: b.user,
+        },
+    );
+    w.send(&a, g, 1, "a1");
+    assert_eq!(
+        w.ask(
+            &a,
+            AddMembers {
+                thread: g,
+                members: vec![b.user],
+            },
+        ),
+        Done {}.into()
+    );
+    for (thread, sender) in [(ab, b), (g, a)] {
+        let frame = |n: u64| Send {
+            thread,
+            client_msg_id: 100 + n,
+            kind: MessageKind::Text,
+            body: Bytes::from_static(b"x"),
+            reply_to: 0,
+        };
+        let shard = Engine::shard_for(&w.shared, &sender, &frame(0).into()).unwrap();
+        let engine = &mut w.engines[shard as usize];
+        for n in 0..1_000 {
+            engine.handle(sender, 7, frame(n).into());
+        }
+        engine.finish(&mut Vec::new());
+    }
+    assert_eq!(unread_of(&mut w, &a, ab), 999);
+    assert_eq!(unread_of(&mut w, &b, g), 999);
+}

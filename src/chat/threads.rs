@@ -375,7 +375,7 @@ impl Engine {
     pub(super) fn append_to(
         &mut self,
         thread: u64,
-        rec: MessageRecord,
+        mut rec: MessageRecord,
         except: Option<&Caller>,
         users: Arc<[u64]>,
     ) -> Result<u64, Reject> {
@@ -383,6 +383,10 @@ impl Engine {
         let state = self.thread_state(thread)?;
         state.rec.last_msg_id = id;
         state.rec.changed_at = id;
+        if rec.kind != MessageKind::System {
+            state.rec.countable += 1;
+        }
+        rec.seq = state.rec.countable;
         self.batch.put_message(thread, id, &rec);
         self.save_thread(thread);
         let push = MessagePush {
@@ -465,6 +469,7 @@ impl Engine {
             last_msg_id: 0,
             changed_at: now,
             member_count: members.len() as u32,
+            countable: 0,
         };
         self.batch.put_thread(id, &rec);
         let mut map = HashMap::new();
@@ -473,6 +478,7 @@ impl Engine {
                 admin: kind == ThreadKind::Group && user == creator,
                 delivered: 0,
                 read: 0,
+                own_floor: 0,
             };
             self.batch.put_member(id, user, &m);
             let joined = PrivateState {
@@ -665,8 +671,9 @@ fn thread_summary(
         .member(id, viewer)
         .map_err(internal)?
         .unwrap_or_default();
+    let after = me.read.max(private.hidden_upto);
     let unread = store
-        .count_unread(id, me.read.max(private.hidden_upto), viewer, UNREAD_CAP)
+        .count_unread(id, after, viewer, me.own_floor, rec.countable, UNREAD_CAP)
         .map_err(internal)?;
     let mut last_message = None;
     if last != 0 && last > private.hidden_upto {

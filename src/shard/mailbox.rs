@@ -5,8 +5,15 @@
 //! crossbeam channel), after which the target's mio [`Waker`] is poked **once per round**, not
 //! once per message. Nothing is dropped silently: a message a full mailbox refuses waits in the
 //! sender's [`Outbox`] overflow and is retried next round (and counted).
+//!
+//! A poke is a `write(2)` on the target's eventfd. It is skipped when one is already on its
+//! way: every sender of a shard (other shards, its commit stage, the auth and read workers,
+//! the link thread) rings the shard's [`Doorbell`] and pokes only if it was the one to set it;
+//! the shard clears it when its `poll` returned, before it looks at anything it may have been
+//! woken for (see [`Doorbell`] for why no wake-up is lost).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -67,26 +74,86 @@ pub enum ShardMsg {
     Answer { to: ConnRef, bytes: Bytes },
 }
 
+/// Whether a wake-up of one shard is on its way: set by the sender that pokes the shard's
+/// waker, cleared by the shard once its `poll` returned (as tokio's and crossbeam's parkers
+/// keep a "notified" state so that only the first of many notifications makes a syscall).
+///
+/// Why no wake-up is lost. A sender first makes its message visible (channel send, commit
+/// result), then [`ring`](Self::ring)s; the shard first [`answer`](Self::answer)s, then looks
+/// (drains its mailbox, polls its commit stage), then sleeps in `poll` if it found nothing.
+/// Both are read-modify-writes of one flag with acquire-release ordering, so they are
+/// totally ordered: if a ring comes after the answer, it finds the flag clear, pokes, and the
+/// shard's next `poll` returns at once (the eventfd stays readable until then); if it comes
+/// before, the answer reads the flag it set, which makes the sender's message visible to the
+/// look that follows. A ring that finds the flag set skips the poke only because another
+/// sender's poke after the last answer is still ahead of the shard. The interleavings are
+/// driven by hand in `tests::no_interleaving_of_a_ring_and_an_answer_loses_a_wake_up`.
+#[derive(Debug, Default)]
+pub struct Doorbell {
+    rung: AtomicBool,
+    /// Pokes made (eventfd writes).
+    pokes: AtomicU64,
+    /// Rings that found a poke on its way and made none.
+    elided: AtomicU64,
+}
+
+impl Doorbell {
+    /// After making something visible to the shard: whether the caller must poke its waker.
+    pub fn ring(&self) -> bool {
+        let first = !self.rung.swap(true, Ordering::AcqRel);
+        let counter = if first { &self.pokes } else { &self.elided };
+        counter.fetch_add(1, Ordering::Relaxed);
+        first
+    }
+
+    /// The shard, after its `poll` returned and before it looks at its mailbox and commit
+    /// stage: later rings poke again.
+    pub fn answer(&self) {
+        self.rung.swap(false, Ordering::AcqRel);
+    }
+
+    /// (pokes made, pokes skipped) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.pokes.load(Ordering::Relaxed),
+            self.elided.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// The sending side of one shard's mailbox.
 #[derive(Clone)]
 pub struct Mailbox {
     pub tx: Sender<ShardMsg>,
     pub waker: Arc<Waker>,
+    pub doorbell: Arc<Doorbell>,
 }
 
 impl Mailbox {
+    pub fn new(tx: Sender<ShardMsg>, waker: Arc<Waker>) -> Mailbox {
+        Mailbox {
+            tx,
+            waker,
+            doorbell: Arc::default(),
+        }
+    }
+
     /// Sends and wakes at once, blocking while the mailbox is full: for threads that are not
     /// shards (auth and read workers), which may wait.
     pub fn send_blocking(&self, msg: ShardMsg) -> bool {
         let sent = self.tx.send(msg).is_ok();
         if sent {
-            let _ = self.waker.wake();
+            self.wake();
         }
         sent
     }
 
+    /// Wakes the shard, unless a wake-up is already on its way (see [`Doorbell`]). Call after
+    /// making visible what the shard is woken for.
     pub fn wake(&self) {
-        let _ = self.waker.wake();
+        if self.doorbell.ring() {
+            let _ = self.waker.wake();
+        }
     }
 }
 
@@ -189,7 +256,7 @@ mod tests {
         let poll = mio::Poll::new().unwrap();
         let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
         let (tx, rx) = crossbeam_channel::bounded(2);
-        let boxes = [Mailbox { tx, waker }];
+        let boxes = [Mailbox::new(tx, waker)];
         let mut out = Outbox::new(1, OUTBOX_CAP);
         let kick = |slot| ShardMsg::Kick {
             to: ConnRef {
@@ -230,7 +297,7 @@ mod tests {
         let poll = mio::Poll::new().unwrap();
         let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
         let (tx, rx) = crossbeam_channel::bounded(4);
-        let boxes = [Mailbox { tx, waker }];
+        let boxes = [Mailbox::new(tx, waker)];
         let mut out = Outbox::new(1, 8);
         let kick = ShardMsg::Kick {
             to: ConnRef {
@@ -262,6 +329,132 @@ mod tests {
             !out.congested(7) && out.relieved(7),
             "an unknown shard is never congested"
         );
+    }
+
+    /// One step of a sender or of the shard, for driving their interleavings by hand.
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        /// Sender: the message into the channel.
+        Send,
+        /// Sender: `Mailbox::wake` (ring, and poke if first).
+        Wake,
+        /// Shard: its `poll` returned; `Doorbell::answer`.
+        Answer,
+        /// Shard: drains its mailbox.
+        Look,
+    }
+
+    /// Runs `order` against a real mio `Poll`, `Waker` and channel. `earlier`: the shard was
+    /// woken by an earlier wake it has not answered yet (its `poll` returned that event, the
+    /// flag is still set). Whether the shard gets the message: in its look, or, if it found
+    /// nothing, because its next `poll` (at most `patience`) returns and the look after finds
+    /// it.
+    fn delivered(order: &[Step], earlier: bool, patience: std::time::Duration) -> bool {
+        let mut poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let mailbox = Mailbox::new(tx, waker);
+        let mut events = mio::Events::with_capacity(4);
+        if earlier {
+            mailbox.wake();
+            poll.poll(&mut events, Some(std::time::Duration::ZERO))
+                .unwrap();
+            assert!(!events.is_empty(), "the earlier wake reached the poll");
+        }
+        let mut found = false;
+        for step in order {
+            match step {
+                Step::Send => mailbox.tx.try_send(kick(1)).unwrap(),
+                Step::Wake => mailbox.wake(),
+                Step::Answer => mailbox.doorbell.answer(),
+                Step::Look => found |= rx.try_recv().is_ok(),
+            }
+        }
+        if found {
+            return true;
+        }
+        poll.poll(&mut events, Some(patience)).unwrap();
+        if events.is_empty() {
+            return false;
+        }
+        mailbox.doorbell.answer();
+        rx.try_recv().is_ok()
+    }
+
+    /// Every order of a sender's `[Send, Wake]` merged with the shard's `[Answer, Look]`,
+    /// with and without an earlier wake-up not yet answered: the message always gets through,
+    /// never by waiting out the timeout. The same driver finds the lost wake-up of the wrong
+    /// order (the shard answering *after* it looked): the sender's ring finds the earlier
+    /// flag, skips its poke, the answer clears the flag, and the shard sleeps on a message.
+    #[test]
+    fn no_interleaving_of_a_ring_and_an_answer_loses_a_wake_up() {
+        let sender = [Step::Send, Step::Wake];
+        let shard = [Step::Answer, Step::Look];
+        let mut orders = 0;
+        for mask in 0u32..16 {
+            if mask.count_ones() != 2 {
+                continue;
+            }
+            let (mut a, mut b) = (sender.iter(), shard.iter());
+            let order: Vec<Step> = (0..4)
+                .map(|i| {
+                    let next = if mask & (1 << i) != 0 {
+                        a.next()
+                    } else {
+                        b.next()
+                    };
+                    *next.unwrap()
+                })
+                .collect();
+            orders += 1;
+            for earlier in [false, true] {
+                let started = std::time::Instant::now();
+                assert!(
+                    delivered(&order, earlier, std::time::Duration::from_secs(10)),
+                    "{order:?} (earlier wake: {earlier}) lost the message"
+                );
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(5),
+                    "{order:?} (earlier wake: {earlier}) waited for the timeout"
+                );
+            }
+        }
+        assert_eq!(orders, 6);
+        let wrong = [Step::Look, Step::Send, Step::Wake, Step::Answer];
+        assert!(!delivered(
+            &wrong,
+            true,
+            std::time::Duration::from_millis(100)
+        ));
+    }
+
+    #[test]
+    fn only_the_first_of_many_wakes_pokes_until_the_shard_answers() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let mailbox = Mailbox::new(tx, waker);
+        let other = mailbox.clone();
+        for _ in 0..3 {
+            mailbox.wake();
+            other.wake();
+        }
+        assert_eq!(mailbox.doorbell.counts(), (1, 5));
+        mailbox.doorbell.answer();
+        other.wake();
+        assert_eq!(mailbox.doorbell.counts(), (2, 5));
+    }
+
+    fn kick(slot: u32) -> ShardMsg {
+        ShardMsg::Kick {
+            to: ConnRef {
+                shard: 0,
+                slot,
+                gen: 0,
+                node: 0,
+            },
+            code: ErrorCode::SessionRevoked,
+        }
     }
 
     fn kick_like(msg: &ShardMsg) -> ShardMsg {

@@ -412,6 +412,15 @@ impl Shard {
                 return Err(e);
             }
         }
+        // Before anything a wake-up may be for (mailbox, commit stage, shutdown) is looked at:
+        // senders from now on poke again (see `mailbox::Doorbell`).
+        let doorbell = &self.core.mailboxes[self.id as usize].doorbell;
+        doorbell.answer();
+        let (pokes, elided) = doorbell.counts();
+        let metrics = self.metrics();
+        ShardMetrics::add(&metrics.polls, 1);
+        metrics.wakes.store(pokes, Ordering::Relaxed);
+        metrics.wakes_elided.store(elided, Ordering::Relaxed);
         for event in events.iter() {
             match event.token() {
                 WAKER => {}

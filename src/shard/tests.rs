@@ -67,7 +67,7 @@ impl Rig {
             let waker = Arc::new(Waker::new(poll.registry(), WAKER).unwrap());
             let (tx, rx) = crossbeam_channel::bounded(capacity);
             polls.push(poll);
-            mailboxes.push(Mailbox { tx, waker });
+            mailboxes.push(Mailbox::new(tx, waker));
             receivers.push(rx);
         }
         let mailboxes: Arc<[Mailbox]> = mailboxes.into();

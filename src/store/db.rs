@@ -3,6 +3,7 @@
 //! Reads go straight to RocksDB (it is thread-safe; every shard reads). Writes are staged in a
 //! [`Batch`] and applied with [`Store::commit`], one WAL write per batch.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -276,16 +277,25 @@ impl Store {
             false,
         ));
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
-        let cfs = ALL_CFS.iter().map(|name| {
+        // A store written before `seq` still has the `unread` family: RocksDB opens a store
+        // only with every family it holds, so it is opened too, and dropped below.
+        let retired = DB::list_cf(&opts, dir)
+            .map(|names| names.iter().any(|n| n == CF_UNREAD_RETIRED))
+            .unwrap_or(false);
+        let mut names: Vec<&str> = ALL_CFS.to_vec();
+        if retired {
+            names.push(CF_UNREAD_RETIRED);
+        }
+        let cfs = names.into_iter().map(|name| {
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
             table.set_bloom_filter(10.0, false);
             let mut cf = Options::default();
             cf.set_block_based_table_factory(&table);
-            if *name == CF_MESSAGES || *name == CF_MEDIA {
+            if name == CF_MESSAGES || name == CF_MEDIA {
                 cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
             }
-            if *name == CF_DEDUPE && options.dedupe_window_us != u64::MAX {
+            if name == CF_DEDUPE && options.dedupe_window_us != u64::MAX {
                 let window = options.dedupe_window_us;
                 cf.set_compaction_filter(
                     "courier-dedupe-window",
@@ -297,7 +307,7 @@ impl Store {
                 // expired, about once a window (at least every 10 minutes, at most daily).
                 cf.set_periodic_compaction_seconds((window / 1_000_000).clamp(600, 86_400));
             }
-            if *name == CF_TOKENS && options.token_idle_us != u64::MAX {
+            if name == CF_TOKENS && options.token_idle_us != u64::MAX {
                 let idle = options.token_idle_us;
                 cf.set_compaction_filter(
                     "courier-token-idle",
@@ -308,13 +318,13 @@ impl Store {
                 // A quiet store is still swept about daily: bounded work, in the background.
                 cf.set_periodic_compaction_seconds(86_400);
             }
-            if *name == CF_MEMBERSHIPS {
+            if name == CF_MEMBERSHIPS {
                 cf.set_compaction_filter("expired_membership_tombstones", drop_expired_tombstone);
             }
-            if *name == CF_MEDIA {
+            if name == CF_MEDIA {
                 cf.set_merge_operator_associative("courier-media-usage", sum_i64);
             }
-            if *name == CF_PUSH_OUTBOX {
+            if name == CF_PUSH_OUTBOX {
                 // No partial merge: an outcome depends on the row it meets, so operands are
                 // only folded onto a base (or onto none), in order.
                 cf.set_merge_operator(
@@ -328,7 +338,7 @@ impl Store {
                 // Settled rows (empty values) of a quiet outbox still go about daily.
                 cf.set_periodic_compaction_seconds(86_400);
             }
-            ColumnFamilyDescriptor::new(*name, cf)
+            ColumnFamilyDescriptor::new(name, cf)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| Error::Open {
             path: dir.display().to_string(),
@@ -349,30 +359,94 @@ impl Store {
                 health: Arc::default(),
             }),
         };
-        store.index_unread()?;
+        let mut store = store;
+        store.number_messages()?;
+        if retired {
+            let inner = Arc::get_mut(&mut store.inner).ok_or(Error::Migration {
+                what: "the retired `unread` family",
+            })?;
+            inner.db.drop_cf(CF_UNREAD_RETIRED)?;
+        }
         Ok(store)
     }
 
-    /// Builds the `unread` index from `messages` once, for a store written before the index
-    /// existed (one pass over every message), then records that it is complete. Interrupted,
-    /// it starts over at the next open (its writes are idempotent).
-    fn index_unread(&self) -> Result<(), Error> {
-        if self.get(CF_META, META_UNREAD_INDEXED)?.is_some() {
+    /// Gives every message of a store written before `seq` existed its `seq`, every thread
+    /// its `countable` and every member the `own_floor` their unread count needs (their newest
+    /// own countable message above their read cursor), in one pass over `messages`, then
+    /// records that it is done. Interrupted, it starts over at the next open (it only writes
+    /// values computed from the messages, so a second pass writes the same).
+    fn number_messages(&self) -> Result<(), Error> {
+        if self.get(CF_META, META_MESSAGE_SEQ)?.is_some() {
             return Ok(());
         }
+        /// The thread being numbered: its countable messages so far, and each sender's newest.
+        struct Walk {
+            thread: u64,
+            countable: u64,
+            newest_own: HashMap<u64, u64>,
+        }
         let mut b = self.batch();
+        let mut walk: Option<Walk> = None;
+        let mut value = Vec::new();
         self.scan(CF_MESSAGES, &[], &[], false, |k, v| {
+            let (thread, id) = keys::parse_pair(CF_MESSAGES, k)?;
+            if walk.as_ref().is_some_and(|w| w.thread != thread) {
+                if let Some(done) = walk.take() {
+                    self.finish_numbering(&mut b, done.thread, done.countable, &done.newest_own)?;
+                }
+            }
+            let w = walk.get_or_insert_with(|| Walk {
+                thread,
+                countable: 0,
+                newest_own: HashMap::new(),
+            });
             let (sender, kind) = MessageRecord::peek_sender_kind(v)?;
             if kind != courier_protocol::MessageKind::System {
-                b.put(CF_UNREAD, k, &sender.to_be_bytes());
+                w.countable += 1;
+                w.newest_own.insert(sender, id);
             }
+            // V2 is V1 with its version byte and `seq` as the last 8 bytes.
+            let fields = match MessageRecord::peek_seq(v)? {
+                None => &v[1..],
+                Some(_) => &v[1..v.len() - 8],
+            };
+            value.clear();
+            value.push(MESSAGE_V2);
+            value.extend_from_slice(fields);
+            value.extend_from_slice(&w.countable.to_be_bytes());
+            b.put(CF_MESSAGES, k, &value);
             if b.len() >= 10_000 {
                 self.commit(std::mem::replace(&mut b, self.batch()))?;
             }
             Ok(true)
         })?;
-        b.put(CF_META, META_UNREAD_INDEXED, &[1]);
+        if let Some(done) = walk {
+            self.finish_numbering(&mut b, done.thread, done.countable, &done.newest_own)?;
+        }
+        b.delete(CF_META, META_UNREAD_INDEXED_RETIRED);
+        b.put(CF_META, META_MESSAGE_SEQ, &[1]);
         self.commit(b)
+    }
+
+    /// The end of one thread in [`number_messages`](Self::number_messages): its record's
+    /// `countable`, and each member's `own_floor`.
+    fn finish_numbering(
+        &self,
+        b: &mut Batch,
+        thread: u64,
+        countable: u64,
+        newest_own: &HashMap<u64, u64>,
+    ) -> Result<(), Error> {
+        if let Some(mut rec) = self.thread(thread)? {
+            rec.countable = countable;
+            b.put_thread(thread, &rec);
+        }
+        for (user, mut m) in self.members(thread)? {
+            let floor = newest_own.get(&user).copied().filter(|&id| id > m.read);
+            m.own_floor = floor.unwrap_or(0);
+            b.put_member(thread, user, &m);
+        }
+        Ok(())
     }
 
     /// RocksDB's memory by its own accounting (memtables, table readers, block cache).
@@ -896,28 +970,58 @@ impl Store {
     }
 
     /// Counts messages of `thread` newer than `after` not sent by `reader` and not system
-    /// messages, stopping at `cap`. Reads the `unread` index (16-byte keys, 8-byte senders),
-    /// never a message: a thread of large unread messages costs no more than one of small.
+    /// messages, stopping at `cap`. `countable` is the thread record's, `own_floor` the
+    /// reader's member record's: above `own_floor` no message is the reader's own, so the
+    /// count there is `countable` less the `seq` of the newest message at or below the start,
+    /// one message read whatever the count; only the messages in (`after`, `own_floor`] (a
+    /// member who rejoined and has not read past it) are looked at one by one, at most `cap`
+    /// of them that count.
     pub fn count_unread(
         &self,
         thread: u64,
         after: u64,
         reader: u64,
+        own_floor: u64,
+        countable: u64,
         cap: u32,
     ) -> Result<u32, Error> {
-        let mut n = 0u32;
-        let lower = keys::message(thread, after.saturating_add(1));
-        let upper = keys::prefix_end(&keys::id(thread));
-        self.scan(CF_UNREAD, &lower, &upper, false, |_, v| {
-            let sender: [u8; 8] = v.try_into().map_err(|_| Error::CorruptValue {
-                record: "unread sender",
+        let mut n = 0u64;
+        let mut from = after;
+        if own_floor > after {
+            let lower = keys::message(thread, after.saturating_add(1));
+            let upper = keys::message(thread, own_floor.saturating_add(1));
+            self.scan(CF_MESSAGES, &lower, &upper, false, |_, v| {
+                let (sender, kind) = MessageRecord::peek_sender_kind(v)?;
+                if kind != courier_protocol::MessageKind::System && sender != reader {
+                    n += 1;
+                }
+                Ok(n < u64::from(cap))
             })?;
-            if u64::from_be_bytes(sender) != reader {
-                n += 1;
+            if n >= u64::from(cap) {
+                return Ok(cap);
             }
-            Ok(n < cap)
+            from = own_floor;
+        }
+        n += countable.saturating_sub(self.seq_at(thread, from)?);
+        Ok(n.min(u64::from(cap)) as u32)
+    }
+
+    /// The `seq` of the newest message of `thread` at or below `id` (0 when there is none):
+    /// how many countable messages the thread held up to `id`.
+    fn seq_at(&self, thread: u64, id: u64) -> Result<u64, Error> {
+        let mut seq = Ok(0);
+        let lower = keys::id(thread);
+        let upper = match id.checked_add(1) {
+            Some(next) => keys::message(thread, next).to_vec(),
+            None => keys::prefix_end(&lower).to_vec(),
+        };
+        self.scan(CF_MESSAGES, &lower, &upper, true, |_, v| {
+            seq = MessageRecord::peek_seq(v)?.ok_or(Error::CorruptValue {
+                record: "MessageRecord without seq",
+            });
+            Ok(false)
         })?;
-        Ok(n)
+        seq
     }
 
     pub fn dedupe(
@@ -1221,7 +1325,7 @@ impl Batch {
         self.put(CF_MEMBERSHIPS, &keys::pair(user, thread), &rec.encode());
     }
 
-    /// Stores a message, and indexes it in `unread` unless it is a system message.
+    /// Stores a message: one key, whatever its kind (its `seq` is in the value).
     pub fn put_message(&mut self, thread: u64, msg: u64, rec: &MessageRecord) {
         let key = keys::message(thread, msg);
         rec.encode_into(&mut self.scratch);
@@ -1231,9 +1335,6 @@ impl Batch {
             scratch,
         } = self;
         batch.put_cf(store.cf(CF_MESSAGES), key, &scratch[..]);
-        if rec.kind != courier_protocol::MessageKind::System {
-            self.put(CF_UNREAD, &key, &rec.sender.to_be_bytes());
-        }
     }
 
     pub fn put_dedupe(&mut self, thread: u64, sender: u64, client_msg_id: u64, msg: u64) {
@@ -1557,7 +1658,7 @@ mod tests {
             .iter()
             .map(|d| Store::open(d.path(), FsyncMode::Never).unwrap())
             .collect();
-        let mut seen = std::collections::HashMap::new();
+        let mut seen = HashMap::new();
         for (node, (router, store)) in routers.iter().zip(&stores).enumerate() {
             for p in router.owned() {
                 for _ in 0..3 {
@@ -1702,63 +1803,194 @@ mod tests {
         }
     }
 
+    /// Stages `(id, sender, kind)` in `thread` the way `Engine::append` numbers them, and
+    /// returns the thread's `countable` after them.
+    fn append(b: &mut Batch, thread: u64, messages: &[(u64, u64, MessageKind)]) -> u64 {
+        let mut countable = 0;
+        for &(id, sender, kind) in messages {
+            if kind != MessageKind::System {
+                countable += 1;
+            }
+            let m = MessageRecord {
+                seq: countable,
+                ..message(sender, kind)
+            };
+            b.put_message(thread, id, &m);
+        }
+        countable
+    }
+
     #[test]
     fn unread_counts_others_messages_but_not_system_ones_or_own() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
         let mut b = store.batch();
-        b.put_message(1, 10, &message(7, MessageKind::Text));
-        b.put_message(1, 11, &message(8, MessageKind::Text));
-        b.put_message(1, 12, &message(7, MessageKind::System));
-        b.put_message(1, 13, &message(7, MessageKind::Media));
-        b.put_message(2, 5, &message(7, MessageKind::Text));
+        let n = append(
+            &mut b,
+            1,
+            &[
+                (10, 7, MessageKind::Text),
+                (11, 8, MessageKind::Text),
+                (12, 7, MessageKind::System),
+                (13, 7, MessageKind::Media),
+            ],
+        );
+        append(&mut b, 2, &[(5, 7, MessageKind::Text)]);
         store.commit(b).unwrap();
-        assert_eq!(store.count_unread(1, 0, 8, 999).unwrap(), 2);
-        assert_eq!(store.count_unread(1, 10, 8, 999).unwrap(), 1);
-        assert_eq!(store.count_unread(1, 0, 9, 999).unwrap(), 3);
-        assert_eq!(store.count_unread(1, 0, 9, 2).unwrap(), 2);
-        assert_eq!(store.count_unread(1, 13, 9, 999).unwrap(), 0);
+        assert_eq!(n, 3);
+        // 8's own message 11 is above the cursor 0, below its floor: looked at one by one.
+        assert_eq!(store.count_unread(1, 0, 8, 11, n, 999).unwrap(), 2);
+        assert_eq!(store.count_unread(1, 10, 8, 11, n, 999).unwrap(), 1);
+        // At or above the floor: two seqs, whatever lies between.
+        assert_eq!(store.count_unread(1, 11, 8, 11, n, 999).unwrap(), 1);
+        assert_eq!(store.count_unread(1, 12, 8, 0, n, 999).unwrap(), 1);
+        assert_eq!(store.count_unread(1, 0, 9, 0, n, 999).unwrap(), 3);
+        assert_eq!(store.count_unread(1, 5, 9, 0, n, 999).unwrap(), 3);
+        assert_eq!(store.count_unread(1, 0, 9, 0, n, 2).unwrap(), 2);
+        assert_eq!(store.count_unread(1, 0, 8, 11, n, 1).unwrap(), 1);
+        assert_eq!(store.count_unread(1, 13, 9, 0, n, 999).unwrap(), 0);
+        assert_eq!(store.count_unread(1, u64::MAX, 9, 0, n, 999).unwrap(), 0);
     }
 
     #[test]
-    fn a_store_from_before_the_unread_index_is_indexed_at_open() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
-            let mut b = store.batch();
-            for id in 1..=3 {
-                b.put_message(4, id, &message(7, MessageKind::Text));
-            }
-            b.put_message(4, 4, &message(7, MessageKind::System));
-            // As an older version left it: messages, no index, no marker.
-            for id in 1..=3 {
-                b.delete(CF_UNREAD, &keys::message(4, id));
-            }
-            b.delete(CF_META, META_UNREAD_INDEXED);
-            store.commit(b).unwrap();
-            assert_eq!(store.count_unread(4, 0, 8, 999).unwrap(), 0);
-        }
-        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
-        assert_eq!(store.count_unread(4, 0, 8, 999).unwrap(), 3);
-    }
-
-    #[test]
-    fn count_unread_reads_no_message_values() {
-        // Before: the count read every unread message's value (up to 16 KiB of body each) to
-        // learn its sender and kind; with the values made unreadable it failed.
+    fn count_unread_reads_one_message_value_whatever_the_count() {
+        // Every message but the one at the cursor unreadable: the count still works, so it
+        // read no other (up to 16 KiB of body each); from cursor 0 it reads none.
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
         let mut b = store.batch();
-        for id in 1..=5 {
-            b.put_message(1, id, &message(7, MessageKind::Text));
+        let n = append(&mut b, 1, &[(1, 7, MessageKind::Text); 1]);
+        store.commit(b).unwrap();
+        let mut b = store.batch();
+        let mut countable = n;
+        for id in 2..=5 {
+            countable += 1;
+            b.put_message(
+                1,
+                id,
+                &MessageRecord {
+                    seq: countable,
+                    ..message(7, MessageKind::Text)
+                },
+            );
         }
         store.commit(b).unwrap();
         let mut b = store.batch();
-        for id in 1..=5 {
+        for id in [1, 3, 4, 5] {
             b.put(CF_MESSAGES, &keys::message(1, id), b"not a message record");
         }
         store.commit(b).unwrap();
-        assert_eq!(store.count_unread(1, 0, 8, 999).unwrap(), 5);
-        assert_eq!(store.count_unread(1, 2, 8, 999).unwrap(), 3);
+        assert_eq!(store.count_unread(1, 2, 8, 0, countable, 999).unwrap(), 3);
+        let mut b = store.batch();
+        b.put(CF_MESSAGES, &keys::message(1, 2), b"not a message record");
+        store.commit(b).unwrap();
+        assert_eq!(store.count_unread(1, 0, 8, 0, countable, 999).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_store_written_before_seq_is_numbered_at_open_and_its_unread_family_dropped() {
+        // The old code's layout, byte for byte: V1 messages (no seq), thread records without
+        // `countable`, an `unread` family with its rows and its marker.
+        let dir = tempfile::tempdir().unwrap();
+        let thread_rec = ThreadRecord {
+            name: "g".into(),
+            last_msg_id: 5,
+            member_count: 2,
+            ..Default::default()
+        };
+        {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let mut names = ALL_CFS.to_vec();
+            names.push(CF_UNREAD_RETIRED);
+            let db = DB::open_cf(&opts, dir.path(), &names).unwrap();
+            let cf = |n: &str| db.cf_handle(n).unwrap();
+            let v1 = |sender: u64, kind: MessageKind| {
+                let mut buf = bytes::BytesMut::from(&[1u8][..]);
+                message(sender, kind).put(&mut buf);
+                buf
+            };
+            // Read cursors from before SEND moved its sender's: 8 read only message 1.
+            let messages = [
+                (1, 7, MessageKind::Text),
+                (2, 8, MessageKind::Text),
+                (3, 7, MessageKind::Text),
+                (4, 7, MessageKind::System),
+                (5, 8, MessageKind::Text),
+            ];
+            for (id, sender, kind) in messages {
+                db.put_cf(cf(CF_MESSAGES), keys::message(4, id), v1(sender, kind))
+                    .unwrap();
+                if kind != MessageKind::System {
+                    db.put_cf(
+                        cf(CF_UNREAD_RETIRED),
+                        keys::message(4, id),
+                        sender.to_be_bytes(),
+                    )
+                    .unwrap();
+                }
+            }
+            db.put_cf(
+                cf(CF_MESSAGES),
+                keys::message(6, 1),
+                v1(9, MessageKind::Text),
+            )
+            .unwrap();
+            let t = thread_rec.encode();
+            db.put_cf(cf(CF_THREADS), keys::id(4), &t[..t.len() - 8])
+                .unwrap();
+            for (user, read) in [(7, 0), (8, 1)] {
+                let m = MemberRecord {
+                    read,
+                    ..Default::default()
+                };
+                db.put_cf(cf(CF_MEMBERS), keys::pair(4, user), m.encode())
+                    .unwrap();
+            }
+            db.put_cf(cf(CF_META), META_UNREAD_INDEXED_RETIRED, [1])
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        let names = DB::list_cf(&Options::default(), dir.path()).unwrap();
+        assert!(!names.iter().any(|n| n == CF_UNREAD_RETIRED), "{names:?}");
+        assert!(store
+            .get(CF_META, META_UNREAD_INDEXED_RETIRED)
+            .unwrap()
+            .is_none());
+        let rec = store.thread(4).unwrap().unwrap();
+        assert_eq!(
+            rec,
+            ThreadRecord {
+                countable: 4,
+                ..thread_rec
+            }
+        );
+        let seqs: Vec<u64> = (1..=5)
+            .map(|id| store.message(4, id).unwrap().unwrap().seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 3, 4]);
+        assert_eq!(
+            store.message(4, 2).unwrap().unwrap(),
+            MessageRecord {
+                seq: 2,
+                ..message(8, MessageKind::Text)
+            }
+        );
+        assert_eq!(store.message(6, 1).unwrap().unwrap().seq, 1);
+        // What the `unread` index counted: others' messages above the cursor, not system ones.
+        let members: HashMap<u64, MemberRecord> = store.members(4).unwrap().into_iter().collect();
+        assert_eq!((members[&7].own_floor, members[&8].own_floor), (3, 5));
+        let count = |user: u64, after: u64| {
+            store
+                .count_unread(4, after, user, members[&user].own_floor, rec.countable, 999)
+                .unwrap()
+        };
+        assert_eq!((count(7, 0), count(8, 1)), (2, 1));
+        assert_eq!((count(7, 3), count(8, 3)), (1, 0));
+        drop(store);
+        // Opened again: nothing left to do, same answers.
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        assert_eq!(store.message(4, 5).unwrap().unwrap().seq, 4);
     }
 }

@@ -26,7 +26,6 @@
 //! |               | `t` ++ media id ++ thread u64 | i64: messages of the thread that refer to it and are not recalled (merge operator: sum; above 0, its members may read it; empty: stored before counts, one) |
 //! |               | `u` ++ user u64             | i64: bytes of stored media the user uploaded (merge operator: sum) |
 //! | `meta`        | name bytes                  | counters (ids, clock floor)       |
-//! | `unread`      | thread u64 ++ message u64   | sender u64: the messages that count as unread (all but system messages) |
 //! | `admins`      | user u64                    | microseconds u64 of the grant (`courier admin grant`) |
 //! | `reactions`   | thread u64 ++ message u64 ++ user u64 | the user's reaction, UTF-8 (counts are in the `MessageRecord`) |
 //! | `pushers`     | user u64                    | `PusherSet`: the user's push registrations, every device |
@@ -50,7 +49,10 @@ pub const CF_CONTACTS: &str = "contacts";
 pub const CF_LAST_SEEN: &str = "last_seen";
 pub const CF_MEDIA: &str = "media";
 pub const CF_META: &str = "meta";
-pub const CF_UNREAD: &str = "unread";
+/// The retired index of unread messages (thread ++ message → sender): no longer written, and
+/// dropped at open once `messages` carries its `seq` (see [`META_MESSAGE_SEQ`]). Not in
+/// [`ALL_CFS`].
+pub const CF_UNREAD_RETIRED: &str = "unread";
 pub const CF_ADMINS: &str = "admins";
 pub const CF_REACTIONS: &str = "reactions";
 pub const CF_PUSHERS: &str = "pushers";
@@ -74,7 +76,6 @@ pub const ALL_CFS: &[&str] = &[
     CF_LAST_SEEN,
     CF_MEDIA,
     CF_META,
-    CF_UNREAD,
     CF_ADMINS,
     CF_REACTIONS,
     CF_PUSHERS,
@@ -95,8 +96,11 @@ pub const MEDIA_USAGE: u8 = b'u';
 pub const META_NEXT_USER: &[u8] = b"next_user_id";
 pub const META_NEXT_THREAD: &[u8] = b"next_thread_id";
 pub const META_CLOCK_FLOOR: &[u8] = b"clock_floor";
-/// Present once `unread` holds every stored message (built at open for older stores).
-pub const META_UNREAD_INDEXED: &[u8] = b"unread_indexed";
+/// Written by the retired `unread` index once complete; deleted with it.
+pub const META_UNREAD_INDEXED_RETIRED: &[u8] = b"unread_indexed";
+/// Present once every message carries its `seq`, every thread its `countable` and every
+/// member its `own_floor` (written at open for older stores; see `Store::number_messages`).
+pub const META_MESSAGE_SEQ: &[u8] = b"message_seq";
 
 /// The `meta` key of the id counter `name` ([`META_NEXT_USER`], [`META_NEXT_THREAD`]) of
 /// `partition`: the bare name for partition 0 (its key from before partitions, so an existing

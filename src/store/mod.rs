@@ -46,6 +46,8 @@ pub enum Error {
     DiskFull { free: u64, need: u64 },
     #[error("the commit stage of a shard stopped (its writer thread is gone): the server is shutting down or failed; restart it")]
     CommitterStopped,
+    #[error("the store was in use while it was being opened ({what} could not be dropped): restart the server")]
+    Migration { what: &'static str },
     #[error("partition {partition} has no ids left (or is not a partition): the cluster has outgrown its id space")]
     IdsExhausted { partition: u16 },
 }

@@ -76,6 +76,11 @@ macro_rules! record {
 /// when one of them is set, so a plain message keeps the original layout (and its size); a
 /// value without them reads as 0, 0 and none. `deleted_for_some` was appended after them and
 /// is written only when true (with the three before it); a value without it reads as false.
+///
+/// Layout `V2` (messages only) is `V1` with `seq` as the last 8 bytes, so the unread count
+/// reads it without parsing the body ([`peek_seq`](Self::peek_seq)). Every stored message is
+/// `V2` once [`Store::open`](super::Store::open) has migrated a store written before it; a `V1`
+/// value still reads (its `seq` as 0).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MessageRecord {
     pub sender: u64,
@@ -93,7 +98,15 @@ pub struct MessageRecord {
     /// A member deleted it for themselves (DELETE_FOR_ME): notices about it (RECALLED, EDITED,
     /// REACTED) are pushed only to members whose `hidden` row for it is absent. Never reset.
     pub deleted_for_some: bool,
+    /// How many countable messages (all but system ones) the thread holds up to and including
+    /// this one: [`ThreadRecord::countable`] when it was appended. Never changes afterwards (a
+    /// recall, edit or reaction rewrites the value with the same `seq`), so the countable
+    /// messages between two ids are the difference of two `seq`s.
+    pub seq: u64,
 }
+
+/// The version byte of a message with `seq` (see [`MessageRecord`]).
+pub(crate) const MESSAGE_V2: u8 = 2;
 
 impl MessageRecord {
     /// Whether the appended fields shown to clients (reply, edit, reactions) hold anything.
@@ -138,14 +151,39 @@ impl Record for MessageRecord {
         }
         Ok(m)
     }
+
+    fn encode_into(&self, buf: &mut BytesMut) {
+        buf.clear();
+        buf.extend_from_slice(&[MESSAGE_V2]);
+        self.put(buf);
+        self.seq.put(buf);
+    }
+
+    fn decode(raw: &[u8]) -> Result<Self, Error> {
+        let corrupt = || Error::CorruptValue { record: Self::NAME };
+        let (fields, seq) = match raw.split_first().ok_or_else(corrupt)? {
+            (&V1, rest) => (rest, 0),
+            (&MESSAGE_V2, rest) if rest.len() >= 8 => {
+                let (fields, seq) = rest.split_at(rest.len() - 8);
+                (
+                    fields,
+                    u64::from_be_bytes(seq.try_into().map_err(|_| corrupt())?),
+                )
+            }
+            _ => return Err(corrupt()),
+        };
+        let mut m =
+            Self::get(&mut Reader::new(Bytes::copy_from_slice(fields))).map_err(|_| corrupt())?;
+        m.seq = seq;
+        Ok(m)
+    }
 }
 
 impl MessageRecord {
-    /// Sender and kind of a stored message without decoding (or copying) its body: the unread
-    /// count reads only these.
+    /// Sender and kind of a stored message without decoding (or copying) its body.
     pub fn peek_sender_kind(raw: &[u8]) -> Result<(u64, MessageKind), Error> {
         let corrupt = Error::CorruptValue { record: Self::NAME };
-        if raw.len() < 18 || raw[0] != V1 {
+        if raw.len() < 18 || !(raw[0] == V1 || raw[0] == MESSAGE_V2) {
             return Err(corrupt);
         }
         let sender = u64::from_be_bytes(
@@ -156,29 +194,107 @@ impl MessageRecord {
         let kind = MessageKind::from_code(raw[17]).ok_or(corrupt)?;
         Ok((sender, kind))
     }
-}
 
-record! {
-    /// `threads`: what every member shares, except the member list (in `members`).
-    pub struct ThreadRecord {
-        pub kind: ThreadKind,
-        pub name: String,
-        pub created_by: u64,
-        /// Newest message id, 0 when none.
-        pub last_msg_id: u64,
-        /// Clock value of the last change of any kind (message, receipt, membership): sync's
-        /// "changed since".
-        pub changed_at: u64,
-        pub member_count: u32,
+    /// `seq` of a stored message without decoding anything else; `None` for a `V1` value
+    /// (written before `seq` existed; none is left once the store was opened).
+    pub fn peek_seq(raw: &[u8]) -> Result<Option<u64>, Error> {
+        let corrupt = || Error::CorruptValue { record: Self::NAME };
+        match raw.first() {
+            Some(&V1) => Ok(None),
+            Some(&MESSAGE_V2) if raw.len() >= 31 => {
+                let seq: [u8; 8] = raw[raw.len() - 8..].try_into().map_err(|_| corrupt())?;
+                Ok(Some(u64::from_be_bytes(seq)))
+            }
+            _ => Err(corrupt()),
+        }
     }
 }
 
-record! {
-    /// `members`: a member's role and receipt cursors.
-    pub struct MemberRecord {
-        pub admin: bool,
-        pub delivered: u64,
-        pub read: u64,
+/// `threads`: what every member shares, except the member list (in `members`).
+///
+/// `countable` was appended to the layout; a value written without it reads as 0 (the
+/// migration at open writes it for every thread of an older store).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ThreadRecord {
+    pub kind: ThreadKind,
+    pub name: String,
+    pub created_by: u64,
+    /// Newest message id, 0 when none.
+    pub last_msg_id: u64,
+    /// Clock value of the last change of any kind (message, receipt, membership): sync's
+    /// "changed since".
+    pub changed_at: u64,
+    pub member_count: u32,
+    /// Countable messages (all but system ones) ever appended: the newest message's `seq`.
+    pub countable: u64,
+}
+
+impl Record for ThreadRecord {
+    const NAME: &'static str = "ThreadRecord";
+    fn put(&self, buf: &mut BytesMut) {
+        self.kind.put(buf);
+        self.name.put(buf);
+        self.created_by.put(buf);
+        self.last_msg_id.put(buf);
+        self.changed_at.put(buf);
+        self.member_count.put(buf);
+        self.countable.put(buf);
+    }
+    fn get(r: &mut Reader) -> Result<Self, courier_protocol::Error> {
+        let mut t = Self {
+            kind: Wire::get(r, "kind")?,
+            name: Wire::get(r, "name")?,
+            created_by: Wire::get(r, "created_by")?,
+            last_msg_id: Wire::get(r, "last_msg_id")?,
+            changed_at: Wire::get(r, "changed_at")?,
+            member_count: Wire::get(r, "member_count")?,
+            ..Self::default()
+        };
+        if r.remaining() > 0 {
+            t.countable = Wire::get(r, "countable")?;
+        }
+        Ok(t)
+    }
+}
+
+/// `members`: a member's role and receipt cursors.
+///
+/// `own_floor` was appended to the layout, and is written only when set; a value without it
+/// reads as 0.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MemberRecord {
+    pub admin: bool,
+    pub delivered: u64,
+    pub read: u64,
+    /// The member's own messages above `read` all have ids at or below this (0: there are
+    /// none). A SEND moves its sender's `read` to the new message, so own messages above
+    /// `read` exist only from before the member (re)joined, or from a store written before
+    /// SEND moved the cursor: the unread count must look at the messages up to here one by
+    /// one, and above it only at two `seq`s.
+    pub own_floor: u64,
+}
+
+impl Record for MemberRecord {
+    const NAME: &'static str = "MemberRecord";
+    fn put(&self, buf: &mut BytesMut) {
+        self.admin.put(buf);
+        self.delivered.put(buf);
+        self.read.put(buf);
+        if self.own_floor != 0 {
+            self.own_floor.put(buf);
+        }
+    }
+    fn get(r: &mut Reader) -> Result<Self, courier_protocol::Error> {
+        let mut m = Self {
+            admin: Wire::get(r, "admin")?,
+            delivered: Wire::get(r, "delivered")?,
+            read: Wire::get(r, "read")?,
+            ..Self::default()
+        };
+        if r.remaining() > 0 {
+            m.own_floor = Wire::get(r, "own_floor")?;
+        }
+        Ok(m)
     }
 }
 
@@ -614,6 +730,33 @@ mod tests {
         assert_eq!(PrivateState::decode(&p.encode()).unwrap(), p);
     }
 
+    #[test]
+    fn older_layouts_still_read() {
+        // A V1 message (before `seq`) reads with seq 0; `peek_seq` tells it apart.
+        let m = MessageRecord {
+            sender: 7,
+            body: Bytes::from_static(b"hi"),
+            reply_to: 3,
+            ..Default::default()
+        };
+        let mut v1 = BytesMut::from(&[V1][..]);
+        m.put(&mut v1);
+        assert_eq!(MessageRecord::decode(&v1).unwrap(), m);
+        assert_eq!(MessageRecord::peek_seq(&v1).unwrap(), None);
+        let v2 = MessageRecord { seq: 9, ..m }.encode();
+        assert_eq!(MessageRecord::peek_seq(&v2).unwrap(), Some(9));
+        assert!(MessageRecord::peek_seq(&[MESSAGE_V2, 0, 1]).is_err());
+        // A thread record without `countable` reads it as 0.
+        let t = ThreadRecord {
+            name: "g".into(),
+            countable: 4,
+            ..Default::default()
+        };
+        let bytes = t.encode();
+        let old = ThreadRecord::decode(&bytes[..bytes.len() - 8]).unwrap();
+        assert_eq!(old, ThreadRecord { countable: 0, ..t });
+    }
+
     /// Big-endian bytes of a u64, for spelling out expected layouts.
     fn be(v: u64) -> [u8; 8] {
         v.to_be_bytes()
@@ -643,15 +786,17 @@ mod tests {
                 kind: MessageKind::Media,
                 recalled: true,
                 body: Bytes::from_static(b"hi"),
+                seq: 6,
                 ..Default::default()
             },
             &[
-                &[V1],
+                &[MESSAGE_V2],
                 &be(0x0102_0304_0506_0708),
                 &be(9),
                 &[1], // MessageKind::Media
                 &[1], // recalled
                 &[0, 0, 0, 2, b'h', b'i'],
+                &be(6), // seq, always last
             ],
         );
         pinned(
@@ -668,9 +813,10 @@ mod tests {
                     count: 2,
                 }],
                 deleted_for_some: false,
+                seq: 1,
             },
             &[
-                &[V1],
+                &[MESSAGE_V2],
                 &be(3),
                 &be(0),
                 &[0], // MessageKind::Text
@@ -681,6 +827,7 @@ mod tests {
                 &[0, 1], // one reaction count
                 &[0, 2, b'+', b'1'],
                 &[0, 0, 0, 2],
+                &be(1),
             ],
         );
         pinned(
@@ -712,6 +859,7 @@ mod tests {
                 last_msg_id: 1_000,
                 changed_at: 1_001,
                 member_count: 3,
+                countable: 12,
             },
             &[
                 &[V1],
@@ -721,6 +869,7 @@ mod tests {
                 &be(1_000),
                 &be(1_001),
                 &[0, 0, 0, 3],
+                &be(12),
             ],
         );
         pinned(
@@ -728,8 +877,18 @@ mod tests {
                 admin: true,
                 delivered: 5,
                 read: 4,
+                own_floor: 0,
             },
             &[&[V1], &[1], &be(5), &be(4)],
+        );
+        pinned(
+            MemberRecord {
+                admin: false,
+                delivered: 5,
+                read: 4,
+                own_floor: 3,
+            },
+            &[&[V1], &[0], &be(5), &be(4), &be(3)],
         );
         pinned(
             PrivateState {
