@@ -288,3 +288,38 @@ fn a_killed_home_is_unavailable_then_relinks_and_its_missed_change_is_corrected(
     drop(bob_conn);
     expect_presence(&mut alice, bob, false, "bob left the restarted n1");
 }
+
+#[test]
+fn a_killed_subscribers_node_loses_its_watches_on_the_home() {
+    let mut cluster = Cluster::start_with(&["--metrics", "127.0.0.1:0"]);
+    let (mut alice, _, _) = user_on(&cluster, 0, "alice");
+    let (_bob, bob, _) = user_on(&cluster, 1, "bob");
+    add_contacts(&mut alice, &[bob]);
+    subscribe(&mut alice, &[bob]);
+    wait_metric(
+        &cluster.nodes[1],
+        "courier_presence_remote_watches",
+        "n0",
+        1,
+    );
+
+    // n0 dies: its links to n1 reset, and n1 forgets what n0 watched.
+    cluster.nodes[0].kill();
+    drop(alice);
+    wait_metric(
+        &cluster.nodes[1],
+        "courier_presence_remote_watches",
+        "n0",
+        0,
+    );
+    // Back without subscribers: it watches nothing (its first watch set is empty).
+    cluster.nodes[0].restart();
+    cluster.wait_linked();
+    wait_metric(&cluster.nodes[0], "courier_presence_watching", "n1", 0);
+    wait_metric(
+        &cluster.nodes[1],
+        "courier_presence_remote_watches",
+        "n0",
+        0,
+    );
+}
