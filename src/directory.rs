@@ -133,6 +133,16 @@ impl Directory {
         }
     }
 
+    /// Whether `user` is online, with the newest presence change number so far, read under the
+    /// user's stripe: a change of `user` this state does not reflect has a higher number.
+    pub fn presence_state(&self, user: u64) -> (bool, u64) {
+        let map = self.stripe(user).read();
+        (
+            map.contains_key(&user),
+            self.change_seq.load(Ordering::Relaxed),
+        )
+    }
+
     pub fn is_online(&self, user: u64) -> bool {
         self.stripe(user).read().contains_key(&user)
     }

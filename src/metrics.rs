@@ -320,6 +320,15 @@ pub struct PeerMetrics {
     /// Payloads from this peer not handed on because a mailbox or the read queue here was
     /// full (a forwarded request is answered `RATE_LIMITED` instead and not counted here).
     pub inbound_dropped: AtomicU64,
+    /// Users of this node that the peer watches (`PRESENCE_WATCH`): their changes go to it.
+    pub presence_watched: AtomicU64,
+    /// Users of the peer that this node watches for its subscribers.
+    pub presence_watching: AtomicU64,
+    /// `PRESENCE_CHANGES` sent to the peer: one per round with changes it watches, or a state
+    /// snapshot (refused ones count in `push_dropped`).
+    pub presence_batches: AtomicU64,
+    /// Watches of the peer ignored past the bound (`MAX_WATCHES_PER_PEER`).
+    pub presence_refused: AtomicU64,
     /// Our dials this peer refused (`direction="out"`), by [`REFUSAL_REASONS`].
     pub refused_out: [AtomicU64; REFUSAL_REASONS.len()],
     /// Dials from this peer we refused (`direction="in"`).
@@ -350,7 +359,7 @@ impl LinkMetrics {
     }
 
     fn render(&self, out: &mut String) {
-        let per_peer: [(&str, &str, PeerField); 15] = [
+        let per_peer: [(&str, &str, PeerField); 19] = [
             ("courier_peer_up", "gauge", |p| &p.up),
             ("courier_peer_links_up", "gauge", |p| &p.links_up),
             ("courier_peer_frames_in_total", "counter", |p| &p.frames_in),
@@ -377,6 +386,18 @@ impl LinkMetrics {
             }),
             ("courier_peer_inbound_dropped_total", "counter", |p| {
                 &p.inbound_dropped
+            }),
+            ("courier_presence_remote_watches", "gauge", |p| {
+                &p.presence_watched
+            }),
+            ("courier_presence_watching", "gauge", |p| {
+                &p.presence_watching
+            }),
+            ("courier_peer_presence_batches_total", "counter", |p| {
+                &p.presence_batches
+            }),
+            ("courier_presence_watches_refused_total", "counter", |p| {
+                &p.presence_refused
             }),
         ];
         for (name, kind, f) in per_peer {

@@ -274,6 +274,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         noise_key: noise_key.clone(),
         per_addr,
         presence_subscriptions: AtomicUsize::new(0),
+        cluster_presence: Default::default(),
         web_root,
     });
     let _ = served.set(core.clone());

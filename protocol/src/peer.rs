@@ -16,6 +16,7 @@
 //!    | <- PEER_PONG{nonce} ----------------------- |
 //!    | -- FORWARD / FORWARD_REPLY / PUSH_BATCH --> |  payloads flow dialer → acceptor only
 //!    | -- PEER_READ / PEER_READ_REPLY ----------> |  (each node answers on links it dialed)
+//!    | -- PRESENCE_WATCH / _UNWATCH / _CHANGES -> |
 //! ```
 //!
 //! On encrypted clusters a Noise IK handshake (`NOISE.md` section 6) runs first, and these
@@ -28,7 +29,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::codec::{peek_len, HEADER_BYTES, LEN_BYTES};
 use crate::wire::{wire_enum, wire_struct, Reader, Wire};
-use crate::Error;
+use crate::{Error, Presence};
 
 /// The node-to-node protocol version, sent in `PEER_HELLO` and `PEER_WELCOME`.
 pub const PEER_VERSION: u16 = 1;
@@ -97,6 +98,15 @@ wire_struct! {
         pub shard: u16,
         pub slot: u32,
         pub gen: u32,
+    }
+}
+
+wire_struct! {
+    /// One presence change of a user, numbered by its home node's directory in the order the
+    /// user's changes happened there (`PRESENCE_CHANGES`).
+    pub struct PresenceChange {
+        pub seq: u64,
+        pub presence: Presence,
     }
 }
 
@@ -185,6 +195,19 @@ peer_frames! {
     /// The answer to a `PEER_READ`: `frame` is an encoded client frame (`THREAD_LIST`,
     /// `SYNC_BATCH` or `ERROR_REPLY`, request id 0).
     PeerReadReply = 0x6C { id: u64, frame: Bytes }
+
+    // ---- Presence across nodes (dialer → acceptor) ----
+    /// Connections of the sending node subscribe to `users`, homed on the receiving node: it
+    /// sends their changes to the sender (`PRESENCE_CHANGES`), starting with their current
+    /// state. `reset`: these (and the next frames without `reset`) are the sender's whole
+    /// watch set, replacing what the receiver held for it (sent when a link comes up).
+    PresenceWatch = 0x6D { reset: bool, users: Vec<u64> }
+    /// No connection of the sending node subscribes to `users` any more.
+    PresenceUnwatch = 0x6E { users: Vec<u64> }
+    /// Presence of users homed on the sending node that the receiver watches: the round's
+    /// changes, or current states (answering `PRESENCE_WATCH`, or when a link comes up).
+    /// `epoch`: chosen by the sender at start; `seq` orders one user's changes within it.
+    PresenceChanges = 0x6F { epoch: u64, changes: Vec<PresenceChange> }
 }
 
 impl PeerFrame {
@@ -274,6 +297,24 @@ mod tests {
             PeerReadReply {
                 id: 7,
                 frame: Bytes::from_static(b"answer"),
+            }
+            .into(),
+            PresenceWatch {
+                reset: true,
+                users: vec![4, 5],
+            }
+            .into(),
+            PresenceUnwatch { users: vec![5] }.into(),
+            PresenceChanges {
+                epoch: 99,
+                changes: vec![PresenceChange {
+                    seq: 3,
+                    presence: Presence {
+                        user: 4,
+                        online: true,
+                        last_seen: 1_700_000_000_000_000,
+                    },
+                }],
             }
             .into(),
         ]

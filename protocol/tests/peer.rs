@@ -80,6 +80,35 @@ fn any_peer_frame() -> impl Strategy<Value = PeerFrame> {
                 frame
             }
             .into()),
+        (
+            any::<bool>(),
+            proptest::collection::vec(any::<u64>(), 0..50)
+        )
+            .prop_map(|(reset, users)| PresenceWatch { reset, users }.into()),
+        proptest::collection::vec(any::<u64>(), 0..50)
+            .prop_map(|users| PresenceUnwatch { users }.into()),
+        (
+            any::<u64>(),
+            proptest::collection::vec(
+                (any::<u64>(), any::<u64>(), any::<bool>(), any::<u64>()),
+                0..20
+            )
+        )
+            .prop_map(|(epoch, changes)| PresenceChanges {
+                epoch,
+                changes: changes
+                    .into_iter()
+                    .map(|(seq, user, online, last_seen)| PresenceChange {
+                        seq,
+                        presence: courier_protocol::Presence {
+                            user,
+                            online,
+                            last_seen
+                        }
+                    })
+                    .collect()
+            }
+            .into()),
     ]
 }
 

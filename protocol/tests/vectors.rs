@@ -315,6 +315,9 @@ fn peer_samples() -> Vec<(PeerFrame, &'static str)> {
         (PushBatch { users: vec![BOB, CAROL], except: Some(origin), frame: push.freeze() }.into(), "MESSAGE_PUSH for users 42 and 50 homed on the receiving node, not to the sender's own connection; the push is encoded once."),
         (PeerRead { id: 9, user: ALICE, device: 1, frame: list.freeze() }.into(), "Read 9 from user 17's home: user 17's part of LIST_THREADS (first page, 50 rows) on the receiving node."),
         (PeerReadReply { id: 9, frame: listed.freeze() }.into(), "The answer to read 9: an empty THREAD_LIST (user 17 is in no thread this node owns)."),
+        (PresenceWatch { reset: true, users: vec![BOB, CAROL] }.into(), "The sender's whole watch set (after its link came up): its connections subscribe to users 42 and 50, homed on the receiving node."),
+        (PresenceUnwatch { users: vec![CAROL] }.into(), "No connection of the sender subscribes to user 50 any more."),
+        (PresenceChanges { epoch: 1_700_000_000_000_000, changes: vec![PresenceChange { seq: 12, presence: Presence { user: BOB, online: true, last_seen: 1_700_000_123_000_000 } }] }.into(), "User 42 (homed on the sender, which started at epoch 1700000000000000) came online: change 12 of that epoch."),
     ]
 }
 

@@ -273,7 +273,13 @@ impl Forwarding {
             };
         }
         let shards = core.mailboxes.len();
-        let Some(shard) = Engine::shard_for(&core.chat, &caller, &env.frame) else {
+        let shard = match &env.frame {
+            // Presence of users of this node, asked by the caller's home (which checked that
+            // they are the caller's contacts): any shard answers.
+            Frame::PresenceQuery(_) => Some((f.user % shards as u64) as u16),
+            frame => Engine::shard_for(&core.chat, &caller, frame),
+        };
+        let Some(shard) = shard else {
             let why = "this request is not forwarded between nodes";
             return self.refuse(core, from, &f, ErrorCode::InvalidArgument, why);
         };
@@ -372,6 +378,28 @@ impl Inbound for Forwarding {
             Payload::ForwardReply(r) => self.answer(&core, from, r),
             Payload::PushBatch(b) => self.push(&core, from, b),
             Payload::PeerRead(_) | Payload::PeerReadReply(_) => {}
+            p @ (Payload::PresenceWatch(_)
+            | Payload::PresenceUnwatch(_)
+            | Payload::PresenceChanges(_)) => {
+                if !super::presence::inbound(&core, from, p) {
+                    self.drop_one(Some(&core), from, "presence");
+                }
+            }
+        }
+    }
+
+    fn dialed_up(&mut self, peer: NodeIndex, link: usize) {
+        let Some(core) = self.core.get().cloned() else {
+            return;
+        };
+        if !super::presence::dialed_up(&core, peer, link) {
+            self.drop_one(Some(&core), peer, "presence states");
+        }
+    }
+
+    fn accepted_gone(&mut self, peer: NodeIndex) {
+        if let Some(core) = self.core.get() {
+            core.cluster_presence.peer_gone(core.links.as_ref(), peer.0);
         }
     }
 }

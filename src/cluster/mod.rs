@@ -10,6 +10,7 @@
 
 pub mod forward;
 pub mod links;
+pub mod presence;
 pub mod reads;
 pub use courier_protocol::placement::{partition, ring};
 

@@ -11,7 +11,9 @@
 //! answered here from what was gathered; the other requests run (here or forwarded) with
 //! [`UsersChecked`] telling the engine what was found, so the engine answers `UNKNOWN_USER` at
 //! the same point of its checks as on a single node. CONTACT_LIST of a user with contacts on
-//! other nodes gathers their handles the same way.
+//! other nodes gathers their handles the same way. PRESENCE_QUERY naming users of other nodes
+//! gathers their presence from their homes the same way (an internal PRESENCE_QUERY per home;
+//! the caller's contacts were checked here, where they live).
 //!
 //! [`ShardMsg::Answer`]: super::mailbox::ShardMsg::Answer
 
@@ -22,7 +24,8 @@ use bytes::Bytes;
 use courier_protocol::peer::{Forward, PushBatch};
 use courier_protocol::wire::Wire;
 use courier_protocol::{
-    decode_one, Contacts, ErrorCode, Frame, GetUsers, UserInfo, Users, MAX_FRAME_LEN,
+    decode_one, Contacts, ErrorCode, Frame, GetUsers, Presence, PresenceList, PresenceQuery,
+    UserInfo, Users, MAX_FRAME_LEN,
 };
 
 use super::Shard;
@@ -84,6 +87,8 @@ struct Gather {
     /// was asked about and has).
     asked: usize,
     found: Vec<UserInfo>,
+    /// A PRESENCE_QUERY: the presence of the users asked, this node's and the homes' answers.
+    presence: Vec<Presence>,
 }
 
 impl Shard {
@@ -262,6 +267,7 @@ impl Shard {
             waiting: 0,
             asked: users.len(),
             found: Vec::new(),
+            presence: Vec::new(),
         };
         let local = self.local_node();
         let core = self.core.clone();
@@ -342,6 +348,15 @@ impl Shard {
                     }
                 }
             }
+            Ok(Frame::PresenceList(PresenceList { entries })) => {
+                g.presence.extend(entries);
+                g.waiting -= 1;
+                if g.waiting == 0 {
+                    if let Some(g) = self.fwd.gathers.remove(&id) {
+                        self.finish_gather(g);
+                    }
+                }
+            }
             Ok(Frame::ErrorReply(e)) => {
                 let g = self.fwd.gathers.remove(&id);
                 if let Some(slot) = g.as_ref().and_then(|g| self.local_slot(g.conn)) {
@@ -368,6 +383,31 @@ impl Shard {
         };
         let mut caller = g.caller;
         match g.frame {
+            Frame::PresenceQuery(q) => {
+                // In the order asked, exactly as one node answers; every home answers for
+                // every user it was asked about.
+                let by_user: HashMap<u64, &Presence> =
+                    g.presence.iter().map(|p| (p.user, p)).collect();
+                let entries = q
+                    .users
+                    .iter()
+                    .map(|u| {
+                        by_user.get(u).map_or(
+                            Presence {
+                                user: *u,
+                                online: false,
+                                last_seen: 0,
+                            },
+                            |p| (*p).clone(),
+                        )
+                    })
+                    .collect();
+                self.send(
+                    slot,
+                    g.request_id,
+                    &Frame::PresenceList(PresenceList { entries }),
+                );
+            }
             Frame::GetUsers(f) => {
                 // In the order asked, as a single node answers: unknown ids are left out.
                 let found: HashMap<u64, String> =
@@ -415,6 +455,87 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// A PRESENCE_QUERY naming users of other nodes (contacts checked already): this node's
+    /// users are read here, the others asked of their homes, one internal PRESENCE_QUERY per
+    /// node under the same deadline as any forward; answered in `finish_gather`.
+    pub(super) fn presence_gather(
+        &mut self,
+        slot: usize,
+        caller: Caller,
+        request_id: u32,
+        users: Vec<u64>,
+    ) {
+        let id = self.fwd.next_gather;
+        self.fwd.next_gather = id.wrapping_add(1);
+        let local = self.local_node();
+        let now = crate::clock::wall_us();
+        let mut remote: Vec<(u16, u64)> = Vec::new();
+        let mut here = Vec::new();
+        for &u in &users {
+            let node = self.core.router.user_node(u);
+            if node != local {
+                remote.push((node, u));
+                continue;
+            }
+            match self.presence_of(u, now) {
+                Ok(p) => here.push(p),
+                Err(e) => return self.internal(slot, request_id, &e),
+            }
+        }
+        remote.sort_unstable();
+        remote.dedup();
+        let mut g = Gather {
+            conn: caller.conn,
+            request_id,
+            caller,
+            frame: Frame::PresenceQuery(PresenceQuery { users }),
+            target: None,
+            contacts: false,
+            waiting: 0,
+            asked: 0,
+            found: Vec::new(),
+            presence: here,
+        };
+        let internal = Caller {
+            conn: ConnRef {
+                node: local,
+                shard: self.id,
+                slot: INTERNAL_SLOT,
+                gen: id,
+            },
+            ..caller
+        };
+        // At most the contact cap in all (checked by the caller), so one request per node.
+        for group in remote.chunk_by(|a, b| a.0 == b.0) {
+            let node = group[0].0;
+            g.waiting += 1;
+            let part = g.waiting;
+            let key = Key {
+                slot: INTERNAL_SLOT,
+                gen: id,
+                request_id: part,
+            };
+            if !self.fwd.pending.insert(key, node, self.now_ms64()) {
+                let message = format!(
+                    "too many requests are waiting for other nodes of the cluster (node {}); retry in a moment",
+                    self.core.router.node_id(node)
+                );
+                return self.reply_error(slot, request_id, ErrorCode::RateLimited, &message);
+            }
+            let ask = Frame::PresenceQuery(PresenceQuery {
+                users: group.iter().map(|&(_, u)| u).collect(),
+            });
+            if let Err(e) = self.send_forward(node, u64::from(id), internal, part, &ask) {
+                self.fwd.pending.remove(key);
+                return self.link_refused(slot, request_id, node, e);
+            }
+        }
+        if g.waiting == 0 {
+            return self.finish_gather(g);
+        }
+        self.fwd.gathers.insert(id, g);
     }
 
     /// A `FORWARD_REPLY` for `to` arrived: delivered if its request is still in flight.

@@ -743,10 +743,11 @@ impl Shard {
         self.core.connections.fetch_sub(1, Ordering::Relaxed);
         self.core.per_addr.remove(conn.addr_key);
         if conn.has(flag::SUBSCRIBED) {
-            let n = self.subs.drop_conn(slot as u32);
+            let users = self.subs.drop_conn(slot as u32);
             self.core
                 .presence_subscriptions
-                .fetch_sub(n, Ordering::Relaxed);
+                .fetch_sub(users.len(), Ordering::Relaxed);
+            self.presence_unwatch(&users);
         }
         if conn.state == State::Authed {
             ShardMetrics::sub(&m.authenticated, 1);

@@ -61,6 +61,9 @@ pub enum ShardMsg {
     ReadDone { to: ConnRef, bytes: Bytes },
     /// Users came online or went offline (for this shard's presence subscribers).
     Presence(Arc<[Change]>),
+    /// Another node (index `node`) watches `users` of this node: send it their current state
+    /// (`cluster::presence`).
+    PresenceSnapshot { node: u16, users: Vec<u64> },
     /// A chat request another node forwarded (`FORWARD`) for a thread this shard owns; the
     /// caller's connection is on that node. `lane`: the link lane its answer goes back on.
     Forward {

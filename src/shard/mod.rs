@@ -22,7 +22,7 @@ mod forward;
 mod io;
 pub mod mailbox;
 pub mod per_addr;
-mod presence;
+pub mod presence;
 pub mod read_pool;
 mod route;
 mod session;
@@ -109,6 +109,8 @@ pub struct Core {
     pub per_addr: per_addr::PerAddr,
     /// Presence subscriptions in the whole process: changes are broadcast only when nonzero.
     pub presence_subscriptions: AtomicUsize,
+    /// Presence subscriptions to users of other nodes, and other nodes' to ours.
+    pub cluster_presence: crate::cluster::presence::ClusterPresence,
     /// The static files plain GETs on a WebSocket listener get (`--web-root`).
     pub web_root: Option<ws::WebRoot>,
 }

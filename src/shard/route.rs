@@ -114,6 +114,11 @@ impl Shard {
                     frame,
                     lane,
                 } => {
+                    if let Frame::PresenceQuery(q) = &frame {
+                        self.note_lane(caller.conn, request_id, lane);
+                        self.presence_query_for_node(caller, request_id, &q.users);
+                        continue;
+                    }
                     if !matches!(frame, Frame::Typing(_)) {
                         self.note_lane(caller.conn, request_id, lane);
                     }
@@ -153,6 +158,7 @@ impl Shard {
                         self.subs.changed(p);
                     }
                 }
+                ShardMsg::PresenceSnapshot { node, users } => self.presence_snapshot(node, &users),
             }
         }
         self.more_mail = true;
@@ -162,6 +168,9 @@ impl Shard {
     pub(super) fn broadcast_presence(&mut self) {
         if self.presence_out.is_empty() {
             return;
+        }
+        if self.core.links.is_some() {
+            self.presence_to_nodes();
         }
         if self.core.presence_subscriptions.load(Ordering::Relaxed) == 0 {
             self.presence_out.clear();
@@ -181,6 +190,10 @@ impl Shard {
 
     /// Pushes the coalesced presence changes (called once a second).
     pub(super) fn flush_presence(&mut self) {
+        if let (0, Some(links)) = (self.id, &self.core.links) {
+            let core = &self.core;
+            core.cluster_presence.retry_stale(links, &core.router);
+        }
         let mut subs = std::mem::take(&mut self.subs);
         subs.flush(|p, watchers| {
             let bytes = self.encode(

@@ -115,6 +115,7 @@ impl Rig {
             noise_key: None,
             per_addr: crate::shard::per_addr::PerAddr::new(1000),
             presence_subscriptions: AtomicUsize::new(0),
+            cluster_presence: Default::default(),
             web_root: None,
         });
         let peer = receivers.pop().unwrap();

@@ -55,7 +55,8 @@ use std::time::Duration;
 
 use courier_protocol::noise::Keypair;
 use courier_protocol::peer::{
-    Forward, ForwardReply, PeerFrame, PeerRead, PeerReadReply, PushBatch, PEER_MAX_FRAME_LEN,
+    Forward, ForwardReply, PeerFrame, PeerRead, PeerReadReply, PresenceChanges, PresenceUnwatch,
+    PresenceWatch, PushBatch, PEER_MAX_FRAME_LEN,
 };
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Poll, Waker};
@@ -84,6 +85,9 @@ pub enum Payload {
     PushBatch(PushBatch),
     PeerRead(PeerRead),
     PeerReadReply(PeerReadReply),
+    PresenceWatch(PresenceWatch),
+    PresenceUnwatch(PresenceUnwatch),
+    PresenceChanges(PresenceChanges),
 }
 
 impl Payload {
@@ -94,6 +98,9 @@ impl Payload {
             Payload::PushBatch(f) => f.into(),
             Payload::PeerRead(f) => f.into(),
             Payload::PeerReadReply(f) => f.into(),
+            Payload::PresenceWatch(f) => f.into(),
+            Payload::PresenceUnwatch(f) => f.into(),
+            Payload::PresenceChanges(f) => f.into(),
         }
     }
 
@@ -104,6 +111,9 @@ impl Payload {
             PeerFrame::PushBatch(f) => Some(Payload::PushBatch(f)),
             PeerFrame::PeerRead(f) => Some(Payload::PeerRead(f)),
             PeerFrame::PeerReadReply(f) => Some(Payload::PeerReadReply(f)),
+            PeerFrame::PresenceWatch(f) => Some(Payload::PresenceWatch(f)),
+            PeerFrame::PresenceUnwatch(f) => Some(Payload::PresenceUnwatch(f)),
+            PeerFrame::PresenceChanges(f) => Some(Payload::PresenceChanges(f)),
             _ => None,
         }
     }
@@ -113,6 +123,14 @@ impl Payload {
 /// it must not block (hand the payload to a shard's mailbox, or to a channel in tests).
 pub trait Inbound: Send + 'static {
     fn deliver(&mut self, from: NodeIndex, payload: Payload);
+
+    /// Link `link` of the pool this node dialed to `peer` is up (payloads on its lanes may be
+    /// sent again). Called on the link thread, after `send` takes them.
+    fn dialed_up(&mut self, _peer: NodeIndex, _link: usize) {}
+
+    /// The last link `peer` dialed to this node closed: nothing more arrives from it until it
+    /// links again.
+    fn accepted_gone(&mut self, _peer: NodeIndex) {}
 }
 
 /// Tests (and anything that drains a channel) receive payloads as `(from, payload)`.
@@ -351,6 +369,12 @@ impl Links {
             let _ = s.waker.wake();
         }
         Ok(())
+    }
+
+    /// The link of `peer`'s pool that carries `lane` (`None` for this node or an unknown one).
+    pub fn link_of(&self, peer: NodeIndex, lane: u64) -> Option<usize> {
+        let p = self.shared.peer(peer)?;
+        Some(lane_link(lane, p.links.len()))
     }
 
     /// Whether every link of the pool to `peer` is up (so `send` takes any lane).

@@ -941,6 +941,7 @@ impl LinkLoop {
             slot.failures = 0;
             slot.logged = None;
         }
+        self.inbound.dialed_up(peer, index);
     }
 
     /// Writes every link's output, then closes the links marked for closing.
@@ -996,6 +997,14 @@ impl LinkLoop {
                 if let (Some(peer), State::Up) = (peer, link.state) {
                     let id = self.node_id(peer).to_owned();
                     tracing::debug!(peer = %id, "cluster link from {id} closed: {why}");
+                    let from_peer = Role::Accepted { peer: Some(peer) };
+                    if !self
+                        .links
+                        .iter()
+                        .any(|(_, l)| l.role == from_peer && l.state == State::Up)
+                    {
+                        self.inbound.accepted_gone(peer);
+                    }
                 }
             }
             Role::Dialed { peer, link: index } => {
