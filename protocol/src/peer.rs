@@ -27,7 +27,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::codec::{peek_len, HEADER_BYTES, LEN_BYTES};
-use crate::wire::{wire_enum, wire_struct, Reader, Wire};
+use crate::wire::{wire_enum, wire_struct, Reader, Tail, Wire};
 use crate::Error;
 
 /// The node-to-node protocol version, sent in `PEER_HELLO` and `PEER_WELCOME`.
@@ -174,8 +174,12 @@ peer_frames! {
     /// frame (the reply, with the client's request id).
     ForwardReply = 0x69 { origin: Origin, frame: Bytes }
     /// One push for every online device of `users` homed on the receiving node, except the
-    /// connection `except`. `frame`: the push, encoded once.
-    PushBatch = 0x6A { users: Vec<u64>, except: Option<Origin>, frame: Bytes }
+    /// connection `except`. `frame`: the push, encoded once. `notify` (a `MESSAGE_PUSH` only;
+    /// absent when empty): the users of this node who have not muted the thread (checked by
+    /// the thread's owner, where mute state lives) and should get a push notification of the
+    /// message if none of their devices is online; the receiving node, their home, decides
+    /// with its own directory and registrations.
+    PushBatch = 0x6A { users: Vec<u64>, except: Option<Origin>, frame: Bytes, notify: Tail<Vec<u64>> }
 
     // ---- Cross-node reads (dialer → acceptor) ----
     /// A read of `user`'s part on the receiving node: the threads it owns that the user is in.
@@ -262,6 +266,14 @@ mod tests {
                 users: vec![1, 2, 3],
                 except: Some(origin),
                 frame: Bytes::from_static(b"push"),
+                notify: Tail::default(),
+            }
+            .into(),
+            PushBatch {
+                users: vec![4, 5],
+                except: None,
+                frame: Bytes::from_static(b"push"),
+                notify: Tail::some(vec![5]),
             }
             .into(),
             PeerRead {

@@ -312,7 +312,8 @@ fn peer_samples() -> Vec<(PeerFrame, &'static str)> {
         (PeerPong { nonce: 7 }.into(), "The acceptor's answer to PEER_PING 7."),
         (Forward { lane: THREAD, origin: origin.clone(), request_id: 15, user: ALICE, device: 1, frame: send.freeze(), checked: UsersChecked::No }.into(), "SEND#15 of user 17 (device 1, connection shard 1 slot 77 gen 3 on node 0) forwarded to the owner of thread 5, on lane 5; frame is the client's SEND, encoded; it names no users to check."),
         (ForwardReply { origin: origin.clone(), frame: sent.freeze() }.into(), "The owner's answer for that connection: SENT#15, encoded."),
-        (PushBatch { users: vec![BOB, CAROL], except: Some(origin), frame: push.freeze() }.into(), "MESSAGE_PUSH for users 42 and 50 homed on the receiving node, not to the sender's own connection; the push is encoded once."),
+        (PushBatch { users: vec![BOB, CAROL], except: Some(origin.clone()), frame: push.clone().freeze(), notify: Tail::default() }.into(), "MESSAGE_PUSH for users 42 and 50 homed on the receiving node, not to the sender's own connection; the push is encoded once."),
+        (PushBatch { users: vec![BOB, CAROL], except: Some(origin), frame: push.freeze(), notify: Tail::some(vec![CAROL]) }.into(), "The same push; user 50 has not muted the thread, so the receiving node (50's home) queues a push notification for 50 if no device of 50 is online there."),
         (PeerRead { id: 9, user: ALICE, device: 1, frame: list.freeze() }.into(), "Read 9 from user 17's home: user 17's part of LIST_THREADS (first page, 50 rows) on the receiving node."),
         (PeerReadReply { id: 9, frame: listed.freeze() }.into(), "The answer to read 9: an empty THREAD_LIST (user 17 is in no thread this node owns)."),
     ]

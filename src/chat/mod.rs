@@ -31,6 +31,10 @@ pub enum Effect {
         users: Arc<[u64]>,
         except: Option<ConnRef>,
         frame: Frame,
+        /// A message's push only, with a push gateway: the members homed on other nodes who
+        /// did not mute the thread, sorted. Their homes get them in `PUSH_BATCH.notify` and
+        /// queue a notification for those with no device online (`push::Gate`).
+        notify: Option<Arc<[u64]>>,
     },
 }
 

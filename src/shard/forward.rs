@@ -22,7 +22,7 @@ use bytes::Bytes;
 use courier_protocol::peer::{Forward, PushBatch};
 use courier_protocol::wire::Wire;
 use courier_protocol::{
-    decode_one, Contacts, ErrorCode, Frame, GetUsers, UserInfo, Users, MAX_FRAME_LEN,
+    decode_one, Contacts, ErrorCode, Frame, GetUsers, Tail, UserInfo, Users, MAX_FRAME_LEN,
 };
 
 use super::Shard;
@@ -524,13 +524,16 @@ impl Shard {
     /// Sends one push to the users of `users` homed on other nodes: one `PUSH_BATCH` per
     /// node, the push encoded once. Returns having removed nothing from `users`; the caller
     /// delivers to this node's users. A node that is down misses the push (counted): its
-    /// users catch up with SYNC.
+    /// users catch up with SYNC. `notify`: users of other nodes to consider for a push
+    /// notification of this message (members, so recipients of the push too), each sent to
+    /// its home in that node's batch.
     pub(super) fn push_remote(
         &mut self,
         users: &[u64],
         except: Option<ConnRef>,
         frame: &Frame,
         bytes: &Bytes,
+        notify: Option<&[u64]>,
     ) {
         let Some(links) = &self.core.links else {
             return;
@@ -544,6 +547,12 @@ impl Shard {
                 .map(|&u| (self.core.router.user_node(u), u))
                 .filter(|&(node, _)| node != local),
         );
+        let notify: Vec<(u16, u64)> = notify
+            .unwrap_or_default()
+            .iter()
+            .map(|&u| (self.core.router.user_node(u), u))
+            .filter(|&(node, _)| node != local)
+            .collect();
         if remote.is_empty() {
             self.fwd.remote = remote;
             return;
@@ -552,10 +561,20 @@ impl Shard {
         let lane = thread_of(frame).unwrap_or(0);
         for group in remote.chunk_by(|a, b| a.0 == b.0) {
             let node = group[0].0;
+            let to_notify: Vec<u64> = notify
+                .iter()
+                .filter(|&&(n, _)| n == node)
+                .map(|&(_, u)| u)
+                .collect();
             let batch = PushBatch {
                 users: group.iter().map(|&(_, u)| u).collect(),
                 except: except.filter(|e| e.node == node).map(origin_of),
                 frame: bytes.clone(),
+                notify: if to_notify.is_empty() {
+                    Tail::default()
+                } else {
+                    Tail::some(to_notify)
+                },
             };
             let sent = links.send(NodeIndex(node), lane, Payload::PushBatch(batch));
             if let Some(m) = links.peer_metrics(NodeIndex(node)) {
