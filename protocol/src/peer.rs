@@ -85,6 +85,10 @@ wire_enum! {
         AllExist = 1,
         /// At least one of them does not exist: answer `UNKNOWN_USER` where the check is.
         SomeMissing = 2,
+        /// Media, not users: on a `SEND` of kind MEDIA, the origin (the sender's home, where
+        /// the sender's uploads live) checked that the sender may read the media the body
+        /// names and holds its bytes; the owner records the origin as the node holding them.
+        MediaHeld = 3,
     }
 }
 

@@ -158,8 +158,8 @@ impl Engine {
         }
         let id = self.append(f.thread, rec, Some(caller), &[])?;
         self.stage_push(f.thread, id, caller.user, f.kind)?;
-        if let Some(media) = &media {
-            self.link_media(media, f.thread);
+        if let Some((media, holder)) = &media {
+            self.link_media(media, holder, f.thread);
         }
         if idempotent {
             self.recent_sends.insert(key, id);

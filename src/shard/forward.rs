@@ -22,12 +22,13 @@ use bytes::Bytes;
 use courier_protocol::peer::{Forward, PushBatch};
 use courier_protocol::wire::Wire;
 use courier_protocol::{
-    decode_one, Contacts, ErrorCode, Frame, GetUsers, Tail, UserInfo, Users, MAX_FRAME_LEN,
+    decode_one, Contacts, ErrorCode, Frame, GetUsers, MessageKind, Tail, UserInfo, Users,
+    MAX_FRAME_LEN,
 };
 
 use super::Shard;
 use crate::caller::{Caller, ConnRef, UsersChecked};
-use crate::chat::check_get_users;
+use crate::chat::{check_get_users, held_for_send};
 use crate::cluster::forward::{
     origin_of, reply_to, request_id_of, Key, Pending, FORWARD_TIMEOUT, INTERNAL_SLOT, MAX_PENDING,
 };
@@ -100,7 +101,7 @@ impl Shard {
     pub(super) fn chat_request(
         &mut self,
         slot: usize,
-        caller: Caller,
+        mut caller: Caller,
         request_id: u32,
         frame: Frame,
     ) {
@@ -108,7 +109,22 @@ impl Shard {
             return self.contact_list(slot, caller, request_id, frame);
         }
         let router = &self.core.router;
-        let target = router.remote_node(caller.user, &frame);
+        let mut target = router.remote_node(caller.user, &frame);
+        if target.is_some() {
+            match &frame {
+                // Media the sender uploaded lives here: the owner takes this node's word.
+                Frame::Send(f)
+                    if f.kind == MessageKind::Media
+                        && held_for_send(&self.core.chat, &caller, f.thread, &f.body) =>
+                {
+                    caller.checked = UsersChecked::MediaHeld;
+                }
+                // The uploader reads their own media here, whatever thread it names.
+                Frame::MediaGet(f) if self.uploaded_here(caller.user, &f.media) => target = None,
+                _ => {}
+            }
+        }
+        let router = &self.core.router;
         let runs_on = target.unwrap_or(router.local_index());
         let named = Router::named_users(&frame);
         if named.iter().any(|&u| router.user_node(u) != runs_on) {
@@ -118,6 +134,18 @@ impl Shard {
             Some(node) => self.forward(slot, caller, request_id, frame, node),
             None => self.run_here(slot, caller, request_id, frame),
         }
+    }
+
+    /// Whether `user` uploaded the media `media` names on this node (their home).
+    fn uploaded_here(&self, user: u64, media: &[u8]) -> bool {
+        let Ok(media) = <[u8; 32]>::try_from(media) else {
+            return false;
+        };
+        self.core
+            .chat
+            .store
+            .is_media_owner(&media, user)
+            .unwrap_or(false)
     }
 
     /// Sends a request to `node`, tracked until its answer or its deadline. TYPING is neither

@@ -1056,6 +1056,30 @@ impl Store {
         })
     }
 
+    /// The value of `media`'s link to `id`, if linked. For a `MEDIA_THREAD` link: the id of
+    /// the cluster node that holds the bytes, empty when this node does.
+    pub fn media_link_value(
+        &self,
+        kind: u8,
+        media: &[u8; MEDIA_ID],
+        id: u64,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let key = keys::media_link(kind, media, id);
+        Ok(self.get(CF_MEDIA, &key)?.map(|v| v.to_vec()))
+    }
+
+    /// Like [`media_links`](Self::media_links), with each link's value.
+    pub fn media_links_with(
+        &self,
+        kind: u8,
+        media: &[u8; MEDIA_ID],
+        mut f: impl FnMut(u64, &[u8]) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        self.scan_prefix(CF_MEDIA, &keys::media_links(kind, media), |k, v| {
+            f(keys::parse_media_link(k)?, v)
+        })
+    }
+
     /// Bytes of stored media `user` uploaded (counted once per upload of distinct content).
     pub fn media_usage(&self, user: u64) -> Result<u64, Error> {
         match self.get(CF_MEDIA, &keys::media_usage(user))? {
@@ -1231,6 +1255,16 @@ impl Batch {
     /// Links `media` to an uploader (`MEDIA_OWNER`) or a referring thread (`MEDIA_THREAD`).
     pub fn put_media_link(&mut self, kind: u8, media: &[u8; MEDIA_ID], id: u64) {
         self.put(CF_MEDIA, &keys::media_link(kind, media, id), &[]);
+    }
+
+    /// Links `media` to referring thread `thread` whose bytes cluster node `holder` keeps
+    /// (its id; empty: this node).
+    pub fn put_media_thread_link(&mut self, media: &[u8; MEDIA_ID], thread: u64, holder: &[u8]) {
+        self.put(
+            CF_MEDIA,
+            &keys::media_link(MEDIA_THREAD, media, thread),
+            holder,
+        );
     }
 
     /// Adds `delta` to the bytes of stored media charged to `user`: a merge, so the user's
