@@ -144,6 +144,9 @@ pub fn serve(config: Config) -> Result<(), Error> {
         ..ChatConfig::default()
     };
     let chat = chat::Shared::new(store.clone(), clock, chat_config, config.shards);
+    if !config.peers.is_empty() {
+        chat.set_router(Router::new(&config.node_id, &config.peers));
+    }
     let auth_config = AuthConfig {
         argon2_m_kib: config.argon2_m_kib,
         max_devices: config.max_devices,

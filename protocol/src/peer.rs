@@ -28,7 +28,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::codec::{peek_len, HEADER_BYTES, LEN_BYTES};
-use crate::wire::{wire_enum, wire_struct, Reader, Wire};
+use crate::wire::{wire_enum, wire_struct, Reader, Tail, Wire};
 use crate::{Error, Presence};
 
 /// The node-to-node protocol version, sent in `PEER_HELLO` and `PEER_WELCOME`.
@@ -86,6 +86,10 @@ wire_enum! {
         AllExist = 1,
         /// At least one of them does not exist: answer `UNKNOWN_USER` where the check is.
         SomeMissing = 2,
+        /// Media, not users: on a `SEND` of kind MEDIA, the origin (the sender's home, where
+        /// the sender's uploads live) checked that the sender may read the media the body
+        /// names and holds its bytes; the owner records the origin as the node holding them.
+        MediaHeld = 3,
     }
 }
 
@@ -184,8 +188,12 @@ peer_frames! {
     /// frame (the reply, with the client's request id).
     ForwardReply = 0x69 { origin: Origin, frame: Bytes }
     /// One push for every online device of `users` homed on the receiving node, except the
-    /// connection `except`. `frame`: the push, encoded once.
-    PushBatch = 0x6A { users: Vec<u64>, except: Option<Origin>, frame: Bytes }
+    /// connection `except`. `frame`: the push, encoded once. `notify` (a `MESSAGE_PUSH` only;
+    /// absent when empty): the users of this node who have not muted the thread (checked by
+    /// the thread's owner, where mute state lives) and should get a push notification of the
+    /// message if none of their devices is online; the receiving node, their home, decides
+    /// with its own directory and registrations.
+    PushBatch = 0x6A { users: Vec<u64>, except: Option<Origin>, frame: Bytes, notify: Tail<Vec<u64>> }
 
     // ---- Cross-node reads (dialer → acceptor) ----
     /// A read of `user`'s part on the receiving node: the threads it owns that the user is in.
@@ -285,6 +293,14 @@ mod tests {
                 users: vec![1, 2, 3],
                 except: Some(origin),
                 frame: Bytes::from_static(b"push"),
+                notify: Tail::default(),
+            }
+            .into(),
+            PushBatch {
+                users: vec![4, 5],
+                except: None,
+                frame: Bytes::from_static(b"push"),
+                notify: Tail::some(vec![5]),
             }
             .into(),
             PeerRead {

@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use courier_protocol::peer::*;
-use courier_protocol::LEN_BYTES;
+use courier_protocol::{Tail, LEN_BYTES};
 use proptest::prelude::*;
 
 fn origin() -> impl Strategy<Value = Origin> {
@@ -72,12 +72,14 @@ fn any_peer_frame() -> impl Strategy<Value = PeerFrame> {
         (
             proptest::collection::vec(any::<u64>(), 0..50),
             proptest::option::of(origin()),
-            bytes()
+            bytes(),
+            proptest::option::of(proptest::collection::vec(any::<u64>(), 0..50)),
         )
-            .prop_map(|(users, except, frame)| PushBatch {
+            .prop_map(|(users, except, frame, notify)| PushBatch {
                 users,
                 except,
-                frame
+                frame,
+                notify: Tail(notify),
             }
             .into()),
         (

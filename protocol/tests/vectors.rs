@@ -294,6 +294,31 @@ fn peer_samples() -> Vec<(PeerFrame, &'static str)> {
         .into(),
         &mut list,
     );
+    let mut media_send = BytesMut::new();
+    encode(
+        16,
+        &Send {
+            thread: THREAD,
+            client_msg_id: 2,
+            kind: MessageKind::Media,
+            body: Bytes::from_static(&[0xAB; 32]),
+            reply_to: 0,
+        }
+        .into(),
+        &mut media_send,
+    );
+    let mut media_get = BytesMut::new();
+    encode(
+        0,
+        &MediaGet {
+            media: Bytes::from_static(&[0xAB; 32]),
+            offset: 0,
+            max_len: 65_536,
+            thread: THREAD,
+        }
+        .into(),
+        &mut media_get,
+    );
     let mut listed = BytesMut::new();
     encode(
         0,
@@ -311,9 +336,12 @@ fn peer_samples() -> Vec<(PeerFrame, &'static str)> {
         (PeerPing { nonce: 7 }.into(), "Link heartbeat from the dialer, nonce 7."),
         (PeerPong { nonce: 7 }.into(), "The acceptor's answer to PEER_PING 7."),
         (Forward { lane: THREAD, origin: origin.clone(), request_id: 15, user: ALICE, device: 1, frame: send.freeze(), checked: UsersChecked::No }.into(), "SEND#15 of user 17 (device 1, connection shard 1 slot 77 gen 3 on node 0) forwarded to the owner of thread 5, on lane 5; frame is the client's SEND, encoded; it names no users to check."),
+        (Forward { lane: THREAD, origin: origin.clone(), request_id: 16, user: ALICE, device: 1, frame: media_send.freeze(), checked: UsersChecked::MediaHeld }.into(), "SEND#16 of kind MEDIA (body: media id AB…AB) forwarded by the sender's home, which holds the media's bytes and found that user 17 may read it (checked 3, MEDIA_HELD): the owner records the origin's node as the holder."),
         (ForwardReply { origin: origin.clone(), frame: sent.freeze() }.into(), "The owner's answer for that connection: SENT#15, encoded."),
-        (PushBatch { users: vec![BOB, CAROL], except: Some(origin), frame: push.freeze() }.into(), "MESSAGE_PUSH for users 42 and 50 homed on the receiving node, not to the sender's own connection; the push is encoded once."),
+        (PushBatch { users: vec![BOB, CAROL], except: Some(origin.clone()), frame: push.clone().freeze(), notify: Tail::default() }.into(), "MESSAGE_PUSH for users 42 and 50 homed on the receiving node, not to the sender's own connection; the push is encoded once."),
+        (PushBatch { users: vec![BOB, CAROL], except: Some(origin), frame: push.freeze(), notify: Tail::some(vec![CAROL]) }.into(), "The same push; user 50 has not muted the thread, so the receiving node (50's home) queues a push notification for 50 if no device of 50 is online there."),
         (PeerRead { id: 9, user: ALICE, device: 1, frame: list.freeze() }.into(), "Read 9 from user 17's home: user 17's part of LIST_THREADS (first page, 50 rows) on the receiving node."),
+        (PeerRead { id: 10, user: CAROL, device: 1, frame: media_get.freeze() }.into(), "Read 10 from the owner of thread 5, which checked that user 50 may read media AB…AB: the first 64 KiB of it, from the node holding its bytes (answered MEDIA_DATA without a second check)."),
         (PeerReadReply { id: 9, frame: listed.freeze() }.into(), "The answer to read 9: an empty THREAD_LIST (user 17 is in no thread this node owns)."),
         (PresenceWatch { reset: true, users: vec![BOB, CAROL] }.into(), "The sender's whole watch set (after its link came up): its connections subscribe to users 42 and 50, homed on the receiving node."),
         (PresenceUnwatch { users: vec![CAROL] }.into(), "No connection of the sender subscribes to user 50 any more."),

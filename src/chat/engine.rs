@@ -499,7 +499,25 @@ impl Engine {
             users,
             except: except.map(|c| c.conn),
             frame,
+            notify: None,
         });
+    }
+
+    /// Adds `users` (members homed on other nodes, sorted) to the push of message `message`,
+    /// the last push of this round, as the users whose homes should consider a push
+    /// notification of it (see [`Effect::Push`]).
+    pub(super) fn notify_remote(&mut self, message: u64, users: Arc<[u64]>) {
+        let last = self.pending.iter_mut().rev().find_map(|e| match e {
+            Effect::Push {
+                frame: Frame::MessagePush(p),
+                notify,
+                ..
+            } if p.message.id == message => Some(notify),
+            _ => None,
+        });
+        if let Some(notify) = last {
+            *notify = Some(users);
+        }
     }
 
     /// Like [`push`](Self::push); returns the push's place in this round's answers, valid

@@ -31,7 +31,7 @@ use courier_protocol::{
 use super::engine::{Engine, Reject};
 use super::threads::internal;
 use super::Shared;
-use crate::caller::Caller;
+use crate::caller::{Caller, UsersChecked};
 use crate::clock::wall_us;
 use crate::media::{MediaId, PartId};
 use crate::store::keys::{MEDIA_ID, MEDIA_OWNER, MEDIA_THREAD};
@@ -141,17 +141,46 @@ fn io_failed(e: io::Error) -> Reject {
     )
 }
 
-/// Whether `user` may read `media`: an uploader, or a member of a thread it was sent in.
-/// `hint` (0: none) is a thread to try first: one lookup instead of a walk over the threads.
-pub(super) fn may_read(
+/// Where the bytes of media a caller may read are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// On this node.
+    Here,
+    /// On the cluster node with this id (the uploader's home), which serves them.
+    Node(String),
+}
+
+impl Holder {
+    /// Where the bytes of `media`, as sent in `thread`, are: the node its `MEDIA_HOLDER` row
+    /// names, else here.
+    fn of_thread(shared: &Shared, media: &MediaId, thread: u64) -> Result<Holder, Reject> {
+        let value = shared
+            .store
+            .media_holder(media, thread)
+            .map_err(internal)?
+            .unwrap_or_default();
+        Ok(match std::str::from_utf8(&value) {
+            Ok(id) if !value.is_empty() && shared.node_id(shared.local_node()) != Some(id) => {
+                Holder::Node(id.to_owned())
+            }
+            _ => Holder::Here,
+        })
+    }
+}
+
+/// Whether `user` may read `media`, and where its bytes are: an uploader (the bytes are
+/// here, on the uploader's home), or a member of a thread it was sent in (the bytes are where
+/// that thread's link says). `hint` (0: none) is a thread to try first: one lookup instead of
+/// a walk over the threads.
+pub(super) fn access(
     shared: &Shared,
     media: &MediaId,
     user: u64,
     hint: u64,
-) -> Result<bool, Reject> {
+) -> Result<Option<Holder>, Reject> {
     let store = &shared.store;
     if store.is_media_owner(media, user).map_err(internal)? {
-        return Ok(true);
+        return Ok(Some(Holder::Here));
     }
     if hint != 0
         && store
@@ -159,17 +188,75 @@ pub(super) fn may_read(
             .map_err(internal)?
         && store.member(hint, user).map_err(internal)?.is_some()
     {
-        return Ok(true);
+        return Holder::of_thread(shared, media, hint).map(Some);
     }
-    let (mut allowed, mut checked) = (false, 0);
+    let (mut allowed, mut checked) = (None, 0);
     store
         .media_links(MEDIA_THREAD, media, |thread| {
             checked += 1;
-            allowed = store.member(thread, user)?.is_some();
-            Ok(!allowed && checked < MAX_THREADS_CHECKED)
+            if store.member(thread, user)?.is_some() {
+                allowed = Some(thread);
+            }
+            Ok(allowed.is_none() && checked < MAX_THREADS_CHECKED)
         })
         .map_err(internal)?;
-    Ok(allowed)
+    allowed
+        .map(|thread| Holder::of_thread(shared, media, thread))
+        .transpose()
+}
+
+/// Whether `user` may read `media` (see [`access`]).
+pub(super) fn may_read(
+    shared: &Shared,
+    media: &MediaId,
+    user: u64,
+    hint: u64,
+) -> Result<bool, Reject> {
+    Ok(access(shared, media, user, hint)?.is_some())
+}
+
+/// On the sender's home, before a SEND of kind MEDIA goes to the thread's owner on another
+/// node: whether this node holds the media the body names and the sender may read it. If so
+/// the owner is told (`UsersChecked::MediaHeld`) and records this node as the holder; and a
+/// link of the media to the thread is written here, so that the collector keeps the bytes
+/// (the thread's own link is on its owner). The link is written before the owner's answer:
+/// a SEND the owner then refuses keeps the blob from the collector, charged to its uploader
+/// as before. Unsynced (a power cut may lose it, and the collector may then take the bytes
+/// after `--media-grace-secs`, the race ARCHITECTURE.md "Media" already names).
+pub fn held_for_send(shared: &Shared, caller: &Caller, thread: u64, body: &[u8]) -> bool {
+    let Some(media) = body.get(..MEDIA_ID).and_then(|b| MediaId::try_from(b).ok()) else {
+        return false;
+    };
+    let held = (|| -> Result<bool, Reject> {
+        if shared
+            .store
+            .media_header(&media)
+            .map_err(internal)?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        Ok(access(shared, &media, caller.user, 0)? == Some(Holder::Here))
+    })();
+    if held != Ok(true) {
+        return false;
+    }
+    let mut batch = shared.store.batch();
+    batch.add_media_thread_refs(&media, thread, 1);
+    if let Err(e) = shared.store.commit_relaxed(batch) {
+        tracing::error!(error = %e, "media: could not link media to a thread of another node; the SEND is checked there");
+        return false;
+    }
+    true
+}
+
+/// What a MEDIA_GET comes to on this node.
+pub enum MediaRead {
+    /// The answer (MEDIA_DATA or an error).
+    Answer(Result<Option<Frame>, Reject>),
+    /// The caller may read it and the bytes are on the node with this id: ask it
+    /// (`cluster::reads`), passing the request with the access checked.
+    Elsewhere(String),
 }
 
 impl Engine {
@@ -420,30 +507,47 @@ impl Engine {
     }
 
     /// Checks a MEDIA message's reference before it is stored: its body starts with the id of
-    /// stored media the sender may read. Returns the id, to be linked to the thread with
-    /// [`link_media`](Self::link_media) once the message is staged.
+    /// stored media the sender may read, here or, in a cluster, as the sender's home vouched
+    /// (`UsersChecked::MediaHeld`: the home holds the bytes). Returns the id and where the
+    /// bytes are, to be linked to the thread with [`link_media`](Self::link_media) once the
+    /// message is staged.
     pub(super) fn media_reference(
         &self,
         caller: &Caller,
         thread: u64,
         body: &[u8],
-    ) -> Result<MediaId, Reject> {
+    ) -> Result<(MediaId, Holder), Reject> {
         let unknown = (
             ErrorCode::UnknownMedia,
             "a MEDIA message's body starts with the 32-byte id of media you uploaded or may read",
         );
         let media = media_id(body.get(..MEDIA_ID).ok_or(unknown)?, unknown)?;
         let stored = self.shared.store.media_header(&media).map_err(internal)?;
-        // Sent in this thread before (a re-send, or a forward back): one lookup.
-        if stored.is_none() || !may_read(&self.shared, &media, caller.user, thread)? {
-            return Err(unknown);
+        let local = self.shared.local_node();
+        if caller.checked == UsersChecked::MediaHeld && caller.conn.node != local {
+            if stored.is_some() {
+                return Ok((media, Holder::Here));
+            }
+            let Some(id) = self.shared.node_id(caller.conn.node) else {
+                return Err(unknown);
+            };
+            return Ok((media, Holder::Node(id.to_owned())));
         }
-        Ok(media)
+        // Sent in this thread before (a re-send, or a forward back): one lookup.
+        match access(&self.shared, &media, caller.user, thread)? {
+            Some(Holder::Here) if stored.is_some() => Ok((media, Holder::Here)),
+            Some(holder @ Holder::Node(_)) => Ok((media, holder)),
+            _ => Err(unknown),
+        }
     }
 
-    /// Records that a message of `thread` refers to `media`: its members may read it.
-    pub(super) fn link_media(&mut self, media: &MediaId, thread: u64) {
+    /// Records that a message of `thread` refers to `media`, whose bytes `holder` keeps: its
+    /// members may read it.
+    pub(super) fn link_media(&mut self, media: &MediaId, holder: &Holder, thread: u64) {
         self.batch.add_media_thread_refs(media, thread, 1);
+        if let Holder::Node(id) = holder {
+            self.batch.put_media_holder(media, thread, id.as_bytes());
+        }
     }
 
     /// A message of `thread` that referred to stored media (a MEDIA message's `body`) is
@@ -457,28 +561,54 @@ impl Engine {
 }
 
 /// Up to `max_len` bytes of stored media from `offset` (runs on the read pool: the read is a
-/// `pread` at the offset).
+/// `pread` at the offset). In a cluster, media whose bytes another node holds is
+/// [`MediaRead::Elsewhere`]; a request that node passes on with `UsersChecked::MediaHeld` (the
+/// thread's owner checked the access) is served without checking again.
+pub fn media_read(shared: &Shared, caller: &Caller, f: MediaGet) -> MediaRead {
+    let media = match media_id(&f.media, UNKNOWN) {
+        Ok(m) => m,
+        Err(e) => return MediaRead::Answer(Err(e)),
+    };
+    if caller.checked != UsersChecked::MediaHeld {
+        match access(shared, &media, caller.user, f.thread) {
+            Ok(Some(Holder::Here)) => {}
+            Ok(Some(Holder::Node(node))) => return MediaRead::Elsewhere(node),
+            Ok(None) => return MediaRead::Answer(Err(UNKNOWN)),
+            Err(e) => return MediaRead::Answer(Err(e)),
+        }
+    }
+    MediaRead::Answer(serve(shared, &media, f))
+}
+
+/// MEDIA_GET on one node: media held elsewhere cannot be had here.
 pub(super) fn media_get(
     shared: &Shared,
     caller: &Caller,
     f: MediaGet,
 ) -> Result<Option<Frame>, Reject> {
-    let media = media_id(&f.media, UNKNOWN)?;
+    match media_read(shared, caller, f) {
+        MediaRead::Answer(answer) => answer,
+        MediaRead::Elsewhere(_) => Err((
+            ErrorCode::Unavailable,
+            "this media's bytes are held by another node of the cluster, which this node cannot reach; retry in a moment",
+        )),
+    }
+}
+
+/// The range `f` asks of media stored here (access already checked).
+fn serve(shared: &Shared, media: &MediaId, f: MediaGet) -> Result<Option<Frame>, Reject> {
     let header = shared
         .store
-        .media_header(&media)
+        .media_header(media)
         .map_err(internal)?
         .ok_or(UNKNOWN)?;
-    if !may_read(shared, &media, caller.user, f.thread)? {
-        return Err(UNKNOWN);
-    }
     if f.offset > header.total_len {
         return Err((ErrorCode::BadOffset, "offset is past the end of the media"));
     }
     let want = (f.max_len as u64).min(shared.config.max_reply_bytes as u64 - 256);
     let end = (f.offset + want).min(header.total_len);
     let mut data = vec![0u8; (end - f.offset) as usize];
-    let got = match shared.blobs.read_at(&media, f.offset, &mut data) {
+    let got = match shared.blobs.read_at(media, f.offset, &mut data) {
         Ok(n) => n,
         // Collected between the header read and now.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(UNKNOWN),

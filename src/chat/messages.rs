@@ -158,8 +158,8 @@ impl Engine {
         }
         let id = self.append(f.thread, rec, Some(caller), &[])?;
         self.stage_push(f.thread, id, caller.user, f.kind)?;
-        if let Some(media) = &media {
-            self.link_media(media, f.thread);
+        if let Some((media, holder)) = &media {
+            self.link_media(media, holder, f.thread);
         }
         if idempotent {
             self.recent_sends.insert(key, id);
@@ -185,7 +185,9 @@ impl Engine {
 
     /// Stages a push notification of message `id` in this round's batch for each member the
     /// push gate picks (offline, not muting the thread, registered; see `push::Gate`), so the
-    /// notification is durable exactly when the message is. Nothing without a gateway.
+    /// notification is durable exactly when the message is. Members homed on other nodes who
+    /// did not mute the thread ride along with the message's push to their homes, which decide
+    /// there (`PUSH_BATCH.notify`). Nothing without a gateway.
     fn stage_push(
         &mut self,
         thread: u64,
@@ -208,14 +210,20 @@ impl Engine {
             at: wall_us(),
         };
         let round = &self.round_private;
+        // Empty (no allocation) unless members are homed on other nodes.
+        let mut remote = Vec::new();
         gate.stage(
             &mut self.batch,
             thread,
             members.iter().copied().filter(|&u| u != sender),
             |user| round.get(&(user, thread)).map(|p| p.muted),
             &event,
+            &mut remote,
         )
         .map_err(internal)?;
+        if !remote.is_empty() {
+            self.notify_remote(id, remote.into());
+        }
         Ok(())
     }
 

@@ -13,6 +13,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::caller::ConnRef;
 use crate::clock::Clock;
+use crate::cluster::Router;
 use crate::media::{BlobStore, FileBlobs};
 use crate::push::{Gate, Pushers};
 use crate::store::Store;
@@ -31,6 +32,10 @@ pub enum Effect {
         users: Arc<[u64]>,
         except: Option<ConnRef>,
         frame: Frame,
+        /// A message's push only, with a push gateway: the members homed on other nodes who
+        /// did not mute the thread, sorted. Their homes get them in `PUSH_BATCH.notify` and
+        /// queue a notification for those with no device online (`push::Gate`).
+        notify: Option<Arc<[u64]>>,
     },
 }
 
@@ -106,6 +111,9 @@ pub struct Shared {
     /// Who gets a push notification: set at start only when a push gateway is configured
     /// (without one, no outbox row is ever written).
     push: OnceLock<Gate>,
+    /// In a cluster: where users and threads live, and the nodes' ids (media bytes held by
+    /// another node are recorded by that node's id). Unset on a single node.
+    router: OnceLock<Router>,
     /// Per shard: a lower bound of every clock value the shard has handed out but not yet
     /// committed (`u64::MAX` when nothing is in flight). See [`Shared::watermark`].
     in_flight: Box<[Padded]>,
@@ -129,7 +137,7 @@ mod threads;
 
 pub use contacts::check_get_users;
 pub use engine::Engine;
-pub use media::MEDIA_CHUNK_OVERHEAD;
+pub use media::{held_for_send, media_read, MediaRead, MEDIA_CHUNK_OVERHEAD};
 pub use threads::list_limit;
 
 impl Shared {
@@ -148,6 +156,7 @@ impl Shared {
             shards,
             pushers,
             push: OnceLock::new(),
+            router: OnceLock::new(),
             in_flight,
         })
     }
@@ -161,6 +170,21 @@ impl Shared {
     /// The push gate, if a gateway is configured.
     pub fn push(&self) -> Option<&Gate> {
         self.push.get()
+    }
+
+    /// Sets the cluster's placement (at start, in a cluster). Once; later calls are ignored.
+    pub fn set_router(&self, router: Router) {
+        let _ = self.router.set(router);
+    }
+
+    /// The id of cluster node `index`, if this node is in a cluster.
+    pub fn node_id(&self, index: u16) -> Option<&str> {
+        self.router.get().map(|r| r.node_id(index))
+    }
+
+    /// This node's index in the cluster (0 on a single node).
+    pub fn local_node(&self) -> u16 {
+        self.router.get().map_or(0, Router::local_index)
     }
 
     /// The sync watermark: every change with a clock value at or below it is committed and

@@ -437,7 +437,7 @@ impl Engine {
         match caller.checked {
             UsersChecked::AllExist => return Ok(()),
             UsersChecked::SomeMissing => return Err((ErrorCode::UnknownUser, "no such user")),
-            UsersChecked::No => {}
+            UsersChecked::No | UsersChecked::MediaHeld => {}
         }
         match self.shared.store.user(user).map_err(internal)? {
             Some(_) => Ok(()),

@@ -32,9 +32,11 @@ use super::links::{Inbound, NodeIndex, Payload};
 use super::reads::ClusterReads;
 use crate::caller::{Caller, ConnRef};
 use crate::chat::Engine;
+use crate::clock::wall_us;
 use crate::shard::mailbox::ShardMsg;
 use crate::shard::read_pool::{ReadRequest, Refused};
 use crate::shard::Core;
+use crate::store::OutboxOp;
 
 /// How long the origin waits for the owner's answer before it answers `UNAVAILABLE`.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -359,6 +361,43 @@ impl Forwarding {
             }
         }
         self.refs = refs;
+        if let Some(users) = batch.notify.0.as_deref().filter(|u| !u.is_empty()) {
+            self.notify(core, users, &batch.frame);
+        }
+    }
+
+    /// `PUSH_BATCH.notify`: users of this node who did not mute the thread of the message
+    /// `frame` pushes (the owner checked). Those with no device online and a registration get
+    /// a push notification, staged in one unsynced write here (see `push::Gate::stage_home`:
+    /// a small write on the link thread, never a wait on a disk sync or on another node).
+    fn notify(&mut self, core: &Core, users: &[u64], frame: &Bytes) {
+        let Some(gate) = core.chat.push() else {
+            return;
+        };
+        let push = match decode_one(frame.clone(), MAX_FRAME_LEN) {
+            Ok(env) => match env.frame {
+                Frame::MessagePush(p) => p,
+                other => {
+                    tracing::warn!(frame = other.name(), "cluster: a PUSH_BATCH asked for notifications of a push that is not a message; ignored");
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: a PUSH_BATCH asking for notifications did not decode; ignored");
+                return;
+            }
+        };
+        let m = push.message;
+        let event = OutboxOp::Event {
+            thread: m.thread,
+            message: m.id,
+            sender: m.sender,
+            kind: m.kind,
+            at: wall_us(),
+        };
+        if let Err(e) = gate.stage_home(users, &event) {
+            tracing::error!(error = %e, thread = m.thread, message = m.id, "push: could not queue notifications for a message of another node; they are lost (the message is not)");
+        }
     }
 }
 

@@ -200,6 +200,9 @@ impl Router {
             Frame::Readers(f) => self.thread_node(f.thread),
             Frame::Typing(f) => self.thread_node(f.thread),
             Frame::LookupUser(f) => self.partition_node(partition::of_handle(&f.handle)),
+            // The thread's owner checks who may read it (its members), and has the node
+            // holding the bytes serve them.
+            Frame::MediaGet(f) if f.thread != 0 => self.thread_node(f.thread),
             _ => return None,
         };
         (node != self.local_index()).then_some(node)

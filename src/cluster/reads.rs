@@ -28,14 +28,14 @@ use bytes::{Bytes, BytesMut};
 use courier_protocol::peer::{PeerRead, PeerReadReply};
 use courier_protocol::wire::Wire;
 use courier_protocol::{
-    encode, BatchVector, Decoder, ErrorCode, ErrorReply, Frame, ListThreads, Sync, Tail,
-    ThreadList, ThreadSummary, MAX_FRAME_LEN,
+    encode, BatchVector, Decoder, Done, ErrorCode, ErrorReply, Frame, ListThreads, MediaGet, Sync,
+    Tail, ThreadList, ThreadSummary, MAX_FRAME_LEN,
 };
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::links::{LinkError, Links, NodeIndex, Payload};
-use crate::caller::Caller;
-use crate::chat::{Engine, Shared};
+use crate::caller::{Caller, UsersChecked};
+use crate::chat::{media_read, Engine, MediaRead, Shared};
 use crate::metrics::ClusterReadMetrics;
 
 /// How long a home node waits for the other nodes' parts of one read. Below the 2 s that
@@ -161,7 +161,55 @@ impl ClusterReads {
         match frame {
             Frame::ListThreads(f) => self.list_threads(shared, caller, f),
             Frame::Sync(f) => self.sync(shared, caller, f),
+            Frame::MediaGet(f) => self.media_get(shared, caller, f),
             other => Engine::read(shared, caller, other),
+        }
+    }
+
+    /// MEDIA_GET, on the node that owns the thread it names (forwarded here by the caller's
+    /// home) or on the caller's home: access is checked here, and bytes held by another node
+    /// (the uploader's home) are asked of it as a part (`PEER_READ` of the MEDIA_GET, which
+    /// that node serves without checking again), within the same deadline as every part.
+    fn media_get(&self, shared: &Shared, caller: &Caller, f: MediaGet) -> Frame {
+        let answer = match media_read(shared, caller, f.clone()) {
+            MediaRead::Answer(answer) => answer,
+            MediaRead::Elsewhere(holder) => {
+                let Some(node) = self.names.iter().position(|n| *n == holder) else {
+                    return ErrorReply {
+                        code: ErrorCode::Internal as u16,
+                        message: format!(
+                            "this media's bytes are on node {holder}, which is not in this cluster's member list"
+                        ),
+                    }
+                    .into();
+                };
+                let node = NodeIndex(node as u16);
+                let frame = Frame::MediaGet(f);
+                let got = self.scatter(caller, &frame, &[node]).wait().pop();
+                return match got.unwrap_or(Err(PartError::Unavailable { node: holder })) {
+                    Ok(frame) => frame,
+                    Err(PartError::Unavailable { node }) => {
+                        self.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
+                        ErrorReply {
+                            code: ErrorCode::Unavailable as u16,
+                            message: format!(
+                                "this media's bytes are on node {node}, which is unavailable now; retry in a moment"
+                            ),
+                        }
+                        .into()
+                    }
+                    Err(e) => e.reply("MEDIA_GET", &self.metrics),
+                };
+            }
+        };
+        match answer {
+            Ok(Some(frame)) => frame,
+            Ok(None) => Done {}.into(),
+            Err((code, message)) => ErrorReply {
+                code: code as u16,
+                message: message.into(),
+            }
+            .into(),
         }
     }
 
@@ -480,7 +528,18 @@ impl ClusterReads {
         let PartJob { from, read } = job;
         let mut buf = BytesMut::from(&read.frame[..]);
         let answer = match Decoder::new(MAX_FRAME_LEN).decode(&mut buf) {
-            Ok(Some(env)) if matches!(env.frame, Frame::ListThreads(_) | Frame::Sync(_)) => {
+            Ok(Some(env))
+                if matches!(
+                    env.frame,
+                    Frame::ListThreads(_) | Frame::Sync(_) | Frame::MediaGet(_)
+                ) =>
+            {
+                // A MEDIA_GET part comes from the node that owns the thread it names, which
+                // checked that the caller may read the media (`media_get` above).
+                let checked = match env.frame {
+                    Frame::MediaGet(_) => UsersChecked::MediaHeld,
+                    _ => UsersChecked::No,
+                };
                 let caller = Caller {
                     user: read.user,
                     device: read.device,
@@ -490,13 +549,13 @@ impl ClusterReads {
                         slot: 0,
                         gen: 0,
                     },
-                    checked: Default::default(),
+                    checked,
                 };
                 Engine::read(shared, &caller, env.frame)
             }
             _ => ErrorReply {
                 code: ErrorCode::Malformed as u16,
-                message: "a node asked for a read part that is not LIST_THREADS or SYNC: run the same release on every node".into(),
+                message: "a node asked for a read part that is not LIST_THREADS, SYNC or MEDIA_GET: run the same release on every node".into(),
             }
             .into(),
         };

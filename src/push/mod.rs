@@ -7,6 +7,9 @@
 //!    └─ Gate::stage: each member but the sender with no device online (Directory), homed
 //!       here, not muting the thread, with a registration ──► OutboxOp::Event merged into
 //!       `push_outbox` (user → one pending row) IN THE MESSAGE'S OWN BATCH
+//!       members homed on another node, not muting the thread ──► listed in the message's
+//!       PUSH_BATCH to their home (`notify`), whose link thread runs Gate::stage_home:
+//!       no device online there, a registration ──► the same merge, in the home's own write
 //!
 //!  push-notifier thread: scans `push_outbox` (bounded pages, due rows only) ──► POST
 //!    <gateway>/_matrix/push/v1/notify (Matrix push gateway format) ──► outcome merged back:

@@ -24,13 +24,13 @@ use bytes::Bytes;
 use courier_protocol::peer::{Forward, PushBatch};
 use courier_protocol::wire::Wire;
 use courier_protocol::{
-    decode_one, Contacts, ErrorCode, Frame, GetUsers, Presence, PresenceList, PresenceQuery,
-    UserInfo, Users, MAX_FRAME_LEN,
+    decode_one, Contacts, ErrorCode, Frame, GetUsers, MessageKind, Presence, PresenceList,
+    PresenceQuery, Tail, UserInfo, Users, MAX_FRAME_LEN,
 };
 
 use super::Shard;
 use crate::caller::{Caller, ConnRef, UsersChecked};
-use crate::chat::check_get_users;
+use crate::chat::{check_get_users, held_for_send};
 use crate::cluster::forward::{
     origin_of, reply_to, request_id_of, Key, Pending, FORWARD_TIMEOUT, INTERNAL_SLOT, MAX_PENDING,
 };
@@ -105,7 +105,7 @@ impl Shard {
     pub(super) fn chat_request(
         &mut self,
         slot: usize,
-        caller: Caller,
+        mut caller: Caller,
         request_id: u32,
         frame: Frame,
     ) {
@@ -113,7 +113,22 @@ impl Shard {
             return self.contact_list(slot, caller, request_id, frame);
         }
         let router = &self.core.router;
-        let target = router.remote_node(caller.user, &frame);
+        let mut target = router.remote_node(caller.user, &frame);
+        if target.is_some() {
+            match &frame {
+                // Media the sender uploaded lives here: the owner takes this node's word.
+                Frame::Send(f)
+                    if f.kind == MessageKind::Media
+                        && held_for_send(&self.core.chat, &caller, f.thread, &f.body) =>
+                {
+                    caller.checked = UsersChecked::MediaHeld;
+                }
+                // The uploader reads their own media here, whatever thread it names.
+                Frame::MediaGet(f) if self.uploaded_here(caller.user, &f.media) => target = None,
+                _ => {}
+            }
+        }
+        let router = &self.core.router;
         let runs_on = target.unwrap_or(router.local_index());
         let named = Router::named_users(&frame);
         if named.iter().any(|&u| router.user_node(u) != runs_on) {
@@ -123,6 +138,18 @@ impl Shard {
             Some(node) => self.forward(slot, caller, request_id, frame, node),
             None => self.run_here(slot, caller, request_id, frame),
         }
+    }
+
+    /// Whether `user` uploaded the media `media` names on this node (their home).
+    fn uploaded_here(&self, user: u64, media: &[u8]) -> bool {
+        let Ok(media) = <[u8; 32]>::try_from(media) else {
+            return false;
+        };
+        self.core
+            .chat
+            .store
+            .is_media_owner(&media, user)
+            .unwrap_or(false)
     }
 
     /// Sends a request to `node`, tracked until its answer or its deadline. TYPING is neither
@@ -645,13 +672,16 @@ impl Shard {
     /// Sends one push to the users of `users` homed on other nodes: one `PUSH_BATCH` per
     /// node, the push encoded once. Returns having removed nothing from `users`; the caller
     /// delivers to this node's users. A node that is down misses the push (counted): its
-    /// users catch up with SYNC.
+    /// users catch up with SYNC. `notify`: users of other nodes to consider for a push
+    /// notification of this message (members, so recipients of the push too), each sent to
+    /// its home in that node's batch.
     pub(super) fn push_remote(
         &mut self,
         users: &[u64],
         except: Option<ConnRef>,
         frame: &Frame,
         bytes: &Bytes,
+        notify: Option<&[u64]>,
     ) {
         let Some(links) = &self.core.links else {
             return;
@@ -665,6 +695,12 @@ impl Shard {
                 .map(|&u| (self.core.router.user_node(u), u))
                 .filter(|&(node, _)| node != local),
         );
+        let notify: Vec<(u16, u64)> = notify
+            .unwrap_or_default()
+            .iter()
+            .map(|&u| (self.core.router.user_node(u), u))
+            .filter(|&(node, _)| node != local)
+            .collect();
         if remote.is_empty() {
             self.fwd.remote = remote;
             return;
@@ -673,10 +709,20 @@ impl Shard {
         let lane = thread_of(frame).unwrap_or(0);
         for group in remote.chunk_by(|a, b| a.0 == b.0) {
             let node = group[0].0;
+            let to_notify: Vec<u64> = notify
+                .iter()
+                .filter(|&&(n, _)| n == node)
+                .map(|&(_, u)| u)
+                .collect();
             let batch = PushBatch {
                 users: group.iter().map(|&(_, u)| u).collect(),
                 except: except.filter(|e| e.node == node).map(origin_of),
                 frame: bytes.clone(),
+                notify: if to_notify.is_empty() {
+                    Tail::default()
+                } else {
+                    Tail::some(to_notify)
+                },
             };
             let sent = links.send(NodeIndex(node), lane, Payload::PushBatch(batch));
             if let Some(m) = links.peer_metrics(NodeIndex(node)) {

@@ -35,12 +35,13 @@ impl Shard {
                 users,
                 except,
                 frame,
+                notify,
             } => {
                 let bytes = self.encode(0, &frame);
                 // Users homed on other nodes: one PUSH_BATCH per node; the directory here
                 // knows only this node's connections.
                 if self.core.links.is_some() {
-                    self.push_remote(&users, except, &frame, &bytes);
+                    self.push_remote(&users, except, &frame, &bytes, notify.as_deref());
                 }
                 let mut refs = std::mem::take(&mut self.refs);
                 refs.clear();

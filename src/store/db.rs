@@ -1199,6 +1199,17 @@ impl Store {
         })
     }
 
+    /// In a cluster: the id of the node holding the bytes of `media` as sent in `thread`, if
+    /// that is not this node (see [`Batch::put_media_holder`]).
+    pub fn media_holder(
+        &self,
+        media: &[u8; MEDIA_ID],
+        thread: u64,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let key = keys::media_link(MEDIA_HOLDER, media, thread);
+        Ok(self.get(CF_MEDIA, &key)?.map(|v| v.to_vec()))
+    }
+
     /// Bytes of stored media `user` uploaded (counted once per upload of distinct content).
     pub fn media_usage(&self, user: u64) -> Result<u64, Error> {
         match self.get(CF_MEDIA, &keys::media_usage(user))? {
@@ -1384,6 +1395,16 @@ impl Batch {
         );
     }
 
+    /// In a cluster: records that the bytes of `media`, sent in `thread`, are on node `holder`
+    /// (its id), not here.
+    pub fn put_media_holder(&mut self, media: &[u8; MEDIA_ID], thread: u64, holder: &[u8]) {
+        self.put(
+            CF_MEDIA,
+            &keys::media_link(MEDIA_HOLDER, media, thread),
+            holder,
+        );
+    }
+
     /// Adds `delta` to the bytes of stored media charged to `user`: a merge, so the user's
     /// shard (uploads) and the garbage collector (deletes) never overwrite each other's change.
     pub fn add_media_usage(&mut self, user: u64, delta: i64) {
@@ -1402,6 +1423,7 @@ impl Batch {
         }
         for &thread in threads {
             self.delete(CF_MEDIA, &keys::media_link(MEDIA_THREAD, media, thread));
+            self.delete(CF_MEDIA, &keys::media_link(MEDIA_HOLDER, media, thread));
         }
     }
 

@@ -91,6 +91,8 @@ pub const MEDIA_META: u8 = b'm';
 pub const MEDIA_OWNER: u8 = b'o';
 pub const MEDIA_THREAD: u8 = b't';
 pub const MEDIA_USAGE: u8 = b'u';
+/// In a cluster: the node holding the bytes of media sent in a thread, when not this one.
+pub const MEDIA_HOLDER: u8 = b'h';
 
 /// Meta keys. The id counters are per partition, see [`id_counter`].
 pub const META_NEXT_USER: &[u8] = b"next_user_id";

@@ -241,3 +241,36 @@ pub fn auth_ok(frame: Frame) -> courier_protocol::AuthOk {
         other => panic!("expected AUTH_OK, got {other:?}"),
     }
 }
+
+impl Cluster {
+    /// Like [`Cluster::start_with`], with arguments of each node's own: `extra(i)` for node
+    /// `i` (e.g. a push gateway per node, to tell which node sent a notification).
+    pub fn start_each(extra: impl Fn(usize) -> Vec<String>) -> Cluster {
+        let ids: Vec<String> = (0..3).map(|i| format!("n{i}")).collect();
+        let (reserved, addrs): (Vec<Socket>, Vec<SocketAddr>) =
+            (0..3).map(|_| reserve_port()).unzip();
+        let links: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+        let nodes = (0..3)
+            .map(|i| {
+                let mut args = Cluster::args(&ids, &addrs, &links, i);
+                args.extend(extra(i));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                Server::start_with(&args)
+            })
+            .collect();
+        let peers: Vec<(String, String)> = ids
+            .iter()
+            .zip(&addrs)
+            .map(|(id, addr)| (id.clone(), addr.to_string()))
+            .collect();
+        let cluster = Cluster {
+            nodes,
+            router: Router::new(&ids[0], &peers),
+            ids,
+            addrs,
+            _reserved: reserved,
+        };
+        cluster.wait_linked();
+        cluster
+    }
+}

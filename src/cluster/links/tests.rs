@@ -148,6 +148,7 @@ fn two_and_three_endpoints_link_up_and_payloads_arrive() {
                     users: vec![i as u64, j as u64],
                     except: None,
                     frame: Bytes::from_static(b"push"),
+                    notify: Default::default(),
                 });
                 e.links.send(to, 7, push).unwrap();
             }
@@ -416,6 +417,7 @@ fn a_peer_that_stops_reading_fills_the_queue_and_send_answers_full_without_block
                 users: vec![1],
                 except: None,
                 frame: chunk.clone(),
+                notify: Default::default(),
             }),
         );
         slowest = slowest.max(t.elapsed());
@@ -597,6 +599,7 @@ fn encrypted_endpoints_link_up_and_payloads_of_a_lane_arrive_in_order() {
         users: (0..30_000).collect(),
         except: None,
         frame: Bytes::from(vec![7u8; 100_000]),
+        notify: Default::default(),
     });
     a.links.send(to_c, 9, big.clone()).unwrap();
     for seq in 0..5_000 {
@@ -731,6 +734,7 @@ fn an_encrypted_link_carries_no_frame_in_the_clear() {
             users: vec![1],
             except: None,
             frame: Bytes::from_static(marker),
+            notify: Default::default(),
         });
         a.links.send(to_b, 1, push).unwrap();
         match b.arrivals.recv_timeout(Duration::from_secs(5)) {
