@@ -334,15 +334,116 @@ fn pair_owned_by(
     b: usize,
     owner: usize,
 ) -> ((TestConn, u64), (TestConn, u64)) {
-    let alice = cluster.user_on(a, "alice");
+    let ((alice, _), (bob, _)) = named_pair_owned_by(cluster, a, b, owner, "alice");
+    (alice, bob)
+}
+
+/// [`pair_owned_by`] with each user's handle; the first user's handle starts with `prefix`.
+fn named_pair_owned_by(
+    cluster: &Cluster,
+    a: usize,
+    b: usize,
+    owner: usize,
+    prefix: &str,
+) -> (((TestConn, u64), String), ((TestConn, u64), String)) {
+    let alice_handle = cluster.handle_on(a, prefix);
+    let alice = cluster.user_on(a, prefix);
     for i in 0.. {
-        let bob = cluster.user_on(b, &format!("bob{i}x"));
+        let bob_prefix = format!("{prefix}bob{i}x");
+        let bob_handle = cluster.handle_on(b, &bob_prefix);
+        let bob = cluster.user_on(b, &bob_prefix);
         let pair = partition::compose(partition::of_pair(alice.1, bob.1), 1);
         if cluster.home_of_id(pair) == owner {
-            return (alice, bob);
+            return ((alice, alice_handle), (bob, bob_handle));
         }
     }
     unreachable!()
+}
+
+/// The name `conn`'s user sees for `thread` in LIST_THREADS and in a whole SYNC.
+fn names_listed_and_synced(conn: &mut TestConn, thread: u64) -> (String, String) {
+    let Frame::ThreadList(list) = request_when_linked(
+        conn,
+        courier_protocol::ListThreads {
+            before_msg_id: 0,
+            before_thread: 0,
+            limit: 0,
+        },
+    ) else {
+        panic!("LIST_THREADS failed");
+    };
+    let listed = list
+        .threads
+        .iter()
+        .find(|t| t.id == thread)
+        .map(|t| t.name.clone())
+        .expect("the direct thread is listed");
+    let mut synced = None;
+    let mut page = sync_page(
+        conn,
+        courier_protocol::Sync {
+            since: 0,
+            after_thread: 0,
+            after_message: 0,
+            limit: 0,
+            watermark: 0,
+            vector: courier_protocol::Tail::some(courier_protocol::SyncVector {
+                since: vec![],
+                watermarks: vec![],
+                after_node: 0,
+            }),
+        },
+    );
+    loop {
+        if let Some(t) = page.threads.iter().find(|t| t.id == thread) {
+            synced = Some(t.name.clone());
+        }
+        if !page.more {
+            break;
+        }
+        page = sync_page(conn, continuation(&page, 0, &[]));
+    }
+    (listed, synced.expect("the direct thread is synced"))
+}
+
+#[test]
+fn a_direct_thread_is_named_after_the_peer_whichever_nodes_hold_the_users_and_the_thread() {
+    use courier_protocol::{GetThread, OpenDirect};
+    let cluster = Cluster::start();
+    // Alice on n0, bob on n1; the thread on n2 (neither user's home), then on n1 (bob's).
+    for (owner, prefix) in [(2, "ann"), (1, "amy")] {
+        let (((mut alice, alice_id), alice_handle), ((mut bob, bob_id), bob_handle)) =
+            named_pair_owned_by(&cluster, 0, 1, owner, prefix);
+        let Frame::ThreadInfo(opened) = alice.request(OpenDirect { peer: bob_id }) else {
+            panic!("OPEN_DIRECT failed");
+        };
+        let thread = opened.thread.id;
+        assert_eq!(cluster.home_of_id(thread), owner);
+        assert_eq!(opened.thread.name, bob_handle, "alice's OPEN_DIRECT answer");
+        let Frame::ThreadInfo(opened) = bob.request(OpenDirect { peer: alice_id }) else {
+            panic!("OPEN_DIRECT failed");
+        };
+        assert_eq!(
+            (opened.thread.id, opened.thread.name.as_str()),
+            (thread, alice_handle.as_str()),
+            "bob's OPEN_DIRECT answer"
+        );
+        util::send(&mut alice, thread, 1, "hi");
+        let Frame::ThreadInfo(info) = bob.request(GetThread { thread }) else {
+            panic!("GET_THREAD failed");
+        };
+        assert_eq!(info.thread.name, alice_handle, "bob's GET_THREAD");
+        assert_eq!(
+            names_listed_and_synced(&mut alice, thread),
+            (bob_handle.clone(), bob_handle),
+            "alice's LIST_THREADS and SYNC (thread on n{owner})"
+        );
+        assert_eq!(
+            names_listed_and_synced(&mut bob, thread),
+            (alice_handle.clone(), alice_handle),
+            "bob's LIST_THREADS and SYNC (thread on n{owner})"
+        );
+    }
 }
 
 fn history(c: &mut TestConn, thread: u64) -> Frame {
@@ -828,6 +929,7 @@ fn plant_group(
         last_msg_id: id,
         changed_at: id,
         member_count: members.len() as u32,
+        handles: Vec::new(),
     };
     batch.put_thread(thread, &rec);
     // The owner ticked its clock for these ids: it resumes above them.

@@ -232,7 +232,7 @@ impl Forwarding {
         }
     }
 
-    fn forward(&mut self, core: &Core, from: NodeIndex, f: Forward) {
+    fn forward(&mut self, core: &Core, from: NodeIndex, mut f: Forward) {
         let env = match decode_one(f.frame.clone(), MAX_FRAME_LEN) {
             Ok(env) => env,
             Err(e) => {
@@ -285,6 +285,7 @@ impl Forwarding {
             request_id: f.request_id,
             frame: env.frame,
             lane: f.lane,
+            handles: f.handles.0.take().unwrap_or_default(),
         };
         match mailbox.tx.try_send(msg) {
             Ok(()) => mailbox.wake(),

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use courier_protocol::{ErrorCode, Frame};
+use courier_protocol::{ErrorCode, Frame, UserInfo};
 use crossbeam_channel::{Sender, TrySendError};
 use mio::Waker;
 
@@ -35,6 +35,9 @@ pub enum ShardMsg {
         caller: Caller,
         request_id: u32,
         frame: Frame,
+        /// Handles of users of other nodes the request names, gathered by this node (see
+        /// `Engine::handle_with`); empty for most requests.
+        handles: Vec<UserInfo>,
     },
     /// One encoded frame for each of these local connections (a reply, or one push for every
     /// recipient on this shard).
@@ -61,6 +64,8 @@ pub enum ShardMsg {
         request_id: u32,
         frame: Frame,
         lane: u64,
+        /// `FORWARD.handles`: what the origin knows of the users the request names.
+        handles: Vec<UserInfo>,
     },
     /// The answer to a request this shard forwarded (`FORWARD_REPLY`): an encoded frame for
     /// the local connection `to`, delivered only if the request is still in flight.

@@ -148,18 +148,56 @@ impl MessageRecord {
     }
 }
 
-record! {
-    /// `threads`: what every member shares, except the member list (in `members`).
-    pub struct ThreadRecord {
-        pub kind: ThreadKind,
-        pub name: String,
-        pub created_by: u64,
-        /// Newest message id, 0 when none.
-        pub last_msg_id: u64,
-        /// Clock value of the last change of any kind (message, receipt, membership): sync's
-        /// "changed since".
-        pub changed_at: u64,
-        pub member_count: u32,
+/// `threads`: what every member shares, except the member list (in `members`).
+///
+/// `handles` was appended to the layout and is written only when set, so a group (and a
+/// direct thread written before it) keeps the original layout; a value without it reads as
+/// none.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ThreadRecord {
+    pub kind: ThreadKind,
+    pub name: String,
+    pub created_by: u64,
+    /// Newest message id, 0 when none.
+    pub last_msg_id: u64,
+    /// Clock value of the last change of any kind (message, receipt, membership): sync's
+    /// "changed since".
+    pub changed_at: u64,
+    pub member_count: u32,
+    /// A direct thread's two handles, the smaller user id's first, stored when the thread is
+    /// created: in a cluster one or both users may be homed on another node, whose users
+    /// this node's store does not hold. Handles never change, so they stay true. Empty for
+    /// groups and for direct threads created before it existed.
+    pub handles: Vec<String>,
+}
+
+impl Record for ThreadRecord {
+    const NAME: &'static str = "ThreadRecord";
+    fn put(&self, buf: &mut BytesMut) {
+        self.kind.put(buf);
+        self.name.put(buf);
+        self.created_by.put(buf);
+        self.last_msg_id.put(buf);
+        self.changed_at.put(buf);
+        self.member_count.put(buf);
+        if !self.handles.is_empty() {
+            self.handles.put(buf);
+        }
+    }
+    fn get(r: &mut Reader) -> Result<Self, courier_protocol::Error> {
+        let mut t = Self {
+            kind: Wire::get(r, "kind")?,
+            name: Wire::get(r, "name")?,
+            created_by: Wire::get(r, "created_by")?,
+            last_msg_id: Wire::get(r, "last_msg_id")?,
+            changed_at: Wire::get(r, "changed_at")?,
+            member_count: Wire::get(r, "member_count")?,
+            ..Self::default()
+        };
+        if r.remaining() > 0 {
+            t.handles = Wire::get(r, "handles")?;
+        }
+        Ok(t)
     }
 }
 
@@ -680,6 +718,7 @@ mod tests {
                 last_msg_id: 1_000,
                 changed_at: 1_001,
                 member_count: 3,
+                handles: Vec::new(),
             },
             &[
                 &[V1],
@@ -689,6 +728,29 @@ mod tests {
                 &be(1_000),
                 &be(1_001),
                 &[0, 0, 0, 3],
+            ],
+        );
+        pinned(
+            ThreadRecord {
+                kind: ThreadKind::Direct,
+                name: String::new(),
+                created_by: 7,
+                last_msg_id: 0,
+                changed_at: 9,
+                member_count: 2,
+                handles: vec!["al".into(), "b".into()],
+            },
+            &[
+                &[V1],
+                &[1], // ThreadKind::Direct
+                &[0, 0],
+                &be(7),
+                &be(0),
+                &be(9),
+                &[0, 0, 0, 2],
+                &[0, 2], // two handles
+                &[0, 2, b'a', b'l'],
+                &[0, 1, b'b'],
             ],
         );
         pinned(

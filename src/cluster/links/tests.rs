@@ -130,6 +130,7 @@ fn forward(lane: u64, seq: u32) -> Payload {
         device: 1,
         frame: Bytes::from_static(b"request"),
         checked: Default::default(),
+        handles: Default::default(),
     })
 }
 
@@ -782,6 +783,7 @@ fn link_throughput_plain_and_encrypted() {
                         device: 1,
                         frame: frame.clone(),
                         checked: Default::default(),
+                        handles: Default::default(),
                     });
                     while a.links.send(to_b, lane, payload.clone()).is_err() {
                         std::thread::yield_now();
