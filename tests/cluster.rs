@@ -1,5 +1,7 @@
 //! Three `courier serve` nodes on loopback, configured as one cluster with `--peer`: where
 //! accounts live, how clients are routed to them, and how requests and pushes cross nodes.
+//! The clusters are encrypted (every node's key in the `--peer` list, links and clients on
+//! Noise) but for one test that shows a plaintext cluster still works.
 
 mod util;
 
@@ -16,7 +18,12 @@ fn register_via_any_node_ends_on_the_home() {
     for home in 0..3 {
         for entry in 0..3 {
             let handle = cluster.handle_on(home, &format!("reg{entry}x"));
-            let (answer, _conn) = cluster.authenticate_via(entry, home, register(&handle, "d"));
+            let (answer, conn) = cluster.authenticate_via(entry, home, register(&handle, "d"));
+            assert_eq!(
+                conn.server_key(),
+                cluster.key_of(home),
+                "encrypted to the home, its key pinned"
+            );
             let ok = auth_ok(answer);
             assert_eq!(partition::of_id(ok.user), partition::of_handle(&handle));
             assert_eq!(
@@ -103,10 +110,14 @@ fn the_client_library_ends_up_authenticated_at_home_from_any_node() {
         assert_eq!(client.welcome().unwrap().node, cluster.ids[1]);
         assert_eq!(client.server_addr(), cluster.addrs[1].to_string());
     };
-    let first = Client::connect(cluster.addrs[0], ClientConfig::default()).unwrap();
+    // Each client pins the key of the node it first reaches; a REDIRECT names the home's.
+    let pinned = |entry: usize| {
+        ClientConfig::default().with_server_key(cluster.key_of(entry).expect("encrypted"))
+    };
+    let first = Client::connect(cluster.addrs[0], pinned(0)).unwrap();
     let registered = first.register(&handle, PASSWORD).unwrap();
     at_home(&first);
-    let second = Client::connect(cluster.addrs[2], ClientConfig::default()).unwrap();
+    let second = Client::connect(cluster.addrs[2], pinned(2)).unwrap();
     assert_eq!(
         second.login(&handle, PASSWORD).unwrap().user,
         registered.user
@@ -114,7 +125,11 @@ fn the_client_library_ends_up_authenticated_at_home_from_any_node() {
     at_home(&second);
     // The login replaced the registration's token (one token per device name).
     let token = second.token().unwrap();
-    let third = Client::connect(cluster.addrs[0], ClientConfig::reconnecting()).unwrap();
+    let third = Client::connect(
+        cluster.addrs[0],
+        ClientConfig::reconnecting().with_server_key(cluster.key_of(0).expect("encrypted")),
+    )
+    .unwrap();
     assert_eq!(third.resume(&token).unwrap().user, registered.user);
     at_home(&third);
 }
@@ -130,7 +145,7 @@ fn courier_cli_works_against_any_node() {
             .env("COURIER_CONFIG", &config)
             .env("COURIER_SERVER", cluster.addrs[entry].to_string())
             .env_remove("COURIER_PASSWORD")
-            .arg("--insecure-plaintext")
+            .args(cluster.client_args(entry))
             .args(args)
             .output()
             .expect("run courier-cli");
@@ -147,6 +162,30 @@ fn courier_cli_works_against_any_node() {
     let logged_in = cli(1, &["--json", "login", &handle, "--password", PASSWORD]);
     assert_eq!(logged_in["user"], registered["user"]);
     assert_eq!(logged_in["server"], cluster.addrs[2].to_string());
+}
+
+/// The same routing and chat across nodes with plaintext links and clients
+/// (`--insecure-plaintext` on every node): REDIRECT names no key.
+#[test]
+fn a_plaintext_cluster_still_redirects_and_chats_across_nodes() {
+    let cluster = Cluster::start_plaintext(&[]);
+    assert_eq!(cluster.key_of(0), None);
+    let handle = cluster.handle_on(1, "plain");
+    let (answer, mut alice) = cluster.authenticate_via(0, 1, register(&handle, "d"));
+    let alice_id = auth_ok(answer).user;
+    let Frame::Redirect(redirect) = cluster.redirect_to(1) else {
+        unreachable!()
+    };
+    assert!(redirect.key.is_empty(), "a plaintext REDIRECT names no key");
+    assert!(alice.server_key().is_none(), "the connection is plaintext");
+    let (mut bob, bob_id) = cluster.user_on(2, "plainbob");
+    let thread = util::direct(&mut alice, bob_id);
+    let sent = util::send(&mut alice, thread, 1, "in the clear");
+    let push = bob.push_where(WAIT, |f| matches!(f, Frame::MessagePush(_)));
+    assert!(
+        matches!(&push, Some(Frame::MessagePush(p)) if p.message.id == sent.message && p.message.sender == alice_id),
+        "{push:?}"
+    );
 }
 
 #[test]
@@ -338,6 +377,9 @@ fn pair_owned_by(
     (alice, bob)
 }
 
+/// A connected user, its id and its handle.
+type Named = ((TestConn, u64), String);
+
 /// [`pair_owned_by`] with each user's handle; the first user's handle starts with `prefix`.
 fn named_pair_owned_by(
     cluster: &Cluster,
@@ -345,7 +387,7 @@ fn named_pair_owned_by(
     b: usize,
     owner: usize,
     prefix: &str,
-) -> (((TestConn, u64), String), ((TestConn, u64), String)) {
+) -> (Named, Named) {
     let alice_handle = cluster.handle_on(a, prefix);
     let alice = cluster.user_on(a, prefix);
     for i in 0.. {
