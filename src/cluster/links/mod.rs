@@ -113,6 +113,11 @@ impl Payload {
 /// it must not block (hand the payload to a shard's mailbox, or to a channel in tests).
 pub trait Inbound: Send + 'static {
     fn deliver(&mut self, from: NodeIndex, payload: Payload);
+
+    /// The end of a burst of deliveries: the link thread calls it once per round of its loop,
+    /// after handing on everything its reads brought. An implementation that queues for
+    /// threads to wake wakes them here, once each, instead of once per payload.
+    fn flush(&mut self) {}
 }
 
 /// Tests (and anything that drains a channel) receive payloads as `(from, payload)`.
