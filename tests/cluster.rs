@@ -773,19 +773,24 @@ fn users_of_other_nodes_are_checked_and_described_as_on_one_node() {
     );
     alice.ping();
 }
-/// Waits until the kernel reports `node` stopped (a SIGSTOP takes effect on each thread of the
-/// process as it next runs; until then one may still answer).
+/// Waits until the kernel reports every thread of `node` stopped (a SIGSTOP takes effect on
+/// each thread of the process as it next runs: one thread takes the signal and then stops the
+/// others, and on a loaded machine the rest may answer a request meanwhile).
 fn wait_stopped(node: &Server) {
     let pid = node.pid().expect("a running node");
     let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        if status
-            .lines()
-            .any(|l| l.starts_with("State:") && l.contains("stopped"))
-        {
-            return;
-        }
+    let all_stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains("stopped"))
+        })
+    };
+    while !all_stopped() {
         assert!(
             std::time::Instant::now() < deadline,
             "pid {pid} did not stop"
@@ -1357,6 +1362,7 @@ fn reads_answer_unavailable_within_2s_naming_a_node_that_is_down() {
     // A node that stopped answering but whose links look up yet (SIGSTOP: no RST, no FIN):
     // the read waits for its part until the deadline, and no longer.
     cluster.nodes[1].signal(libc::SIGSTOP);
+    wait_stopped(&cluster.nodes[1]);
     unavailable_within_2s(&mut a, list.clone(), "n1");
     unavailable_within_2s(&mut a, continuation(&first, 0, &[]), "n1");
     cluster.nodes[1].signal(libc::SIGCONT);
