@@ -345,6 +345,12 @@ pub struct LinkMetrics {
     pub peers: Vec<(String, PeerMetrics)>,
     /// Dials we refused from a node id that is not a member (`peer="unknown"`).
     pub refused_unknown: [AtomicU64; REFUSAL_REASONS.len()],
+    /// Messages the link thread put into shard mailboxes (forwarded requests, answers, one
+    /// per shard per push batch), from every peer.
+    pub inbound_queued: AtomicU64,
+    /// Shard wake-ups those took: one per shard fed per burst of the link thread, so
+    /// `inbound_queued / inbound_wakes` is the messages each wake-up covered.
+    pub inbound_wakes: AtomicU64,
 }
 
 impl LinkMetrics {
@@ -355,6 +361,8 @@ impl LinkMetrics {
                 .map(|id| (id.to_owned(), PeerMetrics::default()))
                 .collect(),
             refused_unknown: Default::default(),
+            inbound_queued: AtomicU64::new(0),
+            inbound_wakes: AtomicU64::new(0),
         }
     }
 
@@ -405,6 +413,13 @@ impl LinkMetrics {
             for (peer, m) in &self.peers {
                 let _ = writeln!(out, "{name}{{peer=\"{peer}\"}} {}", load(f(m)));
             }
+        }
+        for (name, v) in [
+            ("courier_peer_inbound_queued_total", &self.inbound_queued),
+            ("courier_peer_inbound_wakes_total", &self.inbound_wakes),
+        ] {
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", load(v));
         }
         let _ = writeln!(out, "# TYPE courier_peer_refusals_total counter");
         for (i, reason) in REFUSAL_REASONS.iter().enumerate() {

@@ -1,5 +1,7 @@
 //! Three `courier serve` nodes on loopback, configured as one cluster with `--peer`: where
 //! accounts live, how clients are routed to them, and how requests and pushes cross nodes.
+//! The clusters are encrypted (every node's key in the `--peer` list, links and clients on
+//! Noise) but for one test that shows a plaintext cluster still works.
 
 mod util;
 
@@ -16,7 +18,12 @@ fn register_via_any_node_ends_on_the_home() {
     for home in 0..3 {
         for entry in 0..3 {
             let handle = cluster.handle_on(home, &format!("reg{entry}x"));
-            let (answer, _conn) = cluster.authenticate_via(entry, home, register(&handle, "d"));
+            let (answer, conn) = cluster.authenticate_via(entry, home, register(&handle, "d"));
+            assert_eq!(
+                conn.server_key(),
+                cluster.key_of(home),
+                "encrypted to the home, its key pinned"
+            );
             let ok = auth_ok(answer);
             assert_eq!(partition::of_id(ok.user), partition::of_handle(&handle));
             assert_eq!(
@@ -103,10 +110,14 @@ fn the_client_library_ends_up_authenticated_at_home_from_any_node() {
         assert_eq!(client.welcome().unwrap().node, cluster.ids[1]);
         assert_eq!(client.server_addr(), cluster.addrs[1].to_string());
     };
-    let first = Client::connect(cluster.addrs[0], ClientConfig::default()).unwrap();
+    // Each client pins the key of the node it first reaches; a REDIRECT names the home's.
+    let pinned = |entry: usize| {
+        ClientConfig::default().with_server_key(cluster.key_of(entry).expect("encrypted"))
+    };
+    let first = Client::connect(cluster.addrs[0], pinned(0)).unwrap();
     let registered = first.register(&handle, PASSWORD).unwrap();
     at_home(&first);
-    let second = Client::connect(cluster.addrs[2], ClientConfig::default()).unwrap();
+    let second = Client::connect(cluster.addrs[2], pinned(2)).unwrap();
     assert_eq!(
         second.login(&handle, PASSWORD).unwrap().user,
         registered.user
@@ -114,7 +125,11 @@ fn the_client_library_ends_up_authenticated_at_home_from_any_node() {
     at_home(&second);
     // The login replaced the registration's token (one token per device name).
     let token = second.token().unwrap();
-    let third = Client::connect(cluster.addrs[0], ClientConfig::reconnecting()).unwrap();
+    let third = Client::connect(
+        cluster.addrs[0],
+        ClientConfig::reconnecting().with_server_key(cluster.key_of(0).expect("encrypted")),
+    )
+    .unwrap();
     assert_eq!(third.resume(&token).unwrap().user, registered.user);
     at_home(&third);
 }
@@ -130,7 +145,7 @@ fn courier_cli_works_against_any_node() {
             .env("COURIER_CONFIG", &config)
             .env("COURIER_SERVER", cluster.addrs[entry].to_string())
             .env_remove("COURIER_PASSWORD")
-            .arg("--insecure-plaintext")
+            .args(cluster.client_args(entry))
             .args(args)
             .output()
             .expect("run courier-cli");
@@ -147,6 +162,30 @@ fn courier_cli_works_against_any_node() {
     let logged_in = cli(1, &["--json", "login", &handle, "--password", PASSWORD]);
     assert_eq!(logged_in["user"], registered["user"]);
     assert_eq!(logged_in["server"], cluster.addrs[2].to_string());
+}
+
+/// The same routing and chat across nodes with plaintext links and clients
+/// (`--insecure-plaintext` on every node): REDIRECT names no key.
+#[test]
+fn a_plaintext_cluster_still_redirects_and_chats_across_nodes() {
+    let cluster = Cluster::start_plaintext(&[]);
+    assert_eq!(cluster.key_of(0), None);
+    let handle = cluster.handle_on(1, "plain");
+    let (answer, mut alice) = cluster.authenticate_via(0, 1, register(&handle, "d"));
+    let alice_id = auth_ok(answer).user;
+    let Frame::Redirect(redirect) = cluster.redirect_to(1) else {
+        unreachable!()
+    };
+    assert!(redirect.key.is_empty(), "a plaintext REDIRECT names no key");
+    assert!(alice.server_key().is_none(), "the connection is plaintext");
+    let (mut bob, bob_id) = cluster.user_on(2, "plainbob");
+    let thread = util::direct(&mut alice, bob_id);
+    let sent = util::send(&mut alice, thread, 1, "in the clear");
+    let push = bob.push_where(WAIT, |f| matches!(f, Frame::MessagePush(_)));
+    assert!(
+        matches!(&push, Some(Frame::MessagePush(p)) if p.message.id == sent.message && p.message.sender == alice_id),
+        "{push:?}"
+    );
 }
 
 #[test]
@@ -334,15 +373,119 @@ fn pair_owned_by(
     b: usize,
     owner: usize,
 ) -> ((TestConn, u64), (TestConn, u64)) {
-    let alice = cluster.user_on(a, "alice");
+    let ((alice, _), (bob, _)) = named_pair_owned_by(cluster, a, b, owner, "alice");
+    (alice, bob)
+}
+
+/// A connected user, its id and its handle.
+type Named = ((TestConn, u64), String);
+
+/// [`pair_owned_by`] with each user's handle; the first user's handle starts with `prefix`.
+fn named_pair_owned_by(
+    cluster: &Cluster,
+    a: usize,
+    b: usize,
+    owner: usize,
+    prefix: &str,
+) -> (Named, Named) {
+    let alice_handle = cluster.handle_on(a, prefix);
+    let alice = cluster.user_on(a, prefix);
     for i in 0.. {
-        let bob = cluster.user_on(b, &format!("bob{i}x"));
+        let bob_prefix = format!("{prefix}bob{i}x");
+        let bob_handle = cluster.handle_on(b, &bob_prefix);
+        let bob = cluster.user_on(b, &bob_prefix);
         let pair = partition::compose(partition::of_pair(alice.1, bob.1), 1);
         if cluster.home_of_id(pair) == owner {
-            return (alice, bob);
+            return ((alice, alice_handle), (bob, bob_handle));
         }
     }
     unreachable!()
+}
+
+/// The name `conn`'s user sees for `thread` in LIST_THREADS and in a whole SYNC.
+fn names_listed_and_synced(conn: &mut TestConn, thread: u64) -> (String, String) {
+    let Frame::ThreadList(list) = request_when_linked(
+        conn,
+        courier_protocol::ListThreads {
+            before_msg_id: 0,
+            before_thread: 0,
+            limit: 0,
+        },
+    ) else {
+        panic!("LIST_THREADS failed");
+    };
+    let listed = list
+        .threads
+        .iter()
+        .find(|t| t.id == thread)
+        .map(|t| t.name.clone())
+        .expect("the direct thread is listed");
+    let mut synced = None;
+    let mut page = sync_page(
+        conn,
+        courier_protocol::Sync {
+            since: 0,
+            after_thread: 0,
+            after_message: 0,
+            limit: 0,
+            watermark: 0,
+            vector: courier_protocol::Tail::some(courier_protocol::SyncVector {
+                since: vec![],
+                watermarks: vec![],
+                after_node: 0,
+            }),
+        },
+    );
+    loop {
+        if let Some(t) = page.threads.iter().find(|t| t.id == thread) {
+            synced = Some(t.name.clone());
+        }
+        if !page.more {
+            break;
+        }
+        page = sync_page(conn, continuation(&page, 0, &[]));
+    }
+    (listed, synced.expect("the direct thread is synced"))
+}
+
+#[test]
+fn a_direct_thread_is_named_after_the_peer_whichever_nodes_hold_the_users_and_the_thread() {
+    use courier_protocol::{GetThread, OpenDirect};
+    let cluster = Cluster::start();
+    // Alice on n0, bob on n1; the thread on n2 (neither user's home), then on n1 (bob's).
+    for (owner, prefix) in [(2, "ann"), (1, "amy")] {
+        let (((mut alice, alice_id), alice_handle), ((mut bob, bob_id), bob_handle)) =
+            named_pair_owned_by(&cluster, 0, 1, owner, prefix);
+        let Frame::ThreadInfo(opened) = alice.request(OpenDirect { peer: bob_id }) else {
+            panic!("OPEN_DIRECT failed");
+        };
+        let thread = opened.thread.id;
+        assert_eq!(cluster.home_of_id(thread), owner);
+        assert_eq!(opened.thread.name, bob_handle, "alice's OPEN_DIRECT answer");
+        let Frame::ThreadInfo(opened) = bob.request(OpenDirect { peer: alice_id }) else {
+            panic!("OPEN_DIRECT failed");
+        };
+        assert_eq!(
+            (opened.thread.id, opened.thread.name.as_str()),
+            (thread, alice_handle.as_str()),
+            "bob's OPEN_DIRECT answer"
+        );
+        util::send(&mut alice, thread, 1, "hi");
+        let Frame::ThreadInfo(info) = bob.request(GetThread { thread }) else {
+            panic!("GET_THREAD failed");
+        };
+        assert_eq!(info.thread.name, alice_handle, "bob's GET_THREAD");
+        assert_eq!(
+            names_listed_and_synced(&mut alice, thread),
+            (bob_handle.clone(), bob_handle),
+            "alice's LIST_THREADS and SYNC (thread on n{owner})"
+        );
+        assert_eq!(
+            names_listed_and_synced(&mut bob, thread),
+            (alice_handle.clone(), alice_handle),
+            "bob's LIST_THREADS and SYNC (thread on n{owner})"
+        );
+    }
 }
 
 fn history(c: &mut TestConn, thread: u64) -> Frame {
@@ -630,19 +773,24 @@ fn users_of_other_nodes_are_checked_and_described_as_on_one_node() {
     );
     alice.ping();
 }
-/// Waits until the kernel reports `node` stopped (a SIGSTOP takes effect on each thread of the
-/// process as it next runs; until then one may still answer).
+/// Waits until the kernel reports every thread of `node` stopped (a SIGSTOP takes effect on
+/// each thread of the process as it next runs: one thread takes the signal and then stops the
+/// others, and on a loaded machine the rest may answer a request meanwhile).
 fn wait_stopped(node: &Server) {
     let pid = node.pid().expect("a running node");
     let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        if status
-            .lines()
-            .any(|l| l.starts_with("State:") && l.contains("stopped"))
-        {
-            return;
-        }
+    let all_stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains("stopped"))
+        })
+    };
+    while !all_stopped() {
         assert!(
             std::time::Instant::now() < deadline,
             "pid {pid} did not stop"
@@ -830,6 +978,7 @@ fn plant_group(
         changed_at: id,
         member_count: members.len() as u32,
         countable: ids.len() as u64,
+        handles: Vec::new(),
     };
     batch.put_thread(thread, &rec);
     // The owner ticked its clock for these ids: it resumes above them.
@@ -1215,6 +1364,7 @@ fn reads_answer_unavailable_within_2s_naming_a_node_that_is_down() {
     // A node that stopped answering but whose links look up yet (SIGSTOP: no RST, no FIN):
     // the read waits for its part until the deadline, and no longer.
     cluster.nodes[1].signal(libc::SIGSTOP);
+    wait_stopped(&cluster.nodes[1]);
     unavailable_within_2s(&mut a, list.clone(), "n1");
     unavailable_within_2s(&mut a, continuation(&first, 0, &[]), "n1");
     cluster.nodes[1].signal(libc::SIGCONT);

@@ -28,6 +28,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::codec::{peek_len, HEADER_BYTES, LEN_BYTES};
+use crate::frame::UserInfo;
 use crate::wire::{wire_enum, wire_struct, Reader, Tail, Wire};
 use crate::{Error, Presence};
 
@@ -182,8 +183,11 @@ peer_frames! {
     /// A client request for a thread the receiving node owns. `lane`: the key that chose the
     /// link (the thread id). `request_id`, `user`, `device`: the client's request id and the
     /// authenticated caller. `frame`: the client's request frame, encoded. `checked`: what the
-    /// origin found about users homed on other nodes that the request names.
-    Forward = 0x68 { lane: u64, origin: Origin, request_id: u32, user: u64, device: u32, frame: Bytes, checked: UsersChecked }
+    /// origin found about users homed on other nodes that the request names. `handles`
+    /// (appended; absent when empty): the handles the origin knows of the users an
+    /// `OPEN_DIRECT` names (the caller and the peer), which the owner stores with a direct
+    /// thread it creates, since it cannot look up users of other nodes.
+    Forward = 0x68 { lane: u64, origin: Origin, request_id: u32, user: u64, device: u32, frame: Bytes, checked: UsersChecked, handles: Tail<Vec<UserInfo>> }
     /// The answer to a `FORWARD`, for the connection `origin` names: a whole encoded client
     /// frame (the reply, with the client's request id).
     ForwardReply = 0x69 { origin: Origin, frame: Bytes }
@@ -287,6 +291,21 @@ mod tests {
                 device: 1,
                 frame: Bytes::from_static(b"\0\0\0\x05\x05\0\0\0\x01"),
                 checked: UsersChecked::AllExist,
+                handles: Tail::some(vec![UserInfo {
+                    id: 17,
+                    handle: "alice".into(),
+                }]),
+            }
+            .into(),
+            Forward {
+                lane: 6,
+                origin: origin.clone(),
+                request_id: 13,
+                user: 17,
+                device: 1,
+                frame: Bytes::from_static(b"\0\0\0\x05\x05\0\0\0\x02"),
+                checked: UsersChecked::No,
+                handles: Tail(None),
             }
             .into(),
             PushBatch {

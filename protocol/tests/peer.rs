@@ -54,17 +54,27 @@ fn any_peer_frame() -> impl Strategy<Value = PeerFrame> {
             any::<u64>(),
             any::<u32>(),
             bytes(),
-            proptest::sample::select(UsersChecked::ALL)
+            proptest::sample::select(UsersChecked::ALL),
+            proptest::option::of(proptest::collection::vec(
+                (any::<u64>(), "[a-z0-9_]{0,32}"),
+                0..3
+            ))
         )
             .prop_map(
-                |(lane, origin, request_id, user, device, frame, checked)| Forward {
+                |(lane, origin, request_id, user, device, frame, checked, handles)| Forward {
                     lane,
                     origin,
                     request_id,
                     user,
                     device,
                     frame,
-                    checked
+                    checked,
+                    handles: courier_protocol::Tail(handles.map(|users| {
+                        users
+                            .into_iter()
+                            .map(|(id, handle)| courier_protocol::UserInfo { id, handle })
+                            .collect()
+                    }))
                 }
                 .into()
             ),

@@ -283,6 +283,8 @@ fn peer_samples() -> Vec<(PeerFrame, &'static str)> {
         .into(),
         &mut send,
     );
+    let mut open = BytesMut::new();
+    encode(16, &OpenDirect { peer: BOB }.into(), &mut open);
     let mut list = BytesMut::new();
     encode(
         0,
@@ -335,8 +337,9 @@ fn peer_samples() -> Vec<(PeerFrame, &'static str)> {
         (PeerRefuse { reason: RefuseReason::Membership, message: "member lists differ: start every node with the same --peer list".into() }.into(), "Node n2 refuses: the dialer's member list hash differs (reason 3)."),
         (PeerPing { nonce: 7 }.into(), "Link heartbeat from the dialer, nonce 7."),
         (PeerPong { nonce: 7 }.into(), "The acceptor's answer to PEER_PING 7."),
-        (Forward { lane: THREAD, origin: origin.clone(), request_id: 15, user: ALICE, device: 1, frame: send.freeze(), checked: UsersChecked::No }.into(), "SEND#15 of user 17 (device 1, connection shard 1 slot 77 gen 3 on node 0) forwarded to the owner of thread 5, on lane 5; frame is the client's SEND, encoded; it names no users to check."),
-        (Forward { lane: THREAD, origin: origin.clone(), request_id: 16, user: ALICE, device: 1, frame: media_send.freeze(), checked: UsersChecked::MediaHeld }.into(), "SEND#16 of kind MEDIA (body: media id AB…AB) forwarded by the sender's home, which holds the media's bytes and found that user 17 may read it (checked 3, MEDIA_HELD): the owner records the origin's node as the holder."),
+        (Forward { lane: THREAD, origin: origin.clone(), request_id: 15, user: ALICE, device: 1, frame: send.freeze(), checked: UsersChecked::No, handles: Tail(None) }.into(), "SEND#15 of user 17 (device 1, connection shard 1 slot 77 gen 3 on node 0) forwarded to the owner of thread 5, on lane 5; frame is the client's SEND, encoded; it names no users to check."),
+        (Forward { lane: THREAD, origin: origin.clone(), request_id: 16, user: ALICE, device: 1, frame: media_send.freeze(), checked: UsersChecked::MediaHeld, handles: Tail(None) }.into(), "SEND#16 of kind MEDIA (body: media id AB…AB) forwarded by the sender's home, which holds the media's bytes and found that user 17 may read it (checked 3, MEDIA_HELD): the owner records the origin's node as the holder."),
+        (Forward { lane: ALICE.min(BOB) ^ ALICE.max(BOB).rotate_left(32), origin: origin.clone(), request_id: 16, user: ALICE, device: 1, frame: open.freeze(), checked: UsersChecked::AllExist, handles: Tail::some(vec![UserInfo { id: ALICE, handle: "alice".into() }, UserInfo { id: BOB, handle: "bob".into() }]) }.into(), "OPEN_DIRECT#16 of user 17 with user 42, forwarded to the owner of their pair (on the pair's lane); the origin checked that user 42 exists and sends both handles, which the owner stores with a direct thread it creates."),
         (ForwardReply { origin: origin.clone(), frame: sent.freeze() }.into(), "The owner's answer for that connection: SENT#15, encoded."),
         (PushBatch { users: vec![BOB, CAROL], except: Some(origin.clone()), frame: push.clone().freeze(), notify: Tail::default() }.into(), "MESSAGE_PUSH for users 42 and 50 homed on the receiving node, not to the sender's own connection; the push is encoded once."),
         (PushBatch { users: vec![BOB, CAROL], except: Some(origin), frame: push.freeze(), notify: Tail::some(vec![CAROL]) }.into(), "The same push; user 50 has not muted the thread, so the receiving node (50's home) queues a push notification for 50 if no device of 50 is online there."),

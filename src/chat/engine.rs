@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_protocol::{Done, ErrorCode, ErrorReply, Frame, ReceiptKind};
+use courier_protocol::{Done, ErrorCode, ErrorReply, Frame, ReceiptKind, UserInfo};
 
 use super::dedupe::RecentSends;
 use super::limits::Staged;
@@ -92,6 +92,9 @@ pub struct Engine {
     pub(super) dirty_threads: HashSet<u64>,
     /// (thread, user) cursors and roles that changed this round, written once at commit.
     pub(super) dirty_members: HashSet<(u64, u64)>,
+    /// The handles the request being handled came with ([`handle_with`](Self::handle_with)):
+    /// users of other nodes, which the store here does not hold. Empty between requests.
+    pub(super) handles: Vec<UserInfo>,
 }
 
 impl Engine {
@@ -125,6 +128,7 @@ impl Engine {
             round_max: 0,
             dirty_threads: HashSet::new(),
             dirty_members: HashSet::new(),
+            handles: Vec::new(),
         }
     }
 
@@ -210,6 +214,21 @@ impl Engine {
             }
             .into(),
         }
+    }
+
+    /// Runs one chat request that came with the handles its origin knows of the users it
+    /// names (in a cluster, `OPEN_DIRECT`: the caller's and the peer's, which the owner of a
+    /// direct thread stores with it; see `threads.rs`).
+    pub fn handle_with(
+        &mut self,
+        caller: Caller,
+        request_id: u32,
+        frame: Frame,
+        handles: Vec<UserInfo>,
+    ) {
+        self.handles = handles;
+        self.handle(caller, request_id, frame);
+        self.handles.clear();
     }
 
     /// Runs one chat request. Its answers come out of [`commit`](Self::commit).

@@ -49,7 +49,7 @@ impl Engine {
         for &u in &all {
             self.user_exists(caller, u)?;
         }
-        let thread = self.create_thread(ThreadKind::Group, &name, caller.user, &all)?;
+        let thread = self.create_thread(ThreadKind::Group, &name, caller.user, &all, Vec::new())?;
         let store = self.shared.store.clone();
         let rec = ThreadRecord {
             kind: ThreadKind::Group,

@@ -245,7 +245,9 @@ pub(super) fn left_view(id: u64, rec: &ThreadRecord, left: &PrivateState) -> Thr
     }
 }
 
-/// A group's name, or for a direct thread the other member's handle.
+/// A group's name, or for a direct thread the other member's handle: the one stored with
+/// the thread (the peer may be homed on another node), else the peer's account here (a
+/// direct thread created before handles were stored with it).
 fn display_name(
     store: &Store,
     rec: &ThreadRecord,
@@ -255,11 +257,23 @@ fn display_name(
     if rec.kind == ThreadKind::Group {
         return rec.name.clone();
     }
-    members
-        .find(|&u| u != viewer)
-        .and_then(|peer| store.user(peer).ok().flatten())
-        .map(|u| u.handle)
-        .unwrap_or_default()
+    let Some(peer) = members.find(|&u| u != viewer) else {
+        return String::new();
+    };
+    // `handles` is in pair order: the smaller user id's first.
+    let stored = match rec.handles.as_slice() {
+        [low, high] => Some(if peer < viewer { low } else { high }),
+        _ => None,
+    };
+    match stored {
+        Some(handle) if !handle.is_empty() => handle.clone(),
+        _ => store
+            .user(peer)
+            .ok()
+            .flatten()
+            .map(|u| u.handle)
+            .unwrap_or_default(),
+    }
 }
 
 pub(super) fn internal(e: crate::store::Error) -> Reject {
@@ -455,6 +469,7 @@ impl Engine {
         name: &str,
         creator: u64,
         members: &[u64],
+        handles: Vec<String>,
     ) -> Result<u64, Reject> {
         let home = match (kind, members) {
             (ThreadKind::Direct, &[a, b]) => partition::of_pair(a, b),
@@ -470,6 +485,7 @@ impl Engine {
             changed_at: now,
             member_count: members.len() as u32,
             countable: 0,
+            handles,
         };
         self.batch.put_thread(id, &rec);
         let mut map = HashMap::new();
@@ -519,8 +535,14 @@ impl Engine {
         let thread = match existing {
             Some(t) => t,
             None => {
-                let t =
-                    self.create_thread(ThreadKind::Direct, "", caller.user, &[pair.0, pair.1])?;
+                let handles = self.pair_handles(pair)?;
+                let t = self.create_thread(
+                    ThreadKind::Direct,
+                    "",
+                    caller.user,
+                    &[pair.0, pair.1],
+                    handles.clone(),
+                )?;
                 self.batch.put_direct(pair.0, pair.1, t);
                 self.round_directs.insert(pair, t);
                 // The owner shard loads it from the store after this round's commit.
@@ -528,6 +550,7 @@ impl Engine {
                     kind: ThreadKind::Direct,
                     member_count: 2,
                     created_by: caller.user,
+                    handles,
                     ..Default::default()
                 };
                 let members = [
@@ -552,6 +575,31 @@ impl Engine {
             }
             .into(),
         ))
+    }
+
+    /// The handles of a user pair (smaller id first) to store with their new direct thread:
+    /// each from the handles the request came with (a user of another node; see
+    /// [`handle_with`](Self::handle_with)), else from this node's accounts. Empty if neither
+    /// is known (the thread's name is then looked up when it is read, as before).
+    fn pair_handles(&self, pair: (u64, u64)) -> Result<Vec<String>, Reject> {
+        let mut handles = Vec::with_capacity(2);
+        for user in [pair.0, pair.1] {
+            let handle = match self.handles.iter().find(|u| u.id == user) {
+                Some(u) => u.handle.clone(),
+                None => self
+                    .shared
+                    .store
+                    .user(user)
+                    .map_err(internal)?
+                    .map(|u| u.handle)
+                    .unwrap_or_default(),
+            };
+            handles.push(handle);
+        }
+        if handles.iter().all(String::is_empty) {
+            handles.clear();
+        }
+        Ok(handles)
     }
 
     /// A thread's state for reading on any shard: the cache when this shard owns it, else

@@ -16,7 +16,9 @@
 //! The link thread runs [`Forwarding::deliver`], so it never blocks: mailboxes and the read
 //! queue are offered with `try_send`; what they refuse is answered at once over the links
 //! (`RATE_LIMITED`) or, for answers and pushes, dropped and counted (the origin's deadline
-//! turns a lost answer into `UNAVAILABLE`; a lost push is caught up by SYNC).
+//! turns a lost answer into `UNAVAILABLE`; a lost push is caught up by SYNC). A message is in
+//! its mailbox at once, but its shard is woken at the end of the link thread's burst
+//! ([`Inbound::flush`]): once per shard per burst, not once per payload.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -33,7 +35,8 @@ use super::reads::ClusterReads;
 use crate::caller::{Caller, ConnRef};
 use crate::chat::Engine;
 use crate::clock::wall_us;
-use crate::shard::mailbox::ShardMsg;
+use crate::metrics::LinkMetrics;
+use crate::shard::mailbox::{ShardMsg, Wakes};
 use crate::shard::read_pool::{ReadRequest, Refused};
 use crate::shard::Core;
 use crate::store::OutboxOp;
@@ -180,6 +183,10 @@ pub struct Forwarding {
     warned: bool,
     /// Cross-node reads: `PEER_READ` parts to serve here, and the replies to our own.
     reads: Arc<ClusterReads>,
+    /// Shards fed in this burst, woken once each at its end.
+    wakes: Wakes,
+    /// Where the burst counters go (the links' metrics), once known.
+    metrics: Option<Arc<LinkMetrics>>,
 }
 
 impl Forwarding {
@@ -190,6 +197,34 @@ impl Forwarding {
             enc: BytesMut::new(),
             warned: false,
             reads,
+            wakes: Wakes::default(),
+            metrics: None,
+        }
+    }
+
+    /// `shard`'s mailbox took a message: its wake waits for the end of the burst (or for
+    /// `WAKE_EVERY` messages).
+    fn queued(&mut self, core: &Core, shard: u16) {
+        if self.wakes.queued(shard) {
+            self.wake(core);
+        }
+    }
+
+    /// Wakes every shard fed since the last wake, once each, and counts it
+    /// (`courier_peer_inbound_queued_total`, `courier_peer_inbound_wakes_total`).
+    fn wake(&mut self, core: &Core) {
+        let burst = self.wakes.flush(&core.mailboxes);
+        if burst.messages == 0 {
+            return;
+        }
+        if self.metrics.is_none() {
+            self.metrics = core.links.as_ref().map(|l| l.metrics());
+        }
+        if let Some(m) = &self.metrics {
+            m.inbound_queued
+                .fetch_add(burst.messages as u64, Ordering::Relaxed);
+            m.inbound_wakes
+                .fetch_add(burst.wakes as u64, Ordering::Relaxed);
         }
     }
 
@@ -234,7 +269,7 @@ impl Forwarding {
         }
     }
 
-    fn forward(&mut self, core: &Core, from: NodeIndex, f: Forward) {
+    fn forward(&mut self, core: &Core, from: NodeIndex, mut f: Forward) {
         let env = match decode_one(f.frame.clone(), MAX_FRAME_LEN) {
             Ok(env) => env,
             Err(e) => {
@@ -287,15 +322,17 @@ impl Forwarding {
         };
         // A shard index of the origin (a request that runs "where the caller is") is taken
         // modulo this node's shards: any shard may serve those.
-        let mailbox = &core.mailboxes[shard as usize % shards];
+        let shard = (shard as usize % shards) as u16;
+        let mailbox = &core.mailboxes[shard as usize];
         let msg = ShardMsg::Forward {
             caller,
             request_id: f.request_id,
             frame: env.frame,
             lane: f.lane,
+            handles: f.handles.0.take().unwrap_or_default(),
         };
         match mailbox.tx.try_send(msg) {
-            Ok(()) => mailbox.wake(),
+            Ok(()) => self.queued(core, shard),
             Err(TrySendError::Full(_)) => self.refuse(
                 core,
                 from,
@@ -326,7 +363,7 @@ impl Forwarding {
             to,
             bytes: reply.frame,
         }) {
-            Ok(()) => mailbox.wake(),
+            Ok(()) => self.queued(core, to.shard),
             Err(_) => self.drop_one(Some(core), from, "an answer"),
         }
     }
@@ -356,7 +393,7 @@ impl Forwarding {
                 bytes: batch.frame.clone(),
             };
             match mailbox.tx.try_send(msg) {
-                Ok(()) => mailbox.wake(),
+                Ok(()) => self.queued(core, group[0].shard),
                 Err(_) => self.drop_one(Some(core), from, "a push"),
             }
         }
@@ -439,6 +476,13 @@ impl Inbound for Forwarding {
     fn accepted_gone(&mut self, peer: NodeIndex) {
         if let Some(core) = self.core.get() {
             core.cluster_presence.peer_gone(core.links.as_ref(), peer.0);
+        }
+    }
+
+    fn flush(&mut self) {
+        let core = self.core.clone();
+        if let Some(core) = core.get() {
+            self.wake(core);
         }
     }
 }

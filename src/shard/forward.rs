@@ -22,10 +22,10 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use courier_protocol::peer::{Forward, PushBatch};
-use courier_protocol::wire::Wire;
+use courier_protocol::wire::{Tail, Wire};
 use courier_protocol::{
     decode_one, Contacts, ErrorCode, Frame, GetUsers, MessageKind, Presence, PresenceList,
-    PresenceQuery, Tail, UserInfo, Users, MAX_FRAME_LEN,
+    PresenceQuery, UserInfo, Users, MAX_FRAME_LEN,
 };
 
 use super::Shard;
@@ -135,7 +135,13 @@ impl Shard {
             return self.gather(slot, caller, request_id, frame, target);
         }
         match target {
-            Some(node) => self.forward(slot, caller, request_id, frame, node),
+            Some(node) => {
+                let handles = match self.direct_handles(&caller, &frame, Vec::new()) {
+                    Ok(handles) => handles,
+                    Err(e) => return self.internal(slot, request_id, &e),
+                };
+                self.forward(slot, caller, request_id, frame, node, handles)
+            }
             None => self.run_here(slot, caller, request_id, frame),
         }
     }
@@ -152,9 +158,39 @@ impl Shard {
             .unwrap_or(false)
     }
 
+    /// The handles an `OPEN_DIRECT` carries to where it runs: the caller's (a user of this
+    /// node) and what was gathered of the peer, so that the owner of the pair can store both
+    /// with a direct thread it creates even when it holds neither user (`Engine::handle_with`).
+    /// Empty for every other request.
+    fn direct_handles(
+        &self,
+        caller: &Caller,
+        frame: &Frame,
+        mut found: Vec<UserInfo>,
+    ) -> Result<Vec<UserInfo>, crate::store::Error> {
+        if !matches!(frame, Frame::OpenDirect(_)) {
+            return Ok(Vec::new());
+        }
+        if let Some(me) = self.core.chat.store.user(caller.user)? {
+            found.push(UserInfo {
+                id: caller.user,
+                handle: me.handle,
+            });
+        }
+        Ok(found)
+    }
+
     /// Sends a request to `node`, tracked until its answer or its deadline. TYPING is neither
-    /// tracked nor answered.
-    fn forward(&mut self, slot: usize, caller: Caller, request_id: u32, frame: Frame, node: u16) {
+    /// tracked nor answered. `handles`: see [`direct_handles`](Self::direct_handles).
+    fn forward(
+        &mut self,
+        slot: usize,
+        caller: Caller,
+        request_id: u32,
+        frame: Frame,
+        node: u16,
+        handles: Vec<UserInfo>,
+    ) {
         let typing = matches!(frame, Frame::Typing(_));
         let key = Key {
             slot: caller.conn.slot,
@@ -169,7 +205,7 @@ impl Shard {
             return self.reply_error(slot, request_id, ErrorCode::RateLimited, &message);
         }
         let lane = Router::lane(caller.user, &frame);
-        if let Err(e) = self.send_forward(node, lane, caller, request_id, &frame) {
+        if let Err(e) = self.send_forward(node, lane, caller, request_id, &frame, handles) {
             if !typing {
                 self.fwd.pending.remove(key);
                 self.link_refused(slot, request_id, node, e);
@@ -184,6 +220,7 @@ impl Shard {
         caller: Caller,
         request_id: u32,
         frame: &Frame,
+        handles: Vec<UserInfo>,
     ) -> Result<(), LinkError> {
         let bytes = self.encode(request_id, frame);
         let Some(links) = &self.core.links else {
@@ -197,6 +234,7 @@ impl Shard {
             device: caller.device,
             frame: bytes,
             checked: caller.checked,
+            handles: Tail((!handles.is_empty()).then_some(handles)),
         });
         links.send(NodeIndex(node), lane, payload)?;
         if let Some(m) = links.peer_metrics(NodeIndex(node)) {
@@ -276,7 +314,7 @@ impl Shard {
                 if users.len() > self.core.chat.config.max_group =>
             {
                 return match target {
-                    Some(node) => self.forward(slot, caller, request_id, frame, node),
+                    Some(node) => self.forward(slot, caller, request_id, frame, node, Vec::new()),
                     None => self.run_here(slot, caller, request_id, frame),
                 };
             }
@@ -347,7 +385,9 @@ impl Shard {
                 let ask = Frame::GetUsers(GetUsers {
                     users: chunk.iter().map(|&(_, u)| u).collect(),
                 });
-                if let Err(e) = self.send_forward(node, u64::from(id), internal, part, &ask) {
+                if let Err(e) =
+                    self.send_forward(node, u64::from(id), internal, part, &ask, Vec::new())
+                {
                     self.fwd.pending.remove(key);
                     return self.link_refused(slot, request_id, node, e);
                 }
@@ -476,9 +516,13 @@ impl Shard {
                 } else {
                     UsersChecked::AllExist
                 };
+                let handles = match self.direct_handles(&caller, &frame, g.found) {
+                    Ok(handles) => handles,
+                    Err(e) => return self.internal(slot, g.request_id, &e),
+                };
                 match g.target {
-                    Some(node) => self.forward(slot, caller, g.request_id, frame, node),
-                    None => self.run_here(slot, caller, g.request_id, frame),
+                    Some(node) => self.forward(slot, caller, g.request_id, frame, node, handles),
+                    None => self.run_here_with(slot, caller, g.request_id, frame, handles),
                 }
             }
         }
@@ -554,7 +598,8 @@ impl Shard {
             let ask = Frame::PresenceQuery(PresenceQuery {
                 users: group.iter().map(|&(_, u)| u).collect(),
             });
-            if let Err(e) = self.send_forward(node, u64::from(id), internal, part, &ask) {
+            if let Err(e) = self.send_forward(node, u64::from(id), internal, part, &ask, Vec::new())
+            {
                 self.fwd.pending.remove(key);
                 return self.link_refused(slot, request_id, node, e);
             }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use courier_protocol::{ErrorCode, Frame};
+use courier_protocol::{ErrorCode, Frame, UserInfo};
 use crossbeam_channel::{Sender, TrySendError};
 use mio::Waker;
 
@@ -42,6 +42,9 @@ pub enum ShardMsg {
         caller: Caller,
         request_id: u32,
         frame: Frame,
+        /// Handles of users of other nodes the request names, gathered by this node (see
+        /// `Engine::handle_with`); empty for most requests.
+        handles: Vec<UserInfo>,
     },
     /// One encoded frame for each of these local connections (a reply, or one push for every
     /// recipient on this shard).
@@ -71,6 +74,8 @@ pub enum ShardMsg {
         request_id: u32,
         frame: Frame,
         lane: u64,
+        /// `FORWARD.handles`: what the origin knows of the users the request names.
+        handles: Vec<UserInfo>,
     },
     /// The answer to a request this shard forwarded (`FORWARD_REPLY`): an encoded frame for
     /// the local connection `to`, delivered only if the request is still in flight.
@@ -250,9 +255,172 @@ impl Outbox {
     }
 }
 
+/// Messages a [`Wakes`] lets wait for their wakes at most: a burst longer than this wakes its
+/// shards in the middle, so a long burst never leaves a shard asleep on a filling mailbox.
+pub const WAKE_EVERY: usize = 256;
+
+/// The shards whose mailboxes took messages since the last [`flush`](Wakes::flush). A
+/// producer that hands many messages on in a burst (the link thread handing on what one read
+/// of the links brought) wakes each shard it fed once per burst, not once per message: one
+/// `Waker::wake` (a syscall) per shard per burst. Messages are in the mailboxes at once, in
+/// order; only the wake waits for the end of the burst (or for [`WAKE_EVERY`] messages).
+/// Allocates only while it first meets each shard.
+#[derive(Debug, Default)]
+pub struct Wakes {
+    /// Per shard: fed since the last flush.
+    touched: Vec<bool>,
+    /// The shards fed since the last flush, each once.
+    list: Vec<u16>,
+    /// Messages handed on since the last flush.
+    queued: usize,
+}
+
+/// What a [`Wakes::flush`] did: messages handed on in the burst, and wakes it took.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Burst {
+    pub messages: usize,
+    pub wakes: usize,
+}
+
+impl Wakes {
+    /// `shard`'s mailbox took a message. True once [`WAKE_EVERY`] messages wait for their
+    /// wakes: flush now.
+    pub fn queued(&mut self, shard: u16) -> bool {
+        let i = shard as usize;
+        if i >= self.touched.len() {
+            self.touched.resize(i + 1, false);
+        }
+        if !self.touched[i] {
+            self.touched[i] = true;
+            self.list.push(shard);
+        }
+        self.queued += 1;
+        self.queued >= WAKE_EVERY
+    }
+
+    /// Wakes every shard fed since the last flush, once each.
+    pub fn flush(&mut self, mailboxes: &[Mailbox]) -> Burst {
+        let burst = Burst {
+            messages: std::mem::take(&mut self.queued),
+            wakes: self.list.len(),
+        };
+        for shard in self.list.drain(..) {
+            self.touched[shard as usize] = false;
+            if let Some(mailbox) = mailboxes.get(shard as usize) {
+                mailbox.wake();
+            }
+        }
+        burst
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Shard `i`'s poll and mailbox, for counting its wakes.
+    fn shards(
+        n: usize,
+    ) -> (
+        Vec<mio::Poll>,
+        Vec<Mailbox>,
+        Vec<crossbeam_channel::Receiver<ShardMsg>>,
+    ) {
+        let mut polls = Vec::new();
+        let mut boxes = Vec::new();
+        let mut rxs = Vec::new();
+        for _ in 0..n {
+            let poll = mio::Poll::new().unwrap();
+            let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+            let (tx, rx) = crossbeam_channel::bounded(MAILBOX_CAPACITY);
+            polls.push(poll);
+            boxes.push(Mailbox::new(tx, waker));
+            rxs.push(rx);
+        }
+        (polls, boxes, rxs)
+    }
+
+    /// Whether `poll` has a wake pending (and clears it).
+    fn woken(poll: &mut mio::Poll) -> bool {
+        let mut events = mio::Events::with_capacity(4);
+        poll.poll(&mut events, Some(std::time::Duration::ZERO))
+            .unwrap();
+        !events.is_empty()
+    }
+
+    fn kick(slot: u32) -> ShardMsg {
+        ShardMsg::Kick {
+            to: ConnRef {
+                shard: 0,
+                slot,
+                gen: 0,
+                node: 0,
+            },
+            code: ErrorCode::SessionRevoked,
+        }
+    }
+
+    #[test]
+    fn a_burst_wakes_each_shard_it_fed_once_at_its_end_and_keeps_the_order() {
+        let (mut polls, boxes, rxs) = shards(3);
+        let mut wakes = Wakes::default();
+        // 100 messages for shard 0 and 3 for shard 2, interleaved; shard 1 gets none.
+        for slot in 0..100 {
+            boxes[0].tx.try_send(kick(slot)).unwrap();
+            assert!(!wakes.queued(0));
+            if slot % 40 == 0 {
+                boxes[2].tx.try_send(kick(slot)).unwrap();
+                assert!(!wakes.queued(2));
+            }
+        }
+        // In the mailboxes already; nobody woken during the burst.
+        assert_eq!(rxs[0].len(), 100);
+        assert!(polls.iter_mut().all(|p| !woken(p)));
+        assert_eq!(
+            wakes.flush(&boxes),
+            Burst {
+                messages: 103,
+                wakes: 2
+            }
+        );
+        assert!(woken(&mut polls[0]) && woken(&mut polls[2]));
+        assert!(
+            !woken(&mut polls[1]),
+            "a shard that got nothing is not woken"
+        );
+        let slots: Vec<u32> = rxs[0]
+            .try_iter()
+            .map(|m| match m {
+                ShardMsg::Kick { to, .. } => to.slot,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(slots, (0..100).collect::<Vec<_>>(), "order kept");
+        // The next burst starts empty.
+        assert_eq!(wakes.flush(&boxes), Burst::default());
+        assert!(polls.iter_mut().all(|p| !woken(p)));
+    }
+
+    #[test]
+    fn a_long_burst_asks_for_a_flush_every_wake_every_messages() {
+        let (_polls, boxes, _rxs) = shards(1);
+        let mut wakes = Wakes::default();
+        let mut asked = 0;
+        for _ in 0..WAKE_EVERY * 2 + 1 {
+            if wakes.queued(0) {
+                asked += 1;
+                assert_eq!(wakes.flush(&boxes).messages, WAKE_EVERY);
+            }
+        }
+        assert_eq!(asked, 2);
+        assert_eq!(
+            wakes.flush(&boxes),
+            Burst {
+                messages: 1,
+                wakes: 1
+            }
+        );
+    }
 
     #[test]
     fn a_full_mailbox_keeps_messages_in_order_for_the_next_flush() {
@@ -446,18 +614,6 @@ mod tests {
         mailbox.doorbell.answer();
         other.wake();
         assert_eq!(mailbox.doorbell.counts(), (2, 5));
-    }
-
-    fn kick(slot: u32) -> ShardMsg {
-        ShardMsg::Kick {
-            to: ConnRef {
-                shard: 0,
-                slot,
-                gen: 0,
-                node: 0,
-            },
-            code: ErrorCode::SessionRevoked,
-        }
     }
 
     fn kick_like(msg: &ShardMsg) -> ShardMsg {

@@ -108,12 +108,14 @@ impl Shard {
                     caller,
                     request_id,
                     frame,
-                } => self.engine.handle(caller, request_id, frame),
+                    handles,
+                } => self.engine.handle_with(caller, request_id, frame, handles),
                 ShardMsg::Forward {
                     caller,
                     request_id,
                     frame,
                     lane,
+                    handles,
                 } => {
                     if let Frame::PresenceQuery(q) = &frame {
                         self.note_lane(caller.conn, request_id, lane);
@@ -123,7 +125,7 @@ impl Shard {
                     if !matches!(frame, Frame::Typing(_)) {
                         self.note_lane(caller.conn, request_id, lane);
                     }
-                    self.engine.handle(caller, request_id, frame)
+                    self.engine.handle_with(caller, request_id, frame, handles)
                 }
                 ShardMsg::Answer { to, bytes } => self.on_answer(to, bytes),
                 ShardMsg::ReadDone { to, bytes } => {

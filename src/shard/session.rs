@@ -17,7 +17,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use bytes::Bytes;
 use courier_protocol::{
-    AuthOk, Done, ErrorCode, ErrorReply, Frame, Pong, Redirect, Stat, Stats, Welcome, VERSION,
+    AuthOk, Done, ErrorCode, ErrorReply, Frame, Pong, Redirect, Stat, Stats, UserInfo, Welcome,
+    VERSION,
 };
 use crossbeam_channel::TrySendError;
 
@@ -470,12 +471,25 @@ impl Shard {
     /// Runs a chat request on this node: on the read workers, this shard's engine, or the
     /// engine of the shard that owns it.
     pub(super) fn run_here(&mut self, slot: usize, caller: Caller, request_id: u32, frame: Frame) {
+        self.run_here_with(slot, caller, request_id, frame, Vec::new())
+    }
+
+    /// [`run_here`](Self::run_here) with the handles this node gathered of users of other
+    /// nodes that the request names (`Engine::handle_with`).
+    pub(super) fn run_here_with(
+        &mut self,
+        slot: usize,
+        caller: Caller,
+        request_id: u32,
+        frame: Frame,
+        handles: Vec<UserInfo>,
+    ) {
         if Engine::is_read(&frame) {
             self.start_read(slot, caller, request_id, frame);
             return;
         }
         match Engine::shard_for(&self.core.chat, &caller, &frame) {
-            Some(s) if s == self.id => self.engine.handle(caller, request_id, frame),
+            Some(s) if s == self.id => self.engine.handle_with(caller, request_id, frame, handles),
             Some(s) if (s as usize) < self.core.mailboxes.len() => {
                 self.outbox.push(
                     s,
@@ -483,6 +497,7 @@ impl Shard {
                         caller,
                         request_id,
                         frame,
+                        handles,
                     },
                 );
                 if self.outbox.congested(s) {

@@ -213,7 +213,9 @@ impl MessageRecord {
 /// `threads`: what every member shares, except the member list (in `members`).
 ///
 /// `countable` was appended to the layout; a value written without it reads as 0 (the
-/// migration at open writes it for every thread of an older store).
+/// migration at open writes it for every thread of an older store). `handles` was appended
+/// after it and is written only when set, so a group keeps the layout before it; a value
+/// without it reads as none.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ThreadRecord {
     pub kind: ThreadKind,
@@ -227,6 +229,11 @@ pub struct ThreadRecord {
     pub member_count: u32,
     /// Countable messages (all but system ones) ever appended: the newest message's `seq`.
     pub countable: u64,
+    /// A direct thread's two handles, the smaller user id's first, stored when the thread is
+    /// created: in a cluster one or both users may be homed on another node, whose users
+    /// this node's store does not hold. Handles never change, so they stay true. Empty for
+    /// groups and for direct threads created before it existed.
+    pub handles: Vec<String>,
 }
 
 impl Record for ThreadRecord {
@@ -239,6 +246,9 @@ impl Record for ThreadRecord {
         self.changed_at.put(buf);
         self.member_count.put(buf);
         self.countable.put(buf);
+        if !self.handles.is_empty() {
+            self.handles.put(buf);
+        }
     }
     fn get(r: &mut Reader) -> Result<Self, courier_protocol::Error> {
         let mut t = Self {
@@ -252,6 +262,9 @@ impl Record for ThreadRecord {
         };
         if r.remaining() > 0 {
             t.countable = Wire::get(r, "countable")?;
+        }
+        if r.remaining() > 0 {
+            t.handles = Wire::get(r, "handles")?;
         }
         Ok(t)
     }
@@ -860,6 +873,7 @@ mod tests {
                 changed_at: 1_001,
                 member_count: 3,
                 countable: 12,
+                handles: Vec::new(),
             },
             &[
                 &[V1],
@@ -870,6 +884,31 @@ mod tests {
                 &be(1_001),
                 &[0, 0, 0, 3],
                 &be(12),
+            ],
+        );
+        pinned(
+            ThreadRecord {
+                kind: ThreadKind::Direct,
+                name: String::new(),
+                created_by: 7,
+                last_msg_id: 0,
+                changed_at: 9,
+                member_count: 2,
+                countable: 0,
+                handles: vec!["al".into(), "b".into()],
+            },
+            &[
+                &[V1],
+                &[1], // ThreadKind::Direct
+                &[0, 0],
+                &be(7),
+                &be(0),
+                &be(9),
+                &[0, 0, 0, 2],
+                &be(0),  // countable
+                &[0, 2], // two handles
+                &[0, 2, b'a', b'l'],
+                &[0, 1, b'b'],
             ],
         );
         pinned(

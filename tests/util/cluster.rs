@@ -1,11 +1,19 @@
 //! Three `courier serve` nodes on loopback configured as one cluster with `--peer`, for the
 //! cluster tests: start, wait until linked, find handles and ids homed on a given node,
 //! authenticate through any node following `REDIRECT`.
+//!
+//! The nodes are encrypted, as a real cluster is: each node's key pair is written into its
+//! data directory before it starts, every `--peer` entry lists it (`ID=CLIENT@CLUSTER#KEY`),
+//! so links run Noise IK, a `REDIRECT` names the home's key, and every client connection pins
+//! the key of the node it reaches. [`Cluster::start_plaintext`] runs the nodes with
+//! `--insecure-plaintext` instead, for a test that needs plaintext.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use courier::cluster::{partition, Router};
+use courier_protocol::noise::{Keypair, PublicKey};
+use courier_protocol::session::Encryption;
 use courier_protocol::{Frame, Login, Redirect, Register};
 use socket2::{Domain, Socket, Type};
 
@@ -17,7 +25,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// `REDIRECT`) is a port reserved before any node starts, so every `--peer` list can name it:
 /// the test holds an `SO_REUSEPORT` socket bound (not listening) on it, which keeps other
 /// processes off the port and lets the node (which binds with `SO_REUSEPORT`) listen there.
-/// The harness's own ephemeral listen address is a second address of the same node.
+/// The harness's own ephemeral listen address is a second address of the same node. Each
+/// node's key is its `Server::key` (`None` on a plaintext cluster).
 pub struct Cluster {
     pub nodes: Vec<Server>,
     pub ids: Vec<String>,
@@ -43,24 +52,51 @@ pub fn reserve_port() -> (Socket, SocketAddr) {
 }
 
 impl Cluster {
+    /// Three encrypted nodes, linked.
     pub fn start() -> Cluster {
         Cluster::start_with(&[])
     }
 
+    /// [`start`](Self::start) with `extra` arguments for every node.
     pub fn start_with(extra: &[&str]) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        Cluster::launch(true, |_| extra.clone())
+    }
+
+    /// Three nodes with plaintext links and client connections (`--insecure-plaintext`):
+    /// `REDIRECT` names no key and clients do not encrypt.
+    pub fn start_plaintext(extra: &[&str]) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        Cluster::launch(false, |_| extra.clone())
+    }
+
+    /// Three nodes, encrypted or not, node `i` with the arguments `extra(i)` besides the
+    /// cluster's own; returns once every node is linked to every other.
+    pub fn launch(encrypted: bool, extra: impl Fn(usize) -> Vec<String>) -> Cluster {
         let ids: Vec<String> = (0..3).map(|i| format!("n{i}")).collect();
         let (reserved, addrs): (Vec<Socket>, Vec<SocketAddr>) =
             (0..3).map(|_| reserve_port()).unzip();
         let links: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+        let keys: Vec<Keypair> = (0..3)
+            .map(|_| Keypair::generate().expect("a node key pair"))
+            .collect();
+        let listed: Vec<PublicKey> = keys.iter().map(Keypair::public).collect();
         let nodes = (0..3)
             .map(|i| {
-                let args = Cluster::args(&ids, &addrs, &links, i);
-                let args: Vec<&str> = args
-                    .iter()
-                    .map(String::as_str)
-                    .chain(extra.iter().copied())
-                    .collect();
-                Server::start_with(&args)
+                let mut args = if encrypted {
+                    Cluster::keyed_args(&ids, &addrs, &links, &listed, i)
+                } else {
+                    Cluster::args(&ids, &addrs, &links, i)
+                };
+                args.extend(extra(i));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                if encrypted {
+                    let node = Server::start_keyed(&keys[i], &args);
+                    assert_eq!(node.key, Some(listed[i]), "n{i} runs with its listed key");
+                    node
+                } else {
+                    Server::start_with(&args)
+                }
             })
             .collect();
         let peers: Vec<(String, String)> = ids
@@ -99,8 +135,9 @@ impl Cluster {
         }
     }
 
-    /// `courier serve` arguments of node `i`: its id, its advertised address, and every node
-    /// (itself too) as `ID=CLIENT_ADDR@CLUSTER_ADDR`.
+    /// `courier serve` arguments of node `i` of a plaintext cluster: its id, its advertised
+    /// address, `--insecure-plaintext`, and every node (itself too) as
+    /// `ID=CLIENT_ADDR@CLUSTER_ADDR`.
     pub fn args(
         ids: &[String],
         addrs: &[SocketAddr],
@@ -112,8 +149,6 @@ impl Cluster {
             ids[i].clone(),
             "--listen".to_string(),
             addrs[i].to_string(),
-            // Each node has its own Noise key, and nothing yet tells a client the key of the
-            // node a REDIRECT names (NOISE.md section 6): a cluster runs plaintext for now.
             "--insecure-plaintext".to_string(),
         ];
         for j in 0..ids.len() {
@@ -123,6 +158,47 @@ impl Cluster {
             ]);
         }
         args
+    }
+
+    /// `courier serve` arguments of node `i` of an encrypted cluster: its id, its advertised
+    /// address, and every node (itself too) as `ID=CLIENT_ADDR@CLUSTER_ADDR#KEY`, `keys[j]`
+    /// being node `j`'s public key (which its data directory must hold).
+    pub fn keyed_args(
+        ids: &[String],
+        addrs: &[SocketAddr],
+        links: &[SocketAddr],
+        keys: &[PublicKey],
+        i: usize,
+    ) -> Vec<String> {
+        let mut args = vec![
+            "--node-id".to_string(),
+            ids[i].clone(),
+            "--listen".to_string(),
+            addrs[i].to_string(),
+        ];
+        for j in 0..ids.len() {
+            args.extend([
+                "--peer".to_string(),
+                format!("{}={}@{}#{}", ids[j], addrs[j], links[j], keys[j]),
+            ]);
+        }
+        args
+    }
+
+    /// Node `i`'s public key; `None` on a plaintext cluster.
+    pub fn key_of(&self, i: usize) -> Option<PublicKey> {
+        self.nodes[i].key
+    }
+
+    /// How a client reaches node `i`: its key pinned, or plaintext.
+    pub fn encryption(&self, i: usize) -> Encryption {
+        self.nodes[i].encryption()
+    }
+
+    /// `courier-cli` arguments to reach node `i`: `--server-key HEX`, or
+    /// `--insecure-plaintext`.
+    pub fn client_args(&self, i: usize) -> Vec<String> {
+        self.nodes[i].client_args()
     }
 
     /// The index of the node that is home to `handle`.
@@ -153,8 +229,8 @@ impl Cluster {
         (conn, auth_ok(answer).user)
     }
 
-    /// A connection to node `i` that said hello, on the harness's own listen address of the
-    /// node (redirects name the other one).
+    /// A connection to node `i` that said hello (pinning its key), on the harness's own
+    /// listen address of the node (redirects name the other one).
     pub fn connect(&self, i: usize) -> TestConn {
         let mut c = self.nodes[i].connect();
         c.hello();
@@ -190,8 +266,10 @@ impl Cluster {
         Frame::Redirect(Redirect {
             node: self.ids[home].clone(),
             addr: self.addrs[home].to_string(),
-            // These nodes run plaintext (`--insecure-plaintext`), so REDIRECT names no key.
-            key: bytes::Bytes::new(),
+            // The home's key, which the client pins for the new connection; none in plaintext.
+            key: self.key_of(home).map_or(bytes::Bytes::new(), |k| {
+                bytes::Bytes::copy_from_slice(k.as_bytes())
+            }),
         })
     }
 
@@ -211,8 +289,8 @@ impl Cluster {
                 self.ids[entry],
                 self.ids[home]
             );
-            // Follow it: connect to the address the REDIRECT named.
-            c = TestConn::connect(self.addrs[home]);
+            // Follow it: connect to the address the REDIRECT named, pinning the key it named.
+            c = TestConn::connect_with(self.addrs[home], self.encryption(home));
             c.hello();
         }
         (c.request(frame), c)
@@ -246,31 +324,6 @@ impl Cluster {
     /// Like [`Cluster::start_with`], with arguments of each node's own: `extra(i)` for node
     /// `i` (e.g. a push gateway per node, to tell which node sent a notification).
     pub fn start_each(extra: impl Fn(usize) -> Vec<String>) -> Cluster {
-        let ids: Vec<String> = (0..3).map(|i| format!("n{i}")).collect();
-        let (reserved, addrs): (Vec<Socket>, Vec<SocketAddr>) =
-            (0..3).map(|_| reserve_port()).unzip();
-        let links: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-        let nodes = (0..3)
-            .map(|i| {
-                let mut args = Cluster::args(&ids, &addrs, &links, i);
-                args.extend(extra(i));
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                Server::start_with(&args)
-            })
-            .collect();
-        let peers: Vec<(String, String)> = ids
-            .iter()
-            .zip(&addrs)
-            .map(|(id, addr)| (id.clone(), addr.to_string()))
-            .collect();
-        let cluster = Cluster {
-            nodes,
-            router: Router::new(&ids[0], &peers),
-            ids,
-            addrs,
-            _reserved: reserved,
-        };
-        cluster.wait_linked();
-        cluster
+        Cluster::launch(true, extra)
     }
 }

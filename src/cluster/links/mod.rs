@@ -131,6 +131,11 @@ pub trait Inbound: Send + 'static {
     /// The last link `peer` dialed to this node closed: nothing more arrives from it until it
     /// links again.
     fn accepted_gone(&mut self, _peer: NodeIndex) {}
+
+    /// The end of a burst of deliveries: the link thread calls it once per round of its loop,
+    /// after handing on everything its reads brought. An implementation that queues for
+    /// threads to wake wakes them here, once each, instead of once per payload.
+    fn flush(&mut self) {}
 }
 
 /// Tests (and anything that drains a channel) receive payloads as `(from, payload)`.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use courier_protocol::noise::Keypair;
 use courier_protocol::peer::{
-    decode_peer, encode_peer, Forward, Origin, PeerFrame, PeerWelcome, PushBatch, PEER_VERSION,
+    decode_peer, encode_peer, Forward, Origin, PeerFrame, PeerHello, PeerWelcome, PushBatch,
+    PEER_VERSION,
 };
 use crossbeam_channel::Receiver;
 
@@ -130,6 +131,7 @@ fn forward(lane: u64, seq: u32) -> Payload {
         device: 1,
         frame: Bytes::from_static(b"request"),
         checked: Default::default(),
+        handles: Default::default(),
     })
 }
 
@@ -786,6 +788,7 @@ fn link_throughput_plain_and_encrypted() {
                         device: 1,
                         frame: frame.clone(),
                         checked: Default::default(),
+                        handles: Default::default(),
                     });
                     while a.links.send(to_b, lane, payload.clone()).is_err() {
                         std::thread::yield_now();
@@ -800,4 +803,105 @@ fn link_throughput_plain_and_encrypted() {
             );
         }
     }
+}
+
+/// What a recording [`Inbound`] saw: a payload's request id, or the end of a burst with the
+/// number of payloads in it (ends of rounds that handed nothing on are not recorded).
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Delivered(u32),
+    Burst(usize),
+}
+
+struct Recorder {
+    seen: crossbeam_channel::Sender<Seen>,
+    in_burst: usize,
+}
+
+impl Inbound for Recorder {
+    fn deliver(&mut self, _from: NodeIndex, payload: Payload) {
+        if let Payload::Forward(f) = payload {
+            self.in_burst += 1;
+            let _ = self.seen.send(Seen::Delivered(f.request_id));
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.in_burst > 0 {
+            let _ = self
+                .seen
+                .send(Seen::Burst(std::mem::take(&mut self.in_burst)));
+        }
+    }
+}
+
+/// A peer writes 100 payloads in one write (one loopback segment, one read): the link thread
+/// hands them on in order and then ends the burst once, so the server's `Inbound` wakes each
+/// shard once for all of them, not once per payload.
+#[test]
+fn the_payloads_of_one_read_are_handed_on_in_order_then_flushed_once() {
+    let (la, lb) = (listener(), listener());
+    let nodes = members(
+        &["a", "b"],
+        &[la.local_addr().unwrap(), lb.local_addr().unwrap()],
+    );
+    let b_addr = lb.local_addr().unwrap();
+    let (tx, seen) = crossbeam_channel::unbounded();
+    let membership = Membership::new(nodes.to_vec(), "b").unwrap();
+    let recorder = Recorder {
+        seen: tx,
+        in_burst: 0,
+    };
+    let (_links, _thread) = Links::spawn(
+        membership,
+        "b",
+        lb,
+        LinkConfig::default(),
+        Box::new(recorder),
+    )
+    .unwrap();
+    // A fake `a` dials b, says hello, and waits for the welcome.
+    let mut s = TcpStream::connect(b_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = BytesMut::new();
+    let hello = PeerHello {
+        version: PEER_VERSION,
+        node: "a".into(),
+        membership: Membership::new(nodes.to_vec(), "a").unwrap().hash(),
+    };
+    encode_peer(&hello.into(), &mut out);
+    s.write_all(&out).unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(f) = decode_peer(&mut buf).unwrap() {
+            assert!(matches!(f, PeerFrame::PeerWelcome(_)), "{f:?}");
+            break;
+        }
+        let mut chunk = [0u8; 1024];
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "b closed before its welcome");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    out.clear();
+    for seq in 0..100 {
+        let Payload::Forward(f) = forward(seq as u64 % 4, seq) else {
+            unreachable!()
+        };
+        encode_peer(&f.into(), &mut out);
+    }
+    assert!(out.len() < 16 * 1024, "one segment: {}", out.len());
+    s.write_all(&out).unwrap();
+    let mut got = Vec::new();
+    while got.last() != Some(&Seen::Burst(100)) {
+        match seen.recv_timeout(Duration::from_secs(5)) {
+            Ok(s) => got.push(s),
+            Err(e) => panic!("{e}: saw {got:?}"),
+        }
+    }
+    let expected: Vec<Seen> = (0..100)
+        .map(Seen::Delivered)
+        .chain([Seen::Burst(100)])
+        .collect();
+    assert_eq!(got, expected);
+    drop(s);
 }

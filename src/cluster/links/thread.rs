@@ -254,6 +254,8 @@ impl LinkLoop {
                     }
                 }
             }
+            // Whatever the reads of this round handed on: wake its shards, once each.
+            self.inbound.flush();
             self.shared.wake_pending.store(false, Ordering::SeqCst);
             let now = Instant::now();
             self.timers(now);
