@@ -107,6 +107,18 @@ impl RecentSends {
     pub fn len(&self) -> usize {
         self.ids.len()
     }
+
+    /// Heap bytes the two tables hold, from their capacities (a hash table of `n` usable
+    /// slots has the next power of two above `n * 8 / 7` buckets, each an entry and a control
+    /// byte). Grows until `capacity` entries, then stays: a bounded cache, not a leak.
+    pub fn heap_bytes(&self) -> usize {
+        const ENTRY: usize = std::mem::size_of::<(SendKey, u64)>();
+        let buckets = match self.ids.capacity() {
+            0 => 0,
+            n => (n * 8 / 7).next_power_of_two(),
+        };
+        buckets * (ENTRY + 1) + self.order.capacity() * ENTRY
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +126,28 @@ mod tests {
     use super::*;
 
     const HOUR: u64 = 3_600_000_000;
+
+    #[test]
+    fn heap_bytes_grow_with_the_entries_up_to_the_capacity_only() {
+        let mut r = RecentSends::new(1000);
+        assert_eq!(r.heap_bytes(), 0);
+        let mut last = 0;
+        for i in 0..5000 {
+            r.insert((1, 1, i), i);
+            r.commit_round();
+            if i == 999 {
+                last = r.heap_bytes();
+                // 1,000 entries of 32 bytes in two tables, at most twice over for growth.
+                assert!((64_000..=4 * 64_000).contains(&last), "{last}");
+            }
+        }
+        assert_eq!(r.len(), 1000);
+        assert!(
+            r.heap_bytes() <= 2 * last,
+            "{} after 5,000 sends",
+            r.heap_bytes()
+        );
+    }
 
     #[test]
     fn the_oldest_committed_entries_go_first_and_the_round_stays() {

@@ -313,6 +313,12 @@ impl Engine {
         self.in_flight() && self.pending.len() >= STAGED_BOUND
     }
 
+    /// Heap bytes of this shard's recent-sends table (see `dedupe`): bounded, it fills up to
+    /// its capacity over the first sends, so memory checks subtract it like RocksDB's caches.
+    pub fn dedupe_cache_bytes(&self) -> usize {
+        self.recent_sends.heap_bytes()
+    }
+
     /// How long the last finished commit took, from sealing its round to durable; once.
     pub fn take_commit_took(&mut self) -> Option<Duration> {
         self.commit_took.take()

@@ -504,6 +504,9 @@ impl Shard {
         if let Some(took) = self.engine.take_commit_took() {
             self.metrics().commit_took(took.as_micros() as u64);
         }
+        self.metrics()
+            .dedupe_cache_bytes
+            .store(self.engine.dedupe_cache_bytes() as u64, Ordering::Relaxed);
         for effect in effects.drain(..) {
             self.route(effect);
         }
