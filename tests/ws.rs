@@ -518,7 +518,11 @@ fn the_per_address_limit_counts_websocket_connections_and_refuses_with_503() {
         "--metrics",
         "127.0.0.1:0",
     ]);
-    let _tcp = server.connect();
+    // A WELCOME means the server accepted it: with a listener per shard (SO_REUSEPORT) a bare
+    // TCP connect can still wait in another shard's accept queue when the upgrade below is
+    // counted, and the upgrade would then be the second connection, not the third.
+    let mut tcp = server.connect();
+    tcp.hello();
     let _ws = ws_connect(addr);
     let status = raw_upgrade(addr, "");
     assert!(status.starts_with("HTTP/1.1 503"), "{status}");

@@ -849,10 +849,11 @@ mod tests {
                 kind: MessageKind::Text,
                 body: Bytes::from_static(b"x"),
                 deleted_for_some: true,
+                seq: 9,
                 ..Default::default()
             },
             &[
-                &[V1],
+                &[MESSAGE_V2],
                 &be(3),
                 &be(0),
                 &[0], // MessageKind::Text
@@ -862,6 +863,7 @@ mod tests {
                 &be(0),  // edited_at
                 &[0, 0], // no reaction counts
                 &[1],    // deleted_for_some
+                &be(9),  // seq
             ],
         );
         pinned(
