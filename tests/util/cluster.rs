@@ -35,9 +35,23 @@ pub struct Cluster {
     _reserved: Vec<Socket>,
 }
 
-/// A loopback address no one listens on now, for a node's cluster links.
+/// A loopback address no one listens on now, for a node's cluster links. The port is free
+/// when this returns, and the node binds it a moment later (its cluster listener cannot share
+/// a reserved port: no `SO_REUSEPORT`). On 127.0.0.1 another test's connection could take the
+/// port as its source port in between (seen once: "Address already in use"); so each address
+/// is on a loopback IP of its own (127.P.Q.R from the process id and a counter), where nothing
+/// but this node ever binds or connects from.
 pub fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id();
+    let ip = std::net::Ipv4Addr::new(
+        127,
+        (pid % 200) as u8 + 20,
+        ((n >> 8) % 256) as u8,
+        (n % 254) as u8 + 1,
+    );
+    let listener = std::net::TcpListener::bind((ip, 0)).expect("bind a loopback port");
     listener.local_addr().unwrap()
 }
 
