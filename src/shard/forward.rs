@@ -243,6 +243,43 @@ impl Shard {
         Ok(())
     }
 
+    /// Sends one internal request `ask` of gather `id` (its caller `internal`) to `node`, tracked
+    /// in the same table as forwards. If it cannot be sent, the client's request (`slot`,
+    /// `request_id`) is answered
+    /// (`RATE_LIMITED` for a full table, or what the links refused) and the answer is false:
+    /// the caller gives up the gather.
+    fn ask_part(
+        &mut self,
+        (slot, request_id): (usize, u32),
+        g: &mut Gather,
+        id: u32,
+        internal: Caller,
+        node: u16,
+        ask: &Frame,
+    ) -> bool {
+        g.waiting += 1;
+        let key = Key {
+            slot: INTERNAL_SLOT,
+            gen: id,
+            request_id: g.waiting,
+        };
+        if !self.fwd.pending.insert(key, node, self.now_ms64()) {
+            let message = format!(
+                "too many requests are waiting for other nodes of the cluster (node {}); retry in a moment",
+                self.core.router.node_id(node)
+            );
+            self.reply_error(slot, request_id, ErrorCode::RateLimited, &message);
+            return false;
+        }
+        if let Err(e) = self.send_forward(node, u64::from(id), internal, g.waiting, ask, Vec::new())
+        {
+            self.fwd.pending.remove(key);
+            self.link_refused(slot, request_id, node, e);
+            return false;
+        }
+        true
+    }
+
     /// Answers a request the links did not take.
     fn link_refused(&mut self, slot: usize, request_id: u32, node: u16, e: LinkError) {
         let id = self.core.router.node_id(node).to_owned();
@@ -368,28 +405,11 @@ impl Shard {
         for group in remote.chunk_by(|a, b| a.0 == b.0) {
             let node = group[0].0;
             for chunk in group.chunks(CHECK_CHUNK) {
-                g.waiting += 1;
-                let part = g.waiting;
-                let key = Key {
-                    slot: INTERNAL_SLOT,
-                    gen: id,
-                    request_id: part,
-                };
-                if !self.fwd.pending.insert(key, node, self.now_ms64()) {
-                    let message = format!(
-                        "too many requests are waiting for other nodes of the cluster (node {}); retry in a moment",
-                        self.core.router.node_id(node)
-                    );
-                    return self.reply_error(slot, request_id, ErrorCode::RateLimited, &message);
-                }
                 let ask = Frame::GetUsers(GetUsers {
                     users: chunk.iter().map(|&(_, u)| u).collect(),
                 });
-                if let Err(e) =
-                    self.send_forward(node, u64::from(id), internal, part, &ask, Vec::new())
-                {
-                    self.fwd.pending.remove(key);
-                    return self.link_refused(slot, request_id, node, e);
+                if !self.ask_part((slot, request_id), &mut g, id, internal, node, &ask) {
+                    return;
                 }
             }
         }
@@ -581,27 +601,11 @@ impl Shard {
         // At most the contact cap in all (checked by the caller), so one request per node.
         for group in remote.chunk_by(|a, b| a.0 == b.0) {
             let node = group[0].0;
-            g.waiting += 1;
-            let part = g.waiting;
-            let key = Key {
-                slot: INTERNAL_SLOT,
-                gen: id,
-                request_id: part,
-            };
-            if !self.fwd.pending.insert(key, node, self.now_ms64()) {
-                let message = format!(
-                    "too many requests are waiting for other nodes of the cluster (node {}); retry in a moment",
-                    self.core.router.node_id(node)
-                );
-                return self.reply_error(slot, request_id, ErrorCode::RateLimited, &message);
-            }
             let ask = Frame::PresenceQuery(PresenceQuery {
                 users: group.iter().map(|&(_, u)| u).collect(),
             });
-            if let Err(e) = self.send_forward(node, u64::from(id), internal, part, &ask, Vec::new())
-            {
-                self.fwd.pending.remove(key);
-                return self.link_refused(slot, request_id, node, e);
+            if !self.ask_part((slot, request_id), &mut g, id, internal, node, &ask) {
+                return;
             }
         }
         if g.waiting == 0 {
