@@ -9,65 +9,21 @@
 
 mod util;
 
-use std::sync::mpsc::{channel, Receiver};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier::cluster::partition;
-use courier_protocol::{
-    ContactAdd, CreateGroup, Frame, PresenceQuery, RegisterPush, SetThreadState,
-};
+use courier_protocol::{ContactAdd, CreateGroup, Frame, PresenceQuery, SetThreadState};
 use serde_json::{json, Value};
 use util::cluster::{auth_ok, register, Cluster};
+use util::push::{registered, Gateway, POST_TIMEOUT};
 use util::{send, TestConn};
 
-const POST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A push gateway on an ephemeral loopback port: each request it gets is handed to the test.
-struct Gateway {
-    url: String,
-    requests: Receiver<tiny_http::Request>,
-    _server: Arc<tiny_http::Server>,
-}
-
-impl Gateway {
-    fn start() -> Gateway {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind the gateway"));
-        let port = server.server_addr().to_ip().expect("an IP address").port();
-        let (tx, requests) = channel();
-        let incoming = server.clone();
-        std::thread::spawn(move || {
-            for request in incoming.incoming_requests() {
-                if tx.send(request).is_err() {
-                    return;
-                }
-            }
-        });
-        Gateway {
-            url: format!("http://127.0.0.1:{port}"),
-            requests,
-            _server: server,
-        }
-    }
-
-    /// The next notification's `notification` object, answered 200.
-    fn next(&self) -> Value {
-        let mut request = self
-            .requests
-            .recv_timeout(POST_TIMEOUT)
-            .expect("the notifier posts within 10 s");
-        assert_eq!(request.url(), "/_matrix/push/v1/notify");
-        let mut raw = String::new();
-        request
-            .as_reader()
-            .read_to_string(&mut raw)
-            .expect("read the body");
-        let body: Value = serde_json::from_str(&raw).expect("the body is JSON");
-        let response = tiny_http::Response::from_string(json!({ "rejected": [] }).to_string())
-            .with_status_code(200);
-        request.respond(response).expect("answer the notifier");
-        body["notification"].clone()
-    }
+/// Gateway `g`'s next notification's `notification` object, answered 200.
+fn next(g: &Gateway) -> Value {
+    let post = g.next();
+    let n = post.n().clone();
+    post.ok();
+    n
 }
 
 /// (event, room, unread, push keys) of a notification.
@@ -90,20 +46,6 @@ fn summary(n: &Value) -> (u64, u64, u64, Vec<String>) {
 /// Three nodes, node `i` posting to `gateways[i]`.
 fn cluster(gateways: &[Gateway]) -> Cluster {
     Cluster::start_each(|i| vec!["--push-gateway".into(), gateways[i].url.clone()])
-}
-
-fn registered(c: &mut TestConn, pushkey: &str) {
-    let answer = c.request(RegisterPush {
-        app_id: "com.example.chat".into(),
-        pushkey: pushkey.into(),
-        platform: "apns".into(),
-        lang: "en".into(),
-        data: String::new(),
-    });
-    assert!(
-        matches!(answer, Frame::Done(_)),
-        "REGISTER_PUSH: {answer:?}"
-    );
 }
 
 /// A user homed on `node` whose id is above `above` (their handle's partition is not below
@@ -194,7 +136,7 @@ fn a_member_homed_on_another_node_than_the_thread_is_notified_by_their_home() {
     wait_offline(&mut p.watcher, p.bob_id);
 
     let sent = send(&mut p.alice, group, 1, "to bob, offline on n1");
-    let n = gateways[1].next();
+    let n = next(&gateways[1]);
     assert_eq!(
         summary(&n),
         (sent.message, group, 1, vec!["bob-key".to_owned()])
@@ -203,7 +145,7 @@ fn a_member_homed_on_another_node_than_the_thread_is_notified_by_their_home() {
 
     // Another message: notified again (the home's row was settled by the 200 above).
     let again = send(&mut p.alice, group, 2, "again");
-    assert_eq!(summary(&gateways[1].next()).0, again.message);
+    assert_eq!(summary(&next(&gateways[1])).0, again.message);
     drop(p.carol);
 }
 
@@ -221,7 +163,7 @@ fn a_member_online_on_their_home_is_not_notified_of_a_message_of_another_node() 
     // notification is carol's (a row for bob, a lower id, would have gone first).
     let sent = send(&mut p.alice, group, 1, "bob is online");
     assert_eq!(
-        summary(&gateways[1].next()),
+        summary(&next(&gateways[1])),
         (sent.message, group, 1, vec!["carol-key".to_owned()])
     );
     // Bob's device got the message itself.
@@ -253,7 +195,7 @@ fn a_member_who_muted_a_thread_of_another_node_is_not_notified_of_it() {
 
     let sent = send(&mut p.alice, group, 1, "bob muted this");
     assert_eq!(
-        summary(&gateways[1].next()),
+        summary(&next(&gateways[1])),
         (sent.message, group, 1, vec!["carol-key".to_owned()])
     );
 }

@@ -31,6 +31,7 @@ use courier_protocol::{
 
 pub mod cluster;
 pub mod proxy;
+pub mod push;
 
 /// How long a server may take to print its listening line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
