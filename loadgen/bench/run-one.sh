@@ -5,7 +5,7 @@
 # BENCHMARKS.md), runs `courier-loadgen` against it as a separate process, writes
 # $B/runs/NAME.json, stops the server it started (by pid) and removes the copy. Waits (at most
 # 120 s) until no compiler runs, since the benchmark machine is shared, and logs the load average
-# in $B/runs/index.tsv.
+# in $B/runs/index.tsv. WAIT_MAX (seconds, default 120) bounds that wait.
 #
 # The server is encrypted unless SERVER FLAGS hold --insecure-plaintext; the loadgen pins the key
 # the server printed, or goes plaintext with it.
@@ -16,7 +16,7 @@ B=${B:-/var/tmp/lgbench}
 name=$1; sargs=$2; shift 2
 d=$B/runs/$name.d
 waited=0
-while [ $waited -lt 120 ] && { pgrep -x rustc || pgrep -x cc1plus || pgrep -x cargo; } >/dev/null; do sleep 2; waited=$((waited+2)); done
+while [ $waited -lt "${WAIT_MAX:-120}" ] && { pgrep -x rustc || pgrep -x cc1plus || pgrep -x cargo; } >/dev/null; do sleep 2; waited=$((waited+2)); done
 rm -rf "$d"; mkdir -p "$d"; cp -a "$B/tpl/d19k" "$d/data"
 # shellcheck disable=SC2086 # server flags are words
 "$B/bin/courier" serve --data-dir "$d/data" --listen 127.0.0.1:0 $sargs >"$d/stdout" 2>"$B/runs/$name.server.log" &
