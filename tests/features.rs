@@ -812,3 +812,70 @@ fn a_member_who_deleted_a_message_for_themselves_hears_nothing_more_of_it() {
         assert_eq!(message_push(device).message.id, last);
     }
 }
+
+/// The thread list's preview is the newest message the viewer can still see: not one they
+/// deleted for themselves, nor a notice about one (as HISTORY hides them).
+#[test]
+fn the_thread_list_preview_skips_what_the_viewer_deleted_for_themselves() {
+    let server = Server::start();
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    let t = direct(&mut alice, b.user);
+    let first = send(&mut alice, t, 1, "one").message;
+    let second = send(&mut alice, t, 2, "two").message;
+    assert_eq!(message_push(&mut bob).message.id, first);
+    assert_eq!(message_push(&mut bob).message.id, second);
+    assert_eq!(
+        bob.request(DeleteForMe {
+            thread: t,
+            message: second
+        }),
+        Done {}.into()
+    );
+    let preview = |c: &mut TestConn| {
+        let Frame::ThreadList(list) = c.request(ListThreads {
+            before_msg_id: 0,
+            before_thread: 0,
+            limit: 10,
+        }) else {
+            panic!("LIST_THREADS")
+        };
+        let row = list.threads.into_iter().find(|r| r.id == t).expect("row");
+        row.last_message.map(|m| (m.id, m.body))
+    };
+    assert_eq!(preview(&mut bob), Some((first, Bytes::from("one"))));
+    assert_eq!(preview(&mut alice), Some((second, Bytes::from("two"))));
+
+    // Alice reacts to the message Bob deleted: the notice is the thread's newest message, and
+    // still not Bob's preview.
+    assert_eq!(react(&mut alice, t, second, "👍"), Done {}.into());
+    assert_eq!(preview(&mut bob), Some((first, Bytes::from("one"))));
+    assert_ne!(preview(&mut alice).map(|p| p.0), Some(second));
+}
+
+/// A message one deleted for oneself is gone for one: quoting it in a reply is refused like
+/// quoting no message, while the other member may still quote it.
+#[test]
+fn a_reply_cannot_quote_a_message_the_sender_deleted_for_themselves() {
+    let server = Server::start();
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    let t = direct(&mut alice, b.user);
+    let m = send(&mut alice, t, 1, "one").message;
+    assert_eq!(message_push(&mut bob).message.id, m);
+    assert_eq!(
+        bob.request(DeleteForMe {
+            thread: t,
+            message: m
+        }),
+        Done {}.into()
+    );
+    assert_eq!(
+        error_code(&send_reply(&mut bob, t, 2, "re", m)),
+        ErrorCode::UnknownMessage
+    );
+    assert!(matches!(
+        send_reply(&mut alice, t, 3, "re", m),
+        Frame::Sent(_)
+    ));
+}

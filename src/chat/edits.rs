@@ -258,11 +258,22 @@ impl Engine {
 
     /// A SEND's `reply_to` must name a message of the same thread that a person wrote and did
     /// not recall.
-    pub(super) fn check_reply(&self, thread: u64, reply_to: u64) -> Result<(), Reject> {
+    pub(super) fn check_reply(
+        &self,
+        caller: &Caller,
+        thread: u64,
+        reply_to: u64,
+    ) -> Result<(), Reject> {
         let target = self.message_now(thread, reply_to)?.ok_or((
             ErrorCode::UnknownMessage,
             "reply_to names no message of this thread; quote a message of the thread you send to, or send 0",
         ))?;
+        if self.deleted_now(thread, reply_to, &target, caller.user)? {
+            return Err((
+                ErrorCode::UnknownMessage,
+                "reply_to names a message you deleted for yourself; send without reply_to",
+            ));
+        }
         if target.kind == MessageKind::System {
             return Err((
                 ErrorCode::InvalidArgument,

@@ -154,7 +154,7 @@ impl Engine {
             ..Default::default()
         };
         if f.reply_to != 0 {
-            self.check_reply(f.thread, f.reply_to)?;
+            self.check_reply(caller, f.thread, f.reply_to)?;
         }
         let id = self.append(f.thread, rec, Some(caller), &[])?;
         self.stage_push(f.thread, id, caller.user, f.kind)?;

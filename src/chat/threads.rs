@@ -11,6 +11,7 @@ use courier_protocol::{
     SystemEvent, SystemEventKind, Thread, ThreadInfo, ThreadKind, ThreadList, ThreadSummary,
 };
 
+use super::edits;
 use super::engine::{Engine, Reject};
 use super::messages::to_wire;
 use super::Shared;
@@ -707,6 +708,27 @@ pub(super) fn list_threads(
     Ok(Some(ThreadList { threads, more }.into()))
 }
 
+/// How many messages the viewer deleted for themselves (or notices about them) a thread
+/// list row's preview passes over before it shows none.
+const PREVIEW_SKIP_MAX: usize = 64;
+
+/// Whether `viewer` deleted message `id` (`m`) of `thread` for themselves, or `m` is a notice
+/// about a message they deleted: no read unless the message was deleted by someone or is a
+/// notice.
+fn deleted_for_viewer(
+    store: &Store,
+    viewer: u64,
+    thread: u64,
+    id: u64,
+    m: &MessageRecord,
+) -> Result<bool, crate::store::Error> {
+    Ok(edits::deleted_by(store, thread, id, m, viewer)?
+        || match edits::notice_subject(m) {
+            Some(subject) => store.is_hidden(viewer, thread, subject)?,
+            None => false,
+        })
+}
+
 fn thread_summary(
     store: &Store,
     viewer: u64,
@@ -725,8 +747,19 @@ fn thread_summary(
         .map_err(internal)?;
     let mut last_message = None;
     if last != 0 && last > private.hidden_upto {
+        // The newest message the viewer can see (HISTORY's rule): not one they deleted for
+        // themselves, nor a notice about one. Bounded: no preview past PREVIEW_SKIP_MAX.
+        let mut skipped = 0;
         store
-            .messages(id, 0, u64::MAX, true, 1, |mid, m| {
+            .messages(id, private.hidden_upto, u64::MAX, true, 1, |mid, m| {
+                if deleted_for_viewer(store, viewer, id, mid, &m)? {
+                    skipped += 1;
+                    return Ok(if skipped > PREVIEW_SKIP_MAX {
+                        Visit::Stop
+                    } else {
+                        Visit::Skipped
+                    });
+                }
                 last_message = Some(to_wire(id, mid, m));
                 Ok(Visit::Took)
             })
