@@ -14,7 +14,7 @@
 //!   (forward scans, as SYNC does); `/unread`: the `unread` rows of one thread above a cursor
 //!   (as LIST_THREADS counts them).
 //!
-//! `today` is what `Store::open` uses for these families. `MEMTABLE_CANDIDATES=today,one_key`
+//! `hint` is what `Store::open` uses for `messages` since `pcpu` (`today` before issue 13). `MEMTABLE_CANDIDATES=today,one_key`
 //! runs only the named candidates.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -37,6 +37,9 @@ enum Candidate {
     OneKey,
     /// Only the message row, with its `seq` (8 bytes) appended: what `Store` writes now.
     Seq,
+    /// `seq`, with inserts hinted per thread id (`memtable_insert_with_hint_prefix_extractor`,
+    /// which needs concurrent memtable writes off): what `Store` writes since `pcpu`.
+    Hint,
     /// Skip list with a prefix extractor on the thread id and a memtable prefix bloom.
     PrefixBloom,
     /// Prefix bloom also over whole keys.
@@ -57,6 +60,7 @@ impl Candidate {
             Candidate::Today => "today",
             Candidate::OneKey => "one_key",
             Candidate::Seq => "seq",
+            Candidate::Hint => "hint",
             Candidate::PrefixBloom => "prefix_bloom",
             Candidate::WholeKeyBloom => "whole_key_bloom",
             Candidate::HashSkipList => "hash_skiplist",
@@ -69,7 +73,14 @@ impl Candidate {
     fn cf_options(self) -> Options {
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
-        let mut cf = Options::default();
+        let mut cf = match self {
+            Candidate::Hint => Options::default()
+                .get_options_from_string(
+                    "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.8",
+                )
+                .unwrap(),
+            _ => Options::default(),
+        };
         cf.set_block_based_table_factory(&table);
         cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let prefix = |cf: &mut Options| {
@@ -77,7 +88,7 @@ impl Candidate {
             cf.set_memtable_prefix_bloom_ratio(0.1);
         };
         match self {
-            Candidate::Today | Candidate::OneKey | Candidate::Seq => {}
+            Candidate::Today | Candidate::OneKey | Candidate::Seq | Candidate::Hint => {}
             Candidate::PrefixBloom => prefix(&mut cf),
             Candidate::WholeKeyBloom => {
                 prefix(&mut cf);
@@ -110,6 +121,7 @@ impl Candidate {
             Candidate::Today
                 | Candidate::OneKey
                 | Candidate::Seq
+                | Candidate::Hint
                 | Candidate::SmallBuffer
                 | Candidate::InPlace
         )
@@ -142,7 +154,10 @@ impl Bench {
         opts.create_missing_column_families(true);
         if matches!(
             candidate,
-            Candidate::InPlace | Candidate::HashSkipList | Candidate::HashLinkList
+            Candidate::InPlace
+                | Candidate::HashSkipList
+                | Candidate::HashLinkList
+                | Candidate::Hint
         ) {
             // Only the skip list takes concurrent inserts; RocksDB refuses to open otherwise.
             opts.set_allow_concurrent_memtable_write(false);
@@ -159,7 +174,7 @@ impl Bench {
             value: vec![
                 b'x';
                 VALUE
-                    + if matches!(candidate, Candidate::Seq) {
+                    + if matches!(candidate, Candidate::Seq | Candidate::Hint) {
                         8
                     } else {
                         0
@@ -193,7 +208,10 @@ impl Bench {
             self.next_id[thread as usize] += 1;
             let k = key(thread, id);
             batch.put_cf(messages, k, &self.value);
-            if !matches!(self.candidate, Candidate::OneKey | Candidate::Seq) {
+            if !matches!(
+                self.candidate,
+                Candidate::OneKey | Candidate::Seq | Candidate::Hint
+            ) {
                 batch.put_cf(unread, k, 7u64.to_be_bytes());
             }
         }
@@ -252,6 +270,7 @@ const CANDIDATES: &[Candidate] = &[
     Candidate::Today,
     Candidate::OneKey,
     Candidate::Seq,
+    Candidate::Hint,
     Candidate::PrefixBloom,
     Candidate::WholeKeyBloom,
     Candidate::HashSkipList,
