@@ -14,10 +14,14 @@
 //!   (forward scans, as SYNC does); `/unread`: the `unread` rows of one thread above a cursor
 //!   (as LIST_THREADS counts them).
 //!
+//! Before its timings, each candidate prints the key comparisons a round costs (RocksDB's perf
+//! context): a count, comparable across runs on a busy machine.
+//!
 //! `hint` is what `Store::open` uses for `messages` since `pcpu` (`today` before issue 13). `MEMTABLE_CANDIDATES=today,one_key`
 //! runs only the named candidates.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use rocksdb::perf::{set_perf_stats, PerfContext, PerfMetric, PerfStatsLevel};
 use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, MemtableFactory, Options, ReadOptions,
     SliceTransform, WriteBatch, WriteOptions, DB,
@@ -266,6 +270,22 @@ impl Bench {
     }
 }
 
+/// Key comparisons per round of inserts (RocksDB's perf context of this thread, which does the
+/// inserts): a count, which other processes on a shared machine do not disturb as they do
+/// the times.
+fn comparisons_per_round(b: &mut Bench) -> f64 {
+    const ROUNDS: u64 = 200;
+    set_perf_stats(PerfStatsLevel::EnableCount);
+    let mut ctx = PerfContext::default();
+    ctx.reset();
+    for _ in 0..ROUNDS {
+        b.round();
+    }
+    let n = ctx.metric(PerfMetric::UserKeyComparisonCount);
+    set_perf_stats(PerfStatsLevel::Disable);
+    n as f64 / ROUNDS as f64
+}
+
 const CANDIDATES: &[Candidate] = &[
     Candidate::Today,
     Candidate::OneKey,
@@ -289,6 +309,11 @@ fn memtable(c: &mut Criterion) {
             continue;
         }
         let mut b = Bench::new(candidate);
+        println!(
+            "memtable_insert/{}: {:.0} key comparisons per round of {ROUND}",
+            candidate.name(),
+            comparisons_per_round(&mut b)
+        );
         c.bench_function(&format!("memtable_insert/{}", candidate.name()), |bench| {
             bench.iter(|| b.round())
         });
