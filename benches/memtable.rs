@@ -14,10 +14,14 @@
 //!   (forward scans, as SYNC does); `/unread`: the `unread` rows of one thread above a cursor
 //!   (as LIST_THREADS counts them).
 //!
-//! `today` is what `Store::open` uses for these families. `MEMTABLE_CANDIDATES=today,one_key`
+//! Before its timings, each candidate prints the key comparisons a round costs (RocksDB's perf
+//! context): a count, comparable across runs on a busy machine.
+//!
+//! `hint` is what `Store::open` uses for `messages` since `pcpu` (`today` before issue 13). `MEMTABLE_CANDIDATES=today,one_key`
 //! runs only the named candidates.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use rocksdb::perf::{set_perf_stats, PerfContext, PerfMetric, PerfStatsLevel};
 use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, MemtableFactory, Options, ReadOptions,
     SliceTransform, WriteBatch, WriteOptions, DB,
@@ -37,6 +41,9 @@ enum Candidate {
     OneKey,
     /// Only the message row, with its `seq` (8 bytes) appended: what `Store` writes now.
     Seq,
+    /// `seq`, with inserts hinted per thread id (`memtable_insert_with_hint_prefix_extractor`,
+    /// which needs concurrent memtable writes off): what `Store` writes since `pcpu`.
+    Hint,
     /// Skip list with a prefix extractor on the thread id and a memtable prefix bloom.
     PrefixBloom,
     /// Prefix bloom also over whole keys.
@@ -57,6 +64,7 @@ impl Candidate {
             Candidate::Today => "today",
             Candidate::OneKey => "one_key",
             Candidate::Seq => "seq",
+            Candidate::Hint => "hint",
             Candidate::PrefixBloom => "prefix_bloom",
             Candidate::WholeKeyBloom => "whole_key_bloom",
             Candidate::HashSkipList => "hash_skiplist",
@@ -69,7 +77,14 @@ impl Candidate {
     fn cf_options(self) -> Options {
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
-        let mut cf = Options::default();
+        let mut cf = match self {
+            Candidate::Hint => Options::default()
+                .get_options_from_string(
+                    "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.8",
+                )
+                .unwrap(),
+            _ => Options::default(),
+        };
         cf.set_block_based_table_factory(&table);
         cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let prefix = |cf: &mut Options| {
@@ -77,7 +92,7 @@ impl Candidate {
             cf.set_memtable_prefix_bloom_ratio(0.1);
         };
         match self {
-            Candidate::Today | Candidate::OneKey | Candidate::Seq => {}
+            Candidate::Today | Candidate::OneKey | Candidate::Seq | Candidate::Hint => {}
             Candidate::PrefixBloom => prefix(&mut cf),
             Candidate::WholeKeyBloom => {
                 prefix(&mut cf);
@@ -110,6 +125,7 @@ impl Candidate {
             Candidate::Today
                 | Candidate::OneKey
                 | Candidate::Seq
+                | Candidate::Hint
                 | Candidate::SmallBuffer
                 | Candidate::InPlace
         )
@@ -142,7 +158,10 @@ impl Bench {
         opts.create_missing_column_families(true);
         if matches!(
             candidate,
-            Candidate::InPlace | Candidate::HashSkipList | Candidate::HashLinkList
+            Candidate::InPlace
+                | Candidate::HashSkipList
+                | Candidate::HashLinkList
+                | Candidate::Hint
         ) {
             // Only the skip list takes concurrent inserts; RocksDB refuses to open otherwise.
             opts.set_allow_concurrent_memtable_write(false);
@@ -159,7 +178,7 @@ impl Bench {
             value: vec![
                 b'x';
                 VALUE
-                    + if matches!(candidate, Candidate::Seq) {
+                    + if matches!(candidate, Candidate::Seq | Candidate::Hint) {
                         8
                     } else {
                         0
@@ -193,7 +212,10 @@ impl Bench {
             self.next_id[thread as usize] += 1;
             let k = key(thread, id);
             batch.put_cf(messages, k, &self.value);
-            if !matches!(self.candidate, Candidate::OneKey | Candidate::Seq) {
+            if !matches!(
+                self.candidate,
+                Candidate::OneKey | Candidate::Seq | Candidate::Hint
+            ) {
                 batch.put_cf(unread, k, 7u64.to_be_bytes());
             }
         }
@@ -248,10 +270,27 @@ impl Bench {
     }
 }
 
+/// Key comparisons per round of inserts (RocksDB's perf context of this thread, which does the
+/// inserts): a count, which other processes on a shared machine do not disturb as they do
+/// the times.
+fn comparisons_per_round(b: &mut Bench) -> f64 {
+    const ROUNDS: u64 = 200;
+    set_perf_stats(PerfStatsLevel::EnableCount);
+    let mut ctx = PerfContext::default();
+    ctx.reset();
+    for _ in 0..ROUNDS {
+        b.round();
+    }
+    let n = ctx.metric(PerfMetric::UserKeyComparisonCount);
+    set_perf_stats(PerfStatsLevel::Disable);
+    n as f64 / ROUNDS as f64
+}
+
 const CANDIDATES: &[Candidate] = &[
     Candidate::Today,
     Candidate::OneKey,
     Candidate::Seq,
+    Candidate::Hint,
     Candidate::PrefixBloom,
     Candidate::WholeKeyBloom,
     Candidate::HashSkipList,
@@ -270,6 +309,11 @@ fn memtable(c: &mut Criterion) {
             continue;
         }
         let mut b = Bench::new(candidate);
+        println!(
+            "memtable_insert/{}: {:.0} key comparisons per round of {ROUND}",
+            candidate.name(),
+            comparisons_per_round(&mut b)
+        );
         c.bench_function(&format!("memtable_insert/{}", candidate.name()), |bench| {
             bench.iter(|| b.round())
         });

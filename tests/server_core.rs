@@ -713,3 +713,85 @@ fn a_burst_larger_than_the_read_budget_is_answered_completely() {
         .expect("writer thread")
         .expect("the burst was written");
 }
+
+/// The server ends a readable event's reading at a read that fills less than it asked (the
+/// socket is empty then): bytes that arrive after that short read raise a new edge and are
+/// still read. The first half of a HELLO is sent, the server has read it (its
+/// `courier_bytes_in_total` counts it), then the rest, which must be answered.
+#[test]
+fn bytes_arriving_after_a_short_read_are_still_read() {
+    let server = Server::start_with(&["--metrics", "127.0.0.1:0"]);
+    let bytes_in = || Server::metric_sum(&server.metrics(), "courier_bytes_in_total");
+    let mut c = server.connect();
+    // After the handshake, if any: only the half frame's bytes count below.
+    let before = bytes_in();
+    let mut hello = BytesMut::new();
+    courier_protocol::encode(
+        9,
+        &Hello {
+            version: 1,
+            client: "half now, half later".into(),
+        }
+        .into(),
+        &mut hello,
+    );
+    let half = hello.len() / 2;
+    c.send_raw(&hello[..half]);
+    let deadline = Instant::now() + SHORT;
+    while bytes_in() < before + half as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "the server never read the first half"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    c.send_raw(&hello[half..]);
+    assert!(matches!(c.reply(9, SHORT), Frame::Welcome(_)));
+}
+
+/// A frame and the peer's FIN that are both in the socket before the server looks (it is
+/// stopped while the client writes them) come in one readable event that also reports the
+/// close. The read of the frame is short, but the reading must go on to the read that returns
+/// 0: no later edge would report the FIN. The server answers the frame and closes.
+#[test]
+fn a_frame_and_a_fin_that_arrive_together_are_both_seen() {
+    let server = Server::start();
+    let mut c = server.connect();
+    c.hello();
+    server.signal(libc::SIGSTOP);
+    wait_stopped(&server);
+    c.send(7, Ping { nonce: 7 });
+    c.stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close the client's side");
+    server.signal(libc::SIGCONT);
+    let frames = c.expect_closed(SHORT);
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(f, Frame::Pong(p) if p.nonce == 7)),
+        "{frames:?}"
+    );
+}
+
+/// Waits until the kernel reports every thread of `server` stopped (SIGSTOP stops each thread
+/// as it next runs).
+fn wait_stopped(server: &Server) {
+    let pid = server.pid().expect("a running server");
+    let deadline = Instant::now() + SHORT;
+    let all_stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains("stopped"))
+        })
+    };
+    while !all_stopped() {
+        assert!(Instant::now() < deadline, "pid {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

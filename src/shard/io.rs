@@ -1,7 +1,9 @@
 //! Socket work of a shard: accept, read and frame, queue and write, close.
 //!
 //! Edge-triggered, as in mio's examples: accepts and reads are drained until `WouldBlock`,
-//! `Interrupted` is retried, a read of 0 bytes is the peer closing. Handlers never close a
+//! `Interrupted` is retried, a read of 0 bytes is the peer closing. A read that fills less than
+//! it asked for also ends a readable event's reading ([`Drain::ShortRead`]): the socket is
+//! empty for now, and bytes that arrive later raise a new edge. Handlers never close a
 //! socket themselves; they mark the connection and the loop closes it after the round's writes
 //! (so an `ERROR_REPLY` before a close is written first).
 //!
@@ -42,6 +44,21 @@ pub const PRE_AUTH_MAX_RECORD: usize = 16 * 1024;
 /// (PROTOCOL.md section 9), whatever `--max-frame` says: `HELLO`, `REGISTER`, `LOGIN`,
 /// `RESUME` and `PING` take a few hundred bytes at most.
 pub const PRE_AUTH_MAX_FRAME: u32 = 4096;
+
+/// How far a connection's reading goes in one turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Drain {
+    /// Until a read returns fewer bytes than it asked for (or `WouldBlock`): a short read of a
+    /// TCP socket took everything it held, and with edge-triggered polling bytes that arrive
+    /// after it raise a new edge, so the read that would only return `WouldBlock` is skipped
+    /// (as tokio's `poll_read` clears readiness on a short read). Only for a readable event
+    /// that did not also report the peer's close or an error: a FIN that arrived before the
+    /// event raises no new edge, so then the reading goes on to the read that returns 0.
+    ShortRead,
+    /// Until `WouldBlock`: a read not prompted by a fresh event (carried over, held while
+    /// saturated, a timer's check), or the peer closed or failed.
+    WouldBlock,
+}
 
 impl Shard {
     pub(super) fn conn_ref(&self, slot: usize) -> Option<ConnRef> {
@@ -200,20 +217,31 @@ impl Shard {
         self.core.config.rate_limit.saturating_mul(2)
     }
 
-    pub(super) fn on_conn_event(&mut self, slot: usize, readable: bool, writable: bool) {
+    pub(super) fn on_conn_event(
+        &mut self,
+        slot: usize,
+        readable: bool,
+        writable: bool,
+        drain: Drain,
+    ) {
         if writable {
             self.flush_conn(slot);
         }
         if readable {
-            self.read(slot);
+            self.read_until(slot, drain);
         }
     }
 
-    /// Reads until `WouldBlock` or `--read-budget` bytes, handling every whole frame as it
-    /// arrives. A client that keeps its socket full is carried over to the next round instead
-    /// of holding the shard while everyone else waits (edge-triggered polling would not
-    /// report the bytes it left again).
+    /// Reads until `WouldBlock` (see [`read_until`](Self::read_until)).
     pub(super) fn read(&mut self, slot: usize) {
+        self.read_until(slot, Drain::WouldBlock);
+    }
+
+    /// Reads until `drain` says the socket is empty or `--read-budget` bytes, handling every
+    /// whole frame as it arrives. A client that keeps its socket full is carried over to the
+    /// next round instead of holding the shard while everyone else waits (edge-triggered
+    /// polling would not report the bytes it left again).
+    pub(super) fn read_until(&mut self, slot: usize, drain: Drain) {
         if self.conns.get(slot).is_none_or(|c| c.has(flag::PAUSED)) {
             return;
         }
@@ -246,6 +274,9 @@ impl Shard {
                         self.on_ws_bytes(slot, &mut scratch[..n]);
                     } else {
                         self.on_bytes(slot, &scratch[..n]);
+                    }
+                    if n < want && drain == Drain::ShortRead {
+                        break;
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,

@@ -437,7 +437,12 @@ impl Shard {
                                 self.held_reads.push((t.0, c.gen));
                             }
                         }
-                        self.on_conn_event(t.0, readable && !hold, event.is_writable())
+                        let drain = if event.is_read_closed() || event.is_error() {
+                            io::Drain::WouldBlock
+                        } else {
+                            io::Drain::ShortRead
+                        };
+                        self.on_conn_event(t.0, readable && !hold, event.is_writable(), drain)
                     }
                 },
             }

@@ -1,7 +1,10 @@
 //! A worker: one mio event loop driving thousands of non-blocking client connections.
 //!
 //! The loop follows mio's `tcp_server` example: a connection's slot index is its [`Token`],
-//! reads drain until `WouldBlock`, `Ok(0)` is a close, and only the loop deregisters. Output is
+//! reads drain until `WouldBlock` (or, for a readable event that reported no close or error,
+//! until a read fills less than it asked: the socket is empty, and later bytes raise a new
+//! edge, so the read that would only say `WouldBlock` is skipped, as tokio does), `Ok(0)` is a
+//! close, and only the loop deregisters. Output is
 //! queued in each connection's buffer and written before the loop sleeps (redis'
 //! "handle clients with pending writes"); a connection waits for WRITABLE only while bytes are
 //! left. Commands from the parent arrive on a channel and wake the loop through a [`Waker`].
@@ -361,6 +364,9 @@ impl Worker {
                         ev.token().0,
                         ev.is_readable() || ev.is_read_closed(),
                         ev.is_writable(),
+                        // A FIN or error that came before the event raises no new edge: read
+                        // on to the `Ok(0)` or the error then.
+                        !(ev.is_read_closed() || ev.is_error()),
                     );
                 }
             }
@@ -580,7 +586,8 @@ impl Worker {
         }
     }
 
-    fn on_event(&mut self, i: usize, readable: bool, writable: bool) {
+    /// `stop_short`: a read that fills less than `scratch` ends the reading (see the module).
+    fn on_event(&mut self, i: usize, readable: bool, writable: bool, stop_short: bool) {
         let Some(c) = self.conns.get_mut(i) else {
             return;
         };
@@ -616,6 +623,7 @@ impl Worker {
                         break;
                     }
                     Ok(n) => {
+                        let short = stop_short && n < self.scratch.len();
                         outcome = match c.ws.take() {
                             None => c.on_input(&self.scratch[..n], &mut self.cx),
                             Some(mut link) => {
@@ -624,7 +632,7 @@ impl Worker {
                                 o
                             }
                         };
-                        if outcome != Outcome::Continue {
+                        if outcome != Outcome::Continue || short {
                             break;
                         }
                     }
