@@ -480,7 +480,7 @@ impl Shard {
 
     /// Commit, route, hand over, write, close: steps 5–7 of a round.
     fn end_round(&mut self) {
-        if self.quiet() {
+        if self.core.config.commit_inline_when_idle && self.quiet() {
             // The round may be written on this thread (see `commit`): what it already has for
             // other shards and for sockets goes out first, so the sync holds none of it up.
             self.flush_outbox();
@@ -513,13 +513,17 @@ impl Shard {
     }
 
     /// Hands the round to the commit stage (or writes it) and routes what became durable.
-    /// A shard with nothing else to do this round (quiet, nothing left to write or hand
-    /// over) writes the round itself ([`Engine::commit_idle`]): the sync then delays no
-    /// other work of the shard, and the round's answers skip two wake-ups. Connections held
+    /// With `--commit-inline-when-idle`, a shard with nothing else to do this round (quiet,
+    /// nothing left to write or hand over) writes the round itself
+    /// ([`Engine::commit_idle`]): the round's answers skip two wake-ups, but mail that comes
+    /// in during the sync waits for it. Connections held
     /// back while the round being built was full are read again once it is not.
     fn commit(&mut self) {
         let mut effects = std::mem::take(&mut self.effects);
-        let idle = self.quiet() && self.pending_writes.is_empty() && self.outbox.is_empty();
+        let idle = self.core.config.commit_inline_when_idle
+            && self.quiet()
+            && self.pending_writes.is_empty()
+            && self.outbox.is_empty();
         if idle {
             self.engine.commit_idle(&mut effects);
         } else {
