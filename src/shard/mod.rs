@@ -516,8 +516,8 @@ impl Shard {
     /// With `--commit-inline-when-idle`, a shard with nothing else to do this round (quiet,
     /// nothing left to write or hand over) writes the round itself
     /// ([`Engine::commit_idle`]): the round's answers skip two wake-ups, but mail that comes
-    /// in during the sync waits for it. Connections held
-    /// back while the round being built was full are read again once it is not.
+    /// in during the sync waits for it. Connections held back while the round being built
+    /// was full are read again once it is not.
     fn commit(&mut self) {
         let mut effects = std::mem::take(&mut self.effects);
         let idle = self.core.config.commit_inline_when_idle

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Usage: sched.sh B NAME "SERVER FLAGS"; then python3 sched.py B/runs/NAME.sched (wake-up latency per thread). Root (ftrace).
-# plat-sched.sh B NAME "server flags": a 1K chat run with ftrace of the server's wake-ups (sched_wakeup → sched_switch in)
+# sched.sh B NAME "server flags": a 1K chat run with ftrace of the server's wake-ups (sched_wakeup → sched_switch in)
 B=$1; name=$2; sflags=$3
 T=/sys/kernel/tracing/instances/tail13sched
 mkdir -p $T

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Usage: trace.sh B NAME "SERVER FLAGS" [RATE]; then python3 an.py B NAME (fdatasync of the server as ftrace saw it, loadgen p50/p99, courier_commit_seconds) and python3 q.py B/runs/NAME.ftrace (syncs queued right behind the other shard's). Root (ftrace).
-# plat-trace.sh B NAME "server flags" [rate]: one chat run with ftrace of fdatasync on the server and a metrics scrape at the end
+# trace.sh B NAME "server flags" [rate]: one chat run with ftrace of fdatasync on the server and a metrics scrape at the end
 B=$1; name=$2; sflags=$3; rate=${4:-1000}
 port=$((19000 + RANDOM % 1000))
 T=/sys/kernel/tracing/instances/tail13
