@@ -148,6 +148,12 @@ pub struct ServeArgs {
     /// When a commit reaches the disk [default: batch].
     #[arg(long, value_enum)]
     pub fsync: Option<Fsync>,
+    /// With `--fsync batch`: a shard with nothing else to do writes and syncs its round on
+    /// its own thread instead of handing it to its writer thread (two wake-ups fewer per
+    /// round, but the shard's loop waits for the sync). Off by default: see BENCHMARKS.md,
+    /// "Issue 13: the 1K/s tail (plat)".
+    #[arg(long)]
+    pub commit_inline_when_idle: bool,
     /// Heartbeat period announced to clients; 3 missed periods close the connection [default: 30].
     #[arg(long)]
     pub heartbeat_secs: Option<u16>,
@@ -293,6 +299,7 @@ struct FileConfig {
     shards: Option<usize>,
     metrics: Option<SocketAddr>,
     fsync: Option<Fsync>,
+    commit_inline_when_idle: Option<bool>,
     heartbeat_secs: Option<u16>,
     handshake_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
@@ -348,6 +355,8 @@ pub struct Config {
     pub shards: usize,
     pub metrics: Option<SocketAddr>,
     pub fsync: FsyncMode,
+    /// An idle shard commits its round itself (`--commit-inline-when-idle`).
+    pub commit_inline_when_idle: bool,
     pub heartbeat_secs: u16,
     pub handshake_timeout_secs: u64,
     /// `None`: derived from the open files limit at start.
@@ -439,6 +448,8 @@ impl Config {
                 .fsync
                 .or(file.fsync)
                 .map_or_else(FsyncMode::default, FsyncMode::from),
+            commit_inline_when_idle: args.commit_inline_when_idle
+                || file.commit_inline_when_idle.unwrap_or(false),
             heartbeat_secs: args.heartbeat_secs.or(file.heartbeat_secs).unwrap_or(30),
             handshake_timeout_secs: args
                 .handshake_timeout_secs

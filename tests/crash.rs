@@ -1,6 +1,7 @@
 //! Crash safety: while clients send, the server is killed with SIGKILL and restarted on the
 //! same data directory. Every message whose SENT ack a client received must be in history
-//! exactly once, in order, under `--fsync always` and `--fsync batch`.
+//! exactly once, in order, under `--fsync always` and `--fsync batch` (with and without
+//! `--commit-inline-when-idle`).
 
 mod util;
 
@@ -53,8 +54,8 @@ fn send_until_killed(mut c: TestConn, thread: u64, limit: Duration) -> HashMap<u
     }
 }
 
-fn crash_keeps_every_acked_message(fsync: &str) {
-    let mut server = Server::start_with(&["--fsync", fsync]);
+fn crash_keeps_every_acked_message(flags: &[&str]) {
+    let mut server = Server::start_with(flags);
     let mut threads = Vec::new();
     let mut peer_tokens = Vec::new();
     let mut senders = Vec::new();
@@ -115,7 +116,10 @@ fn crash_keeps_every_acked_message(fsync: &str) {
         assert_eq!(client_ids.len(), stored.len(), "no send stored twice");
         let by_id: HashSet<u64> = ids.iter().copied().collect();
         for (client_id, message) in acked {
-            assert!(by_id.contains(message), "acked message {message} (client id {client_id}) lost in the crash with --fsync {fsync}");
+            assert!(
+                by_id.contains(message),
+                "acked message {message} (client id {client_id}) lost in the crash with {flags:?}"
+            );
         }
     }
     // A send retried after the restart with an acked client id returns the same message and
@@ -141,10 +145,15 @@ fn crash_keeps_every_acked_message(fsync: &str) {
 
 #[test]
 fn sigkill_loses_no_acked_message_with_fsync_always() {
-    crash_keeps_every_acked_message("always");
+    crash_keeps_every_acked_message(&["--fsync", "always"]);
 }
 
 #[test]
 fn sigkill_loses_no_acked_message_with_fsync_batch() {
-    crash_keeps_every_acked_message("batch");
+    crash_keeps_every_acked_message(&["--fsync", "batch"]);
+}
+
+#[test]
+fn sigkill_loses_no_acked_message_when_idle_shards_commit_inline() {
+    crash_keeps_every_acked_message(&["--fsync", "batch", "--commit-inline-when-idle"]);
 }

@@ -2052,6 +2052,72 @@ fn a_round_built_while_the_previous_one_commits_sees_its_state_and_waits_for_it(
 }
 
 #[test]
+fn an_idle_shard_writes_its_round_itself_but_never_past_a_round_in_flight() {
+    // `commit_idle` writes the round on the calling thread only when nothing is in flight
+    // and nothing durable waits to be released; else it hands the round over like
+    // `commit`. Driven by hand: the writer thread takes a batch only when the test says so.
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let owner = w.shared.thread_shard(t);
+    let (engine, permit, notified) = gated_engine(&w, owner);
+    w.engines[owner as usize] = engine;
+    let history: Frame = History {
+        thread: t,
+        anchor: 0,
+        direction: Direction::Forward,
+        limit: 0,
+    }
+    .into();
+    let read_ids = |w: &World| match Engine::read(&w.shared, &b, history.clone()) {
+        Frame::Messages(m) => m.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let mut out = Vec::new();
+
+    // Idle, nothing in flight: written here, answered at once, the writer never asked.
+    let e = &mut w.engines[owner as usize];
+    e.handle(a, 1, text(t, 1));
+    e.commit_idle(&mut out);
+    let m1 = sent_ids(&out);
+    assert_eq!(m1.len(), 1, "answered in the same round: {out:?}");
+    assert!(read_ids(&w).contains(&m1[0]), "durable before its answer");
+    assert!(notified.is_empty(), "no hand-over");
+    out.clear();
+
+    // Round 2 is handed over (the shard was busy) and held at the gate. Round 3, on an
+    // idle shard, must not overtake it: it waits, unsealed.
+    let e = &mut w.engines[owner as usize];
+    e.handle(a, 2, text(t, 2));
+    e.commit(&mut out);
+    assert!(out.is_empty(), "round 2 is in flight");
+    let e = &mut w.engines[owner as usize];
+    e.handle(a, 3, text(t, 3));
+    e.commit_idle(&mut out);
+    assert!(out.is_empty(), "round 3 waits behind round 2");
+    assert_eq!(read_ids(&w), m1, "neither round 2 nor 3 reached the store");
+
+    // Round 2 is durable. Its answer must not wait for round 3's sync: round 3 is handed
+    // over (held at the gate) and round 2's answer goes now.
+    permit.send(()).unwrap();
+    notified.recv().unwrap();
+    w.engines[owner as usize].commit_idle(&mut out);
+    let m2 = sent_ids(&out);
+    assert_eq!(m2.len(), 1, "round 2's SENT only: {out:?}");
+    assert_eq!(read_ids(&w), [m1[0], m2[0]], "round 3 is at the gate");
+    out.clear();
+    w.engines[owner as usize].commit_idle(&mut out);
+    assert!(out.is_empty(), "round 3 is still in flight");
+
+    permit.send(()).unwrap();
+    notified.recv().unwrap();
+    w.engines[owner as usize].commit_idle(&mut out);
+    let m3 = sent_ids(&out);
+    assert_eq!(m3.len(), 1, "round 3's SENT: {out:?}");
+    assert_eq!(read_ids(&w), [m1[0], m2[0], m3[0]], "in the order sealed");
+}
+
+#[test]
 fn a_failed_commit_fails_its_round_and_the_round_built_on_it() {
     let mut w = World::new(ChatConfig::default());
     let (a, b) = (w.user("alice"), w.user("bob"));

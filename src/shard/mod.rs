@@ -485,13 +485,15 @@ impl Shard {
 
     /// Commit, route, hand over, write, close: steps 5–7 of a round.
     fn end_round(&mut self) {
+        if self.core.config.commit_inline_when_idle && self.quiet() {
+            // The round may be written on this thread (see `commit`): what it already has for
+            // other shards and for sockets goes out first, so the sync holds none of it up.
+            self.flush_outbox();
+            self.flush_writes();
+        }
         self.commit();
         self.broadcast_presence();
-        let flushed = self.outbox.flush(&self.core.mailboxes);
-        ShardMetrics::add(&self.metrics().mailbox_overflows, flushed.refusals as u64);
-        self.metrics()
-            .overflow_pending
-            .store(flushed.waiting as u64, Ordering::Relaxed);
+        self.flush_outbox();
         self.resume_reads();
         self.metrics()
             .mailbox_depth
@@ -500,12 +502,38 @@ impl Shard {
         self.close_pending();
     }
 
+    /// Hands this round's messages to other shards' mailboxes (waking each once).
+    fn flush_outbox(&mut self) {
+        let flushed = self.outbox.flush(&self.core.mailboxes);
+        ShardMetrics::add(&self.metrics().mailbox_overflows, flushed.refusals as u64);
+        self.metrics()
+            .overflow_pending
+            .store(flushed.waiting as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the shard has no work waiting past this round: no mail left in its mailbox,
+    /// no reads carried over or held back.
+    fn quiet(&self) -> bool {
+        !self.more_mail && self.carry_reads.is_empty() && self.held_reads.is_empty()
+    }
+
     /// Hands the round to the commit stage (or writes it) and routes what became durable.
-    /// Connections held back while the round being built was full are read again once it is
-    /// not.
+    /// With `--commit-inline-when-idle`, a shard with nothing else to do this round (quiet,
+    /// nothing left to write or hand over) writes the round itself
+    /// ([`Engine::commit_idle`]): the round's answers skip two wake-ups, but mail that comes
+    /// in during the sync waits for it. Connections held back while the round being built
+    /// was full are read again once it is not.
     fn commit(&mut self) {
         let mut effects = std::mem::take(&mut self.effects);
-        self.engine.commit(&mut effects);
+        let idle = self.core.config.commit_inline_when_idle
+            && self.quiet()
+            && self.pending_writes.is_empty()
+            && self.outbox.is_empty();
+        if idle {
+            self.engine.commit_idle(&mut effects);
+        } else {
+            self.engine.commit(&mut effects);
+        }
         if let Some(took) = self.engine.take_commit_took() {
             self.metrics().commit_took(took.as_micros() as u64);
         }
