@@ -10,7 +10,9 @@
 //! when the heap moved by at least [`TRIM_AFTER`] bytes since the last trim: the rises of its
 //! free bytes (glibc's `mallinfo2().fordblks`) from one look to the next added up, or its
 //! bytes in use (`uordblks`) that far from where they were (a ramp of connections frees its
-//! handshake buffers between allocations that keep the free bytes flat). A trimmed page still
+//! handshake buffers between allocations that keep the free bytes flat); and once more when
+//! the heap settles after it moved at all (the end of a ramp frees the buffers of the last
+//! connections in flight, [`SETTLED`] bytes or more, and then stays still). A trimmed page still
 //! counts as free, so the free bytes alone would ask for a trim every second after one burst.
 
 use std::time::{Duration, Instant};
@@ -25,6 +27,10 @@ use crate::metrics::HeapMetrics;
 /// threshold on the free bytes never trimmed there.
 pub const TRIM_AFTER: u64 = 512 << 10;
 
+/// A heap that moved less than this in a second has settled; one that moved at least this
+/// much since the last trim has something to give back once it settles.
+pub const SETTLED: u64 = 64 << 10;
+
 /// How often the free bytes are looked at (and at most trimmed).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -37,6 +43,8 @@ struct Policy {
     freed: u64,
     /// Bytes in use at the last trim (or the first look).
     used_at_trim: Option<u64>,
+    /// Bytes in use at the last look.
+    last_used: Option<u64>,
 }
 
 impl Policy {
@@ -45,18 +53,24 @@ impl Policy {
             last: None,
             freed: 0,
             used_at_trim: None,
+            last_used: None,
         }
     }
 
     /// Whether to trim now that the arenas hold `free` bytes free and `used` in use.
     fn should_trim(&mut self, free: u64, used: u64) -> bool {
+        let settled = match (self.last, self.last_used) {
+            (Some(f), Some(u)) => free.abs_diff(f) < SETTLED && used.abs_diff(u) < SETTLED,
+            _ => false,
+        };
         if let Some(last) = self.last {
             self.freed = self.freed.saturating_add(free.saturating_sub(last));
         }
         self.last = Some(free);
+        self.last_used = Some(used);
         let used_at_trim = *self.used_at_trim.get_or_insert(used);
-        free >= TRIM_AFTER
-            && (self.freed >= TRIM_AFTER || used.abs_diff(used_at_trim) >= TRIM_AFTER)
+        let moved = self.freed.max(used.abs_diff(used_at_trim));
+        free >= TRIM_AFTER && (moved >= TRIM_AFTER || (settled && moved >= SETTLED))
     }
 
     /// A trim left `free` bytes free (trimmed pages included) and `used` in use: the next
@@ -182,13 +196,40 @@ mod tests {
             !p.should_trim(TRIM_AFTER - 1, used),
             "less free than a trim is worth"
         );
+        p.trimmed(2 << 20, used);
+        let end = (2 << 20) + 2 * SETTLED;
+        assert!(!p.should_trim(end, used), "still moving");
+        assert!(
+            p.should_trim(end, used),
+            "the ramp ended: one more trim for what it freed last"
+        );
+        p.trimmed(end, used);
+        assert!(!p.should_trim(end, used), "settled, nothing new");
     }
 
-    /// Resident bytes of this process.
-    fn rss() -> u64 {
-        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-        pages * 4096
+    /// (resident, all) whole pages inside the byte ranges `blocks` (address, length).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn resident_pages(blocks: &[(usize, usize)]) -> (usize, usize) {
+        const PAGE: usize = 4096;
+        let (mut resident, mut all) = (0, 0);
+        let mut vec = Vec::new();
+        for &(at, len) in blocks {
+            // Past the free chunk's header and list pointers, which malloc_trim keeps.
+            let start = (at + 64).next_multiple_of(PAGE);
+            let end = (at + len) / PAGE * PAGE;
+            if end <= start {
+                continue;
+            }
+            vec.resize((end - start) / PAGE, 0u8);
+            // SAFETY: `start..end` is page-aligned and lies in the process's heap, which stays
+            // mapped (malloc_trim only advises the kernel); `vec` has a byte per page.
+            let rc =
+                unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
+            assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+            resident += vec.iter().filter(|&&b| b & 1 == 1).count();
+            all += vec.len();
+        }
+        (resident, all)
     }
 
     /// 16 MiB freed in the middle of an arena (every other 64 KiB block of 32 MiB, so the
@@ -207,17 +248,25 @@ mod tests {
             .into_iter()
             .enumerate()
             .partition(|(i, _)| i % 2 == 0);
+        let ranges: Vec<(usize, usize)> = freed
+            .iter()
+            .map(|(_, b)| (b.as_ptr() as usize, b.len()))
+            .collect();
         drop(freed);
-        let held = rss();
+        let (held, pages) = resident_pages(&ranges);
+        assert!(
+            held * 10 >= pages * 9,
+            "freed pages stay resident until trimmed ({held} of {pages})"
+        );
         assert!(
             trimmer.tick(t0 + CHECK_EVERY, &metrics),
             "16 MiB were freed"
         );
-        let after = rss();
+        // Other tests' threads may reuse a few of the freed blocks meanwhile.
+        let (after, _) = resident_pages(&ranges);
         assert!(
-            held.saturating_sub(after) >= 8 << 20,
-            "the trim gave back {} bytes of the 16 MiB freed (RSS {held} -> {after})",
-            held.saturating_sub(after)
+            after * 4 <= pages,
+            "the trim left {after} of {pages} freed pages resident"
         );
         assert_eq!(metrics.trims(), 1);
         assert!(
