@@ -443,6 +443,40 @@ impl LinkMetrics {
     }
 }
 
+/// Trims of the heap's free memory (`shard::heap`): `courier_malloc_trims_total` and
+/// `courier_malloc_trim_seconds_total` (the time the trims took, each with the arenas locked).
+#[derive(Debug, Default)]
+pub struct HeapMetrics {
+    trims: AtomicU64,
+    trim_us: AtomicU64,
+}
+
+impl HeapMetrics {
+    /// Counts one trim that took `took`.
+    pub fn trimmed(&self, took: Duration) {
+        self.trims.fetch_add(1, Ordering::Relaxed);
+        self.trim_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn trims(&self) -> u64 {
+        load(&self.trims)
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# TYPE courier_malloc_trims_total counter\ncourier_malloc_trims_total {}",
+            self.trims()
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE courier_malloc_trim_seconds_total counter\ncourier_malloc_trim_seconds_total {:.6}",
+            load(&self.trim_us) as f64 / 1e6
+        );
+    }
+}
+
 /// The media garbage collector's counters (only its thread writes them).
 #[derive(Default)]
 pub struct MediaMetrics {
@@ -516,6 +550,7 @@ pub struct Metrics {
     pub cluster_reads: Arc<ClusterReadMetrics>,
     pub media: Arc<MediaMetrics>,
     pub push: Arc<PushMetrics>,
+    pub heap: HeapMetrics,
     /// Whether commits reach the disk: `courier_commit_failures_total`, `courier_ready`, `/health`.
     pub store: Arc<Health>,
 }
@@ -534,6 +569,7 @@ impl Metrics {
             cluster_reads: Arc::default(),
             media: Arc::default(),
             push: Arc::default(),
+            heap: HeapMetrics::default(),
         })
     }
 
@@ -755,6 +791,7 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", load(v));
         }
         self.push.render(&mut out);
+        self.heap.render(&mut out);
         out
     }
 }

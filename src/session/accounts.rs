@@ -323,7 +323,10 @@ impl Accounts {
                 idle_days: self.config.token_idle_us.div_ceil(DAY_US),
             });
         }
-        let user = self.store.user(rec.user)?.ok_or(AuthError::InvalidToken)?;
+        let user = self
+            .store
+            .user_at_connect(rec.user)?
+            .ok_or(AuthError::InvalidToken)?;
         if now.saturating_sub(rec.last_used) > self.refresh_after() {
             self.touch(&digest, now)?;
         }

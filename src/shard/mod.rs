@@ -19,6 +19,7 @@
 pub mod auth_pool;
 pub mod conn;
 mod forward;
+mod heap;
 mod io;
 pub mod mailbox;
 pub mod per_addr;
@@ -549,7 +550,8 @@ impl Shard {
         }
     }
 
-    /// Once a second: deadlines, coalesced presence, the store's health.
+    /// Once a second: deadlines, coalesced presence, the store's health, the heap's free
+    /// memory (one shard at a time, [`heap`]).
     fn on_tick(&mut self) {
         let now = self.now_secs();
         if now == self.last_tick {
@@ -557,6 +559,7 @@ impl Shard {
         }
         self.last_tick = now;
         self.check_store();
+        heap::TRIMMER.tick(Instant::now(), &self.core.metrics.heap);
         self.retry_accepts();
         let mut due = Vec::new();
         self.wheel.advance(now, &mut due);
