@@ -17,7 +17,7 @@ name=$1; sargs=$2; shift 2
 d=$B/runs/$name.d
 waited=0
 while [ $waited -lt "${WAIT_MAX:-120}" ] && { pgrep -x rustc || pgrep -x cc1plus || pgrep -x cargo; } >/dev/null; do sleep 2; waited=$((waited+2)); done
-rm -rf "$d"; mkdir -p "$d"; cp -a "$B/tpl/d19k" "$d/data"
+rm -rf "$d"; mkdir -p "$d"; cp -a "$B/tpl/d19k" "$d/data"; sync # the copy's writeback is not the run's
 # shellcheck disable=SC2086 # server flags are words
 "$B/bin/courier" serve --data-dir "$d/data" --listen 127.0.0.1:0 $sargs >"$d/stdout" 2>"$B/runs/$name.server.log" &
 spid=$!
@@ -37,5 +37,8 @@ for _ in $(seq 100); do kill -0 "$spid" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$spid" 2>/dev/null && kill -KILL "$spid"
 wait "$spid" 2>/dev/null
 rm -rf "$d"
+# The disk is mounted with `discard`: the removal's TRIMs go out at the next journal commit
+# and would stall the next run's fsyncs. Let them go now.
+sync; sleep 1
 echo -e "$name\t$(date +%T)\tload=$(cut -d' ' -f1-3 /proc/loadavg)\twaited=${waited}s\trc=$rc" >> "$B/runs/index.tsv"
 exit $rc
