@@ -773,32 +773,6 @@ fn users_of_other_nodes_are_checked_and_described_as_on_one_node() {
     );
     alice.ping();
 }
-/// Waits until the kernel reports every thread of `node` stopped (a SIGSTOP takes effect on
-/// each thread of the process as it next runs: one thread takes the signal and then stops the
-/// others, and on a loaded machine the rest may answer a request meanwhile).
-fn wait_stopped(node: &Server) {
-    let pid = node.pid().expect("a running node");
-    let deadline = std::time::Instant::now() + WAIT;
-    let all_stopped = || {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return false;
-        };
-        tasks.flatten().all(|task| {
-            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-            status
-                .lines()
-                .any(|l| l.starts_with("State:") && l.contains("stopped"))
-        })
-    };
-    while !all_stopped() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pid {pid} did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Repeats `request` while it is answered UNAVAILABLE (links re-forming after a node came
 /// back), at most 20 s; returns the first other answer.
 fn until_linked(mut request: impl FnMut() -> Frame) -> Frame {
@@ -883,7 +857,7 @@ fn a_node_that_stops_answering_is_answered_unavailable_after_2_s_and_a_retry_is_
     // Stopped, n2 keeps its sockets: the link stays up for 1.5 s of silence, so the SEND is
     // forwarded and nothing answers it.
     cluster.nodes[2].signal(libc::SIGSTOP);
-    wait_stopped(&cluster.nodes[2]);
+    cluster.nodes[2].wait_stopped();
     let asked = Instant::now();
     let answer = util::try_send(&mut alice, thread, 1, "maybe");
     let took = asked.elapsed();
@@ -1364,7 +1338,7 @@ fn reads_answer_unavailable_within_2s_naming_a_node_that_is_down() {
     // A node that stopped answering but whose links look up yet (SIGSTOP: no RST, no FIN):
     // the read waits for its part until the deadline, and no longer.
     cluster.nodes[1].signal(libc::SIGSTOP);
-    wait_stopped(&cluster.nodes[1]);
+    cluster.nodes[1].wait_stopped();
     unavailable_within_2s(&mut a, list.clone(), "n1");
     unavailable_within_2s(&mut a, continuation(&first, 0, &[]), "n1");
     cluster.nodes[1].signal(libc::SIGCONT);

@@ -759,7 +759,7 @@ fn a_frame_and_a_fin_that_arrive_together_are_both_seen() {
     let mut c = server.connect();
     c.hello();
     server.signal(libc::SIGSTOP);
-    wait_stopped(&server);
+    server.wait_stopped();
     c.send(7, Ping { nonce: 7 });
     c.stream
         .shutdown(std::net::Shutdown::Write)
@@ -772,26 +772,4 @@ fn a_frame_and_a_fin_that_arrive_together_are_both_seen() {
             .any(|f| matches!(f, Frame::Pong(p) if p.nonce == 7)),
         "{frames:?}"
     );
-}
-
-/// Waits until the kernel reports every thread of `server` stopped (SIGSTOP stops each thread
-/// as it next runs).
-fn wait_stopped(server: &Server) {
-    let pid = server.pid().expect("a running server");
-    let deadline = Instant::now() + SHORT;
-    let all_stopped = || {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return false;
-        };
-        tasks.flatten().all(|task| {
-            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-            status
-                .lines()
-                .any(|l| l.starts_with("State:") && l.contains("stopped"))
-        })
-    };
-    while !all_stopped() {
-        assert!(Instant::now() < deadline, "pid {pid} did not stop");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }

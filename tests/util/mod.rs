@@ -187,6 +187,31 @@ impl Server {
         self.child.lock().ok()?.as_ref().map(Child::id)
     }
 
+    /// Waits (at most 10 s) until the kernel reports every thread of the server stopped, after
+    /// a SIGSTOP: it takes effect on each thread as it next runs (one thread takes the signal
+    /// and then stops the others, and on a loaded machine the rest may answer a request
+    /// meanwhile).
+    pub fn wait_stopped(&self) {
+        let pid = self.pid().expect("a running server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let all_stopped = || {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return false;
+            };
+            tasks.flatten().all(|task| {
+                let status =
+                    std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+                status
+                    .lines()
+                    .any(|l| l.starts_with("State:") && l.contains("stopped"))
+            })
+        };
+        while !all_stopped() {
+            assert!(Instant::now() < deadline, "pid {pid} did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
