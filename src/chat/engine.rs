@@ -205,6 +205,12 @@ impl Engine {
             Frame::MediaGet(f) => media::media_get(shared, caller, f),
             _ => Err((ErrorCode::UnknownFrame, "this frame is not a read request")),
         };
+        Self::outcome_frame(result)
+    }
+
+    /// The frame a request's outcome is answered with: its reply, `DONE` when it has none, or
+    /// an `ERROR_REPLY`.
+    pub fn outcome_frame(result: Result<Option<Frame>, (ErrorCode, &'static str)>) -> Frame {
         match result {
             Ok(Some(frame)) => frame,
             Ok(None) => Done {}.into(),

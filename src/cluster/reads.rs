@@ -28,8 +28,8 @@ use bytes::{Bytes, BytesMut};
 use courier_protocol::peer::{PeerRead, PeerReadReply};
 use courier_protocol::wire::Wire;
 use courier_protocol::{
-    encode, BatchVector, Decoder, Done, ErrorCode, ErrorReply, Frame, ListThreads, MediaGet, Sync,
-    Tail, ThreadList, ThreadSummary, MAX_FRAME_LEN,
+    encode, BatchVector, Decoder, ErrorCode, ErrorReply, Frame, ListThreads, MediaGet, Sync, Tail,
+    ThreadList, ThreadSummary, MAX_FRAME_LEN,
 };
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -202,15 +202,7 @@ impl ClusterReads {
                 };
             }
         };
-        match answer {
-            Ok(Some(frame)) => frame,
-            Ok(None) => Done {}.into(),
-            Err((code, message)) => ErrorReply {
-                code: code as u16,
-                message: message.into(),
-            }
-            .into(),
-        }
+        Engine::outcome_frame(answer)
     }
 
     // ---- Home side ----
