@@ -429,15 +429,6 @@ mod tests {
         let (tx, rx) = crossbeam_channel::bounded(2);
         let boxes = [Mailbox::new(tx, waker)];
         let mut out = Outbox::new(1, OUTBOX_CAP);
-        let kick = |slot| ShardMsg::Kick {
-            to: ConnRef {
-                shard: 0,
-                slot,
-                gen: 0,
-                node: 0,
-            },
-            code: ErrorCode::SessionRevoked,
-        };
         for slot in 0..5 {
             out.push(0, kick(slot));
         }
