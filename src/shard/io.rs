@@ -288,6 +288,11 @@ impl Shard {
             }
         }
         self.scratch = scratch;
+        // The read's partial frame, record or WebSocket state was put back; an idle
+        // connection gives its box back.
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.tidy();
+        }
     }
 
     /// Handles bytes read from the connection in `slot`: frames them, or on an encrypted
@@ -307,7 +312,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        let input = std::mem::take(&mut conn.input);
+        let input = conn.take_input();
         let held = conn.crypto.held_plain(&input);
         let mut records = std::mem::take(&mut self.records_in);
         let mut plain = std::mem::take(&mut self.plain_in);
@@ -324,9 +329,9 @@ impl Shard {
         if let Some(conn) = self.conns.get_mut(slot).filter(|c| !c.closing()) {
             // What on_plaintext kept (a partial frame, or frames held while paused), then the
             // partial record or handshake message.
-            let held = conn.input.len();
+            let held = conn.input().len();
             if !records.is_empty() {
-                conn.input.extend_from_slice(&records);
+                conn.input_mut().extend_from_slice(&records);
             }
             if let Crypto::Open { held_plain, .. } = &mut conn.crypto {
                 *held_plain = held as u32;
@@ -351,9 +356,7 @@ impl Shard {
             let mut answer = BytesMut::new();
             let result = handshake.handle(records, &mut answer);
             if !answer.is_empty() {
-                conn.output
-                    .get_or_insert_with(Box::default)
-                    .push_wire(answer.freeze());
+                conn.output_or_new().push_wire(answer.freeze());
                 self.want_write(slot);
             }
             match result {
@@ -408,9 +411,7 @@ impl Shard {
             });
             let bytes = self.encode(0, &frame);
             if let Some(conn) = self.conns.get_mut(slot) {
-                conn.output
-                    .get_or_insert_with(Box::default)
-                    .push_wire(bytes);
+                conn.output_or_new().push_wire(bytes);
                 self.want_write(slot);
             }
         }
@@ -433,7 +434,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        let mut held = std::mem::take(&mut conn.input);
+        let mut held = conn.take_input();
         let buf: &[u8] = if held.is_empty() {
             data
         } else {
@@ -515,10 +516,10 @@ impl Shard {
             // announces (a peer could announce a whole frame and send four bytes, on many
             // connections): the buffer grows as the rest arrives, by doubling.
             if held.is_empty() {
-                conn.input = buf[pos..].to_vec();
+                conn.set_input(buf[pos..].to_vec());
             } else {
                 held.drain(..pos);
-                conn.input = held;
+                conn.set_input(held);
             }
         }
     }
@@ -528,7 +529,8 @@ impl Shard {
         let Some(conn) = self.conns.get(slot) else {
             return false;
         };
-        let plain = &conn.input[..conn.crypto.held_plain(&conn.input)];
+        let input = conn.input();
+        let plain = &input[..conn.crypto.held_plain(input)];
         match peek_len(plain, self.decoder.max_frame_len()) {
             Ok(Some(len)) => plain.len() >= LEN_BYTES + len as usize,
             _ => false,
@@ -589,13 +591,11 @@ impl Shard {
         if conn.closing() && conn.close_reason == Reason::SlowConsumer {
             return;
         }
-        if conn.has(flag::WS) && (!conn.ws_open() || conn.ws.as_ref().is_some_and(|w| w.close_sent))
-        {
+        if conn.has(flag::WS) && (!conn.ws_open() || conn.ws().is_some_and(|w| w.close_sent)) {
             // No Courier frame goes out before the upgrade (a handshake timeout is a close).
             return;
         }
-        let out = conn.output.get_or_insert_with(Box::default);
-        out.push(bytes);
+        conn.output_or_new().push(bytes);
         let queued = conn.queued();
         if !conn.has(flag::PENDING_WRITE) {
             conn.flags |= flag::PENDING_WRITE;
@@ -625,7 +625,7 @@ impl Shard {
         });
         let mut goodbye = bytes::BytesMut::new();
         encode(0, &frame, &mut goodbye);
-        if let Some(out) = conn.output.as_mut() {
+        if let Some(out) = conn.output_mut() {
             out.push(goodbye.freeze());
         }
         self.close_soon(slot, Reason::SlowConsumer);
@@ -674,7 +674,7 @@ impl Shard {
         };
         let mut written = 0u64;
         let mut failed = false;
-        while let Some(out) = conn.output.as_mut() {
+        while let Some(out) = conn.busy.as_deref_mut().and_then(|b| b.output.as_mut()) {
             let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
             let n = out.slices(&mut slices);
             match conn.stream.write_vectored(&slices[..n]) {
@@ -686,7 +686,7 @@ impl Shard {
                     written += k as u64;
                     out.advance(k);
                     if out.is_empty() {
-                        conn.output = None;
+                        conn.drop_output();
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -697,7 +697,7 @@ impl Shard {
                 }
             }
         }
-        let want_writable = conn.output.is_some() && !failed;
+        let want_writable = conn.output().is_some() && !failed;
         if want_writable != conn.has(flag::WRITABLE) {
             let interest = if want_writable {
                 Interest::READABLE | Interest::WRITABLE
@@ -714,7 +714,7 @@ impl Shard {
             }
         }
         if failed {
-            conn.output = None;
+            conn.drop_output();
             self.close_soon(slot, Reason::PeerClosed);
         }
         ShardMetrics::add(&self.metrics().bytes_out, written);
@@ -726,10 +726,11 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot) else {
             return false;
         };
-        if let (Crypto::Open { transport, .. }, Some(out)) = (&mut conn.crypto, &mut conn.output) {
+        let out = conn.busy.as_deref_mut().and_then(|b| b.output.as_mut());
+        if let (Crypto::Open { transport, .. }, Some(out)) = (&mut conn.crypto, out) {
             if let Err(e) = out.seal(transport, &mut self.plain_out, &mut self.sealed_out) {
                 // Only NonceExhausted: 2^64 records; the client reconnects.
-                conn.output = None;
+                conn.drop_output();
                 self.noise_failed(slot, &e);
                 return false;
             }

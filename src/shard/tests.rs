@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
-use courier_protocol::{encode, Frame, Hello, MessageKind, Resume, Send, VERSION};
+use courier_protocol::{encode, Frame, Hello, MessageKind, Ping, Resume, Send, VERSION};
 use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Events, Poll, Waker};
@@ -318,7 +318,8 @@ fn a_partial_frame_buffer_grows_as_bytes_arrive_not_from_its_length_prefix() {
     };
     let input_capacity = |rig: &Rig| {
         let (_, conn) = rig.shard.conns.iter().next().expect("one connection");
-        (conn.input.len(), conn.input.capacity())
+        let capacity = conn.busy.as_ref().map_or(0, |b| b.input.capacity());
+        (conn.input().len(), capacity)
     };
     let read_all = |rig: &mut Rig, until: u64| {
         let mut rounds = 0;
@@ -350,6 +351,78 @@ fn a_partial_frame_buffer_grows_as_bytes_arrive_not_from_its_length_prefix() {
 
 /// An idle WebSocket connection costs the server what a TCP one does: the same `Conn`, and
 /// after the upgrade and a message no frame state, no input and no output buffer.
+/// The input, output and WebSocket state share one box that exists only while the connection
+/// holds something (issue 13, pconn): none after whole frames and replies written at once; one
+/// for a partial frame, kept (the same box) while the frame arrives in pieces, and dropped
+/// once it is whole and answered.
+#[test]
+fn a_connection_boxes_its_buffers_only_while_it_holds_something() {
+    let mut rig = Rig::new(MAILBOX_CAPACITY);
+    let mut client = std::net::TcpStream::connect(rig.addr).unwrap();
+    let mut out = BytesMut::new();
+    encode(
+        1,
+        &Hello {
+            version: VERSION,
+            client: "rig".into(),
+        }
+        .into(),
+        &mut out,
+    );
+    encode(
+        2,
+        &Resume {
+            token: rig.token.clone().into(),
+        }
+        .into(),
+        &mut out,
+    );
+    client.write_all(&out).unwrap();
+    assert!(matches!(
+        expect_reply(&mut rig, &mut client, 2),
+        Frame::AuthOk(_)
+    ));
+    let busy = |rig: &Rig| {
+        let (_, conn) = rig.shard.conns.iter().next().expect("one connection");
+        conn.busy.as_deref().map(|b| b as *const super::conn::Busy)
+    };
+    assert_eq!(busy(&rig), None, "whole frames, replies written at once");
+    let bytes_in = |rig: &Rig| {
+        rig.shard
+            .metrics()
+            .bytes_in
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let read_all = |rig: &mut Rig, until: u64| {
+        let mut rounds = 0;
+        while bytes_in(rig) < until {
+            rig.round();
+            rounds += 1;
+            assert!(rounds < 10_000, "the shard never read the bytes");
+        }
+    };
+    let mut ping = BytesMut::new();
+    encode(3, &Ping { nonce: 7 }.into(), &mut ping);
+    assert!(ping.len() > 6);
+    let start = bytes_in(&rig);
+    client.write_all(&ping[..3]).unwrap();
+    read_all(&mut rig, start + 3);
+    let boxed = busy(&rig).expect("a partial frame is held in the box");
+    client.write_all(&ping[3..6]).unwrap();
+    read_all(&mut rig, start + 6);
+    assert_eq!(
+        busy(&rig),
+        Some(boxed),
+        "the same box while the frame arrives"
+    );
+    client.write_all(&ping[6..]).unwrap();
+    assert!(matches!(
+        expect_reply(&mut rig, &mut client, 3),
+        Frame::Pong(_)
+    ));
+    assert_eq!(busy(&rig), None, "the frame was whole and answered");
+}
+
 #[test]
 fn an_idle_websocket_connection_holds_nothing_more_than_a_tcp_one() {
     let mut rig = Rig::new(MAILBOX_CAPACITY);
@@ -408,9 +481,10 @@ fn an_idle_websocket_connection_holds_nothing_more_than_a_tcp_one() {
     let conn = conns[0];
     assert!(conn.has(super::conn::flag::WS));
     assert_eq!(conn.state, super::conn::State::Authed);
-    assert!(conn.ws.is_none(), "no frame state between messages");
-    assert_eq!(conn.input.capacity(), 0, "no input buffer");
-    assert!(conn.output.is_none(), "no output buffer");
+    assert!(conn.ws().is_none(), "no frame state between messages");
+    assert!(conn.input().is_empty(), "no input buffer");
+    assert!(conn.output().is_none(), "no output buffer");
+    assert!(conn.busy.is_none(), "nothing boxed while idle");
     release_tx.send(()).unwrap();
     client.join().unwrap();
 }

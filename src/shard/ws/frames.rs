@@ -110,10 +110,10 @@ impl std::fmt::Debug for ControlPayload {
 }
 
 /// One connection's WebSocket state while it needs any (see the module docs): boxed in
-/// [`Conn::ws`], dropped between messages.
+/// [`Busy::ws`], dropped between messages.
 #[derive(Clone)]
 pub struct WsFrames {
-    /// The upgrade is done; before, the request arrives in [`Conn::input`].
+    /// The upgrade is done; before, the request arrives in [`Busy::input`].
     pub upgraded: bool,
     /// A close frame went out: nothing is written after it.
     pub close_sent: bool,
@@ -147,7 +147,7 @@ impl WsFrames {
         }
     }
 
-    /// An upgraded connection between messages (what `Conn::ws == None` means).
+    /// An upgraded connection between messages (what `Busy::ws == None` means).
     pub fn open() -> WsFrames {
         WsFrames {
             upgraded: true,

@@ -5,7 +5,7 @@
 //! differs:
 //!
 //! ```text
-//!  accept (WS listener) -> upgrade request held in Conn::input (at most 4 KiB, within the
+//!  accept (WS listener) -> upgrade request held in Busy::input (at most 4 KiB, within the
 //!                          handshake deadline) -> tungstenite's parser and response
 //!                          (403 for an Origin not allowed, 400 for a bad request; a plain GET
 //!                          gets a static file of --web-root, or 426)
@@ -18,7 +18,7 @@
 //!
 //! Memory: an idle WebSocket connection holds nothing more than a TCP one. Its per-frame state
 //! ([`WsFrames`]: a partial header, the rest of a frame and its mask, a partial control frame)
-//! is boxed in [`Conn::ws`] only while a frame or a fragmented message is incomplete, during
+//! is boxed in [`Busy::ws`] only while a frame or a fragmented message is incomplete, during
 //! the upgrade, and once a close frame went out; it is `None` between messages.
 //!
 //! Messages and the stream: a binary message may hold several Courier frames or records, or
@@ -96,12 +96,12 @@ pub fn refusal_server_full(message: &str) -> Bytes {
 impl Conn {
     /// Whether this is a WebSocket connection past its upgrade.
     pub fn ws_open(&self) -> bool {
-        self.has(flag::WS) && self.ws.as_ref().is_none_or(|w| w.upgraded)
+        self.has(flag::WS) && self.ws().is_none_or(|w| w.upgraded)
     }
 
     /// Whether this is a WebSocket connection whose upgrade request is still arriving.
     pub fn ws_upgrading(&self) -> bool {
-        self.has(flag::WS) && self.ws.as_ref().is_some_and(|w| !w.upgraded)
+        self.has(flag::WS) && self.ws().is_some_and(|w| !w.upgraded)
     }
 }
 
@@ -134,7 +134,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        let mut ws = conn.ws.take().map_or_else(WsFrames::open, |b| *b);
+        let mut ws = conn.take_ws().map_or_else(WsFrames::open, |b| *b);
         let mut data = data;
         if !ws.upgraded {
             match self.on_upgrade_request(slot, &mut ws, data) {
@@ -180,7 +180,7 @@ impl Shard {
     fn keep_ws(&mut self, slot: usize, ws: WsFrames) {
         if let Some(conn) = self.conns.get_mut(slot) {
             if !ws.is_idle() {
-                conn.ws = Some(Box::new(ws));
+                *conn.ws_or(WsFrames::open) = ws;
             }
         }
     }
@@ -235,10 +235,10 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if conn.ws.as_ref().is_some_and(|w| w.close_sent) {
+        if conn.ws().is_some_and(|w| w.close_sent) {
             return;
         }
-        let out = conn.output.get_or_insert_with(Box::default);
+        let out = conn.output_or_new();
         out.push_ws_raw(bytes);
         let queued = out.queued;
         self.want_write(slot);
@@ -254,9 +254,9 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot) else {
             return false;
         };
-        if conn.output.is_some() {
+        if conn.output().is_some() {
             let mut headers = std::mem::take(&mut self.ws_headers);
-            if let Some(out) = conn.output.as_mut() {
+            if let Some(out) = conn.output_mut() {
                 out.frame_ws(&mut headers);
             }
             self.ws_headers = headers;
@@ -264,12 +264,11 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot) else {
             return false;
         };
-        if !conn.closing() || conn.ws.as_ref().is_some_and(|w| w.close_sent) {
+        if !conn.closing() || conn.ws().is_some_and(|w| w.close_sent) {
             return true;
         }
         let code = conn
-            .ws
-            .as_ref()
+            .ws()
             .and_then(|w| w.close_code)
             .unwrap_or_else(|| close_code_for(conn.close_reason));
         let mut frame = std::mem::take(&mut self.ws_headers);
@@ -280,30 +279,27 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot) else {
             return false;
         };
-        conn.output
-            .get_or_insert_with(Box::default)
-            .push_ws_raw(bytes);
-        conn.ws
-            .get_or_insert_with(|| Box::new(WsFrames::open()))
-            .close_sent = true;
+        conn.output_or_new().push_ws_raw(bytes);
+        conn.ws_or(WsFrames::open).close_sent = true;
         true
     }
 
-    /// Collects the upgrade request in [`Conn::input`] and answers it once whole: the
+    /// Collects the upgrade request in [`Busy::input`] and answers it once whole: the
     /// upgrade (returns how many bytes of `data` the request took; the rest are frames), a
     /// static file of `--web-root` for a plain GET, or a refusal (`None`, the connection
     /// closing). `None` too while the request is incomplete.
     fn on_upgrade_request(&mut self, slot: usize, ws: &mut WsFrames, data: &[u8]) -> Option<usize> {
         let conn = self.conns.get_mut(slot)?;
-        let held = conn.input.len();
+        let input = conn.input_mut();
+        let held = input.len();
         let take = data.len().min(MAX_UPGRADE_REQUEST - held);
-        conn.input.extend_from_slice(&data[..take]);
-        let request = match Request::try_parse(&conn.input) {
+        input.extend_from_slice(&data[..take]);
+        let request = match Request::try_parse(input) {
             Ok(Some((len, request))) => {
-                conn.input = Vec::new();
+                *input = Vec::new();
                 (request, len - held)
             }
-            Ok(None) if conn.input.len() < MAX_UPGRADE_REQUEST => return None,
+            Ok(None) if input.len() < MAX_UPGRADE_REQUEST => return None,
             Ok(None) => {
                 self.refuse_upgrade(
                     slot,
@@ -405,9 +401,7 @@ impl Shard {
     /// Queues bytes of HTTP (before the upgrade), which no WebSocket framing wraps.
     fn queue_http(&mut self, slot: usize, bytes: Bytes) {
         if let Some(conn) = self.conns.get_mut(slot) {
-            conn.output
-                .get_or_insert_with(Box::default)
-                .push_ws_raw(bytes);
+            conn.output_or_new().push_ws_raw(bytes);
             self.want_write(slot);
         }
     }
@@ -430,7 +424,7 @@ impl Shard {
     pub(super) fn ws_accepted(&mut self, slot: usize) {
         if let Some(conn) = self.conns.get_mut(slot) {
             conn.flags |= flag::WS;
-            conn.ws = Some(Box::new(WsFrames::upgrading()));
+            *conn.ws_or(WsFrames::upgrading) = WsFrames::upgrading();
             ShardMetrics::add(&self.metrics().ws_connections, 1);
         }
     }
