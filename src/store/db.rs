@@ -43,27 +43,6 @@ pub const BLOCK_CACHE_BYTES: usize = 128 << 20;
 /// bound is per column family (64 MiB, two of them each, for every family): gigabytes.
 pub const MEMTABLE_BUDGET_BYTES: usize = 128 << 20;
 
-/// Where an insert into a family written per message starts (RocksDB's
-/// `memtable_insert_with_hint_prefix_extractor`): at the previous insert with the same key
-/// prefix, rather than at the top of the memtable's skip list. Keys of one prefix are written
-/// in increasing order (message ids and client ids grow; `threads`/`members` rows are
-/// rewritten), so the new key is next to the previous one and the insert costs a few
-/// comparisons instead of a search through the whole list. Only on the non-concurrent insert
-/// path: see `allow_concurrent_memtable_write` in [`Store::open_with`].
-fn insert_hint_prefix(cf: &str) -> Option<&'static str> {
-    match cf {
-        // thread ++ message id.
-        CF_MESSAGES => Some("rocksdb.FixedPrefix.8"),
-        // thread ++ sender ++ client message id.
-        CF_DEDUPE => Some("rocksdb.FixedPrefix.16"),
-        // thread: every SEND rewrites its row.
-        CF_THREADS => Some("rocksdb.FixedPrefix.8"),
-        // thread ++ user: the sender's cursors with every SEND, the reader's with every ack.
-        CF_MEMBERS => Some("rocksdb.FixedPrefix.16"),
-        _ => None,
-    }
-}
-
 /// Bits of the `dedupe` family's memtable bloom filter (over whole keys), as a fraction of its
 /// write buffer: about 10 bits per entry, so that the lookup every new idempotent SEND makes
 /// (a miss, nearly always) skips the memtable's skip list.
@@ -312,20 +291,12 @@ impl Store {
         if retired {
             names.push(CF_UNREAD_RETIRED);
         }
-        // Inserts into the memtables take the hinted, single-writer path (`insert_hint_prefix`):
-        // the leader of a write group inserts every batch of the group itself.
-        opts.set_allow_concurrent_memtable_write(false);
         let mut cfs = Vec::with_capacity(names.len());
         for name in names {
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
             table.set_bloom_filter(10.0, false);
-            let mut cf = match insert_hint_prefix(name) {
-                Some(prefix) => Options::default().get_options_from_string(format!(
-                    "memtable_insert_with_hint_prefix_extractor={prefix}"
-                ))?,
-                None => Options::default(),
-            };
+            let mut cf = Options::default();
             cf.set_block_based_table_factory(&table);
             if name == CF_DEDUPE {
                 cf.set_memtable_prefix_bloom_ratio(DEDUPE_MEMTABLE_BLOOM_RATIO);
@@ -1788,33 +1759,6 @@ mod tests {
             .take_while(|l| !l.trim_start().starts_with('['))
             .map(str::trim)
             .collect()
-    }
-
-    #[test]
-    fn the_families_written_per_message_insert_with_hints() {
-        let dir = tempfile::tempdir().unwrap();
-        let _store = Store::open(dir.path(), FsyncMode::Never).unwrap();
-        let options = options_file(dir.path());
-        assert!(options_section(&options, "DBOptions")
-            .contains(&"allow_concurrent_memtable_write=false"));
-        for (cf, prefix) in [
-            (CF_MESSAGES, 8),
-            (CF_DEDUPE, 16),
-            (CF_THREADS, 8),
-            (CF_MEMBERS, 16),
-        ] {
-            let want =
-                format!("memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.{prefix}");
-            assert!(
-                options_section(&options, &format!("CFOptions \"{cf}\"")).contains(&want.as_str()),
-                "{cf} has no {want}"
-            );
-        }
-        assert!(
-            !options_section(&options, &format!("CFOptions \"{CF_USERS}\""))
-                .iter()
-                .any(|l| l.starts_with("memtable_insert_with_hint_prefix_extractor=rocksdb"))
-        );
     }
 
     /// The dedupe lookup of a new send (a miss) is answered by the memtable's bloom filter
