@@ -185,14 +185,9 @@ fn expect_reply(rig: &mut Rig, stream: &mut std::net::TcpStream, request_id: u32
     panic!("no reply to request {request_id}");
 }
 
-/// Requests for a congested shard stop the reading of the connection that sends them (the
-/// rest waits in its socket, not in memory), and reading resumes when the shard catches up;
-/// every request arrives, in order.
-#[test]
-fn reads_pause_while_the_target_shard_is_congested_and_resume_after() {
-    const REQUESTS: u32 = (OUTBOX_CAP as u32) * 3;
-    let mut rig = Rig::new(64);
-    let thread = rig.thread_of_peer();
+/// A TCP client of `rig`'s shard that sent HELLO and RESUME (request ids 1 and 2) and got
+/// AUTH_OK.
+fn authed_client(rig: &mut Rig) -> std::net::TcpStream {
     let mut client = std::net::TcpStream::connect(rig.addr).unwrap();
     let mut out = BytesMut::new();
     encode(
@@ -214,9 +209,21 @@ fn reads_pause_while_the_target_shard_is_congested_and_resume_after() {
     );
     client.write_all(&out).unwrap();
     assert!(matches!(
-        expect_reply(&mut rig, &mut client, 2),
+        expect_reply(rig, &mut client, 2),
         Frame::AuthOk(_)
     ));
+    client
+}
+
+/// Requests for a congested shard stop the reading of the connection that sends them (the
+/// rest waits in its socket, not in memory), and reading resumes when the shard catches up;
+/// every request arrives, in order.
+#[test]
+fn reads_pause_while_the_target_shard_is_congested_and_resume_after() {
+    const REQUESTS: u32 = (OUTBOX_CAP as u32) * 3;
+    let mut rig = Rig::new(64);
+    let thread = rig.thread_of_peer();
+    let client = authed_client(&mut rig);
 
     // The whole flood, written by another thread: it blocks once the socket is full.
     let mut flood = BytesMut::new();
@@ -286,30 +293,7 @@ fn reads_pause_while_the_target_shard_is_congested_and_resume_after() {
 #[test]
 fn a_partial_frame_buffer_grows_as_bytes_arrive_not_from_its_length_prefix() {
     let mut rig = Rig::new(MAILBOX_CAPACITY);
-    let mut client = std::net::TcpStream::connect(rig.addr).unwrap();
-    let mut out = BytesMut::new();
-    encode(
-        1,
-        &Hello {
-            version: VERSION,
-            client: "rig".into(),
-        }
-        .into(),
-        &mut out,
-    );
-    encode(
-        2,
-        &Resume {
-            token: rig.token.clone().into(),
-        }
-        .into(),
-        &mut out,
-    );
-    client.write_all(&out).unwrap();
-    assert!(matches!(
-        expect_reply(&mut rig, &mut client, 2),
-        Frame::AuthOk(_)
-    ));
+    let mut client = authed_client(&mut rig);
     let bytes_in = |rig: &Rig| {
         rig.shard
             .metrics()
@@ -349,8 +333,6 @@ fn a_partial_frame_buffer_grows_as_bytes_arrive_not_from_its_length_prefix() {
     assert!(capacity <= 2 * len, "{capacity} bytes held for {len}");
 }
 
-/// An idle WebSocket connection costs the server what a TCP one does: the same `Conn`, and
-/// after the upgrade and a message no frame state, no input and no output buffer.
 /// The input, output and WebSocket state share one box that exists only while the connection
 /// holds something (issue 13, pconn): none after whole frames and replies written at once; one
 /// for a partial frame, kept (the same box) while the frame arrives in pieces, and dropped
@@ -358,30 +340,7 @@ fn a_partial_frame_buffer_grows_as_bytes_arrive_not_from_its_length_prefix() {
 #[test]
 fn a_connection_boxes_its_buffers_only_while_it_holds_something() {
     let mut rig = Rig::new(MAILBOX_CAPACITY);
-    let mut client = std::net::TcpStream::connect(rig.addr).unwrap();
-    let mut out = BytesMut::new();
-    encode(
-        1,
-        &Hello {
-            version: VERSION,
-            client: "rig".into(),
-        }
-        .into(),
-        &mut out,
-    );
-    encode(
-        2,
-        &Resume {
-            token: rig.token.clone().into(),
-        }
-        .into(),
-        &mut out,
-    );
-    client.write_all(&out).unwrap();
-    assert!(matches!(
-        expect_reply(&mut rig, &mut client, 2),
-        Frame::AuthOk(_)
-    ));
+    let mut client = authed_client(&mut rig);
     let busy = |rig: &Rig| {
         let (_, conn) = rig.shard.conns.iter().next().expect("one connection");
         conn.busy.as_deref().map(|b| b as *const super::conn::Busy)
@@ -423,6 +382,8 @@ fn a_connection_boxes_its_buffers_only_while_it_holds_something() {
     assert_eq!(busy(&rig), None, "the frame was whole and answered");
 }
 
+/// An idle WebSocket connection costs the server what a TCP one does: the same `Conn`, and
+/// after the upgrade and a message no frame state, no input and no output buffer.
 #[test]
 fn an_idle_websocket_connection_holds_nothing_more_than_a_tcp_one() {
     let mut rig = Rig::new(MAILBOX_CAPACITY);
