@@ -1924,6 +1924,21 @@ fn text(thread: u64, client_msg_id: u64) -> Frame {
     .into()
 }
 
+/// The ids of `thread`'s messages `reader` reads from the committed state (HISTORY, oldest
+/// first).
+fn history_ids(w: &World, reader: &Caller, thread: u64) -> Vec<u64> {
+    let history = History {
+        thread,
+        anchor: 0,
+        direction: Direction::Forward,
+        limit: 0,
+    };
+    match Engine::read(&w.shared, reader, history.into()) {
+        Frame::Messages(m) => m.messages.iter().map(|m| m.id).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn a_round_built_while_the_previous_one_commits_sees_its_state_and_waits_for_it() {
     // The commit stage holds round N (gated) while round N+1 handles requests on the same
@@ -1948,17 +1963,7 @@ fn a_round_built_while_the_previous_one_commits_sees_its_state_and_waits_for_it(
     }
     let (engine, permit, notified) = gated_engine(&w, owner);
     w.engines[owner as usize] = engine;
-    let history: Frame = History {
-        thread: g,
-        anchor: 0,
-        direction: Direction::Forward,
-        limit: 0,
-    }
-    .into();
-    let read_ids = |w: &World| match Engine::read(&w.shared, &b, history.clone()) {
-        Frame::Messages(m) => m.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
-        other => panic!("{other:?}"),
-    };
+    let read_ids = |w: &World| history_ids(w, &b, g);
     let before = read_ids(&w);
 
     // Round N: carol joins, alice sends (client id 1). Sealed and handed over: held.
@@ -2062,17 +2067,7 @@ fn an_idle_shard_writes_its_round_itself_but_never_past_a_round_in_flight() {
     let owner = w.shared.thread_shard(t);
     let (engine, permit, notified) = gated_engine(&w, owner);
     w.engines[owner as usize] = engine;
-    let history: Frame = History {
-        thread: t,
-        anchor: 0,
-        direction: Direction::Forward,
-        limit: 0,
-    }
-    .into();
-    let read_ids = |w: &World| match Engine::read(&w.shared, &b, history.clone()) {
-        Frame::Messages(m) => m.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
-        other => panic!("{other:?}"),
-    };
+    let read_ids = |w: &World| history_ids(w, &b, t);
     let mut out = Vec::new();
 
     // Idle, nothing in flight: written here, answered at once, the writer never asked.

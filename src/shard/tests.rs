@@ -186,6 +186,24 @@ fn expect_reply(rig: &mut Rig, stream: &mut std::net::TcpStream, request_id: u32
 }
 
 /// A TCP client of `rig`'s shard that sent HELLO and RESUME (request ids 1 and 2) and got
+/// Bytes the shard of `rig` has read from its sockets so far.
+fn bytes_in(rig: &Rig) -> u64 {
+    rig.shard
+        .metrics()
+        .bytes_in
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Runs rounds until the shard has read `until` bytes in all (at most 10,000 rounds).
+fn read_all(rig: &mut Rig, until: u64) {
+    let mut rounds = 0;
+    while bytes_in(rig) < until {
+        rig.round();
+        rounds += 1;
+        assert!(rounds < 10_000, "the shard never read the bytes");
+    }
+}
+
 /// AUTH_OK.
 fn authed_client(rig: &mut Rig) -> std::net::TcpStream {
     let mut client = std::net::TcpStream::connect(rig.addr).unwrap();
@@ -294,24 +312,10 @@ fn reads_pause_while_the_target_shard_is_congested_and_resume_after() {
 fn a_partial_frame_buffer_grows_as_bytes_arrive_not_from_its_length_prefix() {
     let mut rig = Rig::new(MAILBOX_CAPACITY);
     let mut client = authed_client(&mut rig);
-    let bytes_in = |rig: &Rig| {
-        rig.shard
-            .metrics()
-            .bytes_in
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
     let input_capacity = |rig: &Rig| {
         let (_, conn) = rig.shard.conns.iter().next().expect("one connection");
         let capacity = conn.busy.as_ref().map_or(0, |b| b.input.capacity());
         (conn.input().len(), capacity)
-    };
-    let read_all = |rig: &mut Rig, until: u64| {
-        let mut rounds = 0;
-        while bytes_in(rig) < until {
-            rig.round();
-            rounds += 1;
-            assert!(rounds < 10_000, "the shard never read the bytes");
-        }
     };
     // A frame of 60,000 bytes (under the 64 KiB limit) announced; ten bytes of it sent.
     let start = bytes_in(&rig);
@@ -346,20 +350,6 @@ fn a_connection_boxes_its_buffers_only_while_it_holds_something() {
         conn.busy.as_deref().map(|b| b as *const super::conn::Busy)
     };
     assert_eq!(busy(&rig), None, "whole frames, replies written at once");
-    let bytes_in = |rig: &Rig| {
-        rig.shard
-            .metrics()
-            .bytes_in
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
-    let read_all = |rig: &mut Rig, until: u64| {
-        let mut rounds = 0;
-        while bytes_in(rig) < until {
-            rig.round();
-            rounds += 1;
-            assert!(rounds < 10_000, "the shard never read the bytes");
-        }
-    };
     let mut ping = BytesMut::new();
     encode(3, &Ping { nonce: 7 }.into(), &mut ping);
     assert!(ping.len() > 6);
