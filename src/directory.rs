@@ -16,7 +16,7 @@
 //! One entry per online user: the key, and [`Devices`] (one `ConnRef` inline, a `Vec` only for
 //! users with several devices online). See `size_of_entry_is_small` below.
 
-use std::collections::HashMap;
+use crate::hash::Map;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
@@ -44,7 +44,7 @@ impl Devices {
 
 /// Online connections by user, shared by every shard.
 pub struct Directory {
-    stripes: Box<[RwLock<HashMap<u64, Devices>>]>,
+    stripes: Box<[RwLock<Map<u64, Devices>>]>,
     /// Orders presence changes: taken while the user's stripe is held, so a user's changes get
     /// increasing numbers in the order they happened, whichever shards they happened on.
     change_seq: AtomicU64,
@@ -59,12 +59,12 @@ impl Default for Directory {
 impl Directory {
     pub fn new() -> Directory {
         Directory {
-            stripes: (0..STRIPES).map(|_| RwLock::new(HashMap::new())).collect(),
+            stripes: (0..STRIPES).map(|_| RwLock::new(Map::default())).collect(),
             change_seq: AtomicU64::new(0),
         }
     }
 
-    fn stripe(&self, user: u64) -> &RwLock<HashMap<u64, Devices>> {
+    fn stripe(&self, user: u64) -> &RwLock<Map<u64, Devices>> {
         // Multiplicative hash: consecutive user ids spread over all stripes.
         let h = user.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58;
         &self.stripes[h as usize % STRIPES]

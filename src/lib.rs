@@ -7,6 +7,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod directory;
+pub mod hash;
 pub mod keys;
 pub mod media;
 pub mod metrics;

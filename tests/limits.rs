@@ -82,6 +82,34 @@ fn a_retry_inside_the_dedupe_window_returns_the_original_id_also_after_a_restart
 }
 
 #[test]
+fn retries_of_ids_sent_out_of_order_are_stored_once_also_after_a_restart() {
+    // The server skips the dedupe lookups for an id above the sender's highest in the thread
+    // (chat::dedupe); ids below it, new or retried, still go through them, and after a
+    // restart the bound is learnt from the store.
+    let mut server = Server::start();
+    let (mut alice, ok) = server.user("alice");
+    let (_bob, bob_ok) = server.user("bob");
+    let thread = direct(&mut alice, bob_ok.user);
+    let nine = send(&mut alice, thread, 9, "nine").message;
+    let four = send(&mut alice, thread, 4, "four").message;
+    assert_ne!(four, nine, "an id below the highest can be new");
+    assert_eq!(send(&mut alice, thread, 4, "four").message, four);
+    drop(alice);
+    server.restart();
+    let mut alice = server.connect();
+    alice.hello();
+    alice.resume(&ok.token);
+    assert_eq!(send(&mut alice, thread, 9, "nine").message, nine);
+    assert_eq!(send(&mut alice, thread, 4, "four").message, four);
+    let six = send(&mut alice, thread, 6, "six").message;
+    assert!(![four, nine].contains(&six));
+    assert_eq!(send(&mut alice, thread, 6, "six").message, six);
+    let ten = send(&mut alice, thread, 10, "ten").message;
+    assert_eq!(send(&mut alice, thread, 10, "ten").message, ten);
+    assert_eq!(bodies(&mut alice, thread).len(), 4);
+}
+
+#[test]
 fn a_retry_after_the_dedupe_window_is_a_new_message() {
     let server = Server::start_with(&["--dedupe-window-secs", "1"]);
     let (mut alice, _) = server.user("alice");

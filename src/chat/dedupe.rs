@@ -14,19 +14,35 @@
 //!
 //! Both layers treat an entry older than the window as absent, so the answer does not depend
 //! on whether compaction has run yet.
+//!
+//! Most SENDs are new, and clients number their messages upwards, so both lookups usually
+//! miss, at the price of a cache miss in the table and a read of the store. [`RecentSends`]
+//! therefore also remembers, per (thread, sender), the highest client message id that may be
+//! stored or staged: a SEND above it is new without either lookup. That bound is learnt once
+//! from the store (the family's keys sort by thread, sender, then id: one backward seek) and
+//! then raised by every send; it may only ever be too high, which costs a lookup, never too
+//! low, which would store a retry twice. Forgetting a bound is always safe: the next SEND
+//! learns it again, from the store and from the sends not yet durable, which only this table
+//! holds.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::hash::Map;
 
 /// (thread, sender, client message id).
 pub(super) type SendKey = (u64, u64, u64);
 
 pub(super) struct RecentSends {
-    ids: HashMap<SendKey, u64>,
+    ids: Map<SendKey, u64>,
     /// Entries in insertion order, oldest first; the last `round` were added by the round
     /// being built, the `sealed` before them by the round being committed. A key sent again
     /// after its entry expired appears twice: only the copy whose id is still in `ids` owns
     /// the entry.
     order: VecDeque<(SendKey, u64)>,
+    /// (thread, sender) → at least the highest client message id of that sender in that
+    /// thread that is stored or staged. Bounded by `capacity`: past it, an arbitrary bound is
+    /// forgotten.
+    newest: Map<(u64, u64), u64>,
     capacity: usize,
     round: usize,
     sealed: usize,
@@ -35,8 +51,9 @@ pub(super) struct RecentSends {
 impl RecentSends {
     pub fn new(capacity: usize) -> Self {
         Self {
-            ids: HashMap::new(),
+            ids: Map::default(),
             order: VecDeque::new(),
+            newest: Map::default(),
             capacity: capacity.max(1),
             round: 0,
             sealed: 0,
@@ -52,10 +69,39 @@ impl RecentSends {
             .filter(|&id| now.saturating_sub(id) <= window_us)
     }
 
+    /// The bound of (thread, sender): every client message id above it is new. `None`: not
+    /// known, [`learn`](Self::learn) it from the store first.
+    pub fn newest(&self, thread: u64, sender: u64) -> Option<u64> {
+        self.newest.get(&(thread, sender)).copied()
+    }
+
+    /// Sets the bound of (thread, sender) from `stored`, the highest client message id the
+    /// store holds for them (0: none), and from the sends not yet durable, which the store
+    /// cannot show; returns it.
+    pub fn learn(&mut self, thread: u64, sender: u64, stored: u64) -> u64 {
+        let pending = self.order.len() - (self.round + self.sealed).min(self.order.len());
+        let newest = self
+            .order
+            .range(pending..)
+            .filter(|((t, s, _), _)| (*t, *s) == (thread, sender))
+            .map(|((_, _, client), _)| *client)
+            .fold(stored, u64::max);
+        if self.newest.len() >= self.capacity {
+            if let Some(&any) = self.newest.keys().next() {
+                self.newest.remove(&any);
+            }
+        }
+        self.newest.insert((thread, sender), newest);
+        newest
+    }
+
     /// Remembers a send staged this round. Forgets the oldest durable entries while over
     /// capacity; entries not yet durable stay (a retry before the commit must find them, the
     /// store cannot), so the map exceeds its capacity by at most two rounds' sends.
     pub fn insert(&mut self, key: SendKey, id: u64) {
+        if let Some(newest) = self.newest.get_mut(&(key.0, key.1)) {
+            *newest = (*newest).max(key.2);
+        }
         self.ids.insert(key, id);
         self.order.push_back((key, id));
         self.round += 1;
@@ -108,7 +154,7 @@ impl RecentSends {
         self.ids.len()
     }
 
-    /// Heap bytes the two tables hold, from their capacities (a hash table of `n` usable
+    /// Heap bytes the three tables hold, from their capacities (a hash table of `n` usable
     /// slots has the next power of two above `n * 8 / 7` buckets, each an entry and a control
     /// byte). Grows until `capacity` entries, then stays: a bounded cache, not a leak.
     pub fn heap_bytes(&self) -> usize {
@@ -117,7 +163,12 @@ impl RecentSends {
             0 => 0,
             n => (n * 8 / 7).next_power_of_two(),
         };
-        buckets * (ENTRY + 1) + self.order.capacity() * ENTRY
+        const BOUND: usize = std::mem::size_of::<((u64, u64), u64)>();
+        let bound_buckets = match self.newest.capacity() {
+            0 => 0,
+            n => (n * 8 / 7).next_power_of_two(),
+        };
+        buckets * (ENTRY + 1) + self.order.capacity() * ENTRY + bound_buckets * (BOUND + 1)
     }
 }
 
@@ -229,5 +280,57 @@ mod tests {
         r.insert((1, 1, 1), 1_000);
         assert_eq!(r.get(&(1, 1, 1), 1_000 + HOUR, HOUR), Some(1_000));
         assert_eq!(r.get(&(1, 1, 1), 1_001 + HOUR, HOUR), None);
+    }
+
+    #[test]
+    fn a_bound_is_learnt_from_the_store_and_the_sends_not_yet_durable() {
+        let mut r = RecentSends::new(10);
+        r.insert((1, 1, 3), 30);
+        r.seal();
+        r.durable();
+        r.insert((1, 1, 8), 80);
+        r.seal();
+        r.insert((1, 1, 5), 50);
+        r.insert((2, 1, 100), 90);
+        r.insert((1, 2, 100), 95);
+        // The durable 3 is the store's to report (4 here); 8 (sealed) and 5 (this round) are
+        // not in the store yet.
+        assert_eq!(r.learn(1, 1, 4), 8);
+        assert_eq!(r.newest(1, 1), Some(8));
+        assert_eq!(r.learn(1, 3, 0), 0, "another sender's sends do not count");
+        r.durable();
+        assert_eq!(
+            r.learn(1, 1, 2),
+            5,
+            "only this round's 5 is not durable now"
+        );
+    }
+
+    #[test]
+    fn a_send_raises_a_known_bound_and_a_bound_only_rises() {
+        let mut r = RecentSends::new(10);
+        r.insert((1, 1, 3), 30);
+        assert_eq!(r.newest(1, 1), None, "a send does not invent a bound");
+        r.learn(1, 1, 7);
+        r.insert((1, 1, 9), 90);
+        assert_eq!(r.newest(1, 1), Some(9));
+        r.insert((1, 1, 4), 40);
+        assert_eq!(r.newest(1, 1), Some(9));
+        r.forget_round();
+        assert_eq!(
+            r.newest(1, 1),
+            Some(9),
+            "too high is safe: it costs a lookup"
+        );
+    }
+
+    #[test]
+    fn bounds_are_held_for_at_most_capacity_pairs() {
+        let mut r = RecentSends::new(2);
+        for sender in 0..100 {
+            r.learn(1, sender, sender);
+            assert!(r.newest.len() <= 2);
+        }
+        assert_eq!(r.newest(1, 99), Some(99), "the newest is always kept");
     }
 }

@@ -13,7 +13,7 @@
 //! generations: `chat::round`); a failed commit fails the sealed round and the round built
 //! on it (ARCHITECTURE.md, "Durability").
 
-use std::collections::{HashMap, HashSet};
+use crate::hash::{Map, Set};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,7 +80,7 @@ pub struct Engine {
     pub(super) round_reactions: RoundMap<(u64, u64, u64), String>,
     /// This round's receipt pushes by (thread, reader, kind): their index in `pending`, so a
     /// later advance of the same cursor replaces the push instead of adding one.
-    pub(super) round_receipts: HashMap<(u64, u64, ReceiptKind), usize>,
+    pub(super) round_receipts: Map<(u64, u64, ReceiptKind), usize>,
     /// Scratch list of a receipt's recipients (kept to avoid an allocation per receipt).
     pub(super) audience: Vec<u64>,
     /// Rate limit of TYPING_PUSH per (thread, user).
@@ -89,9 +89,9 @@ pub struct Engine {
     round_max: u64,
     /// Owned threads whose record changed this round: written once, at commit, however many
     /// messages the round added.
-    pub(super) dirty_threads: HashSet<u64>,
+    pub(super) dirty_threads: Set<u64>,
     /// (thread, user) cursors and roles that changed this round, written once at commit.
-    pub(super) dirty_members: HashSet<(u64, u64)>,
+    pub(super) dirty_members: Set<(u64, u64)>,
     /// The handles the request being handled came with ([`handle_with`](Self::handle_with)):
     /// users of other nodes, which the store here does not hold. Empty between requests.
     pub(super) handles: Vec<UserInfo>,
@@ -122,12 +122,12 @@ impl Engine {
             round_private: RoundMap::default(),
             round_messages: RoundMap::default(),
             round_reactions: RoundMap::default(),
-            round_receipts: HashMap::new(),
+            round_receipts: Map::default(),
             audience: Vec::new(),
             typing: TypingGate::default(),
             round_max: 0,
-            dirty_threads: HashSet::new(),
-            dirty_members: HashSet::new(),
+            dirty_threads: Set::default(),
+            dirty_members: Set::default(),
             handles: Vec::new(),
         }
     }

@@ -1,7 +1,7 @@
 //! Messages: send with idempotent retries, history, receipts (the three ticks), recall,
 //! delete-for-me, readers, typing. All run on the thread's owner shard.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,12 +12,14 @@ use courier_protocol::{
     Receipt, ReceiptKind, ReceiptPush, Send, Sent, SystemEventKind, TypingPush,
 };
 
+use super::dedupe::SendKey;
 use super::edits;
 use super::engine::{Engine, Reject};
 use super::threads::{internal, system_body};
 use super::Shared;
 use crate::caller::Caller;
 use crate::clock::wall_us;
+use crate::hash::Map;
 use crate::store::{MessageRecord, OutboxOp, Store, Visit};
 
 /// Messages returned when a request asks for 0.
@@ -47,7 +49,7 @@ pub(crate) struct TypingGate {
     origin: Instant,
     /// (thread, user) → when the last push went out (µs since `origin`), and whether it said
     /// "typing".
-    last: HashMap<(u64, u64), (u64, bool)>,
+    last: Map<(u64, u64), (u64, bool)>,
     sweep_at: usize,
 }
 
@@ -55,7 +57,7 @@ impl Default for TypingGate {
     fn default() -> Self {
         Self {
             origin: Instant::now(),
-            last: HashMap::new(),
+            last: Map::default(),
             sweep_at: TYPING_SWEEP_MIN,
         }
     }
@@ -123,16 +125,9 @@ impl Engine {
         // `client_msg_id` 0 means "no idempotency": every such SEND is a new message.
         let idempotent = f.client_msg_id != 0;
         let key = (f.thread, caller.user, f.client_msg_id);
-        let (now, window) = (wall_us(), self.shared.config.dedupe_window_us);
-        let earlier = match self.recent_sends.get(&key, now, window) {
-            _ if !idempotent => None,
-            Some(id) => Some(id),
-            None => self
-                .shared
-                .store
-                .dedupe(f.thread, caller.user, f.client_msg_id)
-                .map_err(internal)?
-                .filter(|&id| now.saturating_sub(id) <= window),
+        let earlier = match idempotent {
+            true => self.earlier_send(key)?,
+            false => None,
         };
         if let Some(id) = earlier {
             return Ok(Some(
@@ -181,6 +176,32 @@ impl Engine {
             }
             .into(),
         ))
+    }
+
+    /// The message id of an earlier send of `key` (thread, sender, client message id) inside
+    /// the dedupe window, if any (see `chat::dedupe`): none without a lookup when the id is
+    /// above the sender's bound in the thread, else from the recent sends, else the store.
+    fn earlier_send(&mut self, key: SendKey) -> Result<Option<u64>, Reject> {
+        let (thread, sender, client) = key;
+        let store = &self.shared.store;
+        let newest = match self.recent_sends.newest(thread, sender) {
+            Some(newest) => newest,
+            None => {
+                let stored = store.newest_dedupe(thread, sender).map_err(internal)?;
+                self.recent_sends.learn(thread, sender, stored.unwrap_or(0))
+            }
+        };
+        if client > newest {
+            return Ok(None);
+        }
+        let (now, window) = (wall_us(), self.shared.config.dedupe_window_us);
+        Ok(match self.recent_sends.get(&key, now, window) {
+            Some(id) => Some(id),
+            None => store
+                .dedupe(thread, sender, client)
+                .map_err(internal)?
+                .filter(|&id| now.saturating_sub(id) <= window),
+        })
     }
 
     /// Stages a push notification of message `id` in this round's batch for each member the

@@ -6,20 +6,20 @@
 //! So each of these holds two generations: `current` (the round being built) and `sealed`
 //! (the round being committed; at most one per shard). Reads look at the newest first.
 
-use std::collections::HashMap;
+use crate::hash::Map;
 use std::hash::Hash;
 
 /// A map of staged values by key, in two generations (see the module docs).
 pub(super) struct RoundMap<K, V> {
-    current: HashMap<K, V>,
-    sealed: HashMap<K, V>,
+    current: Map<K, V>,
+    sealed: Map<K, V>,
 }
 
 impl<K, V> Default for RoundMap<K, V> {
     fn default() -> Self {
         Self {
-            current: HashMap::new(),
-            sealed: HashMap::new(),
+            current: Map::default(),
+            sealed: Map::default(),
         }
     }
 }

@@ -2472,3 +2472,63 @@ fn unread_counts_from_a_hidden_conversations_cut_and_stop_at_the_cap() {
     assert_eq!(unread_of(&mut w, &a, ab), 999);
     assert_eq!(unread_of(&mut w, &b, g), 999);
 }
+
+#[test]
+fn a_send_above_the_senders_bound_reads_neither_the_recent_sends_nor_the_store() {
+    // A dedupe entry planted behind the engine's back, above alice's bound: a SEND with that
+    // id is taken as new without a lookup. (With a lookup it would be answered with the
+    // planted message id, inside the window.)
+    let mut w = World::new(ChatConfig::default());
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let first = w.send(&a, t, 1, "one");
+    let planted = crate::clock::wall_us();
+    let mut batch = w.shared.store.batch();
+    batch.put_dedupe(t, a.user, 7, planted);
+    w.shared.store.commit(batch).unwrap();
+    let seventh = w.send(&a, t, 7, "seven");
+    assert_ne!(seventh, planted, "no lookup above the bound");
+    assert_eq!(w.history(&b, t).len(), 2);
+    // At or below the bound, the lookups answer as before.
+    assert_eq!(w.send(&a, t, 1, "one"), first);
+    assert_eq!(w.send(&a, t, 7, "seven"), seventh);
+    assert_eq!(w.history(&b, t).len(), 2, "the retries stored nothing");
+}
+
+#[test]
+fn a_bound_forgotten_while_its_send_is_in_flight_is_learnt_again_with_that_send() {
+    // One bound at most (`recent_sends: 1`): bob's SEND makes the shard forget alice's while
+    // her round is held at the commit gate, not yet in the store. Her retry in the next
+    // round learns the bound again: from the store (which has nothing yet) and from the sends
+    // not durable, which hold her id. Learnt from the store alone, the retry would be stored
+    // as a second message.
+    let mut w = World::new(ChatConfig {
+        recent_sends: 1,
+        ..ChatConfig::default()
+    });
+    let (a, b) = (w.user("alice"), w.user("bob"));
+    let t = w.direct(&a, &b);
+    let owner = w.shared.thread_shard(t);
+    let (engine, permit, notified) = gated_engine(&w, owner);
+    w.engines[owner as usize] = engine;
+    let mut out = Vec::new();
+    let e = &mut w.engines[owner as usize];
+    e.handle(a, 1, text(t, 5));
+    e.commit(&mut out);
+    assert!(out.is_empty(), "alice's round is at the gate");
+    e.handle(b, 2, text(t, 1));
+    e.handle(a, 3, text(t, 5));
+    for _ in 0..2 {
+        permit.send(()).unwrap();
+        notified.recv().unwrap();
+        w.engines[owner as usize].commit(&mut out);
+    }
+    let sent = sent_ids(&out);
+    assert_eq!(sent.len(), 3, "{out:?}");
+    assert_eq!(
+        sent[2], sent[0],
+        "the retry is answered with the first send's id"
+    );
+    let ids = history_ids(&w, &b, t);
+    assert_eq!(ids.len(), 2, "alice's message once, bob's once: {ids:?}");
+}

@@ -1,7 +1,9 @@
 //! Threads: the owner shard's cache, the views members see, direct threads, thread state and
 //! THREAD_LIST. Group membership changes are in `groups.rs`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::hash::Map;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -31,17 +33,17 @@ const UNREAD_CAP: u32 = 999;
 /// A thread as its owner shard holds it: authoritative while cached.
 pub(super) struct ThreadState {
     pub rec: ThreadRecord,
-    pub members: HashMap<u64, MemberRecord>,
+    pub members: Map<u64, MemberRecord>,
     /// Member ids, shared by every push of the thread until membership changes.
     pub member_ids: Arc<[u64]>,
 }
 
 impl ThreadState {
-    pub fn new_from(rec: ThreadRecord, members: HashMap<u64, MemberRecord>) -> Self {
+    pub fn new_from(rec: ThreadRecord, members: Map<u64, MemberRecord>) -> Self {
         Self::new(rec, members)
     }
 
-    pub fn new(rec: ThreadRecord, members: HashMap<u64, MemberRecord>) -> Self {
+    pub fn new(rec: ThreadRecord, members: Map<u64, MemberRecord>) -> Self {
         let mut s = Self {
             rec,
             members,
@@ -67,7 +69,7 @@ impl ThreadState {
 /// So the cache may exceed its limit by the threads those rounds touched; `durable` trims it
 /// back.
 pub(super) struct ThreadCache {
-    map: HashMap<u64, Slot>,
+    map: Map<u64, Slot>,
     /// Every cached thread once, in the order the hand visits them (front first).
     ring: VecDeque<u64>,
     limit: usize,
@@ -90,7 +92,7 @@ struct Slot {
 impl ThreadCache {
     pub fn new(limit: usize) -> Self {
         Self {
-            map: HashMap::new(),
+            map: Map::default(),
             ring: VecDeque::new(),
             limit: limit.max(16),
             round: 0,
@@ -489,7 +491,7 @@ impl Engine {
             handles,
         };
         self.batch.put_thread(id, &rec);
-        let mut map = HashMap::new();
+        let mut map = Map::default();
         for &user in members {
             let m = MemberRecord {
                 admin: kind == ThreadKind::Group && user == creator,
@@ -799,7 +801,7 @@ mod tests {
     use super::*;
 
     fn state() -> ThreadState {
-        ThreadState::new(ThreadRecord::default(), HashMap::new())
+        ThreadState::new(ThreadRecord::default(), Map::default())
     }
 
     #[test]

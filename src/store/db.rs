@@ -1068,6 +1068,25 @@ impl Store {
         self.get_u64(CF_DEDUPE, &keys::triple(thread, sender, client_msg_id))
     }
 
+    /// The highest client message id with a dedupe entry of `sender` in `thread`, expired or
+    /// not: every SEND of theirs with a higher id is new. One backward seek, since the keys
+    /// sort by thread, sender, then id.
+    pub fn newest_dedupe(&self, thread: u64, sender: u64) -> Result<Option<u64>, Error> {
+        let prefix = keys::pair(thread, sender);
+        let mut newest = None;
+        self.scan(
+            CF_DEDUPE,
+            &prefix,
+            &keys::prefix_end(&prefix),
+            true,
+            |k, _| {
+                newest = Some(keys::parse_triple(CF_DEDUPE, k)?.2);
+                Ok(false)
+            },
+        )?;
+        Ok(newest)
+    }
+
     /// (message id, when) of each message of `thread` that `user` deleted for themselves;
     /// `when` is the clock value of the DELETE_FOR_ME, 0 for deletions stored without one.
     pub fn hidden_messages_at(&self, user: u64, thread: u64) -> Result<Vec<(u64, u64)>, Error> {
@@ -1790,6 +1809,24 @@ mod tests {
         for client_id in 1001..=2000 {
             assert_eq!(store.dedupe(7, 8, client_id).unwrap(), None);
         }
+    }
+
+    #[test]
+    fn the_newest_dedupe_entry_is_the_highest_client_id_of_that_sender_in_that_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        let mut b = store.batch();
+        for (thread, sender, client) in [(7, 8, 3), (7, 8, 300), (7, 8, 1 << 40), (7, 9, u64::MAX)]
+        {
+            b.put_dedupe(thread, sender, client, 1);
+        }
+        b.put_dedupe(8, 8, u64::MAX, 1);
+        b.put_dedupe(6, 8, u64::MAX, 1);
+        store.commit(b).unwrap();
+        assert_eq!(store.newest_dedupe(7, 8).unwrap(), Some(1 << 40));
+        assert_eq!(store.newest_dedupe(7, 9).unwrap(), Some(u64::MAX));
+        assert_eq!(store.newest_dedupe(7, 10).unwrap(), None);
+        assert_eq!(store.newest_dedupe(7, 7).unwrap(), None);
     }
 
     #[test]
