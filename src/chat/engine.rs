@@ -344,7 +344,7 @@ impl Engine {
         if !self.in_flight() {
             self.seal_and_write(false);
         }
-        out.append(&mut self.ready);
+        move_effects(out, &mut self.ready);
     }
 
     /// Like [`commit`](Self::commit), for a shard with nothing else to do this round (no
@@ -364,7 +364,7 @@ impl Engine {
         if !self.in_flight() {
             self.seal_and_write(self.ready.is_empty());
         }
-        out.append(&mut self.ready);
+        move_effects(out, &mut self.ready);
     }
 
     /// Waits for the round in flight, if any, and takes its result (its answers are
@@ -388,7 +388,7 @@ impl Engine {
         if let Some(result) = self.committer.as_mut().and_then(Committer::wait) {
             self.finish_sealed(result);
         }
-        out.append(&mut self.ready);
+        move_effects(out, &mut self.ready);
     }
 
     /// A user's last device went offline at `at` (µs): persisted as their last seen.
@@ -418,7 +418,7 @@ impl Engine {
             self.batch.clock_floor(self.shard, self.round_max);
         }
         let batch = std::mem::replace(&mut self.batch, self.shared.store.batch());
-        self.sealed.append(&mut self.pending);
+        move_effects(&mut self.sealed, &mut self.pending);
         self.sealed_at = Some(Instant::now());
         self.sealed_bound = self.current_bound;
         self.current_bound = u64::MAX;
@@ -453,7 +453,7 @@ impl Engine {
         self.commit_took = self.sealed_at.take().map(|t| t.elapsed());
         match result {
             Ok(()) => {
-                self.ready.append(&mut self.sealed);
+                move_effects(&mut self.ready, &mut self.sealed);
                 self.recent_sends.durable();
                 self.staged.durable();
                 self.round_directs.durable();
@@ -466,7 +466,7 @@ impl Engine {
             Err(e) => {
                 tracing::debug!(shard = self.shard, error = %e, "commit failed; answering INTERNAL");
                 let mut failed = std::mem::take(&mut self.sealed);
-                failed.append(&mut self.pending);
+                move_effects(&mut failed, &mut self.pending);
                 for effect in failed {
                     if let Effect::Reply { to, request_id, .. } = effect {
                         self.ready.push(Effect::Reply {
@@ -601,5 +601,17 @@ fn frame_not_chat(frame: &Frame) -> &'static str {
             "session frames are not chat requests"
         }
         _ => "this frame is not a request the chat engine serves",
+    }
+}
+
+/// Moves every effect of `from` to the end of `to`. When `to` is empty (the usual case) the
+/// two trade buffers instead: a round's effects pass through four lists (pending, sealed,
+/// ready, the shard's), and copying each effect at every step was 3% of a shard's time at
+/// the unthrottled rate.
+fn move_effects(to: &mut Vec<Effect>, from: &mut Vec<Effect>) {
+    if to.is_empty() {
+        std::mem::swap(to, from);
+    } else {
+        to.append(from);
     }
 }

@@ -60,7 +60,9 @@ impl Shard {
             self.close_soon(slot, Reason::ProtocolError);
             return;
         }
-        let (now_ms, now_secs) = (self.now_ms(), self.now_secs());
+        // One clock read per frame (both units from it).
+        let now = self.epoch.elapsed();
+        let (now_ms, now_secs) = (now.as_millis() as u32, now.as_secs() as u32);
         let (rate, burst) = (self.core.config.rate_limit, self.burst());
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
