@@ -1,6 +1,7 @@
 //! Sending (and replying), history, receipts, recall, edits, reactions, typing.
 
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use courier_protocol::{
@@ -10,12 +11,23 @@ use courier_protocol::{
 
 use crate::{Client, Result};
 
-/// A fresh, non-zero id for a message, chosen by the sender so a retry can be recognised.
+/// A fresh, non-zero id for a message, chosen by the sender so a retry can be recognised:
+/// the wall clock in milliseconds in the high 42 bits and 22 random bits, increasing within
+/// this process even if the clock steps back. Ids that increase per sender and thread let the
+/// server take a SEND as new without a dedupe lookup (PROTOCOL.md, `SEND`); the random bits
+/// keep two devices of one user apart within a millisecond.
 pub fn new_client_msg_id() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let fresh = (ms << 22) | (rand::random::<u64>() & ((1 << 22) - 1));
+    let mut last = LAST.load(Ordering::Relaxed);
     loop {
-        let id: u64 = rand::random();
-        if id != 0 {
-            return id;
+        let id = fresh.max(last.wrapping_add(1)).max(1);
+        match LAST.compare_exchange_weak(last, id, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return id,
+            Err(now) => last = now,
         }
     }
 }
@@ -223,5 +235,27 @@ impl crate::AsyncClient {
     /// Tells the other members the caller is (or stopped) typing. Never answered.
     pub async fn typing(&self, thread: u64, active: bool) -> Result<()> {
         self.send_frame(Typing { thread, active }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_message_ids_increase_and_carry_the_wall_clock_in_milliseconds() {
+        let ms = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        };
+        let before = ms();
+        let ids: Vec<u64> = (0..10_000).map(|_| new_client_msg_id()).collect();
+        let after = ms();
+        assert!(ids.windows(2).all(|w| w[1] > w[0]), "increasing");
+        assert!(ids[0] >> 22 >= before);
+        // Ten thousand ids in a millisecond would run the clock part ahead by at most 1 ms.
+        assert!(ids[ids.len() - 1] >> 22 <= after + 1);
     }
 }

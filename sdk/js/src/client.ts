@@ -52,19 +52,31 @@ const GET_USERS_MAX = 1000;
 /** Room left in a frame for the header and the fixed fields around media data. */
 const FRAME_OVERHEAD = 128;
 
-/** A fresh, non-zero id for a message, chosen by the sender so a retry can be recognised. */
+/** The last id {@link newClientMsgId} returned, so ids increase within this process. */
+let lastClientMsgId = 0n;
+
+/**
+ * A fresh, non-zero id for a message, chosen by the sender so a retry can be recognised: the
+ * wall clock in milliseconds in the high 42 bits and 22 random bits, increasing within this
+ * process even if the clock steps back. Ids that increase per sender and thread let the server
+ * take a SEND as new without a dedupe lookup (PROTOCOL.md, `SEND`); the random bits keep two
+ * devices of one user apart within a millisecond.
+ */
 export function newClientMsgId(): bigint {
-  const raw = new Uint8Array(8);
-  for (;;) {
-    const c = (globalThis as { crypto?: { getRandomValues(a: Uint8Array): Uint8Array } }).crypto;
-    if (c !== undefined) {
-      c.getRandomValues(raw);
-    } else {
-      for (let i = 0; i < 8; i++) raw[i] = Math.floor(Math.random() * 256);
-    }
-    const id = new DataView(raw.buffer).getBigUint64(0);
-    if (id !== 0n) return id;
+  const raw = new Uint8Array(4);
+  const c = (globalThis as { crypto?: { getRandomValues(a: Uint8Array): Uint8Array } }).crypto;
+  if (c !== undefined) {
+    c.getRandomValues(raw);
+  } else {
+    for (let i = 0; i < 4; i++) raw[i] = Math.floor(Math.random() * 256);
   }
+  const random = BigInt(new DataView(raw.buffer).getUint32(0) & 0x3fffff);
+  const fresh = (BigInt(Date.now()) << 22n) | random;
+  const next = (lastClientMsgId + 1n) & 0xffffffffffffffffn;
+  let id = fresh > next ? fresh : next;
+  if (id === 0n) id = 1n;
+  lastClientMsgId = id;
+  return id;
 }
 
 const utf8 = new TextEncoder();

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Client, type ClientConfig, type ClientEvents } from "../src/client.js";
+import { Client, newClientMsgId, type ClientConfig, type ClientEvents } from "../src/client.js";
 import { ClientError } from "../src/client_error.js";
 import { ErrorCode } from "../src/errors.js";
 import {
@@ -620,4 +620,14 @@ test("a layer under the codec (where Noise goes) needs no change above it", asyn
   const auth = await client.register("alice", "password1");
   assert.equal(auth.handle, "alice");
   assert.deepEqual(w.server.opened[0]!.received.map((e) => e.frame.type), ["Hello", "Register"]);
+});
+
+test("client message ids increase and carry the wall clock in milliseconds", () => {
+  const before = BigInt(Date.now());
+  const ids = Array.from({ length: 10_000 }, () => newClientMsgId());
+  const after = BigInt(Date.now());
+  for (let i = 1; i < ids.length; i++) assert.ok(ids[i] > ids[i - 1], `id ${i} does not increase`);
+  assert.ok(ids[0] >> 22n >= before, "the first id's clock is not before the call");
+  assert.ok(ids[ids.length - 1] >> 22n <= after + 1n, "ten thousand ids run the clock ahead by at most 1 ms");
+  assert.ok(ids.every((id) => id > 0n && id < 1n << 64n));
 });
