@@ -241,9 +241,7 @@ fn logout_revokes_the_token_on_every_connection_at_once() {
     let server = Server::start();
     let (mut phone, reg) = server.user("alice");
     // A second connection on the same token (a reconnect that overlapped the old one).
-    let mut twin = server.connect();
-    twin.hello();
-    twin.resume(&reg.token);
+    let mut twin = server.resumed(&reg.token);
     let mut laptop = server.connect();
     laptop.hello();
     let laptop_ok = laptop.login("alice", PASSWORD, "laptop");
@@ -260,9 +258,7 @@ fn logout_revokes_the_token_on_every_connection_at_once() {
     );
 
     // LOGOUT_ALL: the other connections go, and no token of the user resumes.
-    let mut laptop_twin = server.connect();
-    laptop_twin.hello();
-    laptop_twin.resume(&laptop_ok.token);
+    let mut laptop_twin = server.resumed(&laptop_ok.token);
     let mut tablet = server.connect();
     tablet.hello();
     let tablet_ok = tablet.login("alice", PASSWORD, "tablet");

@@ -748,9 +748,7 @@ fn messages_and_receipts_survive_a_restart() {
     });
     drop((alice, bob));
     server.restart();
-    let mut bob = server.connect();
-    bob.hello();
-    bob.resume(&b.token);
+    let mut bob = server.resumed(&b.token);
     assert_eq!(
         history(&mut bob, t)
             .iter()
@@ -771,9 +769,7 @@ fn messages_and_receipts_survive_a_restart() {
         ids[2]
     );
     // Ids keep increasing after the restart.
-    let mut alice = server.connect();
-    alice.hello();
-    alice.resume(&a.token);
+    let mut alice = server.resumed(&a.token);
     assert!(send(&mut alice, t, 99, "after").message > ids[4]);
 }
 

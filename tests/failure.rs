@@ -77,9 +77,7 @@ fn a_panicking_shard_stops_the_process_and_keeps_acked_data() {
     let _ = alice.expect_closed(WAIT);
 
     server.restart();
-    let mut again = server.connect();
-    again.hello();
-    again.resume(&a.token);
+    let mut again = server.resumed(&a.token);
     let stored: Vec<u64> = history(&mut again, thread).iter().map(|m| m.id).collect();
     assert_eq!(stored, acked, "every acked message survives the failure");
 }
@@ -481,9 +479,7 @@ fn a_store_stuck_after_a_full_disk_stops_the_process_and_a_restart_recovers() {
     );
 
     server.restart();
-    let mut again = server.connect();
-    again.hello();
-    again.resume(&a.token);
+    let mut again = server.resumed(&a.token);
     next += 1;
     assert!(matches!(
         try_send(&mut again, thread, next, &body(next)),

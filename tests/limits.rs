@@ -74,9 +74,7 @@ fn a_retry_inside_the_dedupe_window_returns_the_original_id_also_after_a_restart
     assert_eq!(send(&mut alice, thread, 77, "once").message, first.message);
     drop(alice);
     server.restart();
-    let mut alice = server.connect();
-    alice.hello();
-    alice.resume(&ok.token);
+    let mut alice = server.resumed(&ok.token);
     assert_eq!(send(&mut alice, thread, 77, "once").message, first.message);
     assert_eq!(bodies(&mut alice, thread).len(), 1);
 }
@@ -96,9 +94,7 @@ fn retries_of_ids_sent_out_of_order_are_stored_once_also_after_a_restart() {
     assert_eq!(send(&mut alice, thread, 4, "four").message, four);
     drop(alice);
     server.restart();
-    let mut alice = server.connect();
-    alice.hello();
-    alice.resume(&ok.token);
+    let mut alice = server.resumed(&ok.token);
     assert_eq!(send(&mut alice, thread, 9, "nine").message, nine);
     assert_eq!(send(&mut alice, thread, 4, "four").message, four);
     let six = send(&mut alice, thread, 6, "six").message;
@@ -348,9 +344,7 @@ fn delete_for_me_entries_per_thread_are_capped() {
 fn uploads_in_progress_per_user_are_capped() {
     let server = Server::start();
     let (mut alice, ok) = server.user("alice");
-    let mut phone = server.connect();
-    phone.hello();
-    phone.resume(&ok.token);
+    let mut phone = server.resumed(&ok.token);
     // Distinct content each time: a MEDIA_BEGIN of the same content resumes its upload.
     let content = |i: u8| [b'a', b'b', i];
     let begin = |i: u8| MediaBegin {

@@ -202,9 +202,7 @@ fn an_upload_resumes_on_a_new_connection() {
     let half = 90_000;
     chunks(&mut alice, up.upload, &data, 0, half, up.chunk_max as usize);
     drop(alice);
-    let mut phone = server.connect();
-    phone.hello();
-    phone.resume(&ok.token);
+    let mut phone = server.resumed(&ok.token);
     let Frame::MediaUpload(resumed) = begin(&mut phone, &data) else {
         panic!()
     };
@@ -670,9 +668,7 @@ fn stored_media_survives_a_restart_and_an_interrupted_upload_starts_over() {
     drop(alice);
     server.restart();
 
-    let mut alice = server.connect();
-    alice.hello();
-    alice.resume(&ok.token);
+    let mut alice = server.resumed(&ok.token);
     assert_eq!(download(&mut alice, &media, 60_000), stored);
     // The hasher's state is gone with the process: the upload starts again from 0, and the
     // part left behind is reused from scratch, not appended to.

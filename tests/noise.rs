@@ -76,9 +76,7 @@ fn ik_and_xx_handshakes_carry_a_chat() {
     assert_eq!(p.message.body, Bytes::from_static(b"through the tunnel"));
     assert_eq!(p.message.sender, alice_ok.user);
     // A reconnect with the key pinned resumes the session.
-    let mut again = server.connect();
-    again.hello();
-    again.resume(&bob_ok.token);
+    let mut again = server.resumed(&bob_ok.token);
     assert_eq!(
         history(&mut again, thread),
         [Bytes::from_static(b"through the tunnel")]

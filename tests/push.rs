@@ -70,10 +70,7 @@ fn assert_not_notified(server: &Server, gateway: &Gateway, alice: &mut TestConn,
 }
 
 fn reconnect(server: &Server, ok: &AuthOk) -> TestConn {
-    let mut c = server.connect();
-    c.hello();
-    c.resume(&ok.token);
-    c
+    server.resumed(&ok.token)
 }
 
 #[test]

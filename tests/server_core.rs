@@ -196,9 +196,7 @@ fn presence_subscribers_see_contacts_come_and_go() {
         Some(Frame::PresencePush(p)) => assert!(!p.presence.online && p.presence.last_seen > 0),
         other => panic!("no offline push: {other:?}"),
     }
-    let mut back = server.connect();
-    back.hello();
-    back.resume(&bob.token);
+    let _back = server.resumed(&bob.token);
     let online = watcher.push_where(
         SHORT,
         |f| matches!(f, Frame::PresencePush(p) if p.presence.user == bob.user),
@@ -217,9 +215,7 @@ fn a_reconnect_storm_is_coalesced_for_subscribers() {
     });
     let started = Instant::now();
     for _ in 0..20 {
-        let mut c = server.connect();
-        c.hello();
-        c.resume(&flappy.token);
+        let _c = server.resumed(&flappy.token);
     }
     let elapsed = started.elapsed().as_secs() + 2;
     std::thread::sleep(Duration::from_millis(2500));

@@ -1873,13 +1873,12 @@ fn a_media_read_naming_its_thread_is_allowed_past_the_threads_checked_without_it
     assert!(matches!(w.ask(&c, get(last)), Frame::MediaData(d) if d.data.len() == 10));
 }
 
-/// An engine on `w`'s shard `shard` whose commits wait at a test gate: the test sends one
-/// permit per batch, and `notified` says when a batch's result is back.
-fn gated_engine(
-    w: &World,
+/// Puts an engine on `w`'s shard `shard` whose commits wait at a test gate: the test sends
+/// one permit per batch, and `notified` says when a batch's result is back.
+fn gate_engine(
+    w: &mut World,
     shard: u16,
 ) -> (
-    Engine,
     crossbeam_channel::Sender<()>,
     crossbeam_channel::Receiver<()>,
 ) {
@@ -1894,11 +1893,8 @@ fn gated_engine(
         Some(gate),
     )
     .unwrap();
-    (
-        Engine::pipelined(w.shared.clone(), shard, committer),
-        permit,
-        notified,
-    )
+    w.engines[shard as usize] = Engine::pipelined(w.shared.clone(), shard, committer);
+    (permit, notified)
 }
 
 fn sent_ids(out: &[Effect]) -> Vec<u64> {
@@ -1961,8 +1957,7 @@ fn a_round_built_while_the_previous_one_commits_sees_its_state_and_waits_for_it(
             others.push(t);
         }
     }
-    let (engine, permit, notified) = gated_engine(&w, owner);
-    w.engines[owner as usize] = engine;
+    let (permit, notified) = gate_engine(&mut w, owner);
     let read_ids = |w: &World| history_ids(w, &b, g);
     let before = read_ids(&w);
 
@@ -2065,8 +2060,7 @@ fn an_idle_shard_writes_its_round_itself_but_never_past_a_round_in_flight() {
     let (a, b) = (w.user("alice"), w.user("bob"));
     let t = w.direct(&a, &b);
     let owner = w.shared.thread_shard(t);
-    let (engine, permit, notified) = gated_engine(&w, owner);
-    w.engines[owner as usize] = engine;
+    let (permit, notified) = gate_engine(&mut w, owner);
     let read_ids = |w: &World| history_ids(w, &b, t);
     let mut out = Vec::new();
 
@@ -2118,8 +2112,7 @@ fn a_failed_commit_fails_its_round_and_the_round_built_on_it() {
     let (a, b) = (w.user("alice"), w.user("bob"));
     let t = w.direct(&a, &b);
     let owner = w.shared.thread_shard(t);
-    let (engine, permit, notified) = gated_engine(&w, owner);
-    w.engines[owner as usize] = engine;
+    let (permit, notified) = gate_engine(&mut w, owner);
     let flag = w._dir.path().join("full");
     w.shared.store.fake_full_disk(flag.clone());
 
@@ -2178,8 +2171,7 @@ fn a_full_round_behind_one_in_flight_stops_reading() {
     let (a, b) = (w.user("alice"), w.user("bob"));
     let t = w.direct(&a, &b);
     let owner = w.shared.thread_shard(t);
-    let (engine, permit, notified) = gated_engine(&w, owner);
-    w.engines[owner as usize] = engine;
+    let (permit, notified) = gate_engine(&mut w, owner);
     let e = &mut w.engines[owner as usize];
     e.handle(a, 1, text(t, 1));
     let mut out = Vec::new();
@@ -2262,9 +2254,8 @@ fn a_cap_counts_a_round_whose_write_finished_but_was_not_yet_taken_once() {
             .into(),
         ),
     ] {
-        let (engine, permit, notified) = gated_engine(&w, shard);
+        let (permit, notified) = gate_engine(&mut w, shard);
         let e = &mut w.engines[shard as usize];
-        *e = engine;
         for (i, f) in first.into_iter().enumerate() {
             e.handle(a, i as u32 + 1, f);
         }
@@ -2509,8 +2500,7 @@ fn a_bound_forgotten_while_its_send_is_in_flight_is_learnt_again_with_that_send(
     let (a, b) = (w.user("alice"), w.user("bob"));
     let t = w.direct(&a, &b);
     let owner = w.shared.thread_shard(t);
-    let (engine, permit, notified) = gated_engine(&w, owner);
-    w.engines[owner as usize] = engine;
+    let (permit, notified) = gate_engine(&mut w, owner);
     let mut out = Vec::new();
     let e = &mut w.engines[owner as usize];
     e.handle(a, 1, text(t, 5));

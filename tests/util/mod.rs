@@ -425,6 +425,14 @@ impl Server {
     }
 
     /// A connection that said hello and registered `handle` (device "test").
+    /// A new connection, past HELLO, resumed with `token`.
+    pub fn resumed(&self, token: &Bytes) -> TestConn {
+        let mut c = self.connect();
+        c.hello();
+        c.resume(token);
+        c
+    }
+
     pub fn user(&self, handle: &str) -> (TestConn, AuthOk) {
         let mut c = self.connect();
         c.hello();
