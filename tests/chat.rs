@@ -505,13 +505,7 @@ fn thread_list_private_state_and_unread_counts() {
     send(&mut bob, ab, 1, "from bob");
     send(&mut carol, ac, 1, "from carol 1");
     send(&mut carol, ac, 2, "from carol 2");
-    let Frame::ThreadList(list) = alice.request(ListThreads {
-        before_msg_id: 0,
-        before_thread: 0,
-        limit: 10,
-    }) else {
-        panic!()
-    };
+    let list = alice.thread_list(10);
     let rows: Vec<(u64, u32, &str)> = list
         .threads
         .iter()
@@ -861,13 +855,7 @@ fn a_member_removed_while_offline_learns_it_from_sync() {
         (SystemEventKind::MemberRemoved, b.user)
     );
     assert_eq!(t.last_msg_id, notices[0].id);
-    let Frame::ThreadList(list) = bob.request(ListThreads {
-        before_msg_id: 0,
-        before_thread: 0,
-        limit: 100,
-    }) else {
-        panic!("LIST_THREADS")
-    };
+    let list = bob.thread_list(100);
     assert!(list.threads.iter().all(|t| t.id != g));
 
     // Added back: the tombstone is replaced by a membership again.

@@ -833,13 +833,7 @@ fn the_thread_list_preview_skips_what_the_viewer_deleted_for_themselves() {
         Done {}.into()
     );
     let preview = |c: &mut TestConn| {
-        let Frame::ThreadList(list) = c.request(ListThreads {
-            before_msg_id: 0,
-            before_thread: 0,
-            limit: 10,
-        }) else {
-            panic!("LIST_THREADS")
-        };
+        let list = c.thread_list(10);
         let row = list.threads.into_iter().find(|r| r.id == t).expect("row");
         row.last_message.map(|m| (m.id, m.body))
     };

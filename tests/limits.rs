@@ -427,13 +427,7 @@ fn list_threads_with_limit_0_returns_a_default_page() {
     assert!(pipeline(&mut alice, creates)
         .iter()
         .all(|f| matches!(f, Frame::ThreadInfo(_))));
-    let Frame::ThreadList(page) = alice.request(ListThreads {
-        before_msg_id: 0,
-        before_thread: 0,
-        limit: 0,
-    }) else {
-        panic!("LIST_THREADS")
-    };
+    let page = alice.thread_list(0);
     assert_eq!(
         page.threads.len(),
         50,

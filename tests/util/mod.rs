@@ -25,8 +25,8 @@ use bytes::{Bytes, BytesMut};
 use courier_protocol::noise::{Keypair, PublicKey, Transport, MAX_RECORD_LEN};
 use courier_protocol::session::{CloseReason, Encryption, Event};
 use courier_protocol::{
-    encode, AuthOk, Decoder, Envelope, ErrorCode, ErrorReply, Frame, Login, Ping, Redirect,
-    Register, Resume, Session, SessionConfig, Welcome, MAX_FRAME_LEN,
+    encode, AuthOk, Decoder, Envelope, ErrorCode, ErrorReply, Frame, ListThreads, Login, Ping,
+    Redirect, Register, Resume, Session, SessionConfig, ThreadList, Welcome, MAX_FRAME_LEN,
 };
 
 pub mod cluster;
@@ -877,6 +877,18 @@ impl TestConn {
 
     /// Sends `frame` with a fresh id and returns the reply with that id (an `ErrorReply` is a
     /// reply too). Panics if none comes within [`REPLY_TIMEOUT`] or the connection closes.
+    /// The first page of LIST_THREADS with `limit` rows (0: the server's default).
+    pub fn thread_list(&mut self, limit: u16) -> ThreadList {
+        match self.request(ListThreads {
+            before_msg_id: 0,
+            before_thread: 0,
+            limit,
+        }) {
+            Frame::ThreadList(list) => list,
+            other => panic!("LIST_THREADS: {other:?}"),
+        }
+    }
+
     pub fn request(&mut self, frame: impl Into<Frame>) -> Frame {
         let id = self.send_request(frame);
         self.reply(id, REPLY_TIMEOUT)
