@@ -9,9 +9,12 @@
 //! Measured (issue 13, item 3): before, 2 allocations per message, both in encoding the
 //! stored message (`Record::encode`: a 64-byte `BytesMut`, then its growth for a 100-byte
 //! body); the batch now encodes into a scratch buffer it keeps (`Record::encode_into`), and a
-//! round of SENDs allocates a constant 9 times whatever N (the next round's batch and scratch,
-//! the clock-floor key, growth of reused maps). Not driven here: the shard's decode, routing and
-//! writes (`src/shard/`), which reuse the shard's buffers but allocate each reply's `Bytes`.
+//! round of SENDs allocates a constant 8 times whatever N (the next round's batch and scratch,
+//! the clock-floor key, growth of reused maps). A round of SENDs each to its own thread (paced
+//! traffic) also writes each thread's row and the sender's member row: 2.00 allocations per
+//! message until every record was encoded through that scratch buffer, 0.00 since. The
+//! shard's side (decode, routing, writes, `src/shard/`) is counted with `perf` in
+//! BENCHMARKS.md ("allocations per message on the shard threads").
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -86,18 +89,19 @@ fn caller(user: u64) -> Caller {
 struct Sender {
     _dir: tempfile::TempDir,
     engine: Engine,
-    thread: u64,
+    threads: Vec<u64>,
     next: u64,
     body: Bytes,
     out: Vec<courier::chat::Effect>,
 }
 
 impl Sender {
-    fn new() -> Sender {
+    /// User 1 and a direct thread with each of `peers` other users.
+    fn new(peers: u64) -> Sender {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
         let mut users = store.batch();
-        for user in [1, 2] {
+        for user in 1..=peers + 1 {
             let rec = UserRecord {
                 handle: format!("user{user}"),
                 password_hash: String::new(),
@@ -110,26 +114,31 @@ impl Sender {
         let shared = Shared::new(store.clone(), clock, ChatConfig::default(), 1);
         let mut engine = Engine::new(shared, 0);
         let mut out = Vec::new();
-        engine.handle(caller(1), 1, OpenDirect { peer: 2 }.into());
+        for peer in 2..=peers + 1 {
+            engine.handle(caller(1), 1, OpenDirect { peer }.into());
+        }
         engine.commit(&mut out);
-        let thread = store.direct_thread(1, 2).unwrap().unwrap();
+        let threads = (2..=peers + 1)
+            .map(|peer| store.direct_thread(1, peer).unwrap().unwrap())
+            .collect();
         Sender {
             _dir: dir,
             engine,
-            thread,
+            threads,
             next: 0,
             body: Bytes::from(vec![b'x'; 100]),
             out,
         }
     }
 
-    /// One round of `n` SENDs; returns the allocations it made on this thread.
-    fn round(&mut self, n: usize) -> u64 {
+    /// One round of `n` SENDs, the i-th to thread `i % threads` of the sender's; returns the
+    /// allocations it made on this thread.
+    fn round(&mut self, n: usize, threads: usize) -> u64 {
         let frames: Vec<Frame> = (0..n)
-            .map(|_| {
+            .map(|i| {
                 self.next += 1;
                 Send {
-                    thread: self.thread,
+                    thread: self.threads[i % threads],
                     client_msg_id: self.next,
                     kind: MessageKind::Text,
                     body: self.body.clone(),
@@ -152,24 +161,50 @@ impl Sender {
     }
 }
 
-#[test]
-fn a_send_round_allocates_at_most_a_few_times_per_message() {
+/// The marginal allocations per message between a round of `SMALL` and one of `LARGE`
+/// SENDs, the least of several rounds each (a rare growth of a map or of RocksDB's arena is
+/// not the path's cost per message). `spread`: each SEND of a round to its own thread.
+fn per_message(spread: bool) -> f64 {
     const SMALL: usize = 16;
     const LARGE: usize = 512;
-    let mut s = Sender::new();
+    let mut s = Sender::new(if spread { LARGE as u64 } else { 1 });
+    let threads = |n: usize| if spread { n } else { 1 };
     for _ in 0..8 {
-        s.round(LARGE);
+        s.round(LARGE, threads(LARGE));
     }
-    // The least of several rounds: a rare growth of a map or of RocksDB's arena is not the
-    // path's cost per message.
-    let small = (0..5).map(|_| s.round(SMALL)).min().unwrap();
-    let large = (0..5).map(|_| s.round(LARGE)).min().unwrap();
+    let small = (0..5)
+        .map(|_| s.round(SMALL, threads(SMALL)))
+        .min()
+        .unwrap();
+    let large = (0..5)
+        .map(|_| s.round(LARGE, threads(LARGE)))
+        .min()
+        .unwrap();
     let per_message = (large as f64 - small as f64) / (LARGE - SMALL) as f64;
     eprintln!(
-        "allocations: {small} for {SMALL} SENDs, {large} for {LARGE}: {per_message:.2} per message"
+        "allocations (spread: {spread}): {small} for {SMALL} SENDs, {large} for {LARGE}: \
+         {per_message:.2} per message"
     );
+    per_message
+}
+
+#[test]
+fn a_send_round_allocates_at_most_a_few_times_per_message() {
+    let per_message = per_message(false);
     assert!(
         per_message <= PER_MESSAGE,
         "a SEND allocates {per_message:.2} times per message in a steady round (at most {PER_MESSAGE})"
+    );
+}
+
+/// Paced traffic: a round holds one SEND of each of many conversations, so every SEND also
+/// changes its thread's row and the sender's member row (read up to their own message).
+/// Before those rows were encoded into the batch's scratch buffer, 2 allocations each.
+#[test]
+fn a_round_of_sends_to_many_threads_allocates_nothing_per_thread() {
+    let per_message = per_message(true);
+    assert!(
+        per_message <= PER_MESSAGE,
+        "a SEND to its own thread allocates {per_message:.2} times per message (at most {PER_MESSAGE})"
     );
 }

@@ -1325,17 +1325,30 @@ impl Batch {
         self.batch.put_cf(self.store.cf(cf), key, value);
     }
 
+    /// Stages `rec` under `key`, encoded into the batch's scratch buffer: no allocation per
+    /// record once the buffer has grown to the largest record (a message, a thread's or a
+    /// member's row is written per SEND).
+    fn put_record(&mut self, cf: &str, key: &[u8], rec: &impl Record) {
+        rec.encode_into(&mut self.scratch);
+        let Batch {
+            store,
+            batch,
+            scratch,
+        } = self;
+        batch.put_cf(store.cf(cf), key, &scratch[..]);
+    }
+
     fn delete(&mut self, cf: &str, key: &[u8]) {
         self.batch.delete_cf(self.store.cf(cf), key);
     }
 
     pub fn put_user(&mut self, user: u64, rec: &UserRecord) {
-        self.put(CF_USERS, &keys::id(user), &rec.encode());
+        self.put_record(CF_USERS, &keys::id(user), rec);
         self.put(CF_HANDLES, rec.handle.as_bytes(), &user.to_be_bytes());
     }
 
     pub fn put_token(&mut self, digest: &[u8; TOKEN_DIGEST], rec: &TokenRecord) {
-        self.put(CF_TOKENS, digest, &rec.encode());
+        self.put_record(CF_TOKENS, digest, rec);
         self.put(CF_USER_TOKENS, &keys::user_token(rec.user, digest), &[]);
     }
 
@@ -1369,7 +1382,7 @@ impl Batch {
     }
 
     pub fn put_thread(&mut self, thread: u64, rec: &ThreadRecord) {
-        self.put(CF_THREADS, &keys::id(thread), &rec.encode());
+        self.put_record(CF_THREADS, &keys::id(thread), rec);
     }
 
     pub fn put_direct(&mut self, a: u64, b: u64, thread: u64) {
@@ -1377,7 +1390,7 @@ impl Batch {
     }
 
     pub fn put_member(&mut self, thread: u64, user: u64, rec: &MemberRecord) {
-        self.put(CF_MEMBERS, &keys::pair(thread, user), &rec.encode());
+        self.put_record(CF_MEMBERS, &keys::pair(thread, user), rec);
     }
 
     /// Removes `user` from the members of `thread`. Their `memberships` row stays, as the
@@ -1387,19 +1400,12 @@ impl Batch {
     }
 
     pub fn put_private_state(&mut self, user: u64, thread: u64, rec: &PrivateState) {
-        self.put(CF_MEMBERSHIPS, &keys::pair(user, thread), &rec.encode());
+        self.put_record(CF_MEMBERSHIPS, &keys::pair(user, thread), rec);
     }
 
     /// Stores a message: one key, whatever its kind (its `seq` is in the value).
     pub fn put_message(&mut self, thread: u64, msg: u64, rec: &MessageRecord) {
-        let key = keys::message(thread, msg);
-        rec.encode_into(&mut self.scratch);
-        let Batch {
-            store,
-            batch,
-            scratch,
-        } = self;
-        batch.put_cf(store.cf(CF_MESSAGES), key, &scratch[..]);
+        self.put_record(CF_MESSAGES, &keys::message(thread, msg), rec);
     }
 
     pub fn put_dedupe(&mut self, thread: u64, sender: u64, client_msg_id: u64, msg: u64) {
@@ -1430,7 +1436,7 @@ impl Batch {
     }
 
     pub fn put_media_header(&mut self, media: &[u8; MEDIA_ID], rec: &MediaHeader) {
-        self.put(CF_MEDIA, &keys::media_meta(media), &rec.encode());
+        self.put_record(CF_MEDIA, &keys::media_meta(media), rec);
     }
 
     /// Links `media` to an uploader (`MEDIA_OWNER`).
