@@ -36,7 +36,7 @@ use crate::caller::{Caller, ConnRef};
 use crate::chat::Engine;
 use crate::clock::wall_us;
 use crate::metrics::LinkMetrics;
-use crate::shard::mailbox::{ShardMsg, Wakes};
+use crate::shard::mailbox::{Recipients, ShardMsg, Wakes};
 use crate::shard::read_pool::{ReadRequest, Refused};
 use crate::shard::Core;
 use crate::store::OutboxOp;
@@ -389,7 +389,7 @@ impl Forwarding {
                 continue;
             };
             let msg = ShardMsg::Deliver {
-                to: group.to_vec(),
+                to: Recipients::of(group),
                 bytes: batch.frame.clone(),
             };
             match mailbox.tx.try_send(msg) {

@@ -218,6 +218,27 @@ impl Conn {
         self.busy_mut().output.get_or_insert_with(Output::default)
     }
 
+    /// Like [`output_or_new`](Self::output_or_new), for the frames a round queues: an idle
+    /// connection takes a box (and its output queue) from `spare` instead of allocating.
+    pub fn output_from(&mut self, spare: &mut SpareBusy) -> &mut Output {
+        if self.busy.is_none() {
+            self.busy = Some(spare.take());
+        }
+        self.output_or_new()
+    }
+
+    /// Everything queued was written: the output queue goes, and a box that then holds
+    /// nothing goes to `spare` with its queue's allocation.
+    pub fn written_all(&mut self, spare: &mut SpareBusy) {
+        match self.busy.take() {
+            Some(busy) if busy.input.capacity() == 0 && busy.ws.is_none() => spare.give(busy),
+            busy => {
+                self.busy = busy;
+                self.drop_output();
+            }
+        }
+    }
+
     /// Drops the output queue (everything written, or the connection failed).
     pub fn drop_output(&mut self) {
         if let Some(busy) = self.busy.as_deref_mut() {
@@ -251,6 +272,48 @@ impl Conn {
     }
 }
 
+/// [`Busy`] boxes of connections that wrote everything, kept for the next connection that
+/// queues frames: in paced traffic every message makes two connections busy for a moment
+/// (its sender for the answer, a recipient for the push), which would otherwise be two boxes
+/// and two queues allocated and freed per message. Bounded ([`SpareBusy::MAX`] boxes, each
+/// queue at most [`SpareBusy::MAX_FRAMES`] slots), one per shard.
+#[derive(Default)]
+pub struct SpareBusy(Vec<Box<Busy>>);
+
+impl SpareBusy {
+    /// Boxes kept at most.
+    pub const MAX: usize = 128;
+    /// Slots a kept output queue may have; a bigger one (a connection that had a backlog)
+    /// is freed.
+    pub const MAX_FRAMES: usize = 16;
+
+    /// A box holding nothing, with an empty output queue (allocated, if it was kept).
+    fn take(&mut self) -> Box<Busy> {
+        self.0.pop().unwrap_or_default()
+    }
+
+    /// Keeps `busy` (holding no input and no WebSocket state) if there is room.
+    fn give(&mut self, mut busy: Box<Busy>) {
+        if self.0.len() >= Self::MAX {
+            return;
+        }
+        match busy.output.as_mut() {
+            Some(out) if out.frames.capacity() <= Self::MAX_FRAMES => out.clear(),
+            _ => busy.output = None,
+        }
+        self.0.push(busy);
+    }
+
+    /// Boxes kept.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Encoded frames waiting for the socket. Frames are shared [`Bytes`]: a push to a thousand
 /// connections is encoded once and queued a thousand times by reference. On an encrypted
 /// connection the frames after the first `wire` are plaintext, sealed together as one record
@@ -269,6 +332,15 @@ pub struct Output {
 }
 
 impl Output {
+    /// Empties the queue, keeping its allocation.
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.head_written = 0;
+        self.queued = 0;
+        self.wire = 0;
+        self.ws_framed = 0;
+    }
+
     pub fn push(&mut self, frame: Bytes) {
         self.queued += frame.len();
         self.frames.push_back(frame);
@@ -425,6 +497,76 @@ mod tests {
             size <= 152,
             "Conn is {size} bytes, more than the 152 measured for issue 13"
         );
+    }
+
+    /// A connection over loopback (its socket is not used).
+    fn conn() -> Conn {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let bucket = TokenBucket::full(1, 0);
+        Conn::new(TcpStream::from_std(stream), 1, 0, bucket, Crypto::Plain, 0)
+    }
+
+    fn box_addr(conn: &Conn) -> *const Busy {
+        conn.busy.as_deref().map(|b| b as *const Busy).unwrap()
+    }
+
+    #[test]
+    fn a_connection_that_wrote_everything_leaves_its_box_and_queue_to_the_next() {
+        let mut spare = SpareBusy::default();
+        let (mut a, mut b) = (conn(), conn());
+        a.output_from(&mut spare).push(Bytes::from_static(b"sent"));
+        let first = box_addr(&a);
+        a.written_all(&mut spare);
+        assert!(a.busy.is_none(), "an idle connection holds no box");
+        assert_eq!(spare.len(), 1);
+        b.output_from(&mut spare)
+            .push(Bytes::from_static(b"pushed"));
+        assert_eq!(
+            box_addr(&b),
+            first,
+            "the next connection takes the kept box"
+        );
+        assert!(spare.is_empty());
+        let out = b.output().unwrap();
+        assert!(out.frames.capacity() >= 1, "with its queue's allocation");
+        assert_eq!(
+            (out.queued, out.frames.len()),
+            (6, 1),
+            "and nothing of the first's"
+        );
+    }
+
+    #[test]
+    fn only_empty_boxes_with_small_queues_are_kept_and_only_so_many() {
+        let mut spare = SpareBusy::default();
+        // A partial frame waits: the box stays with its connection.
+        let mut reading = conn();
+        reading.set_input(vec![0, 0]);
+        reading
+            .output_from(&mut spare)
+            .push(Bytes::from_static(b"x"));
+        reading.written_all(&mut spare);
+        assert!(spare.is_empty());
+        assert!(reading.output().is_none() && reading.input() == [0, 0]);
+        // A backlog grew the queue: the box is kept, its queue is not.
+        let mut backlog = conn();
+        for _ in 0..=SpareBusy::MAX_FRAMES {
+            backlog
+                .output_from(&mut spare)
+                .push(Bytes::from_static(b"x"));
+        }
+        backlog.written_all(&mut spare);
+        assert!(spare.0[0].output.is_none());
+        for _ in 0..SpareBusy::MAX + 10 {
+            let mut c = conn();
+            c.output_from(&mut spare).push(Bytes::from_static(b"x"));
+            c.written_all(&mut spare);
+            let mut d = conn();
+            d.output_or_new().push(Bytes::from_static(b"y"));
+            d.written_all(&mut spare);
+        }
+        assert_eq!(spare.len(), SpareBusy::MAX);
     }
 
     #[test]

@@ -595,7 +595,7 @@ impl Shard {
             // No Courier frame goes out before the upgrade (a handshake timeout is a close).
             return;
         }
-        conn.output_or_new().push(bytes);
+        conn.output_from(&mut self.spare_busy).push(bytes);
         let queued = conn.queued();
         if !conn.has(flag::PENDING_WRITE) {
             conn.flags |= flag::PENDING_WRITE;
@@ -686,7 +686,7 @@ impl Shard {
                     written += k as u64;
                     out.advance(k);
                     if out.is_empty() {
-                        conn.drop_output();
+                        conn.written_all(&mut self.spare_busy);
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,

@@ -33,6 +33,29 @@ pub const MAILBOX_CAPACITY: usize = 64 * 1024;
 /// until the backlog is down to half of this.
 pub const OUTBOX_CAP: usize = 16 * 1024;
 
+/// The connections of a [`ShardMsg::Deliver`]: one, inline (a reply or a push to one device,
+/// the common case, which so allocates nothing), or several.
+pub enum Recipients {
+    One(ConnRef),
+    Many(Vec<ConnRef>),
+}
+
+impl Recipients {
+    pub fn of(group: &[ConnRef]) -> Recipients {
+        match group {
+            [one] => Recipients::One(*one),
+            _ => Recipients::Many(group.to_vec()),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[ConnRef] {
+        match self {
+            Recipients::One(one) => std::slice::from_ref(one),
+            Recipients::Many(many) => many,
+        }
+    }
+}
+
 /// What one shard asks of another.
 pub enum ShardMsg {
     /// A chat request for a thread this shard owns; the answer goes back as [`Deliver`].
@@ -48,7 +71,7 @@ pub enum ShardMsg {
     },
     /// One encoded frame for each of these local connections (a reply, or one push for every
     /// recipient on this shard).
-    Deliver { to: Vec<ConnRef>, bytes: Bytes },
+    Deliver { to: Recipients, bytes: Bytes },
     /// Send `ERROR_REPLY(0, code)` to the connection and close it (e.g. `SESSION_REVOKED`).
     Kick { to: ConnRef, code: ErrorCode },
     /// Close the connection with `SESSION_REVOKED` if it authenticated with the token

@@ -51,7 +51,7 @@ use crate::directory::Directory;
 use crate::metrics::{Metrics, Reason, ShardMetrics};
 use crate::session::Accounts;
 use auth_pool::AuthRequest;
-use conn::Conn;
+use conn::{Conn, SpareBusy};
 use mailbox::{Mailbox, Outbox, ShardMsg};
 use presence::Subscriptions;
 use read_pool::ReadQueue;
@@ -274,6 +274,8 @@ pub struct Shard {
     ws_headers: BytesMut,
     /// One frame's bytes on their way into the decoder.
     frame_buf: BytesMut,
+    /// Boxes of connections that wrote everything, for the next ones that queue frames.
+    spare_busy: SpareBusy,
     /// Connections with bytes queued this round.
     pending_writes: Vec<usize>,
     /// Connections whose read budget ran out with bytes left (slot, generation): read again
@@ -329,6 +331,7 @@ impl Shard {
             sealed_out: BytesMut::new(),
             ws_headers: BytesMut::with_capacity(4096),
             frame_buf: BytesMut::new(),
+            spare_busy: SpareBusy::default(),
             pending_writes: Vec::new(),
             carry_reads: Vec::new(),
             closing: Vec::new(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use courier_protocol::{Frame, PresencePush};
 
-use super::mailbox::ShardMsg;
+use super::mailbox::{Recipients, ShardMsg};
 use super::presence::Change;
 use super::session::reason_for;
 use super::Shard;
@@ -64,7 +64,7 @@ impl Shard {
             self.outbox.push(
                 to.shard,
                 ShardMsg::Deliver {
-                    to: vec![to],
+                    to: Recipients::One(to),
                     bytes,
                 },
             );
@@ -88,7 +88,7 @@ impl Shard {
                 self.outbox.push(
                     shard,
                     ShardMsg::Deliver {
-                        to: group.to_vec(),
+                        to: Recipients::of(group),
                         bytes: bytes.clone(),
                     },
                 );
@@ -139,7 +139,7 @@ impl Shard {
                     }
                 }
                 ShardMsg::Deliver { to, bytes } => {
-                    for r in to {
+                    for &r in to.as_slice() {
                         if let Some(slot) = self.local_slot(r) {
                             self.queue(slot, bytes.clone());
                         }
