@@ -278,6 +278,8 @@ impl Conn {
 /// and two queues allocated and freed per message. Bounded ([`SpareBusy::MAX`] boxes, each
 /// queue at most [`SpareBusy::MAX_FRAMES`] slots), one per shard.
 #[derive(Default)]
+// Boxed on purpose: a box moves between `Conn::busy` and here as it is, allocation and all.
+#[allow(clippy::vec_box)]
 pub struct SpareBusy(Vec<Box<Busy>>);
 
 impl SpareBusy {
