@@ -10,17 +10,9 @@
 # holds d19k/ and users19k.txt; runs go to R (default /var/tmp/cpu-runs), removed after.
 set -u
 BD=$1; name=$2; sargs=$3; shift 3
-T=${T:-/var/tmp/p13/tpl}
-d=${R:-/var/tmp/cpu-runs}/$name.d
-rm -rf "$d"; mkdir -p "$d"; cp -a "$T/d19k" "$d/data"; sync
-# shellcheck disable=SC2086 # server flags are words
-"$BD/courier" serve --data-dir "$d/data" --listen 127.0.0.1:0 $sargs >"$d/stdout" 2>"$d/server.log" &
-spid=$!
-for _ in $(seq 100); do grep -q "listening on" "$d/stdout" 2>/dev/null && break; sleep 0.1; done
-sleep 0.2
-addr=$(sed -n 's/^courier listening on //p' "$d/stdout" | grep -v '^ws://' | head -1)
-key=$(sed -n 's/^courier server key //p' "$d/stdout" | head -1)
-case "$key" in none*|"") tr=(--insecure-plaintext) ;; *) tr=(--server-key "$key") ;; esac
+# shellcheck source=serve.sh
+. "$(dirname "$0")/serve.sh"
+serve "$BD" "$name" "$sargs"
 s0=$(awk '{print $14+$15}' "/proc/$spid/stat")
 /usr/bin/time -f "%U %S" -o "$d/lgtime" "$BD/courier-loadgen" --server "$addr" "${tr[@]}" \
     --users "$T/users19k.txt" --json "$d/out.json" --quiet --server-pid "$spid" "$@" >/dev/null 2>"$d/lg.log"

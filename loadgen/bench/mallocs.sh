@@ -9,22 +9,15 @@
 # are what to read, not the latencies.
 set -u
 BD=$1; name=$2; sargs=$3; shift 3
-T=${T:-/var/tmp/p13/tpl}; W=${W:-4}; S=${S:-4}
-d=${R:-/var/tmp/cpu-runs}/$name.d
+W=${W:-4}; S=${S:-4}
+# shellcheck source=serve.sh
+. "$(dirname "$0")/serve.sh"
 libc=$(ldd "$BD/courier" | awk '/libc.so.6/{print $3}')
 for f in malloc realloc; do
     perf probe -l 2>/dev/null | grep -q "probe_libc:$f " || perf probe -q -x "$libc" --add "$f"
 done
 rate=$(echo "$@" | sed -n 's/.*--rate \([0-9]*\).*/\1/p')
-rm -rf "$d"; mkdir -p "$d"; cp -a "$T/d19k" "$d/data"; sync
-# shellcheck disable=SC2086 # server flags are words
-"$BD/courier" serve --data-dir "$d/data" --listen 127.0.0.1:0 $sargs >"$d/stdout" 2>"$d/server.log" &
-spid=$!
-for _ in $(seq 100); do grep -q "listening on" "$d/stdout" 2>/dev/null && break; sleep 0.1; done
-sleep 0.2
-addr=$(sed -n 's/^courier listening on //p' "$d/stdout" | grep -v '^ws://' | head -1)
-key=$(sed -n 's/^courier server key //p' "$d/stdout" | head -1)
-case "$key" in none*|"") tr=(--insecure-plaintext) ;; *) tr=(--server-key "$key") ;; esac
+serve "$BD" "$name" "$sargs"
 "$BD/courier-loadgen" --server "$addr" "${tr[@]}" --users "$T/users19k.txt" --json "$d/out.json" \
     --quiet --server-pid "$spid" "$@" >/dev/null 2>"$d/lg.log" &
 lpid=$!
