@@ -161,10 +161,11 @@ impl Sender {
     }
 }
 
-/// The marginal allocations per message between a round of `SMALL` and one of `LARGE`
-/// SENDs, the least of several rounds each (a rare growth of a map or of RocksDB's arena is
-/// not the path's cost per message). `spread`: each SEND of a round to its own thread.
-fn per_message(spread: bool) -> f64 {
+/// Asserts that the marginal allocations per message between a round of `SMALL` and one of
+/// `LARGE` SENDs, the least of several rounds each (a rare growth of a map or of RocksDB's
+/// arena is not the path's cost per message), are at most [`PER_MESSAGE`]. `spread`: each SEND
+/// of a round to its own thread.
+fn assert_allocations_per_message(spread: bool) {
     const SMALL: usize = 16;
     const LARGE: usize = 512;
     let mut s = Sender::new(if spread { LARGE as u64 } else { 1 });
@@ -185,16 +186,16 @@ fn per_message(spread: bool) -> f64 {
         "allocations (spread: {spread}): {small} for {SMALL} SENDs, {large} for {LARGE}: \
          {per_message:.2} per message"
     );
-    per_message
+    assert!(
+        per_message <= PER_MESSAGE,
+        "a SEND (spread over threads: {spread}) allocates {per_message:.2} times per message \
+         in a steady round (at most {PER_MESSAGE})"
+    );
 }
 
 #[test]
 fn a_send_round_allocates_at_most_a_few_times_per_message() {
-    let per_message = per_message(false);
-    assert!(
-        per_message <= PER_MESSAGE,
-        "a SEND allocates {per_message:.2} times per message in a steady round (at most {PER_MESSAGE})"
-    );
+    assert_allocations_per_message(false);
 }
 
 /// Paced traffic: a round holds one SEND of each of many conversations, so every SEND also
@@ -202,9 +203,5 @@ fn a_send_round_allocates_at_most_a_few_times_per_message() {
 /// Before those rows were encoded into the batch's scratch buffer, 2 allocations each.
 #[test]
 fn a_round_of_sends_to_many_threads_allocates_nothing_per_thread() {
-    let per_message = per_message(true);
-    assert!(
-        per_message <= PER_MESSAGE,
-        "a SEND to its own thread allocates {per_message:.2} times per message (at most {PER_MESSAGE})"
-    );
+    assert_allocations_per_message(true);
 }
