@@ -953,6 +953,7 @@ fn plant_group(
         member_count: members.len() as u32,
         countable: ids.len() as u64,
         handles: Vec::new(),
+        hidden_upto: 0,
     };
     batch.put_thread(thread, &rec);
     // The owner ticked its clock for these ids: it resumes above them.

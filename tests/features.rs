@@ -873,3 +873,80 @@ fn a_reply_cannot_quote_a_message_the_sender_deleted_for_themselves() {
         Frame::Sent(_)
     ));
 }
+
+/// A conversation hidden with SET_THREAD_STATE stays hidden when a member edits or reacts to a
+/// message hidden with it: the hider's devices get no push of the notice, and their thread
+/// list, GET_THREAD, HISTORY and SYNC show none of it; for them the message is gone (REACT and
+/// READERS answer as for no message). A new message brings the conversation back, with only
+/// what came after the mark.
+#[test]
+fn a_notice_about_a_message_hidden_with_its_conversation_does_not_bring_it_back() {
+    let server = Server::start();
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    let (mut bob_phone, _) = login(&server, "bob", "phone");
+    let t = direct(&mut alice, b.user);
+    let old = send(&mut alice, t, 1, "old news").message;
+    for device in [&mut bob, &mut bob_phone] {
+        assert_eq!(message_push(device).message.id, old);
+    }
+    let (_, _, watermark) = sync_all(&mut bob_phone, 0);
+    let hide = SetThreadState {
+        thread: t,
+        muted: false,
+        hidden: true,
+        label: String::new(),
+    };
+    assert_eq!(bob.request(hide), Done {}.into());
+    let listed = |c: &mut TestConn| c.thread_list(10).threads.iter().any(|r| r.id == t);
+    let hidden = |c: &mut TestConn| match c.request(GetThread { thread: t }) {
+        Frame::ThreadInfo(info) => info.thread.hidden,
+        other => panic!("GET_THREAD: {other:?}"),
+    };
+    assert!(!listed(&mut bob));
+    assert!(hidden(&mut bob));
+
+    assert_eq!(edit(&mut alice, t, old, "old news, edited"), Done {}.into());
+    assert_eq!(react(&mut alice, t, old, "👍"), Done {}.into());
+    no_message_push(&mut bob);
+    no_message_push(&mut bob_phone);
+    assert!(
+        !listed(&mut bob),
+        "a notice about a hidden message shows the thread again"
+    );
+    assert!(hidden(&mut bob));
+    assert_eq!(history(&mut bob, t).messages, []);
+    let (synced, metas, _) = sync_all(&mut bob_phone, watermark);
+    assert_eq!(synced, []);
+    assert!(meta_of(&metas, old).is_none());
+    assert_eq!(
+        error_code(&react(&mut bob, t, old, "🎉")),
+        ErrorCode::UnknownMessage
+    );
+    let readers = bob.request(Readers {
+        thread: t,
+        message: old,
+    });
+    assert_eq!(error_code(&readers), ErrorCode::UnknownMessage);
+    // Alice still has it all.
+    assert_eq!(history(&mut alice, t).messages.len(), 3);
+
+    let new = send(&mut alice, t, 2, "news").message;
+    for device in [&mut bob, &mut bob_phone] {
+        assert_eq!(
+            message_push(device).message.id,
+            new,
+            "the first push since the hide"
+        );
+    }
+    let row = bob
+        .thread_list(10)
+        .threads
+        .into_iter()
+        .find(|r| r.id == t)
+        .expect("a new message shows the thread again");
+    assert_eq!(row.last_message.map(|m| m.id), Some(new));
+    assert!(!hidden(&mut bob));
+    let ids: Vec<u64> = history(&mut bob, t).messages.iter().map(|m| m.id).collect();
+    assert_eq!(ids, [new]);
+}

@@ -206,27 +206,42 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether `user` deleted message `id` (`m`) of `thread` for themselves, this round's
-    /// deletions included: no read when nobody deleted it.
-    pub(super) fn deleted_now(
+    /// Whether message `id` (`m`) of `thread` is gone for `user`, this round's changes
+    /// included: they deleted it for themselves, or it is at or below the mark of the
+    /// conversation they hid (`SET_THREAD_STATE`). No read unless someone deleted the message
+    /// or hid the conversation past it.
+    pub(super) fn gone_now(
         &self,
         thread: u64,
         id: u64,
         m: &MessageRecord,
         user: u64,
     ) -> Result<bool, Reject> {
-        Ok(m.deleted_for_some
+        if m.deleted_for_some
             && (self.staged.is_hidden(user, thread, id)
                 || self
                     .shared
                     .store
                     .is_hidden(user, thread, id)
-                    .map_err(internal)?))
+                    .map_err(internal)?)
+        {
+            return Ok(true);
+        }
+        // Not cached (callers load it first): read the private state rather than guess.
+        let mark = self
+            .threads
+            .get(thread)
+            .map_or(u64::MAX, |s| s.rec.hidden_upto);
+        if id > mark {
+            return Ok(false);
+        }
+        let private = self.private(user, thread)?;
+        Ok(private.hidden && id <= private.hidden_upto)
     }
 
     /// Appends a notice (`body`, a RECALLED, EDITED or REACTED event) about message `subject`
-    /// (`m`, as it was before the change) and pushes it to every member except those who
-    /// deleted `subject` for themselves. Returns the notice's id.
+    /// (`m`, as it was before the change) and pushes it to every member except those for
+    /// whom `subject` is gone ([`gone_now`](Self::gone_now)). Returns the notice's id.
     pub(super) fn notice(
         &mut self,
         thread: u64,
@@ -235,11 +250,12 @@ impl Engine {
         subject: u64,
         m: &MessageRecord,
     ) -> Result<u64, Reject> {
-        let members = self.thread_state(thread)?.member_ids.clone();
-        let users = if m.deleted_for_some {
+        let state = self.thread_state(thread)?;
+        let members = state.member_ids.clone();
+        let users = if m.deleted_for_some || subject <= state.rec.hidden_upto {
             let mut keep = Vec::with_capacity(members.len());
             for &user in members.iter() {
-                if !self.deleted_now(thread, subject, m, user)? {
+                if !self.gone_now(thread, subject, m, user)? {
                     keep.push(user);
                 }
             }
@@ -268,7 +284,7 @@ impl Engine {
             ErrorCode::UnknownMessage,
             "reply_to names no message of this thread; quote a message of the thread you send to, or send 0",
         ))?;
-        if self.deleted_now(thread, reply_to, &target, caller.user)? {
+        if self.gone_now(thread, reply_to, &target, caller.user)? {
             return Err((
                 ErrorCode::UnknownMessage,
                 "reply_to names a message you deleted for yourself; send without reply_to",
@@ -302,7 +318,7 @@ impl Engine {
         let mut m = self
             .message_now(f.thread, f.message)?
             .ok_or((ErrorCode::UnknownMessage, "no such message"))?;
-        if self.deleted_now(f.thread, f.message, &m, caller.user)? {
+        if self.gone_now(f.thread, f.message, &m, caller.user)? {
             return Err(DELETED_FOR_YOU);
         }
         if m.sender != caller.user || m.kind == MessageKind::System {
@@ -353,7 +369,7 @@ impl Engine {
         let mut m = self
             .message_now(f.thread, f.message)?
             .ok_or((ErrorCode::UnknownMessage, "no such message"))?;
-        if self.deleted_now(f.thread, f.message, &m, caller.user)? {
+        if self.gone_now(f.thread, f.message, &m, caller.user)? {
             return Err(DELETED_FOR_YOU);
         }
         if m.kind == MessageKind::System {

@@ -481,27 +481,34 @@ fn check_member(store: &Store, caller: &Caller, thread: u64) -> Result<(), Rejec
     }
 }
 
-/// Whether a reader who deleted the messages `deleted` for themselves must not see message
-/// `m`: one of them, or a notice about one of them (RECALLED, EDITED, REACTED).
-pub(super) fn hidden_from(deleted: &HashSet<u64>, id: u64, m: &MessageRecord) -> bool {
-    !deleted.is_empty()
-        && (deleted.contains(&id) || edits::notice_subject(m).is_some_and(|s| deleted.contains(&s)))
+/// Whether a reader who hid the conversation up to `upto` (0: they did not) and deleted the
+/// messages `deleted` for themselves must not see message `id` (`m`): one of those, or a
+/// notice about one of them (RECALLED, EDITED, REACTED).
+pub(super) fn hidden_from(upto: u64, deleted: &HashSet<u64>, id: u64, m: &MessageRecord) -> bool {
+    let gone = |x: u64| x <= upto || deleted.contains(&x);
+    (upto != 0 || !deleted.is_empty()) && (gone(id) || edits::notice_subject(m).is_some_and(gone))
 }
 
 /// What `user` must not see of `thread`: messages up to the hidden-conversation mark and
 /// those deleted for themselves (and the notices about these, see [`hidden_from`]).
 fn hidden_for(store: &Store, user: u64, thread: u64) -> Result<(u64, HashSet<u64>), Reject> {
-    let upto = store
-        .private_state(user, thread)
-        .map_err(internal)?
-        .filter(|p| p.hidden)
-        .map_or(0, |p| p.hidden_upto);
+    let upto = hidden_upto(store, user, thread)?;
     let deleted = store
         .hidden_messages(user, thread)
         .map_err(internal)?
         .into_iter()
         .collect();
     Ok((upto, deleted))
+}
+
+/// The mark up to which `user` hid the conversation `thread` (`SET_THREAD_STATE`), 0 if it is
+/// not hidden.
+fn hidden_upto(store: &Store, user: u64, thread: u64) -> Result<u64, Reject> {
+    Ok(store
+        .private_state(user, thread)
+        .map_err(internal)?
+        .filter(|p| p.hidden)
+        .map_or(0, |p| p.hidden_upto))
 }
 
 /// A page of a thread's history, from the committed state (runs on the read pool).
@@ -527,7 +534,7 @@ pub(super) fn history(
     let mut size = 0;
     let more = store
         .messages(f.thread, after, before, newest_first, limit, |id, m| {
-            if hidden_from(&deleted, id, &m) {
+            if hidden_from(upto, &deleted, id, &m) {
                 return Ok(Visit::Skipped);
             }
             let meta = edits::meta(store, f.thread, id, &m, caller.user)?;
@@ -566,7 +573,9 @@ pub(super) fn readers(
         .message(thread, message)
         .map_err(internal)?
         .ok_or((ErrorCode::UnknownMessage, "no such message"))?;
-    if edits::deleted_by(store, thread, message, &m, caller.user).map_err(internal)? {
+    if message <= hidden_upto(store, caller.user, thread)?
+        || edits::deleted_by(store, thread, message, &m, caller.user).map_err(internal)?
+    {
         return Err(edits::DELETED_FOR_YOU);
     }
     let sender = m.sender;

@@ -136,7 +136,7 @@ pub(super) fn sync(shared: &Shared, caller: &Caller, f: Sync) -> Result<Option<F
             let mut last = after;
             let more_in_thread = store
                 .messages(thread, after, before, false, room, |id, m| {
-                    if hidden_from(&deleted, id, &m) {
+                    if hidden_from(hidden_upto, &deleted, id, &m) {
                         // Passed over, but the resume point moves past it.
                         last = id;
                         return Ok(Visit::Skipped);

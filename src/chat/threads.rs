@@ -227,7 +227,8 @@ pub(super) fn view(
         members,
         last_msg_id: state.rec.last_msg_id,
         muted: private.muted,
-        hidden: private.hidden && state.rec.last_msg_id <= private.hidden_upto,
+        hidden: still_hidden(store, viewer, id, state.rec.last_msg_id, &private)
+            .map_err(internal)?,
         label: private.label,
     })
 }
@@ -489,6 +490,7 @@ impl Engine {
             member_count: members.len() as u32,
             countable: 0,
             handles,
+            hidden_upto: 0,
         };
         self.batch.put_thread(id, &rec);
         let mut map = Map::default();
@@ -649,7 +651,14 @@ impl Engine {
         if f.label.len() > MAX_NAME {
             return Err((ErrorCode::InvalidArgument, "a label is at most 64 bytes"));
         }
-        let last = self.member_state(caller, f.thread)?.rec.last_msg_id;
+        let state = self.member_state(caller, f.thread)?;
+        let last = state.rec.last_msg_id;
+        // Notices about the messages hidden here are then checked against each member's
+        // private state before they are pushed (`gone_now`).
+        if f.hidden && last > state.rec.hidden_upto {
+            state.rec.hidden_upto = last;
+            self.save_thread(f.thread);
+        }
         // A new change marker, so the caller's other devices get the state from SYNC.
         let state = PrivateState {
             muted: f.muted,
@@ -683,16 +692,20 @@ pub(super) fn list_threads(
     let memberships = store.memberships(caller.user).map_err(internal)?;
     let ids: Vec<u64> = memberships.iter().map(|(t, _)| *t).collect();
     let records = store.threads(&ids).map_err(internal)?;
-    let mut rows: Vec<(u64, u64, &PrivateState, ThreadRecord)> = memberships
-        .iter()
-        .zip(records)
-        .filter_map(|((t, p), r)| r.map(|r| (r.last_msg_id, *t, p, r)))
-        .filter(|(last, _, p, _)| !(p.hidden && *last <= p.hidden_upto))
-        .filter(|(last, t, _, _)| {
-            (f.before_msg_id, f.before_thread) == (0, 0)
-                || (*last, *t) < (f.before_msg_id, f.before_thread)
-        })
-        .collect();
+    let mut rows: Vec<(u64, u64, &PrivateState, ThreadRecord)> = Vec::new();
+    for ((t, p), r) in memberships.iter().zip(records) {
+        let Some(r) = r else { continue };
+        let last = r.last_msg_id;
+        if (f.before_msg_id, f.before_thread) != (0, 0)
+            && (last, *t) >= (f.before_msg_id, f.before_thread)
+        {
+            continue;
+        }
+        if still_hidden(store, caller.user, *t, last, p).map_err(internal)? {
+            continue;
+        }
+        rows.push((last, *t, p, r));
+    }
     rows.sort_unstable_by_key(|r| std::cmp::Reverse((r.0, r.1)));
     let limit = list_limit(f.limit);
     let mut threads = Vec::new();
@@ -715,20 +728,70 @@ pub(super) fn list_threads(
 const PREVIEW_SKIP_MAX: usize = 64;
 
 /// Whether `viewer` deleted message `id` (`m`) of `thread` for themselves, or `m` is a notice
-/// about a message they deleted: no read unless the message was deleted by someone or is a
-/// notice.
+/// about one, or about a message at or below `upto` (the mark of the conversation they hid, 0
+/// if none): no read unless the message was deleted by someone or is a notice about a message
+/// above the mark.
 fn deleted_for_viewer(
     store: &Store,
     viewer: u64,
     thread: u64,
     id: u64,
     m: &MessageRecord,
+    upto: u64,
 ) -> Result<bool, crate::store::Error> {
     Ok(edits::deleted_by(store, thread, id, m, viewer)?
         || match edits::notice_subject(m) {
-            Some(subject) => store.is_hidden(viewer, thread, subject)?,
+            Some(subject) => subject <= upto || store.is_hidden(viewer, thread, subject)?,
             None => false,
         })
+}
+
+/// The newest message of `thread` above `upto` that `viewer` can see (HISTORY's rule: not one
+/// they deleted for themselves, nor a notice about one or about a message at or below
+/// `upto`), and whether the thread shows anything above `upto`: past [`PREVIEW_SKIP_MAX`]
+/// messages passed over there is no preview, and the thread counts as showing something.
+fn newest_visible(
+    store: &Store,
+    viewer: u64,
+    thread: u64,
+    upto: u64,
+) -> Result<(Option<courier_protocol::Message>, bool), crate::store::Error> {
+    let mut newest = None;
+    let mut skipped = 0;
+    store.messages(thread, upto, u64::MAX, true, 1, |id, m| {
+        if deleted_for_viewer(store, viewer, thread, id, &m, upto)? {
+            skipped += 1;
+            return Ok(if skipped > PREVIEW_SKIP_MAX {
+                Visit::Stop
+            } else {
+                Visit::Skipped
+            });
+        }
+        newest = Some(to_wire(thread, id, m));
+        Ok(Visit::Took)
+    })?;
+    let shows = newest.is_some() || skipped > PREVIEW_SKIP_MAX;
+    Ok((newest, shows))
+}
+
+/// Whether `viewer` still has `thread` (newest message `last`) hidden: they hid it
+/// (`private`, `SET_THREAD_STATE`) and nothing above the mark is theirs to see. A new message
+/// brings the conversation back; a notice about a message hidden with it (a reaction to it,
+/// its edit or recall) does not.
+pub(super) fn still_hidden(
+    store: &Store,
+    viewer: u64,
+    thread: u64,
+    last: u64,
+    private: &PrivateState,
+) -> Result<bool, crate::store::Error> {
+    if !private.hidden {
+        return Ok(false);
+    }
+    if last <= private.hidden_upto {
+        return Ok(true);
+    }
+    Ok(!newest_visible(store, viewer, thread, private.hidden_upto)?.1)
 }
 
 fn thread_summary(
@@ -747,26 +810,13 @@ fn thread_summary(
     let unread = store
         .count_unread(id, after, viewer, me.own_floor, rec.countable, UNREAD_CAP)
         .map_err(internal)?;
-    let mut last_message = None;
-    if last != 0 && last > private.hidden_upto {
-        // The newest message the viewer can see (HISTORY's rule): not one they deleted for
-        // themselves, nor a notice about one. Bounded: no preview past PREVIEW_SKIP_MAX.
-        let mut skipped = 0;
-        store
-            .messages(id, private.hidden_upto, u64::MAX, true, 1, |mid, m| {
-                if deleted_for_viewer(store, viewer, id, mid, &m)? {
-                    skipped += 1;
-                    return Ok(if skipped > PREVIEW_SKIP_MAX {
-                        Visit::Stop
-                    } else {
-                        Visit::Skipped
-                    });
-                }
-                last_message = Some(to_wire(id, mid, m));
-                Ok(Visit::Took)
-            })
-            .map_err(internal)?;
-    }
+    let last_message = if last != 0 && last > private.hidden_upto {
+        newest_visible(store, viewer, id, private.hidden_upto)
+            .map_err(internal)?
+            .0
+    } else {
+        None
+    };
     let (peer, name) = if rec.kind == ThreadKind::Direct {
         let members = store.members(id).map_err(internal)?;
         let peer = members

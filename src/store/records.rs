@@ -215,7 +215,8 @@ impl MessageRecord {
 /// `countable` was appended to the layout; a value written without it reads as 0 (the
 /// migration at open writes it for every thread of an older store). `handles` was appended
 /// after it and is written only when set, so a group keeps the layout before it; a value
-/// without it reads as none.
+/// without it reads as none. `hidden_upto` was appended after `handles` and is written only
+/// when set (with `handles`, empty or not, before it); a value without it reads as 0.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ThreadRecord {
     pub kind: ThreadKind,
@@ -234,6 +235,11 @@ pub struct ThreadRecord {
     /// this node's store does not hold. Handles never change, so they stay true. Empty for
     /// groups and for direct threads created before it existed.
     pub handles: Vec<String>,
+    /// The highest message id up to which some member hid the conversation
+    /// (`SET_THREAD_STATE`), 0 if none did since this was kept: a notice about a message at or
+    /// below it reads the members' private states to leave out those who hid it with the
+    /// conversation. Internal, never sent.
+    pub hidden_upto: u64,
 }
 
 impl Record for ThreadRecord {
@@ -246,8 +252,11 @@ impl Record for ThreadRecord {
         self.changed_at.put(buf);
         self.member_count.put(buf);
         self.countable.put(buf);
-        if !self.handles.is_empty() {
+        if !self.handles.is_empty() || self.hidden_upto != 0 {
             self.handles.put(buf);
+        }
+        if self.hidden_upto != 0 {
+            self.hidden_upto.put(buf);
         }
     }
     fn get(r: &mut Reader) -> Result<Self, courier_protocol::Error> {
@@ -265,6 +274,9 @@ impl Record for ThreadRecord {
         }
         if r.remaining() > 0 {
             t.handles = Wire::get(r, "handles")?;
+        }
+        if r.remaining() > 0 {
+            t.hidden_upto = Wire::get(r, "hidden_upto")?;
         }
         Ok(t)
     }
@@ -876,6 +888,7 @@ mod tests {
                 member_count: 3,
                 countable: 12,
                 handles: Vec::new(),
+                hidden_upto: 0,
             },
             &[
                 &[V1],
@@ -890,6 +903,31 @@ mod tests {
         );
         pinned(
             ThreadRecord {
+                kind: ThreadKind::Group,
+                name: "g1".into(),
+                created_by: 7,
+                last_msg_id: 1_000,
+                changed_at: 1_001,
+                member_count: 3,
+                countable: 12,
+                handles: Vec::new(),
+                hidden_upto: 990,
+            },
+            &[
+                &[V1],
+                &[2], // ThreadKind::Group
+                &[0, 2, b'g', b'1'],
+                &be(7),
+                &be(1_000),
+                &be(1_001),
+                &[0, 0, 0, 3],
+                &be(12),
+                &[0, 0], // no handles
+                &be(990),
+            ],
+        );
+        pinned(
+            ThreadRecord {
                 kind: ThreadKind::Direct,
                 name: String::new(),
                 created_by: 7,
@@ -898,6 +936,7 @@ mod tests {
                 member_count: 2,
                 countable: 0,
                 handles: vec!["al".into(), "b".into()],
+                hidden_upto: 0,
             },
             &[
                 &[V1],
