@@ -878,53 +878,35 @@ mod tests {
                 &be(9),  // seq
             ],
         );
+        let group = ThreadRecord {
+            kind: ThreadKind::Group,
+            name: "g1".into(),
+            created_by: 7,
+            last_msg_id: 1_000,
+            changed_at: 1_001,
+            member_count: 3,
+            countable: 12,
+            handles: Vec::new(),
+            hidden_upto: 0,
+        };
+        let group_layout: &[&[u8]] = &[
+            &[V1],
+            &[2], // ThreadKind::Group
+            &[0, 2, b'g', b'1'],
+            &be(7),
+            &be(1_000),
+            &be(1_001),
+            &[0, 0, 0, 3],
+            &be(12),
+        ];
+        pinned(group.clone(), group_layout);
+        // With a hide mark: an empty list of handles before it.
         pinned(
             ThreadRecord {
-                kind: ThreadKind::Group,
-                name: "g1".into(),
-                created_by: 7,
-                last_msg_id: 1_000,
-                changed_at: 1_001,
-                member_count: 3,
-                countable: 12,
-                handles: Vec::new(),
-                hidden_upto: 0,
-            },
-            &[
-                &[V1],
-                &[2], // ThreadKind::Group
-                &[0, 2, b'g', b'1'],
-                &be(7),
-                &be(1_000),
-                &be(1_001),
-                &[0, 0, 0, 3],
-                &be(12),
-            ],
-        );
-        pinned(
-            ThreadRecord {
-                kind: ThreadKind::Group,
-                name: "g1".into(),
-                created_by: 7,
-                last_msg_id: 1_000,
-                changed_at: 1_001,
-                member_count: 3,
-                countable: 12,
-                handles: Vec::new(),
                 hidden_upto: 990,
+                ..group
             },
-            &[
-                &[V1],
-                &[2], // ThreadKind::Group
-                &[0, 2, b'g', b'1'],
-                &be(7),
-                &be(1_000),
-                &be(1_001),
-                &[0, 0, 0, 3],
-                &be(12),
-                &[0, 0], // no handles
-                &be(990),
-            ],
+            &[group_layout, &[&[0, 0], &be(990)]].concat(),
         );
         pinned(
             ThreadRecord {
