@@ -945,6 +945,7 @@ fn a_notice_about_a_message_hidden_with_its_conversation_does_not_bring_it_back(
         .into_iter()
         .find(|r| r.id == t)
         .expect("a new message shows the thread again");
+    assert!(!row.hidden, "listed as THREAD_INFO reads it");
     assert_eq!(row.last_message.map(|m| m.id), Some(new));
     assert!(!hidden(&mut bob));
     let ids: Vec<u64> = history(&mut bob, t).messages.iter().map(|m| m.id).collect();

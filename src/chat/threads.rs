@@ -840,7 +840,9 @@ fn thread_summary(
         last_msg_id: last,
         unread,
         muted: private.muted,
-        hidden: private.hidden,
+        // Listed, so not hidden (`still_hidden`): a conversation the viewer hid is left out of
+        // the list until a message brings it back, and then reads as THREAD_INFO reads it.
+        hidden: false,
         label: private.label.clone(),
         last_message,
     })
