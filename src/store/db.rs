@@ -409,6 +409,7 @@ impl Store {
         };
         let mut store = store;
         store.number_messages()?;
+        store.mark_hidden_threads()?;
         if retired {
             let inner = Arc::get_mut(&mut store.inner).ok_or(Error::Migration {
                 what: "the retired `unread` family",
@@ -473,6 +474,51 @@ impl Store {
         }
         b.delete(CF_META, META_UNREAD_INDEXED_RETIRED);
         b.put(CF_META, META_MESSAGE_SEQ, &[1]);
+        self.commit(b)
+    }
+
+    /// Gives the record of every thread a member hid (SET_THREAD_STATE `hidden`) its
+    /// `hidden_upto`, the highest mark of its members, which a server before the mark did not
+    /// keep; then records that it is done. Without it, a notice about a message hidden with its
+    /// conversation would be pushed to the member who hid it (`Engine::notice` reads members'
+    /// private states only at or below the mark). One pass over `memberships`, applied
+    /// [`MARKS_PER_BATCH`] threads at a time so the pass holds a bounded map; a thread met again
+    /// in a later batch reads the record the earlier one wrote. Interrupted, it starts over at
+    /// the next open, and only ever raises a mark, so a second pass changes nothing.
+    fn mark_hidden_threads(&self) -> Result<(), Error> {
+        const MARKS_PER_BATCH: usize = 10_000;
+        if self.get(CF_META, META_HIDE_MARKS)?.is_some() {
+            return Ok(());
+        }
+        let mut marks: HashMap<u64, u64> = HashMap::new();
+        self.scan(CF_MEMBERSHIPS, &[], &[], false, |k, v| {
+            let state = PrivateState::decode(v)?;
+            if state.hidden && !state.left && state.hidden_upto > 0 {
+                let thread = keys::parse_pair(CF_MEMBERSHIPS, k)?.1;
+                let mark = marks.entry(thread).or_default();
+                *mark = (*mark).max(state.hidden_upto);
+                if marks.len() >= MARKS_PER_BATCH {
+                    self.raise_hide_marks(&mut marks, self.batch())?;
+                }
+            }
+            Ok(true)
+        })?;
+        let mut b = self.batch();
+        b.put(CF_META, META_HIDE_MARKS, &[1]);
+        self.raise_hide_marks(&mut marks, b)
+    }
+
+    /// Raises each thread's `hidden_upto` in `marks` to its mark (a thread without a record
+    /// is skipped), commits `b` with them, and empties `marks`.
+    fn raise_hide_marks(&self, marks: &mut HashMap<u64, u64>, mut b: Batch) -> Result<(), Error> {
+        for (thread, mark) in marks.drain() {
+            if let Some(mut rec) = self.thread(thread)? {
+                if rec.hidden_upto < mark {
+                    rec.hidden_upto = mark;
+                    b.put_thread(thread, &rec);
+                }
+            }
+        }
         self.commit(b)
     }
 
@@ -2348,5 +2394,59 @@ mod tests {
         // Opened again: nothing left to do, same answers.
         let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
         assert_eq!(store.message(4, 5).unwrap().unwrap().seq, 4);
+    }
+
+    #[test]
+    fn a_store_written_before_the_hide_mark_gets_it_at_open_from_its_members_hidden_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = |hidden_upto| ThreadRecord {
+            last_msg_id: 50,
+            member_count: 3,
+            hidden_upto,
+            ..Default::default()
+        };
+        let state = |hidden, hidden_upto, left| PrivateState {
+            hidden,
+            hidden_upto,
+            left,
+            ..Default::default()
+        };
+        {
+            // What a server before the mark wrote: hidden states, no mark on the threads.
+            let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+            let mut b = store.batch();
+            for t in [1, 2, 3, 4] {
+                b.put_thread(t, &rec(0));
+            }
+            b.put_thread(5, &rec(40));
+            // Thread 1: two members hid it, at 30 and 42; the highest is its mark.
+            b.put_private_state(7, 1, &state(true, 30, false));
+            b.put_private_state(8, 1, &state(true, 42, false));
+            b.put_private_state(9, 1, &state(false, 0, false));
+            // Thread 2: shown again (hidden false) and a tombstone: no mark.
+            b.put_private_state(7, 2, &state(false, 0, false));
+            b.put_private_state(8, 2, &state(true, 20, true));
+            // Thread 6: no record (a membership without its thread is skipped, not an error).
+            b.put_private_state(7, 6, &state(true, 10, false));
+            // Thread 5: a higher mark already; never lowered.
+            b.put_private_state(7, 5, &state(true, 12, false));
+            b.delete(CF_META, META_HIDE_MARKS);
+            store.commit(b).unwrap();
+        }
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        let marks: Vec<u64> = (1..=5)
+            .map(|t| store.thread(t).unwrap().unwrap().hidden_upto)
+            .collect();
+        assert_eq!(marks, [42, 0, 0, 0, 40]);
+        assert!(store.thread(6).unwrap().is_none());
+        assert!(store.get(CF_META, META_HIDE_MARKS).unwrap().is_some());
+
+        // Done once: a mark dropped afterwards is not put back at the next open.
+        let mut b = store.batch();
+        b.put_thread(1, &rec(0));
+        store.commit(b).unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        assert_eq!(store.thread(1).unwrap().unwrap().hidden_upto, 0);
     }
 }

@@ -103,6 +103,9 @@ pub const META_UNREAD_INDEXED_RETIRED: &[u8] = b"unread_indexed";
 /// Present once every message carries its `seq`, every thread its `countable` and every
 /// member its `own_floor` (written at open for older stores; see `Store::number_messages`).
 pub const META_MESSAGE_SEQ: &[u8] = b"message_seq";
+/// Present once every thread record carries the hide mark of its members' hidden
+/// conversations (written at open for older stores; see `Store::mark_hidden_threads`).
+pub const META_HIDE_MARKS: &[u8] = b"hide_marks";
 
 /// The `meta` key of the id counter `name` ([`META_NEXT_USER`], [`META_NEXT_THREAD`]) of
 /// `partition`: the bare name for partition 0 (its key from before partitions, so an existing
