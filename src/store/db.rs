@@ -1876,9 +1876,11 @@ mod tests {
     /// Paced 1:1 chat writes, per SEND, a `messages` row, a `dedupe` row and the sender's
     /// `members` row, each into a memtable holding every other conversation's rows. Hinted,
     /// each insert starts next to the previous row of its thread (or thread and user) and
-    /// costs a few key comparisons; searched from the top of the skip list (18,000 entries per
-    /// family here) it costs about three times as many (measured: 8.8 per row hinted, 27.4
-    /// searched).
+    /// costs a few key comparisons; searched from the top of the skip list (up to 24,000
+    /// entries per family here) it costs about three times as many. Measured over 30 runs of
+    /// the store's tests, which run in parallel: 7–15 per row hinted, 28–31 searched; the
+    /// hinted count spreads from run to run (one run in 30 at 15, which the earlier threshold
+    /// of 14 failed), the searched one does not.
     #[test]
     fn the_rows_of_a_send_are_inserted_next_to_the_previous_row_of_their_thread() {
         use rocksdb::perf::{set_perf_stats, PerfContext, PerfMetric, PerfStatsLevel};
@@ -1913,12 +1915,14 @@ mod tests {
         set_perf_stats(PerfStatsLevel::EnableCount);
         let mut ctx = PerfContext::default();
         ctx.reset();
-        round(8);
+        for n in 8..12 {
+            round(n);
+        }
         let comparisons = ctx.metric(PerfMetric::UserKeyComparisonCount);
         set_perf_stats(PerfStatsLevel::Disable);
-        let per_row = comparisons as f64 / (3 * THREADS) as f64;
+        let per_row = comparisons as f64 / (4 * 3 * THREADS) as f64;
         assert!(
-            per_row < 14.0,
+            per_row < 20.0,
             "{per_row:.1} key comparisons per inserted row: the inserts searched the skip list"
         );
     }
