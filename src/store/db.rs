@@ -482,7 +482,7 @@ impl Store {
     /// keep; then records that it is done. Without it, a notice about a message hidden with its
     /// conversation would be pushed to the member who hid it (`Engine::notice` reads members'
     /// private states only at or below the mark). One pass over `memberships`, applied
-    /// [`MARKS_PER_BATCH`] threads at a time so the pass holds a bounded map; a thread met again
+    /// `MARKS_PER_BATCH` threads at a time so the pass holds a bounded map; a thread met again
     /// in a later batch reads the record the earlier one wrote. Interrupted, it starts over at
     /// the next open, and only ever raises a mark, so a second pass changes nothing.
     fn mark_hidden_threads(&self) -> Result<(), Error> {
