@@ -951,3 +951,60 @@ fn a_notice_about_a_message_hidden_with_its_conversation_does_not_bring_it_back(
     let ids: Vec<u64> = history(&mut bob, t).messages.iter().map(|m| m.id).collect();
     assert_eq!(ids, [new]);
 }
+
+/// A conversation hidden under a server from before the hide mark (its thread record without
+/// `hidden_upto`, the store without `hide_marks`): the first start of this server gives the
+/// thread its mark from the hider's private state, so an edit of the hidden message is still
+/// not pushed to the hider.
+#[test]
+fn a_conversation_hidden_before_the_hide_mark_keeps_its_notices_away_after_an_upgrade() {
+    let mut server = Server::start();
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, b) = server.user("bob");
+    let t = direct(&mut alice, b.user);
+    let old = send(&mut alice, t, 1, "old news").message;
+    assert_eq!(message_push(&mut bob).message.id, old);
+    let hide = SetThreadState {
+        thread: t,
+        muted: false,
+        hidden: true,
+        label: String::new(),
+    };
+    assert_eq!(bob.request(hide), Done {}.into());
+    drop((alice, bob));
+    server.stop();
+    forget_hide_marks(&server.data_dir, t);
+
+    server.restart();
+    let (mut alice, _) = login(&server, "alice", "laptop");
+    let (mut bob, _) = login(&server, "bob", "phone");
+    assert_eq!(edit(&mut alice, t, old, "old news, edited"), Done {}.into());
+    no_message_push(&mut bob);
+    assert!(
+        !bob.thread_list(10).threads.iter().any(|r| r.id == t),
+        "the edit shows the thread again"
+    );
+    let new = send(&mut alice, t, 2, "news").message;
+    assert_eq!(message_push(&mut bob).message.id, new);
+}
+
+/// Makes `data_dir` (no server running) look as a server from before the hide mark left it:
+/// `thread`'s record without its mark, and no `hide_marks` in `meta`.
+fn forget_hide_marks(data_dir: &std::path::Path, thread: u64) {
+    use courier::store::keys::{ALL_CFS, CF_META, META_HIDE_MARKS};
+    use courier::store::{FsyncMode, Store};
+    {
+        let store = Store::open(data_dir, FsyncMode::Always).expect("open the store");
+        let mut rec = store.thread(thread).unwrap().expect("the thread's record");
+        assert!(rec.hidden_upto > 0, "this server keeps the mark: {rec:?}");
+        rec.hidden_upto = 0;
+        let mut batch = store.batch();
+        batch.put_thread(thread, &rec);
+        store.commit(batch).expect("write the record");
+    }
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), data_dir, ALL_CFS)
+        .expect("open the store's RocksDB");
+    let meta = db.cf_handle(CF_META).expect("the meta family");
+    db.delete_cf(meta, META_HIDE_MARKS)
+        .expect("delete hide_marks");
+}
