@@ -49,6 +49,17 @@ fn history(c: &mut TestConn, thread: u64) -> Messages {
     }
 }
 
+/// Hides `thread` for `c`'s user (SET_THREAD_STATE `hidden`).
+fn hide(c: &mut TestConn, thread: u64) {
+    let state = SetThreadState {
+        thread,
+        muted: false,
+        hidden: true,
+        label: String::new(),
+    };
+    assert_eq!(c.request(state), Done {}.into());
+}
+
 fn meta_of(metas: &[MessageMeta], id: u64) -> Option<&MessageMeta> {
     metas.iter().find(|m| m.id == id)
 }
@@ -891,13 +902,7 @@ fn a_notice_about_a_message_hidden_with_its_conversation_does_not_bring_it_back(
         assert_eq!(message_push(device).message.id, old);
     }
     let (_, _, watermark) = sync_all(&mut bob_phone, 0);
-    let hide = SetThreadState {
-        thread: t,
-        muted: false,
-        hidden: true,
-        label: String::new(),
-    };
-    assert_eq!(bob.request(hide), Done {}.into());
+    hide(&mut bob, t);
     let listed = |c: &mut TestConn| c.thread_list(10).threads.iter().any(|r| r.id == t);
     let hidden = |c: &mut TestConn| match c.request(GetThread { thread: t }) {
         Frame::ThreadInfo(info) => info.thread.hidden,
@@ -964,13 +969,7 @@ fn a_conversation_hidden_before_the_hide_mark_keeps_its_notices_away_after_an_up
     let t = direct(&mut alice, b.user);
     let old = send(&mut alice, t, 1, "old news").message;
     assert_eq!(message_push(&mut bob).message.id, old);
-    let hide = SetThreadState {
-        thread: t,
-        muted: false,
-        hidden: true,
-        label: String::new(),
-    };
-    assert_eq!(bob.request(hide), Done {}.into());
+    hide(&mut bob, t);
     drop((alice, bob));
     server.stop();
     forget_hide_marks(&server.data_dir, t);
